@@ -1,0 +1,8 @@
+"""convroute: 2-D convolution on any GPU through WebGPU/Vulkan compute shaders, routed per layer and device."""
+
+from convroute.api import Conv2d, conv2d
+from convroute.device.profile import DeviceProfile
+from convroute.params import ConvParams, make_params
+from convroute.router import Decision, route
+
+__all__ = ["Conv2d", "ConvParams", "Decision", "DeviceProfile", "conv2d", "make_params", "route"]

@@ -1,0 +1,137 @@
+"""Public conv API: `Conv2d` (a prepacked layer) and `conv2d` (one call)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from convroute.device.gpu import Gpu, get_gpu
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import Epilogue
+from convroute.params import ConvParams, make_params
+from convroute.router import Decision, route_params
+
+FLOAT_KINDS = ("float16", "float32", "float64")
+
+
+def as_array(value, name: str) -> np.ndarray:
+    """numpy array or (CPU/GPU) torch tensor -> float32 numpy; TypeError for non-float data."""
+    if type(value).__module__.startswith("torch"):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+    if value.dtype.name not in FLOAT_KINDS:
+        raise TypeError(f"{name} must be a floating-point tensor (float16/32/64), got dtype {value.dtype}")
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def check_algorithm(algorithm: str, p: ConvParams) -> None:
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(ALGORITHMS)}")
+    why = ALGORITHMS[algorithm].unsupported(p)
+    if why:
+        raise ValueError(f"algorithm {algorithm!r} cannot run {p.describe()}: {why}")
+
+
+class Conv2d:
+    """A conv layer whose weights are prepacked once per input size; calling it only dispatches.
+
+    `decision` tells which algorithm runs and why (None until an input shape is known).
+    """
+
+    def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
+                 output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
+                 force_direct=None, input_shape=None, gpu: Gpu | None = None):
+        self.weight = as_array(weight, "weight")
+        if self.weight.ndim != 4:
+            raise ValueError(f"weight must be 4-D, got shape {self.weight.shape}")
+        c_out = self.weight.shape[1] * groups if transposed else self.weight.shape[0]
+        self.bias = None if bias is None else as_array(bias, "bias")
+        if self.bias is not None and self.bias.shape != (c_out,):
+            raise ValueError(f"bias must have shape ({c_out},) to match the output channels, "
+                             f"got {self.bias.shape}")
+        if algorithm != "auto" and algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(ALGORITHMS)}")
+        self.conv_args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups,
+                              transposed=transposed, output_padding=output_padding)
+        self.epilogue = Epilogue.parse(activation)
+        self.algorithm, self.policy, self.device, self.force_direct = algorithm, policy, device, force_direct
+        self.gpu = gpu
+        self.decision: Decision | None = None
+        self._kernels: dict[tuple, tuple] = {}
+        self._io: dict[tuple, tuple] = {}
+        if input_shape is not None:
+            self._kernel_for(make_params(input_shape, self.weight.shape, **self.conv_args))
+
+    def _kernel_for(self, p: ConvParams):
+        key = (p.h, p.w)
+        if key not in self._kernels:
+            gpu = self.gpu = self.gpu or get_gpu()
+            if self.algorithm == "auto":
+                profile = gpu.profile if self.device is None else _profile(self.device)
+                decision = route_params(p, profile, self.policy, self.force_direct)
+            else:
+                check_algorithm(self.algorithm, p)
+                decision = Decision(self.algorithm, "forced by the caller", "forced", gpu.profile.family)
+            kernel = ALGORITHMS[decision.algorithm](gpu, p, self.weight, self.bias, self.epilogue)
+            self._kernels[key] = (kernel, decision)
+        kernel, self.decision = self._kernels[key]
+        return kernel
+
+    def __call__(self, x) -> np.ndarray:
+        x = as_array(x, "input")
+        p = make_params(x.shape, self.weight.shape, **self.conv_args)
+        kernel = self._kernel_for(p)
+        gpu = self.gpu
+        out = np.empty(p.output_shape, np.float32)
+        chunk = batch_chunk(p, gpu.profile.max_binding_bytes)
+        for n0 in range(0, p.n, chunk):
+            n = min(chunk, p.n - n0)
+            x_buf, y_buf, dispatches = self._buffers(kernel, p.with_batch(n))
+            gpu.device.queue.write_buffer(x_buf, 0, x[n0:n0 + n])
+            if POISON:
+                gpu.fill(y_buf, np.nan)
+            gpu.run(dispatches)
+            out[n0:n0 + n] = gpu.read(y_buf, (n,) + p.output_shape[1:])
+        return out
+
+    def _buffers(self, kernel, p: ConvParams):
+        key = (p.n, p.h, p.w)
+        if key not in self._io:
+            x_buf = self.gpu.empty(4 * int(np.prod(p.input_shape)), "input")
+            y_buf = self.gpu.empty(4 * int(np.prod(p.output_shape)), "output")
+            self._io[key] = (x_buf, y_buf, kernel.bind(x_buf, y_buf, p.n))
+        return self._io[key]
+
+
+POISON = os.environ.get("CONVROUTE_POISON", "") == "1"
+
+
+def batch_chunk(p: ConvParams, max_binding: int) -> int:
+    """Images per dispatch so that input and output each fit one storage binding."""
+    per_image = 4 * max(p.c_in * p.h * p.w, p.c_out * p.ho * p.wo)
+    if per_image > max_binding:
+        raise ValueError(f"one image of {p.describe()} needs {per_image} bytes, more than the device's largest "
+                         f"storage binding ({max_binding} bytes)")
+    return max(1, min(p.n, max_binding // per_image))
+
+
+def _profile(device):
+    from convroute.device.profile import resolve_profile
+
+    return resolve_profile(device)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
+           output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
+           force_direct=None) -> np.ndarray:
+    """One conv2d (or conv_transpose2d with transposed=True) on the GPU; returns float32 NCHW numpy."""
+    x = as_array(input, "input")
+    w = as_array(weight, "weight")
+    make_params(x.shape, w.shape, stride, padding, dilation, groups, transposed=transposed,
+                output_padding=output_padding)
+    layer = Conv2d(w, bias, stride, padding, dilation, groups, transposed=transposed,
+                   output_padding=output_padding, activation=activation, algorithm=algorithm, policy=policy,
+                   device=device, force_direct=force_direct)
+    return layer(x)

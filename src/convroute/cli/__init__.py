@@ -1,0 +1,1 @@
+"""The `convroute` command line: one module per subcommand, gathered by cli.main."""

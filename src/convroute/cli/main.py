@@ -1,0 +1,30 @@
+"""`convroute <command>`: each command lives in convroute.cli.<name> with add_arguments(p) and run(args)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    # name: one-line help; module convroute.cli.<name> (or <name>_cmd when the name is a keyword)
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convroute", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"convroute.cli.{name}_cmd")
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(f"convroute.cli.{args.command}_cmd")
+    return int(module.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

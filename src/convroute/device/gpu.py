@@ -1,0 +1,161 @@
+"""The device layer: pick a wgpu adapter, open a device, compile and cache pipelines, run dispatches."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import wgpu
+
+from convroute.device.profile import DeviceProfile
+
+BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 1, "OpenGL": 3}
+TYPE_RANK = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3, "CPU": 4}
+OPTIONAL_FEATURES = ("timestamp-query", "shader-f16", "subgroup")
+STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+
+
+def list_adapters() -> list:
+    os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    return list(wgpu.gpu.enumerate_adapters_sync())
+
+
+def _rank(adapter) -> tuple:
+    info = adapter.info
+    return (BACKEND_RANK.get(info["backend_type"], 2), TYPE_RANK.get(info["adapter_type"], 3))
+
+
+def choose_adapter(adapters: list):
+    """Vulkan (or Metal) first, real GPUs before CPU; CONVROUTE_ADAPTER=<substring> picks by name."""
+    if not adapters:
+        raise RuntimeError("no WebGPU adapter found: install a Vulkan driver (on Debian: mesa-vulkan-drivers)")
+    wanted = os.environ.get("CONVROUTE_ADAPTER")
+    if wanted:
+        hits = [a for a in adapters if wanted.lower() in f"{a.info['device']} {a.info['backend_type']}".lower()]
+        if not hits:
+            names = "; ".join(f"{a.info['device']} ({a.info['backend_type']})" for a in adapters)
+            raise RuntimeError(f"CONVROUTE_ADAPTER={wanted!r} matches no adapter; found: {names}")
+        adapters = hits
+    return min(adapters, key=_rank)
+
+
+@dataclass
+class Dispatch:
+    """One recorded compute dispatch: everything is built at prepare time, nothing per call."""
+
+    pipeline: object
+    bind_group: object
+    grid: tuple[int, int, int]
+
+
+class Gpu:
+    """A wgpu device with the limits convroute needs, a pipeline cache and small helpers."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        features = [f for f in OPTIONAL_FEATURES if f in adapter.features]
+        limits = {k: adapter.limits[k] for k in (
+            "max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroup-storage-size",
+            "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
+            "max-storage-buffers-per-shader-stage")}
+        self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
+        self.profile = DeviceProfile.from_adapter_info(adapter.info, adapter.limits, features)
+        self._pipelines: dict[tuple, object] = {}
+
+    # -- pipelines -----------------------------------------------------------------------------
+    def pipeline(self, source: str, constants: dict | None = None):
+        key = (source, tuple(sorted((constants or {}).items())))
+        pipe = self._pipelines.get(key)
+        if pipe is None:
+            module = self.device.create_shader_module(code=source)
+            stage = {"module": module, "entry_point": "main"}
+            if constants:
+                stage["constants"] = constants
+            pipe = self.device.create_compute_pipeline(layout="auto", compute=stage)
+            self._pipelines[key] = pipe
+        return pipe
+
+    def bind(self, pipeline, buffers: list) -> object:
+        entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
+                   for i, b in enumerate(buffers)]
+        return self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+
+    def dispatch(self, source: str, buffers: list, threads: int, workgroup: int,
+                 constants: dict | None = None) -> Dispatch:
+        """A 1-D launch of `threads` invocations, folded into 2-D when it exceeds the per-dimension limit.
+
+        Shaders recover the flat index with `wid.x + wid.y * nwg.x` (see kernels.common.FLAT_INDEX).
+        """
+        pipe = self.pipeline(source, constants)
+        return Dispatch(pipe, self.bind(pipe, buffers), self.grid(-(-threads // workgroup)))
+
+    def grid(self, groups: int) -> tuple[int, int, int]:
+        limit = self.profile.max_workgroups_per_dim
+        if groups <= limit:
+            return (max(groups, 1), 1, 1)
+        rows = -(-groups // limit)
+        if rows > limit:
+            raise ValueError(f"{groups} workgroups exceed the device's {limit}x{limit} dispatch grid")
+        return (limit, rows, 1)
+
+    # -- buffers ---------------------------------------------------------------------------------
+    def check_binding(self, nbytes: int, what: str) -> None:
+        limit = self.profile.max_binding_bytes
+        if nbytes > limit:
+            raise ValueError(f"{what} needs {nbytes} bytes, more than this device's largest storage binding "
+                             f"({limit} bytes on {self.profile.name})")
+
+    def upload(self, array: np.ndarray, what: str = "tensor"):
+        data = np.ascontiguousarray(array, dtype=np.float32)
+        self.check_binding(data.nbytes, what)
+        return self.device.create_buffer_with_data(data=data if data.size else np.zeros(1, np.float32),
+                                                   usage=STORAGE)
+
+    def uniform(self, values) -> object:
+        data = np.asarray(values, dtype=np.uint32)
+        return self.device.create_buffer_with_data(data=data, usage=wgpu.BufferUsage.UNIFORM)
+
+    def empty(self, nbytes: int, what: str = "tensor"):
+        self.check_binding(nbytes, what)
+        return self.device.create_buffer(size=max(int(nbytes), 4), usage=STORAGE)
+
+    def fill(self, buffer, value: float) -> None:
+        """Poison a buffer so that elements no kernel writes are visible in tests."""
+        self.device.queue.write_buffer(buffer, 0, np.full(buffer.size // 4, value, np.float32))
+
+    def read(self, buffer, shape) -> np.ndarray:
+        count = int(np.prod(shape))
+        raw = self.device.queue.read_buffer(buffer, 0, count * 4)
+        return np.frombuffer(raw, dtype=np.float32, count=count).reshape(shape).copy()
+
+    # -- running ---------------------------------------------------------------------------------
+    def encode(self, dispatches: list[Dispatch], encoder=None, timestamp_writes=None):
+        encoder = encoder or self.device.create_command_encoder()
+        kwargs = {"timestamp_writes": timestamp_writes} if timestamp_writes else {}
+        cpass = encoder.begin_compute_pass(**kwargs)
+        for d in dispatches:
+            cpass.set_pipeline(d.pipeline)
+            cpass.set_bind_group(0, d.bind_group)
+            cpass.dispatch_workgroups(*d.grid)
+        cpass.end()
+        return encoder
+
+    def run(self, dispatches: list[Dispatch]) -> None:
+        """Record all dispatches in one compute pass and submit once."""
+        self.device.queue.submit([self.encode(dispatches).finish()])
+
+    def wait(self, buffer) -> None:
+        """Block until submitted work is done (on_submitted_work_done_sync is broken in wgpu-py 0.32)."""
+        self.device.queue.read_buffer(buffer, 0, 4)
+
+
+_GPU: Gpu | None = None
+
+
+def get_gpu() -> Gpu:
+    """The process-wide device, opened on first use."""
+    global _GPU
+    if _GPU is None:
+        _GPU = Gpu(choose_adapter(list_adapters()))
+    return _GPU

@@ -1,0 +1,94 @@
+"""DeviceProfile: what routing needs to know about a GPU. Pure data, buildable without the hardware."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+VENDOR_FAMILIES = {
+    0x13B5: "mali",
+    0x5143: "adreno",
+    0x10DE: "nvidia",
+    0x1002: "amd",
+    0x8086: "intel",
+    0x106B: "apple",
+    0x1010: "powervr",
+    0x10005: "cpu",  # Mesa's software rasterisers
+}
+FAMILIES = ("mali", "adreno", "nvidia", "amd", "intel", "apple", "powervr", "cpu", "unknown")
+
+# WebGPU's guaranteed defaults: what a profile built for a family without hardware assumes.
+DEFAULT_LIMITS = {
+    "max-storage-buffer-binding-size": 128 << 20,
+    "max-buffer-size": 256 << 20,
+    "max-compute-workgroups-per-dimension": 65535,
+    "max-compute-workgroup-storage-size": 16384,
+    "max-compute-invocations-per-workgroup": 256,
+}
+
+
+def family_of(vendor_id: int, adapter_type: str = "") -> str:
+    if adapter_type.lower() == "cpu":
+        return "cpu"
+    return VENDOR_FAMILIES.get(vendor_id, "unknown")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    family: str
+    name: str = ""
+    driver: str = ""
+    vendor_id: int = 0
+    backend: str = ""
+    adapter_type: str = ""
+    limits: dict = field(default_factory=lambda: dict(DEFAULT_LIMITS))
+    features: frozenset = frozenset()
+
+    @classmethod
+    def for_family(cls, family: str) -> DeviceProfile:
+        """A stand-in profile for a family, to ask 'what would a Mali choose?' without one."""
+        family = family.lower()
+        if family not in FAMILIES:
+            raise ValueError(f"unknown device family {family!r}; known: {', '.join(FAMILIES)}")
+        vendor = next((v for v, f in VENDOR_FAMILIES.items() if f == family), 0)
+        return cls(family=family, name=f"<{family} profile>", vendor_id=vendor)
+
+    @classmethod
+    def from_adapter_info(cls, info: dict, limits: dict, features) -> DeviceProfile:
+        vendor_id = int(info.get("vendor_id", 0))
+        adapter_type = str(info.get("adapter_type", ""))
+        return cls(
+            family=family_of(vendor_id, adapter_type),
+            name=str(info.get("device", "")),
+            driver=str(info.get("description", "")),
+            vendor_id=vendor_id,
+            backend=str(info.get("backend_type", "")),
+            adapter_type=adapter_type,
+            limits={k: limits[k] for k in DEFAULT_LIMITS if k in limits},
+            features=frozenset(features),
+        )
+
+    @property
+    def max_binding_bytes(self) -> int:
+        return int(self.limits["max-storage-buffer-binding-size"])
+
+    @property
+    def max_workgroups_per_dim(self) -> int:
+        return int(self.limits["max-compute-workgroups-per-dimension"])
+
+    @property
+    def key(self) -> str:
+        """Identifies this device + driver for on-disk caches."""
+        return f"{self.name} | {self.driver} | {self.backend}"
+
+
+def resolve_profile(device) -> DeviceProfile:
+    """None -> the adapter in use; a family name -> a stand-in profile; a profile -> itself."""
+    if device is None:
+        from convroute.device.gpu import get_gpu
+
+        return get_gpu().profile
+    if isinstance(device, DeviceProfile):
+        return device
+    if isinstance(device, str):
+        return DeviceProfile.for_family(device)
+    raise TypeError(f"device must be None, a DeviceProfile or a family name, got {device!r}")

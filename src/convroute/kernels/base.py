@@ -1,0 +1,55 @@
+"""The contract every conv algorithm follows (ncnn's create-pipeline / forward split).
+
+`__init__` prepacks the weights and compiles pipelines once; `bind(x, y, n)` builds the dispatches
+for one pair of input/output buffers; running them is the only per-call work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.common import Epilogue
+from convroute.params import ConvParams
+
+
+class ConvKernel:
+    name = ""
+
+    @classmethod
+    def unsupported(cls, p: ConvParams) -> str | None:
+        """None when this algorithm can run `p`, else the reason it cannot."""
+        return None
+
+    def __init__(self, gpu: Gpu, p: ConvParams, weight: np.ndarray, bias: np.ndarray | None,
+                 epilogue: Epilogue):
+        why = self.unsupported(p)
+        if why:
+            raise ValueError(f"algorithm {self.name!r} cannot run {p.describe()}: {why}")
+        self.gpu, self.p, self.epilogue = gpu, p, epilogue
+        bias = np.zeros(p.c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
+        self.prepare(np.asarray(weight, np.float32), bias)
+
+    def prepare(self, weight: np.ndarray, bias: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def bind(self, x, y, n: int) -> list[Dispatch]:
+        raise NotImplementedError
+
+
+def pack_oc4(weight_oc_first: np.ndarray, groups: int, bias: np.ndarray):
+    """[C_out, ...] -> [groups * ceil(C_out_g / 4), ..., 4]: output channels in fours, zero-padded per group.
+
+    Returns (packed weight, packed bias [blocks, 4], blocks per group).
+    """
+    c_out = weight_oc_first.shape[0]
+    cg = c_out // groups
+    blocks = -(-cg // 4)
+    rest = weight_oc_first.shape[1:]
+    w = np.zeros((groups, blocks * 4) + rest, np.float32)
+    w[:, :cg] = weight_oc_first.reshape((groups, cg) + rest)
+    b = np.zeros((groups, blocks * 4), np.float32)
+    b[:, :cg] = bias.reshape(groups, cg)
+    w = w.reshape((groups * blocks, 4) + rest)
+    w = np.moveaxis(w, 1, -1)  # the 4 channels of a block become the innermost (vec4) axis
+    return np.ascontiguousarray(w), b.reshape(groups * blocks, 4), blocks

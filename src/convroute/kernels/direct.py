@@ -1,0 +1,94 @@
+"""`direct`: the general sliding-window conv. Any stride, padding, dilation, groups, kernel shape.
+
+Each invocation computes a 4 output channels x 4 output pixels (along a row) block: per input tap it
+loads one vec4 of weights and four input values and does sixteen multiply-adds.
+"""
+
+from __future__ import annotations
+
+from convroute.kernels.base import ConvKernel, pack_oc4
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+
+WG = 64
+PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
+          "cin_g", "cout_g", "ocb", "owb", "gocb", "total"]
+
+SHADER = """
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+{act}
+@compute @workgroup_size({wg})
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let owb = t % P.owb;
+  let oh = (t / P.owb) % P.ho;
+  let gob = (t / (P.owb * P.ho)) % P.gocb;
+  let n = t / (P.owb * P.ho * P.gocb);
+  let g = gob / P.ocb;
+  let ow0 = owb * 4u;
+  var acc: array<vec4<f32>, 4>;
+  let b = bias[gob];
+  for (var j = 0u; j < 4u; j++) {{ acc[j] = b; }}
+  let ih0 = i32(oh * P.sh) - i32(P.ph);
+  let iw0 = i32(ow0 * P.sw) - i32(P.pw);
+  for (var ic = 0u; ic < P.cin_g; ic++) {{
+    let xc = (n * P.c_in + g * P.cin_g + ic) * P.h;
+    let wc = (gob * P.cin_g + ic) * P.kh;
+    for (var kh = 0u; kh < P.kh; kh++) {{
+      let ih = ih0 + i32(kh * P.dh);
+      if (ih < 0 || ih >= i32(P.h)) {{ continue; }}
+      let row = (xc + u32(ih)) * P.w;
+      for (var kw = 0u; kw < P.kw; kw++) {{
+        let wv = wt[(wc + kh) * P.kw + kw];
+        let iwk = iw0 + i32(kw * P.dw);
+        for (var j = 0u; j < 4u; j++) {{
+          let iw = iwk + i32(j * P.sw);
+          if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * x[row + u32(iw)]; }}
+        }}
+      }}
+    }}
+  }}
+  let ocg0 = (gob % P.ocb) * 4u;
+  for (var i = 0u; i < 4u; i++) {{
+    if (ocg0 + i >= P.cout_g) {{ break; }}
+    let obase = ((n * P.c_out + g * P.cout_g + ocg0 + i) * P.ho + oh) * P.wo;
+    for (var j = 0u; j < 4u; j++) {{
+      if (ow0 + j < P.wo) {{ y[obase + ow0 + j] = act(acc[j][i]); }}
+    }}
+  }}
+}}
+"""
+
+
+class Direct(ConvKernel):
+    name = "direct"
+
+    @classmethod
+    def unsupported(cls, p):
+        return "it is a transposed convolution" if p.transposed else None
+
+    def prepare(self, weight, bias):
+        p = self.p
+        w, b, self.ocb = pack_oc4(weight, p.groups, bias)
+        self.w_buf = self.gpu.upload(w, "packed weights")
+        self.b_buf = self.gpu.upload(b, "bias")
+        self.source = SHADER.format(wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(),
+                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.gpu.pipeline(self.source)
+
+    def bind(self, x, y, n):
+        p = self.p
+        owb, gocb = ceil_div(p.wo, 4), p.groups * self.ocb
+        total = n * gocb * p.ho * owb
+        values = dict(n=n, c_in=p.c_in, h=p.h, w=p.w, c_out=p.c_out, ho=p.ho, wo=p.wo, kh=p.kh, kw=p.kw,
+                      sh=p.stride[0], sw=p.stride[1], ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0],
+                      dw=p.dilation[1], cin_g=p.c_in // p.groups, cout_g=p.c_out // p.groups, ocb=self.ocb,
+                      owb=owb, gocb=gocb, total=total)
+        u = self.gpu.uniform(pack(PARAMS, values))
+        return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]

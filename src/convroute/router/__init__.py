@@ -1,0 +1,50 @@
+"""The router: one entry point, `route`, that picks an algorithm per layer and per device and says why."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from convroute.device.profile import DeviceProfile, resolve_profile
+from convroute.params import ConvParams, make_params
+from convroute.router.seed import seed_route
+
+POLICIES = ("seed",)
+
+
+@dataclass(frozen=True)
+class Decision:
+    algorithm: str
+    reason: str
+    policy: str
+    device: str
+
+    def __str__(self) -> str:
+        return f"{self.algorithm}: {self.reason} [policy {self.policy}, device {self.device}]"
+
+
+def env_force_direct() -> bool:
+    return os.environ.get("CONVROUTE_FORCE_DIRECT", "") not in ("", "0", "false", "False")
+
+
+def default_policy() -> str:
+    return os.environ.get("CONVROUTE_POLICY", "seed")
+
+
+def route_params(p: ConvParams, device: DeviceProfile, policy: str | None = None,
+                 force_direct: bool | None = None) -> Decision:
+    policy = policy or default_policy()
+    if force_direct is None:
+        force_direct = env_force_direct()
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+    algorithm, reason = seed_route(p, device, force_direct)
+    return Decision(algorithm, reason, policy, device.family)
+
+
+def route(input_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
+          output_padding=0, device=None, policy=None, force_direct=None) -> Decision:
+    """Pick the algorithm for one conv; pure (no GPU work) unless `device` is None (the adapter in use)."""
+    p = make_params(input_shape, weight_shape, stride, padding, dilation, groups, transposed=transposed,
+                    output_padding=output_padding)
+    return route_params(p, resolve_profile(device), policy, force_direct)
