@@ -1,0 +1,90 @@
+"""Shared test set-up: poisoned outputs, a float64 PyTorch reference and the relative-error check."""
+
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+os.environ["CONVROUTE_POISON"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import convroute.api  # noqa: E402
+from convroute.kernels import ALGORITHMS  # noqa: E402
+from convroute.params import ConvParams  # noqa: E402
+
+convroute.api.POISON = True  # outputs start as NaN, so an element no kernel writes fails the check
+
+TOLERANCE = 1e-4
+ACTIVATIONS = (None, "relu", "relu6", ("clamp", -0.5, 0.75), "hardswish", "silu", "sigmoid")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    """Tests see no routing overrides from the caller's environment."""
+    for name in ("CONVROUTE_FORCE_DIRECT", "CONVROUTE_POLICY", "CONVROUTE_ADAPTER"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def applicable(p: ConvParams) -> list[str]:
+    """Registered algorithms that can run `p` (grows as algorithms land in ALGORITHMS)."""
+    return [name for name, kernel in ALGORITHMS.items() if kernel.unsupported(p) is None]
+
+
+def random_inputs(p: ConvParams, rng: np.random.Generator, bias: bool = True):
+    """Fresh float32 input, weight (scaled by 1/sqrt(fan-in)) and optional bias; never zeros."""
+    x = rng.uniform(-1.0, 1.0, p.input_shape).astype(np.float32)
+    fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
+    w = (rng.uniform(-1.0, 1.0, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
+    b = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32) if bias else None
+    return x, w, b
+
+
+def activate(y, activation):
+    import torch
+
+    if activation is None or activation == "none":
+        return y
+    if isinstance(activation, tuple):
+        return torch.clamp(y, activation[1], activation[2])
+    return {
+        "relu": torch.relu,
+        "relu6": lambda v: torch.clamp(v, 0.0, 6.0),
+        "hardswish": lambda v: v * torch.clamp(v + 3.0, 0.0, 6.0) / 6.0,
+        "silu": lambda v: v * torch.sigmoid(v),
+        "sigmoid": torch.sigmoid,
+    }[activation](y)
+
+
+def reference(p: ConvParams, x, w, b=None, activation=None) -> np.ndarray:
+    """PyTorch's conv2d / conv_transpose2d on float64 copies of the same inputs, then the activation."""
+    import torch
+    import torch.nn.functional as F
+
+    xt, wt = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(w, np.float64))
+    bt = None if b is None else torch.from_numpy(np.asarray(b, np.float64))
+    with torch.no_grad():
+        if p.transposed:
+            y = F.conv_transpose2d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
+        else:
+            y = F.conv2d(xt, wt, bt, p.stride, p.padding, p.dilation, p.groups)
+        return activate(y, activation).numpy()
+
+
+def rel_error(out, ref) -> float:
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def assert_matches(out, ref, what: str = "", tol: float = TOLERANCE) -> None:
+    """Same shape, every element written and finite where the reference is, relative error < tol."""
+    out = np.asarray(out)
+    assert out.dtype == np.float32, f"{what}: result dtype {out.dtype}, expected float32"
+    assert out.shape == ref.shape, f"{what}: shape {out.shape}, expected {ref.shape}"
+    bad = ~np.isfinite(out) & np.isfinite(ref)
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {out.size} outputs are NaN/Inf (unwritten?), "
+                           f"first at {tuple(int(i[0]) for i in np.nonzero(bad))}")
+    err = rel_error(out, ref)
+    assert err < tol, f"{what}: relative error {err:.3g} >= {tol:g}"
