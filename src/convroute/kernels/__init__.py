@@ -2,5 +2,6 @@
 
 from convroute.kernels.direct import Direct
 from convroute.kernels.im2col import Im2col
+from convroute.kernels.pointwise import Pointwise
 
-ALGORITHMS = {k.name: k for k in (Direct, Im2col)}
+ALGORITHMS = {k.name: k for k in (Direct, Im2col, Pointwise)}

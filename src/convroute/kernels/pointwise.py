@@ -1,0 +1,84 @@
+"""`pointwise`: a 1x1 conv (groups 1, any stride and padding) as the tiled GEMM read straight from the input.
+
+B[k, j] is input channel k at the pixel that output pixel j sees (zero in the padding). Each invocation
+works out its four B columns' input offsets once; the K loop then only adds k * H * W. With stride 1, no
+padding and H*W a multiple of 4, four neighbouring columns are one aligned vec4 of the input.
+"""
+
+from __future__ import annotations
+
+from convroute.kernels import gemm
+from convroute.kernels.base import ConvKernel
+from convroute.kernels.common import pack, uniform_block
+
+PARAMS = gemm.GEMM_PARAMS + ["c_in", "h", "w", "wo", "sh", "sw", "ph", "pw", "hw"]
+
+SCALAR_DECL = """
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+fn load_x(off: u32, ok: bool, k: u32) -> f32 {
+  if (ok && k < P.k) { return x[off + k * P.hw]; }
+  return 0.0;
+}
+"""
+SCALAR_SETUP = """
+  var boff: array<u32, 4>;
+  var bok: array<bool, 4>;
+  for (var q = 0u; q < 4u; q++) {
+    let j = bcol + q;
+    let pix = j % P.p;
+    let ih = i32((pix / P.wo) * P.sh) - i32(P.ph);
+    let iw = i32((pix % P.wo) * P.sw) - i32(P.pw);
+    bok[q] = j < P.cols && ih >= 0 && ih < i32(P.h) && iw >= 0 && iw < i32(P.w);
+    boff[q] = select(0u, (j / P.p) * P.c_in * P.hw + u32(ih) * P.w + u32(iw), bok[q]);
+  }
+"""
+SCALAR_LOAD = ("vec4<f32>(load_x(boff[0], bok[0], k), load_x(boff[1], bok[1], k), load_x(boff[2], bok[2], k), "
+               "load_x(boff[3], bok[3], k))")
+
+VEC4_DECL = """
+@group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
+fn load_x(off: u32, ok: bool, k: u32) -> vec4<f32> {
+  if (ok && k < P.k) { return x[off + k * (P.hw / 4u)]; }
+  return vec4<f32>(0.0);
+}
+"""
+VEC4_SETUP = """
+  let bok = bcol < P.cols;
+  let boff = select(0u, ((bcol / P.p) * P.c_in * P.hw + bcol % P.p) / 4u, bok);
+"""
+VEC4_LOAD = "load_x(boff, bok, k)"
+
+
+class Pointwise(ConvKernel):
+    name = "pointwise"
+
+    @classmethod
+    def unsupported(cls, p):
+        if p.transposed:
+            return "it is a transposed convolution (pointwise runs only a forward conv2d; use 'transposed')"
+        if (p.kh, p.kw) != (1, 1):
+            return f"the kernel is {p.kh}x{p.kw}; pointwise needs a 1x1 kernel"
+        if p.groups != 1:
+            return f"groups={p.groups}: pointwise is one dense GEMM and needs groups == 1"
+        return None
+
+    def prepare(self, weight, bias):
+        p = self.p
+        a, self.k, self.k_pad = gemm.pack_weights(weight)
+        self.w_buf = self.gpu.upload(a, "packed weight matrix")
+        self.b_buf = self.gpu.upload(bias, "bias")
+        self.vec4 = p.stride == (1, 1) and p.padding == (0, 0) and p.h * p.w % 4 == 0
+        decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
+            (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
+        self.source = gemm.shader(decl, setup, load, uniform_block(PARAMS), self.epilogue.wgsl())
+        self.gpu.pipeline(self.source)
+
+    def bind(self, x, y, n):
+        p = self.p
+        pixels = p.ho * p.wo
+        values = gemm.launch_values(p.c_out, self.k, self.k_pad, n * pixels, 0, pixels)
+        values |= dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, sh=p.stride[0], sw=p.stride[1], ph=p.padding[0],
+                       pw=p.padding[1], hw=p.h * p.w)
+        u = self.gpu.uniform(pack(PARAMS, values))
+        return [self.gpu.dispatch(self.source, [u, self.w_buf, self.b_buf, y, x], gemm.launch_threads(values),
+                                  gemm.THREADS)]
