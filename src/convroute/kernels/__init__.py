@@ -1,7 +1,8 @@
 """Conv algorithms: one module each, its WGSL beside its dispatch-grid code."""
 
+from convroute.kernels.depthwise import Depthwise
 from convroute.kernels.direct import Direct
 from convroute.kernels.im2col import Im2col
 from convroute.kernels.pointwise import Pointwise
 
-ALGORITHMS = {k.name: k for k in (Direct, Im2col, Pointwise)}
+ALGORITHMS = {k.name: k for k in (Direct, Im2col, Pointwise, Depthwise)}

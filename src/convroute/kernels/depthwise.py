@@ -1,0 +1,91 @@
+"""`depthwise`: groups == C_in, output channel c reads input channel c // m (channel multiplier m >= 1).
+
+Any kernel size, stride, padding and dilation. Each invocation computes four neighbouring output pixels of
+one row of one channel: per tap one weight and four input values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convroute.kernels.base import ConvKernel
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+
+WG = 64
+PARAMS = ["c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "mult", "owb",
+          "total"]
+
+SHADER = """
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+{act}
+@compute @workgroup_size({wg})
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let owb = t % P.owb;
+  let oh = (t / P.owb) % P.ho;
+  let nc = t / (P.owb * P.ho);
+  let oc = nc % P.c_out;
+  let n = nc / P.c_out;
+  let ow0 = owb * 4u;
+  let b = bias[oc];
+  var acc = vec4<f32>(b, b, b, b);
+  let xc = (n * P.c_in + oc / P.mult) * P.h;
+  let ih0 = i32(oh * P.sh) - i32(P.ph);
+  let iw0 = i32(ow0 * P.sw) - i32(P.pw);
+  for (var kh = 0u; kh < P.kh; kh++) {{
+    let ih = ih0 + i32(kh * P.dh);
+    if (ih < 0 || ih >= i32(P.h)) {{ continue; }}
+    let row = (xc + u32(ih)) * P.w;
+    let wrow = (oc * P.kh + kh) * P.kw;
+    for (var kw = 0u; kw < P.kw; kw++) {{
+      let wv = wt[wrow + kw];
+      let iwk = iw0 + i32(kw * P.dw);
+      for (var j = 0u; j < 4u; j++) {{
+        let iw = iwk + i32(j * P.sw);
+        if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * x[row + u32(iw)]; }}
+      }}
+    }}
+  }}
+  let obase = (nc * P.ho + oh) * P.wo + ow0;
+  for (var j = 0u; j < 4u; j++) {{
+    if (ow0 + j < P.wo) {{ y[obase + j] = act(acc[j]); }}
+  }}
+}}
+"""
+
+
+class Depthwise(ConvKernel):
+    name = "depthwise"
+
+    @classmethod
+    def unsupported(cls, p):
+        if p.transposed:
+            return "it is a transposed convolution (depthwise runs only a forward conv2d; use 'transposed')"
+        if not p.is_depthwise:
+            return (f"it is not depthwise: depthwise needs groups == C_in (one input channel per group), "
+                    f"got groups={p.groups} with C_in={p.c_in}")
+        return None
+
+    def prepare(self, weight, bias):
+        self.w_buf = self.gpu.upload(np.ascontiguousarray(weight), "weights")
+        self.b_buf = self.gpu.upload(bias, "bias")
+        self.source = SHADER.format(wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(),
+                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.gpu.pipeline(self.source)
+
+    def bind(self, x, y, n):
+        p = self.p
+        owb = ceil_div(p.wo, 4)
+        total = n * p.c_out * p.ho * owb
+        values = dict(c_in=p.c_in, h=p.h, w=p.w, c_out=p.c_out, ho=p.ho, wo=p.wo, kh=p.kh, kw=p.kw,
+                      sh=p.stride[0], sw=p.stride[1], ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0],
+                      dw=p.dilation[1], mult=p.c_out // p.c_in, owb=owb, total=total)
+        u = self.gpu.uniform(pack(PARAMS, values))
+        return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]
