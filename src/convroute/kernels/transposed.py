@@ -1,0 +1,114 @@
+"""`transposed`: conv_transpose2d as a gather. Stride, padding, output_padding, dilation and groups.
+
+Output pixel (oh, ow) sums input (ih, iw) through tap (kh, kw) when oh + ph = ih * sh + kh * dh (same in w).
+Each invocation computes 4 output channels (a vec4 of prepacked weights) x 4 output pixels of one row spaced
+by the stride: those four share which taps reach them, and read four neighbouring input pixels.
+"""
+
+from __future__ import annotations
+
+from convroute.kernels.base import ConvKernel, pack_oc4
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+
+WG = 64
+PARAMS = ["c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "cin_g",
+          "cout_g", "ocb", "gocb", "nb", "owb", "total"]
+
+SHADER = """
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+{act}
+@compute @workgroup_size({wg})
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let tb = t % P.owb;
+  let oh = (t / P.owb) % P.ho;
+  let gob = (t / (P.owb * P.ho)) % P.gocb;
+  let n = t / (P.owb * P.ho * P.gocb);
+  let g = gob / P.ocb;
+  // pixels ow0 + j * sw, j < 4: residue tb / nb of the stride, block tb % nb
+  let ow0 = tb / P.nb + (tb % P.nb) * 4u * P.sw;
+  if (ow0 >= P.wo) {{ return; }}
+  var acc: array<vec4<f32>, 4>;
+  let b = bias[gob];
+  for (var j = 0u; j < 4u; j++) {{ acc[j] = b; }}
+  let hw = P.h * P.w;
+  let taps = P.kh * P.kw;
+  let xg = (n * P.c_in + g * P.cin_g) * hw;
+  let wbase = gob * P.cin_g * taps;
+  for (var kh = 0u; kh < P.kh; kh++) {{
+    let th = i32(oh + P.ph) - i32(kh * P.dh);
+    if (th < 0 || th % i32(P.sh) != 0) {{ continue; }}
+    let ih = u32(th) / P.sh;
+    if (ih >= P.h) {{ continue; }}
+    for (var kw = 0u; kw < P.kw; kw++) {{
+      let tw = i32(ow0 + P.pw) - i32(kw * P.dw);
+      if (tw % i32(P.sw) != 0) {{ continue; }}
+      let iw0 = tw / i32(P.sw);
+      var ok: array<bool, 4>;
+      var off: array<u32, 4>;
+      for (var j = 0u; j < 4u; j++) {{
+        let iw = iw0 + i32(j);
+        ok[j] = iw >= 0 && iw < i32(P.w);
+        off[j] = select(0u, xg + ih * P.w + u32(iw), ok[j]);
+      }}
+      var wi = wbase + kh * P.kw + kw;
+      for (var ic = 0u; ic < P.cin_g; ic++) {{
+        let wv = wt[wi];
+        for (var j = 0u; j < 4u; j++) {{
+          if (ok[j]) {{ acc[j] += wv * x[off[j] + ic * hw]; }}
+        }}
+        wi += taps;
+      }}
+    }}
+  }}
+  let ocg0 = (gob % P.ocb) * 4u;
+  for (var i = 0u; i < 4u; i++) {{
+    if (ocg0 + i >= P.cout_g) {{ break; }}
+    let obase = ((n * P.c_out + g * P.cout_g + ocg0 + i) * P.ho + oh) * P.wo;
+    for (var j = 0u; j < 4u; j++) {{
+      let ow = ow0 + j * P.sw;
+      if (ow < P.wo) {{ y[obase + ow] = act(acc[j][i]); }}
+    }}
+  }}
+}}
+"""
+
+
+class Transposed(ConvKernel):
+    name = "transposed"
+
+    @classmethod
+    def unsupported(cls, p):
+        return None if p.transposed else "it is not a transposed convolution (use transposed=True)"
+
+    def prepare(self, weight, bias):
+        p = self.p
+        cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
+        # [C_in, C_out/g, Kh, Kw] -> [C_out, C_in/g, Kh, Kw], the forward-conv layout pack_oc4 takes
+        oc_first = weight.reshape(p.groups, cin_g, cout_g, p.kh, p.kw).transpose(0, 2, 1, 3, 4)
+        w, b, self.ocb = pack_oc4(oc_first.reshape(p.c_out, cin_g, p.kh, p.kw), p.groups, bias)
+        self.w_buf = self.gpu.upload(w, "packed weights")
+        self.b_buf = self.gpu.upload(b, "bias")
+        self.source = SHADER.format(wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(),
+                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.gpu.pipeline(self.source)
+
+    def bind(self, x, y, n):
+        p = self.p
+        sw = p.stride[1]
+        nb = ceil_div(ceil_div(p.wo, sw), 4)
+        gocb = p.groups * self.ocb
+        total = n * gocb * p.ho * sw * nb
+        values = dict(c_in=p.c_in, h=p.h, w=p.w, c_out=p.c_out, ho=p.ho, wo=p.wo, kh=p.kh, kw=p.kw,
+                      sh=p.stride[0], sw=sw, ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0],
+                      dw=p.dilation[1], cin_g=p.c_in // p.groups, cout_g=p.c_out // p.groups, ocb=self.ocb,
+                      gocb=gocb, nb=nb, owb=sw * nb, total=total)
+        u = self.gpu.uniform(pack(PARAMS, values))
+        return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]
