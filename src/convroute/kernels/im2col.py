@@ -79,13 +79,12 @@ class Im2col(ConvKernel):
         self.gpu.pipeline(self.gemm_source)
 
     def chunk_columns(self, total: int) -> int:
-        """Output pixels per chunk: the most whose column matrix fits one binding (whole tiles when it can)."""
+        """Output pixels per chunk: the most whole GEMM tiles whose column matrix fits one binding."""
         budget = min(self.gpu.profile.max_binding_bytes, COL_BYTES_CAP)
-        fit = budget // (4 * self.k_pad)
-        if fit < 4:
-            raise ValueError(f"im2col of {self.p.describe()}: even four columns of {self.k_pad} rows exceed "
-                             f"the {budget}-byte storage binding; use the direct algorithm")
-        fit = fit // gemm.TILE * gemm.TILE if fit >= gemm.TILE else fit // 4 * 4
+        fit = budget // (4 * self.k_pad) // gemm.TILE * gemm.TILE
+        if fit == 0:  # the weight matrix alone is larger than this, so only with an unusually small cap
+            raise ValueError(f"im2col of {self.p.describe()}: {gemm.TILE} columns of {self.k_pad} rows exceed "
+                             f"the {budget}-byte column buffer; use the direct algorithm")
         return min(fit, total)
 
     def bind(self, x, y, n):

@@ -1,0 +1,97 @@
+"""Work too large for one binding or one dispatch dimension is split, and the pieces still match PyTorch.
+
+- im2col: with the device's largest storage binding patched small, the column matrix is built and
+  multiplied in several chunks of output pixels (chunks straddling images of the batch).
+- Grid folding: a launch of more than 65535 workgroups on the real limit, and, for every algorithm, a launch
+  past a patched small per-dimension limit, run as a 2-D grid.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import applicable, assert_matches, random_inputs, reference
+from convroute import conv2d
+from convroute.api import batch_chunk
+from convroute.device.gpu import get_gpu
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import Epilogue
+from convroute.kernels.im2col import Im2col
+from convroute.params import make_params
+
+BINDING = "max-storage-buffer-binding-size"
+GROUPS_PER_DIM = "max-compute-workgroups-per-dimension"
+
+
+def run_kernel(kernel_cls, p, x, w, b, activation=None):
+    """Build one kernel, bind poisoned buffers, run it; returns (output, dispatches)."""
+    gpu = get_gpu()
+    kernel = kernel_cls(gpu, p, w, b, Epilogue.parse(activation))
+    x_buf = gpu.upload(x, "input")
+    y_buf = gpu.empty(4 * int(np.prod(p.output_shape)), "output")
+    gpu.fill(y_buf, np.nan)
+    dispatches = kernel.bind(x_buf, y_buf, p.n)
+    gpu.run(dispatches)
+    return gpu.read(y_buf, p.output_shape), dispatches
+
+
+@pytest.mark.parametrize("case", [
+    dict(input_shape=(2, 3, 13, 11), weight_shape=(5, 3, 3, 3), padding=1),
+    dict(input_shape=(3, 8, 11, 10), weight_shape=(6, 8, 2, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    dict(input_shape=(3, 24, 15, 12), weight_shape=(70, 24, 3, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+])
+def test_im2col_column_chunks_match_torch(monkeypatch, case):
+    p = make_params(**case)
+    x, w, b = random_inputs(p, np.random.default_rng(11))
+    k_pad = -(-p.c_in * p.kh * p.kw // 16) * 16
+    limit = 256 * k_pad * (-(-p.c_out // 64))  # the padded weight matrix just fits; 64 * ceil(C_out/64) columns
+    monkeypatch.setitem(get_gpu().profile.limits, BINDING, limit)
+    out, dispatches = run_kernel(Im2col, p, x, w, b, "relu")
+    chunks = len(dispatches) // 2
+    assert chunks == -(-p.n * p.ho * p.wo // (limit // (4 * k_pad))) and chunks >= 3
+    assert_matches(out, reference(p, x, w, b, "relu"), f"im2col in {chunks} chunks")
+
+
+def test_im2col_chunks_inside_batch_split(monkeypatch):
+    """The API splits the batch to fit the input/output bindings; im2col chunks each part again."""
+    p = make_params((5, 2, 12, 12), (4, 2, 3, 3), stride=1, padding=1)
+    x, w, b = random_inputs(p, np.random.default_rng(12))
+    limit = 8192  # 3 images per batch part, 64 columns per chunk
+    assert batch_chunk(p, limit) == 3
+    monkeypatch.setitem(get_gpu().profile.limits, BINDING, limit)
+    out = conv2d(x, w, b, padding=1, algorithm="im2col", activation="silu")
+    assert_matches(out, reference(p, x, w, b, "silu"), "im2col with batch split and column chunks")
+
+
+def test_grid_folds_past_65535_workgroups():
+    """A one-channel 4100x4100 depthwise conv needs more workgroups than one grid dimension holds."""
+    gpu = get_gpu()
+    assert gpu.profile.max_workgroups_per_dim == 65535
+    p = make_params((1, 1, 4100, 4100), (1, 1, 3, 3), padding=1, groups=1)
+    x, w, b = random_inputs(p, np.random.default_rng(13))
+    out, dispatches = run_kernel(ALGORITHMS["depthwise"], p, x, w, b)
+    assert dispatches[0].grid[1] > 1, f"expected a folded 2-D grid, got {dispatches[0].grid}"
+    assert_matches(out, reference(p, x, w, b), "depthwise on a folded grid")
+
+
+FOLD_CASES = {
+    "direct": dict(input_shape=(2, 3, 30, 41), weight_shape=(8, 3, 3, 2), padding=(1, 0)),
+    "im2col": dict(input_shape=(2, 3, 20, 31), weight_shape=(7, 3, 3, 3), padding=1, dilation=(1, 2)),
+    "pointwise": dict(input_shape=(2, 5, 20, 31), weight_shape=(9, 5, 1, 1)),
+    "depthwise": dict(input_shape=(2, 4, 20, 29), weight_shape=(8, 1, 3, 3), padding=1, groups=4),
+    "transposed": dict(input_shape=(3, 4, 16, 15), weight_shape=(4, 8, 3, 3), stride=2, padding=1,
+                       transposed=True, output_padding=1),
+}
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_every_algorithm_runs_on_a_folded_grid(monkeypatch, algorithm):
+    """With the per-dimension limit patched to 16, launches of 17..256 workgroups become 16 x rows grids."""
+    p = make_params(**FOLD_CASES[algorithm])
+    assert algorithm in applicable(p)
+    x, w, b = random_inputs(p, np.random.default_rng(14))
+    monkeypatch.setitem(get_gpu().profile.limits, GROUPS_PER_DIM, 16)
+    out, dispatches = run_kernel(ALGORITHMS[algorithm], p, x, w, b, "hardswish")
+    assert all(d.grid[1] > 1 for d in dispatches), [d.grid for d in dispatches]
+    assert_matches(out, reference(p, x, w, b, "hardswish"), f"{algorithm} on a folded grid")
