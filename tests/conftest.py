@@ -22,10 +22,13 @@ ACTIVATIONS = (None, "relu", "relu6", ("clamp", -0.5, 0.75), "hardswish", "silu"
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch):
-    """Tests see no routing overrides from the caller's environment."""
-    for name in ("CONVROUTE_FORCE_DIRECT", "CONVROUTE_POLICY", "CONVROUTE_ADAPTER"):
+def clean_env(monkeypatch, tmp_path_factory):
+    """Tests see no routing overrides from the caller's environment, and no calibration/autotune files or
+    denylists of the user's: each test gets an empty cache directory."""
+    for name in ("CONVROUTE_FORCE_DIRECT", "CONVROUTE_POLICY", "CONVROUTE_ADAPTER", "CONVROUTE_DENYLIST",
+                 "CONVROUTE_TIMING"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONVROUTE_CACHE_DIR", str(tmp_path_factory.mktemp("convroute-cache")))
 
 
 def applicable(p: ConvParams) -> list[str]:

@@ -8,6 +8,8 @@ import sys
 
 COMMANDS = {
     # name: one-line help; module convroute.cli.<name> (or <name>_cmd when the name is a keyword)
+    "calibrate": "time every algorithm on a grid of shapes and save this device's routing profile",
+    "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
 }
 
 

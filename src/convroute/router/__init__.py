@@ -7,9 +7,12 @@ from dataclasses import dataclass
 
 from convroute.device.profile import DeviceProfile, resolve_profile
 from convroute.params import ConvParams, make_params
+from convroute.router.autotune import autotune_route
+from convroute.router.calibrated import calibrated_route
+from convroute.router.exclusions import avoid_blocked, blocked_algorithms
 from convroute.router.seed import seed_route
 
-POLICIES = ("seed",)
+POLICIES = ("seed", "calibrated", "autotune")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,13 @@ def route_params(p: ConvParams, device: DeviceProfile, policy: str | None = None
         force_direct = env_force_direct()
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
-    algorithm, reason = seed_route(p, device, force_direct)
+    blocked = blocked_algorithms(p, device)  # denylist + calibration's wrong results: every policy avoids them
+    if force_direct or policy == "seed":
+        algorithm, reason = avoid_blocked(p, *seed_route(p, device, force_direct), blocked)
+    elif policy == "calibrated":
+        algorithm, reason = calibrated_route(p, device, blocked)
+    else:
+        algorithm, reason = autotune_route(p, device, blocked)
     return Decision(algorithm, reason, policy, device.family)
 
 

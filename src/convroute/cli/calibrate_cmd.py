@@ -1,0 +1,47 @@
+"""`convroute calibrate`: measure every algorithm on the calibration grid and save this device's profile."""
+
+from __future__ import annotations
+
+import sys
+
+from convroute.device.gpu import get_gpu
+from convroute.measure.calibration import SETTINGS, profile_path, run_calibration, save_calibration
+from convroute.measure.model import loo_report
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--quick", action="store_true", help="a dozen tiny shapes (seconds; for tests and smoke runs)")
+    parser.add_argument("--budget", type=float, default=540.0, metavar="SECONDS",
+                        help="stop measuring new shapes after this long (default 540)")
+    parser.add_argument("--per-shape", type=float, default=SETTINGS.budget_s, metavar="SECONDS",
+                        help=f"time budget of one algorithm on one shape (default {SETTINGS.budget_s})")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true", help="measure and report, but do not save the profile")
+
+
+def run(args) -> int:
+    from dataclasses import replace
+
+    gpu = get_gpu()
+    grid = "quick" if args.quick else "full"
+    print(f"calibrating {gpu.profile.name} ({gpu.profile.driver}, {gpu.profile.backend}) on the {grid} grid")
+    cal = run_calibration(gpu, grid, settings=replace(SETTINGS, budget_s=args.per_shape), budget_s=args.budget,
+                          progress=not args.no_progress)
+    measured = sum(len(s.times_ms) for s in cal.samples)
+    print(f"{len(cal.samples)} shapes, {measured} measurements in {cal.seconds:.0f} s ({cal.timing})")
+    for name, why in cal.excluded.items():
+        print(f"EXCLUDED {name}: {why}")
+    if not cal.excluded:
+        print("every algorithm gave correct results on every shape")
+    loo = loo_report(cal.samples, cal.excluded)
+    print(f"model check, leave-one-out over {loo['shapes']} shapes with a choice: picks the fastest on "
+          f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, worst "
+          f"{100 * loo['worst_regret']:.0f}%, total time {100 * loo['total_regret']:.1f}% over the fastest")
+    if args.dry_run:
+        return 0
+    path = save_calibration(cal)
+    if path is None:
+        print(f"could not save the profile to {profile_path(gpu.profile)}", file=sys.stderr)
+        return 1
+    print(f"saved {path}")
+    return 0

@@ -1,0 +1,166 @@
+"""`convroute bench`: time every applicable algorithm on each layer of a suite, and score the policies.
+
+Per layer: the median time of every applicable algorithm (checked against the host reference first), each
+policy's choice, the oracle (the fastest correct measured algorithm) and each policy's regret. Totals weight
+each layer by its count; an algorithm's total takes the oracle's time on layers it cannot run.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+
+from convroute.device.gpu import Gpu
+from convroute.kernels import ALGORITHMS
+from convroute.measure.calibration import device_record, load_calibration
+from convroute.measure.grid import params_to_dict
+from convroute.measure.timing import TimingSettings, Workload
+from convroute.params import ConvParams
+from convroute.router import route_params
+from convroute.suites import Suite
+
+TOLERANCE = 1e-4
+SETTINGS = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=1.0)
+DEFAULT_POLICIES = ("seed", "calibrated")
+
+# Other implementations timed on the same layers, for `bench --compare` (issue 5 fills this in):
+# name -> function(gpu, params, settings) -> median ms, or raising RuntimeError when unavailable here.
+COMPARATORS: dict[str, object] = {}
+
+
+@dataclass
+class LayerResult:
+    name: str
+    count: int
+    params: ConvParams
+    times_ms: dict[str, float] = field(default_factory=dict)  # correct algorithms only
+    errors: dict[str, float] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # algorithm -> wrong result / exception
+    choices: dict[str, str] = field(default_factory=dict)  # policy -> algorithm
+    reasons: dict[str, str] = field(default_factory=dict)
+    compare_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def oracle(self) -> str:
+        return min(self.times_ms, key=self.times_ms.get)
+
+    @property
+    def oracle_ms(self) -> float:
+        return self.times_ms[self.oracle]
+
+    def policy_ms(self, policy: str) -> float:
+        """Measured time of the policy's choice (nan when that choice could not be measured)."""
+        return self.times_ms.get(self.choices.get(policy, ""), math.nan)
+
+    def algorithm_ms(self, name: str) -> float:
+        """This algorithm's time, or the oracle's where it cannot run (the fastest applicable path)."""
+        return self.times_ms.get(name, self.oracle_ms)
+
+    def regret(self, policy: str) -> float:
+        return self.policy_ms(policy) / self.oracle_ms - 1
+
+
+@dataclass
+class BenchReport:
+    suite: str
+    batch: int
+    device: dict
+    timing: str
+    policies: list[str]
+    layers: list[LayerResult]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def algorithms(self) -> list[str]:
+        used = {n for layer in self.layers for n in layer.times_ms}
+        return [n for n in ALGORITHMS if n in used]
+
+    def totals_ms(self) -> dict[str, float | None]:
+        totals: dict[str, float | None] = {}
+        for policy in self.policies:
+            total = sum(layer.count * layer.policy_ms(policy) for layer in self.layers)
+            totals[policy] = None if math.isnan(total) else total
+        totals["oracle"] = sum(layer.count * layer.oracle_ms for layer in self.layers)
+        for name in self.algorithms:
+            totals[name] = sum(layer.count * layer.algorithm_ms(name) for layer in self.layers)
+        return totals
+
+    def to_json(self) -> dict:
+        totals = self.totals_ms()
+        oracle = totals["oracle"]
+        for policy in ("seed", "calibrated"):
+            totals.setdefault(policy, None)  # always present; null when not measured (no calibration)
+        return {
+            "suite": self.suite, "batch": self.batch, "device": self.device, "timing": self.timing,
+            "policies": self.policies, "algorithms": self.algorithms, "notes": self.notes,
+            "totals_ms": totals,
+            "vs_oracle": {k: (v / oracle if v is not None else None) for k, v in totals.items()},
+            "layers": [{"name": r.name, "count": r.count, "params": params_to_dict(r.params),
+                        "times_ms": r.times_ms, "errors": r.errors, "failures": r.failures,
+                        "choices": r.choices, "reasons": r.reasons, "oracle": r.oracle,
+                        "oracle_ms": r.oracle_ms, "regret": {p: r.regret(p) for p in r.choices},
+                        "compare_ms": r.compare_ms}
+                       for r in self.layers],
+        }
+
+
+def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES, *,
+              settings: TimingSettings = SETTINGS, check: bool = True, progress: bool = True,
+              compare=()) -> BenchReport:
+    policies = list(policies)
+    notes = []
+    if "calibrated" in policies and load_calibration(gpu.profile) is None:
+        policies.remove("calibrated")
+        notes.append("no calibration profile for this device: run `convroute calibrate` to score 'calibrated'")
+    layers = [(layer.name, layer.count, layer.params(batch)) for layer in suite.layers]
+    results, method = [], ""
+    for name, count, p in _progress(layers, progress, suite.name):
+        result = LayerResult(name, count, p)
+        method = measure_layer(gpu, result, settings, check) or method
+        if not result.times_ms:
+            raise RuntimeError(f"layer {name}: no algorithm ran correctly ({result.failures})")
+        for policy in policies:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                decision = route_params(p, gpu.profile, policy)
+            result.choices[policy], result.reasons[policy] = decision.algorithm, decision.reason
+        for other in compare:
+            result.compare_ms[other] = COMPARATORS[other](gpu, p, settings)
+        results.append(result)
+    return BenchReport(suite.name, batch, device_record(gpu.profile), method, policies, results, notes)
+
+
+def measure_layer(gpu: Gpu, result: LayerResult, settings: TimingSettings, check: bool) -> str:
+    """Fill result.times_ms/errors/failures for every applicable algorithm; returns the timing method."""
+    work = Workload(gpu, result.params, seed=7, rotations=settings.rotations)
+    method = ""
+    try:
+        for name, cls in ALGORITHMS.items():
+            if cls.unsupported(result.params):
+                continue
+            try:
+                kernel = work.kernel(cls)
+                if check:
+                    result.errors[name] = error = work.error(kernel)
+                    if not error < TOLERANCE:
+                        result.failures[name] = f"wrong result: relative error {error:.3g}"
+                        continue
+                timing = work.time(kernel, settings)
+            except Exception as err:  # a failing algorithm is reported, the bench goes on
+                result.failures[name] = f"{type(err).__name__}: {err}"
+                continue
+            result.times_ms[name], method = timing.median_ms, timing.method
+    finally:
+        work.release()
+    return method
+
+
+def _progress(items: list, enabled: bool, name: str):
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=f"bench {name}", unit="layer", dynamic_ncols=True)

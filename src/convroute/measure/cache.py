@@ -1,0 +1,89 @@
+"""On-disk files of measurements (calibration profiles, autotune caches): where they live, how they are
+written (atomically) and read (a corrupt file, another format or another device's file is refused with a
+warning, never an exception)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+
+class CacheWarning(UserWarning):
+    """A measurement file was refused or could not be written; convroute falls back and goes on."""
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, CacheWarning, stacklevel=3)
+
+
+def cache_dir() -> Path:
+    """CONVROUTE_CACHE_DIR, else $XDG_CACHE_HOME/convroute, else ~/.cache/convroute."""
+    explicit = os.environ.get("CONVROUTE_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "convroute"
+
+
+def device_file(kind: str, device_key: str) -> Path:
+    """`<cache>/<kind>-<readable device name>-<hash of the full key>.json`."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", device_key.split("|")[0]).strip("-").lower()[:40] or "device"
+    digest = hashlib.sha256(device_key.encode()).hexdigest()[:12]
+    return cache_dir() / f"{kind}-{slug}-{digest}.json"
+
+
+def write_json(path: Path, data: dict) -> bool:
+    """Write atomically (temp file + rename) so a crash never leaves half a file; False + warning on failure."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:
+        warn_once(f"convroute: could not write {path}: {err}; the result is kept in memory for this process only")
+        return False
+    return True
+
+
+def read_json(path: Path, fmt: str, version: int, device_key: str | None) -> dict | None:
+    """The file's object when it exists and is a `fmt` file of `version` for `device_key`; else None.
+
+    A missing file is silent; anything else wrong gives one CacheWarning naming the file and the problem.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        warn_once(f"convroute: ignoring unreadable file {path}: {err}")
+        return None
+    problem = None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        data, problem = None, f"corrupt JSON ({err})"
+    if problem is None and (not isinstance(data, dict) or data.get("format") != fmt):
+        problem = f"not a {fmt} file"
+    elif problem is None and data.get("version") != version:
+        problem = f"format version {data.get('version')!r}, this convroute reads version {version}"
+    elif problem is None and device_key is not None and data.get("device_key") != device_key:
+        problem = f"made on another device or driver ({data.get('device_key')!r}, this one is {device_key!r})"
+    if problem:
+        warn_once(f"convroute: ignoring {path}: {problem}")
+        return None
+    return data

@@ -1,0 +1,196 @@
+"""Calibration: time and check every applicable algorithm on the grid, and keep the result per device.
+
+The profile file holds the raw measurements (times and errors per grid shape), the algorithms excluded for
+wrong results, and how it was measured; the routing model is fitted from the samples when the file is
+loaded (milliseconds), so a better model needs no re-measurement.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from convroute.device.gpu import Gpu
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
+from convroute.measure.cache import device_file, read_json, warn_once, write_json
+from convroute.measure.grid import GRIDS, params_from_dict, params_key, params_to_dict
+from convroute.measure.timing import TimingSettings, Workload
+from convroute.params import ConvParams
+
+FORMAT, VERSION = "convroute-calibration", 1
+TOLERANCE = 1e-4  # relative error above which an algorithm is wrong on this device (fp32 gives ~1e-6)
+SETTINGS = TimingSettings(warmup=1, repeats=15, min_repeats=3, budget_s=0.25)
+
+
+@dataclass
+class Sample:
+    params: ConvParams
+    times_ms: dict[str, float]
+    errors: dict[str, float]
+
+
+@dataclass
+class Calibration:
+    device_key: str
+    device: dict
+    grid: str
+    timing: str
+    samples: list[Sample]
+    excluded: dict[str, str] = field(default_factory=dict)  # algorithm -> why (a wrong result, an error)
+    created: str = ""
+    seconds: float = 0.0
+    complete: bool = True
+    _model: object = None
+
+    @property
+    def model(self):
+        """The fitted routing model (measure.model.CostModel), fitted on first use."""
+        if self._model is None:
+            from convroute.measure.model import CostModel
+
+            self._model = CostModel.fit(self.samples, self.excluded)
+        return self._model
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "device_key": self.device_key, "device": self.device,
+                "grid": self.grid, "timing": self.timing, "created": self.created, "seconds": self.seconds,
+                "complete": self.complete, "excluded": self.excluded,
+                "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors}
+                            for s in self.samples]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Calibration:
+        samples = []
+        for item in data["samples"]:
+            times = {str(k): float(v) for k, v in item["times_ms"].items()}
+            if any(not v > 0 for v in times.values()):
+                raise ValueError("a sample has a non-positive time")
+            errors = {str(k): float(v) for k, v in item.get("errors", {}).items()}
+            samples.append(Sample(params_from_dict(item["params"]), times, errors))
+        excluded = {str(k): str(v) for k, v in data.get("excluded", {}).items()}
+        return cls(str(data["device_key"]), dict(data.get("device", {})), str(data.get("grid", "")),
+                   str(data.get("timing", "")), samples, excluded, str(data.get("created", "")),
+                   float(data.get("seconds", 0.0)), bool(data.get("complete", True)))
+
+
+def device_record(profile: DeviceProfile) -> dict:
+    return {"name": profile.name, "driver": profile.driver, "backend": profile.backend, "family": profile.family,
+            "vendor_id": profile.vendor_id, "adapter_type": profile.adapter_type}
+
+
+def profile_path(profile: DeviceProfile) -> Path:
+    return device_file("calibration", profile.key)
+
+
+def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = SETTINGS, budget_s: float = 540.0,
+                    progress: bool = True, algorithms: dict | None = None) -> Calibration:
+    """Time and check every applicable algorithm on every grid shape (in a fixed shuffled order, so a run cut
+    short by `budget_s` still spans the grid)."""
+    algorithms = ALGORITHMS if algorithms is None else algorithms
+    shapes = GRIDS[grid]()
+    random.Random(1).shuffle(shapes)
+    excluded: dict[str, str] = {}
+    samples: list[Sample] = []
+    timing = ""
+    start = time.perf_counter()
+    bar = _progress(len(shapes), progress)
+    for p in shapes:
+        if time.perf_counter() - start > budget_s:
+            warn_once(f"convroute calibrate: time budget of {budget_s:.0f} s spent after {len(samples)} of "
+                      f"{len(shapes)} shapes; the model is fitted on those")
+            break
+        bar.set_postfix_str(p.describe()[:60], refresh=False)
+        sample, timing = measure_shape(gpu, p, algorithms, excluded, settings)
+        samples.append(sample)
+        bar.update(1)
+    bar.close()
+    return Calibration(gpu.profile.key, device_record(gpu.profile), grid, timing, samples, excluded,
+                       datetime.now(UTC).isoformat(timespec="seconds"), round(time.perf_counter() - start, 1),
+                       len(samples) == len(shapes))
+
+
+def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str, str],
+                  settings: TimingSettings) -> tuple[Sample, str]:
+    """Check then time each applicable, not yet excluded algorithm on `p`; a wrong result or a failure
+    excludes the algorithm for this device (recorded in `excluded`)."""
+    work = Workload(gpu, p, seed=zlib.crc32(params_key(p).encode()), rotations=settings.rotations)
+    times, errors, method = {}, {}, ""
+    try:
+        for name, cls in algorithms.items():
+            if cls.unsupported(p) or name in excluded:
+                continue
+            try:
+                kernel = work.kernel(cls)
+                errors[name] = work.error(kernel)
+                if not errors[name] < TOLERANCE:
+                    excluded[name] = (f"wrong result on {p.describe()}: relative error {errors[name]:.3g} "
+                                      f"(tolerance {TOLERANCE:g})")
+                    continue
+                timing = work.time(kernel, settings)
+            except Exception as err:  # a driver or compiler failure must not end the calibration
+                excluded[name] = f"failed on {p.describe()}: {type(err).__name__}: {err}"
+                continue
+            times[name], method = timing.median_ms, timing.method
+    finally:
+        work.release()
+    return Sample(p, times, errors), method
+
+
+def save_calibration(cal: Calibration) -> Path | None:
+    path = device_file("calibration", cal.device_key)
+    return path if write_json(path, cal.to_json()) else None
+
+
+_LOADED: dict[str, tuple[tuple, Calibration | None]] = {}
+
+
+def load_calibration(profile: DeviceProfile) -> Calibration | None:
+    """This device's calibration from the cache directory, or None (with a warning when a file exists but is
+    corrupt, from another device or of another format). Memoised on the file's mtime and size."""
+    path = profile_path(profile)
+    try:
+        stat = path.stat()
+        stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        return None
+    cached = _LOADED.get(profile.key)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    data = read_json(path, FORMAT, VERSION, profile.key)
+    cal = None
+    if data is not None:
+        try:
+            cal = Calibration.from_json(data)
+            if not cal.samples:
+                raise ValueError("it holds no measurements")
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            warn_once(f"convroute: ignoring {path}: malformed calibration ({type(err).__name__}: {err})")
+            cal = None
+    _LOADED[profile.key] = (stamp, cal)
+    return cal
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the [report] extra; without it, no bar
+        enabled = False
+    if not enabled:
+        return _NoBar()
+    return tqdm(total=total, desc="calibrating", unit="shape", dynamic_ncols=True)
+
+
+class _NoBar:
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass

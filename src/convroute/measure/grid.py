@@ -1,0 +1,121 @@
+"""The calibration grid: synthetic conv shapes that span real CNNs without being any suite's layer.
+
+Real networks run 3x3 and 1x1 convs at spatial sizes 7/14/28/56/112/224 with channels growing as the image
+shrinks (channels x side stays within about 300..15000), plus a few stems (3 input channels, 7x7 stride 2),
+depthwise convs (MobileNet), grouped convs (ResNeXt), dilated convs (segmentation) and transposed convs
+(decoders). The grid covers the same ranges on other spatial sizes (6, 10, 20, 40, 80, 160, ...), so the
+model has to generalise to the suites rather than remember them (tests/test_measure.py checks that no grid
+shape is a suite layer).
+"""
+
+from __future__ import annotations
+
+from convroute.params import ConvParams, make_params
+
+SIDES = (6, 10, 20, 40, 80, 160)
+CHANNELS = (16, 32, 64, 128, 256, 512, 1024)
+FULL_MAX_FLOPS = 1.2e9  # keeps `convroute calibrate` under 10 minutes on a 2-core CPU (lavapipe)
+
+
+def conv(c_in, c_out, side, k, stride=1, *, groups=1, dilation=1, n=1, width=None) -> ConvParams:
+    pad = dilation * (k - 1) // 2
+    return make_params((n, c_in, side, width or side), (c_out, c_in // groups, k, k), stride, pad, dilation,
+                       groups)
+
+
+def deconv(c_in, c_out, side, k, stride, padding=0, output_padding=0, n=1) -> ConvParams:
+    return make_params((n, c_in, side, side), (c_in, c_out, k, k), stride, padding, transposed=True,
+                       output_padding=output_padding)
+
+
+def _real_band(c: int, side: int, lo: int = 300, hi: int = 10240) -> bool:
+    """Channel/side combinations that occur in real networks (few channels at large sizes and vice versa)."""
+    return lo <= c * side <= hi
+
+
+def full_grid() -> list[ConvParams]:
+    shapes: list[ConvParams] = []
+    add = shapes.append
+    band = [(c, s) for c in CHANNELS for s in SIDES if _real_band(c, s)]
+    for c, s in band:
+        add(conv(c, c, s, 3))  # the body of ResNets, VGG, UNet
+        add(conv(c, c, s, 1))  # bottleneck 1x1s, same width
+        if c <= 256:
+            add(conv(c, 4 * c, s, 1))  # expansion 1x1 (ResNet-50 bottleneck out, MobileNet expand)
+            add(conv(4 * c, c, s, 1))  # projection 1x1
+            add(conv(c, c, s, 3, groups=c))  # depthwise
+            add(conv(6 * c, 6 * c, s, 3, groups=6 * c))  # wide depthwise (MobileNetV2 expanded)
+        if s >= 10:
+            add(conv(c, 2 * c, s, 3, 2))  # downsampling 3x3 stride 2
+            add(conv(c, 2 * c, s, 1, 2))  # shortcut 1x1 stride 2
+            add(conv(c, c, s, 3, 2, groups=c))  # depthwise stride 2
+    for c, s in [(32, 40), (64, 20), (128, 10), (256, 10)]:
+        add(conv(c, 2 * c, s, 3))  # widening 3x3
+        add(conv(2 * c, c, s, 3))  # narrowing 3x3 (decoder merges)
+        add(conv(c, c, s, 5))
+        add(conv(c, c, s, 5, groups=c))
+        add(conv(c, c, s, 7, groups=c))
+        add(conv(c, c, s, 3, groups=32 if c >= 128 else 8))  # ResNeXt-style grouped
+        add(conv(c, c, s, 3, groups=2))
+        add(conv(c, c, s, 3, dilation=2))  # segmentation
+        add(conv(c, c, s, 3, dilation=4))
+        add(deconv(2 * c, c, s, 2, 2))  # UNet up
+        add(deconv(c, c, s, 3, 2, 1, 1))
+        add(deconv(c, c // 2, s, 4, 2, 1))
+    for side in (96, 160, 200):  # stems
+        add(conv(3, 32, side, 3, 2))
+        add(conv(3, 48, side, 7, 2))
+        add(conv(3, 24, side, 5, 2))
+    for side in (80, 160):
+        add(conv(3, 32, side, 3))  # full-resolution stem (UNet, VGG)
+        add(conv(32, 2, side, 1))  # segmentation head
+    for n in (2, 4):  # batch > 1 on a sample of the shapes above
+        add(conv(64, 64, 20, 3, n=n))
+        add(conv(128, 128, 10, 3, n=n))
+        add(conv(64, 256, 20, 1, n=n))
+        add(conv(256, 64, 20, 1, n=n))
+        add(conv(96, 96, 40, 3, groups=96, n=n))
+        add(conv(32, 64, 40, 3, 2, n=n))
+    return [p for p in _unique(shapes) if p.flops <= FULL_MAX_FLOPS]
+
+
+def quick_grid() -> list[ConvParams]:
+    """A handful of tiny shapes, one per kind: for tests and a smoke run (`calibrate --quick`)."""
+    return [conv(8, 8, 10, 3), conv(16, 16, 6, 3), conv(8, 32, 10, 1), conv(32, 8, 6, 1), conv(8, 16, 10, 3, 2),
+            conv(16, 16, 10, 3, groups=16), conv(16, 16, 6, 5, groups=16), conv(8, 8, 10, 3, groups=2),
+            conv(8, 8, 10, 3, dilation=2), deconv(16, 8, 6, 2, 2), conv(3, 8, 20, 7, 2), conv(8, 8, 6, 3, n=2)]
+
+
+GRIDS = {"full": full_grid, "quick": quick_grid}
+
+
+def _unique(shapes: list[ConvParams]) -> list[ConvParams]:
+    return list(dict.fromkeys(shapes))
+
+
+def params_to_dict(p: ConvParams) -> dict:
+    return {"n": p.n, "c_in": p.c_in, "h": p.h, "w": p.w, "c_out": p.c_out, "kh": p.kh, "kw": p.kw,
+            "stride": list(p.stride), "padding": list(p.padding), "dilation": list(p.dilation), "groups": p.groups,
+            "transposed": p.transposed, "output_padding": list(p.output_padding)}
+
+
+def params_from_dict(d: dict) -> ConvParams:
+    """Inverse of params_to_dict, validated (ValueError/TypeError/KeyError on a bad record)."""
+    if d["transposed"]:
+        weight = (d["c_in"], d["c_out"] // d["groups"], d["kh"], d["kw"])
+    else:
+        weight = (d["c_out"], d["c_in"] // d["groups"], d["kh"], d["kw"])
+    p = make_params((d["n"], d["c_in"], d["h"], d["w"]), weight, tuple(d["stride"]), tuple(d["padding"]),
+                    tuple(d["dilation"]), d["groups"], transposed=bool(d["transposed"]),
+                    output_padding=tuple(d["output_padding"]))
+    if p.c_out != d["c_out"]:
+        raise ValueError(f"inconsistent record {d}")
+    return p
+
+
+def params_key(p: ConvParams) -> str:
+    """A stable text key for one ConvParams (autotune cache keys)."""
+    t = "T" if p.transposed else "C"
+    return (f"{t} n{p.n} c{p.c_in}x{p.h}x{p.w} o{p.c_out} k{p.kh}x{p.kw} s{p.stride[0]}x{p.stride[1]} "
+            f"p{p.padding[0]}x{p.padding[1]} d{p.dilation[0]}x{p.dilation[1]} g{p.groups} "
+            f"op{p.output_padding[0]}x{p.output_padding[1]}")

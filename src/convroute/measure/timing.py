@@ -1,0 +1,179 @@
+"""The one timing function every measurement uses (calibrate, autotune, bench), and the workload it times.
+
+GPU timestamp queries around each compute pass when the device has `timestamp-query` (raw ticks times the
+queue's timestamp period = nanoseconds), else submit-and-wait wall clock. Warm-up first, then repeats until
+the count or the time budget runs out, and the median. Each repeat reads a different input buffer (and
+writes a different output buffer) so caches do not flatter; prepacking happens before, outside the timing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import wgpu
+
+from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.base import ConvKernel
+from convroute.kernels.common import Epilogue
+from convroute.measure.reference import reference_conv, relative_error
+from convroute.params import ConvParams
+
+MAX_QUERIES = 4096  # WebGPU's largest query set
+ROTATION_BYTES = 256 << 20  # at most this much memory for the rotated inputs and outputs together
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    warmup: int = 2
+    repeats: int = 30  # at most
+    min_repeats: int = 3  # at least, whatever the budget says
+    budget_s: float = 1.0  # per measurement, warm-up included
+    rotations: int = 4  # input/output buffer pairs cycled through
+    method: str = "auto"  # "auto", "timestamp" or "wall"; CONVROUTE_TIMING overrides "auto"
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    samples_ms: tuple[float, ...]
+    method: str  # "gpu timestamps" or "wall clock"
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the samples: how noisy this measurement was."""
+        return (max(self.samples_ms) - min(self.samples_ms)) / self.median_ms if self.median_ms > 0 else 0.0
+
+
+def timing_method(gpu: Gpu, settings: TimingSettings) -> str:
+    method = settings.method
+    if method == "auto":
+        method = os.environ.get("CONVROUTE_TIMING", "auto")
+    if method not in ("auto", "timestamp", "wall"):
+        raise ValueError(f"timing method must be auto, timestamp or wall, got {method!r}")
+    has_timestamps = "timestamp-query" in gpu.device.features
+    if method == "timestamp" and not has_timestamps:
+        raise ValueError(f"{gpu.profile.name} has no timestamp-query feature; use wall-clock timing")
+    return "timestamp" if method == "timestamp" or (method == "auto" and has_timestamps) else "wall"
+
+
+def time_runs(gpu: Gpu, runs: list[list[Dispatch]], settings: TimingSettings = TimingSettings()) -> Timing:
+    """Median time of one run (a list of dispatches in one compute pass); repeat i runs runs[i % len(runs)].
+
+    Wall-clock samples include the submit and a 4-byte read back; timestamp samples are GPU time only.
+    """
+    start = time.perf_counter()
+    warm = []
+    for i in range(max(1, settings.warmup)):
+        t0 = time.perf_counter()
+        _submit_and_wait(gpu, runs[i % len(runs)])
+        warm.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > settings.budget_s / 2:
+            break
+    left = max(settings.budget_s - (time.perf_counter() - start), 0.0)
+    count = int(min(settings.repeats, max(settings.min_repeats, left // max(min(warm), 1e-6))))
+    if timing_method(gpu, settings) == "timestamp":
+        samples = _timestamps(gpu, runs, min(count, MAX_QUERIES // 2))
+        if samples is not None:
+            return Timing(float(np.median(samples)), tuple(samples), "gpu timestamps")
+    samples = []
+    for i in range(count):
+        t0 = time.perf_counter()
+        _submit_and_wait(gpu, runs[i % len(runs)])
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return Timing(float(np.median(samples)), tuple(samples), "wall clock")
+
+
+def _submit_and_wait(gpu: Gpu, dispatches: list[Dispatch]) -> None:
+    gpu.run(dispatches)
+    gpu.wait(_fence(gpu))
+
+
+def _fence(gpu: Gpu):
+    """A tiny buffer to read back: the queue runs in order, so the read waits for all earlier work."""
+    buf = _FENCES.get(id(gpu))
+    if buf is None:
+        buf = _FENCES[id(gpu)] = gpu.empty(16, "timing fence")
+    return buf
+
+
+_FENCES: dict[int, object] = {}
+
+
+def _timestamps(gpu: Gpu, runs: list[list[Dispatch]], count: int) -> list[float] | None:
+    """Per-pass GPU times in ms from timestamp queries; None when the device returns nonsense."""
+    queries = gpu.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * count)
+    resolved = gpu.device.create_buffer(size=16 * count,
+                                        usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+    encoder = gpu.device.create_command_encoder()
+    for i in range(count):
+        gpu.encode(runs[i % len(runs)], encoder, {"query_set": queries, "beginning_of_pass_write_index": 2 * i,
+                                                  "end_of_pass_write_index": 2 * i + 1})
+    encoder.resolve_query_set(queries, 0, 2 * count, resolved, 0)
+    gpu.device.queue.submit([encoder.finish()])
+    ticks = np.frombuffer(gpu.device.queue.read_buffer(resolved), dtype=np.uint64).astype(np.int64)
+    queries.destroy()
+    resolved.destroy()
+    deltas = (ticks[1::2] - ticks[0::2]) * timestamp_period(gpu) / 1e6
+    if len(deltas) == 0 or (deltas <= 0).any():
+        return None
+    return [float(d) for d in deltas]
+
+
+def timestamp_period(gpu: Gpu) -> float:
+    """Nanoseconds per timestamp tick (wgpu-native returns raw ticks; WebGPU's unit is the nanosecond)."""
+    try:
+        from wgpu.backends.wgpu_native._ffi import lib
+
+        period = float(lib.wgpuQueueGetTimestampPeriod(gpu.device.queue._internal))
+    except (ImportError, AttributeError):
+        period = 1.0
+    return period if math.isfinite(period) and period > 0 else 1.0
+
+
+class Workload:
+    """Random weights, bias and rotated input/output buffers for one ConvParams, shared by every algorithm
+    timed on it, plus the float64 host reference of the first input."""
+
+    def __init__(self, gpu: Gpu, p: ConvParams, seed: int = 0, rotations: int = 4):
+        rng = np.random.default_rng(seed)
+        self.gpu, self.p = gpu, p
+        fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
+        self.weight = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
+        self.bias = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32)
+        in_bytes, out_bytes = 4 * math.prod(p.input_shape), 4 * math.prod(p.output_shape)
+        count = max(1, min(rotations, ROTATION_BYTES // (in_bytes + out_bytes)))
+        self.x_first = rng.uniform(-1, 1, p.input_shape).astype(np.float32)
+        self.x_bufs = [gpu.upload(self.x_first if i == 0 else rng.uniform(-1, 1, p.input_shape).astype(np.float32),
+                                  "input") for i in range(count)]
+        self.y_bufs = [gpu.empty(out_bytes, "output") for _ in range(count)]
+        self._reference: np.ndarray | None = None
+
+    def kernel(self, cls: type[ConvKernel]) -> ConvKernel:
+        """Prepack + compile (outside any timing)."""
+        return cls(self.gpu, self.p, self.weight, self.bias, Epilogue())
+
+    def time(self, kernel: ConvKernel, settings: TimingSettings = TimingSettings()) -> Timing:
+        runs = [kernel.bind(x, y, self.p.n) for x, y in zip(self.x_bufs, self.y_bufs, strict=True)]
+        return time_runs(self.gpu, runs, settings)
+
+    def reference(self) -> np.ndarray:
+        if self._reference is None:
+            self._reference = reference_conv(self.p, self.x_first, self.weight, self.bias)
+        return self._reference
+
+    def error(self, kernel: ConvKernel) -> float:
+        """Relative error of the kernel's result on the first input against the float64 host reference;
+        the output is poisoned with NaN first, so unwritten elements give inf."""
+        y = self.y_bufs[0]
+        self.gpu.fill(y, np.nan)
+        self.gpu.run(kernel.bind(self.x_bufs[0], y, self.p.n))
+        return relative_error(self.gpu.read(y, self.p.output_shape), self.reference())
+
+    def release(self) -> None:
+        for buf in self.x_bufs + self.y_bufs:
+            buf.destroy()
+        self.x_bufs, self.y_bufs = [], []

@@ -1,0 +1,126 @@
+"""The `autotune` policy (like cudnn.benchmark): the first time a shape is routed on the adapter in use, every
+applicable, allowed algorithm is checked against the host reference and timed; the fastest correct one is
+kept in an on-disk cache (one file per device + driver) and reused by later calls and later processes.
+
+Unlike seed and calibrated, it needs the GPU: asked about another device (a family stand-in, say), it routes
+as `calibrated` and says so.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from convroute.device.gpu import get_gpu
+from convroute.device.profile import DeviceProfile
+from convroute.measure.cache import device_file, read_json, warn_once, write_json
+from convroute.measure.grid import params_key
+from convroute.measure.timing import TimingSettings, Workload
+from convroute.params import ConvParams
+from convroute.router.calibrated import calibrated_route, ms, seed_fallback
+from convroute.router.exclusions import applicable
+
+FORMAT, VERSION = "convroute-autotune", 1
+SETTINGS = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=0.3)
+TOLERANCE = 1e-4
+
+
+def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]) -> tuple[str, str]:
+    gpu = get_gpu()
+    if gpu.profile.key != device.key:
+        algorithm, reason = calibrated_route(p, device, blocked)
+        return algorithm, (f"autotune measures only the adapter in use ({gpu.profile.name}), not "
+                           f"{device.name or device.family} -> {reason}")
+    candidates = [n for n in applicable(p) if n not in blocked]
+    if not candidates:
+        return seed_fallback(p, device, blocked, "autotune has no allowed candidate")
+    cache = AutotuneCache(device.key)
+    entry, origin = cache.get(p), "cached"
+    if not usable(entry, candidates):
+        entry, origin = tune(gpu, p, candidates), "tuned now"
+        cache.put(p, entry)
+    times = entry["times_ms"]
+    if entry["algorithm"] is None:
+        return seed_fallback(p, device, blocked, f"autotune found no correct candidate ({wrong_note(entry)})")
+    ranked = sorted(times, key=times.get)
+    reason = f"autotune: {ranked[0]} measured {ms(times[ranked[0]])}"
+    if len(ranked) > 1:
+        reason += " vs " + ", ".join(f"{n} {ms(times[n])}" for n in ranked[1:])
+    if entry.get("wrong"):
+        reason += f", {wrong_note(entry)}"
+    return entry["algorithm"], f"{reason} ({origin}, {entry['method']}, {entry['when']})"
+
+
+def usable(entry, candidates: list[str]) -> bool:
+    """A cached entry is reused when its winner is still allowed and it measured every current candidate."""
+    if not isinstance(entry, dict):
+        return False
+    measured = set(entry.get("times_ms", {})) | set(entry.get("wrong", {}))
+    return entry.get("algorithm") in candidates and set(candidates) <= measured
+
+
+def tune(gpu, p: ConvParams, candidates: list[str]) -> dict:
+    from convroute.kernels import ALGORITHMS
+
+    work = Workload(gpu, p, seed=1)
+    times, wrong, method = {}, {}, ""
+    try:
+        for name in candidates:
+            kernel = work.kernel(ALGORITHMS[name])
+            error = work.error(kernel)
+            if not error < TOLERANCE:
+                wrong[name] = error
+                continue
+            timing = work.time(kernel, SETTINGS)
+            times[name], method = timing.median_ms, timing.method
+    finally:
+        work.release()
+    best = min(times, key=times.get) if times else None
+    return {"algorithm": best, "times_ms": times, "wrong": wrong, "method": method,
+            "when": datetime.now(UTC).isoformat(timespec="seconds")}
+
+
+def wrong_note(entry: dict) -> str:
+    return ", ".join(f"{n} gave a wrong result (relative error {e:.2g})" for n, e in entry.get("wrong", {}).items())
+
+
+class AutotuneCache:
+    """{params key: entry} for one device, on disk; entries from other processes are merged on write."""
+
+    _memory: dict[str, dict] = {}  # file path -> entries, also kept when the cache directory is unwritable
+
+    def __init__(self, device_key: str):
+        self.device_key = device_key
+        self.path = device_file("autotune", device_key)
+
+    def _load(self) -> dict:
+        data = read_json(self.path, FORMAT, VERSION, self.device_key)
+        entries = data.get("entries") if data else None
+        if data is not None and not isinstance(entries, dict):
+            warn_once(f"convroute: ignoring {self.path}: malformed autotune cache")
+            entries = None
+        return {k: v for k, v in (entries or {}).items() if valid_entry(v)}
+
+    def get(self, p: ConvParams) -> dict | None:
+        key = params_key(p)
+        memory = self._memory.setdefault(str(self.path), {})
+        if key not in memory:
+            memory.update({k: v for k, v in self._load().items() if k not in memory})
+        return memory.get(key)
+
+    def put(self, p: ConvParams, entry: dict) -> None:
+        memory = self._memory.setdefault(str(self.path), {})
+        memory[params_key(p)] = entry
+        entries = self._load() | memory
+        write_json(self.path, {"format": FORMAT, "version": VERSION, "device_key": self.device_key,
+                               "entries": entries})
+
+
+def valid_entry(entry) -> bool:
+    try:
+        times = entry["times_ms"]
+        return (isinstance(entry["algorithm"], str | None) and isinstance(times, dict)
+                and all(isinstance(t, int | float) and t > 0 for t in times.values())
+                and isinstance(entry.get("wrong", {}), dict) and isinstance(entry["method"], str)
+                and isinstance(entry["when"], str) and (entry["algorithm"] is None or entry["algorithm"] in times))
+    except (KeyError, TypeError):
+        return False

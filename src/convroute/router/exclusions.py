@@ -1,0 +1,41 @@
+"""Algorithms a device must not run: the denylist's matches plus those calibration found wrong there.
+
+Every policy routes around them; seed falls back to the next applicable algorithm in FALLBACK order.
+"""
+
+from __future__ import annotations
+
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
+from convroute.measure.calibration import load_calibration
+from convroute.measure.denylist import denied
+from convroute.params import ConvParams
+
+FALLBACK = ("direct", "im2col", "pointwise", "depthwise", "transposed")  # then any other, in registry order
+
+
+def blocked_algorithms(p: ConvParams, device: DeviceProfile) -> dict[str, str]:
+    """{algorithm: why it is excluded on this device for p}."""
+    blocked = denied(device, p)
+    calibration = load_calibration(device)
+    if calibration is not None:
+        for name, why in calibration.excluded.items():
+            blocked.setdefault(name, f"excluded by this device's calibration: {why}")
+    return blocked
+
+
+def applicable(p: ConvParams) -> list[str]:
+    order = [n for n in FALLBACK if n in ALGORITHMS] + [n for n in ALGORITHMS if n not in FALLBACK]
+    return [n for n in order if ALGORITHMS[n].unsupported(p) is None]
+
+
+def avoid_blocked(p: ConvParams, algorithm: str, reason: str, blocked: dict[str, str]) -> tuple[str, str]:
+    """(algorithm, reason) unchanged when allowed, else the next applicable allowed algorithm, saying why."""
+    if algorithm not in blocked:
+        return algorithm, reason
+    for name in applicable(p):
+        if name not in blocked:
+            return name, (f"{reason}; but {algorithm} is excluded on this device ({blocked[algorithm]}) "
+                          f"-> {name}, the next applicable algorithm")
+    raise RuntimeError(f"every algorithm that can run {p.describe()} is excluded on this device: "
+                       + "; ".join(f"{n}: {why}" for n, why in blocked.items()))
