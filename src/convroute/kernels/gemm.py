@@ -45,11 +45,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let bcol = tn * {tile}u + tx * 4u;
   {b_setup}
   var acc: array<vec4<f32>, 4>;
+  var k = ty;
+  var a_next = wa[k * P.m4 + tm * 16u + tx];
+  var b_next = {b_load};
   for (var k0 = 0u; k0 < P.k_pad; k0 += BK) {{
-    let k = k0 + ty;
-    As[lid] = wa[k * P.m4 + tm * 16u + tx];
-    Bs[lid] = {b_load};
+    As[lid] = a_next;
+    Bs[lid] = b_next;
     workgroupBarrier();
+    k = k0 + BK + ty;
+    if (k < P.k_pad) {{  // the next step's loads are in flight while this step multiplies
+      a_next = wa[k * P.m4 + tm * 16u + tx];
+      b_next = {b_load};
+    }}
     for (var kk = 0u; kk < BK; kk++) {{
       let a = As[kk * 16u + ty];
       let b = Bs[kk * 16u + tx];
