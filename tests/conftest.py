@@ -91,3 +91,7 @@ def assert_matches(out, ref, what: str = "", tol: float = TOLERANCE) -> None:
                            f"first at {tuple(int(i[0]) for i in np.nonzero(bad))}")
     err = rel_error(out, ref)
     assert err < tol, f"{what}: relative error {err:.3g} >= {tol:g}"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: the test opens the real device (others may forbid GPU access)")

@@ -15,7 +15,6 @@ def seed_route(p: ConvParams, device: DeviceProfile, force_direct: bool = False)
     is_1x1 = p.kh == 1 and p.kw == 1
     is_grouped = p.groups > 1
     is_dilated = p.dilation != (1, 1)
-    has_window = p.kh * p.kw > 1
     is_mali = device.family == "mali"
     wide_output = p.c_out >= IM2COL_MIN_COUT
     et_vk_note = " (ET-VK also rejects batch > 1; convroute runs it the same way)" if p.n > 1 else ""
@@ -37,8 +36,7 @@ def seed_route(p: ConvParams, device: DeviceProfile, force_direct: bool = False)
                           "convroute runs it on the direct path")
     if is_dilated:
         return "direct", f"dilation {p.dilation} != 1 -> direct (im2col needs dilation 1)" + et_vk_note
-    if not has_window:
-        return "direct", "Kh*Kw == 1 -> direct" + et_vk_note
+    # here groups == 1 and the kernel is not 1x1, so Kh*Kw > 1: only the device and C_out decide
     if is_mali:
         return "im2col", ("groups 1, dilation 1, Kh*Kw > 1 on an ARM Mali -> im2col + GEMM" + et_vk_note)
     if wide_output:
