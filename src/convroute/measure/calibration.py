@@ -168,7 +168,7 @@ def load_calibration(profile: DeviceProfile) -> Calibration | None:
             cal = Calibration.from_json(data)
             if not cal.samples:
                 raise ValueError("it holds no measurements")
-        except (KeyError, TypeError, ValueError, AttributeError) as err:
+        except Exception as err:  # whatever is wrong inside the file, refuse it rather than crash
             warn_once(f"convroute: ignoring {path}: malformed calibration ({type(err).__name__}: {err})")
             cal = None
     _LOADED[profile.key] = (stamp, cal)

@@ -101,6 +101,8 @@ def params_to_dict(p: ConvParams) -> dict:
 
 def params_from_dict(d: dict) -> ConvParams:
     """Inverse of params_to_dict, validated (ValueError/TypeError/KeyError on a bad record)."""
+    if not isinstance(d["groups"], int) or d["groups"] <= 0:
+        raise ValueError(f"groups must be a positive int, got {d['groups']!r}")
     if d["transposed"]:
         weight = (d["c_in"], d["c_out"] // d["groups"], d["kh"], d["kw"])
     else:

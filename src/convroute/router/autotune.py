@@ -33,6 +33,8 @@ def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]
     candidates = [n for n in applicable(p) if n not in blocked]
     if not candidates:
         return seed_fallback(p, device, blocked, "autotune has no allowed candidate")
+    if len(candidates) == 1:
+        return candidates[0], f"autotune: {candidates[0]} is the only allowed applicable algorithm (nothing to time)"
     cache = AutotuneCache(device.key)
     entry, origin = cache.get(p), "cached"
     if not usable(entry, candidates):

@@ -10,7 +10,7 @@ from convroute.kernels import ALGORITHMS
 from convroute.measure.cache import warn_once
 from convroute.measure.calibration import load_calibration
 from convroute.params import ConvParams
-from convroute.router.exclusions import avoid_blocked
+from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.seed import seed_route
 
 
@@ -21,15 +21,19 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
                   f"(run `convroute calibrate` on it); policy 'calibrated' routes as 'seed'")
         return seed_fallback(p, device, blocked, "no calibration profile for this device")
     predicted, notes = {}, []
+    allowed = [n for n in applicable(p) if n not in blocked]
     for name, kernel in ALGORITHMS.items():
         if kernel.unsupported(p):
             notes.append(f"{name} n/a")
         elif name in blocked:
             notes.append(f"{name} excluded ({blocked[name]})")
-        elif (t := calibration.model.predict_ms(p, name)) is None:
-            notes.append(f"{name} not calibrated (recalibrate to include it)")
-        else:
+        elif len(allowed) > 1 and (t := calibration.model.predict_ms(p, name)) is not None:
             predicted[name] = t
+        elif len(allowed) > 1:
+            notes.append(f"{name} not calibrated (recalibrate to include it)")
+    if len(allowed) == 1:
+        only = f"calibrated: {allowed[0]} is the only allowed applicable algorithm"
+        return allowed[0], only + "".join(f", {note}" for note in notes if "n/a" not in note)
     if not predicted:
         return seed_fallback(p, device, blocked, "no calibrated algorithm can run this conv")
     ranked = sorted(predicted, key=predicted.get)

@@ -1,0 +1,337 @@
+"""Measurement: the host reference, timing, the calibration grid, profile files, the model and the denylist."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from conftest import reference as torch_reference
+from convroute.device.gpu import get_gpu
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.direct import Direct
+from convroute.measure import cache, denylist
+from convroute.measure import calibration as calib
+from convroute.measure.cache import CacheWarning, cache_dir, device_file, read_json, write_json
+from convroute.measure.grid import full_grid, params_from_dict, params_key, params_to_dict, quick_grid
+from convroute.measure.model import CostModel, loo_report
+from convroute.measure.reference import reference_conv, relative_error
+from convroute.measure.timing import TimingSettings, Workload, time_runs
+from convroute.params import make_params
+from convroute.suites import SUITES, load_suite
+
+FAST = TimingSettings(warmup=1, repeats=5, min_repeats=3, budget_s=0.05)
+
+
+@pytest.fixture(autouse=True)
+def fresh_memory():
+    """Each test starts like a new process: no profile loaded, no warning given yet."""
+    calib._LOADED.clear()
+    cache._WARNED.clear()
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return get_gpu()
+
+
+def random_params(rng):
+    transposed = bool(rng.integers(2))
+    groups = int(rng.choice([1, 1, 2, 3]))
+    c_in, cout_g = groups * int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    k = (int(rng.integers(1, 5)), int(rng.integers(1, 5)))
+    stride, dilation = tuple(int(v) for v in rng.integers(1, 4, 2)), tuple(int(v) for v in rng.integers(1, 3, 2))
+    padding = tuple(int(v) for v in rng.integers(0, 3, 2))
+    out_pad = tuple(int(rng.integers(0, max(s, d))) for s, d in zip(stride, dilation, strict=True)) \
+        if transposed else (0, 0)
+    weight = (c_in, cout_g, *k) if transposed else (groups * cout_g, c_in // groups, *k)
+    shape = (int(rng.integers(1, 3)), c_in, int(rng.integers(3, 10)), int(rng.integers(3, 10)))
+    return make_params(shape, weight, stride, padding, dilation, groups, transposed=transposed,
+                       output_padding=out_pad)
+
+
+def test_reference_matches_torch():
+    pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    checked = 0
+    while checked < 60:
+        try:
+            p = random_params(rng)
+        except ValueError:
+            continue
+        x, w, b = (rng.standard_normal(s) for s in (p.input_shape, p.weight_shape, (p.c_out,)))
+        assert relative_error(reference_conv(p, x, w, b), torch_reference(p, x, w, b)) < 1e-12, p.describe()
+        checked += 1
+
+
+def test_relative_error_flags_unwritten_outputs():
+    ref = np.ones((2, 3))
+    assert relative_error(ref, ref) == 0.0
+    assert relative_error(np.full((2, 3), np.nan), ref) == float("inf")
+    assert relative_error(np.ones((3, 2)), ref) == float("inf")
+
+
+@pytest.mark.parametrize("method", ["auto", "wall"])
+def test_timing_gives_positive_medians_within_the_repeat_bounds(gpu, method):
+    p = make_params((1, 8, 10, 10), (8, 8, 3, 3), padding=1)
+    work = Workload(gpu, p, rotations=3)
+    try:
+        kernel = work.kernel(Direct)
+        timing = work.time(kernel, replace(FAST, method=method))
+    finally:
+        work.release()
+    assert 3 <= len(timing.samples_ms) <= 5
+    assert timing.median_ms > 0 and all(t > 0 for t in timing.samples_ms)
+    expected = "gpu timestamps" if method == "auto" and "timestamp-query" in gpu.device.features else "wall clock"
+    assert timing.method == expected
+
+
+def test_timing_rejects_an_unknown_method(gpu, monkeypatch):
+    monkeypatch.setenv("CONVROUTE_TIMING", "sundial")
+    p = make_params((1, 4, 6, 6), (4, 4, 1, 1))
+    work = Workload(gpu, p, rotations=1)
+    try:
+        kernel = work.kernel(Direct)
+        with pytest.raises(ValueError, match="timing method"):
+            time_runs(gpu, [kernel.bind(work.x_bufs[0], work.y_bufs[0], 1)], FAST)
+    finally:
+        work.release()
+
+
+def test_workload_rotates_distinct_inputs_and_checks_every_algorithm(gpu):
+    p = make_params((1, 8, 9, 9), (8, 8, 1, 1))
+    work = Workload(gpu, p, rotations=4)
+    try:
+        firsts = [gpu.read(x, (8,)) for x in work.x_bufs]
+        assert len(work.x_bufs) == 4 and len({tuple(v) for v in firsts}) == 4
+        for name, cls in ALGORITHMS.items():
+            if cls.unsupported(p) is None:
+                assert work.error(work.kernel(cls)) < 1e-5, name
+    finally:
+        work.release()
+
+
+class Lazy(Direct):
+    """Writes nothing: a driver that drops the dispatch. Its poisoned output must count as wrong."""
+
+    name = "lazy"
+
+    def bind(self, x, y, n):
+        return []
+
+
+class OffByBias(Direct):
+    """Computes the conv with a wrong bias: a subtly wrong result."""
+
+    name = "offbias"
+
+    def prepare(self, weight, bias):
+        super().prepare(weight, bias + 0.1)
+
+
+def test_workload_error_catches_unwritten_and_wrong_outputs(gpu):
+    p = make_params((1, 4, 8, 8), (4, 4, 3, 3), padding=1)
+    work = Workload(gpu, p, rotations=1)
+    try:
+        assert work.error(work.kernel(Lazy)) == float("inf")
+        assert work.error(work.kernel(OffByBias)) > 1e-3
+    finally:
+        work.release()
+
+
+def all_suite_params():
+    return {layer.params(n) for s in SUITES for layer in load_suite(s).layers for n in (1, 2, 3, 4, 8)}
+
+
+def test_grid_holds_no_suite_layer():
+    suite_shapes = all_suite_params()
+    for grid in (full_grid(), quick_grid()):
+        overlap = [p.describe() for p in grid if p in suite_shapes]
+        assert not overlap, overlap
+
+
+def test_full_grid_spans_real_networks():
+    grid = full_grid()
+    assert {p.kh for p in grid} >= {1, 2, 3, 4, 5, 7}
+    assert {p.stride[0] for p in grid} >= {1, 2}
+    assert any(p.is_depthwise for p in grid) and any(p.transposed for p in grid)
+    assert any(p.groups > 1 and not p.is_depthwise for p in grid)
+    assert any(p.dilation != (1, 1) for p in grid) and any(p.n > 1 for p in grid)
+    assert min(p.c_in for p in grid) <= 3 and max(p.c_out for p in grid) >= 1024
+    assert min(p.h for p in grid) <= 6 and max(p.h for p in grid) >= 160
+    assert len(set(grid)) == len(grid)
+
+
+def test_params_dict_and_key_round_trip():
+    for p in full_grid()[:40] + quick_grid():
+        assert params_from_dict(json.loads(json.dumps(params_to_dict(p)))) == p
+    keys = {params_key(p) for p in full_grid()}
+    assert len(keys) == len(full_grid())
+
+
+def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("CONVROUTE_CACHE_DIR", str(tmp_path / "mine"))
+    assert cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv("CONVROUTE_CACHE_DIR")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "convroute"
+
+
+def test_device_files_differ_per_device_and_driver():
+    a = DeviceProfile("nvidia", "GPU X", "driver 1.0", backend="Vulkan")
+    b = replace(a, driver="driver 1.1")
+    assert device_file("calibration", a.key) != device_file("calibration", b.key)
+    assert device_file("calibration", a.key).name.startswith("calibration-gpu-x-")
+
+
+@pytest.fixture
+def quick_calibration(gpu):
+    return calib.run_calibration(gpu, "quick", settings=FAST, progress=False)
+
+
+def test_calibration_round_trip_survives_a_restart(gpu, quick_calibration):
+    cal = quick_calibration
+    assert cal.complete and cal.excluded == {}
+    assert all(s.times_ms for s in cal.samples)
+    assert max(e for s in cal.samples for e in s.errors.values()) < calib.TOLERANCE
+    path = calib.save_calibration(cal)
+    assert path is not None and path.exists()
+    calib._LOADED.clear()  # a new process
+    loaded = calib.load_calibration(gpu.profile)
+    assert loaded is not None
+    assert [s.params for s in loaded.samples] == [s.params for s in cal.samples]
+    assert [s.times_ms for s in loaded.samples] == [s.times_ms for s in cal.samples]
+    assert loaded.device_key == gpu.profile.key and loaded.timing == cal.timing
+
+
+def test_missing_profile_is_silent(gpu):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert calib.load_calibration(gpu.profile) is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not json object", "other format", "other version",
+                                    "negative time", "bad params", "no samples"])
+def test_damaged_profile_is_refused_with_a_warning(gpu, quick_calibration, damage):
+    path = calib.save_calibration(quick_calibration)
+    data = json.loads(path.read_text())
+    if damage == "truncated":
+        text = path.read_text()[:100]
+    else:
+        if damage == "not json object":
+            data = [1, 2, 3]
+        elif damage == "other format":
+            data["format"] = "something-else"
+        elif damage == "other version":
+            data["version"] = 999
+        elif damage == "negative time":
+            data["samples"][0]["times_ms"] = {"direct": -1.0}
+        elif damage == "bad params":
+            data["samples"][0]["params"]["groups"] = 0
+        elif damage == "no samples":
+            data["samples"] = []
+        text = json.dumps(data)
+    path.write_text(text)
+    calib._LOADED.clear()
+    with pytest.warns(CacheWarning, match="ignoring"):
+        assert calib.load_calibration(gpu.profile) is None
+
+
+def test_profile_from_another_device_is_refused(gpu, quick_calibration):
+    path = calib.save_calibration(quick_calibration)
+    data = json.loads(path.read_text())
+    data["device_key"] = "Some Other GPU | driver 9 | Vulkan"
+    path.write_text(json.dumps(data))
+    calib._LOADED.clear()
+    with pytest.warns(CacheWarning, match="another device"):
+        assert calib.load_calibration(gpu.profile) is None
+
+
+def test_unwritable_cache_dir_warns_and_goes_on(monkeypatch, tmp_path, quick_calibration):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("CONVROUTE_CACHE_DIR", str(blocker / "cache"))
+    with pytest.warns(CacheWarning, match="could not write"):
+        assert calib.save_calibration(quick_calibration) is None
+    with pytest.warns(CacheWarning, match="could not write"):
+        assert not write_json(blocker / "cache" / "x.json", {"a": 1})
+
+
+def test_read_json_ignores_an_unreadable_path(tmp_path):
+    (tmp_path / "dir.json").mkdir()
+    with pytest.warns(CacheWarning, match="unreadable"):
+        assert read_json(tmp_path / "dir.json", "x", 1, None) is None
+
+
+def test_calibration_excludes_an_algorithm_that_gives_wrong_results(gpu):
+    algorithms = {"direct": Direct, "offbias": OffByBias, "lazy": Lazy}
+    cal = calib.run_calibration(gpu, "quick", settings=FAST, progress=False, algorithms=algorithms)
+    assert set(cal.excluded) == {"offbias", "lazy"}
+    assert "wrong result" in cal.excluded["offbias"] and "relative error" in cal.excluded["offbias"]
+    assert all(set(s.times_ms) <= {"direct"} for s in cal.samples)
+    assert "offbias" not in CostModel.fit(cal.samples, cal.excluded).models
+
+
+def synthetic_samples(rule):
+    """Samples over the quick + part of the full grid whose times follow `rule(p) -> {name: ms}`."""
+    return [calib.Sample(p, rule(p), {}) for p in quick_grid() + full_grid()[::4]]
+
+
+def test_model_learns_a_crossover():
+    # 'fast_big' has a high fixed cost and a low per-MAC cost: it wins only on large convs.
+    def rule(p):
+        macs = p.flops / 2
+        return {"small": 0.01 + macs * 4e-8, "fast_big": 0.5 + macs * 1e-8}
+
+    samples = synthetic_samples(rule)
+    model = CostModel.fit(samples)
+    small = make_params((1, 16, 12, 12), (16, 16, 3, 3), padding=1)
+    big = make_params((1, 256, 30, 30), (256, 256, 3, 3), padding=1)
+    assert model.predict_ms(small, "small") < model.predict_ms(small, "fast_big")
+    assert model.predict_ms(big, "fast_big") < model.predict_ms(big, "small")
+    assert model.predict_ms(big, "unknown") is None
+    loo = loo_report(samples)
+    assert loo["shapes"] == len(samples) and loo["total_regret"] < 0.05
+
+
+def test_denylist_matches_vendor_device_driver_and_shapes(monkeypatch, tmp_path):
+    mali = DeviceProfile("mali", "Mali-G78 MP20", "v1.r32p1-01eac0.4cc2 ( 23.1.0 )", vendor_id=0x13B5)
+    conv3 = make_params((1, 256, 14, 14), (256, 256, 3, 3), padding=1)
+    conv5 = make_params((1, 64, 14, 14), (64, 64, 5, 5), padding=2)
+    entries = [
+        {"algorithm": "im2col", "reason": "bad gather", "vendor": "0x13b5", "device": "G7[0-9]",
+         "driver_below": "23.2", "shapes": {"c_out": [128, None], "kernel": 3}},
+        {"algorithm": "depthwise", "reason": "other vendor", "vendor": "adreno"},
+        {"algorithm": "direct", "reason": "newer drivers only", "vendor": "mali", "driver_from": "24.0"},
+        {"algorithm": "pointwise", "reason": "typo", "shapes": {"colour": 3}},  # skipped: unknown key
+        {"algorithm": "pointwise"},  # skipped: no reason
+    ]
+    path = tmp_path / "deny.json"
+    path.write_text(json.dumps({"format": "convroute-denylist", "version": 1, "entries": entries}))
+    monkeypatch.setenv("CONVROUTE_DENYLIST", str(path))
+    with pytest.warns(CacheWarning, match="skipped"):
+        hits = denylist.denied(mali, conv3)
+    assert set(hits) == {"im2col"} and "bad gather" in hits["im2col"]
+    assert denylist.denied(mali, conv5) == {}
+    assert denylist.denied(replace(mali, driver="( 23.2.0 )"), conv3) == {}
+    assert denylist.denied(replace(mali, driver="no version here"), conv3) == {}
+    assert set(denylist.denied(replace(mali, driver="( 24.1 )"), conv5)) == {"direct"}
+
+
+def test_shipped_denylist_is_valid(monkeypatch):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert isinstance(denylist.entries(), list)
+
+
+def test_broken_user_denylist_is_ignored_with_a_warning(monkeypatch, tmp_path):
+    path = tmp_path / "deny.json"
+    path.write_text("{ not json")
+    monkeypatch.setenv("CONVROUTE_DENYLIST", str(path))
+    p = make_params((1, 8, 6, 6), (8, 8, 3, 3))
+    with pytest.warns(CacheWarning, match="not valid JSON"):
+        assert denylist.denied(DeviceProfile.for_family("cpu"), p) == {}
