@@ -15,7 +15,7 @@ from conftest import applicable, assert_matches, random_inputs, reference
 from convroute import conv2d
 from convroute.api import batch_chunk
 from convroute.device.gpu import get_gpu
-from convroute.kernels import ALGORITHMS
+from convroute.kernels import ALGORITHMS, gemm
 from convroute.kernels.common import Epilogue
 from convroute.kernels.im2col import Im2col
 from convroute.params import make_params
@@ -38,14 +38,15 @@ def run_kernel(kernel_cls, p, x, w, b, activation=None):
 
 @pytest.mark.parametrize("case", [
     dict(input_shape=(2, 3, 13, 11), weight_shape=(5, 3, 3, 3), padding=1),
-    dict(input_shape=(3, 8, 11, 10), weight_shape=(6, 8, 2, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
+    dict(input_shape=(3, 8, 17, 10), weight_shape=(6, 8, 2, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
     dict(input_shape=(3, 24, 15, 12), weight_shape=(70, 24, 3, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2)),
 ])
 def test_im2col_column_chunks_match_torch(monkeypatch, case):
     p = make_params(**case)
     x, w, b = random_inputs(p, np.random.default_rng(11))
-    k_pad = -(-p.c_in * p.kh * p.kw // 16) * 16
-    limit = 256 * k_pad * (-(-p.c_out // 64))  # the padded weight matrix just fits; 64 * ceil(C_out/64) columns
+    k_pad = -(-p.c_in * p.kh * p.kw // gemm.K_ALIGN) * gemm.K_ALIGN
+    # the padded weight matrix just fits: TILE * ceil(C_out / M_ALIGN) columns per chunk
+    limit = 4 * gemm.TILE * k_pad * (-(-p.c_out // gemm.M_ALIGN))
     monkeypatch.setitem(get_gpu().profile.limits, BINDING, limit)
     out, dispatches = run_kernel(Im2col, p, x, w, b, "relu")
     chunks = len(dispatches) // 2
@@ -55,10 +56,10 @@ def test_im2col_column_chunks_match_torch(monkeypatch, case):
 
 def test_im2col_chunks_inside_batch_split(monkeypatch):
     """The API splits the batch to fit the input/output bindings; im2col chunks each part again."""
-    p = make_params((5, 2, 12, 12), (4, 2, 3, 3), stride=1, padding=1)
+    p = make_params((5, 2, 20, 20), (4, 2, 3, 3), stride=1, padding=1)
     x, w, b = random_inputs(p, np.random.default_rng(12))
-    limit = 8192  # 3 images per batch part, 64 columns per chunk
-    assert batch_chunk(p, limit) == 3
+    limit = 4 * gemm.M_ALIGN * gemm.K_ALIGN * 2  # weights fit; 2 images per part, 128-column chunks
+    assert batch_chunk(p, limit) == 2
     monkeypatch.setitem(get_gpu().profile.limits, BINDING, limit)
     out = conv2d(x, w, b, padding=1, algorithm="im2col", activation="silu")
     assert_matches(out, reference(p, x, w, b, "silu"), "im2col with batch split and column chunks")
@@ -77,8 +78,8 @@ def test_grid_folds_past_65535_workgroups():
 
 FOLD_CASES = {
     "direct": dict(input_shape=(2, 3, 30, 41), weight_shape=(8, 3, 3, 2), padding=(1, 0)),
-    "im2col": dict(input_shape=(2, 3, 20, 31), weight_shape=(7, 3, 3, 3), padding=1, dilation=(1, 2)),
-    "pointwise": dict(input_shape=(2, 5, 20, 31), weight_shape=(9, 5, 1, 1)),
+    "im2col": dict(input_shape=(2, 3, 20, 31), weight_shape=(130, 3, 3, 3), padding=1, dilation=(1, 2)),
+    "pointwise": dict(input_shape=(2, 5, 40, 61), weight_shape=(9, 5, 1, 1)),
     "depthwise": dict(input_shape=(2, 4, 20, 29), weight_shape=(8, 1, 3, 3), padding=1, groups=4),
     "transposed": dict(input_shape=(3, 4, 16, 15), weight_shape=(4, 8, 3, 3), stride=2, padding=1,
                        transposed=True, output_padding=1),
@@ -95,3 +96,21 @@ def test_every_algorithm_runs_on_a_folded_grid(monkeypatch, algorithm):
     out, dispatches = run_kernel(ALGORITHMS[algorithm], p, x, w, b, "hardswish")
     assert all(d.grid[1] > 1 for d in dispatches), [d.grid for d in dispatches]
     assert_matches(out, reference(p, x, w, b, "hardswish"), f"{algorithm} on a folded grid")
+
+
+@pytest.mark.parametrize("algorithm, case", [
+    ("im2col", dict(input_shape=(1, 64, 7, 7), weight_shape=(40, 64, 3, 3), padding=1)),
+    ("pointwise", dict(input_shape=(2, 300, 5, 3), weight_shape=(70, 300, 1, 1))),
+])
+def test_split_k_matches_torch(monkeypatch, algorithm, case):
+    """Asking for more workgroups than the small tile gives splits K; partial sums are reduced exactly once."""
+    from convroute.device.profile import DeviceProfile
+
+    monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
+    p = make_params(**case)
+    x, w, b = random_inputs(p, np.random.default_rng(15))
+    out, dispatches = run_kernel(ALGORITHMS[algorithm], p, x, w, b, "relu6")
+    assert len(dispatches) >= 2 and dispatches[-1].pipeline is not dispatches[-2].pipeline
+    assert_matches(out, reference(p, x, w, b, "relu6"), f"{algorithm} with split K")
+    tile, splits = gemm.choose_tile(p.c_out, p.n * p.ho * p.wo, -(-p.c_in * p.kh * p.kw // 16) * 16, 64)
+    assert splits > 1, (tile, splits)

@@ -76,6 +76,11 @@ class DeviceProfile:
         return int(self.limits["max-compute-workgroups-per-dimension"])
 
     @property
+    def busy_workgroups(self) -> int:
+        """Workgroups a launch needs to keep the device busy (GEMM tile and split-K choice)."""
+        return 1 if self.family == "cpu" else 256
+
+    @property
     def key(self) -> str:
         """Identifies this device + driver for on-disk caches."""
         return f"{self.name} | {self.driver} | {self.backend}"

@@ -1,91 +1,54 @@
-"""Register-tiled GEMM shared by `im2col` and `pointwise`: Out[C_out, cols] = W[C_out, K] x B[K, cols].
+"""Register-tiled GEMM shared by `im2col`, `pointwise` and `implicit_gemm`: Out[C_out, cols] = W x B.
 
 Column j of a launch is output pixel `col0 + j` of the batch: image (col0 + j) // P, pixel (col0 + j) % P,
-so the result lands in NCHW directly. A workgroup of 16x16 invocations computes a 64x64 output tile, each
-invocation a 4 (channels) x 4 (pixels) block; K advances 16 at a time through workgroup-memory tiles, each
-invocation loading one vec4 of weights and one vec4 of B per step.
+so the result lands in NCHW directly. The WGSL is generated per tile shape by gemm_tiles.py; the tile is
+chosen per launch so that the device gets enough workgroups, and when even the smallest tile leaves it
+idle (few channels x few pixels, deep K: late ResNet layers at batch 1) K is split across workgroups and
+a reduction dispatch adds the partial sums (split 0 carries the bias) and applies the activation.
 
-The B operand is a template: a caller supplies its bindings, per-invocation setup (run once, for the four
-columns starting at `bcol` that this invocation loads) and a vec4 load expression for row `k`. Weights are
-prepacked K-major, [K_pad, M_pad] with zeros past C_out and K, so weight loads need no bounds checks; B rows
-past K must read as zero (0 * NaN would poison the sum).
+The B operand is a template: a caller supplies its bindings (from binding 4 on), per-invocation setup (run
+once, for the four columns starting at `bcol` that this invocation loads) and a vec4 load expression for
+row `k`. Weights are prepacked K-major, [K_pad, M_pad] with zeros past C_out and K, so weight loads need no
+bounds checks; B rows past K must read as zero (0 * NaN would poison the sum).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from convroute.kernels.common import ceil_div
+from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, Epilogue, ceil_div, pack, uniform_block
+from convroute.kernels.gemm_tiles import SMALL, TILES, Tile, generate
 
-TILE = 64  # output tile is TILE x TILE
-BK = 16  # K step
-THREADS = 256
-GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p"]
+M_ALIGN = max(t.bm for t in TILES)
+K_ALIGN = max(t.bk for t in TILES)
+TILE = max(t.bn for t in TILES)  # column chunks are whole multiples of this
+GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p", "splits", "kt_split"]
+MIN_KT_PER_SPLIT = 4
 
-SHADER = """
-const BK: u32 = {bk}u;
+STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = act(v + bias[m]);"
+STORE_PARTIAL = "y[(split * P.m + m) * P.cols + j] = v + select(0.0, bias[m], split == 0u);"  # bias once
+
+REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
+REDUCE = """
+const WG: u32 = 64u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> wa: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-{b_decl}
-var<workgroup> As: array<vec4<f32>, {threads}>;
-var<workgroup> Bs: array<vec4<f32>, {threads}>;
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
 {act}
-@compute @workgroup_size({threads})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-  let g = wid.x + wid.y * nwg.x;
-  if (g >= P.tiles) {{ return; }}
-  let tm = g % P.tiles_m;
-  let tn = g / P.tiles_m;
-  let tx = lid % 16u;
-  let ty = lid / 16u;
-  let bcol = tn * {tile}u + tx * 4u;
-  {b_setup}
-  var acc: array<vec4<f32>, 4>;
-  var k = ty;
-  var a_next = wa[k * P.m4 + tm * 16u + tx];
-  var b_next = {b_load};
-  for (var k0 = 0u; k0 < P.k_pad; k0 += BK) {{
-    As[lid] = a_next;
-    Bs[lid] = b_next;
-    workgroupBarrier();
-    k = k0 + BK + ty;
-    if (k < P.k_pad) {{  // the next step's loads are in flight while this step multiplies
-      a_next = wa[k * P.m4 + tm * 16u + tx];
-      b_next = {b_load};
-    }}
-    for (var kk = 0u; kk < BK; kk++) {{
-      let a = As[kk * 16u + ty];
-      let b = Bs[kk * 16u + tx];
-      acc[0] += a * b.x;
-      acc[1] += a * b.y;
-      acc[2] += a * b.z;
-      acc[3] += a * b.w;
-    }}
-    workgroupBarrier();
-  }}
-  let m0 = tm * {tile}u + ty * 4u;
-  for (var q = 0u; q < 4u; q++) {{
-    let j = tn * {tile}u + tx * 4u + q;
-    if (j >= P.cols) {{ break; }}
-    let gj = P.col0 + j;
-    let base = (gj / P.p) * P.m * P.p + gj % P.p;
-    for (var i = 0u; i < 4u; i++) {{
-      let m = m0 + i;
-      if (m < P.m) {{ y[base + m * P.p] = act(acc[q][i] + bias[m]); }}
-    }}
-  }}
+@compute @workgroup_size(64)
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let m = t / P.cols;
+  let j = t % P.cols;
+  var v = 0.0;
+  for (var s = 0u; s < P.splits; s++) {{ v += part[(s * P.m + m) * P.cols + j]; }}
+  let gj = P.col0 + j;
+  y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = act(v);
 }}
 """
-
-
-def shader(b_decl: str, b_setup: str, b_load: str, params: str, act: str) -> str:
-    """WGSL of the tiled GEMM; B bindings start at binding 4 (after uniform, weights, bias, output)."""
-    return SHADER.format(bk=BK, params=params, b_decl=b_decl, threads=THREADS, act=act, tile=TILE,
-                         b_setup=b_setup, b_load=b_load)
 
 
 def pack_weights(weight_oc_first: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -93,20 +56,65 @@ def pack_weights(weight_oc_first: np.ndarray) -> tuple[np.ndarray, int, int]:
     m = weight_oc_first.shape[0]
     a = weight_oc_first.reshape(m, -1)
     k = a.shape[1]
-    k_pad, m_pad = ceil_div(k, BK) * BK, ceil_div(m, TILE) * TILE
+    k_pad, m_pad = ceil_div(k, K_ALIGN) * K_ALIGN, ceil_div(m, M_ALIGN) * M_ALIGN
     packed = np.zeros((k_pad, m_pad), np.float32)
     packed[:k, :m] = a.T
     return packed, k, k_pad
 
 
-def launch_values(m: int, k: int, k_pad: int, cols: int, col0: int, p: int) -> dict:
-    """Uniform values of one GEMM launch over `cols` columns starting at batch column `col0`."""
-    tiles_m = ceil_div(m, TILE)
-    tiles = tiles_m * ceil_div(cols, TILE)
-    return dict(m=m, k=k, k_pad=k_pad, m4=ceil_div(m, TILE) * TILE // 4, tiles_m=tiles_m, tiles=tiles,
-                cols=cols, col0=col0, p=p)
+def choose_tile(m: int, cols: int, k_pad: int, busy: int) -> tuple[Tile, int]:
+    """The largest tile giving >= `busy` workgroups, else the smallest tile with K split to get there."""
+    for tile in TILES:
+        if ceil_div(m, tile.bm) * ceil_div(cols, tile.bn) >= busy:
+            return tile, 1
+    groups = ceil_div(m, SMALL.bm) * ceil_div(cols, SMALL.bn)
+    ktiles = k_pad // SMALL.bk
+    splits = max(1, min(ceil_div(busy, groups), ktiles // MIN_KT_PER_SPLIT))
+    return SMALL, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
-def launch_threads(values: dict) -> int:
-    """Invocations of a launch (whole workgroups), for Gpu.dispatch's folded grid."""
-    return values["tiles"] * THREADS
+class Gemm:
+    """Prepacked weights + B template; `dispatches` builds the launches for one output and B binding set."""
+
+    def __init__(self, gpu: Gpu, weight_oc_first: np.ndarray, bias: np.ndarray, epilogue: Epilogue,
+                 b_decl: str, b_setup: str, b_load: str, extra_params: list[str]):
+        self.gpu = gpu
+        a, self.k, self.k_pad = pack_weights(weight_oc_first)
+        self.m = weight_oc_first.shape[0]
+        self.m4 = a.shape[1] // 4
+        self.w_buf = gpu.upload(a, "packed weight matrix")
+        self.b_buf = gpu.upload(bias, "bias")
+        self.params = GEMM_PARAMS + extra_params
+        self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
+                             act=epilogue.wgsl())
+        self.reduce_source = REDUCE.format(params=uniform_block(REDUCE_PARAMS), act=epilogue.wgsl(),
+                                           args=ENTRY_ARGS, flat=FLAT_INDEX)
+
+    def source(self, tile: Tile, splits: int) -> str:
+        return generate(tile, store=STORE_PARTIAL if splits > 1 else STORE_OUTPUT, **self.template)
+
+    def plan(self, cols: int) -> tuple[Tile, int]:
+        tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups)
+        while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
+            splits -= 1
+        return tile, splits
+
+    def dispatches(self, y, b_buffers: list, cols: int, col0: int, pixels: int, extra: dict) -> list[Dispatch]:
+        tile, splits = self.plan(cols)
+        ktiles = self.k_pad // tile.bk
+        kt_split = ceil_div(ktiles, splits)
+        tiles_m = ceil_div(self.m, tile.bm)
+        tiles = tiles_m * ceil_div(cols, tile.bn)
+        values = dict(m=self.m, k=self.k, k_pad=self.k_pad, m4=self.m4, tiles_m=tiles_m, tiles=tiles, cols=cols,
+                      col0=col0, p=pixels, splits=splits, kt_split=kt_split) | extra
+        u = self.gpu.uniform(pack(self.params, values))
+        threads = tiles * splits * tile.threads
+        if splits == 1:
+            return [self.gpu.dispatch(self.source(tile, 1), [u, self.w_buf, self.b_buf, y, *b_buffers], threads,
+                                      tile.threads)]
+        part = self.gpu.empty(4 * splits * self.m * cols, "split-K partial sums")
+        reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits, total=self.m * cols)
+        ur = self.gpu.uniform(pack(REDUCE_PARAMS, reduce))
+        return [self.gpu.dispatch(self.source(tile, splits), [u, self.w_buf, self.b_buf, part, *b_buffers],
+                                  threads, tile.threads),
+                self.gpu.dispatch(self.reduce_source, [ur, part, y], reduce["total"], 64)]

@@ -68,15 +68,11 @@ class Im2col(ConvKernel):
         return None
 
     def prepare(self, weight, bias):
-        a, self.k, self.k_pad = gemm.pack_weights(weight)
-        self.w_buf = self.gpu.upload(a, "packed weight matrix")
-        self.b_buf = self.gpu.upload(bias, "bias")
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"])
+        self.k, self.k_pad = self.gemm.k, self.gemm.k_pad
         self.gather_source = GATHER.format(wg=WG, params=uniform_block(GATHER_PARAMS), args=ENTRY_ARGS,
                                            flat=FLAT_INDEX)
-        self.gemm_source = gemm.shader(B_DECL, B_SETUP, B_LOAD, uniform_block(gemm.GEMM_PARAMS + ["s4"]),
-                                       self.epilogue.wgsl())
         self.gpu.pipeline(self.gather_source)
-        self.gpu.pipeline(self.gemm_source)
 
     def chunk_columns(self, total: int) -> int:
         """Output pixels per chunk: the most whole GEMM tiles whose column matrix fits one binding."""
@@ -102,8 +98,5 @@ class Im2col(ConvKernel):
                           cols=cols, col0=col0, p=pixels, total=self.k_pad * s4)
             u = self.gpu.uniform(pack(GATHER_PARAMS, gather))
             dispatches.append(self.gpu.dispatch(self.gather_source, [u, x, col], gather["total"], WG))
-            values = gemm.launch_values(p.c_out, self.k, self.k_pad, cols, col0, pixels) | {"s4": s4}
-            u = self.gpu.uniform(pack(gemm.GEMM_PARAMS + ["s4"], values))
-            dispatches.append(self.gpu.dispatch(self.gemm_source, [u, self.w_buf, self.b_buf, y, col],
-                                                gemm.launch_threads(values), gemm.THREADS))
+            dispatches += self.gemm.dispatches(y, [col], cols, col0, pixels, {"s4": s4})
         return dispatches

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from convroute.kernels import gemm
 from convroute.kernels.base import ConvKernel
-from convroute.kernels.common import pack, uniform_block
 
-PARAMS = gemm.GEMM_PARAMS + ["c_in", "h", "w", "wo", "sh", "sw", "ph", "pw", "hw"]
+PARAMS = ["c_in", "h", "w", "wo", "sh", "sw", "ph", "pw", "hw"]
 
 SCALAR_DECL = """
 @group(0) @binding(4) var<storage, read> x: array<f32>;
@@ -64,21 +63,14 @@ class Pointwise(ConvKernel):
 
     def prepare(self, weight, bias):
         p = self.p
-        a, self.k, self.k_pad = gemm.pack_weights(weight)
-        self.w_buf = self.gpu.upload(a, "packed weight matrix")
-        self.b_buf = self.gpu.upload(bias, "bias")
         self.vec4 = p.stride == (1, 1) and p.padding == (0, 0) and p.h * p.w % 4 == 0
         decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
             (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
-        self.source = gemm.shader(decl, setup, load, uniform_block(PARAMS), self.epilogue.wgsl())
-        self.gpu.pipeline(self.source)
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, setup, load, PARAMS)
 
     def bind(self, x, y, n):
         p = self.p
         pixels = p.ho * p.wo
-        values = gemm.launch_values(p.c_out, self.k, self.k_pad, n * pixels, 0, pixels)
-        values |= dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, sh=p.stride[0], sw=p.stride[1], ph=p.padding[0],
-                       pw=p.padding[1], hw=p.h * p.w)
-        u = self.gpu.uniform(pack(PARAMS, values))
-        return [self.gpu.dispatch(self.source, [u, self.w_buf, self.b_buf, y, x], gemm.launch_threads(values),
-                                  gemm.THREADS)]
+        extra = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, sh=p.stride[0], sw=p.stride[1], ph=p.padding[0],
+                     pw=p.padding[1], hw=p.h * p.w)
+        return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, extra)

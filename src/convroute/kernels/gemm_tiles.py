@@ -1,0 +1,153 @@
+"""WGSL generator for the register-tiled GEMM: Out[M, cols] = A[M, K] x B[K, cols], per tile shape.
+
+A workgroup of (bm/tm) x (bn/tn) invocations computes a bm x bn tile, each invocation tm x tn outputs held in
+named vec4 registers (the inner loop is unrolled in the generated source, so nothing spills to an array).
+K advances bk at a time through double-buffered workgroup tiles: the next tile's global loads are issued
+before the current tile is multiplied. An invocation's tm rows are tm/4 groups of four spaced bm/(tm/4)
+apart, and the same for columns, so neighbouring invocations read neighbouring vec4s of workgroup memory.
+
+A is prepacked K-major ([K_pad, M_pad], zero padded) so its loads need no guard. The B operand is a
+template (see gemm.py): one vec4 per invocation per K step, four columns starting at `bcol`, row `k`.
+With split-K (splits > 1), workgroup g works on K steps [s * kt_split, (s + 1) * kt_split) of its tile and
+stores raw partial sums; a reduction dispatch adds the splits, the bias and the activation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Tile:
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+    @property
+    def a_loads(self) -> int:
+        """vec4 loads of one A tile."""
+        return self.bm * self.bk // 4
+
+    def check(self) -> None:
+        if self.bk * self.bn // 4 != self.threads:
+            raise ValueError(f"{self}: one B vec4 per invocation per K step needs bk*bn/4 == threads")
+        if self.a_loads % self.threads and self.threads % self.a_loads:
+            raise ValueError(f"{self}: A tile loads must divide or be divided by the invocation count")
+        if self.tm % 4 or self.tn % 4:
+            raise ValueError(f"{self}: tm and tn must be multiples of 4")
+
+    def __str__(self) -> str:
+        return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
+
+
+# Largest first: the chooser takes the first that keeps the device busy.
+TILES = (Tile(128, 128, 8, 8, 8), Tile(128, 64, 16, 8, 4), Tile(64, 64, 16, 4, 4))
+SMALL = TILES[-1]
+
+
+def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str, act: str, store: str) -> str:
+    """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*)."""
+    tile.check()
+    tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
+    rg, cg = tile.tm // 4, tile.tn // 4
+    a_rows4, b_cols4 = tile.bm // 4, tile.bn // 4
+    out = [f"""
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> wa: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+{b_decl}
+var<workgroup> As: array<array<vec4<f32>, {a_rows4 * tile.bk}>, 2>;
+var<workgroup> Bs: array<array<vec4<f32>, {b_cols4 * tile.bk}>, 2>;
+{act}
+@compute @workgroup_size({tile.threads})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+  let g = wid.x + wid.y * nwg.x;
+  if (g >= P.tiles * P.splits) {{ return; }}
+  let split = g / P.tiles;
+  let tile_mn = g % P.tiles;
+  let tmi = tile_mn % P.tiles_m;
+  let tni = tile_mn / P.tiles_m;
+  let tx = lid % {tx_n}u;
+  let ty = lid / {tx_n}u;
+  let b_row = lid / {b_cols4}u;
+  let bcol = tni * {tile.bn}u + (lid % {b_cols4}u) * 4u;
+  {b_setup}
+  let kt0 = split * P.kt_split;
+  let kt1 = min(kt0 + P.kt_split, P.k_pad / {tile.bk}u);"""]
+    emit = out.append
+    a_per = max(tile.a_loads // tile.threads, 1)
+    a_guard = tile.a_loads < tile.threads
+    for i in range(a_per):
+        emit(f"  var ra{i}: vec4<f32>;")
+    emit("  var rb: vec4<f32>;")
+    for i in range(rg * 4 * cg):
+        emit(f"  var acc{i}: vec4<f32>;")
+
+    def load(kt: str) -> None:
+        for i in range(a_per):
+            e = f"lid + {i * tile.threads}u" if i else "lid"
+            guard = f"if (lid < {tile.a_loads}u) " if a_guard else ""
+            emit(f"    {guard}{{ let e = {e}; ra{i} = wa[({kt} * {tile.bk}u + e / {a_rows4}u) * P.m4 "
+                 f"+ tmi * {a_rows4}u + e % {a_rows4}u]; }}")
+        emit(f"    {{ let k = {kt} * {tile.bk}u + b_row; rb = {b_load}; }}")
+
+    def stash(buf: str) -> None:
+        for i in range(a_per):
+            e = f"lid + {i * tile.threads}u" if i else "lid"
+            guard = f"if (lid < {tile.a_loads}u) " if a_guard else ""
+            emit(f"    {guard}{{ As[{buf}][{e}] = ra{i}; }}")
+        emit(f"    Bs[{buf}][lid] = rb;")
+
+    emit("  if (kt0 < kt1) {")
+    load("kt0")
+    stash("0u")
+    emit("  }")
+    emit("  workgroupBarrier();")
+    emit("  for (var kt = kt0; kt < kt1; kt++) {")
+    emit("    let cur = (kt - kt0) % 2u;")
+    emit("    let more = kt + 1u < kt1;")
+    emit("    if (more) {")
+    load("(kt + 1u)")
+    emit("    }")
+    emit(f"    for (var kk = 0u; kk < {tile.bk}u; kk++) {{")
+    for r in range(rg):
+        emit(f"      let a{r} = As[cur][kk * {a_rows4}u + ty + {r * ty_n}u];")
+    for c in range(cg):
+        emit(f"      let b{c} = Bs[cur][kk * {b_cols4}u + tx + {c * tx_n}u];")
+    # acc[(c * 4 + q) * rg + r] holds rows (ty + r*ty_n)*4 .. +3 of column (tx + c*tx_n)*4 + q
+    for c in range(cg):
+        for q, comp in enumerate("xyzw"):
+            for r in range(rg):
+                i = (c * 4 + q) * rg + r
+                emit(f"      acc{i} = fma(a{r}, vec4<f32>(b{c}.{comp}), acc{i});")
+    emit("    }")
+    emit("    if (more) {")
+    stash("1u - cur")
+    emit("    }")
+    emit("    workgroupBarrier();")
+    emit("  }")
+    for c in range(cg):
+        for q in range(4):
+            emit(f"  {{ let j = tni * {tile.bn}u + (tx + {c * tx_n}u) * 4u + {q}u;")
+            emit("    if (j < P.cols) {")
+            for r in range(rg):
+                i = (c * 4 + q) * rg + r
+                emit(f"      {{ let m0 = tmi * {tile.bm}u + (ty + {r * ty_n}u) * 4u; let acc = acc{i};")
+                emit("        for (var i = 0u; i < 4u; i++) {")
+                emit("          let m = m0 + i;")
+                emit(f"          if (m < P.m) {{ let v = acc[i]; {store} }}")
+                emit("        }")
+                emit("      }")
+            emit("    }")
+            emit("  }")
+    emit("}")
+    return "\n".join(out)
