@@ -8,6 +8,10 @@ import sys
 
 COMMANDS = {
     # name: one-line help; module convroute.cli.<name> (or <name>_cmd when the name is a keyword)
+    "devices": "list every WebGPU adapter with vendor, type, backend, driver, limits and features",
+    "route": "which algorithm one conv shape takes on a device family, and why",
+    "conv": "run one conv shape with every applicable algorithm: check against the reference, time each",
+    "suite": "route, run and check every conv layer of a network suite on the adapter in use, with times",
     "calibrate": "time every algorithm on a grid of shapes and save this device's routing profile",
     "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
 }

@@ -1,0 +1,83 @@
+"""Pieces the conv-shape commands share: shape arguments, the host reference, aligned tables."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from convroute.params import ConvParams, make_params
+
+TOLERANCE = 1e-4
+
+
+def ints(text: str) -> tuple[int, ...]:
+    """'1,64,56,56' or '2' -> ints (argparse type)."""
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def int_or_pair(text: str):
+    values = ints(text)
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected an int or a pair 'h,w', got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def add_shape_arguments(parser) -> None:
+    parser.add_argument("--input", type=ints, required=True, metavar="N,C,H,W", help="input shape, NCHW")
+    parser.add_argument("--weight", type=ints, required=True, metavar="O,I,KH,KW",
+                        help="weight shape in PyTorch layout: [C_out, C_in/groups, Kh, Kw], or for --transposed "
+                             "[C_in, C_out/groups, Kh, Kw]")
+    parser.add_argument("--stride", type=int_or_pair, default=1, metavar="S|SH,SW")
+    parser.add_argument("--padding", type=int_or_pair, default=0, metavar="P|PH,PW")
+    parser.add_argument("--dilation", type=int_or_pair, default=1, metavar="D|DH,DW")
+    parser.add_argument("--groups", type=int, default=1)
+    parser.add_argument("--transposed", action="store_true", help="conv_transpose2d instead of conv2d")
+    parser.add_argument("--output-padding", type=int_or_pair, default=0, metavar="P|PH,PW",
+                        help="extra output rows/columns of a transposed conv")
+    parser.add_argument("--force-direct", action="store_true", default=None,
+                        help="send every sliding-window conv to direct (as CONVROUTE_FORCE_DIRECT=1)")
+
+
+def params_from_args(args) -> ConvParams:
+    return make_params(args.input, args.weight, args.stride, args.padding, args.dilation, args.groups,
+                       transposed=args.transposed, output_padding=args.output_padding)
+
+
+def host_reference(p: ConvParams, x, weight, bias) -> tuple[np.ndarray, str]:
+    """float64 result of PyTorch's conv when torch is importable, else convroute's numpy reference."""
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        from convroute.measure.reference import reference_conv
+
+        return reference_conv(p, x, weight, bias), "numpy float64"
+    xt, wt = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(weight, np.float64))
+    bt = None if bias is None else torch.from_numpy(np.asarray(bias, np.float64))
+    with torch.no_grad():
+        if p.transposed:
+            y = F.conv_transpose2d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
+        else:
+            y = F.conv2d(xt, wt, bt, p.stride, p.padding, p.dilation, p.groups)
+    return y.numpy(), "torch float64"
+
+
+def rel_error(out, ref) -> float:
+    """||out - ref|| / ||ref||; inf when the output holds NaN/Inf the reference does not."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if (~np.isfinite(out) & np.isfinite(ref)).any():
+        return float("inf")
+    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def format_table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Columns aligned; the first `left` columns left-justified, the rest right-justified."""
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in [head] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

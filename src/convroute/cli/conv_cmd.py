@@ -1,0 +1,88 @@
+"""`convroute conv`: run one conv shape with every applicable algorithm on the adapter in use, check each
+against a float64 host reference (PyTorch when importable) and print its median time."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+
+import numpy as np
+
+from convroute.cli.common import (
+    TOLERANCE,
+    add_shape_arguments,
+    format_table,
+    host_reference,
+    params_from_args,
+    rel_error,
+)
+from convroute.device.gpu import get_gpu
+from convroute.kernels import ALGORITHMS
+from convroute.measure.timing import TimingSettings, Workload
+from convroute.router import POLICIES, route_params
+
+SETTINGS = TimingSettings(warmup=2, repeats=30, budget_s=1.0)
+
+
+def add_arguments(parser) -> None:
+    add_shape_arguments(parser)
+    parser.add_argument("--algorithm", default="all", help=f"comma-separated subset of {', '.join(ALGORITHMS)} "
+                                                          "(default: every applicable one)")
+    parser.add_argument("--policy", default=None, help=f"policy whose choice is marked, one of {', '.join(POLICIES)}")
+    parser.add_argument("--repeats", type=int, default=SETTINGS.repeats, help="timed runs per algorithm, at most")
+    parser.add_argument("--budget", type=float, default=SETTINGS.budget_s, metavar="SECONDS",
+                        help="time budget per algorithm (at least 3 runs are timed whatever the budget)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed of the inputs (default: fresh)")
+
+
+def run(args) -> int:
+    try:
+        p = params_from_args(args)
+        names = pick_algorithms(args.algorithm, p)
+        gpu = get_gpu()
+        decision = route_params(p, gpu.profile, args.policy, args.force_direct)
+    except (TypeError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    settings = replace(SETTINGS, repeats=max(args.repeats, SETTINGS.min_repeats), budget_s=args.budget)
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    work = Workload(gpu, p, seed=seed, rotations=settings.rotations)
+    ref, ref_name = host_reference(p, work.x_first, work.weight, work.bias)
+    rows, failed, method = [], 0, "-"
+    try:
+        for name in names:
+            kernel = work.kernel(ALGORITHMS[name])
+            y = work.y_bufs[0]
+            gpu.fill(y, np.nan)
+            gpu.run(kernel.bind(work.x_bufs[0], y, p.n))
+            err = rel_error(gpu.read(y, p.output_shape), ref)
+            ok = err < TOLERANCE
+            failed += not ok
+            timing = work.time(kernel, settings)
+            method = timing.method
+            gflops = p.flops / (timing.median_ms * 1e6)
+            rows.append([name + (" (routed)" if name == decision.algorithm else ""), f"{err:.2e}",
+                         "ok" if ok else "WRONG", f"{timing.median_ms:.3f}", f"{gflops:.1f}"])
+    finally:
+        work.release()
+    print(f"{p.describe()} on {gpu.profile.name}")
+    print(f"routed: {decision}")
+    print(format_table(["algorithm", "rel error", "check", "median ms", "GFLOP/s"], rows))
+    print(f"reference: {ref_name}; tolerance {TOLERANCE:g}; timing: {method}; seed {seed}")
+    return 1 if failed else 0
+
+
+def pick_algorithms(spec: str, p) -> list[str]:
+    if spec == "all":
+        names = [n for n, cls in ALGORITHMS.items() if cls.unsupported(p) is None]
+        if not names:
+            raise ValueError(f"no algorithm can run {p.describe()}")
+        return names
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    for name in names:
+        if name not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {name!r}; known: {', '.join(ALGORITHMS)}")
+        why = ALGORITHMS[name].unsupported(p)
+        if why:
+            raise ValueError(f"algorithm {name!r} cannot run {p.describe()}: {why}")
+    return names
