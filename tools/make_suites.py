@@ -102,16 +102,20 @@ def conv_layers(model: nn.Module) -> list[dict]:
     return list(seen.values())
 
 
+def render(name: str, model: nn.Module, source: str) -> str:
+    """The suite's JSON text: one line per layer, so diffs stay readable."""
+    layers = conv_layers(model)
+    head = {"name": name, "source": source, "input_shape": list(INPUT_SHAPE)}
+    text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items())
+    return text + ',\n  "layers": [\n' + ",\n".join("    " + json.dumps(layer) for layer in layers) + "\n  ]\n}\n"
+
+
 def main() -> int:
     for name, (model, source) in architectures().items():
-        layers = conv_layers(model)
-        suite = {"name": name, "source": source, "input_shape": list(INPUT_SHAPE), "layers": layers}
         path = OUT / f"{name}.json"
-        text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in suite.items() if k != "layers")
-        text += ',\n  "layers": [\n' + ",\n".join("    " + json.dumps(layer) for layer in layers) + "\n  ]\n}\n"
-        path.write_text(text)
-        total = sum(layer["count"] for layer in layers)
-        print(f"{path}: {len(layers)} distinct convs, {total} in all")
+        path.write_text(render(name, model, source))
+        layers = json.loads(path.read_text())["layers"]
+        print(f"{path}: {len(layers)} distinct convs, {sum(layer['count'] for layer in layers)} in all")
     return 0
 
 
