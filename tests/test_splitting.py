@@ -80,6 +80,7 @@ FOLD_CASES = {
     "direct": dict(input_shape=(2, 3, 30, 41), weight_shape=(8, 3, 3, 2), padding=(1, 0)),
     "im2col": dict(input_shape=(2, 3, 20, 31), weight_shape=(130, 3, 3, 3), padding=1, dilation=(1, 2)),
     "pointwise": dict(input_shape=(2, 5, 40, 61), weight_shape=(9, 5, 1, 1)),
+    "implicit_gemm": dict(input_shape=(2, 3, 40, 61), weight_shape=(9, 3, 3, 2), padding=(1, 0), dilation=(2, 1)),
     "depthwise": dict(input_shape=(2, 4, 20, 29), weight_shape=(8, 1, 3, 3), padding=1, groups=4),
     "transposed": dict(input_shape=(3, 4, 16, 15), weight_shape=(4, 8, 3, 3), stride=2, padding=1,
                        transposed=True, output_padding=1),
@@ -101,6 +102,7 @@ def test_every_algorithm_runs_on_a_folded_grid(monkeypatch, algorithm):
 @pytest.mark.parametrize("algorithm, case", [
     ("im2col", dict(input_shape=(1, 64, 7, 7), weight_shape=(40, 64, 3, 3), padding=1)),
     ("pointwise", dict(input_shape=(2, 300, 5, 3), weight_shape=(70, 300, 1, 1))),
+    ("implicit_gemm", dict(input_shape=(2, 40, 6, 5), weight_shape=(20, 40, 3, 2), stride=(2, 1), padding=1)),
 ])
 def test_split_k_matches_torch(monkeypatch, algorithm, case):
     """Asking for more workgroups than the small tile gives splits K; partial sums are reduced exactly once."""

@@ -1,0 +1,79 @@
+"""`implicit_gemm`: the conv as the tiled GEMM whose B operand is gathered from the input on the fly.
+
+B[k, j] is input channel k // (Kh*Kw) at tap (kh, kw) of output pixel j's window (zero in the padding), the
+im2col matrix without ever writing it: no column buffer, no second pass over memory. Each invocation works
+out its four columns' window origins once; per K step it decomposes k once and gathers four values. The
+layer's shape is baked into the shader as constants, so the index arithmetic folds to multiplies and shifts.
+"""
+
+from __future__ import annotations
+
+from convroute.kernels import gemm
+from convroute.kernels.base import ConvKernel
+
+B_DECL = """
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+const C_IN: u32 = {c_in}u;
+const H: i32 = {h};
+const W: i32 = {w};
+const WO: u32 = {wo}u;
+const PIX: u32 = {pix}u;
+const KW: u32 = {kw}u;
+const KHW: u32 = {khw}u;
+const KK: u32 = {k}u;
+var<private> b_img: array<u32, 4>;
+var<private> b_ih: array<i32, 4>;
+var<private> b_iw: array<i32, 4>;
+var<private> b_ok: array<bool, 4>;
+fn load_b(k: u32) -> vec4<f32> {{
+  var v = vec4<f32>(0.0);
+  if (k >= KK) {{ return v; }}
+  let tap = k % KHW;
+  let dh = i32((tap / KW) * {dh}u);
+  let dw = i32((tap % KW) * {dw}u);
+  let chan = (k / KHW) * u32(H * W);
+  for (var q = 0u; q < 4u; q++) {{
+    let ih = b_ih[q] + dh;
+    let iw = b_iw[q] + dw;
+    if (b_ok[q] && ih >= 0 && ih < H && iw >= 0 && iw < W) {{
+      v[q] = x[b_img[q] + chan + u32(ih * W + iw)];
+    }}
+  }}
+  return v;
+}}
+"""
+B_SETUP = """
+  for (var q = 0u; q < 4u; q++) {{
+    let j = bcol + q;
+    let pix = j % PIX;
+    b_ok[q] = j < P.cols;
+    b_img[q] = (j / PIX) * C_IN * u32(H * W);
+    b_ih[q] = i32((pix / WO) * {sh}u) - {ph};
+    b_iw[q] = i32((pix % WO) * {sw}u) - {pw};
+  }}
+"""
+B_LOAD = "load_b(k)"
+
+
+class ImplicitGemm(ConvKernel):
+    name = "implicit_gemm"
+
+    @classmethod
+    def unsupported(cls, p):
+        if p.transposed:
+            return "it is a transposed convolution (implicit_gemm runs only a forward conv2d; use 'transposed')"
+        if p.groups != 1:
+            return f"groups={p.groups}: implicit_gemm is one dense GEMM and needs groups == 1"
+        return None
+
+    def prepare(self, weight, bias):
+        p = self.p
+        shape = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, pix=p.ho * p.wo, kw=p.kw, khw=p.kh * p.kw,
+                     k=p.c_in * p.kh * p.kw, dh=p.dilation[0], dw=p.dilation[1], sh=p.stride[0], sw=p.stride[1],
+                     ph=p.padding[0], pw=p.padding[1])
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL.format(**shape),
+                              B_SETUP.format(**shape), B_LOAD, [])
+
+    def bind(self, x, y, n):
+        pixels = self.p.ho * self.p.wo
+        return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, {})
