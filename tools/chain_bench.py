@@ -1,0 +1,105 @@
+"""convroute's side of ../shared/bench/peer_conv_bench.py: the same shapes, the same chained method.
+
+Each shape runs as a chain of L identical convs (C_in == C_out, 'same' padding) over GPU buffers, recorded
+in one submission; wall clock includes the input upload and the output download (min of 5 runs / L), as
+the peer script does for ncnn. The GPU time per layer (timestamp queries) is printed beside it.
+usage: python tools/chain_bench.py [L=20] [N=1] [algorithms=all,routed]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import numpy as np
+
+from convroute.device.gpu import get_gpu
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import Epilogue
+from convroute.params import make_params
+from convroute.router import route_params
+
+SHAPES = [  # (name, C, H, W, k, stride, groups), as in peer_conv_bench.py
+    ("r50_3x3_64_56", 64, 56, 56, 3, 1, 1),
+    ("r50_3x3_128_28", 128, 28, 28, 3, 1, 1),
+    ("r50_3x3_256_14", 256, 14, 14, 3, 1, 1),
+    ("r50_3x3_512_7", 512, 7, 7, 3, 1, 1),
+    ("r50_1x1_256_56", 256, 56, 56, 1, 1, 1),
+    ("r50_1x1_1024_14", 1024, 14, 14, 1, 1, 1),
+    ("vgg_3x3_64_224", 64, 224, 224, 3, 1, 1),
+    ("mbv2_dw_144_56", 144, 56, 56, 3, 1, 144),
+    ("c32_5x5_32_64", 32, 64, 64, 5, 1, 1),
+]
+
+
+def gpu_ms(gpu, dispatches, reps=5) -> float:
+    dev = gpu.device
+    qs = dev.create_query_set(type="timestamp", count=2)
+    import wgpu
+
+    qb = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+    times = []
+    for _ in range(reps):
+        enc = gpu.encode(dispatches, timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 0,
+                                                       "end_of_pass_write_index": 1})
+        enc.resolve_query_set(qs, 0, 2, qb, 0)
+        dev.queue.submit([enc.finish()])
+        ts = np.frombuffer(dev.queue.read_buffer(qb), np.uint64)
+        times.append((int(ts[1]) - int(ts[0])) * 1e-6)
+    return min(times)
+
+
+def bench(shape, algorithm, L, n):
+    name, c, h, w, k, s, g = shape
+    gpu = get_gpu()
+    p = make_params((n, c, h, w), (c, c // g, k, k), s, k // 2, 1, g)
+    if algorithm == "routed":
+        algorithm = route_params(p, gpu.profile, "seed", False).algorithm
+    if ALGORITHMS[algorithm].unsupported(p):
+        return None
+    rng = np.random.default_rng(0)
+    wt = (rng.standard_normal(p.weight_shape) / np.sqrt(c // g * k * k)).astype(np.float32)
+    kernel = ALGORITHMS[algorithm](gpu, p, wt, np.zeros(c, np.float32), Epilogue())
+    x = rng.standard_normal(p.input_shape).astype(np.float32)
+    bufs = [gpu.empty(x.nbytes), gpu.empty(4 * int(np.prod(p.output_shape)))]
+    dispatches = []
+    for i in range(L):
+        dispatches += kernel.bind(bufs[i % 2] if s == 1 else bufs[0], bufs[(i + 1) % 2] if s == 1 else bufs[1], n)
+    out_buf = bufs[L % 2] if s == 1 else bufs[1]
+
+    def once():
+        gpu.device.queue.write_buffer(bufs[0], 0, x)
+        gpu.run(dispatches)
+        return gpu.device.queue.read_buffer(out_buf)
+
+    once()
+    once()
+    walls = []
+    for _ in range(5):
+        t = time.perf_counter()
+        once()
+        walls.append(time.perf_counter() - t)
+    return algorithm, min(walls) / L * 1e3, gpu_ms(gpu, dispatches) / L, p.flops
+
+
+def main():
+    L = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    algos = sys.argv[3].split(",") if len(sys.argv) > 3 else list(ALGORITHMS)
+    print("device:", get_gpu().profile.name, "|", get_gpu().profile.driver, flush=True)
+    for shape in SHAPES:
+        for algo in algos:
+            try:
+                r = bench(shape, algo, L, n)
+            except Exception as e:  # report and carry on with the next
+                print(json.dumps({"shape": shape[0], "algorithm": algo, "error": repr(e)[:300]}), flush=True)
+                continue
+            if r:
+                a, wall, gpu_t, fl = r
+                print(json.dumps({"shape": shape[0], "algorithm": a, "N": n, "ms": round(wall, 4),
+                                  "gpu_ms": round(gpu_t, 4), "gflops": round(fl / gpu_t / 1e6, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
