@@ -3,8 +3,9 @@ rejected with a message naming the layer and the field."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,14 +43,12 @@ def test_suite_contents():
 
 
 def test_shipped_files_match_the_architectures():
-    """tools/make_suites.py regenerates exactly the shipped JSON from torchvision (no weights)."""
-    spec = importlib.util.spec_from_file_location("make_suites", ROOT / "tools" / "make_suites.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for name, (model, source) in module.architectures().items():
-        shipped = (ROOT / "src" / "convroute" / "suites" / f"{name}.json").read_text()
-        assert module.render(name, model, source) == shipped, f"{name}.json is stale: run tools/make_suites.py"
-    assert set(module.architectures()) == set(SUITES)
+    """tools/make_suites.py regenerates exactly the shipped JSON from torchvision (no weights). In a fresh
+    process: torchvision imports triton, whose LLVM crashes a process that has loaded lavapipe's."""
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "make_suites.py"), "--check"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "stale" not in result.stdout
 
 
 def test_user_file_with_defaults(tmp_path):

@@ -2,7 +2,7 @@
 
 Each suite lists every distinct conv (Conv2d and ConvTranspose2d) of one architecture, as seen by forward
 hooks on a 1x3x224x224 input, with how many times it occurs. Only the architecture is used (weights=None,
-nothing is downloaded). Run: python3 tools/make_suites.py  (needs torch and torchvision).
+nothing is downloaded). Run: python3 tools/make_suites.py  (needs torch and torchvision); --check only compares.
 """
 
 from __future__ import annotations
@@ -110,13 +110,23 @@ def render(name: str, model: nn.Module, source: str) -> str:
     return text + ',\n  "layers": [\n' + ",\n".join("    " + json.dumps(layer) for layer in layers) + "\n  ]\n}\n"
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    """Write the suites; with --check, only report (exit 1) the shipped files that differ from the architectures."""
+    check = "--check" in (sys.argv[1:] if argv is None else argv)
+    stale = []
     for name, (model, source) in architectures().items():
         path = OUT / f"{name}.json"
-        path.write_text(render(name, model, source))
+        text = render(name, model, source)
+        if check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(path.name)
+            continue
+        path.write_text(text)
         layers = json.loads(path.read_text())["layers"]
         print(f"{path}: {len(layers)} distinct convs, {sum(layer['count'] for layer in layers)} in all")
-    return 0
+    if stale:
+        print(f"stale: {', '.join(stale)}; run python3 tools/make_suites.py")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":
