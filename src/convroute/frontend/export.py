@@ -1,0 +1,246 @@
+"""torch.export a model, then simplify its graph: fold constants, drop identities, fold eval-mode
+BatchNorm into the preceding conv and fuse the activation that follows a conv / linear / add."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, from_exported, iter_refs, map_refs
+from convroute.kernels.common import Epilogue
+
+aten = torch.ops.aten
+
+# Ops kept whole (not decomposed) because convroute runs them as one kernel or fuses them.
+KEEP = ("hardswish.default", "hardsigmoid.default", "silu.default", "gelu.default", "linear.default",
+        "upsample_nearest2d.vec", "upsample_nearest2d.default", "upsample_bilinear2d.vec",
+        "upsample_bilinear2d.default", "_upsample_nearest_exact2d.vec", "_upsample_nearest_exact2d.default",
+        "hardtanh.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default")
+
+IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
+
+# Producers that can take a fused activation (conv and linear also absorb hardsigmoid, see _fusable).
+FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval")
+
+
+class ExportError(RuntimeError):
+    """torch.export could not capture the model; the message carries torch's reason."""
+
+
+def export_model(model, example_inputs: tuple) -> Graph:
+    """Export for the example's exact shapes (a batch-dynamic export costs several times longer; a
+    Program re-exports once per new input shape instead)."""
+    try:
+        ep = torch.export.export(model.eval(), tuple(example_inputs))
+    except Exception as exc:
+        reason = str(exc).strip().split("\n\n")[0]
+        raise ExportError(f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: "
+                          f"{reason}") from exc
+    return _graph(ep)
+
+
+def _graph(ep) -> Graph:
+    table = torch.export.default_decompositions()
+    for name in KEEP:
+        packet, _, overload = name.partition(".")
+        table.pop(getattr(getattr(aten, packet), overload), None)
+    graph = from_exported(ep.run_decompositions(table))
+    simplify(graph)
+    return graph
+
+
+def simplify(g: Graph) -> None:
+    fold_constants(g)
+    inline_scalars(g)
+    reduce_multi_output(g)
+    drop_identities(g)
+    fold_batch_norms(g)
+    fuse_activations(g)
+    drop_dead(g)
+
+
+def is_const(g: Graph, obj) -> bool:
+    return all(r.name in g.constants for r in iter_refs(obj))
+
+
+def fold_constants(g: Graph) -> None:
+    """Evaluate once, at compile time, every call that depends on constants only (e.g. weight transposes)."""
+    kept = []
+    for node in g.nodes:
+        seeded = isinstance(node.target, torch._ops.OpOverload) and \
+            torch.Tag.nondeterministic_seeded in node.target.tags
+        if node.refs() and is_const(g, (node.args, node.kwargs)) and not seeded:
+            def value(r):
+                return g.constants[r.name]
+            g.constants[node.name] = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+        else:
+            kept.append(node)
+    g.nodes = kept
+
+
+def inline_scalars(g: Graph) -> None:
+    """Calls that yield a plain number for these static shapes (e.g. sym_size) become literals."""
+    kept = []
+    for node in g.nodes:
+        if isinstance(node.meta, (int, float, bool)) and not isinstance(node.meta, torch.SymInt):
+            g.replace_uses(node.name, node.meta)
+        else:
+            kept.append(node)
+    g.nodes = kept
+
+
+def reduce_multi_output(g: Graph) -> None:
+    """max_pool2d_with_indices / eval batch norm whose extra outputs are unused become single-output calls."""
+    users = g.users()
+    singles = {aten.max_pool2d_with_indices.default: aten.max_pool2d.default,
+               aten._native_batch_norm_legit_no_training.default: batch_norm_eval}
+    drop = set()
+    for node in g.nodes:
+        if node.target not in singles or node.name in g.output_names():
+            continue
+        getters = users.get(node.name, [])
+        if all(u.target is operator.getitem and u.args[1] == 0 for u in getters):
+            node.target = singles[node.target]
+            node.meta = node.meta[0]
+            for u in getters:
+                g.replace_uses(u.name, Ref(node.name))
+                drop.add(u.name)
+    g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+def drop_identities(g: Graph) -> None:
+    kept = []
+    for node in g.nodes:
+        inert_dropout = node.op == "dropout" and not (node.args[2] if len(node.args) > 2 else False)
+        if node.op in IDENTITY or inert_dropout:
+            g.replace_uses(node.name, node.args[0])
+        else:
+            kept.append(node)
+    g.nodes = kept
+
+
+def fold_batch_norms(g: Graph) -> None:
+    """conv -> eval batch norm  ==>  conv with scaled weight and shifted bias (computed in float64)."""
+    producers = {n.name: n for n in g.nodes}
+    users = g.users()
+    drop = set()
+    for bn in g.nodes:
+        if bn.target is not batch_norm_eval:
+            continue
+        x, weight, bias, mean, var, _momentum, eps = bn.args
+        conv = producers.get(x.name) if isinstance(x, Ref) else None
+        if conv is None or conv.op != "convolution" or not _single_use(g, users, conv) or \
+                not is_const(g, (conv.args[1:3], bn.args[1:5])):
+            continue
+        w = g.constants[conv.args[1].name].double()
+        b = _const_or_none(g, conv.args[2])
+        c_out = w.shape[1] * conv.args[8] if conv.args[6] else w.shape[0]
+        b = torch.zeros(c_out, dtype=torch.float64) if b is None else b.double()
+        gamma = _const_or_none(g, weight)
+        beta = _const_or_none(g, bias)
+        scale = 1.0 / torch.sqrt(g.constants[var.name].double() + eps)
+        if gamma is not None:
+            scale = scale * gamma.double()
+        shift = -g.constants[mean.name].double() * scale + (0.0 if beta is None else beta.double())
+        if conv.args[6]:  # transposed: weight [C_in, C_out/groups, kh, kw]
+            groups = conv.args[8]
+            ws = w.reshape(groups, w.shape[0] // groups, w.shape[1], *w.shape[2:])
+            ws = ws * scale.reshape(groups, 1, -1, 1, 1)
+            w = ws.reshape(w.shape)
+        else:
+            w = w * scale.reshape(-1, 1, 1, 1)
+        _set_weights(g, conv, w.float(), (b * scale + shift).float())
+        conv.notes.append(f"batch norm {bn.module or bn.name} folded")
+        g.replace_uses(bn.name, Ref(conv.name))
+        drop.add(bn.name)
+    g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+def fuse_activations(g: Graph) -> None:
+    producers = {n.name: n for n in g.nodes}
+    users = g.users()
+    drop = set()
+    for node in g.nodes:
+        act = activation_of(node)
+        if act is None or not isinstance(node.args[0], Ref):
+            continue
+        src = producers.get(node.args[0].name)
+        if src is None or src.act is not None or src.name in drop or not _single_use(g, users, src) \
+                or not _fusable(g, src, act):
+            continue
+        if act == "hardsigmoid":
+            _absorb_hardsigmoid(g, src)
+            src.act = Epilogue("clamp", 0.0, 1.0)
+        else:
+            src.act = act
+        src.notes.append(f"{node.op} fused")
+        g.replace_uses(node.name, Ref(src.name))
+        drop.add(node.name)
+    g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+def activation_of(node: Node):
+    """The Epilogue (or 'hardsigmoid') an activation node applies, None if it is not one."""
+    op, args = node.op, node.args
+    if op in ("relu", "hardswish", "silu", "sigmoid"):
+        return Epilogue(op)
+    if op == "hardsigmoid":
+        return "hardsigmoid"
+    if op == "hardtanh":
+        lo = float(args[1]) if len(args) > 1 else -1.0
+        hi = float(args[2]) if len(args) > 2 else 1.0
+        return Epilogue("relu6") if (lo, hi) == (0.0, 6.0) else Epilogue("clamp", lo, hi)
+    if op == "clamp" and not node.kwargs:
+        lo = args[1] if len(args) > 1 else None
+        hi = args[2] if len(args) > 2 else None
+        if all(v is None or isinstance(v, (int, float)) for v in (lo, hi)) and (lo, hi) != (None, None):
+            return Epilogue("clamp", -float("inf") if lo is None else float(lo),
+                            float("inf") if hi is None else float(hi))
+    return None
+
+
+def _fusable(g: Graph, src: Node, act) -> bool:
+    if src.op not in FUSE_INTO:
+        return False
+    if src.op in ("convolution", "linear"):
+        return is_const(g, src.args[1:3])  # weights must be known to prepack (and to absorb hardsigmoid)
+    return act != "hardsigmoid"
+
+
+def _absorb_hardsigmoid(g: Graph, src: Node) -> None:
+    """hardsigmoid(z) = clamp(z/6 + 1/2, 0, 1): scale the weights and bias, then clamp."""
+    w = g.constants[src.args[1].name].double()
+    b = _const_or_none(g, src.args[2])
+    c_out = w.shape[0] if src.op == "linear" or not src.args[6] else w.shape[1] * src.args[8]
+    b = torch.zeros(c_out, dtype=torch.float64) if b is None else b.double()
+    _set_weights(g, src, (w / 6).float(), (b / 6 + 0.5).float())
+
+
+def _set_weights(g: Graph, node: Node, weight, bias) -> None:
+    g.constants[f"{node.name}_weight"] = weight
+    g.constants[f"{node.name}_bias"] = bias
+    args = list(node.args) + [None] * (3 - len(node.args))
+    args[1], args[2] = Ref(f"{node.name}_weight"), Ref(f"{node.name}_bias")
+    node.args = tuple(args)
+
+
+def _const_or_none(g: Graph, arg):
+    return None if arg is None else g.constants[arg.name]
+
+
+def _single_use(g: Graph, users, node: Node) -> bool:
+    return len(users.get(node.name, [])) == 1 and node.name not in g.output_names()
+
+
+def drop_dead(g: Graph) -> None:
+    """Remove calls whose results nothing uses (asserts included), back to front."""
+    live = g.output_names()
+    kept = []
+    for node in reversed(g.nodes):
+        mutates = isinstance(node.target, torch._ops.OpOverload) and node.target._schema.is_mutable
+        if node.name in live or mutates:
+            kept.append(node)
+            live.update(r.name for r in node.refs())
+    g.nodes = kept[::-1]
+    g.constants = {k: v for k, v in g.constants.items() if k in live}

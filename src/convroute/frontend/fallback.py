@@ -1,0 +1,53 @@
+"""CPU partitions: nodes the GPU cannot run execute through torch, between GPU submits.
+
+Their GPU-resident inputs are downloaded, the torch op runs (with any fused activation applied after
+it), and results that later GPU nodes read are uploaded into their planned buffers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from convroute.frontend.graph import Node, map_refs
+from convroute.kernels.common import Epilogue
+
+
+def apply_act(t: torch.Tensor, act: Epilogue | None) -> torch.Tensor:
+    if act is None or act.kind == "none":
+        return t
+    if act.kind == "relu":
+        return torch.relu(t)
+    if act.kind == "relu6":
+        return F.hardtanh(t, 0.0, 6.0)
+    if act.kind == "clamp":
+        lo = None if act.lo == -float("inf") else act.lo
+        hi = None if act.hi == float("inf") else act.hi
+        return torch.clamp(t, lo, hi)
+    if act.kind == "hardswish":
+        return F.hardswish(t)
+    if act.kind == "silu":
+        return F.silu(t)
+    if act.kind == "sigmoid":
+        return torch.sigmoid(t)
+    raise ValueError(f"unknown activation {act.kind!r}")
+
+
+def run_on_cpu(node: Node, env: dict, constants: dict):
+    """Run one node through torch; `env` holds the CPU copies of run-time values."""
+    def value(r):
+        return env[r.name] if r.name in env else constants[r.name]
+    with torch.no_grad():
+        out = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+        return apply_act(out, node.act) if node.act is not None else out
+
+
+def download(gpu, buffer, meta) -> torch.Tensor:
+    return torch.from_numpy(gpu.read(buffer, tuple(meta.shape)))
+
+
+def upload(gpu, buffer, tensor: torch.Tensor) -> None:
+    data = np.ascontiguousarray(tensor.detach().cpu().to(torch.float32).numpy())
+    if data.size:
+        gpu.device.queue.write_buffer(buffer, 0, data)

@@ -1,0 +1,314 @@
+"""Lowering: which graph nodes run on the GPU and with which kernel.
+
+`LOWERINGS[op name](ctx, node) -> GpuOp` prepares one node for the GPU (weights prepacked, pipelines
+compiled) or raises `Unsupported(reason)`, in which case the node runs on the CPU through torch.
+View-like nodes (`ALIASES`) need no kernel: their result shares the input's buffer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from convroute.device.gpu import Gpu
+from convroute.device.profile import DeviceProfile
+from convroute.frontend.export import activation_of
+from convroute.frontend.graph import Node, Ref
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import Epilogue
+from convroute.kernels.concat import Concat
+from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
+from convroute.kernels.linear import Linear
+from convroute.kernels.pool import Pool2d
+from convroute.kernels.resize import Upsample2d
+from convroute.params import ConvParams, make_params
+from convroute.router import Decision, route_params
+
+ALIASES = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "squeeze", "squeeze.dim", "squeeze.dims",
+           "unsqueeze", "_to_copy")
+
+
+class Unsupported(Exception):
+    """This node cannot run on the GPU; the message says why (it runs on the CPU instead)."""
+
+
+@dataclass
+class GpuOp:
+    """A node prepared for the GPU. `bind(input buffers, output buffer)` records its dispatches."""
+
+    node: Node
+    inputs: list[str]
+    bind: Callable
+    flops: int
+    params: ConvParams | None = None
+    decision: Decision | None = None
+
+
+@dataclass
+class Context:
+    gpu: Gpu
+    profile: DeviceProfile
+    policy: str | None
+    constants: dict
+    metas: dict  # value name -> meta tensor
+
+    def is_dynamic(self, arg) -> bool:
+        return isinstance(arg, Ref) and arg.name not in self.constants
+
+    def const(self, arg, what: str):
+        """A compile-time tensor argument (None stays None); Unsupported when it is computed at run time."""
+        if arg is None:
+            return None
+        if self.is_dynamic(arg):
+            raise Unsupported(f"its {what} is computed at run time")
+        value = self.constants[arg.name] if isinstance(arg, Ref) else arg
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+            raise Unsupported(f"its {what} is not a floating-point tensor")
+        return value.detach().cpu().to(torch.float32)
+
+    def tensor(self, arg, what: str = "input"):
+        """Meta tensor of a dynamic float32 argument."""
+        if not self.is_dynamic(arg):
+            raise Unsupported(f"its {what} is not a run-time tensor")
+        meta = self.metas.get(arg.name)
+        if not isinstance(meta, torch.Tensor):
+            raise Unsupported(f"its {what} is not a tensor")
+        if meta.dtype != torch.float32:
+            raise Unsupported(f"its {what} has dtype {meta.dtype} (the GPU kernels are float32)")
+        return meta
+
+
+def out_meta(node: Node):
+    if not isinstance(node.meta, torch.Tensor) or node.meta.dtype != torch.float32:
+        raise Unsupported("its result is not a float32 tensor")
+    return node.meta
+
+
+def arg(node: Node, index: int, name: str, default=None):
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name, default)
+
+
+def lower_conv(ctx: Context, node: Node) -> GpuOp:
+    x, w, b = node.args[0], node.args[1], node.args[2]
+    stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
+    xm = ctx.tensor(x)
+    weight = ctx.const(w, "weight")
+    if weight.ndim != 4 or xm.ndim != 4:
+        raise Unsupported(f"only 2-D convolutions over 4-D NCHW inputs run on the GPU (input {tuple(xm.shape)})")
+    bias = ctx.const(b, "bias")
+    p = make_params(tuple(xm.shape), tuple(weight.shape), list(stride), list(padding), list(dilation), groups,
+                    transposed=transposed, output_padding=list(output_padding))
+    decision = route_params(p, ctx.profile, ctx.policy)
+    kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), None if bias is None else bias.numpy(),
+                                            node.act or Epilogue())
+    return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out, p.n), p.flops, p, decision)
+
+
+def lower_activation(ctx: Context, node: Node) -> GpuOp:
+    x = node.args[0]
+    meta = ctx.tensor(x)
+    if node.op == "gelu":
+        act = "gelu_tanh" if node.kwargs.get("approximate", "none") == "tanh" else "gelu"
+    elif node.op == "tanh":
+        act = "tanh"
+    else:
+        act = activation_of(node)
+        if act is None:
+            raise Unsupported("its arguments are not constants")
+    kernel = Unary(ctx.gpu, act, meta.numel())
+    return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out), meta.numel())
+
+
+def lower_binary(ctx: Context, node: Node) -> GpuOp:
+    op = node.op.split(".")[0]
+    if node.kwargs.get("rounding_mode") is not None:
+        raise Unsupported("div with a rounding mode")
+    alpha = node.kwargs.get("alpha", 1)
+    out = out_meta(node)
+    operands, inputs, shapes = [], [], []
+    for a in node.args[:2]:
+        if ctx.is_dynamic(a):
+            shapes.append(tuple(ctx.tensor(a).shape))
+            operands.append(len(inputs))
+            inputs.append(a.name)
+        else:
+            value = ctx.const(a, "operand") if isinstance(a, Ref) else torch.tensor(float(a))
+            shapes.append(tuple(value.shape))
+            operands.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand"))
+    try:
+        kernel = Binary(ctx.gpu, op, shapes[0], shapes[1], tuple(out.shape), node.act, float(alpha))
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+
+    def bind(ins, y):
+        a, b = (ins[o] if isinstance(o, int) else o for o in operands)
+        return kernel.bind(a, b, y)
+    return GpuOp(node, inputs, bind, out.numel())
+
+
+def lower_batch_norm(ctx: Context, node: Node) -> GpuOp:
+    x, weight, bias, mean, var, _momentum, eps = node.args
+    meta = ctx.tensor(x)
+    if meta.ndim < 2:
+        raise Unsupported("batch norm over a tensor without a channel dimension")
+    scale = 1.0 / torch.sqrt(ctx.const(var, "running var").double() + eps)
+    if weight is not None:
+        scale = scale * ctx.const(weight, "weight").double()
+    shift = -ctx.const(mean, "running mean").double() * scale
+    if bias is not None:
+        shift = shift + ctx.const(bias, "bias").double()
+    kernel = ChannelAffine(ctx.gpu, tuple(meta.shape), scale.float().numpy(), shift.float().numpy(), node.act)
+    return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out), 2 * meta.numel())
+
+
+def _planes(meta, out):
+    if meta.ndim not in (3, 4):
+        raise Unsupported(f"pooling over a {meta.ndim}-D tensor")
+    return math.prod(meta.shape[:-2]), meta.shape[-2], meta.shape[-1], out.shape[-2], out.shape[-1]
+
+
+def _pair(value, default=None):
+    if value is None or (isinstance(value, (list, tuple)) and len(value) == 0):
+        return default
+    if isinstance(value, int):
+        return (value, value)
+    return tuple(value) if len(value) == 2 else (value[0], value[0])
+
+
+def lower_pool(ctx: Context, node: Node) -> GpuOp:
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    planes, h, w, ho, wo = _planes(meta, out)
+    if node.op == "max_pool2d":
+        kernel = _pair(arg(node, 1, "kernel_size"))
+        pool = Pool2d(ctx.gpu, "max", planes, h, w, ho, wo, kernel, _pair(arg(node, 2, "stride"), kernel),
+                      _pair(arg(node, 3, "padding", 0)), _pair(arg(node, 4, "dilation", 1)))
+        flops = out.numel() * kernel[0] * kernel[1]
+    elif node.op == "avg_pool2d":
+        kernel = _pair(arg(node, 1, "kernel_size"))
+        pool = Pool2d(ctx.gpu, "avg", planes, h, w, ho, wo, kernel, _pair(arg(node, 2, "stride"), kernel),
+                      _pair(arg(node, 3, "padding", 0)), count_include_pad=arg(node, 5, "count_include_pad", True),
+                      divisor_override=arg(node, 6, "divisor_override"))
+        flops = out.numel() * kernel[0] * kernel[1]
+    else:  # adaptive average pooling, or mean over the last two dimensions
+        if node.op == "mean.dim":
+            dims = {d % meta.ndim for d in node.args[1] or ()}
+            if dims != {meta.ndim - 1, meta.ndim - 2} or node.kwargs.get("dtype") not in (None, torch.float32):
+                raise Unsupported(f"mean over dims {list(node.args[1])} (the GPU kernel reduces H and W)")
+            ho = wo = 1
+        pool = Pool2d(ctx.gpu, "adaptive", planes, h, w, ho, wo)
+        flops = meta.numel()
+    return GpuOp(node, [x.name], lambda ins, y: pool.bind(ins[0], y), flops)
+
+
+def lower_linear(ctx: Context, node: Node) -> GpuOp:
+    if node.op == "linear":
+        x, weight, bias = node.args[0], ctx.const(node.args[1], "weight"), ctx.const(arg(node, 2, "bias"), "bias")
+    else:  # addmm(bias, x, mat2) / mm(x, mat2) with a constant mat2 = W^T
+        if node.op == "addmm" and (node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1):
+            raise Unsupported("addmm with beta or alpha != 1")
+        x, mat2 = (node.args[1], node.args[2]) if node.op == "addmm" else (node.args[0], node.args[1])
+        weight = ctx.const(mat2, "matrix").t()
+        bias = ctx.const(node.args[0], "bias") if node.op == "addmm" else None
+        if bias is not None and bias.numel() != weight.shape[0]:
+            raise Unsupported("addmm whose bias is not one value per output feature")
+    meta = ctx.tensor(x)
+    if weight.ndim != 2 or meta.shape[-1] != weight.shape[1]:
+        raise Unsupported(f"linear of {tuple(meta.shape)} by weight {tuple(weight.shape)}")
+    rows = meta.numel() // weight.shape[1]
+    kernel = Linear(ctx.gpu, weight.numpy(), None if bias is None else bias.reshape(-1).numpy(), node.act)
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y, rows), rows * kernel.flops_per_row)
+
+
+def lower_cat(ctx: Context, node: Node) -> GpuOp:
+    tensors, dim = node.args[0], arg(node, 1, "dim", 0)
+    shapes = [tuple(ctx.tensor(t).shape) for t in tensors]
+    out = out_meta(node)
+    kernel = Concat(ctx.gpu, shapes, dim)
+    return GpuOp(node, [t.name for t in tensors], lambda ins, y: kernel.bind(ins, y), out.numel())
+
+
+def lower_upsample(ctx: Context, node: Node) -> GpuOp:
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    planes, h, w, ho, wo = _planes(meta, out)
+    bilinear = node.op.startswith("upsample_bilinear2d")
+    mode = "bilinear" if bilinear else "nearest-exact" if "exact" in node.op else "nearest"
+    align = bool(node.args[2]) if bilinear else False
+    rest = node.args[3:] if bilinear else node.args[2:]
+    if node.op.endswith(".vec"):
+        scales = rest[0] if rest else None
+    else:
+        scales = tuple(rest[:2]) if len(rest) >= 2 else None
+    kernel = Upsample2d(ctx.gpu, mode, planes, h, w, ho, wo, scales, align)
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel() * (4 if bilinear else 1))
+
+
+LOWERINGS = {
+    "convolution": lower_conv,
+    **{name: lower_activation for name in ("relu", "hardtanh", "clamp", "hardswish", "silu", "sigmoid",
+                                           "hardsigmoid", "gelu", "tanh")},
+    **{f"{op}.{kind}": lower_binary for op in ("add", "sub", "mul", "div") for kind in ("Tensor", "Scalar")},
+    "batch_norm_eval": lower_batch_norm,
+    **{name: lower_pool for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
+                                     "mean.dim")},
+    **{name: lower_linear for name in ("linear", "addmm", "mm")},
+    "cat": lower_cat,
+    **{f"{base}.{ov}": lower_upsample for base in ("upsample_nearest2d", "_upsample_nearest_exact2d",
+                                                    "upsample_bilinear2d") for ov in ("vec", "default")},
+}
+
+
+def is_alias(ctx: Context, node: Node) -> bool:
+    """A view-like call over a dense tensor: its result can share the input's buffer."""
+    if node.op not in ALIASES or not ctx.is_dynamic(node.args[0]):
+        return False
+    if node.op == "_to_copy" and (set(node.kwargs) - {"dtype"} or node.kwargs.get("dtype") != torch.float32):
+        return False
+    src = ctx.metas.get(node.args[0].name)
+    return isinstance(src, torch.Tensor) and src.dtype == torch.float32 and isinstance(node.meta, torch.Tensor) \
+        and node.meta.dtype == torch.float32 and node.meta.numel() == src.numel()
+
+
+def lower(ctx: Context, node: Node) -> GpuOp:
+    lowering = LOWERINGS.get(node.op)
+    if lowering is None:
+        raise Unsupported(f"convroute has no GPU kernel for {node.op}")
+    return lowering(ctx, node)
+
+
+def cpu_flops(node: Node, constants: dict, metas: dict) -> int:
+    """FLOPs of a node run by torch: torch's flop counter (matmul/conv-like ops), else one per output element."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from convroute.frontend.graph import map_refs
+
+    def meta(r: Ref):
+        value = constants[r.name] if r.name in constants else metas.get(r.name)
+        return value.to("meta") if isinstance(value, torch.Tensor) else value
+    counted = 0
+    try:
+        with FlopCounterMode(display=False) as counter:
+            node.target(*map_refs(node.args, meta), **map_refs(node.kwargs, meta))
+        counted = counter.get_total_flops()
+    except Exception:  # noqa: BLE001 - ops without meta kernels count by their output size
+        pass
+    return int(counted) or _numel(node.meta)
+
+
+def _numel(meta) -> int:
+    if isinstance(meta, torch.Tensor):
+        return meta.numel()
+    if isinstance(meta, (list, tuple)):
+        return sum(_numel(m) for m in meta)
+    return 0
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().cpu().to(torch.float32).numpy())

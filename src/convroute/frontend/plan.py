@@ -1,0 +1,171 @@
+"""Planning one input shape: place each node (GPU kernel, free alias, or CPU through torch), give every
+GPU value a buffer (reusing buffers whose values are dead), and record all dispatches once.
+
+Running a plan is then: upload the inputs, one submit per GPU segment (one in all when nothing falls
+back to the CPU), CPU steps in between, one read per output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from convroute.device.gpu import Dispatch
+from convroute.frontend.graph import Graph, Node, Ref, iter_refs
+from convroute.frontend.lower import Context, GpuOp, Unsupported, is_alias, lower
+
+NEVER = float("inf")
+
+
+@dataclass
+class Step:
+    node: Node
+    where: str  # "gpu" or "cpu"
+    op: GpuOp | None = None
+    reason: str = ""  # why it runs on the CPU
+    dispatches: list[Dispatch] = field(default_factory=list)
+    downloads: list[str] = field(default_factory=list)  # GPU values a CPU step reads
+    uploads: list[str] = field(default_factory=list)  # CPU results later GPU steps read
+
+
+@dataclass
+class Segment:
+    """Consecutive GPU steps: recorded into one compute pass, submitted once."""
+
+    steps: list[Step]
+    dispatches: list[Dispatch]
+
+
+@dataclass
+class Plan:
+    graph: Graph
+    metas: dict
+    steps: list[Step]
+    segments: list  # Segment or a CPU Step, in order
+    aliases: list[Node]
+    root: dict[str, str]  # value -> the value whose buffer it shares
+    buffers: dict[str, object]  # root value -> GPU buffer
+    allocated: list  # every distinct buffer
+    input_uploads: list[str]
+
+    def buffer(self, name: str):
+        return self.buffers[self.root.get(name, name)]
+
+    @property
+    def gpu_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.where == "gpu"]
+
+    @property
+    def cpu_steps(self) -> list[Step]:
+        return [s for s in self.steps if s.where == "cpu"]
+
+
+def build_plan(graph: Graph, ctx_args: dict) -> Plan:
+    metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
+    metas.update((n.name, n.meta) for n in graph.nodes)
+    ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    steps, aliases, root = [], [], {}
+    on_gpu: set[str] = set()  # values that need a GPU copy
+    gpu_made = {n for n, m in zip(graph.inputs, graph.input_meta, strict=True) if _is_f32(m)}
+    for node in graph.nodes:
+        if is_alias(ctx, node) and node.args[0].name in gpu_made:
+            src = node.args[0].name
+            root[node.name] = root.get(src, src)
+            on_gpu.update((src, node.name))
+            gpu_made.add(node.name)
+            aliases.append(node)
+            continue
+        try:
+            op = lower(ctx, node)
+        except (Unsupported, ValueError) as exc:
+            steps.append(Step(node, "cpu", reason=str(exc)))
+            continue
+        steps.append(Step(node, "gpu", op))
+        on_gpu.update(op.inputs)
+        on_gpu.add(node.name)
+        gpu_made.add(node.name)
+
+    cpu_made = set(graph.inputs)
+    for step in steps:
+        if step.where == "cpu":
+            step.downloads = [r.name for r in step.node.refs()
+                              if r.name not in graph.constants and r.name not in cpu_made]
+            cpu_made.add(step.node.name)
+            if step.node.name in on_gpu:
+                step.uploads = [step.node.name]
+    input_uploads = [n for n in graph.inputs if n in on_gpu]
+
+    buffers, allocated = _allocate(ctx, graph, steps, root, metas, input_uploads)
+    plan = Plan(graph, metas, steps, [], aliases, root, buffers, allocated, input_uploads)
+    current: list[Step] = []
+    for step in steps:
+        if step.where == "gpu":
+            ins = [plan.buffer(name) for name in step.op.inputs]
+            step.dispatches = step.op.bind(ins, plan.buffer(step.node.name))
+            current.append(step)
+        else:
+            if current:
+                plan.segments.append(_segment(current))
+                current = []
+            plan.segments.append(step)
+    if current:
+        plan.segments.append(_segment(current))
+    return plan
+
+
+def _segment(steps: list[Step]) -> Segment:
+    return Segment(steps, [d for s in steps for d in s.dispatches])
+
+
+def _is_f32(meta) -> bool:
+    return isinstance(meta, torch.Tensor) and meta.dtype == torch.float32
+
+
+def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, metas: dict, input_uploads: list):
+    """Linear scan over the steps: a buffer is freed after its value's last reader and reused (best fit)."""
+    def r(name):
+        return root.get(name, name)
+    birth: dict[str, int] = {r(n): -1 for n in input_uploads}
+    death: dict[str, float] = {}
+    for i, step in enumerate(steps):
+        if step.where == "gpu":
+            birth[step.node.name] = i
+            for name in step.op.inputs:
+                death[r(name)] = max(death.get(r(name), -1), i)
+        else:
+            if step.uploads:
+                birth[step.node.name] = i
+            for name in step.downloads:
+                death[r(name)] = max(death.get(r(name), -1), i)
+    for ref in iter_refs(graph.outputs):
+        if r(ref.name) in birth:
+            death[r(ref.name)] = NEVER
+    by_birth: dict[int, list[str]] = {}
+    for name, i in birth.items():
+        by_birth.setdefault(i, []).append(name)
+    by_death: dict[float, list[str]] = {}
+    for name, i in death.items():
+        by_death.setdefault(i, []).append(name)
+
+    free: list = []
+    buffers, allocated = {}, []
+    for i in range(-1, len(steps)):
+        for name in by_birth.get(i, []):
+            nbytes = max(4, 4 * metas[name].numel())
+            fits = [b for b in free if b.size >= nbytes]
+            if fits:
+                buf = min(fits, key=lambda b: b.size)
+                free.remove(buf)
+            else:
+                buf = ctx.gpu.empty(nbytes, f"value {name} {tuple(metas[name].shape)}")
+                allocated.append(buf)
+            buffers[name] = buf
+        for name in by_death.get(i, []):
+            if name in buffers:
+                free.append(buffers[name])
+    return buffers, allocated
+
+
+def output_names(graph: Graph) -> list:
+    return [o.name if isinstance(o, Ref) else None for o in graph.outputs]

@@ -1,0 +1,306 @@
+"""`convroute.compile(model, example_inputs)` -> `Program`: a whole PyTorch model on the GPU.
+
+A Program keeps one plan per input shape (export, lowering, buffers and dispatches are built once per
+shape); calling it uploads the inputs, submits, and reads the outputs back as torch tensors.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_unflatten
+
+from convroute import api
+from convroute.device.gpu import get_gpu
+from convroute.device.profile import resolve_profile
+from convroute.frontend.export import export_model
+from convroute.frontend.fallback import download, run_on_cpu, upload
+from convroute.frontend.graph import Ref
+from convroute.frontend.lower import cpu_flops
+from convroute.frontend.plan import Plan, Segment, build_plan
+from convroute.router import POLICIES
+
+
+def compile(model, example_inputs, *, policy: str = "seed", device=None) -> Program:  # noqa: A001
+    """Export `model` (put in eval mode) with `example_inputs` and prepare it for the GPU.
+
+    `policy` picks each conv's algorithm; `device` routes as if for another GPU (a family name or a
+    DeviceProfile) while still running on the adapter in use.
+    """
+    return Program(model, example_inputs, policy=policy, device=device)
+
+
+class Program:
+    def __init__(self, model, example_inputs, *, policy: str = "seed", device=None):
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+        self.model, self.policy = model, policy
+        self.gpu = get_gpu()
+        self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
+        self._plans: dict[tuple, Plan] = {}
+        self.plan = self._plan_for(_as_inputs(example_inputs))
+
+    # -- running -------------------------------------------------------------------------------
+    def __call__(self, *inputs):
+        inputs = _as_inputs(inputs)
+        return self._run(self._plan_for(inputs), inputs)
+
+    def _plan_for(self, inputs: list[torch.Tensor]) -> Plan:
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        if key not in self._plans:
+            graph = export_model(self.model, tuple(inputs))
+            self._plans[key] = build_plan(graph, dict(gpu=self.gpu, profile=self.device_profile, policy=self.policy))
+        self.plan = self._plans[key]
+        return self.plan
+
+    def _run(self, plan: Plan, inputs, on_segment=None, on_cpu=None):
+        gpu, graph = self.gpu, plan.graph
+        if api.POISON:
+            for buf in plan.allocated:
+                gpu.fill(buf, np.nan)
+        env = dict(zip(graph.inputs, inputs, strict=True))
+        for name in plan.input_uploads:
+            upload(gpu, plan.buffer(name), env[name])
+        for seg in plan.segments:
+            if isinstance(seg, Segment):
+                (on_segment or (lambda s: gpu.run(s.dispatches)))(seg)
+                continue
+            start = time.perf_counter()
+            for name in seg.downloads:
+                if name not in env:
+                    env[name] = download(gpu, plan.buffer(name), plan.metas[name])
+            env[seg.node.name] = run_on_cpu(seg.node, env, graph.constants)
+            for name in seg.uploads:
+                upload(gpu, plan.buffer(name), env[name])
+            if on_cpu:
+                on_cpu(seg, time.perf_counter() - start)
+        results = []
+        for out in graph.outputs:
+            if not isinstance(out, Ref):
+                results.append(out)
+            elif out.name in env:
+                results.append(env[out.name])
+            elif out.name in graph.constants:
+                results.append(graph.constants[out.name])
+            else:
+                results.append(download(gpu, plan.buffer(out.name), plan.metas[out.name]))
+        return tree_unflatten(results, graph.out_spec)
+
+    # -- reports -------------------------------------------------------------------------------
+    def summary(self) -> Summary:
+        """Which ops ran where, and the share of FLOPs on the GPU (for the last input shape used)."""
+        plan = self.plan
+        gpu_ops = Counter(s.node.op for s in plan.gpu_steps)
+        if plan.aliases:
+            gpu_ops.update(f"{n.op} (no copy)" for n in plan.aliases)
+        cpu = [(s.node.name, s.node.op, s.reason) for s in plan.cpu_steps]
+        gpu_flops = sum(s.op.flops for s in plan.gpu_steps)
+        cpu_flops_ = sum(cpu_flops(s.node, plan.graph.constants, plan.metas) for s in plan.cpu_steps)
+        convs = [s for s in plan.steps if s.node.op == "convolution"]
+        return Summary(
+            input_shapes=[tuple(plan.metas[n].shape) for n in plan.graph.inputs],
+            gpu_ops=dict(gpu_ops), cpu_ops=cpu, gpu_flops=gpu_flops, total_flops=gpu_flops + cpu_flops_,
+            convs_on_gpu=sum(s.where == "gpu" for s in convs), convs=len(convs),
+            dispatches=sum(len(s.dispatches) for s in plan.gpu_steps),
+            submits=sum(isinstance(s, Segment) for s in plan.segments),
+            buffers=len(plan.allocated), buffer_bytes=sum(b.size for b in plan.allocated),
+            fused=[f"{s.node.module or s.node.name}: {note}" for s in plan.steps for note in s.node.notes])
+
+    def convs(self) -> list[dict]:
+        """One row per conv of the last plan: shape, where, algorithm, fused epilogue, reason."""
+        rows = []
+        for s in self.plan.steps:
+            if s.node.op != "convolution":
+                continue
+            p, d = (s.op.params, s.op.decision) if s.op else (None, None)
+            x, w = s.node.args[0], s.node.args[1]
+            in_shape = tuple(self.plan.metas[x.name].shape)
+            w_shape = tuple(self.plan.graph.constants[w.name].shape) if w.name in self.plan.graph.constants else ()
+            rows.append(dict(
+                name=s.node.module or s.node.name, input=in_shape, weight=w_shape,
+                stride=tuple(s.node.args[3]), padding=tuple(s.node.args[4]), dilation=tuple(s.node.args[5]),
+                groups=s.node.args[8], transposed=s.node.args[6], where=s.where,
+                algorithm=d.algorithm if d else "torch (CPU)", reason=d.reason if d else s.reason,
+                epilogue=s.node.act.kind if s.node.act else "none", fused=list(s.node.notes),
+                flops=p.flops if p else 0))
+        return rows
+
+    def explain(self, file=None) -> str:
+        """Print (and return) each conv with its algorithm, fused epilogue and the reason it was chosen."""
+        lines = [f"{len(self.convs())} convs, policy {self.policy}, routed for {self.device_profile.family} "
+                 f"({self.device_profile.name}); input {self.summary().input_shapes}"]
+        header = ("conv", "input", "weight", "s/p/d/g", "algorithm", "fused", "reason")
+        rows = []
+        for r in self.convs():
+            spdg = f"{_short(r['stride'])}/{_short(r['padding'])}/{_short(r['dilation'])}/{r['groups']}"
+            fused = "+".join("bn" if f.startswith("batch norm") else f.split(" ")[0] for f in r["fused"])
+            rows.append((r["name"], _dims(r["input"]), _dims(r["weight"]), spdg, r["algorithm"], fused or "-",
+                         r["reason"]))
+        lines += _table(header, rows)
+        text = "\n".join(lines)
+        print(text, file=file or sys.stdout)
+        return text
+
+    def profile(self, *inputs, runs: int = 3, file=None) -> list[dict]:
+        """Time each node on the GPU (timestamp queries when the adapter has them, else a submit and wait
+        per node) and each CPU step; print a table and return its rows. Random inputs when none given."""
+        inputs = _as_inputs(inputs) if inputs else [
+            torch.randn(self.plan.metas[n].shape, dtype=self.plan.metas[n].dtype) for n in self.plan.graph.inputs]
+        plan = self._plan_for(inputs)
+        self._run(plan, inputs)  # warm-up
+        timer = _TimestampTimer(self.gpu, plan) if "timestamp-query" in self.gpu.profile.features \
+            else _WallTimer(self.gpu, plan)
+        times: dict[str, list[float]] = {s.node.name: [] for s in plan.steps}
+        for _ in range(runs):
+            self._run(plan, inputs, on_segment=timer.segment,
+                      on_cpu=lambda step, dt: times[step.node.name].append(dt))
+            for name, dt in timer.collect().items():
+                times[name].append(dt)
+        totals = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            self._run(plan, inputs)
+            totals.append(time.perf_counter() - start)
+        rows = [dict(name=s.node.module or s.node.name, op=s.node.op, where=s.where,
+                     ms=1e3 * statistics.median(times[s.node.name]) if times[s.node.name] else 0.0)
+                for s in plan.steps]
+        summed = sum(r["ms"] for r in rows) or 1.0
+        table = _table(("node", "op", "where", "ms", "share"),
+                       [(r["name"], r["op"], r["where"], f"{r['ms']:.3f}", f"{100 * r['ms'] / summed:.1f}%")
+                        for r in rows])
+        print("\n".join([f"per-node times ({timer.how}, median of {runs} runs):"] + table +
+                        [f"sum of nodes {summed:.3f} ms; whole program (one submit per GPU segment) "
+                         f"{1e3 * statistics.median(totals):.3f} ms"]), file=file or sys.stdout)
+        return rows
+
+
+@dataclass
+class Summary:
+    input_shapes: list
+    gpu_ops: dict
+    cpu_ops: list  # (node, op, reason)
+    gpu_flops: int
+    total_flops: int
+    convs_on_gpu: int
+    convs: int
+    dispatches: int
+    submits: int
+    buffers: int
+    buffer_bytes: int
+    fused: list = field(default_factory=list)
+
+    @property
+    def gpu_share(self) -> float:
+        return self.gpu_flops / self.total_flops if self.total_flops else 1.0
+
+    @property
+    def all_convs_on_gpu(self) -> bool:
+        return self.convs_on_gpu == self.convs
+
+    def __str__(self) -> str:
+        lines = [f"input {self.input_shapes}: {sum(self.gpu_ops.values())} ops on the GPU, "
+                 f"{len(self.cpu_ops)} on the CPU; convs on the GPU {self.convs_on_gpu}/{self.convs}; "
+                 f"GPU share of FLOPs {100 * self.gpu_share:.2f}% ({self.gpu_flops / 1e6:.1f} of "
+                 f"{self.total_flops / 1e6:.1f} MFLOP)",
+                 f"{self.dispatches} dispatches in {self.submits} submit(s); {self.buffers} GPU buffers "
+                 f"({self.buffer_bytes / 2**20:.1f} MiB) for all intermediate values; {len(self.fused)} fusions",
+                 "GPU: " + ", ".join(f"{op} x{n}" for op, n in sorted(self.gpu_ops.items()))]
+        if self.cpu_ops:
+            lines.append("CPU (torch fallback):")
+            lines += [f"  {name} ({op}): {reason}" for name, op, reason in self.cpu_ops]
+        else:
+            lines.append("CPU: nothing")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+
+class _WallTimer:
+    how = "per-node submit + wait, wall clock"
+
+    def __init__(self, gpu, plan):
+        self.gpu, self.plan, self.times = gpu, plan, {}
+
+    def segment(self, seg: Segment) -> None:
+        for step in seg.steps:
+            start = time.perf_counter()
+            self.gpu.run(step.dispatches)
+            self.gpu.wait(self.plan.buffer(step.node.name))
+            self.times[step.node.name] = time.perf_counter() - start
+
+    def collect(self) -> dict:
+        times, self.times = self.times, {}
+        return times
+
+
+class _TimestampTimer:
+    how = "GPU timestamp queries, one compute pass per node"
+
+    def __init__(self, gpu, plan):
+        import wgpu
+
+        self.gpu, self.steps = gpu, plan.gpu_steps
+        count = 2 * max(1, len(self.steps))
+        self.query = gpu.device.create_query_set(type="timestamp", count=count)
+        self.resolved = gpu.device.create_buffer(size=8 * count,
+                                                 usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+        self.index = {s.node.name: i for i, s in enumerate(self.steps)}
+
+    def segment(self, seg: Segment) -> None:
+        encoder = self.gpu.device.create_command_encoder()
+        for step in seg.steps:
+            i = self.index[step.node.name]
+            self.gpu.encode(step.dispatches, encoder, {"query_set": self.query,
+                                                       "beginning_of_pass_write_index": 2 * i,
+                                                       "end_of_pass_write_index": 2 * i + 1})
+        self.gpu.device.queue.submit([encoder.finish()])
+
+    def collect(self) -> dict:
+        if not self.steps:
+            return {}
+        encoder = self.gpu.device.create_command_encoder()
+        encoder.resolve_query_set(self.query, 0, 2 * len(self.steps), self.resolved, 0)
+        self.gpu.device.queue.submit([encoder.finish()])
+        ticks = np.frombuffer(self.gpu.device.queue.read_buffer(self.resolved), dtype=np.uint64)
+        return {s.node.name: max(0, int(ticks[2 * i + 1]) - int(ticks[2 * i])) * 1e-9
+                for i, s in enumerate(self.steps)}
+
+
+def _as_inputs(inputs) -> list[torch.Tensor]:
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        inputs = (inputs,)
+    out = []
+    for i, t in enumerate(inputs):
+        if isinstance(t, np.ndarray):
+            t = torch.from_numpy(t)
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"input {i} must be a torch tensor or numpy array, got {type(t).__name__}")
+        out.append(t.detach().cpu().contiguous())
+    if not out:
+        raise ValueError("the model needs at least one example input")
+    return out
+
+
+def _short(pair) -> str:
+    return str(pair[0]) if len(set(pair)) == 1 else "x".join(map(str, pair))
+
+
+def _dims(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def _table(header, rows) -> list[str]:
+    rows = [tuple(map(str, r)) for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
+    widths[-1] = 0  # the last column (a reason) is not padded
+    def fmt(r):
+        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+    return [fmt(header)] + [fmt(r) for r in rows]

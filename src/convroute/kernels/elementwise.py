@@ -1,0 +1,193 @@
+"""Elementwise ops for whole models: standalone activations, broadcasting add/sub/mul/div with a fused
+activation, and a per-channel affine (a batch norm that follows no conv). Float32, dense row-major.
+
+Like the conv algorithms, each op is built once per shape (`__init__` compiles, uploads constants) and
+`bind(...)` returns the dispatches for concrete buffers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.common import ACTIVATIONS, ENTRY_ARGS, FLAT_INDEX, Epilogue, pack, uniform_block
+
+WG = 64
+MAX_RANK = 4
+
+# Activations beyond the conv epilogue's set (they never fuse into a conv).
+EXTRA_ACTIVATIONS = {
+    "gelu": "return 0.5 * v * (1.0 + erf_approx(v * 0.7071067811865476));",
+    "gelu_tanh": "return 0.5 * v * (1.0 + tanh_safe(0.7978845608028654 * (v + 0.044715 * v * v * v)));",
+    "hardsigmoid": "return select(select((v + 3.0) / 6.0, 0.0, v + 3.0 < 0.0), 1.0, v + 3.0 > 6.0);",
+    "tanh": "return tanh_safe(v);",
+}
+HELPERS = """
+fn tanh_safe(v: f32) -> f32 {
+  let e = exp(-2.0 * abs(v));
+  let r = (1.0 - e) / (1.0 + e);
+  return select(r, -r, v < 0.0);
+}
+fn erf_approx(x: f32) -> f32 {
+  let a = abs(x);
+  let t = 1.0 / (1.0 + 0.3275911 * a);
+  let p = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t;
+  let y = 1.0 - p * exp(-a * a);
+  return select(y, -y, x < 0.0);
+}
+"""
+UNARY_KINDS = tuple(a for a in ACTIVATIONS if a != "none") + tuple(EXTRA_ACTIVATIONS)
+
+
+def act_source(act) -> str:
+    """`fn act(v: f32) -> f32` for an Epilogue or a name in UNARY_KINDS."""
+    if isinstance(act, str) and act in EXTRA_ACTIVATIONS:
+        return HELPERS + f"fn act(v: f32) -> f32 {{ {EXTRA_ACTIVATIONS[act]} }}\n"
+    return Epilogue.parse(act).wgsl()
+
+
+def f32_bits(x: float) -> int:
+    """A float's bits as u32, to pass floats through the u32 parameter block (bitcast<f32> in WGSL)."""
+    return int(np.array([x], np.float32).view(np.uint32)[0])
+
+
+UNARY = """
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+{act}
+@compute @workgroup_size({wg})
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  y[t] = act(x[t]);
+}}
+"""
+
+
+class Unary:
+    """y = act(x) for relu, relu6, clamp, hardswish, silu, sigmoid, hardsigmoid, gelu, gelu_tanh, tanh."""
+
+    def __init__(self, gpu: Gpu, act, total: int):
+        self.gpu, self.total = gpu, total
+        self.source = UNARY.format(wg=WG, params=uniform_block(["total"]), act=act_source(act), args=ENTRY_ARGS,
+                                   flat=FLAT_INDEX)
+        self.gpu.pipeline(self.source)
+
+    def bind(self, x, y) -> list[Dispatch]:
+        u = self.gpu.uniform(pack(["total"], {"total": self.total}))
+        return [self.gpu.dispatch(self.source, [u, x, y], self.total, WG)]
+
+
+BINARY_PARAMS = ["total", "d1", "d2", "d3", "a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "alpha"]
+BINARY = """
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+{act}
+@compute @workgroup_size({wg})
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let alpha = bitcast<f32>(P.alpha);
+  {index}
+  let u = a[ia];
+  let v = b[ib];
+  y[t] = act({expr});
+}}
+"""
+SAME_INDEX = "let ia = t; let ib = t;"
+BROADCAST_INDEX = """let i3 = t % P.d3;
+  let i2 = (t / P.d3) % P.d2;
+  let i1 = (t / (P.d3 * P.d2)) % P.d1;
+  let i0 = t / (P.d3 * P.d2 * P.d1);
+  let ia = i0 * P.a0 + i1 * P.a1 + i2 * P.a2 + i3 * P.a3;
+  let ib = i0 * P.b0 + i1 * P.b1 + i2 * P.b2 + i3 * P.b3;"""
+BINARY_EXPR = {"add": "u + alpha * v", "sub": "u - alpha * v", "mul": "u * v", "div": "u / v"}
+
+
+def broadcast_strides(shape, out_shape) -> list[int] | None:
+    """Element strides of a dense `shape` read broadcast to `out_shape` (both left-padded to rank 4)."""
+    if len(out_shape) > MAX_RANK or len(shape) > len(out_shape):
+        return None
+    shape = (1,) * (MAX_RANK - len(shape)) + tuple(shape)
+    out = (1,) * (MAX_RANK - len(out_shape)) + tuple(out_shape)
+    strides, step = [0] * MAX_RANK, 1
+    for i in reversed(range(MAX_RANK)):
+        if shape[i] not in (1, out[i]):
+            return None
+        strides[i] = step if shape[i] == out[i] and out[i] != 1 else 0
+        step *= shape[i]
+    return strides
+
+
+class Binary:
+    """y = act(a OP b) with NumPy broadcasting up to rank 4; add/sub take alpha as torch does."""
+
+    def __init__(self, gpu: Gpu, op: str, a_shape, b_shape, out_shape, act=None, alpha: float = 1.0):
+        if op not in BINARY_EXPR:
+            raise ValueError(f"unknown binary op {op!r}; known: {', '.join(BINARY_EXPR)}")
+        sa, sb = broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape)
+        if sa is None or sb is None:
+            raise ValueError(f"cannot broadcast {tuple(a_shape)} and {tuple(b_shape)} to {tuple(out_shape)} "
+                             f"within rank {MAX_RANK}")
+        self.gpu = gpu
+        out = (1,) * (MAX_RANK - len(out_shape)) + tuple(out_shape)
+        self.total = math.prod(out)
+        same = tuple(a_shape) == tuple(b_shape) == tuple(out_shape)
+        self.values = dict(total=self.total, d1=out[1], d2=out[2], d3=out[3], alpha=f32_bits(alpha),
+                           **{f"a{i}": s for i, s in enumerate(sa)}, **{f"b{i}": s for i, s in enumerate(sb)})
+        self.source = BINARY.format(wg=WG, params=uniform_block(BINARY_PARAMS), act=act_source(act),
+                                    args=ENTRY_ARGS, flat=FLAT_INDEX, expr=BINARY_EXPR[op],
+                                    index=SAME_INDEX if same else BROADCAST_INDEX)
+        self.gpu.pipeline(self.source)
+
+    def bind(self, a, b, y) -> list[Dispatch]:
+        u = self.gpu.uniform(pack(BINARY_PARAMS, self.values))
+        return [self.gpu.dispatch(self.source, [u, a, b, y], self.total, WG)]
+
+
+AFFINE_PARAMS = ["total", "c", "hw"]
+AFFINE = """
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> scale: array<f32>;
+@group(0) @binding(3) var<storage, read> shift: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+{act}
+@compute @workgroup_size({wg})
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let c = (t / P.hw) % P.c;
+  y[t] = act(x[t] * scale[c] + shift[c]);
+}}
+"""
+
+
+class ChannelAffine:
+    """y = act(x * scale[c] + shift[c]) over NC... tensors: an eval batch norm with nothing to fold into."""
+
+    def __init__(self, gpu: Gpu, shape, scale: np.ndarray, shift: np.ndarray, act=None):
+        self.gpu = gpu
+        self.total = math.prod(shape)
+        c = shape[1]
+        self.values = dict(total=self.total, c=c, hw=math.prod(shape[2:]))
+        self.scale = gpu.upload(np.asarray(scale, np.float32).reshape(c), "batch norm scale")
+        self.shift = gpu.upload(np.asarray(shift, np.float32).reshape(c), "batch norm shift")
+        self.source = AFFINE.format(wg=WG, params=uniform_block(AFFINE_PARAMS), act=act_source(act),
+                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.gpu.pipeline(self.source)
+
+    def bind(self, x, y) -> list[Dispatch]:
+        u = self.gpu.uniform(pack(AFFINE_PARAMS, self.values))
+        return [self.gpu.dispatch(self.source, [u, x, self.scale, self.shift, y], self.total, WG)]

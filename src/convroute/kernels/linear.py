@@ -1,0 +1,121 @@
+"""`linear`: y[m, :] = act(x[m, :] @ W^T + b) for x [M, K] and W [O, K] (also addmm / mm with a
+constant matrix). Each invocation computes R rows (R = min(M, 4), unrolled) x 4 output features.
+
+The weight is prepacked once in fours of output features: on GPUs as [K, ceil(O/4)] vec4, so that
+neighbouring invocations read neighbouring vec4s; on CPU adapters (lavapipe) as [ceil(O/4), K] vec4,
+so that each invocation streams contiguous memory (5-7x faster there). When the weight exceeds the
+device's largest storage binding (VGG's 25088 x 4096 classifier is 411 MB) it is split into column
+chunks, each its own buffer. K is walked in slices of at most K_SLICE per dispatch (later slices add
+to y; the last applies the activation), so no invocation loops more than lavapipe allows (65535
+iterations).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+from convroute.kernels.elementwise import act_source
+
+WG = 64
+K_SLICE = 16384
+PARAMS = ["m", "k", "o", "ob", "ob0", "k0", "kn", "first", "last", "total"]
+
+SHADER = """
+const WG: u32 = {wg}u;
+const R: u32 = {rows}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+{act}
+@compute @workgroup_size({wg})
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let jb = t % P.ob;
+  let m0 = (t / P.ob) * R;
+  let col = (P.ob0 + jb) * 4u;
+  var acc: array<vec4<f32>, R>;
+  for (var r = 0u; r < R; r++) {{
+    let row = min(m0 + r, P.m - 1u) * P.o;
+    if (P.first == 1u) {{
+      acc[r] = bias[P.ob0 + jb];
+    }} else {{
+      for (var i = 0u; i < 4u; i++) {{ if (col + i < P.o) {{ acc[r][i] = y[row + col + i]; }} }}
+    }}
+  }}
+{row_offsets}
+  for (var k = P.k0; k < P.k0 + P.kn; k++) {{
+    let wv = wt[{w_index}];
+{fmas}
+  }}
+  for (var r = 0u; r < R; r++) {{
+    if (m0 + r >= P.m) {{ break; }}
+    for (var i = 0u; i < 4u; i++) {{
+      if (col + i < P.o) {{
+        let v = acc[r][i];
+        y[(m0 + r) * P.o + col + i] = select(v, act(v), P.last == 1u);
+      }}
+    }}
+  }}
+}}
+"""
+
+
+class Linear:
+    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, k_inner=None):
+        weight = np.asarray(weight, np.float32)
+        if weight.ndim != 2:
+            raise ValueError(f"linear weight must be 2-D [out, in], got shape {weight.shape}")
+        self.gpu, self.act = gpu, act
+        self.o, self.k = weight.shape
+        blocks = ceil_div(self.o, 4)
+        padded = np.zeros((blocks * 4, self.k), np.float32)
+        padded[:self.o] = weight
+        self.k_inner = gpu.profile.family == "cpu" if k_inner is None else k_inner
+        packed = padded.reshape(blocks, 4, self.k).transpose(0, 2, 1)  # [blocks, K, 4]
+        if not self.k_inner:
+            packed = packed.transpose(1, 0, 2)  # [K, blocks, 4]
+        b = np.zeros(blocks * 4, np.float32)
+        if bias is not None:
+            b[:self.o] = np.asarray(bias, np.float32).reshape(self.o)
+        per_block = self.k * 16
+        if per_block > gpu.profile.max_binding_bytes:
+            raise ValueError(f"linear layer with {self.k} input features needs {per_block} bytes per 4 outputs, "
+                             f"more than the device's largest storage binding")
+        chunk = max(1, min(blocks, gpu.profile.max_binding_bytes // per_block))
+        self.chunks = []  # (first block, blocks, weight buffer)
+        for b0 in range(0, blocks, chunk):
+            nb = min(chunk, blocks - b0)
+            part = np.ascontiguousarray(packed[b0:b0 + nb] if self.k_inner else packed[:, b0:b0 + nb])
+            self.chunks.append((b0, nb, gpu.upload(part, "linear weight")))
+        self.bias = gpu.upload(b, "linear bias")
+
+    @property
+    def flops_per_row(self) -> int:
+        return 2 * self.k * self.o
+
+    def source(self, rows: int) -> str:
+        offsets = "\n".join(f"  let x{r} = min(m0 + {r}u, P.m - 1u) * P.k;" for r in range(rows))
+        fmas = "\n".join(f"    acc[{r}] += wv * x[x{r} + k];" for r in range(rows))
+        return SHADER.format(wg=WG, rows=rows, params=uniform_block(PARAMS), act=act_source(self.act),
+                             args=ENTRY_ARGS, flat=FLAT_INDEX, row_offsets=offsets, fmas=fmas,
+                             w_index="jb * P.k + k" if self.k_inner else "k * P.ob + jb")
+
+    def bind(self, x, y, m: int) -> list[Dispatch]:
+        rows = min(4, m)
+        source = self.source(rows)
+        out = []
+        for b0, nb, w in self.chunks:
+            total = ceil_div(m, rows) * nb
+            for k0 in range(0, self.k, K_SLICE):
+                kn = min(K_SLICE, self.k - k0)
+                values = dict(m=m, k=self.k, o=self.o, ob=nb, ob0=b0, k0=k0, kn=kn, first=int(k0 == 0),
+                              last=int(k0 + kn == self.k), total=total)
+                u = self.gpu.uniform(pack(PARAMS, values))
+                out.append(self.gpu.dispatch(source, [u, x, w, self.bias, y], total, WG))
+        return out
