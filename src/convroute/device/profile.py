@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 VENDOR_FAMILIES = {
@@ -77,7 +78,12 @@ class DeviceProfile:
 
     @property
     def busy_workgroups(self) -> int:
-        """Workgroups a launch needs to keep the device busy (GEMM tile and split-K choice)."""
+        """Workgroups a launch needs to keep the device busy (GEMM tile and split-K choice).
+
+        CONVROUTE_BUSY_WORKGROUPS overrides it, for tuning a new device."""
+        override = os.environ.get("CONVROUTE_BUSY_WORKGROUPS")
+        if override:
+            return max(1, int(override))
         return 1 if self.family == "cpu" else 256
 
     @property

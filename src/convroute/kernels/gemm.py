@@ -63,8 +63,12 @@ def pack_weights(weight_oc_first: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 
 def choose_tile(m: int, cols: int, k_pad: int, busy: int) -> tuple[Tile, int]:
-    """The largest tile giving >= `busy` workgroups, else the smallest tile with K split to get there."""
+    """Tile rows: 64 when a 128-row tile would leave half of its last rows empty (C_out = 64, 192, ...);
+    then the widest tile giving >= `busy` workgroups; failing that the smallest tile, with K split."""
+    tall = m % 128 == 0 or m % 128 > 64
     for tile in TILES:
+        if (tile.bm == 128) != tall and tile is not SMALL:
+            continue
         if ceil_div(m, tile.bm) * ceil_div(cols, tile.bn) >= busy:
             return tile, 1
     groups = ceil_div(m, SMALL.bm) * ceil_div(cols, SMALL.bn)

@@ -46,8 +46,7 @@ class Tile:
         return f"{self.bm}x{self.bn}x{self.bk}/{self.tm}x{self.tn}"
 
 
-# Largest first: the chooser takes the first that keeps the device busy.
-TILES = (Tile(128, 128, 8, 8, 8), Tile(128, 64, 16, 8, 4), Tile(64, 64, 16, 4, 4))
+TILES = (Tile(128, 128, 8, 8, 8), Tile(64, 128, 8, 4, 8), Tile(128, 64, 16, 8, 4), Tile(64, 64, 16, 4, 4))
 SMALL = TILES[-1]
 
 
