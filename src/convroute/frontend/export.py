@@ -36,7 +36,8 @@ def export_model(model, example_inputs: tuple) -> Graph:
     except Exception as exc:
         reason = str(exc).strip().split("\n\n")[0]
         raise ExportError(f"torch.export could not export {type(model).__name__}: {type(exc).__name__}: "
-                          f"{reason}") from exc
+                          f"{reason} (convroute runs what torch.export can capture: no Python control flow "
+                          f"that depends on tensor values)") from exc
     return _graph(ep)
 
 

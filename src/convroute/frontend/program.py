@@ -51,6 +51,9 @@ class Program:
     # -- running -------------------------------------------------------------------------------
     def __call__(self, *inputs):
         inputs = _as_inputs(inputs)
+        expected = len(self.plan.graph.inputs)
+        if len(inputs) != expected:
+            raise TypeError(f"the program takes {expected} input tensor(s), as its example did; got {len(inputs)}")
         return self._run(self._plan_for(inputs), inputs)
 
     def _plan_for(self, inputs: list[torch.Tensor]) -> Plan:

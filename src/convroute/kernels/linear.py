@@ -74,8 +74,10 @@ class Linear:
         self.gpu, self.act = gpu, act
         self.o, self.k = weight.shape
         blocks = ceil_div(self.o, 4)
-        padded = np.zeros((blocks * 4, self.k), np.float32)
-        padded[:self.o] = weight
+        padded = weight
+        if self.o % 4:
+            padded = np.zeros((blocks * 4, self.k), np.float32)
+            padded[:self.o] = weight
         self.k_inner = gpu.profile.family == "cpu" if k_inner is None else k_inner
         packed = padded.reshape(blocks, 4, self.k).transpose(0, 2, 1)  # [blocks, K, 4]
         if not self.k_inner:

@@ -1,0 +1,282 @@
+"""Whole models through `convroute.compile`: torchvision CNNs against a float64 torch reference, batch-norm
+folding and activation fusion, the CPU fallback, clear export errors, reports, and the `run` command.
+
+lavapipe (CI's Vulkan device) is slow, so the torchvision models run at reduced input resolution: 64x64
+(ResNet-50 and VGG-11: 32x32, VGG-11's minimum). Every layer type and every conv path still runs.
+Outputs are poisoned with NaN before each run (conftest), so anything no kernel writes fails.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import convroute  # noqa: E402
+from conftest import TOLERANCE  # noqa: E402
+from convroute.frontend import ExportError  # noqa: E402 (import before the GPU opens, see frontend)
+
+pytestmark = pytest.mark.gpu
+
+MODELS = {"resnet18": 64, "resnet50": 32, "mobilenet_v2": 64, "mobilenet_v3_small": 64, "vgg11": 32}
+
+
+def rel_error(out, ref) -> float:
+    out, ref = out.detach().double(), ref.detach().double()
+    assert out.shape == ref.shape, f"shape {tuple(out.shape)}, expected {tuple(ref.shape)}"
+    assert torch.isfinite(out).all(), "non-finite outputs (unwritten buffer?)"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def reference(model, *inputs):
+    """The same model in float64 on the CPU."""
+    with torch.no_grad():
+        return copy.deepcopy(model).double()(*(x.double() for x in inputs))
+
+
+def randomize_batch_norms(model) -> None:
+    """Random weights leave BN at mean 0 / var 1 / identity affine; give it real statistics to fold."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_torchvision_model_matches_torch_with_every_conv_on_the_gpu(name):
+    size = MODELS[name]
+    model = torchvision.models.get_model(name, weights=None).eval()
+    with torch.no_grad():
+        randomize_batch_norms(model)
+    program = convroute.compile(model, (torch.randn(1, 3, size, size),))
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, size, size)
+        err = rel_error(program(x), reference(model, x))
+        assert err < TOLERANCE, f"{name} batch {batch}: relative error {err:.3g}"
+        s = program.summary()
+        assert s.input_shapes == [(batch, 3, size, size)]
+        assert s.convs > 0 and s.all_convs_on_gpu, f"{name}: convs on the GPU {s.convs_on_gpu}/{s.convs}\n{s}"
+        assert not s.cpu_ops, f"{name}: ops fell back to the CPU:\n{s}"
+        assert s.submits == 1 and s.gpu_share == 1.0
+        assert "batch_norm_eval" not in s.gpu_ops and "relu" not in s.gpu_ops and "hardtanh" not in s.gpu_ops
+
+
+class FusionNet(nn.Module):
+    """Every fusion pattern once: conv+BN+relu, conv+BN+relu6, conv+BN+hardswish, SE with conv+hardsigmoid,
+    add+relu, linear+relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8)
+        self.c3, self.b3 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.se1, self.se2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 5)
+
+    def forward(self, x):
+        a = F.relu(self.b1(self.c1(x)))
+        b = F.relu6(self.b2(self.c2(a)))
+        c = F.hardswish(self.b3(self.c3(b)))
+        s = F.hardsigmoid(self.se2(F.relu(self.se1(c.mean((2, 3), keepdim=True)))))
+        d = F.relu(c * s + a)
+        return self.fc2(F.relu(self.fc1(torch.flatten(F.adaptive_avg_pool2d(d, 1), 1))))
+
+
+def test_batch_norm_folding_and_activation_fusion():
+    model = FusionNet().eval()
+    with torch.no_grad():
+        randomize_batch_norms(model)
+    x = torch.randn(2, 3, 9, 11)
+    program = convroute.compile(model, (x,))
+    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    s = program.summary()
+    # no batch norm and no activation is left as its own node: each went into a conv, the add or a linear
+    assert s.gpu_ops == {"convolution": 5, "mean.dim": 1, "mul.Tensor": 1, "add.Tensor": 1,
+                         "adaptive_avg_pool2d": 1, "linear": 2, "view (no copy)": 1}, s.gpu_ops
+    epilogues = {r["name"]: (r["epilogue"], r["fused"]) for r in program.convs()}
+    assert epilogues["c1"] == ("relu", ["batch norm b1 folded", "relu fused"])
+    assert epilogues["c2"] == ("relu6", ["batch norm b2 folded", "hardtanh fused"])
+    assert epilogues["c3"] == ("hardswish", ["batch norm b3 folded", "hardswish fused"])
+    assert epilogues["se1"] == ("relu", ["relu fused"])
+    assert epilogues["se2"] == ("clamp", ["hardsigmoid fused"])  # hardsigmoid = clamp(z/6 + 1/2, 0, 1)
+    add = next(st for st in program.plan.steps if st.node.op == "add.Tensor")
+    fc1 = next(st for st in program.plan.steps if st.node.module == "fc1")
+    assert add.node.act.kind == "relu" and fc1.node.act.kind == "relu"
+    text = program.explain()
+    assert "bn+relu" in text and "bn+hardswish" in text and "depthwise" in text and "pointwise" in text
+
+
+class WithUnsupportedOps(nn.Module):
+    """cumsum and sort have no GPU kernel: they run on the CPU between GPU segments."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 6, 3, stride=2)
+
+    def forward(self, x):
+        y = torch.cumsum(F.relu(self.c1(x)), dim=1)
+        flat = torch.sort(y.flatten(2), dim=-1).values  # reads a GPU value through a free view
+        z = self.c2(flat.view_as(y) * 0.5)
+        return z, torch.argmax(z.flatten(1), dim=1)
+
+
+def test_unsupported_ops_run_on_the_cpu_and_the_summary_says_so():
+    model = WithUnsupportedOps().eval()
+    x = torch.randn(2, 3, 10, 12)
+    program = convroute.compile(model, (x,))
+    out, idx = program(x)
+    ref, ref_idx = reference(model, x)
+    assert rel_error(out, ref) < TOLERANCE
+    assert torch.equal(idx, ref_idx) and idx.dtype == torch.int64
+    s = program.summary()
+    cpu = {op for _, op, _ in s.cpu_ops}
+    assert {"cumsum", "sort"} <= cpu and "argmax" in cpu, s
+    assert all("no GPU kernel" in reason for _, op, reason in s.cpu_ops if op in ("cumsum", "sort")), s
+    assert s.all_convs_on_gpu and s.submits >= 2 and 0.0 < s.gpu_share < 1.0
+    text = str(s)
+    assert "CPU (torch fallback):" in text and "cumsum" in text and "sort" in text
+
+
+class DataDependentBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.c(x)
+        return y * 2 if y.sum() > 0 else y
+
+
+def test_a_model_torch_cannot_export_gets_a_clear_error():
+    with pytest.raises(ExportError, match="torch.export could not export DataDependentBranch") as info:
+        convroute.compile(DataDependentBranch(), (torch.randn(1, 3, 8, 8),))
+    assert isinstance(info.value, RuntimeError)
+    assert "data-dependent" in str(info.value)  # torch's own reason is carried
+
+
+class OpsZoo(nn.Module):
+    """The non-conv GPU ops at awkward parameters, each returned so each is checked."""
+
+    def forward(self, x):
+        outs = [
+            F.max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, ceil_mode=True), F.max_pool2d(x, (3, 2), (2, 1), 1, 2),
+            F.avg_pool2d(x, 3, 2, 1), F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+            F.avg_pool2d(x, 2, divisor_override=3), F.adaptive_avg_pool2d(x, (4, 3)), x.mean((-1, -2)),
+            F.interpolate(x, scale_factor=2), F.interpolate(x, size=(7, 20), mode="nearest-exact"),
+            F.interpolate(x, scale_factor=2.5, mode="bilinear"),
+            F.interpolate(x, size=(7, 20), mode="bilinear", align_corners=True),
+            torch.cat([x, F.gelu(x), F.gelu(x, approximate="tanh")], 1), torch.cat([x, torch.tanh(3 * x)], -1),
+            F.silu(x) + F.hardswish(x) * torch.sigmoid(x) - F.hardsigmoid(x) / (F.relu6(4 * x) + 1),
+            2 - x * x.mean((2, 3), keepdim=True) + torch.clamp(x, -0.3, 0.2),
+        ]
+        return tuple(outs)
+
+
+def test_gpu_ops_match_torch():
+    model = OpsZoo().eval()
+    x = torch.randn(2, 3, 9, 13)
+    program = convroute.compile(model, (x,))
+    s = program.summary()
+    assert not s.cpu_ops, s
+    for i, (out, ref) in enumerate(zip(program(x), reference(model, x), strict=True)):
+        assert rel_error(out, ref) < TOLERANCE, f"output {i}"
+
+
+def test_global_pooling_of_a_large_map_and_a_big_linear():
+    """Windows above one invocation's loop budget (a workgroup reduces them) and a 20000-input linear (K slices)."""
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 20000), nn.ReLU(),
+                          nn.Linear(20000, 7)).eval()
+    x = torch.randn(2, 3, 260, 270)
+    program = convroute.compile(model, (x,))
+    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    assert not program.summary().cpu_ops
+
+
+@pytest.mark.parametrize("k_inner", [True, False])
+def test_linear_kernel_layouts_and_chunks(monkeypatch, k_inner):
+    """Both weight layouts, split into column chunks by a small binding limit, K in several slices."""
+    from convroute.device.gpu import get_gpu
+    from convroute.kernels.linear import K_SLICE, Linear
+
+    gpu = get_gpu()
+    limits = dict(gpu.profile.limits, **{"max-storage-buffer-binding-size": 4 << 20})
+    monkeypatch.setattr(gpu, "profile", dataclasses.replace(gpu.profile, limits=limits))
+    rng = np.random.default_rng()
+    k, o, m = K_SLICE + 300, 150, 5
+    w = rng.standard_normal((o, k)).astype(np.float32)
+    b = rng.standard_normal(o).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    layer = Linear(gpu, w, b, "relu", k_inner=k_inner)
+    assert len(layer.chunks) > 1
+    xb, yb = gpu.upload(x), gpu.empty(4 * m * o)
+    gpu.fill(yb, np.nan)
+    gpu.run(layer.bind(xb, yb, m))
+    ref = np.maximum(x.astype(np.float64) @ w.T.astype(np.float64) + b, 0)
+    out = gpu.read(yb, (m, o))
+    assert np.linalg.norm(out - ref) / np.linalg.norm(ref) < TOLERANCE
+
+
+def test_batch_size_may_differ_and_plans_are_cached():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model.eval()
+    program = convroute.compile(model, torch.randn(1, 3, 8, 8))
+    for batch in (3, 1, 3):
+        x = torch.randn(batch, 3, 8, 8)
+        assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    assert len(program._plans) == 2
+    with pytest.raises(TypeError, match="takes 1 input"):
+        program(x, x)
+
+
+def test_buffers_are_reused_and_the_program_is_one_submit():
+    model = torchvision.models.resnet18(weights=None).eval()
+    program = convroute.compile(model, (torch.randn(1, 3, 32, 32),))
+    s = program.summary()
+    values = len(program.plan.gpu_steps)
+    assert s.submits == 1 and s.buffers <= values // 4, f"{s.buffers} buffers for {values} GPU values"
+
+
+def test_explain_and_profile(capsys, monkeypatch):
+    model = FusionNet().eval()
+    program = convroute.compile(model, (torch.randn(1, 3, 9, 11),))
+    text = program.explain()
+    for row in program.convs():
+        assert row["algorithm"] in text and row["reason"] in text
+    rows = program.profile(runs=2)
+    assert [r["op"] for r in rows] == [st.node.op for st in program.plan.steps]
+    assert all(r["ms"] >= 0 for r in rows) and sum(r["ms"] for r in rows) > 0
+    assert "per-node times" in capsys.readouterr().out
+    # without timestamp queries: a submit and a wait per node
+    gpu = program.gpu
+    monkeypatch.setattr(gpu, "profile", dataclasses.replace(gpu.profile, features=frozenset()))
+    program.profile(runs=1)
+    assert "wall clock" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        convroute.compile(lambda x: x, (torch.randn(1, 3, 4, 4),))
+    with pytest.raises(ValueError, match="unknown policy"):
+        convroute.compile(nn.ReLU(), (torch.randn(1, 3, 4, 4),), policy="fastest")
+    with pytest.raises(TypeError, match="torch tensor"):
+        convroute.compile(nn.ReLU(), ("image",))
+
+
+def test_run_command_prints_error_routing_table_and_latency(capsys):
+    from convroute.cli.main import main
+
+    assert main(["run", "--model", "resnet18", "--size", "32", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "relative error" in out and ": OK" in out and "max abs error" in out
+    assert "layer4.1.conv2" in out and "im2col" in out and "convroute on the GPU" in out and "torch on the CPU" in out
+    assert main(["run", "--model", "no_such_net"]) == 2
