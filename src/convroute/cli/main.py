@@ -14,6 +14,7 @@ COMMANDS = {
     "suite": "route, run and check every conv layer of a network suite on the adapter in use, with times",
     "calibrate": "time every algorithm on a grid of shapes and save this device's routing profile",
     "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
+    "run": "run a whole torchvision model on the GPU and on torch: error, routing table, latency of both",
 }
 
 
