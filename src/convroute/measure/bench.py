@@ -132,9 +132,10 @@ def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES,
 
 
 def measure_layer(gpu: Gpu, result: LayerResult, settings: TimingSettings, check: bool) -> str:
-    """Fill result.times_ms/errors/failures for every applicable algorithm; returns the timing method."""
+    """Fill result.times_ms/errors/failures for every applicable algorithm (checked one by one, then timed
+    together, interleaved); returns the timing method."""
     work = Workload(gpu, result.params, seed=7, rotations=settings.rotations)
-    method = ""
+    kernels = {}
     try:
         for name, cls in ALGORITHMS.items():
             if cls.unsupported(result.params):
@@ -146,14 +147,15 @@ def measure_layer(gpu: Gpu, result: LayerResult, settings: TimingSettings, check
                     if not error < TOLERANCE:
                         result.failures[name] = f"wrong result: relative error {error:.3g}"
                         continue
-                timing = work.time(kernel, settings)
             except Exception as err:  # a failing algorithm is reported, the bench goes on
                 result.failures[name] = f"{type(err).__name__}: {err}"
                 continue
-            result.times_ms[name], method = timing.median_ms, timing.method
+            kernels[name] = kernel
+        timings = work.time_all(kernels, settings) if kernels else {}
     finally:
         work.release()
-    return method
+    result.times_ms.update({n: t.median_ms for n, t in timings.items()})
+    return next(iter(timings.values())).method if timings else ""
 
 
 def _progress(items: list, enabled: bool, name: str):

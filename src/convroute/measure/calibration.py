@@ -116,10 +116,10 @@ def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = 
 
 def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str, str],
                   settings: TimingSettings) -> tuple[Sample, str]:
-    """Check then time each applicable, not yet excluded algorithm on `p`; a wrong result or a failure
-    excludes the algorithm for this device (recorded in `excluded`)."""
+    """Check each applicable, not yet excluded algorithm on `p`, then time the correct ones together; a wrong
+    result or a failure excludes the algorithm for this device (recorded in `excluded`)."""
     work = Workload(gpu, p, seed=zlib.crc32(params_key(p).encode()), rotations=settings.rotations)
-    times, errors, method = {}, {}, ""
+    kernels, errors = {}, {}
     try:
         for name, cls in algorithms.items():
             if cls.unsupported(p) or name in excluded:
@@ -127,18 +127,19 @@ def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str,
             try:
                 kernel = work.kernel(cls)
                 errors[name] = work.error(kernel)
-                if not errors[name] < TOLERANCE:
-                    excluded[name] = (f"wrong result on {p.describe()}: relative error {errors[name]:.3g} "
-                                      f"(tolerance {TOLERANCE:g})")
-                    continue
-                timing = work.time(kernel, settings)
             except Exception as err:  # a driver or compiler failure must not end the calibration
                 excluded[name] = f"failed on {p.describe()}: {type(err).__name__}: {err}"
                 continue
-            times[name], method = timing.median_ms, timing.method
+            if errors[name] < TOLERANCE:
+                kernels[name] = kernel
+            else:
+                excluded[name] = (f"wrong result on {p.describe()}: relative error {errors[name]:.3g} "
+                                  f"(tolerance {TOLERANCE:g})")
+        timings = work.time_all(kernels, settings) if kernels else {}
     finally:
         work.release()
-    return Sample(p, times, errors), method
+    method = next(iter(timings.values())).method if timings else ""
+    return Sample(p, {n: t.median_ms for n, t in timings.items()}, errors), method
 
 
 def save_calibration(cal: Calibration) -> Path | None:

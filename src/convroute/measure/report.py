@@ -79,13 +79,15 @@ def plot(report: BenchReport, path: str) -> None:
         times = [r.times_ms.get(name, np.nan) for r in report.layers]
         ax.bar(x + (j - (len(algos) - 1) / 2) * width, times, width, label=name, color=colours[j % len(colours)])
     for i, r in enumerate(report.layers):
-        for policy, (m, c) in marker.items():
+        for k, (policy, (m, c)) in enumerate(marker.items()):
             if policy in r.choices and r.choices[policy] in algos:
                 j = algos.index(r.choices[policy])
                 xpos = i + (j - (len(algos) - 1) / 2) * width
-                offset = 1.25 if policy == "seed" else 1.6
-                ax.plot(xpos, r.policy_ms(policy) * offset, m, color=c, markersize=7,
+                ax.plot(xpos, r.policy_ms(policy) * 1.2 ** (k + 1), m, color=c, markersize=6,
                         label=f"{policy} choice" if i == 0 else None)
+        j = algos.index(r.oracle)
+        ax.plot(i + (j - (len(algos) - 1) / 2) * width, r.oracle_ms / 1.15, "^", color="green", markersize=5,
+                label="fastest (oracle)" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_xticks(x, [f"{r.name} x{r.count}" if r.count > 1 else r.name for r in report.layers], rotation=70,
                   ha="right", fontsize=7)
@@ -93,7 +95,8 @@ def plot(report: BenchReport, path: str) -> None:
     ax.set_title(f"{report.suite}, batch {report.batch}: per-layer time by algorithm")
     ax.legend(fontsize=8, ncol=2)
     totals = {k: v for k, v in report.totals_ms().items() if v is not None}
-    ax_tot.barh(list(totals), list(totals.values()), color="grey")
+    ax_tot.barh(list(totals), list(totals.values()),
+                color=["tab:red" if k in marker else "tab:green" if k == "oracle" else "grey" for k in totals])
     for k, v in totals.items():
         ax_tot.text(v, k, f" {v:.1f} ({v / totals['oracle']:.2f}x)", va="center", fontsize=7)
     ax_tot.invert_yaxis()

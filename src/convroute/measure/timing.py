@@ -1,9 +1,11 @@
-"""The one timing function every measurement uses (calibrate, autotune, bench), and the workload it times.
+"""The one timing function every measurement uses (calibrate, autotune, bench, conv, suite):
+`time_candidates`, and the workload it times.
 
 GPU timestamp queries around each compute pass when the device has `timestamp-query` (raw ticks times the
-queue's timestamp period = nanoseconds), else submit-and-wait wall clock. Warm-up first, then repeats until
-the count or the time budget runs out, and the median. Each repeat reads a different input buffer (and
-writes a different output buffer) so caches do not flatter; prepacking happens before, outside the timing.
+queue's timestamp period = nanoseconds), else submit-and-wait wall clock. Warm-up first, then rounds that
+run every candidate once (interleaved, so drifting load hits all alike) until the count or the time budget
+runs out, and the median per candidate. Each repeat reads a different input buffer (and writes a different
+output buffer) so caches do not flatter; prepacking happens before, outside the timing.
 """
 
 from __future__ import annotations
@@ -61,30 +63,50 @@ def timing_method(gpu: Gpu, settings: TimingSettings) -> str:
 
 
 def time_runs(gpu: Gpu, runs: list[list[Dispatch]], settings: TimingSettings = TimingSettings()) -> Timing:
-    """Median time of one run (a list of dispatches in one compute pass); repeat i runs runs[i % len(runs)].
+    """Median time of one run (a list of dispatches in one compute pass); repeat i runs runs[i % len(runs)]."""
+    return time_candidates(gpu, {"run": runs}, settings)["run"]
 
-    Wall-clock samples include the submit and a 4-byte read back; timestamp samples are GPU time only.
+
+def time_candidates(gpu: Gpu, candidates: dict[str, list[list[Dispatch]]],
+                    settings: TimingSettings = TimingSettings()) -> dict[str, Timing]:
+    """The timing function: median time of each candidate's run, measured interleaved.
+
+    Each candidate is a list of runs (one per rotated input buffer); repeat i uses run i % len. After the
+    warm-up, round r runs every candidate once, so load that drifts during the measurement (another process
+    on the CPU, clocks ramping) hits every candidate alike. The number of rounds fits the time budget
+    (settings.budget_s per candidate) within [min_repeats, repeats]. Timestamp samples are GPU time of the
+    compute pass; wall-clock samples include the submit and a 4-byte read back.
     """
+    names = list(candidates)
     start = time.perf_counter()
-    warm = []
-    for i in range(max(1, settings.warmup)):
-        t0 = time.perf_counter()
-        _submit_and_wait(gpu, runs[i % len(runs)])
-        warm.append(time.perf_counter() - t0)
-        if time.perf_counter() - start > settings.budget_s / 2:
-            break
-    left = max(settings.budget_s - (time.perf_counter() - start), 0.0)
-    count = int(min(settings.repeats, max(settings.min_repeats, left // max(min(warm), 1e-6))))
+    estimate = {}
+    for name in names:
+        warm = []
+        for i in range(max(1, settings.warmup)):
+            t0 = time.perf_counter()
+            _submit_and_wait(gpu, candidates[name][i % len(candidates[name])])
+            warm.append(time.perf_counter() - t0)
+            if sum(warm) > settings.budget_s / 2:
+                break
+        estimate[name] = min(warm)
+    left = max(settings.budget_s * len(names) - (time.perf_counter() - start), 0.0)
+    rounds = int(min(settings.repeats, max(settings.min_repeats, left // max(sum(estimate.values()), 1e-6))))
+    schedule = [(name, candidates[name][r % len(candidates[name])]) for r in range(rounds) for name in names]
+    samples, method = None, "gpu timestamps"
     if timing_method(gpu, settings) == "timestamp":
-        samples = _timestamps(gpu, runs, min(count, MAX_QUERIES // 2))
-        if samples is not None:
-            return Timing(float(np.median(samples)), tuple(samples), "gpu timestamps")
-    samples = []
-    for i in range(count):
+        samples = _timestamps(gpu, schedule, len(names))
+    if samples is None:
+        samples, method = _wall_clock(gpu, schedule), "wall clock"
+    return {name: Timing(float(np.median(samples[name])), tuple(samples[name]), method) for name in names}
+
+
+def _wall_clock(gpu: Gpu, schedule: list) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {}
+    for name, run in schedule:
         t0 = time.perf_counter()
-        _submit_and_wait(gpu, runs[i % len(runs)])
-        samples.append((time.perf_counter() - t0) * 1e3)
-    return Timing(float(np.median(samples)), tuple(samples), "wall clock")
+        _submit_and_wait(gpu, run)
+        samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+    return samples
 
 
 def _submit_and_wait(gpu: Gpu, dispatches: list[Dispatch]) -> None:
@@ -103,24 +125,33 @@ def _fence(gpu: Gpu):
 _FENCES: dict[int, object] = {}
 
 
-def _timestamps(gpu: Gpu, runs: list[list[Dispatch]], count: int) -> list[float] | None:
-    """Per-pass GPU times in ms from timestamp queries; None when the device returns nonsense."""
-    queries = gpu.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * count)
-    resolved = gpu.device.create_buffer(size=16 * count,
-                                        usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-    encoder = gpu.device.create_command_encoder()
-    for i in range(count):
-        gpu.encode(runs[i % len(runs)], encoder, {"query_set": queries, "beginning_of_pass_write_index": 2 * i,
-                                                  "end_of_pass_write_index": 2 * i + 1})
-    encoder.resolve_query_set(queries, 0, 2 * count, resolved, 0)
-    gpu.device.queue.submit([encoder.finish()])
-    ticks = np.frombuffer(gpu.device.queue.read_buffer(resolved), dtype=np.uint64).astype(np.int64)
-    queries.destroy()
-    resolved.destroy()
-    deltas = (ticks[1::2] - ticks[0::2]) * timestamp_period(gpu) / 1e6
-    if len(deltas) == 0 or (deltas <= 0).any():
-        return None
-    return [float(d) for d in deltas]
+def _timestamps(gpu: Gpu, schedule: list, per_submit: int) -> dict[str, list[float]] | None:
+    """GPU time in ms of each scheduled pass from timestamp queries, one submission per `per_submit` passes
+    (a round); None when the device returns nonsense (a zero or negative interval)."""
+    count = len(schedule)
+    samples: dict[str, list[float]] = {}
+    for first in range(0, count, MAX_QUERIES // 2):
+        part = schedule[first:first + MAX_QUERIES // 2]
+        queries = gpu.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * len(part))
+        resolved = gpu.device.create_buffer(size=16 * len(part),
+                                            usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+        for r in range(0, len(part), per_submit):
+            encoder = gpu.device.create_command_encoder()
+            for i in range(r, min(r + per_submit, len(part))):
+                gpu.encode(part[i][1], encoder, {"query_set": queries, "beginning_of_pass_write_index": 2 * i,
+                                                 "end_of_pass_write_index": 2 * i + 1})
+            if r + per_submit >= len(part):
+                encoder.resolve_query_set(queries, 0, 2 * len(part), resolved, 0)
+            gpu.device.queue.submit([encoder.finish()])
+        ticks = np.frombuffer(gpu.device.queue.read_buffer(resolved), dtype=np.uint64).astype(np.int64)
+        queries.destroy()
+        resolved.destroy()
+        deltas = (ticks[1::2] - ticks[0::2]) * timestamp_period(gpu) / 1e6
+        if (deltas <= 0).any():
+            return None
+        for (name, _), delta in zip(part, deltas, strict=True):
+            samples.setdefault(name, []).append(float(delta))
+    return samples
 
 
 def timestamp_period(gpu: Gpu) -> float:
@@ -157,8 +188,13 @@ class Workload:
         return cls(self.gpu, self.p, self.weight, self.bias, Epilogue())
 
     def time(self, kernel: ConvKernel, settings: TimingSettings = TimingSettings()) -> Timing:
-        runs = [kernel.bind(x, y, self.p.n) for x, y in zip(self.x_bufs, self.y_bufs, strict=True)]
-        return time_runs(self.gpu, runs, settings)
+        return self.time_all({"kernel": kernel}, settings)["kernel"]
+
+    def time_all(self, kernels: dict[str, ConvKernel], settings: TimingSettings = TimingSettings()) -> dict:
+        """{name: Timing} of several kernels on this workload, measured interleaved (see time_candidates)."""
+        runs = {name: [k.bind(x, y, self.p.n) for x, y in zip(self.x_bufs, self.y_bufs, strict=True)]
+                for name, k in kernels.items()}
+        return time_candidates(self.gpu, runs, settings)
 
     def reference(self) -> np.ndarray:
         if self._reference is None:

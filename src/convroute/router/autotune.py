@@ -64,18 +64,20 @@ def tune(gpu, p: ConvParams, candidates: list[str]) -> dict:
     from convroute.kernels import ALGORITHMS
 
     work = Workload(gpu, p, seed=1)
-    times, wrong, method = {}, {}, ""
+    kernels, wrong = {}, {}
     try:
         for name in candidates:
             kernel = work.kernel(ALGORITHMS[name])
             error = work.error(kernel)
-            if not error < TOLERANCE:
+            if error < TOLERANCE:
+                kernels[name] = kernel
+            else:
                 wrong[name] = error
-                continue
-            timing = work.time(kernel, SETTINGS)
-            times[name], method = timing.median_ms, timing.method
+        timings = work.time_all(kernels, SETTINGS) if kernels else {}
     finally:
         work.release()
+    times = {n: t.median_ms for n, t in timings.items()}
+    method = next(iter(timings.values())).method if timings else ""
     best = min(times, key=times.get) if times else None
     return {"algorithm": best, "times_ms": times, "wrong": wrong, "method": method,
             "when": datetime.now(UTC).isoformat(timespec="seconds")}
