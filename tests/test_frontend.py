@@ -116,6 +116,42 @@ def test_batch_norm_folding_and_activation_fusion():
     assert "bn+relu" in text and "bn+hardswish" in text and "depthwise" in text and "pointwise" in text
 
 
+class EncoderDecoder(nn.Module):
+    """Transposed, grouped and dilated convs; batch norm folded into a transposed conv and one left standalone."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc, self.bn1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.up, self.bn2 = nn.ConvTranspose2d(8, 6, 2, stride=2, groups=2), nn.BatchNorm2d(6)
+        self.bn3 = nn.BatchNorm2d(9)
+        self.mix = nn.Conv2d(9, 4, 3, padding=2, dilation=2)
+        self.head = nn.Conv2d(4, 2, 1)
+
+    def forward(self, x):
+        e = F.max_pool2d(F.relu(self.bn1(self.enc(x))), 2)
+        u = F.relu(self.bn2(self.up(e)))
+        cat = F.relu(self.bn3(torch.cat([u, x], 1)))
+        y = F.silu(self.mix(cat))
+        return torch.sigmoid(self.head(F.interpolate(y, scale_factor=2, mode="bilinear", align_corners=False)))
+
+
+def test_transposed_grouped_dilated_and_standalone_batch_norm():
+    model = EncoderDecoder().eval()
+    with torch.no_grad():
+        randomize_batch_norms(model)
+    x = torch.randn(2, 3, 10, 14)
+    program = convroute.compile(model, (x,))
+    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    s = program.summary()
+    assert not s.cpu_ops, s
+    assert s.gpu_ops["convolution"] == 4 and s.gpu_ops["batch_norm_eval"] == 1, s.gpu_ops
+    rows = {r["name"]: r for r in program.convs()}
+    assert rows["up"]["algorithm"] == "transposed" and rows["up"]["fused"] == ["batch norm bn2 folded", "relu fused"]
+    assert rows["mix"]["epilogue"] == "silu" and rows["head"]["epilogue"] == "sigmoid"
+    bn3 = next(st for st in program.plan.steps if st.node.op == "batch_norm_eval")
+    assert bn3.node.act.kind == "relu"
+
+
 class WithUnsupportedOps(nn.Module):
     """cumsum and sort have no GPU kernel: they run on the CPU between GPU segments."""
 
@@ -236,6 +272,25 @@ def test_batch_size_may_differ_and_plans_are_cached():
     assert len(program._plans) == 2
     with pytest.raises(TypeError, match="takes 1 input"):
         program(x, x)
+
+
+class TwoInOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(5, 4, 1)
+
+    def forward(self, x, y):
+        s = F.relu(self.a(x) + self.b(y))
+        return {"sum": s, "pooled": F.avg_pool2d(s, 2).flatten(1)}
+
+
+def test_several_inputs_and_structured_outputs():
+    model = TwoInOut().eval()
+    x, y = torch.randn(2, 3, 6, 8), torch.randn(2, 5, 6, 8)
+    program = convroute.compile(model, (x, y))
+    out, ref = program(x, y), reference(model, x, y)
+    assert set(out) == {"sum", "pooled"}
+    assert rel_error(out["sum"], ref["sum"]) < TOLERANCE and rel_error(out["pooled"], ref["pooled"]) < TOLERANCE
 
 
 def test_buffers_are_reused_and_the_program_is_one_submit():

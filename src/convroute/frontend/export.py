@@ -183,18 +183,16 @@ def fuse_activations(g: Graph) -> None:
 
 def activation_of(node: Node):
     """The Epilogue (or 'hardsigmoid') an activation node applies, None if it is not one."""
-    op, args = node.op, node.args
+    op = node.op
     if op in ("relu", "hardswish", "silu", "sigmoid"):
         return Epilogue(op)
     if op == "hardsigmoid":
         return "hardsigmoid"
     if op == "hardtanh":
-        lo = float(args[1]) if len(args) > 1 else -1.0
-        hi = float(args[2]) if len(args) > 2 else 1.0
+        lo, hi = float(node.arg(1, "min_val", -1.0)), float(node.arg(2, "max_val", 1.0))
         return Epilogue("relu6") if (lo, hi) == (0.0, 6.0) else Epilogue("clamp", lo, hi)
-    if op == "clamp" and not node.kwargs:
-        lo = args[1] if len(args) > 1 else None
-        hi = args[2] if len(args) > 2 else None
+    if op == "clamp":
+        lo, hi = node.arg(1, "min"), node.arg(2, "max")
         if all(v is None or isinstance(v, (int, float)) for v in (lo, hi)) and (lo, hi) != (None, None):
             return Epilogue("clamp", -float("inf") if lo is None else float(lo),
                             float("inf") if hi is None else float(hi))

@@ -41,6 +41,10 @@ class Node:
     def refs(self) -> list[Ref]:
         return list(iter_refs((self.args, self.kwargs)))
 
+    def arg(self, index: int, name: str, default=None):
+        """An argument given by position or by name."""
+        return self.args[index] if len(self.args) > index else self.kwargs.get(name, default)
+
 
 @dataclass
 class Graph:

@@ -88,12 +88,6 @@ def out_meta(node: Node):
     return node.meta
 
 
-def arg(node: Node, index: int, name: str, default=None):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
 def lower_conv(ctx: Context, node: Node) -> GpuOp:
     x, w, b = node.args[0], node.args[1], node.args[2]
     stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
@@ -120,7 +114,7 @@ def lower_activation(ctx: Context, node: Node) -> GpuOp:
     else:
         act = activation_of(node)
         if act is None:
-            raise Unsupported("its arguments are not constants")
+            raise Unsupported("its bounds are tensors (the GPU kernel takes constant bounds)")
     kernel = Unary(ctx.gpu, act, meta.numel())
     return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out), meta.numel())
 
@@ -186,15 +180,15 @@ def lower_pool(ctx: Context, node: Node) -> GpuOp:
     meta, out = ctx.tensor(x), out_meta(node)
     planes, h, w, ho, wo = _planes(meta, out)
     if node.op == "max_pool2d":
-        kernel = _pair(arg(node, 1, "kernel_size"))
-        pool = Pool2d(ctx.gpu, "max", planes, h, w, ho, wo, kernel, _pair(arg(node, 2, "stride"), kernel),
-                      _pair(arg(node, 3, "padding", 0)), _pair(arg(node, 4, "dilation", 1)))
+        kernel = _pair(node.arg(1, "kernel_size"))
+        pool = Pool2d(ctx.gpu, "max", planes, h, w, ho, wo, kernel, _pair(node.arg(2, "stride"), kernel),
+                      _pair(node.arg(3, "padding", 0)), _pair(node.arg(4, "dilation", 1)))
         flops = out.numel() * kernel[0] * kernel[1]
     elif node.op == "avg_pool2d":
-        kernel = _pair(arg(node, 1, "kernel_size"))
-        pool = Pool2d(ctx.gpu, "avg", planes, h, w, ho, wo, kernel, _pair(arg(node, 2, "stride"), kernel),
-                      _pair(arg(node, 3, "padding", 0)), count_include_pad=arg(node, 5, "count_include_pad", True),
-                      divisor_override=arg(node, 6, "divisor_override"))
+        kernel = _pair(node.arg(1, "kernel_size"))
+        pool = Pool2d(ctx.gpu, "avg", planes, h, w, ho, wo, kernel, _pair(node.arg(2, "stride"), kernel),
+                      _pair(node.arg(3, "padding", 0)), count_include_pad=node.arg(5, "count_include_pad", True),
+                      divisor_override=node.arg(6, "divisor_override"))
         flops = out.numel() * kernel[0] * kernel[1]
     else:  # adaptive average pooling, or mean over the last two dimensions
         if node.op == "mean.dim":
@@ -209,7 +203,7 @@ def lower_pool(ctx: Context, node: Node) -> GpuOp:
 
 def lower_linear(ctx: Context, node: Node) -> GpuOp:
     if node.op == "linear":
-        x, weight, bias = node.args[0], ctx.const(node.args[1], "weight"), ctx.const(arg(node, 2, "bias"), "bias")
+        x, weight, bias = node.args[0], ctx.const(node.args[1], "weight"), ctx.const(node.arg(2, "bias"), "bias")
     else:  # addmm(bias, x, mat2) / mm(x, mat2) with a constant mat2 = W^T
         if node.op == "addmm" and (node.kwargs.get("beta", 1) != 1 or node.kwargs.get("alpha", 1) != 1):
             raise Unsupported("addmm with beta or alpha != 1")
@@ -227,7 +221,7 @@ def lower_linear(ctx: Context, node: Node) -> GpuOp:
 
 
 def lower_cat(ctx: Context, node: Node) -> GpuOp:
-    tensors, dim = node.args[0], arg(node, 1, "dim", 0)
+    tensors, dim = node.args[0], node.arg(1, "dim", 0)
     shapes = [tuple(ctx.tensor(t).shape) for t in tensors]
     out = out_meta(node)
     kernel = Concat(ctx.gpu, shapes, dim)

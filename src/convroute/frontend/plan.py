@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from convroute.device.gpu import Dispatch
-from convroute.frontend.graph import Graph, Node, Ref, iter_refs
+from convroute.frontend.graph import Graph, Node, iter_refs
 from convroute.frontend.lower import Context, GpuOp, Unsupported, is_alias, lower
 
 NEVER = float("inf")
@@ -165,7 +165,3 @@ def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, metas: 
             if name in buffers:
                 free.append(buffers[name])
     return buffers, allocated
-
-
-def output_names(graph: Graph) -> list:
-    return [o.name if isinstance(o, Ref) else None for o in graph.outputs]

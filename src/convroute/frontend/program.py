@@ -138,8 +138,9 @@ class Program:
 
     def explain(self, file=None) -> str:
         """Print (and return) each conv with its algorithm, fused epilogue and the reason it was chosen."""
+        shapes = [tuple(self.plan.metas[n].shape) for n in self.plan.graph.inputs]
         lines = [f"{len(self.convs())} convs, policy {self.policy}, routed for {self.device_profile.family} "
-                 f"({self.device_profile.name}); input {self.summary().input_shapes}"]
+                 f"({self.device_profile.name}); input {shapes}"]
         header = ("conv", "input", "weight", "s/p/d/g", "algorithm", "fused", "reason")
         rows = []
         for r in self.convs():
