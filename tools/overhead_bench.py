@@ -52,10 +52,27 @@ def main():
         staging.unmap()
 
     rows["1 dispatch + copy to a kept staging buffer + map"] = median_us(staged)
+    rows["create_command_encoder"] = median_us(lambda: dev.create_command_encoder())
+
+    def pass_only():
+        enc = dev.create_command_encoder()
+        enc.begin_compute_pass().end()
+        return enc
+
+    rows["encoder + empty compute pass"] = median_us(pass_only)
+    rows["encoder + empty compute pass + finish"] = median_us(lambda: pass_only().finish())
+    rows["encoder + empty pass + finish + submit"] = median_us(lambda: dev.queue.submit([pass_only().finish()]))
+
+    def chunked(ds, per):
+        for i in range(0, len(ds), per):
+            gpu.run(ds[i:i + per])
+        gpu.wait(buf)
+
     for n in (1, 20, 100):
         ds = [d1] * n
         rows[f"{n} dispatches: encode + submit + wait"] = median_us(lambda ds=ds: (gpu.run(ds), gpu.wait(buf)))
         rows[f"{n} dispatches: encode only"] = median_us(lambda ds=ds: gpu.encode(ds).finish())
+        rows[f"{n} dispatches: 10 per submit + wait"] = median_us(lambda ds=ds: chunked(ds, 10))
     for name, us in rows.items():
         print(f"{us:10.1f} us  {name}")
 
