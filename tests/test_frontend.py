@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+from convroute.frontend import ExportError  # noqa: E402 (before torchvision, which loads triton: see frontend)
+
 torchvision = pytest.importorskip("torchvision")
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 from conftest import TOLERANCE  # noqa: E402
-from convroute.frontend import ExportError  # noqa: E402 (import before the GPU opens, see frontend)
 
 pytestmark = pytest.mark.gpu
 

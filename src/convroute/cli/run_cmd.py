@@ -19,20 +19,26 @@ def add_arguments(parser) -> None:
     parser.add_argument("--policy", default="seed", help="routing policy (default seed)")
     parser.add_argument("--device", default=None, metavar="FAMILY",
                         help="route as if for this GPU family (mali, adreno, nvidia, ...); runs on the adapter in use")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs of each side after one warm-up (default 5)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs of each side after one warm-up (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     parser.add_argument("--profile", action="store_true", help="also time each node on the GPU")
 
 
 def run(args) -> int:
+    missing = "error: convroute run needs torch and torchvision: pip install 'convroute[torch]'"
     try:
         import torch
+    except ImportError:
+        print(missing, file=sys.stderr)
+        return 2
+    import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
+    from convroute.router import POLICIES
+
+    try:
         import torchvision
     except ImportError:
-        print("error: convroute run needs torch and torchvision: pip install 'convroute[torch]'", file=sys.stderr)
+        print(missing, file=sys.stderr)
         return 2
-    import convroute.frontend as frontend  # before the GPU opens (see frontend._import_torch_export)
-    from convroute.router import POLICIES
 
     if args.batch < 1 or args.size < 1 or args.runs < 1:
         print("error: --batch, --size and --runs must be positive", file=sys.stderr)

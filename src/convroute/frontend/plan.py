@@ -111,6 +111,9 @@ def build_plan(graph: Graph, ctx_args: dict) -> Plan:
             plan.segments.append(step)
     if current:
         plan.segments.append(_segment(current))
+    # The GPU kernels hold their own (prepacked) copies: keep on the host only what CPU steps and outputs read.
+    needed = {r.name for s in plan.cpu_steps for r in s.node.refs()} | graph.output_names()
+    graph.constants = {k: v for k, v in graph.constants.items() if k in needed}
     return plan
 
 

@@ -124,9 +124,9 @@ class Program:
             if s.node.op != "convolution":
                 continue
             p, d = (s.op.params, s.op.decision) if s.op else (None, None)
-            x, w = s.node.args[0], s.node.args[1]
-            in_shape = tuple(self.plan.metas[x.name].shape)
-            w_shape = tuple(self.plan.graph.constants[w.name].shape) if w.name in self.plan.graph.constants else ()
+            in_shape = tuple(self.plan.metas[s.node.args[0].name].shape)
+            w = s.node.args[1]
+            w_shape = p.weight_shape if p else tuple(getattr(self.plan.graph.constants.get(w.name), "shape", ()))
             rows.append(dict(
                 name=s.node.module or s.node.name, input=in_shape, weight=w_shape,
                 stride=tuple(s.node.args[3]), padding=tuple(s.node.args[4]), dilation=tuple(s.node.args[5]),
