@@ -229,6 +229,23 @@ def test_gpu_ops_match_torch():
         assert rel_error(out, ref) < TOLERANCE, f"output {i}"
 
 
+class NanInf(nn.Module):
+    def forward(self, x):
+        return (F.max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 8), F.adaptive_avg_pool2d(x, 1), F.relu(x + 1),
+                F.interpolate(x, scale_factor=2, mode="bilinear"), torch.cat([x, torch.sigmoid(x)], 1))
+
+
+def test_nan_and_inf_propagate_as_in_torch():
+    x = torch.randn(1, 2, 8, 8)
+    x[0, 0, 3, 4], x[0, 1, 0, 0] = float("nan"), float("inf")
+    program = convroute.compile(NanInf(), (x,))
+    for i, (out, ref) in enumerate(zip(program(x), NanInf()(x), strict=True)):
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)), f"output {i}: NaN positions differ"
+        assert torch.equal(torch.isinf(out), torch.isinf(ref)), f"output {i}: Inf positions differ"
+        finite = torch.isfinite(ref)
+        assert torch.allclose(out[finite], ref[finite], rtol=1e-5, atol=1e-6), f"output {i}"
+
+
 def test_global_pooling_of_a_large_map_and_a_big_linear():
     """Windows above one invocation's loop budget (a workgroup reduces them) and a 20000-input linear (K slices)."""
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 20000), nn.ReLU(),

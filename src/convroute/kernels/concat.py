@@ -9,25 +9,10 @@ from __future__ import annotations
 import math
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, pack, uniform_block
+from convroute.kernels.flat import flat_shader, launch, storage
 
-WG = 64
 PARAMS = ["total", "row_in", "row_out", "offset"]
-
-SHADER = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
-  let row = t / P.row_in;
-  y[row * P.row_out + P.offset + t % P.row_in] = x[t];
-}}
-"""
+BODY = "  y[(t / P.row_in) * P.row_out + P.offset + t % P.row_in] = x[t];"
 
 
 class Concat:
@@ -43,13 +28,9 @@ class Concat:
             self.parts.append(dict(total=outer * s[dim] * inner, row_in=s[dim] * inner, row_out=total_along * inner,
                                    offset=offset * inner))
             offset += s[dim]
-        self.source = SHADER.format(wg=WG, params=uniform_block(PARAMS), args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.source = flat_shader(PARAMS, storage("x", "y!"), BODY)
         gpu.pipeline(self.source)
 
     def bind(self, xs: list, y) -> list[Dispatch]:
-        out = []
-        for x, values in zip(xs, self.parts, strict=True):
-            if values["total"]:
-                u = self.gpu.uniform(pack(PARAMS, values))
-                out.append(self.gpu.dispatch(self.source, [u, x, y], values["total"], WG))
-        return out
+        return [launch(self.gpu, self.source, PARAMS, values, [x, y])
+                for x, values in zip(xs, self.parts, strict=True) if values["total"]]

@@ -12,9 +12,9 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ACTIVATIONS, ENTRY_ARGS, FLAT_INDEX, Epilogue, pack, uniform_block
+from convroute.kernels.common import ACTIVATIONS, Epilogue
+from convroute.kernels.flat import f32_bits, flat_shader, launch, storage
 
-WG = 64
 MAX_RANK = 4
 
 # Activations beyond the conv epilogue's set (they never fuse into a conv).
@@ -48,63 +48,23 @@ def act_source(act) -> str:
     return Epilogue.parse(act).wgsl()
 
 
-def f32_bits(x: float) -> int:
-    """A float's bits as u32, to pass floats through the u32 parameter block (bitcast<f32> in WGSL)."""
-    return int(np.array([x], np.float32).view(np.uint32)[0])
-
-
-UNARY = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
-  y[t] = act(x[t]);
-}}
-"""
-
-
 class Unary:
     """y = act(x) for relu, relu6, clamp, hardswish, silu, sigmoid, hardsigmoid, gelu, gelu_tanh, tanh."""
 
+    PARAMS = ["total"]
+
     def __init__(self, gpu: Gpu, act, total: int):
         self.gpu, self.total = gpu, total
-        self.source = UNARY.format(wg=WG, params=uniform_block(["total"]), act=act_source(act), args=ENTRY_ARGS,
-                                   flat=FLAT_INDEX)
-        self.gpu.pipeline(self.source)
+        self.source = flat_shader(self.PARAMS, storage("x", "y!"), "  y[t] = act(x[t]);", act_source(act))
+        gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
-        u = self.gpu.uniform(pack(["total"], {"total": self.total}))
-        return [self.gpu.dispatch(self.source, [u, x, y], self.total, WG)]
+        return [launch(self.gpu, self.source, self.PARAMS, {"total": self.total}, [x, y])]
 
 
 BINARY_PARAMS = ["total", "d1", "d2", "d3", "a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "alpha"]
-BINARY = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
-  let alpha = bitcast<f32>(P.alpha);
-  {index}
-  let u = a[ia];
-  let v = b[ib];
-  y[t] = act({expr});
-}}
-"""
-SAME_INDEX = "let ia = t; let ib = t;"
-BROADCAST_INDEX = """let i3 = t % P.d3;
+SAME_INDEX = "  let ia = t;\n  let ib = t;"
+BROADCAST_INDEX = """  let i3 = t % P.d3;
   let i2 = (t / P.d3) % P.d2;
   let i1 = (t / (P.d3 * P.d2)) % P.d1;
   let i0 = t / (P.d3 * P.d2 * P.d1);
@@ -140,54 +100,32 @@ class Binary:
                              f"within rank {MAX_RANK}")
         self.gpu = gpu
         out = (1,) * (MAX_RANK - len(out_shape)) + tuple(out_shape)
-        self.total = math.prod(out)
         same = tuple(a_shape) == tuple(b_shape) == tuple(out_shape)
-        self.values = dict(total=self.total, d1=out[1], d2=out[2], d3=out[3], alpha=f32_bits(alpha),
+        self.values = dict(total=math.prod(out), d1=out[1], d2=out[2], d3=out[3], alpha=f32_bits(alpha),
                            **{f"a{i}": s for i, s in enumerate(sa)}, **{f"b{i}": s for i, s in enumerate(sb)})
-        self.source = BINARY.format(wg=WG, params=uniform_block(BINARY_PARAMS), act=act_source(act),
-                                    args=ENTRY_ARGS, flat=FLAT_INDEX, expr=BINARY_EXPR[op],
-                                    index=SAME_INDEX if same else BROADCAST_INDEX)
-        self.gpu.pipeline(self.source)
+        body = (f"  let alpha = bitcast<f32>(P.alpha);\n{SAME_INDEX if same else BROADCAST_INDEX}\n"
+                f"  let u = a[ia];\n  let v = b[ib];\n  y[t] = act({BINARY_EXPR[op]});")
+        self.source = flat_shader(BINARY_PARAMS, storage("a", "b", "y!"), body, act_source(act))
+        gpu.pipeline(self.source)
 
     def bind(self, a, b, y) -> list[Dispatch]:
-        u = self.gpu.uniform(pack(BINARY_PARAMS, self.values))
-        return [self.gpu.dispatch(self.source, [u, a, b, y], self.total, WG)]
-
-
-AFFINE_PARAMS = ["total", "c", "hw"]
-AFFINE = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> scale: array<f32>;
-@group(0) @binding(3) var<storage, read> shift: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
-  let c = (t / P.hw) % P.c;
-  y[t] = act(x[t] * scale[c] + shift[c]);
-}}
-"""
+        return [launch(self.gpu, self.source, BINARY_PARAMS, self.values, [a, b, y])]
 
 
 class ChannelAffine:
     """y = act(x * scale[c] + shift[c]) over NC... tensors: an eval batch norm with nothing to fold into."""
 
+    PARAMS = ["total", "c", "hw"]
+
     def __init__(self, gpu: Gpu, shape, scale: np.ndarray, shift: np.ndarray, act=None):
         self.gpu = gpu
-        self.total = math.prod(shape)
         c = shape[1]
-        self.values = dict(total=self.total, c=c, hw=math.prod(shape[2:]))
+        self.values = dict(total=math.prod(shape), c=c, hw=math.prod(shape[2:]))
         self.scale = gpu.upload(np.asarray(scale, np.float32).reshape(c), "batch norm scale")
         self.shift = gpu.upload(np.asarray(shift, np.float32).reshape(c), "batch norm shift")
-        self.source = AFFINE.format(wg=WG, params=uniform_block(AFFINE_PARAMS), act=act_source(act),
-                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
-        self.gpu.pipeline(self.source)
+        body = "  let c = (t / P.hw) % P.c;\n  y[t] = act(x[t] * scale[c] + shift[c]);"
+        self.source = flat_shader(self.PARAMS, storage("x", "scale", "shift", "y!"), body, act_source(act))
+        gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
-        u = self.gpu.uniform(pack(AFFINE_PARAMS, self.values))
-        return [self.gpu.dispatch(self.source, [u, x, self.scale, self.shift, y], self.total, WG)]
+        return [launch(self.gpu, self.source, self.PARAMS, self.values, [x, self.scale, self.shift, y])]

@@ -15,55 +15,39 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+from convroute.kernels.common import ceil_div
 from convroute.kernels.elementwise import act_source
+from convroute.kernels.flat import flat_shader, launch, storage
 
-WG = 64
 K_SLICE = 16384
 PARAMS = ["m", "k", "o", "ob", "ob0", "k0", "kn", "first", "last", "total"]
 
-SHADER = """
-const WG: u32 = {wg}u;
-const R: u32 = {rows}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
-  let jb = t % P.ob;
+BODY = """  let jb = t % P.ob;
   let m0 = (t / P.ob) * R;
   let col = (P.ob0 + jb) * 4u;
   var acc: array<vec4<f32>, R>;
-  for (var r = 0u; r < R; r++) {{
+  for (var r = 0u; r < R; r++) {
     let row = min(m0 + r, P.m - 1u) * P.o;
-    if (P.first == 1u) {{
+    if (P.first == 1u) {
       acc[r] = bias[P.ob0 + jb];
-    }} else {{
-      for (var i = 0u; i < 4u; i++) {{ if (col + i < P.o) {{ acc[r][i] = y[row + col + i]; }} }}
-    }}
-  }}
-{row_offsets}
-  for (var k = P.k0; k < P.k0 + P.kn; k++) {{
-    let wv = wt[{w_index}];
-{fmas}
-  }}
-  for (var r = 0u; r < R; r++) {{
-    if (m0 + r >= P.m) {{ break; }}
-    for (var i = 0u; i < 4u; i++) {{
-      if (col + i < P.o) {{
+    } else {
+      for (var i = 0u; i < 4u; i++) { if (col + i < P.o) { acc[r][i] = y[row + col + i]; } }
+    }
+  }
+ROW_OFFSETS
+  for (var k = P.k0; k < P.k0 + P.kn; k++) {
+    let wv = wt[W_INDEX];
+FMAS
+  }
+  for (var r = 0u; r < R; r++) {
+    if (m0 + r >= P.m) { break; }
+    for (var i = 0u; i < 4u; i++) {
+      if (col + i < P.o) {
         let v = acc[r][i];
         y[(m0 + r) * P.o + col + i] = select(v, act(v), P.last == 1u);
-      }}
-    }}
-  }}
-}}
-"""
+      }
+    }
+  }"""
 
 
 class Linear:
@@ -102,22 +86,22 @@ class Linear:
         return 2 * self.k * self.o
 
     def source(self, rows: int) -> str:
+        """The shader for R = `rows` rows per invocation, its loads unrolled."""
         offsets = "\n".join(f"  let x{r} = min(m0 + {r}u, P.m - 1u) * P.k;" for r in range(rows))
         fmas = "\n".join(f"    acc[{r}] += wv * x[x{r} + k];" for r in range(rows))
-        return SHADER.format(wg=WG, rows=rows, params=uniform_block(PARAMS), act=act_source(self.act),
-                             args=ENTRY_ARGS, flat=FLAT_INDEX, row_offsets=offsets, fmas=fmas,
-                             w_index="jb * P.k + k" if self.k_inner else "k * P.ob + jb")
+        body = BODY.replace("ROW_OFFSETS", offsets).replace("FMAS", fmas).replace(
+            "W_INDEX", "jb * P.k + k" if self.k_inner else "k * P.ob + jb")
+        helpers = f"const R: u32 = {rows}u;\n" + act_source(self.act)
+        return flat_shader(PARAMS, storage("x", "wt:vec4", "bias:vec4", "y!"), body, helpers)
 
     def bind(self, x, y, m: int) -> list[Dispatch]:
         rows = min(4, m)
         source = self.source(rows)
         out = []
         for b0, nb, w in self.chunks:
-            total = ceil_div(m, rows) * nb
             for k0 in range(0, self.k, K_SLICE):
                 kn = min(K_SLICE, self.k - k0)
                 values = dict(m=m, k=self.k, o=self.o, ob=nb, ob0=b0, k0=k0, kn=kn, first=int(k0 == 0),
-                              last=int(k0 + kn == self.k), total=total)
-                u = self.gpu.uniform(pack(PARAMS, values))
-                out.append(self.gpu.dispatch(source, [u, x, w, self.bias, y], total, WG))
+                              last=int(k0 + kn == self.k), total=ceil_div(m, rows) * nb)
+                out.append(launch(self.gpu, source, PARAMS, values, [x, w, self.bias, y]))
         return out

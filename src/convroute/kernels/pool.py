@@ -11,9 +11,9 @@ stops any invocation's loops after 65535 iterations in all).
 from __future__ import annotations
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+from convroute.kernels.common import ceil_div, pack, uniform_block
+from convroute.kernels.flat import WG, flat_shader, launch, storage
 
-WG = 64
 COOP_WINDOW = 256
 MAX_LOOP = 60000  # iterations one invocation may run (lavapipe's limit is 65535)
 PARAMS = ["total", "h", "w", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "include_pad",
@@ -61,43 +61,37 @@ fn window(o: u32) -> Win {
 
 # Reduction per kind: start value, combine(acc, v), finish(acc, win). NaN propagates through max as in torch.
 REDUCE = {
-    "max": ("bitcast<f32>(0xff800000u)", "select(a, v, a == a && (v > a || v != v))", "a"),
+    "max": ("bitcast<f32>(0xff800000u)", "select(a, v, !is_nan(a) && (v > a || is_nan(v)))", "a"),
     "avg": ("0.0", "a + v", "select(a / win.div, 0.0, win.nh == 0u || win.nw == 0u)"),
     "adaptive": ("0.0", "a + v", "a / win.div"),
 }
 
-COMMON = """
-const WG: u32 = {wg}u;
-{params}
-struct Win {{ hs: i32, ws: i32, nh: u32, nw: u32, dh: u32, dw: u32, div: f32 }}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-{window}
-fn combine(a: f32, v: f32) -> f32 {{ return {combine}; }}
-fn finish(a: f32, win: Win) -> f32 {{ return {finish}; }}
-fn element(a: f32, base: u32, win: Win, e: u32) -> f32 {{
+FRAME = """
+struct Win { hs: i32, ws: i32, nh: u32, nw: u32, dh: u32, dw: u32, div: f32 }
+WINDOW
+fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }  // v != v may fold away
+fn combine(a: f32, v: f32) -> f32 { return COMBINE; }
+fn finish(a: f32, win: Win) -> f32 { return FINISH; }
+fn element(a: f32, base: u32, win: Win, e: u32) -> f32 {
   let ih = win.hs + i32((e / win.nw) * win.dh);
   let iw = win.ws + i32((e % win.nw) * win.dw);
-  if (ih < 0 || ih >= i32(P.h) || iw < 0 || iw >= i32(P.w)) {{ return a; }}
+  if (ih < 0 || ih >= i32(P.h) || iw < 0 || iw >= i32(P.w)) { return a; }
   return combine(a, x[base + u32(ih) * P.w + u32(iw)]);
-}}
+}
 """
 
-PER_INVOCATION = COMMON + """
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
-  let win = window(t);
+PER_INVOCATION = """  let win = window(t);
   let base = (t / (P.wo * P.ho)) * P.h * P.w;
-  var a = {start};
-  for (var e = 0u; e < win.nh * win.nw; e++) {{ a = element(a, base, win, e); }}
-  y[t] = finish(a, win);
-}}
-"""
+  var a = START;
+  for (var e = 0u; e < win.nh * win.nw; e++) { a = element(a, base, win, e); }
+  y[t] = finish(a, win);"""
 
-PER_WORKGROUP = COMMON + """
+PER_WORKGROUP = """
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+{buffers}
+{helpers}
 var<workgroup> part: array<f32, {wg}>;
 @compute @workgroup_size({wg})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -140,12 +134,16 @@ class Pool2d:
         if window > MAX_LOOP * (WG if self.coop else 1):
             raise ValueError(f"a pooling window of {window} elements is more than the GPU kernel handles")
         start, combine, finish = REDUCE[kind]
-        template = PER_WORKGROUP if self.coop else PER_INVOCATION
-        self.source = template.format(wg=WG, params=uniform_block(PARAMS), window=WINDOWS[kind], combine=combine,
-                                      finish=finish, start=start, args=ENTRY_ARGS, flat=FLAT_INDEX)
+        helpers = FRAME.replace("WINDOW", WINDOWS[kind]).replace("COMBINE", combine).replace("FINISH", finish)
+        if self.coop:
+            self.source = PER_WORKGROUP.format(wg=WG, params=uniform_block(PARAMS), buffers=storage("x", "y!"),
+                                               helpers=helpers, start=start)
+        else:
+            self.source = flat_shader(PARAMS, storage("x", "y!"), PER_INVOCATION.replace("START", start), helpers)
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
+        if not self.coop:
+            return [launch(self.gpu, self.source, PARAMS, self.values, [x, y])]
         u = self.gpu.uniform(pack(PARAMS, self.values))
-        threads = self.total * WG if self.coop else self.total
-        return [self.gpu.dispatch(self.source, [u, x, y], threads, WG)]
+        return [self.gpu.dispatch(self.source, [u, x, y], self.total * WG, WG)]  # a workgroup per output

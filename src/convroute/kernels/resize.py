@@ -8,50 +8,33 @@ bilinear uses scale * (dst + 0.5) - 0.5 clamped at 0, or dst * (in-1)/(out-1) wi
 from __future__ import annotations
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, pack, uniform_block
-from convroute.kernels.elementwise import f32_bits
+from convroute.kernels.flat import f32_bits, flat_shader, launch, storage
 
-WG = 64
 PARAMS = ["total", "h", "w", "ho", "wo", "scale_h", "scale_w"]
-
-HEAD = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
-{body}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
-  let ow = t % P.wo;
+BODY = """  let ow = t % P.wo;
   let oh = (t / P.wo) % P.ho;
-  let base = (t / (P.wo * P.ho)) * P.h * P.w;
-  y[t] = sample(base, oh, ow);
-}}
-"""
+  y[t] = sample((t / (P.wo * P.ho)) * P.h * P.w, oh, ow);"""
 
 NEAREST = """
-fn src(dst: u32, size: u32, out: u32, scale: f32) -> u32 {{
-  if (out == size) {{ return dst; }}
-  {index}
+fn src(dst: u32, size: u32, out: u32, scale: f32) -> u32 {
+  if (out == size) { return dst; }
+  INDEX
   return min(u32(floor(s)), size - 1u);
-}}
-fn sample(base: u32, oh: u32, ow: u32) -> f32 {{
+}
+fn sample(base: u32, oh: u32, ow: u32) -> f32 {
   let ih = src(oh, P.h, P.ho, bitcast<f32>(P.scale_h));
   let iw = src(ow, P.w, P.wo, bitcast<f32>(P.scale_w));
   return x[base + ih * P.w + iw];
-}}
+}
 """
 NEAREST_INDEX = "if (out == 2u * size) { return dst / 2u; }\n  let s = f32(dst) * scale;"
 NEAREST_EXACT_INDEX = "let s = (f32(dst) + 0.5) * scale;"
 
 BILINEAR = """
-fn src(dst: u32, scale: f32) -> f32 {{
-  {index}
-}}
-fn sample(base: u32, oh: u32, ow: u32) -> f32 {{
+fn src(dst: u32, scale: f32) -> f32 {
+  INDEX
+}
+fn sample(base: u32, oh: u32, ow: u32) -> f32 {
   let sh = src(oh, bitcast<f32>(P.scale_h));
   let sw = src(ow, bitcast<f32>(P.scale_w));
   let h0 = u32(sh);
@@ -63,7 +46,7 @@ fn sample(base: u32, oh: u32, ow: u32) -> f32 {{
   let top = (1.0 - lw) * x[base + h0 * P.w + w0] + lw * x[base + h0 * P.w + w1];
   let bottom = (1.0 - lw) * x[base + h1 * P.w + w0] + lw * x[base + h1 * P.w + w1];
   return (1.0 - lh) * top + lh * bottom;
-}}
+}
 """
 ALIGNED_INDEX = "return scale * f32(dst);"
 HALF_PIXEL_INDEX = "return max(scale * (f32(dst) + 0.5) - 0.5, 0.0);"
@@ -84,20 +67,18 @@ class Upsample2d:
                  scale_factors=None, align_corners: bool = False):
         scales = scale_factors or (None, None)
         if mode == "bilinear":
-            body = BILINEAR.format(index=ALIGNED_INDEX if align_corners else HALF_PIXEL_INDEX)
+            helpers = BILINEAR.replace("INDEX", ALIGNED_INDEX if align_corners else HALF_PIXEL_INDEX)
         elif mode in ("nearest", "nearest-exact"):
             align_corners = False
-            body = NEAREST.format(index=NEAREST_INDEX if mode == "nearest" else NEAREST_EXACT_INDEX)
+            helpers = NEAREST.replace("INDEX", NEAREST_INDEX if mode == "nearest" else NEAREST_EXACT_INDEX)
         else:
             raise ValueError(f"unknown upsample mode {mode!r}; known: nearest, nearest-exact, bilinear")
         self.gpu = gpu
-        self.total = planes * ho * wo
-        self.values = dict(total=self.total, h=h, w=w, ho=ho, wo=wo,
+        self.values = dict(total=planes * ho * wo, h=h, w=w, ho=ho, wo=wo,
                            scale_h=f32_bits(source_scale(h, ho, scales[0], align_corners)),
                            scale_w=f32_bits(source_scale(w, wo, scales[1], align_corners)))
-        self.source = HEAD.format(wg=WG, params=uniform_block(PARAMS), body=body, args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.source = flat_shader(PARAMS, storage("x", "y!"), BODY, helpers)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
-        u = self.gpu.uniform(pack(PARAMS, self.values))
-        return [self.gpu.dispatch(self.source, [u, x, y], self.total, WG)]
+        return [launch(self.gpu, self.source, PARAMS, self.values, [x, y])]

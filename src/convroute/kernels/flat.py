@@ -1,0 +1,50 @@
+"""The shader frame the model ops share (elementwise, pooling, resize, concat, linear): a 1-D launch of
+one invocation per output, a u32 parameter block at binding 0, then the op's storage buffers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, pack, uniform_block
+
+WG = 64
+
+
+def storage(*buffers: str) -> str:
+    """WGSL declarations from binding 1: 'x' reads array<f32>, 'y!' is written, 'wt:vec4' reads array<vec4<f32>>."""
+    lines = []
+    for i, spec in enumerate(buffers, start=1):
+        name, _, elem = spec.partition(":")
+        access = "read_write" if name.endswith("!") else "read"
+        elem = "vec4<f32>" if elem == "vec4" else "f32"
+        lines.append(f"@group(0) @binding({i}) var<storage, {access}> {name.rstrip('!')}: array<{elem}>;")
+    return "\n".join(lines)
+
+
+def flat_shader(params: list[str], buffers: str, body: str, helpers: str = "") -> str:
+    """`body` runs once for each t < P.total (`params` must include 'total')."""
+    return f"""
+const WG: u32 = {WG}u;
+{uniform_block(params)}
+@group(0) @binding(0) var<uniform> P: Params;
+{buffers}
+{helpers}
+@compute @workgroup_size({WG})
+fn main({ENTRY_ARGS}) {{
+  let t = {FLAT_INDEX};
+  if (t >= P.total) {{ return; }}
+{body}
+}}
+"""
+
+
+def launch(gpu: Gpu, source: str, params: list[str], values: dict, buffers: list) -> Dispatch:
+    """One dispatch of `values['total']` invocations with its own parameter block."""
+    u = gpu.uniform(pack(params, values))
+    return gpu.dispatch(source, [u, *buffers], values["total"], WG)
+
+
+def f32_bits(x: float) -> int:
+    """A float's bits as u32, to pass floats through the u32 parameter block (bitcast<f32> in WGSL)."""
+    return int(np.array([x], np.float32).view(np.uint32)[0])
