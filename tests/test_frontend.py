@@ -292,6 +292,26 @@ def test_batch_size_may_differ_and_plans_are_cached():
         program(x, x)
 
 
+class MixesImages(nn.Module):
+    def forward(self, x):
+        return F.relu(x - x.mean(0, keepdim=True))
+
+
+def test_a_batch_too_large_for_one_binding_runs_in_chunks(monkeypatch):
+    from convroute.device.gpu import get_gpu
+
+    gpu = get_gpu()
+    limits = dict(gpu.profile.limits, **{"max-storage-buffer-binding-size": 48 << 10})
+    monkeypatch.setattr(gpu, "profile", dataclasses.replace(gpu.profile, limits=limits))
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
+    x = torch.randn(7, 3, 16, 16)  # the conv's output is 112 KiB for the batch, 16 KiB per image
+    program = convroute.compile(model, (x,))
+    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    assert program.batch_split == (7, 3) and "ran in chunks of 3" in str(program.summary())
+    with pytest.raises(ValueError, match="cannot be split"):
+        convroute.compile(MixesImages(), (torch.randn(7, 16, 16, 16),))
+
+
 class TwoInOut(nn.Module):
     def __init__(self):
         super().__init__()

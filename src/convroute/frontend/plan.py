@@ -18,6 +18,15 @@ from convroute.frontend.lower import Context, GpuOp, Unsupported, is_alias, lowe
 NEVER = float("inf")
 
 
+class ValueTooLarge(ValueError):
+    """A value of the graph does not fit one storage binding of the device."""
+
+    def __init__(self, name: str, shape: tuple, nbytes: int, limit: int):
+        super().__init__(f"value {name} of shape {shape} needs {nbytes} bytes, more than the device's largest "
+                         f"storage binding ({limit} bytes)")
+        self.nbytes = nbytes
+
+
 @dataclass
 class Step:
     node: Node
@@ -59,6 +68,13 @@ class Plan:
     @property
     def cpu_steps(self) -> list[Step]:
         return [s for s in self.steps if s.where == "cpu"]
+
+    def keeps_batch(self, batch: int) -> bool:
+        """Every run-time tensor has `batch` rows: a sign that images never mix, so the batch may be split."""
+        tensors = [m for m in self.metas.values() if isinstance(m, torch.Tensor)]
+        tensors += [t for m in self.metas.values() if isinstance(m, (list, tuple)) for t in m
+                    if isinstance(t, torch.Tensor)]
+        return all(t.ndim >= 1 and t.shape[0] == batch for t in tensors)
 
 
 def build_plan(graph: Graph, ctx_args: dict) -> Plan:
@@ -161,6 +177,8 @@ def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, metas: 
                 buf = min(fits, key=lambda b: b.size)
                 free.remove(buf)
             else:
+                if nbytes > ctx.gpu.profile.max_binding_bytes:
+                    raise ValueTooLarge(name, tuple(metas[name].shape), nbytes, ctx.gpu.profile.max_binding_bytes)
                 buf = ctx.gpu.empty(nbytes, f"value {name} {tuple(metas[name].shape)}")
                 allocated.append(buf)
             buffers[name] = buf

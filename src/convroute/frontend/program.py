@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_unflatten
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from convroute import api
 from convroute.device.gpu import get_gpu
@@ -23,7 +23,7 @@ from convroute.frontend.export import export_model
 from convroute.frontend.fallback import download, run_on_cpu, upload
 from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
-from convroute.frontend.plan import Plan, Segment, build_plan
+from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
 from convroute.router import POLICIES
 
 
@@ -45,8 +45,9 @@ class Program:
         self.model, self.policy = model, policy
         self.gpu = get_gpu()
         self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
-        self._plans: dict[tuple, Plan] = {}
-        self.plan = self._plan_for(_as_inputs(example_inputs))
+        self._plans: dict[tuple, Plan | int] = {}
+        self.batch_split: tuple[int, int] | None = None  # (batch, chunk) when the last call ran in chunks
+        self._plan_for(_as_inputs(example_inputs))  # sets self.plan
 
     # -- running -------------------------------------------------------------------------------
     def __call__(self, *inputs):
@@ -54,15 +55,54 @@ class Program:
         expected = len(self.plan.graph.inputs)
         if len(inputs) != expected:
             raise TypeError(f"the program takes {expected} input tensor(s), as its example did; got {len(inputs)}")
-        return self._run(self._plan_for(inputs), inputs)
+        self.batch_split = None
+        return self._forward(inputs)
 
-    def _plan_for(self, inputs: list[torch.Tensor]) -> Plan:
+    def _forward(self, inputs):
+        found = self._plan_for(inputs)
+        if isinstance(found, Plan):
+            return self._run(found, inputs)
+        batch = inputs[0].shape[0]
+        parts = [self._forward(chunk) for chunk in ([t[i:i + found] for t in inputs] for i in range(0, batch, found))]
+        self.batch_split = (batch, found)
+        leaves = [tree_flatten(p) for p in parts]
+        joined = [torch.cat(column) if isinstance(column[0], torch.Tensor) else column[0]
+                  for column in zip(*(flat for flat, _ in leaves), strict=True)]
+        return tree_unflatten(joined, leaves[0][1])
+
+    def _plan_for(self, inputs: list[torch.Tensor]):
+        """The plan for these input shapes, or (when a value would not fit one storage binding) the batch
+        size to run in chunks of."""
         key = tuple((tuple(t.shape), t.dtype) for t in inputs)
         if key not in self._plans:
             graph = export_model(self.model, tuple(inputs))
-            self._plans[key] = build_plan(graph, dict(gpu=self.gpu, profile=self.device_profile, policy=self.policy))
-        self.plan = self._plans[key]
-        return self.plan
+            try:
+                self._plans[key] = build_plan(graph, dict(gpu=self.gpu, profile=self.device_profile,
+                                                          policy=self.policy))
+            except ValueTooLarge as exc:
+                self._plans[key] = self._batch_chunk(inputs, exc)
+        found = self._plans[key]
+        if isinstance(found, Plan):
+            self.plan = found
+        return found
+
+    def _batch_chunk(self, inputs, exc: ValueTooLarge) -> int:
+        batch = inputs[0].shape[0] if inputs[0].ndim else 0
+        if batch < 2 or any(t.ndim == 0 or t.shape[0] != batch for t in inputs):
+            raise exc
+        per_image = -(-exc.nbytes // batch)
+        chunk = min(batch - 1, max(1, self.gpu.profile.max_binding_bytes // per_image))
+        while True:
+            found = self._plan_for([t[:chunk] for t in inputs])
+            if isinstance(found, Plan):
+                break
+            if chunk == 1:
+                raise exc
+            chunk = max(1, chunk // 2)
+        if not found.keeps_batch(chunk):
+            raise ValueError(f"{exc}, and the batch cannot be split: some values of the model do not keep the "
+                             f"batch dimension (images may mix); use a smaller batch") from exc
+        return chunk
 
     def _run(self, plan: Plan, inputs, on_segment=None, on_cpu=None):
         gpu, graph = self.gpu, plan.graph
@@ -115,7 +155,8 @@ class Program:
             dispatches=sum(len(s.dispatches) for s in plan.gpu_steps),
             submits=sum(isinstance(s, Segment) for s in plan.segments),
             buffers=len(plan.allocated), buffer_bytes=sum(b.size for b in plan.allocated),
-            fused=[f"{s.node.module or s.node.name}: {note}" for s in plan.steps for note in s.node.notes])
+            fused=[f"{s.node.module or s.node.name}: {note}" for s in plan.steps for note in s.node.notes],
+            batch_split=self.batch_split)
 
     def convs(self) -> list[dict]:
         """One row per conv of the last plan: shape, where, algorithm, fused epilogue, reason."""
@@ -200,6 +241,7 @@ class Summary:
     buffers: int
     buffer_bytes: int
     fused: list = field(default_factory=list)
+    batch_split: tuple | None = None  # (batch, chunk) when the last call ran the batch in chunks
 
     @property
     def gpu_share(self) -> float:
@@ -217,6 +259,9 @@ class Summary:
                  f"{self.dispatches} dispatches in {self.submits} submit(s); {self.buffers} GPU buffers "
                  f"({self.buffer_bytes / 2**20:.1f} MiB) for all intermediate values; {len(self.fused)} fusions",
                  "GPU: " + ", ".join(f"{op} x{n}" for op, n in sorted(self.gpu_ops.items()))]
+        if self.batch_split:
+            lines.append(f"batch {self.batch_split[0]} ran in chunks of {self.batch_split[1]} (a value of the "
+                         f"whole batch exceeds the device's largest storage binding)")
         if self.cpu_ops:
             lines.append("CPU (torch fallback):")
             lines += [f"  {name} ({op}): {reason}" for name, op, reason in self.cpu_ops]
