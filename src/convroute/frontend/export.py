@@ -71,7 +71,7 @@ def fold_constants(g: Graph) -> None:
     for node in g.nodes:
         seeded = isinstance(node.target, torch._ops.OpOverload) and \
             torch.Tag.nondeterministic_seeded in node.target.tags
-        if node.refs() and is_const(g, (node.args, node.kwargs)) and not seeded:
+        if is_const(g, (node.args, node.kwargs)) and not seeded:
             def value(r):
                 return g.constants[r.name]
             g.constants[node.name] = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
