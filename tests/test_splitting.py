@@ -84,6 +84,8 @@ FOLD_CASES = {
     "depthwise": dict(input_shape=(2, 4, 20, 29), weight_shape=(8, 1, 3, 3), padding=1, groups=4),
     "transposed": dict(input_shape=(3, 4, 16, 15), weight_shape=(4, 8, 3, 3), stride=2, padding=1,
                        transposed=True, output_padding=1),
+    "winograd2": dict(input_shape=(2, 8, 40, 61), weight_shape=(9, 8, 3, 3), padding=(1, 0)),
+    "winograd4": dict(input_shape=(2, 8, 40, 61), weight_shape=(9, 8, 3, 3), padding=(1, 0)),
 }
 
 

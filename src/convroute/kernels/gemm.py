@@ -18,7 +18,7 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, Epilogue, ceil_div, pack, uniform_block
-from convroute.kernels.gemm_tiles import SMALL, TILES, Tile, generate
+from convroute.kernels.gemm_tiles import NARROW, TILES, Tile, generate
 
 M_ALIGN = max(t.bm for t in TILES)
 K_ALIGN = max(t.bk for t in TILES)
@@ -62,19 +62,22 @@ def pack_weights(weight_oc_first: np.ndarray) -> tuple[np.ndarray, int, int]:
     return packed, k, k_pad
 
 
-def choose_tile(m: int, cols: int, k_pad: int, busy: int) -> tuple[Tile, int]:
+def choose_tile(m: int, cols: int, k_pad: int, busy: int, batches: int = 1,
+                tiles: tuple[Tile, ...] = TILES) -> tuple[Tile, int]:
     """Tile rows: 64 when a 128-row tile would leave half of its last rows empty (C_out = 64, 192, ...);
-    then the widest tile giving >= `busy` workgroups; failing that the smallest tile, with K split."""
+    then the widest tile giving >= `busy` workgroups (over all `batches`); failing that the last (smallest)
+    tile, with K split."""
+    small = tiles[-1]
     tall = m % 128 == 0 or m % 128 > 64
-    for tile in TILES:
-        if (tile.bm == 128) != tall and tile is not SMALL:
+    for tile in tiles:
+        if (tile.bm == 128) != tall and tile is not small:
             continue
-        if ceil_div(m, tile.bm) * ceil_div(cols, tile.bn) >= busy:
+        if ceil_div(m, tile.bm) * ceil_div(cols, tile.bn) * batches >= busy:
             return tile, 1
-    groups = ceil_div(m, SMALL.bm) * ceil_div(cols, SMALL.bn)
-    ktiles = k_pad // SMALL.bk
+    groups = ceil_div(m, small.bm) * ceil_div(cols, small.bn) * batches
+    ktiles = k_pad // small.bk
     splits = max(1, min(ceil_div(busy, groups), ktiles // MIN_KT_PER_SPLIT))
-    return SMALL, ceil_div(ktiles, ceil_div(ktiles, splits))
+    return small, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
 class Gemm:
@@ -122,3 +125,60 @@ class Gemm:
         return [self.gpu.dispatch(self.source(tile, splits), [u, self.w_buf, self.b_buf, part, *b_buffers],
                                   threads, tile.threads),
                 self.gpu.dispatch(self.reduce_source, [ur, part, y], reduce["total"], 64)]
+
+
+BATCH_PARAMS = ["batches", "a_stride"]
+STORE_BATCHED = ("y[((split * P.batches + batch) * P.m + m) * P.cols + j] = "
+                 "v + select(0.0, bias[batch * P.m + m], split == 0u);")
+
+
+class BatchedGemm:
+    """Out[b] = A[b] x B[b] + bias[b] for every b < batches in one launch (Winograd's transform positions).
+
+    The batch index is folded into the flat workgroup index above split and tile (gemm_tiles BATCHED_LOCATE),
+    so small per-batch GEMMs still fill the device. Out is a plain [splits, batches, M, cols] buffer of sums:
+    no activation, no NCHW scatter; with K split, each split stores its partial sums (split 0 with the bias)
+    and the consumer adds the splits. The B template sees `batch` besides `bcol`.
+    """
+
+    def __init__(self, gpu: Gpu, weights: np.ndarray, bias: np.ndarray | None, b_decl: str, b_setup: str,
+                 b_load: str, extra_params: list[str]):
+        """weights: [batches, M, K]; bias: [batches, M] or None."""
+        self.gpu = gpu
+        self.batches, self.m = weights.shape[:2]
+        packed = [pack_weights(w) for w in weights]
+        a = np.stack([mat for mat, _, _ in packed])
+        _, self.k, self.k_pad = packed[0]
+        self.m4 = a.shape[2] // 4
+        self.a_stride = a.shape[1] * self.m4
+        self.w_buf = gpu.upload(a, "packed weight matrices")
+        bias = np.zeros((self.batches, self.m), np.float32) if bias is None else bias
+        self.b_buf = gpu.upload(np.asarray(bias, np.float32).reshape(self.batches, self.m), "bias")
+        self.params = GEMM_PARAMS + BATCH_PARAMS + extra_params
+        self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
+                             act="", store=STORE_BATCHED, batched=True)
+
+    def plan(self, cols: int, max_out_bytes: int) -> tuple[Tile, int]:
+        """Tile and K splits for `cols` columns; fewer splits while the output would exceed max_out_bytes."""
+        narrow = [w for w in sorted(NARROW) if cols <= w]  # a 64-column tile would be mostly padding
+        tiles = NARROW[narrow[0]] if narrow else TILES
+        tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups, self.batches, tiles)
+        while splits > 1 and self.out_bytes(cols, splits) > max_out_bytes:
+            splits -= 1
+        return tile, splits
+
+    def out_bytes(self, cols: int, splits: int) -> int:
+        return 4 * splits * self.batches * self.m * cols
+
+    def dispatch(self, out, b_buffers: list, cols: int, plan: tuple[Tile, int], extra: dict) -> Dispatch:
+        tile, splits = plan
+        ktiles = self.k_pad // tile.bk
+        tiles_m = ceil_div(self.m, tile.bm)
+        tiles = tiles_m * ceil_div(cols, tile.bn)
+        values = dict(m=self.m, k=self.k, k_pad=self.k_pad, m4=self.m4, tiles_m=tiles_m, tiles=tiles, cols=cols,
+                      col0=0, p=1, splits=splits, kt_split=ceil_div(ktiles, splits), batches=self.batches,
+                      a_stride=self.a_stride) | extra
+        u = self.gpu.uniform(pack(self.params, values))
+        source = generate(tile, **self.template)
+        return self.gpu.dispatch(source, [u, self.w_buf, self.b_buf, out, *b_buffers],
+                                 self.batches * tiles * splits * tile.threads, tile.threads)

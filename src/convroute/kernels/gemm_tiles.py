@@ -48,14 +48,36 @@ class Tile:
 
 TILES = (Tile(128, 128, 8, 8, 8), Tile(64, 128, 8, 4, 8), Tile(128, 64, 16, 8, 4), Tile(64, 64, 16, 4, 4))
 SMALL = TILES[-1]
+# For GEMMs with few columns (Winograd tiles of a small layer), by column count; last one the split-K fallback.
+NARROW = {8: (Tile(64, 8, 16, 4, 4),),
+          16: (Tile(128, 16, 16, 8, 4), Tile(64, 16, 16, 4, 4)),
+          32: (Tile(128, 32, 16, 8, 4), Tile(64, 32, 16, 4, 4)),
+          64: TILES[2:]}
+
+LOCATE = """  if (g >= P.tiles * P.splits) { return; }
+  let split = g / P.tiles;
+  let tile_mn = g % P.tiles;"""
+BATCHED_LOCATE = """  if (g >= P.tiles * P.splits * P.batches) { return; }
+  let batch = g / (P.tiles * P.splits);
+  let split = (g / P.tiles) % P.splits;
+  let tile_mn = g % P.tiles;
+  let abase = batch * P.a_stride;"""
 
 
-def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str, act: str, store: str) -> str:
-    """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*)."""
+def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str, act: str, store: str,
+             batched: bool = False) -> str:
+    """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*).
+
+    `batched`: P.batches independent GEMMs in one launch (gemm.BatchedGemm): the batch index is the outermost
+    part of the flat workgroup index, A of batch b starts at b * P.a_stride vec4s, and `batch` is in scope
+    for the B template and the store.
+    """
     tile.check()
     tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
     rg, cg = tile.tm // 4, tile.tn // 4
     a_rows4, b_cols4 = tile.bm // 4, tile.bn // 4
+    locate = BATCHED_LOCATE if batched else LOCATE
+    a_base = "abase + " if batched else ""
     out = [f"""
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
@@ -70,9 +92,7 @@ var<workgroup> Bs: array<array<vec4<f32>, {b_cols4 * tile.bk}>, 2>;
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
   let g = wid.x + wid.y * nwg.x;
-  if (g >= P.tiles * P.splits) {{ return; }}
-  let split = g / P.tiles;
-  let tile_mn = g % P.tiles;
+{locate}
   let tmi = tile_mn % P.tiles_m;
   let tni = tile_mn / P.tiles_m;
   let tx = lid % {tx_n}u;
@@ -95,7 +115,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for i in range(a_per):
             e = f"lid + {i * tile.threads}u" if i else "lid"
             guard = f"if (lid < {tile.a_loads}u) " if a_guard else ""
-            emit(f"    {guard}{{ let e = {e}; ra{i} = wa[({kt} * {tile.bk}u + e / {a_rows4}u) * P.m4 "
+            emit(f"    {guard}{{ let e = {e}; ra{i} = wa[{a_base}({kt} * {tile.bk}u + e / {a_rows4}u) * P.m4 "
                  f"+ tmi * {a_rows4}u + e % {a_rows4}u]; }}")
         emit(f"    {{ let k = {kt} * {tile.bk}u + b_row; rb = {b_load}; }}")
 
