@@ -92,8 +92,7 @@ class Conv2d:
             gpu.device.queue.write_buffer(x_buf, 0, x[n0:n0 + n])
             if POISON:
                 gpu.fill(y_buf, np.nan)
-            gpu.run(dispatches)
-            out[n0:n0 + n] = gpu.read(y_buf, (n,) + p.output_shape[1:])
+            out[n0:n0 + n] = gpu.run_and_read(dispatches, y_buf, (n,) + p.output_shape[1:])
         return out
 
     def _buffers(self, kernel, p: ConvParams):

@@ -62,6 +62,7 @@ class Gpu:
         self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
         self.profile = DeviceProfile.from_adapter_info(adapter.info, adapter.limits, features)
         self._pipelines: dict[tuple, object] = {}
+        self._staging: dict[int, object] = {}
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, source: str, constants: dict | None = None):
@@ -125,9 +126,25 @@ class Gpu:
         self.device.queue.write_buffer(buffer, 0, np.full(buffer.size // 4, value, np.float32))
 
     def read(self, buffer, shape) -> np.ndarray:
-        count = int(np.prod(shape))
-        raw = self.device.queue.read_buffer(buffer, 0, count * 4)
-        return np.frombuffer(raw, dtype=np.float32, count=count).reshape(shape).copy()
+        return self.run_and_read([], buffer, shape)
+
+    def run_and_read(self, dispatches: list[Dispatch], buffer, shape) -> np.ndarray:
+        """Run `dispatches`, then copy `buffer` to a kept staging buffer in the same submission and map it:
+        one command buffer and no buffer creation per call (queue.read_buffer makes a new one each time)."""
+        nbytes = 4 * int(np.prod(shape))
+        staging = self._staging.get(nbytes)
+        if staging is None:
+            staging = self._staging[nbytes] = self.device.create_buffer(
+                size=max(nbytes, 4), usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
+        encoder = self.encode(dispatches) if dispatches else self.device.create_command_encoder()
+        encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, nbytes)
+        self.device.queue.submit([encoder.finish()])
+        staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
+        try:
+            data = np.frombuffer(staging.read_mapped(0, nbytes, copy=False), np.float32).reshape(shape).copy()
+        finally:
+            staging.unmap()
+        return data
 
     # -- running ---------------------------------------------------------------------------------
     def encode(self, dispatches: list[Dispatch], encoder=None, timestamp_writes=None):
