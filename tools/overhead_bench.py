@@ -73,6 +73,9 @@ def main():
         rows[f"{n} dispatches: encode + submit + wait"] = median_us(lambda ds=ds: (gpu.run(ds), gpu.wait(buf)))
         rows[f"{n} dispatches: encode only"] = median_us(lambda ds=ds: gpu.encode(ds).finish())
         rows[f"{n} dispatches: 10 per submit + wait"] = median_us(lambda ds=ds: chunked(ds, 10))
+        rows[f"{n} dispatches: run + read_buffer 4 KiB"] = median_us(
+            lambda ds=ds: (gpu.run(ds), dev.queue.read_buffer(buf)))
+        rows[f"{n} dispatches: run_and_read 4 KiB"] = median_us(lambda ds=ds: gpu.run_and_read(ds, buf, (1024,)))
     for name, us in rows.items():
         print(f"{us:10.1f} us  {name}")
 
