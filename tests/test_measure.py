@@ -90,6 +90,31 @@ def test_timing_gives_positive_medians_within_the_repeat_bounds(gpu, method):
     assert timing.method == expected
 
 
+def test_candidates_are_timed_interleaved_and_clear_losers_pruned(gpu):
+    p = make_params((1, 16, 12, 12), (16, 16, 3, 3), padding=1)
+    work = Workload(gpu, p, rotations=2)
+    try:
+        kernels = {"direct": work.kernel(Direct), "also_direct": work.kernel(Direct)}
+        timings = work.time_all(kernels, FAST)
+        assert set(timings) == set(kernels)
+        assert len(timings["direct"].samples_ms) == len(timings["also_direct"].samples_ms) >= 3
+        slow = {"direct": work.kernel(Direct), "slow": work.kernel(Slow)}
+        pruned = work.time_all(slow, replace(FAST, prune=3.0))
+        assert "pruned" in pruned["slow"].method and len(pruned["slow"].samples_ms) == 1
+        assert "pruned" not in pruned["direct"].method
+    finally:
+        work.release()
+
+
+class Slow(Direct):
+    """The direct kernel run 100 times over: a clearly slower candidate whatever the machine's load."""
+
+    name = "slow"
+
+    def bind(self, x, y, n):
+        return super().bind(x, y, n) * 100
+
+
 def test_timing_rejects_an_unknown_method(gpu, monkeypatch):
     monkeypatch.setenv("CONVROUTE_TIMING", "sundial")
     p = make_params((1, 4, 6, 6), (4, 4, 1, 1))

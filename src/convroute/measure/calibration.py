@@ -24,7 +24,7 @@ from convroute.params import ConvParams
 
 FORMAT, VERSION = "convroute-calibration", 1
 TOLERANCE = 1e-4  # relative error above which an algorithm is wrong on this device (fp32 gives ~1e-6)
-SETTINGS = TimingSettings(warmup=1, repeats=15, min_repeats=3, budget_s=0.25)
+SETTINGS = TimingSettings(warmup=1, repeats=15, min_repeats=3, budget_s=0.25, prune=3.0)
 
 
 @dataclass
@@ -138,7 +138,7 @@ def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str,
         timings = work.time_all(kernels, settings) if kernels else {}
     finally:
         work.release()
-    method = next(iter(timings.values())).method if timings else ""
+    method = min((t.method for t in timings.values()), key=len, default="")
     return Sample(p, {n: t.median_ms for n, t in timings.items()}, errors), method
 
 

@@ -36,6 +36,7 @@ class TimingSettings:
     budget_s: float = 1.0  # per measurement, warm-up included
     rotations: int = 4  # input/output buffer pairs cycled through
     method: str = "auto"  # "auto", "timestamp" or "wall"; CONVROUTE_TIMING overrides "auto"
+    prune: float | None = None  # candidates whose warm-up is this many times the best's get no more runs
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,23 @@ def time_candidates(gpu: Gpu, candidates: dict[str, list[list[Dispatch]]],
             if sum(warm) > settings.budget_s / 2:
                 break
         estimate[name] = min(warm)
+    pruned = {}
+    if settings.prune is not None:
+        fastest = min(estimate.values())
+        pruned = {n: Timing(t * 1e3, (t * 1e3,), "wall clock, warm-up only (pruned: clearly slower)")
+                  for n, t in estimate.items() if t > settings.prune * fastest}
+        names = [n for n in names if n not in pruned]
     left = max(settings.budget_s * len(names) - (time.perf_counter() - start), 0.0)
-    rounds = int(min(settings.repeats, max(settings.min_repeats, left // max(sum(estimate.values()), 1e-6))))
+    round_s = sum(estimate[n] for n in names)
+    rounds = int(min(settings.repeats, max(settings.min_repeats, left // max(round_s, 1e-6))))
     schedule = [(name, candidates[name][r % len(candidates[name])]) for r in range(rounds) for name in names]
     samples, method = None, "gpu timestamps"
     if timing_method(gpu, settings) == "timestamp":
         samples = _timestamps(gpu, schedule, len(names))
     if samples is None:
         samples, method = _wall_clock(gpu, schedule), "wall clock"
-    return {name: Timing(float(np.median(samples[name])), tuple(samples[name]), method) for name in names}
+    timed = {name: Timing(float(np.median(samples[name])), tuple(samples[name]), method) for name in names}
+    return {name: timed.get(name) or pruned[name] for name in candidates}
 
 
 def _wall_clock(gpu: Gpu, schedule: list) -> dict[str, list[float]]:

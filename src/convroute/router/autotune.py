@@ -20,7 +20,7 @@ from convroute.router.calibrated import calibrated_route, ms, seed_fallback
 from convroute.router.exclusions import applicable
 
 FORMAT, VERSION = "convroute-autotune", 1
-SETTINGS = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=0.3)
+SETTINGS = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=0.3, prune=3.0)
 TOLERANCE = 1e-4
 
 
@@ -77,7 +77,7 @@ def tune(gpu, p: ConvParams, candidates: list[str]) -> dict:
     finally:
         work.release()
     times = {n: t.median_ms for n, t in timings.items()}
-    method = next(iter(timings.values())).method if timings else ""
+    method = min((t.method for t in timings.values()), key=len, default="")
     best = min(times, key=times.get) if times else None
     return {"algorithm": best, "times_ms": times, "wrong": wrong, "method": method,
             "when": datetime.now(UTC).isoformat(timespec="seconds")}
