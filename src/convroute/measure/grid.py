@@ -37,17 +37,21 @@ def full_grid() -> list[ConvParams]:
     shapes: list[ConvParams] = []
     add = shapes.append
     band = [(c, s) for c in CHANNELS for s in SIDES if _real_band(c, s)]
-    for c, s in band:
+    for i, (c, s) in enumerate(band):
         add(conv(c, c, s, 3))  # the body of ResNets, VGG, UNet
         add(conv(c, c, s, 1))  # bottleneck 1x1s, same width
-        if c <= 256:
-            add(conv(c, 4 * c, s, 1))  # expansion 1x1 (ResNet-50 bottleneck out, MobileNet expand)
-            add(conv(4 * c, c, s, 1))  # projection 1x1
-            add(conv(c, c, s, 3, groups=c))  # depthwise
-            add(conv(6 * c, 6 * c, s, 3, groups=6 * c))  # wide depthwise (MobileNetV2 expanded)
         if s >= 10:
             add(conv(c, 2 * c, s, 3, 2))  # downsampling 3x3 stride 2
+        # the families below alternate over the band, so each still spans it at half the cost
+        if c <= 256 and i % 2 == 0:
+            add(conv(c, 4 * c, s, 1))  # expansion 1x1 (ResNet-50 bottleneck out, MobileNet expand)
+            add(conv(c, c, s, 3, groups=c))  # depthwise
+        elif c <= 256:
+            add(conv(4 * c, c, s, 1))  # projection 1x1
+            add(conv(6 * c, 6 * c, s, 3, groups=6 * c))  # wide depthwise (MobileNetV2 expanded)
+        if s >= 10 and i % 2 == 0:
             add(conv(c, 2 * c, s, 1, 2))  # shortcut 1x1 stride 2
+        elif s >= 10:
             add(conv(c, c, s, 3, 2, groups=c))  # depthwise stride 2
     for c, s in [(32, 40), (64, 20), (128, 10), (256, 10)]:
         add(conv(c, 2 * c, s, 3))  # widening 3x3
