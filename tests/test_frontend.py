@@ -37,9 +37,15 @@ def rel_error(out, ref) -> float:
 
 
 def reference(model, *inputs):
-    """The same model in float64 on the CPU."""
-    with torch.no_grad():
-        return copy.deepcopy(model).double()(*(x.double() for x in inputs))
+    """The same model in float64 on the CPU, on one thread (torch's float64 depthwise convs slow down ~100x
+    when its threads compete with lavapipe's for two cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return copy.deepcopy(model).double()(*(x.double() for x in inputs))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def randomize_batch_norms(model) -> None:
