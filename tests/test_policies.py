@@ -239,7 +239,7 @@ def test_damaged_autotune_cache_is_refused_and_retuned(gpu, damage):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         d = route_params(p, gpu.profile, "autotune")
-    assert "tuned now" in d.reason and d.algorithm in ("direct", "im2col")
+    assert "tuned now" in d.reason and d.algorithm in applicable(p)  # re-measured: any real candidate may win
     if damage in ("corrupt", "other device"):
         assert any(issubclass(w.category, CacheWarning) for w in caught)
 
