@@ -22,7 +22,7 @@ from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue
 from convroute.kernels.concat import Concat
 from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
-from convroute.kernels.linear import Linear
+from convroute.kernels.linear import GemmLinear, Linear
 from convroute.kernels.pool import Pool2d
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
@@ -216,7 +216,8 @@ def lower_linear(ctx: Context, node: Node) -> GpuOp:
     if weight.ndim != 2 or meta.shape[-1] != weight.shape[1]:
         raise Unsupported(f"linear of {tuple(meta.shape)} by weight {tuple(weight.shape)}")
     rows = meta.numel() // weight.shape[1]
-    kernel = Linear(ctx.gpu, weight.numpy(), None if bias is None else bias.reshape(-1).numpy(), node.act)
+    kind = GemmLinear if GemmLinear.fits(ctx.gpu, tuple(weight.shape)) else Linear
+    kernel = kind(ctx.gpu, weight.numpy(), None if bias is None else bias.reshape(-1).numpy(), node.act)
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y, rows), rows * kernel.flops_per_row)
 
 

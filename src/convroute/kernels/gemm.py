@@ -80,12 +80,21 @@ def choose_tile(m: int, cols: int, k_pad: int, busy: int, batches: int = 1,
     return small, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
+def tiles_for(cols: int) -> tuple[Tile, ...]:
+    """Candidate tiles for a launch of `cols` columns: narrow ones where a 64-column tile would be mostly
+    padding (late layers at batch 1, linear layers, Winograd on small maps)."""
+    narrow = [w for w in sorted(NARROW) if cols <= w]
+    return NARROW[narrow[0]] if narrow else TILES
+
+
 class Gemm:
     """Prepacked weights + B template; `dispatches` builds the launches for one output and B binding set."""
 
-    def __init__(self, gpu: Gpu, weight_oc_first: np.ndarray, bias: np.ndarray, epilogue: Epilogue,
+    def __init__(self, gpu: Gpu, weight_oc_first: np.ndarray, bias: np.ndarray, epilogue: Epilogue | str,
                  b_decl: str, b_setup: str, b_load: str, extra_params: list[str]):
+        """`epilogue`: an Epilogue, or the WGSL of `fn act` for activations Epilogue lacks (linear's gelu)."""
         self.gpu = gpu
+        act = epilogue if isinstance(epilogue, str) else epilogue.wgsl()
         a, self.k, self.k_pad = pack_weights(weight_oc_first)
         self.m = weight_oc_first.shape[0]
         self.m4 = a.shape[1] // 4
@@ -93,15 +102,16 @@ class Gemm:
         self.b_buf = gpu.upload(bias, "bias")
         self.params = GEMM_PARAMS + extra_params
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
-                             act=epilogue.wgsl())
-        self.reduce_source = REDUCE.format(params=uniform_block(REDUCE_PARAMS), act=epilogue.wgsl(),
+                             act=act)
+        self.reduce_source = REDUCE.format(params=uniform_block(REDUCE_PARAMS), act=act,
                                            args=ENTRY_ARGS, flat=FLAT_INDEX)
 
     def source(self, tile: Tile, splits: int) -> str:
         return generate(tile, store=STORE_PARTIAL if splits > 1 else STORE_OUTPUT, **self.template)
 
     def plan(self, cols: int) -> tuple[Tile, int]:
-        tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups)
+        tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups,
+                                   tiles=tiles_for(cols))
         while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
             splits -= 1
         return tile, splits
@@ -160,9 +170,8 @@ class BatchedGemm:
 
     def plan(self, cols: int, max_out_bytes: int) -> tuple[Tile, int]:
         """Tile and K splits for `cols` columns; fewer splits while the output would exceed max_out_bytes."""
-        narrow = [w for w in sorted(NARROW) if cols <= w]  # a 64-column tile would be mostly padding
-        tiles = NARROW[narrow[0]] if narrow else TILES
-        tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups, self.batches, tiles)
+        tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups, self.batches,
+                                   tiles_for(cols))
         while splits > 1 and self.out_bytes(cols, splits) > max_out_bytes:
             splits -= 1
         return tile, splits

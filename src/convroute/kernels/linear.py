@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels import gemm
 from convroute.kernels.common import ceil_div
 from convroute.kernels.elementwise import act_source
 from convroute.kernels.flat import flat_shader, launch, storage
@@ -105,3 +106,47 @@ class Linear:
                               last=int(k0 + kn == self.k), total=ceil_div(m, rows) * nb)
                 out.append(launch(self.gpu, source, PARAMS, values, [x, w, self.bias, y]))
         return out
+
+
+GEMM_B_DECL = """
+@group(0) @binding(4) var<storage, read> x: array<f32>;
+var<private> b_off: array<u32, 4>;
+var<private> b_ok: array<bool, 4>;
+fn load_b(k: u32) -> vec4<f32> {
+  var v = vec4<f32>(0.0);
+  if (k >= P.k) { return v; }
+  for (var q = 0u; q < 4u; q++) { if (b_ok[q]) { v[q] = x[b_off[q] + k]; } }
+  return v;
+}
+"""
+GEMM_B_SETUP = """
+  for (var q = 0u; q < 4u; q++) {
+    b_ok[q] = bcol + q < P.cols;
+    b_off[q] = select(0u, (bcol + q) * P.k, b_ok[q]);
+  }
+"""
+
+
+class GemmLinear:
+    """Linear as the tiled GEMM: Out[O, rows] = W[O, K] x X^T, written row-major [rows, O] (the GEMM's
+    NCHW store with one pixel per image). Few rows (batch 1) get K split across workgroups, which the
+    one-invocation-per-four-features kernel above cannot do. For GPUs whose binding holds the weight."""
+
+    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None):
+        weight = np.asarray(weight, np.float32)
+        self.o, self.k = weight.shape
+        bias = np.zeros(self.o, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(self.o)
+        self.gemm = gemm.Gemm(gpu, weight, bias, act_source(act), GEMM_B_DECL, GEMM_B_SETUP, "load_b(k)", [])
+
+    @staticmethod
+    def fits(gpu: Gpu, weight_shape) -> bool:
+        o, k = weight_shape
+        padded = ceil_div(k, gemm.K_ALIGN) * gemm.K_ALIGN * ceil_div(o, gemm.M_ALIGN) * gemm.M_ALIGN * 4
+        return gpu.profile.family != "cpu" and padded <= gpu.profile.max_binding_bytes
+
+    @property
+    def flops_per_row(self) -> int:
+        return 2 * self.k * self.o
+
+    def bind(self, x, y, m: int) -> list[Dispatch]:
+        return self.gemm.dispatches(y, [x], m, 0, 1, {})
