@@ -112,9 +112,15 @@ class Program:
         env = dict(zip(graph.inputs, inputs, strict=True))
         for name in plan.input_uploads:
             upload(gpu, plan.buffer(name), env[name])
+        fused_read = self._fused_read(plan) if on_segment is None else None
         for seg in plan.segments:
             if isinstance(seg, Segment):
-                (on_segment or (lambda s: gpu.run(s.dispatches)))(seg)
+                if fused_read and seg is plan.segments[-1]:  # the output comes back in the same submission
+                    name, meta = fused_read
+                    env[name] = torch.from_numpy(gpu.run_and_read(seg.dispatches, plan.buffer(name),
+                                                                  tuple(meta.shape)))
+                else:
+                    (on_segment or (lambda s: gpu.run(s.dispatches)))(seg)
                 continue
             start = time.perf_counter()
             for name in seg.downloads:
@@ -136,6 +142,18 @@ class Program:
             else:
                 results.append(download(gpu, plan.buffer(out.name), plan.metas[out.name]))
         return tree_unflatten(results, graph.out_spec)
+
+    @staticmethod
+    def _fused_read(plan: Plan):
+        """(name, meta) of the one graph output when a GPU segment ends the program and computes it."""
+        refs = [o for o in plan.graph.outputs if isinstance(o, Ref)]
+        if len(refs) != 1 or not plan.segments or not isinstance(plan.segments[-1], Segment):
+            return None
+        name = refs[0].name
+        root = plan.root.get(name, name)
+        if not any(s.node.name == root for s in plan.segments[-1].steps):
+            return None  # computed elsewhere (an input, a constant, a CPU step, an earlier segment)
+        return name, plan.metas[name]
 
     # -- reports -------------------------------------------------------------------------------
     def summary(self) -> Summary:
