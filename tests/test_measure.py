@@ -301,6 +301,29 @@ def test_calibration_excludes_an_algorithm_that_gives_wrong_results(gpu):
     assert "offbias" not in CostModel.fit(cal.samples, cal.excluded).models
 
 
+class SmallOnly(Direct):
+    """Refuses shapes over 8 input channels for size, as a kernel hitting a binding limit does."""
+
+    name = "smallonly"
+
+    def prepare(self, weight, bias):
+        if self.p.c_in > 8:
+            raise ValueError("packed weights need more than this device's largest storage binding")
+        super().prepare(weight, bias)
+
+
+def test_calibration_skips_shapes_an_algorithm_cannot_size(gpu):
+    cal = calib.run_calibration(gpu, "quick", settings=FAST, progress=False,
+                                algorithms={"direct": Direct, "smallonly": SmallOnly})
+    assert cal.excluded == {}
+    assert any("smallonly" in s.times_ms for s in cal.samples)
+    big = [s for s in cal.samples if s.params.c_in > 8 and not s.params.transposed]
+    assert big and all("storage binding" in s.failed["smallonly"] and "smallonly" not in s.times_ms for s in big)
+    calib.save_calibration(cal)
+    calib._LOADED.clear()
+    assert calib.load_calibration(gpu.profile).samples[-1].failed == cal.samples[-1].failed
+
+
 def synthetic_samples(rule):
     """Samples over the quick + part of the full grid whose times follow `rule(p) -> {name: ms}`."""
     return [calib.Sample(p, rule(p), {}) for p in quick_grid() + full_grid()[::4]]

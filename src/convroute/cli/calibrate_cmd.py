@@ -33,6 +33,13 @@ def run(args) -> int:
         print(f"EXCLUDED {name}: {why}")
     if not cal.excluded:
         print("every algorithm gave correct results on every shape")
+    skipped: dict[str, int] = {}
+    for s in cal.samples:
+        for name in s.failed:
+            skipped[name] = skipped.get(name, 0) + 1
+    for name, count in skipped.items():
+        example = next(s for s in cal.samples if name in s.failed)
+        print(f"{name} could not run {count} shape(s), e.g. {example.params.describe()}: {example.failed[name]}")
     loo = loo_report(cal.samples, cal.excluded)
     print(f"model check, leave-one-out over {loo['shapes']} shapes with a choice: picks the fastest on "
           f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, worst "

@@ -32,6 +32,7 @@ class Sample:
     params: ConvParams
     times_ms: dict[str, float]
     errors: dict[str, float]
+    failed: dict[str, str] = field(default_factory=dict)  # algorithm -> why it could not run this shape
 
 
 @dataclass
@@ -60,8 +61,8 @@ class Calibration:
         return {"format": FORMAT, "version": VERSION, "device_key": self.device_key, "device": self.device,
                 "grid": self.grid, "timing": self.timing, "created": self.created, "seconds": self.seconds,
                 "complete": self.complete, "excluded": self.excluded,
-                "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors}
-                            for s in self.samples]}
+                "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors,
+                             "failed": s.failed} for s in self.samples]}
 
     @classmethod
     def from_json(cls, data: dict) -> Calibration:
@@ -71,7 +72,8 @@ class Calibration:
             if any(not v > 0 for v in times.values()):
                 raise ValueError("a sample has a non-positive time")
             errors = {str(k): float(v) for k, v in item.get("errors", {}).items()}
-            samples.append(Sample(params_from_dict(item["params"]), times, errors))
+            failed = {str(k): str(v) for k, v in item.get("failed", {}).items()}
+            samples.append(Sample(params_from_dict(item["params"]), times, errors, failed))
         excluded = {str(k): str(v) for k, v in data.get("excluded", {}).items()}
         return cls(str(data["device_key"]), dict(data.get("device", {})), str(data.get("grid", "")),
                    str(data.get("timing", "")), samples, excluded, str(data.get("created", "")),
@@ -119,7 +121,7 @@ def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str,
     """Check each applicable, not yet excluded algorithm on `p`, then time the correct ones together; a wrong
     result or a failure excludes the algorithm for this device (recorded in `excluded`)."""
     work = Workload(gpu, p, seed=zlib.crc32(params_key(p).encode()), rotations=settings.rotations)
-    kernels, errors = {}, {}
+    kernels, errors, failed = {}, {}, {}
     try:
         for name, cls in algorithms.items():
             if cls.unsupported(p) or name in excluded:
@@ -127,7 +129,10 @@ def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str,
             try:
                 kernel = work.kernel(cls)
                 errors[name] = work.error(kernel)
-            except Exception as err:  # a driver or compiler failure must not end the calibration
+            except ValueError as err:  # this shape is beyond the algorithm here (a size limit): skip the shape
+                failed[name] = str(err)
+                continue
+            except Exception as err:  # a driver or compiler failure: exclude, but never end the calibration
                 excluded[name] = f"failed on {p.describe()}: {type(err).__name__}: {err}"
                 continue
             if errors[name] < TOLERANCE:
@@ -139,7 +144,7 @@ def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str,
     finally:
         work.release()
     method = min((t.method for t in timings.values()), key=len, default="")
-    return Sample(p, {n: t.median_ms for n, t in timings.items()}, errors), method
+    return Sample(p, {n: t.median_ms for n, t in timings.items()}, errors, failed), method
 
 
 def save_calibration(cal: Calibration) -> Path | None:

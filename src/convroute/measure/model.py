@@ -1,12 +1,13 @@
 """The routing model `calibrated` uses: one cost model per algorithm, fitted on the calibration grid.
 
 Each algorithm's log run time is predicted in two steps:
-1. a ridge regression on log-scale shape features (work, memory traffic, channels per group, output pixels,
-   kernel area, stride, groups, dilation) and a few squares/products of them: the global trend, which
-   extrapolates smoothly to shapes larger or smaller than the grid's;
+1. a robust (Huber) ridge regression, linear in log-scale shape features: work (MACs), memory traffic
+   (input, output, weight), channels per group, output pixels, kernel area, stride, groups, dilation, batch,
+   plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128 and how many
+   tiles/threads it offers (parallelism). Linear terms extrapolate smoothly to shapes larger or smaller than the
+   grid's; the Huber weights keep a measurement hit by a load spike from bending the fit.
 2. plus the distance-weighted mean residual of that regression at the k nearest grid shapes (in the
-   standardised feature space): the local corrections the global trend misses (a GEMM tile that wastes
-   work below 64 channels, a kernel that is memory-bound at small sizes, ...).
+   standardised space of the basic features): the local corrections the global trend misses.
 The algorithm with the smallest predicted time wins. Fitting takes milliseconds, so it is redone whenever a
 profile is loaded; `loo_report` measures how well the choice generalises (leave-one-out over the grid).
 """
@@ -20,11 +21,10 @@ import numpy as np
 
 from convroute.params import ConvParams
 
-FEATURES = ("macs", "input", "output", "weight", "cin_g", "cout_g", "pixels", "kernel", "stride", "groups",
-            "dilation", "batch")
-SQUARES = ("macs", "cin_g", "cout_g", "pixels")
-PRODUCTS = (("cin_g", "pixels"), ("cout_g", "pixels"), ("cin_g", "cout_g"), ("kernel", "cin_g"))
+BASE = ("macs", "input", "output", "weight", "cin_g", "cout_g", "pixels", "kernel", "stride", "groups",
+        "dilation", "batch")
 RIDGE = 1e-2
+HUBER = 0.3  # residuals beyond this (natural log units, ~35 %) get a smaller weight
 NEIGHBOURS = 4
 
 
@@ -32,20 +32,43 @@ def base_features(p: ConvParams) -> dict[str, float]:
     """log2 of the quantities run time depends on."""
     cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups
     pixels = p.ho * p.wo
-    macs = p.flops / 2
-    values = {"macs": macs, "input": p.n * p.c_in * p.h * p.w, "output": p.n * p.c_out * pixels,
+    values = {"macs": p.flops / 2, "input": p.n * p.c_in * p.h * p.w, "output": p.n * p.c_out * pixels,
               "weight": cin_g * p.c_out * p.kh * p.kw, "cin_g": cin_g, "cout_g": cout_g, "pixels": pixels,
               "kernel": p.kh * p.kw, "stride": p.stride[0] * p.stride[1], "groups": p.groups,
               "dilation": p.dilation[0] * p.dilation[1], "batch": p.n}
     return {k: math.log2(v) for k, v in values.items()}
 
 
+def tiling_features(p: ConvParams) -> dict[str, float]:
+    """log2 of the work a tiled kernel wastes on partial tiles, and of the parallelism the shape offers.
+
+    Rows = output channels per group, columns = output pixels (x batch), depth = reduction length: the
+    GEMM view every algorithm shares, whatever tiles a kernel happens to use on this device."""
+    rows, cols = p.c_out // p.groups, p.n * p.ho * p.wo
+    depth = (p.c_in // p.groups) * p.kh * p.kw
+    f = {}
+    for t in (4, 64, 128):
+        f[f"rows_waste{t}"] = math.log2(-(-rows // t) * t / rows)
+        f[f"cols_waste{t}"] = math.log2(-(-cols // t) * t / cols)
+    f["depth_waste16"] = math.log2(-(-depth // 16) * 16 / depth)
+    f["width_waste4"] = math.log2(-(-p.wo // 4) * 4 / p.wo)
+    f["tiles128"] = math.log2(-(-rows // 128) * -(-cols // 128) * p.groups)
+    f["blocks1024"] = math.log2(max(1.0, p.n * p.c_out * p.ho * p.wo / 1024))
+    return f
+
+
 def feature_vector(p: ConvParams) -> np.ndarray:
-    f = base_features(p)
-    row = [f[k] for k in FEATURES]
-    row += [f[k] ** 2 for k in SQUARES]
-    row += [f[a] * f[b] for a, b in PRODUCTS]
-    return np.array(row, np.float64)
+    return np.array(list(base_features(p).values()) + list(tiling_features(p).values()), np.float64)
+
+
+def distance_vector(p: ConvParams) -> np.ndarray:
+    return np.array(list(base_features(p).values()), np.float64)
+
+
+def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    return mean, scale
 
 
 @dataclass
@@ -53,28 +76,31 @@ class AlgorithmModel:
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
-    points: np.ndarray  # standardised features of the grid shapes
+    d_mean: np.ndarray
+    d_scale: np.ndarray
+    points: np.ndarray  # standardised distance features of the grid shapes
     residuals: np.ndarray
+    weights: np.ndarray  # Huber weights: outliers count less as neighbours too
 
     @classmethod
-    def fit(cls, x: np.ndarray, log_t: np.ndarray) -> AlgorithmModel:
-        mean, scale = x.mean(axis=0), x.std(axis=0)
-        scale[scale < 1e-9] = 1.0
-        z = (x - mean) / scale
-        a = np.hstack([np.ones((len(z), 1)), z])
-        penalty = RIDGE * len(z) * np.eye(a.shape[1])
+    def fit(cls, x: np.ndarray, d: np.ndarray, log_t: np.ndarray) -> AlgorithmModel:
+        mean, scale = _standardise(x)
+        a = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
+        penalty = RIDGE * len(x) * np.eye(a.shape[1])
         penalty[0, 0] = 0.0
-        coef = np.linalg.solve(a.T @ a + penalty, a.T @ log_t)
-        return cls(mean, scale, coef, z, log_t - a @ coef)
+        w = np.ones(len(log_t))
+        for _ in range(3):  # iteratively reweighted least squares for the Huber loss
+            coef = np.linalg.solve(a.T @ (a * w[:, None]) + penalty, a.T @ (w * log_t))
+            r = np.abs(log_t - a @ coef)
+            w = np.where(r <= HUBER, 1.0, HUBER / np.maximum(r, 1e-12))
+        d_mean, d_scale = _standardise(d)
+        return cls(mean, scale, coef, d_mean, d_scale, (d - d_mean) / d_scale, log_t - a @ coef, w)
 
-    def predict_log(self, x: np.ndarray) -> float:
-        z = (x - self.mean) / self.scale
-        trend = float(self.coef[0] + z @ self.coef[1:])
-        if len(self.points) == 0:
-            return trend
-        dist = np.sqrt(((self.points - z) ** 2).sum(axis=1))
+    def predict_log(self, x: np.ndarray, d: np.ndarray) -> float:
+        trend = float(self.coef[0] + ((x - self.mean) / self.scale) @ self.coef[1:])
+        dist = np.sqrt((((d - self.d_mean) / self.d_scale - self.points) ** 2).sum(axis=1))
         near = np.argsort(dist)[:NEIGHBOURS]
-        weights = 1.0 / (dist[near] + 0.25)
+        weights = self.weights[near] / (dist[near] + 0.25)
         return trend + float(weights @ self.residuals[near] / weights.sum())
 
 
@@ -88,23 +114,22 @@ class CostModel:
         excluded = excluded or {}
         rows: dict[str, list] = {}
         for s in samples:
-            x = feature_vector(s.params)
+            x, d = feature_vector(s.params), distance_vector(s.params)
             for name, t in s.times_ms.items():
                 if name not in excluded and t > 0:
-                    rows.setdefault(name, []).append((x, math.log(t)))
+                    rows.setdefault(name, []).append((x, d, math.log(t)))
         models, counts = {}, {}
         for name, data in rows.items():
             if len(data) < 3:
                 continue
-            x = np.array([r[0] for r in data])
-            y = np.array([r[1] for r in data])
-            models[name], counts[name] = AlgorithmModel.fit(x, y), len(data)
+            x, d, y = (np.array([r[i] for r in data]) for i in range(3))
+            models[name], counts[name] = AlgorithmModel.fit(x, d, y), len(data)
         return cls(models, counts)
 
     def predict_ms(self, p: ConvParams, name: str) -> float | None:
         """Predicted time of `name` on `p`, None when the algorithm was not calibrated."""
         model = self.models.get(name)
-        return None if model is None else math.exp(model.predict_log(feature_vector(p)))
+        return None if model is None else math.exp(model.predict_log(feature_vector(p), distance_vector(p)))
 
 
 def loo_report(samples, excluded: dict[str, str] | None = None) -> dict:
