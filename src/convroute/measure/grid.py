@@ -66,6 +66,8 @@ def full_grid() -> list[ConvParams]:
         add(deconv(2 * c, c, s, 2, 2))  # UNet up
         add(deconv(c, c, s, 3, 2, 1, 1))
         add(deconv(c, c // 2, s, 4, 2, 1))
+    for c, s in [(64, 120), (128, 60), (256, 30), (512, 15)]:  # the heaviest bodies (VGG, UNet): 1 GFLOP each
+        add(conv(c, c, s, 3))
     for side in (96, 160, 200):  # stems
         add(conv(3, 32, side, 3, 2))
         add(conv(3, 48, side, 7, 2))
