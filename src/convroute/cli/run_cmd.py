@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--policy", default="seed", help="routing policy (default seed)")
     parser.add_argument("--device", default=None, metavar="FAMILY",
                         help="route as if for this GPU family (mali, adreno, nvidia, ...); runs on the adapter in use")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs of each side after one warm-up (default 3)")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs after >= 0.5 s of warm-up (default 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     parser.add_argument("--profile", action="store_true", help="also time each node on the GPU")
 
@@ -82,7 +82,7 @@ def run(args) -> int:
     ok = rel < TOLERANCE
     print(f"\ncheck against torch (CPU, float32): max abs error {max_abs:.3g}, relative error {rel:.3g} "
           f"(tolerance {TOLERANCE:g}): {'OK' if ok else 'FAILED'}")
-    print(f"latency (median of {args.runs} runs after a warm-up):")
+    print(f"latency (median of {args.runs} runs after >= 0.5 s of warm-up):")
     print(f"  convroute on the GPU : {_ms(gpu_times)}")
     print(f"  torch on the CPU     : {_ms(cpu_times)} ({torch.get_num_threads()} threads)")
     if args.profile:
@@ -91,8 +91,12 @@ def run(args) -> int:
     return 0 if ok else 1
 
 
-def _timed(fn, runs: int):
-    out = fn()
+def _timed(fn, runs: int, warmup_s: float = 0.5):
+    """Warm up for at least 3 runs and `warmup_s` seconds (a GPU left idle clocks down), then time `runs`."""
+    start, count = time.perf_counter(), 0
+    while count < 3 or time.perf_counter() - start < warmup_s:
+        out = fn()
+        count += 1
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -102,4 +106,4 @@ def _timed(fn, runs: int):
 
 
 def _ms(times) -> str:
-    return f"{1e3 * statistics.median(times):.1f} ms"
+    return f"{1e3 * statistics.median(times):.2f} ms"
