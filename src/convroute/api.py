@@ -8,7 +8,7 @@ import numpy as np
 
 from convroute.device.gpu import Gpu, get_gpu
 from convroute.kernels import ALGORITHMS
-from convroute.kernels.common import Epilogue
+from convroute.kernels.common import Epilogue, Precision
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
 
@@ -26,23 +26,32 @@ def as_array(value, name: str) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
-def check_algorithm(algorithm: str, p: ConvParams) -> None:
+def check_algorithm(algorithm: str, p: ConvParams, precision: Precision | None = None) -> None:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; known: auto, {', '.join(ALGORITHMS)}")
     why = ALGORITHMS[algorithm].unsupported(p)
     if why:
         raise ValueError(f"algorithm {algorithm!r} cannot run {p.describe()}: {why}")
+    why = precision and ALGORITHMS[algorithm].unsupported_precision(precision)
+    if why:
+        raise ValueError(f"algorithm {algorithm!r} cannot run dtype={precision.dtype!r}: {why}")
 
 
 class Conv2d:
     """A conv layer whose weights are prepacked once per input size; calling it only dispatches.
 
     `decision` tells which algorithm runs and why (None until an input shape is known).
+    `dtype`: "float32" (default) or "float16": the element type of the tensors on the GPU (input, output,
+    prepacked weights); inputs of any float dtype are converted on upload and the result is a numpy array
+    of this dtype. float16 needs the adapter feature shader-f16. `accumulate`: the type of the running
+    sums, "float32" (default) or "float16" (with dtype="float16" only; faster on some GPUs, less accurate).
     """
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
                  output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
-                 force_direct=None, input_shape=None, gpu: Gpu | None = None):
+                 force_direct=None, input_shape=None, gpu: Gpu | None = None, dtype="float32", accumulate=None):
+        self.precision = Precision.parse(dtype, accumulate)
+        self.dtype = self.precision.dtype
         self.weight = as_array(weight, "weight")
         if self.weight.ndim != 4:
             raise ValueError(f"weight must be 4-D, got shape {self.weight.shape}")
@@ -68,13 +77,15 @@ class Conv2d:
         key = (p.h, p.w)
         if key not in self._kernels:
             gpu = self.gpu = self.gpu or get_gpu()
+            self.precision.require(gpu.profile)
             if self.algorithm == "auto":
                 profile = gpu.profile if self.device is None else _profile(self.device)
                 decision = route_params(p, profile, self.policy, self.force_direct)
             else:
-                check_algorithm(self.algorithm, p)
+                check_algorithm(self.algorithm, p, self.precision)
                 decision = Decision(self.algorithm, "forced by the caller", "forced", gpu.profile.family)
-            kernel = ALGORITHMS[decision.algorithm](gpu, p, self.weight, self.bias, self.epilogue)
+            kernel = ALGORITHMS[decision.algorithm](gpu, p, self.weight, self.bias, self.epilogue,
+                                                    self.precision.dtype, self.precision.accumulate)
             self._kernels[key] = (kernel, decision)
         kernel, self.decision = self._kernels[key]
         return kernel
@@ -83,23 +94,24 @@ class Conv2d:
         x = as_array(x, "input")
         p = make_params(x.shape, self.weight.shape, **self.conv_args)
         kernel = self._kernel_for(p)
-        gpu = self.gpu
-        out = np.empty(p.output_shape, np.float32)
-        chunk = batch_chunk(p, gpu.profile.max_binding_bytes)
+        gpu, dtype = self.gpu, self.precision.numpy
+        out = np.empty(p.output_shape, dtype)
+        chunk = batch_chunk(p, gpu.profile.max_binding_bytes, self.precision.itemsize)
         for n0 in range(0, p.n, chunk):
             n = min(chunk, p.n - n0)
             x_buf, y_buf, dispatches = self._buffers(kernel, p.with_batch(n))
-            gpu.device.queue.write_buffer(x_buf, 0, x[n0:n0 + n])
+            gpu.write(x_buf, x[n0:n0 + n], dtype)
             if POISON:
-                gpu.fill(y_buf, np.nan)
-            out[n0:n0 + n] = gpu.run_and_read(dispatches, y_buf, (n,) + p.output_shape[1:])
+                gpu.fill(y_buf, np.nan, dtype)
+            out[n0:n0 + n] = gpu.run_and_read(dispatches, y_buf, (n,) + p.output_shape[1:], dtype)
         return out
 
     def _buffers(self, kernel, p: ConvParams):
         key = (p.n, p.h, p.w)
         if key not in self._io:
-            x_buf = self.gpu.empty(4 * int(np.prod(p.input_shape)), "input")
-            y_buf = self.gpu.empty(4 * int(np.prod(p.output_shape)), "output")
+            size = self.precision.itemsize
+            x_buf = self.gpu.empty(size * int(np.prod(p.input_shape)), "input")
+            y_buf = self.gpu.empty(size * int(np.prod(p.output_shape)), "output")
             self._io[key] = (x_buf, y_buf, kernel.bind(x_buf, y_buf, p.n))
         return self._io[key]
 
@@ -107,9 +119,9 @@ class Conv2d:
 POISON = os.environ.get("CONVROUTE_POISON", "") == "1"
 
 
-def batch_chunk(p: ConvParams, max_binding: int) -> int:
+def batch_chunk(p: ConvParams, max_binding: int, itemsize: int = 4) -> int:
     """Images per dispatch so that input and output each fit one storage binding."""
-    per_image = 4 * max(p.c_in * p.h * p.w, p.c_out * p.ho * p.wo)
+    per_image = itemsize * max(p.c_in * p.h * p.w, p.c_out * p.ho * p.wo)
     if per_image > max_binding:
         raise ValueError(f"one image of {p.describe()} needs {per_image} bytes, more than the device's largest "
                          f"storage binding ({max_binding} bytes)")
@@ -124,13 +136,16 @@ def _profile(device):
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
            output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
-           force_direct=None) -> np.ndarray:
-    """One conv2d (or conv_transpose2d with transposed=True) on the GPU; returns float32 NCHW numpy."""
+           force_direct=None, dtype="float32", accumulate=None) -> np.ndarray:
+    """One conv2d (or conv_transpose2d with transposed=True) on the GPU; returns NCHW numpy of `dtype`:
+    float32 by default, float16 for dtype="float16" (see Conv2d for dtype and accumulate)."""
+    precision = Precision.parse(dtype, accumulate)
     x = as_array(input, "input")
     w = as_array(weight, "weight")
     make_params(x.shape, w.shape, stride, padding, dilation, groups, transposed=transposed,
                 output_padding=output_padding)
     layer = Conv2d(w, bias, stride, padding, dilation, groups, transposed=transposed,
                    output_padding=output_padding, activation=activation, algorithm=algorithm, policy=policy,
-                   device=device, force_direct=force_direct)
+                   device=device, force_direct=force_direct, dtype=precision.dtype,
+                   accumulate=precision.accumulate)
     return layer(x)

@@ -107,11 +107,15 @@ class Gpu:
             raise ValueError(f"{what} needs {nbytes} bytes, more than this device's largest storage binding "
                              f"({limit} bytes on {self.profile.name})")
 
-    def upload(self, array: np.ndarray, what: str = "tensor"):
-        data = np.ascontiguousarray(array, dtype=np.float32)
+    def upload(self, array: np.ndarray, what: str = "tensor", dtype=np.float32):
+        """A storage buffer holding `array` as `dtype` (float32, or float16 for fp16 kernels)."""
+        data = padded_bytes(np.ascontiguousarray(array, dtype=dtype))
         self.check_binding(data.nbytes, what)
-        return self.device.create_buffer_with_data(data=data if data.size else np.zeros(1, np.float32),
-                                                   usage=STORAGE)
+        return self.device.create_buffer_with_data(data=data, usage=STORAGE)
+
+    def write(self, buffer, array: np.ndarray, dtype=np.float32) -> None:
+        """Copy `array` as `dtype` to the start of `buffer` (odd float16 counts padded to whole words)."""
+        self.device.queue.write_buffer(buffer, 0, padded_bytes(np.ascontiguousarray(array, dtype=dtype)))
 
     def uniform(self, values) -> object:
         data = np.asarray(values, dtype=np.uint32)
@@ -119,19 +123,22 @@ class Gpu:
 
     def empty(self, nbytes: int, what: str = "tensor"):
         self.check_binding(nbytes, what)
-        return self.device.create_buffer(size=max(int(nbytes), 4), usage=STORAGE)
+        return self.device.create_buffer(size=max(word_align(nbytes), 4), usage=STORAGE)
 
-    def fill(self, buffer, value: float) -> None:
-        """Poison a buffer so that elements no kernel writes are visible in tests."""
-        self.device.queue.write_buffer(buffer, 0, np.full(buffer.size // 4, value, np.float32))
+    def fill(self, buffer, value: float, dtype=np.float32) -> None:
+        """Poison a buffer so that elements no kernel writes are visible in tests (`dtype`: its element type)."""
+        itemsize = np.dtype(dtype).itemsize
+        self.device.queue.write_buffer(buffer, 0, np.full(buffer.size // itemsize, value, dtype))
 
-    def read(self, buffer, shape) -> np.ndarray:
-        return self.run_and_read([], buffer, shape)
+    def read(self, buffer, shape, dtype=np.float32) -> np.ndarray:
+        return self.run_and_read([], buffer, shape, dtype)
 
-    def run_and_read(self, dispatches: list[Dispatch], buffer, shape) -> np.ndarray:
+    def run_and_read(self, dispatches: list[Dispatch], buffer, shape, dtype=np.float32) -> np.ndarray:
         """Run `dispatches`, then copy `buffer` to a kept staging buffer in the same submission and map it:
         one command buffer and no buffer creation per call (queue.read_buffer makes a new one each time)."""
-        nbytes = 4 * int(np.prod(shape))
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape))
+        nbytes = word_align(dtype.itemsize * count)  # copies move whole 4-byte words
         staging = self._staging.get(nbytes)
         if staging is None:
             staging = self._staging[nbytes] = self.device.create_buffer(
@@ -141,7 +148,7 @@ class Gpu:
         self.device.queue.submit([encoder.finish()])
         staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
         try:
-            data = np.frombuffer(staging.read_mapped(0, nbytes, copy=False), np.float32).reshape(shape).copy()
+            data = np.frombuffer(staging.read_mapped(0, nbytes, copy=False), dtype, count).reshape(shape).copy()
         finally:
             staging.unmap()
         return data
@@ -165,6 +172,18 @@ class Gpu:
     def wait(self, buffer) -> None:
         """Block until submitted work is done (on_submitted_work_done_sync is broken in wgpu-py 0.32)."""
         self.device.queue.read_buffer(buffer, 0, 4)
+
+
+def word_align(nbytes: int) -> int:
+    """Buffer sizes, bindings and copies are whole 4-byte words (float16 tensors may have an odd length)."""
+    return -(-int(nbytes) // 4) * 4
+
+
+def padded_bytes(data: np.ndarray) -> np.ndarray:
+    """`data` as raw bytes, zero-padded to a whole, non-zero number of 4-byte words."""
+    raw = data.reshape(-1).view(np.uint8)
+    size = max(word_align(raw.size), 4)
+    return raw if raw.size == size else np.concatenate([raw, np.zeros(size - raw.size, np.uint8)])
 
 
 _GPU: Gpu | None = None

@@ -1,7 +1,9 @@
 """The contract every conv algorithm follows (ncnn's create-pipeline / forward split).
 
 `__init__` prepacks the weights and compiles pipelines once; `bind(x, y, n)` builds the dispatches
-for one pair of input/output buffers; running them is the only per-call work.
+for one pair of input/output buffers; running them is the only per-call work. `dtype` is the element type
+of the input/output buffers and the prepacked weights ("float32", or "float16" on shader-f16 adapters);
+`accumulate` the type of the running sums ("float32" by default, "float16" only with dtype "float16").
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import Epilogue
+from convroute.kernels.common import Epilogue, Precision
 from convroute.params import ConvParams
 
 
@@ -21,14 +23,30 @@ class ConvKernel:
         """None when this algorithm can run `p`, else the reason it cannot."""
         return None
 
+    @classmethod
+    def unsupported_precision(cls, precision: Precision) -> str | None:
+        """None when this algorithm has kernels for `precision`, else the reason it has not."""
+        return None
+
     def __init__(self, gpu: Gpu, p: ConvParams, weight: np.ndarray, bias: np.ndarray | None,
-                 epilogue: Epilogue):
+                 epilogue: Epilogue, dtype="float32", accumulate=None):
         why = self.unsupported(p)
         if why:
             raise ValueError(f"algorithm {self.name!r} cannot run {p.describe()}: {why}")
+        self.precision = Precision.parse(dtype, accumulate)
+        why = self.unsupported_precision(self.precision)
+        if why:
+            raise ValueError(f"algorithm {self.name!r} cannot run dtype={self.precision.dtype!r} "
+                             f"accumulate={self.precision.accumulate!r}: {why}")
+        self.precision.require(gpu.profile)
+        self.dtype = self.precision.dtype
         self.gpu, self.p, self.epilogue = gpu, p, epilogue
         bias = np.zeros(p.c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
         self.prepare(np.asarray(weight, np.float32), bias)
+
+    def upload(self, array: np.ndarray, what: str):
+        """Weights in the storage dtype (bias and other f32 data go through gpu.upload)."""
+        return self.gpu.upload(array, what, self.precision.numpy)
 
     def prepare(self, weight: np.ndarray, bias: np.ndarray) -> None:
         raise NotImplementedError

@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+DTYPES = ("float32", "float16")
+F16_FEATURE = "shader-f16"
 ACTIVATIONS = ("none", "relu", "relu6", "clamp", "hardswish", "silu", "sigmoid")
 
 # Invocation index of a 1-D launch that Gpu.grid may have folded into two dimensions.
@@ -76,3 +80,62 @@ def pack(names: list[str], values: dict) -> list[int]:
 
 def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Element type of activations and weights in memory (`ST` in the WGSL) and of the running sums (`AT`).
+
+    Kernels convert ST to f32 (or AT) on load and back on store; bias, split-K partial sums, Winograd
+    products and the epilogue stay f32. float16 needs the adapter's shader-f16 feature.
+    """
+
+    dtype: str = "float32"
+    accumulate: str = "float32"
+
+    @classmethod
+    def parse(cls, dtype="float32", accumulate=None) -> Precision:
+        dtype = "float32" if dtype is None else dtype_name(dtype, "dtype")
+        accumulate = "float32" if accumulate is None else dtype_name(accumulate, "accumulate")
+        if accumulate == "float16" and dtype != "float16":
+            raise ValueError(f"accumulate='float16' needs dtype='float16' (got dtype={dtype!r})")
+        return cls(dtype, accumulate)
+
+    @property
+    def numpy(self) -> type:
+        return np.float16 if self.dtype == "float16" else np.float32
+
+    @property
+    def itemsize(self) -> int:
+        return 2 if self.dtype == "float16" else 4
+
+    def wgsl(self) -> str:
+        """The header every shader of a kernel starts with: `enable f16;` when needed and the two aliases."""
+        st = "f16" if self.dtype == "float16" else "f32"
+        at = "f16" if self.accumulate == "float16" else "f32"
+        enable = "enable f16;\n" if "f16" in (st, at) else ""
+        return f"{enable}alias ST = {st};\nalias AT = {at};\n"
+
+    def require(self, profile) -> None:
+        """ValueError when the device cannot run this precision."""
+        if self.dtype == "float16" and F16_FEATURE not in profile.features:
+            raise ValueError(f"dtype='float16' needs the adapter feature {F16_FEATURE!r}, which {profile.name!r} "
+                             f"does not offer (it has: {', '.join(sorted(profile.features)) or 'none'}); "
+                             f"use dtype='float32'")
+
+
+FP32 = Precision()
+
+
+def dtype_name(value, what: str = "dtype") -> str:
+    """'float32'/'float16' from a name, a numpy dtype or type, or a torch dtype; ValueError otherwise."""
+    name = value if isinstance(value, str) else str(value).removeprefix("torch.")
+    if not isinstance(value, str):
+        try:
+            name = np.dtype(value).name
+        except TypeError:
+            pass
+    name = {"half": "float16", "fp16": "float16", "float": "float32", "fp32": "float32"}.get(name, name)
+    if name not in DTYPES:
+        raise ValueError(f"unknown {what} {value!r}; use one of {', '.join(repr(d) for d in DTYPES)}")
+    return name

@@ -6,8 +6,6 @@ one row of one channel: per tap one weight and four input values.
 
 from __future__ import annotations
 
-import numpy as np
-
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
 
@@ -19,10 +17,10 @@ SHADER = """
 const WG: u32 = {wg}u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read> wt: array<ST>;
 @group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<ST>;
 {act}
 @compute @workgroup_size({wg})
 fn main({args}) {{
@@ -34,8 +32,7 @@ fn main({args}) {{
   let oc = nc % P.c_out;
   let n = nc / P.c_out;
   let ow0 = owb * 4u;
-  let b = bias[oc];
-  var acc = vec4<f32>(b, b, b, b);
+  var acc = vec4<AT>(AT(bias[oc]));
   let xc = (n * P.c_in + oc / P.mult) * P.h;
   let ih0 = i32(oh * P.sh) - i32(P.ph);
   let iw0 = i32(ow0 * P.sw) - i32(P.pw);
@@ -45,17 +42,17 @@ fn main({args}) {{
     let row = (xc + u32(ih)) * P.w;
     let wrow = (oc * P.kh + kh) * P.kw;
     for (var kw = 0u; kw < P.kw; kw++) {{
-      let wv = wt[wrow + kw];
+      let wv = AT(wt[wrow + kw]);
       let iwk = iw0 + i32(kw * P.dw);
       for (var j = 0u; j < 4u; j++) {{
         let iw = iwk + i32(j * P.sw);
-        if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * x[row + u32(iw)]; }}
+        if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * AT(x[row + u32(iw)]); }}
       }}
     }}
   }}
   let obase = (nc * P.ho + oh) * P.wo + ow0;
   for (var j = 0u; j < 4u; j++) {{
-    if (ow0 + j < P.wo) {{ y[obase + j] = act(acc[j]); }}
+    if (ow0 + j < P.wo) {{ y[obase + j] = ST(act(f32(acc[j]))); }}
   }}
 }}
 """
@@ -74,10 +71,10 @@ class Depthwise(ConvKernel):
         return None
 
     def prepare(self, weight, bias):
-        self.w_buf = self.gpu.upload(np.ascontiguousarray(weight), "weights")
+        self.w_buf = self.upload(weight, "weights")
         self.b_buf = self.gpu.upload(bias, "bias")
-        self.source = SHADER.format(wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(),
-                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.source = self.precision.wgsl() + SHADER.format(
+            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX)
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y, n):

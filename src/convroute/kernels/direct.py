@@ -17,10 +17,10 @@ SHADER = """
 const WG: u32 = {wg}u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<ST>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<ST>;
 {act}
 @compute @workgroup_size({wg})
 fn main({args}) {{
@@ -32,8 +32,8 @@ fn main({args}) {{
   let n = t / (P.owb * P.ho * P.gocb);
   let g = gob / P.ocb;
   let ow0 = owb * 4u;
-  var acc: array<vec4<f32>, 4>;
-  let b = bias[gob];
+  var acc: array<vec4<AT>, 4>;
+  let b = vec4<AT>(bias[gob]);
   for (var j = 0u; j < 4u; j++) {{ acc[j] = b; }}
   let ih0 = i32(oh * P.sh) - i32(P.ph);
   let iw0 = i32(ow0 * P.sw) - i32(P.pw);
@@ -45,11 +45,11 @@ fn main({args}) {{
       if (ih < 0 || ih >= i32(P.h)) {{ continue; }}
       let row = (xc + u32(ih)) * P.w;
       for (var kw = 0u; kw < P.kw; kw++) {{
-        let wv = wt[(wc + kh) * P.kw + kw];
+        let wv = vec4<AT>(wt[(wc + kh) * P.kw + kw]);
         let iwk = iw0 + i32(kw * P.dw);
         for (var j = 0u; j < 4u; j++) {{
           let iw = iwk + i32(j * P.sw);
-          if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * x[row + u32(iw)]; }}
+          if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * AT(x[row + u32(iw)]); }}
         }}
       }}
     }}
@@ -59,7 +59,7 @@ fn main({args}) {{
     if (ocg0 + i >= P.cout_g) {{ break; }}
     let obase = ((n * P.c_out + g * P.cout_g + ocg0 + i) * P.ho + oh) * P.wo;
     for (var j = 0u; j < 4u; j++) {{
-      if (ow0 + j < P.wo) {{ y[obase + ow0 + j] = act(acc[j][i]); }}
+      if (ow0 + j < P.wo) {{ y[obase + ow0 + j] = ST(act(f32(acc[j][i]))); }}
     }}
   }}
 }}
@@ -76,10 +76,10 @@ class Direct(ConvKernel):
     def prepare(self, weight, bias):
         p = self.p
         w, b, self.ocb = pack_oc4(weight, p.groups, bias)
-        self.w_buf = self.gpu.upload(w, "packed weights")
+        self.w_buf = self.upload(w, "packed weights")
         self.b_buf = self.gpu.upload(b, "bias")
-        self.source = SHADER.format(wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(),
-                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.source = self.precision.wgsl() + SHADER.format(
+            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX)
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y, n):

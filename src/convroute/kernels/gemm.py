@@ -9,7 +9,8 @@ a reduction dispatch adds the partial sums (split 0 carries the bias) and applie
 The B operand is a template: a caller supplies its bindings (from binding 4 on), per-invocation setup (run
 once, for the four columns starting at `bcol` that this invocation loads) and a vec4 load expression for
 row `k`. Weights are prepacked K-major, [K_pad, M_pad] with zeros past C_out and K, so weight loads need no
-bounds checks; B rows past K must read as zero (0 * NaN would poison the sum).
+bounds checks; B rows past K must read as zero (0 * NaN would poison the sum). With a float16 Precision the
+weights and the output are f16 (ST); split-K partial sums and BatchedGemm's sums stay f32.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, Epilogue, ceil_div, pack, uniform_block
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Epilogue, Precision, ceil_div, pack, uniform_block
 from convroute.kernels.gemm_tiles import NARROW, TILES, Tile, generate
 
 M_ALIGN = max(t.bm for t in TILES)
@@ -26,7 +27,7 @@ TILE = max(t.bn for t in TILES)  # column chunks are whole multiples of this
 GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p", "splits", "kt_split"]
 MIN_KT_PER_SPLIT = 4
 
-STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = act(v + bias[m]);"
+STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v + bias[m]));"
 STORE_PARTIAL = "y[(split * P.m + m) * P.cols + j] = v + select(0.0, bias[m], split == 0u);"  # bias once
 
 REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
@@ -35,7 +36,7 @@ const WG: u32 = 64u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<ST>;
 {act}
 @compute @workgroup_size(64)
 fn main({args}) {{
@@ -46,7 +47,7 @@ fn main({args}) {{
   var v = 0.0;
   for (var s = 0u; s < P.splits; s++) {{ v += part[(s * P.m + m) * P.cols + j]; }}
   let gj = P.col0 + j;
-  y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = act(v);
+  y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v));
 }}
 """
 
@@ -91,23 +92,26 @@ class Gemm:
     """Prepacked weights + B template; `dispatches` builds the launches for one output and B binding set."""
 
     def __init__(self, gpu: Gpu, weight_oc_first: np.ndarray, bias: np.ndarray, epilogue: Epilogue | str,
-                 b_decl: str, b_setup: str, b_load: str, extra_params: list[str]):
-        """`epilogue`: an Epilogue, or the WGSL of `fn act` for activations Epilogue lacks (linear's gelu)."""
-        self.gpu = gpu
+                 b_decl: str, b_setup: str, b_load: str, extra_params: list[str], precision: Precision = FP32):
+        """`epilogue`: an Epilogue, or the WGSL of `fn act` for activations Epilogue lacks (linear's gelu).
+        The B template sees the aliases ST and AT (see gemm_tiles)."""
+        self.gpu, self.precision = gpu, precision
         act = epilogue if isinstance(epilogue, str) else epilogue.wgsl()
         a, self.k, self.k_pad = pack_weights(weight_oc_first)
         self.m = weight_oc_first.shape[0]
         self.m4 = a.shape[1] // 4
-        self.w_buf = gpu.upload(a, "packed weight matrix")
+        self.w_buf = gpu.upload(a, "packed weight matrix", precision.numpy)
         self.b_buf = gpu.upload(bias, "bias")
         self.params = GEMM_PARAMS + extra_params
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
-                             act=act)
-        self.reduce_source = REDUCE.format(params=uniform_block(REDUCE_PARAMS), act=act,
+                             act=act, precision=precision)
+        self.reduce_source = precision.wgsl() + REDUCE.format(params=uniform_block(REDUCE_PARAMS), act=act,
                                            args=ENTRY_ARGS, flat=FLAT_INDEX)
 
     def source(self, tile: Tile, splits: int) -> str:
-        return generate(tile, store=STORE_PARTIAL if splits > 1 else STORE_OUTPUT, **self.template)
+        if splits > 1:
+            return generate(tile, store=STORE_PARTIAL, out_type="f32", **self.template)
+        return generate(tile, store=STORE_OUTPUT, **self.template)
 
     def plan(self, cols: int) -> tuple[Tile, int]:
         tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups,
@@ -152,8 +156,8 @@ class BatchedGemm:
     """
 
     def __init__(self, gpu: Gpu, weights: np.ndarray, bias: np.ndarray | None, b_decl: str, b_setup: str,
-                 b_load: str, extra_params: list[str]):
-        """weights: [batches, M, K]; bias: [batches, M] or None."""
+                 b_load: str, extra_params: list[str], precision: Precision = FP32):
+        """weights: [batches, M, K] (stored as `precision`'s dtype); bias: [batches, M] or None."""
         self.gpu = gpu
         self.batches, self.m = weights.shape[:2]
         packed = [pack_weights(w) for w in weights]
@@ -161,12 +165,12 @@ class BatchedGemm:
         _, self.k, self.k_pad = packed[0]
         self.m4 = a.shape[2] // 4
         self.a_stride = a.shape[1] * self.m4
-        self.w_buf = gpu.upload(a, "packed weight matrices")
+        self.w_buf = gpu.upload(a, "packed weight matrices", precision.numpy)
         bias = np.zeros((self.batches, self.m), np.float32) if bias is None else bias
         self.b_buf = gpu.upload(np.asarray(bias, np.float32).reshape(self.batches, self.m), "bias")
         self.params = GEMM_PARAMS + BATCH_PARAMS + extra_params
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
-                             act="", store=STORE_BATCHED, batched=True)
+                             act="", store=STORE_BATCHED, batched=True, precision=precision, out_type="f32")
 
     def plan(self, cols: int, max_out_bytes: int) -> tuple[Tile, int]:
         """Tile and K splits for `cols` columns; fewer splits while the output would exceed max_out_bytes."""

@@ -10,11 +10,15 @@ A is prepacked K-major ([K_pad, M_pad], zero padded) so its loads need no guard.
 template (see gemm.py): one vec4 per invocation per K step, four columns starting at `bcol`, row `k`.
 With split-K (splits > 1), workgroup g works on K steps [s * kt_split, (s + 1) * kt_split) of its tile and
 stores raw partial sums; a reduction dispatch adds the splits, the bias and the activation.
+Precision: A and the output are stored as ST (f32 or f16), the workgroup tiles and the sums are AT; the B
+load may give any vec4 (it is converted to AT), and `v` in the store is f32 whatever AT is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from convroute.kernels.common import FP32, Precision
 
 
 @dataclass(frozen=True)
@@ -65,12 +69,12 @@ BATCHED_LOCATE = """  if (g >= P.tiles * P.splits * P.batches) { return; }
 
 
 def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str, act: str, store: str,
-             batched: bool = False) -> str:
+             batched: bool = False, precision: Precision = FP32, out_type: str = "ST") -> str:
     """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*).
 
     `batched`: P.batches independent GEMMs in one launch (gemm.BatchedGemm): the batch index is the outermost
     part of the flat workgroup index, A of batch b starts at b * P.a_stride vec4s, and `batch` is in scope
-    for the B template and the store.
+    for the B template and the store. `out_type`: the element type of `y` (ST, or f32 for raw sums).
     """
     tile.check()
     tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
@@ -78,15 +82,15 @@ def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str,
     a_rows4, b_cols4 = tile.bm // 4, tile.bn // 4
     locate = BATCHED_LOCATE if batched else LOCATE
     a_base = "abase + " if batched else ""
-    out = [f"""
+    out = [f"""{precision.wgsl()}
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> wa: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> wa: array<vec4<ST>>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<{out_type}>;
 {b_decl}
-var<workgroup> As: array<array<vec4<f32>, {a_rows4 * tile.bk}>, 2>;
-var<workgroup> Bs: array<array<vec4<f32>, {b_cols4 * tile.bk}>, 2>;
+var<workgroup> As: array<array<vec4<AT>, {a_rows4 * tile.bk}>, 2>;
+var<workgroup> Bs: array<array<vec4<AT>, {b_cols4 * tile.bk}>, 2>;
 {act}
 @compute @workgroup_size({tile.threads})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -106,18 +110,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     a_per = max(tile.a_loads // tile.threads, 1)
     a_guard = tile.a_loads < tile.threads
     for i in range(a_per):
-        emit(f"  var ra{i}: vec4<f32>;")
-    emit("  var rb: vec4<f32>;")
+        emit(f"  var ra{i}: vec4<AT>;")
+    emit("  var rb: vec4<AT>;")
     for i in range(rg * 4 * cg):
-        emit(f"  var acc{i}: vec4<f32>;")
+        emit(f"  var acc{i}: vec4<AT>;")
 
     def load(kt: str) -> None:
         for i in range(a_per):
             e = f"lid + {i * tile.threads}u" if i else "lid"
             guard = f"if (lid < {tile.a_loads}u) " if a_guard else ""
-            emit(f"    {guard}{{ let e = {e}; ra{i} = wa[{a_base}({kt} * {tile.bk}u + e / {a_rows4}u) * P.m4 "
-                 f"+ tmi * {a_rows4}u + e % {a_rows4}u]; }}")
-        emit(f"    {{ let k = {kt} * {tile.bk}u + b_row; rb = {b_load}; }}")
+            emit(f"    {guard}{{ let e = {e}; ra{i} = vec4<AT>(wa[{a_base}({kt} * {tile.bk}u + e / {a_rows4}u) "
+                 f"* P.m4 + tmi * {a_rows4}u + e % {a_rows4}u]); }}")
+        emit(f"    {{ let k = {kt} * {tile.bk}u + b_row; rb = vec4<AT>({b_load}); }}")
 
     def stash(buf: str) -> None:
         for i in range(a_per):
@@ -147,7 +151,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for q, comp in enumerate("xyzw"):
             for r in range(rg):
                 i = (c * 4 + q) * rg + r
-                emit(f"      acc{i} = fma(a{r}, vec4<f32>(b{c}.{comp}), acc{i});")
+                emit(f"      acc{i} = fma(a{r}, vec4<AT>(b{c}.{comp}), acc{i});")
     emit("    }")
     emit("    if (more) {")
     stash("1u - cur")
@@ -163,7 +167,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 emit(f"      {{ let m0 = tmi * {tile.bm}u + (ty + {r * ty_n}u) * 4u; let acc = acc{i};")
                 emit("        for (var i = 0u; i < 4u; i++) {")
                 emit("          let m = m0 + i;")
-                emit(f"          if (m < P.m) {{ let v = acc[i]; {store} }}")
+                emit(f"          if (m < P.m) {{ let v = f32(acc[i]); {store} }}")
                 emit("        }")
                 emit("      }")
             emit("    }")

@@ -21,8 +21,8 @@ GATHER = """
 const WG: u32 = {wg}u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> col: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read_write> col: array<vec4<ST>>;
 
 @compute @workgroup_size({wg})
 fn main({args}) {{
@@ -43,15 +43,15 @@ fn main({args}) {{
       let ih = i32((pix / P.wo) * P.sh + kh * P.dh) - i32(P.ph);
       let iw = i32((pix % P.wo) * P.sw + kw * P.dw) - i32(P.pw);
       if (ih >= 0 && ih < i32(P.h) && iw >= 0 && iw < i32(P.w)) {{
-        v[q] = x[((gj / P.p) * P.c_in + c) * P.h * P.w + u32(ih) * P.w + u32(iw)];
+        v[q] = f32(x[((gj / P.p) * P.c_in + c) * P.h * P.w + u32(ih) * P.w + u32(iw)]);
       }}
     }}
   }}
-  col[t] = v;
+  col[t] = vec4<ST>(v);
 }}
 """
 
-B_DECL = "@group(0) @binding(4) var<storage, read> col: array<vec4<f32>>;"
+B_DECL = "@group(0) @binding(4) var<storage, read> col: array<vec4<ST>>;"
 B_SETUP = "let bq = bcol / 4u;"
 B_LOAD = "col[k * P.s4 + bq]"
 
@@ -68,16 +68,17 @@ class Im2col(ConvKernel):
         return None
 
     def prepare(self, weight, bias):
-        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"])
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"],
+                              self.precision)
         self.k, self.k_pad = self.gemm.k, self.gemm.k_pad
-        self.gather_source = GATHER.format(wg=WG, params=uniform_block(GATHER_PARAMS), args=ENTRY_ARGS,
-                                           flat=FLAT_INDEX)
+        self.gather_source = self.precision.wgsl() + GATHER.format(
+            wg=WG, params=uniform_block(GATHER_PARAMS), args=ENTRY_ARGS, flat=FLAT_INDEX)
         self.gpu.pipeline(self.gather_source)
 
     def chunk_columns(self, total: int) -> int:
         """Output pixels per chunk: the most whole GEMM tiles whose column matrix fits one binding."""
         budget = min(self.gpu.profile.max_binding_bytes, COL_BYTES_CAP)
-        fit = budget // (4 * self.k_pad) // gemm.TILE * gemm.TILE
+        fit = budget // (self.precision.itemsize * self.k_pad) // gemm.TILE * gemm.TILE
         if fit == 0:  # the weight matrix alone is larger than this, so only with an unusually small cap
             raise ValueError(f"im2col of {self.p.describe()}: {gemm.TILE} columns of {self.k_pad} rows exceed "
                              f"the {budget}-byte column buffer; use the direct algorithm")
@@ -89,7 +90,7 @@ class Im2col(ConvKernel):
         total = n * pixels
         chunk = self.chunk_columns(total)
         s4 = ceil_div(chunk, 4)
-        col = self.gpu.empty(16 * s4 * self.k_pad, "im2col column matrix")
+        col = self.gpu.empty(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
         dispatches = []
         for col0 in range(0, total, chunk):
             cols = min(chunk, total - col0)

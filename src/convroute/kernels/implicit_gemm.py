@@ -12,7 +12,7 @@ from convroute.kernels import gemm
 from convroute.kernels.base import ConvKernel
 
 B_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<ST>;
 const C_IN: u32 = {c_in}u;
 const H: i32 = {h};
 const W: i32 = {w};
@@ -25,8 +25,8 @@ var<private> b_img: array<u32, 4>;
 var<private> b_ih: array<i32, 4>;
 var<private> b_iw: array<i32, 4>;
 var<private> b_ok: array<bool, 4>;
-fn load_b(k: u32) -> vec4<f32> {{
-  var v = vec4<f32>(0.0);
+fn load_b(k: u32) -> vec4<AT> {{
+  var v = vec4<AT>(0.0);
   if (k >= KK) {{ return v; }}
   let tap = k % KHW;
   let dh = i32((tap / KW) * {dh}u);
@@ -36,7 +36,7 @@ fn load_b(k: u32) -> vec4<f32> {{
     let ih = b_ih[q] + dh;
     let iw = b_iw[q] + dw;
     if (b_ok[q] && ih >= 0 && ih < H && iw >= 0 && iw < W) {{
-      v[q] = x[b_img[q] + chan + u32(ih * W + iw)];
+      v[q] = AT(x[b_img[q] + chan + u32(ih * W + iw)]);
     }}
   }}
   return v;
@@ -72,7 +72,7 @@ class ImplicitGemm(ConvKernel):
                      k=p.c_in * p.kh * p.kw, dh=p.dilation[0], dw=p.dilation[1], sh=p.stride[0], sw=p.stride[1],
                      ph=p.padding[0], pw=p.padding[1])
         self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL.format(**shape),
-                              B_SETUP.format(**shape), B_LOAD, [])
+                              B_SETUP.format(**shape), B_LOAD, [], self.precision)
 
     def bind(self, x, y, n):
         pixels = self.p.ho * self.p.wo

@@ -13,10 +13,10 @@ from convroute.kernels.base import ConvKernel
 PARAMS = ["c_in", "h", "w", "wo", "sh", "sw", "ph", "pw", "hw"]
 
 SCALAR_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<f32>;
-fn load_x(off: u32, ok: bool, k: u32) -> f32 {
-  if (ok && k < P.k) { return x[off + k * P.hw]; }
-  return 0.0;
+@group(0) @binding(4) var<storage, read> x: array<ST>;
+fn load_x(off: u32, ok: bool, k: u32) -> AT {
+  if (ok && k < P.k) { return AT(x[off + k * P.hw]); }
+  return AT(0.0);
 }
 """
 SCALAR_SETUP = """
@@ -31,14 +31,14 @@ SCALAR_SETUP = """
     boff[q] = select(0u, (j / P.p) * P.c_in * P.hw + u32(ih) * P.w + u32(iw), bok[q]);
   }
 """
-SCALAR_LOAD = ("vec4<f32>(load_x(boff[0], bok[0], k), load_x(boff[1], bok[1], k), load_x(boff[2], bok[2], k), "
+SCALAR_LOAD = ("vec4<AT>(load_x(boff[0], bok[0], k), load_x(boff[1], bok[1], k), load_x(boff[2], bok[2], k), "
                "load_x(boff[3], bok[3], k))")
 
 VEC4_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<vec4<f32>>;
-fn load_x(off: u32, ok: bool, k: u32) -> vec4<f32> {
-  if (ok && k < P.k) { return x[off + k * (P.hw / 4u)]; }
-  return vec4<f32>(0.0);
+@group(0) @binding(4) var<storage, read> x: array<vec4<ST>>;
+fn load_x(off: u32, ok: bool, k: u32) -> vec4<AT> {
+  if (ok && k < P.k) { return vec4<AT>(x[off + k * (P.hw / 4u)]); }
+  return vec4<AT>(0.0);
 }
 """
 VEC4_SETUP = """
@@ -66,7 +66,7 @@ class Pointwise(ConvKernel):
         self.vec4 = p.stride == (1, 1) and p.padding == (0, 0) and p.h * p.w % 4 == 0
         decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
             (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
-        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, setup, load, PARAMS)
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, setup, load, PARAMS, self.precision)
 
     def bind(self, x, y, n):
         p = self.p

@@ -18,10 +18,10 @@ SHADER = """
 const WG: u32 = {wg}u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<ST>>;
 @group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<ST>;
 {act}
 @compute @workgroup_size({wg})
 fn main({args}) {{
@@ -35,8 +35,8 @@ fn main({args}) {{
   // pixels ow0 + j * sw, j < 4: residue tb / nb of the stride, block tb % nb
   let ow0 = tb / P.nb + (tb % P.nb) * 4u * P.sw;
   if (ow0 >= P.wo) {{ return; }}
-  var acc: array<vec4<f32>, 4>;
-  let b = bias[gob];
+  var acc: array<vec4<AT>, 4>;
+  let b = vec4<AT>(bias[gob]);
   for (var j = 0u; j < 4u; j++) {{ acc[j] = b; }}
   let hw = P.h * P.w;
   let taps = P.kh * P.kw;
@@ -60,9 +60,9 @@ fn main({args}) {{
       }}
       var wi = wbase + kh * P.kw + kw;
       for (var ic = 0u; ic < P.cin_g; ic++) {{
-        let wv = wt[wi];
+        let wv = vec4<AT>(wt[wi]);
         for (var j = 0u; j < 4u; j++) {{
-          if (ok[j]) {{ acc[j] += wv * x[off[j] + ic * hw]; }}
+          if (ok[j]) {{ acc[j] += wv * AT(x[off[j] + ic * hw]); }}
         }}
         wi += taps;
       }}
@@ -74,7 +74,7 @@ fn main({args}) {{
     let obase = ((n * P.c_out + g * P.cout_g + ocg0 + i) * P.ho + oh) * P.wo;
     for (var j = 0u; j < 4u; j++) {{
       let ow = ow0 + j * P.sw;
-      if (ow < P.wo) {{ y[obase + ow] = act(acc[j][i]); }}
+      if (ow < P.wo) {{ y[obase + ow] = ST(act(f32(acc[j][i]))); }}
     }}
   }}
 }}
@@ -94,10 +94,10 @@ class Transposed(ConvKernel):
         # [C_in, C_out/g, Kh, Kw] -> [C_out, C_in/g, Kh, Kw], the forward-conv layout pack_oc4 takes
         oc_first = weight.reshape(p.groups, cin_g, cout_g, p.kh, p.kw).transpose(0, 2, 1, 3, 4)
         w, b, self.ocb = pack_oc4(oc_first.reshape(p.c_out, cin_g, p.kh, p.kw), p.groups, bias)
-        self.w_buf = self.gpu.upload(w, "packed weights")
+        self.w_buf = self.upload(w, "packed weights")
         self.b_buf = self.gpu.upload(b, "bias")
-        self.source = SHADER.format(wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(),
-                                    args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.source = self.precision.wgsl() + SHADER.format(
+            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX)
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y, n):

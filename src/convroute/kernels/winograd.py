@@ -118,8 +118,8 @@ fn main({args}) {{
 """
 
 INPUT = """{header}
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> v: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read_write> v: array<ST>;
 {locate}
   let ih0 = i32(row0) - {ph};
   let iw0 = i32(col0) - {pw};
@@ -131,9 +131,9 @@ INPUT = """{header}
 OUTPUT = """{header}
 @group(0) @binding(1) var<storage, read> mx: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read> x: array<f32>;
-@group(0) @binding(4) var<storage, read> wt: array<f32>;
-@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<storage, read> x: array<ST>;
+@group(0) @binding(4) var<storage, read> wt: array<ST>;
+@group(0) @binding(5) var<storage, read_write> y: array<ST>;
 {act}
 fn finite(v: f32) -> bool {{ return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u; }}
 
@@ -148,7 +148,7 @@ fn direct(img: u32, o: u32, oh: u32, ow: u32) -> f32 {{
       if (ih < 0 || ih >= H) {{ continue; }}
       for (var kw = 0u; kw < 3u; kw++) {{
         let iw = i32(ow + kw) - {pw};
-        if (iw >= 0 && iw < W) {{ s += x[xc + u32(ih * W + iw)] * wt[wc + kh * 3u + kw]; }}
+        if (iw >= 0 && iw < W) {{ s += f32(x[xc + u32(ih * W + iw)]) * f32(wt[wc + kh * 3u + kw]); }}
       }}
     }}
   }}
@@ -160,10 +160,10 @@ fn direct(img: u32, o: u32, oh: u32, ow: u32) -> f32 {{
 }}
 """
 
-B_DECL = """@group(0) @binding(4) var<storage, read> v: array<vec4<f32>>;
-fn load_v(base: u32, k: u32) -> vec4<f32> {
-  if (k < P.k) { return v[base + k * P.cs4]; }
-  return vec4<f32>(0.0);
+B_DECL = """@group(0) @binding(4) var<storage, read> v: array<vec4<ST>>;
+fn load_v(base: u32, k: u32) -> vec4<AT> {
+  if (k < P.k) { return vec4<AT>(v[base + k * P.cs4]); }
+  return vec4<AT>(0.0);
 }"""
 B_SETUP = "let vbase = batch * P.k * P.cs4 + min(bcol / 4u, P.cs4 - 1u);"  # columns past cs are never stored
 B_LOAD = "load_v(vbase, k)"
@@ -195,18 +195,19 @@ class Winograd(ConvKernel):
         self.positions = a * a
         at, g, bt = toom_cook(m, self.points)
         u = np.einsum("ik,ockl,jl->ijoc", g, weight.astype(np.float64), g).reshape(self.positions, p.c_out, p.c_in)
-        self.gemm = gemm.BatchedGemm(self.gpu, u.astype(np.float32), None, B_DECL, B_SETUP, B_LOAD, GEMM_EXTRA)
+        self.gemm = gemm.BatchedGemm(self.gpu, u.astype(np.float32), None, B_DECL, B_SETUP, B_LOAD, GEMM_EXTRA,
+                                     self.precision)
         self.th, self.tw = ceil_div(p.ho, m), ceil_div(p.wo, m)
-        header = HEADER.format(wg=WG, c_in=p.c_in, c_out=p.c_out, h=p.h, w=p.w, ho=p.ho, wo=p.wo, tw=self.tw,
-                               tiles_img=self.th * self.tw, positions=self.positions,
-                               params=uniform_block(TRANSFORM_PARAMS))
+        header = self.precision.wgsl() + HEADER.format(
+            wg=WG, c_in=p.c_in, c_out=p.c_out, h=p.h, w=p.w, ho=p.ho, wo=p.wo, tw=self.tw, tiles_img=self.th * self.tw,
+            positions=self.positions, params=uniform_block(TRANSFORM_PARAMS))
         locate = LOCATE.format(wg=WG, args=ENTRY_ARGS, flat=FLAT_INDEX, m=m)
         pads = dict(ph=p.padding[0], pw=p.padding[1])
         self.input_source = INPUT.format(header=header, locate=locate, body=self.input_body(bt), **pads)
         self.output_source = OUTPUT.format(header=header, locate=locate, act=self.epilogue.wgsl(),
                                            body=self.output_body(at), **pads)
         self.bias_buf = self.gpu.upload(bias, "bias")
-        self.weight_buf = self.gpu.upload(weight, "weights for non-finite tiles")
+        self.weight_buf = self.upload(weight, "weights for non-finite tiles")
         self.gpu.pipeline(self.input_source)
         self.gpu.pipeline(self.output_source)
 
@@ -217,12 +218,12 @@ class Winograd(ConvKernel):
         for i in range(a):
             for j in range(a):
                 lines.append(f"  var d{i}_{j} = 0.0; if (rok{i} && cok{j}) {{ "
-                             f"d{i}_{j} = x[base + u32((ih0 + {i}) * W + iw0 + {j})]; }}")
+                             f"d{i}_{j} = f32(x[base + u32((ih0 + {i}) * W + iw0 + {j})]); }}")
         lines += transform_2d(bt, [[f"d{i}_{j}" for j in range(a)] for i in range(a)], "v")
         lines.append("  let out = ch * P.cs + tl;")
         for i in range(a):
             for j in range(a):
-                lines.append(f"  v[{i * a + j}u * C_IN * P.cs + out] = v{i}_{j};")
+                lines.append(f"  v[{i * a + j}u * C_IN * P.cs + out] = ST(v{i}_{j});")
         return "\n".join(lines)
 
     def output_body(self, at: np.ndarray) -> str:
@@ -236,8 +237,8 @@ class Winograd(ConvKernel):
         lines.append("  let out = (img * C_OUT + ch) * HO * WO + row0 * WO + col0;")
         lines.append(f"  if (!({finite})) {{")
         lines.append(f"    for (var i = 0u; i < {m}u; i++) {{ for (var j = 0u; j < {m}u; j++) {{")
-        lines.append("      if (row0 + i < HO && col0 + j < WO) { y[out + i * WO + j] = act(direct(img, ch, row0 + i, "
-                     "col0 + j)); }")
+        lines.append("      if (row0 + i < HO && col0 + j < WO) { y[out + i * WO + j] = ST(act(direct(img, ch, "
+                     "row0 + i, col0 + j))); }")
         lines.append("    } }")
         lines.append("    return;")
         lines.append("  }")
@@ -246,7 +247,7 @@ class Winograd(ConvKernel):
         for i in range(m):
             for j in range(m):
                 guard = f"row0 + {i}u < HO && col0 + {j}u < WO"
-                lines.append(f"  if ({guard}) {{ y[out + {i}u * WO + {j}u] = act(y{i}_{j} + b); }}")
+                lines.append(f"  if ({guard}) {{ y[out + {i}u * WO + {j}u] = ST(act(y{i}_{j} + b)); }}")
         return "\n".join(lines)
 
     def chunk_tiles(self, total: int) -> int:
@@ -266,7 +267,7 @@ class Winograd(ConvKernel):
         chunk = self.chunk_tiles(total)
         budget = min(self.gpu.profile.max_binding_bytes, BYTES_CAP)
         cs = ceil_div(chunk, 4) * 4
-        v = self.gpu.empty(4 * self.positions * self.p.c_in * cs, "Winograd input transforms V")
+        v = self.gpu.empty(self.precision.itemsize * self.positions * self.p.c_in * cs, "Winograd input transforms V")
         starts = list(range(0, total, chunk))
         plans = {t0: self.gemm.plan(min(chunk, total - t0), budget) for t0 in starts}
         mx_bytes = max(self.gemm.out_bytes(min(chunk, total - t0), plans[t0][1]) for t0 in starts)
