@@ -116,6 +116,15 @@ class Precision:
         enable = "enable f16;\n" if "f16" in (st, at) else ""
         return f"{enable}alias ST = {st};\nalias AT = {at};\n"
 
+    def block_sums(self, open_block: str, close_block: str) -> dict:
+        """Template values for a kernel whose f32 totals are `acc`: with f16 sums the inner loop adds to
+        `part` (AT), which `open_block` declares zeroed and `close_block` adds to `acc` once per block (one
+        input channel, kernel row or tap), so rounding grows with the block, not the whole reduction.
+        With f32 sums the loop adds straight to `acc` and the blocks are empty."""
+        if self.accumulate != "float16":
+            return dict(sum="acc", open_block="", close_block="")
+        return dict(sum="part", open_block=open_block, close_block=close_block)
+
     def require(self, profile) -> None:
         """ValueError when the device cannot run this precision."""
         if self.dtype == "float16" and F16_FEATURE not in profile.features:

@@ -32,7 +32,8 @@ fn main({args}) {{
   let oc = nc % P.c_out;
   let n = nc / P.c_out;
   let ow0 = owb * 4u;
-  var acc = vec4<AT>(AT(bias[oc]));
+  let b = bias[oc];
+  var acc = vec4<f32>(b, b, b, b);
   let xc = (n * P.c_in + oc / P.mult) * P.h;
   let ih0 = i32(oh * P.sh) - i32(P.ph);
   let iw0 = i32(ow0 * P.sw) - i32(P.pw);
@@ -41,21 +42,26 @@ fn main({args}) {{
     if (ih < 0 || ih >= i32(P.h)) {{ continue; }}
     let row = (xc + u32(ih)) * P.w;
     let wrow = (oc * P.kh + kh) * P.kw;
+    {open_block}
     for (var kw = 0u; kw < P.kw; kw++) {{
       let wv = AT(wt[wrow + kw]);
       let iwk = iw0 + i32(kw * P.dw);
       for (var j = 0u; j < 4u; j++) {{
         let iw = iwk + i32(j * P.sw);
-        if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * AT(x[row + u32(iw)]); }}
+        if (iw >= 0 && iw < i32(P.w)) {{ {sum}[j] += wv * AT(x[row + u32(iw)]); }}
       }}
     }}
+    {close_block}
   }}
   let obase = (nc * P.ho + oh) * P.wo + ow0;
   for (var j = 0u; j < 4u; j++) {{
-    if (ow0 + j < P.wo) {{ y[obase + j] = ST(act(f32(acc[j]))); }}
+    if (ow0 + j < P.wo) {{ y[obase + j] = ST(act(acc[j])); }}
   }}
 }}
 """
+
+OPEN_BLOCK = "var part = vec4<AT>(0.0);"  # f16 sums: one block per kernel row
+CLOSE_BLOCK = "acc += vec4<f32>(part);"
 
 
 class Depthwise(ConvKernel):
@@ -74,7 +80,8 @@ class Depthwise(ConvKernel):
         self.w_buf = self.upload(weight, "weights")
         self.b_buf = self.gpu.upload(bias, "bias")
         self.source = self.precision.wgsl() + SHADER.format(
-            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX)
+            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX,
+            **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y, n):

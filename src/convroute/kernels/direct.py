@@ -32,14 +32,15 @@ fn main({args}) {{
   let n = t / (P.owb * P.ho * P.gocb);
   let g = gob / P.ocb;
   let ow0 = owb * 4u;
-  var acc: array<vec4<AT>, 4>;
-  let b = vec4<AT>(bias[gob]);
+  var acc: array<vec4<f32>, 4>;
+  let b = bias[gob];
   for (var j = 0u; j < 4u; j++) {{ acc[j] = b; }}
   let ih0 = i32(oh * P.sh) - i32(P.ph);
   let iw0 = i32(ow0 * P.sw) - i32(P.pw);
   for (var ic = 0u; ic < P.cin_g; ic++) {{
     let xc = (n * P.c_in + g * P.cin_g + ic) * P.h;
     let wc = (gob * P.cin_g + ic) * P.kh;
+    {open_block}
     for (var kh = 0u; kh < P.kh; kh++) {{
       let ih = ih0 + i32(kh * P.dh);
       if (ih < 0 || ih >= i32(P.h)) {{ continue; }}
@@ -49,21 +50,25 @@ fn main({args}) {{
         let iwk = iw0 + i32(kw * P.dw);
         for (var j = 0u; j < 4u; j++) {{
           let iw = iwk + i32(j * P.sw);
-          if (iw >= 0 && iw < i32(P.w)) {{ acc[j] += wv * AT(x[row + u32(iw)]); }}
+          if (iw >= 0 && iw < i32(P.w)) {{ {sum}[j] += wv * AT(x[row + u32(iw)]); }}
         }}
       }}
     }}
+    {close_block}
   }}
   let ocg0 = (gob % P.ocb) * 4u;
   for (var i = 0u; i < 4u; i++) {{
     if (ocg0 + i >= P.cout_g) {{ break; }}
     let obase = ((n * P.c_out + g * P.cout_g + ocg0 + i) * P.ho + oh) * P.wo;
     for (var j = 0u; j < 4u; j++) {{
-      if (ow0 + j < P.wo) {{ y[obase + ow0 + j] = ST(act(f32(acc[j][i]))); }}
+      if (ow0 + j < P.wo) {{ y[obase + ow0 + j] = ST(act(acc[j][i])); }}
     }}
   }}
 }}
 """
+
+OPEN_BLOCK = "var part = array<vec4<AT>, 4>();"  # f16 sums: one block per input channel
+CLOSE_BLOCK = "for (var j = 0u; j < 4u; j++) { acc[j] += vec4<f32>(part[j]); }"
 
 
 class Direct(ConvKernel):
@@ -79,7 +84,8 @@ class Direct(ConvKernel):
         self.w_buf = self.upload(w, "packed weights")
         self.b_buf = self.gpu.upload(b, "bias")
         self.source = self.precision.wgsl() + SHADER.format(
-            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX)
+            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX,
+            **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y, n):

@@ -11,7 +11,9 @@ template (see gemm.py): one vec4 per invocation per K step, four columns startin
 With split-K (splits > 1), workgroup g works on K steps [s * kt_split, (s + 1) * kt_split) of its tile and
 stores raw partial sums; a reduction dispatch adds the splits, the bias and the activation.
 Precision: A and the output are stored as ST (f32 or f16), the workgroup tiles and the sums are AT; the B
-load may give any vec4 (it is converted to AT), and `v` in the store is f32 whatever AT is.
+load may give any vec4 (it is converted to AT), and `v` in the store is f32 whatever AT is. With f16 sums
+(AT = f16) each K tile is summed in f16 from zero and then added to f32 totals: bk products per f16 sum
+keep the error near fp32-accumulation's on deep layers, for one f32 add per bk f16 FMAs.
 """
 
 from __future__ import annotations
@@ -112,8 +114,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for i in range(a_per):
         emit(f"  var ra{i}: vec4<AT>;")
     emit("  var rb: vec4<AT>;")
+    blocked = precision.accumulate == "float16"
+    total = "sum" if blocked else "acc"
     for i in range(rg * 4 * cg):
         emit(f"  var acc{i}: vec4<AT>;")
+        if blocked:
+            emit(f"  var sum{i}: vec4<f32>;")
 
     def load(kt: str) -> None:
         for i in range(a_per):
@@ -141,6 +147,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     emit("    if (more) {")
     load("(kt + 1u)")
     emit("    }")
+    if blocked:
+        for i in range(rg * 4 * cg):
+            emit(f"    acc{i} = vec4<AT>(0.0);")
     emit(f"    for (var kk = 0u; kk < {tile.bk}u; kk++) {{")
     for r in range(rg):
         emit(f"      let a{r} = As[cur][kk * {a_rows4}u + ty + {r * ty_n}u];")
@@ -153,6 +162,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 i = (c * 4 + q) * rg + r
                 emit(f"      acc{i} = fma(a{r}, vec4<AT>(b{c}.{comp}), acc{i});")
     emit("    }")
+    if blocked:
+        for i in range(rg * 4 * cg):
+            emit(f"    sum{i} += vec4<f32>(acc{i});")
     emit("    if (more) {")
     stash("1u - cur")
     emit("    }")
@@ -164,7 +176,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             emit("    if (j < P.cols) {")
             for r in range(rg):
                 i = (c * 4 + q) * rg + r
-                emit(f"      {{ let m0 = tmi * {tile.bm}u + (ty + {r * ty_n}u) * 4u; let acc = acc{i};")
+                emit(f"      {{ let m0 = tmi * {tile.bm}u + (ty + {r * ty_n}u) * 4u; let acc = {total}{i};")
                 emit("        for (var i = 0u; i < 4u; i++) {")
                 emit("          let m = m0 + i;")
                 emit(f"          if (m < P.m) {{ let v = f32(acc[i]); {store} }}")

@@ -35,8 +35,8 @@ fn main({args}) {{
   // pixels ow0 + j * sw, j < 4: residue tb / nb of the stride, block tb % nb
   let ow0 = tb / P.nb + (tb % P.nb) * 4u * P.sw;
   if (ow0 >= P.wo) {{ return; }}
-  var acc: array<vec4<AT>, 4>;
-  let b = vec4<AT>(bias[gob]);
+  var acc: array<vec4<f32>, 4>;
+  let b = bias[gob];
   for (var j = 0u; j < 4u; j++) {{ acc[j] = b; }}
   let hw = P.h * P.w;
   let taps = P.kh * P.kw;
@@ -59,13 +59,15 @@ fn main({args}) {{
         off[j] = select(0u, xg + ih * P.w + u32(iw), ok[j]);
       }}
       var wi = wbase + kh * P.kw + kw;
+      {open_block}
       for (var ic = 0u; ic < P.cin_g; ic++) {{
         let wv = vec4<AT>(wt[wi]);
         for (var j = 0u; j < 4u; j++) {{
-          if (ok[j]) {{ acc[j] += wv * AT(x[off[j] + ic * hw]); }}
+          if (ok[j]) {{ {sum}[j] += wv * AT(x[off[j] + ic * hw]); }}
         }}
         wi += taps;
       }}
+      {close_block}
     }}
   }}
   let ocg0 = (gob % P.ocb) * 4u;
@@ -74,11 +76,14 @@ fn main({args}) {{
     let obase = ((n * P.c_out + g * P.cout_g + ocg0 + i) * P.ho + oh) * P.wo;
     for (var j = 0u; j < 4u; j++) {{
       let ow = ow0 + j * P.sw;
-      if (ow < P.wo) {{ y[obase + ow] = ST(act(f32(acc[j][i]))); }}
+      if (ow < P.wo) {{ y[obase + ow] = ST(act(acc[j][i])); }}
     }}
   }}
 }}
 """
+
+OPEN_BLOCK = "var part = array<vec4<AT>, 4>();"  # f16 sums: one block per kernel tap
+CLOSE_BLOCK = "for (var j = 0u; j < 4u; j++) { acc[j] += vec4<f32>(part[j]); }"
 
 
 class Transposed(ConvKernel):
@@ -97,7 +102,8 @@ class Transposed(ConvKernel):
         self.w_buf = self.upload(w, "packed weights")
         self.b_buf = self.gpu.upload(b, "bias")
         self.source = self.precision.wgsl() + SHADER.format(
-            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX)
+            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX,
+            **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y, n):

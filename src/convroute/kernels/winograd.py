@@ -16,7 +16,9 @@ The transform matrices are built from the interpolation points in numpy (Toom-Co
 and unrolled into the WGSL with the zero terms dropped. F(4x4,3x3) uses the points 0, 1, -1, 1/2, -2: their
 B and A entries are dyadic (exact in fp32) and the relative error stays near 2e-6 on 512-channel layers
 (0, +-1, +-2 gives about 3e-6). V and Mx are sized per bind; when they would exceed one binding the tiles go
-in chunks.
+in chunks. With dtype float16, x, y, U, V and the fallback's weights are f16 and the transforms compute in
+f32; Mx stays f32 (the output transform's cancellations need it). A V that overflows f16 is Inf, so its
+tiles take the direct fallback.
 """
 
 from __future__ import annotations
