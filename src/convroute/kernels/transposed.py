@@ -82,7 +82,9 @@ fn main({args}) {{
 }}
 """
 
-OPEN_BLOCK = "var part = array<vec4<AT>, 4>();"  # f16 sums: one block per kernel tap
+# f16 sums: one block per kernel tap. Zeroed explicitly: naga does not re-zero a loop-local `var` without an
+# initializer on each iteration (gfx-rs/wgpu#9489).
+OPEN_BLOCK = "var part = array<vec4<AT>, 4>();"
 CLOSE_BLOCK = "for (var j = 0u; j < 4u; j++) { acc[j] += vec4<f32>(part[j]); }"
 
 
