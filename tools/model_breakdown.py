@@ -1,0 +1,80 @@
+"""Where a compiled model's latency goes: host encoding, GPU execution, upload and read-back.
+
+usage: python tools/model_breakdown.py MODEL [POLICY]   (torchvision architecture, random weights, batch 1)
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+import wgpu
+
+import convroute.frontend as frontend
+from convroute.frontend.plan import Segment
+
+
+def median_ms(fn, reps=50) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < 0.5:
+        fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def main():
+    import torchvision  # after convroute.frontend (see frontend/__init__)
+
+    name = sys.argv[1] if len(sys.argv) > 1 else "mobilenet_v2"
+    policy = sys.argv[2] if len(sys.argv) > 2 else "calibrated"
+    model = torchvision.models.get_model(name, weights=None).eval()
+    x = torch.randn(1, 3, 224, 224)
+    prog = frontend.compile(model, (x,), policy=policy)
+    gpu, plan = prog.gpu, prog.plan
+    segs = [s for s in plan.segments if isinstance(s, Segment)]
+    dispatches = [d for s in segs for d in s.dispatches]
+    dev = gpu.device
+    fence = gpu.empty(16)
+    qs = dev.create_query_set(type="timestamp", count=2)
+    qb = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+
+    def gpu_pass_ms():
+        enc = gpu.encode(dispatches, timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 0,
+                                                       "end_of_pass_write_index": 1})
+        enc.resolve_query_set(qs, 0, 2, qb, 0)
+        dev.queue.submit([enc.finish()])
+        ts = np.frombuffer(dev.queue.read_buffer(qb), np.uint64)
+        return (int(ts[1]) - int(ts[0])) * 1e-6
+
+    for _ in range(20):
+        gpu_pass_ms()
+    gpu_ms = statistics.median(gpu_pass_ms() for _ in range(50))
+
+    def encode_submit():
+        dev.queue.submit([gpu.encode(dispatches).finish()])
+
+    def encode_submit_wait():
+        encode_submit()
+        gpu.wait(fence)
+
+    rows = {
+        "dispatches": len(dispatches),
+        "GPU time of the one compute pass (timestamps)": gpu_ms,
+        "encode + finish + submit (host)": median_ms(encode_submit),
+        "encode + submit + wait": median_ms(encode_submit_wait),
+        "whole call: upload, run, read back": median_ms(lambda: prog(x)),
+    }
+    print(f"{name}, policy {policy}, on {gpu.profile.name}")
+    for k, v in rows.items():
+        print(f"  {k:45s} {v:.3f}" if isinstance(v, float) else f"  {k:45s} {v}")
+
+
+if __name__ == "__main__":
+    main()
