@@ -239,3 +239,19 @@ def test_float16_without_shader_f16_names_the_feature_and_the_adapter():
     for name in applicable(p):
         with pytest.raises(ValueError, match="shader-f16"):
             ALGORITHMS[name](fake, p, w, b, Epilogue(), dtype="float16")
+
+
+@needs_f16
+def test_conv_command_runs_fp16(capsys):
+    from convroute.cli.main import main
+
+    args = ["conv", "--input", "2,4,7,9", "--weight", "6,4,3,3", "--padding", "1", "--budget", "0.05", "--repeats",
+            "3", "--dtype", "float16"]
+    assert main(args + ["--accumulate", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert "dtype float16, sums float16" in out and "tolerance 0.01" in out and "WRONG" not in out
+    assert all(name in out for name in ("direct", "im2col", "implicit_gemm", "winograd2", "winograd4"))
+    with pytest.raises(SystemExit):
+        main(["conv", "--input", "1,4,8,8", "--weight", "8,4,3,3", "--dtype", "float64"])
+    assert main(["conv", "--input", "1,4,8,8", "--weight", "8,4,3,3", "--accumulate", "float16"]) == 2
+    assert "needs dtype='float16'" in capsys.readouterr().err

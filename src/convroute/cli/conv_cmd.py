@@ -1,5 +1,6 @@
 """`convroute conv`: run one conv shape with every applicable algorithm on the adapter in use, check each
-against a float64 host reference (PyTorch when importable) and print its median time."""
+against a float64 host reference (PyTorch when importable) and print its median time. `--dtype float16`
+runs the f16 kernels (tolerance 1e-2 instead of 1e-4)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,12 @@ from convroute.cli.common import (
 )
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import DTYPES, Epilogue, Precision
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.router import POLICIES, route_params
 
 SETTINGS = TimingSettings(warmup=2, repeats=30, budget_s=1.0)
+TOLERANCE_F16 = 1e-2
 
 
 def add_arguments(parser) -> None:
@@ -33,13 +36,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--budget", type=float, default=SETTINGS.budget_s, metavar="SECONDS",
                         help="time budget per algorithm (at least 3 runs are timed whatever the budget)")
     parser.add_argument("--seed", type=int, default=None, help="random seed of the inputs (default: fresh)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="storage of activations and weights (float16 needs the adapter's shader-f16)")
+    parser.add_argument("--accumulate", default=None, choices=DTYPES,
+                        help="type of the sums: float32 (default) or float16 (with --dtype float16)")
 
 
 def run(args) -> int:
     try:
         p = params_from_args(args)
         names = pick_algorithms(args.algorithm, p)
+        precision = Precision.parse(args.dtype, args.accumulate)
         gpu = get_gpu()
+        precision.require(gpu.profile)
         decision = route_params(p, gpu.profile, args.policy, args.force_direct)
     except (TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -48,15 +57,19 @@ def run(args) -> int:
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     work = Workload(gpu, p, seed=seed, rotations=settings.rotations)
     ref, ref_name = host_reference(p, work.x_first, work.weight, work.bias)
+    tolerance = TOLERANCE_F16 if precision.dtype == "float16" else TOLERANCE
     rows, failed, method = [], 0, "-"
     try:
+        if precision.dtype == "float16":
+            to_f16(work, gpu)
         for name in names:
-            kernel = work.kernel(ALGORITHMS[name])
+            kernel = ALGORITHMS[name](gpu, p, work.weight, work.bias, Epilogue(), precision.dtype,
+                                      precision.accumulate)
             y = work.y_bufs[0]
-            gpu.fill(y, np.nan)
+            gpu.fill(y, np.nan, precision.numpy)
             gpu.run(kernel.bind(work.x_bufs[0], y, p.n))
-            err = rel_error(gpu.read(y, p.output_shape), ref)
-            ok = err < TOLERANCE
+            err = rel_error(gpu.read(y, p.output_shape, precision.numpy), ref)
+            ok = err < tolerance
             failed += not ok
             timing = work.time(kernel, settings)
             method = timing.method
@@ -65,11 +78,19 @@ def run(args) -> int:
                          "ok" if ok else "WRONG", f"{timing.median_ms:.3f}", f"{gflops:.1f}"])
     finally:
         work.release()
-    print(f"{p.describe()} on {gpu.profile.name}")
+    print(f"{p.describe()} on {gpu.profile.name}, dtype {precision.dtype}, sums {precision.accumulate}")
     print(f"routed: {decision}")
     print(format_table(["algorithm", "rel error", "check", "median ms", "GFLOP/s"], rows))
-    print(f"reference: {ref_name}; tolerance {TOLERANCE:g}; timing: {method}; seed {seed}")
+    print(f"reference: {ref_name}; tolerance {tolerance:g}; timing: {method}; seed {seed}")
     return 1 if failed else 0
+
+
+def to_f16(work: Workload, gpu) -> None:
+    """The workload's inputs as float16 buffers (its output buffers, sized for float32, hold f16 as well)."""
+    f32_bufs = work.x_bufs
+    work.x_bufs = [gpu.upload(gpu.read(b, work.p.input_shape), "input", np.float16) for b in f32_bufs]
+    for buf in f32_bufs:
+        buf.destroy()
 
 
 def pick_algorithms(spec: str, p) -> list[str]:
