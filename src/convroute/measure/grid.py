@@ -13,6 +13,7 @@ from __future__ import annotations
 from convroute.params import ConvParams, make_params
 
 SIDES = (6, 10, 20, 40, 80, 160)
+ODD_SIDES = (5, 9, 17, 35, 73)  # odd sizes (Inception's 299 input gives 147/73/35/17/8): partial tiles
 CHANNELS = (16, 32, 64, 128, 256, 512, 1024)
 FULL_MAX_FLOPS = 1.2e9  # keeps `convroute calibrate` under 10 minutes on a 2-core CPU (lavapipe)
 
@@ -66,6 +67,9 @@ def full_grid() -> list[ConvParams]:
         add(deconv(2 * c, c, s, 2, 2))  # UNet up
         add(deconv(c, c, s, 3, 2, 1, 1))
         add(deconv(c, c // 2, s, 4, 2, 1))
+    for c, s in [(c, s) for c in CHANNELS for s in ODD_SIDES if _real_band(c, s)]:
+        add(conv(c, c, s, 3))
+        add(conv(c, c, s, 1))
     for c, s in [(64, 120), (128, 60), (256, 30), (512, 15)]:  # the heaviest bodies (VGG, UNet): 1 GFLOP each
         add(conv(c, c, s, 3))
     for side in (96, 160, 200):  # stems

@@ -3,9 +3,11 @@
 Each algorithm's log run time is predicted in two steps:
 1. a robust (Huber) ridge regression, linear in log-scale shape features: work (MACs), memory traffic
    (input, output, weight), channels per group, output pixels, kernel area, stride, groups, dilation, batch,
-   plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128 and how many
-   tiles/threads it offers (parallelism). Linear terms extrapolate smoothly to shapes larger or smaller than the
-   grid's; the Huber weights keep a measurement hit by a load spike from bending the fit.
+   plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128, how much of
+   2x2 / 4x4 output-plane tiles, and how many tiles/threads it offers (parallelism). Linear terms
+   extrapolate smoothly to shapes larger or smaller than the grid's; the Huber weights keep a measurement hit
+   by a load spike from bending the fit; standard deviations are floored (MIN_SCALE) so that a feature
+   nearly constant on the grid cannot dominate a prediction.
 2. plus the distance-weighted mean residual of that regression at the k nearest grid shapes (in the
    standardised space of the basic features): the local corrections the global trend misses.
 The algorithm with the smallest predicted time wins. Fitting takes milliseconds, so it is redone whenever a
@@ -52,6 +54,10 @@ def tiling_features(p: ConvParams) -> dict[str, float]:
         f[f"cols_waste{t}"] = math.log2(-(-cols // t) * t / cols)
     f["depth_waste16"] = math.log2(-(-depth // 16) * 16 / depth)
     f["width_waste4"] = math.log2(-(-p.wo // 4) * 4 / p.wo)
+    for t in (2, 4):  # the output plane cut in t x t tiles (Winograd F(2x2)/F(4x4), 2-D register blocks)
+        tiles = -(-p.ho // t) * -(-p.wo // t)
+        f[f"plane_waste{t}"] = math.log2(tiles * t * t / (p.ho * p.wo))
+        f[f"plane_tiles{t}"] = math.log2(p.n * tiles)
     f["tiles128"] = math.log2(-(-rows // 128) * -(-cols // 128) * p.groups)
     f["blocks1024"] = math.log2(max(1.0, p.n * p.c_out * p.ho * p.wo / 1024))
     return f
@@ -65,10 +71,11 @@ def distance_vector(p: ConvParams) -> np.ndarray:
     return np.array(list(base_features(p).values()), np.float64)
 
 
+MIN_SCALE = 0.5  # log2 units: a feature nearly constant on the grid must not look extreme on a new shape
+
+
 def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    return mean, scale
+    return x.mean(axis=0), np.maximum(x.std(axis=0), MIN_SCALE)
 
 
 @dataclass
