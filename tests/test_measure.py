@@ -140,6 +140,20 @@ def test_workload_rotates_distinct_inputs_and_checks_every_algorithm(gpu):
         work.release()
 
 
+def test_workload_beyond_one_binding_times_a_chunk_and_scales(gpu, monkeypatch):
+    p = make_params((5, 8, 10, 10), (8, 8, 3, 3), padding=1)
+    monkeypatch.setitem(gpu.profile.limits, "max-storage-buffer-binding-size", 4 * 8 * 10 * 10 * 2)
+    work = Workload(gpu, p, rotations=2)
+    try:
+        assert work.p.n == 2 and work.scale == 2.5
+        kernel = work.kernel(Direct)
+        assert work.error(kernel) < 1e-5
+        timing = work.time(kernel, FAST)
+        assert "2-image chunks x 2.5" in timing.method and timing.median_ms > 0
+    finally:
+        work.release()
+
+
 class Lazy(Direct):
     """Writes nothing: a driver that drops the dispatch. Its poisoned output must count as wrong."""
 

@@ -181,11 +181,19 @@ def timestamp_period(gpu: Gpu) -> float:
 
 class Workload:
     """Random weights, bias and rotated input/output buffers for one ConvParams, shared by every algorithm
-    timed on it, plus the float64 host reference of the first input."""
+    timed on it, plus the float64 host reference of the first input.
+
+    A batch whose input or output exceeds one storage binding runs in chunks of images (as Conv2d does):
+    the workload then holds one chunk, and its times are scaled by batch / chunk."""
 
     def __init__(self, gpu: Gpu, p: ConvParams, seed: int = 0, rotations: int = 4):
+        from convroute.api import batch_chunk  # api imports the router, which imports this module
+
         rng = np.random.default_rng(seed)
-        self.gpu, self.p = gpu, p
+        chunk = batch_chunk(p, gpu.profile.max_binding_bytes)
+        self.scale = p.n / chunk
+        self.gpu, self.p = gpu, p.with_batch(chunk)
+        p = self.p
         fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
         self.weight = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
         self.bias = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32)
@@ -208,7 +216,12 @@ class Workload:
         """{name: Timing} of several kernels on this workload, measured interleaved (see time_candidates)."""
         runs = {name: [k.bind(x, y, self.p.n) for x, y in zip(self.x_bufs, self.y_bufs, strict=True)]
                 for name, k in kernels.items()}
-        return time_candidates(self.gpu, runs, settings)
+        timings = time_candidates(self.gpu, runs, settings)
+        if self.scale == 1:
+            return timings
+        note = f", {self.p.n}-image chunks x {self.scale:.3g}"
+        return {n: Timing(t.median_ms * self.scale, tuple(v * self.scale for v in t.samples_ms), t.method + note)
+                for n, t in timings.items()}
 
     def reference(self) -> np.ndarray:
         if self._reference is None:
