@@ -23,7 +23,8 @@ _WARNED: set[str] = set()
 def warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
-        warnings.warn(message, CacheWarning, stacklevel=3)
+        # explicit location: the message names the file or profile; a source line of convroute would not help
+        warnings.warn_explicit(message.removeprefix("convroute: "), CacheWarning, "convroute", 0, module="convroute")
 
 
 def cache_dir() -> Path:
