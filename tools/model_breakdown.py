@@ -64,6 +64,7 @@ def main():
         encode_submit()
         gpu.wait(fence)
 
+    per_dispatch = dispatch_times(gpu, dispatches) if "timestamp-query-inside-passes" in dev.features else None
     rows = {
         "dispatches": len(dispatches),
         "GPU time of the one compute pass (timestamps)": gpu_ms,
@@ -74,6 +75,37 @@ def main():
     print(f"{name}, policy {policy}, on {gpu.profile.name}")
     for k, v in rows.items():
         print(f"  {k:45s} {v:.3f}" if isinstance(v, float) else f"  {k:45s} {v}")
+    if per_dispatch is not None:
+        labels = [(step.node.name, i) for s in segs for step in s.steps for i, _ in enumerate(step.dispatches)]
+        print(f"  per dispatch inside the one pass (timestamps), sum {sum(per_dispatch):.3f} ms:")
+        for (node, i), t in zip(labels, per_dispatch, strict=True):
+            print(f"    {node:28s} #{i} {t * 1e3:8.1f} us")
+
+
+def dispatch_times(gpu, dispatches, runs: int = 20) -> list[float]:
+    """ms of each dispatch inside one compute pass: a timestamp before each dispatch and after the last."""
+    from wgpu.backends.wgpu_native.extras import write_timestamp
+
+    dev = gpu.device
+    count = len(dispatches) + 1
+    qs = dev.create_query_set(type="timestamp", count=count)
+    qb = dev.create_buffer(size=8 * count, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+    samples = []
+    for _ in range(runs):
+        enc = dev.create_command_encoder()
+        cpass = enc.begin_compute_pass()
+        for i, d in enumerate(dispatches):
+            write_timestamp(cpass, qs, i)
+            cpass.set_pipeline(d.pipeline)
+            cpass.set_bind_group(0, d.bind_group)
+            cpass.dispatch_workgroups(*d.grid)
+        write_timestamp(cpass, qs, len(dispatches))
+        cpass.end()
+        enc.resolve_query_set(qs, 0, count, qb, 0)
+        dev.queue.submit([enc.finish()])
+        ticks = np.frombuffer(dev.queue.read_buffer(qb), np.uint64).astype(np.int64)
+        samples.append(np.diff(ticks) * 1e-6)
+    return list(np.median(np.array(samples), axis=0))
 
 
 if __name__ == "__main__":
