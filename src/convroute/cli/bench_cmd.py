@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 from convroute.device.gpu import get_gpu
-from convroute.measure.bench import COMPARATORS, DEFAULT_POLICIES, SETTINGS, run_bench
+from convroute.measure.bench import DEFAULT_POLICIES, SETTINGS, run_bench
+from convroute.measure.compare import DEFAULT_CHAIN, ENGINES, compare_summary, compare_table, plot_compare, run_compare
 from convroute.measure.report import plot, summary, table
 from convroute.router import POLICIES
 from convroute.suites import SUITES, load_suite
@@ -30,7 +32,11 @@ def add_arguments(parser) -> None:
                              "runs are timed whatever the budget")
     parser.add_argument("--no-check", action="store_true", help="skip checking results against the host reference")
     parser.add_argument("--compare", default="", metavar="NAMES",
-                        help="also time other implementations (e.g. torch,ncnn) where available")
+                        help=f"also time other engines ({','.join(ENGINES)}) where available, all with one chained "
+                             "method (see --chain), beside convroute's routed algorithms")
+    parser.add_argument("--chain", type=int, default=DEFAULT_CHAIN, metavar="L",
+                        help=f"--compare: copies of each layer run back to back per timed run "
+                             f"(default {DEFAULT_CHAIN})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -44,10 +50,12 @@ def run(args) -> int:
         print(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}", file=sys.stderr)
         return 2
     compare = [c.strip() for c in args.compare.split(",") if c.strip()]
-    missing = [c for c in compare if c not in COMPARATORS]
+    missing = [c for c in compare if c not in ENGINES]
     if missing:
-        print(f"--compare {', '.join(missing)}: not available in this build (known: "
-              f"{', '.join(COMPARATORS) or 'none yet'})", file=sys.stderr)
+        print(f"--compare {', '.join(missing)}: unknown engine (known: {', '.join(ENGINES)})", file=sys.stderr)
+        return 2
+    if args.chain < 1:
+        print("--chain must be >= 1", file=sys.stderr)
         return 2
     try:
         suite = load_suite(args.layers or args.suite)
@@ -56,15 +64,29 @@ def run(args) -> int:
         return 2
     settings = replace(SETTINGS, repeats=max(args.repeats, SETTINGS.min_repeats), budget_s=args.budget)
     report = run_bench(get_gpu(), suite, args.batch, policies, settings=settings, check=not args.no_check,
-                       progress=not args.no_progress, compare=compare)
+                       progress=not args.no_progress)
     print(table(report))
     print()
     print(summary(report))
+    compared = None
+    if compare:
+        compared = run_compare(get_gpu(), suite, args.batch, report.policies or ["seed"], compare, chain=args.chain,
+                               budget_s=args.budget, progress=not args.no_progress)
+        print()
+        print(compare_table(compared))
+        print()
+        print(compare_summary(compared))
     if args.json:
+        data = report.to_json() | (compared.to_json() if compared else {})
         with open(args.json, "w") as f:
-            json.dump(report.to_json(), f, indent=1)
+            json.dump(data, f, indent=1)
         print(f"wrote {args.json}")
     if args.plot:
         plot(report, args.plot)
         print(f"wrote {args.plot}")
+        if compared:
+            path = Path(args.plot)
+            compare_path = str(path.with_name(f"{path.stem}-compare{path.suffix or '.png'}"))
+            plot_compare(compared, compare_path)
+            print(f"wrote {compare_path}")
     return 0
