@@ -13,7 +13,7 @@ from __future__ import annotations
 from convroute.params import ConvParams, make_params
 
 SIDES = (6, 10, 20, 40, 80, 160)
-ODD_SIDES = (5, 9, 17, 35, 73)  # odd sizes (Inception's 299 input gives 147/73/35/17/8): partial tiles
+ODD_SIDES = (5, 9, 13, 17, 35, 73)  # odd sizes (Inception's 147/73/35/17, AlexNet's 13): partial tiles
 CHANNELS = (16, 32, 64, 128, 256, 512, 1024)
 FULL_MAX_FLOPS = 1.2e9  # keeps `convroute calibrate` under 10 minutes on a 2-core CPU (lavapipe)
 

@@ -4,7 +4,8 @@ Each algorithm's log run time is predicted in two steps:
 1. a robust (Huber) ridge regression, linear in log-scale shape features: work (MACs), memory traffic
    (input, output, weight), channels per group, output pixels, kernel area, stride, groups, dilation, batch,
    plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128, how much of
-   2x2 / 4x4 output-plane tiles, and how many tiles/threads it offers (parallelism). Linear terms
+   2x2 / 4x4 output-plane tiles, and how many tiles/threads it offers (parallelism, with hinges at 16 and
+   64 work items: a device with too little work idles, with enough it does not speed up further). Linear terms
    extrapolate smoothly to shapes larger or smaller than the grid's; the Huber weights keep a measurement hit
    by a load spike from bending the fit; standard deviations are floored (MIN_SCALE) so that a feature
    nearly constant on the grid cannot dominate a prediction.
@@ -28,6 +29,7 @@ BASE = ("macs", "input", "output", "weight", "cin_g", "cout_g", "pixels", "kerne
 RIDGE = 1e-2
 HUBER = 0.3  # residuals beyond this (natural log units, ~35 %) get a smaller weight
 NEIGHBOURS = 4
+PARALLEL_LEVELS = (4, 6)  # log2 of the work-item counts where the parallelism hinges sit
 
 
 def base_features(p: ConvParams) -> dict[str, float]:
@@ -60,6 +62,9 @@ def tiling_features(p: ConvParams) -> dict[str, float]:
         f[f"plane_tiles{t}"] = math.log2(p.n * tiles)
     f["tiles128"] = math.log2(-(-rows // 128) * -(-cols // 128) * p.groups)
     f["blocks1024"] = math.log2(max(1.0, p.n * p.c_out * p.ho * p.wo / 1024))
+    for key in ("plane_tiles2", "plane_tiles4", "tiles128", "blocks1024"):
+        for level in PARALLEL_LEVELS:  # hinges: below ~16 / ~64 work items a device idles, above it does not
+            f[f"{key}_below{level}"] = max(0.0, level - f[key])
     return f
 
 
