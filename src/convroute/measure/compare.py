@@ -375,7 +375,7 @@ class NcnnEngine(Engine):
             model.write_bytes(ncnn_weights(weight, bias, chain))
             if net.load_param(str(param)) != 0 or net.load_model(str(model)) != 0:
                 raise RuntimeError("ncnn could not load the generated chain")
-        mat = ncnn.Mat(np.ascontiguousarray(x[0]))
+        mat = ncnn.Mat(np.ascontiguousarray(x[0])).clone()  # wrapping numpy gives an unaligned channel step
 
         def once():
             extractor = net.create_extractor()
