@@ -24,10 +24,6 @@ TOLERANCE = 1e-4
 SETTINGS = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=1.0)
 DEFAULT_POLICIES = ("seed", "calibrated")
 
-# Other implementations timed on the same layers, for `bench --compare` (issue 5 fills this in):
-# name -> function(gpu, params, settings) -> median ms, or raising RuntimeError when unavailable here.
-COMPARATORS: dict[str, object] = {}
-
 
 @dataclass
 class LayerResult:
@@ -39,7 +35,6 @@ class LayerResult:
     failures: dict[str, str] = field(default_factory=dict)  # algorithm -> wrong result / exception
     choices: dict[str, str] = field(default_factory=dict)  # policy -> algorithm
     reasons: dict[str, str] = field(default_factory=dict)
-    compare_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def oracle(self) -> str:
@@ -99,15 +94,13 @@ class BenchReport:
             "layers": [{"name": r.name, "count": r.count, "params": params_to_dict(r.params),
                         "times_ms": r.times_ms, "errors": r.errors, "failures": r.failures,
                         "choices": r.choices, "reasons": r.reasons, "oracle": r.oracle,
-                        "oracle_ms": r.oracle_ms, "regret": {p: r.regret(p) for p in r.choices},
-                        "compare_ms": r.compare_ms}
+                        "oracle_ms": r.oracle_ms, "regret": {p: r.regret(p) for p in r.choices}}
                        for r in self.layers],
         }
 
 
 def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES, *,
-              settings: TimingSettings = SETTINGS, check: bool = True, progress: bool = True,
-              compare=()) -> BenchReport:
+              settings: TimingSettings = SETTINGS, check: bool = True, progress: bool = True) -> BenchReport:
     policies = list(policies)
     notes = []
     if "calibrated" in policies and load_calibration(gpu.profile) is None:
@@ -125,8 +118,6 @@ def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES,
                 warnings.simplefilter("ignore")
                 decision = route_params(p, gpu.profile, policy)
             result.choices[policy], result.reasons[policy] = decision.algorithm, decision.reason
-        for other in compare:
-            result.compare_ms[other] = COMPARATORS[other](gpu, p, settings)
         results.append(result)
     return BenchReport(suite.name, batch, device_record(gpu.profile), method, policies, results, notes)
 
