@@ -33,7 +33,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-check", action="store_true", help="skip checking results against the host reference")
     parser.add_argument("--compare", default="", metavar="NAMES",
                         help=f"also time other engines ({','.join(ENGINES)}) where available, all with one chained "
-                             "method (see --chain), beside convroute's routed algorithms")
+                             "method (see --chain; --budget per engine and layer), beside convroute's routed "
+                             "algorithms")
     parser.add_argument("--chain", type=int, default=DEFAULT_CHAIN, metavar="L",
                         help=f"--compare: copies of each layer run back to back per timed run "
                              f"(default {DEFAULT_CHAIN})")
