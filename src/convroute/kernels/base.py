@@ -48,11 +48,26 @@ class ConvKernel:
         """Weights in the storage dtype (bias and other f32 data go through gpu.upload)."""
         return self.gpu.upload(array, what, self.precision.numpy)
 
+    def shape_values(self, **extra) -> dict:
+        """The layer's shape as uniform values, named as the shaders' Params blocks name them."""
+        p = self.p
+        return dict(c_in=p.c_in, h=p.h, w=p.w, c_out=p.c_out, ho=p.ho, wo=p.wo, kh=p.kh, kw=p.kw,
+                    sh=p.stride[0], sw=p.stride[1], ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0],
+                    dw=p.dilation[1], cin_g=p.c_in // p.groups, cout_g=p.c_out // p.groups) | extra
+
     def prepare(self, weight: np.ndarray, bias: np.ndarray) -> None:
         raise NotImplementedError
 
     def bind(self, x, y, n: int) -> list[Dispatch]:
         raise NotImplementedError
+
+
+# Bindings of the sliding-window kernels (direct, transposed): weights in vec4s of output channels.
+OC4_BINDINGS = """@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read> wt: array<vec4<ST>>;
+@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
+@group(0) @binding(4) var<storage, read_write> y: array<ST>;"""
 
 
 def pack_oc4(weight_oc_first: np.ndarray, groups: int, bias: np.ndarray):

@@ -88,8 +88,6 @@ class Depthwise(ConvKernel):
         p = self.p
         owb = ceil_div(p.wo, 4)
         total = n * p.c_out * p.ho * owb
-        values = dict(c_in=p.c_in, h=p.h, w=p.w, c_out=p.c_out, ho=p.ho, wo=p.wo, kh=p.kh, kw=p.kw,
-                      sh=p.stride[0], sw=p.stride[1], ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0],
-                      dw=p.dilation[1], mult=p.c_out // p.c_in, owb=owb, total=total)
+        values = self.shape_values(mult=p.c_out // p.c_in, owb=owb, total=total)
         u = self.gpu.uniform(pack(PARAMS, values))
         return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]

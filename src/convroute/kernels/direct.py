@@ -6,7 +6,7 @@ loads one vec4 of weights and four input values and does sixteen multiply-adds.
 
 from __future__ import annotations
 
-from convroute.kernels.base import ConvKernel, pack_oc4
+from convroute.kernels.base import OC4_BINDINGS, ConvKernel, pack_oc4
 from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
 
 WG = 64
@@ -16,11 +16,7 @@ PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "p
 SHADER = """
 const WG: u32 = {wg}u;
 {params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<ST>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<ST>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<ST>;
+{bindings}
 {act}
 @compute @workgroup_size({wg})
 fn main({args}) {{
@@ -86,17 +82,14 @@ class Direct(ConvKernel):
         self.w_buf = self.upload(w, "packed weights")
         self.b_buf = self.gpu.upload(b, "bias")
         self.source = self.precision.wgsl() + SHADER.format(
-            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX,
-            **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
+            wg=WG, params=uniform_block(PARAMS), bindings=OC4_BINDINGS, act=self.epilogue.wgsl(), args=ENTRY_ARGS,
+            flat=FLAT_INDEX, **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y, n):
         p = self.p
         owb, gocb = ceil_div(p.wo, 4), p.groups * self.ocb
         total = n * gocb * p.ho * owb
-        values = dict(n=n, c_in=p.c_in, h=p.h, w=p.w, c_out=p.c_out, ho=p.ho, wo=p.wo, kh=p.kh, kw=p.kw,
-                      sh=p.stride[0], sw=p.stride[1], ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0],
-                      dw=p.dilation[1], cin_g=p.c_in // p.groups, cout_g=p.c_out // p.groups, ocb=self.ocb,
-                      owb=owb, gocb=gocb, total=total)
+        values = self.shape_values(n=n, ocb=self.ocb, owb=owb, gocb=gocb, total=total)
         u = self.gpu.uniform(pack(PARAMS, values))
         return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]
