@@ -129,3 +129,12 @@ def test_int_arguments_equal_pairs_and_non_contiguous_input():
     assert_matches(conv2d(x, w, b, (2, 2), (1, 1), (2, 2)), ref, "pair arguments")
     assert_matches(conv2d(x.astype(np.float16).astype(np.float64), w, b, 2, 1, 2),
                    reference(p, x.astype(np.float16), w, b), "float64 input of fp16 values")
+
+
+def test_direct_refuses_loops_past_the_lavapipe_limit():
+    if get_gpu().profile.family != "cpu":
+        pytest.skip("the loop limit is lavapipe's")
+    x = np.random.default_rng(0).standard_normal((1, 8192, 3, 3)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((2, 8192, 3, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="lavapipe silently stops loops"):
+        conv2d(x, w, padding=1, algorithm="direct")

@@ -221,3 +221,15 @@ def test_api_decision_follows_the_router():
     forced(x)
     assert forced.decision.algorithm == "direct"
     np.testing.assert_allclose(forced(x), layer(x), rtol=1e-4, atol=1e-4)
+
+
+def test_lavapipe_loop_limit_routes_around_long_loops():
+    """On CPU adapters an algorithm whose invocation would loop past lavapipe's limit is excluded (it would
+    give wrong sums silently); other families keep the seed choice."""
+    from convroute.kernels.base import CPU_LOOP_LIMIT
+
+    shape = ((1, 8192, 3, 3), (2, 8192, 3, 3))
+    cpu = route(*shape, padding=1, device="cpu", policy="seed")
+    assert cpu.algorithm != "direct" and str(CPU_LOOP_LIMIT) in cpu.reason
+    assert route(*shape, padding=1, device="nvidia", policy="seed").algorithm == "direct"
+

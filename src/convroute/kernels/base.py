@@ -14,6 +14,10 @@ from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.common import Epilogue, Precision
 from convroute.params import ConvParams
 
+# Mesa's lavapipe (22.3) ends an invocation's loops silently after this many iterations in all: a kernel
+# that would loop longer gives wrong sums there, so it is refused on CPU adapters instead.
+CPU_LOOP_LIMIT = 65535
+
 
 class ConvKernel:
     name = ""
@@ -39,6 +43,10 @@ class ConvKernel:
             raise ValueError(f"algorithm {self.name!r} cannot run dtype={self.precision.dtype!r} "
                              f"accumulate={self.precision.accumulate!r}: {why}")
         self.precision.require(gpu.profile)
+        if gpu.profile.family == "cpu" and self.loop_trips(p) > CPU_LOOP_LIMIT:
+            raise ValueError(f"algorithm {self.name!r} cannot run {p.describe()} on {gpu.profile.name}: one invocation "
+                             f"would loop {self.loop_trips(p)} times and lavapipe silently stops loops after "
+                             f"{CPU_LOOP_LIMIT}; use a GEMM algorithm (im2col, implicit_gemm)")
         self.dtype = self.precision.dtype
         self.gpu, self.p, self.epilogue = gpu, p, epilogue
         bias = np.zeros(p.c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
@@ -47,6 +55,11 @@ class ConvKernel:
     def upload(self, array: np.ndarray, what: str):
         """Weights in the storage dtype (bias and other f32 data go through gpu.upload)."""
         return self.gpu.upload(array, what, self.precision.numpy)
+
+    @classmethod
+    def loop_trips(cls, p: ConvParams) -> int:
+        """Loop iterations of one invocation, summed over its nested loops (see CPU_LOOP_LIMIT)."""
+        return 0
 
     def shape_values(self, **extra) -> dict:
         """The layer's shape as uniform values, named as the shaders' Params blocks name them."""

@@ -76,6 +76,10 @@ class Depthwise(ConvKernel):
                     f"got groups={p.groups} with C_in={p.c_in}")
         return None
 
+    @classmethod
+    def loop_trips(cls, p):
+        return p.kh * p.kw
+
     def prepare(self, weight, bias):
         self.w_buf = self.upload(weight, "weights")
         self.b_buf = self.gpu.upload(bias, "bias")

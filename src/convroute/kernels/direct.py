@@ -76,6 +76,10 @@ class Direct(ConvKernel):
     def unsupported(cls, p):
         return "it is a transposed convolution" if p.transposed else None
 
+    @classmethod
+    def loop_trips(cls, p):
+        return (p.c_in // p.groups) * p.kh * p.kw
+
     def prepare(self, weight, bias):
         p = self.p
         w, b, self.ocb = pack_oc4(weight, p.groups, bias)

@@ -91,6 +91,10 @@ class Transposed(ConvKernel):
     def unsupported(cls, p):
         return None if p.transposed else "it is not a transposed convolution (use transposed=True)"
 
+    @classmethod
+    def loop_trips(cls, p):
+        return (p.c_in // p.groups) * p.kh * p.kw
+
     def prepare(self, weight, bias):
         p = self.p
         cin_g, cout_g = p.c_in // p.groups, p.c_out // p.groups

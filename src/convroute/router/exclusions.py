@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
+from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.measure.calibration import load_calibration
 from convroute.measure.denylist import denied
 from convroute.params import ConvParams
@@ -17,6 +18,12 @@ FALLBACK = ("direct", "im2col", "pointwise", "depthwise", "transposed")  # then 
 def blocked_algorithms(p: ConvParams, device: DeviceProfile) -> dict[str, str]:
     """{algorithm: why it is excluded on this device for p}."""
     blocked = denied(device, p)
+    if device.family == "cpu":
+        for name in applicable(p):
+            trips = ALGORITHMS[name].loop_trips(p)
+            if trips > CPU_LOOP_LIMIT:
+                blocked.setdefault(name, f"one invocation would loop {trips} times; lavapipe stops loops "
+                                         f"silently after {CPU_LOOP_LIMIT}")
     calibration = load_calibration(device)
     if calibration is not None:
         for name, why in calibration.excluded.items():
