@@ -42,8 +42,9 @@ def run(args) -> int:
         print(f"{name} could not run {count} shape(s), e.g. {example.params.describe()}: {example.failed[name]}")
     loo = loo_report(cal.samples, cal.excluded)
     print(f"model check, leave-one-out over {loo['shapes']} shapes with a choice: picks the fastest on "
-          f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, worst "
-          f"{100 * loo['worst_regret']:.0f}%, total time {100 * loo['total_regret']:.1f}% over the fastest")
+          f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, total time "
+          f"{100 * loo['total_regret']:.1f}% over the fastest; worst {100 * loo['worst_regret']:.0f}% "
+          f"({loo['worst_ms'][0]:.3g} vs {loo['worst_ms'][1]:.3g} ms on {loo['worst_shape']})")
     if args.dry_run:
         return 0
     path = save_calibration(cal)

@@ -146,23 +146,27 @@ class CostModel:
 
 def loo_report(samples, excluded: dict[str, str] | None = None) -> dict:
     """Leave-one-out over the grid: for each shape with 2+ measured algorithms, fit without it, choose, and
-    compare with the measured fastest. Returns accuracy, mean and worst regret, and time-weighted regret."""
+    compare with the measured fastest. Returns accuracy, mean regret, the worst case (regret, chosen and best
+    ms, shape) and the time-weighted regret (the share of total grid time lost to wrong choices)."""
     hits, regrets, chosen_total, best_total = 0, [], 0.0, 0.0
-    comparable = [i for i, s in enumerate(samples) if len(s.times_ms) >= 2]
-    for i in comparable:
+    worst = (0.0, 0.0, 0.0, "")
+    for i, sample in enumerate(samples):
+        times = sample.times_ms
+        if len(times) < 2:
+            continue
         model = CostModel.fit(samples[:i] + samples[i + 1:], excluded)
-        times = samples[i].times_ms
-        predicted = {n: model.predict_ms(samples[i].params, n) for n in times}
-        predicted = {n: t for n, t in predicted.items() if t is not None}
+        predicted = {n: t for n in times if (t := model.predict_ms(sample.params, n)) is not None}
         if not predicted:
             continue
         choice = min(predicted, key=predicted.get)
         best = min(times.values())
         hits += times[choice] == best
         regrets.append(times[choice] / best - 1)
+        if regrets[-1] > worst[0]:
+            worst = (regrets[-1], times[choice], best, sample.params.describe())
         chosen_total += times[choice]
         best_total += best
     n = len(regrets)
     return {"shapes": n, "accuracy": hits / n if n else 1.0, "mean_regret": float(np.mean(regrets)) if n else 0.0,
-            "worst_regret": float(max(regrets)) if n else 0.0,
+            "worst_regret": worst[0], "worst_ms": worst[1:3], "worst_shape": worst[3],
             "total_regret": chosen_total / best_total - 1 if best_total else 0.0}
