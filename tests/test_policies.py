@@ -259,6 +259,16 @@ def test_autotune_skips_a_wrong_algorithm(gpu, monkeypatch):
     assert d.algorithm != "offbias" and "offbias gave a wrong result" in d.reason
 
 
+def test_autotune_skips_an_algorithm_that_cannot_size_the_shape(gpu, monkeypatch):
+    from test_measure import SmallOnly
+
+    monkeypatch.setitem(ALGORITHMS, "smallonly", SmallOnly)
+    p = make_params((1, 16, 10, 10), (16, 16, 3, 3), padding=1)
+    d = route_params(p, gpu.profile, "autotune")
+    assert d.algorithm != "smallonly" and "smallonly cannot run it (packed weights need more" in d.reason
+    assert "cached" in route_params(p, gpu.profile, "autotune").reason
+
+
 def test_cli_calibrate_and_bench(gpu, tmp_path, capsys):
     assert cli_main(["calibrate", "--quick", "--no-progress", "--per-shape", "0.05"]) == 0
     out = capsys.readouterr().out

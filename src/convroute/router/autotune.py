@@ -49,6 +49,7 @@ def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]
         reason += " vs " + ", ".join(f"{n} {ms(times[n])}" for n in ranked[1:])
     if entry.get("wrong"):
         reason += f", {wrong_note(entry)}"
+    reason += "".join(f", {n} cannot run it ({why})" for n, why in entry.get("cannot", {}).items())
     return entry["algorithm"], f"{reason} ({origin}, {entry['method']}, {entry['when']})"
 
 
@@ -56,7 +57,7 @@ def usable(entry, candidates: list[str]) -> bool:
     """A cached entry is reused when its winner is still allowed and it measured every current candidate."""
     if not isinstance(entry, dict):
         return False
-    measured = set(entry.get("times_ms", {})) | set(entry.get("wrong", {}))
+    measured = set(entry.get("times_ms", {})) | set(entry.get("wrong", {})) | set(entry.get("cannot", {}))
     return entry.get("algorithm") in candidates and set(candidates) <= measured
 
 
@@ -64,10 +65,14 @@ def tune(gpu, p: ConvParams, candidates: list[str]) -> dict:
     from convroute.kernels import ALGORITHMS
 
     work = Workload(gpu, p, seed=1)
-    kernels, wrong = {}, {}
+    kernels, wrong, cannot = {}, {}, {}
     try:
         for name in candidates:
-            kernel = work.kernel(ALGORITHMS[name])
+            try:
+                kernel = work.kernel(ALGORITHMS[name])
+            except ValueError as err:  # beyond the algorithm here (a size limit): not a candidate
+                cannot[name] = str(err)
+                continue
             error = work.error(kernel)
             if error < TOLERANCE:
                 kernels[name] = kernel
@@ -79,7 +84,7 @@ def tune(gpu, p: ConvParams, candidates: list[str]) -> dict:
     times = {n: t.median_ms for n, t in timings.items()}
     method = min((t.method for t in timings.values()), key=len, default="")
     best = min(times, key=times.get) if times else None
-    return {"algorithm": best, "times_ms": times, "wrong": wrong, "method": method,
+    return {"algorithm": best, "times_ms": times, "wrong": wrong, "cannot": cannot, "method": method,
             "when": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
@@ -124,7 +129,8 @@ def valid_entry(entry) -> bool:
         times = entry["times_ms"]
         return (isinstance(entry["algorithm"], str | None) and isinstance(times, dict)
                 and all(isinstance(t, int | float) and t > 0 for t in times.values())
-                and isinstance(entry.get("wrong", {}), dict) and isinstance(entry["method"], str)
+                and isinstance(entry.get("wrong", {}), dict) and isinstance(entry.get("cannot", {}), dict)
+                and isinstance(entry["method"], str)
                 and isinstance(entry["when"], str) and (entry["algorithm"] is None or entry["algorithm"] in times))
     except (KeyError, TypeError):
         return False
