@@ -132,6 +132,18 @@ def write_denylist(tmp_path, monkeypatch, entries):
     monkeypatch.setenv("CONVROUTE_DENYLIST", str(path))
 
 
+def test_algorithm_that_could_not_size_a_smaller_grid_shape_is_avoided():
+    cal = fake_calibration(NVIDIA, im2col_always_fastest)
+    small = make_params((1, 64, 10, 10), (64, 64, 3, 3), padding=1)
+    cal.samples.append(calib.Sample(small, {"direct": 1.0}, {}, {"im2col": "packed weights exceed a binding"}))
+    calib.save_calibration(cal)
+    calib._LOADED.clear()
+    d = route_params(DENSE3, NVIDIA, "calibrated")  # 64 -> 64 3x3 weights: as large as the failed shape's
+    assert d.algorithm != "im2col" and "im2col excluded (could not run a calibration shape" in d.reason
+    tiny = make_params((1, 16, 20, 20), (16, 16, 3, 3), padding=1)
+    assert route_params(tiny, NVIDIA, "calibrated").algorithm == "im2col"
+
+
 def test_denylist_reroutes_seed_to_the_next_applicable_algorithm(tmp_path, monkeypatch):
     write_denylist(tmp_path, monkeypatch, [
         {"algorithm": "pointwise", "reason": "driver drops 1x1 stores", "vendor": "nvidia",

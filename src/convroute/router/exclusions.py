@@ -1,4 +1,5 @@
-"""Algorithms a device must not run: the denylist's matches plus those calibration found wrong there.
+"""Algorithms a device must not run: the denylist's matches, those calibration found wrong there, and those
+that could not size a calibration shape with weights as large.
 
 Every policy routes around them; seed falls back to the next applicable algorithm in FALLBACK order.
 """
@@ -28,7 +29,25 @@ def blocked_algorithms(p: ConvParams, device: DeviceProfile) -> dict[str, str]:
     if calibration is not None:
         for name, why in calibration.excluded.items():
             blocked.setdefault(name, f"excluded by this device's calibration: {why}")
+        for name, why in size_failures(p, calibration).items():
+            blocked.setdefault(name, why)
     return blocked
+
+
+def size_failures(p: ConvParams, calibration) -> dict[str, str]:
+    """Algorithms that could not size (ValueError) a grid shape whose weights were no larger than p's: on this
+    device they would fail on p too (packed weights grow with the weight tensor), so route elsewhere."""
+    out = {}
+    for sample in calibration.samples:
+        q = sample.params
+        for name, why in sample.failed.items():
+            if name not in out and q.transposed == p.transposed and weight_size(q) <= weight_size(p):
+                out[name] = f"could not run a calibration shape with weights as large ({q.describe()}: {why})"
+    return out
+
+
+def weight_size(p: ConvParams) -> int:
+    return p.c_out * (p.c_in // p.groups) * p.kh * p.kw
 
 
 def applicable(p: ConvParams) -> list[str]:
