@@ -118,3 +118,20 @@ def test_split_k_matches_torch(monkeypatch, algorithm, case):
     assert_matches(out, reference(p, x, w, b, "relu6"), f"{algorithm} with split K")
     tile, splits = gemm.choose_tile(p.c_out, p.n * p.ho * p.wo, -(-p.c_in * p.kh * p.kw // 16) * 16, 64)
     assert splits > 1, (tile, splits)
+
+
+@pytest.mark.parametrize("case", [
+    dict(input_shape=(2, 8, 16, 16), weight_shape=(4, 8, 3, 3), padding=1),
+    dict(input_shape=(2, 8, 17, 15), weight_shape=(6, 8, 3, 2), stride=(2, 1), padding=(2, 1), dilation=(2, 1)),
+    dict(input_shape=(1, 8, 16, 16), weight_shape=(8, 1, 3, 3), padding=1, groups=8),
+    dict(input_shape=(3, 8, 16, 16), weight_shape=(4, 8, 1, 1), algorithm="direct"),  # GEMM weights pad past 4 KiB
+])
+def test_image_larger_than_a_binding_runs_in_bands_of_rows(monkeypatch, case):
+    """One image over the binding limit: bands of output rows, each reading its input rows plus the halo."""
+    monkeypatch.setitem(get_gpu().profile.limits, BINDING, 4096)
+    p = make_params(**{k: v for k, v in case.items() if k != "algorithm"})
+    assert 4 * max(p.c_in * p.h * p.w, p.c_out * p.ho * p.wo) > 4096
+    x, w, b = random_inputs(p, np.random.default_rng(16))
+    args = {k: v for k, v in case.items() if k not in ("input_shape", "weight_shape")}
+    out = conv2d(x, w, b, activation="relu", **args)
+    assert_matches(out, reference(p, x, w, b, "relu"), "conv in bands of rows")

@@ -70,6 +70,7 @@ class Conv2d:
         self.decision: Decision | None = None
         self._kernels: dict[tuple, tuple] = {}
         self._io: dict[tuple, tuple] = {}
+        self._band: Conv2d | None = None
         if input_shape is not None:
             self._kernel_for(make_params(input_shape, self.weight.shape, **self.conv_args))
 
@@ -93,6 +94,9 @@ class Conv2d:
     def __call__(self, x) -> np.ndarray:
         x = as_array(x, "input")
         p = make_params(x.shape, self.weight.shape, **self.conv_args)
+        self.gpu = self.gpu or get_gpu()
+        if not p.transposed and image_bytes(p, self.precision.itemsize) > self.gpu.profile.max_binding_bytes:
+            return self._in_bands(x, p)
         kernel = self._kernel_for(p)
         gpu, dtype = self.gpu, self.precision.numpy
         out = np.empty(p.output_shape, dtype)
@@ -106,6 +110,26 @@ class Conv2d:
             out[n0:n0 + n] = gpu.run_and_read(dispatches, y_buf, (n,) + p.output_shape[1:], dtype)
         return out
 
+    def _in_bands(self, x: np.ndarray, p: ConvParams) -> np.ndarray:
+        """One image exceeds a storage binding: run bands of output rows, each as a conv with no vertical
+        padding over the input rows it reads (zero rows standing in for the padding)."""
+        rows = band_rows(p, self.gpu.profile.max_binding_bytes, self.precision.itemsize)
+        if self._band is None:
+            args = dict(self.conv_args, padding=(0, p.padding[1]))
+            self._band = Conv2d(self.weight, self.bias, **args, activation=self.epilogue, algorithm=self.algorithm,
+                                policy=self.policy, device=self.device, force_direct=self.force_direct,
+                                dtype=self.precision.dtype, accumulate=self.precision.accumulate, gpu=self.gpu)
+        (sh, _), (ph, _), (dh, _) = p.stride, p.padding, p.dilation
+        out = np.empty(p.output_shape, self.precision.numpy)
+        for r0 in range(0, p.ho, rows):
+            r1 = min(p.ho, r0 + rows)
+            lo, hi = r0 * sh - ph, (r1 - 1) * sh - ph + (p.kh - 1) * dh + 1
+            band = np.zeros((p.n, p.c_in, hi - lo, p.w), np.float32)
+            band[:, :, max(lo, 0) - lo:min(hi, p.h) - lo] = x[:, :, max(lo, 0):min(hi, p.h)]
+            out[:, :, r0:r1] = self._band(band)
+        self.decision = self._band.decision
+        return out
+
     def _buffers(self, kernel, p: ConvParams):
         key = (p.n, p.h, p.w)
         if key not in self._io:
@@ -117,6 +141,24 @@ class Conv2d:
 
 
 POISON = os.environ.get("CONVROUTE_POISON", "") == "1"
+
+
+def image_bytes(p: ConvParams, itemsize: int = 4) -> int:
+    """The larger of one image's input and output."""
+    return itemsize * max(p.c_in * p.h * p.w, p.c_out * p.ho * p.wo)
+
+
+def band_rows(p: ConvParams, max_binding: int, itemsize: int = 4) -> int:
+    """Output rows per band so that the band's output and the input rows it reads each fit one binding."""
+    (sh, _), (dh, _) = p.stride, p.dilation
+    out_row, in_row = itemsize * p.c_out * p.wo, itemsize * p.c_in * p.w
+    rows = max_binding // out_row
+    while rows >= 1 and in_row * ((rows - 1) * sh + (p.kh - 1) * dh + 1) > max_binding:
+        rows = min(rows - 1, max(1, (max_binding // in_row - (p.kh - 1) * dh - 1) // sh + 1))
+    if rows < 1:
+        raise ValueError(f"one output row of {p.describe()} needs more than the device's largest storage binding "
+                         f"({max_binding} bytes) for its input rows or its output")
+    return min(rows, p.ho)
 
 
 def batch_chunk(p: ConvParams, max_binding: int, itemsize: int = 4) -> int:
