@@ -79,7 +79,9 @@ def full_grid() -> list[ConvParams]:
     for side in (80, 160):
         add(conv(3, 32, side, 3))  # full-resolution stem (UNet, VGG)
         add(conv(32, 2, side, 1))  # segmentation head
-    for n in (2, 4):  # batch > 1 on a sample of the shapes above
+    for c, s in [(64, 40), (128, 20), (256, 10)]:  # 3x3 bodies at batch 8 (~0.9 GFLOP): the batch-8 suites
+        add(conv(c, c, s, 3, n=8))
+    for n in (2, 4, 8):  # batch > 1 on a sample of the shapes above
         add(conv(64, 64, 20, 3, n=n))
         add(conv(128, 128, 10, 3, n=n))
         add(conv(64, 256, 20, 1, n=n))
