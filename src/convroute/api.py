@@ -81,10 +81,11 @@ class Conv2d:
             self.precision.require(gpu.profile)
             if self.algorithm == "auto":
                 profile = gpu.profile if self.device is None else _profile(self.device)
-                decision = route_params(p, profile, self.policy, self.force_direct)
+                decision = route_params(p, profile, self.policy, self.force_direct, self.precision.dtype)
             else:
                 check_algorithm(self.algorithm, p, self.precision)
-                decision = Decision(self.algorithm, "forced by the caller", "forced", gpu.profile.family)
+                decision = Decision(self.algorithm, "forced by the caller", "forced", gpu.profile.family,
+                                    self.precision.dtype)
             kernel = ALGORITHMS[decision.algorithm](gpu, p, self.weight, self.bias, self.epilogue,
                                                     self.precision.dtype, self.precision.accumulate)
             self._kernels[key] = (kernel, decision)

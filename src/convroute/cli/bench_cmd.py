@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from convroute.device.gpu import get_gpu
+from convroute.kernels.common import DTYPES
 from convroute.measure.bench import DEFAULT_POLICIES, SETTINGS, run_bench
 from convroute.measure.compare import DEFAULT_CHAIN, ENGINES, compare_summary, compare_table, plot_compare, run_compare
 from convroute.measure.report import plot, summary, table
@@ -30,6 +31,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--budget", type=float, default=SETTINGS.budget_s, metavar="SECONDS",
                         help=f"time budget per algorithm and layer (default {SETTINGS.budget_s}); at least 3 "
                              "runs are timed whatever the budget")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="storage of activations and weights: float32 (default) or float16 (f16 kernels with f32 "
+                             "sums, routed with the float16 calibration; --compare then runs torch in fp16 and "
+                             "reports convroute / ncnn-vk16); float16 needs the adapter's shader-f16")
     parser.add_argument("--no-check", action="store_true", help="skip checking results against the host reference")
     parser.add_argument("--compare", default="", metavar="NAMES",
                         help=f"also time other engines ({','.join(ENGINES)}) where available, all with one chained "
@@ -64,15 +69,19 @@ def run(args) -> int:
         print(err, file=sys.stderr)
         return 2
     settings = replace(SETTINGS, repeats=max(args.repeats, SETTINGS.min_repeats), budget_s=args.budget)
-    report = run_bench(get_gpu(), suite, args.batch, policies, settings=settings, check=not args.no_check,
-                       progress=not args.no_progress)
+    try:
+        report = run_bench(get_gpu(), suite, args.batch, policies, settings=settings, check=not args.no_check,
+                           progress=not args.no_progress, dtype=args.dtype)
+    except ValueError as err:  # e.g. float16 on an adapter without shader-f16
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(table(report))
     print()
     print(summary(report))
     compared = None
     if compare:
         compared = run_compare(get_gpu(), suite, args.batch, report.policies or ["seed"], compare, chain=args.chain,
-                               budget_s=args.budget, progress=not args.no_progress)
+                               budget_s=args.budget, progress=not args.no_progress, dtype=args.dtype)
         print()
         print(compare_table(compared))
         print()

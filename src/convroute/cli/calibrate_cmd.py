@@ -1,10 +1,12 @@
-"""`convroute calibrate`: measure every algorithm on the calibration grid and save this device's profile."""
+"""`convroute calibrate`: measure every algorithm on the calibration grid and save this device's profile
+(one per dtype: `--dtype float16` measures f16 kernels and keeps them in their own file)."""
 
 from __future__ import annotations
 
 import sys
 
 from convroute.device.gpu import get_gpu
+from convroute.kernels.common import DTYPES
 from convroute.measure.calibration import SETTINGS, profile_path, run_calibration, save_calibration
 from convroute.measure.model import loo_report
 
@@ -15,6 +17,10 @@ def add_arguments(parser) -> None:
                         help="stop measuring new shapes after this long (default 540)")
     parser.add_argument("--per-shape", type=float, default=SETTINGS.budget_s, metavar="SECONDS",
                         help=f"time budget of one algorithm on one shape (default {SETTINGS.budget_s})")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="storage of activations and weights while measuring: float32 (default) or float16 "
+                             "(f16 kernels, f32 sums; needs shader-f16); each dtype has its own profile, which "
+                             "routing in that dtype uses")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true", help="measure and report, but do not save the profile")
 
@@ -24,9 +30,14 @@ def run(args) -> int:
 
     gpu = get_gpu()
     grid = "quick" if args.quick else "full"
-    print(f"calibrating {gpu.profile.name} ({gpu.profile.driver}, {gpu.profile.backend}) on the {grid} grid")
-    cal = run_calibration(gpu, grid, settings=replace(SETTINGS, budget_s=args.per_shape), budget_s=args.budget,
-                          progress=not args.no_progress)
+    print(f"calibrating {gpu.profile.name} ({gpu.profile.driver}, {gpu.profile.backend}) on the {grid} grid "
+          f"in {args.dtype}")
+    try:
+        cal = run_calibration(gpu, grid, settings=replace(SETTINGS, budget_s=args.per_shape), budget_s=args.budget,
+                              progress=not args.no_progress, dtype=args.dtype)
+    except ValueError as err:  # float16 on an adapter without shader-f16
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     measured = sum(len(s.times_ms) for s in cal.samples)
     print(f"{len(cal.samples)} shapes, {measured} measurements in {cal.seconds:.0f} s ({cal.timing})")
     for name, why in cal.excluded.items():
@@ -49,7 +60,7 @@ def run(args) -> int:
         return 0
     path = save_calibration(cal)
     if path is None:
-        print(f"could not save the profile to {profile_path(gpu.profile)}", file=sys.stderr)
+        print(f"could not save the profile to {profile_path(gpu.profile, cal.dtype)}", file=sys.stderr)
         return 1
     print(f"saved {path}")
     return 0

@@ -19,7 +19,7 @@ from convroute.cli.common import (
 )
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
-from convroute.kernels.common import DTYPES, Epilogue, Precision
+from convroute.kernels.common import DTYPES, Precision
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.router import POLICIES, route_params
 
@@ -49,22 +49,19 @@ def run(args) -> int:
         precision = Precision.parse(args.dtype, args.accumulate)
         gpu = get_gpu()
         precision.require(gpu.profile)
-        decision = route_params(p, gpu.profile, args.policy, args.force_direct)
+        decision = route_params(p, gpu.profile, args.policy, args.force_direct, precision.dtype)
     except (TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     settings = replace(SETTINGS, repeats=max(args.repeats, SETTINGS.min_repeats), budget_s=args.budget)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
-    work = Workload(gpu, p, seed=seed, rotations=settings.rotations)
+    work = Workload(gpu, p, seed=seed, rotations=settings.rotations, precision=precision)
     ref, ref_name = host_reference(p, work.x_first, work.weight, work.bias)
     tolerance = TOLERANCE_F16 if precision.dtype == "float16" else TOLERANCE
     rows, failed, method = [], 0, "-"
     try:
-        if precision.dtype == "float16":
-            to_f16(work, gpu)
         for name in names:
-            kernel = ALGORITHMS[name](gpu, p, work.weight, work.bias, Epilogue(), precision.dtype,
-                                      precision.accumulate)
+            kernel = work.kernel(ALGORITHMS[name])
             y = work.y_bufs[0]
             gpu.fill(y, np.nan, precision.numpy)
             gpu.run(kernel.bind(work.x_bufs[0], y, p.n))
@@ -83,14 +80,6 @@ def run(args) -> int:
     print(format_table(["algorithm", "rel error", "check", "median ms", "GFLOP/s"], rows))
     print(f"reference: {ref_name}; tolerance {tolerance:g}; timing: {method}; seed {seed}")
     return 1 if failed else 0
-
-
-def to_f16(work: Workload, gpu) -> None:
-    """The workload's inputs as float16 buffers (its output buffers, sized for float32, hold f16 as well)."""
-    f32_bufs = work.x_bufs
-    work.x_bufs = [gpu.upload(gpu.read(b, work.p.input_shape), "input", np.float16) for b in f32_bufs]
-    for buf in f32_bufs:
-        buf.destroy()
 
 
 def pick_algorithms(spec: str, p) -> list[str]:

@@ -7,6 +7,7 @@ import sys
 
 from convroute.cli.common import add_shape_arguments, format_table, params_from_args
 from convroute.device.profile import FAMILIES, resolve_profile
+from convroute.kernels.common import DTYPES
 from convroute.router import POLICIES, route_params
 
 
@@ -17,20 +18,25 @@ def add_arguments(parser) -> None:
                              f"family, or leave out for the adapter in use")
     parser.add_argument("--policy", default=None, help=f"one of {', '.join(POLICIES)} (default: CONVROUTE_POLICY "
                                                          "or seed)")
+    parser.add_argument("--dtype", default="float32", choices=DTYPES,
+                        help="storage of activations and weights the conv would run in (calibrated and autotune "
+                             "use that dtype's measurements)")
 
 
 def run(args) -> int:
     try:
         p = params_from_args(args)
         families = [f for f in FAMILIES if f != "unknown"] if args.device == "all" else [args.device]
-        decisions = [route_params(p, resolve_profile(f), args.policy, args.force_direct) for f in families]
+        decisions = [route_params(p, resolve_profile(f), args.policy, args.force_direct, args.dtype)
+                     for f in families]
     except (TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(p.describe())
     if len(decisions) == 1:
         d = decisions[0]
-        print(f"device    {d.device}\npolicy    {d.policy}\nalgorithm {d.algorithm}\nreason    {d.reason}")
+        print(f"device    {d.device}\npolicy    {d.policy}\ndtype     {d.dtype}\nalgorithm {d.algorithm}\n"
+              f"reason    {d.reason}")
     else:
         print(format_table(["device", "algorithm", "reason"], [[d.device, d.algorithm, d.reason] for d in decisions],
                            left=3))

@@ -3,6 +3,9 @@
 Per layer: the median time of every applicable algorithm (checked against the host reference first), each
 policy's choice, the oracle (the fastest correct measured algorithm) and each policy's regret. Totals weight
 each layer by its count; an algorithm's total takes the oracle's time on layers it cannot run.
+
+`dtype="float16"` measures every algorithm with f16 activations and weights (f32 sums; correct below 1e-2
+relative error) and scores the policies' float16 routes.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ from dataclasses import dataclass, field
 
 from convroute.device.gpu import Gpu
 from convroute.kernels import ALGORITHMS
-from convroute.measure.calibration import device_record, load_calibration
+from convroute.kernels.common import FP32, Precision
+from convroute.measure.calibration import TOLERANCES, calibration_for, device_record
 from convroute.measure.grid import params_to_dict
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.params import ConvParams
 from convroute.router import route_params
 from convroute.suites import Suite
 
-TOLERANCE = 1e-4
+TOLERANCE = TOLERANCES["float32"]
 SETTINGS = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=1.0)
 DEFAULT_POLICIES = ("seed", "calibrated")
 
@@ -65,6 +69,7 @@ class BenchReport:
     policies: list[str]
     layers: list[LayerResult]
     notes: list[str] = field(default_factory=list)
+    dtype: str = "float32"
 
     @property
     def algorithms(self) -> list[str]:
@@ -87,7 +92,8 @@ class BenchReport:
         for policy in ("seed", "calibrated"):
             totals.setdefault(policy, None)  # always present; null when not measured (no calibration)
         return {
-            "suite": self.suite, "batch": self.batch, "device": self.device, "timing": self.timing,
+            "suite": self.suite, "batch": self.batch, "dtype": self.dtype, "device": self.device,
+            "timing": self.timing,
             "policies": self.policies, "algorithms": self.algorithms, "notes": self.notes,
             "totals_ms": totals,
             "vs_oracle": {k: (v / oracle if v is not None else None) for k, v in totals.items()},
@@ -100,42 +106,52 @@ class BenchReport:
 
 
 def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES, *,
-              settings: TimingSettings = SETTINGS, check: bool = True, progress: bool = True) -> BenchReport:
+              settings: TimingSettings = SETTINGS, check: bool = True, progress: bool = True,
+              dtype: str = "float32") -> BenchReport:
+    precision = Precision.parse(dtype)
+    precision.require(gpu.profile)
     policies = list(policies)
     notes = []
-    if "calibrated" in policies and load_calibration(gpu.profile) is None:
+    calibration = calibration_for(gpu.profile, precision.dtype) if "calibrated" in policies else None
+    if "calibrated" in policies and calibration is None:
         policies.remove("calibrated")
         notes.append("no calibration profile for this device: run `convroute calibrate` to score 'calibrated'")
+    elif calibration is not None and calibration.dtype != precision.dtype:
+        notes.append(f"no {precision.dtype} calibration for this device: 'calibrated' routes with the float32 one "
+                     f"(run `convroute calibrate --dtype {precision.dtype}`)")
     layers = [(layer.name, layer.count, layer.params(batch)) for layer in suite.layers]
     results, method = [], ""
     for name, count, p in _progress(layers, progress, suite.name):
         result = LayerResult(name, count, p)
-        method = measure_layer(gpu, result, settings, check) or method
+        method = measure_layer(gpu, result, settings, check, precision) or method
         if not result.times_ms:
             raise RuntimeError(f"layer {name}: no algorithm ran correctly ({result.failures})")
         for policy in policies:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                decision = route_params(p, gpu.profile, policy)
+                decision = route_params(p, gpu.profile, policy, dtype=precision.dtype)
             result.choices[policy], result.reasons[policy] = decision.algorithm, decision.reason
         results.append(result)
-    return BenchReport(suite.name, batch, device_record(gpu.profile), method, policies, results, notes)
+    return BenchReport(suite.name, batch, device_record(gpu.profile), method, policies, results, notes,
+                       precision.dtype)
 
 
-def measure_layer(gpu: Gpu, result: LayerResult, settings: TimingSettings, check: bool) -> str:
+def measure_layer(gpu: Gpu, result: LayerResult, settings: TimingSettings, check: bool,
+                  precision: Precision = FP32) -> str:
     """Fill result.times_ms/errors/failures for every applicable algorithm (checked one by one, then timed
     together, interleaved); returns the timing method."""
-    work = Workload(gpu, result.params, seed=7, rotations=settings.rotations)
+    tolerance = TOLERANCES[precision.dtype]
+    work = Workload(gpu, result.params, seed=7, rotations=settings.rotations, precision=precision)
     kernels = {}
     try:
         for name, cls in ALGORITHMS.items():
-            if cls.unsupported(result.params):
+            if cls.unsupported(result.params) or cls.unsupported_precision(precision):
                 continue
             try:
                 kernel = work.kernel(cls)
                 if check:
                     result.errors[name] = error = work.error(kernel)
-                    if not error < TOLERANCE:
+                    if not error < tolerance:
                         result.failures[name] = f"wrong result: relative error {error:.3g}"
                         continue
             except Exception as err:  # a failing algorithm is reported, the bench goes on

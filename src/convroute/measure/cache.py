@@ -36,11 +36,13 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "convroute"
 
 
-def device_file(kind: str, device_key: str) -> Path:
-    """`<cache>/<kind>-<readable device name>-<hash of the full key>.json`."""
+def device_file(kind: str, device_key: str, dtype: str = "float32") -> Path:
+    """`<cache>/<kind>-<readable device name>-<hash of the full key>.json`; measurements in another dtype than
+    float32 go to `<kind>-<dtype>-...` (float32 files keep the names they had before dtypes existed)."""
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_key.split("|")[0]).strip("-").lower()[:40] or "device"
     digest = hashlib.sha256(device_key.encode()).hexdigest()[:12]
-    return cache_dir() / f"{kind}-{slug}-{digest}.json"
+    prefix = kind if dtype == "float32" else f"{kind}-{dtype}"
+    return cache_dir() / f"{prefix}-{slug}-{digest}.json"
 
 
 def write_json(path: Path, data: dict) -> bool:
@@ -61,8 +63,9 @@ def write_json(path: Path, data: dict) -> bool:
     return True
 
 
-def read_json(path: Path, fmt: str, version: int, device_key: str | None) -> dict | None:
-    """The file's object when it exists and is a `fmt` file of `version` for `device_key`; else None.
+def read_json(path: Path, fmt: str, version: int, device_key: str | None, dtype: str = "float32") -> dict | None:
+    """The file's object when it exists and is a `fmt` file of `version` for `device_key` with measurements in
+    `dtype` (files without a dtype are float32); else None.
 
     A missing file is silent; anything else wrong gives one CacheWarning naming the file and the problem.
     """
@@ -84,6 +87,8 @@ def read_json(path: Path, fmt: str, version: int, device_key: str | None) -> dic
         problem = f"format version {data.get('version')!r}, this convroute reads version {version}"
     elif problem is None and device_key is not None and data.get("device_key") != device_key:
         problem = f"made on another device or driver ({data.get('device_key')!r}, this one is {device_key!r})"
+    elif problem is None and data.get("dtype", "float32") != dtype:
+        problem = f"measured in {data.get('dtype')!r}, expected {dtype!r}"
     if problem:
         warn_once(f"convroute: ignoring {path}: {problem}")
         return None

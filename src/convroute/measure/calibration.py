@@ -3,6 +3,9 @@
 The profile file holds the raw measurements (times and errors per grid shape), the algorithms excluded for
 wrong results, and how it was measured; the routing model is fitted from the samples when the file is
 loaded (milliseconds), so a better model needs no re-measurement.
+
+One profile per device and dtype: `convroute calibrate --dtype float16` measures the grid with f16 storage
+(f32 sums) and keeps it in its own file; exclusions and the correctness bound are per dtype.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ from pathlib import Path
 from convroute.device.gpu import Gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import FP32, Precision, dtype_name
 from convroute.measure.cache import device_file, read_json, warn_once, write_json
 from convroute.measure.grid import GRIDS, params_from_dict, params_key, params_to_dict
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.params import ConvParams
 
 FORMAT, VERSION = "convroute-calibration", 1
-TOLERANCE = 1e-4  # relative error above which an algorithm is wrong on this device (fp32 gives ~1e-6)
+# relative error above which an algorithm is wrong on this device (fp32 gives ~1e-6, fp16 storage ~1e-3)
+TOLERANCES = {"float32": 1e-4, "float16": 1e-2}
+TOLERANCE = TOLERANCES["float32"]
 SETTINGS = TimingSettings(warmup=1, repeats=15, min_repeats=3, budget_s=0.25, prune=3.0)
 
 
@@ -46,6 +52,7 @@ class Calibration:
     created: str = ""
     seconds: float = 0.0
     complete: bool = True
+    dtype: str = "float32"  # storage of activations and weights during the measurements
     _model: object = None
 
     @property
@@ -59,8 +66,8 @@ class Calibration:
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "device_key": self.device_key, "device": self.device,
-                "grid": self.grid, "timing": self.timing, "created": self.created, "seconds": self.seconds,
-                "complete": self.complete, "excluded": self.excluded,
+                "dtype": self.dtype, "grid": self.grid, "timing": self.timing, "created": self.created,
+                "seconds": self.seconds, "complete": self.complete, "excluded": self.excluded,
                 "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors,
                              "failed": s.failed} for s in self.samples]}
 
@@ -77,7 +84,8 @@ class Calibration:
         excluded = {str(k): str(v) for k, v in data.get("excluded", {}).items()}
         return cls(str(data["device_key"]), dict(data.get("device", {})), str(data.get("grid", "")),
                    str(data.get("timing", "")), samples, excluded, str(data.get("created", "")),
-                   float(data.get("seconds", 0.0)), bool(data.get("complete", True)))
+                   float(data.get("seconds", 0.0)), bool(data.get("complete", True)),
+                   dtype_name(data.get("dtype", "float32")))
 
 
 def device_record(profile: DeviceProfile) -> dict:
@@ -85,15 +93,18 @@ def device_record(profile: DeviceProfile) -> dict:
             "vendor_id": profile.vendor_id, "adapter_type": profile.adapter_type}
 
 
-def profile_path(profile: DeviceProfile) -> Path:
-    return device_file("calibration", profile.key)
+def profile_path(profile: DeviceProfile, dtype: str = "float32") -> Path:
+    return device_file("calibration", profile.key, dtype_name(dtype))
 
 
 def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = SETTINGS, budget_s: float = 540.0,
-                    progress: bool = True, algorithms: dict | None = None) -> Calibration:
+                    progress: bool = True, algorithms: dict | None = None, dtype: str = "float32") -> Calibration:
     """Time and check every applicable algorithm on every grid shape (in a fixed shuffled order, so a run cut
-    short by `budget_s` still spans the grid)."""
+    short by `budget_s` still spans the grid), with activations and weights stored as `dtype`."""
+    precision = Precision.parse(dtype)
+    precision.require(gpu.profile)
     algorithms = ALGORITHMS if algorithms is None else algorithms
+    algorithms = {n: cls for n, cls in algorithms.items() if cls.unsupported_precision(precision) is None}
     shapes = GRIDS[grid]()
     random.Random(1).shuffle(shapes)
     excluded: dict[str, str] = {}
@@ -107,20 +118,23 @@ def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = 
                       f"{len(shapes)} shapes; the model is fitted on those")
             break
         bar.set_postfix_str(p.describe()[:60], refresh=False)
-        sample, timing = measure_shape(gpu, p, algorithms, excluded, settings)
+        sample, timing = measure_shape(gpu, p, algorithms, excluded, settings, precision)
         samples.append(sample)
         bar.update(1)
     bar.close()
     return Calibration(gpu.profile.key, device_record(gpu.profile), grid, timing, samples, excluded,
                        datetime.now(UTC).isoformat(timespec="seconds"), round(time.perf_counter() - start, 1),
-                       len(samples) == len(shapes))
+                       len(samples) == len(shapes), precision.dtype)
 
 
 def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str, str],
-                  settings: TimingSettings) -> tuple[Sample, str]:
+                  settings: TimingSettings, precision: Precision = FP32) -> tuple[Sample, str]:
     """Check each applicable, not yet excluded algorithm on `p`, then time the correct ones together; a wrong
-    result or a failure excludes the algorithm for this device (recorded in `excluded`)."""
-    work = Workload(gpu, p, seed=zlib.crc32(params_key(p).encode()), rotations=settings.rotations)
+    result (relative error at or above the dtype's tolerance) or a failure excludes the algorithm for this
+    device and dtype (recorded in `excluded`)."""
+    tolerance = TOLERANCES[precision.dtype]
+    work = Workload(gpu, p, seed=zlib.crc32(params_key(p).encode()), rotations=settings.rotations,
+                    precision=precision)
     kernels, errors, failed = {}, {}, {}
     try:
         for name, cls in algorithms.items():
@@ -135,11 +149,11 @@ def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str,
             except Exception as err:  # a driver or compiler failure: exclude, but never end the calibration
                 excluded[name] = f"failed on {p.describe()}: {type(err).__name__}: {err}"
                 continue
-            if errors[name] < TOLERANCE:
+            if errors[name] < tolerance:
                 kernels[name] = kernel
             else:
-                excluded[name] = (f"wrong result on {p.describe()}: relative error {errors[name]:.3g} "
-                                  f"(tolerance {TOLERANCE:g})")
+                excluded[name] = (f"wrong result on {p.describe()} in {precision.dtype}: relative error "
+                                  f"{errors[name]:.3g} (tolerance {tolerance:g})")
         timings = work.time_all(kernels, settings) if kernels else {}
     finally:
         work.release()
@@ -148,26 +162,28 @@ def measure_shape(gpu: Gpu, p: ConvParams, algorithms: dict, excluded: dict[str,
 
 
 def save_calibration(cal: Calibration) -> Path | None:
-    path = device_file("calibration", cal.device_key)
+    path = device_file("calibration", cal.device_key, cal.dtype)
     return path if write_json(path, cal.to_json()) else None
 
 
-_LOADED: dict[str, tuple[tuple, Calibration | None]] = {}
+_LOADED: dict[tuple[str, str], tuple[tuple, Calibration | None]] = {}
 
 
-def load_calibration(profile: DeviceProfile) -> Calibration | None:
-    """This device's calibration from the cache directory, or None (with a warning when a file exists but is
-    corrupt, from another device or of another format). Memoised on the file's mtime and size."""
-    path = profile_path(profile)
+def load_calibration(profile: DeviceProfile, dtype: str = "float32") -> Calibration | None:
+    """This device's calibration in `dtype` from the cache directory, or None (with a warning when a file
+    exists but is corrupt, from another device, in another dtype or of another format). Memoised on the
+    file's mtime and size."""
+    dtype = dtype_name(dtype)
+    path = profile_path(profile, dtype)
     try:
         stat = path.stat()
         stamp = (str(path), stat.st_mtime_ns, stat.st_size)
     except OSError:
         return None
-    cached = _LOADED.get(profile.key)
+    cached = _LOADED.get((profile.key, dtype))
     if cached and cached[0] == stamp:
         return cached[1]
-    data = read_json(path, FORMAT, VERSION, profile.key)
+    data = read_json(path, FORMAT, VERSION, profile.key, dtype)
     cal = None
     if data is not None:
         try:
@@ -177,7 +193,17 @@ def load_calibration(profile: DeviceProfile) -> Calibration | None:
         except Exception as err:  # whatever is wrong inside the file, refuse it rather than crash
             warn_once(f"convroute: ignoring {path}: malformed calibration ({type(err).__name__}: {err})")
             cal = None
-    _LOADED[profile.key] = (stamp, cal)
+    _LOADED[(profile.key, dtype)] = (stamp, cal)
+    return cal
+
+
+def calibration_for(profile: DeviceProfile, dtype: str = "float32") -> Calibration | None:
+    """The calibration that routing in `dtype` uses: this dtype's, else the float32 one (its `.dtype` says
+    which; callers must say so when it differs), else None."""
+    dtype = dtype_name(dtype)
+    cal = load_calibration(profile, dtype)
+    if cal is None and dtype != "float32":
+        cal = load_calibration(profile, "float32")
     return cal
 
 

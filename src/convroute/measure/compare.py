@@ -14,6 +14,10 @@ cudnn.benchmark on, else CPU); ncnn Vulkan fp32 and fp16 ("ncnn-vk32", "ncnn-vk1
 non-transposed layers at batch 1 only (ncnn has no batch dimension, and the peer method chains only those).
 An engine that is not installed, or has no device, is reported as unavailable; a layer it cannot time gets
 "n/a" and the reason. Each engine's output is compared to convroute's (first policy) as a sanity check.
+
+With dtype "float16" convroute runs f16 buffers and kernels routed in float16 ("convroute-<policy>-fp16"),
+torch runs fp16 ("torch-fp16", where its device has fp16 convs), ncnn-vk16 is the headline peer and
+ncnn-vk32 stays beside it.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import numpy as np
 
 from convroute.device.gpu import Gpu
 from convroute.kernels import ALGORITHMS
-from convroute.kernels.common import Epilogue
+from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.bench import _progress
 from convroute.measure.calibration import device_record
 from convroute.measure.reference import relative_error
@@ -97,6 +101,11 @@ class CompareReport:
     params: list[ConvParams]
     engines: dict[str, EngineResult]
     notes: list[str] = field(default_factory=list)
+    dtype: str = "float32"  # convroute's
+
+    @property
+    def precision(self) -> str:
+        return short_precision(self.dtype)
 
     @property
     def convroute(self) -> list[str]:
@@ -104,7 +113,19 @@ class CompareReport:
 
     @property
     def peers(self) -> list[str]:
-        return [n for n, e in self.engines.items() if not n.startswith("convroute") and e.available]
+        """Available peers, those of convroute's precision first."""
+        names = [n for n, e in self.engines.items() if not n.startswith("convroute") and e.available]
+        return sorted(names, key=lambda n: self.engines[n].precision != self.precision)
+
+    def agreement(self, engine: str) -> float:
+        """Largest relative difference to convroute's output that is not flagged (the looser of both precisions)."""
+        return max(AGREEMENT[self.engines[engine].precision], AGREEMENT[self.precision])
+
+    def headline(self) -> list[dict]:
+        """The ratios against ncnn Vulkan in convroute's precision (issue 5's targets: vk32 for fp32, vk16 for
+        fp16)."""
+        peer = f"ncnn-vk{self.precision[2:]}"
+        return [r for r in self.ratios() if r["peer"] == peer]
 
     def total(self, engine: str, subset: set[int], gpu: bool = False) -> float | None:
         """Time of the layers in `subset`, weighted by their counts (None when one is missing)."""
@@ -147,8 +168,8 @@ class CompareReport:
                                         for i, m in enumerate(e.layers)]}
         common = self.common()
         info = {"method": method_text(self.chain), "chain": self.chain, "timed_runs": TIMED_RUNS,
-                "budget_s": self.budget_s, "suite": self.suite, "batch": self.batch, "device": self.device,
-                "ratios": self.ratios(), "notes": self.notes,
+                "budget_s": self.budget_s, "suite": self.suite, "batch": self.batch, "dtype": self.dtype,
+                "device": self.device, "ratios": self.ratios(), "headline": self.headline(), "notes": self.notes,
                 "common": {"subset": self.subset_text(common),
                            "totals_ms": {n: self.total(n, common) for n, e in self.engines.items()
                                          if e.available and common}}}
@@ -184,6 +205,10 @@ def time_chain(once: Callable[[], object], chain: int, budget_s: float) -> tuple
     return best / chain * 1e3, runs
 
 
+def short_precision(dtype: str) -> str:
+    return "fp16" if dtype == "float16" else "fp32"
+
+
 def shape_preserving(p: ConvParams) -> bool:
     return p.c_in == p.c_out and p.stride == (1, 1) and (p.ho, p.wo) == (p.h, p.w)
 
@@ -211,33 +236,36 @@ class Engine:
 
 
 class ConvrouteEngine(Engine):
-    def __init__(self, gpu: Gpu, policy: str):
+    def __init__(self, gpu: Gpu, policy: str, dtype: str = "float32"):
         self.gpu, self.policy = gpu, policy
-        self.name = f"convroute-{policy}"
-        self.detail = f"convroute ({policy} policy) on {gpu.profile.name}"
+        self.dtype = Precision.parse(dtype)
+        self.dtype.require(gpu.profile)
+        self.precision = short_precision(self.dtype.dtype)
+        self.name = f"convroute-{policy}" + ("-fp16" if self.precision == "fp16" else "")
+        self.detail = f"convroute ({policy} policy, {self.dtype.dtype}) on {gpu.profile.name}"
         self.timestamps = "timestamp-query" in gpu.device.features
 
     def algorithm(self, p: ConvParams) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return route_params(p, self.gpu.profile, self.policy).algorithm
+            return route_params(p, self.gpu.profile, self.policy, dtype=self.dtype.dtype).algorithm
 
     def prepare(self, p, x, weight, bias, chain, algorithm=None):
-        gpu = self.gpu
-        kernel = ALGORITHMS[algorithm or self.algorithm(p)](gpu, p, weight, bias, Epilogue())
-        x_buf = gpu.upload(x, "input")
+        gpu, dtype, size = self.gpu, self.dtype.numpy, self.dtype.itemsize
+        kernel = ALGORITHMS[algorithm or self.algorithm(p)](gpu, p, weight, bias, Epilogue(), self.dtype.dtype)
+        x_buf = gpu.upload(x, "input", dtype)
         if shape_preserving(p):  # ping-pong: copy i reads buffer i % 2 and writes the other
-            bufs = [x_buf, gpu.empty(x.nbytes, "chain buffer")]
+            bufs = [x_buf, gpu.empty(size * x.size, "chain buffer")]
             dispatches = [d for i in range(chain) for d in kernel.bind(bufs[i % 2], bufs[(i + 1) % 2], p.n)]
             out = bufs[chain % 2]
         else:
-            bufs = [x_buf, gpu.empty(4 * math.prod(p.output_shape), "output")]
+            bufs = [x_buf, gpu.empty(size * math.prod(p.output_shape), "output")]
             dispatches = [d for _ in range(chain) for d in kernel.bind(x_buf, bufs[1], p.n)]
             out = bufs[1]
 
         def once():
-            gpu.write(x_buf, x)
-            return gpu.run_and_read(dispatches, out, p.output_shape)
+            gpu.write(x_buf, x, dtype)
+            return gpu.run_and_read(dispatches, out, p.output_shape, dtype)
 
         def release():
             for buf in bufs:
@@ -271,16 +299,32 @@ class ConvrouteEngine(Engine):
 class TorchEngine(Engine):
     name = "torch"
 
-    def __init__(self):
+    def __init__(self, precision: str = "fp32"):
         try:
             import torch
         except ImportError:
             raise Unavailable("torch is not installed (pip install torch)") from None
         self.torch = torch
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.precision = precision
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        if precision == "fp16":
+            self.name = "torch-fp16"
+            self.probe_fp16()
         where = torch.cuda.get_device_name(0) if self.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
         extra = ", TF32 off, cudnn.benchmark" if self.device == "cuda" else ""
-        self.detail = f"torch {torch.__version__} {self.device} ({where}) fp32{extra}"
+        self.detail = f"torch {torch.__version__} {self.device} ({where}) {precision}{extra}"
+
+    def probe_fp16(self) -> None:
+        """Unavailable when this torch build has no fp16 conv on its device (older CPU builds had none)."""
+        torch = self.torch
+        x = torch.ones(1, 2, 4, 4, dtype=torch.float16, device=self.device)
+        w = torch.ones(2, 2, 3, 3, dtype=torch.float16, device=self.device)
+        try:
+            torch.nn.functional.conv2d(x, w, padding=1)
+            torch.nn.functional.conv_transpose2d(x, w, stride=2)
+        except RuntimeError as err:
+            raise Unavailable(f"torch {torch.__version__} has no float16 conv on {self.device} ({err})") from None
 
     @contextlib.contextmanager
     def settings(self):
@@ -296,8 +340,8 @@ class TorchEngine(Engine):
     def prepare(self, p, x, weight, bias, chain):
         torch, dev = self.torch, self.device
         functional = torch.nn.functional
-        w, b = torch.from_numpy(weight).to(dev), torch.from_numpy(bias).to(dev)
-        x_host = torch.from_numpy(x)
+        w, b = torch.from_numpy(weight).to(dev, self.dtype), torch.from_numpy(bias).to(dev, self.dtype)
+        x_host = torch.from_numpy(x).to(self.dtype)
         kwargs = {"stride": p.stride, "padding": p.padding, "dilation": p.dilation, "groups": p.groups}
         if p.transposed:
             conv = functional.conv_transpose2d
@@ -408,14 +452,17 @@ def ncnn_weights(weight: np.ndarray, bias: np.ndarray, chain: int) -> bytes:
 
 # -- the run ---------------------------------------------------------------------------------------------
 
-def make_engines(gpu: Gpu, policies, compare) -> dict[str, Engine | str]:
-    """name -> engine, or the reason it is unavailable."""
-    engines: dict[str, Engine | str] = {f"convroute-{p}": ConvrouteEngine(gpu, p) for p in policies}
+def make_engines(gpu: Gpu, policies, compare, dtype: str = "float32") -> dict[str, Engine | str]:
+    """name -> engine, or the reason it is unavailable. In float16 the peers of that precision come first."""
+    ours = [ConvrouteEngine(gpu, p, dtype) for p in policies]
+    engines: dict[str, Engine | str] = {e.name: e for e in ours}
+    fp16 = short_precision(Precision.parse(dtype).dtype) == "fp16"
+    ncnn = [("ncnn-vk32", lambda: NcnnEngine("fp32")), ("ncnn-vk16", lambda: NcnnEngine("fp16"))]
+    builds = {"torch": [("torch-fp16", lambda: TorchEngine("fp16"))] if fp16 else [("torch", TorchEngine)],
+              "ncnn": ncnn[::-1] if fp16 else ncnn}
     for name in compare:
         if name not in ENGINES:
             raise ValueError(f"unknown engine {name!r} for --compare; known: {', '.join(ENGINES)}")
-        builds = {"torch": [("torch", TorchEngine)],
-                  "ncnn": [("ncnn-vk32", lambda: NcnnEngine("fp32")), ("ncnn-vk16", lambda: NcnnEngine("fp16"))]}
         for label, build in builds[name]:
             try:
                 engines[label] = build()
@@ -425,17 +472,19 @@ def make_engines(gpu: Gpu, policies, compare) -> dict[str, Engine | str]:
 
 
 def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), compare=ENGINES, *,
-                chain: int = DEFAULT_CHAIN, budget_s: float = 1.0, progress: bool = True) -> CompareReport:
+                chain: int = DEFAULT_CHAIN, budget_s: float = 1.0, progress: bool = True,
+                dtype: str = "float32") -> CompareReport:
     if chain < 1:
         raise ValueError(f"chain must be >= 1, got {chain}")
     if not policies:
         raise ValueError("at least one convroute policy is needed")
-    engines = make_engines(gpu, policies, compare)
+    dtype = Precision.parse(dtype).dtype
+    engines = make_engines(gpu, policies, compare, dtype)
     results = {name: EngineResult(name, reason=e) if isinstance(e, str)
                else EngineResult(name, e.detail, e.precision) for name, e in engines.items()}
     layers = [(layer.name, layer.count, layer.params(batch)) for layer in suite.layers]
     runnable = [name for name, e in engines.items() if not isinstance(e, str)]
-    reference = f"convroute-{policies[0]}"
+    reference = next(iter(engines))  # convroute with the first policy
     outputs: dict[int, np.ndarray] = {}
     for i, engine_name in ((i, e) for i in _progress(range(len(layers)), progress, f"{suite.name} --compare")
                            for e in runnable):
@@ -456,7 +505,8 @@ def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), comp
             measurement.difference = relative_error(output.astype(np.float64), outputs[i].astype(np.float64))
         result.layers.append(measurement)
     report = CompareReport(suite.name, batch, chain, budget_s, device_record(gpu.profile),
-                           [n for n, _, _ in layers], [c for _, c, _ in layers], [p for _, _, p in layers], results)
+                           [n for n, _, _ in layers], [c for _, c, _ in layers], [p for _, _, p in layers], results,
+                           dtype=dtype)
     report.notes += disagreements(report)
     return report
 
@@ -489,7 +539,7 @@ def torch_settings(engine: Engine):
 def disagreements(report: CompareReport) -> list[str]:
     notes = []
     for name, e in report.engines.items():
-        limit = AGREEMENT[e.precision]
+        limit = report.agreement(name)
         bad = [f"{report.names[i]} ({m.difference:.2g})" for i, m in enumerate(e.layers)
                if m.difference is not None and not m.difference <= limit]
         if bad:
@@ -521,8 +571,7 @@ def compare_table(report: CompareReport) -> str:
             if key == "algorithm":
                 cells.append(value or "-")
             elif value is not None:
-                flag = "!" if m.difference is not None and not m.difference <= AGREEMENT[
-                    report.engines[engine].precision] else ""
+                flag = "!" if m.difference is not None and not m.difference <= report.agreement(engine) else ""
                 cells.append(f"{value:.4f}{flag}")
             else:
                 cells.append("n/a" if (m.reason or "").startswith("n/a") or key == "gpu_ms" else "ERR")
@@ -542,18 +591,21 @@ def compare_summary(report: CompareReport) -> str:
             return f"all {n} layers"
         return f"{len(subset)} of {n} layers ({', '.join(report.names[i] for i in sorted(subset))})"
 
-    lines = [f"{report.suite}, batch {report.batch}: {method_text(report.chain)}; totals weighted by counts"]
+    lines = [f"{report.suite}, batch {report.batch}, convroute {report.dtype}: {method_text(report.chain)}; "
+             f"totals weighted by counts"]
+    width = max(22, *(len(name) for name in report.engines))
     for name, e in report.engines.items():
         if not e.available:
-            lines.append(f"  {name:<22} unavailable: {e.reason}")
+            lines.append(f"  {name:<{width}} unavailable: {e.reason}")
             continue
         timed = e.timed()
         if not timed:
-            lines.append(f"  {name:<22} no layer timed  [{e.detail}]")
+            lines.append(f"  {name:<{width}} no layer timed  [{e.detail}]")
             continue
         gpu = report.total(name, timed, gpu=True)
         gpu_text = f"  (GPU {gpu:.3f} ms)" if gpu is not None else ""
-        lines.append(f"  {name:<22} {report.total(name, timed):10.3f} ms over {over(timed)}{gpu_text}  [{e.detail}]")
+        lines.append(f"  {name:<{width}} {report.total(name, timed):10.3f} ms over {over(timed)}{gpu_text}  "
+                     f"[{e.detail}]")
     ratios = report.ratios()
     if ratios:
         lines.append("convroute / peer (below 1: convroute faster):")
@@ -561,6 +613,10 @@ def compare_summary(report: CompareReport) -> str:
             subset = set(i for i, name in enumerate(report.names) if r["subset"] == "all" or name in r["subset"])
             lines.append(f"  {r['convroute']} / {r['peer']:<10} {r['ratio']:6.3f} x  ({r['convroute_ms']:.3f} vs "
                          f"{r['peer_ms']:.3f} ms over {over(subset)})")
+    for r in report.headline():
+        layers = n if r["subset"] == "all" else len(r["subset"])
+        lines.append(f"headline, {report.suite} batch {report.batch}: {r['convroute']} / {r['peer']} = "
+                     f"{r['ratio']:.3f} x over {layers} of {n} layers ({'faster' if r['ratio'] < 1 else 'slower'})")
     common = report.common()
     available = [n for n, e in report.engines.items() if e.available]
     if common and len(common) < n and len(available) > 2:
@@ -590,7 +646,7 @@ def plot_compare(report: CompareReport, path: str) -> None:
     ax.set_xticks(x, [f"{name} x{c}" if c > 1 else name for name, c in zip(report.names, report.counts, strict=True)],
                   rotation=70, ha="right", fontsize=7)
     ax.set_ylabel(f"ms per layer (chain of {report.chain}, transfers included)")
-    ax.set_title(f"{report.suite}, batch {report.batch}: convroute vs other engines")
+    ax.set_title(f"{report.suite}, batch {report.batch}: convroute {report.dtype} vs other engines")
     ax.legend(fontsize=8)
     ratios = report.ratios()
     labels = [f"{r['convroute']} / {r['peer']}" for r in ratios]

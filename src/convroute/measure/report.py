@@ -53,8 +53,8 @@ def summary(report: BenchReport) -> str:
         else:
             parts.append(f"  {key:<12} {value:10.3f} ms   {value / oracle:5.3f} x oracle")
     device = report.device.get("name", "?")
-    head = (f"{report.suite}, batch {report.batch}, on {device} ({report.timing}); totals weighted by layer "
-            f"counts:")
+    head = (f"{report.suite}, batch {report.batch}, {report.dtype}, on {device} ({report.timing}); totals weighted "
+            f"by layer counts:")
     notes = [f"note: {n}" for n in report.notes]
     return "\n".join([head] + parts + notes)
 
@@ -92,7 +92,7 @@ def plot(report: BenchReport, path: str) -> None:
     ax.set_xticks(x, [f"{r.name} x{r.count}" if r.count > 1 else r.name for r in report.layers], rotation=70,
                   ha="right", fontsize=7)
     ax.set_ylabel("time per layer (ms, median)")
-    ax.set_title(f"{report.suite}, batch {report.batch}: per-layer time by algorithm")
+    ax.set_title(f"{report.suite}, batch {report.batch}, {report.dtype}: per-layer time by algorithm")
     ax.legend(fontsize=8, ncol=2)
     totals = {k: v for k, v in report.totals_ms().items() if v is not None}
     ax_tot.barh(list(totals), list(totals.values()),

@@ -1,6 +1,7 @@
 """The `autotune` policy (like cudnn.benchmark): the first time a shape is routed on the adapter in use, every
 applicable, allowed algorithm is checked against the host reference and timed; the fastest correct one is
-kept in an on-disk cache (one file per device + driver) and reused by later calls and later processes.
+kept in an on-disk cache (one file per device + driver and dtype) and reused by later calls and later
+processes. In float16 the candidates run with f16 storage and the correctness bound is 1e-2.
 
 Unlike seed and calibrated, it needs the GPU: asked about another device (a family stand-in, say), it routes
 as `calibrated` and says so.
@@ -12,7 +13,9 @@ from datetime import UTC, datetime
 
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
+from convroute.kernels.common import FP32, Precision
 from convroute.measure.cache import device_file, read_json, warn_once, write_json
+from convroute.measure.calibration import TOLERANCES
 from convroute.measure.grid import params_key
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.params import ConvParams
@@ -21,13 +24,14 @@ from convroute.router.exclusions import applicable
 
 FORMAT, VERSION = "convroute-autotune", 1
 SETTINGS = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=0.3, prune=3.0)
-TOLERANCE = 1e-4
+TOLERANCE = TOLERANCES["float32"]
 
 
-def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]) -> tuple[str, str]:
+def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
+                   dtype: str = "float32") -> tuple[str, str]:
     gpu = get_gpu()
     if gpu.profile.key != device.key:
-        algorithm, reason = calibrated_route(p, device, blocked)
+        algorithm, reason = calibrated_route(p, device, blocked, dtype)
         return algorithm, (f"autotune measures only the adapter in use ({gpu.profile.name}), not "
                            f"{device.name or device.family} -> {reason}")
     candidates = [n for n in applicable(p) if n not in blocked]
@@ -35,16 +39,19 @@ def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]
         return seed_fallback(p, device, blocked, "autotune has no allowed candidate")
     if len(candidates) == 1:
         return candidates[0], f"autotune: {candidates[0]} is the only allowed applicable algorithm (nothing to time)"
-    cache = AutotuneCache(device.key)
+    precision = Precision.parse(dtype)
+    precision.require(gpu.profile)
+    cache = AutotuneCache(device.key, precision.dtype)
     entry, origin = cache.get(p), "cached"
     if not usable(entry, candidates):
-        entry, origin = tune(gpu, p, candidates), "tuned now"
+        entry, origin = tune(gpu, p, candidates, precision), "tuned now"
         cache.put(p, entry)
     times = entry["times_ms"]
     if entry["algorithm"] is None:
         return seed_fallback(p, device, blocked, f"autotune found no correct candidate ({wrong_note(entry)})")
     ranked = sorted(times, key=times.get)
-    reason = f"autotune: {ranked[0]} measured {ms(times[ranked[0]])}"
+    label = "autotune" if precision.dtype == "float32" else f"autotune ({precision.dtype})"
+    reason = f"{label}: {ranked[0]} measured {ms(times[ranked[0]])}"
     if len(ranked) > 1:
         reason += " vs " + ", ".join(f"{n} {ms(times[n])}" for n in ranked[1:])
     if entry.get("wrong"):
@@ -61,10 +68,11 @@ def usable(entry, candidates: list[str]) -> bool:
     return entry.get("algorithm") in candidates and set(candidates) <= measured
 
 
-def tune(gpu, p: ConvParams, candidates: list[str]) -> dict:
+def tune(gpu, p: ConvParams, candidates: list[str], precision: Precision = FP32) -> dict:
     from convroute.kernels import ALGORITHMS
 
-    work = Workload(gpu, p, seed=1)
+    tolerance = TOLERANCES[precision.dtype]
+    work = Workload(gpu, p, seed=1, precision=precision)
     kernels, wrong, cannot = {}, {}, {}
     try:
         for name in candidates:
@@ -74,7 +82,7 @@ def tune(gpu, p: ConvParams, candidates: list[str]) -> dict:
                 cannot[name] = str(err)
                 continue
             error = work.error(kernel)
-            if error < TOLERANCE:
+            if error < tolerance:
                 kernels[name] = kernel
             else:
                 wrong[name] = error
@@ -93,16 +101,17 @@ def wrong_note(entry: dict) -> str:
 
 
 class AutotuneCache:
-    """{params key: entry} for one device, on disk; entries from other processes are merged on write."""
+    """{params key: entry} for one device and dtype, on disk; entries from other processes are merged on
+    write."""
 
     _memory: dict[str, dict] = {}  # file path -> entries, also kept when the cache directory is unwritable
 
-    def __init__(self, device_key: str):
-        self.device_key = device_key
-        self.path = device_file("autotune", device_key)
+    def __init__(self, device_key: str, dtype: str = "float32"):
+        self.device_key, self.dtype = device_key, dtype
+        self.path = device_file("autotune", device_key, dtype)
 
     def _load(self) -> dict:
-        data = read_json(self.path, FORMAT, VERSION, self.device_key)
+        data = read_json(self.path, FORMAT, VERSION, self.device_key, self.dtype)
         entries = data.get("entries") if data else None
         if data is not None and not isinstance(entries, dict):
             warn_once(f"convroute: ignoring {self.path}: malformed autotune cache")
@@ -121,7 +130,7 @@ class AutotuneCache:
         memory[params_key(p)] = entry
         entries = self._load() | memory
         write_json(self.path, {"format": FORMAT, "version": VERSION, "device_key": self.device_key,
-                               "entries": entries})
+                               "dtype": self.dtype, "entries": entries})
 
 
 def valid_entry(entry) -> bool:

@@ -1,6 +1,8 @@
 """The `calibrated` policy: the algorithm this device's calibration predicts fastest.
 
 Without a calibration profile for the device (run `convroute calibrate`) it warns once and routes as seed.
+Routing in float16 uses the float16 calibration (`convroute calibrate --dtype float16`); without one it uses
+the float32 calibration, warns once and says so in every reason.
 """
 
 from __future__ import annotations
@@ -8,18 +10,26 @@ from __future__ import annotations
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
 from convroute.measure.cache import warn_once
-from convroute.measure.calibration import load_calibration
+from convroute.measure.calibration import calibration_for
 from convroute.params import ConvParams
 from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.seed import seed_route
 
 
-def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]) -> tuple[str, str]:
-    calibration = load_calibration(device)
+def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
+                     dtype: str = "float32") -> tuple[str, str]:
+    calibration = calibration_for(device, dtype)
+    who = device.name or device.family
+    command = "convroute calibrate" + ("" if dtype == "float32" else f" --dtype {dtype}")
     if calibration is None:
-        warn_once(f"convroute: no calibration profile for {device.name or device.family} "
-                  f"(run `convroute calibrate` on it); policy 'calibrated' routes as 'seed'")
+        warn_once(f"convroute: no calibration profile for {who} (run `{command}` on it); policy 'calibrated' "
+                  f"routes as 'seed'")
         return seed_fallback(p, device, blocked, "no calibration profile for this device")
+    label = "calibrated" if dtype == "float32" else f"calibrated ({dtype})"
+    if calibration.dtype != dtype:
+        warn_once(f"convroute: no {dtype} calibration profile for {who} (run `{command}` on it); policy "
+                  f"'calibrated' uses its float32 calibration for {dtype}")
+        label = f"calibrated (float32 profile: no {dtype} calibration for this device, run `{command}`)"
     predicted, notes = {}, []
     allowed = [n for n in applicable(p) if n not in blocked]
     for name, kernel in ALGORITHMS.items():
@@ -32,13 +42,13 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
         elif len(allowed) > 1:
             notes.append(f"{name} not calibrated (recalibrate to include it)")
     if len(allowed) == 1:
-        only = f"calibrated: {allowed[0]} is the only allowed applicable algorithm"
+        only = f"{label}: {allowed[0]} is the only allowed applicable algorithm"
         return allowed[0], only + "".join(f", {note}" for note in notes if "n/a" not in note)
     if not predicted:
-        return seed_fallback(p, device, blocked, "no calibrated algorithm can run this conv")
+        return seed_fallback(p, device, blocked, f"{label}: no calibrated algorithm can run this conv")
     ranked = sorted(predicted, key=predicted.get)
     best = ranked[0]
-    reason = f"calibrated: {best} predicted {ms(predicted[best])}"
+    reason = f"{label}: {best} predicted {ms(predicted[best])}"
     if len(ranked) > 1:
         reason += " vs " + ", ".join(f"{n} {ms(predicted[n])}" for n in ranked[1:])
     return best, reason + "".join(f", {note}" for note in notes)

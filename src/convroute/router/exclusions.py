@@ -1,5 +1,6 @@
-"""Algorithms a device must not run: the denylist's matches, those calibration found wrong there, and those
-that could not size a calibration shape with weights as large.
+"""Algorithms a device must not run: the denylist's matches, those without kernels for the dtype, those
+calibration found wrong there (in the dtype's calibration, else the float32 one), and those that could not
+size a calibration shape with weights as large.
 
 Every policy routes around them; seed falls back to the next applicable algorithm in FALLBACK order.
 """
@@ -9,26 +10,36 @@ from __future__ import annotations
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.base import CPU_LOOP_LIMIT
-from convroute.measure.calibration import load_calibration
+from convroute.kernels.common import Precision
+from convroute.measure.calibration import calibration_for
 from convroute.measure.denylist import denied
 from convroute.params import ConvParams
 
 FALLBACK = ("direct", "im2col", "pointwise", "depthwise", "transposed")  # then any other, in registry order
 
 
-def blocked_algorithms(p: ConvParams, device: DeviceProfile) -> dict[str, str]:
-    """{algorithm: why it is excluded on this device for p}."""
+def blocked_algorithms(p: ConvParams, device: DeviceProfile, dtype: str = "float32") -> dict[str, str]:
+    """{algorithm: why it is excluded on this device for p in `dtype`}."""
+    precision = Precision.parse(dtype)
     blocked = denied(device, p)
+    for name in applicable(p):
+        why = ALGORITHMS[name].unsupported_precision(precision)
+        if why:
+            blocked.setdefault(name, f"no {precision.dtype} kernels: {why}")
     if device.family == "cpu":
         for name in applicable(p):
             trips = ALGORITHMS[name].loop_trips(p)
             if trips > CPU_LOOP_LIMIT:
                 blocked.setdefault(name, f"one invocation would loop {trips} times; lavapipe stops loops "
                                          f"silently after {CPU_LOOP_LIMIT}")
-    calibration = load_calibration(device)
+    calibration = calibration_for(device, precision.dtype)
     if calibration is not None:
+        if calibration.dtype != precision.dtype:
+            which = f"float32 calibration (it has no {precision.dtype} one)"
+        else:
+            which = "calibration" if precision.dtype == "float32" else f"{precision.dtype} calibration"
         for name, why in calibration.excluded.items():
-            blocked.setdefault(name, f"excluded by this device's calibration: {why}")
+            blocked.setdefault(name, f"excluded by this device's {which}: {why}")
         for name, why in size_failures(p, calibration).items():
             blocked.setdefault(name, why)
     return blocked
