@@ -1,4 +1,8 @@
-"""Winograd F(2x2,3x3) / F(4x4,3x3): transform matrices, borders, chunks, split K, NaN/overflow, big layers."""
+"""Winograd F(2x2,3x3) / F(4x4,3x3): transform matrices, borders, chunks, split K, NaN/overflow, big layers.
+
+Both GEMM styles run on whatever device the tests have (lavapipe in CI): "workgroup" (gemm.BatchedGemm, what GPUs
+get) and "registers" (gemm_cpu.BatchedGemm, what CPU adapters get), chosen by patching DeviceProfile.gemm_style.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from hypothesis import strategies as st
 from conftest import ACTIVATIONS, assert_matches, random_inputs, reference, rel_error
 from convroute import conv2d
 from convroute.device.gpu import get_gpu
-from convroute.device.profile import DeviceProfile
-from convroute.kernels import ALGORITHMS
+from convroute.device.profile import GEMM_STYLES, DeviceProfile
+from convroute.kernels import ALGORITHMS, gemm_cpu
 from convroute.kernels.common import Epilogue
 from convroute.kernels.winograd import Winograd2, Winograd4, toom_cook
 from convroute.params import make_params
@@ -19,6 +23,10 @@ from convroute.params import make_params
 VARIANTS = (Winograd2, Winograd4)
 NAMES = [v.name for v in VARIANTS]
 BINDING = "max-storage-buffer-binding-size"
+
+
+def use_style(monkeypatch, style):
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: style))
 
 
 def correlate_1d(g, d, m):
@@ -86,9 +94,26 @@ def winograd_convs(draw):
 def test_borders_and_padding_match_torch(p, activation, bias, seed):
     x, w, b = random_inputs(p, np.random.default_rng(seed), bias)
     ref = reference(p, x, w, b, activation)
-    for name in NAMES:
-        out = conv2d(x, w, b, 1, p.padding, activation=activation, algorithm=name)
-        assert_matches(out, ref, f"{name} on {p.describe()} act={activation}")
+    for style in GEMM_STYLES:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            use_style(monkeypatch, style)
+            for name in NAMES:
+                out = conv2d(x, w, b, 1, p.padding, activation=activation, algorithm=name)
+                assert_matches(out, ref, f"{name} ({style} GEMM) on {p.describe()} act={activation}")
+
+
+@pytest.mark.parametrize("tile", gemm_cpu.TILES, ids=str)
+@pytest.mark.parametrize("variant", VARIANTS, ids=NAMES)
+def test_every_cpu_register_tile_with_partial_tiles(monkeypatch, variant, tile):
+    """Each register tile of gemm_cpu, on a layer whose channels and tile count fill none of them evenly."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_cpu, "choose_tile", lambda m, cols, batches: tile)
+    p = make_params((2, 13, 11, 9), (21, 13, 3, 3), 1, 1)
+    x, w, b = random_inputs(p, np.random.default_rng(20))
+    kernel = variant(get_gpu(), p, w, b, Epilogue.parse("relu"))
+    assert kernel.gemm.plan(p.n * kernel.th * kernel.tw, 1 << 30) == (tile, 1)
+    out, _ = bind_and_run(kernel, p, x)
+    assert_matches(out, reference(p, x, w, b, "relu"), f"{variant.name} with register tile {tile}")
 
 
 def bind_and_run(kernel, p, x, monkeypatch=None, limit=None):
@@ -109,9 +134,11 @@ def bind_and_run(kernel, p, x, monkeypatch=None, limit=None):
     (Winograd4, dict(input_shape=(2, 6, 17, 13), weight_shape=(5, 6, 3, 3), padding=(2, 1)), 12),
     (Winograd4, dict(input_shape=(3, 3, 30, 31), weight_shape=(4, 3, 3, 3), padding=0), 8),
 ], ids=["F2-128-tile-chunks", "F4-12-tile-chunks", "F4-8-tile-chunks"])
-def test_tiles_go_in_chunks_when_v_or_mx_exceed_a_binding(monkeypatch, variant, case, per_chunk):
+@pytest.mark.parametrize("style", GEMM_STYLES)
+def test_tiles_go_in_chunks_when_v_or_mx_exceed_a_binding(monkeypatch, variant, case, per_chunk, style):
     """With the largest binding patched to fit `per_chunk` tiles, V and Mx are built per chunk (chunks straddle
     images of the batch) and the result still matches."""
+    use_style(monkeypatch, style)
     p = make_params(**case)
     x, w, b = random_inputs(p, np.random.default_rng(21))
     kernel = variant(get_gpu(), p, w, b, Epilogue.parse("relu"))
@@ -133,6 +160,7 @@ def test_too_small_a_binding_is_a_clear_error(monkeypatch):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=NAMES)
 def test_split_k_partial_sums_are_added_by_the_output_transform(monkeypatch, variant):
+    use_style(monkeypatch, "workgroup")
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
     p = make_params((2, 130, 6, 5), (20, 130, 3, 3), 1, 1)
     x, w, b = random_inputs(p, np.random.default_rng(23))
@@ -145,6 +173,7 @@ def test_split_k_partial_sums_are_added_by_the_output_transform(monkeypatch, var
 
 def test_split_k_gives_way_to_the_binding_limit(monkeypatch):
     """Fewer K splits when the split partial sums would not fit one binding, rather than a failure."""
+    use_style(monkeypatch, "workgroup")
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 256))
     p = make_params((1, 130, 6, 5), (200, 130, 3, 3), 1, 1)
     x, w, b = random_inputs(p, np.random.default_rng(24))
@@ -160,6 +189,7 @@ def test_split_k_gives_way_to_the_binding_limit(monkeypatch):
 
 @pytest.mark.parametrize("cols, width", [(4, 8), (12, 16), (30, 32), (50, 64), (200, 128)])
 def test_narrow_column_tiles_for_few_winograd_tiles(monkeypatch, cols, width):
+    use_style(monkeypatch, "workgroup")
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 1))
     p = make_params((1, 4, 8, 8), (20, 4, 3, 3), 1, 1)
     kernel = Winograd2(get_gpu(), p, *random_inputs(p, np.random.default_rng(25))[1:], Epilogue())
@@ -167,9 +197,11 @@ def test_narrow_column_tiles_for_few_winograd_tiles(monkeypatch, cols, width):
     assert (tile.bn, splits) == (width, 1)
 
 
+@pytest.mark.parametrize("style", GEMM_STYLES)
 @pytest.mark.parametrize("name", NAMES)
-def test_nan_and_inf_reach_exactly_the_outputs_they_reach_in_torch(name):
+def test_nan_and_inf_reach_exactly_the_outputs_they_reach_in_torch(monkeypatch, name, style):
     """The transforms would smear a NaN over whole tiles; those tiles are recomputed directly."""
+    use_style(monkeypatch, style)
     p = make_params((2, 3, 11, 9), (5, 3, 3, 3), 1, (1, 2))
     x, w, b = random_inputs(p, np.random.default_rng(26))
     x[0, 1, 4, 4] = np.nan
@@ -186,9 +218,11 @@ def test_nan_and_inf_reach_exactly_the_outputs_they_reach_in_torch(name):
         assert_matches(np.where(finite, out, 0).astype(np.float32), np.where(finite, ref, 0), name)
 
 
+@pytest.mark.parametrize("style", GEMM_STYLES)
 @pytest.mark.parametrize("name", NAMES)
-def test_overflow_in_the_transforms_falls_back_to_the_direct_sum(name):
+def test_overflow_in_the_transforms_falls_back_to_the_direct_sum(monkeypatch, name, style):
     """Inputs near the f32 limit overflow B^T d B although the conv itself is finite."""
+    use_style(monkeypatch, style)
     p = make_params((1, 4, 9, 9), (3, 4, 3, 3), 1, 1)
     rng = np.random.default_rng(27)
     x = (1e38 * rng.uniform(0.5, 1, p.input_shape) * rng.choice([-1, 1], p.input_shape)).astype(np.float32)
@@ -200,8 +234,10 @@ def test_overflow_in_the_transforms_falls_back_to_the_direct_sum(name):
 
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("channels, size", [(512, 7), (64, 56)], ids=["512ch-7x7", "64ch-56x56"])
-def test_error_on_large_layers(name, channels, size):
+@pytest.mark.parametrize("style", GEMM_STYLES)
+def test_error_on_large_layers(monkeypatch, name, channels, size, style):
     """The deepest K in the suites (512 channels x 3x3) and the most tiles (56x56) against float64 torch."""
+    use_style(monkeypatch, style)
     p = make_params((1, channels, size, size), (channels, channels, 3, 3), 1, 1)
     x, w, b = random_inputs(p, np.random.default_rng())
     ref = reference(p, x, w, b)

@@ -15,6 +15,7 @@ VENDOR_FAMILIES = {
     0x1010: "powervr",
     0x10005: "cpu",  # Mesa's software rasterisers
 }
+GEMM_STYLES = ("workgroup", "registers")
 FAMILIES = ("mali", "adreno", "nvidia", "amd", "intel", "apple", "powervr", "cpu", "unknown")
 
 # WebGPU's guaranteed defaults: what a profile built for a family without hardware assumes.
@@ -85,6 +86,18 @@ class DeviceProfile:
         if override:
             return max(1, int(override))
         return 1 if self.family == "cpu" else 256
+
+    @property
+    def gemm_style(self) -> str:
+        """How the GEMM-based kernels tile: "workgroup" (tiles staged through workgroup memory between barriers,
+        for GPUs) or "registers" (each invocation a register tile reading storage directly: CPU adapters, where
+        workgroup memory is plain memory and a barrier a coroutine switch). CONVROUTE_GEMM_STYLE overrides it."""
+        override = os.environ.get("CONVROUTE_GEMM_STYLE")
+        if override:
+            if override not in GEMM_STYLES:
+                raise ValueError(f"CONVROUTE_GEMM_STYLE={override!r}; use one of {', '.join(GEMM_STYLES)}")
+            return override
+        return "registers" if self.family == "cpu" else "workgroup"
 
     @property
     def key(self) -> str:

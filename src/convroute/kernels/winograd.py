@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from convroute.kernels import gemm
+from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
 
@@ -197,8 +197,11 @@ class Winograd(ConvKernel):
         self.positions = a * a
         at, g, bt = toom_cook(m, self.points)
         u = np.einsum("ik,ockl,jl->ijoc", g, weight.astype(np.float64), g).reshape(self.positions, p.c_out, p.c_in)
-        self.gemm = gemm.BatchedGemm(self.gpu, u.astype(np.float32), None, B_DECL, B_SETUP, B_LOAD, GEMM_EXTRA,
-                                     self.precision)
+        if self.gpu.profile.gemm_style == "registers":
+            self.gemm = gemm_cpu.BatchedGemm(self.gpu, u.astype(np.float32), None, self.precision)
+        else:
+            self.gemm = gemm.BatchedGemm(self.gpu, u.astype(np.float32), None, B_DECL, B_SETUP, B_LOAD, GEMM_EXTRA,
+                                         self.precision)
         self.th, self.tw = ceil_div(p.ho, m), ceil_div(p.wo, m)
         header = self.precision.wgsl() + HEADER.format(
             wg=WG, c_in=p.c_in, c_out=p.c_out, h=p.h, w=p.w, ho=p.ho, wo=p.wo, tw=self.tw, tiles_img=self.th * self.tw,
