@@ -10,7 +10,15 @@ from pathlib import Path
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 from convroute.measure.bench import DEFAULT_POLICIES, SETTINGS, run_bench
-from convroute.measure.compare import DEFAULT_CHAIN, ENGINES, compare_summary, compare_table, plot_compare, run_compare
+from convroute.measure.compare import (
+    DEFAULT_CHAIN,
+    ENGINES,
+    compare_summary,
+    compare_table,
+    plot_compare,
+    ratio_table,
+    run_compare,
+)
 from convroute.measure.report import plot, summary, table
 from convroute.router import POLICIES
 from convroute.suites import SUITES, load_suite
@@ -18,7 +26,9 @@ from convroute.suites import SUITES, load_suite
 
 def add_arguments(parser) -> None:
     parser.add_argument("--suite", default="resnet50",
-                        help=f"a shipped suite ({', '.join(SUITES)}) or a suite JSON file (default resnet50)")
+                        help=f"a shipped suite ({', '.join(SUITES)}), a suite JSON file, or several of them "
+                             f"comma-separated (or 'all': every shipped suite) benched one after the other, with "
+                             f"one table of convroute / peer ratios per suite at the end (default resnet50)")
     parser.add_argument("--layers", metavar="FILE.json",
                         help="your own layer list, same format as the shipped suites (overrides --suite)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
@@ -63,40 +73,65 @@ def run(args) -> int:
     if args.chain < 1:
         print("--chain must be >= 1", file=sys.stderr)
         return 2
+    names = [args.layers] if args.layers else suite_names(args.suite)
     try:
-        suite = load_suite(args.layers or args.suite)
+        suites = [load_suite(name) for name in names]
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
     settings = replace(SETTINGS, repeats=max(args.repeats, SETTINGS.min_repeats), budget_s=args.budget)
-    try:
-        report = run_bench(get_gpu(), suite, args.batch, policies, settings=settings, check=not args.no_check,
-                           progress=not args.no_progress, dtype=args.dtype)
-    except ValueError as err:  # e.g. float16 on an adapter without shader-f16
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(table(report))
-    print()
-    print(summary(report))
-    compared = None
-    if compare:
-        compared = run_compare(get_gpu(), suite, args.batch, report.policies or ["seed"], compare, chain=args.chain,
-                               budget_s=args.budget, progress=not args.no_progress, dtype=args.dtype)
+    results, compared = [], []
+    for suite in suites:
+        if len(suites) > 1:
+            print(f"== {suite.name} ==")
+        try:
+            report = run_bench(get_gpu(), suite, args.batch, policies, settings=settings, check=not args.no_check,
+                               progress=not args.no_progress, dtype=args.dtype)
+        except ValueError as err:  # e.g. float16 on an adapter without shader-f16
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(table(report))
         print()
-        print(compare_table(compared))
+        print(summary(report))
+        data, other = report.to_json(), None
+        if compare:
+            other = run_compare(get_gpu(), suite, args.batch, report.policies or ["seed"], compare, chain=args.chain,
+                                budget_s=args.budget, progress=not args.no_progress, dtype=args.dtype)
+            print()
+            print(compare_table(other))
+            print()
+            print(compare_summary(other))
+            data |= other.to_json()
+            compared.append(other)
         print()
-        print(compare_summary(compared))
+        results.append(data)
+        if args.plot:
+            write_plots(report, other, args.plot, suite.name if len(suites) > 1 else None)
+    if len(compared) > 1:
+        print(f"convroute / peer per suite, batch {args.batch}, convroute {args.dtype} (below 1: convroute faster):")
+        print(ratio_table(compared))
     if args.json:
-        data = report.to_json() | (compared.to_json() if compared else {})
+        data = results[0] if len(results) == 1 else {"suites": results}
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
         print(f"wrote {args.json}")
-    if args.plot:
-        plot(report, args.plot)
-        print(f"wrote {args.plot}")
-        if compared:
-            path = Path(args.plot)
-            compare_path = str(path.with_name(f"{path.stem}-compare{path.suffix or '.png'}"))
-            plot_compare(compared, compare_path)
-            print(f"wrote {compare_path}")
     return 0
+
+
+def suite_names(text: str) -> list[str]:
+    """'resnet50' / 'resnet50,vgg16' / 'all' -> suite names or files."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return list(SUITES) if names == ["all"] else names
+
+
+def write_plots(report, compared, path_text: str, suffix: str | None) -> None:
+    """OUT.png (and OUT-compare.png); with several suites OUT-<suite>.png and OUT-<suite>-compare.png."""
+    path = Path(path_text)
+    if suffix:
+        path = path.with_name(f"{path.stem}-{suffix}{path.suffix or '.png'}")
+    plot(report, str(path))
+    print(f"wrote {path}")
+    if compared:
+        compare_path = str(path.with_name(f"{path.stem}-compare{path.suffix or '.png'}"))
+        plot_compare(compared, compare_path)
+        print(f"wrote {compare_path}")

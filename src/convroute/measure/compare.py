@@ -576,11 +576,7 @@ def compare_table(report: CompareReport) -> str:
             else:
                 cells.append("n/a" if (m.reason or "").startswith("n/a") or key == "gpu_ms" else "ERR")
         rows.append(cells)
-    widths = [max(len(c) for c in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in [head] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return aligned(head, rows, left=3)
 
 
 def compare_summary(report: CompareReport) -> str:
@@ -623,6 +619,32 @@ def compare_summary(report: CompareReport) -> str:
         totals = ", ".join(f"{name} {report.total(name, common):.3f}" for name in available)
         lines.append(f"layers every engine timed, {over(common)}: {totals} ms")
     lines += [f"note: {note}" for note in report.notes]
+    return "\n".join(lines)
+
+
+def ratio_table(reports: list[CompareReport]) -> str:
+    """One row per suite and convroute policy: convroute / peer total per peer (the layers both timed, of all)."""
+    peers = list(dict.fromkeys(peer for report in reports for peer in report.peers))
+    rows = []
+    for report in reports:
+        n = len(report.names)
+        ratios = {(r["convroute"], r["peer"]): r for r in report.ratios()}
+        for ours in report.convroute:
+            cells = [report.suite, ours]
+            for peer in peers:
+                r = ratios.get((ours, peer))
+                layers = None if r is None else (n if r["subset"] == "all" else len(r["subset"]))
+                cells.append("-" if r is None or r["ratio"] is None else f"{r['ratio']:.3f} ({layers}/{n})")
+            rows.append(cells)
+    return aligned(["suite", "convroute"] + [f"/ {peer}" for peer in peers], rows, left=2)
+
+
+def aligned(head: list[str], rows: list[list[str]], left: int) -> str:
+    """Columns aligned under a ruled head; the first `left` columns left-justified, the rest right-justified."""
+    widths = [max(len(c) for c in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
+             for row in [head] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
