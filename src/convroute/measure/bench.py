@@ -115,7 +115,8 @@ def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES,
     calibration = calibration_for(gpu.profile, precision.dtype) if "calibrated" in policies else None
     if "calibrated" in policies and calibration is None:
         policies.remove("calibrated")
-        notes.append("no calibration profile for this device: run `convroute calibrate` to score 'calibrated'")
+        command = "convroute calibrate" + ("" if precision.dtype == "float32" else f" --dtype {precision.dtype}")
+        notes.append(f"no calibration profile for this device: run `{command}` to score 'calibrated'")
     elif calibration is not None and calibration.dtype != precision.dtype:
         notes.append(f"no {precision.dtype} calibration for this device: 'calibrated' routes with the float32 one "
                      f"(run `convroute calibrate --dtype {precision.dtype}`)")
