@@ -298,6 +298,19 @@ def test_batch_size_may_differ_and_plans_are_cached():
         program(x, x)
 
 
+def test_repeated_calls_with_prerecorded_command_buffers_see_fresh_inputs():
+    """Each call submits the command buffer encoded after the previous one: interleave two programs whose
+    outputs share a staging buffer, and check every call against its own fresh input."""
+    a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    b = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sigmoid()).eval()
+    pa, pb = convroute.compile(a, torch.randn(1, 3, 10, 10)), convroute.compile(b, torch.randn(1, 3, 10, 10))
+    for _ in range(3):
+        for model, program in ((a, pa), (b, pb)):
+            x = torch.randn(1, 3, 10, 10)
+            assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    assert pa.plan.segments[-1].recording._ready is not None  # the next run's command buffer is ready
+
+
 class MixesImages(nn.Module):
     def forward(self, x):
         return F.relu(x - x.mean(0, keepdim=True))

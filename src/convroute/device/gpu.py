@@ -136,22 +136,15 @@ class Gpu:
     def run_and_read(self, dispatches: list[Dispatch], buffer, shape, dtype=np.float32) -> np.ndarray:
         """Run `dispatches`, then copy `buffer` to a kept staging buffer in the same submission and map it:
         one command buffer and no buffer creation per call (queue.read_buffer makes a new one each time)."""
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape))
-        nbytes = word_align(dtype.itemsize * count)  # copies move whole 4-byte words
+        return Recording(self, dispatches, (buffer, shape, dtype), ahead=False).run()
+
+    def staging(self, nbytes: int):
+        """A kept MAP_READ buffer of `nbytes` (shared by every read of that size; reads are synchronous)."""
         staging = self._staging.get(nbytes)
         if staging is None:
             staging = self._staging[nbytes] = self.device.create_buffer(
                 size=max(nbytes, 4), usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
-        encoder = self.encode(dispatches) if dispatches else self.device.create_command_encoder()
-        encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, nbytes)
-        self.device.queue.submit([encoder.finish()])
-        staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
-        try:
-            data = np.frombuffer(staging.read_mapped(0, nbytes, copy=False), dtype, count).reshape(shape).copy()
-        finally:
-            staging.unmap()
-        return data
+        return staging
 
     # -- running ---------------------------------------------------------------------------------
     def encode(self, dispatches: list[Dispatch], encoder=None, timestamp_writes=None):
@@ -172,6 +165,48 @@ class Gpu:
     def wait(self, buffer) -> None:
         """Block until submitted work is done (on_submitted_work_done_sync is broken in wgpu-py 0.32)."""
         self.device.queue.read_buffer(buffer, 0, 4)
+
+
+class Recording:
+    """A fixed list of dispatches, optionally followed by a read-back of one buffer, run again and again.
+
+    WebGPU command buffers are single-use, and encoding costs the host ~7 us per dispatch. With `ahead`,
+    the command buffer for the next run is encoded right after this run's submit, while the GPU works, so
+    repeated calls (a compiled model) do not wait for the host to encode. `read`: (buffer, shape, dtype).
+    """
+
+    def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True):
+        self.gpu, self.dispatches, self.ahead = gpu, dispatches, ahead
+        self.read = None
+        if read is not None:
+            buffer, shape, dtype = read
+            dtype = np.dtype(dtype)
+            count = int(np.prod(shape))
+            nbytes = word_align(dtype.itemsize * count)  # copies move whole 4-byte words
+            self.read = (buffer, tuple(shape), dtype, count, nbytes, gpu.staging(nbytes))
+        self._ready = None
+
+    def _encode(self):
+        encoder = self.gpu.encode(self.dispatches) if self.dispatches else self.gpu.device.create_command_encoder()
+        if self.read:
+            buffer, *_, nbytes, staging = self.read
+            encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, nbytes)
+        return encoder.finish()
+
+    def run(self) -> np.ndarray | None:
+        """Submit once; the read-back array when the recording has one."""
+        command, self._ready = self._ready or self._encode(), None
+        self.gpu.device.queue.submit([command])
+        if self.ahead:
+            self._ready = self._encode()
+        if not self.read:
+            return None
+        _, shape, dtype, count, nbytes, staging = self.read
+        staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
+        try:
+            return np.frombuffer(staging.read_mapped(0, nbytes, copy=False), dtype, count).reshape(shape).copy()
+        finally:
+            staging.unmap()
 
 
 def word_align(nbytes: int) -> int:

@@ -44,6 +44,7 @@ class Segment:
 
     steps: list[Step]
     dispatches: list[Dispatch]
+    recording: object = None  # device.gpu.Recording, made on the first run
 
 
 @dataclass

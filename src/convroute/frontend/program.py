@@ -17,7 +17,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from convroute import api
-from convroute.device.gpu import get_gpu
+from convroute.device.gpu import Recording, get_gpu
 from convroute.device.profile import resolve_profile
 from convroute.frontend.export import export_model
 from convroute.frontend.fallback import download, run_on_cpu, upload
@@ -117,10 +117,11 @@ class Program:
             if isinstance(seg, Segment):
                 if fused_read and seg is plan.segments[-1]:  # the output comes back in the same submission
                     name, meta = fused_read
-                    env[name] = torch.from_numpy(gpu.run_and_read(seg.dispatches, plan.buffer(name),
-                                                                  tuple(meta.shape)))
+                    env[name] = torch.from_numpy(self._recording(seg, (plan.buffer(name), meta.shape)).run())
+                elif on_segment:
+                    on_segment(seg)
                 else:
-                    (on_segment or (lambda s: gpu.run(s.dispatches)))(seg)
+                    self._recording(seg).run()
                 continue
             start = time.perf_counter()
             for name in seg.downloads:
@@ -142,6 +143,12 @@ class Program:
             else:
                 results.append(download(gpu, plan.buffer(out.name), plan.metas[out.name]))
         return tree_unflatten(results, graph.out_spec)
+
+    def _recording(self, seg: Segment, read=None) -> Recording:
+        """The segment's kept Recording (its next command buffer is encoded while the GPU runs this one)."""
+        if seg.recording is None or (seg.recording.read is None) != (read is None):
+            seg.recording = Recording(self.gpu, seg.dispatches, read and (*read, np.float32))
+        return seg.recording
 
     @staticmethod
     def _fused_read(plan: Plan):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +83,23 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+# Four stored elements as one load/store unit, `ST4`, with ld4/st4 converting from/to f32. f16 quads are bound as
+# vec2<u32> words and (un)packed with unpack2x16float / pack2x16float.
+VEC4_F32 = """alias ST4 = vec4<f32>;
+fn ld4(w: ST4) -> vec4<f32> { return w; }
+fn st4(v: vec4<f32>) -> ST4 { return v; }
+"""
+VEC4_F16 = """alias ST4 = vec2<u32>;
+fn ld4(w: ST4) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
+fn st4(v: vec4<f32>) -> ST4 { return vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw)); }
+"""
+if os.environ.get("CONVROUTE_F16_QUADS") == "native":  # probe: f16 quads as vec4<f16> (TODO remove)
+    VEC4_F16 = """alias ST4 = vec4<f16>;
+fn ld4(w: ST4) -> vec4<f32> { return vec4<f32>(w); }
+fn st4(v: vec4<f32>) -> ST4 { return vec4<f16>(v); }
+"""
+
+
 @dataclass(frozen=True)
 class Precision:
     """Element type of activations and weights in memory (`ST` in the WGSL) and of the running sums (`AT`).
@@ -114,7 +132,7 @@ class Precision:
         st = "f16" if self.dtype == "float16" else "f32"
         at = "f16" if self.accumulate == "float16" else "f32"
         enable = "enable f16;\n" if "f16" in (st, at) else ""
-        return f"{enable}alias ST = {st};\nalias AT = {at};\n"
+        return f"{enable}alias ST = {st};\nalias AT = {at};\n" + (VEC4_F16 if st == "f16" else VEC4_F32)
 
     def block_sums(self, open_block: str, close_block: str) -> dict:
         """Template values for a kernel whose f32 totals are `acc`: with f16 sums the inner loop adds to

@@ -15,6 +15,8 @@ weights and the output are f16 (ST); split-K partial sums and BatchedGemm's sums
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
@@ -26,9 +28,15 @@ K_ALIGN = max(t.bk for t in TILES)
 TILE = max(t.bn for t in TILES)  # column chunks are whole multiples of this
 GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p", "splits", "kt_split"]
 MIN_KT_PER_SPLIT = 4
+QUAD_STORES = os.environ.get("CONVROUTE_QUAD_STORES", "1") != "0"  # probe switch (TODO remove)
 
 STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v + bias[m]));"
 STORE_PARTIAL = "y[(split * P.m + m) * P.cols + j] = v + select(0.0, bias[m], split == 0u);"  # bias once
+# The same with four neighbouring columns at once (gemm_tiles `quads`): pixels, col0 and cols multiples of 4.
+STORE_OUTPUT4 = ("let gj = P.col0 + j; let o = v + bias[m]; "
+                 "y[((gj / P.p) * P.m * P.p + gj % P.p + m * P.p) / 4u] = "
+                 "st4(vec4<f32>(act(o.x), act(o.y), act(o.z), act(o.w)));")
+STORE_PARTIAL4 = "y[((split * P.m + m) * P.cols + j) / 4u] = v + select(0.0, bias[m], split == 0u);"
 
 REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
 REDUCE = """
@@ -48,6 +56,27 @@ fn main({args}) {{
   for (var s = 0u; s < P.splits; s++) {{ v += part[(s * P.m + m) * P.cols + j]; }}
   let gj = P.col0 + j;
   y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v));
+}}
+"""
+# REDUCE over quads of columns: `total` counts quads, cols is a multiple of 4.
+REDUCE4 = """
+const WG: u32 = 64u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<ST4>;
+{act}
+@compute @workgroup_size(64)
+fn main({args}) {{
+  let t = {flat};
+  if (t >= P.total) {{ return; }}
+  let c4 = P.cols / 4u;
+  let m = t / c4;
+  let j4 = t % c4;
+  var v = vec4<f32>(0.0);
+  for (var s = 0u; s < P.splits; s++) {{ v += part[(s * P.m + m) * c4 + j4]; }}
+  let gj = P.col0 + j4 * 4u;
+  y[((gj / P.p) * P.m * P.p + gj % P.p + m * P.p) / 4u] = st4(vec4<f32>(act(v.x), act(v.y), act(v.z), act(v.w)));
 }}
 """
 
@@ -105,13 +134,15 @@ class Gemm:
         self.params = GEMM_PARAMS + extra_params
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
                              act=act, precision=precision)
-        self.reduce_source = precision.wgsl() + REDUCE.format(params=uniform_block(REDUCE_PARAMS), act=act,
-                                           args=ENTRY_ARGS, flat=FLAT_INDEX)
+        self.reduce_sources = [precision.wgsl() + r.format(params=uniform_block(REDUCE_PARAMS), act=act,
+                                                            args=ENTRY_ARGS, flat=FLAT_INDEX)
+                               for r in (REDUCE, REDUCE4)]
 
-    def source(self, tile: Tile, splits: int) -> str:
+    def source(self, tile: Tile, splits: int, quads: bool = False) -> str:
         if splits > 1:
-            return generate(tile, store=STORE_PARTIAL, out_type="f32", **self.template)
-        return generate(tile, store=STORE_OUTPUT, **self.template)
+            return generate(tile, store=STORE_PARTIAL4 if quads else STORE_PARTIAL, out_type="f32", quads=quads,
+                            **self.template)
+        return generate(tile, store=STORE_OUTPUT4 if quads else STORE_OUTPUT, quads=quads, **self.template)
 
     def plan(self, cols: int) -> tuple[Tile, int]:
         tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups,
@@ -130,15 +161,17 @@ class Gemm:
                       col0=col0, p=pixels, splits=splits, kt_split=kt_split) | extra
         u = self.gpu.uniform(pack(self.params, values))
         threads = tiles * splits * tile.threads
+        quads = QUAD_STORES and pixels % 4 == 0 and col0 % 4 == 0 and cols % 4 == 0
         if splits == 1:
-            return [self.gpu.dispatch(self.source(tile, 1), [u, self.w_buf, self.b_buf, y, *b_buffers], threads,
-                                      tile.threads)]
+            return [self.gpu.dispatch(self.source(tile, 1, quads), [u, self.w_buf, self.b_buf, y, *b_buffers],
+                                      threads, tile.threads)]
         part = self.gpu.empty(4 * splits * self.m * cols, "split-K partial sums")
-        reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits, total=self.m * cols)
+        reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits,
+                      total=self.m * cols // (4 if quads else 1))
         ur = self.gpu.uniform(pack(REDUCE_PARAMS, reduce))
-        return [self.gpu.dispatch(self.source(tile, splits), [u, self.w_buf, self.b_buf, part, *b_buffers],
+        return [self.gpu.dispatch(self.source(tile, splits, quads), [u, self.w_buf, self.b_buf, part, *b_buffers],
                                   threads, tile.threads),
-                self.gpu.dispatch(self.reduce_source, [ur, part, y], reduce["total"], 64)]
+                self.gpu.dispatch(self.reduce_sources[quads], [ur, part, y], reduce["total"], 64)]
 
 
 BATCH_PARAMS = ["batches", "a_stride"]

@@ -71,8 +71,11 @@ BATCHED_LOCATE = """  if (g >= P.tiles * P.splits * P.batches) { return; }
 
 
 def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str, act: str, store: str,
-             batched: bool = False, precision: Precision = FP32, out_type: str = "ST") -> str:
+             batched: bool = False, precision: Precision = FP32, out_type: str = "ST", quads: bool = False) -> str:
     """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*).
+
+    `quads`: the four columns j..j+3 an invocation holds per row are stored at once (`v` a vec4<f32>, j a
+    multiple of 4, `y` an array of quads: ST4 or vec4<f32>); the caller guarantees they are contiguous in `y`.
 
     `batched`: P.batches independent GEMMs in one launch (gemm.BatchedGemm): the batch index is the outermost
     part of the flat workgroup index, A of batch b starts at b * P.a_stride vec4s, and `batch` is in scope
@@ -82,12 +85,14 @@ def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str,
     tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
     rg, cg = tile.tm // 4, tile.tn // 4
     a_rows4, b_cols4 = tile.bm // 4, tile.bn // 4
+    if quads:
+        out_type = "ST4" if out_type == "ST" else f"vec4<{out_type}>"
     locate = BATCHED_LOCATE if batched else LOCATE
     a_base = "abase + " if batched else ""
     out = [f"""{precision.wgsl()}
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> wa: array<vec4<ST>>;
+@group(0) @binding(1) var<storage, read> wa: array<ST4>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<{out_type}>;
 {b_decl}
@@ -125,8 +130,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for i in range(a_per):
             e = f"lid + {i * tile.threads}u" if i else "lid"
             guard = f"if (lid < {tile.a_loads}u) " if a_guard else ""
-            emit(f"    {guard}{{ let e = {e}; ra{i} = vec4<AT>(wa[{a_base}({kt} * {tile.bk}u + e / {a_rows4}u) "
-                 f"* P.m4 + tmi * {a_rows4}u + e % {a_rows4}u]); }}")
+            emit(f"    {guard}{{ let e = {e}; ra{i} = vec4<AT>(ld4(wa[{a_base}({kt} * {tile.bk}u + e / {a_rows4}u) "
+                 f"* P.m4 + tmi * {a_rows4}u + e % {a_rows4}u])); }}")
         emit(f"    {{ let k = {kt} * {tile.bk}u + b_row; rb = vec4<AT>({b_load}); }}")
 
     def stash(buf: str) -> None:
@@ -170,6 +175,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     emit("    }")
     emit("    workgroupBarrier();")
     emit("  }")
+    if quads:
+        store_quads(emit, tile, store, total)
+        emit("}")
+        return "\n".join(out)
     for c in range(cg):
         for q in range(4):
             emit(f"  {{ let j = tni * {tile.bn}u + (tx + {c * tx_n}u) * 4u + {q}u;")
@@ -186,3 +195,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             emit("  }")
     emit("}")
     return "\n".join(out)
+
+
+def store_quads(emit, tile: Tile, store: str, total: str) -> None:
+    """Per row, the invocation's four neighbouring columns as one vec4 `v` (see generate's `quads`)."""
+    tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
+    rg, cg = tile.tm // 4, tile.tn // 4
+    for c in range(cg):
+        emit(f"  {{ let j = tni * {tile.bn}u + (tx + {c * tx_n}u) * 4u;")
+        emit("    if (j < P.cols) {")
+        for r in range(rg):
+            q = [f"{total}{(c * 4 + q) * rg + r}" for q in range(4)]
+            emit(f"      {{ let m0 = tmi * {tile.bm}u + (ty + {r * ty_n}u) * 4u;")
+            emit("        for (var i = 0u; i < 4u; i++) {")
+            emit("          let m = m0 + i;")
+            emit(f"          if (m < P.m) {{ let v = vec4<f32>({q[0]}[i], {q[1]}[i], {q[2]}[i], {q[3]}[i]); "
+                 f"{store} }}")
+            emit("        }")
+            emit("      }")
+        emit("    }")
+        emit("  }")

@@ -35,9 +35,9 @@ SCALAR_LOAD = ("vec4<AT>(load_x(boff[0], bok[0], k), load_x(boff[1], bok[1], k),
                "load_x(boff[3], bok[3], k))")
 
 VEC4_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<vec4<ST>>;
+@group(0) @binding(4) var<storage, read> x: array<ST4>;
 fn load_x(off: u32, ok: bool, k: u32) -> vec4<AT> {
-  if (ok && k < P.k) { return vec4<AT>(x[off + k * (P.hw / 4u)]); }
+  if (ok && k < P.k) { return vec4<AT>(ld4(x[off + k * (P.hw / 4u)])); }
   return vec4<AT>(0.0);
 }
 """
