@@ -111,6 +111,7 @@ def test_split_k_matches_torch(monkeypatch, algorithm, case):
     from convroute.device.profile import DeviceProfile
 
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "workgroup"))  # CPUs never split K
     p = make_params(**case)
     x, w, b = random_inputs(p, np.random.default_rng(15))
     out, dispatches = run_kernel(ALGORITHMS[algorithm], p, x, w, b, "relu6")

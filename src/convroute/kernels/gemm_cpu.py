@@ -1,15 +1,17 @@
-"""Batched GEMM for CPU adapters (lavapipe/llvmpipe): register tiles, no workgroup memory, no barriers.
+"""GEMM for CPU adapters (lavapipe/llvmpipe): register tiles, no workgroup memory, no barriers.
 
 llvmpipe runs an invocation as one lane of a 256-bit SIMD vector (8 lanes). In Mesa 22.3 every storage-buffer
 and workgroup-memory access is a loop over the lanes with a scalar, bounds-checked load or store per component,
 and a workgroup barrier is a coroutine switch: staging tiles through workgroup memory, as gemm_tiles does for GPUs,
 costs more memory operations than it saves. Here each invocation keeps a tm x tn tile of sums in registers and
 reads its A and B vec4s straight from the storage buffers (the CPU caches do the staging): per K step tm/4 + tn/4
-vec4 loads feed tm * tn FMAs, and that ratio sets the speed.
+vec4 loads feed tm * tn FMAs, and that ratio sets the speed (16x16 runs ~3x faster than the workgroup GEMM here).
 
-Same contract as gemm.BatchedGemm (Winograd's transform positions): Out[b] = A[b] x B[b] + bias[b] for b < batches,
-Out a plain f32 [batches, M, cols] buffer; B is a [batches, K, cs4] array of vec4 columns bound at binding 4. No
-split-K (a CPU runs only as many workgroups at once as it has cores, and every launch here has plenty).
+RegisterGemm: Out[b] = A[b] x B[b] + bias[b] for b < batches in one launch, A either one matrix per batch
+(Winograd's transform positions) or one shared by all (a 1x1 conv over the images of a batch). B is an array of
+vec4 columns bound at binding 4, batch b's row k at b * b_stride + k * cs4; Out is [batches, M, cols], raw f32 sums
+or (with an activation) the conv output in the storage type, which for a 1x1 conv is NCHW. No split-K: a CPU runs
+only as many workgroups at once as it has cores, and every launch here has plenty.
 """
 
 from __future__ import annotations
@@ -19,10 +21,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.kernels.common import FP32, Precision, ceil_div, pack, uniform_block
 
 WG = 8  # one SIMD vector of llvmpipe: workgroups are the unit of its thread pool, so many small ones balance best
-PARAMS = ["m", "k", "m4", "cols", "cs4", "tiles_m", "tiles_n", "total", "batches", "a_stride"]
+PARAMS = ["m", "k", "m4", "cols", "cs4", "tiles_m", "tiles_n", "total", "a_stride", "b_stride", "bias_stride"]
+
+
+def wanted(gpu: Gpu, depth: int) -> bool:
+    """Whether a GEMM of this depth (K) runs as register tiles on this device: the device's GEMM style says so
+    and one invocation's K loop stays within lavapipe's loop limit."""
+    return gpu.profile.gemm_style == "registers" and depth <= CPU_LOOP_LIMIT
 
 
 @dataclass(frozen=True)
@@ -46,15 +55,78 @@ def choose_tile(m: int, cols: int, batches: int) -> CpuTile:
     return TILES[-1]
 
 
-def generate(tile: CpuTile, precision: Precision = FP32) -> str:
+class VecColumns:
+    """The B operand as stored vec4 columns (Winograd's V, a 1x1 conv's input): batch b's row k starts at vec4
+    b * P.b_stride + k * P.cs4. A B source gives the binding (`decl`), per-invocation setup for its column group
+    c (columns (tni * tn/4 + c) * 4 .. +3), per-K-step lines shared by the groups (`row`) and a group's vec4."""
+
+    decl = "@group(0) @binding(4) var<storage, read> b: array<ST4>;"
+    row = ""
+
+    @staticmethod
+    def setup(c: int, cg: int) -> str:  # columns past cs are never stored: clamp their loads into the row
+        return f"  let bc{c} = batch * P.b_stride + min(tni * {cg}u + {c}u, P.cs4 - 1u);"
+
+    @staticmethod
+    def load(c: int) -> str:
+        return f"ld4(b[bc{c} + k * P.cs4])"
+
+
+# The input binding and a conv's window geometry as shader constants (implicit_gemm's workgroup GEMM uses it too).
+WINDOW_CONSTS = """@group(0) @binding(4) var<storage, read> x: array<ST>;
+const C_IN: u32 = {c_in}u;
+const H: i32 = {h};
+const W: i32 = {w};
+const WO: u32 = {wo}u;
+const PIX: u32 = {pix}u;
+const KW: u32 = {kw}u;
+const KHW: u32 = {khw}u;
+"""
+WINDOWS_DECL = WINDOW_CONSTS + """fn gather(xb: u32, chan: u32, ih: i32, iw: i32) -> f32 {{
+  let ok = ih >= 0 && ih < H && iw >= 0 && iw < W;
+  return select(0.0, f32(x[select(0u, xb + chan + u32(ih * W + iw), ok)]), ok);
+}}"""
+
+
+class Windows:
+    """The B operand of a conv as a GEMM, gathered from the NCHW input (implicit GEMM): row k is input channel
+    k / (Kh*Kw) at tap k % (Kh*Kw), column j output pixel j of image `batch` (zero in the padding). Per K step
+    the tap is decoded once and each column group gathers four values: on llvmpipe a gathered component costs
+    what a vec4 component does."""
+
+    def __init__(self, p):
+        self.p = p
+        self.decl = WINDOWS_DECL.format(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, pix=p.ho * p.wo, kw=p.kw,
+                                        khw=p.kh * p.kw)
+        self.row = (f"    let tap = k % KHW;\n    let dh = i32((tap / KW) * {p.dilation[0]}u);\n"
+                    f"    let dw = i32((tap % KW) * {p.dilation[1]}u);\n    let chan = (k / KHW) * u32(H * W);")
+
+    def setup(self, c: int, cg: int) -> str:
+        p = self.p
+        lines = ["  let xb = batch * C_IN * u32(H * W);"] if c == 0 else []
+        for q in range(4):  # pixels past the image are never stored: clamp them into it
+            lines.append(f"  let pix{c}_{q} = min((tni * {cg}u + {c}u) * 4u + {q}u, PIX - 1u);")
+            lines.append(f"  let ih{c}_{q} = i32((pix{c}_{q} / WO) * {p.stride[0]}u) - {p.padding[0]};")
+            lines.append(f"  let iw{c}_{q} = i32((pix{c}_{q} % WO) * {p.stride[1]}u) - {p.padding[1]};")
+        return "\n".join(lines)
+
+    @staticmethod
+    def load(c: int) -> str:
+        return "vec4<f32>(" + ", ".join(f"gather(xb, chan, ih{c}_{q} + dh, iw{c}_{q} + dw)" for q in range(4)) + ")"
+
+
+def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns) -> str:
+    """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums."""
     rg, cg = tile.tm // 4, tile.tn // 4
+    out_type = "ST" if act else "f32"
     out = [f"""{precision.wgsl()}
 {uniform_block(PARAMS)}
 @group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> wa: array<vec4<ST>>;
+@group(0) @binding(1) var<storage, read> wa: array<ST4>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<f32>;
-@group(0) @binding(4) var<storage, read> b: array<vec4<ST>>;
+@group(0) @binding(3) var<storage, read_write> y: array<{out_type}>;
+{bsrc.decl}
+{act}
 @compute @workgroup_size({WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
@@ -64,46 +136,70 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let rest = g / P.tiles_n;
   let tmi = rest % P.tiles_m;
   let batch = rest / P.tiles_m;
-  let abase = batch * P.a_stride + tmi * {rg}u;
-  let bbase = batch * P.k * P.cs4;"""]
+  let abase = batch * P.a_stride + tmi * {rg}u;"""]
     emit = out.append
-    for c in range(cg):  # columns past cs are never stored: clamp their loads into the row
-        emit(f"  let bc{c} = bbase + min(tni * {cg}u + {c}u, P.cs4 - 1u);")
+    out += [bsrc.setup(c, cg) for c in range(cg)]
     # s{j}_{r}: rows (tmi * rg + r) * 4 .. +3 of the invocation's column j
     sums = [(j, r) for j in range(tile.tn) for r in range(rg)]
     out += [f"  var s{j}_{r} = vec4<f32>(0.0);" for j, r in sums]
     emit("  for (var k = 0u; k < P.k; k++) {")
-    out += [f"    let a{r} = vec4<f32>(wa[abase + k * P.m4 + {r}u]);" for r in range(rg)]
-    out += [f"    let b{c} = vec4<f32>(b[bc{c} + k * P.cs4]);" for c in range(cg)]
+    out += [f"    let a{r} = ld4(wa[abase + k * P.m4 + {r}u]);" for r in range(rg)]
+    emit(bsrc.row)
+    out += [f"    let b{c} = {bsrc.load(c)};" for c in range(cg)]
     out += [f"    s{j}_{r} = fma(a{r}, vec4<f32>(b{j // 4}.{'xyzw'[j % 4]}), s{j}_{r});" for j, r in sums]
     emit("  }")
     emit(f"  let m0 = tmi * {tile.tm}u;")
     emit("  let obase = batch * P.m;")
+    emit("  let bias0 = batch * P.bias_stride;")
+    value = "ST(act(v))" if act else "v"
     for j in range(tile.tn):
         emit(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < P.cols) {{")
         for r in range(rg):
             emit(f"    for (var e = 0u; e < 4u; e++) {{ let m = m0 + {4 * r}u + e; if (m < P.m) {{ "
-                 f"y[(obase + m) * P.cols + j] = s{j}_{r}[e] + bias[obase + m]; }} }}")
+                 f"let v = s{j}_{r}[e] + bias[bias0 + m]; y[(obase + m) * P.cols + j] = {value}; }} }}")
         emit("  } }")
     emit("}")
     return "\n".join(out)
 
 
-class BatchedGemm:
-    """gemm.BatchedGemm's interface (plan / out_bytes / dispatch) with CPU register tiles."""
+class RegisterGemm:
+    """Prepacked A (and bias) for register-tile launches; `dispatch` builds one launch over all batches."""
 
-    def __init__(self, gpu: Gpu, weights: np.ndarray, bias: np.ndarray | None, precision: Precision = FP32):
-        """weights: [batches, M, K] (stored as `precision`'s dtype); bias: [batches, M] or None."""
-        self.gpu, self.precision = gpu, precision
-        self.batches, self.m, self.k = weights.shape
+    def __init__(self, gpu: Gpu, weights: np.ndarray, bias: np.ndarray | None, precision: Precision = FP32,
+                 act: str = ""):
+        """weights: [batches or 1, M, K] (one matrix shared by every batch when 1); bias: like [.., M] or None;
+        act: the WGSL of `fn act` to finish the output with (stored as ST), or "" for raw f32 sums."""
+        self.gpu, self.precision, self.act = gpu, precision, act
+        count, self.m, self.k = weights.shape
         m_pad = ceil_div(self.m, max(t.tm for t in TILES)) * max(t.tm for t in TILES)
-        a = np.zeros((self.batches, self.k, m_pad), np.float32)
+        a = np.zeros((count, self.k, m_pad), np.float32)
         a[:, :, :self.m] = np.transpose(weights, (0, 2, 1))  # K-major: one vec4 holds 4 rows at one k
         self.m4 = m_pad // 4
-        self.a_stride = self.k * self.m4
+        self.a_stride = 0 if count == 1 else self.k * self.m4
         self.w_buf = gpu.upload(a, "packed weight matrices", precision.numpy)
-        bias = np.zeros((self.batches, self.m), np.float32) if bias is None else bias
-        self.b_buf = gpu.upload(np.asarray(bias, np.float32).reshape(self.batches, self.m), "bias")
+        bias = np.zeros((count, self.m), np.float32) if bias is None else np.asarray(bias, np.float32)
+        self.bias_stride = 0 if count == 1 else self.m
+        self.b_buf = gpu.upload(bias.reshape(count, self.m), "bias")
+
+    def dispatch(self, out, b_buf, batches: int, cols: int, cs4: int, b_stride: int,
+                 tile: CpuTile | None = None, bsrc=VecColumns) -> Dispatch:
+        """Out[b][:, :cols] for b < batches, B of batch b at vec4 b * b_stride, rows cs4 vec4s apart."""
+        tile = tile or choose_tile(self.m, cols, batches)
+        tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
+        total = batches * tiles_m * tiles_n
+        values = dict(m=self.m, k=self.k, m4=self.m4, cols=cols, cs4=cs4, tiles_m=tiles_m, tiles_n=tiles_n,
+                      total=total, a_stride=self.a_stride, b_stride=b_stride, bias_stride=self.bias_stride)
+        u = self.gpu.uniform(pack(PARAMS, values))
+        return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc),
+                                 [u, self.w_buf, self.b_buf, out, b_buf], total, WG)
+
+
+class BatchedGemm(RegisterGemm):
+    """gemm.BatchedGemm's interface (plan / out_bytes / dispatch), for Winograd: B is V, [batches, K, cs4]."""
+
+    def __init__(self, gpu: Gpu, weights: np.ndarray, bias: np.ndarray | None, precision: Precision = FP32):
+        super().__init__(gpu, weights, bias, precision)
+        self.batches = weights.shape[0]
 
     def plan(self, cols: int, max_out_bytes: int) -> tuple[CpuTile, int]:
         return choose_tile(self.m, cols, self.batches), 1
@@ -112,11 +208,5 @@ class BatchedGemm:
         return 4 * splits * self.batches * self.m * cols
 
     def dispatch(self, out, b_buffers: list, cols: int, plan: tuple[CpuTile, int], extra: dict) -> Dispatch:
-        tile = plan[0]
-        tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
-        total = self.batches * tiles_m * tiles_n
-        values = dict(m=self.m, k=self.k, m4=self.m4, cols=cols, cs4=extra["cs4"], tiles_m=tiles_m, tiles_n=tiles_n,
-                      total=total, batches=self.batches, a_stride=self.a_stride)
-        u = self.gpu.uniform(pack(PARAMS, values))
-        return self.gpu.dispatch(generate(tile, self.precision), [u, self.w_buf, self.b_buf, out, *b_buffers],
-                                 total, WG)
+        cs4 = extra["cs4"]
+        return super().dispatch(out, b_buffers[0], self.batches, cols, cs4, self.k * cs4, plan[0])

@@ -4,23 +4,15 @@ B[k, j] is input channel k // (Kh*Kw) at tap (kh, kw) of output pixel j's window
 im2col matrix without ever writing it: no column buffer, no second pass over memory. Each invocation works
 out its four columns' window origins once; per K step it decomposes k once and gathers four values. The
 layer's shape is baked into the shader as constants, so the index arithmetic folds to multiplies and shifts.
+On CPU adapters (gemm_style "registers") gemm_cpu.Windows gathers the same B for register tiles instead.
 """
 
 from __future__ import annotations
 
-from convroute.kernels import gemm
+from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
 
-B_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<ST>;
-const C_IN: u32 = {c_in}u;
-const H: i32 = {h};
-const W: i32 = {w};
-const WO: u32 = {wo}u;
-const PIX: u32 = {pix}u;
-const KW: u32 = {kw}u;
-const KHW: u32 = {khw}u;
-const KK: u32 = {k}u;
+B_DECL = "\n" + gemm_cpu.WINDOW_CONSTS + """const KK: u32 = {k}u;
 var<private> b_img: array<u32, 4>;
 var<private> b_ih: array<i32, 4>;
 var<private> b_iw: array<i32, 4>;
@@ -68,6 +60,12 @@ class ImplicitGemm(ConvKernel):
 
     def prepare(self, weight, bias):
         p = self.p
+        self.cpu = None
+        if gemm_cpu.wanted(self.gpu, p.c_in * p.kh * p.kw):
+            self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, -1), bias[None], self.precision,
+                                             self.epilogue.wgsl())
+            self.windows = gemm_cpu.Windows(p)
+            return
         shape = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, pix=p.ho * p.wo, kw=p.kw, khw=p.kh * p.kw,
                      k=p.c_in * p.kh * p.kw, dh=p.dilation[0], dw=p.dilation[1], sh=p.stride[0], sw=p.stride[1],
                      ph=p.padding[0], pw=p.padding[1])
@@ -76,4 +74,6 @@ class ImplicitGemm(ConvKernel):
 
     def bind(self, x, y, n):
         pixels = self.p.ho * self.p.wo
+        if self.cpu:  # one launch over the images: columns are one image's pixels, y is [n, C_out, pixels]
+            return [self.cpu.dispatch(y, x, n, pixels, 1, 0, bsrc=self.windows)]
         return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, {})

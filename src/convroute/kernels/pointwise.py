@@ -7,7 +7,7 @@ padding and H*W a multiple of 4, four neighbouring columns are one aligned vec4 
 
 from __future__ import annotations
 
-from convroute.kernels import gemm
+from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
 
 PARAMS = ["c_in", "h", "w", "wo", "sh", "sw", "ph", "pw", "hw"]
@@ -64,6 +64,12 @@ class Pointwise(ConvKernel):
     def prepare(self, weight, bias):
         p = self.p
         self.vec4 = p.stride == (1, 1) and p.padding == (0, 0) and p.h * p.w % 4 == 0
+        self.cpu = None
+        if gemm_cpu.wanted(self.gpu, p.c_in):  # CPU adapters: register tiles (gemm_cpu), x read as vec4 columns
+            self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, p.c_in), bias[None],
+                                             self.precision, self.epilogue.wgsl())
+            self.windows = gemm_cpu.VecColumns if self.vec4 else gemm_cpu.Windows(p)
+            return
         decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
             (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
         self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, setup, load, PARAMS, self.precision)
@@ -71,6 +77,9 @@ class Pointwise(ConvKernel):
     def bind(self, x, y, n):
         p = self.p
         pixels = p.ho * p.wo
+        if self.cpu:  # columns are one image's pixels, one launch over the images
+            hw4 = p.h * p.w // 4
+            return [self.cpu.dispatch(y, x, n, pixels, hw4, p.c_in * hw4, bsrc=self.windows)]
         extra = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, sh=p.stride[0], sw=p.stride[1], ph=p.padding[0],
                      pw=p.padding[1], hw=p.h * p.w)
         return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, extra)

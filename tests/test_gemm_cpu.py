@@ -1,0 +1,114 @@
+"""gemm_cpu's register-tile GEMMs (what CPU adapters get) and the workgroup GEMMs (what GPUs get), both on
+whatever device runs the tests, for the GEMM algorithms: pointwise, implicit_gemm, Winograd, im2col."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import ACTIVATIONS, assert_matches, random_inputs, reference
+from convroute import conv2d
+from convroute.device.gpu import get_gpu
+from convroute.device.profile import GEMM_STYLES, DeviceProfile
+from convroute.kernels import ALGORITHMS, gemm_cpu
+from convroute.kernels.common import F16_FEATURE, Epilogue
+from convroute.params import make_params
+from test_algorithms import convs
+
+GEMM_ALGORITHMS = ("pointwise", "implicit_gemm", "im2col", "winograd2", "winograd4")
+
+
+def use_style(monkeypatch, style):
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: style))
+
+
+def run(name, p, x, w, b, activation=None, **kwargs):
+    return conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups, activation=activation, algorithm=name,
+                  **kwargs)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(p=st.one_of(convs("dense"), convs("pointwise")), activation=st.sampled_from(ACTIVATIONS),
+       seed=st.integers(0, 2**32 - 1))
+def test_both_styles_match_torch(p, activation, seed):
+    x, w, b = random_inputs(p, np.random.default_rng(seed))
+    ref = reference(p, x, w, b, activation)
+    for style in GEMM_STYLES:
+        with pytest.MonkeyPatch.context() as monkeypatch:
+            use_style(monkeypatch, style)
+            for name in GEMM_ALGORITHMS:
+                if ALGORITHMS[name].unsupported(p) is None:
+                    out = run(name, p, x, w, b, activation)
+                    assert_matches(out, ref, f"{name} ({style} GEMM) on {p.describe()} act={activation}")
+
+
+LAYERS = {  # channels and pixel counts that fill none of the tiles evenly; batch 2 (one launch over images)
+    "pointwise-vec4": make_params((2, 13, 6, 10), (21, 13, 1, 1)),
+    "pointwise-strided": make_params((2, 13, 11, 9), (21, 13, 1, 1), 2, 1),
+    "implicit-3x3": make_params((2, 7, 11, 9), (21, 7, 3, 3), 1, 1),
+    "implicit-5x3-s2-d2": make_params((2, 5, 17, 13), (19, 5, 5, 3), 2, (2, 1), (1, 2)),
+}
+
+
+@pytest.mark.parametrize("tile", gemm_cpu.TILES, ids=str)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_every_register_tile_with_partial_tiles(monkeypatch, layer, tile):
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_cpu, "choose_tile", lambda m, cols, batches: tile)
+    p = LAYERS[layer]
+    name = "pointwise" if p.kh == p.kw == 1 else "implicit_gemm"
+    x, w, b = random_inputs(p, np.random.default_rng(30))
+    kernel = ALGORITHMS[name](get_gpu(), p, w, b, Epilogue.parse("silu"))
+    assert kernel.cpu is not None
+    out = run(name, p, x, w, b, "silu")
+    assert_matches(out, reference(p, x, w, b, "silu"), f"{name} register tile {tile} on {p.describe()}")
+
+
+def test_register_tiles_only_where_the_k_loop_fits_lavapipe(monkeypatch):
+    """A K loop longer than lavapipe's loop limit would stop early there: such layers keep the workgroup GEMM."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_cpu, "CPU_LOOP_LIMIT", 20)
+    p = make_params((1, 3, 8, 8), (4, 3, 3, 3), 1, 1)  # K = 27
+    x, w, b = random_inputs(p, np.random.default_rng(31))
+    assert ALGORITHMS["implicit_gemm"](get_gpu(), p, w, b, Epilogue()).cpu is None
+    assert ALGORITHMS["pointwise"](get_gpu(), make_params((1, 3, 8, 8), (4, 3, 1, 1)), w[:, :, :1, :1], b,
+                                   Epilogue()).cpu is not None
+    assert_matches(run("implicit_gemm", p, x, w, b), reference(p, x, w, b), "implicit_gemm past the loop limit")
+
+
+def test_the_style_follows_the_device_family(monkeypatch):
+    monkeypatch.delenv("CONVROUTE_GEMM_STYLE", raising=False)
+    assert DeviceProfile.for_family("cpu").gemm_style == "registers"
+    assert DeviceProfile.for_family("nvidia").gemm_style == "workgroup"
+    monkeypatch.setenv("CONVROUTE_GEMM_STYLE", "registers")
+    assert DeviceProfile.for_family("nvidia").gemm_style == "registers"
+    monkeypatch.setenv("CONVROUTE_GEMM_STYLE", "shared")
+    with pytest.raises(ValueError, match="CONVROUTE_GEMM_STYLE='shared'"):
+        _ = DeviceProfile.for_family("cpu").gemm_style
+
+
+@pytest.mark.parametrize("m, cols, batches", [(64, 3136, 1), (512, 4, 36), (512, 16, 16), (3, 5, 1), (1000, 1, 1)])
+def test_choose_tile_fills_the_device_or_takes_the_smallest(m, cols, batches):
+    tile = gemm_cpu.choose_tile(m, cols, batches)
+    invocations = batches * -(-m // tile.tm) * -(-cols // tile.tn)
+    assert tile in gemm_cpu.TILES
+    assert tile == gemm_cpu.TILES[-1] or invocations >= 64
+
+
+@pytest.mark.skipif(F16_FEATURE not in get_gpu().profile.features, reason=f"the adapter lacks {F16_FEATURE}")
+@pytest.mark.parametrize("name, p", [
+    ("pointwise", make_params((2, 13, 6, 10), (21, 13, 1, 1))),
+    ("pointwise", make_params((1, 13, 11, 9), (21, 13, 1, 1), 2, 1)),
+    ("implicit_gemm", make_params((2, 7, 11, 9), (21, 7, 3, 3), 1, 1)),
+    ("winograd4", make_params((2, 7, 11, 9), (21, 7, 3, 3), 1, 1)),
+], ids=["pointwise-vec4", "pointwise-strided", "implicit_gemm", "winograd4"])
+def test_register_tiles_in_float16(monkeypatch, name, p):
+    use_style(monkeypatch, "registers")
+    x, w, b = random_inputs(p, np.random.default_rng(32))
+    ref = reference(p, x, w, b, "relu")
+    out = run(name, p, x, w, b, "relu", dtype="float16")
+    assert out.dtype == np.float16 and np.isfinite(out).all()
+    err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
+    assert err <= 1e-2, f"{name} fp16 register tiles: relative error {err:.3g}"
