@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,11 +91,6 @@ fn st4(v: vec4<f32>) -> ST4 { return v; }
 VEC4_F16 = """alias ST4 = vec2<u32>;
 fn ld4(w: ST4) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
 fn st4(v: vec4<f32>) -> ST4 { return vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw)); }
-"""
-if os.environ.get("CONVROUTE_F16_QUADS") == "native":  # probe: f16 quads as vec4<f16> (TODO remove)
-    VEC4_F16 = """alias ST4 = vec4<f16>;
-fn ld4(w: ST4) -> vec4<f32> { return vec4<f32>(w); }
-fn st4(v: vec4<f32>) -> ST4 { return vec4<f16>(v); }
 """
 
 

@@ -15,8 +15,6 @@ weights and the output are f16 (ST); split-K partial sums and BatchedGemm's sums
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
@@ -28,7 +26,6 @@ K_ALIGN = max(t.bk for t in TILES)
 TILE = max(t.bn for t in TILES)  # column chunks are whole multiples of this
 GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p", "splits", "kt_split"]
 MIN_KT_PER_SPLIT = 4
-QUAD_STORES = os.environ.get("CONVROUTE_QUAD_STORES", "1") != "0"  # probe switch (TODO remove)
 
 STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v + bias[m]));"
 STORE_PARTIAL = "y[(split * P.m + m) * P.cols + j] = v + select(0.0, bias[m], split == 0u);"  # bias once
@@ -161,7 +158,7 @@ class Gemm:
                       col0=col0, p=pixels, splits=splits, kt_split=kt_split) | extra
         u = self.gpu.uniform(pack(self.params, values))
         threads = tiles * splits * tile.threads
-        quads = QUAD_STORES and pixels % 4 == 0 and col0 % 4 == 0 and cols % 4 == 0
+        quads = pixels % 4 == 0 and col0 % 4 == 0 and cols % 4 == 0
         if splits == 1:
             return [self.gpu.dispatch(self.source(tile, 1, quads), [u, self.w_buf, self.b_buf, y, *b_buffers],
                                       threads, tile.threads)]
