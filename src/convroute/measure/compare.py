@@ -9,8 +9,9 @@ after a warm-up (>= 3 runs and >= 0.3 s, cut short by half the per-layer budget)
 5 runs divided by L. Where the engine can say, the GPU time of the chain / L is given beside it (convroute:
 timestamp queries around the pass; torch on CUDA: CUDA events around the chain).
 
-Engines: convroute with the algorithm each policy routes to; torch (CUDA fp32 with TF32 off and
-cudnn.benchmark on, else CPU); ncnn Vulkan fp32 and fp16 ("ncnn-vk32", "ncnn-vk16"), for shape-preserving
+Engines: convroute with the algorithm each policy routes to (its command buffer for the next run is encoded
+while the GPU runs the current one, as in a compiled model: see device.gpu.Recording); torch (CUDA fp32 with
+TF32 off and cudnn.benchmark on, else CPU); ncnn Vulkan fp32 and fp16 ("ncnn-vk32", "ncnn-vk16"), for shape-preserving
 non-transposed layers at batch 1 only (ncnn has no batch dimension, and the peer method chains only those).
 An engine that is not installed, or has no device, is reported as unavailable; a layer it cannot time gets
 "n/a" and the reason. Each engine's output is compared to convroute's (first policy) as a sanity check.
@@ -33,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convroute.device.gpu import Gpu
+from convroute.device.gpu import Gpu, Recording
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.bench import _progress
@@ -263,9 +264,11 @@ class ConvrouteEngine(Engine):
             dispatches = [d for _ in range(chain) for d in kernel.bind(x_buf, bufs[1], p.n)]
             out = bufs[1]
 
+        recording = Recording(gpu, dispatches, (out, p.output_shape, dtype))  # as a compiled model runs
+
         def once():
             gpu.write(x_buf, x, dtype)
-            return gpu.run_and_read(dispatches, out, p.output_shape, dtype)
+            return recording.run()
 
         def release():
             for buf in bufs:
