@@ -254,6 +254,7 @@ class ConvrouteEngine(Engine):
     def prepare(self, p, x, weight, bias, chain, algorithm=None):
         gpu, dtype, size = self.gpu, self.dtype.numpy, self.dtype.itemsize
         kernel = ALGORITHMS[algorithm or self.algorithm(p)](gpu, p, weight, bias, Epilogue(), self.dtype.dtype)
+        x = np.ascontiguousarray(x, dtype)  # the host input in the storage dtype, as torch's engine takes it
         x_buf = gpu.upload(x, "input", dtype)
         if shape_preserving(p):  # ping-pong: copy i reads buffer i % 2 and writes the other
             bufs = [x_buf, gpu.empty(size * x.size, "chain buffer")]
