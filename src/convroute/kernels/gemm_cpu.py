@@ -57,19 +57,20 @@ def choose_tile(m: int, cols: int, batches: int) -> CpuTile:
 
 class VecColumns:
     """The B operand as stored vec4 columns (Winograd's V, a 1x1 conv's input): batch b's row k starts at vec4
-    b * P.b_stride + k * P.cs4. A B source gives the binding (`decl`), per-invocation setup for its column group
-    c (columns (tni * tn/4 + c) * 4 .. +3), per-K-step lines shared by the groups (`row`) and a group's vec4."""
+    b * p.b_stride + k * p.cs4 (p: the parameters). A B source gives the binding (`decl`), per-invocation setup
+    for its column group c (columns (tni * tn/4 + c) * 4 .. +3), per-K-step lines shared by the groups (`row`)
+    and a group's vec4."""
 
     decl = "@group(0) @binding(4) var<storage, read> b: array<ST4>;"
     row = ""
 
     @staticmethod
     def setup(c: int, cg: int) -> str:  # columns past cs are never stored: clamp their loads into the row
-        return f"  let bc{c} = batch * P.b_stride + min(tni * {cg}u + {c}u, P.cs4 - 1u);"
+        return f"  let bc{c} = batch * p.b_stride + min(tni * {cg}u + {c}u, p.cs4 - 1u);"
 
     @staticmethod
     def load(c: int) -> str:
-        return f"ld4(b[bc{c} + k * P.cs4])"
+        return f"ld4(b[bc{c} + k * p.cs4])"
 
 
 # The input binding and a conv's window geometry as shader constants (implicit_gemm's workgroup GEMM uses it too).
@@ -116,12 +117,16 @@ class Windows:
 
 
 def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns) -> str:
-    """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums."""
+    """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums.
+
+    The parameters are a read-only storage buffer, copied to `p` once, not a uniform buffer: lavapipe (Mesa 22.3)
+    "inlines" uniform values that steer branches and loops by recompiling the shader at every dispatch whenever
+    that halves it (a 1x1 conv to 8 channels took 9.3 ms instead of 0.25 ms: M = 8 folds away half the stores)."""
     rg, cg = tile.tm // 4, tile.tn // 4
     out_type = "ST" if act else "f32"
     out = [f"""{precision.wgsl()}
 {uniform_block(PARAMS)}
-@group(0) @binding(0) var<uniform> P: Params;
+@group(0) @binding(0) var<storage, read> P: Params;
 @group(0) @binding(1) var<storage, read> wa: array<ST4>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<{out_type}>;
@@ -130,33 +135,34 @@ def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=Vec
 @compute @workgroup_size({WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {{
+  let p = P;
   let g = (wid.x + wid.y * nwg.x) * {WG}u + lid;
-  if (g >= P.total) {{ return; }}
-  let tni = g % P.tiles_n;
-  let rest = g / P.tiles_n;
-  let tmi = rest % P.tiles_m;
-  let batch = rest / P.tiles_m;
-  let abase = batch * P.a_stride + tmi * {rg}u;"""]
+  if (g >= p.total) {{ return; }}
+  let tni = g % p.tiles_n;
+  let rest = g / p.tiles_n;
+  let tmi = rest % p.tiles_m;
+  let batch = rest / p.tiles_m;
+  let abase = batch * p.a_stride + tmi * {rg}u;"""]
     emit = out.append
     out += [bsrc.setup(c, cg) for c in range(cg)]
     # s{j}_{r}: rows (tmi * rg + r) * 4 .. +3 of the invocation's column j
     sums = [(j, r) for j in range(tile.tn) for r in range(rg)]
     out += [f"  var s{j}_{r} = vec4<f32>(0.0);" for j, r in sums]
-    emit("  for (var k = 0u; k < P.k; k++) {")
-    out += [f"    let a{r} = ld4(wa[abase + k * P.m4 + {r}u]);" for r in range(rg)]
+    emit("  for (var k = 0u; k < p.k; k++) {")
+    out += [f"    let a{r} = ld4(wa[abase + k * p.m4 + {r}u]);" for r in range(rg)]
     emit(bsrc.row)
     out += [f"    let b{c} = {bsrc.load(c)};" for c in range(cg)]
     out += [f"    s{j}_{r} = fma(a{r}, vec4<f32>(b{j // 4}.{'xyzw'[j % 4]}), s{j}_{r});" for j, r in sums]
     emit("  }")
     emit(f"  let m0 = tmi * {tile.tm}u;")
-    emit("  let obase = batch * P.m;")
-    emit("  let bias0 = batch * P.bias_stride;")
+    emit("  let obase = batch * p.m;")
+    emit("  let bias0 = batch * p.bias_stride;")
     value = "ST(act(v))" if act else "v"
     for j in range(tile.tn):
-        emit(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < P.cols) {{")
+        emit(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < p.cols) {{")
         for r in range(rg):
-            emit(f"    for (var e = 0u; e < 4u; e++) {{ let m = m0 + {4 * r}u + e; if (m < P.m) {{ "
-                 f"let v = s{j}_{r}[e] + bias[bias0 + m]; y[(obase + m) * P.cols + j] = {value}; }} }}")
+            emit(f"    for (var e = 0u; e < 4u; e++) {{ let m = m0 + {4 * r}u + e; if (m < p.m) {{ "
+                 f"let v = s{j}_{r}[e] + bias[bias0 + m]; y[(obase + m) * p.cols + j] = {value}; }} }}")
         emit("  } }")
     emit("}")
     return "\n".join(out)
@@ -189,7 +195,7 @@ class RegisterGemm:
         total = batches * tiles_m * tiles_n
         values = dict(m=self.m, k=self.k, m4=self.m4, cols=cols, cs4=cs4, tiles_m=tiles_m, tiles_n=tiles_n,
                       total=total, a_stride=self.a_stride, b_stride=b_stride, bias_stride=self.bias_stride)
-        u = self.gpu.uniform(pack(PARAMS, values))
+        u = self.gpu.upload(np.asarray(pack(PARAMS, values), np.uint32), "GEMM parameters", np.uint32)
         return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc),
                                  [u, self.w_buf, self.b_buf, out, b_buf], total, WG)
 
