@@ -1,7 +1,8 @@
 """CPU partitions: nodes the GPU cannot run execute through torch, between GPU submits.
 
 Their GPU-resident inputs are downloaded, the torch op runs (with any fused activation applied after
-it), and results that later GPU nodes read are uploaded into their planned buffers.
+it), and results that later GPU nodes read are uploaded into their planned buffers. With float16 storage the
+boundaries convert: GPU f16 -> the value's own dtype (float32) for torch, and back to f16 on upload.
 """
 
 from __future__ import annotations
@@ -43,11 +44,12 @@ def run_on_cpu(node: Node, env: dict, constants: dict):
         return apply_act(out, node.act) if node.act is not None else out
 
 
-def download(gpu, buffer, meta) -> torch.Tensor:
-    return torch.from_numpy(gpu.read(buffer, tuple(meta.shape)))
+def download(gpu, buffer, meta, stored=np.float32) -> torch.Tensor:
+    """A GPU value of element type `stored` as a tensor of the value's own dtype (`meta.dtype`)."""
+    return torch.from_numpy(gpu.read(buffer, tuple(meta.shape), stored)).to(meta.dtype)
 
 
-def upload(gpu, buffer, tensor: torch.Tensor) -> None:
-    data = np.ascontiguousarray(tensor.detach().cpu().to(torch.float32).numpy())
+def upload(gpu, buffer, tensor: torch.Tensor, stored=np.float32) -> None:
+    data = tensor.detach().cpu().to(torch.float32).numpy()
     if data.size:
-        gpu.device.queue.write_buffer(buffer, 0, data)
+        gpu.write(buffer, data, stored)

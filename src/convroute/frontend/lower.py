@@ -2,7 +2,8 @@
 
 `LOWERINGS[op name](ctx, node) -> GpuOp` prepares one node for the GPU (weights prepacked, pipelines
 compiled) or raises `Unsupported(reason)`, in which case the node runs on the CPU through torch.
-View-like nodes (`ALIASES`) need no kernel: their result shares the input's buffer.
+View-like nodes (`ALIASES`) need no kernel: their result shares the input's buffer. Every kernel is built
+for the program's storage precision (`Context.precision`: float32, or float16 with f32 arithmetic).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from convroute.device.profile import DeviceProfile
 from convroute.frontend.export import activation_of
 from convroute.frontend.graph import Node, Ref
 from convroute.kernels import ALGORITHMS
-from convroute.kernels.common import Epilogue
+from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
 from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
 from convroute.kernels.linear import GemmLinear, Linear
@@ -55,6 +56,7 @@ class Context:
     policy: str | None
     constants: dict
     metas: dict  # value name -> meta tensor
+    precision: Precision = FP32  # how GPU values are stored
 
     def is_dynamic(self, arg) -> bool:
         return isinstance(arg, Ref) and arg.name not in self.constants
@@ -98,9 +100,9 @@ def lower_conv(ctx: Context, node: Node) -> GpuOp:
     bias = ctx.const(b, "bias")
     p = make_params(tuple(xm.shape), tuple(weight.shape), list(stride), list(padding), list(dilation), groups,
                     transposed=transposed, output_padding=list(output_padding))
-    decision = route_params(p, ctx.profile, ctx.policy)
+    decision = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
     kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), None if bias is None else bias.numpy(),
-                                            node.act or Epilogue())
+                                            node.act or Epilogue(), dtype=ctx.precision.dtype)
     return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out, p.n), p.flops, p, decision)
 
 
@@ -115,7 +117,7 @@ def lower_activation(ctx: Context, node: Node) -> GpuOp:
         act = activation_of(node)
         if act is None:
             raise Unsupported("its bounds are tensors (the GPU kernel takes constant bounds)")
-    kernel = Unary(ctx.gpu, act, meta.numel())
+    kernel = Unary(ctx.gpu, act, meta.numel(), ctx.precision)
     return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out), meta.numel())
 
 
@@ -134,9 +136,9 @@ def lower_binary(ctx: Context, node: Node) -> GpuOp:
         else:
             value = ctx.const(a, "operand") if isinstance(a, Ref) else torch.tensor(float(a))
             shapes.append(tuple(value.shape))
-            operands.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand"))
+            operands.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand", ctx.precision.numpy))
     try:
-        kernel = Binary(ctx.gpu, op, shapes[0], shapes[1], tuple(out.shape), node.act, float(alpha))
+        kernel = Binary(ctx.gpu, op, shapes[0], shapes[1], tuple(out.shape), node.act, float(alpha), ctx.precision)
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
 
@@ -157,7 +159,8 @@ def lower_batch_norm(ctx: Context, node: Node) -> GpuOp:
     shift = -ctx.const(mean, "running mean").double() * scale
     if bias is not None:
         shift = shift + ctx.const(bias, "bias").double()
-    kernel = ChannelAffine(ctx.gpu, tuple(meta.shape), scale.float().numpy(), shift.float().numpy(), node.act)
+    kernel = ChannelAffine(ctx.gpu, tuple(meta.shape), scale.float().numpy(), shift.float().numpy(), node.act,
+                           ctx.precision)
     return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out), 2 * meta.numel())
 
 
@@ -182,13 +185,13 @@ def lower_pool(ctx: Context, node: Node) -> GpuOp:
     if node.op == "max_pool2d":
         kernel = _pair(node.arg(1, "kernel_size"))
         pool = Pool2d(ctx.gpu, "max", planes, h, w, ho, wo, kernel, _pair(node.arg(2, "stride"), kernel),
-                      _pair(node.arg(3, "padding", 0)), _pair(node.arg(4, "dilation", 1)))
+                      _pair(node.arg(3, "padding", 0)), _pair(node.arg(4, "dilation", 1)), precision=ctx.precision)
         flops = out.numel() * kernel[0] * kernel[1]
     elif node.op == "avg_pool2d":
         kernel = _pair(node.arg(1, "kernel_size"))
         pool = Pool2d(ctx.gpu, "avg", planes, h, w, ho, wo, kernel, _pair(node.arg(2, "stride"), kernel),
                       _pair(node.arg(3, "padding", 0)), count_include_pad=node.arg(5, "count_include_pad", True),
-                      divisor_override=node.arg(6, "divisor_override"))
+                      divisor_override=node.arg(6, "divisor_override"), precision=ctx.precision)
         flops = out.numel() * kernel[0] * kernel[1]
     else:  # adaptive average pooling, or mean over the last two dimensions
         if node.op == "mean.dim":
@@ -196,7 +199,7 @@ def lower_pool(ctx: Context, node: Node) -> GpuOp:
             if dims != {meta.ndim - 1, meta.ndim - 2} or node.kwargs.get("dtype") not in (None, torch.float32):
                 raise Unsupported(f"mean over dims {list(node.args[1])} (the GPU kernel reduces H and W)")
             ho = wo = 1
-        pool = Pool2d(ctx.gpu, "adaptive", planes, h, w, ho, wo)
+        pool = Pool2d(ctx.gpu, "adaptive", planes, h, w, ho, wo, precision=ctx.precision)
         flops = meta.numel()
     return GpuOp(node, [x.name], lambda ins, y: pool.bind(ins[0], y), flops)
 
@@ -216,8 +219,9 @@ def lower_linear(ctx: Context, node: Node) -> GpuOp:
     if weight.ndim != 2 or meta.shape[-1] != weight.shape[1]:
         raise Unsupported(f"linear of {tuple(meta.shape)} by weight {tuple(weight.shape)}")
     rows = meta.numel() // weight.shape[1]
-    kind = GemmLinear if GemmLinear.fits(ctx.gpu, tuple(weight.shape)) else Linear
-    kernel = kind(ctx.gpu, weight.numpy(), None if bias is None else bias.reshape(-1).numpy(), node.act)
+    kind = GemmLinear if GemmLinear.fits(ctx.gpu, tuple(weight.shape), ctx.precision) else Linear
+    kernel = kind(ctx.gpu, weight.numpy(), None if bias is None else bias.reshape(-1).numpy(), node.act,
+                  precision=ctx.precision)
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y, rows), rows * kernel.flops_per_row)
 
 
@@ -225,7 +229,7 @@ def lower_cat(ctx: Context, node: Node) -> GpuOp:
     tensors, dim = node.args[0], node.arg(1, "dim", 0)
     shapes = [tuple(ctx.tensor(t).shape) for t in tensors]
     out = out_meta(node)
-    kernel = Concat(ctx.gpu, shapes, dim)
+    kernel = Concat(ctx.gpu, shapes, dim, ctx.precision)
     return GpuOp(node, [t.name for t in tensors], lambda ins, y: kernel.bind(ins, y), out.numel())
 
 
@@ -241,7 +245,7 @@ def lower_upsample(ctx: Context, node: Node) -> GpuOp:
         scales = rest[0] if rest else None
     else:
         scales = tuple(rest[:2]) if len(rest) >= 2 else None
-    kernel = Upsample2d(ctx.gpu, mode, planes, h, w, ho, wo, scales, align)
+    kernel = Upsample2d(ctx.gpu, mode, planes, h, w, ho, wo, scales, align, ctx.precision)
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel() * (4 if bilinear else 1))
 
 

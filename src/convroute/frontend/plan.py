@@ -1,5 +1,6 @@
 """Planning one input shape: place each node (GPU kernel, free alias, or CPU through torch), give every
-GPU value a buffer (reusing buffers whose values are dead), and record all dispatches once.
+GPU value a buffer (reusing buffers whose values are dead; sized in the storage precision's elements:
+4 bytes, or 2 for float16), and record all dispatches once.
 
 Running a plan is then: upload the inputs, one submit per GPU segment (one in all when nothing falls
 back to the CPU), CPU steps in between, one read per output.
@@ -170,9 +171,10 @@ def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, metas: 
 
     free: list = []
     buffers, allocated = {}, []
+    itemsize = ctx.precision.itemsize
     for i in range(-1, len(steps)):
         for name in by_birth.get(i, []):
-            nbytes = max(4, 4 * metas[name].numel())
+            nbytes = max(4, itemsize * metas[name].numel())
             fits = [b for b in free if b.size >= nbytes]
             if fits:
                 buf = min(fits, key=lambda b: b.size)

@@ -1,7 +1,9 @@
 """`convroute.compile(model, example_inputs)` -> `Program`: a whole PyTorch model on the GPU.
 
 A Program keeps one plan per input shape (export, lowering, buffers and dispatches are built once per
-shape); calling it uploads the inputs, submits, and reads the outputs back as torch tensors.
+shape); calling it uploads the inputs, submits, and reads the outputs back as torch tensors. With
+dtype="float16" every GPU value is stored as f16 (arithmetic stays f32 inside the kernels); inputs are
+converted on upload and outputs back to the model's own dtype on the host.
 """
 
 from __future__ import annotations
@@ -24,26 +26,34 @@ from convroute.frontend.fallback import download, run_on_cpu, upload
 from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
+from convroute.kernels.common import Precision
 from convroute.router import POLICIES
 
 
-def compile(model, example_inputs, *, policy: str = "seed", device=None) -> Program:  # noqa: A001
+def compile(model, example_inputs, *, policy: str = "seed", device=None, dtype="float32") -> Program:  # noqa: A001
     """Export `model` (put in eval mode) with `example_inputs` and prepare it for the GPU.
 
     `policy` picks each conv's algorithm; `device` routes as if for another GPU (a family name or a
-    DeviceProfile) while still running on the adapter in use.
+    DeviceProfile) while still running on the adapter in use. `dtype`: how values are stored on the GPU,
+    "float32" (default) or "float16" (torch.float16 accepted; needs the adapter feature shader-f16): activations
+    and weights in f16, sums and elementwise math in f32, routing per dtype (`route_params(dtype=)`). The
+    outputs come back in the model's own dtype (float32 for a float32 model: the f16 results converted on the
+    host, exactly), so a program is a drop-in for the model either way; expect relative errors near 1e-3.
     """
-    return Program(model, example_inputs, policy=policy, device=device)
+    return Program(model, example_inputs, policy=policy, device=device, dtype=dtype)
 
 
 class Program:
-    def __init__(self, model, example_inputs, *, policy: str = "seed", device=None):
+    def __init__(self, model, example_inputs, *, policy: str = "seed", device=None, dtype="float32"):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
+        self.precision = Precision.parse(dtype)
+        self.dtype = self.precision.dtype  # "float32" or "float16": the element type of GPU values
         self.model, self.policy = model, policy
         self.gpu = get_gpu()
+        self.precision.require(self.gpu.profile)
         self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
         self._plans: dict[tuple, Plan | int] = {}
         self.batch_split: tuple[int, int] | None = None  # (batch, chunk) when the last call ran in chunks
@@ -78,7 +88,7 @@ class Program:
             graph = export_model(self.model, tuple(inputs))
             try:
                 self._plans[key] = build_plan(graph, dict(gpu=self.gpu, profile=self.device_profile,
-                                                          policy=self.policy))
+                                                          policy=self.policy, precision=self.precision))
             except ValueTooLarge as exc:
                 self._plans[key] = self._batch_chunk(inputs, exc)
         found = self._plans[key]
@@ -105,19 +115,20 @@ class Program:
         return chunk
 
     def _run(self, plan: Plan, inputs, on_segment=None, on_cpu=None):
-        gpu, graph = self.gpu, plan.graph
+        gpu, graph, stored = self.gpu, plan.graph, self.precision.numpy
         if api.POISON:
             for buf in plan.allocated:
-                gpu.fill(buf, np.nan)
+                gpu.fill(buf, np.nan, stored)
         env = dict(zip(graph.inputs, inputs, strict=True))
         for name in plan.input_uploads:
-            upload(gpu, plan.buffer(name), env[name])
+            upload(gpu, plan.buffer(name), env[name], stored)
         fused_read = self._fused_read(plan) if on_segment is None else None
         for seg in plan.segments:
             if isinstance(seg, Segment):
                 if fused_read and seg is plan.segments[-1]:  # the output comes back in the same submission
                     name, meta = fused_read
-                    env[name] = torch.from_numpy(self._recording(seg, (plan.buffer(name), meta.shape)).run())
+                    read = self._recording(seg, (plan.buffer(name), meta.shape)).run()
+                    env[name] = torch.from_numpy(read).to(meta.dtype)
                 elif on_segment:
                     on_segment(seg)
                 else:
@@ -126,10 +137,10 @@ class Program:
             start = time.perf_counter()
             for name in seg.downloads:
                 if name not in env:
-                    env[name] = download(gpu, plan.buffer(name), plan.metas[name])
+                    env[name] = download(gpu, plan.buffer(name), plan.metas[name], stored)
             env[seg.node.name] = run_on_cpu(seg.node, env, graph.constants)
             for name in seg.uploads:
-                upload(gpu, plan.buffer(name), env[name])
+                upload(gpu, plan.buffer(name), env[name], stored)
             if on_cpu:
                 on_cpu(seg, time.perf_counter() - start)
         results = []
@@ -141,13 +152,13 @@ class Program:
             elif out.name in graph.constants:
                 results.append(graph.constants[out.name])
             else:
-                results.append(download(gpu, plan.buffer(out.name), plan.metas[out.name]))
+                results.append(download(gpu, plan.buffer(out.name), plan.metas[out.name], stored))
         return tree_unflatten(results, graph.out_spec)
 
     def _recording(self, seg: Segment, read=None) -> Recording:
         """The segment's kept Recording (its next command buffer is encoded while the GPU runs this one)."""
         if seg.recording is None or (seg.recording.read is None) != (read is None):
-            seg.recording = Recording(self.gpu, seg.dispatches, read and (*read, np.float32))
+            seg.recording = Recording(self.gpu, seg.dispatches, read and (*read, self.precision.numpy))
         return seg.recording
 
     @staticmethod
@@ -181,7 +192,7 @@ class Program:
             submits=sum(isinstance(s, Segment) for s in plan.segments),
             buffers=len(plan.allocated), buffer_bytes=sum(b.size for b in plan.allocated),
             fused=[f"{s.node.module or s.node.name}: {note}" for s in plan.steps for note in s.node.notes],
-            batch_split=self.batch_split)
+            batch_split=self.batch_split, dtype=self.dtype)
 
     def convs(self) -> list[dict]:
         """One row per conv of the last plan: shape, where, algorithm, fused epilogue, reason."""
@@ -206,7 +217,7 @@ class Program:
         """Print (and return) each conv with its algorithm, fused epilogue and the reason it was chosen."""
         shapes = [tuple(self.plan.metas[n].shape) for n in self.plan.graph.inputs]
         lines = [f"{len(self.convs())} convs, policy {self.policy}, routed for {self.device_profile.family} "
-                 f"({self.device_profile.name}); input {shapes}"]
+                 f"({self.device_profile.name}); input {shapes}; GPU values stored as {self.dtype}"]
         header = ("conv", "input", "weight", "s/p/d/g", "algorithm", "fused", "reason")
         rows = []
         for r in self.convs():
@@ -267,6 +278,7 @@ class Summary:
     buffer_bytes: int
     fused: list = field(default_factory=list)
     batch_split: tuple | None = None  # (batch, chunk) when the last call ran the batch in chunks
+    dtype: str = "float32"  # element type of the GPU values
 
     @property
     def gpu_share(self) -> float:
@@ -282,7 +294,8 @@ class Summary:
                  f"GPU share of FLOPs {100 * self.gpu_share:.2f}% ({self.gpu_flops / 1e6:.1f} of "
                  f"{self.total_flops / 1e6:.1f} MFLOP)",
                  f"{self.dispatches} dispatches in {self.submits} submit(s); {self.buffers} GPU buffers "
-                 f"({self.buffer_bytes / 2**20:.1f} MiB) for all intermediate values; {len(self.fused)} fusions",
+                 f"({self.buffer_bytes / 2**20:.1f} MiB, {self.dtype}) for all intermediate values; "
+                 f"{len(self.fused)} fusions",
                  "GPU: " + ", ".join(f"{op} x{n}" for op, n in sorted(self.gpu_ops.items()))]
         if self.batch_split:
             lines.append(f"batch {self.batch_split[0]} ran in chunks of {self.batch_split[1]} (a value of the "

@@ -1,7 +1,7 @@
 """`cat` of dense tensors along any dimension: one copy dispatch per input into its slice of the output.
 
 Seen as [outer, size_along_dim * inner], input i fills columns [offset_i * inner, (offset_i + d_i) * inner)
-of every output row.
+of every output row. A plain copy of stored elements (float32 or float16, `precision`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.common import FP32, Precision
 from convroute.kernels.flat import flat_shader, launch, storage
 
 PARAMS = ["total", "row_in", "row_out", "offset"]
@@ -16,7 +17,7 @@ BODY = "  y[(t / P.row_in) * P.row_out + P.offset + t % P.row_in] = x[t];"
 
 
 class Concat:
-    def __init__(self, gpu: Gpu, shapes: list, dim: int):
+    def __init__(self, gpu: Gpu, shapes: list, dim: int, precision: Precision = FP32):
         rank = len(shapes[0])
         dim = dim % rank
         self.gpu = gpu
@@ -28,7 +29,7 @@ class Concat:
             self.parts.append(dict(total=outer * s[dim] * inner, row_in=s[dim] * inner, row_out=total_along * inner,
                                    offset=offset * inner))
             offset += s[dim]
-        self.source = flat_shader(PARAMS, storage("x", "y!"), BODY)
+        self.source = flat_shader(PARAMS, storage("x", "y!"), BODY, precision=precision)
         gpu.pipeline(self.source)
 
     def bind(self, xs: list, y) -> list[Dispatch]:

@@ -1,5 +1,6 @@
 """Elementwise ops for whole models: standalone activations, broadcasting add/sub/mul/div with a fused
-activation, and a per-channel affine (a batch norm that follows no conv). Float32, dense row-major.
+activation, and a per-channel affine (a batch norm that follows no conv). Dense row-major tensors stored as
+float32 or float16 (`precision`), computed in f32.
 
 Like the conv algorithms, each op is built once per shape (`__init__` compiles, uploads constants) and
 `bind(...)` returns the dispatches for concrete buffers.
@@ -12,7 +13,7 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ACTIVATIONS, Epilogue
+from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision
 from convroute.kernels.flat import f32_bits, flat_shader, launch, storage
 
 MAX_RANK = 4
@@ -53,9 +54,10 @@ class Unary:
 
     PARAMS = ["total"]
 
-    def __init__(self, gpu: Gpu, act, total: int):
+    def __init__(self, gpu: Gpu, act, total: int, precision: Precision = FP32):
         self.gpu, self.total = gpu, total
-        self.source = flat_shader(self.PARAMS, storage("x", "y!"), "  y[t] = act(x[t]);", act_source(act))
+        self.source = flat_shader(self.PARAMS, storage("x", "y!"), "  y[t] = ST(act(f32(x[t])));", act_source(act),
+                                  precision)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
@@ -91,7 +93,8 @@ def broadcast_strides(shape, out_shape) -> list[int] | None:
 class Binary:
     """y = act(a OP b) with NumPy broadcasting up to rank 4; add/sub take alpha as torch does."""
 
-    def __init__(self, gpu: Gpu, op: str, a_shape, b_shape, out_shape, act=None, alpha: float = 1.0):
+    def __init__(self, gpu: Gpu, op: str, a_shape, b_shape, out_shape, act=None, alpha: float = 1.0,
+                 precision: Precision = FP32):
         if op not in BINARY_EXPR:
             raise ValueError(f"unknown binary op {op!r}; known: {', '.join(BINARY_EXPR)}")
         sa, sb = broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape)
@@ -104,8 +107,8 @@ class Binary:
         self.values = dict(total=math.prod(out), d1=out[1], d2=out[2], d3=out[3], alpha=f32_bits(alpha),
                            **{f"a{i}": s for i, s in enumerate(sa)}, **{f"b{i}": s for i, s in enumerate(sb)})
         body = (f"  let alpha = bitcast<f32>(P.alpha);\n{SAME_INDEX if same else BROADCAST_INDEX}\n"
-                f"  let u = a[ia];\n  let v = b[ib];\n  y[t] = act({BINARY_EXPR[op]});")
-        self.source = flat_shader(BINARY_PARAMS, storage("a", "b", "y!"), body, act_source(act))
+                f"  let u = f32(a[ia]);\n  let v = f32(b[ib]);\n  y[t] = ST(act({BINARY_EXPR[op]}));")
+        self.source = flat_shader(BINARY_PARAMS, storage("a", "b", "y!"), body, act_source(act), precision)
         gpu.pipeline(self.source)
 
     def bind(self, a, b, y) -> list[Dispatch]:
@@ -117,14 +120,15 @@ class ChannelAffine:
 
     PARAMS = ["total", "c", "hw"]
 
-    def __init__(self, gpu: Gpu, shape, scale: np.ndarray, shift: np.ndarray, act=None):
+    def __init__(self, gpu: Gpu, shape, scale: np.ndarray, shift: np.ndarray, act=None, precision: Precision = FP32):
         self.gpu = gpu
         c = shape[1]
         self.values = dict(total=math.prod(shape), c=c, hw=math.prod(shape[2:]))
         self.scale = gpu.upload(np.asarray(scale, np.float32).reshape(c), "batch norm scale")
         self.shift = gpu.upload(np.asarray(shift, np.float32).reshape(c), "batch norm shift")
-        body = "  let c = (t / P.hw) % P.c;\n  y[t] = act(x[t] * scale[c] + shift[c]);"
-        self.source = flat_shader(self.PARAMS, storage("x", "scale", "shift", "y!"), body, act_source(act))
+        body = "  let c = (t / P.hw) % P.c;\n  y[t] = ST(act(f32(x[t]) * scale[c] + shift[c]));"
+        self.source = flat_shader(self.PARAMS, storage("x", "scale:f32", "shift:f32", "y!"), body, act_source(act),
+                                  precision)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:

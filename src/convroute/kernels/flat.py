@@ -1,30 +1,34 @@
 """The shader frame the model ops share (elementwise, pooling, resize, concat, linear): a 1-D launch of
-one invocation per output, a u32 parameter block at binding 0, then the op's storage buffers."""
+one invocation per output, a u32 parameter block at binding 0, then the op's storage buffers.
+
+Shaders start with a Precision header (kernels/common.py): activations are stored as `ST` (f32, or f16 with
+shader-f16), loaded with `f32(...)` and stored with `ST(...)`, so all arithmetic is f32 in either precision."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, pack, uniform_block
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Precision, pack, uniform_block
 
 WG = 64
 
 
 def storage(*buffers: str) -> str:
-    """WGSL declarations from binding 1: 'x' reads array<f32>, 'y!' is written, 'wt:vec4' reads array<vec4<f32>>."""
+    """WGSL declarations from binding 1: 'x' reads array<ST>, 'y!' is written, 'scale:f32' reads array<f32>,
+    'wt:vec4<ST>' reads array<vec4<ST>> (the element type after the colon, ST when none)."""
     lines = []
     for i, spec in enumerate(buffers, start=1):
         name, _, elem = spec.partition(":")
         access = "read_write" if name.endswith("!") else "read"
-        elem = "vec4<f32>" if elem == "vec4" else "f32"
+        elem = elem or "ST"
         lines.append(f"@group(0) @binding({i}) var<storage, {access}> {name.rstrip('!')}: array<{elem}>;")
     return "\n".join(lines)
 
 
-def flat_shader(params: list[str], buffers: str, body: str, helpers: str = "") -> str:
+def flat_shader(params: list[str], buffers: str, body: str, helpers: str = "", precision: Precision = FP32) -> str:
     """`body` runs once for each t < P.total (`params` must include 'total')."""
-    return f"""
+    return precision.wgsl() + f"""
 const WG: u32 = {WG}u;
 {uniform_block(params)}
 @group(0) @binding(0) var<uniform> P: Params;

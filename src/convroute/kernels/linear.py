@@ -7,7 +7,8 @@ so that each invocation streams contiguous memory (5-7x faster there). When the 
 device's largest storage binding (VGG's 25088 x 4096 classifier is 411 MB) it is split into column
 chunks, each its own buffer. K is walked in slices of at most K_SLICE per dispatch (later slices add
 to y; the last applies the activation), so no invocation loops more than lavapipe allows (65535
-iterations).
+iterations). With a float16 `precision`, x, y and the weight are stored as f16 and the sums are f32
+(between K slices the running sums pass through y, so they are rounded to f16 there).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels import gemm
-from convroute.kernels.common import ceil_div
+from convroute.kernels.common import FP32, Precision, ceil_div
 from convroute.kernels.elementwise import act_source
 from convroute.kernels.flat import flat_shader, launch, storage
 
@@ -32,12 +33,12 @@ BODY = """  let jb = t % P.ob;
     if (P.first == 1u) {
       acc[r] = bias[P.ob0 + jb];
     } else {
-      for (var i = 0u; i < 4u; i++) { if (col + i < P.o) { acc[r][i] = y[row + col + i]; } }
+      for (var i = 0u; i < 4u; i++) { if (col + i < P.o) { acc[r][i] = f32(y[row + col + i]); } }
     }
   }
 ROW_OFFSETS
   for (var k = P.k0; k < P.k0 + P.kn; k++) {
-    let wv = wt[W_INDEX];
+    let wv = vec4<f32>(wt[W_INDEX]);
 FMAS
   }
   for (var r = 0u; r < R; r++) {
@@ -45,18 +46,19 @@ FMAS
     for (var i = 0u; i < 4u; i++) {
       if (col + i < P.o) {
         let v = acc[r][i];
-        y[(m0 + r) * P.o + col + i] = select(v, act(v), P.last == 1u);
+        y[(m0 + r) * P.o + col + i] = ST(select(v, act(v), P.last == 1u));
       }
     }
   }"""
 
 
 class Linear:
-    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, k_inner=None):
+    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, k_inner=None,
+                 precision: Precision = FP32):
         weight = np.asarray(weight, np.float32)
         if weight.ndim != 2:
             raise ValueError(f"linear weight must be 2-D [out, in], got shape {weight.shape}")
-        self.gpu, self.act = gpu, act
+        self.gpu, self.act, self.precision = gpu, act, precision
         self.o, self.k = weight.shape
         blocks = ceil_div(self.o, 4)
         padded = weight
@@ -70,7 +72,7 @@ class Linear:
         b = np.zeros(blocks * 4, np.float32)
         if bias is not None:
             b[:self.o] = np.asarray(bias, np.float32).reshape(self.o)
-        per_block = self.k * 16
+        per_block = self.k * 4 * precision.itemsize
         if per_block > gpu.profile.max_binding_bytes:
             raise ValueError(f"linear layer with {self.k} input features needs {per_block} bytes per 4 outputs, "
                              f"more than the device's largest storage binding")
@@ -79,7 +81,7 @@ class Linear:
         for b0 in range(0, blocks, chunk):
             nb = min(chunk, blocks - b0)
             part = np.ascontiguousarray(packed[b0:b0 + nb] if self.k_inner else packed[:, b0:b0 + nb])
-            self.chunks.append((b0, nb, gpu.upload(part, "linear weight")))
+            self.chunks.append((b0, nb, gpu.upload(part, "linear weight", precision.numpy)))
         self.bias = gpu.upload(b, "linear bias")
 
     @property
@@ -89,11 +91,11 @@ class Linear:
     def source(self, rows: int) -> str:
         """The shader for R = `rows` rows per invocation, its loads unrolled."""
         offsets = "\n".join(f"  let x{r} = min(m0 + {r}u, P.m - 1u) * P.k;" for r in range(rows))
-        fmas = "\n".join(f"    acc[{r}] += wv * x[x{r} + k];" for r in range(rows))
+        fmas = "\n".join(f"    acc[{r}] += wv * f32(x[x{r} + k]);" for r in range(rows))
         body = BODY.replace("ROW_OFFSETS", offsets).replace("FMAS", fmas).replace(
             "W_INDEX", "jb * P.k + k" if self.k_inner else "k * P.ob + jb")
         helpers = f"const R: u32 = {rows}u;\n" + act_source(self.act)
-        return flat_shader(PARAMS, storage("x", "wt:vec4", "bias:vec4", "y!"), body, helpers)
+        return flat_shader(PARAMS, storage("x", "wt:vec4<ST>", "bias:vec4<f32>", "y!"), body, helpers, self.precision)
 
     def bind(self, x, y, m: int) -> list[Dispatch]:
         rows = min(4, m)
@@ -109,13 +111,13 @@ class Linear:
 
 
 GEMM_B_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<f32>;
+@group(0) @binding(4) var<storage, read> x: array<ST>;
 var<private> b_off: array<u32, 4>;
 var<private> b_ok: array<bool, 4>;
-fn load_b(k: u32) -> vec4<f32> {
-  var v = vec4<f32>(0.0);
+fn load_b(k: u32) -> vec4<AT> {
+  var v = vec4<AT>(0.0);
   if (k >= P.k) { return v; }
-  for (var q = 0u; q < 4u; q++) { if (b_ok[q]) { v[q] = x[b_off[q] + k]; } }
+  for (var q = 0u; q < 4u; q++) { if (b_ok[q]) { v[q] = AT(x[b_off[q] + k]); } }
   return v;
 }
 """
@@ -132,16 +134,18 @@ class GemmLinear:
     NCHW store with one pixel per image). Few rows (batch 1) get K split across workgroups, which the
     one-invocation-per-four-features kernel above cannot do. For GPUs whose binding holds the weight."""
 
-    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None):
+    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, precision: Precision = FP32):
         weight = np.asarray(weight, np.float32)
         self.o, self.k = weight.shape
         bias = np.zeros(self.o, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(self.o)
-        self.gemm = gemm.Gemm(gpu, weight, bias, act_source(act), GEMM_B_DECL, GEMM_B_SETUP, "load_b(k)", [])
+        self.gemm = gemm.Gemm(gpu, weight, bias, act_source(act), GEMM_B_DECL, GEMM_B_SETUP, "load_b(k)", [],
+                              precision)
 
     @staticmethod
-    def fits(gpu: Gpu, weight_shape) -> bool:
+    def fits(gpu: Gpu, weight_shape, precision: Precision = FP32) -> bool:
         o, k = weight_shape
-        padded = ceil_div(k, gemm.K_ALIGN) * gemm.K_ALIGN * ceil_div(o, gemm.M_ALIGN) * gemm.M_ALIGN * 4
+        padded = ceil_div(k, gemm.K_ALIGN) * gemm.K_ALIGN * ceil_div(o, gemm.M_ALIGN) * gemm.M_ALIGN
+        padded *= precision.itemsize
         return gpu.profile.family != "cpu" and padded <= gpu.profile.max_binding_bytes
 
     @property

@@ -5,13 +5,14 @@ Output sizes come from the caller (the graph's shapes), so ceil_mode needs no lo
 windows are clipped as torch clips them. Small windows take one invocation per output; windows of
 more than COOP_WINDOW elements (global pooling of large maps) take a workgroup per output that splits
 the window and reduces in workgroup memory, which also keeps every invocation's loop short (lavapipe
-stops any invocation's loops after 65535 iterations in all).
+stops any invocation's loops after 65535 iterations in all). Values are stored as float32 or float16
+(`precision`) and reduced in f32.
 """
 
 from __future__ import annotations
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ceil_div, pack, uniform_block
+from convroute.kernels.common import FP32, Precision, ceil_div, pack, uniform_block
 from convroute.kernels.flat import WG, flat_shader, launch, storage
 
 COOP_WINDOW = 256
@@ -76,7 +77,7 @@ fn element(a: f32, base: u32, win: Win, e: u32) -> f32 {
   let ih = win.hs + i32((e / win.nw) * win.dh);
   let iw = win.ws + i32((e % win.nw) * win.dw);
   if (ih < 0 || ih >= i32(P.h) || iw < 0 || iw >= i32(P.w)) { return a; }
-  return combine(a, x[base + u32(ih) * P.w + u32(iw)]);
+  return combine(a, f32(x[base + u32(ih) * P.w + u32(iw)]));
 }
 """
 
@@ -84,9 +85,9 @@ PER_INVOCATION = """  let win = window(t);
   let base = (t / (P.wo * P.ho)) * P.h * P.w;
   var a = START;
   for (var e = 0u; e < win.nh * win.nw; e++) { a = element(a, base, win, e); }
-  y[t] = finish(a, win);"""
+  y[t] = ST(finish(a, win));"""
 
-PER_WORKGROUP = """
+PER_WORKGROUP = """{precision}
 const WG: u32 = {wg}u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
@@ -109,7 +110,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (lid < s) {{ part[lid] = combine(part[lid], part[lid + s]); }}
     workgroupBarrier();
   }}
-  if (lid == 0u && live) {{ y[o] = finish(part[0], win); }}
+  if (lid == 0u && live) {{ y[o] = ST(finish(part[0], win)); }}
 }}
 """
 
@@ -118,7 +119,8 @@ class Pool2d:
     """kind 'max', 'avg' or 'adaptive' over `planes` = N*C planes of h x w, giving ho x wo each."""
 
     def __init__(self, gpu: Gpu, kind: str, planes: int, h: int, w: int, ho: int, wo: int, kernel=(1, 1),
-                 stride=(1, 1), padding=(0, 0), dilation=(1, 1), count_include_pad=True, divisor_override=None):
+                 stride=(1, 1), padding=(0, 0), dilation=(1, 1), count_include_pad=True, divisor_override=None,
+                 precision: Precision = FP32):
         if kind not in WINDOWS:
             raise ValueError(f"unknown pool kind {kind!r}; known: {', '.join(WINDOWS)}")
         self.gpu = gpu
@@ -137,9 +139,10 @@ class Pool2d:
         helpers = FRAME.replace("WINDOW", WINDOWS[kind]).replace("COMBINE", combine).replace("FINISH", finish)
         if self.coop:
             self.source = PER_WORKGROUP.format(wg=WG, params=uniform_block(PARAMS), buffers=storage("x", "y!"),
-                                               helpers=helpers, start=start)
+                                               helpers=helpers, start=start, precision=precision.wgsl())
         else:
-            self.source = flat_shader(PARAMS, storage("x", "y!"), PER_INVOCATION.replace("START", start), helpers)
+            self.source = flat_shader(PARAMS, storage("x", "y!"), PER_INVOCATION.replace("START", start), helpers,
+                                      precision)
         self.gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:

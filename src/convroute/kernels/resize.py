@@ -2,18 +2,20 @@
 
 Source coordinates follow torch's CPU rules in float32: the scale is 1/scale_factor when the caller
 gave one, else in/out; nearest picks floor(dst * scale) (floor((dst + 0.5) * scale) for nearest-exact);
-bilinear uses scale * (dst + 0.5) - 0.5 clamped at 0, or dst * (in-1)/(out-1) with align_corners.
+bilinear uses scale * (dst + 0.5) - 0.5 clamped at 0, or dst * (in-1)/(out-1) with align_corners. Values are
+stored as float32 or float16 (`precision`) and interpolated in f32.
 """
 
 from __future__ import annotations
 
 from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.common import FP32, Precision
 from convroute.kernels.flat import f32_bits, flat_shader, launch, storage
 
 PARAMS = ["total", "h", "w", "ho", "wo", "scale_h", "scale_w"]
 BODY = """  let ow = t % P.wo;
   let oh = (t / P.wo) % P.ho;
-  y[t] = sample((t / (P.wo * P.ho)) * P.h * P.w, oh, ow);"""
+  y[t] = ST(sample((t / (P.wo * P.ho)) * P.h * P.w, oh, ow));"""
 
 NEAREST = """
 fn src(dst: u32, size: u32, out: u32, scale: f32) -> u32 {
@@ -24,7 +26,7 @@ fn src(dst: u32, size: u32, out: u32, scale: f32) -> u32 {
 fn sample(base: u32, oh: u32, ow: u32) -> f32 {
   let ih = src(oh, P.h, P.ho, bitcast<f32>(P.scale_h));
   let iw = src(ow, P.w, P.wo, bitcast<f32>(P.scale_w));
-  return x[base + ih * P.w + iw];
+  return f32(x[base + ih * P.w + iw]);
 }
 """
 NEAREST_INDEX = "if (out == 2u * size) { return dst / 2u; }\n  let s = f32(dst) * scale;"
@@ -43,8 +45,8 @@ fn sample(base: u32, oh: u32, ow: u32) -> f32 {
   let w1 = select(w0, w0 + 1u, w0 < P.w - 1u);
   let lh = sh - f32(h0);
   let lw = sw - f32(w0);
-  let top = (1.0 - lw) * x[base + h0 * P.w + w0] + lw * x[base + h0 * P.w + w1];
-  let bottom = (1.0 - lw) * x[base + h1 * P.w + w0] + lw * x[base + h1 * P.w + w1];
+  let top = (1.0 - lw) * f32(x[base + h0 * P.w + w0]) + lw * f32(x[base + h0 * P.w + w1]);
+  let bottom = (1.0 - lw) * f32(x[base + h1 * P.w + w0]) + lw * f32(x[base + h1 * P.w + w1]);
   return (1.0 - lh) * top + lh * bottom;
 }
 """
@@ -64,7 +66,7 @@ class Upsample2d:
     """mode 'nearest', 'nearest-exact' or 'bilinear'; scale_factors (h, w) as torch received them or None."""
 
     def __init__(self, gpu: Gpu, mode: str, planes: int, h: int, w: int, ho: int, wo: int,
-                 scale_factors=None, align_corners: bool = False):
+                 scale_factors=None, align_corners: bool = False, precision: Precision = FP32):
         scales = scale_factors or (None, None)
         if mode == "bilinear":
             helpers = BILINEAR.replace("INDEX", ALIGNED_INDEX if align_corners else HALF_PIXEL_INDEX)
@@ -77,7 +79,7 @@ class Upsample2d:
         self.values = dict(total=planes * ho * wo, h=h, w=w, ho=ho, wo=wo,
                            scale_h=f32_bits(source_scale(h, ho, scales[0], align_corners)),
                            scale_w=f32_bits(source_scale(w, wo, scales[1], align_corners)))
-        self.source = flat_shader(PARAMS, storage("x", "y!"), BODY, helpers)
+        self.source = flat_shader(PARAMS, storage("x", "y!"), BODY, helpers, precision)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
