@@ -25,13 +25,14 @@ from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.kernels.common import FP32, Precision, ceil_div, pack, uniform_block
 
 WG = 8  # one SIMD vector of llvmpipe: workgroups are the unit of its thread pool, so many small ones balance best
-PARAMS = ["m", "k", "m4", "cols", "cs4", "tiles_m", "tiles_n", "total", "a_stride", "b_stride", "bias_stride"]
+PARAMS = ["m", "k", "m4", "cols", "cs4", "tiles_m", "tiles_n", "total", "a_stride", "b_stride", "bias_stride",
+          "c_in", "h", "w", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw"]  # the last: Windows' conv
 
 
-def wanted(gpu: Gpu, depth: int) -> bool:
-    """Whether a GEMM of this depth (K) runs as register tiles on this device: the device's GEMM style says so
-    and one invocation's K loop stays within lavapipe's loop limit."""
-    return gpu.profile.gemm_style == "registers" and depth <= CPU_LOOP_LIMIT
+def wanted(gpu: Gpu, trips: int) -> bool:
+    """Whether a GEMM runs as register tiles on this device: the device's GEMM style says so and one invocation's
+    K loops (`trips` iterations in all) stay within lavapipe's loop limit."""
+    return gpu.profile.gemm_style == "registers" and trips <= CPU_LOOP_LIMIT
 
 
 @dataclass(frozen=True)
@@ -55,14 +56,31 @@ def choose_tile(m: int, cols: int, batches: int) -> CpuTile:
     return TILES[-1]
 
 
+# The input binding and a conv's window geometry as shader constants (implicit_gemm's workgroup GEMM).
+WINDOW_CONSTS = """@group(0) @binding(4) var<storage, read> x: array<ST>;
+const C_IN: u32 = {c_in}u;
+const H: i32 = {h};
+const W: i32 = {w};
+const WO: u32 = {wo}u;
+const PIX: u32 = {pix}u;
+const KW: u32 = {kw}u;
+const KHW: u32 = {khw}u;
+"""
+
+
 class VecColumns:
     """The B operand as stored vec4 columns (Winograd's V, a 1x1 conv's input): batch b's row k starts at vec4
     b * p.b_stride + k * p.cs4 (p: the parameters). A B source gives the binding (`decl`), per-invocation setup
-    for its column group c (columns (tni * tn/4 + c) * 4 .. +3), per-K-step lines shared by the groups (`row`)
-    and a group's vec4."""
+    for its column group c (columns (tni * tn/4 + c) * 4 .. +3), the K loop's head (WGSL that opens the loops
+    and leaves the A row in `k`) and tail, and a column group's vec4 at row k."""
 
     decl = "@group(0) @binding(4) var<storage, read> b: array<ST4>;"
-    row = ""
+    head = "  for (var k = 0u; k < p.k; k++) {"
+    tail = "  }"
+
+    @staticmethod
+    def trips(depth: int) -> int:
+        return depth
 
     @staticmethod
     def setup(c: int, cg: int) -> str:  # columns past cs are never stored: clamp their loads into the row
@@ -73,47 +91,51 @@ class VecColumns:
         return f"ld4(b[bc{c} + k * p.cs4])"
 
 
-# The input binding and a conv's window geometry as shader constants (implicit_gemm's workgroup GEMM uses it too).
-WINDOW_CONSTS = """@group(0) @binding(4) var<storage, read> x: array<ST>;
-const C_IN: u32 = {c_in}u;
-const H: i32 = {h};
-const W: i32 = {w};
-const WO: u32 = {wo}u;
-const PIX: u32 = {pix}u;
-const KW: u32 = {kw}u;
-const KHW: u32 = {khw}u;
-"""
-WINDOWS_DECL = WINDOW_CONSTS + """fn gather(xb: u32, chan: u32, ih: i32, iw: i32) -> f32 {{
-  let ok = ih >= 0 && ih < H && iw >= 0 && iw < W;
-  return select(0.0, f32(x[select(0u, xb + chan + u32(ih * W + iw), ok)]), ok);
-}}"""
-
-
 class Windows:
-    """The B operand of a conv as a GEMM, gathered from the NCHW input (implicit GEMM): row k is input channel
-    k / (Kh*Kw) at tap k % (Kh*Kw), column j output pixel j of image `batch` (zero in the padding). Per K step
-    the tap is decoded once and each column group gathers four values: on llvmpipe a gathered component costs
-    what a vec4 component does."""
+    """The B operand of a conv as a GEMM, gathered from the NCHW input (implicit GEMM): row k = (input channel,
+    kernel row, kernel column), column j output pixel j of image `batch` (zero in the padding). The conv's shape
+    is in the parameters (one pipeline per tile shape, not per layer: a 16x16 tile takes seconds to compile on
+    lavapipe); nested loops over channel, kernel row and column count k up, so no division by a runtime value
+    runs per K step. On llvmpipe a gathered component costs what a component of a vec4 load does."""
 
-    def __init__(self, p):
-        self.p = p
-        self.decl = WINDOWS_DECL.format(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, pix=p.ho * p.wo, kw=p.kw,
-                                        khw=p.kh * p.kw)
-        self.row = (f"    let tap = k % KHW;\n    let dh = i32((tap / KW) * {p.dilation[0]}u);\n"
-                    f"    let dw = i32((tap % KW) * {p.dilation[1]}u);\n    let chan = (k / KHW) * u32(H * W);")
+    decl = """@group(0) @binding(4) var<storage, read> x: array<ST>;
+fn gather(i: u32, ok: bool) -> f32 { return select(0.0, f32(x[select(0u, i, ok)]), ok); }"""
+    head = """  let hi = i32(p.h);
+  let wi = i32(p.w);
+  var k = 0u;
+  for (var ci = 0u; ci < p.c_in; ci++) {
+  let chan = xb + ci * p.h * p.w;
+  for (var kh = 0u; kh < p.kh; kh++) {
+  let dh = i32(kh * p.dh);
+  for (var kw = 0u; kw < p.kw; kw++) {
+    let dw = i32(kw * p.dw);"""
+    tail = "    k++;\n  } } }"
 
-    def setup(self, c: int, cg: int) -> str:
-        p = self.p
-        lines = ["  let xb = batch * C_IN * u32(H * W);"] if c == 0 else []
+    @staticmethod
+    def trips(c_in: int, kh: int, kw: int) -> int:
+        return c_in * (1 + kh * (1 + kw))
+
+    @staticmethod
+    def setup(c: int, cg: int) -> str:
+        lines = ["  let xb = batch * p.c_in * p.h * p.w;"] if c == 0 else []
         for q in range(4):  # pixels past the image are never stored: clamp them into it
-            lines.append(f"  let pix{c}_{q} = min((tni * {cg}u + {c}u) * 4u + {q}u, PIX - 1u);")
-            lines.append(f"  let ih{c}_{q} = i32((pix{c}_{q} / WO) * {p.stride[0]}u) - {p.padding[0]};")
-            lines.append(f"  let iw{c}_{q} = i32((pix{c}_{q} % WO) * {p.stride[1]}u) - {p.padding[1]};")
+            lines.append(f"  let pix{c}_{q} = min((tni * {cg}u + {c}u) * 4u + {q}u, p.cols - 1u);")
+            lines.append(f"  let ih{c}_{q} = i32((pix{c}_{q} / p.wo) * p.sh) - i32(p.ph);")
+            lines.append(f"  let iw{c}_{q} = i32((pix{c}_{q} % p.wo) * p.sw) - i32(p.pw);")
         return "\n".join(lines)
 
     @staticmethod
     def load(c: int) -> str:
-        return "vec4<f32>(" + ", ".join(f"gather(xb, chan, ih{c}_{q} + dh, iw{c}_{q} + dw)" for q in range(4)) + ")"
+        parts = []
+        for q in range(4):
+            ih, iw = f"ih{c}_{q} + dh", f"iw{c}_{q} + dw"
+            parts.append(f"gather(chan + u32(({ih}) * wi + {iw}), {ih} >= 0 && {ih} < hi && {iw} >= 0 && {iw} < wi)")
+        return "vec4<f32>(" + ", ".join(parts) + ")"
+
+    @staticmethod
+    def params(p) -> dict:
+        return dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, kh=p.kh, kw=p.kw, sh=p.stride[0], sw=p.stride[1],
+                    ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0], dw=p.dilation[1])
 
 
 def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns) -> str:
@@ -148,12 +170,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     # s{j}_{r}: rows (tmi * rg + r) * 4 .. +3 of the invocation's column j
     sums = [(j, r) for j in range(tile.tn) for r in range(rg)]
     out += [f"  var s{j}_{r} = vec4<f32>(0.0);" for j, r in sums]
-    emit("  for (var k = 0u; k < p.k; k++) {")
+    emit(bsrc.head)
     out += [f"    let a{r} = ld4(wa[abase + k * p.m4 + {r}u]);" for r in range(rg)]
-    emit(bsrc.row)
     out += [f"    let b{c} = {bsrc.load(c)};" for c in range(cg)]
     out += [f"    s{j}_{r} = fma(a{r}, vec4<f32>(b{j // 4}.{'xyzw'[j % 4]}), s{j}_{r});" for j, r in sums]
-    emit("  }")
+    emit(bsrc.tail)
     emit(f"  let m0 = tmi * {tile.tm}u;")
     emit("  let obase = batch * p.m;")
     emit("  let bias0 = batch * p.bias_stride;")
@@ -188,13 +209,14 @@ class RegisterGemm:
         self.b_buf = gpu.upload(bias.reshape(count, self.m), "bias")
 
     def dispatch(self, out, b_buf, batches: int, cols: int, cs4: int, b_stride: int,
-                 tile: CpuTile | None = None, bsrc=VecColumns) -> Dispatch:
+                 tile: CpuTile | None = None, bsrc=VecColumns, conv: dict | None = None) -> Dispatch:
         """Out[b][:, :cols] for b < batches, B of batch b at vec4 b * b_stride, rows cs4 vec4s apart."""
         tile = tile or choose_tile(self.m, cols, batches)
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n
         values = dict(m=self.m, k=self.k, m4=self.m4, cols=cols, cs4=cs4, tiles_m=tiles_m, tiles_n=tiles_n,
                       total=total, a_stride=self.a_stride, b_stride=b_stride, bias_stride=self.bias_stride)
+        values |= conv or dict.fromkeys(PARAMS[11:], 0)
         u = self.gpu.upload(np.asarray(pack(PARAMS, values), np.uint32), "GEMM parameters", np.uint32)
         return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc),
                                  [u, self.w_buf, self.b_buf, out, b_buf], total, WG)

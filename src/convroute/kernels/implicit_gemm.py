@@ -61,10 +61,9 @@ class ImplicitGemm(ConvKernel):
     def prepare(self, weight, bias):
         p = self.p
         self.cpu = None
-        if gemm_cpu.wanted(self.gpu, p.c_in * p.kh * p.kw):
+        if gemm_cpu.wanted(self.gpu, gemm_cpu.Windows.trips(p.c_in, p.kh, p.kw)):
             self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, -1), bias[None], self.precision,
                                              self.epilogue.wgsl())
-            self.windows = gemm_cpu.Windows(p)
             return
         shape = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, pix=p.ho * p.wo, kw=p.kw, khw=p.kh * p.kw,
                      k=p.c_in * p.kh * p.kw, dh=p.dilation[0], dw=p.dilation[1], sh=p.stride[0], sw=p.stride[1],
@@ -75,5 +74,6 @@ class ImplicitGemm(ConvKernel):
     def bind(self, x, y, n):
         pixels = self.p.ho * self.p.wo
         if self.cpu:  # one launch over the images: columns are one image's pixels, y is [n, C_out, pixels]
-            return [self.cpu.dispatch(y, x, n, pixels, 1, 0, bsrc=self.windows)]
+            conv = gemm_cpu.Windows.params(self.p)
+            return [self.cpu.dispatch(y, x, n, pixels, 1, 0, bsrc=gemm_cpu.Windows, conv=conv)]
         return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, {})

@@ -65,10 +65,10 @@ class Pointwise(ConvKernel):
         p = self.p
         self.vec4 = p.stride == (1, 1) and p.padding == (0, 0) and p.h * p.w % 4 == 0
         self.cpu = None
-        if gemm_cpu.wanted(self.gpu, p.c_in):  # CPU adapters: register tiles (gemm_cpu), x read as vec4 columns
+        self.bsrc = gemm_cpu.VecColumns if self.vec4 else gemm_cpu.Windows  # CPU adapters: gemm_cpu register tiles
+        if gemm_cpu.wanted(self.gpu, p.c_in if self.vec4 else gemm_cpu.Windows.trips(p.c_in, 1, 1)):
             self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, p.c_in), bias[None],
                                              self.precision, self.epilogue.wgsl())
-            self.windows = gemm_cpu.VecColumns if self.vec4 else gemm_cpu.Windows(p)
             return
         decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
             (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
@@ -79,7 +79,8 @@ class Pointwise(ConvKernel):
         pixels = p.ho * p.wo
         if self.cpu:  # columns are one image's pixels, one launch over the images
             hw4 = p.h * p.w // 4
-            return [self.cpu.dispatch(y, x, n, pixels, hw4, p.c_in * hw4, bsrc=self.windows)]
+            conv = None if self.vec4 else gemm_cpu.Windows.params(p)
+            return [self.cpu.dispatch(y, x, n, pixels, hw4, p.c_in * hw4, bsrc=self.bsrc, conv=conv)]
         extra = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, sh=p.stride[0], sw=p.stride[1], ph=p.padding[0],
                      pw=p.padding[1], hw=p.h * p.w)
         return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, extra)
