@@ -118,6 +118,43 @@ def test_torchvision_model_in_float16(name, size, batches):
         assert s.all_convs_on_gpu and not s.cpu_ops and s.submits == 1, s
 
 
+class Casts(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        y = self.c(x)
+        return y.half(), (y.half() * 2).float()
+
+
+def test_half_models_and_casts():
+    """A .half() model runs on the GPU in either storage and returns float16; casts between float32 and
+    float16 cost nothing when values are stored as f16 (in float32 storage they round on the CPU)."""
+    model = FusionNet().eval()
+    with torch.no_grad():
+        randomize_batch_norms(model)
+    model.half()
+    x = torch.randn(2, 3, 9, 11).half()
+    for dtype in ("float16", "float32"):
+        program = convroute.compile(model, (x,), dtype=dtype)
+        out = program(x)
+        assert out.dtype == torch.float16 and rel_error(out, reference(model, x)) <= TOL16, dtype
+        assert not program.summary().cpu_ops and program.summary().all_convs_on_gpu
+
+    x = torch.randn(1, 3, 6, 7)
+    model = Casts().eval()
+    p16, p32 = (convroute.compile(model, (x,), dtype=d) for d in ("float16", "float32"))
+    with torch.no_grad():
+        ref = model(x)
+    for program in (p16, p32):
+        outs = program(x)
+        assert [o.dtype for o in outs] == [torch.float16, torch.float32]
+        assert all(rel_error(o, r) <= TOL16 for o, r in zip(outs, ref, strict=True))
+    assert p16.summary().gpu_ops.get("_to_copy (no copy)") == 3 and not p16.summary().cpu_ops  # .half() x2, .float()
+    assert {op for _, op, _ in p32.summary().cpu_ops} == {"_to_copy"}
+
+
 class OddFallback(nn.Module):
     """A CPU op between GPU convs on values with an odd element count (f16 transfers pad to whole words)."""
 

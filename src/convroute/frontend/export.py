@@ -151,7 +151,8 @@ def fold_batch_norms(g: Graph) -> None:
             w = ws.reshape(w.shape)
         else:
             w = w * scale.reshape(-1, 1, 1, 1)
-        _set_weights(g, conv, w.float(), (b * scale + shift).float())
+        dtype = g.constants[conv.args[1].name].dtype  # a half model keeps half weights (for CPU steps)
+        _set_weights(g, conv, w.to(dtype), (b * scale + shift).to(dtype))
         conv.notes.append(f"batch norm {bn.module or bn.name} folded")
         g.replace_uses(bn.name, Ref(conv.name))
         drop.add(bn.name)
@@ -209,11 +210,12 @@ def _fusable(g: Graph, src: Node, act) -> bool:
 
 def _absorb_hardsigmoid(g: Graph, src: Node) -> None:
     """hardsigmoid(z) = clamp(z/6 + 1/2, 0, 1): scale the weights and bias, then clamp."""
+    dtype = g.constants[src.args[1].name].dtype
     w = g.constants[src.args[1].name].double()
     b = _const_or_none(g, src.args[2])
     c_out = w.shape[0] if src.op == "linear" or not src.args[6] else w.shape[1] * src.args[8]
     b = torch.zeros(c_out, dtype=torch.float64) if b is None else b.double()
-    _set_weights(g, src, (w / 6).float(), (b / 6 + 0.5).float())
+    _set_weights(g, src, (w / 6).to(dtype), (b / 6 + 0.5).to(dtype))
 
 
 def _set_weights(g: Graph, node: Node, weight, bias) -> None:

@@ -2,7 +2,8 @@
 
 Their GPU-resident inputs are downloaded, the torch op runs (with any fused activation applied after
 it), and results that later GPU nodes read are uploaded into their planned buffers. With float16 storage the
-boundaries convert: GPU f16 -> the value's own dtype (float32) for torch, and back to f16 on upload.
+boundaries convert: GPU f16 -> the value's own dtype (float32, or float16 in a half model) for torch, and
+back to f16 on upload.
 """
 
 from __future__ import annotations

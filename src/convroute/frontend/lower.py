@@ -29,6 +29,7 @@ from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
 
+GPU_DTYPES = (torch.float32, torch.float16)  # tensors that live on the GPU (stored in the program's precision)
 ALIASES = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "squeeze", "squeeze.dim", "squeeze.dims",
            "unsqueeze", "_to_copy")
 
@@ -73,20 +74,20 @@ class Context:
         return value.detach().cpu().to(torch.float32)
 
     def tensor(self, arg, what: str = "input"):
-        """Meta tensor of a dynamic float32 argument."""
+        """Meta tensor of a dynamic float32 / float16 argument."""
         if not self.is_dynamic(arg):
             raise Unsupported(f"its {what} is not a run-time tensor")
         meta = self.metas.get(arg.name)
         if not isinstance(meta, torch.Tensor):
             raise Unsupported(f"its {what} is not a tensor")
-        if meta.dtype != torch.float32:
-            raise Unsupported(f"its {what} has dtype {meta.dtype} (the GPU kernels are float32)")
+        if meta.dtype not in GPU_DTYPES:
+            raise Unsupported(f"its {what} has dtype {meta.dtype} (the GPU takes float32 and float16 tensors)")
         return meta
 
 
 def out_meta(node: Node):
-    if not isinstance(node.meta, torch.Tensor) or node.meta.dtype != torch.float32:
-        raise Unsupported("its result is not a float32 tensor")
+    if not isinstance(node.meta, torch.Tensor) or node.meta.dtype not in GPU_DTYPES:
+        raise Unsupported("its result is not a float32 or float16 tensor")
     return node.meta
 
 
@@ -196,7 +197,7 @@ def lower_pool(ctx: Context, node: Node) -> GpuOp:
     else:  # adaptive average pooling, or mean over the last two dimensions
         if node.op == "mean.dim":
             dims = {d % meta.ndim for d in node.args[1] or ()}
-            if dims != {meta.ndim - 1, meta.ndim - 2} or node.kwargs.get("dtype") not in (None, torch.float32):
+            if dims != {meta.ndim - 1, meta.ndim - 2} or node.kwargs.get("dtype") not in (None, meta.dtype):
                 raise Unsupported(f"mean over dims {list(node.args[1])} (the GPU kernel reduces H and W)")
             ho = wo = 1
         pool = Pool2d(ctx.gpu, "adaptive", planes, h, w, ho, wo, precision=ctx.precision)
@@ -265,14 +266,18 @@ LOWERINGS = {
 
 
 def is_alias(ctx: Context, node: Node) -> bool:
-    """A view-like call over a dense tensor: its result can share the input's buffer."""
+    """A view-like call over a dense tensor: its result can share the input's buffer. A cast between float32
+    and float16 is one too when the program stores float16 (the stored bits do not change)."""
     if node.op not in ALIASES or not ctx.is_dynamic(node.args[0]):
         return False
-    if node.op == "_to_copy" and (set(node.kwargs) - {"dtype"} or node.kwargs.get("dtype") != torch.float32):
+    src, out = ctx.metas.get(node.args[0].name), node.meta
+    if not (isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor)) or out.numel() != src.numel():
         return False
-    src = ctx.metas.get(node.args[0].name)
-    return isinstance(src, torch.Tensor) and src.dtype == torch.float32 and isinstance(node.meta, torch.Tensor) \
-        and node.meta.dtype == torch.float32 and node.meta.numel() == src.numel()
+    if src.dtype not in GPU_DTYPES or out.dtype not in GPU_DTYPES:
+        return False
+    if node.op == "_to_copy" and (set(node.kwargs) - {"dtype"} or node.kwargs.get("dtype") not in GPU_DTYPES):
+        return False
+    return out.dtype == src.dtype or ctx.precision.dtype == "float16"
 
 
 def lower(ctx: Context, node: Node) -> GpuOp:

@@ -14,7 +14,7 @@ import torch
 
 from convroute.device.gpu import Dispatch
 from convroute.frontend.graph import Graph, Node, iter_refs
-from convroute.frontend.lower import Context, GpuOp, Unsupported, is_alias, lower
+from convroute.frontend.lower import GPU_DTYPES, Context, GpuOp, Unsupported, is_alias, lower
 
 NEVER = float("inf")
 
@@ -85,7 +85,7 @@ def build_plan(graph: Graph, ctx_args: dict) -> Plan:
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
     steps, aliases, root = [], [], {}
     on_gpu: set[str] = set()  # values that need a GPU copy
-    gpu_made = {n for n, m in zip(graph.inputs, graph.input_meta, strict=True) if _is_f32(m)}
+    gpu_made = {n for n, m in zip(graph.inputs, graph.input_meta, strict=True) if _on_gpu(m)}
     for node in graph.nodes:
         if is_alias(ctx, node) and node.args[0].name in gpu_made:
             src = node.args[0].name
@@ -139,8 +139,8 @@ def _segment(steps: list[Step]) -> Segment:
     return Segment(steps, [d for s in steps for d in s.dispatches])
 
 
-def _is_f32(meta) -> bool:
-    return isinstance(meta, torch.Tensor) and meta.dtype == torch.float32
+def _on_gpu(meta) -> bool:
+    return isinstance(meta, torch.Tensor) and meta.dtype in GPU_DTYPES
 
 
 def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, metas: dict, input_uploads: list):

@@ -39,6 +39,8 @@ def compile(model, example_inputs, *, policy: str = "seed", device=None, dtype="
     and weights in f16, sums and elementwise math in f32, routing per dtype (`route_params(dtype=)`). The
     outputs come back in the model's own dtype (float32 for a float32 model: the f16 results converted on the
     host, exactly), so a program is a drop-in for the model either way; expect relative errors near 1e-3.
+    A `.half()` model runs on the GPU too (in either storage) and returns float16; with float16 storage, casts
+    between float32 and float16 inside the model cost nothing.
     """
     return Program(model, example_inputs, policy=policy, device=device, dtype=dtype)
 
