@@ -96,6 +96,8 @@ def test_buffers_are_planned_in_two_byte_elements():
         assert buf.size >= 2 * plan.metas[name].numel()
     assert sum(b.size for b in plan.allocated) <= 0.55 * sum(b.size for b in p32.plan.allocated)
     assert "stored as float16" in p16.explain()
+    rows = p16.profile(runs=1)
+    assert [r["op"] for r in rows] == [st.node.op for st in plan.steps] and sum(r["ms"] for r in rows) > 0
 
 
 def test_routing_is_for_float16_even_when_routed_for_another_device():
@@ -226,7 +228,9 @@ def test_linear_kernels_in_float16(kind):
     assert np.isfinite(out).all() and np.linalg.norm(out - ref) / np.linalg.norm(ref) <= TOL16
 
 
-def test_bad_dtype_and_a_device_without_shader_f16(monkeypatch):
+def test_bad_dtype_and_a_device_without_shader_f16(monkeypatch, capsys):
+    from convroute.cli.main import main
+
     model = nn.Sequential(nn.Conv2d(3, 4, 3)).eval()
     x = torch.randn(1, 3, 8, 8)
     for bad in ("int8", "bfloat16", torch.bfloat16):
@@ -238,6 +242,8 @@ def test_bad_dtype_and_a_device_without_shader_f16(monkeypatch):
     with pytest.raises(ValueError, match="shader-f16"):
         convroute.compile(model, (x,), dtype="float16")
     assert convroute.compile(model, (x,)).dtype == "float32"  # float32 needs no feature
+    assert main(["run", "--model", "resnet18", "--size", "32", "--dtype", "float16"]) == 1
+    assert "needs the adapter feature 'shader-f16'" in capsys.readouterr().err
 
 
 def test_run_command_in_float16(capsys):
