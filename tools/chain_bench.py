@@ -18,6 +18,7 @@ import numpy as np
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import DTYPES, FP32, Epilogue, Precision
+from convroute.measure.timing import pass_times
 from convroute.params import make_params
 from convroute.router import route_params
 
@@ -35,20 +36,7 @@ SHAPES = [  # (name, C, H, W, k, stride, groups), as in peer_conv_bench.py
 
 
 def gpu_ms(gpu, dispatches, reps=5) -> float:
-    dev = gpu.device
-    qs = dev.create_query_set(type="timestamp", count=2)
-    import wgpu
-
-    qb = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-    times = []
-    for _ in range(reps):
-        enc = gpu.encode(dispatches, timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 0,
-                                                       "end_of_pass_write_index": 1})
-        enc.resolve_query_set(qs, 0, 2, qb, 0)
-        dev.queue.submit([enc.finish()])
-        ts = np.frombuffer(dev.queue.read_buffer(qb), np.uint64)
-        times.append((int(ts[1]) - int(ts[0])) * 1e-6)
-    return min(times)
+    return min(pass_times(gpu, dispatches, reps))
 
 
 def bench(shape, algorithm, L, n, precision=FP32):

@@ -15,6 +15,7 @@ import wgpu
 
 import convroute.frontend as frontend
 from convroute.frontend.plan import Segment
+from convroute.measure.timing import pass_times
 
 
 def median_ms(fn, reps=50) -> float:
@@ -42,20 +43,8 @@ def main():
     dispatches = [d for s in segs for d in s.dispatches]
     dev = gpu.device
     fence = gpu.empty(16)
-    qs = dev.create_query_set(type="timestamp", count=2)
-    qb = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-
-    def gpu_pass_ms():
-        enc = gpu.encode(dispatches, timestamp_writes={"query_set": qs, "beginning_of_pass_write_index": 0,
-                                                       "end_of_pass_write_index": 1})
-        enc.resolve_query_set(qs, 0, 2, qb, 0)
-        dev.queue.submit([enc.finish()])
-        ts = np.frombuffer(dev.queue.read_buffer(qb), np.uint64)
-        return (int(ts[1]) - int(ts[0])) * 1e-6
-
-    for _ in range(20):
-        gpu_pass_ms()
-    gpu_ms = statistics.median(gpu_pass_ms() for _ in range(50))
+    pass_times(gpu, dispatches, 20)  # warm-up
+    gpu_ms = statistics.median(pass_times(gpu, dispatches, 50))
 
     def encode_submit():
         dev.queue.submit([gpu.encode(dispatches).finish()])

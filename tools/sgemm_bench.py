@@ -9,11 +9,11 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-import wgpu
 
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import Epilogue, pack, uniform_block
 from convroute.kernels.gemm_tiles import TILES, generate
+from convroute.measure.timing import pass_times
 
 PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "splits", "kt_split", "ldb4"]
 B_DECL = "@group(0) @binding(4) var<storage, read> bm: array<vec4<f32>>;"
@@ -23,18 +23,8 @@ STORE = "y[m * P.cols + j] = v + bias[m];"
 
 
 def timed(gpu, dispatches, reps=20, runs=5) -> float:
-    dev = gpu.device
-    qs = dev.create_query_set(type="timestamp", count=2)
-    qb = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-    times = []
-    for _ in range(runs):
-        enc = gpu.encode(dispatches * reps, timestamp_writes={
-            "query_set": qs, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1})
-        enc.resolve_query_set(qs, 0, 2, qb, 0)
-        dev.queue.submit([enc.finish()])
-        ts = np.frombuffer(dev.queue.read_buffer(qb), np.uint64)
-        times.append((int(ts[1]) - int(ts[0])) * 1e-9 / reps)
-    return float(np.median(times))
+    """Seconds per GEMM: median over `runs` passes of `reps` back-to-back launches."""
+    return float(np.median(pass_times(gpu, dispatches * reps, runs))) * 1e-3 / reps
 
 
 def main(sizes):

@@ -41,7 +41,7 @@ from convroute.measure.bench import _progress
 from convroute.measure.calibration import device_record
 from convroute.measure.reference import relative_error
 from convroute.measure.report import shape_text
-from convroute.measure.timing import timestamp_period
+from convroute.measure.timing import pass_times
 from convroute.params import ConvParams
 from convroute.router import route_params
 from convroute.suites import Suite
@@ -280,24 +280,8 @@ class ConvrouteEngine(Engine):
 
     def pass_ms(self, dispatches, reps: int = TIMED_RUNS) -> float | None:
         """The fastest GPU time of the pass (timestamp queries at its start and end), ms; None if nonsense."""
-        import wgpu
-
-        dev = self.gpu.device
-        queries = dev.create_query_set(type=wgpu.QueryType.timestamp, count=2)
-        resolved = dev.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-        best = math.inf
-        try:
-            for _ in range(reps):
-                encoder = self.gpu.encode(dispatches, timestamp_writes={
-                    "query_set": queries, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1})
-                encoder.resolve_query_set(queries, 0, 2, resolved, 0)
-                dev.queue.submit([encoder.finish()])
-                ticks = np.frombuffer(dev.queue.read_buffer(resolved), np.uint64).astype(np.int64)
-                best = min(best, (ticks[1] - ticks[0]) * timestamp_period(self.gpu) / 1e6)
-        finally:
-            queries.destroy()
-            resolved.destroy()
-        return float(best) if best > 0 else None
+        best = min(pass_times(self.gpu, dispatches, reps))
+        return best if best > 0 else None
 
 
 class TorchEngine(Engine):

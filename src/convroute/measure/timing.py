@@ -168,6 +168,27 @@ def _timestamps(gpu: Gpu, schedule: list, per_submit: int) -> dict[str, list[flo
     return samples
 
 
+def pass_times(gpu: Gpu, dispatches: list[Dispatch], runs: int) -> list[float]:
+    """GPU ms of `runs` runs of one compute pass over `dispatches` (timestamp queries at its start and end),
+    each submitted and read back before the next; a zero or negative value means the device's timestamps
+    are nonsense."""
+    queries = gpu.device.create_query_set(type=wgpu.QueryType.timestamp, count=2)
+    resolved = gpu.device.create_buffer(size=16, usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
+    times = []
+    try:
+        for _ in range(runs):
+            encoder = gpu.encode(dispatches, timestamp_writes={
+                "query_set": queries, "beginning_of_pass_write_index": 0, "end_of_pass_write_index": 1})
+            encoder.resolve_query_set(queries, 0, 2, resolved, 0)
+            gpu.device.queue.submit([encoder.finish()])
+            ticks = np.frombuffer(gpu.device.queue.read_buffer(resolved), np.uint64).astype(np.int64)
+            times.append(float(ticks[1] - ticks[0]) * timestamp_period(gpu) / 1e6)
+    finally:
+        queries.destroy()
+        resolved.destroy()
+    return times
+
+
 def timestamp_period(gpu: Gpu) -> float:
     """Nanoseconds per timestamp tick (wgpu-native returns raw ticks; WebGPU's unit is the nanosecond)."""
     try:
