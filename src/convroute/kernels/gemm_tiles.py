@@ -175,10 +175,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     emit("    }")
     emit("    workgroupBarrier();")
     emit("  }")
-    if quads:
-        store_quads(emit, tile, store, total)
-        emit("}")
-        return "\n".join(out)
+    (store_quads if quads else store_columns)(emit, tile, store, total)
+    emit("}")
+    return "\n".join(out)
+
+
+def store_columns(emit, tile: Tile, store: str, total: str) -> None:
+    """Each output (m, j) the invocation holds, one at a time (`v` an f32)."""
+    tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
+    rg, cg = tile.tm // 4, tile.tn // 4
     for c in range(cg):
         for q in range(4):
             emit(f"  {{ let j = tni * {tile.bn}u + (tx + {c * tx_n}u) * 4u + {q}u;")
@@ -193,8 +198,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 emit("      }")
             emit("    }")
             emit("  }")
-    emit("}")
-    return "\n".join(out)
 
 
 def store_quads(emit, tile: Tile, store: str, total: str) -> None:
