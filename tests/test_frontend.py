@@ -23,6 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 from conftest import TOLERANCE  # noqa: E402
+from convroute.cli import run_cmd  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -50,13 +51,7 @@ def reference(model, *inputs):
 
 def randomize_batch_norms(model) -> None:
     """Random weights leave BN at mean 0 / var 1 / identity affine; give it real statistics to fold."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    run_cmd.randomize_batch_norms(model, seed=1)
 
 
 @pytest.mark.parametrize("name", MODELS)

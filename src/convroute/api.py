@@ -164,7 +164,7 @@ def band_rows(p: ConvParams, max_binding: int, itemsize: int = 4) -> int:
 
 def batch_chunk(p: ConvParams, max_binding: int, itemsize: int = 4) -> int:
     """Images per dispatch so that input and output each fit one storage binding."""
-    per_image = itemsize * max(p.c_in * p.h * p.w, p.c_out * p.ho * p.wo)
+    per_image = image_bytes(p, itemsize)
     if per_image > max_binding:
         raise ValueError(f"one image of {p.describe()} needs {per_image} bytes, more than the device's largest "
                          f"storage binding ({max_binding} bytes)")
