@@ -6,9 +6,10 @@ import argparse
 
 import numpy as np
 
+from convroute.measure.calibration import TOLERANCES
 from convroute.params import ConvParams, make_params
 
-TOLERANCE = 1e-4
+TOLERANCE = TOLERANCES["float32"]
 
 
 def ints(text: str) -> tuple[int, ...]:

@@ -10,7 +10,6 @@ from dataclasses import replace
 import numpy as np
 
 from convroute.cli.common import (
-    TOLERANCE,
     add_shape_arguments,
     format_table,
     host_reference,
@@ -20,11 +19,11 @@ from convroute.cli.common import (
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import DTYPES, Precision
+from convroute.measure.calibration import TOLERANCES
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.router import POLICIES, route_params
 
 SETTINGS = TimingSettings(warmup=2, repeats=30, budget_s=1.0)
-TOLERANCE_F16 = 1e-2
 
 
 def add_arguments(parser) -> None:
@@ -57,7 +56,7 @@ def run(args) -> int:
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     work = Workload(gpu, p, seed=seed, rotations=settings.rotations, precision=precision)
     ref, ref_name = host_reference(p, work.x_first, work.weight, work.bias)
-    tolerance = TOLERANCE_F16 if precision.dtype == "float16" else TOLERANCE
+    tolerance = TOLERANCES[precision.dtype]
     rows, failed, method = [], 0, "-"
     try:
         for name in names:

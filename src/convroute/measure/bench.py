@@ -24,7 +24,6 @@ from convroute.params import ConvParams
 from convroute.router import route_params
 from convroute.suites import Suite
 
-TOLERANCE = TOLERANCES["float32"]
 SETTINGS = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=1.0)
 DEFAULT_POLICIES = ("seed", "calibrated")
 

@@ -24,7 +24,6 @@ from convroute.router.exclusions import applicable
 
 FORMAT, VERSION = "convroute-autotune", 1
 SETTINGS = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=0.3, prune=3.0)
-TOLERANCE = TOLERANCES["float32"]
 
 
 def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
