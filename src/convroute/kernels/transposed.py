@@ -1,6 +1,8 @@
 """`transposed`: conv_transpose2d as a gather. Stride, padding, output_padding, dilation and groups.
 
 Output pixel (oh, ow) sums input (ih, iw) through tap (kh, kw) when oh + ph = ih * sh + kh * dh (same in w).
+Remainders are taken on u32 values only: Vulkan leaves OpSRem with a negative operand undefined, and NVIDIA's
+driver returns garbage for it (gfx-rs/wgpu#8191), which made this kernel wrong on the H100 only.
 Each invocation computes 4 output channels (a vec4 of prepacked weights) x 4 output pixels of one row spaced
 by the stride: those four share which taps reach them, and read four neighbouring input pixels.
 """
@@ -38,15 +40,19 @@ fn main({args}) {{
   let taps = P.kh * P.kw;
   let xg = (n * P.c_in + g * P.cin_g) * hw;
   let wbase = gob * P.cin_g * taps;
+  let lift = P.kw * P.dw;
   for (var kh = 0u; kh < P.kh; kh++) {{
-    let th = i32(oh + P.ph) - i32(kh * P.dh);
-    if (th < 0 || th % i32(P.sh) != 0) {{ continue; }}
-    let ih = u32(th) / P.sh;
+    let thp = oh + P.ph;
+    if (thp < kh * P.dh) {{ continue; }}
+    let th = thp - kh * P.dh;
+    if (th % P.sh != 0u) {{ continue; }}
+    let ih = th / P.sh;
     if (ih >= P.h) {{ continue; }}
     for (var kw = 0u; kw < P.kw; kw++) {{
-      let tw = i32(ow0 + P.pw) - i32(kw * P.dw);
-      if (tw % i32(P.sw) != 0) {{ continue; }}
-      let iw0 = tw / i32(P.sw);
+      // shifted by lift * sw >= kw * dw so the remainder is taken of a non-negative value
+      let tw = ow0 + P.pw + lift * P.sw - kw * P.dw;
+      if (tw % P.sw != 0u) {{ continue; }}
+      let iw0 = i32(tw / P.sw) - i32(lift);
       var ok: array<bool, 4>;
       var off: array<u32, 4>;
       for (var j = 0u; j < 4u; j++) {{
