@@ -14,6 +14,7 @@ COMMANDS = {
     "suite": "route, run and check every conv layer of a network suite on the adapter in use, with times",
     "calibrate": "time every algorithm on a grid of shapes and save this device's routing profile",
     "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
+    "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++, score it on suites",
     "run": "run a whole torchvision model on the GPU and on torch: error, routing table, latency of both",
 }
 
@@ -22,14 +23,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convroute", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in COMMANDS.items():
-        module = importlib.import_module(f"convroute.cli.{name}_cmd")
+        module = importlib.import_module(f"convroute.cli.{name.replace('-', '_')}_cmd")
         module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    module = importlib.import_module(f"convroute.cli.{args.command}_cmd")
+    module = importlib.import_module(f"convroute.cli.{args.command.replace('-', '_')}_cmd")
     return int(module.run(args) or 0)
 
 

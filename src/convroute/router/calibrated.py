@@ -17,8 +17,10 @@ from convroute.router.seed import seed_route
 
 
 def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
-                     dtype: str = "float32") -> tuple[str, str]:
-    calibration = calibration_for(device, dtype)
+                     dtype: str = "float32", calibration=None) -> tuple[str, str]:
+    """`calibration` defaults to the device's own (from the cache directory); `derive-rule` passes the one it
+    scores."""
+    calibration = calibration or calibration_for(device, dtype)
     who = device.name or device.family
     command = "convroute calibrate" + ("" if dtype == "float32" else f" --dtype {dtype}")
     if calibration is None:

@@ -1,4 +1,11 @@
-"""The `seed` policy: ExecuTorch Vulkan's conv routing rule, reproduced exactly, with named preconditions."""
+"""The `seed` policy: ExecuTorch Vulkan's conv routing rule of PR #20059, reproduced exactly, with named
+preconditions.
+
+ET-VK first picks a method from the weight shape alone (`get_conv2d_method`): transposed, depthwise
+(C_out == groups, one input channel per group), pointwise (1x1 kernel) or sliding window (everything else).
+Only sliding-window convs reach the im2col decision (`should_use_conv2d_im2col`); `force_direct` bypasses
+that decision and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -8,39 +15,58 @@ from convroute.params import ConvParams
 IM2COL_MIN_COUT = 128
 
 
-def seed_route(p: ConvParams, device: DeviceProfile, force_direct: bool = False) -> tuple[str, str]:
-    """(algorithm, reason) for one conv on one device."""
-    is_transposed = p.transposed
-    is_depthwise = not p.transposed and p.c_out == p.groups == p.c_in
-    is_1x1 = p.kh == 1 and p.kw == 1
-    is_grouped = p.groups > 1
-    is_dilated = p.dilation != (1, 1)
-    is_mali = device.family == "mali"
-    wide_output = p.c_out >= IM2COL_MIN_COUT
-    et_vk_note = " (ET-VK also rejects batch > 1; convroute runs it the same way)" if p.n > 1 else ""
+def is_etvk_depthwise(p: ConvParams) -> bool:
+    """ET-VK's depthwise method: C_out == groups and one input channel per group (no channel multiplier)."""
+    return not p.transposed and p.c_out == p.groups == p.c_in
 
-    if is_transposed:
-        if is_dilated:
+
+def is_sliding_window(p: ConvParams) -> bool:
+    """ET-VK's SlidingWindow method: not transposed, not depthwise, kernel not 1x1 (grouped 1x1s are pointwise
+    there). The convs `force_direct` sends to direct."""
+    return not p.transposed and not is_etvk_depthwise(p) and (p.kh, p.kw) != (1, 1)
+
+
+def im2col_candidate(p: ConvParams) -> bool:
+    """Where ET-VK asks its im2col heuristic at all: groups 1, dilation 1, Kh*Kw > 1 (not transposed)."""
+    return not p.transposed and p.groups == 1 and p.dilation == (1, 1) and p.kh * p.kw > 1
+
+
+def batch_note(p: ConvParams) -> str:
+    return " (ET-VK also rejects batch > 1; convroute runs it the same way)" if p.n > 1 else ""
+
+
+def method_route(p: ConvParams) -> tuple[str, str] | None:
+    """(algorithm, reason) for every conv outside the im2col decision, shared by seed and etvk; None for the
+    convs the im2col heuristic decides (see im2col_candidate)."""
+    note = batch_note(p)
+    if p.transposed:
+        if p.dilation != (1, 1):
             return "transposed", ("transposed conv -> transposed path; ET-VK rejects dilated transposed convs, "
                                   "convroute's transposed path handles them")
         return "transposed", ("transposed conv -> transposed path (ET-VK never sends transposed convs to im2col, "
-                              "whatever C_out or kernel)" + et_vk_note)
-    if force_direct:
-        return "direct", "force_direct is set: every sliding-window conv takes the direct path"
-    if is_depthwise:
-        return "depthwise", f"depthwise (C_out == groups == C_in == {p.c_in}) -> depthwise path" + et_vk_note
-    if is_1x1 and not is_grouped:
-        return "pointwise", "1x1 kernel with groups == 1 -> pointwise path" + et_vk_note
-    if is_grouped:
+                              "whatever C_out or kernel)" + note)
+    if is_etvk_depthwise(p):
+        return "depthwise", f"depthwise (C_out == groups == C_in == {p.c_in}) -> depthwise path" + note
+    if (p.kh, p.kw) == (1, 1) and p.groups == 1:
+        return "pointwise", "1x1 kernel with groups == 1 -> pointwise path" + note
+    if p.groups > 1:
         return "direct", (f"grouped conv (groups={p.groups}) that is not depthwise: ET-VK rejects it, "
                           "convroute runs it on the direct path")
-    if is_dilated:
-        return "direct", f"dilation {p.dilation} != 1 -> direct (im2col needs dilation 1)" + et_vk_note
+    if p.dilation != (1, 1):
+        return "direct", f"dilation {p.dilation} != 1 -> direct (im2col needs dilation 1)" + note
+    return None
+
+
+def seed_route(p: ConvParams, device: DeviceProfile) -> tuple[str, str]:
+    """(algorithm, reason) for one conv on one device."""
+    routed = method_route(p)
+    if routed:
+        return routed
     # here groups == 1 and the kernel is not 1x1, so Kh*Kw > 1: only the device and C_out decide
-    if is_mali:
-        return "im2col", ("groups 1, dilation 1, Kh*Kw > 1 on an ARM Mali -> im2col + GEMM" + et_vk_note)
-    if wide_output:
+    note = batch_note(p)
+    if device.family == "mali":
+        return "im2col", "groups 1, dilation 1, Kh*Kw > 1 on an ARM Mali -> im2col + GEMM" + note
+    if p.c_out >= IM2COL_MIN_COUT:
         return "im2col", (f"groups 1, dilation 1, Kh*Kw > 1 and C_out {p.c_out} >= {IM2COL_MIN_COUT} "
-                          f"-> im2col + GEMM" + et_vk_note)
-    return "direct", (f"C_out {p.c_out} < {IM2COL_MIN_COUT} on a non-Mali GPU ({device.family}) -> direct"
-                      + et_vk_note)
+                          f"-> im2col + GEMM" + note)
+    return "direct", f"C_out {p.c_out} < {IM2COL_MIN_COUT} on a non-Mali GPU ({device.family}) -> direct" + note

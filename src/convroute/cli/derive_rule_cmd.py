@@ -1,0 +1,154 @@
+"""`convroute derive-rule`: fit a small readable routing rule (decision trees of depth <= 3) on calibration
+grids, print it as Python and as C++ in ET-VK's style, save it for the `derived` policy, and score seed, etvk,
+the derived rules and calibrated on measured suites (never on the shapes it was fitted on)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from convroute.measure import calibration as calib
+from convroute.measure.cache import write_json
+from convroute.router.derive import OBJECTIVES, derive_rule
+from convroute.router.derived import RULE_ENV, rule_path
+from convroute.router.regret import (
+    SCORED,
+    BenchLayer,
+    BenchSuite,
+    bench_from_json,
+    check_held_out,
+    read_bench,
+    score_suite,
+)
+from convroute.router.rule_text import to_cpp, to_python
+from convroute.suites import SUITES, load_suite
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--calibration", nargs="+", metavar="FILE",
+                        help="calibration profiles to fit on, of one device or a fleet (default: this device's, "
+                             "from the cache directory)")
+    parser.add_argument("--bench", nargs="+", default=[], metavar="FILE",
+                        help="`convroute bench --json` reports to score the policies on")
+    parser.add_argument("--suite", default="", metavar="NAMES",
+                        help=f"shipped suites to measure now and score ({', '.join(SUITES)}, comma-separated, or "
+                             "'all'); slow on CPU adapters, see --budget")
+    parser.add_argument("--layers", metavar="FILE.json",
+                        help="a held-out layer list (suite format) to measure and score")
+    parser.add_argument("--budget", type=float, default=0.3, metavar="SECONDS",
+                        help="measuring: time budget per algorithm and layer (default 0.3)")
+    parser.add_argument("--save-bench", metavar="OUT.json", help="write the suites measured now as a bench report")
+    parser.add_argument("--out", metavar="RULE.json",
+                        help=f"where to save the rule (default {rule_path()}, which policy 'derived' reads unless "
+                             f"{RULE_ENV} names another file)")
+    parser.add_argument("--no-save", action="store_true", help="print and score the rule, save nothing")
+    parser.add_argument("--python", metavar="OUT.py", help="write the Python rule here instead of printing it")
+    parser.add_argument("--cpp", metavar="OUT.cpp", help="write the C++ rule here instead of printing it")
+    parser.add_argument("--depth", type=int, default=3, choices=(1, 2, 3), help="tree depth (default 3)")
+    parser.add_argument("--min-leaf", type=int, default=3, help="fewest calibration shapes per leaf (default 3)")
+    parser.add_argument("--min-gain", type=float, default=0.002,
+                        help="a condition must save this share of the grid's oracle time (default 0.002)")
+    parser.add_argument("--objective", default="time", choices=OBJECTIVES,
+                        help="time: total time lost vs the per-shape best (default); log: mean log slowdown")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar while measuring")
+
+
+def load_calibrations(paths) -> list[calib.Calibration]:
+    if not paths:
+        from convroute.device.gpu import get_gpu
+
+        profile = get_gpu().profile
+        cal = calib.load_calibration(profile)
+        if cal is None:
+            raise ValueError(f"no calibration profile for {profile.name} (run `convroute calibrate`, or pass "
+                             f"--calibration FILE...)")
+        return [cal]
+    out = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            if not isinstance(data, dict) or data.get("format") != calib.FORMAT:
+                raise ValueError(f"not a {calib.FORMAT} file")
+            out.append(calib.Calibration.from_json(data))
+        except (OSError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"--calibration {path}: {err}") from None
+    return out
+
+
+def measure(names: list[str], args) -> list[dict]:
+    """Bench the named suites (or layer files) on the adapter in use: per-layer times of every algorithm."""
+    from convroute.device.gpu import get_gpu
+    from convroute.measure.bench import SETTINGS, run_bench
+
+    settings = replace(SETTINGS, budget_s=args.budget)
+    return [run_bench(get_gpu(), load_suite(name), 1, ["seed"], settings=settings,
+                      progress=not args.no_progress).to_json() for name in names]
+
+
+def run(args) -> int:
+    try:
+        calibrations = load_calibrations(args.calibration)
+        benches = [suite for path in args.bench for suite in read_bench(path)]
+        names = [n.strip() for n in args.suite.split(",") if n.strip()]
+        names = list(SUITES) if names == ["all"] else names
+        for name in names + ([args.layers] if args.layers else []):
+            load_suite(name)  # a bad name fails now, before fitting and measuring
+    except (OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rule, fitted = derive_rule(calibrations, depth=args.depth, min_leaf=args.min_leaf, min_gain=args.min_gain,
+                               objective=args.objective)
+    shapes = sum(len(c.samples) for c in calibrations)
+    print(f"fitted on {shapes} calibration shapes of {len(calibrations)} device(s): chooser "
+          f"{rule.chooser.conditions} conditions, im2col rule {rule.im2col.conditions}")
+    grid = rule.info["grid_vs_oracle"]
+    for i, cal in enumerate(calibrations):
+        print(f"  {cal.device_key}: on its grid (in-sample) derived {grid['derived'][i]:.3f}x oracle, "
+              f"derived-im2col {grid['derived-im2col'][i]:.3f}x")
+    emit(to_python(rule), args.python, "Python")
+    emit(to_cpp(rule), args.cpp, "C++")
+    if not args.no_save:
+        path = Path(args.out) if args.out else rule_path()
+        if not write_json(path, rule.to_json()):
+            return 1
+        print(f"saved {path}" + ("" if args.out is None else f" (route with it: {RULE_ENV}={path})"))
+    try:
+        for name in names + ([args.layers] if args.layers else []):  # before spending time on measuring them
+            suite = load_suite(name)
+            check_held_out(BenchSuite(suite.name, {}, [BenchLayer(x.name, x.count, x.params(1), {})
+                                                       for x in suite.layers]), fitted)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    measured = measure(names + ([args.layers] if args.layers else []), args) if names or args.layers else []
+    if args.save_bench and measured:
+        Path(args.save_bench).write_text(json.dumps({"suites": measured}, indent=1))
+        print(f"wrote {args.save_bench}")
+    benches += [bench_from_json(data, "measured now") for data in measured]
+    if benches:
+        try:
+            print(regret_table([score_suite(b, rule, calibrations, fitted) for b in benches]))
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def emit(text: str, path: str | None, label: str) -> None:
+    if path:
+        Path(path).write_text(text)
+        print(f"wrote the {label} rule to {path}")
+    else:
+        print(f"\n{text}")
+
+
+def regret_table(scores: list[dict]) -> str:
+    from convroute.cli.common import format_table
+
+    head = ["suite", "device", "layers", "oracle ms"] + [f"{k} x" for k in SCORED]
+    rows = [[s["suite"], s["family"], str(s["layers"]), f"{s['oracle_ms']:.3g}"]
+            + [f"{s['vs_oracle'][k]:.3f}" if k in s["vs_oracle"] else "n/a" for k in SCORED] for s in scores]
+    return "policy total / oracle total per suite (held out: no suite layer is a calibration shape)\n" + format_table(
+        head, rows, left=2)

@@ -1,0 +1,98 @@
+"""Score routing policies offline on measured suites (`convroute bench --json` reports): per suite, each
+policy's total time (its choice's measured time per layer, times the layer's count) over the oracle's.
+
+An algorithm a layer did not measure (it failed there, or gave a wrong result) counts as excluded on that
+device, so every policy routes around it as it would at run time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from convroute.measure.calibration import Calibration, load_calibration
+from convroute.measure.grid import params_from_dict
+from convroute.params import ConvParams
+from convroute.router.calibrated import calibrated_route
+from convroute.router.derive import profile_from_record, shape_key
+from convroute.router.etvk import etvk_route
+from convroute.router.exclusions import applicable, avoid_blocked
+from convroute.router.rule import Rule
+from convroute.router.seed import seed_route
+
+SCORED = ("seed", "etvk", "derived-im2col", "derived", "calibrated")
+
+
+@dataclass
+class BenchLayer:
+    name: str
+    count: int
+    params: ConvParams
+    times_ms: dict[str, float]
+
+
+@dataclass
+class BenchSuite:
+    name: str
+    device: dict
+    layers: list[BenchLayer]
+    source: str = ""
+
+
+def read_bench(path) -> list[BenchSuite]:
+    """The suites of one `convroute bench --json` file (one suite, or {"suites": [...]})."""
+    data = json.loads(Path(path).read_text())
+    return [bench_from_json(item, str(path)) for item in data.get("suites", [data])]
+
+
+def bench_from_json(data: dict, source: str = "") -> BenchSuite:
+    try:
+        layers = [BenchLayer(str(item["name"]), int(item["count"]), params_from_dict(item["params"]),
+                             {str(k): float(v) for k, v in item["times_ms"].items()}) for item in data["layers"]]
+        return BenchSuite(str(data["suite"]), dict(data["device"]), layers, source)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{source or 'bench report'}: not a `convroute bench --json` report ({err})") from None
+
+
+def check_held_out(suite: BenchSuite, fitted: set[str]) -> None:
+    """Refuse to score a suite that holds a shape the rule was fitted on (at any batch)."""
+    for layer in suite.layers:
+        if shape_key(layer.params) in fitted:
+            raise ValueError(f"suite {suite.name}: layer {layer.name} ({layer.params.describe()}) is a calibration "
+                             f"shape the rule was fitted on; its regret would not be held out")
+
+
+def choices(layer: BenchLayer, profile, rule: Rule | None, calibration: Calibration | None) -> dict[str, str]:
+    p = layer.params
+    blocked = {n: "not measured on this device" for n in applicable(p) if n not in layer.times_ms}
+    out = {"seed": avoid_blocked(p, *seed_route(p, profile), blocked)[0],
+           "etvk": avoid_blocked(p, *etvk_route(p, profile), blocked)[0]}
+    if rule is not None:
+        out["derived-im2col"] = rule.im2col_route(p, profile, blocked)[0]
+        out["derived"] = rule.route(p, profile, blocked)[0]
+    if calibration is not None:
+        excluded = blocked | {n: why for n, why in calibration.excluded.items() if n in applicable(p)}
+        out["calibrated"] = calibrated_route(p, profile, excluded, calibration.dtype, calibration)[0]
+    return out
+
+
+def score_suite(suite: BenchSuite, rule: Rule | None, calibrations=(), fitted: set[str] | None = None) -> dict:
+    """{"suite", "device", "layers", "oracle_ms", "vs_oracle": {policy: total / oracle}} (policies that cannot
+    be scored are left out: calibrated without a calibration of the suite's device)."""
+    if fitted is not None:
+        check_held_out(suite, fitted)
+    profile = profile_from_record(suite.device)
+    calibration = next((c for c in calibrations if c.device_key == profile.key), None)
+    calibration = calibration or load_calibration(profile)
+    totals: dict[str, float] = {}
+    oracle = 0.0
+    for layer in suite.layers:
+        if not layer.times_ms:
+            raise ValueError(f"suite {suite.name}: layer {layer.name} has no measured time")
+        oracle += layer.count * min(layer.times_ms.values())
+        for policy, algorithm in choices(layer, profile, rule, calibration).items():
+            totals[policy] = totals.get(policy, 0.0) + layer.count * layer.times_ms[algorithm]
+    return {"suite": suite.name, "device": profile.name or profile.family, "family": profile.family,
+            "layers": len(suite.layers), "oracle_ms": oracle,
+            "vs_oracle": {k: totals[k] / oracle for k in SCORED if k in totals}}
