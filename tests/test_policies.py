@@ -22,7 +22,7 @@ from convroute.measure.cache import CacheWarning
 from convroute.measure.grid import full_grid, quick_grid
 from convroute.measure.timing import TimingSettings
 from convroute.params import make_params
-from convroute.router import POLICIES, route_params
+from convroute.router import FORCE_DIRECT_REASON, FORCE_DIRECT_SPARED, POLICIES, route_params
 from convroute.router import autotune as autotune_mod
 
 FAST = TimingSettings(warmup=1, repeats=5, min_repeats=3, budget_s=0.05)
@@ -64,8 +64,8 @@ def im2col_always_fastest(p):
             "depthwise": 3e-8 * macs + 0.01, "transposed": 1e-7 * macs + 0.05}
 
 
-def test_three_policies_are_known():
-    assert POLICIES == ("seed", "calibrated", "autotune")
+def test_policies_are_known():
+    assert POLICIES == ("seed", "etvk", "calibrated", "autotune", "derived")
     with pytest.raises(ValueError, match="unknown policy 'fastest'"):
         convroute.route((1, 8, 8, 8), (8, 8, 3, 3), device="nvidia", policy="fastest")
 
@@ -174,11 +174,19 @@ def test_everything_excluded_is_a_clear_error(tmp_path, monkeypatch):
         route_params(p, NVIDIA, "seed")
 
 
-def test_force_direct_overrides_every_policy():
+@pytest.mark.parametrize("policy", ["calibrated", "autotune"])
+def test_force_direct_under_measured_policies(policy):
+    """As in ET-VK: a sliding-window conv takes direct (nothing is measured or predicted for it), a 1x1 keeps
+    the policy's choice; the Decision names the policy and the override."""
     fake_calibration(NVIDIA, im2col_always_fastest)
-    for policy in POLICIES:
-        d = route_params(DENSE3, NVIDIA, policy, force_direct=True)
-        assert d.algorithm == "direct" and "force_direct" in d.reason
+    d = route_params(DENSE3, NVIDIA, policy, force_direct=True)
+    assert (d.algorithm, d.reason, d.policy, d.force_direct) == ("direct", FORCE_DIRECT_REASON, policy, True)
+    assert str(d) == f"direct: {FORCE_DIRECT_REASON} [policy {policy} + force_direct, device nvidia]"
+    if policy == "calibrated":
+        plain = route_params(ONE_BY_ONE, NVIDIA, policy)
+        assert plain.algorithm == "im2col" and plain.reason.startswith("calibrated: im2col predicted")
+        d = route_params(ONE_BY_ONE, NVIDIA, policy, force_direct=True)
+        assert (d.algorithm, d.reason, d.force_direct) == ("im2col", plain.reason + FORCE_DIRECT_SPARED, True)
 
 
 ROUTED_SHAPES = [  # input, weight, stride, padding, dilation, groups, transposed

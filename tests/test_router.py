@@ -1,4 +1,5 @@
-"""The seed policy (ET-VK's rule) branch by branch for Mali, Adreno and NVIDIA; DeviceProfile families.
+"""The seed policy (ET-VK's rule) branch by branch for Mali, Adreno and NVIDIA; force_direct as in ET-VK;
+DeviceProfile families.
 
 Routing is pure: every test here except the last runs with the GPU layer booby-trapped.
 """
@@ -12,6 +13,7 @@ import convroute
 import convroute.device.gpu
 from convroute import DeviceProfile, route
 from convroute.device.profile import family_of
+from convroute.router import FORCE_DIRECT_REASON, FORCE_DIRECT_SPARED
 from convroute.router.seed import IM2COL_MIN_COUT
 
 FAMILIES = ("mali", "adreno", "nvidia")
@@ -110,32 +112,73 @@ def test_transposed_guard(family, kernel):
     assert d.algorithm == "transposed", d
     assert "never" in d.reason and "im2col" in d.reason
     forced = decide(family, (1, 128, 16, 16), (128, 256, *kernel), padding=1, transposed=True, force_direct=True)
-    assert forced.algorithm == "transposed", "direct cannot run a transposed conv"
+    assert forced.algorithm == "transposed", "force_direct leaves transposed convs alone"
 
 
-SLIDING = [((1, 64, 56, 56), (256, 64, 3, 3), dict(padding=1)),
-           ((1, 64, 56, 56), (256, 64, 1, 1), {}),
-           ((1, 32, 56, 56), (32, 1, 3, 3), dict(padding=1, groups=32)),
-           ((1, 3, 224, 224), (128, 3, 7, 7), dict(stride=2, padding=3))]
+SPARED = FORCE_DIRECT_SPARED
+# (id, input, weight, conv args, algorithm under force_direct on every family, its exact reason): as in ET-VK,
+# force_direct sends sliding-window convs to direct and leaves pointwise (any 1x1, grouped ones included),
+# depthwise and transposed convs on their paths
+FORCED = [
+    ("3x3", (1, 64, 56, 56), (256, 64, 3, 3), dict(padding=1), "direct", FORCE_DIRECT_REASON),
+    ("7x7 stem", (1, 3, 224, 224), (128, 3, 7, 7), dict(stride=2, padding=3), "direct", FORCE_DIRECT_REASON),
+    ("grouped 3x3", (1, 64, 14, 14), (64, 8, 3, 3), dict(padding=1, groups=8), "direct", FORCE_DIRECT_REASON),
+    ("dilated 3x3", (1, 64, 28, 28), (256, 64, 3, 3), dict(padding=2, dilation=2), "direct", FORCE_DIRECT_REASON),
+    ("depthwise multiplier 2", (1, 16, 14, 14), (32, 1, 3, 3), dict(padding=1, groups=16), "direct",
+     FORCE_DIRECT_REASON),
+    ("1x1", (1, 64, 56, 56), (256, 64, 1, 1), {}, "pointwise",
+     "1x1 kernel with groups == 1 -> pointwise path" + SPARED),
+    ("grouped 1x1", (1, 64, 14, 14), (128, 16, 1, 1), dict(groups=4), "direct",
+     "grouped conv (groups=4) that is not depthwise: ET-VK rejects it, convroute runs it on the direct path" + SPARED),
+    ("depthwise", (1, 32, 56, 56), (32, 1, 3, 3), dict(padding=1, groups=32), "depthwise",
+     "depthwise (C_out == groups == C_in == 32) -> depthwise path" + SPARED),
+    ("transposed", (1, 64, 8, 8), (64, 32, 3, 3), dict(stride=2, transposed=True), "transposed",
+     "transposed conv -> transposed path (ET-VK never sends transposed convs to im2col, whatever C_out or kernel)"
+     + SPARED),
+]
+
+
+def test_force_direct_reason_strings():
+    assert FORCE_DIRECT_REASON == ("force_direct is set: sliding-window conv -> direct path, whatever the policy "
+                                   "would choose (1x1, depthwise and transposed convs keep their paths)")
+    assert SPARED == "; force_direct leaves it alone (not a sliding-window conv)"
+
+
+@pytest.mark.parametrize("policy", ["seed", "etvk"])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("case", "x", "w", "kwargs", "algorithm", "reason"), FORCED, ids=[c[0] for c in FORCED])
+def test_force_direct_only_bypasses_the_im2col_decision(policy, family, case, x, w, kwargs, algorithm, reason):
+    plain = route(x, w, device=family, policy=policy, **kwargs)
+    d = route(x, w, device=family, policy=policy, force_direct=True, **kwargs)
+    assert (d.algorithm, d.reason) == (algorithm, reason), case
+    assert (d.policy, d.force_direct, plain.force_direct) == (policy, True, False)
+    assert str(d) == f"{algorithm}: {reason} [policy {policy} + force_direct, device {family}]"
+    assert str(plain) == f"{plain.algorithm}: {plain.reason} [policy {policy}, device {family}]"
+    if algorithm != "direct":
+        assert (plain.algorithm, plain.reason + SPARED) == (d.algorithm, d.reason), "only sliding-window convs move"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize(("x", "w", "kwargs"), SLIDING, ids=["3x3", "1x1", "depthwise", "7x7"])
-def test_force_direct_argument(family, x, w, kwargs):
-    assert decide(family, x, w, **kwargs).algorithm != "direct"
-    d = decide(family, x, w, force_direct=True, **kwargs)
-    assert d.algorithm == "direct" and "force_direct" in d.reason
-
-
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize(("x", "w", "kwargs"), SLIDING, ids=["3x3", "1x1", "depthwise", "7x7"])
-def test_force_direct_environment(monkeypatch, family, x, w, kwargs):
+def test_force_direct_environment(monkeypatch, family):
+    x, w, kwargs = (1, 64, 56, 56), (256, 64, 3, 3), dict(padding=1)
     monkeypatch.setenv("CONVROUTE_FORCE_DIRECT", "1")
     d = decide(family, x, w, **kwargs)
-    assert d.algorithm == "direct" and "force_direct" in d.reason
-    assert decide(family, x, w, force_direct=False, **kwargs).algorithm != "direct", "argument beats environment"
+    assert (d.algorithm, d.reason, d.force_direct) == ("direct", FORCE_DIRECT_REASON, True)
+    assert decide(family, x, w, force_direct=False, **kwargs).algorithm == "im2col", "argument beats environment"
+    assert decide(family, (1, 64, 56, 56), (256, 64, 1, 1)).algorithm == "pointwise"
     monkeypatch.setenv("CONVROUTE_FORCE_DIRECT", "0")
-    assert decide(family, x, w, **kwargs).algorithm != "direct"
+    assert decide(family, x, w, **kwargs).algorithm == "im2col"
+
+
+def test_force_direct_still_avoids_excluded_direct():
+    """lavapipe stops long loops: a forced direct that would loop too long moves on, and says why."""
+    from convroute.kernels.base import CPU_LOOP_LIMIT
+
+    d = route((1, 8192, 3, 3), (2, 8192, 3, 3), padding=1, device="cpu", policy="seed", force_direct=True)
+    assert d.algorithm == "im2col"
+    assert d.reason == (f"{FORCE_DIRECT_REASON}; but direct is excluded on this device (one invocation would loop "
+                        f"73728 times; lavapipe stops loops silently after {CPU_LOOP_LIMIT}) -> im2col, the next "
+                        f"applicable algorithm")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
