@@ -276,3 +276,19 @@ def test_lavapipe_loop_limit_routes_around_long_loops():
     assert cpu.algorithm != "direct" and str(CPU_LOOP_LIMIT) in cpu.reason
     assert route(*shape, padding=1, device="nvidia", policy="seed").algorithm == "direct"
 
+
+
+def test_cli_route_shows_the_override(capsys):
+    from convroute.cli.main import main
+
+    dense = ["--input", "1,64,28,28", "--weight", "128,64,3,3", "--padding", "1"]
+    assert main(["route", *dense, "--device", "mali", "--policy", "etvk", "--force-direct"]) == 0
+    out = capsys.readouterr().out
+    assert "policy    etvk\noverride  force_direct (sliding-window convs take direct)\n" in out
+    assert f"algorithm direct\nreason    {FORCE_DIRECT_REASON}\n" in out
+    assert main(["route", "--input", "1,64,28,28", "--weight", "128,64,1,1", "--device", "all", "--force-direct"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "policy seed + force_direct (sliding-window convs take direct)"
+    assert all(line.split()[1] == "pointwise" for line in lines[4:])
+    assert main(["route", *dense, "--device", "mali"]) == 0
+    assert "override" not in capsys.readouterr().out

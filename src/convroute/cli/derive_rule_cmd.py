@@ -19,6 +19,7 @@ from convroute.router.regret import (
     BenchSuite,
     bench_from_json,
     check_held_out,
+    grid_suite,
     read_bench,
     score_suite,
 )
@@ -98,15 +99,18 @@ def run(args) -> int:
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    rule, fitted = derive_rule(calibrations, depth=args.depth, min_leaf=args.min_leaf, min_gain=args.min_gain,
-                               objective=args.objective)
+    try:
+        rule, fitted = derive_rule(calibrations, depth=args.depth, min_leaf=args.min_leaf, min_gain=args.min_gain,
+                                   objective=args.objective)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     shapes = sum(len(c.samples) for c in calibrations)
-    print(f"fitted on {shapes} calibration shapes of {len(calibrations)} device(s): chooser "
-          f"{rule.chooser.conditions} conditions, im2col rule {rule.im2col.conditions}")
-    grid = rule.info["grid_vs_oracle"]
-    for i, cal in enumerate(calibrations):
-        print(f"  {cal.device_key}: on its grid (in-sample) derived {grid['derived'][i]:.3f}x oracle, "
-              f"derived-im2col {grid['derived-im2col'][i]:.3f}x")
+    print(f"fitted on {shapes} calibration shapes of {len(calibrations)} device(s) "
+          f"({', '.join(c.device_key for c in calibrations)}): chooser {rule.chooser.conditions} conditions, "
+          f"im2col rule {rule.im2col.conditions}")
+    in_sample = [score_suite(grid_suite(c), rule, [c]) for c in calibrations]
+    print(regret_table(in_sample, "on the calibration grids (in-sample)"))
     emit(to_python(rule), args.python, "Python")
     emit(to_cpp(rule), args.cpp, "C++")
     if not args.no_save:
@@ -129,7 +133,8 @@ def run(args) -> int:
     benches += [bench_from_json(data, "measured now") for data in measured]
     if benches:
         try:
-            print(regret_table([score_suite(b, rule, calibrations, fitted) for b in benches]))
+            print(regret_table([score_suite(b, rule, calibrations, fitted) for b in benches],
+                               "held out: no suite layer is a calibration shape"))
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -144,11 +149,10 @@ def emit(text: str, path: str | None, label: str) -> None:
         print(f"\n{text}")
 
 
-def regret_table(scores: list[dict]) -> str:
+def regret_table(scores: list[dict], where: str) -> str:
     from convroute.cli.common import format_table
 
     head = ["suite", "device", "layers", "oracle ms"] + [f"{k} x" for k in SCORED]
     rows = [[s["suite"], s["family"], str(s["layers"]), f"{s['oracle_ms']:.3g}"]
             + [f"{s['vs_oracle'][k]:.3f}" if k in s["vs_oracle"] else "n/a" for k in SCORED] for s in scores]
-    return "policy total / oracle total per suite (held out: no suite layer is a calibration shape)\n" + format_table(
-        head, rows, left=2)
+    return f"\npolicy total / oracle total per suite, {where}\n" + format_table(head, rows, left=2)

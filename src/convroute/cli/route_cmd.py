@@ -35,9 +35,12 @@ def run(args) -> int:
     print(p.describe())
     if len(decisions) == 1:
         d = decisions[0]
-        print(f"device    {d.device}\npolicy    {d.policy}\ndtype     {d.dtype}\nalgorithm {d.algorithm}\n"
+        override = "override  force_direct (sliding-window convs take direct)\n" if d.force_direct else ""
+        print(f"device    {d.device}\npolicy    {d.policy}\n{override}dtype     {d.dtype}\nalgorithm {d.algorithm}\n"
               f"reason    {d.reason}")
     else:
+        if decisions[0].force_direct:
+            print(f"policy {decisions[0].policy} + force_direct (sliding-window convs take direct)")
         print(format_table(["device", "algorithm", "reason"], [[d.device, d.algorithm, d.reason] for d in decisions],
                            left=3))
     return 0

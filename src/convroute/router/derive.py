@@ -182,18 +182,6 @@ class TreeSearch:
         return best
 
 
-def predictions(node: Node, data: FitData) -> np.ndarray:
-    index = {n: i for i, n in enumerate(data.algorithms)}
-    return np.array([index[node.decide(f)[0]] for f in data.feats])
-
-
-def grid_ratios(node: Node, data: FitData) -> list[float]:
-    """Per device: the tree's total time on its samples / the per-shape best total (in-sample)."""
-    chosen = data.costs[np.arange(len(data.feats)), predictions(node, data)]
-    return [float(chosen[data.device == d].sum() / data.best[data.device == d].sum())
-            for d in np.unique(data.device)]
-
-
 def derive_rule(calibrations, *, depth: int = 3, min_leaf: int = 3, min_gain: float = 0.002,
                 objective: str = "time") -> tuple[Rule, set[str]]:
     """(the rule, the shape keys it was fitted on)."""
@@ -203,7 +191,5 @@ def derive_rule(calibrations, *, depth: int = 3, min_leaf: int = 3, min_gain: fl
     im2col = TreeSearch(im2col_data, depth, min_leaf, min_gain).fit()
     info = {"fitted_on": [{"device": cal.device_key, "family": cal.device.get("family", "unknown"),
                            "grid": cal.grid, "shapes": len(cal.samples), "dtype": cal.dtype} for cal in calibrations],
-            "objective": objective, "depth": depth, "min_leaf": min_leaf, "min_gain": min_gain,
-            "grid_vs_oracle": {"derived": grid_ratios(chooser, chooser_data),
-                               "derived-im2col": grid_ratios(im2col, im2col_data)}}
+            "objective": objective, "depth": depth, "min_leaf": min_leaf, "min_gain": min_gain}
     return Rule(chooser, im2col, info), chooser_data.keys | im2col_data.keys

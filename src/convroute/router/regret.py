@@ -55,6 +55,12 @@ def bench_from_json(data: dict, source: str = "") -> BenchSuite:
         raise ValueError(f"{source or 'bench report'}: not a `convroute bench --json` report ({err})") from None
 
 
+def grid_suite(cal: Calibration) -> BenchSuite:
+    """A calibration's measured grid as a suite (each shape once), to score policies in-sample."""
+    layers = [BenchLayer(f"grid {i}", 1, s.params, dict(s.times_ms)) for i, s in enumerate(cal.samples) if s.times_ms]
+    return BenchSuite(f"grid ({len(layers)} shapes, in-sample)", cal.device, layers)
+
+
 def check_held_out(suite: BenchSuite, fitted: set[str]) -> None:
     """Refuse to score a suite that holds a shape the rule was fitted on (at any batch)."""
     for layer in suite.layers:
