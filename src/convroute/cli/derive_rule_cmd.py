@@ -78,39 +78,44 @@ def load_calibrations(paths) -> list[calib.Calibration]:
     return out
 
 
-def measure(names: list[str], args) -> list[dict]:
-    """Bench the named suites (or layer files) on the adapter in use: per-layer times of every algorithm."""
+def measure(suites, args) -> list[BenchSuite]:
+    """Bench suites on the adapter in use: per-layer times of every algorithm."""
     from convroute.device.gpu import get_gpu
     from convroute.measure.bench import SETTINGS, run_bench
 
     settings = replace(SETTINGS, budget_s=args.budget)
-    return [run_bench(get_gpu(), load_suite(name), 1, ["seed"], settings=settings,
-                      progress=not args.no_progress).to_json() for name in names]
+    reports = [run_bench(get_gpu(), suite, 1, ["seed"], settings=settings, progress=not args.no_progress).to_json()
+               for suite in suites]
+    if args.save_bench and reports:
+        Path(args.save_bench).write_text(json.dumps({"suites": reports}, indent=1))
+        print(f"wrote {args.save_bench}")
+    return [bench_from_json(data, "measured now") for data in reports]
+
+
+def unmeasured(suite) -> BenchSuite:
+    return BenchSuite(suite.name, {}, [BenchLayer(x.name, x.count, x.params(1), {}) for x in suite.layers])
 
 
 def run(args) -> int:
+    names = [n.strip() for n in args.suite.split(",") if n.strip()]
+    names = (list(SUITES) if names == ["all"] else names) + ([args.layers] if args.layers else [])
     try:
         calibrations = load_calibrations(args.calibration)
         benches = [suite for path in args.bench for suite in read_bench(path)]
-        names = [n.strip() for n in args.suite.split(",") if n.strip()]
-        names = list(SUITES) if names == ["all"] else names
-        for name in names + ([args.layers] if args.layers else []):
-            load_suite(name)  # a bad name fails now, before fitting and measuring
-    except (OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
+        to_measure = [load_suite(name) for name in names]
         rule, fitted = derive_rule(calibrations, depth=args.depth, min_leaf=args.min_leaf, min_gain=args.min_gain,
                                    objective=args.objective)
-    except ValueError as err:
+        for suite in benches + [unmeasured(s) for s in to_measure]:  # before anything is measured or saved
+            check_held_out(suite, fitted)
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     shapes = sum(len(c.samples) for c in calibrations)
     print(f"fitted on {shapes} calibration shapes of {len(calibrations)} device(s) "
           f"({', '.join(c.device_key for c in calibrations)}): chooser {rule.chooser.conditions} conditions, "
           f"im2col rule {rule.im2col.conditions}")
-    in_sample = [score_suite(grid_suite(c), rule, [c]) for c in calibrations]
-    print(regret_table(in_sample, "on the calibration grids (in-sample)"))
+    print(regret_table([score_suite(grid_suite(c), rule, [c]) for c in calibrations],
+                       "on the calibration grids (in-sample)"))
     emit(to_python(rule), args.python, "Python")
     emit(to_cpp(rule), args.cpp, "C++")
     if not args.no_save:
@@ -118,26 +123,10 @@ def run(args) -> int:
         if not write_json(path, rule.to_json()):
             return 1
         print(f"saved {path}" + ("" if args.out is None else f" (route with it: {RULE_ENV}={path})"))
-    try:
-        for name in names + ([args.layers] if args.layers else []):  # before spending time on measuring them
-            suite = load_suite(name)
-            check_held_out(BenchSuite(suite.name, {}, [BenchLayer(x.name, x.count, x.params(1), {})
-                                                       for x in suite.layers]), fitted)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    measured = measure(names + ([args.layers] if args.layers else []), args) if names or args.layers else []
-    if args.save_bench and measured:
-        Path(args.save_bench).write_text(json.dumps({"suites": measured}, indent=1))
-        print(f"wrote {args.save_bench}")
-    benches += [bench_from_json(data, "measured now") for data in measured]
+    benches += measure(to_measure, args)
     if benches:
-        try:
-            print(regret_table([score_suite(b, rule, calibrations, fitted) for b in benches],
-                               "held out: no suite layer is a calibration shape"))
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        print(regret_table([score_suite(b, rule, calibrations, fitted) for b in benches],
+                           "held out: no suite layer is a calibration shape"))
     return 0
 
 
