@@ -133,8 +133,8 @@ def test_rule_stays_small_on_noise():
 
 
 def test_policy_routes_like_the_printed_python(seed_fleet_rule, monkeypatch):
-    """Python and policy agree on every grid and suite shape, for three families: the chooser's choice where
-    it can run, seed's route elsewhere."""
+    """Python and policy agree on every grid and suite shape, for three families: the first of the chooser's
+    algorithms that can run, seed's route where none can."""
     rule, _ = seed_fleet_rule
     path = rule_path()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,31 +144,38 @@ def test_policy_routes_like_the_printed_python(seed_fleet_rule, monkeypatch):
     for family in ("mali", "adreno", "nvidia"):
         profile = DeviceProfile.for_family(family)
         for p in full_grid() + suite_shapes():
-            preferred = namespace["derived_algorithm"](p, family)
+            preferred = namespace["derived_preference"](p, family)
             assert preferred == rule.preferred(p, family)[0]
             assert namespace["should_use_conv2d_im2col"](p, family) == rule.use_im2col(p, family)[0]
             d = route_params(p, profile, "derived")
-            expected = preferred if ALGORITHMS[preferred].unsupported(p) is None else seed_route(p, profile)[0]
+            runnable = [n for n in preferred if ALGORITHMS[n].unsupported(p) is None]
+            expected = runnable[0] if runnable else seed_route(p, profile)[0]
             assert (d.algorithm, d.policy) == (expected, "derived"), p.describe()
             assert d.reason.startswith("derived rule: " if not p.transposed else "transposed conv")
 
 
 def test_derived_reason_strings():
-    rule = Rule.from_json({"chooser": {"feature": "kernel_area", "threshold": 2, "yes": {"leaf": "winograd4"},
+    rule = Rule.from_json({"chooser": {"feature": "kernel_area", "threshold": 2, "yes": {"leaf": "winograd4,im2col"},
                                        "no": {"leaf": "pointwise"}}, "im2col": {"leaf": "im2col"}})
     nvidia = DeviceProfile.for_family("nvidia")
     dense = make_params((1, 64, 20, 20), (64, 64, 3, 3), padding=1)
-    assert rule.route(dense, nvidia, {}) == ("winograd4", "derived rule: kernel_area >= 2 -> winograd4")
+    assert rule.route(dense, nvidia, {}) == ("winograd4", "derived rule: kernel_area >= 2 -> winograd4 else im2col")
     strided = make_params((1, 64, 20, 20), (64, 64, 3, 3), stride=2, padding=1)
     assert rule.route(strided, nvidia, {}) == (
-        "direct", "derived rule: kernel_area >= 2 -> winograd4, which cannot run it (stride=(2, 2); winograd4 needs "
-                  "stride 1) -> seed: C_out 64 < 128 on a non-Mali GPU (nvidia) -> direct")
+        "im2col", "derived rule: kernel_area >= 2 -> winograd4 else im2col; winograd4 cannot run it (stride=(2, 2); "
+                  "winograd4 needs stride 1) -> im2col")
+    grouped = make_params((1, 64, 20, 20), (64, 32, 3, 3), padding=1, groups=2)
+    assert rule.route(grouped, nvidia, {})[1].endswith(
+        "im2col cannot run it (groups=2: im2col builds one dense column matrix and needs groups == 1) -> seed: "
+        "grouped conv (groups=2) that is not depthwise: ET-VK rejects it, convroute runs it on the direct path")
     one = make_params((1, 64, 20, 20), (32, 64, 1, 1))
     assert rule.route(one, nvidia, {"pointwise": "broken"}) == (
-        "direct", "derived rule: kernel_area < 2 -> pointwise, excluded on this device (broken) -> seed: 1x1 kernel "
-                  "with groups == 1 -> pointwise path; but pointwise is excluded on this device (broken) -> direct, "
-                  "the next applicable algorithm")
+        "direct", "derived rule: kernel_area < 2 -> pointwise; pointwise is excluded on this device (broken) -> seed: "
+                  "1x1 kernel with groups == 1 -> pointwise path; but pointwise is excluded on this device (broken) "
+                  "-> direct, the next applicable algorithm")
     assert rule.im2col_route(dense, nvidia, {}) == ("im2col", "derived im2col rule: no condition -> im2col")
+    with pytest.raises(ValueError, match="unknown leaf 'winograd4,fastest'"):
+        Rule.from_json({"chooser": {"leaf": "winograd4,fastest"}, "im2col": {"leaf": "im2col"}})
 
 
 def test_derived_without_a_rule_routes_as_seed(tmp_path, monkeypatch):
@@ -208,9 +215,7 @@ def test_cpp_compiles_and_routes_like_the_rule(seed_fleet_rule, tmp_path):
     out = subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout.split("\n")
     names = list(ALGORITHMS)
     for i, (family, p) in enumerate((f, p) for f in families for p in shapes):
-        preferred = rule.preferred(p, family)[0]
-        profile = DeviceProfile.for_family(family)
-        expected = preferred if ALGORITHMS[preferred].unsupported(p) is None else seed_route(p, profile)[0]
+        expected = rule.route(p, DeviceProfile.for_family(family), {})[0]
         assert out[i] == f"{names.index(expected)} {int(rule.use_im2col(p, family)[0])}", (family, p.describe())
 
 
@@ -263,7 +268,7 @@ def test_cli(tmp_path, capsys, monkeypatch):
                  "--cpp", str(out_cpp), "--python", str(out_py)]) == 0
     printed = capsys.readouterr().out
     assert "policy total / oracle total per suite" in printed and "resnet18" in printed and "mobilenet_v2" in printed
-    assert "should_use_conv2d_im2col" in out_cpp.read_text() and "def derived_algorithm" in out_py.read_text()
+    assert "should_use_conv2d_im2col" in out_cpp.read_text() and "def derived_preference" in out_py.read_text()
     monkeypatch.setenv(RULE_ENV, str(out_rule))
     p = make_params((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     assert route_params(p, DeviceProfile.for_family("mali"), "derived").reason.startswith("derived rule: ")

@@ -54,8 +54,9 @@ class FitData:
 
 def measured_costs(p: ConvParams, times: dict[str, float], profile: DeviceProfile,
                    candidates: list[str], fallback) -> list[float] | None:
-    """Per candidate, the time routing would get if a leaf chose it (fallback(p, profile, blocked) -> the
-    algorithm taken instead where it cannot run or was not measured); None when nothing was measured."""
+    """Per candidate leaf ("a" or "a,b": a where it runs, else b), the time routing would get if the leaf
+    chose it: fallback(p, profile, blocked) names the algorithm taken where none of the leaf's can run or was
+    measured. None when nothing was measured."""
     if not times:
         return None
     blocked = {n: "not measured" for n in applicable(p) if n not in times}
@@ -63,7 +64,8 @@ def measured_costs(p: ConvParams, times: dict[str, float], profile: DeviceProfil
         instead = fallback(p, profile, blocked)
     except RuntimeError:
         return None
-    return [times[n] if n in times and ALGORITHMS[n].unsupported(p) is None else times[instead] for n in candidates]
+    runs = [n for n in times if ALGORITHMS[n].unsupported(p) is None]
+    return [times[next((n for n in label.split(",") if n in runs), instead)] for label in candidates]
 
 
 def seed_instead(p, profile, blocked) -> str:
@@ -75,7 +77,7 @@ def fit_data(calibrations, objective: str = "time", im2col_only: bool = False) -
     candidates with leaves direct/im2col (the im2col rule)."""
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
-    algorithms = ["direct", "im2col"] if im2col_only else [n for n in ALGORITHMS if n != "transposed"]
+    algorithms = ["direct", "im2col"] if im2col_only else chooser_leaves()
     feats, costs, device, keys = [], [], [], set()
     for index, cal in enumerate(calibrations):
         profile = profile_from_record(cal.device)
@@ -103,6 +105,13 @@ def fit_data(calibrations, objective: str = "time", im2col_only: bool = False) -
         else:
             loss[rows] = np.log(costs_a[rows] / best[rows, None]) / rows.sum()
     return FitData(feats, loss, costs_a, best, device_a, algorithms, keys)
+
+
+def chooser_leaves() -> list[str]:
+    """Every algorithm alone, then every ordered pair (the first where it can run, else the second): singles
+    first, so a pair wins only where it saves time."""
+    names = [n for n in ALGORITHMS if n != "transposed"]
+    return names + [f"{a},{b}" for a in names for b in names if a != b]
 
 
 def other_of_two(p, profile, blocked) -> str:

@@ -1,8 +1,9 @@
 """A derived routing rule: two small decision trees over the features ET-VK's rules use, fitted by
 `convroute derive-rule` (router/derive.py), kept as JSON and routed by the `derived` policy.
 
-- `chooser`: the full method chooser. Its leaf names the preferred algorithm of a (non-transposed) conv; where
-  that algorithm cannot run the conv or is excluded on the device, the conv routes as `seed`.
+- `chooser`: the full method chooser. Its leaf names one or two algorithms for a (non-transposed) conv, tried
+  in order ("winograd4,implicit_gemm": winograd4 where it can run, else implicit_gemm); where none can run the
+  conv or all are excluded on the device, the conv routes as `seed`.
 - `im2col`: ET-VK's `should_use_conv2d_im2col` relearned: below ET-VK's guards (groups 1, dilation 1,
   Kh*Kw > 1) it says im2col or direct; every other conv keeps seed's method.
 
@@ -78,7 +79,7 @@ class Node:
     @classmethod
     def from_json(cls, data: dict, leaves) -> Node:
         if "leaf" in data:
-            if data["leaf"] not in leaves:
+            if not isinstance(data["leaf"], str) or not all(n in leaves for n in data["leaf"].split(",")):
                 raise ValueError(f"unknown leaf {data['leaf']!r}")
             return cls(leaf=data["leaf"])
         feature, threshold = data["feature"], data["threshold"]
@@ -99,11 +100,12 @@ class Rule:
     im2col: Node
     info: dict = field(default_factory=dict)  # what it was fitted on, how, and its in-sample regrets
 
-    def preferred(self, p: ConvParams, family: str) -> tuple[str, list[str]]:
-        """The chooser's algorithm for p and the path to it (transposed convs: transposed)."""
+    def preferred(self, p: ConvParams, family: str) -> tuple[tuple[str, ...], list[str]]:
+        """The chooser's algorithms for p, in order, and the path to them (transposed convs: transposed)."""
         if p.transposed:
-            return "transposed", ["transposed"]
-        return self.chooser.decide(features(p, family))
+            return ("transposed",), ["transposed"]
+        leaf, path = self.chooser.decide(features(p, family))
+        return tuple(leaf.split(",")), path
 
     def use_im2col(self, p: ConvParams, family: str) -> tuple[bool, list[str]]:
         """The relearned should_use_conv2d_im2col: False outside ET-VK's guards."""
@@ -113,17 +115,20 @@ class Rule:
         return leaf == "im2col", path
 
     def route(self, p: ConvParams, device: DeviceProfile, blocked: dict[str, str]) -> tuple[str, str]:
-        """The `derived` policy: the chooser's algorithm, or seed's route where it cannot run or is excluded."""
+        """The `derived` policy: the first of the chooser's algorithms that can run p and is allowed, else seed's
+        route."""
         if p.transposed:
             return avoid_blocked(p, *seed_route(p, device), blocked)
-        algorithm, path = self.preferred(p, device.family)
-        head = f"derived rule: {path_text(path)} -> {algorithm}"
-        why = ALGORITHMS[algorithm].unsupported(p)
-        if why is None and algorithm not in blocked:
-            return algorithm, head
+        algorithms, path = self.preferred(p, device.family)
+        reason = f"derived rule: {path_text(path)} -> {' else '.join(algorithms)}"
+        for algorithm in algorithms:
+            why = ALGORITHMS[algorithm].unsupported(p)
+            if why is None and algorithm not in blocked:
+                return algorithm, reason + (f" -> {algorithm}" if algorithm != algorithms[0] else "")
+            reason += f"; {algorithm} cannot run it ({why})" if why else \
+                f"; {algorithm} is excluded on this device ({blocked[algorithm]})"
         seed_algorithm, seed_reason = avoid_blocked(p, *seed_route(p, device), blocked)
-        problem = f"which cannot run it ({why})" if why else f"excluded on this device ({blocked[algorithm]})"
-        return seed_algorithm, f"{head}, {problem} -> seed: {seed_reason}"
+        return seed_algorithm, f"{reason} -> seed: {seed_reason}"
 
     def im2col_route(self, p: ConvParams, device: DeviceProfile, blocked: dict[str, str]) -> tuple[str, str]:
         """Seed with the relearned im2col decision (ET-VK's method set, the derived heuristic)."""

@@ -63,6 +63,11 @@ def tree_lines(node: Node, indent: str, leaf, test, cpp: bool = False) -> list[s
     return [f"{indent}{test(node)}", *yes, f"{indent}else:", *no]
 
 
+def py_tuple(leaf: str) -> str:
+    names = leaf.split(",")
+    return f'("{names[0]}",)' if len(names) == 1 else "(" + ", ".join(f'"{n}"' for n in names) + ")"
+
+
 def py_test(node: Node) -> str:
     if node.feature == "family":
         return f'if family == "{node.threshold}":'
@@ -70,13 +75,13 @@ def py_test(node: Node) -> str:
 
 
 def to_python(rule: Rule) -> str:
-    """`derived_algorithm(p, family)` and `should_use_conv2d_im2col(p, family)`; p is a convroute ConvParams."""
-    lines = [f"# {fitted_on(rule)}", "", "", "def derived_algorithm(p, family: str) -> str:",
-             '    """The preferred algorithm; where it cannot run p or is excluded on the device, convroute routes as '
-             'seed."""',
-             "    if p.transposed:", '        return "transposed"']
+    """`derived_preference(p, family)` and `should_use_conv2d_im2col(p, family)`; p is a convroute ConvParams."""
+    lines = [f"# {fitted_on(rule)}", "", "", "def derived_preference(p, family: str) -> tuple[str, ...]:",
+             '    """Algorithms to try in order: convroute takes the first that can run p and is not excluded on the',
+             '    device, and routes as seed where none is."""',
+             "    if p.transposed:", '        return ("transposed",)']
     lines += [f"    {name} = {PY_FEATURES[name]}" for name in used_features(rule.chooser)]
-    lines += tree_lines(rule.chooser, "    ", lambda leaf: f'return "{leaf}"', py_test)
+    lines += tree_lines(rule.chooser, "    ", lambda leaf: f"return {py_tuple(leaf)}", py_test)
     lines += ["", "", "def should_use_conv2d_im2col(p, family: str) -> bool:",
               '    """im2col or direct for a sliding-window conv, below ET-VK\'s guards."""',
               "    if p.transposed or p.groups != 1 or p.dilation != (1, 1) or p.kh * p.kw == 1:",
@@ -92,6 +97,11 @@ def cpp_test(node: Node) -> str:
     return f"if ({node.feature} >= {node.threshold}) {{"
 
 
+def cpp_leaf(leaf: str) -> str:
+    names = ", ".join(f"Conv2dAlgorithm::{CPP_ALGORITHMS[n]}" for n in leaf.split(","))
+    return f"return first_runnable({{{names}}}, s, family);"
+
+
 def cpp_locals(nodes: list[Node], indent: str) -> list[str]:
     return [f"{indent}const int64_t {name} = {CPP_FEATURES[name]};" for name in used_features(*nodes)]
 
@@ -100,6 +110,7 @@ CPP_TEMPLATE = """\
 // {fitted_on}
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 namespace convroute_derived {{
 
@@ -149,15 +160,26 @@ Conv2dAlgorithm seed_conv2d_algorithm(const Conv2dShape& s, const GpuFamily fami
   return Conv2dAlgorithm::kDirect;
 }}
 
-// The derived chooser. An algorithm excluded on the device (denylist, wrong results) falls back to
-// seed_conv2d_algorithm too.
+// The first of the leaf's algorithms that can run the conv, else the seed's. (An algorithm excluded on the
+// device, by a denylist or for wrong results, counts as one that cannot run.)
+Conv2dAlgorithm first_runnable(
+    const std::initializer_list<Conv2dAlgorithm> preferred,
+    const Conv2dShape& s,
+    const GpuFamily family) {{
+  for (const Conv2dAlgorithm algorithm : preferred) {{
+    if (can_run(algorithm, s)) {{
+      return algorithm;
+    }}
+  }}
+  return seed_conv2d_algorithm(s, family);
+}}
+
+// The derived chooser.
 Conv2dAlgorithm choose_conv2d_algorithm(const Conv2dShape& s, const GpuFamily family) {{
   if (s.transposed) {{
     return Conv2dAlgorithm::kTransposed;
   }}
-  Conv2dAlgorithm preferred = Conv2dAlgorithm::kDirect;
 {chooser}
-  return can_run(preferred, s) ? preferred : seed_conv2d_algorithm(s, family);
 }}
 
 }}  // namespace convroute_derived
@@ -169,8 +191,7 @@ def to_cpp(rule: Rule) -> str:
     `choose_conv2d_algorithm` with the seed rule (ET-VK PR #20059) it falls back to."""
     im2col = cpp_locals([rule.im2col], "  ") + tree_lines(
         rule.im2col, "  ", lambda leaf: f"return {'true' if leaf == 'im2col' else 'false'};", cpp_test, cpp=True)
-    chooser = cpp_locals([rule.chooser], "  ") + tree_lines(
-        rule.chooser, "  ", lambda leaf: f"preferred = Conv2dAlgorithm::{CPP_ALGORITHMS[leaf]};", cpp_test, cpp=True)
+    chooser = cpp_locals([rule.chooser], "  ") + tree_lines(rule.chooser, "  ", cpp_leaf, cpp_test, cpp=True)
     can_run = [line for name, enum in CPP_ALGORITHMS.items()
                for line in (f"    case Conv2dAlgorithm::{enum}:", f"      return {CPP_CAN_RUN[name]};")]
     return CPP_TEMPLATE.format(
