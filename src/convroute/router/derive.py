@@ -1,11 +1,13 @@
 """Fit a derived rule (router/rule.py) on calibration grids: the heuristic ET-VK PR #20059 tuned by hand,
 learned from measurements.
 
-Each calibration sample gives, per algorithm, the time the conv would take if a leaf chose it: its measured
-time, or where it cannot run (or was not measured: wrong, too large) the time of seed's route, which is
-where the `derived` policy falls back. The fitter searches every tree of depth <= 3 over candidate
-thresholds (exhaustively: each subtree is the best for its part of the samples) and minimises the time lost
-to the per-shape best plus `min_gain` per condition. Each device weighs the same: its losses are divided
+Each calibration sample gives, per candidate leaf (an algorithm, or two tried in order), the time the conv
+would take if that leaf chose it: the measured time of the leaf's first algorithm that runs there, or where
+none runs (or none was measured: wrong, too large) the time of seed's route, where the `derived` policy falls back.
+
+The fitter searches every tree of depth <= 3 over candidate thresholds (exhaustively: each subtree is the
+best for its part of the samples) and minimises the time lost to the per-shape best plus `min_gain` per
+condition. Each device weighs the same: its losses are divided
 by its oracle total (objective "time") or its sample count (objective "log": log of the slowdown).
 """
 
@@ -44,11 +46,11 @@ def shape_key(p: ConvParams) -> str:
 @dataclass
 class FitData:
     feats: list[dict]
-    loss: np.ndarray  # samples x algorithms, normalised (see module doc)
-    costs: np.ndarray  # samples x algorithms, ms
+    loss: np.ndarray  # samples x leaves, normalised (see module doc)
+    costs: np.ndarray  # samples x leaves, ms
     best: np.ndarray  # samples, ms
     device: np.ndarray  # sample -> device index
-    algorithms: list[str]
+    algorithms: list[str]  # the candidate leaves: "a" or "a,b"
     keys: set[str]
 
 
