@@ -3,12 +3,13 @@ learned from measurements.
 
 Each calibration sample gives, per candidate leaf (an algorithm, or two tried in order), the time the conv
 would take if that leaf chose it: the measured time of the leaf's first algorithm that runs there, or where
-none runs (or none was measured: wrong, too large) the time of seed's route, where the `derived` policy falls back.
+none runs (or none was measured: wrong, too large) the time of seed's route, where the `derived` policy
+falls back.
 
 The fitter searches every tree of depth <= 3 over candidate thresholds (exhaustively: each subtree is the
 best for its part of the samples) and minimises the time lost to the per-shape best plus `min_gain` per
-condition. Each device weighs the same: its losses are divided
-by its oracle total (objective "time") or its sample count (objective "log": log of the slowdown).
+condition. Each device weighs the same: its losses are divided by its oracle total (objective "time") or
+its sample count (objective "log": log of the slowdown).
 """
 
 from __future__ import annotations
