@@ -7,7 +7,7 @@ import pytest
 
 import convroute.device.gpu
 from convroute import route
-from convroute.cli.main import main
+from convroute.cli.main import build_parser, main
 from convroute.measure.grid import full_grid
 from convroute.router import FORCE_DIRECT_REASON, Decision
 from convroute.router.etvk import MAX_CHEAP_GATHER, etvk_route, gather_elements
@@ -15,6 +15,9 @@ from convroute.router.seed import im2col_candidate, seed_route
 
 FAMILIES = ("mali", "adreno", "nvidia")
 LIMIT = 33_554_432
+
+
+build_parser()  # imports every command module now: they bind get_gpu at import, not under the trap below
 
 
 @pytest.fixture(autouse=True)

@@ -12,11 +12,15 @@ import pytest
 import convroute
 import convroute.device.gpu
 from convroute import DeviceProfile, route
+from convroute.cli.main import build_parser, main
 from convroute.device.profile import family_of
 from convroute.router import FORCE_DIRECT_REASON, FORCE_DIRECT_SPARED
 from convroute.router.seed import IM2COL_MIN_COUT
 
 FAMILIES = ("mali", "adreno", "nvidia")
+
+
+build_parser()  # imports every command module now: they bind get_gpu at import, not under the trap below
 
 
 @pytest.fixture(autouse=True)
@@ -279,8 +283,6 @@ def test_lavapipe_loop_limit_routes_around_long_loops():
 
 
 def test_cli_route_shows_the_override(capsys):
-    from convroute.cli.main import main
-
     dense = ["--input", "1,64,28,28", "--weight", "128,64,3,3", "--padding", "1"]
     assert main(["route", *dense, "--device", "mali", "--policy", "etvk", "--force-direct"]) == 0
     out = capsys.readouterr().out
