@@ -20,9 +20,11 @@ import copy
 import warnings
 from importlib.metadata import entry_points
 
-import convroute.frontend as frontend  # first: it keeps triton's LLVM away from an open lavapipe
+# isort: off
+import convroute.frontend as frontend  # before torch._dynamo, which imports triton (see convroute.frontend)
 import torch
 from torch._dynamo.backends.registry import _COMPILER_FNS, register_backend
+# isort: on
 
 NAME = "convroute"
 OPTIONS = {"policy": "seed", "dtype": "float32", "device": None, "strict": False}
