@@ -1,4 +1,5 @@
-"""Pieces the conv-shape commands share: shape arguments, the host reference, aligned tables."""
+"""Pieces the commands share: shape arguments, the host reference, aligned tables (measure.report's), and the
+check that the optional packages a command needs are installed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import numpy as np
 
 from convroute.measure.calibration import TOLERANCES
+from convroute.measure.report import format_table  # noqa: F401 (the commands' table formatter)
 from convroute.params import ConvParams, make_params
 
 TOLERANCE = TOLERANCES["float32"]
@@ -73,12 +75,3 @@ def rel_error(out, ref) -> float:
     if (~np.isfinite(out) & np.isfinite(ref)).any():
         return float("inf")
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
-def format_table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
-    """Columns aligned; the first `left` columns left-justified, the rest right-justified."""
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in [head] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
