@@ -110,7 +110,27 @@ def test_options_pass_through(compiled):
         torch.compile(Branchy().eval(), backend="convroute", options={"polcy": "seed"})(x)
 
 
+class ScalesItsInput(torch.nn.Module):
+    """Writes to its input: a Program returns new tensors, so convroute leaves this graph to torch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        x.mul_(2)
+        return self.conv(x)
+
+
 def test_a_graph_convroute_cannot_compile_runs_on_torch_with_a_warning(monkeypatch):
+    torch._dynamo.reset()
+    model = ScalesItsInput().eval()
+    x = torch.randn(1, 3, 5, 5)
+    mine, theirs = x.clone(), x.clone()
+    with pytest.warns(dynamo.FallbackWarning, match="changes its input"), torch.no_grad():
+        out = torch.compile(model, backend="convroute")(mine)
+        ref = model(theirs)
+    assert torch.equal(out, ref) and torch.equal(mine, theirs)
     torch._dynamo.reset()
 
     def refuse(module, inputs, **options):

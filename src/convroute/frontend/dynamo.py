@@ -58,6 +58,7 @@ class CompiledGraph:
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != len(example_inputs):
             raise ValueError(f"the graph has {len(placeholders)} inputs, its example {len(example_inputs)}")
+        mutated = _mutated_inputs(placeholders)
         self.weights = [i for i, (node, value) in enumerate(zip(placeholders, example_inputs, strict=True))
                         if _is_weight(node, value)]
         self.data = [i for i, value in enumerate(example_inputs)
@@ -65,6 +66,7 @@ class CompiledGraph:
         self.programs: dict[tuple, frontend.Program] = {}
         self.held: list = []  # (weight, its version) the programs were built from
         self.on_torch = False  # set when convroute could not compile the graph
+        self.refusal = f"the graph changes its input(s) {', '.join(mutated)} in place" if mutated else None
         self.warned_grad = False
 
     def __call__(self, *args):
@@ -95,6 +97,8 @@ class CompiledGraph:
         self.held = [(args[i], args[i]._version) for i in self.weights]
         module = _Bound(self.gm, args, self.weights, self.data)
         try:
+            if self.refusal:  # a Program's outputs are new tensors: the caller would not see the change
+                raise ValueError(self.refusal)
             program = frontend.compile(module, [args[i] for i in self.data], policy=self.settings["policy"],
                                        device=self.settings["device"], dtype=self.settings["dtype"])
         except Exception as err:
@@ -136,6 +140,18 @@ def _plain(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
     for node in graph.nodes:
         node.meta = {}
     return torch.fx.GraphModule(gm, graph)
+
+
+def _mutated_inputs(placeholders: list[torch.fx.Node]) -> list[str]:
+    """Inputs an in-place op (`x.add_(...)`, `relu(x, inplace=True)`) writes to."""
+    mutated = []
+    for node in placeholders:
+        for user in node.users:
+            name = getattr(user.target, "__name__", str(user.target))
+            in_place = name.endswith("_") and not name.startswith("__") or user.kwargs.get("inplace") is True
+            if in_place and user.args and user.args[0] is node:
+                mutated.append(node.name)
+    return mutated
 
 
 def _is_weight(node: torch.fx.Node, value) -> bool:
