@@ -147,7 +147,7 @@ def test_cli_compare_json_and_unavailable_engines(tmp_path, capsys, monkeypatch)
     assert main(["run", "--model", "resnet18", "--size", "32", "--runs", "3", "--compare",
                  "torch-cpu,torch-cuda,ncnn-vk32", "--json", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "note: ncnn-vk32 needs ncnn" in captured.err and "pip install 'convroute[peers]'" in captured.err
+    assert "note: --compare ncnn-vk32 needs ncnn" in captured.err and "pip install 'convroute[peers]'" in captured.err
     printed = captured.out
     assert "median ms" in printed and "p10 ms" in printed and "p90 ms" in printed
     assert "ncnn-vk32: unavailable: ncnn is not installed" in printed

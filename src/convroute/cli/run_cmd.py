@@ -59,8 +59,11 @@ def run(args) -> int:
         return 2
     if not check_extras({"torch": EXTRAS["torch"]}, "convroute run"):
         return 2
-    for name in peers:  # a missing peer is listed as unavailable in the comparison
-        check_extras(NEEDS[name], name, required=False)
+    groups: dict[str, list[str]] = {}  # one line per set of missing packages; the peers are listed unavailable
+    for name in peers:
+        groups.setdefault(repr(NEEDS[name]), []).append(name)
+    for names in groups.values():
+        check_extras(NEEDS[names[0]], f"--compare {', '.join(names)}", required=False)
     import torch
 
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
