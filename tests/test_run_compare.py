@@ -42,7 +42,7 @@ class Tiny(torch.nn.Module):
         return self.head(y.mean((2, 3)))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     model = Tiny().eval()

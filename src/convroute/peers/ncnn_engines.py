@@ -46,7 +46,8 @@ def make_net(ncnn, vulkan: bool, precision: str):
 
 def describe(ncnn, vulkan: bool, precision: str) -> str:
     fp16 = ", fp16 storage and arithmetic" if precision == "fp16" else ", fp16 storage/arithmetic off"
-    where = f"Vulkan on {ncnn.get_gpu_info(0).device_name()}" if vulkan else f"CPU, {os.cpu_count()} threads"
+    where = f"Vulkan on {ncnn.get_gpu_info(ncnn.get_default_gpu_index()).device_name()}" if vulkan else \
+        f"CPU, {os.cpu_count()} threads"
     return f"ncnn {where}{fp16}"
 
 
