@@ -1,11 +1,13 @@
-"""The command line: devices, route, conv and suite, through main([...])."""
+"""The command line: devices, route, conv and suite, through main([...]); missing optional packages."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
+from convroute.cli.common import check_extras
 from convroute.cli.main import COMMANDS, main
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
@@ -138,3 +140,26 @@ def test_suite_rejects_a_bad_layer_file(capsys, tmp_path):
     path.write_text(json.dumps({"layers": [{"name": "x", "c_in": 3, "h": 8, "w": 8, "kernel": 3}]}))
     assert main(["suite", "--layers", str(path)]) == 2
     assert "layer 0 (x): missing key(s) c_out" in capsys.readouterr().err
+
+
+def test_missing_extras_stop_a_command_before_it_starts(tmp_path, capsys, monkeypatch):
+    """One line naming the extra to install, before any work (the bench here would fail the test)."""
+    from convroute.cli import bench_cmd
+
+    monkeypatch.setattr(bench_cmd, "run_bench", lambda *a, **k: pytest.fail("the bench started"))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert main(["bench", "--suite", "resnet18", "--plot", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: convroute bench --plot needs matplotlib, which is not installed: "
+                   "pip install 'convroute[report]'"]
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    assert main(["run", "--model", "resnet18"]) == 2
+    assert "convroute run needs torch and torchvision, which are not installed: pip install 'convroute[torch]'" in \
+        capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    monkeypatch.setitem(sys.modules, "ncnn", None)
+    assert not check_extras({"report": ("tqdm",), "peers": ("ncnn",)}, "the bar", required=False)
+    assert capsys.readouterr().err.strip() == ("note: the bar needs tqdm and ncnn, which are not installed: "
+                                                "pip install 'convroute[report,peers]'")
+

@@ -17,13 +17,13 @@ from convroute.measure.compare import (
     CompareReport,
     EngineResult,
     Measurement,
-    NcnnEngine,
     compare_summary,
     compare_table,
     run_compare,
-    shape_preserving,
 )
 from convroute.params import make_params
+from convroute.peers import shape_preserving
+from convroute.peers.ncnn_engines import NcnnLayerEngine as NcnnEngine
 from convroute.suites import parse_suite
 
 TINY = {"name": "tiny", "layers": [

@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 from convroute.measure.bench import DEFAULT_POLICIES, SETTINGS, run_bench
@@ -20,6 +21,7 @@ from convroute.measure.compare import (
     run_compare,
 )
 from convroute.measure.report import plot, summary, table
+from convroute.peers import LAYER_NEEDS
 from convroute.router import POLICIES
 from convroute.suites import SUITES, load_suite
 
@@ -79,6 +81,12 @@ def run(args) -> int:
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
+    if args.plot and not check_extras({"report": ("matplotlib",)}, "convroute bench --plot"):
+        return 2
+    if not args.no_progress:
+        check_extras({"report": ("tqdm",)}, "the progress bar", required=False)
+    for name in compare:  # a missing peer is listed as unavailable in the comparison
+        check_extras(LAYER_NEEDS[name], f"--compare {name}", required=False)
     settings = replace(SETTINGS, repeats=max(args.repeats, SETTINGS.min_repeats), budget_s=args.budget)
     results, compared = [], []
     for suite in suites:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 from convroute.measure.calibration import SETTINGS, profile_path, run_calibration, save_calibration
@@ -28,6 +29,8 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     from dataclasses import replace
 
+    if not args.no_progress:
+        check_extras({"report": ("tqdm",)}, "the progress bar", required=False)
     gpu = get_gpu()
     grid = "quick" if args.quick else "full"
     print(f"calibrating {gpu.profile.name} ({gpu.profile.driver}, {gpu.profile.backend}) on the {grid} grid "

@@ -1,12 +1,16 @@
-"""Pieces the conv-shape commands share: shape arguments, the host reference, aligned tables."""
+"""Pieces the commands share: shape arguments, the host reference, aligned tables (measure.report's), and the
+check that the optional packages a command needs are installed."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 
 import numpy as np
 
 from convroute.measure.calibration import TOLERANCES
+from convroute.measure.report import format_table  # noqa: F401 (the commands' table formatter)
 from convroute.params import ConvParams, make_params
 
 TOLERANCE = TOLERANCES["float32"]
@@ -75,10 +79,30 @@ def rel_error(out, ref) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def format_table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
-    """Columns aligned; the first `left` columns left-justified, the rest right-justified."""
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in [head] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+# the modules of each extra that some command needs
+EXTRAS = {"torch": ("torch", "torchvision"), "report": ("matplotlib", "tqdm"), "peers": ("ncnn", "pnnx")}
+
+
+def installed(module: str) -> bool:
+    """Whether `module` can be imported, without importing it (torchvision would load triton: see frontend)."""
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def check_extras(needs: dict[str, tuple[str, ...]], purpose: str, required: bool = True) -> bool:
+    """Before a command starts working: True when every module in `needs` (extra -> modules) is installed;
+    else one line on stderr naming what is missing and what to install, as an error (required) or a note (the
+    command goes on without it), and False."""
+    missing = {extra: [m for m in modules if not installed(m)] for extra, modules in needs.items()}
+    missing = {extra: modules for extra, modules in missing.items() if modules}
+    if not missing:
+        return True
+    names = " and ".join(m for modules in missing.values() for m in modules)
+    verb = "is" if sum(map(len, missing.values())) == 1 else "are"
+    line = f"{purpose} needs {names}, which {verb} not installed: pip install 'convroute[{','.join(missing)}]'"
+    print(f"{'error' if required else 'note'}: {line}", file=sys.stderr)
+    return False

@@ -3,17 +3,26 @@ downloaded), run it on the GPU through convroute and on torch (CPU, float32), an
 routing table and the latency of both. `--dtype float16` stores every GPU value as f16 and checks against
 the same float32 torch run with the fp16 tolerance (relative error <= 1e-2).
 
+`--compare ENGINES` times peer engines (convroute.peers: ncnn-vk32, ncnn-vk16, ncnn-cpu, torch-cpu, torch-cuda,
+torch-cuda-graph; in the storage dtype, ncnn-vk32/vk16 in theirs) beside convroute, in interleaved rounds
+(measure.compare_model), and reports median, p10 and p90 per engine and convroute / each; `--json` writes it.
+Without --compare convroute and torch on the CPU (float32) are timed the same way.
+
 Batch norms get random running statistics and affine parameters (seeded), as a trained network's have:
 with torch's initial identity batch norms the MobileNets' activations shrink to ~1e-9, below float16's
 range, and no fp16 engine could match them."""
 
 from __future__ import annotations
 
-import statistics
+import json
 import sys
 import time
 
+from convroute.cli.common import EXTRAS, check_extras
 from convroute.measure.calibration import TOLERANCES  # the project's bounds: 1e-4 float32, 1e-2 float16
+from convroute.peers import MODEL_ENGINES, NEEDS
+
+RUNS, COMPARE_RUNS = 3, 20
 
 
 def add_arguments(parser) -> None:
@@ -24,35 +33,48 @@ def add_arguments(parser) -> None:
     parser.add_argument("--policy", default="seed", help="routing policy (default seed)")
     parser.add_argument("--device", default=None, metavar="FAMILY",
                         help="route as if for this GPU family (mali, adreno, nvidia, ...); runs on the adapter in use")
-    parser.add_argument("--runs", type=int, default=3, help="timed runs after >= 0.5 s of warm-up (default 3)")
+    parser.add_argument("--runs", type=int, default=None,
+                        help=f"timed rounds after >= 3 warm-up rounds and >= 0.5 s (default {RUNS}; {COMPARE_RUNS} "
+                             "with --compare)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     parser.add_argument("--dtype", default="float32", choices=list(TOLERANCES),
                         help="how values are stored on the GPU (default float32; float16 needs shader-f16)")
     parser.add_argument("--profile", action="store_true", help="also time each node on the GPU")
+    parser.add_argument("--compare", default="", metavar="ENGINES",
+                        help=f"comma-separated peer engines to time beside convroute, or 'all': "
+                             f"{', '.join(MODEL_ENGINES)} (ncnn needs the [peers] extra)")
+    parser.add_argument("--json", metavar="OUT.json", help="write the latencies and ratios as JSON")
 
 
 def run(args) -> int:
-    missing = "error: convroute run needs torch and torchvision: pip install 'convroute[torch]'"
-    try:
-        import torch
-    except ImportError:
-        print(missing, file=sys.stderr)
+    peers = engine_names(args.compare)
+    unknown = [name for name in peers if name not in MODEL_ENGINES]
+    if unknown:
+        print(f"error: --compare {', '.join(unknown)}: unknown engine (known: {', '.join(MODEL_ENGINES)}, all)",
+              file=sys.stderr)
         return 2
-    import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
-    from convroute.router import POLICIES
-
-    try:
-        import torchvision
-    except ImportError:
-        print(missing, file=sys.stderr)
-        return 2
-
-    if args.batch < 1 or args.size < 1 or args.runs < 1:
+    runs = args.runs if args.runs is not None else COMPARE_RUNS if peers else RUNS
+    if args.batch < 1 or args.size < 1 or runs < 1:
         print("error: --batch, --size and --runs must be positive", file=sys.stderr)
         return 2
+    if not check_extras({"torch": EXTRAS["torch"]}, "convroute run"):
+        return 2
+    groups: dict[str, list[str]] = {}  # one line per set of missing packages; the peers are listed unavailable
+    for name in peers:
+        groups.setdefault(repr(NEEDS[name]), []).append(name)
+    for names in groups.values():
+        check_extras(NEEDS[names[0]], f"--compare {', '.join(names)}", required=False)
+    import torch
+
+    import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
+    from convroute.measure.compare_model import compare_model, comparison_text
+    from convroute.router import POLICIES
+
     if args.policy not in POLICIES:
         print(f"error: unknown policy {args.policy!r}; known: {', '.join(POLICIES)}", file=sys.stderr)
         return 2
+    import torchvision  # after convroute.frontend
+
     known = torchvision.models.list_models(module=torchvision.models)
     if args.model not in known:
         print(f"error: unknown model {args.model!r}; torchvision classification models: {', '.join(known)}",
@@ -82,9 +104,9 @@ def run(args) -> int:
     print("\nsummary:")
     print(program.summary())
 
-    ours, gpu_times = _timed(lambda: program(x), args.runs)
+    ours = program(x)
     with torch.no_grad():
-        ref, cpu_times = _timed(lambda: model(x), args.runs)
+        ref = model(x)
     diff = (ours.double() - ref.double())
     max_abs = diff.abs().max().item()
     rel = (diff.norm() / ref.double().norm().clamp_min(1e-30)).item()
@@ -92,13 +114,32 @@ def run(args) -> int:
     ok = rel <= tolerance
     print(f"\ncheck against torch (CPU, float32): max abs error {max_abs:.3g}, relative error {rel:.3g} "
           f"(tolerance {tolerance:g} for {args.dtype}): {'OK' if ok else 'FAILED'}")
-    print(f"latency (median of {args.runs} runs after >= 0.5 s of warm-up):")
-    print(f"  convroute on the GPU : {_ms(gpu_times)} ({args.dtype})")
-    print(f"  torch on the CPU     : {_ms(cpu_times)} ({torch.get_num_threads()} threads)")
+
+    key = f"{args.model}-{args.size}px-b{args.batch}-seed{args.seed}"
+    comparison = compare_model(program, model, x, peers or ["torch-cpu"], name=args.model, key=key, rounds=runs,
+                               reference=ref, peer_dtype=None if peers else "float32")
+    if peers:
+        print()
+        print(comparison_text(comparison))
+    else:
+        latency = {name: e.latency for name, e in comparison.engines.items()}
+        print(f"latency (median, p10, p90 of {runs} interleaved runs after >= 0.5 s of warm-up; host to host):")
+        print(f"  convroute on the GPU : {latency['convroute'].text()} ({args.dtype})")
+        print(f"  torch on the CPU     : {latency['torch-cpu'].text()} (float32, {torch.get_num_threads()} threads)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(comparison.to_json(), f, indent=1)
+        print(f"wrote {args.json}")
     if args.profile:
         print()
-        program.profile(x, runs=args.runs)
+        program.profile(x, runs=runs)
     return 0 if ok else 1
+
+
+def engine_names(text: str) -> list[str]:
+    """'torch-cpu,ncnn-vk32' / 'all' -> engine names, in order, without repeats."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    return list(MODEL_ENGINES) if names == ["all"] else list(dict.fromkeys(names))
 
 
 def randomize_batch_norms(model, seed: int) -> None:
@@ -114,21 +155,3 @@ def randomize_batch_norms(model, seed: int) -> None:
                 if m.affine:
                     m.weight.copy_(torch.rand(c, generator=g) + 0.5)
                     m.bias.copy_(torch.rand(c, generator=g) - 0.5)
-
-
-def _timed(fn, runs: int, warmup_s: float = 0.5):
-    """Warm up for at least 3 runs and `warmup_s` seconds (a GPU left idle clocks down), then time `runs`."""
-    start, count = time.perf_counter(), 0
-    while count < 3 or time.perf_counter() - start < warmup_s:
-        out = fn()
-        count += 1
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return out, times
-
-
-def _ms(times) -> str:
-    return f"{1e3 * statistics.median(times):.2f} ms"

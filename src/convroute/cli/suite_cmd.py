@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 
 from convroute.api import Conv2d
-from convroute.cli.common import TOLERANCE, format_table, host_reference, rel_error
+from convroute.cli.common import TOLERANCE, check_extras, format_table, host_reference, rel_error
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.measure.report import shape_text
@@ -40,6 +40,8 @@ def run(args) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    if not args.no_progress:
+        check_extras({"report": ("tqdm",)}, "the progress bar", required=False)
     gpu = get_gpu()
     settings = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=args.budget)
     rows, reasons, failed, total_ms, method, ref_name = [], [], 0, 0.0, "-", "-"

@@ -10,9 +10,10 @@ after a warm-up (>= 3 runs and >= 0.3 s, cut short by half the per-layer budget)
 timestamp queries around the pass; torch on CUDA: CUDA events around the chain).
 
 Engines: convroute with the algorithm each policy routes to (its command buffer for the next run is encoded
-while the GPU runs the current one, as in a compiled model: see device.gpu.Recording); torch (CUDA fp32 with
-TF32 off and cudnn.benchmark on, else CPU); ncnn Vulkan fp32 and fp16 ("ncnn-vk32", "ncnn-vk16"), for shape-preserving
-non-transposed layers at batch 1 only (ncnn has no batch dimension, and the peer method chains only those).
+while the GPU runs the current one, as in a compiled model: see device.gpu.Recording); the peers of
+convroute.peers: torch (CUDA fp32 with TF32 off and cudnn.benchmark on, else CPU); ncnn Vulkan fp32 and fp16
+("ncnn-vk32", "ncnn-vk16"), for shape-preserving non-transposed layers at batch 1 only (ncnn has no batch
+dimension, and the peer method chains only those).
 An engine that is not installed, or has no device, is reported as unavailable; a layer it cannot time gets
 "n/a" and the reason. Each engine's output is compared to convroute's (first policy) as a sanity check.
 
@@ -25,12 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -40,25 +39,18 @@ from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.bench import _progress
 from convroute.measure.calibration import device_record
 from convroute.measure.reference import relative_error
-from convroute.measure.report import shape_text
+from convroute.measure.report import format_table, shape_text
 from convroute.measure.timing import pass_times
 from convroute.params import ConvParams
+from convroute.peers import LAYER_ENGINES, LayerEngine, NotApplicable, layer_engines, shape_preserving, short_precision
 from convroute.router import route_params
 from convroute.suites import Suite
 
-ENGINES = ("torch", "ncnn")  # names --compare accepts; "ncnn" times ncnn-vk32 and ncnn-vk16
+ENGINES = LAYER_ENGINES  # names --compare accepts
 DEFAULT_CHAIN = 10
 TIMED_RUNS = 5
 WARMUP_RUNS, WARMUP_S = 3, 0.3
 AGREEMENT = {"fp32": 1e-3, "fp16": 5e-2}  # relative difference to convroute's output beyond which a layer is flagged
-
-
-class Unavailable(Exception):
-    """The engine cannot run on this machine at all (not installed, no device)."""
-
-
-class NotApplicable(Exception):
-    """The engine cannot time this layer with the chained method."""
 
 
 @dataclass
@@ -206,14 +198,6 @@ def time_chain(once: Callable[[], object], chain: int, budget_s: float) -> tuple
     return best / chain * 1e3, runs
 
 
-def short_precision(dtype: str) -> str:
-    return "fp16" if dtype == "float16" else "fp32"
-
-
-def shape_preserving(p: ConvParams) -> bool:
-    return p.c_in == p.c_out and p.stride == (1, 1) and (p.ho, p.wo) == (p.h, p.w)
-
-
 def layer_data(p: ConvParams, seed: int):
     """Input, weight (scaled by 1/sqrt(fan-in), so a chain neither explodes nor vanishes) and bias."""
     rng = np.random.default_rng(seed)
@@ -224,19 +208,7 @@ def layer_data(p: ConvParams, seed: int):
     return x, weight, bias
 
 
-class Engine:
-    """One engine's chained runs: `prepare(p, x, weight, bias, chain)` -> (once, gpu_ms or None, release);
-    once() runs the whole chain (upload, L layers, download) and returns the output as numpy."""
-
-    name = ""
-    precision = "fp32"
-    detail = ""
-
-    def prepare(self, p, x, weight, bias, chain):
-        raise NotImplementedError
-
-
-class ConvrouteEngine(Engine):
+class ConvrouteEngine(LayerEngine):
     def __init__(self, gpu: Gpu, policy: str, dtype: str = "float32"):
         self.gpu, self.policy = gpu, policy
         self.dtype = Precision.parse(dtype)
@@ -284,179 +256,12 @@ class ConvrouteEngine(Engine):
         return best if best > 0 else None
 
 
-class TorchEngine(Engine):
-    name = "torch"
-
-    def __init__(self, precision: str = "fp32"):
-        try:
-            import torch
-        except ImportError:
-            raise Unavailable("torch is not installed (pip install torch)") from None
-        self.torch = torch
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.precision = precision
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        if precision == "fp16":
-            self.name = "torch-fp16"
-            self.probe_fp16()
-        where = torch.cuda.get_device_name(0) if self.device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-        extra = ", TF32 off, cudnn.benchmark" if self.device == "cuda" else ""
-        self.detail = f"torch {torch.__version__} {self.device} ({where}) {precision}{extra}"
-
-    def probe_fp16(self) -> None:
-        """Unavailable when this torch build has no fp16 conv on its device (older CPU builds had none)."""
-        torch = self.torch
-        x = torch.ones(1, 2, 4, 4, dtype=torch.float16, device=self.device)
-        w = torch.ones(2, 2, 3, 3, dtype=torch.float16, device=self.device)
-        try:
-            torch.nn.functional.conv2d(x, w, padding=1)
-            torch.nn.functional.conv_transpose2d(x, w, stride=2)
-        except RuntimeError as err:
-            raise Unavailable(f"torch {torch.__version__} has no float16 conv on {self.device} ({err})") from None
-
-    @contextlib.contextmanager
-    def settings(self):
-        """fp32 without TF32, cudnn.benchmark on; the caller's settings come back afterwards."""
-        backends = self.torch.backends
-        saved = (backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32)
-        backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = True, False, False
-        try:
-            yield
-        finally:
-            backends.cudnn.benchmark, backends.cudnn.allow_tf32, backends.cuda.matmul.allow_tf32 = saved
-
-    def prepare(self, p, x, weight, bias, chain):
-        torch, dev = self.torch, self.device
-        functional = torch.nn.functional
-        w, b = torch.from_numpy(weight).to(dev, self.dtype), torch.from_numpy(bias).to(dev, self.dtype)
-        x_host = torch.from_numpy(x).to(self.dtype)
-        kwargs = {"stride": p.stride, "padding": p.padding, "dilation": p.dilation, "groups": p.groups}
-        if p.transposed:
-            conv = functional.conv_transpose2d
-            kwargs["output_padding"] = p.output_padding
-        else:
-            conv = functional.conv2d
-        preserving = shape_preserving(p)
-
-        @torch.no_grad()
-        def run_chain(x_dev):
-            y = x_dev
-            for _ in range(chain):
-                y = conv(y if preserving else x_dev, w, b, **kwargs)
-            return y
-
-        def once():
-            return run_chain(x_host.to(dev)).cpu().numpy()  # .cpu() waits for the stream
-
-        gpu_ms = None
-        if dev == "cuda":
-            x_dev = x_host.to(dev)
-
-            def gpu_ms():
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                best = math.inf
-                for _ in range(TIMED_RUNS):
-                    start.record()
-                    run_chain(x_dev)
-                    end.record()
-                    torch.cuda.synchronize()
-                    best = min(best, start.elapsed_time(end))
-                return best / chain
-
-        return once, gpu_ms, lambda: None
-
-
-class NcnnEngine(Engine):
-    def __init__(self, precision: str):
-        try:
-            import ncnn
-        except ImportError:
-            raise Unavailable("ncnn is not installed (pip install ncnn)") from None
-        if ncnn.get_gpu_count() < 1:
-            raise Unavailable("ncnn finds no Vulkan device here")
-        self.ncnn = ncnn
-        self.precision = precision
-        self.name = f"ncnn-vk{precision[2:]}"
-        fp16 = ", fp16 storage and arithmetic" if precision == "fp16" else ", fp16 storage/arithmetic off"
-        self.detail = f"ncnn Vulkan on {ncnn.get_gpu_info(0).device_name()}{fp16}"
-
-    @staticmethod
-    def unsupported(p: ConvParams) -> str | None:
-        if p.transposed:
-            return "transposed convs are not part of the peer method (Deconvolution layers)"
-        if p.n != 1:
-            return "ncnn has no batch dimension (batch 1 only)"
-        if not shape_preserving(p):
-            return "not shape-preserving (C_in == C_out, stride 1, same size): the peer method chains only those"
-        return None
-
-    def prepare(self, p, x, weight, bias, chain):
-        why = self.unsupported(p)
-        if why:
-            raise NotApplicable(why)
-        ncnn = self.ncnn
-        net = ncnn.Net()
-        net.opt.use_vulkan_compute = True
-        if self.precision == "fp32":
-            net.opt.use_fp16_packed = False
-            net.opt.use_fp16_storage = False
-            net.opt.use_fp16_arithmetic = False
-        with tempfile.TemporaryDirectory() as folder:
-            param, model = Path(folder, "chain.param"), Path(folder, "chain.bin")
-            param.write_text(ncnn_param(p, chain))
-            model.write_bytes(ncnn_weights(weight, bias, chain))
-            if net.load_param(str(param)) != 0 or net.load_model(str(model)) != 0:
-                raise RuntimeError("ncnn could not load the generated chain")
-        mat = ncnn.Mat(np.ascontiguousarray(x[0])).clone()  # wrapping numpy gives an unaligned channel step
-
-        def once():
-            extractor = net.create_extractor()
-            extractor.input("b0", mat)
-            ret, out = extractor.extract(f"b{chain}")
-            if ret != 0:
-                raise RuntimeError(f"ncnn extract failed ({ret})")
-            return np.array(out).reshape(p.output_shape)
-
-        return once, None, net.clear
-
-
-def ncnn_param(p: ConvParams, chain: int) -> str:
-    """An ncnn .param text: an Input and `chain` Convolution (groups 1) or ConvolutionDepthWise layers."""
-    size = p.c_out * (p.c_in // p.groups) * p.kh * p.kw
-    kind = "Convolution" if p.groups == 1 else "ConvolutionDepthWise"
-    group = "" if p.groups == 1 else f" 7={p.groups}"
-    args = (f"0={p.c_out} 1={p.kw} 11={p.kh} 2={p.dilation[1]} 12={p.dilation[0]} 3={p.stride[1]} "
-            f"13={p.stride[0]} 4={p.padding[1]} 14={p.padding[0]} 5=1 6={size}{group}")
-    lines = ["7767517", f"{chain + 1} {chain + 1}", f"Input data 0 1 b0 0={p.w} 1={p.h} 2={p.c_in}"]
-    lines += [f"{kind} c{i} 1 1 b{i} b{i + 1} {args}" for i in range(chain)]
-    return "\n".join(lines) + "\n"
-
-
-def ncnn_weights(weight: np.ndarray, bias: np.ndarray, chain: int) -> bytes:
-    """The .bin: per layer a float32 weight blob (tag 0 = raw float32) and the bias."""
-    one = np.zeros(1, np.uint32).tobytes() + weight.astype(np.float32).tobytes() + bias.astype(np.float32).tobytes()
-    return one * chain
-
-
 # -- the run ---------------------------------------------------------------------------------------------
 
-def make_engines(gpu: Gpu, policies, compare, dtype: str = "float32") -> dict[str, Engine | str]:
+def make_engines(gpu: Gpu, policies, compare, dtype: str = "float32") -> dict[str, LayerEngine | str]:
     """name -> engine, or the reason it is unavailable. In float16 the peers of that precision come first."""
-    ours = [ConvrouteEngine(gpu, p, dtype) for p in policies]
-    engines: dict[str, Engine | str] = {e.name: e for e in ours}
-    fp16 = short_precision(Precision.parse(dtype).dtype) == "fp16"
-    ncnn = [("ncnn-vk32", lambda: NcnnEngine("fp32")), ("ncnn-vk16", lambda: NcnnEngine("fp16"))]
-    builds = {"torch": [("torch-fp16", lambda: TorchEngine("fp16"))] if fp16 else [("torch", TorchEngine)],
-              "ncnn": ncnn[::-1] if fp16 else ncnn}
-    for name in compare:
-        if name not in ENGINES:
-            raise ValueError(f"unknown engine {name!r} for --compare; known: {', '.join(ENGINES)}")
-        for label, build in builds[name]:
-            try:
-                engines[label] = build()
-            except Unavailable as err:
-                engines[label] = str(err)
-    return engines
+    engines: dict[str, LayerEngine | str] = {e.name: e for e in (ConvrouteEngine(gpu, p, dtype) for p in policies)}
+    return engines | layer_engines(compare, short_precision(Precision.parse(dtype).dtype) == "fp16")
 
 
 def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), compare=ENGINES, *,
@@ -499,7 +304,7 @@ def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), comp
     return report
 
 
-def measure(engine: Engine, p: ConvParams, index: int, chain: int,
+def measure(engine: LayerEngine, p: ConvParams, index: int, chain: int,
             budget_s: float) -> tuple[Measurement, np.ndarray | None]:
     """Time one layer on one engine; an error becomes the measurement's reason, the run goes on."""
     algorithm = engine.algorithm(p) if isinstance(engine, ConvrouteEngine) else None
@@ -520,8 +325,8 @@ def measure(engine: Engine, p: ConvParams, index: int, chain: int,
         release()
 
 
-def torch_settings(engine: Engine):
-    return engine.settings() if isinstance(engine, TorchEngine) else contextlib.nullcontext()
+def torch_settings(engine: LayerEngine):
+    return engine.settings() if hasattr(engine, "settings") else contextlib.nullcontext()
 
 
 def disagreements(report: CompareReport) -> list[str]:
@@ -564,7 +369,7 @@ def compare_table(report: CompareReport) -> str:
             else:
                 cells.append("n/a" if (m.reason or "").startswith("n/a") or key == "gpu_ms" else "ERR")
         rows.append(cells)
-    return aligned(head, rows, left=3)
+    return format_table(head, rows, left=3)
 
 
 def compare_summary(report: CompareReport) -> str:
@@ -624,16 +429,7 @@ def ratio_table(reports: list[CompareReport]) -> str:
                 layers = None if r is None else (n if r["subset"] == "all" else len(r["subset"]))
                 cells.append("-" if r is None or r["ratio"] is None else f"{r['ratio']:.3f} ({layers}/{n})")
             rows.append(cells)
-    return aligned(["suite", "convroute"] + [f"/ {peer}" for peer in peers], rows, left=2)
-
-
-def aligned(head: list[str], rows: list[list[str]], left: int) -> str:
-    """Columns aligned under a ruled head; the first `left` columns left-justified, the rest right-justified."""
-    widths = [max(len(c) for c in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in [head] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(["suite", "convroute"] + [f"/ {peer}" for peer in peers], rows, left=2)
 
 
 def plot_compare(report: CompareReport, path: str) -> None:

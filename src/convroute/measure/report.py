@@ -1,11 +1,50 @@
-"""Bench reports for people: a table per layer, the totals, and a plot."""
+"""Reports for people: aligned tables, latency percentiles, and the bench's table per layer, totals and plot."""
 
 from __future__ import annotations
 
-from convroute.measure.bench import BenchReport
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
 from convroute.params import ConvParams
 
+if TYPE_CHECKING:
+    from convroute.measure.bench import BenchReport
+
 POLICY_MARKS = {"seed": "s", "calibrated": "c", "autotune": "a"}
+
+
+def format_table(head: list[str], rows: list[list[str]], left: int = 1) -> str:
+    """Columns aligned under a ruled head; the first `left` columns left-justified, the rest right-justified."""
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
+    lines = ["  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip() for row in [head] + rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Median, 10th and 90th percentiles of repeated wall-clock times (ms), and how many runs."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    @classmethod
+    def of(cls, seconds) -> Latency:
+        if len(seconds) == 0:
+            raise ValueError("no times to summarise")
+        p10, median, p90 = np.percentile(np.asarray(seconds, np.float64) * 1e3, [10, 50, 90])
+        return cls(float(median), float(p10), float(p90), len(seconds))
+
+    def text(self) -> str:
+        return f"{self.median_ms:.2f} ms (p10 {self.p10_ms:.2f}, p90 {self.p90_ms:.2f}, {self.runs} runs)"
+
+    def to_json(self) -> dict:
+        return {"median_ms": self.median_ms, "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "runs": self.runs}
 
 
 def shape_text(p: ConvParams) -> str:
@@ -35,11 +74,7 @@ def table(report: BenchReport) -> str:
                 cells.append("WRONG" if name in r.failures else "-")
         cells += [f"{100 * r.regret(p):.0f}%" for p in report.policies]
         rows.append(cells)
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *rows, strict=True)]
-    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
-             for row in [head] + rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(head, rows, left=3)
 
 
 def summary(report: BenchReport) -> str:
@@ -65,7 +100,6 @@ def plot(report: BenchReport, path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     algos = report.algorithms
     n = len(report.layers)

@@ -1,0 +1,163 @@
+"""`convroute run --compare`: a whole model timed by convroute and by peer engines (convroute.peers), in one
+process, in interleaved rounds (A B C A B C ...) after a common warm-up, so that clock and load drift hit
+every engine alike. Each time is one call from a host input to a host output: input upload, forward and
+output download, wall clock. Reported per engine: median, p10 and p90, the relative error of its output
+against torch's float32 CPU output, and convroute's median / the engine's."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from convroute.measure.calibration import device_record
+from convroute.measure.reference import relative_error
+from convroute.measure.report import Latency, format_table
+from convroute.peers import Unavailable, model_engine, peer_settings, short_precision
+
+OURS = "convroute"
+WARMUP_ROUNDS, WARMUP_S = 3, 0.5
+COVERS = "one call from a host input to a host output (input upload, forward, output download), wall clock"
+
+
+@dataclass
+class EngineRun:
+    name: str
+    detail: str
+    precision: str
+    latency: Latency | None = None
+    error: float | None = None  # relative to torch's float32 CPU output
+    reason: str | None = None  # why the engine did not run
+
+    def to_json(self) -> dict:
+        return self.latency.to_json() | {"detail": self.detail, "precision": self.precision, "error": self.error}
+
+
+@dataclass
+class ModelComparison:
+    model: str
+    input_shape: tuple
+    dtype: str
+    device: dict
+    rounds: int
+    engines: dict[str, EngineRun] = field(default_factory=dict)
+
+    @property
+    def timed(self) -> dict[str, EngineRun]:
+        return {name: e for name, e in self.engines.items() if e.latency is not None}
+
+    @property
+    def unavailable(self) -> dict[str, str]:
+        return {name: e.reason for name, e in self.engines.items() if e.latency is None}
+
+    def ratios(self) -> dict[str, float]:
+        """convroute's median / each timed peer's median (below 1: convroute faster)."""
+        timed = self.timed
+        if OURS not in timed:
+            return {}
+        ours = timed[OURS].latency.median_ms
+        return {name: ours / e.latency.median_ms for name, e in timed.items() if name != OURS}
+
+    def header(self) -> str:
+        shape = "x".join(map(str, self.input_shape))
+        device = self.device.get("name", "?")
+        return (f"{self.model}, input {shape}, {self.dtype}, convroute on {device} ({self.device.get('backend', '?')})"
+                f"; each time: {COVERS}; {self.rounds} interleaved rounds after >= {WARMUP_ROUNDS} warm-up rounds "
+                f"and >= {WARMUP_S} s")
+
+    def to_json(self) -> dict:
+        return {"engines": {name: e.to_json() for name, e in self.timed.items()}, "ratios": self.ratios(),
+                "unavailable": self.unavailable, "model": self.model, "batch": self.input_shape[0],
+                "input_shape": list(self.input_shape), "dtype": self.dtype, "device": self.device,
+                "rounds": self.rounds, "covers": COVERS}
+
+
+def interleaved(runners: dict[str, Callable[[], object]], rounds: int, *, warmup_rounds: int = WARMUP_ROUNDS,
+                warmup_s: float = WARMUP_S, clock=time.perf_counter) -> dict[str, list[float]]:
+    """Seconds per call of each runner: warm-up rounds (every runner once, in order) until there were at least
+    `warmup_rounds` and `warmup_s` seconds, then `rounds` timed rounds in the same order."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    start, done = clock(), 0
+    while done < warmup_rounds or clock() - start < warmup_s:
+        for run in runners.values():
+            run()
+        done += 1
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = clock()
+            run()
+            times[name].append(clock() - t0)
+    return times
+
+
+def compare_model(program, model, x, peers: list[str], *, name: str, key: str, rounds: int, reference,
+                  peer_dtype: str | None = None) -> ModelComparison:
+    """Time `program` (convroute, named "convroute") and each peer engine on input `x`.
+
+    `reference`: torch's float32 CPU output, for each engine's error. `peer_dtype`: the peers' precision
+    (default: the program's). `key` names pnnx's cached conversion (model, size, batch, weights). A peer that
+    cannot run here, fails to set up or fails its first run is listed with the reason."""
+    precision = short_precision(peer_dtype or program.dtype)
+    comparison = ModelComparison(name, tuple(x.shape), program.dtype, device_record(program.gpu.profile), rounds)
+    profile = program.gpu.profile
+    ours = EngineRun(OURS, f"convroute {program.policy} policy, {program.dtype} on {profile.name} "
+                           f"({profile.backend})", short_precision(program.dtype))
+    runners: dict[str, Callable[[], object]] = {OURS: lambda: program(x)}
+    engines = {OURS: ours}
+    with peer_settings():
+        built = []
+        for peer in peers:
+            try:
+                engine = model_engine(peer, model, x, precision, key)
+            except Unavailable as err:
+                engines[peer] = EngineRun(peer, "", precision, reason=str(err))
+                continue
+            except Exception as err:  # a failed set-up (conversion, capture) is reported, the others go on
+                engines[peer] = EngineRun(peer, "", precision, reason=f"set-up failed: {type(err).__name__}: {err}")
+                continue
+            built.append(engine)
+            engines[peer] = EngineRun(peer, engine.detail, engine.precision)
+            runners[peer] = engine.once
+        try:
+            for engine_name, run in list(runners.items()):
+                try:
+                    engines[engine_name].error = output_error(run(), reference)
+                except Exception as err:
+                    if engine_name == OURS:
+                        raise
+                    engines[engine_name].reason = f"first run failed: {type(err).__name__}: {err}"
+                    del runners[engine_name]
+            for engine_name, times in interleaved(runners, rounds).items():
+                engines[engine_name].latency = Latency.of(times)
+        finally:
+            for engine in built:
+                engine.close()
+    comparison.engines = engines
+    return comparison
+
+
+def output_error(out, reference) -> float:
+    """Relative error of an engine's output (any layout of the same numbers) against the reference."""
+    out = np.asarray(out.detach().float().cpu() if hasattr(out, "detach") else out, np.float64).reshape(-1)
+    ref = np.asarray(reference.detach().double().cpu(), np.float64).reshape(-1)
+    return relative_error(out, ref)
+
+
+def comparison_text(c: ModelComparison) -> str:
+    ratios = c.ratios()
+    head = ["engine", "median ms", "p10 ms", "p90 ms", "runs", "rel. error", "convroute / engine"]
+    rows = []
+    for name, e in c.timed.items():
+        lat = e.latency
+        rows.append([name, f"{lat.median_ms:.3f}", f"{lat.p10_ms:.3f}", f"{lat.p90_ms:.3f}", str(lat.runs),
+                     f"{e.error:.2g}", "-" if name == OURS else f"{ratios[name]:.3f}"])
+    lines = [c.header(), format_table(head, rows)]
+    lines += [f"  {name}: {e.detail}" if e.latency else f"  {name}: unavailable: {e.reason}"
+              for name, e in c.engines.items()]
+    lines.append("rel. error: ||y - ref|| / ||ref|| against torch's float32 CPU output; convroute / engine: ratio "
+                 "of the medians (below 1: convroute faster)")
+    return "\n".join(lines)

@@ -1,0 +1,182 @@
+"""`convroute run --compare`: whole-model latency of convroute and peer engines in interleaved rounds, with
+p10/p50/p90, ratios, the JSON schema and engines that cannot run listed with their reason. No timed assertions."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import convroute.frontend as frontend  # noqa: E402 (before torchvision, which loads triton: see frontend)
+
+pytest.importorskip("torchvision")
+from convroute import peers  # noqa: E402
+from convroute.cli.main import main  # noqa: E402
+from convroute.measure import compare_model as cm  # noqa: E402
+from convroute.measure.report import Latency  # noqa: E402
+from convroute.peers.base import ModelEngine, Unavailable  # noqa: E402
+
+
+def ncnn_here() -> str | None:
+    """None when ncnn (Vulkan) and pnnx can run here, else why not."""
+    try:
+        import ncnn
+        import pnnx  # noqa: F401
+    except ImportError as err:
+        return f"{err.name} is not installed"
+    return None if ncnn.get_gpu_count() > 0 else "ncnn finds no Vulkan device"
+
+
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.head = torch.nn.Linear(8, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.bn(self.conv(x)))
+        return self.head(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        ref = model(x)
+    return model, x, ref, frontend.compile(model, (x,))
+
+
+class Recorder(ModelEngine):
+    """A fake peer: its runs append its name to a shared log."""
+
+    def __init__(self, name, log, output):
+        self.name, self.detail, self.log, self.output = name, f"fake {name}", log, output
+
+    def once(self):
+        self.log.append(self.name)
+        return self.output
+
+
+def test_interleaved_rounds_follow_one_order_after_the_warm_up():
+    log = []
+    ticks = iter(range(10_000))
+    runners = {name: (lambda n=name: log.append(n)) for name in "ABC"}
+    times = cm.interleaved(runners, 4, warmup_rounds=2, warmup_s=5.0, clock=lambda: next(ticks))
+    assert log == list("ABC") * (len(log) // 3) and len(log) // 3 >= 2 + 4
+    assert {name: len(t) for name, t in times.items()} == {"A": 4, "B": 4, "C": 4}
+    with pytest.raises(ValueError, match="rounds"):
+        cm.interleaved(runners, 0)
+
+
+def test_latency_percentiles():
+    lat = Latency.of([0.001 * v for v in range(1, 11)])  # 1..10 ms
+    assert math.isclose(lat.median_ms, 5.5) and math.isclose(lat.p10_ms, 1.9) and math.isclose(lat.p90_ms, 9.1)
+    assert lat.runs == 10 and "p10 1.90, p90 9.10, 10 runs" in lat.text()
+    with pytest.raises(ValueError):
+        Latency.of([])
+
+
+def test_compare_model_interleaves_checks_and_lists_what_cannot_run(tiny, monkeypatch):
+    model, x, ref, program = tiny
+    log = []
+    calls = []
+    real_call = type(program).__call__
+
+    def counted(self, *args):
+        log.append("convroute")
+        return real_call(self, *args)
+
+    monkeypatch.setattr(type(program), "__call__", counted)
+
+    def gone(model, x, precision, key):
+        raise Unavailable("no such device here")
+
+    def broken(model, x, precision, key):
+        raise RuntimeError("capture failed")
+
+    def failing(model, x, precision, key):
+        engine = Recorder("fails", log, ref)
+        engine.once = lambda: (_ for _ in ()).throw(RuntimeError("device lost"))
+        return engine
+
+    def recorded(name, output):
+        def build(model_, x_, precision, key):
+            calls.append((name, precision, key))
+            return Recorder(name, log, output)
+        return build
+
+    monkeypatch.setattr(peers, "MODEL_ENGINES", {
+        "A": recorded("A", ref), "B": recorded("B", ref * 1.5), "gone": gone,
+        "broken": broken, "fails": failing})
+    c = cm.compare_model(program, model, x, ["A", "gone", "B", "broken", "fails"], name="tiny", key="k", rounds=5,
+                         reference=ref)
+    rounds = len(log) // 3  # the check run, the warm-up rounds and the timed ones, all in one order
+    assert log == ["convroute", "A", "B"] * rounds and rounds >= 1 + cm.WARMUP_ROUNDS + 5
+    assert calls == [("A", "fp32", "k"), ("B", "fp32", "k")]
+    assert list(c.timed) == ["convroute", "A", "B"] and all(e.latency.runs == 5 for e in c.timed.values())
+    assert c.engines["convroute"].error < 1e-5 and c.engines["A"].error == 0
+    assert math.isclose(c.engines["B"].error, 0.5, rel_tol=1e-6)
+    assert c.unavailable["gone"] == "no such device here"
+    assert "set-up failed: RuntimeError: capture failed" in c.unavailable["broken"]
+    assert "first run failed: RuntimeError: device lost" in c.unavailable["fails"]
+    ratios = c.ratios()
+    assert set(ratios) == {"A", "B"}
+    assert math.isclose(ratios["A"], c.engines["convroute"].latency.median_ms / c.engines["A"].latency.median_ms)
+    text = cm.comparison_text(c)
+    assert "fails: unavailable: first run failed" in text and "fake A" in text and "p90 ms" in text
+    assert "input upload, forward, output download" in text.splitlines()[0]
+
+
+def test_torch_cpu_peer_in_both_precisions(tiny):
+    model, x, ref, _ = tiny
+    for precision, bound in (("fp32", 1e-6), ("fp16", 1e-2)):
+        engine = peers.model_engine("torch-cpu", model, x, precision, "unused")
+        assert engine.precision == precision and "cpu" in engine.detail
+        assert cm.output_error(engine.once(), ref) < bound
+    with pytest.raises(ValueError, match="unknown engine"):
+        peers.model_engine("tflite", model, x, "fp32", "k")
+
+
+def test_cli_compare_json_and_unavailable_engines(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ncnn", None)  # as where the [peers] extra is not installed
+    out = tmp_path / "out.json"
+    assert main(["run", "--model", "resnet18", "--size", "32", "--runs", "3", "--compare",
+                 "torch-cpu,torch-cuda,ncnn-vk32", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "note: --compare ncnn-vk32 needs ncnn" in captured.err and "pip install 'convroute[peers]'" in captured.err
+    printed = captured.out
+    assert "median ms" in printed and "p10 ms" in printed and "p90 ms" in printed
+    assert "ncnn-vk32: unavailable: ncnn is not installed" in printed
+    data = json.loads(out.read_text())
+    assert set(data["engines"]) == {"convroute", "torch-cpu"} | ({"torch-cuda"} if torch.cuda.is_available() else set())
+    for entry in data["engines"].values():
+        assert {"median_ms", "p10_ms", "p90_ms", "runs"} <= set(entry) and entry["runs"] == 3
+        assert 0 < entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"]
+    assert set(data["ratios"]) == set(data["engines"]) - {"convroute"}
+    assert math.isclose(data["ratios"]["torch-cpu"],
+                        data["engines"]["convroute"]["median_ms"] / data["engines"]["torch-cpu"]["median_ms"])
+    assert "not installed" in data["unavailable"]["ncnn-vk32"]
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in data["unavailable"]["torch-cuda"]
+    assert data["model"] == "resnet18" and data["batch"] == 1 and data["dtype"] == "float32"
+    assert main(["run", "--compare", "tflite"]) == 2
+    assert "unknown engine" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(ncnn_here() is not None, reason=str(ncnn_here()))
+def test_ncnn_peers_run_the_converted_model(tiny):
+    model, x, ref, program = tiny
+    c = cm.compare_model(program, model, x, ["ncnn-vk32", "ncnn-cpu", "ncnn-vk16"], name="tiny", key="tiny-12px",
+                         rounds=2, reference=ref)
+    assert not c.unavailable, c.unavailable
+    assert c.engines["ncnn-vk32"].error < 1e-4 and c.engines["ncnn-cpu"].error < 1e-4
+    assert c.engines["ncnn-vk16"].error < 1e-2
+    big = cm.compare_model(program, model, torch.randn(2, 3, 12, 12), ["ncnn-cpu"], name="tiny", key="tiny-b2",
+                           rounds=1, reference=torch.cat([ref, ref]))
+    assert "batch 1 only" in big.unavailable["ncnn-cpu"]
