@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -148,6 +148,16 @@ def random_picker(rng: random.Random) -> Pick:
 
 
 # -- the check ---------------------------------------------------------------------------------------------
+
+def load_reference_backend() -> str:
+    """Import torch now if it is installed: it must load before the GPU opens (torch and Mesa's lavapipe each
+    bring an LLVM, and the other order crashes). Returns the reference the checks will use."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "numpy float64 (measure.reference)"
+    return "torch float64"
+
 
 def reference(case: Case, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """The float64 result with the activation."""
@@ -326,17 +336,28 @@ def run_selftest(gpu: Gpu, cases: int = 1000, dtype: str = "float32", budget_s: 
     """`cases` seeded random cases in `dtype` with every applicable algorithm forced, until the cases or the
     time budget run out; `progress(tally, seconds)` after every `every` cases."""
     Precision.parse(dtype).require(gpu.profile)
-    pick = random_picker(random.Random(seed))
+    pick = random_picker(random.Random(f"{dtype} {seed}"))  # other shapes in each dtype
+    drawn = (draw_case(pick, (dtype,)) for _ in range(cases))
+    tally, seconds = run_cases(gpu, drawn, budget_s, progress, every)
+    return selftest_result(gpu, tally, dtype, seconds, seed)
+
+
+def run_cases(gpu: Gpu, cases: Iterable[Case], budget_s: float = math.inf,
+              progress: Callable[[Tally, float], None] | None = None, every: int = 100) -> tuple[Tally, float]:
+    """Check each case with every applicable algorithm forced until the time budget runs out; (tally, seconds)."""
     tally = Tally()
     start = time.perf_counter()
     with single_threaded_torch():
-        for i in range(cases):
+        for case in cases:
             if time.perf_counter() - start > budget_s:
                 break
-            tally.add(check_case(draw_case(pick, (dtype,)), gpu))
-            if progress and (i + 1) % every == 0:
+            tally.add(check_case(case, gpu))
+            if progress and tally.cases % every == 0:
                 progress(tally, time.perf_counter() - start)
-    return SelftestResult(gpu.profile.key, device_record(gpu.profile), dtype, tally.cases,
-                          round(time.perf_counter() - start, 1), seed,
+    return tally, time.perf_counter() - start
+
+
+def selftest_result(gpu: Gpu, tally: Tally, dtype: str, seconds: float, seed: int = 0) -> SelftestResult:
+    return SelftestResult(gpu.profile.key, device_record(gpu.profile), dtype, tally.cases, round(seconds, 1), seed,
                           datetime.now(UTC).isoformat(timespec="seconds"), tally.algorithms,
                           list(tally.findings.values()))
