@@ -16,7 +16,6 @@ import random
 import re
 import time
 import zlib
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -293,12 +292,3 @@ def test_no_signed_remainder_in_any_kernel(monkeypatch):
     found = {where: hits for source, where in sources.items() if (hits := signed_remainders(source))}
     assert not found, ("signed % (undefined on Vulkan for negative operands; use u32 arithmetic): "
                        + "; ".join(f"{where}: {hits}" for where, hits in found.items()))
-
-
-def test_replace_keeps_cases_valid():
-    """Cases are frozen dataclasses the test may vary; the repro names every parameter."""
-    case = draw_case(lambda options: options[-1], ("float32",))
-    line = replace(case, seed=5).repro("direct")
-    for word in ("--input", "--weight", "--stride", "--padding", "--dilation", "--groups", "--activation",
-                 "--dtype float32", "--seed 5", "--algorithm direct"):
-        assert word in line
