@@ -27,12 +27,21 @@ from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import F16_FEATURE, Epilogue
 from convroute.measure import calibration as calib
 from convroute.measure.grid import full_grid, params_key, quick_grid
-from convroute.measure.selftest import Case, Tally, check_case, draw_case, random_picker, single_threaded_torch
+from convroute.measure.selftest import (
+    Case,
+    Tally,
+    check_case,
+    draw_case,
+    load_reference_backend,
+    random_picker,
+    single_threaded_torch,
+)
 from convroute.measure.timing import TimingSettings
 from convroute.params import make_params
 from convroute.router import POLICIES
 from convroute.router import autotune as autotune_mod
 
+load_reference_backend()  # torch before the GPU opens (lavapipe and torch each bring an LLVM)
 CASES = int(os.environ.get("CONVROUTE_FUZZ", "400"))
 SEED = int(os.environ.get("CONVROUTE_FUZZ_SEED") or random.SystemRandom().randrange(1 << 31))
 PROGRESS_EVERY = 100

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from convroute.api import Conv2d
+import convroute.api as api
 from convroute.device.gpu import Gpu
 from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.calibration import TOLERANCES, device_record
@@ -269,10 +269,8 @@ def check_case(case: Case, gpu: Gpu, algorithms: Sequence[str] | None = None,
 
 
 def _run(case: Case, gpu: Gpu, x, w, b, ref, algorithm: str, policy: str | None) -> Outcome:
-    import convroute.api as api
-
     p = case.params
-    layer = Conv2d(w, b, p.stride, p.padding, p.dilation, p.groups, transposed=p.transposed,
+    layer = api.Conv2d(w, b, p.stride, p.padding, p.dilation, p.groups, transposed=p.transposed,
                    output_padding=p.output_padding, activation=case.activation, algorithm=algorithm, policy=policy,
                    gpu=gpu, dtype=case.dtype)
     poison, api.POISON = api.POISON, True  # outputs start as NaN: an element no kernel writes cannot pass
