@@ -1,5 +1,6 @@
 """`convroute calibrate`: measure every algorithm on the calibration grid and save this device's profile
-(one per dtype: `--dtype float16` measures f16 kernels and keeps them in their own file)."""
+(one per dtype: `--dtype float16` measures f16 kernels and keeps them in their own file), then run the
+self-test (`convroute selftest`) in the same dtype with what is left of the time budget."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 from convroute.measure.calibration import SETTINGS, profile_path, run_calibration, save_calibration
 from convroute.measure.model import loo_report
+
+SELFTEST_SHARE = 0.15  # of --budget kept for the self-test when the grid would use it all
 
 
 def add_arguments(parser) -> None:
@@ -24,6 +27,9 @@ def add_arguments(parser) -> None:
                              "routing in that dtype uses")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true", help="measure and report, but do not save the profile")
+    parser.add_argument("--selftest-cases", type=int, default=None, metavar="N",
+                        help="random cases of the self-test after the grid (default 1000, with --quick 10; 0: none); "
+                             f"it gets what the grid leaves of --budget, at least {100 * SELFTEST_SHARE:.0f}%%")
 
 
 def run(args) -> int:
@@ -31,12 +37,18 @@ def run(args) -> int:
 
     if not args.no_progress:
         check_extras({"report": ("tqdm",)}, "the progress bar", required=False)
+    from convroute.cli.selftest_cmd import selftest_and_report
+    from convroute.measure.selftest import load_reference_backend
+
+    load_reference_backend()  # before the GPU opens (the self-test's reference)
     gpu = get_gpu()
     grid = "quick" if args.quick else "full"
+    selftest_cases = args.selftest_cases if args.selftest_cases is not None else 10 if args.quick else 1000
+    grid_budget = args.budget * (1 - SELFTEST_SHARE) if selftest_cases > 0 else args.budget
     print(f"calibrating {gpu.profile.name} ({gpu.profile.driver}, {gpu.profile.backend}) on the {grid} grid "
           f"in {args.dtype}")
     try:
-        cal = run_calibration(gpu, grid, settings=replace(SETTINGS, budget_s=args.per_shape), budget_s=args.budget,
+        cal = run_calibration(gpu, grid, settings=replace(SETTINGS, budget_s=args.per_shape), budget_s=grid_budget,
                               progress=not args.no_progress, dtype=args.dtype)
     except ValueError as err:  # float16 on an adapter without shader-f16
         print(f"error: {err}", file=sys.stderr)
@@ -59,11 +71,15 @@ def run(args) -> int:
           f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, total time "
           f"{100 * loo['total_regret']:.1f}% over the fastest; worst {100 * loo['worst_regret']:.0f}% "
           f"({loo['worst_ms'][0]:.3g} vs {loo['worst_ms'][1]:.3g} ms on {loo['worst_shape']})")
-    if args.dry_run:
-        return 0
-    path = save_calibration(cal)
-    if path is None:
-        print(f"could not save the profile to {profile_path(gpu.profile, cal.dtype)}", file=sys.stderr)
-        return 1
-    print(f"saved {path}")
+    if not args.dry_run:
+        path = save_calibration(cal)
+        if path is None:
+            print(f"could not save the profile to {profile_path(gpu.profile, cal.dtype)}", file=sys.stderr)
+            return 1
+        print(f"saved {path}")
+    if selftest_cases > 0:
+        print(f"self-test: up to {selftest_cases} random convs in {args.dtype}, every algorithm against a float64 "
+              f"reference; routing excludes what is wrong")
+        selftest_and_report(gpu, args.dtype, selftest_cases, args.budget - cal.seconds,
+                            progress=not args.no_progress, save=not args.dry_run)
     return 0

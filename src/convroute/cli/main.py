@@ -13,6 +13,7 @@ COMMANDS = {
     "conv": "run one conv shape with every applicable algorithm: check against the reference, time each",
     "suite": "route, run and check every conv layer of a network suite on the adapter in use, with times",
     "calibrate": "time every algorithm on a grid of shapes and save this device's routing profile",
+    "selftest": "fuzz every algorithm against a float64 reference on this device; routing avoids what was wrong",
     "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
     "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++, score it on suites",
     "run": "run a whole torchvision model on the GPU and on torch: error, routing table, latency of both",

@@ -1,6 +1,7 @@
 """Algorithms a device must not run: the denylist's matches, those without kernels for the dtype, those
-calibration found wrong there (in the dtype's calibration, else the float32 one), and those that could not
-size a calibration shape with weights as large.
+calibration found wrong there (in the dtype's calibration, else the float32 one), those that could not
+size a calibration shape with weights as large, and those the device's self-test found wrong on the conv's
+shape class (measure.selftest_results).
 
 Every policy routes around them; seed falls back to the next applicable algorithm in FALLBACK order.
 """
@@ -13,6 +14,7 @@ from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.kernels.common import Precision
 from convroute.measure.calibration import calibration_for
 from convroute.measure.denylist import denied
+from convroute.measure.selftest_results import selftest_exclusions
 from convroute.params import ConvParams
 
 FALLBACK = ("direct", "im2col", "pointwise", "depthwise", "transposed")  # then any other, in registry order
@@ -42,6 +44,8 @@ def blocked_algorithms(p: ConvParams, device: DeviceProfile, dtype: str = "float
             blocked.setdefault(name, f"excluded by this device's {which}: {why}")
         for name, why in size_failures(p, calibration).items():
             blocked.setdefault(name, why)
+    for name, why in selftest_exclusions(device, p, precision.dtype).items():
+        blocked.setdefault(name, why)
     return blocked
 
 
