@@ -149,7 +149,9 @@ class TorchModel(ModelEngine):
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 out = model(static)
+        torch.cuda.synchronize()
 
+        @torch.no_grad()
         def once():
             static.copy_(host, non_blocking=True)
             self.graph.replay()
