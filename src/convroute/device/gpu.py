@@ -69,10 +69,9 @@ class Gpu:
             "max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroup-storage-size",
             "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
             "max-storage-buffers-per-shader-stage")}
+        self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
         self.profile = DeviceProfile.from_adapter_info(adapter.info, adapter.limits, features)
         self.lost: str | None = None
-        with self.checked("opening the device"):
-            self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
         self._lock = threading.Lock()
         self._pipelines: dict[tuple, object] = {}
         self._staging: dict[int, list] = {}  # nbytes -> free MAP_READ buffers
@@ -102,8 +101,6 @@ class Gpu:
             return False
         except WGPU_ERRORS as err:
             return is_loss(str(err))
-        except AttributeError:  # no device object yet
-            return False
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, source: str, constants: dict | None = None):
