@@ -23,6 +23,7 @@ class DeviceLost(GpuError):
     """The device is gone (destroyed, driver reset, removed): nothing bound to it can run again."""
 
 
+AFTER_LOSS = "Conv2d layers re-prepare on it by themselves, compiled programs must be compiled again"
 WGPU_ERRORS = (wgpu.GPUError, RuntimeError)  # wgpu-py raises RuntimeError for failed maps and stopped pollers
 
 
@@ -41,7 +42,7 @@ def translate(err: BaseException, op: str, device: str, lost: bool) -> GpuError:
     """The convroute exception for wgpu's `err` raised during `op` on `device`."""
     text = f"{op} failed on {device}: {summary(err)}"
     if lost:
-        return DeviceLost(f"{text}. The GPU device was lost: the next call opens it again")
+        return DeviceLost(f"{text}. The GPU device was lost: the next call opens a new one ({AFTER_LOSS})")
     if isinstance(err, wgpu.GPUOutOfMemoryError):
         return GpuOutOfMemory(text)
     return GpuError(text)

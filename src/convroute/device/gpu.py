@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import wgpu
 
-from convroute.device.errors import WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
+from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
 from convroute.device.profile import DeviceProfile
 
 BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 1, "OpenGL": 3}
@@ -82,8 +82,8 @@ class Gpu:
         """Run wgpu calls for `op` ("uploading weight (4096 bytes)"), turning wgpu's errors into GpuError,
         GpuOutOfMemory or DeviceLost. Refuses at once on a device already found lost."""
         if self.lost is not None:
-            raise DeviceLost(f"{op}: the GPU device {self.profile.name} was lost ({self.lost}); objects "
-                             "prepared on it cannot run, build them again (the next get_gpu() opens a new device)")
+            raise DeviceLost(f"{op}: the GPU device {self.profile.name} was lost ({self.lost}); get_gpu() opens a "
+                             f"new one ({AFTER_LOSS})")
         try:
             yield
         except GpuError:
