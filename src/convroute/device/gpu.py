@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,22 +76,16 @@ class Gpu:
         self._staging: dict[int, list] = {}  # nbytes -> free MAP_READ buffers
 
     # -- errors ----------------------------------------------------------------------------------
-    @contextmanager
-    def checked(self, op: str):
-        """Run wgpu calls for `op` ("uploading weight (4096 bytes)"), turning wgpu's errors into GpuError,
-        GpuOutOfMemory or DeviceLost. Refuses at once on a device already found lost."""
-        if self.lost is not None:
-            raise DeviceLost(f"{op}: the GPU device {self.profile.name} was lost ({self.lost}); get_gpu() opens a "
-                             f"new one ({AFTER_LOSS})")
-        try:
-            yield
-        except GpuError:
-            raise
-        except WGPU_ERRORS as err:
-            lost = is_loss(str(err)) or self._found_lost()
-            if lost:
-                self.lost = self.lost or str(err).strip().splitlines()[-1].strip()
-            raise translate(err, op, self.profile.name, lost) from err
+    def checked(self, op: str) -> Checked:
+        """A context for the wgpu calls of `op` ("uploading weight (4096 bytes)") that turns wgpu's errors into
+        GpuError, GpuOutOfMemory or DeviceLost, and refuses at once on a device already found lost."""
+        return Checked(self, op)
+
+    def translate(self, err: BaseException, op: str) -> GpuError:
+        lost = is_loss(str(err)) or self._found_lost()
+        if lost:
+            self.lost = self.lost or str(err).strip().splitlines()[-1].strip()
+        return translate(err, op, self.profile.name, lost)
 
     def _found_lost(self) -> bool:
         """After an error: does the device still accept work? (A lost device refuses every call.)"""
@@ -250,6 +243,25 @@ class Gpu:
         """Block until submitted work is done (on_submitted_work_done_sync is broken in wgpu-py 0.32)."""
         with self.checked("waiting for the GPU"):
             self.device.queue.read_buffer(buffer, 0, 4)
+
+
+class Checked:
+    """See Gpu.checked (a plain class: it wraps every wgpu call of a conv, so it must cost little)."""
+
+    __slots__ = ("gpu", "op")
+
+    def __init__(self, gpu: Gpu, op: str):
+        self.gpu, self.op = gpu, op
+
+    def __enter__(self):
+        if self.gpu.lost is not None:
+            raise DeviceLost(f"{self.op}: the GPU device {self.gpu.profile.name} was lost ({self.gpu.lost}); "
+                             f"get_gpu() opens a new one ({AFTER_LOSS})")
+
+    def __exit__(self, kind, err, traceback):
+        if err is not None and isinstance(err, WGPU_ERRORS) and not isinstance(err, GpuError):
+            raise self.gpu.translate(err, self.op) from err
+        return False
 
 
 class Recording:
