@@ -216,7 +216,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
            output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
            force_direct=None, dtype="float32", accumulate=None) -> np.ndarray:
     """One conv2d (or conv_transpose2d with transposed=True) on the GPU; returns NCHW numpy of `dtype`:
-    float32 by default, float16 for dtype="float16" (see Conv2d for dtype and accumulate)."""
+    float32 by default, float16 for dtype="float16" (see Conv2d for dtype, accumulate, threads and GPU errors)."""
     precision = Precision.parse(dtype, accumulate)
     x = as_array(input, "input")
     w = as_array(weight, "weight")
