@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_matches, random_inputs, reference
-from convroute import Conv2d, conv2d, make_params
+from convroute import Conv2d, conv2d, make_params, route
 from convroute.device.gpu import get_gpu
 
 
@@ -138,3 +138,49 @@ def test_direct_refuses_loops_past_the_lavapipe_limit():
     w = np.random.default_rng(1).standard_normal((2, 8192, 3, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="lavapipe silently stops loops"):
         conv2d(x, w, padding=1, algorithm="direct")
+
+
+def test_an_adapter_choice_that_matches_nothing_is_an_error(monkeypatch):
+    import re
+
+    import convroute.device.gpu as gpu_module
+
+    monkeypatch.setenv("CONVROUTE_ADAPTER", "no-such-gpu")
+    found = gpu_module.list_adapters()[0].info["device"]
+    with pytest.raises(RuntimeError, match="CONVROUTE_ADAPTER='no-such-gpu' matches no adapter; found: .*"):
+        gpu_module.choose_adapter(gpu_module.list_adapters())
+    monkeypatch.setattr(gpu_module, "_GPU", None)  # as in a fresh process (the open device comes back after)
+    with pytest.raises(RuntimeError, match=f"no-such-gpu.*{re.escape(found)}"):
+        conv2d(X, W)
+
+
+def test_the_decision_follows_the_batch(monkeypatch):
+    """One layer called with batch 1, 2, then 1: each call routes (and says why) for its own batch."""
+    p1 = make_params((1, 4, 8, 8), (8, 4, 3, 3), padding=1)
+    x, w, b = random_inputs(p1, np.random.default_rng(5))
+    layer = Conv2d(w, b, padding=1)
+    for n in (1, 2, 1):
+        xn = np.concatenate([x] * n)
+        assert_matches(layer(xn), reference(p1.with_batch(n), xn, w, b), f"batch {n}")
+        assert layer.decision == route(xn.shape, w.shape, padding=1, dtype="float32")
+        assert ("batch > 1" in layer.decision.reason) == (n > 1)
+
+
+def test_autotuned_algorithm_follows_the_batch():
+    """Autotune's measurements are per batch: a batch-2 call must not reuse the batch-1 winner."""
+    from convroute.router.autotune import AutotuneCache
+    from convroute.router.exclusions import applicable
+
+    p1 = make_params((1, 4, 8, 8), (8, 4, 3, 3), padding=1)
+    profile = get_gpu().profile
+    names = applicable(p1)
+    for n, winner in ((1, "direct"), (2, "im2col")):
+        times = {name: 1.0 if name == winner else 2.0 for name in names}
+        AutotuneCache(profile.key).put(p1.with_batch(n), {"algorithm": winner, "times_ms": times,
+                                                         "method": "test", "when": "now"})
+    x, w, b = random_inputs(p1, np.random.default_rng(6))
+    layer = Conv2d(w, b, padding=1, policy="autotune")
+    for n, winner in ((1, "direct"), (2, "im2col"), (1, "direct")):
+        xn = np.concatenate([x] * n)
+        assert_matches(layer(xn), reference(p1.with_batch(n), xn, w, b), f"batch {n}")
+        assert layer.decision.algorithm == winner and "cached" in layer.decision.reason

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
+from convroute.device.errors import DeviceLost, GpuError
 from convroute.device.gpu import Gpu, get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
@@ -40,11 +42,19 @@ def check_algorithm(algorithm: str, p: ConvParams, precision: Precision | None =
 class Conv2d:
     """A conv layer whose weights are prepacked once per input size; calling it only dispatches.
 
-    `decision` tells which algorithm runs and why (None until an input shape is known).
+    `decision` tells which algorithm runs and why for the latest call's input shape (None until an input
+    shape is known); the routing is per full input shape, batch included.
     `dtype`: "float32" (default) or "float16": the element type of the tensors on the GPU (input, output,
     prepacked weights); inputs of any float dtype are converted on upload and the result is a numpy array
     of this dtype. float16 needs the adapter feature shader-f16. `accumulate`: the type of the running
     sums, "float32" (default) or "float16" (with dtype="float16" only; faster on some GPUs, less accurate).
+
+    Thread-safe: calls from many threads give each its own result; calls on one layer take turns on the GPU
+    (they share its prepacked weights and I/O buffers). GPU failures raise convroute.device.errors.GpuError
+    (GpuOutOfMemory, DeviceLost) naming the conv. When the device is lost, a layer that opened the device
+    itself (no `gpu=` given) re-prepares on a newly opened device and retries the call once, so the caller
+    sees DeviceLost only if that fails too; a layer given `gpu=` raises DeviceLost: build it again with a
+    working Gpu (`convroute.device.gpu.get_gpu()` opens a new one once the old one is found lost).
     """
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
@@ -66,18 +76,26 @@ class Conv2d:
                               transposed=transposed, output_padding=output_padding)
         self.epilogue = Epilogue.parse(activation)
         self.algorithm, self.policy, self.device, self.force_direct = algorithm, policy, device, force_direct
-        self.gpu = gpu
+        self.gpu, self._gpu_given = gpu, gpu is not None
         self.decision: Decision | None = None
-        self._kernels: dict[tuple, tuple] = {}
-        self._io: dict[tuple, tuple] = {}
-        self._band: Conv2d | None = None
+        self._lock = threading.Lock()  # one call at a time uses the caches and the I/O buffers below
+        self._reset()
         if input_shape is not None:
             self._kernel_for(make_params(input_shape, self.weight.shape, **self.conv_args))
 
+    def _reset(self) -> None:
+        """Forget everything prepared on the device (after it was lost)."""
+        if not self._gpu_given:
+            self.gpu = None
+        self._decisions: dict[tuple, Decision] = {}  # (n, h, w) -> decision
+        self._kernels: dict[tuple, object] = {}  # (algorithm, h, w) -> prepared kernel (any batch)
+        self._io: dict[tuple, tuple] = {}  # (algorithm, n, h, w) -> input, output, bound dispatches
+        self._band: Conv2d | None = None
+
     def _kernel_for(self, p: ConvParams):
-        key = (p.h, p.w)
-        if key not in self._kernels:
-            gpu = self.gpu = self.gpu or get_gpu()
+        gpu = self.gpu = self.gpu or get_gpu()
+        decision = self._decisions.get((p.n, p.h, p.w))
+        if decision is None:
             self.precision.require(gpu.profile)
             if self.algorithm == "auto":
                 profile = gpu.profile if self.device is None else _profile(self.device)
@@ -86,15 +104,32 @@ class Conv2d:
                 check_algorithm(self.algorithm, p, self.precision)
                 decision = Decision(self.algorithm, "forced by the caller", "forced", gpu.profile.family,
                                     self.precision.dtype)
-            kernel = ALGORITHMS[decision.algorithm](gpu, p, self.weight, self.bias, self.epilogue,
-                                                    self.precision.dtype, self.precision.accumulate)
-            self._kernels[key] = (kernel, decision)
-        kernel, self.decision = self._kernels[key]
-        return kernel
+            self._decisions[(p.n, p.h, p.w)] = decision
+        key = (decision.algorithm, p.h, p.w)  # kernels take the batch at bind time: one prepack serves all
+        if key not in self._kernels:
+            self._kernels[key] = ALGORITHMS[decision.algorithm](gpu, p, self.weight, self.bias, self.epilogue,
+                                                                self.precision.dtype, self.precision.accumulate)
+        self.decision = decision
+        return self._kernels[key]
 
     def __call__(self, x) -> np.ndarray:
         x = as_array(x, "input")
         p = make_params(x.shape, self.weight.shape, **self.conv_args)
+        with self._lock:
+            try:
+                try:
+                    return self._run(x, p)
+                except DeviceLost:
+                    if self._gpu_given:
+                        raise
+                    self._reset()
+                    return self._run(x, p)
+            except GpuError as err:
+                decision = self._decisions.get((p.n, p.h, p.w))
+                what = f"conv {p.describe()}" + (f" ({decision.algorithm})" if decision else "")
+                raise type(err)(f"{what}: {err}") from err
+
+    def _run(self, x: np.ndarray, p: ConvParams) -> np.ndarray:
         self.gpu = self.gpu or get_gpu()
         if not p.transposed and image_bytes(p, self.precision.itemsize) > self.gpu.profile.max_binding_bytes:
             return self._in_bands(x, p)
@@ -104,7 +139,7 @@ class Conv2d:
         chunk = batch_chunk(p, gpu.profile.max_binding_bytes, self.precision.itemsize)
         for n0 in range(0, p.n, chunk):
             n = min(chunk, p.n - n0)
-            x_buf, y_buf, dispatches = self._buffers(kernel, p.with_batch(n))
+            x_buf, y_buf, dispatches = self._buffers(kernel, p.with_batch(n), self.decision.algorithm)
             gpu.write(x_buf, x[n0:n0 + n], dtype)
             if POISON:
                 gpu.fill(y_buf, np.nan, dtype)
@@ -131,8 +166,8 @@ class Conv2d:
         self.decision = self._band.decision
         return out
 
-    def _buffers(self, kernel, p: ConvParams):
-        key = (p.n, p.h, p.w)
+    def _buffers(self, kernel, p: ConvParams, algorithm: str):
+        key = (algorithm, p.n, p.h, p.w)
         if key not in self._io:
             size = self.precision.itemsize
             x_buf = self.gpu.empty(size * int(np.prod(p.input_shape)), "input")
@@ -181,7 +216,7 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
            output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
            force_direct=None, dtype="float32", accumulate=None) -> np.ndarray:
     """One conv2d (or conv_transpose2d with transposed=True) on the GPU; returns NCHW numpy of `dtype`:
-    float32 by default, float16 for dtype="float16" (see Conv2d for dtype and accumulate)."""
+    float32 by default, float16 for dtype="float16" (see Conv2d for dtype, accumulate, threads and GPU errors)."""
     precision = Precision.parse(dtype, accumulate)
     x = as_array(input, "input")
     w = as_array(weight, "weight")

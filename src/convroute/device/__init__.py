@@ -1,5 +1,6 @@
-"""The device layer: adapters, the device profile routing reads, and the wgpu device wrapper."""
+"""The device layer: adapters, the device profile routing reads, the wgpu device wrapper and its errors."""
 
+from convroute.device.errors import DeviceLost, GpuError, GpuOutOfMemory
 from convroute.device.profile import DeviceProfile, resolve_profile
 
-__all__ = ["DeviceProfile", "resolve_profile"]
+__all__ = ["DeviceLost", "DeviceProfile", "GpuError", "GpuOutOfMemory", "resolve_profile"]

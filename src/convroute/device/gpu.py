@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 import wgpu
 
+from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
 from convroute.device.profile import DeviceProfile
 
 BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 1, "OpenGL": 3}
@@ -50,7 +52,14 @@ class Dispatch:
 
 
 class Gpu:
-    """A wgpu device with the limits convroute needs, a pipeline cache and small helpers."""
+    """A wgpu device with the limits convroute needs, a pipeline cache and small helpers.
+
+    Thread-safe: the pipeline cache and the pool of read-back buffers are shared under a lock; everything
+    else a call touches is its own (or its caller's, who serializes use of its buffers). wgpu's errors
+    come out as `GpuError`, `GpuOutOfMemory` or `DeviceLost` (convroute.device.errors) naming the operation
+    and its sizes. `lost` is None while the device works, else why it was found lost; `get_gpu()` then
+    opens a new one.
+    """
 
     def __init__(self, adapter):
         self.adapter = adapter
@@ -61,26 +70,53 @@ class Gpu:
             "max-storage-buffers-per-shader-stage")}
         self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
         self.profile = DeviceProfile.from_adapter_info(adapter.info, adapter.limits, features)
+        self.lost: str | None = None
+        self._lock = threading.Lock()
         self._pipelines: dict[tuple, object] = {}
-        self._staging: dict[int, object] = {}
+        self._staging: dict[int, list] = {}  # nbytes -> free MAP_READ buffers
+
+    # -- errors ----------------------------------------------------------------------------------
+    def checked(self, op: str) -> Checked:
+        """A context for the wgpu calls of `op` ("uploading weight (4096 bytes)") that turns wgpu's errors into
+        GpuError, GpuOutOfMemory or DeviceLost, and refuses at once on a device already found lost."""
+        return Checked(self, op)
+
+    def translate(self, err: BaseException, op: str) -> GpuError:
+        lost = is_loss(str(err)) or self._found_lost()
+        if lost:
+            self.lost = self.lost or str(err).strip().splitlines()[-1].strip()
+        return translate(err, op, self.profile.name, lost)
+
+    def _found_lost(self) -> bool:
+        """After an error: does the device still accept work? (A lost device refuses every call.)"""
+        try:
+            self.device.create_command_encoder().finish()
+            return False
+        except WGPU_ERRORS as err:
+            return is_loss(str(err))
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, source: str, constants: dict | None = None):
         key = (source, tuple(sorted((constants or {}).items())))
-        pipe = self._pipelines.get(key)
-        if pipe is None:
-            module = self.device.create_shader_module(code=source)
-            stage = {"module": module, "entry_point": "main"}
-            if constants:
-                stage["constants"] = constants
-            pipe = self.device.create_compute_pipeline(layout="auto", compute=stage)
-            self._pipelines[key] = pipe
+        with self._lock:
+            pipe = self._pipelines.get(key)
+        if pipe is None:  # compiled outside the lock: two threads may both compile it, the first one is kept
+            with self.checked(f"compiling a compute pipeline ({len(source)} characters of WGSL"
+                              f"{f', constants {constants}' if constants else ''})"):
+                module = self.device.create_shader_module(code=source)
+                stage = {"module": module, "entry_point": "main"}
+                if constants:
+                    stage["constants"] = constants
+                pipe = self.device.create_compute_pipeline(layout="auto", compute=stage)
+            with self._lock:
+                pipe = self._pipelines.setdefault(key, pipe)
         return pipe
 
     def bind(self, pipeline, buffers: list) -> object:
         entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
                    for i, b in enumerate(buffers)]
-        return self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+        with self.checked(f"binding {len(buffers)} buffers ({', '.join(str(b.size) for b in buffers)} bytes)"):
+            return self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
 
     def dispatch(self, source: str, buffers: list, threads: int, workgroup: int,
                  constants: dict | None = None) -> Dispatch:
@@ -107,64 +143,125 @@ class Gpu:
             raise ValueError(f"{what} needs {nbytes} bytes, more than this device's largest storage binding "
                              f"({limit} bytes on {self.profile.name})")
 
+    def check_buffer(self, nbytes: int, what: str) -> None:
+        limit = int(self.profile.limits["max-buffer-size"])
+        if nbytes > limit:
+            raise ValueError(f"{what} needs a {nbytes}-byte buffer, more than this device's largest buffer "
+                             f"({limit} bytes on {self.profile.name})")
+
     def upload(self, array: np.ndarray, what: str = "tensor", dtype=np.float32):
         """A storage buffer holding `array` as `dtype` (float32, or float16 for fp16 kernels)."""
         data = padded_bytes(np.ascontiguousarray(array, dtype=dtype))
         self.check_binding(data.nbytes, what)
-        return self.device.create_buffer_with_data(data=data, usage=STORAGE)
+        self.check_buffer(data.nbytes, what)
+        with self.checked(f"uploading {what} ({data.nbytes} bytes)"):
+            return self.device.create_buffer_with_data(data=data, usage=STORAGE)
 
     def write(self, buffer, array: np.ndarray, dtype=np.float32) -> None:
         """Copy `array` as `dtype` to the start of `buffer` (odd float16 counts padded to whole words)."""
-        self.device.queue.write_buffer(buffer, 0, padded_bytes(np.ascontiguousarray(array, dtype=dtype)))
+        data = padded_bytes(np.ascontiguousarray(array, dtype=dtype))
+        with self.checked(f"writing {data.nbytes} bytes to a {buffer.size}-byte buffer"):
+            self.device.queue.write_buffer(buffer, 0, data)
 
     def uniform(self, values) -> object:
         data = np.asarray(values, dtype=np.uint32)
-        return self.device.create_buffer_with_data(data=data, usage=wgpu.BufferUsage.UNIFORM)
+        with self.checked(f"creating a uniform block ({data.nbytes} bytes)"):
+            return self.device.create_buffer_with_data(data=data, usage=wgpu.BufferUsage.UNIFORM)
 
     def empty(self, nbytes: int, what: str = "tensor"):
         self.check_binding(nbytes, what)
-        return self.device.create_buffer(size=max(word_align(nbytes), 4), usage=STORAGE)
+        return self.buffer(nbytes, STORAGE, what)
+
+    def buffer(self, nbytes: int, usage, what: str):
+        """A new buffer of `nbytes` (rounded up to whole words) for `what`."""
+        size = max(word_align(nbytes), 4)
+        self.check_buffer(size, what)
+        with self.checked(f"allocating {what} ({size} bytes)"):
+            return self.device.create_buffer(size=size, usage=usage)
 
     def fill(self, buffer, value: float, dtype=np.float32) -> None:
         """Poison a buffer so that elements no kernel writes are visible in tests (`dtype`: its element type)."""
         itemsize = np.dtype(dtype).itemsize
-        self.device.queue.write_buffer(buffer, 0, np.full(buffer.size // itemsize, value, dtype))
+        self.write(buffer, np.full(buffer.size // itemsize, value, dtype), dtype)
 
     def read(self, buffer, shape, dtype=np.float32) -> np.ndarray:
         return self.run_and_read([], buffer, shape, dtype)
 
     def run_and_read(self, dispatches: list[Dispatch], buffer, shape, dtype=np.float32) -> np.ndarray:
-        """Run `dispatches`, then copy `buffer` to a kept staging buffer in the same submission and map it:
+        """Run `dispatches`, then copy `buffer` to a pooled staging buffer in the same submission and map it:
         one command buffer and no buffer creation per call (queue.read_buffer makes a new one each time)."""
         return Recording(self, dispatches, (buffer, shape, dtype), ahead=False).run()
 
-    def staging(self, nbytes: int):
-        """A kept MAP_READ buffer of `nbytes` (shared by every read of that size; reads are synchronous)."""
-        staging = self._staging.get(nbytes)
-        if staging is None:
-            staging = self._staging[nbytes] = self.device.create_buffer(
-                size=max(nbytes, 4), usage=wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST)
-        return staging
+    def take_staging(self, nbytes: int):
+        """A MAP_READ buffer of `nbytes` for one read-back at a time: from the pool, or new when every one
+        of that size is in use (by other threads); `give_staging` returns it."""
+        with self._lock:
+            free = self._staging.get(nbytes)
+            if free:
+                return free.pop()
+        return self.buffer(nbytes, wgpu.BufferUsage.MAP_READ | wgpu.BufferUsage.COPY_DST, "a read-back buffer")
+
+    def give_staging(self, nbytes: int, staging) -> None:
+        with self._lock:
+            self._staging.setdefault(nbytes, []).append(staging)
+
+    def read_staging(self, staging, nbytes: int, dtype, count: int, shape) -> np.ndarray:
+        """Map `staging` once the work that fills it is done, copy out `count` `dtype` elements, unmap."""
+        with self.checked(f"reading back {nbytes} bytes"):
+            staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
+            try:
+                return np.frombuffer(staging.read_mapped(0, nbytes, copy=False), dtype, count).reshape(shape).copy()
+            finally:
+                staging.unmap()
 
     # -- running ---------------------------------------------------------------------------------
     def encode(self, dispatches: list[Dispatch], encoder=None, timestamp_writes=None):
-        encoder = encoder or self.device.create_command_encoder()
-        kwargs = {"timestamp_writes": timestamp_writes} if timestamp_writes else {}
-        cpass = encoder.begin_compute_pass(**kwargs)
-        for d in dispatches:
-            cpass.set_pipeline(d.pipeline)
-            cpass.set_bind_group(0, d.bind_group)
-            cpass.dispatch_workgroups(*d.grid)
-        cpass.end()
-        return encoder
+        with self.checked(f"encoding {len(dispatches)} dispatches"):
+            encoder = encoder or self.device.create_command_encoder()
+            kwargs = {"timestamp_writes": timestamp_writes} if timestamp_writes else {}
+            cpass = encoder.begin_compute_pass(**kwargs)
+            for d in dispatches:
+                cpass.set_pipeline(d.pipeline)
+                cpass.set_bind_group(0, d.bind_group)
+                cpass.dispatch_workgroups(*d.grid)
+            cpass.end()
+            return encoder
+
+    def submit(self, command, what: str) -> None:
+        """Submit one finished command buffer (refused, not aborted, on a device found lost)."""
+        with self.checked(f"submitting {what}"):
+            self.device.queue.submit([command])
 
     def run(self, dispatches: list[Dispatch]) -> None:
         """Record all dispatches in one compute pass and submit once."""
-        self.device.queue.submit([self.encode(dispatches).finish()])
+        encoder = self.encode(dispatches)
+        with self.checked(f"encoding {len(dispatches)} dispatches"):
+            command = encoder.finish()
+        self.submit(command, f"{len(dispatches)} dispatches")
 
     def wait(self, buffer) -> None:
         """Block until submitted work is done (on_submitted_work_done_sync is broken in wgpu-py 0.32)."""
-        self.device.queue.read_buffer(buffer, 0, 4)
+        with self.checked("waiting for the GPU"):
+            self.device.queue.read_buffer(buffer, 0, 4)
+
+
+class Checked:
+    """See Gpu.checked (a plain class: it wraps every wgpu call of a conv, so it must cost little)."""
+
+    __slots__ = ("gpu", "op")
+
+    def __init__(self, gpu: Gpu, op: str):
+        self.gpu, self.op = gpu, op
+
+    def __enter__(self):
+        if self.gpu.lost is not None:
+            raise DeviceLost(f"{self.op}: the GPU device {self.gpu.profile.name} was lost ({self.gpu.lost}); "
+                             f"get_gpu() opens a new one ({AFTER_LOSS})")
+
+    def __exit__(self, kind, err, traceback):
+        if err is not None and isinstance(err, WGPU_ERRORS) and not isinstance(err, GpuError):
+            raise self.gpu.translate(err, self.op) from err
+        return False
 
 
 class Recording:
@@ -172,41 +269,53 @@ class Recording:
 
     WebGPU command buffers are single-use, and encoding costs the host ~7 us per dispatch. With `ahead`,
     the command buffer for the next run is encoded right after this run's submit, while the GPU works, so
-    repeated calls (a compiled model) do not wait for the host to encode. `read`: (buffer, shape, dtype).
+    repeated calls (a compiled model) do not wait for the host to encode; such a recording keeps its own
+    staging buffer, others take one from the device's pool per run. `read`: (buffer, shape, dtype).
+    One recording is run by one thread at a time (its owner serializes calls); different recordings of
+    one Gpu may run concurrently.
     """
 
     def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True):
         self.gpu, self.dispatches, self.ahead = gpu, dispatches, ahead
         self.read = None
+        self._staging = None
         if read is not None:
             buffer, shape, dtype = read
             dtype = np.dtype(dtype)
             count = int(np.prod(shape))
             nbytes = word_align(dtype.itemsize * count)  # copies move whole 4-byte words
-            self.read = (buffer, tuple(shape), dtype, count, nbytes, gpu.staging(nbytes))
+            self.read = (buffer, tuple(shape), dtype, count, nbytes)
+            if ahead:
+                self._staging = gpu.take_staging(nbytes)
         self._ready = None
 
-    def _encode(self):
-        encoder = self.gpu.encode(self.dispatches) if self.dispatches else self.gpu.device.create_command_encoder()
-        if self.read:
-            buffer, *_, nbytes, staging = self.read
-            encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, nbytes)
-        return encoder.finish()
+    def _encode(self, staging):
+        gpu = self.gpu
+        encoder = gpu.encode(self.dispatches) if self.dispatches else None
+        with gpu.checked(f"encoding {len(self.dispatches)} dispatches and a read-back"):
+            encoder = encoder or gpu.device.create_command_encoder()
+            if self.read:
+                buffer, *_, nbytes = self.read
+                encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, nbytes)
+            return encoder.finish()
 
     def run(self) -> np.ndarray | None:
         """Submit once; the read-back array when the recording has one."""
-        command, self._ready = self._ready or self._encode(), None
-        self.gpu.device.queue.submit([command])
+        gpu = self.gpu
+        staging = self._staging
+        if self.read and staging is None:
+            staging = gpu.take_staging(self.read[-1])
+        command, self._ready = self._ready or self._encode(staging), None
+        gpu.submit(command, f"{len(self.dispatches)} dispatches" + (" and a read-back" if self.read else ""))
         if self.ahead:
-            self._ready = self._encode()
+            self._ready = self._encode(staging)
         if not self.read:
             return None
-        _, shape, dtype, count, nbytes, staging = self.read
-        staging.map_sync(wgpu.MapMode.READ, 0, nbytes)
-        try:
-            return np.frombuffer(staging.read_mapped(0, nbytes, copy=False), dtype, count).reshape(shape).copy()
-        finally:
-            staging.unmap()
+        _, shape, dtype, count, nbytes = self.read
+        result = gpu.read_staging(staging, nbytes, dtype, count, shape)
+        if staging is not self._staging:  # back to the pool only after a clean read (a failed map may linger)
+            gpu.give_staging(nbytes, staging)
+        return result
 
 
 def word_align(nbytes: int) -> int:
@@ -222,11 +331,16 @@ def padded_bytes(data: np.ndarray) -> np.ndarray:
 
 
 _GPU: Gpu | None = None
+_OPENING = threading.Lock()
 
 
 def get_gpu() -> Gpu:
-    """The process-wide device, opened on first use."""
+    """The process-wide device, opened on first use and opened again after a call found it lost."""
     global _GPU
-    if _GPU is None:
-        _GPU = Gpu(choose_adapter(list_adapters()))
-    return _GPU
+    gpu = _GPU
+    if gpu is not None and gpu.lost is None:
+        return gpu
+    with _OPENING:
+        if _GPU is None or _GPU.lost is not None:
+            _GPU = Gpu(choose_adapter(list_adapters()))
+        return _GPU

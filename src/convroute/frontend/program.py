@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ class Program:
         self.precision.require(self.gpu.profile)
         self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
         self._plans: dict[tuple, Plan | int] = {}
+        self._lock = threading.Lock()  # calls take turns: they share the plans' buffers and recordings
         self.batch_split: tuple[int, int] | None = None  # (batch, chunk) when the last call ran in chunks
         self._plan_for(_as_inputs(example_inputs))  # sets self.plan
 
@@ -67,8 +69,9 @@ class Program:
         expected = len(self.plan.graph.inputs)
         if len(inputs) != expected:
             raise TypeError(f"the program takes {expected} input tensor(s), as its example did; got {len(inputs)}")
-        self.batch_split = None
-        return self._forward(inputs)
+        with self._lock:
+            self.batch_split = None
+            return self._forward(inputs)
 
     def _forward(self, inputs):
         found = self._plan_for(inputs)

@@ -9,6 +9,7 @@ as `calibrated` and says so.
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
 from convroute.device.gpu import get_gpu
@@ -23,6 +24,7 @@ from convroute.router.calibrated import calibrated_route, ms, seed_fallback
 from convroute.router.exclusions import applicable
 
 FORMAT, VERSION = "convroute-autotune", 1
+_TUNING = threading.Lock()  # threads take turns: they share the cache, and timings must not overlap
 SETTINGS = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=0.3, prune=3.0)
 
 
@@ -40,11 +42,12 @@ def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]
         return candidates[0], f"autotune: {candidates[0]} is the only allowed applicable algorithm (nothing to time)"
     precision = Precision.parse(dtype)
     precision.require(gpu.profile)
-    cache = AutotuneCache(device.key, precision.dtype)
-    entry, origin = cache.get(p), "cached"
-    if not usable(entry, candidates):
-        entry, origin = tune(gpu, p, candidates, precision), "tuned now"
-        cache.put(p, entry)
+    with _TUNING:
+        cache = AutotuneCache(device.key, precision.dtype)
+        entry, origin = cache.get(p), "cached"
+        if not usable(entry, candidates):
+            entry, origin = tune(gpu, p, candidates, precision), "tuned now"
+            cache.put(p, entry)
     times = entry["times_ms"]
     if entry["algorithm"] is None:
         return seed_fallback(p, device, blocked, f"autotune found no correct candidate ({wrong_note(entry)})")
