@@ -61,7 +61,7 @@ const WG: u32 = 64u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<ST4>;
+@group(0) @binding(2) var<storage, read_write> y: array<vec4<ST>>;
 {act}
 @compute @workgroup_size(64)
 fn main({args}) {{

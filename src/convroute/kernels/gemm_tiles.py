@@ -75,7 +75,7 @@ def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str,
     """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*).
 
     `quads`: the four columns j..j+3 an invocation holds per row are stored at once (`v` a vec4<f32>, j a
-    multiple of 4, `y` an array of quads: ST4 or vec4<f32>); the caller guarantees they are contiguous in `y`.
+    multiple of 4, `y` an array of quads: vec4<ST> or vec4<f32>); the caller guarantees they are contiguous in `y`.
 
     `batched`: P.batches independent GEMMs in one launch (gemm.BatchedGemm): the batch index is the outermost
     part of the flat workgroup index, A of batch b starts at b * P.a_stride vec4s, and `batch` is in scope
@@ -86,7 +86,7 @@ def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str,
     rg, cg = tile.tm // 4, tile.tn // 4
     a_rows4, b_cols4 = tile.bm // 4, tile.bn // 4
     if quads:
-        out_type = "ST4" if out_type == "ST" else f"vec4<{out_type}>"
+        out_type = f"vec4<{out_type}>"
     locate = BATCHED_LOCATE if batched else LOCATE
     a_base = "abase + " if batched else ""
     out = [f"""{precision.wgsl()}
