@@ -157,3 +157,8 @@ def test_two_processes_saving_at_once_leave_a_valid_file(tmp_path):
     assert final is not None and len(final.samples) in (40, 90)
     assert seen <= {40, 90}
     assert not list(path.parent.glob("*.tmp")), "temporary files left behind"
+
+
+def test_saved_files_are_readable_by_other_users_of_a_shared_cache_dir():
+    path = calib.save_calibration(small_calibration())
+    assert path.stat().st_mode & 0o044 == 0o044

@@ -177,3 +177,20 @@ def test_model_op_kernels_with_workgroup_memory_run_within_the_minimum(monkeypat
     gpu.fill(y, np.nan)
     out = gpu.run_and_read(pool.bind(gpu.upload(x), y), y, (planes, side - k + 1, side - k + 1))
     np.testing.assert_array_equal(out, torch.nn.functional.max_pool2d(torch.from_numpy(x), k, 1).numpy())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("caps, tile", [({STORAGE: 4096, INVOCATIONS: 64}, FALLBACK[0]),
+                                        ({STORAGE: 1024, INVOCATIONS: 16}, FALLBACK[1])], ids=["4KiB", "1KiB"])
+def test_fallback_tiles_below_webgpus_minimum_match_torch(monkeypatch, caps, tile):
+    """Devices below every regular tile (not WebGPU-conformant, but wgpu's GLES offers 16352 bytes) get the
+    fallback tiles: 100 output channels over 24 pixels, so rows and columns both span partial tiles."""
+    gpu = get_gpu()
+    monkeypatch.setenv("CONVROUTE_GEMM_STYLE", "workgroup")
+    monkeypatch.setattr(gpu, "profile", gpu.profile.with_limits(caps))
+    p = make_params((1, 24, 4, 6), (100, 24, 1, 1))
+    assert gemm.tiles_for(24, gpu.profile)[0] == tile
+    x, w, b = random_inputs(p, np.random.default_rng(77))
+    out = conv2d(x, w, b, algorithm="pointwise")
+    ref = reference(p, x, w, b)
+    assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-4
