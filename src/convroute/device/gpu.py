@@ -11,6 +11,7 @@ import wgpu
 
 from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
 from convroute.device.profile import DeviceProfile
+from convroute.device.workgroup import check_workgroup
 
 BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 1, "OpenGL": 3}
 TYPE_RANK = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3, "CPU": 4}
@@ -69,7 +70,7 @@ class Gpu:
             "max-compute-invocations-per-workgroup", "max-compute-workgroup-size-x",
             "max-storage-buffers-per-shader-stage")}
         self.device = adapter.request_device_sync(required_features=features, required_limits=limits)
-        self.profile = DeviceProfile.from_adapter_info(adapter.info, adapter.limits, features)
+        self.profile = DeviceProfile.from_adapter_info(adapter.info, self.device.limits, features)
         self.lost: str | None = None
         self._lock = threading.Lock()
         self._pipelines: dict[tuple, object] = {}
@@ -97,6 +98,7 @@ class Gpu:
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, source: str, constants: dict | None = None):
+        check_workgroup(self.profile, source)  # a ValueError naming the limit, before the driver sees it
         key = (source, tuple(sorted((constants or {}).items())))
         with self._lock:
             pipe = self._pipelines.get(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 VENDOR_FAMILIES = {
     0x13B5: "mali",
@@ -18,14 +18,20 @@ VENDOR_FAMILIES = {
 GEMM_STYLES = ("workgroup", "registers")
 FAMILIES = ("mali", "adreno", "nvidia", "amd", "intel", "apple", "powervr", "cpu", "unknown")
 
-# WebGPU's guaranteed defaults: what a profile built for a family without hardware assumes.
+# WebGPU's guaranteed defaults: what a profile built for a family without hardware assumes, and the least a
+# WebGPU device offers (WEBGPU_MIN_LIMITS, to test that kernels fit any device).
 DEFAULT_LIMITS = {
     "max-storage-buffer-binding-size": 128 << 20,
     "max-buffer-size": 256 << 20,
     "max-compute-workgroups-per-dimension": 65535,
     "max-compute-workgroup-storage-size": 16384,
     "max-compute-invocations-per-workgroup": 256,
+    "max-compute-workgroup-size-x": 256,
+    "max-compute-workgroup-size-y": 256,
+    "max-compute-workgroup-size-z": 64,
 }
+WEBGPU_MIN_LIMITS = dict(DEFAULT_LIMITS)
+WORKGROUP_SIZE_KEYS = tuple(f"max-compute-workgroup-size-{axis}" for axis in "xyz")
 
 
 def family_of(vendor_id: int, adapter_type: str = "") -> str:
@@ -76,6 +82,52 @@ class DeviceProfile:
     @property
     def max_workgroups_per_dim(self) -> int:
         return int(self.limits["max-compute-workgroups-per-dimension"])
+
+    def limit(self, name: str) -> int:
+        """A limit by its WebGPU name; WebGPU's default where the profile does not know it."""
+        return int(self.limits.get(name, DEFAULT_LIMITS[name]))
+
+    @property
+    def max_workgroup_storage(self) -> int:
+        """Bytes of var<workgroup> memory one workgroup may use (maxComputeWorkgroupStorageSize)."""
+        return self.limit("max-compute-workgroup-storage-size")
+
+    @property
+    def max_invocations(self) -> int:
+        """Invocations in one workgroup (maxComputeInvocationsPerWorkgroup)."""
+        return self.limit("max-compute-invocations-per-workgroup")
+
+    @property
+    def max_workgroup_size(self) -> tuple[int, int, int]:
+        """Largest @workgroup_size per axis (maxComputeWorkgroupSizeX/Y/Z)."""
+        return tuple(self.limit(k) for k in WORKGROUP_SIZE_KEYS)
+
+    def workgroup_problem(self, size: tuple[int, ...], storage_bytes: int = 0) -> str | None:
+        """None when a workgroup of `size` (x[, y[, z]]) invocations using `storage_bytes` of workgroup memory
+        fits this device, else what exceeds which limit. Kernels choose their tiles with it; Gpu.pipeline
+        checks every shader with it before compiling."""
+        size = tuple(size) + (1,) * (3 - len(size))
+        invocations = size[0] * size[1] * size[2]
+        who = self.name or self.family
+        if storage_bytes > self.max_workgroup_storage:
+            return (f"needs {storage_bytes} bytes of workgroup memory; {who} allows "
+                    f"{self.max_workgroup_storage} (maxComputeWorkgroupStorageSize)")
+        if invocations > self.max_invocations:
+            return (f"needs {invocations} invocations per workgroup; {who} allows {self.max_invocations} "
+                    f"(maxComputeInvocationsPerWorkgroup)")
+        for axis, n, most in zip("XYZ", size, self.max_workgroup_size, strict=True):
+            if n > most:
+                return (f"needs a workgroup size of {n} along {axis}; {who} allows {most} "
+                        f"(maxComputeWorkgroupSize{axis})")
+        return None
+
+    def with_limits(self, caps: dict) -> DeviceProfile:
+        """This profile with each limit in `caps` lowered to at most the given value (a device capped at
+        WEBGPU_MIN_LIMITS, say); routing and tile choice follow it."""
+        limits = dict(self.limits)
+        for name, cap in caps.items():
+            limits[name] = min(self.limit(name), int(cap))
+        return replace(self, limits=limits)
 
     @property
     def busy_workgroups(self) -> int:

@@ -82,15 +82,17 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-# Four stored elements as one load/store unit, `ST4`, with ld4/st4 converting from/to f32. f16 quads are bound as
-# vec2<u32> words and (un)packed with unpack2x16float / pack2x16float.
+# Four stored elements as one load unit, `ST4`, with ld4 converting it to f32; f16 quads are bound as vec2<u32>
+# words and unpacked with unpack2x16float. Quads are stored as vec4<ST> through st4, a value conversion: WGSL
+# defines it for NaN, Inf and values past f16's range (NaN stays NaN, overflow gives Inf), where pack2x16float's
+# result is indeterminate.
 VEC4_F32 = """alias ST4 = vec4<f32>;
 fn ld4(w: ST4) -> vec4<f32> { return w; }
-fn st4(v: vec4<f32>) -> ST4 { return v; }
+fn st4(v: vec4<f32>) -> vec4<ST> { return v; }
 """
 VEC4_F16 = """alias ST4 = vec2<u32>;
 fn ld4(w: ST4) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
-fn st4(v: vec4<f32>) -> ST4 { return vec2<u32>(pack2x16float(v.xy), pack2x16float(v.zw)); }
+fn st4(v: vec4<f32>) -> vec4<ST> { return vec4<ST>(v); }
 """
 
 

@@ -2,9 +2,10 @@
 
 Column j of a launch is output pixel `col0 + j` of the batch: image (col0 + j) // P, pixel (col0 + j) % P,
 so the result lands in NCHW directly. The WGSL is generated per tile shape by gemm_tiles.py; the tile is
-chosen per launch so that the device gets enough workgroups, and when even the smallest tile leaves it
-idle (few channels x few pixels, deep K: late ResNet layers at batch 1) K is split across workgroups and
-a reduction dispatch adds the partial sums (split 0 carries the bias) and applies the activation.
+chosen per launch, among those whose workgroups fit the device's limits, so that the device gets enough
+workgroups, and when even the smallest tile leaves it idle (few channels x few pixels, deep K: late ResNet
+layers at batch 1) K is split across workgroups and a reduction dispatch adds the partial sums (split 0
+carries the bias) and applies the activation.
 
 The B operand is a template: a caller supplies its bindings (from binding 4 on), per-invocation setup (run
 once, for the four columns starting at `bcol` that this invocation loads) and a vec4 load expression for
@@ -19,7 +20,7 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Epilogue, Precision, ceil_div, pack, uniform_block
-from convroute.kernels.gemm_tiles import NARROW, TILES, Tile, generate
+from convroute.kernels.gemm_tiles import NARROW, TILES, Tile, fitting, generate
 
 M_ALIGN = max(t.bm for t in TILES)
 K_ALIGN = max(t.bk for t in TILES)
@@ -61,7 +62,7 @@ const WG: u32 = 64u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<ST4>;
+@group(0) @binding(2) var<storage, read_write> y: array<vec4<ST>>;
 {act}
 @compute @workgroup_size(64)
 fn main({args}) {{
@@ -107,11 +108,13 @@ def choose_tile(m: int, cols: int, k_pad: int, busy: int, batches: int = 1,
     return small, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
-def tiles_for(cols: int) -> tuple[Tile, ...]:
+def tiles_for(cols: int, profile=None, precision: Precision = FP32) -> tuple[Tile, ...]:
     """Candidate tiles for a launch of `cols` columns: narrow ones where a 64-column tile would be mostly
-    padding (late layers at batch 1, linear layers, Winograd on small maps)."""
+    padding (late layers at batch 1, linear layers, Winograd on small maps); with a DeviceProfile, only those
+    whose workgroups fit its limits (gemm_tiles.fitting)."""
     narrow = [w for w in sorted(NARROW) if cols <= w]
-    return NARROW[narrow[0]] if narrow else TILES
+    tiles = NARROW[narrow[0]] if narrow else TILES
+    return tiles if profile is None else fitting(tiles, profile, precision)
 
 
 class Gemm:
@@ -143,7 +146,7 @@ class Gemm:
 
     def plan(self, cols: int) -> tuple[Tile, int]:
         tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups,
-                                   tiles=tiles_for(cols))
+                                   tiles=tiles_for(cols, self.gpu.profile, self.precision))
         while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
             splits -= 1
         return tile, splits
@@ -188,7 +191,7 @@ class BatchedGemm:
     def __init__(self, gpu: Gpu, weights: np.ndarray, bias: np.ndarray | None, b_decl: str, b_setup: str,
                  b_load: str, extra_params: list[str], precision: Precision = FP32):
         """weights: [batches, M, K] (stored as `precision`'s dtype); bias: [batches, M] or None."""
-        self.gpu = gpu
+        self.gpu, self.precision = gpu, precision
         self.batches, self.m = weights.shape[:2]
         packed = [pack_weights(w) for w in weights]
         a = np.stack([mat for mat, _, _ in packed])
@@ -205,7 +208,7 @@ class BatchedGemm:
     def plan(self, cols: int, max_out_bytes: int) -> tuple[Tile, int]:
         """Tile and K splits for `cols` columns; fewer splits while the output would exceed max_out_bytes."""
         tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups, self.batches,
-                                   tiles_for(cols))
+                                   tiles_for(cols, self.gpu.profile, self.precision))
         while splits > 1 and self.out_bytes(cols, splits) > max_out_bytes:
             splits -= 1
         return tile, splits

@@ -40,6 +40,15 @@ class Tile:
         """vec4 loads of one A tile."""
         return self.bm * self.bk // 4
 
+    def workgroup_bytes(self, precision: Precision = FP32) -> int:
+        """Workgroup memory of the double-buffered A and B tiles (vec4<AT> each)."""
+        vec4 = 4 * (2 if precision.accumulate == "float16" else 4)
+        return 2 * (self.bm // 4 * self.bk) * vec4 + 2 * (self.bn // 4 * self.bk) * vec4
+
+    def unfit(self, profile, precision: Precision = FP32) -> str | None:
+        """None when this tile's workgroup fits `profile`'s limits, else why not."""
+        return profile.workgroup_problem((self.threads, 1, 1), self.workgroup_bytes(precision))
+
     def check(self) -> None:
         if self.bk * self.bn // 4 != self.threads:
             raise ValueError(f"{self}: one B vec4 per invocation per K step needs bk*bn/4 == threads")
@@ -59,6 +68,19 @@ NARROW = {8: (Tile(64, 8, 16, 4, 4),),
           16: (Tile(128, 16, 16, 8, 4), Tile(64, 16, 16, 4, 4)),
           32: (Tile(128, 32, 16, 8, 4), Tile(64, 32, 16, 4, 4)),
           64: TILES[2:]}
+# For devices where none of a launch's candidates fits (below WebGPU's 16 KiB, e.g. wgpu's GLES 16352 bytes).
+FALLBACK = (Tile(32, 32, 8, 4, 4), Tile(16, 16, 4, 4, 4))
+
+
+def fitting(tiles: tuple[Tile, ...], profile, precision: Precision = FP32) -> tuple[Tile, ...]:
+    """The tiles among `tiles` whose workgroups fit `profile` (a DeviceProfile), in order; when none does, the
+    FALLBACK tiles that fit; ValueError when not even those fit."""
+    fit = tuple(t for t in tiles if t.unfit(profile, precision) is None)
+    fit = fit or tuple(t for t in FALLBACK if t.unfit(profile, precision) is None)
+    if not fit:
+        raise ValueError(f"no GEMM tile fits {profile.name or profile.family}: the smallest, {FALLBACK[-1]}, "
+                         f"{FALLBACK[-1].unfit(profile, precision)}")
+    return fit
 
 LOCATE = """  if (g >= P.tiles * P.splits) { return; }
   let split = g / P.tiles;
@@ -75,7 +97,7 @@ def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str,
     """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*).
 
     `quads`: the four columns j..j+3 an invocation holds per row are stored at once (`v` a vec4<f32>, j a
-    multiple of 4, `y` an array of quads: ST4 or vec4<f32>); the caller guarantees they are contiguous in `y`.
+    multiple of 4, `y` an array of quads: vec4<ST> or vec4<f32>); the caller guarantees they are contiguous in `y`.
 
     `batched`: P.batches independent GEMMs in one launch (gemm.BatchedGemm): the batch index is the outermost
     part of the flat workgroup index, A of batch b starts at b * P.a_stride vec4s, and `batch` is in scope
@@ -86,7 +108,7 @@ def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str,
     rg, cg = tile.tm // 4, tile.tn // 4
     a_rows4, b_cols4 = tile.bm // 4, tile.bn // 4
     if quads:
-        out_type = "ST4" if out_type == "ST" else f"vec4<{out_type}>"
+        out_type = f"vec4<{out_type}>"
     locate = BATCHED_LOCATE if batched else LOCATE
     a_base = "abase + " if batched else ""
     out = [f"""{precision.wgsl()}

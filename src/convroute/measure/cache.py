@@ -1,16 +1,25 @@
 """On-disk files of measurements (calibration profiles, autotune caches): where they live, how they are
-written (atomically) and read (a corrupt file, another format or another device's file is refused with a
-warning, never an exception)."""
+written (atomically) and read (a corrupt file, another format, another device's file or one measured by
+another build is refused with a warning, never an exception).
+
+A measurement file is named by `device_file` (kind, device, dtype) and starts with `file_header`, which holds
+the build stamp: convroute's version, a hash of the kernel modules and wgpu's version. Kernels rewritten or a
+new wgpu make old timings and winners stale, so `read_json` refuses a file of another build.
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import re
 import tempfile
 import warnings
+from importlib import metadata
 from pathlib import Path
+
+KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 
 
 class CacheWarning(UserWarning):
@@ -45,12 +54,46 @@ def device_file(kind: str, device_key: str, dtype: str = "float32") -> Path:
     return cache_dir() / f"{prefix}-{slug}-{digest}.json"
 
 
+@functools.cache
+def kernel_hash() -> str:
+    """12 hex digits of sha256 over the source of every module under convroute/kernels (WGSL templates and
+    the code that generates and launches them), in path order."""
+    digest = hashlib.sha256()
+    for path in sorted(KERNELS_DIR.rglob("*.py")):
+        digest.update(path.relative_to(KERNELS_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+@functools.cache
+def build_stamp() -> dict:
+    """What a measurement file's results depend on besides the device: {convroute, kernels, wgpu}."""
+    return {"convroute": _version("convroute"), "kernels": kernel_hash(), "wgpu": _version("wgpu")}
+
+
+def describe_build(stamp: dict) -> str:
+    return (f"convroute {stamp.get('convroute', '?')} with kernels {stamp.get('kernels', '?')} "
+            f"and wgpu {stamp.get('wgpu', '?')}")
+
+
+def file_header(fmt: str, version: int, device_key: str, dtype: str = "float32") -> dict:
+    """The fields every measurement file starts with; `read_json` checks them all."""
+    return {"format": fmt, "version": version, "device_key": device_key, "dtype": dtype, "build": build_stamp()}
+
+
 def write_json(path: Path, data: dict) -> bool:
     """Write atomically (temp file + rename) so a crash never leaves half a file; False + warning on failure."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
         try:
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a shared CONVROUTE_CACHE_DIR is read by other users
             with os.fdopen(fd, "w") as f:
                 json.dump(data, f, indent=1, sort_keys=True)
             os.replace(tmp, path)
@@ -63,11 +106,13 @@ def write_json(path: Path, data: dict) -> bool:
     return True
 
 
-def read_json(path: Path, fmt: str, version: int, device_key: str | None, dtype: str = "float32") -> dict | None:
+def read_json(path: Path, fmt: str, version: int, device_key: str | None, dtype: str = "float32", *,
+              remedy: str = "") -> dict | None:
     """The file's object when it exists and is a `fmt` file of `version` for `device_key` with measurements in
-    `dtype` (files without a dtype are float32); else None.
+    `dtype` (files without a dtype are float32), made by this build (`build_stamp`); else None.
 
-    A missing file is silent; anything else wrong gives one CacheWarning naming the file and the problem.
+    A missing file is silent; anything else wrong gives one CacheWarning naming the file and the problem
+    (`remedy`, e.g. "run `convroute calibrate`", is appended to a stale build's warning).
     """
     try:
         text = path.read_text()
@@ -89,6 +134,10 @@ def read_json(path: Path, fmt: str, version: int, device_key: str | None, dtype:
         problem = f"made on another device or driver ({data.get('device_key')!r}, this one is {device_key!r})"
     elif problem is None and data.get("dtype", "float32") != dtype:
         problem = f"measured in {data.get('dtype')!r}, expected {dtype!r}"
+    elif problem is None and data.get("build") != build_stamp():
+        made = data.get("build")
+        made = describe_build(made) if isinstance(made, dict) else "an older convroute (no build stamp)"
+        problem = f"made by {made}; this is {describe_build(build_stamp())}" + (f"; {remedy}" if remedy else "")
     if problem:
         warn_once(f"convroute: ignoring {path}: {problem}")
         return None

@@ -21,7 +21,7 @@ from convroute.device.gpu import Gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Precision, dtype_name
-from convroute.measure.cache import device_file, read_json, warn_once, write_json
+from convroute.measure.cache import device_file, file_header, read_json, warn_once, write_json
 from convroute.measure.grid import GRIDS, params_from_dict, params_key, params_to_dict
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.params import ConvParams
@@ -65,11 +65,11 @@ class Calibration:
         return self._model
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "device_key": self.device_key, "device": self.device,
-                "dtype": self.dtype, "grid": self.grid, "timing": self.timing, "created": self.created,
-                "seconds": self.seconds, "complete": self.complete, "excluded": self.excluded,
-                "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors,
-                             "failed": s.failed} for s in self.samples]}
+        return file_header(FORMAT, VERSION, self.device_key, self.dtype) | {
+            "device": self.device, "grid": self.grid, "timing": self.timing, "created": self.created,
+            "seconds": self.seconds, "complete": self.complete, "excluded": self.excluded,
+            "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors,
+                         "failed": s.failed} for s in self.samples]}
 
     @classmethod
     def from_json(cls, data: dict) -> Calibration:
@@ -95,6 +95,10 @@ def device_record(profile: DeviceProfile) -> dict:
 
 def profile_path(profile: DeviceProfile, dtype: str = "float32") -> Path:
     return device_file("calibration", profile.key, dtype_name(dtype))
+
+
+def calibrate_command(dtype: str = "float32") -> str:
+    return "convroute calibrate" + ("" if dtype == "float32" else f" --dtype {dtype}")
 
 
 def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = SETTINGS, budget_s: float = 540.0,
@@ -183,7 +187,7 @@ def load_calibration(profile: DeviceProfile, dtype: str = "float32") -> Calibrat
     cached = _LOADED.get((profile.key, dtype))
     if cached and cached[0] == stamp:
         return cached[1]
-    data = read_json(path, FORMAT, VERSION, profile.key, dtype)
+    data = read_json(path, FORMAT, VERSION, profile.key, dtype, remedy=f"run `{calibrate_command(dtype)}`")
     cal = None
     if data is not None:
         try:

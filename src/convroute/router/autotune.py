@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels.common import FP32, Precision
-from convroute.measure.cache import device_file, read_json, warn_once, write_json
+from convroute.measure.cache import device_file, file_header, read_json, warn_once, write_json
 from convroute.measure.calibration import TOLERANCES
 from convroute.measure.grid import params_key
 from convroute.measure.timing import TimingSettings, Workload
@@ -113,7 +113,8 @@ class AutotuneCache:
         self.path = device_file("autotune", device_key, dtype)
 
     def _load(self) -> dict:
-        data = read_json(self.path, FORMAT, VERSION, self.device_key, self.dtype)
+        data = read_json(self.path, FORMAT, VERSION, self.device_key, self.dtype,
+                         remedy="its shapes are tuned again as they come")
         entries = data.get("entries") if data else None
         if data is not None and not isinstance(entries, dict):
             warn_once(f"convroute: ignoring {self.path}: malformed autotune cache")
@@ -131,8 +132,7 @@ class AutotuneCache:
         memory = self._memory.setdefault(str(self.path), {})
         memory[params_key(p)] = entry
         entries = self._load() | memory
-        write_json(self.path, {"format": FORMAT, "version": VERSION, "device_key": self.device_key,
-                               "dtype": self.dtype, "entries": entries})
+        write_json(self.path, file_header(FORMAT, VERSION, self.device_key, self.dtype) | {"entries": entries})
 
 
 def valid_entry(entry) -> bool:
