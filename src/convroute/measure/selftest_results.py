@@ -17,7 +17,7 @@ from pathlib import Path
 
 from convroute.device.profile import DeviceProfile
 from convroute.kernels.common import dtype_name
-from convroute.measure.cache import device_file, read_json, warn_once, write_json
+from convroute.measure.cache import device_file, file_header, read_json, warn_once, write_json
 from convroute.params import ConvParams
 
 FORMAT, VERSION = "convroute-selftest", 1
@@ -90,8 +90,8 @@ class SelftestResult:
                               self.created, self.stats, self.findings + kept)
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "device_key": self.device_key, "device": self.device,
-                "dtype": self.dtype, "cases": self.cases, "seconds": self.seconds, "seed": self.seed,
+        return file_header(FORMAT, VERSION, self.device_key, self.dtype) | {
+                "device": self.device, "cases": self.cases, "seconds": self.seconds, "seed": self.seed,
                 "created": self.created, "stats": {n: asdict(s) for n, s in self.stats.items()},
                 "findings": [asdict(f) for f in self.findings]}
 
@@ -131,7 +131,7 @@ def load_selftest(profile: DeviceProfile, dtype: str = "float32") -> SelftestRes
     cached = _LOADED.get((profile.key, dtype))
     if cached and cached[0] == stamp:
         return cached[1]
-    data = read_json(path, FORMAT, VERSION, profile.key, dtype)
+    data = read_json(path, FORMAT, VERSION, profile.key, dtype, remedy="run `convroute selftest`")
     result = None
     if data is not None:
         try:
