@@ -7,7 +7,7 @@ import operator
 
 import torch
 
-from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, from_exported, iter_refs, map_refs
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, from_exported, iter_refs, layer_norm, map_refs
 from convroute.kernels.common import Epilogue
 
 aten = torch.ops.aten
@@ -55,6 +55,7 @@ def simplify(g: Graph) -> None:
     fold_constants(g)
     inline_scalars(g)
     reduce_multi_output(g)
+    split_into_slices(g)
     drop_identities(g)
     fold_batch_norms(g)
     fuse_activations(g)
@@ -95,7 +96,8 @@ def reduce_multi_output(g: Graph) -> None:
     """max_pool2d_with_indices / eval batch norm whose extra outputs are unused become single-output calls."""
     users = g.users()
     singles = {aten.max_pool2d_with_indices.default: aten.max_pool2d.default,
-               aten._native_batch_norm_legit_no_training.default: batch_norm_eval}
+               aten._native_batch_norm_legit_no_training.default: batch_norm_eval,
+               aten.native_layer_norm.default: layer_norm}
     drop = set()
     for node in g.nodes:
         if node.target not in singles or node.name in g.output_names():
@@ -108,6 +110,35 @@ def reduce_multi_output(g: Graph) -> None:
                 g.replace_uses(u.name, Ref(node.name))
                 drop.add(u.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int}
+
+
+def split_into_slices(g: Graph) -> None:
+    """split / split_with_sizes / unbind read through getitem become one slice (or select) per piece, so each
+    piece is a plain single-output node (a strided copy on the GPU)."""
+    users = g.users()
+    pieces = {}
+    for node in g.nodes:
+        getters = users.get(node.name, [])
+        if node.target not in SPLITS or node.name in g.output_names() or \
+                not all(u.target is operator.getitem and isinstance(u.args[1], int) for u in getters):
+            continue
+        dim = node.arg(1, "dim", 0) if node.target is aten.unbind.int else node.arg(2, "dim", 0)
+        starts = [0]
+        for m in node.meta[:-1]:
+            starts.append(starts[-1] + (1 if node.target is aten.unbind.int else m.shape[dim]))
+        for u in getters:
+            i = u.args[1]
+            if node.target is aten.unbind.int:
+                args = (node.args[0], dim, starts[i])
+                target = aten.select.int
+            else:
+                args = (node.args[0], dim, starts[i], starts[i] + node.meta[i].shape[dim])
+                target = aten.slice.Tensor
+            pieces[u.name] = Node(u.name, target, args, module=u.module or node.module, meta=u.meta)
+    g.nodes = [pieces.get(n.name, n) for n in g.nodes]
 
 
 def drop_identities(g: Graph) -> None:
