@@ -24,8 +24,26 @@ IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
 FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval")
 
 
-class ExportError(RuntimeError):
+class CompileError(RuntimeError):
+    """The model could not be compiled: one line naming the node and its op (the cause stays chained)."""
+
+
+CompileError.__module__ = "convroute"  # tracebacks read `convroute.CompileError: node ...`
+
+
+def node_error(node: Node, exc: Exception) -> CompileError:
+    target = node.target if isinstance(node.target, torch._ops.OpOverload) else getattr(node.target, "__name__",
+                                                                                          node.target)
+    where = f" in {node.module}" if node.module else ""
+    reason = " ".join(str(exc).split()) or "no message"
+    return CompileError(f"node {node.name!r} ({target}){where}: {type(exc).__name__}: {reason}")
+
+
+class ExportError(CompileError):
     """torch.export could not capture the model; the message carries torch's reason."""
+
+
+ExportError.__module__ = "convroute"
 
 
 def export_model(model, example_inputs: tuple) -> Graph:
@@ -47,7 +65,13 @@ def _graph(ep) -> Graph:
         packet, _, overload = name.partition(".")
         table.pop(getattr(getattr(aten, packet), overload), None)
     graph = from_exported(ep.run_decompositions(table))
-    simplify(graph)
+    try:
+        simplify(graph)
+    except CompileError:
+        raise
+    except Exception as exc:
+        raise CompileError(f"simplifying the exported graph failed: {type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}") from exc
     return graph
 
 
@@ -75,7 +99,10 @@ def fold_constants(g: Graph) -> None:
         if is_const(g, (node.args, node.kwargs)) and not seeded:
             def value(r):
                 return g.constants[r.name]
-            g.constants[node.name] = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+            try:
+                g.constants[node.name] = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+            except Exception as exc:
+                raise node_error(node, exc) from exc
         else:
             kept.append(node)
     g.nodes = kept
