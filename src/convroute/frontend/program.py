@@ -188,10 +188,13 @@ class Program:
         gpu_flops = sum(s.op.flops for s in plan.gpu_steps)
         cpu_flops_ = sum(cpu_flops(s.node, plan.graph.constants, plan.metas) for s in plan.cpu_steps)
         convs = [s for s in plan.steps if s.node.op == "convolution"]
+        conv_cpu_flops = sum(cpu_flops(s.node, plan.graph.constants, plan.metas) for s in convs if s.where == "cpu")
+        conv_gpu_flops = sum(s.op.flops for s in convs if s.where == "gpu")
         return Summary(
             input_shapes=[tuple(plan.metas[n].shape) for n in plan.graph.inputs],
             gpu_ops=dict(gpu_ops), cpu_ops=cpu, gpu_flops=gpu_flops, total_flops=gpu_flops + cpu_flops_,
             convs_on_gpu=sum(s.where == "gpu" for s in convs), convs=len(convs),
+            conv_gpu_flops=conv_gpu_flops, conv_flops=conv_gpu_flops + conv_cpu_flops,
             dispatches=sum(len(s.dispatches) for s in plan.gpu_steps),
             submits=sum(isinstance(s, Segment) for s in plan.segments),
             buffers=len(plan.allocated), buffer_bytes=sum(b.size for b in plan.allocated),
@@ -287,10 +290,17 @@ class Summary:
     fused: list = field(default_factory=list)
     batch_split: tuple | None = None  # (batch, chunk) when the last call ran the batch in chunks
     dtype: str = "float32"  # element type of the GPU values
+    conv_gpu_flops: int = 0
+    conv_flops: int = 0
 
     @property
     def gpu_share(self) -> float:
         return self.gpu_flops / self.total_flops if self.total_flops else 1.0
+
+    @property
+    def conv_gpu_share(self) -> float:
+        """Share of the convolutions' FLOPs that run on the GPU (1.0 without convs)."""
+        return self.conv_gpu_flops / self.conv_flops if self.conv_flops else 1.0
 
     @property
     def all_convs_on_gpu(self) -> bool:
