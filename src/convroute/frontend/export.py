@@ -60,11 +60,15 @@ def export_model(model, example_inputs: tuple) -> Graph:
 
 
 def _graph(ep) -> Graph:
-    table = torch.export.default_decompositions()
-    for name in KEEP:
-        packet, _, overload = name.partition(".")
-        table.pop(getattr(getattr(aten, packet), overload), None)
-    graph = from_exported(ep.run_decompositions(table))
+    from convroute.frontend.direct import translate
+
+    graph = translate(ep)
+    if graph is None:  # ops beyond the direct translation: decompose to core ATen (re-traces the graph)
+        table = torch.export.default_decompositions()
+        for name in KEEP:
+            packet, _, overload = name.partition(".")
+            table.pop(getattr(getattr(aten, packet), overload), None)
+        graph = from_exported(ep.run_decompositions(table))
     try:
         simplify(graph)
     except CompileError:
@@ -139,11 +143,11 @@ def reduce_multi_output(g: Graph) -> None:
     g.nodes = [n for n in g.nodes if n.name not in drop]
 
 
-SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int}
+SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}
 
 
 def split_into_slices(g: Graph) -> None:
-    """split / split_with_sizes / unbind read through getitem become one slice (or select) per piece, so each
+    """split / split_with_sizes / chunk / unbind read through getitem become one slice (or select) per piece, so each
     piece is a plain single-output node (a strided copy on the GPU)."""
     users = g.users()
     pieces = {}
