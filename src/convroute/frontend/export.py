@@ -1,4 +1,5 @@
-"""torch.export a model, then simplify its graph: fold constants, drop identities, fold eval-mode
+"""torch.export a model (translated directly where exact, see direct.py, else decomposed to core ATen),
+then simplify its graph: fold constants, drop identities, fold eval-mode
 BatchNorm into the preceding conv and fuse the activation that follows a conv / linear / add."""
 
 from __future__ import annotations

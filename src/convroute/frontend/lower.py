@@ -2,7 +2,9 @@
 
 `LOWERINGS[op name](ctx, node) -> GpuOp` prepares one node for the GPU (weights prepacked, pipelines
 compiled) or raises `Unsupported(reason)`, in which case the node runs on the CPU through torch.
-View-like nodes (`ALIASES`) need no kernel: their result shares the input's buffer. Every kernel is built
+View-like nodes whose result stays dense (reshapes, `ALIASES`, and any view that keeps the element
+order) need no kernel: their result shares the input's buffer. Other views (permute, slice, select,
+expand, ...) and constant pads are one strided copy (kernels/layout.py). Every kernel is built
 for the program's storage precision (`Context.precision`: float32, or float16 with f32 arithmetic).
 """
 
