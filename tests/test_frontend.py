@@ -24,6 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 import convroute  # noqa: E402
 from conftest import TOLERANCE  # noqa: E402
 from convroute.cli import run_cmd  # noqa: E402
+from convroute.measure import timing  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -359,15 +360,42 @@ def test_explain_and_profile(capsys, monkeypatch):
     text = program.explain()
     for row in program.convs():
         assert row["algorithm"] in text and row["reason"] in text
-    rows = program.profile(runs=2)
+    rows = program.profile(runs=3)
     assert [r["op"] for r in rows] == [st.node.op for st in program.plan.steps]
-    assert all(r["ms"] >= 0 for r in rows) and sum(r["ms"] for r in rows) > 0
-    assert "per-node times" in capsys.readouterr().out
-    # without timestamp queries: a submit and a wait per node
-    gpu = program.gpu
-    monkeypatch.setattr(gpu, "profile", dataclasses.replace(gpu.profile, features=frozenset()))
+    gpu_ms = sum(r["ms"] for r in rows if r["where"] == "gpu")
+    assert all(r["ms"] > 0 for r in rows if r["where"] == "gpu")
+    out = capsys.readouterr().out
+    assert "per-node times" in out
+    if "gpu timestamps" in out:
+        # the device's timestamp period is applied: ticks 1000x as long report ~1000x the times
+        period = timing.timestamp_period(program.gpu)
+        monkeypatch.setattr(timing, "timestamp_period", lambda gpu: 1000.0 * period)
+        scaled = sum(r["ms"] for r in program.profile(runs=3) if r["where"] == "gpu")
+        assert 30 < scaled / gpu_ms < 30000, f"{scaled:.3g} ms vs {gpu_ms:.3g} ms: period not applied?"
+        monkeypatch.undo()
+    # wall clock (no timestamp queries): a submit and a wait per node
+    monkeypatch.setenv("CONVROUTE_TIMING", "wall")
     program.profile(runs=1)
     assert "wall clock" in capsys.readouterr().out
+
+
+def test_compile_takes_its_policy_from_convroute_policy(monkeypatch):
+    from convroute.frontend import lower
+
+    seen = []
+
+    def spy(p, device, policy=None, **kwargs):
+        seen.append(policy)
+        return route_params(p, device, "seed", **kwargs)
+    route_params = lower.route_params
+    monkeypatch.setattr(lower, "route_params", spy)
+    model, x = nn.Conv2d(3, 4, 3), torch.randn(1, 3, 6, 6)
+    monkeypatch.setenv("CONVROUTE_POLICY", "calibrated")
+    assert convroute.compile(model, (x,)).policy == "calibrated" and seen == ["calibrated"]
+    assert convroute.compile(model, (x,), policy="seed").policy == "seed" and seen[-1] == "seed"
+    monkeypatch.setenv("CONVROUTE_POLICY", "fastest")
+    with pytest.raises(ValueError, match="unknown policy 'fastest'"):
+        convroute.compile(model, (x,))
 
 
 def test_bad_arguments():

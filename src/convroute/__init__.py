@@ -5,10 +5,10 @@ from convroute.device.profile import DeviceProfile
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route
 
-__all__ = ["Conv2d", "ConvParams", "Decision", "DeviceProfile", "ExportError", "Program", "compile", "conv2d",
-           "make_params", "route"]
+__all__ = ["CompileError", "Conv2d", "ConvParams", "Decision", "DeviceProfile", "ExportError", "Program", "compile",
+           "conv2d", "make_params", "route"]
 
-FRONTEND = ("compile", "Program", "ExportError")  # need torch: imported on first use
+FRONTEND = ("compile", "Program", "CompileError", "ExportError")  # need torch: imported on first use
 
 
 def __getattr__(name):

@@ -19,7 +19,7 @@ def _import_torch_export() -> None:
 
 _import_torch_export()
 
-from convroute.frontend.export import ExportError  # noqa: E402
+from convroute.frontend.export import CompileError, ExportError  # noqa: E402
 from convroute.frontend.program import Program, Summary, compile  # noqa: E402
 
-__all__ = ["ExportError", "Program", "Summary", "compile"]
+__all__ = ["CompileError", "ExportError", "Program", "Summary", "compile"]

@@ -1,4 +1,5 @@
-"""torch.export a model, then simplify its graph: fold constants, drop identities, fold eval-mode
+"""torch.export a model (translated directly where exact, see direct.py, else decomposed to core ATen),
+then simplify its graph: fold constants, drop identities, fold eval-mode
 BatchNorm into the preceding conv and fuse the activation that follows a conv / linear / add."""
 
 from __future__ import annotations
@@ -7,7 +8,7 @@ import operator
 
 import torch
 
-from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, from_exported, iter_refs, map_refs
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, from_exported, iter_refs, layer_norm, map_refs
 from convroute.kernels.common import Epilogue
 
 aten = torch.ops.aten
@@ -24,8 +25,26 @@ IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
 FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval")
 
 
-class ExportError(RuntimeError):
+class CompileError(RuntimeError):
+    """The model could not be compiled: one line naming the node and its op (the cause stays chained)."""
+
+
+CompileError.__module__ = "convroute"  # tracebacks read `convroute.CompileError: node ...`
+
+
+def node_error(node: Node, exc: Exception) -> CompileError:
+    target = node.target if isinstance(node.target, torch._ops.OpOverload) else getattr(node.target, "__name__",
+                                                                                          node.target)
+    where = f" in {node.module}" if node.module else ""
+    reason = " ".join(str(exc).split()) or "no message"
+    return CompileError(f"node {node.name!r} ({target}){where}: {type(exc).__name__}: {reason}")
+
+
+class ExportError(CompileError):
     """torch.export could not capture the model; the message carries torch's reason."""
+
+
+ExportError.__module__ = "convroute"
 
 
 def export_model(model, example_inputs: tuple) -> Graph:
@@ -42,12 +61,22 @@ def export_model(model, example_inputs: tuple) -> Graph:
 
 
 def _graph(ep) -> Graph:
-    table = torch.export.default_decompositions()
-    for name in KEEP:
-        packet, _, overload = name.partition(".")
-        table.pop(getattr(getattr(aten, packet), overload), None)
-    graph = from_exported(ep.run_decompositions(table))
-    simplify(graph)
+    from convroute.frontend.direct import translate
+
+    graph = translate(ep)
+    if graph is None:  # ops beyond the direct translation: decompose to core ATen (re-traces the graph)
+        table = torch.export.default_decompositions()
+        for name in KEEP:
+            packet, _, overload = name.partition(".")
+            table.pop(getattr(getattr(aten, packet), overload), None)
+        graph = from_exported(ep.run_decompositions(table))
+    try:
+        simplify(graph)
+    except CompileError:
+        raise
+    except Exception as exc:
+        raise CompileError(f"simplifying the exported graph failed: {type(exc).__name__}: "
+                           f"{' '.join(str(exc).split())}") from exc
     return graph
 
 
@@ -55,6 +84,7 @@ def simplify(g: Graph) -> None:
     fold_constants(g)
     inline_scalars(g)
     reduce_multi_output(g)
+    split_into_slices(g)
     drop_identities(g)
     fold_batch_norms(g)
     fuse_activations(g)
@@ -74,7 +104,10 @@ def fold_constants(g: Graph) -> None:
         if is_const(g, (node.args, node.kwargs)) and not seeded:
             def value(r):
                 return g.constants[r.name]
-            g.constants[node.name] = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+            try:
+                g.constants[node.name] = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+            except Exception as exc:
+                raise node_error(node, exc) from exc
         else:
             kept.append(node)
     g.nodes = kept
@@ -95,7 +128,8 @@ def reduce_multi_output(g: Graph) -> None:
     """max_pool2d_with_indices / eval batch norm whose extra outputs are unused become single-output calls."""
     users = g.users()
     singles = {aten.max_pool2d_with_indices.default: aten.max_pool2d.default,
-               aten._native_batch_norm_legit_no_training.default: batch_norm_eval}
+               aten._native_batch_norm_legit_no_training.default: batch_norm_eval,
+               aten.native_layer_norm.default: layer_norm}
     drop = set()
     for node in g.nodes:
         if node.target not in singles or node.name in g.output_names():
@@ -108,6 +142,35 @@ def reduce_multi_output(g: Graph) -> None:
                 g.replace_uses(u.name, Ref(node.name))
                 drop.add(u.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}
+
+
+def split_into_slices(g: Graph) -> None:
+    """split / split_with_sizes / chunk / unbind read through getitem become one slice (or select) per piece, so each
+    piece is a plain single-output node (a strided copy on the GPU)."""
+    users = g.users()
+    pieces = {}
+    for node in g.nodes:
+        getters = users.get(node.name, [])
+        if node.target not in SPLITS or node.name in g.output_names() or \
+                not all(u.target is operator.getitem and isinstance(u.args[1], int) for u in getters):
+            continue
+        dim = node.arg(1, "dim", 0) if node.target is aten.unbind.int else node.arg(2, "dim", 0)
+        starts = [0]
+        for m in node.meta[:-1]:
+            starts.append(starts[-1] + (1 if node.target is aten.unbind.int else m.shape[dim]))
+        for u in getters:
+            i = u.args[1]
+            if node.target is aten.unbind.int:
+                args = (node.args[0], dim, starts[i])
+                target = aten.select.int
+            else:
+                args = (node.args[0], dim, starts[i], starts[i] + node.meta[i].shape[dim])
+                target = aten.slice.Tensor
+            pieces[u.name] = Node(u.name, target, args, module=u.module or node.module, meta=u.meta)
+    g.nodes = [pieces.get(n.name, n) for n in g.nodes]
 
 
 def drop_identities(g: Graph) -> None:

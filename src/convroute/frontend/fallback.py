@@ -42,7 +42,9 @@ def run_on_cpu(node: Node, env: dict, constants: dict):
         return env[r.name] if r.name in env else constants[r.name]
     with torch.no_grad():
         out = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
-        return apply_act(out, node.act) if node.act is not None else out
+        out = apply_act(out, node.act) if node.act is not None else out
+        # a later view must not meet a strided result (a view after a transpose would fail)
+        return out.contiguous() if isinstance(out, torch.Tensor) else out
 
 
 def download(gpu, buffer, meta, stored=np.float32) -> torch.Tensor:

@@ -111,6 +111,11 @@ def batch_norm_eval(x, weight, bias, mean, var, momentum, eps):
     return aten._native_batch_norm_legit_no_training.default(x, weight, bias, mean, var, momentum, eps)[0]
 
 
+def layer_norm(x, normalized_shape, weight, bias, eps):
+    """Layer norm's first output (native_layer_norm's mean and rstd outputs dropped when unused)."""
+    return aten.native_layer_norm.default(x, normalized_shape, weight, bias, eps)[0]
+
+
 def from_exported(ep) -> Graph:
     """Translate an ExportedProgram (after decompositions) into a Graph."""
     from torch.export.graph_signature import InputKind, OutputKind

@@ -2,7 +2,9 @@
 
 `LOWERINGS[op name](ctx, node) -> GpuOp` prepares one node for the GPU (weights prepacked, pipelines
 compiled) or raises `Unsupported(reason)`, in which case the node runs on the CPU through torch.
-View-like nodes (`ALIASES`) need no kernel: their result shares the input's buffer. Every kernel is built
+View-like nodes whose result stays dense (reshapes, `ALIASES`, and any view that keeps the element
+order) need no kernel: their result shares the input's buffer. Other views (permute, slice, select,
+expand, ...) and constant pads are one strided copy (kernels/layout.py). Every kernel is built
 for the program's storage precision (`Context.precision`: float32, or float16 with f32 arithmetic).
 """
 
@@ -18,12 +20,14 @@ import torch
 from convroute.device.gpu import Gpu
 from convroute.device.profile import DeviceProfile
 from convroute.frontend.export import activation_of
-from convroute.frontend.graph import Node, Ref
+from convroute.frontend.graph import Node, Ref, map_refs
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
 from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
+from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Linear
+from convroute.kernels.norm import LayerNorm
 from convroute.kernels.pool import Pool2d
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
@@ -250,6 +254,68 @@ def lower_upsample(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel() * (4 if bilinear else 1))
 
 
+def is_view_op(target) -> bool:
+    """An ATen op whose one tensor result aliases its input (permute, slice, select, expand, view, ...)."""
+    if not isinstance(target, torch._ops.OpOverload):
+        return False
+    returns = target._schema.returns
+    return len(returns) == 1 and returns[0].alias_info is not None and not returns[0].alias_info.is_write \
+        and str(returns[0].type) == "Tensor"
+
+
+def view_layout(ctx: Context, node: Node):
+    """(strides, offset, dense) in elements of a view op's result over its dense input, from torch on meta
+    tensors; dense: the result's elements lie in row-major order from the offset on."""
+    def meta(r: Ref):
+        value = ctx.metas.get(r.name) if ctx.is_dynamic(r) else ctx.constants[r.name]
+        return value.to("meta") if isinstance(value, torch.Tensor) else value
+    result = node.target(*map_refs(node.args, meta), **map_refs(node.kwargs, meta))
+    return tuple(result.stride()), result.storage_offset(), result.is_contiguous()
+
+
+def lower_layout(ctx: Context, node: Node) -> GpuOp:
+    """A view that changes the layout (permute, slice, select, expand, ...) or a constant pad: one strided copy."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    if node.op == "constant_pad_nd":
+        pads = list(node.args[1])
+        value = float(node.arg(2, "value", 0.0))
+        strides, offset, bounds = list(_dense_strides(meta.shape)), 0, []
+        lows = [0] * meta.ndim
+        highs = [0] * meta.ndim
+        for i in range(len(pads) // 2):
+            lows[meta.ndim - 1 - i], highs[meta.ndim - 1 - i] = pads[2 * i], pads[2 * i + 1]
+        for k, (lo, hi) in enumerate(zip(lows, highs, strict=True)):
+            if lo < 0:  # a negative pad crops: start further in
+                offset += -lo * strides[k]
+            bounds.append((max(lo, 0), meta.shape[k] - max(-lo, 0) - max(-hi, 0)))
+        kernel = StridedCopy(ctx.gpu, tuple(out.shape), strides, offset, bounds, value, ctx.precision)
+    else:
+        strides, offset, _ = view_layout(ctx, node)
+        kernel = StridedCopy(ctx.gpu, tuple(out.shape), strides, offset, precision=ctx.precision)
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
+
+
+def _dense_strides(shape) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return strides[::-1]
+
+
+def lower_layer_norm(ctx: Context, node: Node) -> GpuOp:
+    x, shape, weight, bias, eps = node.args
+    meta, out = ctx.tensor(x), out_meta(node)
+    width = math.prod(shape)
+    if tuple(meta.shape[meta.ndim - len(shape):]) != tuple(shape):
+        raise Unsupported(f"layer norm over {tuple(shape)} of a {tuple(meta.shape)} tensor")
+    w, b = ctx.const(weight, "weight"), ctx.const(bias, "bias")
+    kernel = LayerNorm(ctx.gpu, meta.numel() // max(width, 1), width, None if w is None else w.reshape(-1).numpy(),
+                       None if b is None else b.reshape(-1).numpy(), float(eps), node.act, ctx.precision)
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 8 * out.numel())
+
+
 LOWERINGS = {
     "convolution": lower_conv,
     **{name: lower_activation for name in ("relu", "hardtanh", "clamp", "hardswish", "silu", "sigmoid",
@@ -260,21 +326,29 @@ LOWERINGS = {
                                      "mean.dim")},
     **{name: lower_linear for name in ("linear", "addmm", "mm")},
     "cat": lower_cat,
+    "constant_pad_nd": lower_layout,
+    "layer_norm": lower_layer_norm,
     **{f"{base}.{ov}": lower_upsample for base in ("upsample_nearest2d", "_upsample_nearest_exact2d",
                                                     "upsample_bilinear2d") for ov in ("vec", "default")},
 }
 
 
 def is_alias(ctx: Context, node: Node) -> bool:
-    """A view-like call over a dense tensor: its result can share the input's buffer. A cast between float32
-    and float16 is one too when the program stores float16 (the stored bits do not change)."""
-    if node.op not in ALIASES or not ctx.is_dynamic(node.args[0]):
+    """A view-like call over a dense tensor whose result is dense too (a reshape, or a permute / slice /
+    expand that keeps the element order): it can share the input's buffer. A cast between float32 and
+    float16 is one too when the program stores float16 (the stored bits do not change)."""
+    if not node.args or not ctx.is_dynamic(node.args[0]):
         return False
     src, out = ctx.metas.get(node.args[0].name), node.meta
     if not (isinstance(src, torch.Tensor) and isinstance(out, torch.Tensor)) or out.numel() != src.numel():
         return False
     if src.dtype not in GPU_DTYPES or out.dtype not in GPU_DTYPES:
         return False
+    if node.op not in ALIASES:
+        if not is_view_op(node.target) or out.dtype != src.dtype:
+            return False
+        _, offset, dense = view_layout(ctx, node)
+        return dense and offset == 0
     if node.op == "_to_copy" and (set(node.kwargs) - {"dtype"} or node.kwargs.get("dtype") not in GPU_DTYPES):
         return False
     return out.dtype == src.dtype or ctx.precision.dtype == "float16"
@@ -282,6 +356,8 @@ def is_alias(ctx: Context, node: Node) -> bool:
 
 def lower(ctx: Context, node: Node) -> GpuOp:
     lowering = LOWERINGS.get(node.op)
+    if lowering is None and is_view_op(node.target):
+        lowering = lower_layout
     if lowering is None:
         raise Unsupported(f"convroute has no GPU kernel for {node.op}")
     return lowering(ctx, node)

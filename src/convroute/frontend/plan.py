@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from convroute.device.gpu import Dispatch
+from convroute.frontend.export import node_error
 from convroute.frontend.graph import Graph, Node, iter_refs
 from convroute.frontend.lower import GPU_DTYPES, Context, GpuOp, Unsupported, is_alias, lower
 
@@ -87,18 +88,21 @@ def build_plan(graph: Graph, ctx_args: dict) -> Plan:
     on_gpu: set[str] = set()  # values that need a GPU copy
     gpu_made = {n for n, m in zip(graph.inputs, graph.input_meta, strict=True) if _on_gpu(m)}
     for node in graph.nodes:
-        if is_alias(ctx, node) and node.args[0].name in gpu_made:
+        try:
+            placed = _place(ctx, node, gpu_made)
+        except Exception as exc:
+            raise node_error(node, exc) from exc
+        if placed == "alias":
             src = node.args[0].name
             root[node.name] = root.get(src, src)
             on_gpu.update((src, node.name))
             gpu_made.add(node.name)
             aliases.append(node)
             continue
-        try:
-            op = lower(ctx, node)
-        except (Unsupported, ValueError) as exc:
-            steps.append(Step(node, "cpu", reason=str(exc)))
+        if isinstance(placed, str):
+            steps.append(Step(node, "cpu", reason=placed))
             continue
+        op = placed
         steps.append(Step(node, "gpu", op))
         on_gpu.update(op.inputs)
         on_gpu.add(node.name)
@@ -120,7 +124,10 @@ def build_plan(graph: Graph, ctx_args: dict) -> Plan:
     for step in steps:
         if step.where == "gpu":
             ins = [plan.buffer(name) for name in step.op.inputs]
-            step.dispatches = step.op.bind(ins, plan.buffer(step.node.name))
+            try:
+                step.dispatches = step.op.bind(ins, plan.buffer(step.node.name))
+            except Exception as exc:
+                raise node_error(step.node, exc) from exc
             current.append(step)
         else:
             if current:
@@ -133,6 +140,16 @@ def build_plan(graph: Graph, ctx_args: dict) -> Plan:
     needed = {r.name for s in plan.cpu_steps for r in s.node.refs()} | graph.output_names()
     graph.constants = {k: v for k, v in graph.constants.items() if k in needed}
     return plan
+
+
+def _place(ctx: Context, node: Node, gpu_made: set):
+    """"alias" (shares its input's buffer), a GpuOp, or the reason it runs on the CPU."""
+    if is_alias(ctx, node) and node.args[0].name in gpu_made:
+        return "alias"
+    try:
+        return lower(ctx, node)
+    except (Unsupported, ValueError) as exc:
+        return str(exc) or type(exc).__name__
 
 
 def _segment(steps: list[Step]) -> Segment:

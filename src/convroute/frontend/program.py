@@ -28,28 +28,30 @@ from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
 from convroute.kernels.common import Precision
-from convroute.router import POLICIES
+from convroute.measure.timing import TimingSettings, time_candidates
+from convroute.router import POLICIES, default_policy
 
 
-def compile(model, example_inputs, *, policy: str = "seed", device=None, dtype="float32") -> Program:  # noqa: A001
+def compile(model, example_inputs, *, policy: str | None = None, device=None, dtype="float32") -> Program:  # noqa: A001
     """Export `model` (put in eval mode) with `example_inputs` and prepare it for the GPU.
 
-    `policy` picks each conv's algorithm; `device` routes as if for another GPU (a family name or a
-    DeviceProfile) while still running on the adapter in use. `dtype`: how values are stored on the GPU,
-    "float32" (default) or "float16" (torch.float16 accepted; needs the adapter feature shader-f16): activations
-    and weights in f16, sums and elementwise math in f32, routing per dtype (`route_params(dtype=)`). The
-    outputs come back in the model's own dtype (float32 for a float32 model: the f16 results converted on the
-    host, exactly), so a program is a drop-in for the model either way; expect relative errors near 1e-3.
-    A `.half()` model runs on the GPU too (in either storage) and returns float16; with float16 storage, casts
-    between float32 and float16 inside the model cost nothing.
+    `policy` picks each conv's algorithm (None: $CONVROUTE_POLICY, else "seed"); `device` routes as if for
+    another GPU (a family name or a DeviceProfile) while still running on the adapter in use. `dtype`: how
+    values are stored on the GPU, "float32" (default) or "float16" (torch.float16 accepted; needs the adapter
+    feature shader-f16): activations and weights in f16, sums and elementwise math in f32, routing per dtype
+    (`route_params(dtype=)`). The outputs come back in the model's own dtype (float32 for a float32 model: the
+    f16 results converted on the host, exactly), so a program is a drop-in for the model either way; expect
+    relative errors near 1e-3. A `.half()` model runs on the GPU too (in either storage) and returns float16;
+    with float16 storage, casts between float32 and float16 inside the model cost nothing.
     """
     return Program(model, example_inputs, policy=policy, device=device, dtype=dtype)
 
 
 class Program:
-    def __init__(self, model, example_inputs, *, policy: str = "seed", device=None, dtype="float32"):
+    def __init__(self, model, example_inputs, *, policy: str | None = None, device=None, dtype="float32"):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        policy = policy or default_policy()
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
         self.precision = Precision.parse(dtype)
@@ -189,10 +191,13 @@ class Program:
         gpu_flops = sum(s.op.flops for s in plan.gpu_steps)
         cpu_flops_ = sum(cpu_flops(s.node, plan.graph.constants, plan.metas) for s in plan.cpu_steps)
         convs = [s for s in plan.steps if s.node.op == "convolution"]
+        conv_cpu_flops = sum(cpu_flops(s.node, plan.graph.constants, plan.metas) for s in convs if s.where == "cpu")
+        conv_gpu_flops = sum(s.op.flops for s in convs if s.where == "gpu")
         return Summary(
             input_shapes=[tuple(plan.metas[n].shape) for n in plan.graph.inputs],
             gpu_ops=dict(gpu_ops), cpu_ops=cpu, gpu_flops=gpu_flops, total_flops=gpu_flops + cpu_flops_,
             convs_on_gpu=sum(s.where == "gpu" for s in convs), convs=len(convs),
+            conv_gpu_flops=conv_gpu_flops, conv_flops=conv_gpu_flops + conv_cpu_flops,
             dispatches=sum(len(s.dispatches) for s in plan.gpu_steps),
             submits=sum(isinstance(s, Segment) for s in plan.segments),
             buffers=len(plan.allocated), buffer_bytes=sum(b.size for b in plan.allocated),
@@ -236,33 +241,37 @@ class Program:
         return text
 
     def profile(self, *inputs, runs: int = 3, file=None) -> list[dict]:
-        """Time each node on the GPU (timestamp queries when the adapter has them, else a submit and wait
-        per node) and each CPU step; print a table and return its rows. Random inputs when none given."""
+        """Time each GPU node alone, in its own compute pass (measure.timing's timer: GPU timestamps scaled by
+        the device's timestamp period when the adapter has them, else submit and wait), and each CPU step;
+        print a table and return its rows (ms: median of `runs`). Random inputs when none given."""
         inputs = _as_inputs(inputs) if inputs else [
             torch.randn(self.plan.metas[n].shape, dtype=self.plan.metas[n].dtype) for n in self.plan.graph.inputs]
         plan = self._plan_for(inputs)
-        self._run(plan, inputs)  # warm-up
-        timer = _TimestampTimer(self.gpu, plan) if "timestamp-query" in self.gpu.profile.features \
-            else _WallTimer(self.gpu, plan)
+        self._run(plan, inputs)  # warm-up; fills every buffer with real values
         times: dict[str, list[float]] = {s.node.name: [] for s in plan.steps}
-        for _ in range(runs):
-            self._run(plan, inputs, on_segment=timer.segment,
-                      on_cpu=lambda step, dt: times[step.node.name].append(dt))
-            for name, dt in timer.collect().items():
-                times[name].append(dt)
+        for _ in range(runs if plan.cpu_steps else 0):
+            self._run(plan, inputs, on_cpu=lambda step, dt: times[step.node.name].append(1e3 * dt))
+        timed = [s for s in plan.gpu_steps if s.dispatches]
+        how = "no GPU nodes"
+        if timed:
+            settings = TimingSettings(warmup=1, repeats=runs, min_repeats=runs, budget_s=0.0)
+            results = time_candidates(self.gpu, {s.node.name: [s.dispatches] for s in timed}, settings)
+            for name, result in results.items():
+                times[name] = list(result.samples_ms)
+            how = f"{next(iter(results.values())).method}, one compute pass per node"
         totals = []
         for _ in range(runs):
             start = time.perf_counter()
             self._run(plan, inputs)
             totals.append(time.perf_counter() - start)
         rows = [dict(name=s.node.module or s.node.name, op=s.node.op, where=s.where,
-                     ms=1e3 * statistics.median(times[s.node.name]) if times[s.node.name] else 0.0)
+                     ms=statistics.median(times[s.node.name]) if times[s.node.name] else 0.0)
                 for s in plan.steps]
         summed = sum(r["ms"] for r in rows) or 1.0
         table = _table(("node", "op", "where", "ms", "share"),
                        [(r["name"], r["op"], r["where"], f"{r['ms']:.3f}", f"{100 * r['ms'] / summed:.1f}%")
                         for r in rows])
-        print("\n".join([f"per-node times ({timer.how}, median of {runs} runs):"] + table +
+        print("\n".join([f"per-node times ({how}, median of {runs} runs):"] + table +
                         [f"sum of nodes {summed:.3f} ms; whole program (one submit per GPU segment) "
                          f"{1e3 * statistics.median(totals):.3f} ms"]), file=file or sys.stdout)
         return rows
@@ -284,10 +293,17 @@ class Summary:
     fused: list = field(default_factory=list)
     batch_split: tuple | None = None  # (batch, chunk) when the last call ran the batch in chunks
     dtype: str = "float32"  # element type of the GPU values
+    conv_gpu_flops: int = 0
+    conv_flops: int = 0
 
     @property
     def gpu_share(self) -> float:
         return self.gpu_flops / self.total_flops if self.total_flops else 1.0
+
+    @property
+    def conv_gpu_share(self) -> float:
+        """Share of the convolutions' FLOPs that run on the GPU (1.0 without convs)."""
+        return self.conv_gpu_flops / self.conv_flops if self.conv_flops else 1.0
 
     @property
     def all_convs_on_gpu(self) -> bool:
@@ -313,57 +329,6 @@ class Summary:
         return "\n".join(lines)
 
     __repr__ = __str__
-
-
-class _WallTimer:
-    how = "per-node submit + wait, wall clock"
-
-    def __init__(self, gpu, plan):
-        self.gpu, self.plan, self.times = gpu, plan, {}
-
-    def segment(self, seg: Segment) -> None:
-        for step in seg.steps:
-            start = time.perf_counter()
-            self.gpu.run(step.dispatches)
-            self.gpu.wait(self.plan.buffer(step.node.name))
-            self.times[step.node.name] = time.perf_counter() - start
-
-    def collect(self) -> dict:
-        times, self.times = self.times, {}
-        return times
-
-
-class _TimestampTimer:
-    how = "GPU timestamp queries, one compute pass per node"
-
-    def __init__(self, gpu, plan):
-        import wgpu
-
-        self.gpu, self.steps = gpu, plan.gpu_steps
-        count = 2 * max(1, len(self.steps))
-        self.query = gpu.device.create_query_set(type="timestamp", count=count)
-        self.resolved = gpu.device.create_buffer(size=8 * count,
-                                                 usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-        self.index = {s.node.name: i for i, s in enumerate(self.steps)}
-
-    def segment(self, seg: Segment) -> None:
-        encoder = self.gpu.device.create_command_encoder()
-        for step in seg.steps:
-            i = self.index[step.node.name]
-            self.gpu.encode(step.dispatches, encoder, {"query_set": self.query,
-                                                       "beginning_of_pass_write_index": 2 * i,
-                                                       "end_of_pass_write_index": 2 * i + 1})
-        self.gpu.device.queue.submit([encoder.finish()])
-
-    def collect(self) -> dict:
-        if not self.steps:
-            return {}
-        encoder = self.gpu.device.create_command_encoder()
-        encoder.resolve_query_set(self.query, 0, 2 * len(self.steps), self.resolved, 0)
-        self.gpu.device.queue.submit([encoder.finish()])
-        ticks = np.frombuffer(self.gpu.device.queue.read_buffer(self.resolved), dtype=np.uint64)
-        return {s.node.name: max(0, int(ticks[2 * i + 1]) - int(ticks[2 * i])) * 1e-9
-                for i, s in enumerate(self.steps)}
 
 
 def _as_inputs(inputs) -> list[torch.Tensor]:
