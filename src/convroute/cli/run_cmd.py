@@ -91,7 +91,7 @@ def run(args) -> int:
     start = time.perf_counter()
     try:
         program = frontend.compile(model, (x,), policy=args.policy, device=args.device, dtype=args.dtype)
-    except (frontend.ExportError, ValueError) as err:
+    except (frontend.CompileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     gpu = program.gpu.profile
