@@ -1,0 +1,125 @@
+"""`direct` on CPU adapters (gemm_style "registers"): one register tile per invocation, no workgroup memory.
+
+Each invocation computes TM output channels x TN neighbouring output pixels of one row. Per input channel and
+kernel row it loads the input row segment its pixels' windows cover once ((TN - 1) * stride + (KW - 1) *
+dilation + 1 scalars, zero outside the image) and TM/4 * KW weight vec4s, then does TM/4 * KW * TN vec4 FMAs:
+every input value serves up to KW taps and every weight TN pixels, straight from the storage buffers (on
+llvmpipe the CPU caches do the staging; see gemm_cpu). Kernel size, stride, dilation and padding are WGSL
+constants, so the tap loop unrolls; channel and spatial sizes come from a parameter buffer, so one pipeline per
+(kernel geometry, tile) serves every layer that shares it. One invocation loops C_in/groups * (1 + KH) times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from convroute.kernels.common import ceil_div
+
+WG = 8  # one llvmpipe SIMD vector (see gemm_cpu.WG)
+PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
+          "tiles_n", "total"]
+MAX_FMAS = 256  # vec4 FMAs unrolled per kernel row: bounds compile time on lavapipe
+
+
+@dataclass(frozen=True)
+class RegisterTile:
+    tm: int  # output channels per invocation, a multiple of 4
+    tn: int  # output pixels of one row per invocation
+
+    def __str__(self) -> str:
+        return f"{self.tm}x{self.tn}"
+
+
+TILES = tuple(RegisterTile(tm, tn) for tm in (16, 8, 4) for tn in (16, 8, 4))
+
+
+def choose_tile(p) -> RegisterTile:
+    """The tile that wastes the least of itself on channels past C_out/groups and pixels past the row's end,
+    the largest among equals, within MAX_FMAS unrolled FMAs per kernel row."""
+    cout_g = p.c_out // p.groups
+
+    def waste(tile):
+        return (ceil_div(cout_g, tile.tm) * tile.tm / cout_g) * (ceil_div(p.wo, tile.tn) * tile.tn / p.wo)
+
+    fits = [t for t in TILES if t.tm // 4 * t.tn * p.kw <= MAX_FMAS] or [TILES[-1]]
+    best = min(waste(t) for t in fits)
+    return max((t for t in fits if waste(t) <= best * 1.1), key=lambda t: (t.tm * t.tn, t.tm))
+
+
+def loop_trips(p) -> int:
+    return (p.c_in // p.groups) * (1 + p.kh)
+
+
+def generate(p, tile: RegisterTile, header: str, act: str) -> str:
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    rg, tn = tile.tm // 4, tile.tn
+    span = (tn - 1) * sw + (p.kw - 1) * dw + 1
+    fields = "".join(f"  {n}: u32,\n" for n in PARAMS)
+    out = [f"""{header}
+struct Params {{
+{fields}}}
+@group(0) @binding(0) var<storage, read> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read> wt: array<ST4>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<ST>;
+{act}
+const KH: u32 = {p.kh}u;
+const KHW: u32 = {p.kh * p.kw}u;
+@compute @workgroup_size({WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+  let p = P;
+  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid;
+  if (t >= p.total) {{ return; }}
+  let tni = t % p.tiles_n;
+  var r = t / p.tiles_n;
+  let oh = r % p.ho;
+  r = r / p.ho;
+  let tmi = r % p.tiles_m;
+  r = r / p.tiles_m;
+  let g = r % p.groups;
+  let n = r / p.groups;
+  let ow0 = tni * {tn}u;
+  let ih0 = i32(oh * {sh}u) - {ph};
+  let iw0 = i32(ow0 * {sw}u) - {pw};
+  let wi = i32(p.w);
+  let hw = p.h * p.w;
+  let xg = (n * p.c_in + g * p.cin_g) * hw;
+  let bstride = p.cin_pad * KHW;
+  let wb = (g * p.bpg + tmi * {rg}u) * bstride;"""]
+    emit = out.append
+    for q in range(span):  # the segment's columns: clamped index and in-image mask, fixed per invocation
+        emit(f"  let m{q} = iw0 + {q} >= 0 && iw0 + {q} < wi;")
+        emit(f"  let u{q} = select(0u, u32(iw0 + {q}), m{q});")
+    sums = [(j, g) for j in range(tn) for g in range(rg)]
+    out += [f"  var s{j}_{g} = vec4<f32>(0.0);" for j, g in sums]
+    emit(f"""  for (var ic = 0u; ic < p.cin_g; ic++) {{
+    let xc = xg + ic * hw;
+    let wc = wb + ic * KHW;
+    for (var kh = 0u; kh < KH; kh++) {{
+      let ih = ih0 + i32(kh * {dh}u);
+      if (ih < 0 || ih >= i32(p.h)) {{ continue; }}
+      let row = xc + u32(ih) * p.w;
+      let wk = wc + kh * {p.kw}u;""")
+    out += [f"      let v{q} = select(0.0, f32(x[row + u{q}]), m{q});" for q in range(span)]
+    for kw in range(p.kw):
+        out += [f"      let a{kw}_{g} = ld4(wt[wk + {g}u * bstride + {kw}u]);" for g in range(rg)]
+        out += [f"      s{j}_{g} = fma(a{kw}_{g}, vec4<f32>(v{j * sw + kw * dw}), s{j}_{g});" for j, g in sums]
+    emit("    }\n  }")
+    emit(f"  let oc0 = tmi * {tile.tm}u;")
+    emit("  let obase = n * p.c_out + g * p.cout_g;")
+    for j in range(tn):
+        emit(f"  if (ow0 + {j}u < p.wo) {{")
+        for g in range(rg):
+            emit(f"    for (var e = 0u; e < 4u; e++) {{ let oc = oc0 + {4 * g}u + e; if (oc < p.cout_g) {{ "
+                 f"y[((obase + oc) * p.ho + oh) * p.wo + ow0 + {j}u] = "
+                 f"ST(act(s{j}_{g}[e] + bias[g * p.cout_g + oc])); }} }}")
+        emit("  }")
+    emit("}")
+    return "\n".join(out)
+
+
+def grid(p, tile: RegisterTile, n: int) -> dict:
+    tiles_m, tiles_n = ceil_div(p.c_out // p.groups, tile.tm), ceil_div(p.wo, tile.tn)
+    return dict(tiles_m=tiles_m, tiles_n=tiles_n, total=n * p.groups * tiles_m * p.ho * tiles_n)
