@@ -54,8 +54,12 @@ class Tile:
 TILES = (
     (Tile(64, 8, 8, 4, 4), 1.0),
     (Tile(64, 4, 16, 4, 4), 1.0),
+    (Tile(64, 8, 16, 4, 4), 1.0),
+    (Tile(128, 8, 8, 4, 4), 1.0),
+    (Tile(64, 8, 8, 2, 8), 1.05),
     (Tile(32, 8, 8, 2, 4), 1.2),
     (Tile(64, 4, 8, 2, 4), 1.2),
+    (Tile(32, 8, 8, 1, 4), 1.4),
     (Tile(16, 8, 8, 1, 4), 1.6),
     (Tile(4, 16, 16, 1, 4), 2.5),
 )
@@ -115,15 +119,16 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool) -> str:
     tpx = tile.br * tile.bc // rp  # invocations along the pixels
     span = (rp - 1) * sw + (p.kw - 1) * dw + 1
     fields = "".join(f"  {n}: u32,\n" for n in PARAMS)
-    out_type = "f32" if partial else "ST"
+    out_decl = ("@group(0) @binding(3) var<storage, read_write> y: array<f32>;" if partial else
+                "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n"
+                "@group(0) @binding(4) var<storage, read_write> y: array<ST>;")
     out = [f"""{header}
 struct Params {{
 {fields}}}
 @group(0) @binding(0) var<storage, read> P: Params;
 @group(0) @binding(1) var<storage, read> x: array<ST>;
 @group(0) @binding(2) var<storage, read> wt: array<ST4>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<{out_type}>;
+{out_decl}
 {act}
 const WG: u32 = {tile.threads}u;
 const PR: u32 = {pr}u;
@@ -256,8 +261,15 @@ class Direct(ConvKernel):
             self.source = direct_cpu.generate(p, self.tile, self.header, self.act)
             self.gpu.pipeline(self.source)
         else:
-            plan = choose_plan(self.gpu.profile, p, p.n)
+            self._plans: dict[int, Plan] = {}
+            plan = self.plan(p.n)
             self.gpu.pipeline(generate(p, plan, self.header, self.act, plan.splits > 1))
+
+    def plan(self, n: int) -> Plan:
+        """The workgroup plan at batch n, fixed for the kernel's life once chosen."""
+        if n not in self._plans:
+            self._plans[n] = choose_plan(self.gpu.profile, self.p, n)
+        return self._plans[n]
 
     def weights(self, blocks: int, chunk: int):
         """Packed weights with output channels padded to `blocks` vec4s per group, input channels to `chunk`."""
@@ -268,16 +280,11 @@ class Direct(ConvKernel):
             self._weights[key] = self.upload(pack_weights(self.weight, p.groups, blocks, cin_pad), "packed weights")
         return self._weights[key], cin_pad
 
-    def values(self, n, bpg, cin_pad, **extra) -> list[int]:
-        p = self.p
-        return pack(PARAMS, dict(self.shape_values(), n=n, groups=p.groups, bpg=bpg, cin_pad=cin_pad,
-                                 tiles_r=0, tiles_c=0, splits=1, chunks=0) | extra)
-
     def bind(self, x, y, n):
         if self.cpu:
             return self._bind_cpu(x, y, n)
         p = self.p
-        plan = choose_plan(self.gpu.profile, p, n)
+        plan = self.plan(n)
         tile = plan.tile
         tiles_m = ceil_div(p.c_out // p.groups, tile.bo)
         w_buf, cin_pad = self.weights(tiles_m * tile.bo // 4, plan.chunk)
@@ -289,8 +296,9 @@ class Direct(ConvKernel):
             if trips > CPU_LOOP_LIMIT:
                 raise ValueError(f"direct (workgroup tiles) would loop {trips} times on {p.describe()}, past "
                                  f"lavapipe's {CPU_LOOP_LIMIT}")
-        values = self.values(n, tiles_m * tile.bo // 4, cin_pad, tiles_m=tiles_m, tiles_r=tiles_r,
-                             tiles_c=tiles_c, splits=plan.splits, chunks=chunks, total=total)
+        values = pack(PARAMS, dict(self.shape_values(), n=n, groups=p.groups, bpg=tiles_m * tile.bo // 4,
+                                   cin_pad=cin_pad, tiles_m=tiles_m, tiles_r=tiles_r, tiles_c=tiles_c,
+                                   splits=plan.splits, chunks=chunks, total=total))
         params = self.gpu.upload(np.asarray(values, np.uint32), "direct parameters", np.uint32)
         partial = plan.splits > 1
         source = generate(p, plan, self.header, self.act, partial)
@@ -305,7 +313,7 @@ class Direct(ConvKernel):
         rvalues = pack(REDUCE_PARAMS, dict(c_out=p.c_out, plane=p.ho * p.wo, count=count, splits=plan.splits,
                                            total=count))
         rparams = self.gpu.upload(np.asarray(rvalues, np.uint32), "reduce parameters", np.uint32)
-        return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, part], total * tile.threads,
+        return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads,
                                   tile.threads),
                 self.gpu.dispatch(reduce, [rparams, part, self.bias_buf, y], count, 64)]
 

@@ -30,20 +30,22 @@ class RegisterTile:
         return f"{self.tm}x{self.tn}"
 
 
-TILES = tuple(RegisterTile(tm, tn) for tm in (16, 8, 4) for tn in (16, 8, 4))
+TILES = tuple(RegisterTile(tm, tn) for tm in (16, 8, 4) for tn in (32, 16, 8, 4) if tm * tn <= 256)
+
+
+def tile_cost(p, tile: RegisterTile) -> float:
+    """Relative time: per input channel and kernel row an invocation does tm/4 * KW * tn vec4 FMAs and loads
+    tm * KW weight and `span` input components, and on llvmpipe a loaded component costs about what a vec4
+    FMA does; times the invocations, which pad C_out/groups and the row to whole tiles."""
+    span = (tile.tn - 1) * p.stride[1] + (p.kw - 1) * p.dilation[1] + 1
+    step = tile.tm // 4 * p.kw * tile.tn + tile.tm * p.kw + span
+    return step * ceil_div(p.c_out // p.groups, tile.tm) * ceil_div(p.wo, tile.tn)
 
 
 def choose_tile(p) -> RegisterTile:
-    """The tile that wastes the least of itself on channels past C_out/groups and pixels past the row's end,
-    the largest among equals, within MAX_FMAS unrolled FMAs per kernel row."""
-    cout_g = p.c_out // p.groups
-
-    def waste(tile):
-        return (ceil_div(cout_g, tile.tm) * tile.tm / cout_g) * (ceil_div(p.wo, tile.tn) * tile.tn / p.wo)
-
-    fits = [t for t in TILES if t.tm // 4 * t.tn * p.kw <= MAX_FMAS] or [TILES[-1]]
-    best = min(waste(t) for t in fits)
-    return max((t for t in fits if waste(t) <= best * 1.1), key=lambda t: (t.tm * t.tn, t.tm))
+    """The cheapest tile by tile_cost within MAX_FMAS unrolled FMAs per kernel row."""
+    fits = [t for t in TILES if t.tm // 4 * t.tn * p.kw <= MAX_FMAS] or [RegisterTile(4, 4)]
+    return min(fits, key=lambda t: (tile_cost(p, t), -t.tm * t.tn))
 
 
 def loop_trips(p) -> int:
@@ -91,7 +93,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     emit = out.append
     for q in range(span):  # the segment's columns: clamped index and in-image mask, fixed per invocation
         emit(f"  let m{q} = iw0 + {q} >= 0 && iw0 + {q} < wi;")
-        emit(f"  let u{q} = select(0u, u32(iw0 + {q}), m{q});")
+        emit(f"  let col{q} = select(0u, u32(iw0 + {q}), m{q});")
     sums = [(j, g) for j in range(tn) for g in range(rg)]
     out += [f"  var s{j}_{g} = vec4<f32>(0.0);" for j, g in sums]
     emit(f"""  for (var ic = 0u; ic < p.cin_g; ic++) {{
@@ -102,7 +104,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
       if (ih < 0 || ih >= i32(p.h)) {{ continue; }}
       let row = xc + u32(ih) * p.w;
       let wk = wc + kh * {p.kw}u;""")
-    out += [f"      let v{q} = select(0.0, f32(x[row + u{q}]), m{q});" for q in range(span)]
+    out += [f"      let v{q} = select(0.0, f32(x[row + col{q}]), m{q});" for q in range(span)]
     for kw in range(p.kw):
         out += [f"      let a{kw}_{g} = ld4(wt[wk + {g}u * bstride + {kw}u]);" for g in range(rg)]
         out += [f"      s{j}_{g} = fma(a{kw}_{g}, vec4<f32>(v{j * sw + kw * dw}), s{j}_{g});" for j, g in sums]
