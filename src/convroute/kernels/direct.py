@@ -54,11 +54,13 @@ class Tile:
 TILES = (
     (Tile(64, 8, 8, 4, 4), 1.0),
     (Tile(64, 4, 16, 4, 4), 1.0),
-    (Tile(64, 8, 16, 4, 4), 1.0),
     (Tile(128, 8, 8, 4, 4), 1.0),
+    (Tile(64, 8, 16, 2, 8), 1.0),
     (Tile(64, 8, 8, 2, 8), 1.05),
+    (Tile(32, 16, 16, 2, 8), 1.05),
     (Tile(32, 8, 8, 2, 4), 1.2),
     (Tile(64, 4, 8, 2, 4), 1.2),
+    (Tile(32, 8, 16, 1, 4), 1.4),
     (Tile(32, 8, 8, 1, 4), 1.4),
     (Tile(16, 8, 8, 1, 4), 1.6),
     (Tile(4, 16, 16, 1, 4), 2.5),
@@ -198,10 +200,12 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + oh * p.wo;""")
     for j in range(rp):
         emit(f"  if (ow0 + {j}u < p.wo) {{")
-        for o in range(ro):
-            value = f"s{j}_{o}[e]" if partial else f"ST(act(s{j}_{o}[e] + bias[g * p.cout_g + oc]))"
-            emit(f"    for (var e = 0u; e < 4u; e++) {{ let oc = oc0 + {4 * o}u + e; if (oc < p.cout_g) {{ "
-                 f"y[obase + oc * p.ho * p.wo + ow0 + {j}u] = {value}; }} }}")
+        for o in range(ro):  # components by name: a vec4 indexed by a loop variable can land in local memory
+            for e, comp in enumerate("xyzw"):
+                value = f"s{j}_{o}.{comp}"
+                value = value if partial else f"ST(act({value} + bias[g * p.cout_g + oc0 + {4 * o + e}u]))"
+                emit(f"    if (oc0 + {4 * o + e}u < p.cout_g) {{ "
+                     f"y[obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + ow0 + {j}u] = {value}; }}")
         emit("  }")
     emit("}")
     return "\n".join(out)

@@ -114,9 +114,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for j in range(tn):
         emit(f"  if (ow0 + {j}u < p.wo) {{")
         for g in range(rg):
-            emit(f"    for (var e = 0u; e < 4u; e++) {{ let oc = oc0 + {4 * g}u + e; if (oc < p.cout_g) {{ "
-                 f"y[((obase + oc) * p.ho + oh) * p.wo + ow0 + {j}u] = "
-                 f"ST(act(s{j}_{g}[e] + bias[g * p.cout_g + oc])); }} }}")
+            for e, comp in enumerate("xyzw"):
+                oc = f"oc0 + {4 * g + e}u"
+                emit(f"    if ({oc} < p.cout_g) {{ y[((obase + {oc}) * p.ho + oh) * p.wo + ow0 + {j}u] = "
+                     f"ST(act(s{j}_{g}.{comp} + bias[g * p.cout_g + {oc}])); }}")
         emit("  }")
     emit("}")
     return "\n".join(out)
