@@ -30,7 +30,6 @@ from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
           "tiles_r", "tiles_c", "splits", "chunks", "total"]
 REDUCE_PARAMS = ["c_out", "plane", "count", "splits", "total"]
-MAX_CHUNK = 16  # input channels staged at once
 MAX_SPLITS = 32
 
 
@@ -50,21 +49,23 @@ class Tile:
         return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}"
 
 
-# (tile, relative cost per useful FMA): bigger register tiles reuse more of each load
+# (tile, relative time per FMA once the device is busy), measured on the H100 (tools/direct_bench.py --tiles)
 TILES = (
-    (Tile(64, 8, 8, 4, 4), 1.0),
-    (Tile(64, 4, 16, 4, 4), 1.0),
-    (Tile(128, 8, 8, 4, 4), 1.0),
     (Tile(64, 8, 16, 2, 8), 1.0),
-    (Tile(64, 8, 8, 2, 8), 1.05),
-    (Tile(32, 16, 16, 2, 8), 1.05),
-    (Tile(32, 8, 8, 2, 4), 1.2),
-    (Tile(64, 4, 8, 2, 4), 1.2),
-    (Tile(32, 8, 16, 1, 4), 1.4),
-    (Tile(32, 8, 8, 1, 4), 1.4),
-    (Tile(16, 8, 8, 1, 4), 1.6),
-    (Tile(4, 16, 16, 1, 4), 2.5),
+    (Tile(128, 8, 8, 4, 4), 1.0),
+    (Tile(64, 8, 8, 2, 8), 1.2),
+    (Tile(64, 8, 8, 4, 4), 1.15),
+    (Tile(64, 4, 16, 4, 4), 1.2),
+    (Tile(32, 8, 8, 1, 4), 1.2),
+    (Tile(32, 16, 16, 2, 8), 1.25),
+    (Tile(16, 8, 8, 1, 4), 1.3),
+    (Tile(32, 8, 16, 1, 4), 1.3),
+    (Tile(32, 8, 8, 2, 4), 1.5),
+    (Tile(64, 4, 8, 2, 4), 1.5),
+    (Tile(4, 16, 16, 1, 4), 3.0),
 )
+CHUNKS = (16, 8, 4)  # input channels per workgroup-memory stage, largest first
+BUSY = 2  # launches want this many times the device's busy workgroup count
 
 
 @dataclass(frozen=True)
@@ -85,31 +86,34 @@ def patch_size(p, tile: Tile) -> tuple[int, int]:
 def choose_plan(profile, p, n: int) -> Plan:
     """Tile, chunk and split for `p` at batch n on a device: a pure function of the two.
 
-    The tile with the least padded work (channels past C_out/groups, pixels past the output's edges) times its
-    cost per FMA, among those whose patch of one input channel fits the device's workgroup memory; the chunk as
-    many channels as fit (at most MAX_CHUNK); splits until the launch has the device's busy workgroup count."""
+    Estimated time: the padded work (channels past C_out/groups, pixels past the output's edges) times the
+    tile's cost per FMA, divided by the square root of the share of a busy device the launch fills (splitting
+    the input channels adds workgroups, up to half the chunks, so each split keeps two or more). Patches of the
+    chunk must fit the device's workgroup memory, the tile its invocation limit."""
     cout_g, cin_g = p.c_out // p.groups, p.c_in // p.groups
     memory = int(profile.limits.get("max-compute-workgroup-storage-size", 16384))
     threads = int(profile.limits.get("max-compute-invocations-per-workgroup", 256))
-
-    def cost(entry):
-        tile, per_fma = entry
+    target = BUSY * profile.busy_workgroups
+    out_bytes = 4 * n * p.c_out * p.ho * p.wo
+    best, best_cost = None, None
+    for tile, per_fma in TILES:
+        patch = 4 * int(np.prod(patch_size(p, tile)))
+        if tile.threads > threads or patch > memory:
+            continue
         padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
                   * ceil_div(p.wo, tile.bc) * tile.bc)
-        return padded * per_fma
-
-    fits = [e for e in TILES if e[0].threads <= threads and 4 * np.prod(patch_size(p, e[0])) <= memory]
-    if not fits:
+        blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
+        for chunk in sorted({min(c, cin_g, memory // patch) for c in CHUNKS}, reverse=True):
+            splits = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, ceil_div(target, blocks),
+                                profile.max_binding_bytes // out_bytes))
+            filled = min(1.0, blocks * splits / target)
+            cost = padded * per_fma / filled ** 0.5
+            if best_cost is None or cost < best_cost * 0.999:
+                best, best_cost = Plan(tile, chunk, splits), cost
+    if best is None:
         raise ValueError(f"direct: no tile's input patch of {p.describe()} fits the device's {memory}-byte "
                          f"workgroup memory")
-    tile = min(fits, key=cost)[0]
-    chunk = int(min(MAX_CHUNK, cin_g, memory // (4 * np.prod(patch_size(p, tile)))))
-    blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
-    chunks = ceil_div(cin_g, chunk)
-    splits = max(1, min(MAX_SPLITS, chunks // 2, ceil_div(profile.busy_workgroups, blocks)))
-    out_bytes = 4 * n * p.c_out * p.ho * p.wo
-    splits = max(1, min(splits, profile.max_binding_bytes // out_bytes))
-    return Plan(tile, chunk, splits)
+    return best
 
 
 def generate(p, plan: Plan, header: str, act: str, partial: bool) -> str:
