@@ -29,6 +29,13 @@ LAYERS = {  # (params, activation): odd sizes, partial channel and pixel tiles e
 }
 
 
+@pytest.fixture(autouse=True)
+def small_register_tiles(monkeypatch):
+    """lavapipe compiles a pipeline at its first dispatch, ~5-20 s for the big register tiles: the tests choose
+    among small ones (the same generator); test_register_tiles_with_partial_tiles runs the main big one."""
+    monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 8, 2), direct_cpu.RegisterTile(4, 4)))
+
+
 def use_style(monkeypatch, style):
     monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: style))
 
@@ -47,6 +54,16 @@ def test_direct_matches_torch(monkeypatch, style, layer):
     kernel = direct.Direct(get_gpu(), p, w, b, Epilogue.parse(activation))
     assert kernel.cpu == (style == "registers")
     assert_matches(run(p, x, w, b, activation), reference(p, x, w, b, activation), f"direct ({style}) on {layer}")
+
+
+@pytest.mark.parametrize("tile", [direct_cpu.RegisterTile(8, 16, 2), direct_cpu.RegisterTile(8, 4)], ids=str)
+def test_register_tiles_with_partial_tiles(monkeypatch, tile):
+    """Rows, columns and channels that fill none of the tiles; two rows with stride 2 and dilation 2."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(direct_cpu, "choose_tile", lambda p: tile)
+    p = make_params((2, 6, 15, 21), (10, 3, 3, 3), (2, 1), (2, 1), (2, 1), 2)
+    x, w, b = random_inputs(p, np.random.default_rng(44))
+    assert_matches(run(p, x, w, b, "relu"), reference(p, x, w, b, "relu"), f"direct register tile {tile}")
 
 
 def test_split_input_channels_add_up(monkeypatch):
@@ -105,9 +122,10 @@ def test_no_plan_when_no_patch_fits():
         direct.choose_plan(profile, make_params((1, 8, 64, 64), (8, 8, 3, 3), 1, 1), 1)
 
 
-def test_register_tiles_bound_the_unrolled_code_and_the_loops():
+def test_register_tiles_bound_the_unrolled_code_and_the_loops(monkeypatch):
+    monkeypatch.undo()
     for p in SUITE_LIKE:
         tile = direct_cpu.choose_tile(p)
-        assert tile.tm // 4 * tile.tn * p.kw <= direct_cpu.MAX_FMAS
+        assert direct_cpu.fits(p, tile) and direct_cpu.unrolled_fmas(p, tile) <= 3 * direct_cpu.MAX_FMAS
     # the taps unroll: an invocation loops C_in/groups * (1 + KH) times, 8192 channels of 3x3 fit lavapipe
     assert direct.Direct.loop_trips(make_params((1, 8192, 4, 4), (8, 8192, 3, 3))) == 8192 * 4 <= 65535

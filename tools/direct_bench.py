@@ -20,7 +20,8 @@ import numpy as np
 import torch  # noqa: F401  (before the GPU opens: LLVM clash on lavapipe)
 
 from convroute.device.gpu import get_gpu
-from convroute.kernels import direct
+from convroute.kernels import ALGORITHMS, direct
+from convroute.measure import bench
 from convroute.measure.bench import LayerResult, measure_layer
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.suites import SUITES, load_suite
@@ -65,14 +66,19 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--tiles", action="store_true")
     ap.add_argument("--check", type=int, default=0)
+    ap.add_argument("--algorithms", help="time only these (comma-separated; default all applicable)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--min-repeats", type=int, default=3)
     args = ap.parse_args()
+    if args.algorithms:
+        bench.ALGORITHMS = {k: v for k, v in ALGORITHMS.items() if k in args.algorithms.split(",")}
     gpu = get_gpu()
     print(gpu.profile.name, gpu.profile.gemm_style)
     if args.check:
         t0 = time.time()
         ok, wrong = random_check(args.check)
         print(f"random shapes: {ok}/{args.check} correct ({time.time() - t0:.0f} s)", *wrong, sep="\n  ")
-    settings = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=args.budget)
+    settings = TimingSettings(warmup=args.warmup, repeats=10, min_repeats=args.min_repeats, budget_s=args.budget)
     shapes, suites = {}, {}
     for name in args.suites.split(","):
         for layer in load_suite(name).layers:
@@ -84,7 +90,7 @@ def main() -> None:
     for p, name in shapes.items():
         t0 = time.time()
         result = LayerResult(name, 1, p)
-        measure_layer(gpu, result, settings, True, )
+        measure_layer(gpu, result, settings, True)
         results[p] = result
         line = "  ".join(f"{k} {v:.3f}" for k, v in sorted(result.times_ms.items(), key=lambda kv: kv[1]))
         print(f"{p.c_in}x{p.h}x{p.w}->{p.c_out} k{p.kh} s{p.stride[0]}: {line} "
