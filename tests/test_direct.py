@@ -129,3 +129,10 @@ def test_register_tiles_bound_the_unrolled_code_and_the_loops(monkeypatch):
         assert direct_cpu.fits(p, tile) and direct_cpu.unrolled_fmas(p, tile) <= 3 * direct_cpu.MAX_FMAS
     # the taps unroll: an invocation loops C_in/groups * (1 + KH) times, 8192 channels of 3x3 fit lavapipe
     assert direct.Direct.loop_trips(make_params((1, 8192, 4, 4), (8, 8192, 3, 3))) == 8192 * 4 <= 65535
+
+
+def test_long_channel_loops_stay_within_lavapipes_limit():
+    """8192 input channels of 3x3 (the taps unroll: 8192 * 4 loop trips) give the right sums on CPU adapters."""
+    p = make_params((1, 8192, 3, 3), (2, 8192, 3, 3), 1, 1)
+    x, w, b = random_inputs(p, np.random.default_rng(45))
+    assert_matches(run(p, x, w, b), reference(p, x, w, b), "direct over 8192 input channels")
