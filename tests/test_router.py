@@ -275,7 +275,7 @@ def test_lavapipe_loop_limit_routes_around_long_loops():
     give wrong sums silently); other families keep the seed choice."""
     from convroute.kernels.base import CPU_LOOP_LIMIT
 
-    shape = ((1, 8192, 3, 3), (2, 8192, 3, 3))
+    shape = ((1, 16384, 3, 3), (2, 16384, 3, 3))  # direct loops C_in * (1 + KH) = 65536 times on CPU adapters
     cpu = route(*shape, padding=1, device="cpu", policy="seed")
     assert cpu.algorithm != "direct" and str(CPU_LOOP_LIMIT) in cpu.reason
     assert route(*shape, padding=1, device="nvidia", policy="seed").algorithm == "direct"

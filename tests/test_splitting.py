@@ -77,7 +77,7 @@ def test_grid_folds_past_65535_workgroups():
 
 
 FOLD_CASES = {
-    "direct": dict(input_shape=(2, 3, 30, 41), weight_shape=(8, 3, 3, 2), padding=(1, 0)),
+    "direct": dict(input_shape=(2, 3, 30, 41), weight_shape=(40, 3, 3, 2), padding=(1, 0)),
     "im2col": dict(input_shape=(2, 3, 20, 31), weight_shape=(130, 3, 3, 3), padding=1, dilation=(1, 2)),
     "pointwise": dict(input_shape=(2, 5, 40, 61), weight_shape=(9, 5, 1, 1)),
     "implicit_gemm": dict(input_shape=(2, 3, 40, 61), weight_shape=(9, 3, 3, 2), padding=(1, 0), dilation=(2, 1)),

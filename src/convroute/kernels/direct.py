@@ -1,72 +1,247 @@
-"""`direct`: the general sliding-window conv. Any stride, padding, dilation, groups, kernel shape.
+"""`direct`: the sliding-window conv. Any stride, padding, dilation, groups, kernel shape.
 
-Each invocation computes a 4 output channels x 4 output pixels (along a row) block: per input tap it
-loads one vec4 of weights and four input values and does sixteen multiply-adds.
+GPUs (gemm_style "workgroup"): a workgroup computes BO output channels x a BR x BC block of output pixels of
+one image. Per chunk of CK input channels it stages the input patch the block reads (the block plus its halo,
+zero outside the image) in workgroup memory, then each invocation adds RO vec4s of output channels x RP
+neighbouring pixels of one row: per channel and kernel row it reads its row segment of the patch once (each
+value serves up to KW taps) and RO * KW weight vec4s (each serves RP pixels). Kernel size, stride, dilation,
+padding and the tile are WGSL constants (taps unrolled); channel and spatial sizes are parameters, so a network
+compiles one pipeline per (kernel geometry, tile). When the blocks leave the device idle (few pixels, many
+channels: late ResNet layers at batch 1) the input channels are split across workgroups, each writing f32
+partial sums, and a second dispatch adds them, the bias and the activation.
+
+CPU adapters (gemm_style "registers") get direct_cpu's register tiles instead.
+
+Weights are prepacked [groups, blocks, C_in/groups padded to the chunk, KH, KW, 4]: four output channels per
+vec4, zero past C_out/groups and C_in/groups, so no weight load needs a bounds check. Sums are f32 in every
+precision (accumulate="float16" runs with f32 sums here).
 """
 
 from __future__ import annotations
 
-from convroute.kernels.base import OC4_BINDINGS, ConvKernel, pack_oc4
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+from dataclasses import dataclass
 
-WG = 64
-PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw",
-          "cin_g", "cout_g", "ocb", "owb", "gocb", "total"]
+import numpy as np
 
-SHADER = """
-const WG: u32 = {wg}u;
-{params}
-{bindings}
+from convroute.kernels import direct_cpu
+from convroute.kernels.base import CPU_LOOP_LIMIT, ConvKernel
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack
+
+PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
+          "tiles_r", "tiles_c", "splits", "chunks", "total"]
+REDUCE_PARAMS = ["c_out", "plane", "count", "splits", "total"]
+MAX_SPLITS = 32
+
+
+@dataclass(frozen=True)
+class Tile:
+    bo: int  # output channels per workgroup
+    br: int  # output rows per workgroup
+    bc: int  # output columns per workgroup
+    ro: int  # vec4s of output channels per invocation
+    rp: int  # neighbouring pixels of one row per invocation
+
+    @property
+    def threads(self) -> int:
+        return self.bo // (4 * self.ro) * (self.br * self.bc // self.rp)
+
+    def __str__(self) -> str:
+        return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}"
+
+
+# (tile, relative time per FMA once the device is busy), measured on the H100 (tools/direct_bench.py --tiles)
+TILES = (
+    (Tile(64, 8, 16, 2, 8), 1.0),
+    (Tile(128, 8, 8, 4, 4), 1.0),
+    (Tile(64, 8, 8, 2, 8), 1.2),
+    (Tile(64, 8, 8, 4, 4), 1.15),
+    (Tile(64, 4, 16, 4, 4), 1.2),
+    (Tile(32, 8, 8, 1, 4), 1.2),
+    (Tile(32, 16, 16, 2, 8), 1.25),
+    (Tile(16, 8, 8, 1, 4), 1.3),
+    (Tile(32, 8, 16, 1, 4), 1.3),
+    (Tile(32, 8, 8, 2, 4), 1.5),
+    (Tile(64, 4, 8, 2, 4), 1.5),
+    (Tile(4, 16, 16, 1, 4), 3.0),
+)
+CHUNKS = (16, 8, 4)  # input channels per workgroup-memory stage, largest first
+BUSY = 2  # launches want this many times the device's busy workgroup count
+
+
+@dataclass(frozen=True)
+class Plan:
+    tile: Tile
+    chunk: int  # input channels per workgroup-memory stage
+    splits: int  # workgroups sharing one output block, each over its own chunks
+
+    def __str__(self) -> str:
+        return f"{self.tile} ck{self.chunk} split{self.splits}"
+
+
+def patch_size(p, tile: Tile) -> tuple[int, int]:
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    return (tile.br - 1) * sh + (p.kh - 1) * dh + 1, (tile.bc - 1) * sw + (p.kw - 1) * dw + 1
+
+
+def choose_plan(profile, p, n: int) -> Plan:
+    """Tile, chunk and split for `p` at batch n on a device: a pure function of the two.
+
+    Estimated time: the padded work (channels past C_out/groups, pixels past the output's edges) times the
+    tile's cost per FMA, divided by the square root of the share of a busy device the launch fills (splitting
+    the input channels adds workgroups, up to half the chunks, so each split keeps two or more). Patches of the
+    chunk must fit the device's workgroup memory, the tile its invocation limit."""
+    cout_g, cin_g = p.c_out // p.groups, p.c_in // p.groups
+    memory = int(profile.limits.get("max-compute-workgroup-storage-size", 16384))
+    threads = int(profile.limits.get("max-compute-invocations-per-workgroup", 256))
+    target = BUSY * profile.busy_workgroups
+    out_bytes = 4 * n * p.c_out * p.ho * p.wo
+    best, best_cost = None, None
+    for tile, per_fma in TILES:
+        patch = 4 * int(np.prod(patch_size(p, tile)))
+        if tile.threads > threads or patch > memory:
+            continue
+        padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
+                  * ceil_div(p.wo, tile.bc) * tile.bc)
+        blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
+        for chunk in sorted({min(c, cin_g, memory // patch) for c in CHUNKS}, reverse=True):
+            splits = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, ceil_div(target, blocks),
+                                profile.max_binding_bytes // out_bytes))
+            filled = min(1.0, blocks * splits / target)
+            cost = padded * per_fma / filled ** 0.5
+            if best_cost is None or cost < best_cost * 0.999:
+                best, best_cost = Plan(tile, chunk, splits), cost
+    if best is None:
+        raise ValueError(f"direct: no tile's input patch of {p.describe()} fits the device's {memory}-byte "
+                         f"workgroup memory")
+    return best
+
+
+def generate(p, plan: Plan, header: str, act: str, partial: bool) -> str:
+    """The workgroup kernel; with `partial` it writes raw f32 sums to [splits, n, C_out, Ho, Wo]."""
+    tile, ck = plan.tile, plan.chunk
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    pr, pc = patch_size(p, tile)
+    ro, rp = tile.ro, tile.rp
+    tpx = tile.br * tile.bc // rp  # invocations along the pixels
+    span = (rp - 1) * sw + (p.kw - 1) * dw + 1
+    fields = "".join(f"  {n}: u32,\n" for n in PARAMS)
+    out_decl = ("@group(0) @binding(3) var<storage, read_write> y: array<f32>;" if partial else
+                "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n"
+                "@group(0) @binding(4) var<storage, read_write> y: array<ST>;")
+    out = [f"""{header}
+struct Params {{
+{fields}}}
+@group(0) @binding(0) var<storage, read> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read> wt: array<ST4>;
+{out_decl}
 {act}
-@compute @workgroup_size({wg})
+const WG: u32 = {tile.threads}u;
+const PR: u32 = {pr}u;
+const PC: u32 = {pc}u;
+const PATCH: u32 = {ck * pr * pc}u;
+const KHW: u32 = {p.kh * p.kw}u;
+var<workgroup> tileX: array<f32, {ck * pr * pc}>;
+@compute @workgroup_size({tile.threads})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+  let p = P;
+  let b = wid.x + wid.y * nwg.x;
+  if (b >= p.total) {{ return; }}
+  let tc = b % p.tiles_c;
+  var r = b / p.tiles_c;
+  let tr = r % p.tiles_r;
+  r = r / p.tiles_r;
+  let tm = r % p.tiles_m;
+  r = r / p.tiles_m;
+  let g = r % p.groups;
+  r = r / p.groups;
+  let n = r % p.n;
+  let split = r / p.n;
+  let tp = lid % {tpx}u;
+  let to = lid / {tpx}u;
+  let prow = tp / {tile.bc // rp}u;
+  let pcol = (tp % {tile.bc // rp}u) * {rp}u;
+  let oh = tr * {tile.br}u + prow;
+  let ow0 = tc * {tile.bc}u + pcol;
+  let ih0 = i32(tr * {tile.br * sh}u) - {ph};
+  let iw0 = i32(tc * {tile.bc * sw}u) - {pw};
+  let hi = i32(p.h);
+  let wi = i32(p.w);
+  let xg = (n * p.c_in + g * p.cin_g) * p.h * p.w;
+  let bstride = p.cin_pad * KHW;
+  let wb = (g * p.bpg + tm * {tile.bo // 4}u + to * {ro}u) * bstride;
+  let own = (prow * {sh}u) * PC + pcol * {sw}u;"""]
+    emit = out.append
+    sums = [(j, o) for j in range(rp) for o in range(ro)]
+    out += [f"  var s{j}_{o} = vec4<f32>(0.0);" for j, o in sums]
+    emit(f"""  for (var ch = 0u; ch < p.chunks; ch++) {{
+    let ic0 = (split * p.chunks + ch) * {ck}u;
+    if (ic0 >= p.cin_g) {{ break; }}
+    workgroupBarrier();
+    for (var i = lid; i < PATCH; i += WG) {{
+      let c = i / (PR * PC);
+      let rc = i % (PR * PC);
+      let ih = ih0 + i32(rc / PC);
+      let iw = iw0 + i32(rc % PC);
+      let ok = ic0 + c < p.cin_g && ih >= 0 && ih < hi && iw >= 0 && iw < wi;
+      let at = select(0u, xg + ((ic0 + c) * p.h + u32(ih)) * p.w + u32(iw), ok);
+      tileX[i] = select(0.0, f32(x[at]), ok);
+    }}
+    workgroupBarrier();
+    for (var c = 0u; c < {ck}u; c++) {{
+      let pbase = c * (PR * PC) + own;
+      let wc = wb + (ic0 + c) * KHW;""")
+    for kh in range(p.kh):
+        out += [f"      let v{kh}_{q} = tileX[pbase + {kh * dh * pc + q}u];" for q in range(span)]
+        for kw in range(p.kw):
+            out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {kh * p.kw + kw}u]);" for o in range(ro)]
+            out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kh}_{j * sw + kw * dw}), s{j}_{o});"
+                    for j, o in sums]
+    emit("    }\n  }")
+    emit(f"""  if (oh >= p.ho) {{ return; }}
+  let oc0 = tm * {tile.bo}u + to * {4 * ro}u;
+  let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + oh * p.wo;""")
+    for j in range(rp):
+        emit(f"  if (ow0 + {j}u < p.wo) {{")
+        for o in range(ro):  # components by name: a vec4 indexed by a loop variable can land in local memory
+            for e, comp in enumerate("xyzw"):
+                value = f"s{j}_{o}.{comp}"
+                value = value if partial else f"ST(act({value} + bias[g * p.cout_g + oc0 + {4 * o + e}u]))"
+                emit(f"    if (oc0 + {4 * o + e}u < p.cout_g) {{ "
+                     f"y[obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + ow0 + {j}u] = {value}; }}")
+        emit("  }")
+    emit("}")
+    return "\n".join(out)
+
+
+REDUCE = """
+const WG: u32 = 64u;
+struct Params {{ c_out: u32, plane: u32, count: u32, splits: u32, total: u32, }}
+@group(0) @binding(0) var<storage, read> P: Params;
+@group(0) @binding(1) var<storage, read> part: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<ST>;
+{act}
+@compute @workgroup_size(64)
 fn main({args}) {{
   let t = {flat};
   if (t >= P.total) {{ return; }}
-  let owb = t % P.owb;
-  let oh = (t / P.owb) % P.ho;
-  let gob = (t / (P.owb * P.ho)) % P.gocb;
-  let n = t / (P.owb * P.ho * P.gocb);
-  let g = gob / P.ocb;
-  let ow0 = owb * 4u;
-  var acc: array<vec4<f32>, 4>;
-  let b = bias[gob];
-  for (var j = 0u; j < 4u; j++) {{ acc[j] = b; }}
-  let ih0 = i32(oh * P.sh) - i32(P.ph);
-  let iw0 = i32(ow0 * P.sw) - i32(P.pw);
-  for (var ic = 0u; ic < P.cin_g; ic++) {{
-    let xc = (n * P.c_in + g * P.cin_g + ic) * P.h;
-    let wc = (gob * P.cin_g + ic) * P.kh;
-    {open_block}
-    for (var kh = 0u; kh < P.kh; kh++) {{
-      let ih = ih0 + i32(kh * P.dh);
-      if (ih < 0 || ih >= i32(P.h)) {{ continue; }}
-      let row = (xc + u32(ih)) * P.w;
-      for (var kw = 0u; kw < P.kw; kw++) {{
-        let wv = vec4<AT>(wt[(wc + kh) * P.kw + kw]);
-        let iwk = iw0 + i32(kw * P.dw);
-        for (var j = 0u; j < 4u; j++) {{
-          let iw = iwk + i32(j * P.sw);
-          if (iw >= 0 && iw < i32(P.w)) {{ {sum}[j] += wv * AT(x[row + u32(iw)]); }}
-        }}
-      }}
-    }}
-    {close_block}
-  }}
-  let ocg0 = (gob % P.ocb) * 4u;
-  for (var i = 0u; i < 4u; i++) {{
-    if (ocg0 + i >= P.cout_g) {{ break; }}
-    let obase = ((n * P.c_out + g * P.cout_g + ocg0 + i) * P.ho + oh) * P.wo;
-    for (var j = 0u; j < 4u; j++) {{
-      if (ow0 + j < P.wo) {{ y[obase + ow0 + j] = ST(act(acc[j][i])); }}
-    }}
-  }}
+  var v = bias[(t / P.plane) % P.c_out];
+  for (var s = 0u; s < P.splits; s++) {{ v += part[s * P.count + t]; }}
+  y[t] = ST(act(v));
 }}
 """
 
-# f16 sums: one block per input channel. Zeroed explicitly: naga does not re-zero a loop-local `var` without an
-# initializer on each iteration (gfx-rs/wgpu#9489).
-OPEN_BLOCK = "var part = array<vec4<AT>, 4>();"
-CLOSE_BLOCK = "for (var j = 0u; j < 4u; j++) { acc[j] += vec4<f32>(part[j]); }"
+
+def pack_weights(weight: np.ndarray, groups: int, blocks_per_group: int, cin_pad: int) -> np.ndarray:
+    """[C_out, C_in/g, KH, KW] -> [groups, blocks, cin_pad, KH, KW, 4], zeros in the padding."""
+    c_out, cin_g, kh, kw = weight.shape
+    cout_g = c_out // groups
+    w = np.zeros((groups, blocks_per_group * 4, cin_pad, kh, kw), np.float32)
+    w[:, :cout_g, :cin_g] = weight.reshape(groups, cout_g, cin_g, kh, kw)
+    w = w.reshape(groups, blocks_per_group, 4, cin_pad, kh, kw)
+    return np.ascontiguousarray(np.moveaxis(w, 2, -1))
 
 
 class Direct(ConvKernel):
@@ -78,22 +253,85 @@ class Direct(ConvKernel):
 
     @classmethod
     def loop_trips(cls, p):
-        return (p.c_in // p.groups) * p.kh * p.kw
+        return direct_cpu.loop_trips(p)  # what CPU adapters run
 
     def prepare(self, weight, bias):
         p = self.p
-        w, b, self.ocb = pack_oc4(weight, p.groups, bias)
-        self.w_buf = self.upload(w, "packed weights")
-        self.b_buf = self.gpu.upload(b, "bias")
-        self.source = self.precision.wgsl() + SHADER.format(
-            wg=WG, params=uniform_block(PARAMS), bindings=OC4_BINDINGS, act=self.epilogue.wgsl(), args=ENTRY_ARGS,
-            flat=FLAT_INDEX, **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
-        self.gpu.pipeline(self.source)
+        self.cpu = self.gpu.profile.gemm_style == "registers"
+        self.bias_buf = self.gpu.upload(bias, "bias")
+        self.header = self.precision.wgsl()
+        self.act = self.epilogue.wgsl()
+        self.weight = weight
+        self._weights: dict[tuple, object] = {}
+        self._partials: dict[int, object] = {}
+        if self.cpu:
+            self.tile = direct_cpu.choose_tile(p)
+            self.source = direct_cpu.generate(p, self.tile, self.header, self.act)
+            self.gpu.pipeline(self.source)
+        else:
+            self._plans: dict[int, Plan] = {}
+            plan = self.plan(p.n)
+            self.gpu.pipeline(generate(p, plan, self.header, self.act, plan.splits > 1))
+
+    def plan(self, n: int) -> Plan:
+        """The workgroup plan at batch n, fixed for the kernel's life once chosen."""
+        if n not in self._plans:
+            self._plans[n] = choose_plan(self.gpu.profile, self.p, n)
+        return self._plans[n]
+
+    def weights(self, blocks: int, chunk: int):
+        """Packed weights with output channels padded to `blocks` vec4s per group, input channels to `chunk`."""
+        p = self.p
+        cin_pad = ceil_div(p.c_in // p.groups, chunk) * chunk
+        key = (blocks, cin_pad)
+        if key not in self._weights:
+            self._weights[key] = self.upload(pack_weights(self.weight, p.groups, blocks, cin_pad), "packed weights")
+        return self._weights[key], cin_pad
 
     def bind(self, x, y, n):
+        if self.cpu:
+            return self._bind_cpu(x, y, n)
         p = self.p
-        owb, gocb = ceil_div(p.wo, 4), p.groups * self.ocb
-        total = n * gocb * p.ho * owb
-        values = self.shape_values(n=n, ocb=self.ocb, owb=owb, gocb=gocb, total=total)
-        u = self.gpu.uniform(pack(PARAMS, values))
-        return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]
+        plan = self.plan(n)
+        tile = plan.tile
+        tiles_m = ceil_div(p.c_out // p.groups, tile.bo)
+        w_buf, cin_pad = self.weights(tiles_m * tile.bo // 4, plan.chunk)
+        tiles_r, tiles_c = ceil_div(p.ho, tile.br), ceil_div(p.wo, tile.bc)
+        chunks = ceil_div(ceil_div(p.c_in // p.groups, plan.chunk), plan.splits)
+        total = plan.splits * n * p.groups * tiles_m * tiles_r * tiles_c
+        if self.gpu.profile.family == "cpu":
+            trips = chunks * (ceil_div(plan.chunk * np.prod(patch_size(p, tile)), tile.threads) + plan.chunk)
+            if trips > CPU_LOOP_LIMIT:
+                raise ValueError(f"direct (workgroup tiles) would loop {trips} times on {p.describe()}, past "
+                                 f"lavapipe's {CPU_LOOP_LIMIT}")
+        values = pack(PARAMS, dict(self.shape_values(), n=n, groups=p.groups, bpg=tiles_m * tile.bo // 4,
+                                   cin_pad=cin_pad, tiles_m=tiles_m, tiles_r=tiles_r, tiles_c=tiles_c,
+                                   splits=plan.splits, chunks=chunks, total=total))
+        params = self.gpu.upload(np.asarray(values, np.uint32), "direct parameters", np.uint32)
+        partial = plan.splits > 1
+        source = generate(p, plan, self.header, self.act, partial)
+        if not partial:
+            return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y], total * tile.threads,
+                                      tile.threads)]
+        count = n * p.c_out * p.ho * p.wo
+        if n not in self._partials:
+            self._partials[n] = self.gpu.empty(4 * plan.splits * count, "direct partial sums")
+        part = self._partials[n]
+        reduce = self.precision.wgsl() + REDUCE.format(act=self.act, args=ENTRY_ARGS, flat=FLAT_INDEX)
+        rvalues = pack(REDUCE_PARAMS, dict(c_out=p.c_out, plane=p.ho * p.wo, count=count, splits=plan.splits,
+                                           total=count))
+        rparams = self.gpu.upload(np.asarray(rvalues, np.uint32), "reduce parameters", np.uint32)
+        return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads,
+                                  tile.threads),
+                self.gpu.dispatch(reduce, [rparams, part, self.bias_buf, y], count, 64)]
+
+    def _bind_cpu(self, x, y, n):
+        p, tile = self.p, self.tile
+        grid = direct_cpu.grid(p, tile, n)
+        bpg = grid["tiles_m"] * tile.tm // 4
+        w_buf, cin_pad = self.weights(bpg, 1)
+        values = pack(direct_cpu.PARAMS, dict(self.shape_values(), n=n, groups=p.groups, bpg=bpg,
+                                               cin_pad=cin_pad) | grid)
+        params = self.gpu.upload(np.asarray(values, np.uint32), "direct parameters", np.uint32)
+        return [self.gpu.dispatch(self.source, [params, x, w_buf, self.bias_buf, y], grid["total"],
+                                  direct_cpu.WG)]

@@ -1,0 +1,173 @@
+"""`direct` on CPU adapters (gemm_style "registers"): one register tile per invocation, no workgroup memory.
+
+Each invocation computes TM output channels x TN neighbouring output pixels of one row. Per input channel and
+kernel row it loads the input row segment its pixels' windows cover once ((TN - 1) * stride + (KW - 1) *
+dilation + 1 scalars, zero outside the image) and TM/4 * KW weight vec4s, then does TM/4 * KW * TN vec4 FMAs:
+every input value serves up to KW taps and every weight TN pixels, straight from the storage buffers (on
+llvmpipe the CPU caches do the staging; see gemm_cpu). Kernel size, stride, dilation and padding are WGSL
+constants, so the tap loop unrolls; channel and spatial sizes come from a parameter buffer, so one pipeline per
+(kernel geometry, tile) serves every layer that shares it. One invocation loops C_in/groups * (1 + KH) times.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from convroute.kernels.common import ceil_div
+
+WG = 8  # one llvmpipe SIMD vector (see gemm_cpu.WG)
+PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
+          "tiles_n", "tiles_r", "total"]
+MAX_FMAS = 256  # vec4 FMAs unrolled per kernel row: bounds compile time on lavapipe
+
+
+@dataclass(frozen=True)
+class RegisterTile:
+    tm: int  # output channels per invocation, a multiple of 4
+    tn: int  # neighbouring output pixels of a row per invocation
+    tr: int = 1  # output rows per invocation
+
+    def __str__(self) -> str:
+        return f"{self.tm}x{self.tr}x{self.tn}"
+
+
+# Few tiles: lavapipe compiles a pipeline at its first dispatch, seconds for the big ones, once per tile and
+# kernel geometry (calibration meets dozens of geometries).
+TILES = (RegisterTile(8, 16, 2), RegisterTile(4, 8, 2), RegisterTile(8, 16), RegisterTile(8, 8), RegisterTile(4, 4))
+MAX_WEIGHTS = 36  # weight vec4s a multi-row tile keeps per input channel (all its taps)
+
+
+def input_rows(p, tile: RegisterTile) -> list[int]:
+    """Offsets of the input rows an invocation reads, from its first window's top row."""
+    return sorted({i * p.stride[0] + k * p.dilation[0] for i in range(tile.tr) for k in range(p.kh)})
+
+
+def unrolled_fmas(p, tile: RegisterTile) -> int:
+    """vec4 FMAs in the shader's straight-line code: per kernel row (one row), per input channel (several)."""
+    per_row = tile.tm // 4 * tile.tn * p.kw
+    return per_row if tile.tr == 1 else per_row * p.kh * tile.tr
+
+
+def fits(p, tile: RegisterTile) -> bool:
+    if tile.tr == 1:
+        return unrolled_fmas(p, tile) <= MAX_FMAS
+    return unrolled_fmas(p, tile) <= 3 * MAX_FMAS and tile.tm // 4 * p.kh * p.kw <= MAX_WEIGHTS
+
+
+def tile_cost(p, tile: RegisterTile) -> float:
+    """Relative time: per input channel an invocation does tm/4 * KH * KW * tn * tr vec4 FMAs and loads
+    tm * KH * KW weight components and `span` input components per input row it reads; on llvmpipe a loaded
+    component costs about what a vec4 FMA does. Times the invocations, which pad C_out/groups and the output
+    rows and columns to whole tiles."""
+    span = (tile.tn - 1) * p.stride[1] + (p.kw - 1) * p.dilation[1] + 1
+    step = tile.tm // 4 * p.kh * p.kw * tile.tn * tile.tr + tile.tm * p.kh * p.kw + span * len(input_rows(p, tile))
+    return (step * ceil_div(p.c_out // p.groups, tile.tm) * ceil_div(p.wo, tile.tn)
+            * ceil_div(p.ho, tile.tr) / tile.tr)
+
+
+def choose_tile(p) -> RegisterTile:
+    """The cheapest tile by tile_cost among those whose unrolled code stays small."""
+    return min([t for t in TILES if fits(p, t)] or [RegisterTile(4, 4)],
+               key=lambda t: (tile_cost(p, t), -t.tm * t.tn * t.tr))
+
+
+def loop_trips(p) -> int:
+    return (p.c_in // p.groups) * (1 + p.kh)
+
+
+def generate(p, tile: RegisterTile, header: str, act: str) -> str:
+    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
+    rg, tn, tr = tile.tm // 4, tile.tn, tile.tr
+    span = (tn - 1) * sw + (p.kw - 1) * dw + 1
+    fields = "".join(f"  {n}: u32,\n" for n in PARAMS)
+    out = [f"""{header}
+struct Params {{
+{fields}}}
+@group(0) @binding(0) var<storage, read> P: Params;
+@group(0) @binding(1) var<storage, read> x: array<ST>;
+@group(0) @binding(2) var<storage, read> wt: array<ST4>;
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+@group(0) @binding(4) var<storage, read_write> y: array<ST>;
+{act}
+const KH: u32 = {p.kh}u;
+const KHW: u32 = {p.kh * p.kw}u;
+@compute @workgroup_size({WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+  let p = P;
+  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid;
+  if (t >= p.total) {{ return; }}
+  let tni = t % p.tiles_n;
+  var r = t / p.tiles_n;
+  let tri = r % p.tiles_r;
+  r = r / p.tiles_r;
+  let tmi = r % p.tiles_m;
+  r = r / p.tiles_m;
+  let g = r % p.groups;
+  let n = r / p.groups;
+  let ow0 = tni * {tn}u;
+  let oh0 = tri * {tr}u;
+  let ih0 = i32(oh0 * {sh}u) - {ph};
+  let iw0 = i32(ow0 * {sw}u) - {pw};
+  let wi = i32(p.w);
+  let hw = p.h * p.w;
+  let xg = (n * p.c_in + g * p.cin_g) * hw;
+  let bstride = p.cin_pad * KHW;
+  let wb = (g * p.bpg + tmi * {rg}u) * bstride;"""]
+    emit = out.append
+    for q in range(span):  # the segment's columns: clamped index and in-image mask, fixed per invocation
+        emit(f"  let m{q} = iw0 + {q} >= 0 && iw0 + {q} < wi;")
+        emit(f"  let col{q} = select(0u, u32(iw0 + {q}), m{q});")
+    sums = [(i, j, g) for i in range(tr) for j in range(tn) for g in range(rg)]
+    out += [f"  var s{i}_{j}_{g} = vec4<f32>(0.0);" for i, j, g in sums]
+    emit("""  for (var ic = 0u; ic < p.cin_g; ic++) {
+    let xc = xg + ic * hw;
+    let wc = wb + ic * KHW;""")
+    if tr == 1:  # one output row: a loop over the kernel rows, their weights loaded where used
+        emit(f"""    for (var kh = 0u; kh < KH; kh++) {{
+      let ih = ih0 + i32(kh * {dh}u);
+      if (ih < 0 || ih >= i32(p.h)) {{ continue; }}
+      let row = xc + u32(ih) * p.w;
+      let wk = wc + kh * {p.kw}u;""")
+        out += [f"      let v{q} = select(0.0, f32(x[row + col{q}]), m{q});" for q in range(span)]
+        for kw in range(p.kw):
+            out += [f"      let a{kw}_{g} = ld4(wt[wk + {g}u * bstride + {kw}u]);" for g in range(rg)]
+            out += [f"      s0_{j}_{g} = fma(a{kw}_{g}, vec4<f32>(v{j * sw + kw * dw}), s0_{j}_{g});"
+                    for _, j, g in sums]
+        emit("    }")
+    else:  # several output rows: every tap's weights once per channel, each input row read once
+        out += [f"    let a{kh}_{kw}_{g} = ld4(wt[wc + {g}u * bstride + {kh * p.kw + kw}u]);"
+                for kh in range(p.kh) for kw in range(p.kw) for g in range(rg)]
+        for off in input_rows(p, tile):
+            emit(f"    if (ih0 + {off} >= 0 && ih0 + {off} < i32(p.h)) {{")
+            emit(f"      let row = xc + u32(ih0 + {off}) * p.w;")
+            out += [f"      let v{q} = select(0.0, f32(x[row + col{q}]), m{q});" for q in range(span)]
+            for i in range(tr):
+                for kh in range(p.kh):
+                    if i * sh + kh * dh != off:
+                        continue
+                    out += [f"      s{i}_{j}_{g} = fma(a{kh}_{kw}_{g}, vec4<f32>(v{j * sw + kw * dw}), s{i}_{j}_{g});"
+                            for kw in range(p.kw) for j in range(tn) for g in range(rg)]
+            emit("    }")
+    emit("  }")
+    emit(f"  let oc0 = tmi * {tile.tm}u;")
+    emit("  let obase = n * p.c_out + g * p.cout_g;")
+    for i in range(tr):
+        emit(f"  if (oh0 + {i}u < p.ho) {{")
+        for j in range(tn):
+            emit(f"  if (ow0 + {j}u < p.wo) {{")
+            for g in range(rg):
+                for e, comp in enumerate("xyzw"):
+                    oc = f"oc0 + {4 * g + e}u"
+                    emit(f"    if ({oc} < p.cout_g) {{ y[((obase + {oc}) * p.ho + oh0 + {i}u) * p.wo + ow0 + {j}u] = "
+                         f"ST(act(s{i}_{j}_{g}.{comp} + bias[g * p.cout_g + {oc}])); }}")
+            emit("  }")
+        emit("  }")
+    emit("}")
+    return "\n".join(out)
+
+
+def grid(p, tile: RegisterTile, n: int) -> dict:
+    tiles_m, tiles_n = ceil_div(p.c_out // p.groups, tile.tm), ceil_div(p.wo, tile.tn)
+    tiles_r = ceil_div(p.ho, tile.tr)
+    return dict(tiles_m=tiles_m, tiles_n=tiles_n, tiles_r=tiles_r, total=n * p.groups * tiles_m * tiles_r * tiles_n)
