@@ -38,13 +38,13 @@ STORE_PARTIAL4 = "y[((split * P.m + m) * P.cols + j) / 4u] = v + select(0.0, bia
 
 REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
 REDUCE = """
-const WG: u32 = 64u;
+const WG: u32 = {wg}u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> part: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<ST>;
 {act}
-@compute @workgroup_size(64)
+@compute @workgroup_size({wg})
 fn main({args}) {{
   let t = {flat};
   if (t >= P.total) {{ return; }}
@@ -58,13 +58,13 @@ fn main({args}) {{
 """
 # REDUCE over quads of columns: `total` counts quads, cols is a multiple of 4.
 REDUCE4 = """
-const WG: u32 = 64u;
+const WG: u32 = {wg}u;
 {params}
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read_write> y: array<vec4<ST>>;
 {act}
-@compute @workgroup_size(64)
+@compute @workgroup_size({wg})
 fn main({args}) {{
   let t = {flat};
   if (t >= P.total) {{ return; }}
@@ -134,8 +134,9 @@ class Gemm:
         self.params = GEMM_PARAMS + extra_params
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
                              act=act, precision=precision)
+        self.reduce_wg = min(64, gpu.profile.max_invocations)
         self.reduce_sources = [precision.wgsl() + r.format(params=uniform_block(REDUCE_PARAMS), act=act,
-                                                            args=ENTRY_ARGS, flat=FLAT_INDEX)
+                                                            args=ENTRY_ARGS, flat=FLAT_INDEX, wg=self.reduce_wg)
                                for r in (REDUCE, REDUCE4)]
 
     def source(self, tile: Tile, splits: int, quads: bool = False) -> str:
@@ -171,7 +172,7 @@ class Gemm:
         ur = self.gpu.uniform(pack(REDUCE_PARAMS, reduce))
         return [self.gpu.dispatch(self.source(tile, splits, quads), [u, self.w_buf, self.b_buf, part, *b_buffers],
                                   threads, tile.threads),
-                self.gpu.dispatch(self.reduce_sources[quads], [ur, part, y], reduce["total"], 64)]
+                self.gpu.dispatch(self.reduce_sources[quads], [ur, part, y], reduce["total"], self.reduce_wg)]
 
 
 BATCH_PARAMS = ["batches", "a_stride"]
