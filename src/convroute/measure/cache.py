@@ -107,12 +107,13 @@ def write_json(path: Path, data: dict) -> bool:
 
 
 def read_json(path: Path, fmt: str, version: int, device_key: str | None, dtype: str = "float32", *,
-              remedy: str = "") -> dict | None:
+              remedy: str = "", same_build: bool = True) -> dict | None:
     """The file's object when it exists and is a `fmt` file of `version` for `device_key` with measurements in
     `dtype` (files without a dtype are float32), made by this build (`build_stamp`); else None.
 
     A missing file is silent; anything else wrong gives one CacheWarning naming the file and the problem
-    (`remedy`, e.g. "run `convroute calibrate`", is appended to a stale build's warning).
+    (`remedy`, e.g. "run `convroute calibrate`", is appended to a stale build's warning). `same_build=False`
+    accepts files of any build: derived rules name algorithms, not timings of this build's kernels.
     """
     try:
         text = path.read_text()
@@ -134,7 +135,7 @@ def read_json(path: Path, fmt: str, version: int, device_key: str | None, dtype:
         problem = f"made on another device or driver ({data.get('device_key')!r}, this one is {device_key!r})"
     elif problem is None and data.get("dtype", "float32") != dtype:
         problem = f"measured in {data.get('dtype')!r}, expected {dtype!r}"
-    elif problem is None and data.get("build") != build_stamp():
+    elif problem is None and same_build and data.get("build") != build_stamp():
         made = data.get("build")
         made = describe_build(made) if isinstance(made, dict) else "an older convroute (no build stamp)"
         problem = f"made by {made}; this is {describe_build(build_stamp())}" + (f"; {remedy}" if remedy else "")

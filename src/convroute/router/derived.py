@@ -34,7 +34,7 @@ def load_rule(path: Path | None = None) -> Rule | None:
     cached = _LOADED.get(str(path))
     if cached and cached[0] == stamp:
         return cached[1]
-    data, rule = read_json(path, FORMAT, VERSION, None), None
+    data, rule = read_json(path, FORMAT, VERSION, None, same_build=False), None
     if data is not None:
         try:
             rule = Rule.from_json(data)
