@@ -346,3 +346,14 @@ def get_gpu() -> Gpu:
         if _GPU is None or _GPU.lost is not None:
             _GPU = Gpu(choose_adapter(list_adapters()))
         return _GPU
+
+
+def resolve_profile(device) -> DeviceProfile:
+    """None -> the adapter in use; a family name -> a stand-in profile; a profile -> itself."""
+    if device is None:
+        return get_gpu().profile
+    if isinstance(device, DeviceProfile):
+        return device
+    if isinstance(device, str):
+        return DeviceProfile.for_family(device)
+    raise TypeError(f"device must be None, a DeviceProfile or a family name, got {device!r}")

@@ -155,16 +155,3 @@ class DeviceProfile:
     def key(self) -> str:
         """Identifies this device + driver for on-disk caches."""
         return f"{self.name} | {self.driver} | {self.backend}"
-
-
-def resolve_profile(device) -> DeviceProfile:
-    """None -> the adapter in use; a family name -> a stand-in profile; a profile -> itself."""
-    if device is None:
-        from convroute.device.gpu import get_gpu
-
-        return get_gpu().profile
-    if isinstance(device, DeviceProfile):
-        return device
-    if isinstance(device, str):
-        return DeviceProfile.for_family(device)
-    raise TypeError(f"device must be None, a DeviceProfile or a family name, got {device!r}")

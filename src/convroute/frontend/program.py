@@ -20,8 +20,7 @@ import torch
 from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from convroute import api
-from convroute.device.gpu import Recording, get_gpu
-from convroute.device.profile import resolve_profile
+from convroute.device.gpu import Recording, get_gpu, resolve_profile
 from convroute.frontend.export import export_model
 from convroute.frontend.fallback import download, run_on_cpu, upload
 from convroute.frontend.graph import Ref

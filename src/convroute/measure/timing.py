@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import wgpu
 
+from convroute.chunking import batch_chunk
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import FP32, Epilogue, Precision
@@ -211,8 +212,6 @@ class Workload:
     the workload then holds one chunk, and its times are scaled by batch / chunk."""
 
     def __init__(self, gpu: Gpu, p: ConvParams, seed: int = 0, rotations: int = 4, precision: Precision = FP32):
-        from convroute.api import batch_chunk  # api imports the router, which imports this module
-
         precision.require(gpu.profile)
         self.precision = precision
         rng = np.random.default_rng(seed)

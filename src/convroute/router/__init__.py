@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from convroute.device.profile import DeviceProfile, resolve_profile
+from convroute.device.gpu import resolve_profile
+from convroute.device.profile import DeviceProfile
 from convroute.kernels.common import dtype_name
 from convroute.params import ConvParams, make_params
 from convroute.router.autotune import autotune_route
