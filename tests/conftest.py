@@ -13,6 +13,8 @@ import pytest  # noqa: E402
 
 import convroute.api  # noqa: E402
 from convroute.kernels import ALGORITHMS  # noqa: E402
+from convroute.measure.reference import norm_relative_error as rel_error  # noqa: E402
+from convroute.measure.reference import torch_reference  # noqa: E402
 from convroute.params import ConvParams  # noqa: E402
 
 convroute.api.POISON = True  # outputs start as NaN, so an element no kernel writes fails the check
@@ -64,21 +66,8 @@ def activate(y, activation):
 def reference(p: ConvParams, x, w, b=None, activation=None) -> np.ndarray:
     """PyTorch's conv2d / conv_transpose2d on float64 copies of the same inputs, then the activation."""
     import torch
-    import torch.nn.functional as F
 
-    xt, wt = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(w, np.float64))
-    bt = None if b is None else torch.from_numpy(np.asarray(b, np.float64))
-    with torch.no_grad():
-        if p.transposed:
-            y = F.conv_transpose2d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
-        else:
-            y = F.conv2d(xt, wt, bt, p.stride, p.padding, p.dilation, p.groups)
-        return activate(y, activation).numpy()
-
-
-def rel_error(out, ref) -> float:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+    return activate(torch.from_numpy(torch_reference(p, x, w, b)), activation).numpy()
 
 
 def assert_matches(out, ref, what: str = "", tol: float = TOLERANCE) -> None:

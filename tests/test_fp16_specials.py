@@ -19,6 +19,7 @@ from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import gemm
 from convroute.kernels.common import F16_FEATURE
+from convroute.measure.reference import torch_reference
 from convroute.params import make_params
 
 pytestmark = pytest.mark.skipif(F16_FEATURE not in get_gpu().profile.features,
@@ -45,18 +46,6 @@ def special_inputs(p, rng):
     return x, w, b
 
 
-def expected(p, x, w, b) -> np.ndarray:
-    import torch
-    import torch.nn.functional as F
-
-    xt, wt, bt = (torch.from_numpy(a.astype(np.float64)) for a in (x, w, b))
-    if p.transposed:
-        y = F.conv_transpose2d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
-    else:
-        y = F.conv2d(xt, wt, bt, p.stride, p.padding, p.dilation, p.groups)
-    return y.numpy()
-
-
 def check_specials(out: np.ndarray, ref: np.ndarray, what: str) -> None:
     out = np.asarray(out, np.float64)
     assert out.shape == ref.shape, what
@@ -76,7 +65,7 @@ def test_fp16_stores_keep_nan_inf_and_overflow(monkeypatch, case, style):
     monkeypatch.setenv("CONVROUTE_GEMM_STYLE", style)
     p = CASES[case]
     x, w, b = special_inputs(p, np.random.default_rng(90))
-    ref = expected(p, x, w, b)
+    ref = torch_reference(p, x, w, b)
     for name in applicable(p):
         out = conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups, transposed=p.transposed,
                      output_padding=p.output_padding, algorithm=name, dtype="float16")
@@ -91,4 +80,4 @@ def test_split_k_quad_reduction_keeps_specials(monkeypatch):
     assert gemm.choose_tile(8, 16, 256, 64, tiles=gemm.tiles_for(16))[1] > 1
     x, w, b = special_inputs(p, np.random.default_rng(91))
     out = conv2d(x, w, b, algorithm="pointwise", dtype="float16")
-    check_specials(out, expected(p, x, w, b), "pointwise with split K")
+    check_specials(out, torch_reference(p, x, w, b), "pointwise with split K")

@@ -19,7 +19,7 @@ from convroute.measure import calibration as calib
 from convroute.measure.cache import CacheWarning, cache_dir, device_file, read_json, write_json
 from convroute.measure.grid import full_grid, params_from_dict, params_key, params_to_dict, quick_grid
 from convroute.measure.model import CostModel, loo_report
-from convroute.measure.reference import reference_conv, relative_error
+from convroute.measure.reference import norm_relative_error, reference_conv
 from convroute.measure.timing import TimingSettings, Workload, time_runs
 from convroute.params import make_params
 from convroute.suites import SUITES, load_suite
@@ -64,15 +64,15 @@ def test_reference_matches_torch():
         except ValueError:
             continue
         x, w, b = (rng.standard_normal(s) for s in (p.input_shape, p.weight_shape, (p.c_out,)))
-        assert relative_error(reference_conv(p, x, w, b), torch_reference(p, x, w, b)) < 1e-12, p.describe()
+        assert norm_relative_error(reference_conv(p, x, w, b), torch_reference(p, x, w, b)) < 1e-12, p.describe()
         checked += 1
 
 
 def test_relative_error_flags_unwritten_outputs():
     ref = np.ones((2, 3))
-    assert relative_error(ref, ref) == 0.0
-    assert relative_error(np.full((2, 3), np.nan), ref) == float("inf")
-    assert relative_error(np.ones((3, 2)), ref) == float("inf")
+    assert norm_relative_error(ref, ref) == 0.0
+    assert norm_relative_error(np.full((2, 3), np.nan), ref) == float("inf")
+    assert norm_relative_error(np.ones((3, 2)), ref) == float("inf")
 
 
 @pytest.mark.parametrize("method", ["auto", "wall"])

@@ -82,6 +82,11 @@ class ConvParams:
         return not self.transposed and self.groups == self.c_in and self.c_out % self.c_in == 0
 
     @property
+    def is_depthwise_without_multiplier(self) -> bool:
+        """C_out == groups == C_in: ET-VK's depthwise method, which seed and etvk routing follow."""
+        return not self.transposed and self.c_out == self.groups == self.c_in
+
+    @property
     def is_pointwise(self) -> bool:
         return not self.transposed and self.kh == 1 and self.kw == 1 and self.groups == 1
 

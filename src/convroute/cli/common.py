@@ -7,8 +7,6 @@ import argparse
 import importlib.util
 import sys
 
-import numpy as np
-
 from convroute.measure.calibration import TOLERANCES
 from convroute.measure.report import format_table  # noqa: F401 (the commands' table formatter)
 from convroute.params import ConvParams, make_params
@@ -50,33 +48,6 @@ def add_shape_arguments(parser) -> None:
 def params_from_args(args) -> ConvParams:
     return make_params(args.input, args.weight, args.stride, args.padding, args.dilation, args.groups,
                        transposed=args.transposed, output_padding=args.output_padding)
-
-
-def host_reference(p: ConvParams, x, weight, bias) -> tuple[np.ndarray, str]:
-    """float64 result of PyTorch's conv when torch is importable, else convroute's numpy reference."""
-    try:
-        import torch
-        import torch.nn.functional as F
-    except ImportError:
-        from convroute.measure.reference import reference_conv
-
-        return reference_conv(p, x, weight, bias), "numpy float64"
-    xt, wt = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(weight, np.float64))
-    bt = None if bias is None else torch.from_numpy(np.asarray(bias, np.float64))
-    with torch.no_grad():
-        if p.transposed:
-            y = F.conv_transpose2d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
-        else:
-            y = F.conv2d(xt, wt, bt, p.stride, p.padding, p.dilation, p.groups)
-    return y.numpy(), "torch float64"
-
-
-def rel_error(out, ref) -> float:
-    """||out - ref|| / ||ref||; inf when the output holds NaN/Inf the reference does not."""
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    if (~np.isfinite(out) & np.isfinite(ref)).any():
-        return float("inf")
-    return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
 # the modules of each extra that some command needs

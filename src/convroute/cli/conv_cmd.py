@@ -9,17 +9,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from convroute.cli.common import (
-    add_shape_arguments,
-    format_table,
-    host_reference,
-    params_from_args,
-    rel_error,
-)
+from convroute.cli.common import add_shape_arguments, format_table, params_from_args
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import DTYPES, Precision
 from convroute.measure.calibration import TOLERANCES
+from convroute.measure.reference import float64_reference, norm_relative_error
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.router import POLICIES, route_params
 
@@ -55,7 +50,7 @@ def run(args) -> int:
     settings = replace(SETTINGS, repeats=max(args.repeats, SETTINGS.min_repeats), budget_s=args.budget)
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
     work = Workload(gpu, p, seed=seed, rotations=settings.rotations, precision=precision)
-    ref, ref_name = host_reference(p, work.x_first, work.weight, work.bias)
+    ref, ref_name = float64_reference(p, work.x_first, work.weight, work.bias)
     tolerance = TOLERANCES[precision.dtype]
     rows, failed, method = [], 0, "-"
     try:
@@ -64,7 +59,7 @@ def run(args) -> int:
             y = work.y_bufs[0]
             gpu.fill(y, np.nan, precision.numpy)
             gpu.run(kernel.bind(work.x_bufs[0], y, p.n))
-            err = rel_error(gpu.read(y, p.output_shape, precision.numpy), ref)
+            err = norm_relative_error(gpu.read(y, p.output_shape, precision.numpy), ref)
             ok = err < tolerance
             failed += not ok
             timing = work.time(kernel, settings)

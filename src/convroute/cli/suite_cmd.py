@@ -6,9 +6,10 @@ from __future__ import annotations
 import sys
 
 from convroute.api import Conv2d
-from convroute.cli.common import TOLERANCE, check_extras, format_table, host_reference, rel_error
+from convroute.cli.common import TOLERANCE, check_extras, format_table
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
+from convroute.measure.reference import float64_reference, norm_relative_error
 from convroute.measure.report import shape_text
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.router import POLICIES, route_params
@@ -52,8 +53,8 @@ def run(args) -> int:
         try:
             conv = Conv2d(work.weight, work.bias, p.stride, p.padding, p.dilation, p.groups, transposed=p.transposed,
                           output_padding=p.output_padding, algorithm=decision.algorithm, gpu=gpu)
-            ref, ref_name = host_reference(p, work.x_first, work.weight, work.bias)
-            err = rel_error(conv(work.x_first), ref)
+            ref, ref_name = float64_reference(p, work.x_first, work.weight, work.bias)
+            err = norm_relative_error(conv(work.x_first), ref)
             timing = work.time(work.kernel(ALGORITHMS[decision.algorithm]), settings)
         finally:
             work.release()

@@ -38,7 +38,7 @@ from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.bench import _progress
 from convroute.measure.calibration import device_record
-from convroute.measure.reference import relative_error
+from convroute.measure.reference import norm_relative_error
 from convroute.measure.report import format_table, shape_text
 from convroute.measure.timing import pass_times
 from convroute.params import ConvParams
@@ -295,7 +295,7 @@ def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), comp
         if engine_name == reference and output is not None:
             outputs[i] = output
         elif output is not None and i in outputs:
-            measurement.difference = relative_error(output.astype(np.float64), outputs[i].astype(np.float64))
+            measurement.difference = norm_relative_error(output.astype(np.float64), outputs[i].astype(np.float64))
         result.layers.append(measurement)
     report = CompareReport(suite.name, batch, chain, budget_s, device_record(gpu.profile),
                            [n for n, _, _ in layers], [c for _, c, _ in layers], [p for _, _, p in layers], results,

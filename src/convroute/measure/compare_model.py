@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from convroute.measure.calibration import device_record
-from convroute.measure.reference import relative_error
+from convroute.measure.reference import norm_relative_error
 from convroute.measure.report import Latency, format_table
 from convroute.peers import Unavailable, model_engine, peer_settings, short_precision
 
@@ -144,7 +144,7 @@ def output_error(out, reference) -> float:
     """Relative error of an engine's output (any layout of the same numbers) against the reference."""
     out = np.asarray(out.detach().float().cpu() if hasattr(out, "detach") else out, np.float64).reshape(-1)
     ref = np.asarray(reference.detach().double().cpu(), np.float64).reshape(-1)
-    return relative_error(out, ref)
+    return norm_relative_error(out, ref)
 
 
 def comparison_text(c: ModelComparison) -> str:

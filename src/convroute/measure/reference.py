@@ -1,6 +1,9 @@
-"""A float64 conv2d / conv_transpose2d on the host in numpy, so results can be checked without torch."""
+"""The float64 reference of a conv (PyTorch's when torch is importable, else a numpy one, so results can be
+checked without torch) and the two relative errors results are judged by."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -58,9 +61,45 @@ def _transposed(p: ConvParams, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _conv(stuffed, wc, (1, 1), (0, 0), p.dilation, g, (p.ho, p.wo))
 
 
-def relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """||out - ref|| / ||ref||; inf when `out` has NaN/Inf where `ref` is finite (an unwritten output)."""
+def torch_reference(p: ConvParams, x, weight, bias=None) -> np.ndarray:
+    """PyTorch's conv2d / conv_transpose2d on float64 copies of the inputs."""
+    import torch
+    import torch.nn.functional as F
+
+    xt, wt = torch.from_numpy(np.asarray(x, np.float64)), torch.from_numpy(np.asarray(weight, np.float64))
+    bt = None if bias is None else torch.from_numpy(np.asarray(bias, np.float64))
+    with torch.no_grad():
+        if p.transposed:
+            y = F.conv_transpose2d(xt, wt, bt, p.stride, p.padding, p.output_padding, p.groups, p.dilation)
+        else:
+            y = F.conv2d(xt, wt, bt, p.stride, p.padding, p.dilation, p.groups)
+    return y.numpy()
+
+
+def float64_reference(p: ConvParams, x, weight, bias=None) -> tuple[np.ndarray, str]:
+    """(result, its source): PyTorch's float64 conv when torch is importable, else reference_conv."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return reference_conv(p, x, weight, bias), "numpy float64"
+    return torch_reference(p, x, weight, bias), "torch float64"
+
+
+def norm_relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """||out - ref|| / ||ref|| (calibration, autotune, the CLI's conv/suite checks, peer comparisons); inf when
+    shapes differ or `out` has NaN/Inf where `ref` is finite (an unwritten output)."""
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     if out.shape != ref.shape or (~np.isfinite(out) & np.isfinite(ref)).any():
         return float("inf")
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def max_relative_error(out: np.ndarray, ref: np.ndarray) -> float:
+    """max|out - ref| / max|ref| (the self-test and the model zoo: one wrong element among thousands counts in
+    full); inf when shapes differ or `out` is NaN/Inf where `ref` is finite (an unwritten, poisoned output)."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    if out.shape != ref.shape or (~np.isfinite(out) & np.isfinite(ref)).any():
+        return math.inf
+    if not out.size:
+        return 0.0
+    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))

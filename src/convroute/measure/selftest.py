@@ -26,6 +26,7 @@ import convroute.api as api
 from convroute.device.gpu import Gpu
 from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.calibration import TOLERANCES, device_record
+from convroute.measure.reference import float64_reference, max_relative_error
 from convroute.measure.selftest_results import AlgorithmStats, Finding, SelftestResult, shape_class
 from convroute.params import ConvParams, make_params
 from convroute.router import route_params
@@ -161,9 +162,7 @@ def load_reference_backend() -> str:
 
 def reference(case: Case, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     """The float64 result with the activation."""
-    from convroute.cli.common import host_reference  # torch float64 when importable, else measure.reference
-
-    y, _ = host_reference(case.params, x, w, b)
+    y, _ = float64_reference(case.params, x, w, b)
     return activate(np.asarray(y, np.float64), Epilogue.parse(case.activation))
 
 
@@ -198,17 +197,6 @@ def single_threaded_torch():
         yield
     finally:
         torch.set_num_threads(threads)
-
-
-def max_relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """max|out - ref| / max|ref| (one wrong element among thousands counts in full); inf when shapes differ or
-    `out` is NaN/Inf where `ref` is finite (an unwritten, poisoned output)."""
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    if out.shape != ref.shape or (~np.isfinite(out) & np.isfinite(ref)).any():
-        return math.inf
-    if not out.size:
-        return 0.0
-    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from convroute.chunking import batch_chunk
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import FP32, Epilogue, Precision
-from convroute.measure.reference import reference_conv, relative_error
+from convroute.measure.reference import norm_relative_error, reference_conv
 from convroute.params import ConvParams
 
 MAX_QUERIES = 4096  # WebGPU's largest query set
@@ -261,7 +261,7 @@ class Workload:
         y, dtype = self.y_bufs[0], self.precision.numpy
         self.gpu.fill(y, np.nan, dtype)
         self.gpu.run(kernel.bind(self.x_bufs[0], y, self.p.n))
-        return relative_error(self.gpu.read(y, self.p.output_shape, dtype), self.reference())
+        return norm_relative_error(self.gpu.read(y, self.p.output_shape, dtype), self.reference())
 
     def release(self) -> None:
         for buf in self.x_bufs + self.y_bufs:

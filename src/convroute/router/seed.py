@@ -15,15 +15,10 @@ from convroute.params import ConvParams
 IM2COL_MIN_COUT = 128
 
 
-def is_etvk_depthwise(p: ConvParams) -> bool:
-    """ET-VK's depthwise method: C_out == groups and one input channel per group (no channel multiplier)."""
-    return not p.transposed and p.c_out == p.groups == p.c_in
-
-
 def is_sliding_window(p: ConvParams) -> bool:
     """ET-VK's SlidingWindow method: not transposed, not depthwise, kernel not 1x1 (grouped 1x1s are pointwise
     there). The convs `force_direct` sends to direct."""
-    return not p.transposed and not is_etvk_depthwise(p) and (p.kh, p.kw) != (1, 1)
+    return not p.transposed and not p.is_depthwise_without_multiplier and (p.kh, p.kw) != (1, 1)
 
 
 def im2col_candidate(p: ConvParams) -> bool:
@@ -45,7 +40,7 @@ def method_route(p: ConvParams) -> tuple[str, str] | None:
                                   "convroute's transposed path handles them")
         return "transposed", ("transposed conv -> transposed path (ET-VK never sends transposed convs to im2col, "
                               "whatever C_out or kernel)" + note)
-    if is_etvk_depthwise(p):
+    if p.is_depthwise_without_multiplier:
         return "depthwise", f"depthwise (C_out == groups == C_in == {p.c_in}) -> depthwise path" + note
     if (p.kh, p.kw) == (1, 1) and p.groups == 1:
         return "pointwise", "1x1 kernel with groups == 1 -> pointwise path" + note
