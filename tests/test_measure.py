@@ -20,7 +20,7 @@ from convroute.measure.cache import CacheWarning, cache_dir, device_file, read_j
 from convroute.measure.grid import full_grid, params_from_dict, params_key, params_to_dict, quick_grid
 from convroute.measure.model import CostModel, loo_report
 from convroute.measure.reference import norm_relative_error, reference_conv
-from convroute.measure.timing import TimingSettings, Workload, time_runs
+from convroute.measure.timing import TimingSettings, Workload
 from convroute.params import make_params
 from convroute.suites import SUITES, load_suite
 
@@ -122,7 +122,7 @@ def test_timing_rejects_an_unknown_method(gpu, monkeypatch):
     try:
         kernel = work.kernel(Direct)
         with pytest.raises(ValueError, match="timing method"):
-            time_runs(gpu, [kernel.bind(work.x_bufs[0], work.y_bufs[0], 1)], FAST)
+            work.time(kernel, FAST)
     finally:
         work.release()
 

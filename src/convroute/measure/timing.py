@@ -46,11 +46,6 @@ class Timing:
     samples_ms: tuple[float, ...]
     method: str  # "gpu timestamps" or "wall clock"
 
-    @property
-    def spread(self) -> float:
-        """(max - min) / median of the samples: how noisy this measurement was."""
-        return (max(self.samples_ms) - min(self.samples_ms)) / self.median_ms if self.median_ms > 0 else 0.0
-
 
 def timing_method(gpu: Gpu, settings: TimingSettings) -> str:
     method = settings.method
@@ -62,11 +57,6 @@ def timing_method(gpu: Gpu, settings: TimingSettings) -> str:
     if method == "timestamp" and not has_timestamps:
         raise ValueError(f"{gpu.profile.name} has no timestamp-query feature; use wall-clock timing")
     return "timestamp" if method == "timestamp" or (method == "auto" and has_timestamps) else "wall"
-
-
-def time_runs(gpu: Gpu, runs: list[list[Dispatch]], settings: TimingSettings = TimingSettings()) -> Timing:
-    """Median time of one run (a list of dispatches in one compute pass); repeat i runs runs[i % len(runs)]."""
-    return time_candidates(gpu, {"run": runs}, settings)["run"]
 
 
 def time_candidates(gpu: Gpu, candidates: dict[str, list[list[Dispatch]]],
