@@ -62,7 +62,6 @@ class Tile:
 
 
 TILES = (Tile(128, 128, 8, 8, 8), Tile(64, 128, 8, 4, 8), Tile(128, 64, 16, 8, 4), Tile(64, 64, 16, 4, 4))
-SMALL = TILES[-1]
 # For GEMMs with few columns (Winograd tiles of a small layer), by column count; last one the split-K fallback.
 NARROW = {8: (Tile(64, 8, 16, 4, 4),),
           16: (Tile(128, 16, 16, 8, 4), Tile(64, 16, 16, 4, 4)),
