@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from convroute.frontend import ExportError, dynamo  # noqa: E402 (before torchvision: see frontend)
 
 torchvision = pytest.importorskip("torchvision")
-from convroute.cli.run_cmd import randomize_batch_norms  # noqa: E402
+from convroute.frontend.zoo import randomize_batch_norms  # noqa: E402
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 from conftest import TOLERANCE  # noqa: E402
-from convroute.cli import run_cmd  # noqa: E402
+from convroute.frontend import zoo  # noqa: E402
 from convroute.measure import timing  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -52,7 +52,7 @@ def reference(model, *inputs):
 
 def randomize_batch_norms(model) -> None:
     """Random weights leave BN at mean 0 / var 1 / identity affine; give it real statistics to fold."""
-    run_cmd.randomize_batch_norms(model, seed=1)
+    zoo.randomize_batch_norms(model, seed=1)
 
 
 @pytest.mark.parametrize("name", MODELS)

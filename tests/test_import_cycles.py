@@ -138,3 +138,10 @@ def test_no_function_level_import_that_would_close_a_cycle():
         if reaches(graph, target, module)
     ]
     assert not closing, "lazy imports dodging a cycle:\n" + "\n".join(closing)
+
+
+def test_only_the_cli_imports_the_cli():
+    top, lazy = import_graph()
+    outside = [f"{module} imports {target}" for graph in (top, lazy) for module, edges in graph.items()
+               for target in edges if target.startswith(f"{PACKAGE}.cli") and not module.startswith(f"{PACKAGE}.cli")]
+    assert not outside, "\n".join(outside)

@@ -67,6 +67,7 @@ def run(args) -> int:
     import torch
 
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
+    from convroute.frontend.zoo import randomize_batch_norms
     from convroute.measure.compare_model import compare_model, comparison_text
     from convroute.router import POLICIES
 
@@ -140,18 +141,3 @@ def engine_names(text: str) -> list[str]:
     """'torch-cpu,ncnn-vk32' / 'all' -> engine names, in order, without repeats."""
     names = [n.strip() for n in text.split(",") if n.strip()]
     return list(MODEL_ENGINES) if names == ["all"] else list(dict.fromkeys(names))
-
-
-def randomize_batch_norms(model, seed: int) -> None:
-    import torch
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
-                c = m.num_features
-                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                if m.affine:
-                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                    m.bias.copy_(torch.rand(c, generator=g) - 0.5)

@@ -55,7 +55,6 @@ def build(name: str, seed: int = 1) -> torch.nn.Module:
     statistics (identity BNs would hide folding errors)."""
     import torchvision
 
-    from convroute.cli.run_cmd import randomize_batch_norms
 
     torch.manual_seed(seed)
     kwargs = {"weights": None}
@@ -123,3 +122,16 @@ def check(program, model, x: torch.Tensor, name: str) -> Check:
     row.gpu_ops, row.cpu_ops = sum(s.gpu_ops.values()), len(s.cpu_ops)
     row.conv_gpu_share = s.conv_gpu_share
     return row
+
+
+def randomize_batch_norms(model, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None:
+                c = m.num_features
+                m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                    m.bias.copy_(torch.rand(c, generator=g) - 0.5)

@@ -23,6 +23,7 @@ from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Precision, dtype_name
 from convroute.measure.cache import device_file, file_header, read_json, warn_once, write_json
 from convroute.measure.grid import GRIDS, params_from_dict, params_key, params_to_dict
+from convroute.measure.model import CostModel
 from convroute.measure.timing import TimingSettings, Workload
 from convroute.params import ConvParams
 
@@ -59,8 +60,6 @@ class Calibration:
     def model(self):
         """The fitted routing model (measure.model.CostModel), fitted on first use."""
         if self._model is None:
-            from convroute.measure.model import CostModel
-
             self._model = CostModel.fit(self.samples, self.excluded)
         return self._model
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Precision
 from convroute.measure.cache import device_file, file_header, read_json, warn_once, write_json
 from convroute.measure.calibration import TOLERANCES
@@ -71,8 +72,6 @@ def usable(entry, candidates: list[str]) -> bool:
 
 
 def tune(gpu, p: ConvParams, candidates: list[str], precision: Precision = FP32) -> dict:
-    from convroute.kernels import ALGORITHMS
-
     tolerance = TOLERANCES[precision.dtype]
     work = Workload(gpu, p, seed=1, precision=precision)
     kernels, wrong, cannot = {}, {}, {}
