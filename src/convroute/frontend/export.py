@@ -8,6 +8,7 @@ import operator
 
 import torch
 
+from convroute.frontend.direct import translate
 from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, from_exported, iter_refs, layer_norm, map_refs
 from convroute.kernels.common import Epilogue
 
@@ -61,8 +62,6 @@ def export_model(model, example_inputs: tuple) -> Graph:
 
 
 def _graph(ep) -> Graph:
-    from convroute.frontend.direct import translate
-
     graph = translate(ep)
     if graph is None:  # ops beyond the direct translation: decompose to core ATen (re-traces the graph)
         table = torch.export.default_decompositions()

@@ -367,8 +367,6 @@ def cpu_flops(node: Node, constants: dict, metas: dict) -> int:
     """FLOPs of a node run by torch: torch's flop counter (matmul/conv-like ops), else one per output element."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from convroute.frontend.graph import map_refs
-
     def meta(r: Ref):
         value = constants[r.name] if r.name in constants else metas.get(r.name)
         return value.to("meta") if isinstance(value, torch.Tensor) else value
