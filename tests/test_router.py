@@ -178,10 +178,10 @@ def test_force_direct_still_avoids_excluded_direct():
     """lavapipe stops long loops: a forced direct that would loop too long moves on, and says why."""
     from convroute.kernels.base import CPU_LOOP_LIMIT
 
-    d = route((1, 8192, 3, 3), (2, 8192, 3, 3), padding=1, device="cpu", policy="seed", force_direct=True)
+    d = route((1, 16384, 3, 3), (2, 16384, 3, 3), padding=1, device="cpu", policy="seed", force_direct=True)
     assert d.algorithm == "im2col"
     assert d.reason == (f"{FORCE_DIRECT_REASON}; but direct is excluded on this device (one invocation would loop "
-                        f"73728 times; lavapipe stops loops silently after {CPU_LOOP_LIMIT}) -> im2col, the next "
+                        f"65536 times; lavapipe stops loops silently after {CPU_LOOP_LIMIT}) -> im2col, the next "
                         f"applicable algorithm")
 
 
