@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from convroute.device.gpu import Dispatch, Gpu, get_gpu
-from convroute.kernels import ALGORITHMS
+from convroute.kernels import ALGORITHMS, direct_cpu
 from convroute.kernels.common import F16_FEATURE, Epilogue
 from convroute.measure import calibration as calib
 from convroute.measure.grid import full_grid, params_key, quick_grid
@@ -78,6 +78,9 @@ def test_fuzz(dtype, monkeypatch, capsys):
     if dtype == "float16" and not HAS_F16:
         pytest.skip(f"the adapter ({get_gpu().profile.name}) lacks {F16_FEATURE}: float16 is not fuzzed here")
     gpu = get_gpu()
+    # lavapipe compiles each direct register-tile pipeline (one per kernel geometry) at its first dispatch, about
+    # 1.5 s for the large tiles: the fuzz takes the smallest (0.4 s), test_direct covers the large ones
+    monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
     synthetic_calibration(gpu, dtype)
     monkeypatch.setattr(autotune_mod, "SETTINGS", QUICK_TUNING)
     tally, start = Tally(), time.perf_counter()
