@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 
 from conftest import ACTIVATIONS, applicable, assert_matches, random_inputs, reference
 from convroute import conv2d
-from convroute.kernels import ALGORITHMS
+from convroute.kernels import ALGORITHMS, direct_cpu
 from convroute.params import make_params
+
+
+@pytest.fixture(autouse=True)
+def small_direct_register_tiles(monkeypatch):
+    """lavapipe compiles a direct register-tile pipeline per kernel geometry at its first dispatch, about 1.5 s
+    for the large tiles; these many small shapes take the smallest tile (test_direct covers the large ones)."""
+    monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
+
 
 KINDS = ("dense", "pointwise", "depthwise", "grouped", "transposed")
 EXPECTED = {"direct", "im2col", "pointwise", "depthwise", "transposed"}

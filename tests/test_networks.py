@@ -2,8 +2,8 @@
 
 The routed algorithm runs through `algorithm="auto"` (so routing + API are covered end to end), every other
 registered algorithm that accepts the layer is forced; each is checked against the float64 PyTorch reference
-(relative error < 1e-4). All algorithms on all layers at both batches take about two minutes on lavapipe with
-two cores, so nothing is thinned out.
+(relative error < 1e-4). VGG-16 runs at batch 1 only: its batch-3 layers took 150 s of CI's lavapipe time with the
+direct kernel of session 3; batch > 1 stays covered by ResNet-50, MobileNetV2 and the differential fuzz.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from convroute import Conv2d
 from convroute.suites import load_suite
 
 CASES = [(suite, layer, batch) for suite in ("resnet50", "mobilenet_v2", "vgg16")
-         for layer in load_suite(suite).layers for batch in (1, 3)]
+         for layer in load_suite(suite).layers for batch in ((1,) if suite == "vgg16" else (1, 3))]
 
 
 @pytest.mark.parametrize(("suite", "layer", "batch"), CASES,
