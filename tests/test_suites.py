@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from convroute.bench.suites import SUITES, load_suite
 from convroute.params import ConvParams
-from convroute.suites import SUITES, load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTALS = {"resnet18": 20, "resnet50": 53, "mobilenet_v2": 52, "vgg16": 13, "unet": 18}

@@ -7,23 +7,22 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from convroute.cli.common import check_extras
-from convroute.device.gpu import get_gpu
-from convroute.kernels.common import DTYPES
-from convroute.measure.bench import DEFAULT_POLICIES, SETTINGS, run_bench
-from convroute.measure.compare import (
+from convroute.bench.compare_layers import (
     DEFAULT_CHAIN,
     ENGINES,
     compare_summary,
     compare_table,
-    plot_compare,
     ratio_table,
     run_compare,
 )
-from convroute.measure.report import plot, summary, table
+from convroute.bench.suite import DEFAULT_POLICIES, SETTINGS, run_bench, summary, table
+from convroute.bench.suites import SUITES, load_suite
+from convroute.cli.common import check_extras
+from convroute.device.gpu import get_gpu
+from convroute.kernels.common import DTYPES
 from convroute.peers import LAYER_NEEDS
+from convroute.report.plots import plot_bench, plot_compare
 from convroute.router import POLICIES
-from convroute.suites import SUITES, load_suite
 
 
 def add_arguments(parser) -> None:
@@ -137,7 +136,7 @@ def write_plots(report, compared, path_text: str, suffix: str | None) -> None:
     path = Path(path_text)
     if suffix:
         path = path.with_name(f"{path.stem}-{suffix}{path.suffix or '.png'}")
-    plot(report, str(path))
+    plot_bench(report, str(path))
     print(f"wrote {path}")
     if compared:
         compare_path = str(path.with_name(f"{path.stem}-compare{path.suffix or '.png'}"))

@@ -1,6 +1,6 @@
 """Differential self-test: random small convs, each run through the public API with every applicable
 algorithm forced (and, for the tests, under every routing policy) with poisoned outputs, and compared with a
-float64 host reference (PyTorch when importable, else measure.reference) by max|y - ref| / max|ref|.
+float64 host reference (PyTorch when importable, else measure.reference.reference_conv) by max|y - ref| / max|ref|.
 
 One generator, `draw_case(pick)`, serves two drivers: `convroute selftest` / `calibrate` pick with a seeded
 `random.Random` (`run_selftest`), tests/test_fuzz.py with hypothesis. Shapes stay small (a few hundred output
@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 import numpy as np
 
 import convroute.api as api
+from convroute.calibration.profile import device_record
+from convroute.calibration.selftest_results import AlgorithmStats, Finding, SelftestResult, shape_class
 from convroute.device.gpu import Gpu
 from convroute.kernels.common import Epilogue, Precision
-from convroute.measure.calibration import TOLERANCES, device_record
-from convroute.measure.reference import float64_reference, max_relative_error
-from convroute.measure.selftest_results import AlgorithmStats, Finding, SelftestResult, shape_class
+from convroute.measure.reference import TOLERANCES, float64_reference, max_relative_error
 from convroute.params import ConvParams, make_params
 from convroute.router import route_params
 from convroute.router.exclusions import applicable

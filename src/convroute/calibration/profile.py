@@ -1,0 +1,126 @@
+"""A device's calibration profile: what `convroute calibrate` measured on the grid (calibration.run), kept per
+device and dtype in the cache directory, and the routing model fitted from it.
+
+The profile file holds the raw measurements (times and errors per grid shape), the algorithms excluded for
+wrong results, and how it was measured; the routing model is fitted from the samples when the file is
+loaded (milliseconds), so a better model needs no re-measurement.
+
+One profile per device and dtype: `convroute calibrate --dtype float16` measures the grid with f16 storage
+(f32 sums) and keeps it in its own file; exclusions and the correctness bound are per dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convroute.cache import device_file, file_header, load_once, read_json, warn_once, write_json
+from convroute.calibration.grid import params_from_dict, params_to_dict
+from convroute.calibration.model import CostModel
+from convroute.device.profile import DeviceProfile
+from convroute.kernels.common import dtype_name
+from convroute.params import ConvParams
+
+FORMAT, VERSION = "convroute-calibration", 1
+
+
+@dataclass
+class Sample:
+    params: ConvParams
+    times_ms: dict[str, float]
+    errors: dict[str, float]
+    failed: dict[str, str] = field(default_factory=dict)  # algorithm -> why it could not run this shape
+
+
+@dataclass
+class Calibration:
+    device_key: str
+    device: dict
+    grid: str
+    timing: str
+    samples: list[Sample]
+    excluded: dict[str, str] = field(default_factory=dict)  # algorithm -> why (a wrong result, an error)
+    created: str = ""
+    seconds: float = 0.0
+    complete: bool = True
+    dtype: str = "float32"  # storage of activations and weights during the measurements
+    _model: object = None
+
+    @property
+    def model(self):
+        """The fitted routing model (calibration.model.CostModel), fitted on first use."""
+        if self._model is None:
+            self._model = CostModel.fit(self.samples, self.excluded)
+        return self._model
+
+    def to_json(self) -> dict:
+        return file_header(FORMAT, VERSION, self.device_key, self.dtype) | {
+            "device": self.device, "grid": self.grid, "timing": self.timing, "created": self.created,
+            "seconds": self.seconds, "complete": self.complete, "excluded": self.excluded,
+            "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors,
+                         "failed": s.failed} for s in self.samples]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Calibration:
+        samples = []
+        for item in data["samples"]:
+            times = {str(k): float(v) for k, v in item["times_ms"].items()}
+            if any(not v > 0 for v in times.values()):
+                raise ValueError("a sample has a non-positive time")
+            errors = {str(k): float(v) for k, v in item.get("errors", {}).items()}
+            failed = {str(k): str(v) for k, v in item.get("failed", {}).items()}
+            samples.append(Sample(params_from_dict(item["params"]), times, errors, failed))
+        excluded = {str(k): str(v) for k, v in data.get("excluded", {}).items()}
+        return cls(str(data["device_key"]), dict(data.get("device", {})), str(data.get("grid", "")),
+                   str(data.get("timing", "")), samples, excluded, str(data.get("created", "")),
+                   float(data.get("seconds", 0.0)), bool(data.get("complete", True)),
+                   dtype_name(data.get("dtype", "float32")))
+
+
+def device_record(profile: DeviceProfile) -> dict:
+    return {"name": profile.name, "driver": profile.driver, "backend": profile.backend, "family": profile.family,
+            "vendor_id": profile.vendor_id, "adapter_type": profile.adapter_type}
+
+
+def profile_path(profile: DeviceProfile, dtype: str = "float32") -> Path:
+    return device_file("calibration", profile.key, dtype_name(dtype))
+
+
+def calibrate_command(dtype: str = "float32") -> str:
+    return "convroute calibrate" + ("" if dtype == "float32" else f" --dtype {dtype}")
+
+
+def save_calibration(cal: Calibration) -> Path | None:
+    path = device_file("calibration", cal.device_key, cal.dtype)
+    return path if write_json(path, cal.to_json()) else None
+
+
+def load_calibration(profile: DeviceProfile, dtype: str = "float32") -> Calibration | None:
+    """This device's calibration in `dtype` from the cache directory, or None (with a warning when a file
+    exists but is corrupt, from another device, in another dtype or of another format). Read once per change."""
+    dtype = dtype_name(dtype)
+    return load_once(profile_path(profile, dtype), lambda path: _parse(path, profile.key, dtype))
+
+
+def _parse(path: Path, device_key: str, dtype: str) -> Calibration | None:
+    data = read_json(path, FORMAT, VERSION, device_key, dtype, remedy=f"run `{calibrate_command(dtype)}`")
+    if data is None:
+        return None
+    try:
+        cal = Calibration.from_json(data)
+        if not cal.samples:
+            raise ValueError("it holds no measurements")
+    except Exception as err:  # whatever is wrong inside the file, refuse it rather than crash
+        warn_once(f"convroute: ignoring {path}: malformed calibration ({type(err).__name__}: {err})")
+        return None
+    return cal
+
+
+def calibration_for(profile: DeviceProfile, dtype: str = "float32") -> Calibration | None:
+    """The calibration that routing in `dtype` uses: this dtype's, else the float32 one (its `.dtype` says
+    which; callers must say so when it differs), else None."""
+    dtype = dtype_name(dtype)
+    cal = load_calibration(profile, dtype)
+    if cal is None and dtype != "float32":
+        cal = load_calibration(profile, "float32")
+    return cal
