@@ -15,11 +15,11 @@ from convroute import cache
 from convroute.bench.suites import SUITES, load_suite
 from convroute.cache import CacheWarning
 from convroute.calibration import profile as calib
-from convroute.calibration.grid import full_grid, params_to_dict
+from convroute.calibration.grid import full_grid
 from convroute.cli.main import main
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
-from convroute.params import make_params
+from convroute.params import make_params, params_to_dict
 from convroute.router import route_params
 from convroute.router.derive import TreeSearch, derive_rule, fit_data, shape_key
 from convroute.router.derived import RULE_ENV, rule_path

@@ -32,12 +32,12 @@ from convroute.bench.selftest import (
     single_threaded_torch,
 )
 from convroute.calibration import profile as calib
-from convroute.calibration.grid import full_grid, params_key, quick_grid
+from convroute.calibration.grid import full_grid, quick_grid
 from convroute.device.gpu import Dispatch, Gpu, get_gpu
 from convroute.kernels import ALGORITHMS, direct_cpu
 from convroute.kernels.common import F16_FEATURE, Epilogue
 from convroute.measure.timing import TimingSettings
-from convroute.params import make_params
+from convroute.params import make_params, params_key
 from convroute.router import POLICIES
 from convroute.router import autotune as autotune_mod
 

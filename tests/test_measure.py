@@ -15,7 +15,7 @@ from convroute.bench.suites import SUITES, load_suite
 from convroute.cache import CacheWarning, cache_dir, device_file, read_json, write_json
 from convroute.calibration import denylist
 from convroute.calibration import profile as calib
-from convroute.calibration.grid import full_grid, params_from_dict, params_key, params_to_dict, quick_grid
+from convroute.calibration.grid import full_grid, quick_grid
 from convroute.calibration.model import CostModel, loo_report
 from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
@@ -25,7 +25,7 @@ from convroute.kernels.direct import Direct
 from convroute.measure.reference import TOLERANCES, norm_relative_error, reference_conv
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
-from convroute.params import make_params
+from convroute.params import make_params, params_from_dict, params_key, params_to_dict
 
 FAST = TimingSettings(warmup=1, repeats=5, min_repeats=3, budget_s=0.05)
 

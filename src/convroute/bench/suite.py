@@ -15,7 +15,6 @@ import warnings
 from dataclasses import dataclass, field
 
 from convroute.bench.suites import Suite
-from convroute.calibration.grid import params_to_dict
 from convroute.calibration.profile import calibrate_command, calibration_for, device_record
 from convroute.device.gpu import Gpu
 from convroute.kernels import ALGORITHMS
@@ -23,7 +22,7 @@ from convroute.kernels.common import FP32, Precision
 from convroute.measure.reference import TOLERANCES
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
-from convroute.params import ConvParams
+from convroute.params import ConvParams, params_to_dict
 from convroute.report.progress import progress_bar
 from convroute.report.table import format_table, shape_text
 from convroute.router import route_params

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convroute.cache import device_file, file_header, load_once, read_json, warn_once, write_json
-from convroute.calibration.grid import params_from_dict, params_to_dict
 from convroute.calibration.model import CostModel
 from convroute.device.profile import DeviceProfile
 from convroute.kernels.common import dtype_name
-from convroute.params import ConvParams
+from convroute.params import ConvParams, params_from_dict, params_to_dict
 
 FORMAT, VERSION = "convroute-calibration", 1
 

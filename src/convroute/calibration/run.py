@@ -9,7 +9,7 @@ import zlib
 from datetime import UTC, datetime
 
 from convroute.cache import warn_once
-from convroute.calibration.grid import GRIDS, params_key
+from convroute.calibration.grid import GRIDS
 from convroute.calibration.profile import Calibration, Sample, device_record
 from convroute.device.gpu import Gpu
 from convroute.kernels import ALGORITHMS
@@ -17,7 +17,7 @@ from convroute.kernels.common import FP32, Precision
 from convroute.measure.reference import TOLERANCES
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
-from convroute.params import ConvParams
+from convroute.params import ConvParams, params_key
 from convroute.report.progress import progress_bar
 
 SETTINGS = TimingSettings(warmup=1, repeats=15, min_repeats=3, budget_s=0.25, prune=3.0)

@@ -13,7 +13,6 @@ import threading
 from datetime import UTC, datetime
 
 from convroute.cache import device_file, file_header, read_json, warn_once, write_json
-from convroute.calibration.grid import params_key
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
@@ -21,7 +20,7 @@ from convroute.kernels.common import FP32, Precision
 from convroute.measure.reference import TOLERANCES
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
-from convroute.params import ConvParams
+from convroute.params import ConvParams, params_key
 from convroute.router.calibrated import calibrated_route, ms, seed_fallback
 from convroute.router.exclusions import applicable
 

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convroute.calibration.grid import params_key
 from convroute.device.profile import FAMILIES, DeviceProfile
 from convroute.kernels import ALGORITHMS
-from convroute.params import ConvParams
+from convroute.params import ConvParams, params_key
 from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.rule import NUMERIC, Node, Rule, features
 from convroute.router.seed import im2col_candidate, seed_route
