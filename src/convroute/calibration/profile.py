@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from convroute.cache import device_file, file_header, load_once, read_json, warn_once, write_json
+from convroute.cache import device_file, file_header, load_record, write_json
 from convroute.calibration.model import CostModel
 from convroute.device.profile import DeviceProfile
 from convroute.kernels.common import dtype_name
@@ -98,20 +98,14 @@ def load_calibration(profile: DeviceProfile, dtype: str = "float32") -> Calibrat
     """This device's calibration in `dtype` from the cache directory, or None (with a warning when a file
     exists but is corrupt, from another device, in another dtype or of another format). Read once per change."""
     dtype = dtype_name(dtype)
-    return load_once(profile_path(profile, dtype), lambda path: _parse(path, profile.key, dtype))
+    return load_record(profile_path(profile, dtype), FORMAT, VERSION, _measured, "calibration", profile.key, dtype,
+                       remedy=f"run `{calibrate_command(dtype)}`")
 
 
-def _parse(path: Path, device_key: str, dtype: str) -> Calibration | None:
-    data = read_json(path, FORMAT, VERSION, device_key, dtype, remedy=f"run `{calibrate_command(dtype)}`")
-    if data is None:
-        return None
-    try:
-        cal = Calibration.from_json(data)
-        if not cal.samples:
-            raise ValueError("it holds no measurements")
-    except Exception as err:  # whatever is wrong inside the file, refuse it rather than crash
-        warn_once(f"convroute: ignoring {path}: malformed calibration ({type(err).__name__}: {err})")
-        return None
+def _measured(data: dict) -> Calibration:
+    cal = Calibration.from_json(data)
+    if not cal.samples:
+        raise ValueError("it holds no measurements")
     return cal
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from convroute.cache import device_file, file_header, load_once, read_json, warn_once, write_json
+from convroute.cache import device_file, file_header, load_record, write_json
 from convroute.device.profile import DeviceProfile
 from convroute.kernels.common import dtype_name
 from convroute.params import ConvParams
@@ -119,18 +119,8 @@ def load_selftest(profile: DeviceProfile, dtype: str = "float32") -> SelftestRes
     """This device's self-test result in `dtype`, or None (with a warning when a file exists but is corrupt,
     foreign or of another format). Read once per change."""
     dtype = dtype_name(dtype)
-    return load_once(selftest_path(profile, dtype), lambda path: _parse(path, profile.key, dtype))
-
-
-def _parse(path: Path, device_key: str, dtype: str) -> SelftestResult | None:
-    data = read_json(path, FORMAT, VERSION, device_key, dtype, remedy="run `convroute selftest`")
-    if data is None:
-        return None
-    try:
-        return SelftestResult.from_json(data)
-    except Exception as err:  # whatever is wrong inside the file, refuse it rather than crash routing
-        warn_once(f"convroute: ignoring {path}: malformed self-test result ({type(err).__name__}: {err})")
-        return None
+    return load_record(selftest_path(profile, dtype), FORMAT, VERSION, SelftestResult.from_json, "self-test result",
+                       profile.key, dtype, remedy="run `convroute selftest`")
 
 
 def selftest_exclusions(profile: DeviceProfile, p: ConvParams, dtype: str = "float32") -> dict[str, str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from convroute.cache import cache_dir, load_once, read_json, warn_once
+from convroute.cache import cache_dir, load_record, warn_once
 from convroute.device.profile import DeviceProfile
 from convroute.params import ConvParams
 from convroute.router.calibrated import seed_fallback
@@ -21,19 +21,8 @@ def rule_path() -> Path:
 
 def load_rule(path: Path | None = None) -> Rule | None:
     """The rule at `path` (default rule_path()), or None with a warning when it is missing or malformed.
-    Read once per change."""
-    return load_once(path or rule_path(), _parse)
-
-
-def _parse(path: Path) -> Rule | None:
-    data = read_json(path, FORMAT, VERSION, None, same_build=False)
-    if data is None:
-        return None
-    try:
-        return Rule.from_json(data)
-    except (KeyError, TypeError, ValueError) as err:
-        warn_once(f"convroute: ignoring {path}: malformed rule ({type(err).__name__}: {err})")
-        return None
+    Read once per change; a rule of any build is good (it names algorithms, not timings)."""
+    return load_record(path or rule_path(), FORMAT, VERSION, Rule.from_json, "rule", None, same_build=False)
 
 
 def derived_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]) -> tuple[str, str]:
