@@ -14,10 +14,13 @@ import json
 import os
 import warnings
 
-from convroute.bench.compare_layers import ConvrouteEngine, layer_data, time_chain
+import numpy as np
+
+from convroute.bench.compare_layers import ConvrouteEngine, time_chain
 from convroute.bench.suites import load_suite
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
+from convroute.measure.workload import random_inputs
 from convroute.peers import shape_preserving
 from convroute.peers.ncnn_engines import NcnnLayerEngine
 
@@ -48,7 +51,7 @@ def main() -> None:
                 continue
             seen.add(key)
             algos = [a for a in (wanted or ALGORITHMS) if a in ALGORITHMS and not ALGORITHMS[a].unsupported(p)]
-            x, weight, bias = layer_data(p, 0)
+            x, weight, bias = random_inputs(p, np.random.default_rng(0))
             runs, best = {}, {}
             for a in algos:
                 try:

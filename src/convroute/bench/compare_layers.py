@@ -40,13 +40,13 @@ from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.reference import norm_relative_error
 from convroute.measure.timing import pass_times
+from convroute.measure.workload import random_inputs
 from convroute.params import ConvParams
 from convroute.peers import LAYER_ENGINES, LayerEngine, NotApplicable, layer_engines, shape_preserving, short_precision
 from convroute.report.progress import progress_bar
 from convroute.report.table import format_table, shape_text
 from convroute.router import route_params
 
-ENGINES = LAYER_ENGINES  # names --compare accepts
 DEFAULT_CHAIN = 10
 TIMED_RUNS = 5
 WARMUP_RUNS, WARMUP_S = 3, 0.3
@@ -198,16 +198,6 @@ def time_chain(once: Callable[[], object], chain: int, budget_s: float) -> tuple
     return best / chain * 1e3, runs
 
 
-def layer_data(p: ConvParams, seed: int):
-    """Input, weight (scaled by 1/sqrt(fan-in), so a chain neither explodes nor vanishes) and bias."""
-    rng = np.random.default_rng(seed)
-    fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
-    x = rng.uniform(-1, 1, p.input_shape).astype(np.float32)
-    weight = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
-    bias = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32)
-    return x, weight, bias
-
-
 class ConvrouteEngine(LayerEngine):
     def __init__(self, gpu: Gpu, policy: str, dtype: str = "float32"):
         self.gpu, self.policy = gpu, policy
@@ -264,7 +254,7 @@ def make_engines(gpu: Gpu, policies, compare, dtype: str = "float32") -> dict[st
     return engines | layer_engines(compare, short_precision(Precision.parse(dtype).dtype) == "fp16")
 
 
-def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), compare=ENGINES, *,
+def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), compare=LAYER_ENGINES, *,
                 chain: int = DEFAULT_CHAIN, budget_s: float = 1.0, progress: bool = True,
                 dtype: str = "float32") -> CompareReport:
     if chain < 1:
@@ -308,7 +298,7 @@ def measure(engine: LayerEngine, p: ConvParams, index: int, chain: int,
             budget_s: float) -> tuple[Measurement, np.ndarray | None]:
     """Time one layer on one engine; an error becomes the measurement's reason, the run goes on."""
     algorithm = engine.algorithm(p) if isinstance(engine, ConvrouteEngine) else None
-    x, weight, bias = layer_data(p, seed=index)
+    x, weight, bias = random_inputs(p, np.random.default_rng(index))
     try:
         once, gpu_ms, release = engine.prepare(p, x, weight, bias, chain)
     except NotApplicable as err:

@@ -28,6 +28,7 @@ from convroute.calibration.selftest_results import AlgorithmStats, Finding, Self
 from convroute.device.gpu import Gpu
 from convroute.kernels.common import Epilogue, Precision
 from convroute.measure.reference import TOLERANCES, float64_reference, max_relative_error
+from convroute.measure.workload import random_inputs
 from convroute.params import ConvParams, make_params
 from convroute.router import route_params
 from convroute.router.exclusions import applicable
@@ -54,11 +55,7 @@ class Case:
     def inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Seeded x, weight (scaled by 1/sqrt(fan-in)) and bias, float32; in a float16 case x and weight are
         rounded to float16 values first, so the check measures the kernel, not the upload's rounding."""
-        p, rng = self.params, np.random.default_rng(self.seed)
-        fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
-        x = rng.uniform(-1, 1, p.input_shape).astype(np.float32)
-        w = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
-        b = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32) if self.bias else None
+        x, w, b = random_inputs(self.params, np.random.default_rng(self.seed), self.bias)
         if self.dtype == "float16":
             x, w = x.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
         return x, w, b

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from convroute.bench.compare_layers import (
     DEFAULT_CHAIN,
-    ENGINES,
     compare_summary,
     compare_table,
     ratio_table,
@@ -20,7 +19,7 @@ from convroute.bench.suites import SUITES, load_suite
 from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
-from convroute.peers import LAYER_NEEDS
+from convroute.peers import LAYER_ENGINES, LAYER_NEEDS
 from convroute.report.plots import plot_bench, plot_compare
 from convroute.router import POLICIES
 
@@ -48,8 +47,8 @@ def add_arguments(parser) -> None:
                              "reports convroute / ncnn-vk16); float16 needs the adapter's shader-f16")
     parser.add_argument("--no-check", action="store_true", help="skip checking results against the host reference")
     parser.add_argument("--compare", default="", metavar="NAMES",
-                        help=f"also time other engines ({','.join(ENGINES)}) where available, all with one chained "
-                             "method (see --chain; --budget per engine and layer), beside convroute's routed "
+                        help=f"also time other engines ({','.join(LAYER_ENGINES)}) where available, all with one "
+                             "chained method (see --chain; --budget per engine and layer), beside convroute's routed "
                              "algorithms")
     parser.add_argument("--chain", type=int, default=DEFAULT_CHAIN, metavar="L",
                         help=f"--compare: copies of each layer run back to back per timed run "
@@ -67,9 +66,9 @@ def run(args) -> int:
         print(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}", file=sys.stderr)
         return 2
     compare = [c.strip() for c in args.compare.split(",") if c.strip()]
-    missing = [c for c in compare if c not in ENGINES]
+    missing = [c for c in compare if c not in LAYER_ENGINES]
     if missing:
-        print(f"--compare {', '.join(missing)}: unknown engine (known: {', '.join(ENGINES)})", file=sys.stderr)
+        print(f"--compare {', '.join(missing)}: unknown engine (known: {', '.join(LAYER_ENGINES)})", file=sys.stderr)
         return 2
     if args.chain < 1:
         print("--chain must be >= 1", file=sys.stderr)

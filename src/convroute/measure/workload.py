@@ -20,6 +20,16 @@ ROTATION_BYTES = 256 << 20  # at most this much memory for the rotated inputs an
 SETTINGS = TimingSettings()
 
 
+def random_inputs(p: ConvParams, rng: np.random.Generator, bias: bool = True):
+    """Fresh float32 input, weight and bias (None without `bias`) for `p`, never zeros; the weight is scaled by
+    1/sqrt(fan-in), so outputs stay near the inputs' size and a chain of layers neither explodes nor vanishes."""
+    x = rng.uniform(-1.0, 1.0, p.input_shape).astype(np.float32)
+    fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
+    w = (rng.uniform(-1.0, 1.0, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
+    b = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32) if bias else None
+    return x, w, b
+
+
 class Workload:
     """Random weights, bias and rotated input/output buffers for one ConvParams, shared by every algorithm
     timed on it, plus the float64 host reference of the first input.
@@ -39,12 +49,9 @@ class Workload:
         self.scale = p.n / chunk
         self.gpu, self.p = gpu, p.with_batch(chunk)
         p = self.p
-        fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
-        self.weight = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
-        self.bias = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32)
+        self.x_first, self.weight, self.bias = random_inputs(p, rng)
         in_bytes, out_bytes = size * math.prod(p.input_shape), size * math.prod(p.output_shape)
         count = max(1, min(rotations, ROTATION_BYTES // (in_bytes + out_bytes)))
-        self.x_first = rng.uniform(-1, 1, p.input_shape).astype(np.float32)
         self.x_bufs = [gpu.upload(self.x_first if i == 0 else rng.uniform(-1, 1, p.input_shape).astype(np.float32),
                                   "input", dtype) for i in range(count)]
         self.y_bufs = [gpu.empty(out_bytes, "output") for _ in range(count)]
