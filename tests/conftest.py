@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
@@ -15,6 +14,7 @@ import convroute.api  # noqa: E402
 from convroute.kernels import ALGORITHMS  # noqa: E402
 from convroute.measure.reference import norm_relative_error as rel_error  # noqa: E402
 from convroute.measure.reference import torch_reference  # noqa: E402
+from convroute.measure.workload import random_inputs  # noqa: E402, F401 (the tests draw their inputs with it)
 from convroute.params import ConvParams  # noqa: E402
 
 convroute.api.POISON = True  # outputs start as NaN, so an element no kernel writes fails the check
@@ -36,15 +36,6 @@ def clean_env(monkeypatch, tmp_path_factory):
 def applicable(p: ConvParams) -> list[str]:
     """Registered algorithms that can run `p` (grows as algorithms land in ALGORITHMS)."""
     return [name for name, kernel in ALGORITHMS.items() if kernel.unsupported(p) is None]
-
-
-def random_inputs(p: ConvParams, rng: np.random.Generator, bias: bool = True):
-    """Fresh float32 input, weight (scaled by 1/sqrt(fan-in)) and optional bias; never zeros."""
-    x = rng.uniform(-1.0, 1.0, p.input_shape).astype(np.float32)
-    fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
-    w = (rng.uniform(-1.0, 1.0, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
-    b = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32) if bias else None
-    return x, w, b
 
 
 def activate(y, activation):

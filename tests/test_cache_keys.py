@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from convroute import cache
+from convroute.cache import CacheWarning, build_stamp, device_file, file_header, read_json
+from convroute.calibration import profile as calib
 from convroute.device.profile import DeviceProfile
-from convroute.measure import cache
-from convroute.measure import calibration as calib
-from convroute.measure.cache import CacheWarning, build_stamp, device_file, file_header, read_json
 from convroute.params import make_params
 from convroute.router import autotune as autotune_mod
 from convroute.router import route_params
@@ -76,11 +76,11 @@ def test_kernel_hash_is_deterministic_and_follows_every_kernel_module(monkeypatc
 @pytest.mark.parametrize("stale", ["kernels", "wgpu", "convroute", "no stamp"])
 def test_a_calibration_of_another_build_is_ignored_with_one_line_saying_why(stale):
     path = calib.save_calibration(small_calibration())
-    calib._LOADED.clear()
+    cache.forget()
     assert calib.load_calibration(PROFILE) is not None
     old = dict(build_stamp(), **{stale: "0.0.1" if stale != "kernels" else "abc123abc123"})
     restamp(path, None if stale == "no stamp" else old)
-    calib._LOADED.clear()
+    cache.forget()
     with pytest.warns(CacheWarning) as caught:
         assert calib.load_calibration(PROFILE) is None
     assert len(caught) == 1
@@ -127,7 +127,7 @@ def test_a_stale_autotune_cache_is_measured_again(monkeypatch):
 WRITER = """
 import sys
 from convroute.device.profile import DeviceProfile
-from convroute.measure import calibration as calib
+from convroute.calibration import profile as calib
 from convroute.params import make_params
 profile = DeviceProfile("nvidia", {name!r}, {driver!r}, backend="Vulkan")
 samples = [calib.Sample(make_params((1, 8, 10, 10), (8, 8, 3, 3)), {{"direct": 1.0}}, {{}})] * int(sys.argv[1])

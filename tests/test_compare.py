@@ -11,9 +11,7 @@ import types
 
 import pytest
 
-from convroute.cli.main import main as cli_main
-from convroute.device.gpu import get_gpu
-from convroute.measure.compare import (
+from convroute.bench.compare_layers import (
     CompareReport,
     EngineResult,
     Measurement,
@@ -21,10 +19,12 @@ from convroute.measure.compare import (
     compare_table,
     run_compare,
 )
+from convroute.bench.suites import parse_suite
+from convroute.cli.main import main as cli_main
+from convroute.device.gpu import get_gpu
 from convroute.params import make_params
 from convroute.peers import shape_preserving
 from convroute.peers.ncnn_engines import NcnnLayerEngine as NcnnEngine
-from convroute.suites import parse_suite
 
 TINY = {"name": "tiny", "layers": [
     {"name": "same", "c_in": 8, "h": 9, "w": 11, "c_out": 8, "kernel": 3, "padding": 1, "count": 3},

@@ -11,14 +11,15 @@ import subprocess
 import numpy as np
 import pytest
 
+from convroute import cache
+from convroute.bench.suites import SUITES, load_suite
+from convroute.cache import CacheWarning
+from convroute.calibration import profile as calib
+from convroute.calibration.grid import full_grid
 from convroute.cli.main import main
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
-from convroute.measure import cache
-from convroute.measure import calibration as calib
-from convroute.measure.cache import CacheWarning
-from convroute.measure.grid import full_grid, params_to_dict
-from convroute.params import make_params
+from convroute.params import make_params, params_to_dict
 from convroute.router import route_params
 from convroute.router.derive import TreeSearch, derive_rule, fit_data, shape_key
 from convroute.router.derived import RULE_ENV, rule_path
@@ -26,7 +27,6 @@ from convroute.router.regret import BenchLayer, BenchSuite, grid_suite, score_su
 from convroute.router.rule import Rule, features
 from convroute.router.rule_text import to_cpp, to_python
 from convroute.router.seed import im2col_candidate, seed_route
-from convroute.suites import SUITES, load_suite
 
 GXX = shutil.which("g++")
 
@@ -34,8 +34,7 @@ GXX = shutil.which("g++")
 @pytest.fixture(autouse=True)
 def fresh(monkeypatch):
     monkeypatch.delenv(RULE_ENV, raising=False)
-    cache._WARNED.clear()
-    calib._LOADED.clear()
+    cache.forget()
 
 
 def seed_rule(p, family) -> bool:

@@ -7,8 +7,8 @@ import pytest
 
 import convroute.device.gpu
 from convroute import route
+from convroute.calibration.grid import full_grid
 from convroute.cli.main import build_parser, main
-from convroute.measure.grid import full_grid
 from convroute.router import FORCE_DIRECT_REASON, Decision
 from convroute.router.etvk import MAX_CHEAP_GATHER, etvk_route, gather_elements
 from convroute.router.seed import im2col_candidate, seed_route

@@ -17,16 +17,20 @@ import pytest
 
 import convroute
 from conftest import random_inputs, reference, rel_error
+from convroute import cache
+from convroute.bench.compare_layers import CompareReport, ConvrouteEngine, EngineResult, Measurement, ratio_table
+from convroute.cache import CacheWarning
+from convroute.calibration import profile as calib
+from convroute.calibration import run as calibration_run
+from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.run import measure_shape
 from convroute.cli.main import main as cli_main
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import F16_FEATURE, Epilogue, Precision
-from convroute.measure import calibration as calib
-from convroute.measure.cache import CacheWarning
-from convroute.measure.compare import CompareReport, ConvrouteEngine, EngineResult, Measurement, ratio_table
-from convroute.measure.grid import full_grid, quick_grid
-from convroute.measure.timing import TimingSettings, Workload
+from convroute.measure.timing import TimingSettings
+from convroute.measure.workload import Workload
 from convroute.params import make_params
 from convroute.router import Decision, route_params
 from convroute.router import autotune as autotune_mod
@@ -192,7 +196,7 @@ def test_a_float32_file_without_a_dtype_field_still_loads():
     data = json.loads(path.read_text())
     del data["dtype"]
     path.write_text(json.dumps(data))
-    calib._LOADED.clear()
+    cache.forget()
     assert calib.load_calibration(NVIDIA).dtype == "float32"
     assert route_params(DENSE3, NVIDIA, "calibrated").algorithm == "im2col"
 
@@ -218,8 +222,8 @@ def test_calibration_tolerance_is_per_dtype(monkeypatch):
     monkeypatch.setattr(Workload, "error", lambda self, kernel: 5e-3)
     algorithms = {"direct": ALGORITHMS["direct"]}
     excluded32, excluded16 = {}, {}
-    sample32, _ = calib.measure_shape(gpu, p, algorithms, excluded32, FAST)
-    sample16, _ = calib.measure_shape(gpu, p, algorithms, excluded16, FAST, Precision("float16"))
+    sample32, _ = measure_shape(gpu, p, algorithms, excluded32, FAST)
+    sample16, _ = measure_shape(gpu, p, algorithms, excluded16, FAST, Precision("float16"))
     assert "direct" in excluded32 and "tolerance 0.0001" in excluded32["direct"] and not sample32.times_ms
     assert not excluded16 and sample16.times_ms["direct"] > 0
 
@@ -228,7 +232,7 @@ def test_calibration_tolerance_is_per_dtype(monkeypatch):
 def test_calibrate_float16_measures_f16_kernels_into_its_own_file(monkeypatch, capsys):
     gpu = get_gpu()
     sources = recorded_sources(monkeypatch, gpu)
-    monkeypatch.setattr(calib, "ALGORITHMS", {n: ALGORITHMS[n] for n in ("direct", "pointwise")})
+    monkeypatch.setattr(calibration_run, "ALGORITHMS", {n: ALGORITHMS[n] for n in ("direct", "pointwise")})
     assert cli_main(["calibrate", "--quick", "--dtype", "float16", "--no-progress", "--per-shape", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "in float16" in out and "calibration-float16-" in out

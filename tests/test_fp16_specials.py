@@ -8,12 +8,10 @@ need not). Inputs are rounded to f16 first, so the float64 reference sees what t
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 
-from conftest import applicable
+from conftest import applicable, random_inputs
 from convroute import conv2d
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
@@ -37,11 +35,9 @@ CASES = {
 def special_inputs(p, rng):
     """f16-exact input and weights with a NaN and a +-Inf in the input, and a bias that overflows f16 on two
     output channels (+Inf on one, -Inf on the other) and stays small on the rest."""
-    x = rng.uniform(-1, 1, p.input_shape).astype(np.float16).astype(np.float32)
-    fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
-    w = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float16).astype(np.float32)
+    x, w, b = random_inputs(p, rng)
+    x, w = x.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
     x[0, 1, 0, 0], x[0, 2, -1, -1], x[-1, 3, 0, p.w // 2] = np.nan, np.inf, -np.inf
-    b = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32)
     b[1], b[p.c_out - 2] = BIG, -BIG
     return x, w, b
 

@@ -1,4 +1,4 @@
-"""Differential fuzzing: hypothesis draws small convs (measure.selftest.draw_case: kinds, groups, per-axis
+"""Differential fuzzing: hypothesis draws small convs (bench.selftest.draw_case: kinds, groups, per-axis
 kernels 1-7, strides and dilations 1-3, paddings, output_padding, batch, bias, every activation) and each one
 runs with every applicable algorithm forced and under every policy, against torch float64, outputs poisoned.
 
@@ -22,12 +22,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from convroute.device.gpu import Dispatch, Gpu, get_gpu
-from convroute.kernels import ALGORITHMS, direct_cpu
-from convroute.kernels.common import F16_FEATURE, Epilogue
-from convroute.measure import calibration as calib
-from convroute.measure.grid import full_grid, params_key, quick_grid
-from convroute.measure.selftest import (
+from convroute.bench.selftest import (
     Case,
     Tally,
     check_case,
@@ -36,8 +31,13 @@ from convroute.measure.selftest import (
     random_picker,
     single_threaded_torch,
 )
+from convroute.calibration import profile as calib
+from convroute.calibration.grid import full_grid, quick_grid
+from convroute.device.gpu import Dispatch, Gpu, get_gpu
+from convroute.kernels import ALGORITHMS, direct_cpu
+from convroute.kernels.common import F16_FEATURE, Epilogue
 from convroute.measure.timing import TimingSettings
-from convroute.params import make_params
+from convroute.params import make_params, params_key
 from convroute.router import POLICIES
 from convroute.router import autotune as autotune_mod
 

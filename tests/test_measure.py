@@ -10,19 +10,22 @@ import numpy as np
 import pytest
 
 from conftest import reference as torch_reference
+from convroute import cache
+from convroute.bench.suites import SUITES, load_suite
+from convroute.cache import CacheWarning, cache_dir, device_file, read_json, write_json
+from convroute.calibration import denylist
+from convroute.calibration import profile as calib
+from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.model import CostModel, loo_report
+from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.direct import Direct
-from convroute.measure import cache, denylist
-from convroute.measure import calibration as calib
-from convroute.measure.cache import CacheWarning, cache_dir, device_file, read_json, write_json
-from convroute.measure.grid import full_grid, params_from_dict, params_key, params_to_dict, quick_grid
-from convroute.measure.model import CostModel, loo_report
-from convroute.measure.reference import norm_relative_error, reference_conv
-from convroute.measure.timing import TimingSettings, Workload
-from convroute.params import make_params
-from convroute.suites import SUITES, load_suite
+from convroute.measure.reference import TOLERANCES, norm_relative_error, reference_conv
+from convroute.measure.timing import TimingSettings
+from convroute.measure.workload import Workload
+from convroute.params import make_params, params_from_dict, params_key, params_to_dict
 
 FAST = TimingSettings(warmup=1, repeats=5, min_repeats=3, budget_s=0.05)
 
@@ -30,8 +33,7 @@ FAST = TimingSettings(warmup=1, repeats=5, min_repeats=3, budget_s=0.05)
 @pytest.fixture(autouse=True)
 def fresh_memory():
     """Each test starts like a new process: no profile loaded, no warning given yet."""
-    calib._LOADED.clear()
-    cache._WARNED.clear()
+    cache.forget()
 
 
 @pytest.fixture(scope="module")
@@ -229,17 +231,17 @@ def test_device_files_differ_per_device_and_driver():
 
 @pytest.fixture
 def quick_calibration(gpu):
-    return calib.run_calibration(gpu, "quick", settings=FAST, progress=False)
+    return run_calibration(gpu, "quick", settings=FAST, progress=False)
 
 
 def test_calibration_round_trip_survives_a_restart(gpu, quick_calibration):
     cal = quick_calibration
     assert cal.complete and cal.excluded == {}
     assert all(s.times_ms for s in cal.samples)
-    assert max(e for s in cal.samples for e in s.errors.values()) < calib.TOLERANCE
+    assert max(e for s in cal.samples for e in s.errors.values()) < TOLERANCES["float32"]
     path = calib.save_calibration(cal)
     assert path is not None and path.exists()
-    calib._LOADED.clear()  # a new process
+    cache.forget()  # a new process
     loaded = calib.load_calibration(gpu.profile)
     assert loaded is not None
     assert [s.params for s in loaded.samples] == [s.params for s in cal.samples]
@@ -275,7 +277,7 @@ def test_damaged_profile_is_refused_with_a_warning(gpu, quick_calibration, damag
             data["samples"] = []
         text = json.dumps(data)
     path.write_text(text)
-    calib._LOADED.clear()
+    cache.forget()
     with pytest.warns(CacheWarning, match="ignoring"):
         assert calib.load_calibration(gpu.profile) is None
 
@@ -285,7 +287,7 @@ def test_profile_from_another_device_is_refused(gpu, quick_calibration):
     data = json.loads(path.read_text())
     data["device_key"] = "Some Other GPU | driver 9 | Vulkan"
     path.write_text(json.dumps(data))
-    calib._LOADED.clear()
+    cache.forget()
     with pytest.warns(CacheWarning, match="another device"):
         assert calib.load_calibration(gpu.profile) is None
 
@@ -308,7 +310,7 @@ def test_read_json_ignores_an_unreadable_path(tmp_path):
 
 def test_calibration_excludes_an_algorithm_that_gives_wrong_results(gpu):
     algorithms = {"direct": Direct, "offbias": OffByBias, "lazy": Lazy}
-    cal = calib.run_calibration(gpu, "quick", settings=FAST, progress=False, algorithms=algorithms)
+    cal = run_calibration(gpu, "quick", settings=FAST, progress=False, algorithms=algorithms)
     assert set(cal.excluded) == {"offbias", "lazy"}
     assert "wrong result" in cal.excluded["offbias"] and "relative error" in cal.excluded["offbias"]
     assert all(set(s.times_ms) <= {"direct"} for s in cal.samples)
@@ -327,14 +329,14 @@ class SmallOnly(Direct):
 
 
 def test_calibration_skips_shapes_an_algorithm_cannot_size(gpu):
-    cal = calib.run_calibration(gpu, "quick", settings=FAST, progress=False,
+    cal = run_calibration(gpu, "quick", settings=FAST, progress=False,
                                 algorithms={"direct": Direct, "smallonly": SmallOnly})
     assert cal.excluded == {}
     assert any("smallonly" in s.times_ms for s in cal.samples)
     big = [s for s in cal.samples if s.params.c_in > 8 and not s.params.transposed]
     assert big and all("storage binding" in s.failed["smallonly"] and "smallonly" not in s.times_ms for s in big)
     calib.save_calibration(cal)
-    calib._LOADED.clear()
+    cache.forget()
     assert calib.load_calibration(gpu.profile).samples[-1].failed == cal.samples[-1].failed
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import applicable, assert_matches, random_inputs, reference
 from convroute import Conv2d
-from convroute.suites import load_suite
+from convroute.bench.suites import load_suite
 
 CASES = [(suite, layer, batch) for suite in ("resnet50", "mobilenet_v2", "vgg16")
          for layer in load_suite(suite).layers for batch in ((1,) if suite == "vgg16" else (1, 3))]

@@ -12,14 +12,15 @@ import pytest
 
 import convroute
 from conftest import applicable, assert_matches, random_inputs, reference
+from convroute import cache
+from convroute.cache import CacheWarning
+from convroute.calibration import profile as calib
+from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.run import run_calibration
 from convroute.cli.main import main as cli_main
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
-from convroute.measure import cache
-from convroute.measure import calibration as calib
-from convroute.measure.cache import CacheWarning
-from convroute.measure.grid import full_grid, quick_grid
 from convroute.measure.timing import TimingSettings
 from convroute.params import make_params
 from convroute.router import FORCE_DIRECT_REASON, FORCE_DIRECT_SPARED, POLICIES, route_params
@@ -34,11 +35,10 @@ ONE_BY_ONE = make_params((1, 64, 20, 20), (32, 64, 1, 1))
 @pytest.fixture(autouse=True)
 def fresh_memory():
     """Each test starts like a new process: nothing loaded, tuned or warned about in memory."""
-    calib._LOADED.clear()
+    cache.forget()
     autotune_mod.AutotuneCache._memory.clear()
-    cache._WARNED.clear()
     yield
-    calib._LOADED.clear()
+    cache.forget()
     autotune_mod.AutotuneCache._memory.clear()
 
 
@@ -137,7 +137,7 @@ def test_algorithm_that_could_not_size_a_smaller_grid_shape_is_avoided():
     small = make_params((1, 64, 10, 10), (64, 64, 3, 3), padding=1)
     cal.samples.append(calib.Sample(small, {"direct": 1.0}, {}, {"im2col": "packed weights exceed a binding"}))
     calib.save_calibration(cal)
-    calib._LOADED.clear()
+    cache.forget()
     d = route_params(DENSE3, NVIDIA, "calibrated")  # 64 -> 64 3x3 weights: as large as the failed shape's
     assert d.algorithm != "im2col" and "im2col excluded (could not run a calibration shape" in d.reason
     tiny = make_params((1, 16, 20, 20), (16, 16, 3, 3), padding=1)
@@ -197,7 +197,7 @@ ROUTED_SHAPES = [  # input, weight, stride, padding, dilation, groups, transpose
 
 @pytest.mark.parametrize("policy", ["calibrated", "autotune"])
 def test_routed_results_are_still_correct(gpu, policy):
-    cal = calib.run_calibration(gpu, "quick", settings=FAST, progress=False)
+    cal = run_calibration(gpu, "quick", settings=FAST, progress=False)
     calib.save_calibration(cal)
     rng = np.random.default_rng(11)
     for x_shape, w_shape, stride, padding, dilation, groups, transposed in ROUTED_SHAPES:

@@ -14,10 +14,10 @@ import convroute.frontend as frontend  # noqa: E402 (before torchvision, which l
 
 pytest.importorskip("torchvision")
 from convroute import peers  # noqa: E402
+from convroute.bench import compare_model as cm  # noqa: E402
 from convroute.cli.main import main  # noqa: E402
-from convroute.measure import compare_model as cm  # noqa: E402
-from convroute.measure.report import Latency  # noqa: E402
 from convroute.peers.base import ModelEngine, Unavailable  # noqa: E402
+from convroute.report.latency import Latency  # noqa: E402
 
 
 def ncnn_here() -> str | None:

@@ -14,16 +14,7 @@ import numpy as np
 import pytest
 
 from convroute import Conv2d
-from convroute.cli.main import main as cli_main
-from convroute.device.gpu import get_gpu
-from convroute.kernels import ALGORITHMS
-from convroute.kernels.depthwise import Depthwise
-from convroute.kernels.direct import Direct
-from convroute.kernels.transposed import Transposed
-from convroute.measure import calibration as calib
-from convroute.measure import selftest_results as results
-from convroute.measure.cache import CacheWarning
-from convroute.measure.selftest import (
+from convroute.bench.selftest import (
     Case,
     check_case,
     draw_case,
@@ -33,6 +24,16 @@ from convroute.measure.selftest import (
     run_cases,
     selftest_result,
 )
+from convroute.cache import CacheWarning
+from convroute.calibration import profile as calib
+from convroute.calibration import run as calibration_run
+from convroute.calibration import selftest_results as results
+from convroute.cli.main import main as cli_main
+from convroute.device.gpu import get_gpu
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.depthwise import Depthwise
+from convroute.kernels.direct import Direct
+from convroute.kernels.transposed import Transposed
 from convroute.params import make_params
 from convroute.router import route_params
 from test_fuzz import synthetic_calibration
@@ -121,7 +122,7 @@ def test_a_repro_line_rebuilds_its_case():
     args = shlex.split(case.repro("direct"))[3:]
     parser = __import__("convroute.cli.main", fromlist=["_"]).build_parser()
     parsed = parser.parse_args(args)
-    from convroute.measure.selftest import parse_activation
+    from convroute.bench.selftest import parse_activation
 
     assert make_params(parsed.input, parsed.weight, parsed.stride, parsed.padding, parsed.dilation, parsed.groups,
                        transposed=parsed.transposed, output_padding=parsed.output_padding) == case.params
@@ -276,7 +277,7 @@ def test_selftest_command_dtype_without_shader_f16(monkeypatch, capsys):
 
 def test_calibrate_runs_the_selftest(monkeypatch, capsys):
     gpu = get_gpu()
-    monkeypatch.setattr(calib, "ALGORITHMS", {n: ALGORITHMS[n] for n in ("direct", "pointwise")})
+    monkeypatch.setattr(calibration_run, "ALGORITHMS", {n: ALGORITHMS[n] for n in ("direct", "pointwise")})
     assert cli_main(["calibrate", "--quick", "--no-progress", "--per-shape", "0.02", "--selftest-cases", "3"]) == 0
     out = capsys.readouterr().out
     assert "self-test: up to 3 random convs in float32" in out and "float32: 3 cases in" in out

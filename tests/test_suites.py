@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from convroute.bench.suites import SUITES, load_suite
 from convroute.params import ConvParams
-from convroute.suites import SUITES, load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTALS = {"resnet18": 20, "resnet50": 53, "mobilenet_v2": 52, "vgg16": 13, "unet": 18}
@@ -26,19 +26,19 @@ def test_shipped_suite_loads(name):
     assert len(set(shapes)) == len(shapes), "layers must be distinct"
     for layer in suite.layers:
         p = layer.params(3)
-        assert isinstance(p, ConvParams) and p.n == 3 and p.input_shape[1:] == (layer.c_in, layer.h, layer.w)
-        assert p.c_out == layer.c_out and p.weight_shape == layer.weight_shape
+        assert isinstance(p, ConvParams) and layer.conv.n == 1 and p == layer.conv.with_batch(3)
 
 
 def test_suite_contents():
     resnet = {layer.name: layer for layer in load_suite("resnet50").layers}
-    assert (resnet["conv1"].kernel, resnet["conv1"].stride, resnet["conv1"].h) == ((7, 7), (2, 2), 224)
+    conv1 = resnet["conv1"].conv
+    assert (conv1.kh, conv1.kw, conv1.stride, conv1.h, conv1.c_out) == (7, 7, (2, 2), 224, 64)
     assert resnet["layer1.0.conv2"].count == 3
     mobilenet = load_suite("mobilenet_v2").layers
     assert sum(layer.params().is_depthwise for layer in mobilenet) >= 8
     unet = load_suite("unet").layers
-    ups = [layer for layer in unet if layer.transposed]
-    assert len(ups) == 3 and all(u.kernel == (2, 2) and u.stride == (2, 2) for u in ups)
+    ups = [layer for layer in unet if layer.conv.transposed]
+    assert len(ups) == 3 and all((u.conv.kh, u.conv.kw, u.conv.stride) == (2, 2, (2, 2)) for u in ups)
     assert [u.params().output_shape[2] for u in ups] == [56, 112, 224]
 
 

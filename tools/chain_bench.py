@@ -36,7 +36,7 @@ SHAPES = [  # (name, C, H, W, k, stride, groups), as in peer_conv_bench.py
 
 
 def gpu_ms(gpu, dispatches, reps=5) -> float:
-    return min(pass_times(gpu, dispatches, reps))
+    return min(pass_times(gpu, [dispatches] * reps))
 
 
 def bench(shape, algorithm, L, n, precision=FP32):

@@ -19,12 +19,13 @@ import time
 import numpy as np
 import torch  # noqa: F401  (before the GPU opens: LLVM clash on lavapipe)
 
+from convroute.bench import suite as bench
+from convroute.bench.suite import LayerResult, measure_layer
+from convroute.bench.suites import SUITES, load_suite
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS, direct
-from convroute.measure import bench
-from convroute.measure.bench import LayerResult, measure_layer
-from convroute.measure.timing import TimingSettings, Workload
-from convroute.suites import SUITES, load_suite
+from convroute.measure.timing import TimingSettings
+from convroute.measure.workload import Workload
 
 
 def relevant(p) -> bool:

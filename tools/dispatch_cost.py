@@ -36,7 +36,7 @@ def pass_ms(gpu, dispatches, reps=30) -> tuple[float, float]:
         gpu.device.queue.submit([gpu.encode(dispatches).finish()])
         gpu.wait(fence)
         wall.append((time.perf_counter() - t) * 1e3)
-    return min(pass_times(gpu, dispatches, reps)), statistics.median(wall[5:])
+    return min(pass_times(gpu, [dispatches] * reps)), statistics.median(wall[5:])
 
 
 def main():

@@ -1,7 +1,7 @@
 """Per-layer race: every applicable convroute algorithm vs ncnn's Vulkan, `bench --compare`'s chained method.
 
 For each shape-preserving layer of the given suites (the layers ncnn can chain), each candidate runs as a chain
-of L copies (one submission, wall clock incl. upload + download, measure/compare.py's time_chain); candidates
+of L copies (one submission, wall clock incl. upload + download, bench/compare_layers.py's time_chain); candidates
 are timed in interleaved rounds and the per-candidate minimum over rounds is printed, with the GPU time of the
 pass in brackets for convroute. Lets one see where convroute loses on a device (lavapipe) and by how much.
 usage: python tools/lava_layers.py [--suites resnet18,...] [--chain 3] [--rounds 2] [--algorithms a,b]
@@ -14,10 +14,15 @@ import json
 import os
 import warnings
 
+import numpy as np
+
+from convroute.bench.compare_layers import ConvrouteEngine, time_chain
+from convroute.bench.suites import load_suite
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
-from convroute.measure.compare import ConvrouteEngine, NcnnEngine, layer_data, shape_preserving, time_chain
-from convroute.suites import load_suite
+from convroute.measure.workload import random_inputs
+from convroute.peers import shape_preserving
+from convroute.peers.ncnn_engines import NcnnLayerEngine
 
 
 def main() -> None:
@@ -32,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     gpu = get_gpu()
     ours = ConvrouteEngine(gpu, "seed")
-    ncnn = NcnnEngine("fp32")
+    ncnn = NcnnLayerEngine("fp32")
     print(f"device: {gpu.profile.name} | {gpu.profile.driver}; load {os.getloadavg()[0]:.2f}")
     wanted = [a for a in args.algorithms.split(",") if a]
     seen, rows = set(), []
@@ -46,7 +51,7 @@ def main() -> None:
                 continue
             seen.add(key)
             algos = [a for a in (wanted or ALGORITHMS) if a in ALGORITHMS and not ALGORITHMS[a].unsupported(p)]
-            x, weight, bias = layer_data(p, 0)
+            x, weight, bias = random_inputs(p, np.random.default_rng(0))
             runs, best = {}, {}
             for a in algos:
                 try:

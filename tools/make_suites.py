@@ -1,4 +1,4 @@
-"""Regenerate the layer suites shipped in src/convroute/suites/*.json.
+"""Regenerate the layer suites shipped in src/convroute/bench/suites/*.json.
 
 Each suite lists every distinct conv (Conv2d and ConvTranspose2d) of one architecture, as seen by forward
 hooks on a 1x3x224x224 input, with how many times it occurs. Only the architecture is used (weights=None,
@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 
-OUT = Path(__file__).resolve().parent.parent / "src" / "convroute" / "suites"
+OUT = Path(__file__).resolve().parent.parent / "src" / "convroute" / "bench" / "suites"
 INPUT_SHAPE = (1, 3, 224, 224)
 
 

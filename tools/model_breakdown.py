@@ -15,7 +15,7 @@ import wgpu
 
 import convroute.frontend as frontend
 from convroute.frontend.plan import Segment
-from convroute.measure.timing import pass_times
+from convroute.measure.timing import pass_times, timestamp_period
 
 
 def median_ms(fn, reps=50) -> float:
@@ -43,8 +43,8 @@ def main():
     dispatches = [d for s in segs for d in s.dispatches]
     dev = gpu.device
     fence = gpu.empty(16)
-    pass_times(gpu, dispatches, 20)  # warm-up
-    gpu_ms = statistics.median(pass_times(gpu, dispatches, 50))
+    pass_times(gpu, [dispatches] * 20)  # warm-up
+    gpu_ms = statistics.median(pass_times(gpu, [dispatches] * 50))
 
     def encode_submit():
         dev.queue.submit([gpu.encode(dispatches).finish()])
@@ -93,7 +93,7 @@ def dispatch_times(gpu, dispatches, runs: int = 20) -> list[float]:
         enc.resolve_query_set(qs, 0, count, qb, 0)
         dev.queue.submit([enc.finish()])
         ticks = np.frombuffer(dev.queue.read_buffer(qb), np.uint64).astype(np.int64)
-        samples.append(np.diff(ticks) * 1e-6)
+        samples.append(np.diff(ticks) * timestamp_period(gpu) / 1e6)
     return list(np.median(np.array(samples), axis=0))
 
 

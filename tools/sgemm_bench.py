@@ -24,7 +24,7 @@ STORE = "y[m * P.cols + j] = v + bias[m];"
 
 def timed(gpu, dispatches, reps=20, runs=5) -> float:
     """Seconds per GEMM: median over `runs` passes of `reps` back-to-back launches."""
-    return float(np.median(pass_times(gpu, dispatches * reps, runs))) * 1e-3 / reps
+    return float(np.median(pass_times(gpu, [dispatches * reps] * runs))) * 1e-3 / reps
 
 
 def main(sizes):

@@ -1,4 +1,4 @@
-"""Convolution parameters: normalisation, validation and output shape.
+"""Convolution parameters: normalisation, validation, output shape, and the record and key files keep.
 
 Every entry point (API, router, CLI, front end) builds a `ConvParams` first, so bad input is
 rejected in one place with a message that names the problem.
@@ -161,3 +161,33 @@ def make_params(input_shape, weight_shape, stride=1, padding=0, dilation=1, grou
         raise ValueError(f"empty output: {p.describe()} gives output {p.output_shape}; the dilated kernel "
                          f"is larger than the padded input")
     return p
+
+
+def params_to_dict(p: ConvParams) -> dict:
+    return {"n": p.n, "c_in": p.c_in, "h": p.h, "w": p.w, "c_out": p.c_out, "kh": p.kh, "kw": p.kw,
+            "stride": list(p.stride), "padding": list(p.padding), "dilation": list(p.dilation), "groups": p.groups,
+            "transposed": p.transposed, "output_padding": list(p.output_padding)}
+
+
+def params_from_dict(d: dict) -> ConvParams:
+    """Inverse of params_to_dict, validated (ValueError/TypeError/KeyError on a bad record)."""
+    if not isinstance(d["groups"], int) or d["groups"] <= 0:
+        raise ValueError(f"groups must be a positive int, got {d['groups']!r}")
+    if d["transposed"]:
+        weight = (d["c_in"], d["c_out"] // d["groups"], d["kh"], d["kw"])
+    else:
+        weight = (d["c_out"], d["c_in"] // d["groups"], d["kh"], d["kw"])
+    p = make_params((d["n"], d["c_in"], d["h"], d["w"]), weight, tuple(d["stride"]), tuple(d["padding"]),
+                    tuple(d["dilation"]), d["groups"], transposed=bool(d["transposed"]),
+                    output_padding=tuple(d["output_padding"]))
+    if p.c_out != d["c_out"]:
+        raise ValueError(f"inconsistent record {d}")
+    return p
+
+
+def params_key(p: ConvParams) -> str:
+    """A stable text key for one ConvParams (autotune cache keys)."""
+    t = "T" if p.transposed else "C"
+    return (f"{t} n{p.n} c{p.c_in}x{p.h}x{p.w} o{p.c_out} k{p.kh}x{p.kw} s{p.stride[0]}x{p.stride[1]} "
+            f"p{p.padding[0]}x{p.padding[1]} d{p.dilation[0]}x{p.dilation[1]} g{p.groups} "
+            f"op{p.output_padding[0]}x{p.output_padding[1]}")

@@ -7,23 +7,21 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from convroute.cli.common import check_extras
-from convroute.device.gpu import get_gpu
-from convroute.kernels.common import DTYPES
-from convroute.measure.bench import DEFAULT_POLICIES, SETTINGS, run_bench
-from convroute.measure.compare import (
+from convroute.bench.compare_layers import (
     DEFAULT_CHAIN,
-    ENGINES,
     compare_summary,
     compare_table,
-    plot_compare,
     ratio_table,
     run_compare,
 )
-from convroute.measure.report import plot, summary, table
-from convroute.peers import LAYER_NEEDS
+from convroute.bench.suite import DEFAULT_POLICIES, SETTINGS, run_bench, summary, table
+from convroute.bench.suites import SUITES, load_suite
+from convroute.cli.common import check_extras
+from convroute.device.gpu import get_gpu
+from convroute.kernels.common import DTYPES
+from convroute.peers import LAYER_ENGINES, LAYER_NEEDS
+from convroute.report.plots import plot_bench, plot_compare
 from convroute.router import POLICIES
-from convroute.suites import SUITES, load_suite
 
 
 def add_arguments(parser) -> None:
@@ -49,8 +47,8 @@ def add_arguments(parser) -> None:
                              "reports convroute / ncnn-vk16); float16 needs the adapter's shader-f16")
     parser.add_argument("--no-check", action="store_true", help="skip checking results against the host reference")
     parser.add_argument("--compare", default="", metavar="NAMES",
-                        help=f"also time other engines ({','.join(ENGINES)}) where available, all with one chained "
-                             "method (see --chain; --budget per engine and layer), beside convroute's routed "
+                        help=f"also time other engines ({','.join(LAYER_ENGINES)}) where available, all with one "
+                             "chained method (see --chain; --budget per engine and layer), beside convroute's routed "
                              "algorithms")
     parser.add_argument("--chain", type=int, default=DEFAULT_CHAIN, metavar="L",
                         help=f"--compare: copies of each layer run back to back per timed run "
@@ -68,9 +66,9 @@ def run(args) -> int:
         print(f"unknown policy {', '.join(unknown)}; known: {', '.join(POLICIES)}", file=sys.stderr)
         return 2
     compare = [c.strip() for c in args.compare.split(",") if c.strip()]
-    missing = [c for c in compare if c not in ENGINES]
+    missing = [c for c in compare if c not in LAYER_ENGINES]
     if missing:
-        print(f"--compare {', '.join(missing)}: unknown engine (known: {', '.join(ENGINES)})", file=sys.stderr)
+        print(f"--compare {', '.join(missing)}: unknown engine (known: {', '.join(LAYER_ENGINES)})", file=sys.stderr)
         return 2
     if args.chain < 1:
         print("--chain must be >= 1", file=sys.stderr)
@@ -137,7 +135,7 @@ def write_plots(report, compared, path_text: str, suffix: str | None) -> None:
     path = Path(path_text)
     if suffix:
         path = path.with_name(f"{path.stem}-{suffix}{path.suffix or '.png'}")
-    plot(report, str(path))
+    plot_bench(report, str(path))
     print(f"wrote {path}")
     if compared:
         compare_path = str(path.with_name(f"{path.stem}-compare{path.suffix or '.png'}"))

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import sys
 
+from convroute.calibration.model import loo_report
+from convroute.calibration.profile import profile_path, save_calibration
+from convroute.calibration.run import SETTINGS, run_calibration
 from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
-from convroute.measure.calibration import SETTINGS, profile_path, run_calibration, save_calibration
-from convroute.measure.model import loo_report
 
 SELFTEST_SHARE = 0.15  # of --budget kept for the self-test when the grid would use it all
 
@@ -37,8 +38,8 @@ def run(args) -> int:
 
     if not args.no_progress:
         check_extras({"report": ("tqdm",)}, "the progress bar", required=False)
+    from convroute.bench.selftest import load_reference_backend
     from convroute.cli.selftest_cmd import selftest_and_report
-    from convroute.measure.selftest import load_reference_backend
 
     load_reference_backend()  # before the GPU opens (the self-test's reference)
     gpu = get_gpu()

@@ -1,5 +1,5 @@
-"""Pieces the commands share: shape arguments, the host reference, aligned tables (measure.report's), and the
-check that the optional packages a command needs are installed."""
+"""Pieces the commands share: shape arguments, the float32 bound, and the check that the optional packages a
+command needs are installed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import argparse
 import importlib.util
 import sys
 
-from convroute.measure.calibration import TOLERANCES
-from convroute.measure.report import format_table  # noqa: F401 (the commands' table formatter)
+from convroute.measure.reference import TOLERANCES
 from convroute.params import ConvParams, make_params
 
 TOLERANCE = TOLERANCES["float32"]

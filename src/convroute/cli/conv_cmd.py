@@ -9,13 +9,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from convroute.cli.common import add_shape_arguments, format_table, params_from_args
+from convroute.cli.common import add_shape_arguments, params_from_args
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import DTYPES, Precision
-from convroute.measure.calibration import TOLERANCES
-from convroute.measure.reference import float64_reference, norm_relative_error
-from convroute.measure.timing import TimingSettings, Workload
+from convroute.measure.reference import TOLERANCES, float64_reference, norm_relative_error
+from convroute.measure.timing import TimingSettings
+from convroute.measure.workload import Workload
+from convroute.report.table import format_table
 from convroute.router import POLICIES, route_params
 
 SETTINGS = TimingSettings(warmup=2, repeats=30, budget_s=1.0)

@@ -9,8 +9,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from convroute.measure import calibration as calib
-from convroute.measure.cache import write_json
+from convroute.bench.suites import SUITES, load_suite
+from convroute.cache import write_json
+from convroute.calibration import profile as calib
+from convroute.report.table import format_table
 from convroute.router.derive import OBJECTIVES, derive_rule
 from convroute.router.derived import RULE_ENV, rule_path
 from convroute.router.regret import (
@@ -24,7 +26,6 @@ from convroute.router.regret import (
     score_suite,
 )
 from convroute.router.rule_text import to_cpp, to_python
-from convroute.suites import SUITES, load_suite
 
 
 def add_arguments(parser) -> None:
@@ -80,8 +81,8 @@ def load_calibrations(paths) -> list[calib.Calibration]:
 
 def measure(suites, args) -> list[BenchSuite]:
     """Bench suites on the adapter in use: per-layer times of every algorithm."""
+    from convroute.bench.suite import SETTINGS, run_bench
     from convroute.device.gpu import get_gpu
-    from convroute.measure.bench import SETTINGS, run_bench
 
     settings = replace(SETTINGS, budget_s=args.budget)
     reports = [run_bench(get_gpu(), suite, 1, ["seed"], settings=settings, progress=not args.no_progress).to_json()
@@ -139,8 +140,6 @@ def emit(text: str, path: str | None, label: str) -> None:
 
 
 def regret_table(scores: list[dict], where: str) -> str:
-    from convroute.cli.common import format_table
-
     head = ["suite", "device", "layers", "oracle ms"] + [f"{k} x" for k in SCORED]
     rows = [[s["suite"], s["family"], str(s["layers"]), f"{s['oracle_ms']:.3g}"]
             + [f"{s['vs_oracle'][k]:.3f}" if k in s["vs_oracle"] else "n/a" for k in SCORED] for s in scores]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sys
 
-from convroute.cli.common import add_shape_arguments, format_table, params_from_args
+from convroute.cli.common import add_shape_arguments, params_from_args
 from convroute.device.gpu import resolve_profile
 from convroute.device.profile import FAMILIES
 from convroute.kernels.common import DTYPES
+from convroute.report.table import format_table
 from convroute.router import POLICIES, route_params
 
 

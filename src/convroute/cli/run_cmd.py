@@ -5,7 +5,7 @@ the same float32 torch run with the fp16 tolerance (relative error <= 1e-2).
 
 `--compare ENGINES` times peer engines (convroute.peers: ncnn-vk32, ncnn-vk16, ncnn-cpu, torch-cpu, torch-cuda,
 torch-cuda-graph; in the storage dtype, ncnn-vk32/vk16 in theirs) beside convroute, in interleaved rounds
-(measure.compare_model), and reports median, p10 and p90 per engine and convroute / each; `--json` writes it.
+(bench.compare_model), and reports median, p10 and p90 per engine and convroute / each; `--json` writes it.
 Without --compare convroute and torch on the CPU (float32) are timed the same way.
 
 Batch norms get random running statistics and affine parameters (seeded), as a trained network's have:
@@ -19,7 +19,7 @@ import sys
 import time
 
 from convroute.cli.common import EXTRAS, check_extras
-from convroute.measure.calibration import TOLERANCES  # the project's bounds: 1e-4 float32, 1e-2 float16
+from convroute.measure.reference import TOLERANCES  # the project's bounds: 1e-4 float32, 1e-2 float16
 from convroute.peers import MODEL_ENGINES, NEEDS
 
 RUNS, COMPARE_RUNS = 3, 20
@@ -67,8 +67,8 @@ def run(args) -> int:
     import torch
 
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
+    from convroute.bench.compare_model import compare_model, comparison_text
     from convroute.frontend.zoo import randomize_batch_norms
-    from convroute.measure.compare_model import compare_model, comparison_text
     from convroute.router import POLICIES
 
     if args.policy not in POLICIES:

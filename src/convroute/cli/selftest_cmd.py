@@ -9,9 +9,10 @@ from __future__ import annotations
 import sys
 import time
 
-from convroute.cli.common import format_table, int_or_pair, ints
+from convroute.cli.common import int_or_pair, ints
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import DTYPES, F16_FEATURE
+from convroute.report.table import format_table
 from convroute.router import POLICIES
 
 PROGRESS_EVERY = 100
@@ -51,7 +52,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from convroute.measure.selftest import load_reference_backend
+    from convroute.bench.selftest import load_reference_backend
 
     load_reference_backend()  # before the GPU opens: torch and lavapipe each bring an LLVM
     from convroute.device.gpu import get_gpu
@@ -82,8 +83,8 @@ def selftest_and_report(gpu, dtype: str, cases: int, budget: float, seed: int = 
                         save: bool = True, fresh: bool = False):
     """Run the self-test in one dtype, print its table and exclusions, save it (merged with the findings of
     earlier runs unless `fresh`); returns the SelftestResult. `convroute calibrate` calls it too."""
-    from convroute.measure.selftest import run_selftest
-    from convroute.measure.selftest_results import load_selftest, save_selftest, selftest_path
+    from convroute.bench.selftest import run_selftest
+    from convroute.calibration.selftest_results import load_selftest, save_selftest, selftest_path
 
     def show(tally, seconds):
         print(f"  {dtype}: {tally.summary()} in {seconds:.0f} s", flush=True)
@@ -109,7 +110,7 @@ def selftest_and_report(gpu, dtype: str, cases: int, budget: float, seed: int = 
 
 
 def run_one(args, gpu) -> int:
-    from convroute.measure.selftest import Case, check_case, parse_activation
+    from convroute.bench.selftest import Case, check_case, parse_activation
     from convroute.params import make_params
 
     try:

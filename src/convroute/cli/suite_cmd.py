@@ -6,14 +6,16 @@ from __future__ import annotations
 import sys
 
 from convroute.api import Conv2d
-from convroute.cli.common import TOLERANCE, check_extras, format_table
+from convroute.bench.suites import SUITES, load_suite
+from convroute.cli.common import TOLERANCE, check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.measure.reference import float64_reference, norm_relative_error
-from convroute.measure.report import shape_text
-from convroute.measure.timing import TimingSettings, Workload
+from convroute.measure.timing import TimingSettings
+from convroute.measure.workload import Workload
+from convroute.report.progress import progress_bar
+from convroute.report.table import format_table, shape_text
 from convroute.router import POLICIES, route_params
-from convroute.suites import SUITES, load_suite
 
 
 def add_arguments(parser) -> None:
@@ -46,7 +48,7 @@ def run(args) -> int:
     gpu = get_gpu()
     settings = TimingSettings(warmup=1, repeats=20, min_repeats=3, budget_s=args.budget)
     rows, reasons, failed, total_ms, method, ref_name = [], [], 0, 0.0, "-", "-"
-    for layer in _progress(suite.layers, not args.no_progress, suite.name):
+    for layer in progress_bar(suite.layers, f"suite {suite.name}", "layer", not args.no_progress, leave=False):
         p = layer.params(args.batch)
         decision = route_params(p, gpu.profile, args.policy, args.force_direct)
         work = Workload(gpu, p, seed=len(rows), rotations=2)
@@ -74,13 +76,3 @@ def run(args) -> int:
     if failed:
         print(f"{failed} layer(s) gave a wrong result", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _progress(items, enabled: bool, name: str):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=f"suite {name}", unit="layer", dynamic_ncols=True, leave=False)

@@ -1,1 +1,2 @@
-"""Measurement: GPU timing, a host reference, calibration, the routing cost model and benchmarks."""
+"""Measuring on the GPU: the one timer and timestamp reader (timing), the workload a timed conv runs on
+(workload), and the float64 reference with the relative errors and bounds results are judged by (reference)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from convroute.measure.cache import cache_dir
+from convroute.cache import cache_dir
 from convroute.params import ConvParams
 from convroute.peers.base import LayerEngine, ModelEngine, NotApplicable, Unavailable, shape_preserving
 

@@ -12,15 +12,15 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime
 
+from convroute.cache import device_file, file_header, read_json, warn_once, write_json
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Precision
-from convroute.measure.cache import device_file, file_header, read_json, warn_once, write_json
-from convroute.measure.calibration import TOLERANCES
-from convroute.measure.grid import params_key
-from convroute.measure.timing import TimingSettings, Workload
-from convroute.params import ConvParams
+from convroute.measure.reference import TOLERANCES
+from convroute.measure.timing import TimingSettings
+from convroute.measure.workload import Workload
+from convroute.params import ConvParams, params_key
 from convroute.router.calibrated import calibrated_route, ms, seed_fallback
 from convroute.router.exclusions import applicable
 

@@ -7,10 +7,10 @@ the float32 calibration, warns once and says so in every reason.
 
 from __future__ import annotations
 
+from convroute.cache import warn_once
+from convroute.calibration.profile import calibration_for
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
-from convroute.measure.cache import warn_once
-from convroute.measure.calibration import calibration_for
 from convroute.params import ConvParams
 from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.seed import seed_route

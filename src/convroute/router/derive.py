@@ -21,8 +21,7 @@ import numpy as np
 
 from convroute.device.profile import FAMILIES, DeviceProfile
 from convroute.kernels import ALGORITHMS
-from convroute.measure.grid import params_key
-from convroute.params import ConvParams
+from convroute.params import ConvParams, params_key
 from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.rule import NUMERIC, Node, Rule, features
 from convroute.router.seed import im2col_candidate, seed_route

@@ -6,16 +6,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from convroute.cache import cache_dir, load_record, warn_once
 from convroute.device.profile import DeviceProfile
-from convroute.measure.cache import cache_dir, read_json, warn_once
 from convroute.params import ConvParams
 from convroute.router.calibrated import seed_fallback
 from convroute.router.rule import FORMAT, VERSION, Rule
 
 RULE_ENV = "CONVROUTE_RULE"
-
-_LOADED: dict[str, tuple[tuple, Rule | None]] = {}
-
 
 def rule_path() -> Path:
     explicit = os.environ.get(RULE_ENV)
@@ -24,24 +21,8 @@ def rule_path() -> Path:
 
 def load_rule(path: Path | None = None) -> Rule | None:
     """The rule at `path` (default rule_path()), or None with a warning when it is missing or malformed.
-    Memoised on the file's mtime and size."""
-    path = path or rule_path()
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    stamp = (stat.st_mtime_ns, stat.st_size)
-    cached = _LOADED.get(str(path))
-    if cached and cached[0] == stamp:
-        return cached[1]
-    data, rule = read_json(path, FORMAT, VERSION, None, same_build=False), None
-    if data is not None:
-        try:
-            rule = Rule.from_json(data)
-        except (KeyError, TypeError, ValueError) as err:
-            warn_once(f"convroute: ignoring {path}: malformed rule ({type(err).__name__}: {err})")
-    _LOADED[str(path)] = (stamp, rule)
-    return rule
+    Read once per change; a rule of any build is good (it names algorithms, not timings)."""
+    return load_record(path or rule_path(), FORMAT, VERSION, Rule.from_json, "rule", None, same_build=False)
 
 
 def derived_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]) -> tuple[str, str]:

@@ -1,20 +1,20 @@
 """Algorithms a device must not run: the denylist's matches, those without kernels for the dtype, those
 calibration found wrong there (in the dtype's calibration, else the float32 one), those that could not
 size a calibration shape with weights as large, and those the device's self-test found wrong on the conv's
-shape class (measure.selftest_results).
+shape class (calibration.selftest_results).
 
 Every policy routes around them; seed falls back to the next applicable algorithm in FALLBACK order.
 """
 
 from __future__ import annotations
 
+from convroute.calibration.denylist import denied
+from convroute.calibration.profile import calibration_for
+from convroute.calibration.selftest_results import selftest_exclusions
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.kernels.common import Precision
-from convroute.measure.calibration import calibration_for
-from convroute.measure.denylist import denied
-from convroute.measure.selftest_results import selftest_exclusions
 from convroute.params import ConvParams
 
 FALLBACK = ("direct", "im2col", "pointwise", "depthwise", "transposed")  # then any other, in registry order

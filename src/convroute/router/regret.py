@@ -11,9 +11,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from convroute.measure.calibration import Calibration, load_calibration
-from convroute.measure.grid import params_from_dict
-from convroute.params import ConvParams
+from convroute.calibration.profile import Calibration, load_calibration
+from convroute.params import ConvParams, params_from_dict
 from convroute.router.calibrated import calibrated_route
 from convroute.router.derive import profile_from_record, shape_key
 from convroute.router.etvk import etvk_route

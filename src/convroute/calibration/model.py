@@ -24,8 +24,6 @@ import numpy as np
 
 from convroute.params import ConvParams
 
-BASE = ("macs", "input", "output", "weight", "cin_g", "cout_g", "pixels", "kernel", "stride", "groups",
-        "dilation", "batch")
 RIDGE = 1e-2
 HUBER = 0.3  # residuals beyond this (natural log units, ~35 %) get a smaller weight
 NEIGHBOURS = 4

@@ -33,20 +33,20 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from convroute.bench.suites import Suite
+from convroute.calibration.profile import device_record
 from convroute.device.gpu import Gpu, Recording
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
-from convroute.measure.bench import _progress
-from convroute.measure.calibration import device_record
 from convroute.measure.reference import norm_relative_error
-from convroute.measure.report import format_table, shape_text
 from convroute.measure.timing import pass_times
+from convroute.measure.workload import random_inputs
 from convroute.params import ConvParams
 from convroute.peers import LAYER_ENGINES, LayerEngine, NotApplicable, layer_engines, shape_preserving, short_precision
+from convroute.report.progress import progress_bar
+from convroute.report.table import format_table, shape_text
 from convroute.router import route_params
-from convroute.suites import Suite
 
-ENGINES = LAYER_ENGINES  # names --compare accepts
 DEFAULT_CHAIN = 10
 TIMED_RUNS = 5
 WARMUP_RUNS, WARMUP_S = 3, 0.3
@@ -198,16 +198,6 @@ def time_chain(once: Callable[[], object], chain: int, budget_s: float) -> tuple
     return best / chain * 1e3, runs
 
 
-def layer_data(p: ConvParams, seed: int):
-    """Input, weight (scaled by 1/sqrt(fan-in), so a chain neither explodes nor vanishes) and bias."""
-    rng = np.random.default_rng(seed)
-    fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
-    x = rng.uniform(-1, 1, p.input_shape).astype(np.float32)
-    weight = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
-    bias = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32)
-    return x, weight, bias
-
-
 class ConvrouteEngine(LayerEngine):
     def __init__(self, gpu: Gpu, policy: str, dtype: str = "float32"):
         self.gpu, self.policy = gpu, policy
@@ -252,7 +242,7 @@ class ConvrouteEngine(LayerEngine):
 
     def pass_ms(self, dispatches, reps: int = TIMED_RUNS) -> float | None:
         """The fastest GPU time of the pass (timestamp queries at its start and end), ms; None if nonsense."""
-        best = min(pass_times(self.gpu, dispatches, reps))
+        best = min(pass_times(self.gpu, [dispatches] * reps))
         return best if best > 0 else None
 
 
@@ -264,7 +254,7 @@ def make_engines(gpu: Gpu, policies, compare, dtype: str = "float32") -> dict[st
     return engines | layer_engines(compare, short_precision(Precision.parse(dtype).dtype) == "fp16")
 
 
-def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), compare=ENGINES, *,
+def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), compare=LAYER_ENGINES, *,
                 chain: int = DEFAULT_CHAIN, budget_s: float = 1.0, progress: bool = True,
                 dtype: str = "float32") -> CompareReport:
     if chain < 1:
@@ -279,8 +269,8 @@ def run_compare(gpu: Gpu, suite: Suite, batch: int = 1, policies=("seed",), comp
     runnable = [name for name, e in engines.items() if not isinstance(e, str)]
     reference = next(iter(engines))  # convroute with the first policy
     outputs: dict[int, np.ndarray] = {}
-    for i, engine_name in ((i, e) for i in _progress(range(len(layers)), progress, f"{suite.name} --compare")
-                           for e in runnable):
+    bar = progress_bar(range(len(layers)), f"bench {suite.name} --compare", "layer", progress)
+    for i, engine_name in ((i, e) for i in bar for e in runnable):
         engine = engines[engine_name]
         p = layers[i][2]
         result = results[engine_name]
@@ -308,7 +298,7 @@ def measure(engine: LayerEngine, p: ConvParams, index: int, chain: int,
             budget_s: float) -> tuple[Measurement, np.ndarray | None]:
     """Time one layer on one engine; an error becomes the measurement's reason, the run goes on."""
     algorithm = engine.algorithm(p) if isinstance(engine, ConvrouteEngine) else None
-    x, weight, bias = layer_data(p, seed=index)
+    x, weight, bias = random_inputs(p, np.random.default_rng(index))
     try:
         once, gpu_ms, release = engine.prepare(p, x, weight, bias, chain)
     except NotApplicable as err:
@@ -430,43 +420,3 @@ def ratio_table(reports: list[CompareReport]) -> str:
                 cells.append("-" if r is None or r["ratio"] is None else f"{r['ratio']:.3f} ({layers}/{n})")
             rows.append(cells)
     return format_table(["suite", "convroute"] + [f"/ {peer}" for peer in peers], rows, left=2)
-
-
-def plot_compare(report: CompareReport, path: str) -> None:
-    """Per-layer bars per engine (log scale), and convroute / peer ratios beside."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    engines = report.convroute + report.peers
-    n = len(report.names)
-    fig, (ax, ax_ratio) = plt.subplots(1, 2, figsize=(max(10.0, 0.5 * n + 5), 6.5),
-                                       gridspec_kw={"width_ratios": [max(n, 4), 3]})
-    width = 0.8 / max(len(engines), 1)
-    x = np.arange(n)
-    for j, name in enumerate(engines):
-        times = [np.nan if m.ms is None else m.ms for m in report.engines[name].layers]
-        ax.bar(x + (j - (len(engines) - 1) / 2) * width, times, width, label=name)
-    ax.set_yscale("log")
-    ax.set_xticks(x, [f"{name} x{c}" if c > 1 else name for name, c in zip(report.names, report.counts, strict=True)],
-                  rotation=70, ha="right", fontsize=7)
-    ax.set_ylabel(f"ms per layer (chain of {report.chain}, transfers included)")
-    ax.set_title(f"{report.suite}, batch {report.batch}: convroute {report.dtype} vs other engines")
-    ax.legend(fontsize=8)
-    ratios = report.ratios()
-    labels = [f"{r['convroute']} / {r['peer']}" for r in ratios]
-    values = [r["ratio"] for r in ratios]
-    ax_ratio.barh(labels, values, color=["tab:green" if v <= 1 else "tab:red" for v in values])
-    ax_ratio.axvline(1.0, color="black", linewidth=0.8)
-    ax_ratio.set_xscale("log")
-    for label, r in zip(labels, ratios, strict=True):
-        subset = "all" if r["subset"] == "all" else f"{len(r['subset'])}/{n} layers"
-        ax_ratio.text(r["ratio"], label, f" {r['ratio']:.2f}x ({subset})", va="center", fontsize=7)
-    ax_ratio.invert_yaxis()
-    ax_ratio.set_xlabel("total time ratio (weighted by counts)")
-    ax_ratio.set_title(report.device.get("name", "")[:40], fontsize=8)
-    ax_ratio.tick_params(axis="y", labelsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

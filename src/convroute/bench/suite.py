@@ -14,18 +14,22 @@ import math
 import warnings
 from dataclasses import dataclass, field
 
+from convroute.bench.suites import Suite
+from convroute.calibration.profile import calibrate_command, calibration_for, device_record
 from convroute.device.gpu import Gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Precision
-from convroute.measure.calibration import TOLERANCES, calibration_for, device_record
-from convroute.measure.grid import params_to_dict
-from convroute.measure.timing import TimingSettings, Workload
-from convroute.params import ConvParams
+from convroute.measure.reference import TOLERANCES
+from convroute.measure.timing import TimingSettings
+from convroute.measure.workload import Workload
+from convroute.params import ConvParams, params_to_dict
+from convroute.report.progress import progress_bar
+from convroute.report.table import format_table, shape_text
 from convroute.router import route_params
-from convroute.suites import Suite
 
 SETTINGS = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=1.0)
 DEFAULT_POLICIES = ("seed", "calibrated")
+POLICY_MARKS = {"seed": "s", "calibrated": "c", "autotune": "a"}
 
 
 @dataclass
@@ -114,14 +118,14 @@ def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES,
     calibration = calibration_for(gpu.profile, precision.dtype) if "calibrated" in policies else None
     if "calibrated" in policies and calibration is None:
         policies.remove("calibrated")
-        command = "convroute calibrate" + ("" if precision.dtype == "float32" else f" --dtype {precision.dtype}")
-        notes.append(f"no calibration profile for this device: run `{command}` to score 'calibrated'")
+        notes.append(f"no calibration profile for this device: run `{calibrate_command(precision.dtype)}` to score "
+                     f"'calibrated'")
     elif calibration is not None and calibration.dtype != precision.dtype:
         notes.append(f"no {precision.dtype} calibration for this device: 'calibrated' routes with the float32 one "
-                     f"(run `convroute calibrate --dtype {precision.dtype}`)")
+                     f"(run `{calibrate_command(precision.dtype)}`)")
     layers = [(layer.name, layer.count, layer.params(batch)) for layer in suite.layers]
     results, method = [], ""
-    for name, count, p in _progress(layers, progress, suite.name):
+    for name, count, p in progress_bar(layers, f"bench {suite.name}", "layer", progress):
         result = LayerResult(name, count, p)
         method = measure_layer(gpu, result, settings, check, precision) or method
         if not result.times_ms:
@@ -165,11 +169,38 @@ def measure_layer(gpu: Gpu, result: LayerResult, settings: TimingSettings, check
     return next(iter(timings.values())).method if timings else ""
 
 
-def _progress(items: list, enabled: bool, name: str):
-    if not enabled:
-        return items
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return items
-    return tqdm(items, desc=f"bench {name}", unit="layer", dynamic_ncols=True)
+# -- for people --------------------------------------------------------------------------------------------
+
+def table(report: BenchReport) -> str:
+    """One row per layer: ms per algorithm (marks: s/c/a = seed/calibrated/autotune choice, * = fastest)."""
+    algos = report.algorithms
+    head = ["layer", "n", "shape"] + algos + [f"{p} regret" for p in report.policies]
+    rows = []
+    for r in report.layers:
+        cells = [r.name[:24], str(r.count), shape_text(r.params)]
+        for name in algos:
+            if name in r.times_ms:
+                marks = "".join(POLICY_MARKS.get(p, "?") for p in report.policies if r.choices.get(p) == name)
+                cells.append(f"{r.times_ms[name]:.3f}{'*' if name == r.oracle else ''}{marks}")
+            else:
+                cells.append("WRONG" if name in r.failures else "-")
+        cells += [f"{100 * r.regret(p):.0f}%" for p in report.policies]
+        rows.append(cells)
+    return format_table(head, rows, left=3)
+
+
+def summary(report: BenchReport) -> str:
+    totals = report.totals_ms()
+    oracle = totals["oracle"]
+    parts = []
+    for key in report.policies + ["oracle"] + report.algorithms:
+        value = totals.get(key)
+        if value is None:
+            parts.append(f"  {key:<12} n/a")
+        else:
+            parts.append(f"  {key:<12} {value:10.3f} ms   {value / oracle:5.3f} x oracle")
+    device = report.device.get("name", "?")
+    head = (f"{report.suite}, batch {report.batch}, {report.dtype}, on {device} ({report.timing}); totals weighted "
+            f"by layer counts:")
+    notes = [f"note: {n}" for n in report.notes]
+    return "\n".join([head] + parts + notes)

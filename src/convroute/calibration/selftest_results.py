@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from convroute.cache import device_file, file_header, load_record, write_json
 from convroute.device.profile import DeviceProfile
 from convroute.kernels.common import dtype_name
-from convroute.measure.cache import device_file, file_header, read_json, warn_once, write_json
 from convroute.params import ConvParams
 
 FORMAT, VERSION = "convroute-selftest", 1
@@ -115,31 +115,12 @@ def save_selftest(result: SelftestResult) -> Path | None:
     return path if write_json(path, result.to_json()) else None
 
 
-_LOADED: dict[tuple[str, str], tuple[tuple, SelftestResult | None]] = {}
-
-
 def load_selftest(profile: DeviceProfile, dtype: str = "float32") -> SelftestResult | None:
     """This device's self-test result in `dtype`, or None (with a warning when a file exists but is corrupt,
-    foreign or of another format). Memoised on the file's mtime and size."""
+    foreign or of another format). Read once per change."""
     dtype = dtype_name(dtype)
-    path = selftest_path(profile, dtype)
-    try:
-        stat = path.stat()
-        stamp = (str(path), stat.st_mtime_ns, stat.st_size)
-    except OSError:
-        return None
-    cached = _LOADED.get((profile.key, dtype))
-    if cached and cached[0] == stamp:
-        return cached[1]
-    data = read_json(path, FORMAT, VERSION, profile.key, dtype, remedy="run `convroute selftest`")
-    result = None
-    if data is not None:
-        try:
-            result = SelftestResult.from_json(data)
-        except Exception as err:  # whatever is wrong inside the file, refuse it rather than crash routing
-            warn_once(f"convroute: ignoring {path}: malformed self-test result ({type(err).__name__}: {err})")
-    _LOADED[(profile.key, dtype)] = (stamp, result)
-    return result
+    return load_record(selftest_path(profile, dtype), FORMAT, VERSION, SelftestResult.from_json, "self-test result",
+                       profile.key, dtype, remedy="run `convroute selftest`")
 
 
 def selftest_exclusions(profile: DeviceProfile, p: ConvParams, dtype: str = "float32") -> dict[str, str]:

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from convroute.measure.calibration import device_record
+from convroute.calibration.profile import device_record
 from convroute.measure.reference import norm_relative_error
-from convroute.measure.report import Latency, format_table
 from convroute.peers import Unavailable, model_engine, peer_settings, short_precision
+from convroute.report.latency import Latency
+from convroute.report.table import format_table
 
 OURS = "convroute"
 WARMUP_ROUNDS, WARMUP_S = 3, 0.5

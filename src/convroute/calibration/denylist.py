@@ -23,14 +23,15 @@ A malformed entry or file is skipped with a warning.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 from importlib import resources
 from pathlib import Path
 
+from convroute.cache import load_once, warn_once
 from convroute.device.profile import FAMILIES, DeviceProfile
-from convroute.measure.cache import warn_once
 from convroute.params import ConvParams
 
 FORMAT, VERSION = "convroute-denylist", 1
@@ -51,33 +52,30 @@ def denied(device: DeviceProfile, p: ConvParams) -> dict[str, str]:
     return out
 
 
-_CACHE: dict[tuple, list] = {}
-
-
 def entries() -> list[tuple[str, dict]]:
-    """(origin, entry) for every valid entry of the shipped and the user's denylists, cached by file stamps."""
-    paths = [p for p in os.environ.get("CONVROUTE_DENYLIST", "").split(os.pathsep) if p]
-    stamps = tuple((p, _stamp(p)) for p in paths)
-    if stamps not in _CACHE:
-        found = _parse(resources.files("convroute").joinpath("data/denylist.json").read_text(), "shipped")
-        for path in paths:
-            try:
-                text = Path(path).expanduser().read_text()
-            except OSError as err:
-                warn_once(f"convroute: cannot read the denylist {path}: {err}; ignoring it")
-                continue
-            found += _parse(text, path)
-        _CACHE.clear()
-        _CACHE[stamps] = found
-    return _CACHE[stamps]
+    """(origin, entry) for every valid entry of the shipped and the user's denylists (each read once per change)."""
+    found = list(_shipped())
+    for name in filter(None, os.environ.get("CONVROUTE_DENYLIST", "").split(os.pathsep)):
+        path = Path(name).expanduser()
+        user = load_once(path, _read)
+        if user is None:
+            warn_once(f"convroute: cannot read the denylist {path}: no such file; ignoring it")
+        found += user or []
+    return found
 
 
-def _stamp(path: str):
+@functools.cache
+def _shipped() -> tuple[tuple[str, dict], ...]:
+    return tuple(_parse(resources.files("convroute").joinpath("data/denylist.json").read_text(), "shipped"))
+
+
+def _read(path: Path) -> list[tuple[str, dict]]:
     try:
-        st = Path(path).expanduser().stat()
-        return (st.st_mtime_ns, st.st_size)
-    except OSError:
-        return None
+        text = path.read_text()
+    except OSError as err:
+        warn_once(f"convroute: cannot read the denylist {path}: {err}; ignoring it")
+        return []
+    return _parse(text, str(path))
 
 
 def _parse(text: str, origin: str) -> list[tuple[str, dict]]:

@@ -4,7 +4,9 @@ another build is refused with a warning, never an exception).
 
 A measurement file is named by `device_file` (kind, device, dtype) and starts with `file_header`, which holds
 the build stamp: convroute's version, a hash of the kernel modules and wgpu's version. Kernels rewritten or a
-new wgpu make old timings and winners stale, so `read_json` refuses a file of another build.
+new wgpu make old timings and winners stale, so `read_json` refuses a file of another build. `load_once`
+memoises what a file parses to on its mtime and size, so routing reads each file once per change;
+`load_record` is both for one kind of measurement file.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
-KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
+KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 
 
 class CacheWarning(UserWarning):
@@ -27,6 +31,8 @@ class CacheWarning(UserWarning):
 
 
 _WARNED: set[str] = set()
+_LOADED: dict[Path, tuple[tuple[int, int], object]] = {}
+T = TypeVar("T")
 
 
 def warn_once(message: str) -> None:
@@ -143,3 +149,40 @@ def read_json(path: Path, fmt: str, version: int, device_key: str | None, dtype:
         warn_once(f"convroute: ignoring {path}: {problem}")
         return None
     return data
+
+
+def load_once(path: Path, parse: Callable[[Path], T | None]) -> T | None:
+    """`parse(path)`, memoised on the file's mtime and size; None (parse not called) when there is no file."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    stamp = (stat.st_mtime_ns, stat.st_size)
+    cached = _LOADED.get(path)
+    if cached is None or cached[0] != stamp:
+        cached = _LOADED[path] = (stamp, parse(path))
+    return cached[1]
+
+
+def load_record(path: Path, fmt: str, version: int, parse: Callable[[dict], T], what: str, device_key: str | None,
+                dtype: str = "float32", *, remedy: str = "", same_build: bool = True) -> T | None:
+    """The `fmt` file at `path` (checked by `read_json`) turned into a T by `parse`, read once per change
+    (`load_once`); None when there is no file, with one warning when it is refused or `parse` raises."""
+
+    def read(path: Path) -> T | None:
+        data = read_json(path, fmt, version, device_key, dtype, remedy=remedy, same_build=same_build)
+        if data is None:
+            return None
+        try:
+            return parse(data)
+        except Exception as err:  # whatever is wrong inside the file, refuse it rather than crash routing
+            warn_once(f"convroute: ignoring {path}: malformed {what} ({type(err).__name__}: {err})")
+            return None
+
+    return load_once(path, read)
+
+
+def forget() -> None:
+    """Forget every file `load_once` read and every warning `warn_once` gave, as a new process would."""
+    _LOADED.clear()
+    _WARNED.clear()

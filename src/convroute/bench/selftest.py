@@ -1,6 +1,6 @@
 """Differential self-test: random small convs, each run through the public API with every applicable
 algorithm forced (and, for the tests, under every routing policy) with poisoned outputs, and compared with a
-float64 host reference (PyTorch when importable, else measure.reference) by max|y - ref| / max|ref|.
+float64 host reference (PyTorch when importable, else measure.reference.reference_conv) by max|y - ref| / max|ref|.
 
 One generator, `draw_case(pick)`, serves two drivers: `convroute selftest` / `calibrate` pick with a seeded
 `random.Random` (`run_selftest`), tests/test_fuzz.py with hypothesis. Shapes stay small (a few hundred output
@@ -23,11 +23,12 @@ from datetime import UTC, datetime
 import numpy as np
 
 import convroute.api as api
+from convroute.calibration.profile import device_record
+from convroute.calibration.selftest_results import AlgorithmStats, Finding, SelftestResult, shape_class
 from convroute.device.gpu import Gpu
 from convroute.kernels.common import Epilogue, Precision
-from convroute.measure.calibration import TOLERANCES, device_record
-from convroute.measure.reference import float64_reference, max_relative_error
-from convroute.measure.selftest_results import AlgorithmStats, Finding, SelftestResult, shape_class
+from convroute.measure.reference import TOLERANCES, float64_reference, max_relative_error
+from convroute.measure.workload import random_inputs
 from convroute.params import ConvParams, make_params
 from convroute.router import route_params
 from convroute.router.exclusions import applicable
@@ -54,11 +55,7 @@ class Case:
     def inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Seeded x, weight (scaled by 1/sqrt(fan-in)) and bias, float32; in a float16 case x and weight are
         rounded to float16 values first, so the check measures the kernel, not the upload's rounding."""
-        p, rng = self.params, np.random.default_rng(self.seed)
-        fan_in = (p.c_out // p.groups if p.transposed else p.c_in // p.groups) * p.kh * p.kw
-        x = rng.uniform(-1, 1, p.input_shape).astype(np.float32)
-        w = (rng.uniform(-1, 1, p.weight_shape) / math.sqrt(fan_in)).astype(np.float32)
-        b = rng.uniform(-0.5, 0.5, p.c_out).astype(np.float32) if self.bias else None
+        x, w, b = random_inputs(self.params, np.random.default_rng(self.seed), self.bias)
         if self.dtype == "float16":
             x, w = x.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
         return x, w, b

@@ -1,0 +1,119 @@
+"""A device's calibration profile: what `convroute calibrate` measured on the grid (calibration.run), kept per
+device and dtype in the cache directory, and the routing model fitted from it.
+
+The profile file holds the raw measurements (times and errors per grid shape), the algorithms excluded for
+wrong results, and how it was measured; the routing model is fitted from the samples when the file is
+loaded (milliseconds), so a better model needs no re-measurement.
+
+One profile per device and dtype: `convroute calibrate --dtype float16` measures the grid with f16 storage
+(f32 sums) and keeps it in its own file; exclusions and the correctness bound are per dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convroute.cache import device_file, file_header, load_record, write_json
+from convroute.calibration.model import CostModel
+from convroute.device.profile import DeviceProfile
+from convroute.kernels.common import dtype_name
+from convroute.params import ConvParams, params_from_dict, params_to_dict
+
+FORMAT, VERSION = "convroute-calibration", 1
+
+
+@dataclass
+class Sample:
+    params: ConvParams
+    times_ms: dict[str, float]
+    errors: dict[str, float]
+    failed: dict[str, str] = field(default_factory=dict)  # algorithm -> why it could not run this shape
+
+
+@dataclass
+class Calibration:
+    device_key: str
+    device: dict
+    grid: str
+    timing: str
+    samples: list[Sample]
+    excluded: dict[str, str] = field(default_factory=dict)  # algorithm -> why (a wrong result, an error)
+    created: str = ""
+    seconds: float = 0.0
+    complete: bool = True
+    dtype: str = "float32"  # storage of activations and weights during the measurements
+    _model: object = None
+
+    @property
+    def model(self):
+        """The fitted routing model (calibration.model.CostModel), fitted on first use."""
+        if self._model is None:
+            self._model = CostModel.fit(self.samples, self.excluded)
+        return self._model
+
+    def to_json(self) -> dict:
+        return file_header(FORMAT, VERSION, self.device_key, self.dtype) | {
+            "device": self.device, "grid": self.grid, "timing": self.timing, "created": self.created,
+            "seconds": self.seconds, "complete": self.complete, "excluded": self.excluded,
+            "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors,
+                         "failed": s.failed} for s in self.samples]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Calibration:
+        samples = []
+        for item in data["samples"]:
+            times = {str(k): float(v) for k, v in item["times_ms"].items()}
+            if any(not v > 0 for v in times.values()):
+                raise ValueError("a sample has a non-positive time")
+            errors = {str(k): float(v) for k, v in item.get("errors", {}).items()}
+            failed = {str(k): str(v) for k, v in item.get("failed", {}).items()}
+            samples.append(Sample(params_from_dict(item["params"]), times, errors, failed))
+        excluded = {str(k): str(v) for k, v in data.get("excluded", {}).items()}
+        return cls(str(data["device_key"]), dict(data.get("device", {})), str(data.get("grid", "")),
+                   str(data.get("timing", "")), samples, excluded, str(data.get("created", "")),
+                   float(data.get("seconds", 0.0)), bool(data.get("complete", True)),
+                   dtype_name(data.get("dtype", "float32")))
+
+
+def device_record(profile: DeviceProfile) -> dict:
+    return {"name": profile.name, "driver": profile.driver, "backend": profile.backend, "family": profile.family,
+            "vendor_id": profile.vendor_id, "adapter_type": profile.adapter_type}
+
+
+def profile_path(profile: DeviceProfile, dtype: str = "float32") -> Path:
+    return device_file("calibration", profile.key, dtype_name(dtype))
+
+
+def calibrate_command(dtype: str = "float32") -> str:
+    return "convroute calibrate" + ("" if dtype == "float32" else f" --dtype {dtype}")
+
+
+def save_calibration(cal: Calibration) -> Path | None:
+    path = device_file("calibration", cal.device_key, cal.dtype)
+    return path if write_json(path, cal.to_json()) else None
+
+
+def load_calibration(profile: DeviceProfile, dtype: str = "float32") -> Calibration | None:
+    """This device's calibration in `dtype` from the cache directory, or None (with a warning when a file
+    exists but is corrupt, from another device, in another dtype or of another format). Read once per change."""
+    dtype = dtype_name(dtype)
+    return load_record(profile_path(profile, dtype), FORMAT, VERSION, _measured, "calibration", profile.key, dtype,
+                       remedy=f"run `{calibrate_command(dtype)}`")
+
+
+def _measured(data: dict) -> Calibration:
+    cal = Calibration.from_json(data)
+    if not cal.samples:
+        raise ValueError("it holds no measurements")
+    return cal
+
+
+def calibration_for(profile: DeviceProfile, dtype: str = "float32") -> Calibration | None:
+    """The calibration that routing in `dtype` uses: this dtype's, else the float32 one (its `.dtype` says
+    which; callers must say so when it differs), else None."""
+    dtype = dtype_name(dtype)
+    cal = load_calibration(profile, dtype)
+    if cal is None and dtype != "float32":
+        cal = load_calibration(profile, "float32")
+    return cal

@@ -1,0 +1,90 @@
+"""Plots (matplotlib, the [report] extra) of a bench report (`bench --plot`) and of a comparison with peer
+engines (`bench --compare --plot`): per-layer bars per algorithm or engine on a log scale, totals beside."""
+
+from __future__ import annotations
+
+import numpy as np
+
+POLICY_MARKERS = {"seed": ("v", "black"), "calibrated": ("*", "red"), "autotune": ("D", "purple")}
+
+
+def plot_bench(report, path: str) -> None:
+    """bench.suite.BenchReport: per-layer time by algorithm, policy choices and the oracle marked; totals beside."""
+    algos, layers = report.algorithms, report.layers
+    fig, ax, ax_tot, offset = _layer_bars({name: [r.times_ms.get(name, np.nan) for r in layers] for name in algos},
+                                          [(r.name, r.count) for r in layers], 0.45)
+    for i, r in enumerate(layers):
+        for k, (policy, (m, c)) in enumerate(POLICY_MARKERS.items()):
+            if policy in r.choices and r.choices[policy] in algos:
+                ax.plot(i + offset(algos.index(r.choices[policy])), r.policy_ms(policy) * 1.2 ** (k + 1), m,
+                        color=c, markersize=6, label=f"{policy} choice" if i == 0 else None)
+        ax.plot(i + offset(algos.index(r.oracle)), r.oracle_ms / 1.15, "^", color="green", markersize=5,
+                label="fastest (oracle)" if i == 0 else None)
+    ax.set_ylabel("time per layer (ms, median)")
+    ax.set_title(f"{report.suite}, batch {report.batch}, {report.dtype}: per-layer time by algorithm")
+    ax.legend(fontsize=8, ncol=2)
+    totals = {k: v for k, v in report.totals_ms().items() if v is not None}
+    ax_tot.barh(list(totals), list(totals.values()),
+                color=["tab:red" if k in POLICY_MARKERS else "tab:green" if k == "oracle" else "grey" for k in totals])
+    for k, v in totals.items():
+        ax_tot.text(v, k, f" {v:.1f} ({v / totals['oracle']:.2f}x)", va="center", fontsize=7)
+    ax_tot.set_xlabel("total ms (weighted by counts)")
+    _save(fig, ax_tot, report.device, path)
+
+
+def plot_compare(report, path: str) -> None:
+    """bench.compare_layers.CompareReport: per-layer bars per engine, and convroute / peer ratios beside."""
+    engines = report.convroute + report.peers
+    series = {name: [np.nan if m.ms is None else m.ms for m in report.engines[name].layers] for name in engines}
+    fig, ax, ax_ratio, _ = _layer_bars(series, list(zip(report.names, report.counts, strict=True)), 0.5)
+    ax.set_ylabel(f"ms per layer (chain of {report.chain}, transfers included)")
+    ax.set_title(f"{report.suite}, batch {report.batch}: convroute {report.dtype} vs other engines")
+    ax.legend(fontsize=8)
+    ratios = report.ratios()
+    labels = [f"{r['convroute']} / {r['peer']}" for r in ratios]
+    values = [r["ratio"] for r in ratios]
+    ax_ratio.barh(labels, values, color=["tab:green" if v <= 1 else "tab:red" for v in values])
+    ax_ratio.axvline(1.0, color="black", linewidth=0.8)
+    ax_ratio.set_xscale("log")
+    for label, r in zip(labels, ratios, strict=True):
+        subset = "all" if r["subset"] == "all" else f"{len(r['subset'])}/{len(report.names)} layers"
+        ax_ratio.text(r["ratio"], label, f" {r['ratio']:.2f}x ({subset})", va="center", fontsize=7)
+    ax_ratio.set_xlabel("total time ratio (weighted by counts)")
+    ax_ratio.tick_params(axis="y", labelsize=7)
+    _save(fig, ax_ratio, report.device, path)
+
+
+def _layer_bars(series: dict[str, list[float]], layers: list[tuple[str, int]], inch_per_layer: float):
+    """A figure of grouped bars (one group per layer, one bar per series, log scale) and a side panel;
+    returns (figure, bars axes, side axes, offset(j) = x offset of series j within a group)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(layers)
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(max(10.0, inch_per_layer * n + 5), 6.5),
+                                   gridspec_kw={"width_ratios": [max(n, 4), 3]})
+    width = 0.8 / max(len(series), 1)
+
+    def offset(j: int) -> float:
+        return (j - (len(series) - 1) / 2) * width
+
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    x = np.arange(n)
+    for j, (name, values) in enumerate(series.items()):
+        ax.bar(x + offset(j), values, width, label=name, color=colours[j % len(colours)])
+    ax.set_yscale("log")
+    ax.set_xticks(x, [f"{name} x{count}" if count > 1 else name for name, count in layers], rotation=70, ha="right",
+                  fontsize=7)
+    return fig, ax, side, offset
+
+
+def _save(fig, side, device: dict, path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    side.invert_yaxis()
+    side.set_title(device.get("name", "")[:40], fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
