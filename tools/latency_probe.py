@@ -24,7 +24,8 @@ import wgpu
 
 import convroute.frontend as frontend
 from convroute.device.gpu import Gpu
-from convroute.measure.report import Latency, format_table
+from convroute.report.latency import Latency
+from convroute.report.table import format_table
 
 ORIGINAL = Gpu.read_staging
 
