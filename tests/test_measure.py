@@ -101,9 +101,11 @@ def test_candidates_are_timed_interleaved_and_clear_losers_pruned(gpu):
         assert set(timings) == set(kernels)
         assert len(timings["direct"].samples_ms) == len(timings["also_direct"].samples_ms) >= 3
         slow = {"direct": work.kernel(Direct), "slow": work.kernel(Slow)}
-        pruned = work.time_all(slow, replace(FAST, prune=3.0))
+        pruned = work.time_all(slow, replace(FAST, prune=3.0, prune_floor_s=0.0))
         assert "pruned" in pruned["slow"].method and len(pruned["slow"].samples_ms) == 1
         assert "pruned" not in pruned["direct"].method
+        cheap = work.time_all(slow, replace(FAST, prune=3.0, prune_floor_s=60.0))  # below the floor: timed
+        assert "pruned" not in cheap["slow"].method and len(cheap["slow"].samples_ms) >= 3
     finally:
         work.release()
 

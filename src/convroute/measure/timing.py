@@ -33,6 +33,7 @@ class TimingSettings:
     rotations: int = 4  # input/output buffer pairs cycled through
     method: str = "auto"  # "auto", "timestamp" or "wall"; CONVROUTE_TIMING overrides "auto"
     prune: float | None = None  # candidates whose warm-up is this many times the best's get no more runs
+    prune_floor_s: float = 0.05  # ... and at least this long: a shorter one costs little to time properly
 
 
 @dataclass(frozen=True)
@@ -78,14 +79,18 @@ def time_candidates(gpu: Gpu, candidates: dict[str, list[list[Dispatch]]],
         estimate[name] = min(warm)
     pruned = {}
     if settings.prune is not None:
+        # Warm-up runs are wall clock with first-use costs: on the H100 a 0.04 ms kernel's first runs took
+        # 1-8 ms, and pruning on them recorded those as its time (leave-one-out lost 32-175 % of grid time).
+        # So only the costly ones (lavapipe's seconds-long direct 1x1s) are pruned.
+        floor = settings.prune_floor_s
         for name in names:  # a load spike in one warm-up run must not prune the winner: confirm with another
-            if estimate[name] > settings.prune * min(estimate.values()):
+            if estimate[name] > max(settings.prune * min(estimate.values()), floor):
                 t0 = time.perf_counter()  # on the warm-up's first run: a run's first use of its buffers is slow
                 _submit_and_wait(gpu, candidates[name][0])
                 estimate[name] = min(estimate[name], time.perf_counter() - t0)
         fastest = min(estimate.values())
         pruned = {n: Timing(t * 1e3, (t * 1e3,), "wall clock, warm-up only (pruned: clearly slower)")
-                  for n, t in estimate.items() if t > settings.prune * fastest}
+                  for n, t in estimate.items() if t > max(settings.prune * fastest, floor)}
         names = [n for n in names if n not in pruned]
     left = max(settings.budget_s * len(names) - (time.perf_counter() - start), 0.0)
     round_s = sum(estimate[n] for n in names)
