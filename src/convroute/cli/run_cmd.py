@@ -39,6 +39,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     parser.add_argument("--dtype", default="float32", choices=list(TOLERANCES),
                         help="how values are stored on the GPU (default float32; float16 needs shader-f16)")
+    parser.add_argument("--accumulate", default=None, choices=list(TOLERANCES),
+                        help="type of the multiply-adds' running sums (default float32; float16 needs --dtype "
+                             "float16: f16 arithmetic, blocks of sums added in f32)")
     parser.add_argument("--profile", action="store_true", help="also time each node on the GPU")
     parser.add_argument("--compare", default="", metavar="ENGINES",
                         help=f"comma-separated peer engines to time beside convroute, or 'all': "
@@ -88,10 +91,11 @@ def run(args) -> int:
     x = torch.randn(args.batch, 3, args.size, args.size)
     shape = "x".join(map(str, x.shape))
     print(f"{args.model} (torchvision, random weights and batch-norm statistics, eval mode), input {shape}, "
-          f"policy {args.policy}, dtype {args.dtype}")
+          f"policy {args.policy}, dtype {args.dtype}" + (f", sums in {args.accumulate}" if args.accumulate else ""))
     start = time.perf_counter()
     try:
-        program = frontend.compile(model, (x,), policy=args.policy, device=args.device, dtype=args.dtype)
+        program = frontend.compile(model, (x,), policy=args.policy, device=args.device, dtype=args.dtype,
+                                   accumulate=args.accumulate)
     except (frontend.CompileError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

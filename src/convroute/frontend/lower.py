@@ -107,7 +107,8 @@ def lower_conv(ctx: Context, node: Node) -> GpuOp:
                     transposed=transposed, output_padding=list(output_padding))
     decision = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
     kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), None if bias is None else bias.numpy(),
-                                            node.act or Epilogue(), dtype=ctx.precision.dtype)
+                                            node.act or Epilogue(), dtype=ctx.precision.dtype,
+                                            accumulate=ctx.precision.accumulate)
     return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out, p.n), p.flops, p, decision)
 
 

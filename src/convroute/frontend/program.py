@@ -31,7 +31,8 @@ from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.router import POLICIES, default_policy
 
 
-def compile(model, example_inputs, *, policy: str | None = None, device=None, dtype="float32") -> Program:  # noqa: A001
+def compile(model, example_inputs, *, policy: str | None = None, device=None, dtype="float32",  # noqa: A001
+            accumulate=None) -> Program:
     """Export `model` (put in eval mode) with `example_inputs` and prepare it for the GPU.
 
     `policy` picks each conv's algorithm (None: $CONVROUTE_POLICY, else "seed"); `device` routes as if for
@@ -42,18 +43,21 @@ def compile(model, example_inputs, *, policy: str | None = None, device=None, dt
     f16 results converted on the host, exactly), so a program is a drop-in for the model either way; expect
     relative errors near 1e-3. A `.half()` model runs on the GPU too (in either storage) and returns float16;
     with float16 storage, casts between float32 and float16 inside the model cost nothing.
+    `accumulate="float16"` (with dtype="float16") runs the convs' and linear layers' multiply-adds in f16,
+    each block of products summed in f16 and added to f32 totals (see kernels.common.Precision).
     """
-    return Program(model, example_inputs, policy=policy, device=device, dtype=dtype)
+    return Program(model, example_inputs, policy=policy, device=device, dtype=dtype, accumulate=accumulate)
 
 
 class Program:
-    def __init__(self, model, example_inputs, *, policy: str | None = None, device=None, dtype="float32"):
+    def __init__(self, model, example_inputs, *, policy: str | None = None, device=None, dtype="float32",
+                 accumulate=None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         policy = policy or default_policy()
         if policy not in POLICIES:
             raise ValueError(f"unknown policy {policy!r}; known: {', '.join(POLICIES)}")
-        self.precision = Precision.parse(dtype)
+        self.precision = Precision.parse(dtype, accumulate)
         self.dtype = self.precision.dtype  # "float32" or "float16": the element type of GPU values
         self.model, self.policy = model, policy
         self.gpu = get_gpu()
