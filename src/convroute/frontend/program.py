@@ -28,6 +28,7 @@ from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
 from convroute.kernels.common import Precision
 from convroute.measure.timing import TimingSettings, time_candidates
+from convroute.report.table import format_table
 from convroute.router import POLICIES, default_policy
 
 
@@ -238,7 +239,7 @@ class Program:
             fused = "+".join("bn" if f.startswith("batch norm") else f.split(" ")[0] for f in r["fused"])
             rows.append((r["name"], _dims(r["input"]), _dims(r["weight"]), spdg, r["algorithm"], fused or "-",
                          r["reason"]))
-        lines += _table(header, rows)
+        lines += _rows(header, rows)
         text = "\n".join(lines)
         print(text, file=file or sys.stdout)
         return text
@@ -271,8 +272,8 @@ class Program:
                      ms=statistics.median(times[s.node.name]) if times[s.node.name] else 0.0)
                 for s in plan.steps]
         summed = sum(r["ms"] for r in rows) or 1.0
-        table = _table(("node", "op", "where", "ms", "share"),
-                       [(r["name"], r["op"], r["where"], f"{r['ms']:.3f}", f"{100 * r['ms'] / summed:.1f}%")
+        table = _rows(("node", "op", "where", "ms", "share"),
+                      [(r["name"], r["op"], r["where"], f"{r['ms']:.3f}", f"{100 * r['ms'] / summed:.1f}%")
                         for r in rows])
         print("\n".join([f"per-node times ({how}, median of {runs} runs):"] + table +
                         [f"sum of nodes {summed:.3f} ms; whole program (one submit per GPU segment) "
@@ -357,10 +358,5 @@ def _dims(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def _table(header, rows) -> list[str]:
-    rows = [tuple(map(str, r)) for r in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(header)]
-    widths[-1] = 0  # the last column (a reason) is not padded
-    def fmt(r):
-        return "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-    return [fmt(header)] + [fmt(r) for r in rows]
+def _rows(header, rows) -> list[str]:
+    return format_table(list(header), [list(map(str, r)) for r in rows], left=len(header)).splitlines()
