@@ -42,24 +42,19 @@ def nosync_event(self, staging, nbytes, dtype, count, shape):
     return _copy_out(staging, nbytes, dtype, count, shape)
 
 
-def nosync_block(self, staging, nbytes, dtype, count, shape):
-    promise = staging.map_async("READ_NOSYNC", 0, nbytes)
-    while promise._state == "pending":
-        self.device._poll(True)
-    promise.sync_wait()
-    return _copy_out(staging, nbytes, dtype, count, shape)
+def polling(block: bool):
+    """Map without the empty submission and poll the device on the calling thread (blocking or not)."""
+    def read(self, staging, nbytes, dtype, count, shape):
+        promise = staging.map_async("READ_NOSYNC", 0, nbytes)
+        while promise._state == "pending":
+            self.device._poll(block)
+        promise.sync_wait()
+        return _copy_out(staging, nbytes, dtype, count, shape)
+    return read
 
 
-def nosync_spin(self, staging, nbytes, dtype, count, shape):
-    promise = staging.map_async("READ_NOSYNC", 0, nbytes)
-    while promise._state == "pending":
-        self.device._poll(False)
-    promise.sync_wait()
-    return _copy_out(staging, nbytes, dtype, count, shape)
-
-
-STRATEGIES = {"map_sync": ORIGINAL, "nosync-event": nosync_event, "nosync-block": nosync_block,
-              "nosync-spin": nosync_spin}
+STRATEGIES = {"map_sync": ORIGINAL, "nosync-event": nosync_event, "nosync-block": polling(True),
+              "nosync-spin": polling(False)}
 
 
 def main():
