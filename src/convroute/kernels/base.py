@@ -49,6 +49,7 @@ class ConvKernel:
                              f"{CPU_LOOP_LIMIT}; use a GEMM algorithm (im2col, implicit_gemm)")
         self.dtype = self.precision.dtype
         self.gpu, self.p, self.epilogue = gpu, p, epilogue
+        self.scratch = Scratch(gpu)
         bias = np.zeros(p.c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
         self.prepare(np.asarray(weight, np.float32), bias)
 
@@ -73,6 +74,26 @@ class ConvKernel:
 
     def bind(self, x, y, n: int) -> list[Dispatch]:
         raise NotImplementedError
+
+
+class Scratch:
+    """A prepared kernel's work buffers (column matrices, partial sums), one per purpose, kept at the largest
+    size a bind has asked for: binds of any batch share them instead of allocating their own.
+
+    Sharing is safe because a bind's dispatches write and read its scratch within one command buffer, and
+    wgpu orders command buffers on the device's one queue with barriers, whichever thread submits them; a
+    bind that grows a buffer leaves the smaller one to the earlier binds whose bind groups hold it."""
+
+    def __init__(self, gpu: Gpu):
+        self.gpu = gpu
+        self._buffers: dict[str, object] = {}
+
+    def get(self, nbytes: int, what: str):
+        """A storage buffer of at least `nbytes` for `what`."""
+        buffer = self._buffers.get(what)
+        if buffer is None or buffer.size < nbytes:
+            buffer = self._buffers[what] = self.gpu.empty(nbytes, what)
+        return buffer
 
 
 # Bindings of the sliding-window kernels (direct, transposed): weights in vec4s of output channels.

@@ -263,7 +263,6 @@ class Direct(ConvKernel):
         self.act = self.epilogue.wgsl()
         self.weight = weight
         self._weights: dict[tuple, object] = {}
-        self._partials: dict[int, object] = {}
         if self.cpu:
             self.tile = direct_cpu.choose_tile(p)
             self.source = direct_cpu.generate(p, self.tile, self.header, self.act)
@@ -314,9 +313,7 @@ class Direct(ConvKernel):
             return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y], total * tile.threads,
                                       tile.threads)]
         count = n * p.c_out * p.ho * p.wo
-        if n not in self._partials:
-            self._partials[n] = self.gpu.empty(4 * plan.splits * count, "direct partial sums")
-        part = self._partials[n]
+        part = self.scratch.get(4 * plan.splits * count, "direct partial sums")
         reduce = self.precision.wgsl() + REDUCE.format(act=self.act, args=ENTRY_ARGS, flat=FLAT_INDEX)
         rvalues = pack(REDUCE_PARAMS, dict(c_out=p.c_out, plane=p.ho * p.wo, count=count, splits=plan.splits,
                                            total=count))

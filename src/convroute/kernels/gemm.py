@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
+from convroute.kernels.base import Scratch
 from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Epilogue, Precision, ceil_div, pack, uniform_block
 from convroute.kernels.gemm_tiles import NARROW, TILES, Tile, fitting, generate
 
@@ -125,6 +126,7 @@ class Gemm:
         """`epilogue`: an Epilogue, or the WGSL of `fn act` for activations Epilogue lacks (linear's gelu).
         The B template sees the aliases ST and AT (see gemm_tiles)."""
         self.gpu, self.precision = gpu, precision
+        self.scratch = Scratch(gpu)
         act = epilogue if isinstance(epilogue, str) else epilogue.wgsl()
         a, self.k, self.k_pad = pack_weights(weight_oc_first)
         self.m = weight_oc_first.shape[0]
@@ -166,7 +168,7 @@ class Gemm:
         if splits == 1:
             return [self.gpu.dispatch(self.source(tile, 1, quads), [u, self.w_buf, self.b_buf, y, *b_buffers],
                                       threads, tile.threads)]
-        part = self.gpu.empty(4 * splits * self.m * cols, "split-K partial sums")
+        part = self.scratch.get(4 * splits * self.m * cols, "split-K partial sums")
         reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits,
                       total=self.m * cols // (4 if quads else 1))
         ur = self.gpu.uniform(pack(REDUCE_PARAMS, reduce))

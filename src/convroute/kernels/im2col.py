@@ -90,7 +90,7 @@ class Im2col(ConvKernel):
         total = n * pixels
         chunk = self.chunk_columns(total)
         s4 = ceil_div(chunk, 4)
-        col = self.gpu.empty(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
+        col = self.scratch.get(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
         dispatches = []
         for col0 in range(0, total, chunk):
             cols = min(chunk, total - col0)

@@ -272,11 +272,11 @@ class Winograd(ConvKernel):
         chunk = self.chunk_tiles(total)
         budget = min(self.gpu.profile.max_binding_bytes, BYTES_CAP)
         cs = ceil_div(chunk, 4) * 4
-        v = self.gpu.empty(self.precision.itemsize * self.positions * self.p.c_in * cs, "Winograd input transforms V")
+        v = self.scratch.get(self.precision.itemsize * self.positions * self.p.c_in * cs, "Winograd input transforms V")
         starts = list(range(0, total, chunk))
         plans = {t0: self.gemm.plan(min(chunk, total - t0), budget) for t0 in starts}
         mx_bytes = max(self.gemm.out_bytes(min(chunk, total - t0), plans[t0][1]) for t0 in starts)
-        mx = self.gpu.empty(mx_bytes, "Winograd products Mx")
+        mx = self.scratch.get(mx_bytes, "Winograd products Mx")
         dispatches = []
         for t0 in starts:
             cols = min(chunk, total - t0)
