@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convroute.kernels.common import ceil_div
+from convroute.kernels.common import ceil_div, constants, split_index, storage, storage_frame
 
 WG = 8  # one llvmpipe SIMD vector (see gemm_cpu.WG)
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
@@ -79,33 +79,13 @@ def generate(p, tile: RegisterTile, header: str, act: str) -> str:
     (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
     rg, tn, tr = tile.tm // 4, tile.tn, tile.tr
     span = (tn - 1) * sw + (p.kw - 1) * dw + 1
-    fields = "".join(f"  {n}: u32,\n" for n in PARAMS)
-    out = [f"""{header}
-struct Params {{
-{fields}}}
-@group(0) @binding(0) var<storage, read> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<ST>;
-@group(0) @binding(2) var<storage, read> wt: array<ST4>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<ST>;
-{act}
-const KH: u32 = {p.kh}u;
-const KHW: u32 = {p.kh * p.kw}u;
-@compute @workgroup_size({WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-  let p = P;
-  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid;
-  if (t >= p.total) {{ return; }}
-  let tni = t % p.tiles_n;
-  var r = t / p.tiles_n;
-  let tri = r % p.tiles_r;
-  r = r / p.tiles_r;
-  let tmi = r % p.tiles_m;
-  r = r / p.tiles_m;
-  let g = r % p.groups;
-  let n = r / p.groups;
-  let ow0 = tni * {tn}u;
+    helpers = act + constants(dict(KH=p.kh, KHW=p.kh * p.kw))
+    out = [storage_frame(header, PARAMS, storage("x", "wt:ST4", "bias:f32", "y!"), helpers, WG),
+           f"""  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
+  if (t >= p.total) {{ return; }}""",
+           split_index("t", [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")],
+                       "n"),
+           f"""  let ow0 = tni * {tn}u;
   let oh0 = tri * {tr}u;
   let ih0 = i32(oh0 * {sh}u) - {ph};
   let iw0 = i32(ow0 * {sw}u) - {pw};
