@@ -223,7 +223,8 @@ class Direct(ConvKernel):
         self._weights: dict[tuple, object] = {}
         if self.cpu:
             self.tile = direct_cpu.choose_tile(p)
-            self.source = direct_cpu.generate(p, self.tile, self.header, self.act)
+            self.special = direct_cpu.specialised(p)
+            self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.special)
             self.gpu.pipeline(self.source)
         else:
             self._plans: dict[int, Plan] = {}
