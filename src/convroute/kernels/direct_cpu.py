@@ -123,16 +123,16 @@ def generate(p, tile: RegisterTile, header: str, act: str, special: bool = True)
     emit = out.append
     emit(f"  let oc0 = tmi * {tile.tm}u;")
     emit("  let obase = n * p.c_out + g * p.cout_g;")
+    # the tile's biases once (each serves tr * tn stores; channels past C_out/groups are never stored)
+    out += [f"  let b{k} = vec4<f32>(" + ", ".join(f"bias[min(g * p.cout_g + oc0 + {4 * k + e}u, p.c_out - 1u)]"
+                                                   for e in range(4)) + ");" for k in range(rg)]
     for i in range(tr):
         emit(f"  if (oh0 + {i}u < p.ho) {{")
         for j in range(tn):
-            emit(f"  if (ow0 + {j}u < p.wo) {{")
-            for g in range(rg):
-                for e, comp in enumerate("xyzw"):
-                    oc = f"oc0 + {4 * g + e}u"
-                    emit(f"    if ({oc} < p.cout_g) {{ y[((obase + {oc}) * p.ho + oh0 + {i}u) * p.wo + ow0 + {j}u] = "
-                         f"ST(act(s{i}_{j}_{g}.{comp} + bias[g * p.cout_g + {oc}])); }}")
-            emit("  }")
+            stores = [f"    if (oc0 + {4 * k + e}u < p.cout_g) {{ y[((obase + oc0 + {4 * k + e}u) * p.ho + oh0 + {i}u)"
+                      f" * p.wo + ow0 + {j}u] = ST(act(s{i}_{j}_{k}.{comp} + b{k}.{comp})); }}"
+                      for k in range(rg) for e, comp in enumerate("xyzw")]
+            out += [f"  if (ow0 + {j}u < p.wo) {{", *stores, "  }"]
         emit("  }")
     emit("}")
     return "\n".join(out)
