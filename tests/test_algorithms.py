@@ -19,8 +19,9 @@ from convroute.params import make_params
 
 @pytest.fixture(autouse=True)
 def small_direct_register_tiles(monkeypatch):
-    """lavapipe compiles a direct register-tile pipeline per kernel geometry at its first dispatch, about 1.5 s
-    for the large tiles; these many small shapes take the smallest tile (test_direct covers the large ones)."""
+    """lavapipe compiles a direct register-tile pipeline at its first dispatch, about 1.5 s for the large tiles,
+    once per tile, activation and dtype for small layers (direct_cpu's generic kernel); these take the smallest
+    tile (test_direct covers the large ones)."""
     monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
 
 

@@ -17,6 +17,7 @@ from convroute.kernels.common import F16_FEATURE, Epilogue
 from convroute.params import make_params
 
 STYLES = ("registers", "workgroup")
+SPECIALISE_FLOPS = direct_cpu.SPECIALISE_FLOPS
 
 LAYERS = {  # (params, activation): odd sizes, partial channel and pixel tiles everywhere
     "3x3-pad": (make_params((1, 5, 9, 11), (7, 5, 3, 3), 1, 1), None),
@@ -34,6 +35,13 @@ def small_register_tiles(monkeypatch):
     """lavapipe compiles a pipeline at its first dispatch, ~5-20 s for the big register tiles: the tests choose
     among small ones (the same generator); test_register_tiles_with_partial_tiles runs the main big one."""
     monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 8, 2), direct_cpu.RegisterTile(4, 4)))
+    monkeypatch.setattr(direct_cpu, "SPECIALISE_FLOPS", 0)  # these small layers would take the generic kernel
+
+
+def partial_tiles():
+    """Rows, columns and channels that fill none of the tiles; two rows with stride 2 and dilation 2."""
+    p = make_params((2, 6, 15, 21), (10, 3, 3, 3), (2, 1), (2, 1), (2, 1), 2)
+    return (p, *random_inputs(p, np.random.default_rng(44)))
 
 
 def use_style(monkeypatch, style):
@@ -58,12 +66,33 @@ def test_direct_matches_torch(monkeypatch, style, layer):
 
 @pytest.mark.parametrize("tile", [direct_cpu.RegisterTile(8, 16, 2), direct_cpu.RegisterTile(8, 4)], ids=str)
 def test_register_tiles_with_partial_tiles(monkeypatch, tile):
-    """Rows, columns and channels that fill none of the tiles; two rows with stride 2 and dilation 2."""
     use_style(monkeypatch, "registers")
     monkeypatch.setattr(direct_cpu, "choose_tile", lambda p: tile)
-    p = make_params((2, 6, 15, 21), (10, 3, 3, 3), (2, 1), (2, 1), (2, 1), 2)
-    x, w, b = random_inputs(p, np.random.default_rng(44))
+    p, x, w, b = partial_tiles()
     assert_matches(run(p, x, w, b, "relu"), reference(p, x, w, b, "relu"), f"direct register tile {tile}")
+
+
+@pytest.mark.parametrize("tile", [direct_cpu.RegisterTile(4, 8, 2), direct_cpu.RegisterTile(8, 4)], ids=str)
+def test_generic_register_kernel(monkeypatch, tile):
+    """The kernel small layers share (geometry from the parameters) on partial tiles, and on a 5x3 kernel with
+    stride 2 and asymmetric padding."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(direct_cpu, "SPECIALISE_FLOPS", SPECIALISE_FLOPS)
+    monkeypatch.setattr(direct_cpu, "choose_tile", lambda p: tile)
+    for p, x, w, b in (partial_tiles(), (LAYERS["5x3-stride2-asym-pad"][0],
+                                         *random_inputs(LAYERS["5x3-stride2-asym-pad"][0], np.random.default_rng(46)))):
+        assert not direct.Direct(get_gpu(), p, w, b, Epilogue()).special
+        assert_matches(run(p, x, w, b, "relu"), reference(p, x, w, b, "relu"), f"generic register tile {tile}")
+
+
+def test_small_layers_share_one_pipeline(monkeypatch):
+    monkeypatch.setattr(direct_cpu, "SPECIALISE_FLOPS", SPECIALISE_FLOPS)
+    tile = direct_cpu.RegisterTile(4, 4)
+    small = [p for p, _ in LAYERS.values()]
+    assert not any(direct_cpu.specialised(p) for p in small)
+    assert len({direct_cpu.generate(p, tile, "", "", special=False) for p in small}) == 1
+    assert direct_cpu.specialised(make_params((1, 64, 56, 56), (64, 64, 3, 3), 1, 1))  # 231 MFLOPs
+    assert direct_cpu.specialised(make_params((1, 8192, 3, 3), (2, 8192, 3, 3), 1, 1))  # past the loop limit
 
 
 def test_split_input_channels_add_up(monkeypatch):

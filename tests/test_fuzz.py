@@ -161,7 +161,8 @@ def collect_wgsl(monkeypatch) -> dict[str, str]:
               make_params((1, 8, 9, 9), (8, 8, 1, 1), 2, 1), make_params((1, 16, 40, 40), (32, 16, 3, 3), 1, 1)]
     rng = np.random.default_rng(0)
     dtypes = DTYPES if HAS_F16 else DTYPES[:1]
-    for style, busy in (("registers", "1"), ("workgroup", "256")):
+    for style, busy, flops in (("registers", "1", 0), ("registers", "1", 1 << 62), ("workgroup", "256", 0)):
+        monkeypatch.setattr(direct_cpu, "SPECIALISE_FLOPS", flops)  # direct_cpu's specialised and generic kernels
         monkeypatch.setenv("CONVROUTE_GEMM_STYLE", style)
         monkeypatch.setenv("CONVROUTE_BUSY_WORKGROUPS", busy)
         for p in shapes:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import Epilogue, Precision
+from convroute.kernels.common import Epilogue, Precision, pack
 from convroute.params import ConvParams
 
 # Mesa's lavapipe (22.3) ends an invocation's loops silently after this many iterations in all: a kernel
@@ -21,10 +21,23 @@ CPU_LOOP_LIMIT = 65535
 
 class ConvKernel:
     name = ""
+    runs_transposed = False  # conv_transpose2d only, else conv2d only
+    dense = ""  # why groups must be 1, for algorithms that need it ("is one dense GEMM")
 
     @classmethod
     def unsupported(cls, p: ConvParams) -> str | None:
         """None when this algorithm can run `p`, else the reason it cannot."""
+        if p.transposed and not cls.runs_transposed:
+            return f"it is a transposed convolution ({cls.name} runs only a forward conv2d; use 'transposed')"
+        if cls.runs_transposed and not p.transposed:
+            return "it is not a transposed convolution (use transposed=True)"
+        if cls.dense and p.groups != 1:
+            return f"groups={p.groups}: {cls.name} {cls.dense} and needs groups == 1"
+        return cls.unsupported_shape(p)
+
+    @classmethod
+    def unsupported_shape(cls, p: ConvParams) -> str | None:
+        """What `unsupported` adds to the checks of direction and groups."""
         return None
 
     @classmethod
@@ -49,6 +62,7 @@ class ConvKernel:
                              f"{CPU_LOOP_LIMIT}; use a GEMM algorithm (im2col, implicit_gemm)")
         self.dtype = self.precision.dtype
         self.gpu, self.p, self.epilogue = gpu, p, epilogue
+        self.scratch = Scratch(gpu)
         bias = np.zeros(p.c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
         self.prepare(np.asarray(weight, np.float32), bias)
 
@@ -68,6 +82,10 @@ class ConvKernel:
                     sh=p.stride[0], sw=p.stride[1], ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0],
                     dw=p.dilation[1], cin_g=p.c_in // p.groups, cout_g=p.c_out // p.groups) | extra
 
+    def param_buffer(self, names: list[str], values: dict):
+        """A parameter block as a read-only storage buffer (see common.storage_frame)."""
+        return storage_params(self.gpu, names, values, f"{self.name} parameters")
+
     def prepare(self, weight: np.ndarray, bias: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -75,12 +93,29 @@ class ConvKernel:
         raise NotImplementedError
 
 
-# Bindings of the sliding-window kernels (direct, transposed): weights in vec4s of output channels.
-OC4_BINDINGS = """@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<ST>;
-@group(0) @binding(2) var<storage, read> wt: array<vec4<ST>>;
-@group(0) @binding(3) var<storage, read> bias: array<vec4<f32>>;
-@group(0) @binding(4) var<storage, read_write> y: array<ST>;"""
+def storage_params(gpu: Gpu, names: list[str], values: dict, what: str):
+    """`values` packed in the order of `names` into a read-only storage buffer (see common.storage_frame)."""
+    return gpu.upload(np.asarray(pack(names, values), np.uint32), what, np.uint32)
+
+
+class Scratch:
+    """A prepared kernel's work buffers (column matrices, partial sums), one per purpose, kept at the largest
+    size a bind has asked for: binds of any batch share them instead of allocating their own.
+
+    Sharing is safe because a bind's dispatches write and read its scratch within one command buffer, and
+    wgpu orders command buffers on the device's one queue with barriers, whichever thread submits them; a
+    bind that grows a buffer leaves the smaller one to the earlier binds whose bind groups hold it."""
+
+    def __init__(self, gpu: Gpu):
+        self.gpu = gpu
+        self._buffers: dict[str, object] = {}
+
+    def get(self, nbytes: int, what: str):
+        """A storage buffer of at least `nbytes` for `what`."""
+        buffer = self._buffers.get(what)
+        if buffer is None or buffer.size < nbytes:
+            buffer = self._buffers[what] = self.gpu.empty(nbytes, what)
+        return buffer
 
 
 def pack_oc4(weight_oc_first: np.ndarray, groups: int, bias: np.ndarray):

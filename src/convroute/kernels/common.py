@@ -71,6 +71,51 @@ def uniform_block(names: list[str]) -> str:
     return f"struct Params {{\n{fields}}}\n"
 
 
+def storage(*buffers: str, first: int = 1) -> str:
+    """WGSL declarations from binding `first`: 'x' reads array<ST>, 'y!' is written, 'scale:f32' reads
+    array<f32>, 'wt:vec4<ST>' reads array<vec4<ST>> (the element type after the colon, ST when none)."""
+    lines = []
+    for i, spec in enumerate(buffers, start=first):
+        name, _, elem = spec.partition(":")
+        access = "read_write" if name.endswith("!") else "read"
+        elem = elem or "ST"
+        lines.append(f"@group(0) @binding({i}) var<storage, {access}> {name.rstrip('!')}: array<{elem}>;")
+    return "\n".join(lines)
+
+
+def storage_frame(header: str, params: list[str], buffers: str, helpers: str, wg: int) -> str:
+    """The opening of a shader whose parameter block is a read-only storage buffer, copied to `p` once, up to
+    the open body of `fn main`. Not a uniform buffer: lavapipe (Mesa 22.3) "inlines" uniform values that steer
+    branches and loops by recompiling the shader at every dispatch whenever that halves it (a 1x1 conv to 8
+    channels took 9.3 ms instead of 0.25 ms: M = 8 folds away half the stores)."""
+    return f"""{header}
+{uniform_block(params)}
+@group(0) @binding(0) var<storage, read> P: Params;
+{buffers}
+{helpers}
+@compute @workgroup_size({wg})
+fn main({ENTRY_ARGS}) {{
+  let p = P;"""
+
+
+def split_index(index: str, digits: list[tuple[str, str]], last: str) -> str:
+    """WGSL lets splitting the u32 `index` into mixed-radix digits, innermost first: each (name, radix) gets
+    the remainder and the rest is divided on; `last` gets the final quotient."""
+    lines, rest = [], index
+    for i, (name, radix) in enumerate(digits):
+        lines.append(f"  let {name} = {rest} % {radix};")
+        lines.append(f"  {'var r =' if i == 0 else 'r ='} {rest} / {radix};")
+        rest = "r"
+    return "\n".join(lines + [f"  let {last} = {rest};"])
+
+
+def constants(u32: dict | None = None, i32: dict | None = None) -> str:
+    """WGSL `const` lines: NAME: u32 for `u32`'s items, NAME: i32 for `i32`'s."""
+    lines = [f"const {name}: u32 = {int(v)}u;" for name, v in (u32 or {}).items()]
+    lines += [f"const {name}: i32 = {int(v)};" for name, v in (i32 or {}).items()]
+    return "\n".join(lines) + "\n"
+
+
 def pack(names: list[str], values: dict) -> list[int]:
     """Values in struct order, padded to a multiple of 4 words (uniform buffers need 16-byte sizes)."""
     words = [int(values[n]) for n in names]

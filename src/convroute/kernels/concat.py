@@ -9,8 +9,8 @@ from __future__ import annotations
 import math
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import FP32, Precision
-from convroute.kernels.flat import flat_shader, launch, storage
+from convroute.kernels.common import FP32, Precision, storage
+from convroute.kernels.flat import flat_shader, launch
 
 PARAMS = ["total", "row_in", "row_out", "offset"]
 BODY = "  y[(t / P.row_in) * P.row_out + P.offset + t % P.row_in] = x[t];"

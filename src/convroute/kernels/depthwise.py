@@ -6,26 +6,10 @@ one row of one channel: per tap one weight and four input values.
 
 from __future__ import annotations
 
-from convroute.kernels.base import ConvKernel
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+from convroute.kernels.common import ceil_div
+from convroute.kernels.sliding_window import FlatConv
 
-WG = 64
-PARAMS = ["c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "mult", "owb",
-          "total"]
-
-SHADER = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<ST>;
-@group(0) @binding(2) var<storage, read> wt: array<ST>;
-@group(0) @binding(3) var<storage, read> bias: array<f32>;
-@group(0) @binding(4) var<storage, read_write> y: array<ST>;
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
+BODY = """
   let owb = t % P.owb;
   let oh = (t / P.owb) % P.ho;
   let nc = t / (P.owb * P.ho);
@@ -56,21 +40,19 @@ fn main({args}) {{
   let obase = (nc * P.ho + oh) * P.wo + ow0;
   for (var j = 0u; j < 4u; j++) {{
     if (ow0 + j < P.wo) {{ y[obase + j] = ST(act(acc[j])); }}
-  }}
-}}
-"""
+  }}"""
 
 OPEN_BLOCK = "var part = vec4<AT>(0.0);"  # f16 sums: one block per kernel row
 CLOSE_BLOCK = "acc += vec4<f32>(part);"
 
 
-class Depthwise(ConvKernel):
+class Depthwise(FlatConv):
     name = "depthwise"
+    PARAMS = ["c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "mult", "owb",
+              "total"]
 
     @classmethod
-    def unsupported(cls, p):
-        if p.transposed:
-            return "it is a transposed convolution (depthwise runs only a forward conv2d; use 'transposed')"
+    def unsupported_shape(cls, p):
         if not p.is_depthwise:
             return (f"it is not depthwise: depthwise needs groups == C_in (one input channel per group), "
                     f"got groups={p.groups} with C_in={p.c_in}")
@@ -81,17 +63,9 @@ class Depthwise(ConvKernel):
         return p.kh * p.kw
 
     def prepare(self, weight, bias):
-        self.w_buf = self.upload(weight, "weights")
-        self.b_buf = self.gpu.upload(bias, "bias")
-        self.source = self.precision.wgsl() + SHADER.format(
-            wg=WG, params=uniform_block(PARAMS), act=self.epilogue.wgsl(), args=ENTRY_ARGS, flat=FLAT_INDEX,
-            **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
-        self.gpu.pipeline(self.source)
+        self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK))
 
     def bind(self, x, y, n):
         p = self.p
         owb = ceil_div(p.wo, 4)
-        total = n * p.c_out * p.ho * owb
-        values = self.shape_values(mult=p.c_out // p.c_in, owb=owb, total=total)
-        u = self.gpu.uniform(pack(PARAMS, values))
-        return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]
+        return self.launch(x, y, mult=p.c_out // p.c_in, owb=owb, total=n * p.c_out * p.ho * owb)

@@ -25,7 +25,8 @@ import numpy as np
 
 from convroute.kernels import direct_cpu
 from convroute.kernels.base import CPU_LOOP_LIMIT, ConvKernel
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack
+from convroute.kernels.common import ceil_div, constants, split_index, storage, storage_frame
+from convroute.kernels.flat import flat_shader, launch
 
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
           "tiles_r", "tiles_c", "splits", "chunks", "total"]
@@ -124,42 +125,16 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool) -> str:
     ro, rp = tile.ro, tile.rp
     tpx = tile.br * tile.bc // rp  # invocations along the pixels
     span = (rp - 1) * sw + (p.kw - 1) * dw + 1
-    fields = "".join(f"  {n}: u32,\n" for n in PARAMS)
-    out_decl = ("@group(0) @binding(3) var<storage, read_write> y: array<f32>;" if partial else
-                "@group(0) @binding(3) var<storage, read> bias: array<f32>;\n"
-                "@group(0) @binding(4) var<storage, read_write> y: array<ST>;")
-    out = [f"""{header}
-struct Params {{
-{fields}}}
-@group(0) @binding(0) var<storage, read> P: Params;
-@group(0) @binding(1) var<storage, read> x: array<ST>;
-@group(0) @binding(2) var<storage, read> wt: array<ST4>;
-{out_decl}
-{act}
-const WG: u32 = {tile.threads}u;
-const PR: u32 = {pr}u;
-const PC: u32 = {pc}u;
-const PATCH: u32 = {ck * pr * pc}u;
-const KHW: u32 = {p.kh * p.kw}u;
-var<workgroup> tileX: array<f32, {ck * pr * pc}>;
-@compute @workgroup_size({tile.threads})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-  let p = P;
-  let b = wid.x + wid.y * nwg.x;
-  if (b >= p.total) {{ return; }}
-  let tc = b % p.tiles_c;
-  var r = b / p.tiles_c;
-  let tr = r % p.tiles_r;
-  r = r / p.tiles_r;
-  let tm = r % p.tiles_m;
-  r = r / p.tiles_m;
-  let g = r % p.groups;
-  r = r / p.groups;
-  let n = r % p.n;
-  let split = r / p.n;
-  let tp = lid % {tpx}u;
-  let to = lid / {tpx}u;
+    buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!")
+    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=p.kh * p.kw))
+    out = [storage_frame(header, PARAMS, buffers, helpers + f"var<workgroup> tileX: array<f32, {ck * pr * pc}>;",
+                         tile.threads),
+           """  let b = wid.x + wid.y * nwg.x;
+  if (b >= p.total) { return; }""",
+           split_index("b", [("tc", "p.tiles_c"), ("tr", "p.tiles_r"), ("tm", "p.tiles_m"), ("g", "p.groups"),
+                             ("n", "p.n")], "split"),
+           f"""  let tp = lid_x % {tpx}u;
+  let to = lid_x / {tpx}u;
   let prow = tp / {tile.bc // rp}u;
   let pcol = (tp % {tile.bc // rp}u) * {rp}u;
   let oh = tr * {tile.br}u + prow;
@@ -179,7 +154,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let ic0 = (split * p.chunks + ch) * {ck}u;
     if (ic0 >= p.cin_g) {{ break; }}
     workgroupBarrier();
-    for (var i = lid; i < PATCH; i += WG) {{
+    for (var i = lid_x; i < PATCH; i += WG) {{
       let c = i / (PR * PC);
       let rc = i % (PR * PC);
       let ih = ih0 + i32(rc / PC);
@@ -216,22 +191,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 
 REDUCE = """
-const WG: u32 = 64u;
-struct Params {{ c_out: u32, plane: u32, count: u32, splits: u32, total: u32, }}
-@group(0) @binding(0) var<storage, read> P: Params;
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<ST>;
-{act}
-@compute @workgroup_size(64)
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
   var v = bias[(t / P.plane) % P.c_out];
-  for (var s = 0u; s < P.splits; s++) {{ v += part[s * P.count + t]; }}
-  y[t] = ST(act(v));
-}}
-"""
+  for (var s = 0u; s < P.splits; s++) { v += part[s * P.count + t]; }
+  y[t] = ST(act(v));"""
 
 
 def pack_weights(weight: np.ndarray, groups: int, blocks_per_group: int, cin_pad: int) -> np.ndarray:
@@ -248,10 +210,6 @@ class Direct(ConvKernel):
     name = "direct"
 
     @classmethod
-    def unsupported(cls, p):
-        return "it is a transposed convolution" if p.transposed else None
-
-    @classmethod
     def loop_trips(cls, p):
         return direct_cpu.loop_trips(p)  # what CPU adapters run
 
@@ -263,10 +221,10 @@ class Direct(ConvKernel):
         self.act = self.epilogue.wgsl()
         self.weight = weight
         self._weights: dict[tuple, object] = {}
-        self._partials: dict[int, object] = {}
         if self.cpu:
             self.tile = direct_cpu.choose_tile(p)
-            self.source = direct_cpu.generate(p, self.tile, self.header, self.act)
+            self.special = direct_cpu.specialised(p)
+            self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.special)
             self.gpu.pipeline(self.source)
         else:
             self._plans: dict[int, Plan] = {}
@@ -288,6 +246,12 @@ class Direct(ConvKernel):
             self._weights[key] = self.upload(pack_weights(self.weight, p.groups, blocks, cin_pad), "packed weights")
         return self._weights[key], cin_pad
 
+    def params(self, names: list[str], n: int, bpg: int, cin_pad: int, **grid):
+        """Both variants' parameter blocks: the layer's shape, the batch, weight blocks per group and padded
+        input channels, the launch grid."""
+        return self.param_buffer(names, self.shape_values(n=n, groups=self.p.groups, bpg=bpg, cin_pad=cin_pad,
+                                                          **grid))
+
     def bind(self, x, y, n):
         if self.cpu:
             return self._bind_cpu(x, y, n)
@@ -304,34 +268,25 @@ class Direct(ConvKernel):
             if trips > CPU_LOOP_LIMIT:
                 raise ValueError(f"direct (workgroup tiles) would loop {trips} times on {p.describe()}, past "
                                  f"lavapipe's {CPU_LOOP_LIMIT}")
-        values = pack(PARAMS, dict(self.shape_values(), n=n, groups=p.groups, bpg=tiles_m * tile.bo // 4,
-                                   cin_pad=cin_pad, tiles_m=tiles_m, tiles_r=tiles_r, tiles_c=tiles_c,
-                                   splits=plan.splits, chunks=chunks, total=total))
-        params = self.gpu.upload(np.asarray(values, np.uint32), "direct parameters", np.uint32)
+        params = self.params(PARAMS, n, tiles_m * tile.bo // 4, cin_pad, tiles_m=tiles_m, tiles_r=tiles_r,
+                             tiles_c=tiles_c, splits=plan.splits, chunks=chunks, total=total)
         partial = plan.splits > 1
         source = generate(p, plan, self.header, self.act, partial)
         if not partial:
             return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y], total * tile.threads,
                                       tile.threads)]
         count = n * p.c_out * p.ho * p.wo
-        if n not in self._partials:
-            self._partials[n] = self.gpu.empty(4 * plan.splits * count, "direct partial sums")
-        part = self._partials[n]
-        reduce = self.precision.wgsl() + REDUCE.format(act=self.act, args=ENTRY_ARGS, flat=FLAT_INDEX)
-        rvalues = pack(REDUCE_PARAMS, dict(c_out=p.c_out, plane=p.ho * p.wo, count=count, splits=plan.splits,
-                                           total=count))
-        rparams = self.gpu.upload(np.asarray(rvalues, np.uint32), "reduce parameters", np.uint32)
-        return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads,
-                                  tile.threads),
-                self.gpu.dispatch(reduce, [rparams, part, self.bias_buf, y], count, 64)]
+        part = self.scratch.get(4 * plan.splits * count, "direct partial sums")
+        reduce = flat_shader(REDUCE_PARAMS, storage("part:f32", "bias:f32", "y!"), REDUCE, self.act, self.precision)
+        rvalues = dict(c_out=p.c_out, plane=p.ho * p.wo, count=count, splits=plan.splits, total=count)
+        return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads, tile.threads),
+                launch(self.gpu, reduce, REDUCE_PARAMS, rvalues, [part, self.bias_buf, y])]
 
     def _bind_cpu(self, x, y, n):
         p, tile = self.p, self.tile
         grid = direct_cpu.grid(p, tile, n)
         bpg = grid["tiles_m"] * tile.tm // 4
         w_buf, cin_pad = self.weights(bpg, 1)
-        values = pack(direct_cpu.PARAMS, dict(self.shape_values(), n=n, groups=p.groups, bpg=bpg,
-                                               cin_pad=cin_pad) | grid)
-        params = self.gpu.upload(np.asarray(values, np.uint32), "direct parameters", np.uint32)
+        params = self.params(direct_cpu.PARAMS, n, bpg, cin_pad, **grid)
         return [self.gpu.dispatch(self.source, [params, x, w_buf, self.bias_buf, y], grid["total"],
                                   direct_cpu.WG)]

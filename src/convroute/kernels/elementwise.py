@@ -13,8 +13,8 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision
-from convroute.kernels.flat import f32_bits, flat_shader, launch, storage
+from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision, storage
+from convroute.kernels.flat import f32_bits, flat_shader, launch
 
 MAX_RANK = 4
 

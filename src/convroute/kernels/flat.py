@@ -14,27 +14,16 @@ from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Precision, pa
 WG = 64
 
 
-def storage(*buffers: str) -> str:
-    """WGSL declarations from binding 1: 'x' reads array<ST>, 'y!' is written, 'scale:f32' reads array<f32>,
-    'wt:vec4<ST>' reads array<vec4<ST>> (the element type after the colon, ST when none)."""
-    lines = []
-    for i, spec in enumerate(buffers, start=1):
-        name, _, elem = spec.partition(":")
-        access = "read_write" if name.endswith("!") else "read"
-        elem = elem or "ST"
-        lines.append(f"@group(0) @binding({i}) var<storage, {access}> {name.rstrip('!')}: array<{elem}>;")
-    return "\n".join(lines)
-
-
-def flat_shader(params: list[str], buffers: str, body: str, helpers: str = "", precision: Precision = FP32) -> str:
-    """`body` runs once for each t < P.total (`params` must include 'total')."""
+def flat_shader(params: list[str], buffers: str, body: str, helpers: str = "", precision: Precision = FP32,
+                wg: int = WG) -> str:
+    """`body` runs once for each t < P.total (`params` must include 'total'); `buffers` from common.storage."""
     return precision.wgsl() + f"""
-const WG: u32 = {WG}u;
+const WG: u32 = {wg}u;
 {uniform_block(params)}
 @group(0) @binding(0) var<uniform> P: Params;
 {buffers}
 {helpers}
-@compute @workgroup_size({WG})
+@compute @workgroup_size({wg})
 fn main({ENTRY_ARGS}) {{
   let t = {FLAT_INDEX};
   if (t >= P.total) {{ return; }}
@@ -43,10 +32,10 @@ fn main({ENTRY_ARGS}) {{
 """
 
 
-def launch(gpu: Gpu, source: str, params: list[str], values: dict, buffers: list) -> Dispatch:
+def launch(gpu: Gpu, source: str, params: list[str], values: dict, buffers: list, wg: int = WG) -> Dispatch:
     """One dispatch of `values['total']` invocations with its own parameter block."""
     u = gpu.uniform(pack(params, values))
-    return gpu.dispatch(source, [u, *buffers], values["total"], WG)
+    return gpu.dispatch(source, [u, *buffers], values["total"], wg)
 
 
 def f32_bits(x: float) -> int:

@@ -19,7 +19,9 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Epilogue, Precision, ceil_div, pack, uniform_block
+from convroute.kernels.base import Scratch
+from convroute.kernels.common import FP32, Epilogue, Precision, ceil_div, pack, storage, uniform_block
+from convroute.kernels.flat import flat_shader, launch
 from convroute.kernels.gemm_tiles import NARROW, TILES, Tile, fitting, generate
 
 M_ALIGN = max(t.bm for t in TILES)
@@ -38,45 +40,22 @@ STORE_PARTIAL4 = "y[((split * P.m + m) * P.cols + j) / 4u] = v + select(0.0, bia
 
 REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
 REDUCE = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> part: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<ST>;
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
   let m = t / P.cols;
   let j = t % P.cols;
   var v = 0.0;
-  for (var s = 0u; s < P.splits; s++) {{ v += part[(s * P.m + m) * P.cols + j]; }}
+  for (var s = 0u; s < P.splits; s++) { v += part[(s * P.m + m) * P.cols + j]; }
   let gj = P.col0 + j;
-  y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v));
-}}
-"""
+  y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v));"""
 # REDUCE over quads of columns: `total` counts quads, cols is a multiple of 4.
 REDUCE4 = """
-const WG: u32 = {wg}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> part: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> y: array<vec4<ST>>;
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
   let c4 = P.cols / 4u;
   let m = t / c4;
   let j4 = t % c4;
   var v = vec4<f32>(0.0);
-  for (var s = 0u; s < P.splits; s++) {{ v += part[(s * P.m + m) * c4 + j4]; }}
+  for (var s = 0u; s < P.splits; s++) { v += part[(s * P.m + m) * c4 + j4]; }
   let gj = P.col0 + j4 * 4u;
-  y[((gj / P.p) * P.m * P.p + gj % P.p + m * P.p) / 4u] = st4(vec4<f32>(act(v.x), act(v.y), act(v.z), act(v.w)));
-}}
-"""
+  y[((gj / P.p) * P.m * P.p + gj % P.p + m * P.p) / 4u] = st4(vec4<f32>(act(v.x), act(v.y), act(v.z), act(v.w)));"""
+REDUCE_BUFFERS = (storage("part:f32", "y!"), storage("part:vec4<f32>", "y!:vec4<ST>"))
 
 
 def pack_weights(weight_oc_first: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -125,6 +104,7 @@ class Gemm:
         """`epilogue`: an Epilogue, or the WGSL of `fn act` for activations Epilogue lacks (linear's gelu).
         The B template sees the aliases ST and AT (see gemm_tiles)."""
         self.gpu, self.precision = gpu, precision
+        self.scratch = Scratch(gpu)
         act = epilogue if isinstance(epilogue, str) else epilogue.wgsl()
         a, self.k, self.k_pad = pack_weights(weight_oc_first)
         self.m = weight_oc_first.shape[0]
@@ -135,9 +115,8 @@ class Gemm:
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
                              act=act, precision=precision)
         self.reduce_wg = min(64, gpu.profile.max_invocations)
-        self.reduce_sources = [precision.wgsl() + r.format(params=uniform_block(REDUCE_PARAMS), act=act,
-                                                            args=ENTRY_ARGS, flat=FLAT_INDEX, wg=self.reduce_wg)
-                               for r in (REDUCE, REDUCE4)]
+        self.reduce_sources = [flat_shader(REDUCE_PARAMS, buffers, body, act, precision, self.reduce_wg)
+                               for body, buffers in zip((REDUCE, REDUCE4), REDUCE_BUFFERS, strict=True)]
 
     def source(self, tile: Tile, splits: int, quads: bool = False) -> str:
         if splits > 1:
@@ -166,13 +145,12 @@ class Gemm:
         if splits == 1:
             return [self.gpu.dispatch(self.source(tile, 1, quads), [u, self.w_buf, self.b_buf, y, *b_buffers],
                                       threads, tile.threads)]
-        part = self.gpu.empty(4 * splits * self.m * cols, "split-K partial sums")
+        part = self.scratch.get(4 * splits * self.m * cols, "split-K partial sums")
         reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits,
                       total=self.m * cols // (4 if quads else 1))
-        ur = self.gpu.uniform(pack(REDUCE_PARAMS, reduce))
         return [self.gpu.dispatch(self.source(tile, splits, quads), [u, self.w_buf, self.b_buf, part, *b_buffers],
                                   threads, tile.threads),
-                self.gpu.dispatch(self.reduce_sources[quads], [ur, part, y], reduce["total"], self.reduce_wg)]
+                launch(self.gpu, self.reduce_sources[quads], REDUCE_PARAMS, reduce, [part, y], self.reduce_wg)]
 
 
 BATCH_PARAMS = ["batches", "a_stride"]

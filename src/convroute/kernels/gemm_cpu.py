@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.base import CPU_LOOP_LIMIT
-from convroute.kernels.common import FP32, Precision, ceil_div, pack, uniform_block
+from convroute.kernels.base import CPU_LOOP_LIMIT, storage_params
+from convroute.kernels.common import FP32, Precision, ceil_div, split_index, storage, storage_frame
 
 WG = 8  # one SIMD vector of llvmpipe: workgroups are the unit of its thread pool, so many small ones balance best
 PARAMS = ["m", "k", "m4", "cols", "cs4", "tiles_m", "tiles_n", "total", "a_stride", "b_stride", "bias_stride",
@@ -54,18 +54,6 @@ def choose_tile(m: int, cols: int, batches: int) -> CpuTile:
         if waste <= 0.25 and batches * ceil_div(m, tile.tm) * ceil_div(cols, tile.tn) >= 64:
             return tile
     return TILES[-1]
-
-
-# The input binding and a conv's window geometry as shader constants (implicit_gemm's workgroup GEMM).
-WINDOW_CONSTS = """@group(0) @binding(4) var<storage, read> x: array<ST>;
-const C_IN: u32 = {c_in}u;
-const H: i32 = {h};
-const W: i32 = {w};
-const WO: u32 = {wo}u;
-const PIX: u32 = {pix}u;
-const KW: u32 = {kw}u;
-const KHW: u32 = {khw}u;
-"""
 
 
 class VecColumns:
@@ -139,32 +127,13 @@ fn gather(i: u32, ok: bool) -> f32 { return select(0.0, f32(x[select(0u, i, ok)]
 
 
 def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns) -> str:
-    """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums.
-
-    The parameters are a read-only storage buffer, copied to `p` once, not a uniform buffer: lavapipe (Mesa 22.3)
-    "inlines" uniform values that steer branches and loops by recompiling the shader at every dispatch whenever
-    that halves it (a 1x1 conv to 8 channels took 9.3 ms instead of 0.25 ms: M = 8 folds away half the stores)."""
+    """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums."""
     rg, cg = tile.tm // 4, tile.tn // 4
-    out_type = "ST" if act else "f32"
-    out = [f"""{precision.wgsl()}
-{uniform_block(PARAMS)}
-@group(0) @binding(0) var<storage, read> P: Params;
-@group(0) @binding(1) var<storage, read> wa: array<ST4>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read_write> y: array<{out_type}>;
-{bsrc.decl}
-{act}
-@compute @workgroup_size({WG})
-fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) lid: u32) {{
-  let p = P;
-  let g = (wid.x + wid.y * nwg.x) * {WG}u + lid;
-  if (g >= p.total) {{ return; }}
-  let tni = g % p.tiles_n;
-  let rest = g / p.tiles_n;
-  let tmi = rest % p.tiles_m;
-  let batch = rest / p.tiles_m;
-  let abase = batch * p.a_stride + tmi * {rg}u;"""]
+    buffers = storage("wa:ST4", "bias:f32", "y!:" + ("ST" if act else "f32"))
+    out = [storage_frame(precision.wgsl(), PARAMS, f"{buffers}\n{bsrc.decl}", act, WG),
+           f"""  let g = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
+  if (g >= p.total) {{ return; }}""", split_index("g", [("tni", "p.tiles_n"), ("tmi", "p.tiles_m")], "batch"),
+           f"  let abase = batch * p.a_stride + tmi * {rg}u;"]
     emit = out.append
     out += [bsrc.setup(c, cg) for c in range(cg)]
     # s{j}_{r}: rows (tmi * rg + r) * 4 .. +3 of the invocation's column j
@@ -217,7 +186,7 @@ class RegisterGemm:
         values = dict(m=self.m, k=self.k, m4=self.m4, cols=cols, cs4=cs4, tiles_m=tiles_m, tiles_n=tiles_n,
                       total=total, a_stride=self.a_stride, b_stride=b_stride, bias_stride=self.bias_stride)
         values |= conv or dict.fromkeys(PARAMS[11:], 0)
-        u = self.gpu.upload(np.asarray(pack(PARAMS, values), np.uint32), "GEMM parameters", np.uint32)
+        u = storage_params(self.gpu, PARAMS, values, "GEMM parameters")
         return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc),
                                  [u, self.w_buf, self.b_buf, out, b_buf], total, WG)
 

@@ -11,52 +11,46 @@ from __future__ import annotations
 
 from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
+from convroute.kernels.common import constants, storage
 
-B_DECL = "\n" + gemm_cpu.WINDOW_CONSTS + """const KK: u32 = {k}u;
+B_DECL = """
 var<private> b_img: array<u32, 4>;
 var<private> b_ih: array<i32, 4>;
 var<private> b_iw: array<i32, 4>;
 var<private> b_ok: array<bool, 4>;
-fn load_b(k: u32) -> vec4<AT> {{
+fn load_b(k: u32) -> vec4<AT> {
   var v = vec4<AT>(0.0);
-  if (k >= KK) {{ return v; }}
+  if (k >= KK) { return v; }
   let tap = k % KHW;
-  let dh = i32((tap / KW) * {dh}u);
-  let dw = i32((tap % KW) * {dw}u);
+  let dh = i32((tap / KW) * DH);
+  let dw = i32((tap % KW) * DW);
   let chan = (k / KHW) * u32(H * W);
-  for (var q = 0u; q < 4u; q++) {{
+  for (var q = 0u; q < 4u; q++) {
     let ih = b_ih[q] + dh;
     let iw = b_iw[q] + dw;
-    if (b_ok[q] && ih >= 0 && ih < H && iw >= 0 && iw < W) {{
+    if (b_ok[q] && ih >= 0 && ih < H && iw >= 0 && iw < W) {
       v[q] = AT(x[b_img[q] + chan + u32(ih * W + iw)]);
-    }}
-  }}
+    }
+  }
   return v;
-}}
+}
 """
 B_SETUP = """
-  for (var q = 0u; q < 4u; q++) {{
+  for (var q = 0u; q < 4u; q++) {
     let j = bcol + q;
     let pix = j % PIX;
     b_ok[q] = j < P.cols;
     b_img[q] = (j / PIX) * C_IN * u32(H * W);
-    b_ih[q] = i32((pix / WO) * {sh}u) - {ph};
-    b_iw[q] = i32((pix % WO) * {sw}u) - {pw};
-  }}
+    b_ih[q] = i32((pix / WO) * SH) - PH;
+    b_iw[q] = i32((pix % WO) * SW) - PW;
+  }
 """
 B_LOAD = "load_b(k)"
 
 
 class ImplicitGemm(ConvKernel):
     name = "implicit_gemm"
-
-    @classmethod
-    def unsupported(cls, p):
-        if p.transposed:
-            return "it is a transposed convolution (implicit_gemm runs only a forward conv2d; use 'transposed')"
-        if p.groups != 1:
-            return f"groups={p.groups}: implicit_gemm is one dense GEMM and needs groups == 1"
-        return None
+    dense = "is one dense GEMM"
 
     def prepare(self, weight, bias):
         p = self.p
@@ -65,11 +59,11 @@ class ImplicitGemm(ConvKernel):
             self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, -1), bias[None], self.precision,
                                              self.epilogue.wgsl())
             return
-        shape = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, pix=p.ho * p.wo, kw=p.kw, khw=p.kh * p.kw,
-                     k=p.c_in * p.kh * p.kw, dh=p.dilation[0], dw=p.dilation[1], sh=p.stride[0], sw=p.stride[1],
-                     ph=p.padding[0], pw=p.padding[1])
-        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL.format(**shape),
-                              B_SETUP.format(**shape), B_LOAD, [], self.precision)
+        shape = constants(dict(C_IN=p.c_in, WO=p.wo, PIX=p.ho * p.wo, KW=p.kw, KHW=p.kh * p.kw,
+                               KK=p.c_in * p.kh * p.kw, DH=p.dilation[0], DW=p.dilation[1], SH=p.stride[0],
+                               SW=p.stride[1]), dict(H=p.h, W=p.w, PH=p.padding[0], PW=p.padding[1]))
+        decl = "\n" + storage("x", first=4) + "\n" + shape + B_DECL
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, B_SETUP, B_LOAD, [], self.precision)
 
     def bind(self, x, y, n):
         pixels = self.p.ho * self.p.wo

@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import FP32, Precision
-from convroute.kernels.flat import f32_bits, flat_shader, launch, storage
+from convroute.kernels.common import FP32, Precision, storage
+from convroute.kernels.flat import f32_bits, flat_shader, launch
 
 MAX_RANK = 6
 PARAMS = (["total", "offset", "fill"] + [f"s{k}" for k in range(MAX_RANK)] + [f"st{k}" for k in range(MAX_RANK)]

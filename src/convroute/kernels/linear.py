@@ -17,9 +17,9 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels import gemm
-from convroute.kernels.common import FP32, Precision, ceil_div
+from convroute.kernels.common import FP32, Precision, ceil_div, storage
 from convroute.kernels.elementwise import act_source
-from convroute.kernels.flat import flat_shader, launch, storage
+from convroute.kernels.flat import flat_shader, launch
 
 K_SLICE = 16384
 PARAMS = ["m", "k", "o", "ob", "ob0", "k0", "kn", "first", "last", "total"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FP32, Precision, pack, uniform_block
+from convroute.kernels.common import ENTRY_ARGS, FP32, Precision, pack, storage, uniform_block
 from convroute.kernels.elementwise import act_source
-from convroute.kernels.flat import f32_bits, storage
+from convroute.kernels.flat import f32_bits
 
 WG = 64
 PARAMS = ["rows", "width", "eps"]

@@ -50,16 +50,11 @@ VEC4_LOAD = "load_x(boff, bok, k)"
 
 class Pointwise(ConvKernel):
     name = "pointwise"
+    dense = "is one dense GEMM"
 
     @classmethod
-    def unsupported(cls, p):
-        if p.transposed:
-            return "it is a transposed convolution (pointwise runs only a forward conv2d; use 'transposed')"
-        if (p.kh, p.kw) != (1, 1):
-            return f"the kernel is {p.kh}x{p.kw}; pointwise needs a 1x1 kernel"
-        if p.groups != 1:
-            return f"groups={p.groups}: pointwise is one dense GEMM and needs groups == 1"
-        return None
+    def unsupported_shape(cls, p):
+        return None if (p.kh, p.kw) == (1, 1) else f"the kernel is {p.kh}x{p.kw}; pointwise needs a 1x1 kernel"
 
     def prepare(self, weight, bias):
         p = self.p

@@ -12,8 +12,8 @@ stops any invocation's loops after 65535 iterations in all). Values are stored a
 from __future__ import annotations
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import FP32, Precision, ceil_div, pack, uniform_block
-from convroute.kernels.flat import WG, flat_shader, launch, storage
+from convroute.kernels.common import FP32, Precision, ceil_div, pack, storage, uniform_block
+from convroute.kernels.flat import WG, flat_shader, launch
 
 COOP_WINDOW = 256
 MAX_LOOP = 60000  # iterations one invocation may run (lavapipe's limit is 65535)

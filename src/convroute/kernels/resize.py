@@ -9,8 +9,8 @@ stored as float32 or float16 (`precision`) and interpolated in f32.
 from __future__ import annotations
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import FP32, Precision
-from convroute.kernels.flat import f32_bits, flat_shader, launch, storage
+from convroute.kernels.common import FP32, Precision, storage
+from convroute.kernels.flat import f32_bits, flat_shader, launch
 
 PARAMS = ["total", "h", "w", "ho", "wo", "scale_h", "scale_w"]
 BODY = """  let ow = t % P.wo;

@@ -9,22 +9,11 @@ by the stride: those four share which taps reach them, and read four neighbourin
 
 from __future__ import annotations
 
-from convroute.kernels.base import OC4_BINDINGS, ConvKernel, pack_oc4
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+from convroute.kernels.base import pack_oc4
+from convroute.kernels.common import ceil_div, storage
+from convroute.kernels.sliding_window import FlatConv
 
-WG = 64
-PARAMS = ["c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "cin_g",
-          "cout_g", "ocb", "gocb", "nb", "owb", "total"]
-
-SHADER = """
-const WG: u32 = {wg}u;
-{params}
-{bindings}
-{act}
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
+BODY = """
   let tb = t % P.owb;
   let oh = (t / P.owb) % P.ho;
   let gob = (t / (P.owb * P.ho)) % P.gocb;
@@ -80,9 +69,7 @@ fn main({args}) {{
       let ow = ow0 + j * P.sw;
       if (ow < P.wo) {{ y[obase + ow] = ST(act(acc[j][i])); }}
     }}
-  }}
-}}
-"""
+  }}"""
 
 # f16 sums: one block per kernel tap. Zeroed explicitly: naga does not re-zero a loop-local `var` without an
 # initializer on each iteration (gfx-rs/wgpu#9489).
@@ -90,12 +77,12 @@ OPEN_BLOCK = "var part = array<vec4<AT>, 4>();"
 CLOSE_BLOCK = "for (var j = 0u; j < 4u; j++) { acc[j] += vec4<f32>(part[j]); }"
 
 
-class Transposed(ConvKernel):
+class Transposed(FlatConv):
     name = "transposed"
-
-    @classmethod
-    def unsupported(cls, p):
-        return None if p.transposed else "it is not a transposed convolution (use transposed=True)"
+    runs_transposed = True
+    PARAMS = ["c_in", "h", "w", "c_out", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "cin_g",
+              "cout_g", "ocb", "gocb", "nb", "owb", "total"]
+    BUFFERS = storage("x", "wt:vec4<ST>", "bias:vec4<f32>", "y!")  # weights and bias in fours of output channels
 
     @classmethod
     def loop_trips(cls, p):
@@ -107,19 +94,11 @@ class Transposed(ConvKernel):
         # [C_in, C_out/g, Kh, Kw] -> [C_out, C_in/g, Kh, Kw], the forward-conv layout pack_oc4 takes
         oc_first = weight.reshape(p.groups, cin_g, cout_g, p.kh, p.kw).transpose(0, 2, 1, 3, 4)
         w, b, self.ocb = pack_oc4(oc_first.reshape(p.c_out, cin_g, p.kh, p.kw), p.groups, bias)
-        self.w_buf = self.upload(w, "packed weights")
-        self.b_buf = self.gpu.upload(b, "bias")
-        self.source = self.precision.wgsl() + SHADER.format(
-            wg=WG, params=uniform_block(PARAMS), bindings=OC4_BINDINGS, act=self.epilogue.wgsl(), args=ENTRY_ARGS,
-            flat=FLAT_INDEX, **self.precision.block_sums(OPEN_BLOCK, CLOSE_BLOCK))
-        self.gpu.pipeline(self.source)
+        self.compile(w, b, BODY, (OPEN_BLOCK, CLOSE_BLOCK))
 
     def bind(self, x, y, n):
         p = self.p
         sw = p.stride[1]
         nb = ceil_div(ceil_div(p.wo, sw), 4)
         gocb = p.groups * self.ocb
-        total = n * gocb * p.ho * sw * nb
-        values = self.shape_values(sw=sw, ocb=self.ocb, gocb=gocb, nb=nb, owb=sw * nb, total=total)
-        u = self.gpu.uniform(pack(PARAMS, values))
-        return [self.gpu.dispatch(self.source, [u, x, self.w_buf, self.b_buf, y], total, WG)]
+        return self.launch(x, y, ocb=self.ocb, gocb=gocb, nb=nb, owb=sw * nb, total=n * gocb * p.ho * sw * nb)

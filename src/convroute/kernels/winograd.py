@@ -27,9 +27,9 @@ import numpy as np
 
 from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, ceil_div, pack, uniform_block
+from convroute.kernels.common import ceil_div, constants, storage
+from convroute.kernels.flat import flat_shader, launch
 
-WG = 64
 BYTES_CAP = 256 << 20  # V and Mx each stay below this even where bindings are larger
 TRANSFORM_PARAMS = ["t0", "cols", "cs", "total", "splits"]
 GEMM_EXTRA = ["cs4"]
@@ -89,77 +89,46 @@ def transform_2d(left: np.ndarray, names: list[list[str]], out: str) -> list[str
     return lines
 
 
-# Both transforms: constants of the layer, then one invocation per (channel ch, tile) of the chunk; tiles of one
-# channel are consecutive. (row0, col0): the tile's first output pixel (its input patch starts padding earlier).
-HEADER = """
-const WG: u32 = {wg}u;
-const C_IN: u32 = {c_in}u;
-const C_OUT: u32 = {c_out}u;
-const H: i32 = {h};
-const W: i32 = {w};
-const HO: u32 = {ho}u;
-const WO: u32 = {wo}u;
-const TW: u32 = {tw}u;
-const TILES_IMG: u32 = {tiles_img}u;
-const POSITIONS: u32 = {positions}u;
-{params}
-@group(0) @binding(0) var<uniform> P: Params;
-"""
+# Both transforms: one invocation per (channel ch, tile) of the chunk, tiles of one channel consecutive, with the
+# layer's constants (M, C_IN, ...: see Winograd.prepare). (row0, col0): the tile's first output pixel (its input
+# patch starts padding earlier).
 LOCATE = """
-@compute @workgroup_size({wg})
-fn main({args}) {{
-  let t = {flat};
-  if (t >= P.total) {{ return; }}
   let tl = t % P.cols;
   let ch = t / P.cols;
   let tile = P.t0 + tl;
   let img = tile / TILES_IMG;
   let r = tile % TILES_IMG;
-  let row0 = (r / TW) * {m}u;
-  let col0 = (r % TW) * {m}u;
+  let row0 = (r / TW) * M;
+  let col0 = (r % TW) * M;
 """
-
-INPUT = """{header}
-@group(0) @binding(1) var<storage, read> x: array<ST>;
-@group(0) @binding(2) var<storage, read_write> v: array<ST>;
-{locate}
-  let ih0 = i32(row0) - {ph};
-  let iw0 = i32(col0) - {pw};
+INPUT = """
+  let ih0 = i32(row0) - PH;
+  let iw0 = i32(col0) - PW;
   let base = (img * C_IN + ch) * u32(H * W);
-{body}
-}}
 """
-
-OUTPUT = """{header}
-@group(0) @binding(1) var<storage, read> mx: array<f32>;
-@group(0) @binding(2) var<storage, read> bias: array<f32>;
-@group(0) @binding(3) var<storage, read> x: array<ST>;
-@group(0) @binding(4) var<storage, read> wt: array<ST>;
-@group(0) @binding(5) var<storage, read_write> y: array<ST>;
-{act}
-fn finite(v: f32) -> bool {{ return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u; }}
+OUTPUT_HELPERS = """
+fn finite(v: f32) -> bool { return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u; }
 
 // One output straight from the input and the [C_out, C_in, 3, 3] weights, summed as the direct algorithm does.
-fn direct(img: u32, o: u32, oh: u32, ow: u32) -> f32 {{
+fn direct(img: u32, o: u32, oh: u32, ow: u32) -> f32 {
   var s = bias[o];
-  for (var c = 0u; c < C_IN; c++) {{
+  for (var c = 0u; c < C_IN; c++) {
     let xc = (img * C_IN + c) * u32(H * W);
     let wc = (o * C_IN + c) * 9u;
-    for (var kh = 0u; kh < 3u; kh++) {{
-      let ih = i32(oh + kh) - {ph};
-      if (ih < 0 || ih >= H) {{ continue; }}
-      for (var kw = 0u; kw < 3u; kw++) {{
-        let iw = i32(ow + kw) - {pw};
-        if (iw >= 0 && iw < W) {{ s += f32(x[xc + u32(ih * W + iw)]) * f32(wt[wc + kh * 3u + kw]); }}
-      }}
-    }}
-  }}
+    for (var kh = 0u; kh < 3u; kh++) {
+      let ih = i32(oh + kh) - PH;
+      if (ih < 0 || ih >= H) { continue; }
+      for (var kw = 0u; kw < 3u; kw++) {
+        let iw = i32(ow + kw) - PW;
+        if (iw >= 0 && iw < W) { s += f32(x[xc + u32(ih * W + iw)]) * f32(wt[wc + kh * 3u + kw]); }
+      }
+    }
+  }
   return s;
-}}
-{locate}
+}
+"""
+OUTPUT = """
   let plane = C_OUT * P.cols;
-{body}
-}}
 """
 
 B_DECL = """@group(0) @binding(4) var<storage, read> v: array<vec4<ST>>;
@@ -177,18 +146,16 @@ class Winograd(ConvKernel):
     m = 0
     points: tuple = ()
 
+    dense = "is one dense GEMM per transform position"
+
     @classmethod
-    def unsupported(cls, p):
-        if p.transposed:
-            return f"it is a transposed convolution ({cls.name} runs only a forward conv2d; use 'transposed')"
+    def unsupported_shape(cls, p):
         if (p.kh, p.kw) != (3, 3):
             return f"the kernel is {p.kh}x{p.kw}; {cls.name} needs a 3x3 kernel"
         if p.stride != (1, 1):
             return f"stride={p.stride}; {cls.name} needs stride 1"
         if p.dilation != (1, 1):
             return f"dilation={p.dilation}; {cls.name} needs dilation 1"
-        if p.groups != 1:
-            return f"groups={p.groups}: {cls.name} is one dense GEMM per transform position and needs groups == 1"
         return None
 
     def prepare(self, weight, bias):
@@ -203,14 +170,14 @@ class Winograd(ConvKernel):
             self.gemm = gemm.BatchedGemm(self.gpu, u.astype(np.float32), None, B_DECL, B_SETUP, B_LOAD, GEMM_EXTRA,
                                          self.precision)
         self.th, self.tw = ceil_div(p.ho, m), ceil_div(p.wo, m)
-        header = self.precision.wgsl() + HEADER.format(
-            wg=WG, c_in=p.c_in, c_out=p.c_out, h=p.h, w=p.w, ho=p.ho, wo=p.wo, tw=self.tw, tiles_img=self.th * self.tw,
-            positions=self.positions, params=uniform_block(TRANSFORM_PARAMS))
-        locate = LOCATE.format(wg=WG, args=ENTRY_ARGS, flat=FLAT_INDEX, m=m)
-        pads = dict(ph=p.padding[0], pw=p.padding[1])
-        self.input_source = INPUT.format(header=header, locate=locate, body=self.input_body(bt), **pads)
-        self.output_source = OUTPUT.format(header=header, locate=locate, act=self.epilogue.wgsl(),
-                                           body=self.output_body(at), **pads)
+        shape = constants(dict(M=m, C_IN=p.c_in, C_OUT=p.c_out, HO=p.ho, WO=p.wo, TW=self.tw,
+                               TILES_IMG=self.th * self.tw, POSITIONS=self.positions),
+                          dict(H=p.h, W=p.w, PH=p.padding[0], PW=p.padding[1]))
+        self.input_source = flat_shader(TRANSFORM_PARAMS, storage("x", "v!"), LOCATE + INPUT + self.input_body(bt),
+                                        shape, self.precision)
+        self.output_source = flat_shader(TRANSFORM_PARAMS, storage("mx:f32", "bias:f32", "x", "wt", "y!"),
+                                         LOCATE + OUTPUT + self.output_body(at),
+                                         shape + self.epilogue.wgsl() + OUTPUT_HELPERS, self.precision)
         self.bias_buf = self.gpu.upload(bias, "bias")
         self.weight_buf = self.upload(weight, "weights for non-finite tiles")
         self.gpu.pipeline(self.input_source)
@@ -272,22 +239,21 @@ class Winograd(ConvKernel):
         chunk = self.chunk_tiles(total)
         budget = min(self.gpu.profile.max_binding_bytes, BYTES_CAP)
         cs = ceil_div(chunk, 4) * 4
-        v = self.gpu.empty(self.precision.itemsize * self.positions * self.p.c_in * cs, "Winograd input transforms V")
+        v = self.scratch.get(self.precision.itemsize * self.positions * self.p.c_in * cs, "Winograd input transforms V")
         starts = list(range(0, total, chunk))
         plans = {t0: self.gemm.plan(min(chunk, total - t0), budget) for t0 in starts}
         mx_bytes = max(self.gemm.out_bytes(min(chunk, total - t0), plans[t0][1]) for t0 in starts)
-        mx = self.gpu.empty(mx_bytes, "Winograd products Mx")
+        mx = self.scratch.get(mx_bytes, "Winograd products Mx")
         dispatches = []
         for t0 in starts:
             cols = min(chunk, total - t0)
             splits = plans[t0][1]
             common = dict(t0=t0, cols=cols, cs=cs, splits=splits)
-            u_in = self.gpu.uniform(pack(TRANSFORM_PARAMS, common | {"total": self.p.c_in * cols}))
-            u_out = self.gpu.uniform(pack(TRANSFORM_PARAMS, common | {"total": self.p.c_out * cols}))
-            dispatches.append(self.gpu.dispatch(self.input_source, [u_in, x, v], self.p.c_in * cols, WG))
-            dispatches.append(self.gemm.dispatch(mx, [v], cols, plans[t0], {"cs4": cs // 4}))
-            dispatches.append(self.gpu.dispatch(self.output_source, [u_out, mx, self.bias_buf, x, self.weight_buf, y],
-                                                self.p.c_out * cols, WG))
+            dispatches += [
+                launch(self.gpu, self.input_source, TRANSFORM_PARAMS, common | {"total": self.p.c_in * cols}, [x, v]),
+                self.gemm.dispatch(mx, [v], cols, plans[t0], {"cs4": cs // 4}),
+                launch(self.gpu, self.output_source, TRANSFORM_PARAMS, common | {"total": self.p.c_out * cols},
+                       [mx, self.bias_buf, x, self.weight_buf, y])]
         return dispatches
 
 

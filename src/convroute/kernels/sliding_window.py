@@ -1,0 +1,29 @@
+"""The frame of the one-shader convs (depthwise, transposed): prepacked weights and bias, and one flat launch
+(kernels/flat.py) of one shader over [parameters, x, weights, bias, y] per bind."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from convroute.device.gpu import Dispatch
+from convroute.kernels.base import ConvKernel
+from convroute.kernels.common import storage
+from convroute.kernels.flat import flat_shader, launch
+
+
+class FlatConv(ConvKernel):
+    PARAMS: list[str] = []  # the shader's parameter block, named as shape_values names them; ends with "total"
+    BUFFERS = storage("x", "wt", "bias:f32", "y!")
+
+    def compile(self, weights: np.ndarray, bias: np.ndarray, body: str, blocks: tuple[str, str]) -> None:
+        """Upload the packed weights and bias; compile `body`, a template of {sum}, {open_block} and
+        {close_block} (Precision.block_sums with `blocks`) run for each t < P.total."""
+        self.w_buf = self.upload(weights, "packed weights")
+        self.b_buf = self.gpu.upload(bias, "bias")
+        self.source = flat_shader(self.PARAMS, self.BUFFERS, body.format(**self.precision.block_sums(*blocks)),
+                                  self.epilogue.wgsl(), self.precision)
+        self.gpu.pipeline(self.source)
+
+    def launch(self, x, y, **values) -> list[Dispatch]:
+        """The one dispatch over `values['total']` invocations; `values` adds to (or overrides) shape_values."""
+        return [launch(self.gpu, self.source, self.PARAMS, self.shape_values(**values), [x, self.w_buf, self.b_buf, y])]
