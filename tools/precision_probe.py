@@ -16,7 +16,7 @@ import torch
 
 import convroute.frontend as frontend
 from convroute.measure.reference import norm_relative_error
-from convroute.peers import Unavailable, model_engine
+from convroute.peers import Unavailable, model_engine, peer_settings, short_precision
 from convroute.report.latency import Latency
 from convroute.report.table import format_table
 
@@ -25,6 +25,11 @@ VARIANTS = {"convroute fp32": ("float32", None), "convroute fp16": ("float16", N
 
 
 def main():
+    with peer_settings():  # TF32 off, cudnn.benchmark on, as `run --compare` times torch
+        probe()
+
+
+def probe():
     import torchvision  # after convroute.frontend (see frontend/__init__)
 
     from convroute.frontend.zoo import randomize_batch_norms
@@ -45,7 +50,7 @@ def main():
         engines[label] = lambda program=program: program(x)
     for dtype in ("float32", "float16"):
         try:
-            peer = model_engine("torch-cuda-graph", model, x, dtype, name)
+            peer = model_engine("torch-cuda-graph", model, x, short_precision(dtype), name)
             engines[f"torch-cuda-graph {dtype}"] = peer.once
         except Unavailable as err:
             print(f"torch-cuda-graph {dtype}: unavailable ({err})")
