@@ -8,7 +8,7 @@ chunks: per chunk one gather dispatch and one GEMM dispatch that writes its slic
 
 from __future__ import annotations
 
-from convroute.kernels import gemm
+from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import ceil_div, storage
 from convroute.kernels.flat import flat_shader, launch
@@ -49,6 +49,11 @@ class Im2col(ConvKernel):
     dense = "builds one dense column matrix"
 
     def prepare(self, weight, bias):
+        p = self.p
+        self.cpu = None  # CPU adapters: gemm_cpu's register tiles read the column matrix as vec4 columns
+        if gemm_cpu.wanted(self.gpu, gemm_cpu.VecColumns.trips(p.c_in // p.groups * p.kh * p.kw)):
+            self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, -1), bias[None], self.precision,
+                                             self.epilogue.wgsl())
         self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"],
                               self.precision)
         self.k, self.k_pad = self.gemm.k, self.gemm.k_pad
@@ -73,6 +78,10 @@ class Im2col(ConvKernel):
         s4 = ceil_div(chunk, 4)
         col = self.scratch.get(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
         dispatches = []
+        if self.cpu and chunk == total and pixels % 4 == 0:  # one matrix, image b's columns from vec4 b * pixels/4
+            gather = self.shape_values(k=self.k, s4=s4, cols=total, col0=0, p=pixels, total=self.k_pad * s4)
+            return [launch(self.gpu, self.gather_source, GATHER_PARAMS, gather, [x, col]),
+                    self.cpu.dispatch(y, col, n, pixels, s4, pixels // 4)]
         for col0 in range(0, total, chunk):
             cols = min(chunk, total - col0)
             gather = self.shape_values(k=self.k, s4=s4, cols=cols, col0=col0, p=pixels, total=self.k_pad * s4)
