@@ -35,6 +35,15 @@ def wanted(gpu: Gpu, trips: int) -> bool:
     return gpu.profile.gemm_style == "registers" and trips <= CPU_LOOP_LIMIT
 
 
+def for_conv(kernel, weight: np.ndarray, bias: np.ndarray, trips: int) -> RegisterGemm | None:
+    """A conv kernel's weights [C_out, ...] as a register-tile GEMM (one matrix for every image), or None where
+    the device wants workgroup tiles or the K loops (`trips`) would pass lavapipe's loop limit."""
+    if not wanted(kernel.gpu, trips):
+        return None
+    return RegisterGemm(kernel.gpu, weight.reshape(1, kernel.p.c_out, -1), bias[None], kernel.precision,
+                        kernel.epilogue.wgsl())
+
+
 @dataclass(frozen=True)
 class CpuTile:
     tm: int  # rows (output channels) per invocation, a multiple of 4

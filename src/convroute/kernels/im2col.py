@@ -49,11 +49,8 @@ class Im2col(ConvKernel):
     dense = "builds one dense column matrix"
 
     def prepare(self, weight, bias):
-        p = self.p
-        self.cpu = None  # CPU adapters: gemm_cpu's register tiles read the column matrix as vec4 columns
-        if gemm_cpu.wanted(self.gpu, gemm_cpu.VecColumns.trips(p.c_in // p.groups * p.kh * p.kw)):
-            self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, -1), bias[None], self.precision,
-                                             self.epilogue.wgsl())
+        p = self.p  # CPU adapters: gemm_cpu's register tiles read the column matrix as vec4 columns
+        self.cpu = gemm_cpu.for_conv(self, weight, bias, gemm_cpu.VecColumns.trips(p.c_in * p.kh * p.kw))
         self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"],
                               self.precision)
         self.k, self.k_pad = self.gemm.k, self.gemm.k_pad

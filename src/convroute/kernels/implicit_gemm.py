@@ -54,10 +54,8 @@ class ImplicitGemm(ConvKernel):
 
     def prepare(self, weight, bias):
         p = self.p
-        self.cpu = None
-        if gemm_cpu.wanted(self.gpu, gemm_cpu.Windows.trips(p.c_in, p.kh, p.kw)):
-            self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, -1), bias[None], self.precision,
-                                             self.epilogue.wgsl())
+        self.cpu = gemm_cpu.for_conv(self, weight, bias, gemm_cpu.Windows.trips(p.c_in, p.kh, p.kw))
+        if self.cpu:
             return
         shape = constants(dict(C_IN=p.c_in, WO=p.wo, PIX=p.ho * p.wo, KW=p.kw, KHW=p.kh * p.kw,
                                KK=p.c_in * p.kh * p.kw, DH=p.dilation[0], DW=p.dilation[1], SH=p.stride[0],

@@ -59,11 +59,10 @@ class Pointwise(ConvKernel):
     def prepare(self, weight, bias):
         p = self.p
         self.vec4 = p.stride == (1, 1) and p.padding == (0, 0) and p.h * p.w % 4 == 0
-        self.cpu = None
         self.bsrc = gemm_cpu.VecColumns if self.vec4 else gemm_cpu.Windows  # CPU adapters: gemm_cpu register tiles
-        if gemm_cpu.wanted(self.gpu, p.c_in if self.vec4 else gemm_cpu.Windows.trips(p.c_in, 1, 1)):
-            self.cpu = gemm_cpu.RegisterGemm(self.gpu, weight.reshape(1, p.c_out, p.c_in), bias[None],
-                                             self.precision, self.epilogue.wgsl())
+        trips = p.c_in if self.vec4 else gemm_cpu.Windows.trips(p.c_in, 1, 1)
+        self.cpu = gemm_cpu.for_conv(self, weight, bias, trips)
+        if self.cpu:
             return
         decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
             (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
