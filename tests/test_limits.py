@@ -22,7 +22,7 @@ from convroute.device.profile import WEBGPU_MIN_LIMITS, DeviceProfile
 from convroute.device.workgroup import check_workgroup, workgroup_needs
 from convroute.kernels import ALGORITHMS, gemm
 from convroute.kernels.common import FP32, Precision, uniform_block
-from convroute.kernels.gemm_tiles import FALLBACK, NARROW, TILES, Tile, fitting, generate
+from convroute.kernels.gemm_tiles import FALLBACK, NARROW, SIZED, TILES, Tile, fitting, generate
 from convroute.params import make_params
 
 STORAGE, INVOCATIONS = "max-compute-workgroup-storage-size", "max-compute-invocations-per-workgroup"
@@ -31,7 +31,8 @@ MIN = BIG.with_limits(WEBGPU_MIN_LIMITS)
 GLES = BIG.with_limits({STORAGE: 16352})
 TINY = BIG.with_limits({STORAGE: 4096, INVOCATIONS: 64})
 PRECISIONS = (FP32, Precision("float16"), Precision("float16", "float16"))
-ALL_TILES = tuple(dict.fromkeys(TILES + tuple(t for ts in NARROW.values() for t in ts) + FALLBACK))
+ALL_TILES = tuple(dict.fromkeys(TILES + tuple(t for ts in NARROW.values() for t in ts) + FALLBACK
+                                + tuple(SIZED.values())))
 
 
 def tile_source(tile: Tile, precision: Precision, quads: bool = False) -> str:

@@ -22,13 +22,15 @@ from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import Scratch
 from convroute.kernels.common import FP32, Epilogue, Precision, ceil_div, pack, storage, uniform_block
 from convroute.kernels.flat import flat_shader, launch
-from convroute.kernels.gemm_tiles import NARROW, TILES, Tile, fitting, generate
+from convroute.kernels.gemm_tiles import NARROW, SIZED, TILES, Tile, fitting, generate
 
 M_ALIGN = max(t.bm for t in TILES)
 K_ALIGN = max(t.bk for t in TILES)
 TILE = max(t.bn for t in TILES)  # column chunks are whole multiples of this
 GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p", "splits", "kt_split"]
 MIN_KT_PER_SPLIT = 4
+SMALL_MACS, LARGE_MACS = 1 << 24, 1 << 27  # sized_plan's bounds on M x K x columns
+SPREAD = 2  # sized_plan splits K until a launch has this many times the device's busy workgroups
 
 STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v + bias[m]));"
 STORE_PARTIAL = "y[(split * P.m + m) * P.cols + j] = v + select(0.0, bias[m], split == 0u);"  # bias once
@@ -87,6 +89,31 @@ def choose_tile(m: int, cols: int, k_pad: int, busy: int, batches: int = 1,
     return small, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
+def sized_plan(m: int, cols: int, k_pad: int, busy: int, profile=None,
+               precision: Precision = FP32) -> tuple[Tile, int] | None:
+    """GPUs' tile and K splits for launches wider than the NARROW tiles: the tile by the size of the product
+    (gemm_tiles.SIZED: 32x32 for at most 48 rows or under SMALL_MACS multiply-adds, 64x64 under LARGE_MACS,
+    else an 8x8-per-invocation tile of 128 or 64 rows), K split until SPREAD x `busy` workgroups. Measured on
+    the H100 over the suites' GEMM layers at batch 1 and 8 (NOTES, session 5): the old first-busy rule chose
+    tiles 1.30x / 1.51x slower than the best tile in total, mostly too few workgroups of 256 invocations.
+    None when the launch is narrow or the tile does not fit `profile` (choose_tile then decides)."""
+    if cols <= max(NARROW):
+        return None
+    macs = m * k_pad * cols
+    if m <= 48 or macs < SMALL_MACS:
+        tile = SIZED["small"]
+    elif macs < LARGE_MACS:
+        tile = SIZED["middle"]
+    else:
+        tile = SIZED["large"] if m % 128 == 0 or m % 128 > 64 else SIZED["large64"]
+    if profile is not None and tile.unfit(profile, precision) is not None:
+        return None
+    groups = ceil_div(m, tile.bm) * ceil_div(cols, tile.bn)
+    ktiles = k_pad // tile.bk
+    splits = max(1, min(ceil_div(SPREAD * busy, groups), ktiles // MIN_KT_PER_SPLIT))
+    return tile, ceil_div(ktiles, ceil_div(ktiles, splits))
+
+
 def tiles_for(cols: int, profile=None, precision: Precision = FP32) -> tuple[Tile, ...]:
     """Candidate tiles for a launch of `cols` columns: narrow ones where a 64-column tile would be mostly
     padding (late layers at batch 1, linear layers, Winograd on small maps); with a DeviceProfile, only those
@@ -125,8 +152,11 @@ class Gemm:
         return generate(tile, store=STORE_OUTPUT4 if quads else STORE_OUTPUT, quads=quads, **self.template)
 
     def plan(self, cols: int) -> tuple[Tile, int]:
-        tile, splits = choose_tile(self.m, cols, self.k_pad, self.gpu.profile.busy_workgroups,
-                                   tiles=tiles_for(cols, self.gpu.profile, self.precision))
+        profile = self.gpu.profile
+        sized = profile.gemm_style == "workgroup" and sized_plan(self.m, cols, self.k_pad, profile.busy_workgroups,
+                                                                  profile, self.precision)
+        tile, splits = sized or choose_tile(self.m, cols, self.k_pad, profile.busy_workgroups,
+                                            tiles=tiles_for(cols, profile, self.precision))
         while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
             splits -= 1
         return tile, splits

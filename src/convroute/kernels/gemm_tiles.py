@@ -66,7 +66,11 @@ TILES = (Tile(128, 128, 8, 8, 8), Tile(64, 128, 8, 4, 8), Tile(128, 64, 16, 8, 4
 NARROW = {8: (Tile(64, 8, 16, 4, 4),),
           16: (Tile(128, 16, 16, 8, 4), Tile(64, 16, 16, 4, 4)),
           32: (Tile(128, 32, 16, 8, 4), Tile(64, 32, 16, 4, 4)),
-          64: TILES[2:]}
+          64: (Tile(128, 64, 16, 8, 4), Tile(64, 64, 16, 4, 4))}
+# GPUs' tiles by the size of the product (gemm.sized_plan): few rows or little work, middling work, and
+# large work with 128 or 64 rows per tile.
+SIZED = {"small": Tile(32, 32, 8, 4, 4), "middle": Tile(64, 64, 16, 4, 4), "large": Tile(128, 64, 8, 8, 8),
+         "large64": Tile(64, 64, 8, 8, 4)}
 # For devices where none of a launch's candidates fits (below WebGPU's 16 KiB, e.g. wgpu's GLES 16352 bytes).
 FALLBACK = (Tile(32, 32, 8, 4, 4), Tile(16, 16, 4, 4, 4))
 

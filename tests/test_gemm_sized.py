@@ -1,0 +1,81 @@
+"""GPUs' GEMM tile by the size of the product (gemm.sized_plan): each SIZED tile is right on partial tiles with
+and without K splits (forced, in the workgroup style, on whatever device runs the tests), and the rule picks
+tiles and splits as documented, never one that does not fit the device."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from conftest import assert_matches, random_inputs, reference
+from convroute import conv2d
+from convroute.device.gpu import get_gpu
+from convroute.kernels import gemm
+from convroute.kernels.common import Epilogue, Precision
+from convroute.kernels.gemm_tiles import SIZED
+from convroute.kernels.im2col import Im2col
+from test_gemm_cpu import LAYERS, use_style
+from test_limits import GLES, MIN, TINY
+
+
+@pytest.mark.parametrize("splits", [1, 2])
+@pytest.mark.parametrize("tile", SIZED.values(), ids=str)
+@pytest.mark.parametrize("layer", ["pointwise-strided", "implicit-5x3-s2-d2"])
+def test_every_sized_tile_with_partial_tiles(monkeypatch, layer, tile, splits):
+    use_style(monkeypatch, "workgroup")
+    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (tile, splits))
+    p = LAYERS[layer]
+    name = "pointwise" if p.kh == p.kw == 1 else "implicit_gemm"
+    x, w, b = random_inputs(p, np.random.default_rng(40))
+    out = conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups, activation="relu", algorithm=name)
+    assert_matches(out, reference(p, x, w, b, "relu"), f"{name} tile {tile} k/{splits} on {p.describe()}")
+
+
+def test_the_tile_follows_the_size_of_the_product():
+    busy = 256
+    assert gemm.sized_plan(512, 64, 4608, busy) is None  # narrow launches keep NARROW's tiles
+    assert gemm.sized_plan(32, 50176, 576, busy)[0] == SIZED["small"]  # few rows
+    assert gemm.sized_plan(96, 3136, 16, busy)[0] == SIZED["small"]  # 4.8 M multiply-adds
+    assert gemm.sized_plan(256, 3136, 64, busy)[0] == SIZED["middle"]  # 51 M
+    assert gemm.sized_plan(256, 3136, 1152, busy)[0] == SIZED["large"]  # 925 M, 128-row tiles
+    assert gemm.sized_plan(64, 3136, 1152, busy)[0] == SIZED["large64"]  # 231 M, 64 rows
+    assert gemm.sized_plan(192, 3136, 1152, busy)[0] == SIZED["large64"]  # a 128-row tile would be half empty
+
+
+@pytest.mark.parametrize("m, cols, k_pad", itertools.product((8, 64, 100, 192, 1000), (100, 784, 5000),
+                                                              (16, 256, 4608)))
+def test_k_is_split_toward_twice_the_busy_workgroups(m, cols, k_pad):
+    busy = 256
+    tile, splits = gemm.sized_plan(m, cols, k_pad, busy)
+    ktiles = k_pad // tile.bk
+    groups = -(-m // tile.bm) * -(-cols // tile.bn)
+    assert 1 <= splits <= max(1, ktiles // gemm.MIN_KT_PER_SPLIT)
+    if splits == 1:
+        assert groups >= gemm.SPREAD * busy or ktiles < 2 * gemm.MIN_KT_PER_SPLIT
+    else:
+        assert -(-ktiles // splits) >= gemm.MIN_KT_PER_SPLIT // 2  # no split is left with almost nothing
+
+
+@pytest.mark.parametrize("profile", [MIN, GLES, TINY], ids=["webgpu-min", "gles", "tiny"])
+def test_a_sized_tile_that_does_not_fit_is_not_chosen(profile):
+    refused = 0
+    for precision, m, cols, k_pad in itertools.product((Precision(), Precision("float16", "float16")),
+                                                       (8, 128, 1000), (100, 5000), (16, 4608)):
+        plan = gemm.sized_plan(m, cols, k_pad, 256, profile, precision)
+        if plan is None:
+            refused += 1
+        else:
+            assert plan[0].unfit(profile, precision) is None
+    assert refused or profile is not TINY, "TINY fits no sized tile: the test would test nothing"
+
+
+@pytest.mark.parametrize("style", ["registers", "workgroup"])
+def test_only_the_workgroup_style_takes_sized_tiles(monkeypatch, style):
+    use_style(monkeypatch, style)
+    p = LAYERS["implicit-3x3"]  # 21 rows: sized_plan's small tile, which is not among the first-busy TILES
+    x, w, b = random_inputs(p, np.random.default_rng(41))
+    kernel = Im2col(get_gpu(), p, w, b, Epilogue())
+    tile, _ = kernel.gemm.plan(p.n * p.ho * p.wo)
+    assert (tile == SIZED["small"]) == (style == "workgroup"), tile
