@@ -46,7 +46,7 @@ def test_the_tile_follows_the_size_of_the_product():
 
 @pytest.mark.parametrize("m, cols, k_pad", itertools.product((8, 64, 100, 192, 1000), (100, 784, 5000),
                                                               (16, 256, 4608)))
-def test_k_is_split_toward_twice_the_busy_workgroups(m, cols, k_pad):
+def test_k_is_split_toward_spread_times_the_busy_workgroups(m, cols, k_pad):
     busy = 256
     tile, splits = gemm.sized_plan(m, cols, k_pad, busy)
     ktiles = k_pad // tile.bk
@@ -56,6 +56,7 @@ def test_k_is_split_toward_twice_the_busy_workgroups(m, cols, k_pad):
         assert groups >= gemm.SPREAD * busy or ktiles < 2 * gemm.MIN_KT_PER_SPLIT
     else:
         assert -(-ktiles // splits) >= gemm.MIN_KT_PER_SPLIT // 2  # no split is left with almost nothing
+        assert groups * (splits - 1) < gemm.SPREAD * busy  # one split fewer would not reach the target
 
 
 @pytest.mark.parametrize("profile", [MIN, GLES, TINY], ids=["webgpu-min", "gles", "tiny"])

@@ -16,6 +16,8 @@ weights and the output are f16 (ST); split-K partial sums and BatchedGemm's sums
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
@@ -30,7 +32,7 @@ TILE = max(t.bn for t in TILES)  # column chunks are whole multiples of this
 GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p", "splits", "kt_split"]
 MIN_KT_PER_SPLIT = 4
 SMALL_MACS, LARGE_MACS = 1 << 24, 1 << 27  # sized_plan's bounds on M x K x columns
-SPREAD = 2  # sized_plan splits K until a launch has this many times the device's busy workgroups
+SPREAD = 1.5  # sized_plan splits K until a launch has this many times the device's busy workgroups
 
 STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v + bias[m]));"
 STORE_PARTIAL = "y[(split * P.m + m) * P.cols + j] = v + select(0.0, bias[m], split == 0u);"  # bias once
@@ -94,8 +96,9 @@ def sized_plan(m: int, cols: int, k_pad: int, busy: int, profile=None,
     """GPUs' tile and K splits for launches wider than the NARROW tiles: the tile by the size of the product
     (gemm_tiles.SIZED: 32x32 for at most 48 rows or under SMALL_MACS multiply-adds, 64x64 under LARGE_MACS,
     else an 8x8-per-invocation tile of 128 or 64 rows), K split until SPREAD x `busy` workgroups. Measured on
-    the H100 over the suites' GEMM layers at batch 1 and 8 (NOTES, session 5): the old first-busy rule chose
-    tiles 1.30x / 1.51x slower than the best tile in total, mostly too few workgroups of 256 invocations.
+    the H100 over the suites' GEMM layers at batch 1 and 8 (NOTES, session 5): the first-busy rule's plans
+    took 1.30x / 1.51x the best plan's time in total (too few workgroups of 256 invocations); these 1.14x /
+    1.22x with SPREAD 2 and about 1.10x with 1.5.
     None when the launch is narrow or the tile does not fit `profile` (choose_tile then decides)."""
     if cols <= max(NARROW):
         return None
@@ -110,7 +113,7 @@ def sized_plan(m: int, cols: int, k_pad: int, busy: int, profile=None,
         return None
     groups = ceil_div(m, tile.bm) * ceil_div(cols, tile.bn)
     ktiles = k_pad // tile.bk
-    splits = max(1, min(ceil_div(SPREAD * busy, groups), ktiles // MIN_KT_PER_SPLIT))
+    splits = max(1, min(ceil_div(math.ceil(SPREAD * busy), groups), ktiles // MIN_KT_PER_SPLIT))
     return tile, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
