@@ -113,3 +113,15 @@ def test_register_tiles_in_float16(monkeypatch, name, p):
     assert out.dtype == np.float16 and np.isfinite(out).all()
     err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
     assert err <= 1e-2, f"{name} fp16 register tiles: relative error {err:.3g}"
+
+
+def test_im2col_builds_the_workgroup_gemm_only_for_batches_the_register_tiles_skip(monkeypatch):
+    use_style(monkeypatch, "registers")
+    even = make_params((2, 5, 8, 6), (7, 5, 3, 3), 1, 1)  # 48 pixels: one register-tile launch
+    x, w, b = random_inputs(even, np.random.default_rng(32))
+    kernel = ALGORITHMS["im2col"](get_gpu(), even, w, b, Epilogue())
+    kernel.bind(get_gpu().upload(x, "x"), get_gpu().empty(4 * 2 * 7 * 48, "y"), 2)
+    assert kernel.cpu is not None and kernel._gemm is None  # the weights are on the GPU once
+    odd = make_params((2, 5, 7, 5), (7, 5, 3, 3), 1, 1)  # 35 pixels per image: the workgroup GEMM
+    x = random_inputs(odd, np.random.default_rng(33))[0]
+    assert_matches(run("im2col", odd, x, w, b), reference(odd, x, w, b), "im2col, odd pixel count, register style")

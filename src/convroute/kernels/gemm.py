@@ -62,12 +62,17 @@ REDUCE4 = """
 REDUCE_BUFFERS = (storage("part:f32", "y!"), storage("part:vec4<f32>", "y!:vec4<ST>"))
 
 
+def padded_k(k: int) -> int:
+    """Rows of the packed weight matrix (and of B operands laid out for it): K rounded up to whole K tiles."""
+    return ceil_div(k, K_ALIGN) * K_ALIGN
+
+
 def pack_weights(weight_oc_first: np.ndarray) -> tuple[np.ndarray, int, int]:
     """[C_out, ...] -> K-major [K_pad, M_pad] float32 with zero padding; returns (matrix, K, K_pad)."""
     m = weight_oc_first.shape[0]
     a = weight_oc_first.reshape(m, -1)
     k = a.shape[1]
-    k_pad, m_pad = ceil_div(k, K_ALIGN) * K_ALIGN, ceil_div(m, M_ALIGN) * M_ALIGN
+    k_pad, m_pad = padded_k(k), ceil_div(m, M_ALIGN) * M_ALIGN
     packed = np.zeros((k_pad, m_pad), np.float32)
     packed[:k, :m] = a.T
     return packed, k, k_pad

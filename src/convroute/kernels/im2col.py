@@ -50,13 +50,24 @@ class Im2col(ConvKernel):
 
     def prepare(self, weight, bias):
         p = self.p  # CPU adapters: gemm_cpu's register tiles read the column matrix as vec4 columns
-        self.cpu = gemm_cpu.for_conv(self, weight, bias, gemm_cpu.VecColumns.trips(p.c_in * p.kh * p.kw))
-        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"],
-                              self.precision)
-        self.k, self.k_pad = self.gemm.k, self.gemm.k_pad
+        self.k = p.c_in * p.kh * p.kw
+        self.k_pad = gemm.padded_k(self.k)
+        self.cpu = gemm_cpu.for_conv(self, weight, bias, gemm_cpu.VecColumns.trips(self.k))
+        self._weights, self._gemm = (weight, bias), None
+        if not self.cpu:
+            _ = self.gemm
         self.gather_source = flat_shader(GATHER_PARAMS, storage("x", "col!:vec4<ST>"), GATHER,
                                          precision=self.precision)
         self.gpu.pipeline(self.gather_source)
+
+    @property
+    def gemm(self) -> gemm.Gemm:
+        """The workgroup GEMM: GPUs' path; on CPU adapters built only for batches the register tiles do not take
+        (chunked or with a pixel count not divisible by 4)."""
+        if self._gemm is None:
+            self._gemm = gemm.Gemm(self.gpu, *self._weights, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"],
+                                   self.precision)
+        return self._gemm
 
     def chunk_columns(self, total: int) -> int:
         """Output pixels per chunk: the most whole GEMM tiles whose column matrix fits one binding."""
