@@ -1,0 +1,103 @@
+"""Conv kernels built with residual=True store act(conv + bias + residual) in one dispatch (the fused residual
+add of ResNet / MobileNetV2 blocks): each path against the float64 torch reference, fp32 and fp16, poisoned
+outputs. The residual is random, so a store that ignored it (or read it at the wrong index) fails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import activate, assert_matches, random_inputs
+from convroute.device.gpu import get_gpu
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import F16_FEATURE, Epilogue, Precision
+from convroute.measure.reference import norm_relative_error, torch_reference
+from convroute.params import make_params
+
+TOL16 = 1e-2
+DTYPES = ("float32", pytest.param("float16", marks=pytest.mark.skipif(
+    F16_FEATURE not in get_gpu().profile.features, reason=f"the adapter lacks {F16_FEATURE}")))
+
+# (algorithm, GEMM style, params, activation): odd channel counts, partial tiles; "quads" where the pixels per
+# image are a multiple of 4 (the GEMM stores four columns at once), "cols" where they are not.
+CASES = {
+    "pointwise-quads": ("pointwise", "workgroup", make_params((2, 13, 6, 6), (21, 13, 1, 1)), "relu"),
+    "pointwise-strided-cols": ("pointwise", "workgroup", make_params((1, 12, 9, 7), (10, 12, 1, 1), 2), None),
+    "implicit-cols": ("implicit_gemm", "workgroup", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu"),
+    "im2col-quads": ("im2col", "workgroup", make_params((1, 6, 8, 6), (9, 6, 3, 3), 1, 1), "relu6"),
+    "pointwise-registers-vec4": ("pointwise", "registers", make_params((2, 13, 6, 6), (21, 13, 1, 1)), "relu"),
+    "pointwise-registers-strided": ("pointwise", "registers", make_params((1, 12, 9, 7), (10, 12, 1, 1), 2),
+                                    None),
+    "implicit-registers": ("implicit_gemm", "registers", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu"),
+    "im2col-registers": ("im2col", "registers", make_params((1, 6, 8, 6), (9, 6, 3, 3), 1, 1), "hardswish"),
+}
+# K split across workgroups (busy device patched large): the reduce dispatch adds the residual.
+SPLIT_K = {
+    "im2col-split-cols": ("im2col", make_params((1, 64, 7, 7), (40, 64, 3, 3), 1, 1), "relu"),
+    "pointwise-split-quads": ("pointwise", make_params((2, 300, 4, 4), (70, 300, 1, 1)), None),
+}
+
+
+def use_style(monkeypatch, style):
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: style))
+
+
+def run_residual(name, p, activation, dtype, seed=0):
+    """(output, reference, dispatches) of `name` with a random residual, outputs poisoned with NaN first."""
+    rng = np.random.default_rng(seed)
+    x, w, b = random_inputs(p, rng)
+    r = rng.uniform(-1.0, 1.0, p.output_shape).astype(np.float32)
+    gpu, precision = get_gpu(), Precision.parse(dtype)
+    kernel = ALGORITHMS[name](gpu, p, w, b, Epilogue.parse(activation), dtype=dtype, residual=True)
+    y = gpu.empty(precision.itemsize * int(np.prod(p.output_shape)), "output")
+    gpu.fill(y, np.nan, precision.numpy)
+    dispatches = kernel.bind(gpu.upload(x, "input", precision.numpy), y, p.n,
+                             residual=gpu.upload(r, "residual", precision.numpy))
+    gpu.run(dispatches)
+    ref = activate(torch.from_numpy(torch_reference(p, x, w, b) + r), activation).numpy()
+    return gpu.read(y, p.output_shape, precision.numpy), ref, dispatches
+
+
+def check(out, ref, what, dtype):
+    if dtype == "float32":
+        assert_matches(out, ref, what)
+    else:
+        assert np.isfinite(out).all(), f"{what}: unwritten (NaN) outputs"
+        err = norm_relative_error(out, ref)
+        assert err <= TOL16, f"{what}: relative error {err:.3g} > {TOL16}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", CASES)
+def test_residual_store_matches_torch(monkeypatch, case, dtype):
+    name, style, p, activation = CASES[case]
+    use_style(monkeypatch, style)
+    out, ref, _ = run_residual(name, p, activation, dtype)
+    check(out, ref, f"{case} {dtype}", dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", SPLIT_K)
+def test_residual_after_split_k(monkeypatch, case, dtype):
+    monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
+    use_style(monkeypatch, "workgroup")
+    name, p, activation = SPLIT_K[case]
+    out, ref, dispatches = run_residual(name, p, activation, dtype, seed=1)
+    assert len(dispatches) >= 2 and dispatches[-1].pipeline is not dispatches[-2].pipeline, "K was not split"
+    check(out, ref, f"{case} {dtype}", dtype)
+
+
+def test_residual_needs_a_kernel_that_fuses_it():
+    p = make_params((1, 4, 6, 6), (4, 1, 3, 3), 1, 1, 1, 4)
+    x, w, b = random_inputs(p, np.random.default_rng(2))
+    assert not ALGORITHMS["depthwise"].fuses_residual
+    with pytest.raises(ValueError, match="cannot add a residual"):
+        ALGORITHMS["depthwise"](get_gpu(), p, w, b, Epilogue(), residual=True)
+    p = make_params((1, 4, 6, 6), (4, 4, 1, 1))
+    x, w, b = random_inputs(p, np.random.default_rng(3))
+    kernel = ALGORITHMS["pointwise"](get_gpu(), p, w, b, Epilogue(), residual=True)
+    buf = get_gpu().empty(4 * 144)
+    with pytest.raises(ValueError, match="residual"):
+        kernel.bind(buf, buf, 1)
