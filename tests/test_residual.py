@@ -11,7 +11,7 @@ import torch
 from conftest import activate, assert_matches, random_inputs
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
-from convroute.kernels import ALGORITHMS
+from convroute.kernels import ALGORITHMS, direct_cpu
 from convroute.kernels.common import F16_FEATURE, Epilogue, Precision
 from convroute.measure.reference import norm_relative_error, torch_reference
 from convroute.params import make_params
@@ -32,6 +32,14 @@ CASES = {
                                     None),
     "implicit-registers": ("implicit_gemm", "registers", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu"),
     "im2col-registers": ("im2col", "registers", make_params((1, 6, 8, 6), (9, 6, 3, 3), 1, 1), "hardswish"),
+}
+# direct: register tiles (CPU adapters; the generic kernel for small layers, or one specialised per geometry)
+# and workgroup tiles (GPUs), with the input channels split across workgroups where the device is large.
+DIRECT = {
+    "registers-generic": ("registers", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", None),
+    "registers-special-strided": ("registers", make_params((1, 6, 11, 9), (10, 6, 3, 3), 2, 1), None, 0),
+    "workgroup": ("workgroup", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", None),
+    "workgroup-split": ("workgroup", make_params((1, 64, 6, 6), (8, 64, 3, 3), 1, 1), "relu", 1024),
 }
 # K split across workgroups (busy device patched large): the reduce dispatch adds the residual.
 SPLIT_K = {
@@ -87,6 +95,22 @@ def test_residual_after_split_k(monkeypatch, case, dtype):
     out, ref, dispatches = run_residual(name, p, activation, dtype, seed=1)
     assert len(dispatches) >= 2 and dispatches[-1].pipeline is not dispatches[-2].pipeline, "K was not split"
     check(out, ref, f"{case} {dtype}", dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", DIRECT)
+def test_direct_residual_matches_torch(monkeypatch, case, dtype):
+    style, p, activation, knob = DIRECT[case]
+    use_style(monkeypatch, style)
+    # small register tiles only: lavapipe compiles the big ones for seconds at their first dispatch
+    monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 8, 2), direct_cpu.RegisterTile(4, 4)))
+    if style == "registers" and knob is not None:
+        monkeypatch.setattr(direct_cpu, "SPECIALISE_FLOPS", knob)
+    if style == "workgroup" and knob is not None:
+        monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: knob))
+    out, ref, dispatches = run_residual("direct", p, activation, dtype, seed=4)
+    assert len(dispatches) == (2 if case == "workgroup-split" else 1), "input channels split as planned"
+    check(out, ref, f"direct {case} {dtype}", dtype)
 
 
 def test_residual_needs_a_kernel_that_fuses_it():
