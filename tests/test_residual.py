@@ -41,6 +41,11 @@ DIRECT = {
     "workgroup": ("workgroup", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", None),
     "workgroup-split": ("workgroup", make_params((1, 64, 6, 6), (8, 64, 3, 3), 1, 1), "relu", 1024),
 }
+# Winograd: partial output tiles (Ho, Wo not multiples of m); both GEMM styles share the output transform.
+WINOGRAD = {
+    "winograd2-workgroup": ("winograd2", "workgroup", make_params((2, 6, 7, 9), (10, 6, 3, 3), 1, 1), "relu"),
+    "winograd4-registers": ("winograd4", "registers", make_params((1, 6, 10, 7), (9, 6, 3, 3), 1, 1), None),
+}
 # K split across workgroups (busy device patched large): the reduce dispatch adds the residual.
 SPLIT_K = {
     "im2col-split-cols": ("im2col", make_params((1, 64, 7, 7), (40, 64, 3, 3), 1, 1), "relu"),
@@ -111,6 +116,34 @@ def test_direct_residual_matches_torch(monkeypatch, case, dtype):
     out, ref, dispatches = run_residual("direct", p, activation, dtype, seed=4)
     assert len(dispatches) == (2 if case == "workgroup-split" else 1), "input channels split as planned"
     check(out, ref, f"direct {case} {dtype}", dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", WINOGRAD)
+def test_winograd_residual_matches_torch(monkeypatch, case, dtype):
+    name, style, p, activation = WINOGRAD[case]
+    use_style(monkeypatch, style)
+    out, ref, _ = run_residual(name, p, activation, dtype, seed=5)
+    check(out, ref, f"{case} {dtype}", dtype)
+
+
+def test_winograd_residual_in_tiles_recomputed_directly():
+    """A NaN input sends its tiles to the output transform's direct fallback, which adds the residual too: the
+    NaNs land where torch puts them and every other output matches."""
+    p = make_params((1, 3, 8, 8), (5, 3, 3, 3), 1, 1)
+    rng = np.random.default_rng(6)
+    x, w, b = random_inputs(p, rng)
+    x[0, 1, 2, 5] = np.nan
+    r = rng.uniform(-1.0, 1.0, p.output_shape).astype(np.float32)
+    gpu = get_gpu()
+    kernel = ALGORITHMS["winograd4"](gpu, p, w, b, Epilogue(), residual=True)
+    y = gpu.empty(4 * int(np.prod(p.output_shape)), "output")
+    gpu.fill(y, np.nan)
+    gpu.run(kernel.bind(gpu.upload(x), y, p.n, residual=gpu.upload(r)))
+    out, ref = gpu.read(y, p.output_shape), torch_reference(p, x, w, b) + r
+    np.testing.assert_array_equal(np.isnan(out), np.isnan(ref))
+    ok = np.isfinite(ref)
+    assert np.abs(out[ok] - ref[ok]).max() / np.abs(ref[ok]).max() < 1e-4
 
 
 def test_residual_needs_a_kernel_that_fuses_it():
