@@ -68,10 +68,14 @@ def compiled(model, x, **kwargs):
     return convroute.compile(model, (x,), **kwargs), reference(model, x)
 
 
-def compiled_pair(model, x):
-    """(fused program, unfused program, reference)."""
+def compiled_pair(model, x, monkeypatch=None):
+    """(fused program, unfused program, reference); the unfused one through $CONVROUTE_FUSE_RESIDUAL=0 when
+    given a monkeypatch."""
     program, ref = compiled(model, x)
-    return program, convroute.compile(model, (x,), fuse_residual=False), ref
+    if monkeypatch is None:
+        return program, convroute.compile(model, (x,), fuse_residual=False), ref
+    monkeypatch.setenv("CONVROUTE_FUSE_RESIDUAL", "0")
+    return program, convroute.compile(model, (x,)), ref
 
 
 def residual_notes(program) -> list[str]:
@@ -79,10 +83,10 @@ def residual_notes(program) -> list[str]:
 
 
 @pytest.mark.parametrize("model, fused", [(ResNetLike, ["a2", "b2", "c3"]), (InvertedResidual, ["project"])])
-def test_residual_blocks_fuse_and_match_torch(model, fused):
+def test_residual_blocks_fuse_and_match_torch(monkeypatch, model, fused):
     model = model()
     x = torch.randn(2, 3, 11, 13)
-    program, unfused, ref = compiled_pair(model, x)
+    program, unfused, ref = compiled_pair(model, x, monkeypatch)
     for p in (program, unfused):
         assert rel_error(p(x), ref) < TOLERANCE
     assert [f.split(":")[0] for f in residual_notes(program)] == [f"{m}.0" for m in fused]
