@@ -1,6 +1,7 @@
 """Conv kernels built with residual=True store act(conv + bias + residual) in one dispatch (the fused residual
 add of ResNet / MobileNetV2 blocks): each path against the float64 torch reference, fp32 and fp16, poisoned
-outputs. The residual is random, so a store that ignored it (or read it at the wrong index) fails."""
+outputs. The residual is random, so a store that ignored it (or read it at the wrong index) fails. Each path runs
+in fp32, fp16 or both (lavapipe compiles every pipeline variant for a second or so: CI time)."""
 
 from __future__ import annotations
 
@@ -17,39 +18,50 @@ from convroute.measure.reference import norm_relative_error, torch_reference
 from convroute.params import make_params
 
 TOL16 = 1e-2
-DTYPES = ("float32", pytest.param("float16", marks=pytest.mark.skipif(
-    F16_FEATURE not in get_gpu().profile.features, reason=f"the adapter lacks {F16_FEATURE}")))
+NO_F16 = pytest.mark.skipif(F16_FEATURE not in get_gpu().profile.features, reason=f"the adapter lacks {F16_FEATURE}")
+F32, F16, BOTH = ("float32",), ("float16",), ("float32", "float16")
 
-# (algorithm, GEMM style, params, activation): odd channel counts, partial tiles; "quads" where the pixels per
+
+def cases(table: dict) -> list:
+    """(case, dtype) parameters from a table whose rows end with their dtypes."""
+    return [pytest.param(name, dtype, id=f"{name}-{dtype}", marks=[NO_F16] if dtype == "float16" else [])
+            for name, row in table.items() for dtype in row[-1]]
+
+
+# (algorithm, GEMM style, params, activation, dtypes): odd channel counts, partial tiles; "quads" where the pixels per
 # image are a multiple of 4 (the GEMM stores four columns at once), "cols" where they are not.
 CASES = {
-    "pointwise-quads": ("pointwise", "workgroup", make_params((2, 13, 6, 6), (21, 13, 1, 1)), "relu"),
-    "pointwise-strided-cols": ("pointwise", "workgroup", make_params((1, 12, 9, 7), (10, 12, 1, 1), 2), None),
-    "implicit-cols": ("implicit_gemm", "workgroup", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu"),
-    "im2col-quads": ("im2col", "workgroup", make_params((1, 6, 8, 6), (9, 6, 3, 3), 1, 1), "relu6"),
-    "pointwise-registers-vec4": ("pointwise", "registers", make_params((2, 13, 6, 6), (21, 13, 1, 1)), "relu"),
+    "pointwise-quads": ("pointwise", "workgroup", make_params((2, 13, 6, 6), (21, 13, 1, 1)), "relu", BOTH),
+    "pointwise-strided-cols": ("pointwise", "workgroup", make_params((1, 12, 9, 7), (10, 12, 1, 1), 2), None,
+                               F32),
+    "implicit-cols": ("implicit_gemm", "workgroup", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", F16),
+    "im2col-quads": ("im2col", "workgroup", make_params((1, 6, 8, 6), (9, 6, 3, 3), 1, 1), "relu6", F32),
+    "pointwise-registers-vec4": ("pointwise", "registers", make_params((2, 13, 6, 6), (21, 13, 1, 1)), "relu",
+                                 F32),
     "pointwise-registers-strided": ("pointwise", "registers", make_params((1, 12, 9, 7), (10, 12, 1, 1), 2),
-                                    None),
-    "implicit-registers": ("implicit_gemm", "registers", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu"),
-    "im2col-registers": ("im2col", "registers", make_params((1, 6, 8, 6), (9, 6, 3, 3), 1, 1), "hardswish"),
+                                    None, F16),
+    "implicit-registers": ("implicit_gemm", "registers", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu",
+                           F32),
+    "im2col-registers": ("im2col", "registers", make_params((1, 6, 8, 6), (9, 6, 3, 3), 1, 1), "hardswish", F16),
 }
 # direct: register tiles (CPU adapters; the generic kernel for small layers, or one specialised per geometry)
 # and workgroup tiles (GPUs), with the input channels split across workgroups where the device is large.
 DIRECT = {
-    "registers-generic": ("registers", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", None),
-    "registers-special-strided": ("registers", make_params((1, 6, 11, 9), (10, 6, 3, 3), 2, 1), None, 0),
-    "workgroup": ("workgroup", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", None),
-    "workgroup-split": ("workgroup", make_params((1, 64, 6, 6), (8, 64, 3, 3), 1, 1), "relu", 1024),
+    "registers-generic": ("registers", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", None, F32),
+    "registers-special-strided": ("registers", make_params((1, 6, 11, 9), (10, 6, 3, 3), 2, 1), None, 0, F16),
+    "workgroup": ("workgroup", make_params((2, 5, 9, 7), (12, 5, 3, 3), 1, 1), "relu", None, F32),
+    "workgroup-split": ("workgroup", make_params((1, 64, 6, 6), (8, 64, 3, 3), 1, 1), "relu", 1024, F16),
 }
 # Winograd: partial output tiles (Ho, Wo not multiples of m); both GEMM styles share the output transform.
 WINOGRAD = {
-    "winograd2-workgroup": ("winograd2", "workgroup", make_params((2, 6, 7, 9), (10, 6, 3, 3), 1, 1), "relu"),
-    "winograd4-registers": ("winograd4", "registers", make_params((1, 6, 10, 7), (9, 6, 3, 3), 1, 1), None),
+    "winograd2-workgroup": ("winograd2", "workgroup", make_params((2, 6, 7, 9), (10, 6, 3, 3), 1, 1), "relu",
+                            F32),
+    "winograd4-registers": ("winograd4", "registers", make_params((1, 6, 10, 7), (9, 6, 3, 3), 1, 1), None, F16),
 }
 # K split across workgroups (busy device patched large): the reduce dispatch adds the residual.
 SPLIT_K = {
-    "im2col-split-cols": ("im2col", make_params((1, 64, 7, 7), (40, 64, 3, 3), 1, 1), "relu"),
-    "pointwise-split-quads": ("pointwise", make_params((2, 300, 4, 4), (70, 300, 1, 1)), None),
+    "im2col-split-cols": ("im2col", make_params((1, 64, 7, 7), (40, 64, 3, 3), 1, 1), "relu", F32),
+    "pointwise-split-quads": ("pointwise", make_params((2, 300, 4, 4), (70, 300, 1, 1)), None, BOTH),
 }
 
 
@@ -82,30 +94,27 @@ def check(out, ref, what, dtype):
         assert err <= TOL16, f"{what}: relative error {err:.3g} > {TOL16}"
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case, dtype", cases(CASES))
 def test_residual_store_matches_torch(monkeypatch, case, dtype):
-    name, style, p, activation = CASES[case]
+    name, style, p, activation, _ = CASES[case]
     use_style(monkeypatch, style)
     out, ref, _ = run_residual(name, p, activation, dtype)
     check(out, ref, f"{case} {dtype}", dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", SPLIT_K)
+@pytest.mark.parametrize("case, dtype", cases(SPLIT_K))
 def test_residual_after_split_k(monkeypatch, case, dtype):
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
     use_style(monkeypatch, "workgroup")
-    name, p, activation = SPLIT_K[case]
+    name, p, activation, _ = SPLIT_K[case]
     out, ref, dispatches = run_residual(name, p, activation, dtype, seed=1)
     assert len(dispatches) >= 2 and dispatches[-1].pipeline is not dispatches[-2].pipeline, "K was not split"
     check(out, ref, f"{case} {dtype}", dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", DIRECT)
+@pytest.mark.parametrize("case, dtype", cases(DIRECT))
 def test_direct_residual_matches_torch(monkeypatch, case, dtype):
-    style, p, activation, knob = DIRECT[case]
+    style, p, activation, knob, _ = DIRECT[case]
     use_style(monkeypatch, style)
     # small register tiles only: lavapipe compiles the big ones for seconds at their first dispatch
     monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 8, 2), direct_cpu.RegisterTile(4, 4)))
@@ -118,10 +127,9 @@ def test_direct_residual_matches_torch(monkeypatch, case, dtype):
     check(out, ref, f"direct {case} {dtype}", dtype)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("case", WINOGRAD)
+@pytest.mark.parametrize("case, dtype", cases(WINOGRAD))
 def test_winograd_residual_matches_torch(monkeypatch, case, dtype):
-    name, style, p, activation = WINOGRAD[case]
+    name, style, p, activation, _ = WINOGRAD[case]
     use_style(monkeypatch, style)
     out, ref, _ = run_residual(name, p, activation, dtype, seed=5)
     check(out, ref, f"{case} {dtype}", dtype)
