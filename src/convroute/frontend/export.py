@@ -244,6 +244,43 @@ def fuse_activations(g: Graph) -> None:
     g.nodes = [n for n in g.nodes if n.name not in drop]
 
 
+def fuse_residual_adds(g: Graph, takes_residual) -> None:
+    """conv -> add(conv, r) [-> activation fused into the add]  ==>  conv adding r before that activation in its
+    store, where `takes_residual(conv)` says the conv's kernel can (the routed algorithm's store adds it).
+
+    Only for a conv with no activation of its own whose result the add alone reads, and an r of the result's
+    exact shape and dtype (no broadcast). The conv moves to the add's place in the order, so r (e.g. a
+    downsample computed after the main path) exists when it runs; its inputs came earlier still."""
+    producers = {n.name: n for n in g.nodes}
+    users = g.users()
+    metas = dict(zip(g.inputs, g.input_meta, strict=True)) | {n.name: n.meta for n in g.nodes}
+    moved: dict[str, Node] = {}  # add name -> the conv that takes its place
+    for add in g.nodes:
+        if add.op != "add.Tensor" or add.kwargs.get("alpha", 1) != 1 or len(add.args) != 2:
+            continue
+        for main, other in (add.args, add.args[::-1]):
+            conv = producers.get(main.name) if isinstance(main, Ref) else None
+            if conv is None or not _residual_fits(g, conv, other, add, metas) or not _single_use(g, users, conv) \
+                    or not takes_residual(conv):
+                continue
+            conv.residual, conv.act = other, add.act
+            conv.notes += ["residual add fused", *add.notes]
+            g.replace_uses(add.name, Ref(conv.name))
+            moved[add.name] = conv
+            break
+    placed = {c.name for c in moved.values()}
+    g.nodes = [moved.get(n.name, n) for n in g.nodes if n.name not in placed]
+
+
+def _residual_fits(g: Graph, conv: Node, other, add: Node, metas: dict) -> bool:
+    if conv.op != "convolution" or conv.act is not None or conv.residual is not None:
+        return False
+    if not isinstance(other, Ref) or other.name == conv.name or other.name in g.constants:
+        return False
+    shapes = [m for m in (conv.meta, metas.get(other.name), add.meta) if isinstance(m, torch.Tensor)]
+    return len(shapes) == 3 and len({(tuple(m.shape), m.dtype) for m in shapes}) == 1
+
+
 def activation_of(node: Node):
     """The Epilogue (or 'hardsigmoid') an activation node applies, None if it is not one."""
     op = node.op

@@ -1,9 +1,9 @@
 """CPU partitions: nodes the GPU cannot run execute through torch, between GPU submits.
 
-Their GPU-resident inputs are downloaded, the torch op runs (with any fused activation applied after
-it), and results that later GPU nodes read are uploaded into their planned buffers. With float16 storage the
-boundaries convert: GPU f16 -> the value's own dtype (float32, or float16 in a half model) for torch, and
-back to f16 on upload.
+Their GPU-resident inputs are downloaded, the torch op runs (then adds any fused residual and applies any
+fused activation), and results that later GPU nodes read are uploaded into their planned buffers. With
+float16 storage the boundaries convert: GPU f16 -> the value's own dtype (float32, or float16 in a half
+model) for torch, and back to f16 on upload.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def run_on_cpu(node: Node, env: dict, constants: dict):
         return env[r.name] if r.name in env else constants[r.name]
     with torch.no_grad():
         out = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+        out = out + value(node.residual) if node.residual is not None else out
         out = apply_act(out, node.act) if node.act is not None else out
         # a later view must not meet a strided result (a view after a transpose would fail)
         return out.contiguous() if isinstance(out, torch.Tensor) else out

@@ -2,7 +2,8 @@
 
 Built from a `torch.export.ExportedProgram`. Every node keeps a torch callable and its arguments, so
 any node can always run on the CPU through torch (and its shapes can be inferred on meta tensors);
-the GPU lowering reads the same arguments. Fusion passes attach an activation (`act`) to a node.
+the GPU lowering reads the same arguments. Fusion passes attach an activation (`act`) to a node, and to a
+conv a `residual` value added before that activation.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ class Node:
     notes: list[str] = field(default_factory=list)
     module: str = ""  # the nn.Module path the call came from, for tables
     meta: object = None  # the result's shape/dtype as meta tensors (or a plain value), from the export
+    residual: Ref | None = None  # a value of the result's shape added to it before `act` (a fused residual add)
 
     @property
     def op(self) -> str:
         return op_name(self.target)
 
     def refs(self) -> list[Ref]:
-        return list(iter_refs((self.args, self.kwargs)))
+        return list(iter_refs((self.args, self.kwargs, self.residual)))
 
     def arg(self, index: int, name: str, default=None):
         """An argument given by position or by name."""
@@ -72,6 +74,7 @@ class Graph:
         for node in self.nodes:
             node.args = map_refs(node.args, swap)
             node.kwargs = map_refs(node.kwargs, swap)
+            node.residual = map_refs(node.residual, swap)
         self.outputs = map_refs(self.outputs, swap)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -62,6 +62,7 @@ class Context:
     constants: dict
     metas: dict  # value name -> meta tensor
     precision: Precision = FP32  # how GPU values are stored
+    decisions: dict = field(default_factory=dict)  # conv node name -> its routing Decision (routed once)
 
     def is_dynamic(self, arg) -> bool:
         return isinstance(arg, Ref) and arg.name not in self.constants
@@ -95,21 +96,48 @@ def out_meta(node: Node):
     return node.meta
 
 
-def lower_conv(ctx: Context, node: Node) -> GpuOp:
-    x, w, b = node.args[0], node.args[1], node.args[2]
+def conv_params(ctx: Context, node: Node) -> ConvParams:
+    x, w = node.args[0], node.args[1]
     stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
     xm = ctx.tensor(x)
     weight = ctx.const(w, "weight")
     if weight.ndim != 4 or xm.ndim != 4:
         raise Unsupported(f"only 2-D convolutions over 4-D NCHW inputs run on the GPU (input {tuple(xm.shape)})")
-    bias = ctx.const(b, "bias")
-    p = make_params(tuple(xm.shape), tuple(weight.shape), list(stride), list(padding), list(dilation), groups,
-                    transposed=transposed, output_padding=list(output_padding))
-    decision = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
+    return make_params(tuple(xm.shape), tuple(weight.shape), list(stride), list(padding), list(dilation), groups,
+                       transposed=transposed, output_padding=list(output_padding))
+
+
+def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
+    if node.name not in ctx.decisions:
+        ctx.decisions[node.name] = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
+    return ctx.decisions[node.name]
+
+
+def takes_residual(ctx: Context, node: Node) -> bool:
+    """Whether the conv `node` would run with an algorithm whose store can add a residual (export's
+    fuse_residual_adds asks before fusing)."""
+    try:
+        return ALGORITHMS[route_conv(ctx, node, conv_params(ctx, node)).algorithm].fuses_residual
+    except (Unsupported, ValueError):
+        return False
+
+
+def lower_conv(ctx: Context, node: Node) -> GpuOp:
+    p = conv_params(ctx, node)
+    weight, bias = ctx.const(node.args[1], "weight"), ctx.const(node.args[2], "bias")
+    decision = route_conv(ctx, node, p)
+    inputs = [node.args[0].name]
+    if node.residual is not None:
+        if tuple(ctx.tensor(node.residual, "residual").shape) != p.output_shape:
+            raise Unsupported(f"its residual is not of the output's shape {p.output_shape}")
+        inputs.append(node.residual.name)
     kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), None if bias is None else bias.numpy(),
                                             node.act or Epilogue(), dtype=ctx.precision.dtype,
-                                            accumulate=ctx.precision.accumulate)
-    return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out, p.n), p.flops, p, decision)
+                                            accumulate=ctx.precision.accumulate, residual=node.residual is not None)
+
+    def bind(ins, out):
+        return kernel.bind(ins[0], out, p.n, *ins[1:])
+    return GpuOp(node, inputs, bind, p.flops, p, decision)
 
 
 def lower_activation(ctx: Context, node: Node) -> GpuOp:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 
 from convroute.device.gpu import Dispatch
-from convroute.frontend.export import node_error
+from convroute.frontend.export import fuse_residual_adds, node_error
 from convroute.frontend.graph import Graph, Node, iter_refs
-from convroute.frontend.lower import GPU_DTYPES, Context, GpuOp, Unsupported, is_alias, lower
+from convroute.frontend.lower import GPU_DTYPES, Context, GpuOp, Unsupported, is_alias, lower, takes_residual
 
 NEVER = float("inf")
 
@@ -80,10 +80,15 @@ class Plan:
         return all(t.ndim >= 1 and t.shape[0] == batch for t in tensors)
 
 
-def build_plan(graph: Graph, ctx_args: dict) -> Plan:
+def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True) -> Plan:
+    """`fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
+    them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
+    and in a buffer of its own, until the conv has run."""
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    if fuse_residual:
+        fuse_residual_adds(graph, lambda conv: takes_residual(ctx, conv))
     steps, aliases, root = [], [], {}
     on_gpu: set[str] = set()  # values that need a GPU copy
     gpu_made = {n for n, m in zip(graph.inputs, graph.input_meta, strict=True) if _on_gpu(m)}

@@ -8,6 +8,7 @@ converted on upload and outputs back to the model's own dtype on the host.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import threading
@@ -33,7 +34,7 @@ from convroute.router import POLICIES, default_policy
 
 
 def compile(model, example_inputs, *, policy: str | None = None, device=None, dtype="float32",  # noqa: A001
-            accumulate=None) -> Program:
+            accumulate=None, fuse_residual: bool | None = None) -> Program:
     """Export `model` (put in eval mode) with `example_inputs` and prepare it for the GPU.
 
     `policy` picks each conv's algorithm (None: $CONVROUTE_POLICY, else "seed"); `device` routes as if for
@@ -46,13 +47,21 @@ def compile(model, example_inputs, *, policy: str | None = None, device=None, dt
     with float16 storage, casts between float32 and float16 inside the model cost nothing.
     `accumulate="float16"` (with dtype="float16") runs the convs' and linear layers' multiply-adds in f16,
     each block of products summed in f16 and added to f32 totals (see kernels.common.Precision).
+    `fuse_residual=False` keeps every residual add (a conv's result plus a tensor of its shape, as ResNet and
+    MobileNetV2 blocks end) a dispatch of its own instead of part of the conv's store (None: on unless
+    $CONVROUTE_FUSE_RESIDUAL is 0).
     """
-    return Program(model, example_inputs, policy=policy, device=device, dtype=dtype, accumulate=accumulate)
+    return Program(model, example_inputs, policy=policy, device=device, dtype=dtype, accumulate=accumulate,
+                   fuse_residual=fuse_residual)
+
+
+def env_fuse_residual() -> bool:
+    return os.environ.get("CONVROUTE_FUSE_RESIDUAL", "1") not in ("0", "false", "False")
 
 
 class Program:
     def __init__(self, model, example_inputs, *, policy: str | None = None, device=None, dtype="float32",
-                 accumulate=None):
+                 accumulate=None, fuse_residual: bool | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         policy = policy or default_policy()
@@ -61,6 +70,7 @@ class Program:
         self.precision = Precision.parse(dtype, accumulate)
         self.dtype = self.precision.dtype  # "float32" or "float16": the element type of GPU values
         self.model, self.policy = model, policy
+        self.fuse_residual = env_fuse_residual() if fuse_residual is None else fuse_residual
         self.gpu = get_gpu()
         self.precision.require(self.gpu.profile)
         self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
@@ -99,7 +109,8 @@ class Program:
             graph = export_model(self.model, tuple(inputs))
             try:
                 self._plans[key] = build_plan(graph, dict(gpu=self.gpu, profile=self.device_profile,
-                                                          policy=self.policy, precision=self.precision))
+                                                          policy=self.policy, precision=self.precision),
+                                              self.fuse_residual)
             except ValueTooLarge as exc:
                 self._plans[key] = self._batch_chunk(inputs, exc)
         found = self._plans[key]

@@ -4,6 +4,9 @@
 for one pair of input/output buffers; running them is the only per-call work. `dtype` is the element type
 of the input/output buffers and the prepacked weights ("float32", or "float16" on shader-f16 adapters);
 `accumulate` the type of the running sums ("float32" by default, "float16" only with dtype "float16").
+With `residual=True` (algorithms whose `fuses_residual` is set) the store adds a tensor of the output's shape
+before the activation, y = act(conv + bias + residual), read from a buffer passed to `bind(..., residual=)`;
+without it the WGSL is what it would be otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class ConvKernel:
     name = ""
     runs_transposed = False  # conv_transpose2d only, else conv2d only
     dense = ""  # why groups must be 1, for algorithms that need it ("is one dense GEMM")
+    fuses_residual = False  # the store can add a residual tensor (see the module's text)
 
     @classmethod
     def unsupported(cls, p: ConvParams) -> str | None:
@@ -46,7 +50,7 @@ class ConvKernel:
         return None
 
     def __init__(self, gpu: Gpu, p: ConvParams, weight: np.ndarray, bias: np.ndarray | None,
-                 epilogue: Epilogue, dtype="float32", accumulate=None):
+                 epilogue: Epilogue, dtype="float32", accumulate=None, residual: bool = False):
         why = self.unsupported(p)
         if why:
             raise ValueError(f"algorithm {self.name!r} cannot run {p.describe()}: {why}")
@@ -60,8 +64,10 @@ class ConvKernel:
             raise ValueError(f"algorithm {self.name!r} cannot run {p.describe()} on {gpu.profile.name}: one invocation "
                              f"would loop {self.loop_trips(p)} times and lavapipe silently stops loops after "
                              f"{CPU_LOOP_LIMIT}; use a GEMM algorithm (im2col, implicit_gemm)")
+        if residual and not self.fuses_residual:
+            raise ValueError(f"algorithm {self.name!r} cannot add a residual in its store")
         self.dtype = self.precision.dtype
-        self.gpu, self.p, self.epilogue = gpu, p, epilogue
+        self.gpu, self.p, self.epilogue, self.residual = gpu, p, epilogue, residual
         self.scratch = Scratch(gpu)
         bias = np.zeros(p.c_out, np.float32) if bias is None else np.asarray(bias, np.float32)
         self.prepare(np.asarray(weight, np.float32), bias)
@@ -89,8 +95,16 @@ class ConvKernel:
     def prepare(self, weight: np.ndarray, bias: np.ndarray) -> None:
         raise NotImplementedError
 
-    def bind(self, x, y, n: int) -> list[Dispatch]:
+    def bind(self, x, y, n: int, residual=None) -> list[Dispatch]:
         raise NotImplementedError
+
+    def residual_buffers(self, residual) -> list:
+        """[residual] for a kernel built with residual=True, [] otherwise; ValueError when bind's argument
+        does not match how the kernel was built."""
+        if (residual is not None) != self.residual:
+            raise ValueError(f"{self.name} was built with residual={self.residual} but bind got "
+                             f"{'a' if residual is not None else 'no'} residual buffer")
+        return [] if residual is None else [residual]
 
 
 def storage_params(gpu: Gpu, names: list[str], values: dict, what: str):

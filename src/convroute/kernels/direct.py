@@ -117,15 +117,17 @@ def choose_plan(profile, p, n: int) -> Plan:
     return best
 
 
-def generate(p, plan: Plan, header: str, act: str, partial: bool) -> str:
-    """The workgroup kernel; with `partial` it writes raw f32 sums to [splits, n, C_out, Ho, Wo]."""
+def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool = False) -> str:
+    """The workgroup kernel; with `partial` it writes raw f32 sums to [splits, n, C_out, Ho, Wo]; with `residual`
+    (and not partial) the store adds `res`, laid out as the output."""
     tile, ck = plan.tile, plan.chunk
     (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
     pr, pc = patch_size(p, tile)
     ro, rp = tile.ro, tile.rp
     tpx = tile.br * tile.bc // rp  # invocations along the pixels
     span = (rp - 1) * sw + (p.kw - 1) * dw + 1
-    buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!")
+    buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!",
+                                                                        *(["res"] if residual else []))
     helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=p.kh * p.kw))
     out = [storage_frame(header, PARAMS, buffers, helpers + f"var<workgroup> tileX: array<f32, {ck * pr * pc}>;",
                          tile.threads),
@@ -181,10 +183,12 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool) -> str:
         emit(f"  if (ow0 + {j}u < p.wo) {{")
         for o in range(ro):  # components by name: a vec4 indexed by a loop variable can land in local memory
             for e, comp in enumerate("xyzw"):
+                index = f"obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + ow0 + {j}u"
                 value = f"s{j}_{o}.{comp}"
-                value = value if partial else f"ST(act({value} + bias[g * p.cout_g + oc0 + {4 * o + e}u]))"
-                emit(f"    if (oc0 + {4 * o + e}u < p.cout_g) {{ "
-                     f"y[obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + ow0 + {j}u] = {value}; }}")
+                if not partial:
+                    value = f"{value} + bias[g * p.cout_g + oc0 + {4 * o + e}u]"
+                    value = f"ST(act({value} + f32(res[{index}])))" if residual else f"ST(act({value}))"
+                emit(f"    if (oc0 + {4 * o + e}u < p.cout_g) {{ y[{index}] = {value}; }}")
         emit("  }")
     emit("}")
     return "\n".join(out)
@@ -194,6 +198,7 @@ REDUCE = """
   var v = bias[(t / P.plane) % P.c_out];
   for (var s = 0u; s < P.splits; s++) { v += part[s * P.count + t]; }
   y[t] = ST(act(v));"""
+REDUCE_RESIDUAL = REDUCE.replace("act(v)", "act(v + f32(res[t]))")
 
 
 def pack_weights(weight: np.ndarray, groups: int, blocks_per_group: int, cin_pad: int) -> np.ndarray:
@@ -208,6 +213,7 @@ def pack_weights(weight: np.ndarray, groups: int, blocks_per_group: int, cin_pad
 
 class Direct(ConvKernel):
     name = "direct"
+    fuses_residual = True
 
     @classmethod
     def loop_trips(cls, p):
@@ -224,12 +230,12 @@ class Direct(ConvKernel):
         if self.cpu:
             self.tile = direct_cpu.choose_tile(p)
             self.special = direct_cpu.specialised(p)
-            self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.special)
+            self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.special, self.residual)
             self.gpu.pipeline(self.source)
         else:
             self._plans: dict[int, Plan] = {}
             plan = self.plan(p.n)
-            self.gpu.pipeline(generate(p, plan, self.header, self.act, plan.splits > 1))
+            self.gpu.pipeline(generate(p, plan, self.header, self.act, plan.splits > 1, self.residual))
 
     def plan(self, n: int) -> Plan:
         """The workgroup plan at batch n, fixed for the kernel's life once chosen."""
@@ -252,9 +258,10 @@ class Direct(ConvKernel):
         return self.param_buffer(names, self.shape_values(n=n, groups=self.p.groups, bpg=bpg, cin_pad=cin_pad,
                                                           **grid))
 
-    def bind(self, x, y, n):
+    def bind(self, x, y, n, residual=None):
+        res = self.residual_buffers(residual)
         if self.cpu:
-            return self._bind_cpu(x, y, n)
+            return self._bind_cpu(x, y, n, res)
         p = self.p
         plan = self.plan(n)
         tile = plan.tile
@@ -271,22 +278,23 @@ class Direct(ConvKernel):
         params = self.params(PARAMS, n, tiles_m * tile.bo // 4, cin_pad, tiles_m=tiles_m, tiles_r=tiles_r,
                              tiles_c=tiles_c, splits=plan.splits, chunks=chunks, total=total)
         partial = plan.splits > 1
-        source = generate(p, plan, self.header, self.act, partial)
+        source = generate(p, plan, self.header, self.act, partial, self.residual)
         if not partial:
-            return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y], total * tile.threads,
+            return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y, *res], total * tile.threads,
                                       tile.threads)]
         count = n * p.c_out * p.ho * p.wo
         part = self.scratch.get(4 * plan.splits * count, "direct partial sums")
-        reduce = flat_shader(REDUCE_PARAMS, storage("part:f32", "bias:f32", "y!"), REDUCE, self.act, self.precision)
+        reduce = flat_shader(REDUCE_PARAMS, storage("part:f32", "bias:f32", "y!", *(["res"] if res else [])),
+                             REDUCE_RESIDUAL if res else REDUCE, self.act, self.precision)
         rvalues = dict(c_out=p.c_out, plane=p.ho * p.wo, count=count, splits=plan.splits, total=count)
         return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads, tile.threads),
-                launch(self.gpu, reduce, REDUCE_PARAMS, rvalues, [part, self.bias_buf, y])]
+                launch(self.gpu, reduce, REDUCE_PARAMS, rvalues, [part, self.bias_buf, y, *res])]
 
-    def _bind_cpu(self, x, y, n):
+    def _bind_cpu(self, x, y, n, res):
         p, tile = self.p, self.tile
         grid = direct_cpu.grid(p, tile, n)
         bpg = grid["tiles_m"] * tile.tm // 4
         w_buf, cin_pad = self.weights(bpg, 1)
         params = self.params(direct_cpu.PARAMS, n, bpg, cin_pad, **grid)
-        return [self.gpu.dispatch(self.source, [params, x, w_buf, self.bias_buf, y], grid["total"],
+        return [self.gpu.dispatch(self.source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],
                                   direct_cpu.WG)]

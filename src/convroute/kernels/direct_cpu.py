@@ -95,8 +95,9 @@ def specialised(p) -> bool:
     return p.flops // p.n >= SPECIALISE_FLOPS or generic_trips(p) > CPU_LOOP_LIMIT
 
 
-def generate(p, tile: RegisterTile, header: str, act: str, special: bool = True) -> str:
-    """The kernel for `p` (special) or for any geometry (the parameters' kh ... dw steer it)."""
+def generate(p, tile: RegisterTile, header: str, act: str, special: bool = True, residual: bool = False) -> str:
+    """The kernel for `p` (special) or for any geometry (the parameters' kh ... dw steer it); with `residual`
+    the store adds `res`, laid out as the output."""
     rg, tn, tr = tile.tm // 4, tile.tn, tile.tr
     geometry = dict(KH=p.kh, KW=p.kw, SH=p.stride[0], SW=p.stride[1], DH=p.dilation[0], DW=p.dilation[1])
     pads = dict(PH=p.padding[0], PW=p.padding[1])
@@ -104,7 +105,8 @@ def generate(p, tile: RegisterTile, header: str, act: str, special: bool = True)
     lets += [f"  let {k} = i32(p.{k.lower()});" for k in pads]
     if special:
         helpers, lets = act + constants(geometry, pads), []
-    out = [storage_frame(header, PARAMS, storage("x", "wt:ST4", "bias:f32", "y!"), helpers, WG),
+    buffers = storage("x", "wt:ST4", "bias:f32", "y!", *(["res"] if residual else []))
+    out = [storage_frame(header, PARAMS, buffers, helpers, WG),
            f"""  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
   if (t >= p.total) {{ return; }}""",
            split_index("t", [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")],
@@ -129,9 +131,12 @@ def generate(p, tile: RegisterTile, header: str, act: str, special: bool = True)
     for i in range(tr):
         emit(f"  if (oh0 + {i}u < p.ho) {{")
         for j in range(tn):
-            stores = [f"    if (oc0 + {4 * k + e}u < p.cout_g) {{ y[((obase + oc0 + {4 * k + e}u) * p.ho + oh0 + {i}u)"
-                      f" * p.wo + ow0 + {j}u] = ST(act(s{i}_{j}_{k}.{comp} + b{k}.{comp})); }}"
-                      for k in range(rg) for e, comp in enumerate("xyzw")]
+            stores = []
+            for k in range(rg):
+                for e, comp in enumerate("xyzw"):
+                    index = f"((obase + oc0 + {4 * k + e}u) * p.ho + oh0 + {i}u) * p.wo + ow0 + {j}u"
+                    value = f"s{i}_{j}_{k}.{comp} + b{k}.{comp}" + (f" + f32(res[{index}])" if residual else "")
+                    stores.append(f"    if (oc0 + {4 * k + e}u < p.cout_g) {{ y[{index}] = ST(act({value})); }}")
             out += [f"  if (ow0 + {j}u < p.wo) {{", *stores, "  }"]
         emit("  }")
     emit("}")

@@ -34,32 +34,44 @@ MIN_KT_PER_SPLIT = 4
 SMALL_MACS, LARGE_MACS = 1 << 24, 1 << 27  # sized_plan's bounds on M x K x columns
 SPREAD = 1.5  # sized_plan splits K until a launch has this many times the device's busy workgroups
 
-STORE_OUTPUT = "let gj = P.col0 + j; y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v + bias[m]));"
+OUT_INDEX = "(gj / P.p) * P.m * P.p + gj % P.p + m * P.p"  # column gj's pixel of output channel m, NCHW
+STORE_OUTPUT = f"let gj = P.col0 + j; y[{OUT_INDEX}] = ST(act(v + bias[m]));"
 STORE_PARTIAL = "y[(split * P.m + m) * P.cols + j] = v + select(0.0, bias[m], split == 0u);"  # bias once
 # The same with four neighbouring columns at once (gemm_tiles `quads`): pixels, col0 and cols multiples of 4.
 STORE_OUTPUT4 = ("let gj = P.col0 + j; let o = v + bias[m]; "
-                 "y[((gj / P.p) * P.m * P.p + gj % P.p + m * P.p) / 4u] = "
+                 f"y[({OUT_INDEX}) / 4u] = "
                  "st4(vec4<f32>(act(o.x), act(o.y), act(o.z), act(o.w)));")
 STORE_PARTIAL4 = "y[((split * P.m + m) * P.cols + j) / 4u] = v + select(0.0, bias[m], split == 0u);"
+# With a residual (`res`, laid out as y): y = act(sum + bias + res) at the same index.
+STORE_RESIDUAL = (f"let gj = P.col0 + j; let ro = {OUT_INDEX}; "
+                  "y[ro] = ST(act(v + bias[m] + f32(res[ro])));")
+STORE_RESIDUAL4 = (f"let gj = P.col0 + j; let ro = ({OUT_INDEX}) / 4u; let rv = v + bias[m] + ld4(res[ro]); "
+                   "y[ro] = st4(vec4<f32>(act(rv.x), act(rv.y), act(rv.z), act(rv.w)));")
 
 REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
-REDUCE = """
+REDUCE_SUM = """
   let m = t / P.cols;
   let j = t % P.cols;
   var v = 0.0;
   for (var s = 0u; s < P.splits; s++) { v += part[(s * P.m + m) * P.cols + j]; }
-  let gj = P.col0 + j;
-  y[(gj / P.p) * P.m * P.p + gj % P.p + m * P.p] = ST(act(v));"""
+  let gj = P.col0 + j;"""
+REDUCE = REDUCE_SUM + f"\n  y[{OUT_INDEX}] = ST(act(v));"
+REDUCE_RESIDUAL = REDUCE_SUM + f"\n  let ro = {OUT_INDEX};\n  y[ro] = ST(act(v + f32(res[ro])));"
 # REDUCE over quads of columns: `total` counts quads, cols is a multiple of 4.
-REDUCE4 = """
+REDUCE4_SUM = """
   let c4 = P.cols / 4u;
   let m = t / c4;
   let j4 = t % c4;
   var v = vec4<f32>(0.0);
   for (var s = 0u; s < P.splits; s++) { v += part[(s * P.m + m) * c4 + j4]; }
-  let gj = P.col0 + j4 * 4u;
-  y[((gj / P.p) * P.m * P.p + gj % P.p + m * P.p) / 4u] = st4(vec4<f32>(act(v.x), act(v.y), act(v.z), act(v.w)));"""
+  let gj = P.col0 + j4 * 4u;"""
+REDUCE4 = REDUCE4_SUM + f"\n  y[({OUT_INDEX}) / 4u] = st4(vec4<f32>(act(v.x), act(v.y), act(v.z), act(v.w)));"
+REDUCE4_RESIDUAL = REDUCE4_SUM + f"""
+  let ro = ({OUT_INDEX}) / 4u;
+  let rv = v + ld4(res[ro]);
+  y[ro] = st4(vec4<f32>(act(rv.x), act(rv.y), act(rv.z), act(rv.w)));"""
 REDUCE_BUFFERS = (storage("part:f32", "y!"), storage("part:vec4<f32>", "y!:vec4<ST>"))
+REDUCE_RESIDUAL_BUFFERS = (storage("part:f32", "y!", "res"), storage("part:vec4<f32>", "y!:vec4<ST>", "res:ST4"))
 
 
 def padded_k(k: int) -> int:
@@ -135,10 +147,13 @@ class Gemm:
     """Prepacked weights + B template; `dispatches` builds the launches for one output and B binding set."""
 
     def __init__(self, gpu: Gpu, weight_oc_first: np.ndarray, bias: np.ndarray, epilogue: Epilogue | str,
-                 b_decl: str, b_setup: str, b_load: str, extra_params: list[str], precision: Precision = FP32):
+                 b_decl: str, b_setup: str, b_load: str, extra_params: list[str], precision: Precision = FP32,
+                 residual: bool = False, b_bindings: int = 1):
         """`epilogue`: an Epilogue, or the WGSL of `fn act` for activations Epilogue lacks (linear's gelu).
-        The B template sees the aliases ST and AT (see gemm_tiles)."""
-        self.gpu, self.precision = gpu, precision
+        The B template sees the aliases ST and AT (see gemm_tiles) and takes `b_bindings` bindings from 4 on.
+        `residual`: the output store adds a tensor laid out as the output (bound after the B buffers)."""
+        self.gpu, self.precision, self.residual = gpu, precision, residual
+        self.res_binding = 4 + b_bindings
         self.scratch = Scratch(gpu)
         act = epilogue if isinstance(epilogue, str) else epilogue.wgsl()
         a, self.k, self.k_pad = pack_weights(weight_oc_first)
@@ -150,14 +165,20 @@ class Gemm:
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
                              act=act, precision=precision)
         self.reduce_wg = min(64, gpu.profile.max_invocations)
+        reduces = zip((REDUCE_RESIDUAL, REDUCE4_RESIDUAL), REDUCE_RESIDUAL_BUFFERS, strict=True) if residual else \
+            zip((REDUCE, REDUCE4), REDUCE_BUFFERS, strict=True)
         self.reduce_sources = [flat_shader(REDUCE_PARAMS, buffers, body, act, precision, self.reduce_wg)
-                               for body, buffers in zip((REDUCE, REDUCE4), REDUCE_BUFFERS, strict=True)]
+                               for body, buffers in reduces]
 
     def source(self, tile: Tile, splits: int, quads: bool = False) -> str:
         if splits > 1:
             return generate(tile, store=STORE_PARTIAL4 if quads else STORE_PARTIAL, out_type="f32", quads=quads,
                             **self.template)
-        return generate(tile, store=STORE_OUTPUT4 if quads else STORE_OUTPUT, quads=quads, **self.template)
+        if not self.residual:
+            return generate(tile, store=STORE_OUTPUT4 if quads else STORE_OUTPUT, quads=quads, **self.template)
+        template = self.template | dict(b_decl=self.template["b_decl"] + "\n" + storage(
+            "res:ST4" if quads else "res", first=self.res_binding))
+        return generate(tile, store=STORE_RESIDUAL4 if quads else STORE_RESIDUAL, quads=quads, **template)
 
     def plan(self, cols: int) -> tuple[Tile, int]:
         profile = self.gpu.profile
@@ -169,7 +190,13 @@ class Gemm:
             splits -= 1
         return tile, splits
 
-    def dispatches(self, y, b_buffers: list, cols: int, col0: int, pixels: int, extra: dict) -> list[Dispatch]:
+    def dispatches(self, y, b_buffers: list, cols: int, col0: int, pixels: int, extra: dict,
+                   residual=None) -> list[Dispatch]:
+        """`residual`: the buffer added in the store, for a Gemm built with residual=True."""
+        if (residual is not None) != self.residual:
+            raise ValueError(f"a GEMM built with residual={self.residual} got "
+                             f"{'a' if residual is not None else 'no'} residual")
+        res = [] if residual is None else [residual]
         tile, splits = self.plan(cols)
         ktiles = self.k_pad // tile.bk
         kt_split = ceil_div(ktiles, splits)
@@ -181,14 +208,14 @@ class Gemm:
         threads = tiles * splits * tile.threads
         quads = pixels % 4 == 0 and col0 % 4 == 0 and cols % 4 == 0
         if splits == 1:
-            return [self.gpu.dispatch(self.source(tile, 1, quads), [u, self.w_buf, self.b_buf, y, *b_buffers],
-                                      threads, tile.threads)]
+            return [self.gpu.dispatch(self.source(tile, 1, quads),
+                                      [u, self.w_buf, self.b_buf, y, *b_buffers, *res], threads, tile.threads)]
         part = self.scratch.get(4 * splits * self.m * cols, "split-K partial sums")
         reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits,
                       total=self.m * cols // (4 if quads else 1))
         return [self.gpu.dispatch(self.source(tile, splits, quads), [u, self.w_buf, self.b_buf, part, *b_buffers],
                                   threads, tile.threads),
-                launch(self.gpu, self.reduce_sources[quads], REDUCE_PARAMS, reduce, [part, y], self.reduce_wg)]
+                launch(self.gpu, self.reduce_sources[quads], REDUCE_PARAMS, reduce, [part, y, *res], self.reduce_wg)]
 
 
 BATCH_PARAMS = ["batches", "a_stride"]

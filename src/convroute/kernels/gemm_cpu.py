@@ -41,7 +41,7 @@ def for_conv(kernel, weight: np.ndarray, bias: np.ndarray, trips: int) -> Regist
     if not wanted(kernel.gpu, trips):
         return None
     return RegisterGemm(kernel.gpu, weight.reshape(1, kernel.p.c_out, -1), bias[None], kernel.precision,
-                        kernel.epilogue.wgsl())
+                        kernel.epilogue.wgsl(), kernel.residual)
 
 
 @dataclass(frozen=True)
@@ -135,11 +135,16 @@ fn gather(i: u32, ok: bool) -> f32 { return select(0.0, f32(x[select(0u, i, ok)]
                     ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0], dw=p.dilation[1])
 
 
-def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns) -> str:
-    """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums."""
+def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns, residual: bool = False) -> str:
+    """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums;
+    with `residual` (and `act`) act(sum + bias + res) where `res` (binding 5) is laid out as the output."""
     rg, cg = tile.tm // 4, tile.tn // 4
     buffers = storage("wa:ST4", "bias:f32", "y!:" + ("ST" if act else "f32"))
-    out = [storage_frame(precision.wgsl(), PARAMS, f"{buffers}\n{bsrc.decl}", act, WG),
+    if residual:
+        bsrc_decl = f"{bsrc.decl}\n{storage('res', first=5)}"
+    else:
+        bsrc_decl = bsrc.decl
+    out = [storage_frame(precision.wgsl(), PARAMS, f"{buffers}\n{bsrc_decl}", act, WG),
            f"""  let g = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
   if (g >= p.total) {{ return; }}""", split_index("g", [("tni", "p.tiles_n"), ("tmi", "p.tiles_m")], "batch"),
            f"  let abase = batch * p.a_stride + tmi * {rg}u;"]
@@ -157,11 +162,15 @@ def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=Vec
     emit("  let obase = batch * p.m;")
     emit("  let bias0 = batch * p.bias_stride;")
     value = "ST(act(v))" if act else "v"
+    index = "(obase + m) * p.cols + j"
+    if residual:
+        index, value = "ro", "ST(act(v + f32(res[ro])))"
     for j in range(tile.tn):
         emit(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < p.cols) {{")
         for r in range(rg):
+            at = "let ro = (obase + m) * p.cols + j; " if residual else ""
             emit(f"    for (var e = 0u; e < 4u; e++) {{ let m = m0 + {4 * r}u + e; if (m < p.m) {{ "
-                 f"let v = s{j}_{r}[e] + bias[bias0 + m]; y[(obase + m) * p.cols + j] = {value}; }} }}")
+                 f"let v = s{j}_{r}[e] + bias[bias0 + m]; {at}y[{index}] = {value}; }} }}")
         emit("  } }")
     emit("}")
     return "\n".join(out)
@@ -171,10 +180,13 @@ class RegisterGemm:
     """Prepacked A (and bias) for register-tile launches; `dispatch` builds one launch over all batches."""
 
     def __init__(self, gpu: Gpu, weights: np.ndarray, bias: np.ndarray | None, precision: Precision = FP32,
-                 act: str = ""):
+                 act: str = "", residual: bool = False):
         """weights: [batches or 1, M, K] (one matrix shared by every batch when 1); bias: like [.., M] or None;
-        act: the WGSL of `fn act` to finish the output with (stored as ST), or "" for raw f32 sums."""
-        self.gpu, self.precision, self.act = gpu, precision, act
+        act: the WGSL of `fn act` to finish the output with (stored as ST), or "" for raw f32 sums;
+        residual (with act): the store adds a tensor laid out as the output, passed to `dispatch`."""
+        if residual and not act:
+            raise ValueError("a residual needs the finished output (act), not raw sums")
+        self.gpu, self.precision, self.act, self.residual = gpu, precision, act, residual
         count, self.m, self.k = weights.shape
         m_pad = ceil_div(self.m, max(t.tm for t in TILES)) * max(t.tm for t in TILES)
         a = np.zeros((count, self.k, m_pad), np.float32)
@@ -187,8 +199,11 @@ class RegisterGemm:
         self.b_buf = gpu.upload(bias.reshape(count, self.m), "bias")
 
     def dispatch(self, out, b_buf, batches: int, cols: int, cs4: int, b_stride: int,
-                 tile: CpuTile | None = None, bsrc=VecColumns, conv: dict | None = None) -> Dispatch:
+                 tile: CpuTile | None = None, bsrc=VecColumns, conv: dict | None = None, residual=None) -> Dispatch:
         """Out[b][:, :cols] for b < batches, B of batch b at vec4 b * b_stride, rows cs4 vec4s apart."""
+        if (residual is not None) != self.residual:
+            raise ValueError(f"a GEMM built with residual={self.residual} got "
+                             f"{'a' if residual is not None else 'no'} residual")
         tile = tile or choose_tile(self.m, cols, batches)
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n
@@ -196,8 +211,9 @@ class RegisterGemm:
                       total=total, a_stride=self.a_stride, b_stride=b_stride, bias_stride=self.bias_stride)
         values |= conv or dict.fromkeys(PARAMS[11:], 0)
         u = storage_params(self.gpu, PARAMS, values, "GEMM parameters")
-        return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc),
-                                 [u, self.w_buf, self.b_buf, out, b_buf], total, WG)
+        res = [] if residual is None else [residual]
+        return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc, self.residual),
+                                 [u, self.w_buf, self.b_buf, out, b_buf, *res], total, WG)
 
 
 class BatchedGemm(RegisterGemm):

@@ -46,6 +46,7 @@ B_LOAD = "col[k * P.s4 + bq]"
 
 class Im2col(ConvKernel):
     name = "im2col"
+    fuses_residual = True
     dense = "builds one dense column matrix"
 
     def prepare(self, weight, bias):
@@ -66,7 +67,7 @@ class Im2col(ConvKernel):
         (chunked or with a pixel count not divisible by 4)."""
         if self._gemm is None:
             self._gemm = gemm.Gemm(self.gpu, *self._weights, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"],
-                                   self.precision)
+                                   self.precision, residual=self.residual)
         return self._gemm
 
     def chunk_columns(self, total: int) -> int:
@@ -78,7 +79,8 @@ class Im2col(ConvKernel):
                              f"the {budget}-byte column buffer; use the direct algorithm")
         return min(fit, total)
 
-    def bind(self, x, y, n):
+    def bind(self, x, y, n, residual=None):
+        self.residual_buffers(residual)
         p = self.p
         pixels = p.ho * p.wo
         total = n * pixels
@@ -89,10 +91,10 @@ class Im2col(ConvKernel):
         if self.cpu and chunk == total and pixels % 4 == 0:  # one matrix, image b's columns from vec4 b * pixels/4
             gather = self.shape_values(k=self.k, s4=s4, cols=total, col0=0, p=pixels, total=self.k_pad * s4)
             return [launch(self.gpu, self.gather_source, GATHER_PARAMS, gather, [x, col]),
-                    self.cpu.dispatch(y, col, n, pixels, s4, pixels // 4)]
+                    self.cpu.dispatch(y, col, n, pixels, s4, pixels // 4, residual=residual)]
         for col0 in range(0, total, chunk):
             cols = min(chunk, total - col0)
             gather = self.shape_values(k=self.k, s4=s4, cols=cols, col0=col0, p=pixels, total=self.k_pad * s4)
             dispatches.append(launch(self.gpu, self.gather_source, GATHER_PARAMS, gather, [x, col]))
-            dispatches += self.gemm.dispatches(y, [col], cols, col0, pixels, {"s4": s4})
+            dispatches += self.gemm.dispatches(y, [col], cols, col0, pixels, {"s4": s4}, residual)
         return dispatches

@@ -50,6 +50,7 @@ B_LOAD = "load_b(k)"
 
 class ImplicitGemm(ConvKernel):
     name = "implicit_gemm"
+    fuses_residual = True
     dense = "is one dense GEMM"
 
     def prepare(self, weight, bias):
@@ -61,11 +62,13 @@ class ImplicitGemm(ConvKernel):
                                KK=p.c_in * p.kh * p.kw, DH=p.dilation[0], DW=p.dilation[1], SH=p.stride[0],
                                SW=p.stride[1]), dict(H=p.h, W=p.w, PH=p.padding[0], PW=p.padding[1]))
         decl = "\n" + storage("x", first=4) + "\n" + shape + B_DECL
-        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, B_SETUP, B_LOAD, [], self.precision)
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, B_SETUP, B_LOAD, [], self.precision,
+                              residual=self.residual)
 
-    def bind(self, x, y, n):
+    def bind(self, x, y, n, residual=None):
+        self.residual_buffers(residual)
         pixels = self.p.ho * self.p.wo
         if self.cpu:  # one launch over the images: columns are one image's pixels, y is [n, C_out, pixels]
             conv = gemm_cpu.Windows.params(self.p)
-            return [self.cpu.dispatch(y, x, n, pixels, 1, 0, bsrc=gemm_cpu.Windows, conv=conv)]
-        return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, {})
+            return [self.cpu.dispatch(y, x, n, pixels, 1, 0, bsrc=gemm_cpu.Windows, conv=conv, residual=residual)]
+        return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, {}, residual)

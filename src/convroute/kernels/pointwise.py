@@ -50,6 +50,7 @@ VEC4_LOAD = "load_x(boff, bok, k)"
 
 class Pointwise(ConvKernel):
     name = "pointwise"
+    fuses_residual = True
     dense = "is one dense GEMM"
 
     @classmethod
@@ -66,15 +67,18 @@ class Pointwise(ConvKernel):
             return
         decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
             (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
-        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, setup, load, PARAMS, self.precision)
+        self.gemm = gemm.Gemm(self.gpu, weight, bias, self.epilogue, decl, setup, load, PARAMS, self.precision,
+                              residual=self.residual)
 
-    def bind(self, x, y, n):
+    def bind(self, x, y, n, residual=None):
+        self.residual_buffers(residual)
         p = self.p
         pixels = p.ho * p.wo
         if self.cpu:  # columns are one image's pixels, one launch over the images
             hw4 = p.h * p.w // 4
             conv = None if self.vec4 else gemm_cpu.Windows.params(p)
-            return [self.cpu.dispatch(y, x, n, pixels, hw4, p.c_in * hw4, bsrc=self.bsrc, conv=conv)]
+            return [self.cpu.dispatch(y, x, n, pixels, hw4, p.c_in * hw4, bsrc=self.bsrc, conv=conv,
+                                      residual=residual)]
         extra = dict(c_in=p.c_in, h=p.h, w=p.w, wo=p.wo, sh=p.stride[0], sw=p.stride[1], ph=p.padding[0],
                      pw=p.padding[1], hw=p.h * p.w)
-        return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, extra)
+        return self.gemm.dispatches(y, [x], n * pixels, 0, pixels, extra, residual)

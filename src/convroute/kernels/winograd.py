@@ -7,8 +7,8 @@ Mx[xi] = U[xi] (C_out x C_in) x V[xi] (C_in x tiles). Three dispatches per chunk
 1. input transform: one invocation per (channel, tile), consecutive invocations on consecutive tiles of one
    channel; reads its (m+2)^2 patch (zero outside the input) and writes V[xi][c][tile] for every xi.
 2. gemm.BatchedGemm over all positions in one launch (raw sums; with K split, one slice per split).
-3. output transform: one invocation per (output channel, tile): sums the K splits, A^T Mx A, bias, the
-   activation, stores the m x m outputs inside Ho x Wo into NCHW.
+3. output transform: one invocation per (output channel, tile): sums the K splits, A^T Mx A, bias (and the
+   residual, when built with one), the activation, stores the m x m outputs inside Ho x Wo into NCHW.
 NaN and Inf: a non-finite input smears over a whole tile in the transforms (and an overflow in them would
 turn finite data into Inf), so a tile whose sums are not all finite is recomputed directly from x and the
 original weights by the output transform: the result is then what PyTorch gives, element by element.
@@ -147,6 +147,7 @@ class Winograd(ConvKernel):
     points: tuple = ()
 
     dense = "is one dense GEMM per transform position"
+    fuses_residual = True
 
     @classmethod
     def unsupported_shape(cls, p):
@@ -175,7 +176,8 @@ class Winograd(ConvKernel):
                           dict(H=p.h, W=p.w, PH=p.padding[0], PW=p.padding[1]))
         self.input_source = flat_shader(TRANSFORM_PARAMS, storage("x", "v!"), LOCATE + INPUT + self.input_body(bt),
                                         shape, self.precision)
-        self.output_source = flat_shader(TRANSFORM_PARAMS, storage("mx:f32", "bias:f32", "x", "wt", "y!"),
+        outputs = storage("mx:f32", "bias:f32", "x", "wt", "y!", *(["res"] if self.residual else []))
+        self.output_source = flat_shader(TRANSFORM_PARAMS, outputs,
                                          LOCATE + OUTPUT + self.output_body(at),
                                          shape + self.epilogue.wgsl() + OUTPUT_HELPERS, self.precision)
         self.bias_buf = self.gpu.upload(bias, "bias")
@@ -209,8 +211,8 @@ class Winograd(ConvKernel):
         lines.append("  let out = (img * C_OUT + ch) * HO * WO + row0 * WO + col0;")
         lines.append(f"  if (!({finite})) {{")
         lines.append(f"    for (var i = 0u; i < {m}u; i++) {{ for (var j = 0u; j < {m}u; j++) {{")
-        lines.append("      if (row0 + i < HO && col0 + j < WO) { y[out + i * WO + j] = ST(act(direct(img, ch, "
-                     "row0 + i, col0 + j))); }")
+        value = "direct(img, ch, row0 + i, col0 + j)" + (" + f32(res[out + i * WO + j])" if self.residual else "")
+        lines.append(f"      if (row0 + i < HO && col0 + j < WO) {{ y[out + i * WO + j] = ST(act({value})); }}")
         lines.append("    } }")
         lines.append("    return;")
         lines.append("  }")
@@ -219,7 +221,9 @@ class Winograd(ConvKernel):
         for i in range(m):
             for j in range(m):
                 guard = f"row0 + {i}u < HO && col0 + {j}u < WO"
-                lines.append(f"  if ({guard}) {{ y[out + {i}u * WO + {j}u] = ST(act(y{i}_{j} + b)); }}")
+                index = f"out + {i}u * WO + {j}u"
+                value = f"y{i}_{j} + b" + (f" + f32(res[{index}])" if self.residual else "")
+                lines.append(f"  if ({guard}) {{ y[{index}] = ST(act({value})); }}")
         return "\n".join(lines)
 
     def chunk_tiles(self, total: int) -> int:
@@ -234,7 +238,8 @@ class Winograd(ConvKernel):
             fit = fit // gemm.TILE * gemm.TILE
         return min(fit, total)
 
-    def bind(self, x, y, n):
+    def bind(self, x, y, n, residual=None):
+        res = self.residual_buffers(residual)
         total = n * self.th * self.tw
         chunk = self.chunk_tiles(total)
         budget = min(self.gpu.profile.max_binding_bytes, BYTES_CAP)
@@ -253,7 +258,7 @@ class Winograd(ConvKernel):
                 launch(self.gpu, self.input_source, TRANSFORM_PARAMS, common | {"total": self.p.c_in * cols}, [x, v]),
                 self.gemm.dispatch(mx, [v], cols, plans[t0], {"cs4": cs // 4}),
                 launch(self.gpu, self.output_source, TRANSFORM_PARAMS, common | {"total": self.p.c_out * cols},
-                       [mx, self.bias_buf, x, self.weight_buf, y])]
+                       [mx, self.bias_buf, x, self.weight_buf, y, *res])]
         return dispatches
 
 
