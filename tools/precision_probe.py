@@ -1,7 +1,11 @@
 """Does fp16 pay? One model compiled in fp32, fp16 with f32 sums and fp16 with f16 sums, beside torch's CUDA
 graphs in fp32 and fp16, all in one process in interleaved rounds (A B C D E A B C ...).
 
-usage: python tools/precision_probe.py MODEL [POLICY] [RUNS] [BATCH]
+usage: python tools/precision_probe.py MODEL [POLICY] [RUNS] [BATCH] [GRAPHS]
+
+GRAPHS: the torch CUDA graph dtypes, comma-separated (default float32). On the H100 (torch 2.11+cu130) capturing
+both float32 and float16 graphs in one process aborted inside torch (session 5); time torch's fp16 graph with
+`convroute run --dtype float16 --compare torch-cuda-graph` instead, or pass float16 alone.
 
 Prints median, p10, p90 per engine, the relative error against torch's float32 CPU output, and each
 convroute variant's median over convroute fp32's.
@@ -38,6 +42,7 @@ def probe():
     policy = sys.argv[2] if len(sys.argv) > 2 else "calibrated"
     runs = int(sys.argv[3]) if len(sys.argv) > 3 else 50
     batch = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+    graphs = sys.argv[5].split(",") if len(sys.argv) > 5 else ["float32"]
     torch.manual_seed(0)
     model = torchvision.models.get_model(name, weights=None).eval()
     randomize_batch_norms(model, 0)
@@ -48,7 +53,7 @@ def probe():
     for label, (dtype, accumulate) in VARIANTS.items():
         program = frontend.compile(model, (x,), policy=policy, dtype=dtype, accumulate=accumulate)
         engines[label] = lambda program=program: program(x)
-    for dtype in ("float32", "float16"):
+    for dtype in graphs:
         try:
             peer = model_engine("torch-cuda-graph", model, x, short_precision(dtype), name)
             engines[f"torch-cuda-graph {dtype}"] = peer.once
