@@ -21,6 +21,7 @@ from convroute.bench.selftest import (
     max_relative_error,
     random_picker,
     reference,
+    reference_and_scale,
     run_cases,
     selftest_result,
 )
@@ -31,6 +32,7 @@ from convroute.calibration import selftest_results as results
 from convroute.cli.main import main as cli_main
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import F16_FEATURE
 from convroute.kernels.depthwise import Depthwise
 from convroute.kernels.direct import Direct
 from convroute.kernels.transposed import Transposed
@@ -71,6 +73,22 @@ def test_max_relative_error_counts_one_bad_element_and_unwritten_outputs():
     out[0, 0, 0, 0] = np.nan
     assert max_relative_error(out, ref) == float("inf")
     assert max_relative_error(ref[:, :1], ref) == float("inf")
+
+
+def test_errors_are_measured_at_the_scale_the_kernel_summed_at():
+    """The CI fuzz's float16 winograd4 case (seed 1636212181): sums up to ~1.5 clamped to 0..0.25. Its error is
+    2 f16 ulps of the sums, 1.1e-2 of the clamped maximum; against the sums' maximum it passes. A kernel that
+    skipped the clamp must still fail."""
+    case = Case(make_params((3, 1, 5, 7), (1, 1, 3, 3)), activation=("clamp", 0.0, 0.25), dtype="float16", seed=1)
+    if F16_FEATURE not in get_gpu().profile.features:
+        pytest.skip("the device has no shader-f16")
+    (outcome,) = check_case(case, get_gpu(), ["winograd4"])
+    x, w, b = case.inputs()
+    ref, scale = reference_and_scale(case, x, w, b)
+    assert scale > 4 * float(np.max(np.abs(ref)))
+    assert not outcome.wrong, outcome.line()
+    unclamped = reference_and_scale(replace(case, activation=None), x, w, b)[0]
+    assert max_relative_error(unclamped, ref, scale) > 0.5
 
 
 def test_the_checker_catches_a_wrong_and_an_unwritten_output(monkeypatch):

@@ -97,12 +97,13 @@ def norm_relative_error(out: np.ndarray, ref: np.ndarray) -> float:
     return float(np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30))
 
 
-def max_relative_error(out: np.ndarray, ref: np.ndarray) -> float:
-    """max|out - ref| / max|ref| (the self-test and the model zoo: one wrong element among thousands counts in
-    full); inf when shapes differ or `out` is NaN/Inf where `ref` is finite (an unwritten, poisoned output)."""
+def max_relative_error(out: np.ndarray, ref: np.ndarray, scale: float = 0.0) -> float:
+    """max|out - ref| / max(max|ref|, scale) (the self-test and the model zoo: one wrong element among thousands
+    counts in full); inf when shapes differ or `out` is NaN/Inf where `ref` is finite (an unwritten, poisoned
+    output). `scale`: the magnitude the kernel computed at, when an activation bounded the reference below it."""
     out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
     if out.shape != ref.shape or (~np.isfinite(out) & np.isfinite(ref)).any():
         return math.inf
     if not out.size:
         return 0.0
-    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
+    return float(np.max(np.abs(out - ref)) / max(float(np.max(np.abs(ref))), scale, 1e-30))
