@@ -101,10 +101,16 @@ class ConvKernel:
     def residual_buffers(self, residual) -> list:
         """[residual] for a kernel built with residual=True, [] otherwise; ValueError when bind's argument
         does not match how the kernel was built."""
-        if (residual is not None) != self.residual:
-            raise ValueError(f"{self.name} was built with residual={self.residual} but bind got "
-                             f"{'a' if residual is not None else 'no'} residual buffer")
-        return [] if residual is None else [residual]
+        return residual_buffers(self.name, self.residual, residual)
+
+
+def residual_buffers(who: str, built: bool, residual) -> list:
+    """[residual] when `who` was built with a residual (`built`), [] otherwise; ValueError when the buffer given
+    (or its absence) does not match how it was built."""
+    if (residual is not None) != built:
+        raise ValueError(f"{who} was built with residual={built} but got "
+                         f"{'a' if residual is not None else 'no'} residual buffer")
+    return [] if residual is None else [residual]
 
 
 def storage_params(gpu: Gpu, names: list[str], values: dict, what: str):

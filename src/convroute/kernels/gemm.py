@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.base import Scratch
+from convroute.kernels.base import Scratch, residual_buffers
 from convroute.kernels.common import FP32, Epilogue, Precision, ceil_div, pack, storage, uniform_block
 from convroute.kernels.flat import flat_shader, launch
 from convroute.kernels.gemm_tiles import NARROW, SIZED, TILES, Tile, fitting, generate
@@ -193,10 +193,7 @@ class Gemm:
     def dispatches(self, y, b_buffers: list, cols: int, col0: int, pixels: int, extra: dict,
                    residual=None) -> list[Dispatch]:
         """`residual`: the buffer added in the store, for a Gemm built with residual=True."""
-        if (residual is not None) != self.residual:
-            raise ValueError(f"a GEMM built with residual={self.residual} got "
-                             f"{'a' if residual is not None else 'no'} residual")
-        res = [] if residual is None else [residual]
+        res = residual_buffers("a GEMM", self.residual, residual)
         tile, splits = self.plan(cols)
         ktiles = self.k_pad // tile.bk
         kt_split = ceil_div(ktiles, splits)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.base import CPU_LOOP_LIMIT, storage_params
+from convroute.kernels.base import CPU_LOOP_LIMIT, residual_buffers, storage_params
 from convroute.kernels.common import FP32, Precision, ceil_div, split_index, storage, storage_frame
 
 WG = 8  # one SIMD vector of llvmpipe: workgroups are the unit of its thread pool, so many small ones balance best
@@ -201,9 +201,7 @@ class RegisterGemm:
     def dispatch(self, out, b_buf, batches: int, cols: int, cs4: int, b_stride: int,
                  tile: CpuTile | None = None, bsrc=VecColumns, conv: dict | None = None, residual=None) -> Dispatch:
         """Out[b][:, :cols] for b < batches, B of batch b at vec4 b * b_stride, rows cs4 vec4s apart."""
-        if (residual is not None) != self.residual:
-            raise ValueError(f"a GEMM built with residual={self.residual} got "
-                             f"{'a' if residual is not None else 'no'} residual")
+        res = residual_buffers("a register-tile GEMM", self.residual, residual)
         tile = tile or choose_tile(self.m, cols, batches)
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n
@@ -211,7 +209,6 @@ class RegisterGemm:
                       total=total, a_stride=self.a_stride, b_stride=b_stride, bias_stride=self.bias_stride)
         values |= conv or dict.fromkeys(PARAMS[11:], 0)
         u = storage_params(self.gpu, PARAMS, values, "GEMM parameters")
-        res = [] if residual is None else [residual]
         return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc, self.residual),
                                  [u, self.w_buf, self.b_buf, out, b_buf, *res], total, WG)
 
