@@ -23,6 +23,7 @@ from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS, gemm
 from convroute.kernels.common import Precision, ceil_div
 from convroute.kernels.gemm_tiles import Tile
+from convroute.measure.reference import TOLERANCES
 from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.measure.workload import Workload
 
@@ -121,7 +122,7 @@ def main():
                     gather_ms = None
                 ms = {label: t.median_ms for label, t in timings.items()}
                 best = min(ms, key=ms.get)
-                bad = [label for label, e in errors.items() if not e < precision_bound(precision)]
+                bad = [label for label, e in errors.items() if not e < TOLERANCES[precision.dtype]]
                 chosen_plan = candidates["chosen"].gemm.plan(cols)
                 flops = work.p.flops
                 row = dict(suite=suite_name, layer=layer.name, count=layer.count, params=p.describe(),
@@ -144,10 +145,6 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
-
-
-def precision_bound(precision) -> float:
-    return 1e-2 if precision.dtype == "float16" else 1e-4
 
 
 if __name__ == "__main__":
