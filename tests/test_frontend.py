@@ -24,7 +24,7 @@ import torch.nn.functional as F  # noqa: E402
 import convroute  # noqa: E402
 from conftest import TOLERANCE  # noqa: E402
 from convroute.frontend import zoo  # noqa: E402
-from convroute.measure import timing  # noqa: E402
+from convroute.measure import passes  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -369,8 +369,8 @@ def test_explain_and_profile(capsys, monkeypatch):
     assert "per-node times" in out
     if "gpu timestamps" in out:
         # the device's timestamp period is applied: ticks 1000x as long report ~1000x the times
-        period = timing.timestamp_period(program.gpu)
-        monkeypatch.setattr(timing, "timestamp_period", lambda gpu: 1000.0 * period)
+        period = passes.timestamp_period(program.gpu)
+        monkeypatch.setattr(passes, "timestamp_period", lambda gpu: 1000.0 * period)
         scaled = sum(r["ms"] for r in program.profile(runs=3) if r["where"] == "gpu")
         assert 30 < scaled / gpu_ms < 30000, f"{scaled:.3g} ms vs {gpu_ms:.3g} ms: period not applied?"
         monkeypatch.undo()

@@ -18,7 +18,7 @@ import numpy as np
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import DTYPES, FP32, Epilogue, Precision
-from convroute.measure.timing import pass_times
+from convroute.measure.passes import pass_times
 from convroute.params import make_params
 from convroute.router import route_params
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from convroute.device.gpu import get_gpu
-from convroute.measure.timing import pass_times
+from convroute.measure.passes import pass_times
 
 SHADER = """
 @group(0) @binding(0) var<storage, read> x: array<f32>;

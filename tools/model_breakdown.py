@@ -15,7 +15,7 @@ import wgpu
 
 import convroute.frontend as frontend
 from convroute.frontend.plan import Segment
-from convroute.measure.timing import pass_times, timestamp_period
+from convroute.measure.passes import pass_times, timestamp_period
 
 
 def median_ms(fn, reps=50) -> float:

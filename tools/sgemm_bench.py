@@ -13,7 +13,7 @@ import numpy as np
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import Epilogue, pack, uniform_block
 from convroute.kernels.gemm_tiles import TILES, generate
-from convroute.measure.timing import pass_times
+from convroute.measure.passes import pass_times
 
 PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "splits", "kt_split", "ldb4"]
 B_DECL = "@group(0) @binding(4) var<storage, read> bm: array<vec4<f32>>;"

@@ -38,8 +38,8 @@ from convroute.calibration.profile import device_record
 from convroute.device.gpu import Gpu, Recording
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
+from convroute.measure.passes import pass_times
 from convroute.measure.reference import norm_relative_error
-from convroute.measure.timing import pass_times
 from convroute.measure.workload import random_inputs
 from convroute.params import ConvParams
 from convroute.peers import LAYER_ENGINES, LayerEngine, NotApplicable, layer_engines, shape_preserving, short_precision

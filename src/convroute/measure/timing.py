@@ -1,5 +1,5 @@
 """The one timer every measurement uses (calibrate, autotune, bench, conv, suite, Program.profile):
-`time_candidates`, and the one reader of GPU timestamps, `pass_times`.
+`time_candidates` (GPU passes are read by `passes.pass_times`).
 
 GPU timestamp queries around each compute pass when the device has `timestamp-query` (raw ticks times the
 queue's timestamp period = nanoseconds), else submit-and-wait wall clock. Warm-up first, then rounds that
@@ -10,18 +10,15 @@ output buffer) so caches do not flatter; prepacking happens before, outside the 
 
 from __future__ import annotations
 
-import math
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import wgpu
 
 from convroute.device.gpu import Dispatch, Gpu
-
-MAX_QUERIES = 4096  # WebGPU's largest query set
+from convroute.measure.clocks import raise_clocks
+from convroute.measure.passes import pass_times, submit_and_wait
 
 
 @dataclass(frozen=True)
@@ -66,13 +63,14 @@ def time_candidates(gpu: Gpu, candidates: dict[str, list[list[Dispatch]]],
     compute pass; wall-clock samples include the submit and a 4-byte read back.
     """
     names = list(candidates)
+    raise_clocks(gpu)
     start = time.perf_counter()
     estimate = {}
     for name in names:
         warm = []
         for i in range(max(1, settings.warmup)):
             t0 = time.perf_counter()
-            _submit_and_wait(gpu, candidates[name][i % len(candidates[name])])
+            submit_and_wait(gpu, candidates[name][i % len(candidates[name])])
             warm.append(time.perf_counter() - t0)
             if sum(warm) > settings.budget_s / 2:
                 break
@@ -86,7 +84,7 @@ def time_candidates(gpu: Gpu, candidates: dict[str, list[list[Dispatch]]],
         for name in names:  # a load spike in one warm-up run must not prune the winner: confirm with another
             if estimate[name] > max(settings.prune * min(estimate.values()), floor):
                 t0 = time.perf_counter()  # on the warm-up's first run: a run's first use of its buffers is slow
-                _submit_and_wait(gpu, candidates[name][0])
+                submit_and_wait(gpu, candidates[name][0])
                 estimate[name] = min(estimate[name], time.perf_counter() - t0)
         fastest = min(estimate.values())
         pruned = {n: Timing(t * 1e3, (t * 1e3,), "wall clock, warm-up only (pruned: clearly slower)")
@@ -113,61 +111,6 @@ def _wall_clock(gpu: Gpu, schedule: list) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
     for name, run in schedule:
         t0 = time.perf_counter()
-        _submit_and_wait(gpu, run)
+        submit_and_wait(gpu, run)
         samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
     return samples
-
-
-def _submit_and_wait(gpu: Gpu, dispatches: list[Dispatch]) -> None:
-    gpu.run(dispatches)
-    gpu.wait(_fence(gpu))
-
-
-def _fence(gpu: Gpu):
-    """A tiny buffer to read back: the queue runs in order, so the read waits for all earlier work."""
-    buf = _FENCES.get(id(gpu))
-    if buf is None:
-        buf = _FENCES[id(gpu)] = gpu.empty(16, "timing fence")
-    return buf
-
-
-_FENCES: dict[int, object] = {}
-
-
-def pass_times(gpu: Gpu, passes: Sequence[list[Dispatch]], per_submit: int = 1) -> list[float]:
-    """GPU ms of each pass in `passes`, in order, from timestamp queries at its start and end (ticks times the
-    queue's timestamp period), `per_submit` passes per submission; a zero or negative value means the
-    device's timestamps are nonsense."""
-    times: list[float] = []
-    ms_per_tick = timestamp_period(gpu) / 1e6
-    for first in range(0, len(passes), MAX_QUERIES // 2):
-        part = passes[first:first + MAX_QUERIES // 2]
-        queries = gpu.device.create_query_set(type=wgpu.QueryType.timestamp, count=2 * len(part))
-        resolved = gpu.device.create_buffer(size=16 * len(part),
-                                            usage=wgpu.BufferUsage.QUERY_RESOLVE | wgpu.BufferUsage.COPY_SRC)
-        try:
-            for r in range(0, len(part), per_submit):
-                encoder = gpu.device.create_command_encoder()
-                for i in range(r, min(r + per_submit, len(part))):
-                    gpu.encode(part[i], encoder, {"query_set": queries, "beginning_of_pass_write_index": 2 * i,
-                                                  "end_of_pass_write_index": 2 * i + 1})
-                if r + per_submit >= len(part):
-                    encoder.resolve_query_set(queries, 0, 2 * len(part), resolved, 0)
-                gpu.device.queue.submit([encoder.finish()])
-            ticks = np.frombuffer(gpu.device.queue.read_buffer(resolved), dtype=np.uint64).astype(np.int64)
-        finally:
-            queries.destroy()
-            resolved.destroy()
-        times += [float(t) * ms_per_tick for t in ticks[1::2] - ticks[0::2]]
-    return times
-
-
-def timestamp_period(gpu: Gpu) -> float:
-    """Nanoseconds per timestamp tick (wgpu-native returns raw ticks; WebGPU's unit is the nanosecond)."""
-    try:
-        from wgpu.backends.wgpu_native._ffi import lib
-
-        period = float(lib.wgpuQueueGetTimestampPeriod(gpu.device.queue._internal))
-    except (ImportError, AttributeError):
-        period = 1.0
-    return period if math.isfinite(period) and period > 0 else 1.0
