@@ -15,7 +15,7 @@ from convroute.bench.suites import SUITES, load_suite
 from convroute.cache import CacheWarning, cache_dir, device_file, read_json, write_json
 from convroute.calibration import denylist
 from convroute.calibration import profile as calib
-from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.grid import GPU_MAX_FLOPS, full_grid, grid_shapes, quick_grid
 from convroute.calibration.model import CostModel, loo_report
 from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
@@ -192,7 +192,7 @@ def all_suite_params():
 
 def test_grid_holds_no_suite_layer():
     suite_shapes = all_suite_params()
-    for grid in (full_grid(), quick_grid()):
+    for grid in (full_grid(), full_grid(GPU_MAX_FLOPS), quick_grid()):
         overlap = [p.describe() for p in grid if p in suite_shapes]
         assert not overlap, overlap
 
@@ -207,6 +207,14 @@ def test_full_grid_spans_real_networks():
     assert min(p.c_in for p in grid) <= 3 and max(p.c_out for p in grid) >= 1024
     assert min(p.h for p in grid) <= 6 and max(p.h for p in grid) >= 160
     assert len(set(grid)) == len(grid)
+
+
+def test_gpus_also_calibrate_the_heaviest_shapes():
+    cpu, gpu = (DeviceProfile.for_family(f) for f in ("cpu", "nvidia"))
+    light, heavy = grid_shapes("full", cpu), grid_shapes("full", gpu)
+    assert light == full_grid() and max(p.flops for p in light) <= 1.2e9
+    assert set(light) < set(heavy) and max(p.flops for p in heavy) > 4e9
+    assert grid_shapes("quick", gpu) == quick_grid()
 
 
 def test_params_dict_and_key_round_trip():

@@ -16,6 +16,7 @@ SIDES = (6, 10, 20, 40, 80, 160)
 ODD_SIDES = (5, 9, 13, 17, 35, 73)  # odd sizes (Inception's 147/73/35/17, AlexNet's 13): partial tiles
 CHANNELS = (16, 32, 64, 128, 256, 512, 1024)
 FULL_MAX_FLOPS = 1.2e9  # keeps `convroute calibrate` under 10 minutes on a 2-core CPU (lavapipe)
+GPU_MAX_FLOPS = 1e10  # GPUs also measure the heaviest layers: milliseconds each
 
 
 def conv(c_in, c_out, side, k, stride=1, *, groups=1, dilation=1, n=1, width=None) -> ConvParams:
@@ -34,7 +35,7 @@ def _real_band(c: int, side: int, lo: int = 300, hi: int = 10240) -> bool:
     return lo <= c * side <= hi
 
 
-def full_grid() -> list[ConvParams]:
+def full_grid(max_flops: float = FULL_MAX_FLOPS) -> list[ConvParams]:
     shapes: list[ConvParams] = []
     add = shapes.append
     band = [(c, s) for c in CHANNELS for s in SIDES if _real_band(c, s)]
@@ -70,8 +71,12 @@ def full_grid() -> list[ConvParams]:
     for c, s in [(c, s) for c in CHANNELS for s in ODD_SIDES if _real_band(c, s)]:
         add(conv(c, c, s, 3))
         add(conv(c, c, s, 1))
-    for c, s in [(64, 120), (128, 60), (256, 30), (512, 15)]:  # the heaviest bodies (VGG, UNet): 1 GFLOP each
+    for c, s in [(64, 120), (128, 60), (256, 30), (512, 15)]:  # heavy bodies (VGG, UNet): 1 GFLOP each
         add(conv(c, c, s, 3))
+    for c, s in [(128, 120), (256, 60), (512, 30), (1024, 15)]:  # the heaviest (VGG, UNet): 4 GFLOP, GPUs only
+        add(conv(c, c, s, 3))
+    add(conv(512, 256, 40, 3))  # heavy decoder merges, GPUs only
+    add(conv(256, 128, 80, 3))
     for side in (96, 160, 200):  # stems
         add(conv(3, 32, side, 3, 2))
         add(conv(3, 48, side, 7, 2))
@@ -88,7 +93,7 @@ def full_grid() -> list[ConvParams]:
         add(conv(256, 64, 20, 1, n=n))
         add(conv(96, 96, 40, 3, groups=96, n=n))
         add(conv(32, 64, 40, 3, 2, n=n))
-    return [p for p in _unique(shapes) if p.flops <= FULL_MAX_FLOPS]
+    return [p for p in _unique(shapes) if p.flops <= max_flops]
 
 
 def quick_grid() -> list[ConvParams]:
@@ -99,6 +104,15 @@ def quick_grid() -> list[ConvParams]:
 
 
 GRIDS = {"full": full_grid, "quick": quick_grid}
+
+
+def grid_shapes(grid: str, profile) -> list[ConvParams]:
+    """The shapes `convroute calibrate` measures on a device: CPU adapters skip the full grid's heaviest
+    shapes (seconds each there); GPUs measure them, since extrapolating to VGG-size layers from 1-GFLOP
+    shapes misrouted them (NOTES, session 6)."""
+    if grid == "full" and profile.family != "cpu":
+        return full_grid(GPU_MAX_FLOPS)
+    return GRIDS[grid]()
 
 
 def _unique(shapes: list[ConvParams]) -> list[ConvParams]:

@@ -9,7 +9,7 @@ import zlib
 from datetime import UTC, datetime
 
 from convroute.cache import warn_once
-from convroute.calibration.grid import GRIDS
+from convroute.calibration.grid import grid_shapes
 from convroute.calibration.profile import Calibration, Sample, device_record
 from convroute.device.gpu import Gpu
 from convroute.kernels import ALGORITHMS
@@ -31,7 +31,7 @@ def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = 
     precision.require(gpu.profile)
     algorithms = ALGORITHMS if algorithms is None else algorithms
     algorithms = {n: cls for n, cls in algorithms.items() if cls.unsupported_precision(precision) is None}
-    shapes = GRIDS[grid]()
+    shapes = grid_shapes(grid, gpu.profile)
     random.Random(1).shuffle(shapes)
     excluded: dict[str, str] = {}
     samples: list[Sample] = []
