@@ -100,6 +100,25 @@ def test_buffers_are_planned_in_two_byte_elements():
     assert [r["op"] for r in rows] == [st.node.op for st in plan.steps] and sum(r["ms"] for r in rows) > 0
 
 
+def test_float32_inputs_are_cast_on_the_gpu(monkeypatch):
+    """No f32 -> f16 conversion on the host: the input is uploaded as float32 and the first dispatch casts it."""
+    from convroute.frontend import program as program_module
+
+    model = FusionNet().eval()
+    x = torch.randn(2, 3, 9, 11)
+    program = convroute.compile(model, (x,), dtype="float16")
+    uploads = []
+    real = program_module.upload
+    monkeypatch.setattr(program_module, "upload", lambda gpu, buf, t, stored=np.float32: (
+        uploads.append((buf, np.dtype(stored))), real(gpu, buf, t, stored))[1])
+    check(program, model, x)
+    staging = program.plan.input_staging
+    assert list(staging) == program.plan.input_uploads
+    assert uploads == [(staging[name], np.dtype(np.float32)) for name in staging]
+    half = convroute.compile(model.half(), (x.half(),), dtype="float16")  # f16 inputs need no cast
+    assert not half.plan.input_staging and half(x.half()).dtype == torch.float16
+
+
 def test_routing_is_for_float16_even_when_routed_for_another_device():
     model = FusionNet().eval()
     program = convroute.compile(model, (torch.randn(1, 3, 9, 11),), device="mali", dtype=torch.float16)

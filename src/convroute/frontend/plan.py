@@ -16,6 +16,7 @@ from convroute.device.gpu import Dispatch
 from convroute.frontend.export import fuse_residual_adds, node_error
 from convroute.frontend.graph import Graph, Node, iter_refs
 from convroute.frontend.lower import GPU_DTYPES, Context, GpuOp, Unsupported, is_alias, lower, takes_residual
+from convroute.kernels.elementwise import CastFromF32
 
 NEVER = float("inf")
 
@@ -60,6 +61,7 @@ class Plan:
     buffers: dict[str, object]  # root value -> GPU buffer
     allocated: list  # every distinct buffer
     input_uploads: list[str]
+    input_staging: dict[str, object] = field(default_factory=dict)  # input -> its float32 upload buffer
 
     def buffer(self, name: str):
         return self.buffers[self.root.get(name, name)]
@@ -141,10 +143,31 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True) -> Plan
             plan.segments.append(step)
     if current:
         plan.segments.append(_segment(current))
+    casts = _input_casts(ctx, plan)
+    if casts:
+        first = next(seg for seg in plan.segments if isinstance(seg, Segment))
+        first.dispatches[:0] = casts
     # The GPU kernels hold their own (prepacked) copies: keep on the host only what CPU steps and outputs read.
     needed = {r.name for s in plan.cpu_steps for r in s.node.refs()} | graph.output_names()
     graph.constants = {k: v for k, v in graph.constants.items() if k in needed}
     return plan
+
+
+def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
+    """With f16 storage, a float32 input is uploaded as it is into a float32 buffer of its own and cast to
+    f16 by the first dispatch of the first GPU segment: no conversion on the host in the timed path. An input
+    whose float32 copy would pass one binding is converted on the host instead."""
+    if ctx.precision.dtype != "float16":
+        return []
+    casts = []
+    for name in plan.input_uploads:
+        meta = plan.metas[name]
+        count = meta.numel()
+        if meta.dtype != torch.float32 or 4 * count > ctx.profile.max_binding_bytes:
+            continue
+        staging = plan.input_staging[name] = ctx.gpu.empty(4 * count, f"float32 input {name!r}")
+        casts += CastFromF32(ctx.gpu, count, ctx.precision).bind(staging, plan.buffer(name))
+    return casts
 
 
 def _place(ctx: Context, node: Node, gpu_made: set):

@@ -143,7 +143,11 @@ class Program:
                 gpu.fill(buf, np.nan, stored)
         env = dict(zip(graph.inputs, inputs, strict=True))
         for name in plan.input_uploads:
-            upload(gpu, plan.buffer(name), env[name], stored)
+            staging = plan.input_staging.get(name)  # float32 inputs of f16 programs: cast by the first dispatch
+            if staging is None:
+                upload(gpu, plan.buffer(name), env[name], stored)
+            else:
+                upload(gpu, staging, env[name])
         fused_read = self._fused_read(plan) if on_segment is None else None
         for seg in plan.segments:
             if isinstance(seg, Segment):

@@ -64,6 +64,20 @@ class Unary:
         return [launch(self.gpu, self.source, self.PARAMS, {"total": self.total}, [x, y])]
 
 
+class CastFromF32:
+    """y = x read as f32 and stored as ST: an f16 program's float32 input, converted on the GPU, not the host."""
+
+    PARAMS = ["total"]
+
+    def __init__(self, gpu: Gpu, total: int, precision: Precision = FP32):
+        self.gpu, self.total = gpu, total
+        self.source = flat_shader(self.PARAMS, storage("x:f32", "y!"), "  y[t] = ST(x[t]);", "", precision)
+        gpu.pipeline(self.source)
+
+    def bind(self, x, y) -> list[Dispatch]:
+        return [launch(self.gpu, self.source, self.PARAMS, {"total": self.total}, [x, y])]
+
+
 BINARY_PARAMS = ["total", "d1", "d2", "d3", "a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "alpha"]
 SAME_INDEX = "  let ia = t;\n  let ib = t;"
 BROADCAST_INDEX = """  let i3 = t % P.d3;
