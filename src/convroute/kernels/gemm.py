@@ -211,7 +211,7 @@ class Gemm:
                       col0=col0, p=pixels, splits=splits, kt_split=kt_split) | extra
         u = self.gpu.uniform(pack(self.params, values))
         threads = tiles * splits * tile.threads
-        quads = pixels % 4 == 0 and col0 % 4 == 0 and cols % 4 == 0 and self.store is None
+        quads = pixels % 4 == 0 and col0 % 4 == 0 and cols % 4 == 0
         if splits == 1:
             return [self.gpu.dispatch(self.source(tile, 1, quads),
                                       [u, self.w_buf, self.b_buf, y, *b_buffers, *res], threads, tile.threads)]
