@@ -157,6 +157,7 @@ def collect_wgsl(monkeypatch) -> dict[str, str]:
     monkeypatch.setattr(Gpu, "dispatch", record_dispatch)
     shapes = [make_params((1, 4, 6, 7), (4, 2, 3, 2), (2, 3), (1, 1), (2, 1), 2, transposed=True,
                           output_padding=(1, 2)),
+              make_params((1, 4, 4, 4), (4, 3, 2, 2), 2, transposed=True),  # transposed's exact-cover GEMM
               make_params((2, 8, 9, 9), (8, 8, 3, 3), 1, 1), make_params((1, 8, 9, 9), (8, 4, 3, 3), 2, 1, 2, 2),
               make_params((1, 8, 9, 9), (16, 1, 3, 3), 1, 1, groups=8), make_params((1, 8, 8, 8), (8, 8, 1, 1)),
               make_params((1, 8, 9, 9), (8, 8, 1, 1), 2, 1), make_params((1, 16, 40, 40), (32, 16, 3, 3), 1, 1)]

@@ -148,11 +148,15 @@ class Gemm:
 
     def __init__(self, gpu: Gpu, weight_oc_first: np.ndarray, bias: np.ndarray, epilogue: Epilogue | str,
                  b_decl: str, b_setup: str, b_load: str, extra_params: list[str], precision: Precision = FP32,
-                 residual: bool = False, b_bindings: int = 1):
+                 residual: bool = False, b_bindings: int = 1, store: str | None = None):
         """`epilogue`: an Epilogue, or the WGSL of `fn act` for activations Epilogue lacks (linear's gelu).
         The B template sees the aliases ST and AT (see gemm_tiles) and takes `b_bindings` bindings from 4 on.
-        `residual`: the output store adds a tensor laid out as the output (bound after the B buffers)."""
-        self.gpu, self.precision, self.residual = gpu, precision, residual
+        `residual`: the output store adds a tensor laid out as the output (bound after the B buffers).
+        `store`: WGSL in place of STORE_OUTPUT, for outputs not in NCHW order (transposed's depth-to-space);
+        such a Gemm never splits K nor stores quads, whose stores assume NCHW."""
+        if store is not None and residual:
+            raise ValueError("a GEMM with its own output store cannot add a residual")
+        self.gpu, self.precision, self.residual, self.store = gpu, precision, residual, store
         self.res_binding = 4 + b_bindings
         self.scratch = Scratch(gpu)
         act = epilogue if isinstance(epilogue, str) else epilogue.wgsl()
@@ -174,6 +178,8 @@ class Gemm:
         if splits > 1:
             return generate(tile, store=STORE_PARTIAL4 if quads else STORE_PARTIAL, out_type="f32", quads=quads,
                             **self.template)
+        if self.store is not None:
+            return generate(tile, store=self.store, **self.template)
         if not self.residual:
             return generate(tile, store=STORE_OUTPUT4 if quads else STORE_OUTPUT, quads=quads, **self.template)
         template = self.template | dict(b_decl=self.template["b_decl"] + "\n" + storage(
@@ -186,6 +192,8 @@ class Gemm:
                                                                   profile, self.precision)
         tile, splits = sized or choose_tile(self.m, cols, self.k_pad, profile.busy_workgroups,
                                             tiles=tiles_for(cols, profile, self.precision))
+        if self.store is not None:
+            return tile, 1
         while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
             splits -= 1
         return tile, splits
