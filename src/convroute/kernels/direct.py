@@ -40,23 +40,29 @@ class Tile:
     br: int  # output rows per workgroup
     bc: int  # output columns per workgroup
     ro: int  # vec4s of output channels per invocation
-    rp: int  # neighbouring pixels of one row per invocation
+    rp: int  # pixels of one column per invocation (neighbouring rows)
+    staged: bool = False  # the chunk's weights go through workgroup memory too
 
     @property
     def threads(self) -> int:
-        return self.bo // (4 * self.ro) * (self.br * self.bc // self.rp)
+        return self.bo // (4 * self.ro) * (self.br // self.rp * self.bc)
 
     def __str__(self) -> str:
-        return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}"
+        return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}{'w' if self.staged else ''}"
 
 
 # (tile, relative time per FMA once the device is busy), measured on the H100 (tools/direct_bench.py --tiles)
 TILES = (
     (Tile(64, 8, 16, 2, 8), 1.0),
+    (Tile(64, 8, 32, 2, 8), 1.0),
+    (Tile(64, 16, 16, 2, 8), 1.0),
     (Tile(128, 8, 8, 4, 4), 1.0),
+    (Tile(64, 8, 16, 2, 8, True), 1.0),
+    (Tile(64, 8, 32, 2, 8, True), 1.0),
+    (Tile(128, 8, 8, 4, 4, True), 1.0),
     (Tile(64, 8, 8, 2, 8), 1.2),
     (Tile(64, 8, 8, 4, 4), 1.15),
-    (Tile(64, 4, 16, 4, 4), 1.2),
+    (Tile(64, 16, 8, 4, 4), 1.15),
     (Tile(32, 8, 8, 1, 4), 1.2),
     (Tile(32, 16, 16, 2, 8), 1.25),
     (Tile(16, 8, 8, 1, 4), 1.3),
@@ -84,27 +90,35 @@ def patch_size(p, tile: Tile) -> tuple[int, int]:
     return (tile.br - 1) * sh + (p.kh - 1) * dh + 1, (tile.bc - 1) * sw + (p.kw - 1) * dw + 1
 
 
+def stage_bytes(p, tile: Tile, chunk: int) -> int:
+    """Workgroup memory for one chunk: the input patch, and with `staged` tiles the weights (vec4s of f32)."""
+    pr, pc = patch_size(p, tile)
+    return 4 * chunk * (pr * pc + (p.kh * p.kw * tile.bo if tile.staged else 0))
+
+
 def choose_plan(profile, p, n: int) -> Plan:
     """Tile, chunk and split for `p` at batch n on a device: a pure function of the two.
 
     Estimated time: the padded work (channels past C_out/groups, pixels past the output's edges) times the
     tile's cost per FMA, divided by the square root of the share of a busy device the launch fills (splitting
-    the input channels adds workgroups, up to half the chunks, so each split keeps two or more). Patches of the
-    chunk must fit the device's workgroup memory, the tile its invocation limit."""
+    the input channels adds workgroups, up to half the chunks, so each split keeps two or more). A chunk's
+    stage must fit the device's workgroup memory, the tile its invocation limit."""
     cout_g, cin_g = p.c_out // p.groups, p.c_in // p.groups
-    memory = int(profile.limits.get("max-compute-workgroup-storage-size", 16384))
-    threads = int(profile.limits.get("max-compute-invocations-per-workgroup", 256))
+    memory = profile.max_workgroup_storage
+    threads = profile.max_invocations
     target = BUSY * profile.busy_workgroups
     out_bytes = 4 * n * p.c_out * p.ho * p.wo
     best, best_cost = None, None
     for tile, per_fma in TILES:
-        patch = 4 * int(np.prod(patch_size(p, tile)))
-        if tile.threads > threads or patch > memory:
+        if tile.threads > threads:
             continue
         padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
                   * ceil_div(p.wo, tile.bc) * tile.bc)
         blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
-        for chunk in sorted({min(c, cin_g, memory // patch) for c in CHUNKS}, reverse=True):
+        per_channel = stage_bytes(p, tile, 1)
+        for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}, reverse=True):
+            if chunk < 1:
+                continue
             splits = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, ceil_div(target, blocks),
                                 profile.max_binding_bytes // out_bytes))
             filled = min(1.0, blocks * splits / target)
@@ -119,35 +133,43 @@ def choose_plan(profile, p, n: int) -> Plan:
 
 def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool = False) -> str:
     """The workgroup kernel; with `partial` it writes raw f32 sums to [splits, n, C_out, Ho, Wo]; with `residual`
-    (and not partial) the store adds `res`, laid out as the output."""
+    (and not partial) the store adds `res`, laid out as the output.
+
+    Neighbouring invocations own neighbouring output columns (coalesced stores, conflict-free patch reads);
+    each holds `rp` rows of its column, so a patch value read once serves up to KH taps."""
     tile, ck = plan.tile, plan.chunk
     (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
     pr, pc = patch_size(p, tile)
-    ro, rp = tile.ro, tile.rp
-    tpx = tile.br * tile.bc // rp  # invocations along the pixels
-    span = (rp - 1) * sw + (p.kw - 1) * dw + 1
+    ro, rp, bo4 = tile.ro, tile.rp, tile.bo // 4
+    tpx = tile.br // rp * tile.bc  # invocations along the pixels
+    span = (rp - 1) * sh + (p.kh - 1) * dh + 1
+    khw = p.kh * p.kw
     buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!",
                                                                         *(["res"] if residual else []))
-    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=p.kh * p.kw))
-    out = [storage_frame(header, PARAMS, buffers, helpers + f"var<workgroup> tileX: array<f32, {ck * pr * pc}>;",
-                         tile.threads),
+    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=khw,
+                                   WSTAGE=ck * khw * bo4))
+    shared = f"var<workgroup> tileX: array<f32, {ck * pr * pc}>;"
+    if tile.staged:
+        shared += f"\nvar<workgroup> tileW: array<vec4<f32>, {ck * khw * bo4}>;"
+    out = [storage_frame(header, PARAMS, buffers, helpers + shared, tile.threads),
            """  let b = wid.x + wid.y * nwg.x;
   if (b >= p.total) { return; }""",
            split_index("b", [("tc", "p.tiles_c"), ("tr", "p.tiles_r"), ("tm", "p.tiles_m"), ("g", "p.groups"),
                              ("n", "p.n")], "split"),
            f"""  let tp = lid_x % {tpx}u;
   let to = lid_x / {tpx}u;
-  let prow = tp / {tile.bc // rp}u;
-  let pcol = (tp % {tile.bc // rp}u) * {rp}u;
-  let oh = tr * {tile.br}u + prow;
-  let ow0 = tc * {tile.bc}u + pcol;
+  let pcol = tp % {tile.bc}u;
+  let prow = (tp / {tile.bc}u) * {rp}u;
+  let oh0 = tr * {tile.br}u + prow;
+  let ow = tc * {tile.bc}u + pcol;
   let ih0 = i32(tr * {tile.br * sh}u) - {ph};
   let iw0 = i32(tc * {tile.bc * sw}u) - {pw};
   let hi = i32(p.h);
   let wi = i32(p.w);
   let xg = (n * p.c_in + g * p.cin_g) * p.h * p.w;
   let bstride = p.cin_pad * KHW;
-  let wb = (g * p.bpg + tm * {tile.bo // 4}u + to * {ro}u) * bstride;
+  let wg0 = (g * p.bpg + tm * {bo4}u) * bstride;
+  let wb = wg0 + to * {ro}u * bstride;
   let own = (prow * {sh}u) * PC + pcol * {sw}u;"""]
     emit = out.append
     sums = [(j, o) for j in range(rp) for o in range(ro)]
@@ -164,26 +186,39 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
       let ok = ic0 + c < p.cin_g && ih >= 0 && ih < hi && iw >= 0 && iw < wi;
       let at = select(0u, xg + ((ic0 + c) * p.h + u32(ih)) * p.w + u32(iw), ok);
       tileX[i] = select(0.0, f32(x[at]), ok);
-    }}
-    workgroupBarrier();
+    }}""")
+    if tile.staged:  # vec4 i of block i / (CK * KHW): tap i % (CK * KHW) of the chunk, stored tap-major
+        emit(f"""    for (var i = lid_x; i < WSTAGE; i += WG) {{
+      let blk = i / {ck * khw}u;
+      let tap = i % {ck * khw}u;
+      tileW[tap * {bo4}u + blk] = ld4(wt[wg0 + blk * bstride + ic0 * KHW + tap]);
+    }}""")
+    emit(f"""    workgroupBarrier();
     for (var c = 0u; c < {ck}u; c++) {{
-      let pbase = c * (PR * PC) + own;
-      let wc = wb + (ic0 + c) * KHW;""")
-    for kh in range(p.kh):
-        out += [f"      let v{kh}_{q} = tileX[pbase + {kh * dh * pc + q}u];" for q in range(span)]
-        for kw in range(p.kw):
-            out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {kh * p.kw + kw}u]);" for o in range(ro)]
-            out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kh}_{j * sw + kw * dw}), s{j}_{o});"
+      let pbase = c * (PR * PC) + own;""")
+    if tile.staged:
+        emit(f"      let wc = c * KHW * {bo4}u + to * {ro}u;")
+    else:
+        emit("      let wc = wb + (ic0 + c) * KHW;")
+    for kw in range(p.kw):
+        out += [f"      let v{kw}_{q} = tileX[pbase + {q * pc + kw * dw}u];" for q in range(span)]
+        for kh in range(p.kh):
+            tap = kh * p.kw + kw
+            if tile.staged:
+                out += [f"      let a{kh}_{kw}_{o} = tileW[wc + {tap * bo4 + o}u];" for o in range(ro)]
+            else:
+                out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {tap}u]);" for o in range(ro)]
+            out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kw}_{j * sh + kh * dh}), s{j}_{o});"
                     for j, o in sums]
     emit("    }\n  }")
-    emit(f"""  if (oh >= p.ho) {{ return; }}
+    emit(f"""  if (ow >= p.wo) {{ return; }}
   let oc0 = tm * {tile.bo}u + to * {4 * ro}u;
-  let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + oh * p.wo;""")
+  let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + ow;""")
     for j in range(rp):
-        emit(f"  if (ow0 + {j}u < p.wo) {{")
+        emit(f"  if (oh0 + {j}u < p.ho) {{")
         for o in range(ro):  # components by name: a vec4 indexed by a loop variable can land in local memory
             for e, comp in enumerate("xyzw"):
-                index = f"obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + ow0 + {j}u"
+                index = f"obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + (oh0 + {j}u) * p.wo"
                 value = f"s{j}_{o}.{comp}"
                 if not partial:
                     value = f"{value} + bias[g * p.cout_g + oc0 + {4 * o + e}u]"
@@ -271,7 +306,9 @@ class Direct(ConvKernel):
         chunks = ceil_div(ceil_div(p.c_in // p.groups, plan.chunk), plan.splits)
         total = plan.splits * n * p.groups * tiles_m * tiles_r * tiles_c
         if self.gpu.profile.family == "cpu":
-            trips = chunks * (ceil_div(plan.chunk * np.prod(patch_size(p, tile)), tile.threads) + plan.chunk)
+            staged = ceil_div(plan.chunk * p.kh * p.kw * tile.bo // 4, tile.threads) if tile.staged else 0
+            trips = chunks * (ceil_div(plan.chunk * np.prod(patch_size(p, tile)), tile.threads) + staged
+                              + plan.chunk)
             if trips > CPU_LOOP_LIMIT:
                 raise ValueError(f"direct (workgroup tiles) would loop {trips} times on {p.describe()}, past "
                                  f"lavapipe's {CPU_LOOP_LIMIT}")
