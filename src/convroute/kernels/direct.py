@@ -41,38 +41,33 @@ class Tile:
     bc: int  # output columns per workgroup
     ro: int  # vec4s of output channels per invocation
     rp: int  # pixels of one column per invocation (neighbouring rows)
-    staged: bool = False  # the chunk's weights go through workgroup memory too
 
     @property
     def threads(self) -> int:
         return self.bo // (4 * self.ro) * (self.br // self.rp * self.bc)
 
     def __str__(self) -> str:
-        return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}{'w' if self.staged else ''}"
+        return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}"
 
 
-# (tile, relative time per FMA once the device is busy), measured on the H100 (tools/direct_bench.py --tiles)
+# (tile, relative time per FMA once the device is busy), with FILL, SPLIT and BUSY below fitted on the H100 to the
+# sliding-window layers of the shipped suites (every tile x chunk x split of scratch grids, tools/direct_bench.py
+# --tiles); the last two serve few output channels.
 TILES = (
-    (Tile(64, 8, 16, 2, 8), 1.0),
-    (Tile(64, 8, 32, 2, 8), 1.0),
-    (Tile(64, 16, 16, 2, 8), 1.0),
-    (Tile(128, 8, 8, 4, 4), 1.0),
-    (Tile(64, 8, 16, 2, 8, True), 1.0),
-    (Tile(64, 8, 32, 2, 8, True), 1.0),
-    (Tile(128, 8, 8, 4, 4, True), 1.0),
-    (Tile(64, 8, 8, 2, 8), 1.2),
-    (Tile(64, 8, 8, 4, 4), 1.15),
-    (Tile(64, 16, 8, 4, 4), 1.15),
-    (Tile(32, 8, 8, 1, 4), 1.2),
-    (Tile(32, 16, 16, 2, 8), 1.25),
-    (Tile(16, 8, 8, 1, 4), 1.3),
-    (Tile(32, 8, 16, 1, 4), 1.3),
-    (Tile(32, 8, 8, 2, 4), 1.5),
-    (Tile(64, 4, 8, 2, 4), 1.5),
+    (Tile(64, 8, 8, 2, 8), 0.9),
+    (Tile(64, 14, 8, 2, 7), 0.95),
+    (Tile(64, 8, 16, 2, 8), 0.95),
+    (Tile(64, 7, 8, 2, 7), 1.0),
+    (Tile(32, 8, 8, 1, 4), 1.1),
+    (Tile(32, 8, 16, 1, 4), 1.1),
+    (Tile(16, 8, 8, 1, 4), 1.6),
     (Tile(4, 16, 16, 1, 4), 3.0),
 )
 CHUNKS = (16, 8, 4)  # input channels per workgroup-memory stage, largest first
-BUSY = 2  # launches want this many times the device's busy workgroup count
+LOADS = 8  # patch values an invocation has in flight at once
+BUSY = 3  # launches want this many times the device's busy workgroup count
+FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
+SPLIT = 64  # cost of one partial sum written and read back, in FMAs
 
 
 @dataclass(frozen=True)
@@ -90,19 +85,14 @@ def patch_size(p, tile: Tile) -> tuple[int, int]:
     return (tile.br - 1) * sh + (p.kh - 1) * dh + 1, (tile.bc - 1) * sw + (p.kw - 1) * dw + 1
 
 
-def stage_bytes(p, tile: Tile, chunk: int) -> int:
-    """Workgroup memory for one chunk: the input patch, and with `staged` tiles the weights (vec4s of f32)."""
-    pr, pc = patch_size(p, tile)
-    return 4 * chunk * (pr * pc + (p.kh * p.kw * tile.bo if tile.staged else 0))
-
-
 def choose_plan(profile, p, n: int) -> Plan:
     """Tile, chunk and split for `p` at batch n on a device: a pure function of the two.
 
     Estimated time: the padded work (channels past C_out/groups, pixels past the output's edges) times the
-    tile's cost per FMA, divided by the square root of the share of a busy device the launch fills (splitting
-    the input channels adds workgroups, up to half the chunks, so each split keeps two or more). A chunk's
-    stage must fit the device's workgroup memory, the tile its invocation limit."""
+    tile's cost per FMA, divided by the share of a busy device the launch fills to the power FILL, plus SPLIT
+    FMAs per partial sum when the input channels are split across workgroups (1, 2, 4, ... ways, up to half the
+    chunks, so each split keeps two or more). A chunk's patch must fit the device's workgroup memory, the tile
+    its invocation limit."""
     cout_g, cin_g = p.c_out // p.groups, p.c_in // p.groups
     memory = profile.max_workgroup_storage
     threads = profile.max_invocations
@@ -115,20 +105,28 @@ def choose_plan(profile, p, n: int) -> Plan:
         padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
                   * ceil_div(p.wo, tile.bc) * tile.bc)
         blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
-        per_channel = stage_bytes(p, tile, 1)
+        per_channel = 4 * int(np.prod(patch_size(p, tile)))
         for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}, reverse=True):
             if chunk < 1:
                 continue
-            splits = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, ceil_div(target, blocks),
-                                profile.max_binding_bytes // out_bytes))
-            filled = min(1.0, blocks * splits / target)
-            cost = padded * per_fma / filled ** 0.5
-            if best_cost is None or cost < best_cost * 0.999:
-                best, best_cost = Plan(tile, chunk, splits), cost
+            most = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, profile.max_binding_bytes // out_bytes))
+            splits = 1
+            while splits <= most:
+                filled = min(1.0, blocks * splits / target)
+                partial = SPLIT * splits / (cin_g * p.kh * p.kw) if splits > 1 else 0.0
+                cost = padded * (per_fma / filled ** FILL + partial)
+                if best_cost is None or cost < best_cost * 0.999:
+                    best, best_cost = Plan(tile, chunk, splits), cost
+                splits *= 2
     if best is None:
         raise ValueError(f"direct: no tile's input patch of {p.describe()} fits the device's {memory}-byte "
                          f"workgroup memory")
     return best
+
+
+def load_batch(plan: Plan, patch: int) -> int:
+    """Patch values each invocation loads before storing any (the loads of a batch are in flight together)."""
+    return min(LOADS, ceil_div(plan.chunk * patch, plan.tile.threads))
 
 
 def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool = False) -> str:
@@ -140,17 +138,14 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
     tile, ck = plan.tile, plan.chunk
     (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
     pr, pc = patch_size(p, tile)
-    ro, rp, bo4 = tile.ro, tile.rp, tile.bo // 4
+    ro, rp = tile.ro, tile.rp
     tpx = tile.br // rp * tile.bc  # invocations along the pixels
     span = (rp - 1) * sh + (p.kh - 1) * dh + 1
     khw = p.kh * p.kw
     buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!",
                                                                         *(["res"] if residual else []))
-    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=khw,
-                                   WSTAGE=ck * khw * bo4))
+    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=khw))
     shared = f"var<workgroup> tileX: array<f32, {ck * pr * pc}>;"
-    if tile.staged:
-        shared += f"\nvar<workgroup> tileW: array<vec4<f32>, {ck * khw * bo4}>;"
     out = [storage_frame(header, PARAMS, buffers, helpers + shared, tile.threads),
            """  let b = wid.x + wid.y * nwg.x;
   if (b >= p.total) { return; }""",
@@ -168,8 +163,7 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
   let wi = i32(p.w);
   let xg = (n * p.c_in + g * p.cin_g) * p.h * p.w;
   let bstride = p.cin_pad * KHW;
-  let wg0 = (g * p.bpg + tm * {bo4}u) * bstride;
-  let wb = wg0 + to * {ro}u * bstride;
+  let wb = (g * p.bpg + tm * {tile.bo // 4}u + to * {ro}u) * bstride;
   let own = (prow * {sh}u) * PC + pcol * {sw}u;"""]
     emit = out.append
     sums = [(j, o) for j in range(rp) for o in range(ro)]
@@ -177,37 +171,29 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
     emit(f"""  for (var ch = 0u; ch < p.chunks; ch++) {{
     let ic0 = (split * p.chunks + ch) * {ck}u;
     if (ic0 >= p.cin_g) {{ break; }}
-    workgroupBarrier();
-    for (var i = lid_x; i < PATCH; i += WG) {{
-      let c = i / (PR * PC);
-      let rc = i % (PR * PC);
-      let ih = ih0 + i32(rc / PC);
-      let iw = iw0 + i32(rc % PC);
-      let ok = ic0 + c < p.cin_g && ih >= 0 && ih < hi && iw >= 0 && iw < wi;
-      let at = select(0u, xg + ((ic0 + c) * p.h + u32(ih)) * p.w + u32(iw), ok);
-      tileX[i] = select(0.0, f32(x[at]), ok);
-    }}""")
-    if tile.staged:  # vec4 i of block i / (CK * KHW): tap i % (CK * KHW) of the chunk, stored tap-major
-        emit(f"""    for (var i = lid_x; i < WSTAGE; i += WG) {{
-      let blk = i / {ck * khw}u;
-      let tap = i % {ck * khw}u;
-      tileW[tap * {bo4}u + blk] = ld4(wt[wg0 + blk * bstride + ic0 * KHW + tap]);
-    }}""")
+    workgroupBarrier();""")
+    batch = load_batch(plan, pr * pc)
+    emit(f"    for (var base = lid_x; base < PATCH; base += {batch}u * WG) {{")
+    for k in range(batch):  # all loads of a batch issue before its first store waits on one
+        emit(f"""      let q{k} = base + {k}u * WG;
+      let qc{k} = q{k} / (PR * PC);
+      let qr{k} = q{k} % (PR * PC);
+      let qh{k} = ih0 + i32(qr{k} / PC);
+      let qw{k} = iw0 + i32(qr{k} % PC);
+      let ok{k} = q{k} < PATCH && ic0 + qc{k} < p.cin_g && qh{k} >= 0 && qh{k} < hi && qw{k} >= 0 && qw{k} < wi;
+      let at{k} = select(0u, xg + ((ic0 + qc{k}) * p.h + u32(qh{k})) * p.w + u32(qw{k}), ok{k});
+      let v{k} = select(0.0, f32(x[at{k}]), ok{k});""")
+    out += [f"      if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(batch)]
+    emit("    }")
     emit(f"""    workgroupBarrier();
     for (var c = 0u; c < {ck}u; c++) {{
       let pbase = c * (PR * PC) + own;""")
-    if tile.staged:
-        emit(f"      let wc = c * KHW * {bo4}u + to * {ro}u;")
-    else:
-        emit("      let wc = wb + (ic0 + c) * KHW;")
+    emit("      let wc = wb + (ic0 + c) * KHW;")
     for kw in range(p.kw):
         out += [f"      let v{kw}_{q} = tileX[pbase + {q * pc + kw * dw}u];" for q in range(span)]
         for kh in range(p.kh):
             tap = kh * p.kw + kw
-            if tile.staged:
-                out += [f"      let a{kh}_{kw}_{o} = tileW[wc + {tap * bo4 + o}u];" for o in range(ro)]
-            else:
-                out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {tap}u]);" for o in range(ro)]
+            out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {tap}u]);" for o in range(ro)]
             out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kw}_{j * sh + kh * dh}), s{j}_{o});"
                     for j, o in sums]
     emit("    }\n  }")
@@ -306,9 +292,8 @@ class Direct(ConvKernel):
         chunks = ceil_div(ceil_div(p.c_in // p.groups, plan.chunk), plan.splits)
         total = plan.splits * n * p.groups * tiles_m * tiles_r * tiles_c
         if self.gpu.profile.family == "cpu":
-            staged = ceil_div(plan.chunk * p.kh * p.kw * tile.bo // 4, tile.threads) if tile.staged else 0
-            trips = chunks * (ceil_div(plan.chunk * np.prod(patch_size(p, tile)), tile.threads) + staged
-                              + plan.chunk)
+            patch = int(np.prod(patch_size(p, tile)))
+            trips = chunks * (ceil_div(plan.chunk * patch, load_batch(plan, patch) * tile.threads) + plan.chunk)
             if trips > CPU_LOOP_LIMIT:
                 raise ValueError(f"direct (workgroup tiles) would loop {trips} times on {p.describe()}, past "
                                  f"lavapipe's {CPU_LOOP_LIMIT}")
