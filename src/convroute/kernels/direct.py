@@ -3,12 +3,15 @@
 GPUs (gemm_style "workgroup"): a workgroup computes BO output channels x a BR x BC block of output pixels of
 one image. Per chunk of CK input channels it stages the input patch the block reads (the block plus its halo,
 zero outside the image) in workgroup memory, then each invocation adds RO vec4s of output channels x RP
-neighbouring pixels of one row: per channel and kernel row it reads its row segment of the patch once (each
-value serves up to KW taps) and RO * KW weight vec4s (each serves RP pixels). Kernel size, stride, dilation,
-padding and the tile are WGSL constants (taps unrolled); channel and spatial sizes are parameters, so a network
-compiles one pipeline per (kernel geometry, tile). When the blocks leave the device idle (few pixels, many
-channels: late ResNet layers at batch 1) the input channels are split across workgroups, each writing f32
-partial sums, and a second dispatch adds them, the bias and the activation.
+neighbouring pixels of one column: per channel and kernel column it reads its column segment of the patch once
+(each value serves up to KH taps) and RO * KH weight vec4s (each serves RP pixels). Neighbouring invocations own
+neighbouring columns, so output stores coalesce and patch reads hit distinct banks. When an invocation loads
+few patch values per chunk, the patch is double-buffered: chunk k + 1's loads are in flight while chunk k's
+sums run, one barrier per chunk. Kernel size, stride, dilation, padding and the tile are WGSL constants (taps
+unrolled); channel and spatial sizes are parameters, so a network compiles one pipeline per (kernel geometry,
+tile). When the blocks leave the device idle (few pixels, many channels: late ResNet layers at batch 1) the
+input channels are split across workgroups, each writing f32 partial sums, and a second dispatch adds them, the
+bias and the activation.
 
 CPU adapters (gemm_style "registers") get direct_cpu's register tiles instead.
 
@@ -54,20 +57,21 @@ class Tile:
 # sliding-window layers of the shipped suites (every tile x chunk x split of scratch grids, tools/direct_bench.py
 # --tiles); the last two serve few output channels.
 TILES = (
-    (Tile(64, 8, 8, 2, 8), 0.9),
-    (Tile(64, 14, 8, 2, 7), 0.95),
-    (Tile(64, 8, 16, 2, 8), 0.95),
-    (Tile(64, 7, 8, 2, 7), 1.0),
-    (Tile(32, 8, 8, 1, 4), 1.1),
-    (Tile(32, 8, 16, 1, 4), 1.1),
-    (Tile(16, 8, 8, 1, 4), 1.6),
+    (Tile(64, 8, 16, 2, 8), 0.8),
+    (Tile(64, 8, 8, 2, 8), 0.85),
+    (Tile(64, 14, 8, 2, 7), 0.9),
+    (Tile(64, 7, 8, 2, 7), 0.9),
+    (Tile(32, 8, 8, 1, 4), 1.13),
+    (Tile(32, 8, 16, 1, 4), 1.14),
+    (Tile(16, 8, 8, 1, 4), 2.0),
     (Tile(4, 16, 16, 1, 4), 3.0),
 )
-CHUNKS = (16, 8, 4)  # input channels per workgroup-memory stage, largest first
+CHUNKS = (4, 8, 16)  # input channels per workgroup-memory stage, smallest first (ties go to the first)
 LOADS = 8  # patch values an invocation has in flight at once
-BUSY = 3  # launches want this many times the device's busy workgroup count
-FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
-SPLIT = 64  # cost of one partial sum written and read back, in FMAs
+AHEAD = 32  # double-buffer the patch when an invocation loads at most this many values per chunk
+BUSY = 2  # launches want this many times the device's busy workgroup count
+FILL = 0.75  # time ~ 1 / (share of a busy device filled) ** FILL
+SPLIT = 16  # cost of one partial sum written and read back, in FMAs
 
 
 @dataclass(frozen=True)
@@ -105,8 +109,8 @@ def choose_plan(profile, p, n: int) -> Plan:
         padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
                   * ceil_div(p.wo, tile.bc) * tile.bc)
         blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
-        per_channel = 4 * int(np.prod(patch_size(p, tile)))
-        for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}, reverse=True):
+        per_channel = 8 * int(np.prod(patch_size(p, tile)))  # two chunks' patches
+        for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}):
             if chunk < 1:
                 continue
             most = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, profile.max_binding_bytes // out_bytes))
@@ -124,9 +128,31 @@ def choose_plan(profile, p, n: int) -> Plan:
     return best
 
 
+def double_buffered(plan: Plan, patch: int) -> bool:
+    """Whether the kernel holds two chunks' patches (few loads per invocation each)."""
+    return ceil_div(plan.chunk * patch, plan.tile.threads) <= AHEAD
+
+
 def load_batch(plan: Plan, patch: int) -> int:
     """Patch values each invocation loads before storing any (the loads of a batch are in flight together)."""
     return min(LOADS, ceil_div(plan.chunk * patch, plan.tile.threads))
+
+
+def patch_loads(ks, channel: str, indent: str, base: str = "lid_x") -> list[str]:
+    """WGSL reading patch values q_k = base + k * WG of the chunk from input channel `channel` into v_k (zero
+    outside the image and past the group's channels)."""
+    lines = []
+    for k in ks:
+        lines += [f"let q{k} = {base} + {k}u * WG;",
+                  f"let qc{k} = q{k} / (PR * PC);",
+                  f"let qr{k} = q{k} % (PR * PC);",
+                  f"let qh{k} = ih0 + i32(qr{k} / PC);",
+                  f"let qw{k} = iw0 + i32(qr{k} % PC);",
+                  f"let ok{k} = q{k} < PATCH && {channel} + qc{k} < p.cin_g && qh{k} >= 0 && qh{k} < hi && qw{k} >= 0"
+                  f" && qw{k} < wi;",
+                  f"let at{k} = select(0u, xg + (({channel} + qc{k}) * p.h + u32(qh{k})) * p.w + u32(qw{k}), ok{k});",
+                  f"let v{k} = select(0.0, f32(x[at{k}]), ok{k});"]
+    return [indent + line for line in lines]
 
 
 def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool = False) -> str:
@@ -144,8 +170,8 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
     khw = p.kh * p.kw
     buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!",
                                                                         *(["res"] if residual else []))
-    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=khw))
-    shared = f"var<workgroup> tileX: array<f32, {ck * pr * pc}>;"
+    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=khw, CK=ck))
+    shared = f"var<workgroup> tileX: array<f32, {(2 if double_buffered(plan, pr * pc) else 1) * ck * pr * pc}>;"
     out = [storage_frame(header, PARAMS, buffers, helpers + shared, tile.threads),
            """  let b = wid.x + wid.y * nwg.x;
   if (b >= p.total) { return; }""",
@@ -168,26 +194,30 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
     emit = out.append
     sums = [(j, o) for j in range(rp) for o in range(ro)]
     out += [f"  var s{j}_{o} = vec4<f32>(0.0);" for j, o in sums]
+    loads = ceil_div(ck * pr * pc, tile.threads)
+    ahead = double_buffered(plan, pr * pc)
+    if ahead:  # chunk k + 1's patch loads while chunk k's sums run: one barrier per chunk
+        emit(f"  {{\n    let first = split * p.chunks * {ck}u;")
+        out += patch_loads(range(loads), "first", "    ")
+        out += [f"    if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(loads)]
+        emit("  }")
     emit(f"""  for (var ch = 0u; ch < p.chunks; ch++) {{
     let ic0 = (split * p.chunks + ch) * {ck}u;
-    if (ic0 >= p.cin_g) {{ break; }}
-    workgroupBarrier();""")
-    batch = load_batch(plan, pr * pc)
-    emit(f"    for (var base = lid_x; base < PATCH; base += {batch}u * WG) {{")
-    for k in range(batch):  # all loads of a batch issue before its first store waits on one
-        emit(f"""      let q{k} = base + {k}u * WG;
-      let qc{k} = q{k} / (PR * PC);
-      let qr{k} = q{k} % (PR * PC);
-      let qh{k} = ih0 + i32(qr{k} / PC);
-      let qw{k} = iw0 + i32(qr{k} % PC);
-      let ok{k} = q{k} < PATCH && ic0 + qc{k} < p.cin_g && qh{k} >= 0 && qh{k} < hi && qw{k} >= 0 && qw{k} < wi;
-      let at{k} = select(0u, xg + ((ic0 + qc{k}) * p.h + u32(qh{k})) * p.w + u32(qw{k}), ok{k});
-      let v{k} = select(0.0, f32(x[at{k}]), ok{k});""")
-    out += [f"      if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(batch)]
-    emit("    }")
-    emit(f"""    workgroupBarrier();
-    for (var c = 0u; c < {ck}u; c++) {{
-      let pbase = c * (PR * PC) + own;""")
+    if (ic0 >= p.cin_g) {{ break; }}""")
+    if ahead:
+        emit("""    workgroupBarrier();
+    let cur = (ch & 1u) * PATCH;
+    let next = ic0 + CK;""")
+        out += patch_loads(range(loads), "next", "    ")
+    else:
+        emit("    workgroupBarrier();")
+        batch = min(LOADS, loads)
+        emit(f"    for (var base = lid_x; base < PATCH; base += {batch}u * WG) {{")
+        out += patch_loads(range(batch), "ic0", "      ", "base")  # a batch's loads issue before its stores wait
+        out += [f"      if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(batch)]
+        emit("    }\n    workgroupBarrier();\n    let cur = 0u;")
+    emit(f"""    for (var c = 0u; c < {ck}u; c++) {{
+      let pbase = cur + c * (PR * PC) + own;""")
     emit("      let wc = wb + (ic0 + c) * KHW;")
     for kw in range(p.kw):
         out += [f"      let v{kw}_{q} = tileX[pbase + {q * pc + kw * dw}u];" for q in range(span)]
@@ -196,7 +226,10 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
             out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {tap}u]);" for o in range(ro)]
             out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kw}_{j * sh + kh * dh}), s{j}_{o});"
                     for j, o in sums]
-    emit("    }\n  }")
+    emit("    }")
+    if ahead:
+        out += [f"    if (q{k} < PATCH) {{ tileX[PATCH - cur + q{k}] = v{k}; }}" for k in range(loads)]
+    emit("  }")
     emit(f"""  if (ow >= p.wo) {{ return; }}
   let oc0 = tm * {tile.bo}u + to * {4 * ro}u;
   let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + ow;""")
