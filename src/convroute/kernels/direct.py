@@ -57,21 +57,21 @@ class Tile:
 # sliding-window layers of the shipped suites (every tile x chunk x split of scratch grids, tools/direct_bench.py
 # --tiles); the last two serve few output channels.
 TILES = (
-    (Tile(64, 8, 16, 2, 8), 0.8),
-    (Tile(64, 8, 8, 2, 8), 0.85),
-    (Tile(64, 14, 8, 2, 7), 0.9),
-    (Tile(64, 7, 8, 2, 7), 0.9),
-    (Tile(32, 8, 8, 1, 4), 1.13),
-    (Tile(32, 8, 16, 1, 4), 1.14),
-    (Tile(16, 8, 8, 1, 4), 2.0),
+    (Tile(64, 8, 8, 2, 8), 0.9),
+    (Tile(64, 14, 8, 2, 7), 0.95),
+    (Tile(64, 8, 16, 2, 8), 0.95),
+    (Tile(64, 7, 8, 2, 7), 1.0),
+    (Tile(32, 8, 8, 1, 4), 1.1),
+    (Tile(32, 8, 16, 1, 4), 1.1),
+    (Tile(16, 8, 8, 1, 4), 1.6),
     (Tile(4, 16, 16, 1, 4), 3.0),
 )
-CHUNKS = (4, 8, 16)  # input channels per workgroup-memory stage, smallest first (ties go to the first)
+CHUNKS = (16, 8, 4)  # input channels per workgroup-memory stage, largest first
 LOADS = 8  # patch values an invocation has in flight at once
-AHEAD = 32  # double-buffer the patch when an invocation loads at most this many values per chunk
-BUSY = 2  # launches want this many times the device's busy workgroup count
-FILL = 0.75  # time ~ 1 / (share of a busy device filled) ** FILL
-SPLIT = 16  # cost of one partial sum written and read back, in FMAs
+AHEAD = 8  # double-buffer the patch when an invocation loads at most this many values per chunk
+BUSY = 3  # launches want this many times the device's busy workgroup count
+FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
+SPLIT = 64  # cost of one partial sum written and read back, in FMAs
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def choose_plan(profile, p, n: int) -> Plan:
                   * ceil_div(p.wo, tile.bc) * tile.bc)
         blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
         per_channel = 8 * int(np.prod(patch_size(p, tile)))  # two chunks' patches
-        for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}):
+        for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}, reverse=True):
             if chunk < 1:
                 continue
             most = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, profile.max_binding_bytes // out_bytes))
