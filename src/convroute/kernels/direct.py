@@ -53,9 +53,9 @@ class Tile:
         return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}"
 
 
-# (tile, relative time per FMA once the device is busy), with FILL, SPLIT and BUSY below fitted on the H100 to the
-# sliding-window layers of the shipped suites (every tile x chunk x split of scratch grids, tools/direct_bench.py
-# --tiles); the last two serve few output channels.
+# (tile, relative time per FMA once the device is busy); with BUSY, FILL and SPLIT below fitted on the H100 to the
+# sliding-window layers of the shipped suites, timing every tile x chunk x split on each; the last two serve few
+# output channels.
 TILES = (
     (Tile(64, 8, 8, 2, 8), 0.9),
     (Tile(64, 14, 8, 2, 7), 0.95),
