@@ -106,6 +106,20 @@ def test_split_input_channels_add_up(monkeypatch):
     assert_matches(run(p, x, w, b, "relu6"), reference(p, x, w, b, "relu6"), f"direct split {plan}")
 
 
+@pytest.mark.parametrize("ahead", [0, 64], ids=["batched-loads", "double-buffered"])
+def test_patch_staging_variants(monkeypatch, ahead):
+    """Three chunks of input channels through each way of staging the patch: batches of loads then stores
+    between two barriers, or the next chunk's loads in flight during the sums (one barrier per chunk)."""
+    use_style(monkeypatch, "workgroup")
+    monkeypatch.setattr(direct, "AHEAD", ahead)
+    p, activation = LAYERS["channels-past-a-chunk"]
+    x, w, b = random_inputs(p, np.random.default_rng(47))
+    plan = direct.Direct(get_gpu(), p, w, b, Epilogue()).plan(p.n)
+    assert direct.double_buffered(plan, int(np.prod(direct.patch_size(p, plan.tile)))) == bool(ahead)
+    assert p.c_in > 2 * plan.chunk
+    assert_matches(run(p, x, w, b, activation), reference(p, x, w, b, activation), f"direct {plan} ahead {ahead}")
+
+
 def test_without_bias(monkeypatch):
     p = make_params((1, 4, 7, 7), (8, 4, 3, 3), 1, 1)
     x, w, _ = random_inputs(p, np.random.default_rng(42), bias=False)
@@ -140,7 +154,8 @@ def test_plans_fit_the_device(memory):
         plan = direct.choose_plan(profile, p, p.n)
         assert plan == direct.choose_plan(profile, p, p.n)
         pr, pc = direct.patch_size(p, plan.tile)
-        assert 4 * plan.chunk * pr * pc <= memory and plan.tile.threads <= 256, (p.describe(), plan)
+        buffers = 2 if direct.double_buffered(plan, pr * pc) else 1
+        assert buffers * 4 * plan.chunk * pr * pc <= memory and plan.tile.threads <= 256, (p.describe(), plan)
         assert 1 <= plan.chunk <= p.c_in and plan.splits >= 1
 
 

@@ -116,9 +116,10 @@ def main() -> None:
 
 
 def time_tiles(gpu, p, settings) -> dict:
-    """direct's time with each workgroup tile forced (same plan function otherwise)."""
+    """direct's time with each workgroup tile forced, then each chunk size (same plan function otherwise). Each
+    kernel packs its own weights, so none finds another's in the L2 cache."""
     work = Workload(gpu, p, seed=7, rotations=settings.rotations)
-    kernels, original = {}, direct.TILES
+    kernels, original, chunks = {}, direct.TILES, direct.CHUNKS
     try:
         for tile, cost in original:
             direct.TILES = ((tile, cost),)
@@ -127,10 +128,10 @@ def time_tiles(gpu, p, settings) -> dict:
             except ValueError:
                 continue
         direct.TILES = original
-        for chunk in (4, 8, 32):
-            direct.MAX_CHUNK = chunk
+        for chunk in chunks:
+            direct.CHUNKS = (chunk,)
             kernels[str(direct.choose_plan(gpu.profile, p, p.n))] = work.kernel(direct.Direct)
-        direct.MAX_CHUNK = 16
+            direct.CHUNKS = chunks
         wrong = {k: work.error(v) for k, v in kernels.items()}
         wrong = {k: e for k, e in wrong.items() if not e < 1e-4}
         kernels = {k: v for k, v in kernels.items() if k not in wrong}
@@ -138,7 +139,7 @@ def time_tiles(gpu, p, settings) -> dict:
         for k, e in wrong.items():
             print(f"   WRONG tile {k}: relative error {e:.3g}")
     finally:
-        direct.TILES = original
+        direct.TILES, direct.CHUNKS = original, chunks
         work.release()
     return {k: t.median_ms for k, t in timings.items()}
 

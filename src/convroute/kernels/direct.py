@@ -3,12 +3,15 @@
 GPUs (gemm_style "workgroup"): a workgroup computes BO output channels x a BR x BC block of output pixels of
 one image. Per chunk of CK input channels it stages the input patch the block reads (the block plus its halo,
 zero outside the image) in workgroup memory, then each invocation adds RO vec4s of output channels x RP
-neighbouring pixels of one row: per channel and kernel row it reads its row segment of the patch once (each
-value serves up to KW taps) and RO * KW weight vec4s (each serves RP pixels). Kernel size, stride, dilation,
-padding and the tile are WGSL constants (taps unrolled); channel and spatial sizes are parameters, so a network
-compiles one pipeline per (kernel geometry, tile). When the blocks leave the device idle (few pixels, many
-channels: late ResNet layers at batch 1) the input channels are split across workgroups, each writing f32
-partial sums, and a second dispatch adds them, the bias and the activation.
+neighbouring pixels of one column: per channel and kernel column it reads its column segment of the patch once
+(each value serves up to KH taps) and RO * KH weight vec4s (each serves RP pixels). Neighbouring invocations own
+neighbouring columns, so output stores coalesce and patch reads hit distinct banks. When an invocation loads
+few patch values per chunk, the patch is double-buffered: chunk k + 1's loads are in flight while chunk k's
+sums run, one barrier per chunk. Kernel size, stride, dilation, padding and the tile are WGSL constants (taps
+unrolled); channel and spatial sizes are parameters, so a network compiles one pipeline per (kernel geometry,
+tile). When the blocks leave the device idle (few pixels, many channels: late ResNet layers at batch 1) the
+input channels are split across workgroups, each writing f32 partial sums, and a second dispatch adds them, the
+bias and the activation.
 
 CPU adapters (gemm_style "registers") get direct_cpu's register tiles instead.
 
@@ -40,33 +43,35 @@ class Tile:
     br: int  # output rows per workgroup
     bc: int  # output columns per workgroup
     ro: int  # vec4s of output channels per invocation
-    rp: int  # neighbouring pixels of one row per invocation
+    rp: int  # pixels of one column per invocation (neighbouring rows)
 
     @property
     def threads(self) -> int:
-        return self.bo // (4 * self.ro) * (self.br * self.bc // self.rp)
+        return self.bo // (4 * self.ro) * (self.br // self.rp * self.bc)
 
     def __str__(self) -> str:
         return f"{self.bo}x{self.br}x{self.bc}/{4 * self.ro}x{self.rp}"
 
 
-# (tile, relative time per FMA once the device is busy), measured on the H100 (tools/direct_bench.py --tiles)
+# (tile, relative time per FMA once the device is busy); with BUSY, FILL and SPLIT below fitted on the H100 to the
+# sliding-window layers of the shipped suites, timing every tile x chunk x split on each; the last two serve few
+# output channels.
 TILES = (
-    (Tile(64, 8, 16, 2, 8), 1.0),
-    (Tile(128, 8, 8, 4, 4), 1.0),
-    (Tile(64, 8, 8, 2, 8), 1.2),
-    (Tile(64, 8, 8, 4, 4), 1.15),
-    (Tile(64, 4, 16, 4, 4), 1.2),
-    (Tile(32, 8, 8, 1, 4), 1.2),
-    (Tile(32, 16, 16, 2, 8), 1.25),
-    (Tile(16, 8, 8, 1, 4), 1.3),
-    (Tile(32, 8, 16, 1, 4), 1.3),
-    (Tile(32, 8, 8, 2, 4), 1.5),
-    (Tile(64, 4, 8, 2, 4), 1.5),
+    (Tile(64, 8, 8, 2, 8), 0.9),
+    (Tile(64, 14, 8, 2, 7), 0.95),
+    (Tile(64, 8, 16, 2, 8), 0.95),
+    (Tile(64, 7, 8, 2, 7), 1.0),
+    (Tile(32, 8, 8, 1, 4), 1.1),
+    (Tile(32, 8, 16, 1, 4), 1.1),
+    (Tile(16, 8, 8, 1, 4), 1.6),
     (Tile(4, 16, 16, 1, 4), 3.0),
 )
 CHUNKS = (16, 8, 4)  # input channels per workgroup-memory stage, largest first
-BUSY = 2  # launches want this many times the device's busy workgroup count
+LOADS = 8  # patch values an invocation has in flight at once
+AHEAD = 8  # double-buffer the patch when an invocation loads at most this many values per chunk
+BUSY = 3  # launches want this many times the device's busy workgroup count
+FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
+SPLIT = 64  # cost of one partial sum written and read back, in FMAs
 
 
 @dataclass(frozen=True)
@@ -88,59 +93,96 @@ def choose_plan(profile, p, n: int) -> Plan:
     """Tile, chunk and split for `p` at batch n on a device: a pure function of the two.
 
     Estimated time: the padded work (channels past C_out/groups, pixels past the output's edges) times the
-    tile's cost per FMA, divided by the square root of the share of a busy device the launch fills (splitting
-    the input channels adds workgroups, up to half the chunks, so each split keeps two or more). Patches of the
-    chunk must fit the device's workgroup memory, the tile its invocation limit."""
+    tile's cost per FMA, divided by the share of a busy device the launch fills to the power FILL, plus SPLIT
+    FMAs per partial sum when the input channels are split across workgroups (1, 2, 4, ... ways, up to half the
+    chunks, so each split keeps two or more). A chunk's patch must fit the device's workgroup memory, the tile
+    its invocation limit."""
     cout_g, cin_g = p.c_out // p.groups, p.c_in // p.groups
-    memory = int(profile.limits.get("max-compute-workgroup-storage-size", 16384))
-    threads = int(profile.limits.get("max-compute-invocations-per-workgroup", 256))
+    memory = profile.max_workgroup_storage
+    threads = profile.max_invocations
     target = BUSY * profile.busy_workgroups
     out_bytes = 4 * n * p.c_out * p.ho * p.wo
     best, best_cost = None, None
     for tile, per_fma in TILES:
-        patch = 4 * int(np.prod(patch_size(p, tile)))
-        if tile.threads > threads or patch > memory:
+        if tile.threads > threads:
             continue
         padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
                   * ceil_div(p.wo, tile.bc) * tile.bc)
         blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
-        for chunk in sorted({min(c, cin_g, memory // patch) for c in CHUNKS}, reverse=True):
-            splits = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, ceil_div(target, blocks),
-                                profile.max_binding_bytes // out_bytes))
-            filled = min(1.0, blocks * splits / target)
-            cost = padded * per_fma / filled ** 0.5
-            if best_cost is None or cost < best_cost * 0.999:
-                best, best_cost = Plan(tile, chunk, splits), cost
+        per_channel = 8 * int(np.prod(patch_size(p, tile)))  # two chunks' patches
+        for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}, reverse=True):
+            if chunk < 1:
+                continue
+            most = max(1, min(MAX_SPLITS, ceil_div(cin_g, chunk) // 2, profile.max_binding_bytes // out_bytes))
+            splits = 1
+            while splits <= most:
+                filled = min(1.0, blocks * splits / target)
+                partial = SPLIT * splits / (cin_g * p.kh * p.kw) if splits > 1 else 0.0
+                cost = padded * (per_fma / filled ** FILL + partial)
+                if best_cost is None or cost < best_cost * 0.999:
+                    best, best_cost = Plan(tile, chunk, splits), cost
+                splits *= 2
     if best is None:
         raise ValueError(f"direct: no tile's input patch of {p.describe()} fits the device's {memory}-byte "
                          f"workgroup memory")
     return best
 
 
+def double_buffered(plan: Plan, patch: int) -> bool:
+    """Whether the kernel holds two chunks' patches (few loads per invocation each)."""
+    return ceil_div(plan.chunk * patch, plan.tile.threads) <= AHEAD
+
+
+def load_batch(plan: Plan, patch: int) -> int:
+    """Patch values each invocation loads before storing any (the loads of a batch are in flight together)."""
+    return min(LOADS, ceil_div(plan.chunk * patch, plan.tile.threads))
+
+
+def patch_loads(ks, channel: str, indent: str, base: str = "lid_x") -> list[str]:
+    """WGSL reading patch values q_k = base + k * WG of the chunk from input channel `channel` into v_k (zero
+    outside the image and past the group's channels)."""
+    lines = []
+    for k in ks:
+        lines += [f"let q{k} = {base} + {k}u * WG;",
+                  f"let qc{k} = q{k} / (PR * PC);",
+                  f"let qr{k} = q{k} % (PR * PC);",
+                  f"let qh{k} = ih0 + i32(qr{k} / PC);",
+                  f"let qw{k} = iw0 + i32(qr{k} % PC);",
+                  f"let ok{k} = q{k} < PATCH && {channel} + qc{k} < p.cin_g && qh{k} >= 0 && qh{k} < hi && qw{k} >= 0"
+                  f" && qw{k} < wi;",
+                  f"let at{k} = select(0u, xg + (({channel} + qc{k}) * p.h + u32(qh{k})) * p.w + u32(qw{k}), ok{k});",
+                  f"let v{k} = select(0.0, f32(x[at{k}]), ok{k});"]
+    return [indent + line for line in lines]
+
+
 def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool = False) -> str:
     """The workgroup kernel; with `partial` it writes raw f32 sums to [splits, n, C_out, Ho, Wo]; with `residual`
-    (and not partial) the store adds `res`, laid out as the output."""
+    (and not partial) the store adds `res`, laid out as the output.
+
+    Neighbouring invocations own neighbouring output columns (coalesced stores, conflict-free patch reads);
+    each holds `rp` rows of its column, so a patch value read once serves up to KH taps."""
     tile, ck = plan.tile, plan.chunk
     (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
     pr, pc = patch_size(p, tile)
     ro, rp = tile.ro, tile.rp
-    tpx = tile.br * tile.bc // rp  # invocations along the pixels
-    span = (rp - 1) * sw + (p.kw - 1) * dw + 1
+    tpx = tile.br // rp * tile.bc  # invocations along the pixels
+    span = (rp - 1) * sh + (p.kh - 1) * dh + 1
+    khw = p.kh * p.kw
     buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!",
                                                                         *(["res"] if residual else []))
-    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=p.kh * p.kw))
-    out = [storage_frame(header, PARAMS, buffers, helpers + f"var<workgroup> tileX: array<f32, {ck * pr * pc}>;",
-                         tile.threads),
+    helpers = act + constants(dict(WG=tile.threads, PR=pr, PC=pc, PATCH=ck * pr * pc, KHW=khw, CK=ck))
+    shared = f"var<workgroup> tileX: array<f32, {(2 if double_buffered(plan, pr * pc) else 1) * ck * pr * pc}>;"
+    out = [storage_frame(header, PARAMS, buffers, helpers + shared, tile.threads),
            """  let b = wid.x + wid.y * nwg.x;
   if (b >= p.total) { return; }""",
            split_index("b", [("tc", "p.tiles_c"), ("tr", "p.tiles_r"), ("tm", "p.tiles_m"), ("g", "p.groups"),
                              ("n", "p.n")], "split"),
            f"""  let tp = lid_x % {tpx}u;
   let to = lid_x / {tpx}u;
-  let prow = tp / {tile.bc // rp}u;
-  let pcol = (tp % {tile.bc // rp}u) * {rp}u;
-  let oh = tr * {tile.br}u + prow;
-  let ow0 = tc * {tile.bc}u + pcol;
+  let pcol = tp % {tile.bc}u;
+  let prow = (tp / {tile.bc}u) * {rp}u;
+  let oh0 = tr * {tile.br}u + prow;
+  let ow = tc * {tile.bc}u + pcol;
   let ih0 = i32(tr * {tile.br * sh}u) - {ph};
   let iw0 = i32(tc * {tile.bc * sw}u) - {pw};
   let hi = i32(p.h);
@@ -152,38 +194,50 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
     emit = out.append
     sums = [(j, o) for j in range(rp) for o in range(ro)]
     out += [f"  var s{j}_{o} = vec4<f32>(0.0);" for j, o in sums]
+    loads = ceil_div(ck * pr * pc, tile.threads)
+    ahead = double_buffered(plan, pr * pc)
+    if ahead:  # chunk k + 1's patch loads while chunk k's sums run: one barrier per chunk
+        emit(f"  {{\n    let first = split * p.chunks * {ck}u;")
+        out += patch_loads(range(loads), "first", "    ")
+        out += [f"    if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(loads)]
+        emit("  }")
     emit(f"""  for (var ch = 0u; ch < p.chunks; ch++) {{
     let ic0 = (split * p.chunks + ch) * {ck}u;
-    if (ic0 >= p.cin_g) {{ break; }}
-    workgroupBarrier();
-    for (var i = lid_x; i < PATCH; i += WG) {{
-      let c = i / (PR * PC);
-      let rc = i % (PR * PC);
-      let ih = ih0 + i32(rc / PC);
-      let iw = iw0 + i32(rc % PC);
-      let ok = ic0 + c < p.cin_g && ih >= 0 && ih < hi && iw >= 0 && iw < wi;
-      let at = select(0u, xg + ((ic0 + c) * p.h + u32(ih)) * p.w + u32(iw), ok);
-      tileX[i] = select(0.0, f32(x[at]), ok);
-    }}
-    workgroupBarrier();
-    for (var c = 0u; c < {ck}u; c++) {{
-      let pbase = c * (PR * PC) + own;
-      let wc = wb + (ic0 + c) * KHW;""")
-    for kh in range(p.kh):
-        out += [f"      let v{kh}_{q} = tileX[pbase + {kh * dh * pc + q}u];" for q in range(span)]
-        for kw in range(p.kw):
-            out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {kh * p.kw + kw}u]);" for o in range(ro)]
-            out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kh}_{j * sw + kw * dw}), s{j}_{o});"
+    if (ic0 >= p.cin_g) {{ break; }}""")
+    if ahead:
+        emit("""    workgroupBarrier();
+    let cur = (ch & 1u) * PATCH;
+    let next = ic0 + CK;""")
+        out += patch_loads(range(loads), "next", "    ")
+    else:
+        emit("    workgroupBarrier();")
+        batch = min(LOADS, loads)
+        emit(f"    for (var base = lid_x; base < PATCH; base += {batch}u * WG) {{")
+        out += patch_loads(range(batch), "ic0", "      ", "base")  # a batch's loads issue before its stores wait
+        out += [f"      if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(batch)]
+        emit("    }\n    workgroupBarrier();\n    let cur = 0u;")
+    emit(f"""    for (var c = 0u; c < {ck}u; c++) {{
+      let pbase = cur + c * (PR * PC) + own;""")
+    emit("      let wc = wb + (ic0 + c) * KHW;")
+    for kw in range(p.kw):
+        out += [f"      let v{kw}_{q} = tileX[pbase + {q * pc + kw * dw}u];" for q in range(span)]
+        for kh in range(p.kh):
+            tap = kh * p.kw + kw
+            out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {tap}u]);" for o in range(ro)]
+            out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kw}_{j * sh + kh * dh}), s{j}_{o});"
                     for j, o in sums]
-    emit("    }\n  }")
-    emit(f"""  if (oh >= p.ho) {{ return; }}
+    emit("    }")
+    if ahead:
+        out += [f"    if (q{k} < PATCH) {{ tileX[PATCH - cur + q{k}] = v{k}; }}" for k in range(loads)]
+    emit("  }")
+    emit(f"""  if (ow >= p.wo) {{ return; }}
   let oc0 = tm * {tile.bo}u + to * {4 * ro}u;
-  let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + oh * p.wo;""")
+  let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + ow;""")
     for j in range(rp):
-        emit(f"  if (ow0 + {j}u < p.wo) {{")
+        emit(f"  if (oh0 + {j}u < p.ho) {{")
         for o in range(ro):  # components by name: a vec4 indexed by a loop variable can land in local memory
             for e, comp in enumerate("xyzw"):
-                index = f"obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + ow0 + {j}u"
+                index = f"obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + (oh0 + {j}u) * p.wo"
                 value = f"s{j}_{o}.{comp}"
                 if not partial:
                     value = f"{value} + bias[g * p.cout_g + oc0 + {4 * o + e}u]"
@@ -271,7 +325,8 @@ class Direct(ConvKernel):
         chunks = ceil_div(ceil_div(p.c_in // p.groups, plan.chunk), plan.splits)
         total = plan.splits * n * p.groups * tiles_m * tiles_r * tiles_c
         if self.gpu.profile.family == "cpu":
-            trips = chunks * (ceil_div(plan.chunk * np.prod(patch_size(p, tile)), tile.threads) + plan.chunk)
+            patch = int(np.prod(patch_size(p, tile)))
+            trips = chunks * (ceil_div(plan.chunk * patch, load_batch(plan, patch) * tile.threads) + plan.chunk)
             if trips > CPU_LOOP_LIMIT:
                 raise ValueError(f"direct (workgroup tiles) would loop {trips} times on {p.describe()}, past "
                                  f"lavapipe's {CPU_LOOP_LIMIT}")
