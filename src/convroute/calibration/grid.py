@@ -13,7 +13,7 @@ from __future__ import annotations
 from convroute.params import ConvParams, make_params
 
 SIDES = (6, 10, 20, 40, 80, 160)
-ODD_SIDES = (5, 9, 13, 17, 21, 35, 73)  # odd sizes (Inception's 147/73/35/17, AlexNet's 13): partial tiles
+ODD_SIDES = (5, 9, 13, 17, 35, 73)  # odd sizes (Inception's 147/73/35/17, AlexNet's 13): partial tiles
 CHANNELS = (16, 32, 64, 128, 256, 512, 1024)
 FULL_MAX_FLOPS = 1.2e9  # keeps `convroute calibrate` under 10 minutes on a 2-core CPU (lavapipe)
 GPU_MAX_FLOPS = 1e10  # GPUs also measure the heaviest layers: milliseconds each
@@ -71,8 +71,6 @@ def full_grid(max_flops: float = FULL_MAX_FLOPS) -> list[ConvParams]:
     for c, s in [(c, s) for c in CHANNELS for s in ODD_SIDES if _real_band(c, s)]:
         add(conv(c, c, s, 3))
         add(conv(c, c, s, 1))
-    for c in (64, 128, 256):  # downsampling to a multiple of 7 (224-px networks' 7/14/28/56, not those sizes)
-        add(conv(c, 2 * c, 42, 3, 2))
     for c, s in [(64, 120), (128, 60), (256, 30), (512, 15)]:  # heavy bodies (VGG, UNet): 1 GFLOP each
         add(conv(c, c, s, 3))
     for c, s in [(128, 120), (256, 60), (512, 30), (1024, 15)]:  # the heaviest (VGG, UNet): 4 GFLOP, GPUs only
