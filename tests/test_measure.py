@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from dataclasses import replace
 
@@ -17,11 +16,11 @@ from convroute.cache import CacheWarning, cache_dir, device_file, read_json, wri
 from convroute.calibration import denylist
 from convroute.calibration import profile as calib
 from convroute.calibration.grid import GPU_MAX_FLOPS, full_grid, grid_shapes, quick_grid
-from convroute.calibration.model import CostModel, feature_vector, loo_report
+from convroute.calibration.model import CostModel, loo_report
 from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
-from convroute.device.profile import DEFAULT_LIMITS, DeviceProfile
-from convroute.kernels import ALGORITHMS, direct
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
 from convroute.kernels.direct import Direct
 from convroute.measure.reference import TOLERANCES, norm_relative_error, reference_conv
 from convroute.measure.timing import TimingSettings
@@ -371,35 +370,6 @@ def test_model_learns_a_crossover():
     assert model.predict_ms(big, "unknown") is None
     loo = loo_report(samples)
     assert loo["shapes"] == len(samples) and loo["total_regret"] < 0.05
-
-
-def test_model_sees_direct_tile_fit_on_gpus():
-    """GPU direct's time follows its plan's padding (7-row tiles fit 7/14/28/56, never a grid side); with the
-    calibrated device's profile the model sees that, without it the shared features cannot."""
-    nvidia = replace(DeviceProfile.for_family("nvidia"), limits=DEFAULT_LIMITS | {
-        "max-compute-workgroup-storage-size": 49152, "max-compute-invocations-per-workgroup": 1024})
-    overhead = {p: direct.plan_overhead(nvidia, p, p.n) for p in quick_grid() + full_grid()[::4]
-                if not p.transposed}
-
-    def rule(p):
-        macs = p.flops / 2
-        return {"direct": macs * 2e-8 * overhead[p], "other": macs * 2.6e-8} if p in overhead else {}
-
-    samples = [s for s in synthetic_samples(rule) if s.times_ms]
-    record = calib.device_record(nvidia)
-    assert calib.profile_from_record(record).limits == nvidia.limits
-    assert calib.profile_from_record({k: v for k, v in record.items() if k != "limits"}) is None
-    aware, blind = CostModel.fit(samples, profile=nvidia), CostModel.fit(samples)
-    suite_like = [make_params((1, c, s, s), (c, c, 3, 3), padding=1) for c, s in ((512, 7), (256, 14), (128, 28))]
-    for p in suite_like:
-        truth = p.flops / 2 * 2e-8 * direct.plan_overhead(nvidia, p, 1)
-        aware_error = abs(math.log(aware.predict_ms(p, "direct") / truth))
-        blind_error = abs(math.log(blind.predict_ms(p, "direct") / truth))
-        assert aware_error < 0.7 * blind_error, (p.describe(), aware_error, blind_error)
-    assert len(feature_vector(suite_like[0], "direct", nvidia)) == len(feature_vector(suite_like[0])) + 1
-    assert len(feature_vector(suite_like[0], "im2col", nvidia)) == len(feature_vector(suite_like[0]))
-    assert len(feature_vector(suite_like[0], "direct", DeviceProfile.for_family("cpu"))) == len(
-        feature_vector(suite_like[0]))
 
 
 def test_denylist_matches_vendor_device_driver_and_shapes(monkeypatch, tmp_path):

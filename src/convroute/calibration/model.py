@@ -22,8 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convroute.device.profile import DeviceProfile
-from convroute.kernels import direct
 from convroute.params import ConvParams
 
 RIDGE = 1e-2
@@ -68,27 +66,8 @@ def tiling_features(p: ConvParams) -> dict[str, float]:
     return f
 
 
-def algorithm_features(name: str, p: ConvParams, profile: DeviceProfile | None) -> list[float]:
-    """What one algorithm's own plan says about `p` on the device: for GPU direct, log2 of its plan's cost
-    per useful output (direct's row tiles fit some sizes exactly, e.g. 7/14/28/56, and the shared tiling
-    features cannot see which). Empty without a profile, and for every other algorithm."""
-    if name != "direct" or profile is None or profile.gemm_style != "workgroup":
-        return []
-    key = (p, profile.family, tuple(sorted(profile.limits.items())))
-    if key not in _OVERHEADS:
-        try:
-            _OVERHEADS[key] = math.log2(direct.plan_overhead(profile, p, p.n))
-        except ValueError:  # no tile fits: the measurement (if any) says the rest
-            _OVERHEADS[key] = 0.0
-    return [_OVERHEADS[key]]
-
-
-_OVERHEADS: dict[tuple, float] = {}
-
-
-def feature_vector(p: ConvParams, name: str = "", profile: DeviceProfile | None = None) -> np.ndarray:
-    return np.array(list(base_features(p).values()) + list(tiling_features(p).values())
-                    + algorithm_features(name, p, profile), np.float64)
+def feature_vector(p: ConvParams) -> np.ndarray:
+    return np.array(list(base_features(p).values()) + list(tiling_features(p).values()), np.float64)
 
 
 def distance_vector(p: ConvParams) -> np.ndarray:
@@ -139,33 +118,31 @@ class AlgorithmModel:
 class CostModel:
     models: dict[str, AlgorithmModel]
     counts: dict[str, int]
-    profile: DeviceProfile | None = None  # the calibrated device, for algorithm_features
 
     @classmethod
-    def fit(cls, samples, excluded: dict[str, str] | None = None, profile: DeviceProfile | None = None) -> CostModel:
+    def fit(cls, samples, excluded: dict[str, str] | None = None) -> CostModel:
         excluded = excluded or {}
         rows: dict[str, list] = {}
         for s in samples:
-            d = distance_vector(s.params)
+            x, d = feature_vector(s.params), distance_vector(s.params)
             for name, t in s.times_ms.items():
                 if name not in excluded and t > 0:
-                    rows.setdefault(name, []).append((feature_vector(s.params, name, profile), d, math.log(t)))
+                    rows.setdefault(name, []).append((x, d, math.log(t)))
         models, counts = {}, {}
         for name, data in rows.items():
             if len(data) < 3:
                 continue
             x, d, y = (np.array([r[i] for r in data]) for i in range(3))
             models[name], counts[name] = AlgorithmModel.fit(x, d, y), len(data)
-        return cls(models, counts, profile)
+        return cls(models, counts)
 
     def predict_ms(self, p: ConvParams, name: str) -> float | None:
         """Predicted time of `name` on `p`, None when the algorithm was not calibrated."""
         model = self.models.get(name)
-        return None if model is None else math.exp(model.predict_log(feature_vector(p, name, self.profile),
-                                                                      distance_vector(p)))
+        return None if model is None else math.exp(model.predict_log(feature_vector(p), distance_vector(p)))
 
 
-def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceProfile | None = None) -> dict:
+def loo_report(samples, excluded: dict[str, str] | None = None) -> dict:
     """Leave-one-out over the grid: for each shape with 2+ measured algorithms, fit without it, choose, and
     compare with the measured fastest. Returns accuracy, mean regret, the worst case (regret, chosen and best
     ms, shape) and the time-weighted regret (the share of total grid time lost to wrong choices)."""
@@ -175,7 +152,7 @@ def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceP
         times = sample.times_ms
         if len(times) < 2:
             continue
-        model = CostModel.fit(samples[:i] + samples[i + 1:], excluded, profile)
+        model = CostModel.fit(samples[:i] + samples[i + 1:], excluded)
         predicted = {n: t for n in times if (t := model.predict_ms(sample.params, n)) is not None}
         if not predicted:
             continue

@@ -49,7 +49,7 @@ class Calibration:
     def model(self):
         """The fitted routing model (calibration.model.CostModel), fitted on first use."""
         if self._model is None:
-            self._model = CostModel.fit(self.samples, self.excluded, profile_from_record(self.device))
+            self._model = CostModel.fit(self.samples, self.excluded)
         return self._model
 
     def to_json(self) -> dict:
@@ -78,16 +78,7 @@ class Calibration:
 
 def device_record(profile: DeviceProfile) -> dict:
     return {"name": profile.name, "driver": profile.driver, "backend": profile.backend, "family": profile.family,
-            "vendor_id": profile.vendor_id, "adapter_type": profile.adapter_type, "limits": dict(profile.limits)}
-
-
-def profile_from_record(record: dict) -> DeviceProfile | None:
-    """The calibrated device's profile, as far as the model's algorithm features need it (family and limits);
-    None for a record without limits (files written before session 6), whose model then fits without them."""
-    if not isinstance(record.get("limits"), dict) or "family" not in record:
-        return None
-    return DeviceProfile(family=str(record["family"]), name=str(record.get("name", "")),
-                         limits={str(k): int(v) for k, v in record["limits"].items()})
+            "vendor_id": profile.vendor_id, "adapter_type": profile.adapter_type}
 
 
 def profile_path(profile: DeviceProfile, dtype: str = "float32") -> Path:

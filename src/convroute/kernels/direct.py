@@ -90,19 +90,7 @@ def patch_size(p, tile: Tile) -> tuple[int, int]:
 
 
 def choose_plan(profile, p, n: int) -> Plan:
-    """Tile, chunk and split for `p` at batch n on a device: a pure function of the two (see `_plan`)."""
-    return _plan(profile, p, n)[0]
-
-
-def plan_overhead(profile, p, n: int) -> float:
-    """The chosen plan's estimated cost per useful output element (>= 1: padding, idle share, partial sums):
-    how well direct's tiles fit `p` on this device, for the calibration model, which otherwise sees only
-    the shape."""
-    return _plan(profile, p, n)[1] / ((p.c_out // p.groups) * p.ho * p.wo)
-
-
-def _plan(profile, p, n: int) -> tuple[Plan, float]:
-    """The best plan and its estimated cost.
+    """Tile, chunk and split for `p` at batch n on a device: a pure function of the two.
 
     Estimated time: the padded work (channels past C_out/groups, pixels past the output's edges) times the
     tile's cost per FMA, divided by the share of a busy device the launch fills to the power FILL, plus SPLIT
@@ -137,7 +125,7 @@ def _plan(profile, p, n: int) -> tuple[Plan, float]:
     if best is None:
         raise ValueError(f"direct: no tile's input patch of {p.describe()} fits the device's {memory}-byte "
                          f"workgroup memory")
-    return best, best_cost
+    return best
 
 
 def double_buffered(plan: Plan, patch: int) -> bool:
