@@ -18,6 +18,7 @@ import numpy as np
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import DTYPES, FP32, Epilogue, Precision
+from convroute.measure.clocks import raise_clocks
 from convroute.measure.passes import pass_times
 from convroute.params import make_params
 from convroute.router import route_params
@@ -36,6 +37,7 @@ SHAPES = [  # (name, C, H, W, k, stride, groups), as in peer_conv_bench.py
 
 
 def gpu_ms(gpu, dispatches, reps=5) -> float:
+    raise_clocks(gpu)
     return min(pass_times(gpu, [dispatches] * reps))
 
 

@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from convroute.device.gpu import get_gpu
+from convroute.measure.clocks import raise_clocks
 from convroute.measure.passes import pass_times
 
 SHADER = """
@@ -36,6 +37,7 @@ def pass_ms(gpu, dispatches, reps=30) -> tuple[float, float]:
         gpu.device.queue.submit([gpu.encode(dispatches).finish()])
         gpu.wait(fence)
         wall.append((time.perf_counter() - t) * 1e3)
+    raise_clocks(gpu)
     return min(pass_times(gpu, [dispatches] * reps)), statistics.median(wall[5:])
 
 

@@ -15,6 +15,7 @@ import wgpu
 
 import convroute.frontend as frontend
 from convroute.frontend.plan import Segment
+from convroute.measure.clocks import raise_clocks
 from convroute.measure.passes import pass_times, timestamp_period
 
 
@@ -43,6 +44,7 @@ def main():
     dispatches = [d for s in segs for d in s.dispatches]
     dev = gpu.device
     fence = gpu.empty(16)
+    raise_clocks(gpu)
     pass_times(gpu, [dispatches] * 20)  # warm-up
     gpu_ms = statistics.median(pass_times(gpu, [dispatches] * 50))
 

@@ -13,6 +13,7 @@ import numpy as np
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import Epilogue, pack, uniform_block
 from convroute.kernels.gemm_tiles import TILES, generate
+from convroute.measure.clocks import raise_clocks
 from convroute.measure.passes import pass_times
 
 PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "splits", "kt_split", "ldb4"]
@@ -24,6 +25,7 @@ STORE = "y[m * P.cols + j] = v + bias[m];"
 
 def timed(gpu, dispatches, reps=20, runs=5) -> float:
     """Seconds per GEMM: median over `runs` passes of `reps` back-to-back launches."""
+    raise_clocks(gpu)
     return float(np.median(pass_times(gpu, [dispatches * reps] * runs))) * 1e-3 / reps
 
 

@@ -38,6 +38,7 @@ from convroute.calibration.profile import device_record
 from convroute.device.gpu import Gpu, Recording
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
+from convroute.measure.clocks import raise_clocks
 from convroute.measure.passes import pass_times
 from convroute.measure.reference import norm_relative_error
 from convroute.measure.workload import random_inputs
@@ -242,6 +243,7 @@ class ConvrouteEngine(LayerEngine):
 
     def pass_ms(self, dispatches, reps: int = TIMED_RUNS) -> float | None:
         """The fastest GPU time of the pass (timestamp queries at its start and end), ms; None if nonsense."""
+        raise_clocks(self.gpu)
         best = min(pass_times(self.gpu, [dispatches] * reps))
         return best if best > 0 else None
 
