@@ -16,7 +16,7 @@ from convroute.device.gpu import Dispatch
 from convroute.frontend.export import fuse_residual_adds, node_error
 from convroute.frontend.graph import Graph, Node, iter_refs
 from convroute.frontend.lower import GPU_DTYPES, Context, GpuOp, Unsupported, is_alias, lower, takes_residual
-from convroute.kernels.elementwise import CastFromF32
+from convroute.kernels.elementwise import Unary
 
 NEVER = float("inf")
 
@@ -166,7 +166,7 @@ def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
         if meta.dtype != torch.float32 or 4 * count > ctx.profile.max_binding_bytes:
             continue
         staging = plan.input_staging[name] = ctx.gpu.empty(4 * count, f"float32 input {name!r}")
-        casts += CastFromF32(ctx.gpu, count, ctx.precision).bind(staging, plan.buffer(name))
+        casts += Unary(ctx.gpu, None, count, ctx.precision, x_type="f32").bind(staging, plan.buffer(name))
     return casts
 
 

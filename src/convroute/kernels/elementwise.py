@@ -50,28 +50,16 @@ def act_source(act) -> str:
 
 
 class Unary:
-    """y = act(x) for relu, relu6, clamp, hardswish, silu, sigmoid, hardsigmoid, gelu, gelu_tanh, tanh."""
+    """y = act(x) for relu, relu6, clamp, hardswish, silu, sigmoid, hardsigmoid, gelu, gelu_tanh, tanh; with
+    act None a plain copy. `x_type` "f32" reads a float32 x into ST storage (an f16 program's float32 input,
+    converted on the GPU rather than the host)."""
 
     PARAMS = ["total"]
 
-    def __init__(self, gpu: Gpu, act, total: int, precision: Precision = FP32):
+    def __init__(self, gpu: Gpu, act, total: int, precision: Precision = FP32, x_type: str = "ST"):
         self.gpu, self.total = gpu, total
-        self.source = flat_shader(self.PARAMS, storage("x", "y!"), "  y[t] = ST(act(f32(x[t])));", act_source(act),
-                                  precision)
-        gpu.pipeline(self.source)
-
-    def bind(self, x, y) -> list[Dispatch]:
-        return [launch(self.gpu, self.source, self.PARAMS, {"total": self.total}, [x, y])]
-
-
-class CastFromF32:
-    """y = x read as f32 and stored as ST: an f16 program's float32 input, converted on the GPU, not the host."""
-
-    PARAMS = ["total"]
-
-    def __init__(self, gpu: Gpu, total: int, precision: Precision = FP32):
-        self.gpu, self.total = gpu, total
-        self.source = flat_shader(self.PARAMS, storage("x:f32", "y!"), "  y[t] = ST(x[t]);", "", precision)
+        self.source = flat_shader(self.PARAMS, storage(f"x:{x_type}", "y!"), "  y[t] = ST(act(f32(x[t])));",
+                                  act_source(act), precision)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
