@@ -20,7 +20,7 @@ import threading
 import time
 
 from convroute.device.gpu import Gpu
-from convroute.measure.passes import fence, pass_times
+from convroute.measure.passes import pass_times, submit_and_wait
 
 CHAIN = 8192  # dependent FMAs per invocation: ~16 us at 1980 MHz, ~95 us at 345 MHz
 PROBE_GROUPS, HEAT_GROUPS, HEAT_DISPATCHES = 512, 16384, 40  # a heater pass is a few ms at full clock
@@ -88,10 +88,8 @@ def _probe_ms(gpu: Gpu, heater: _Heater) -> float:
 
 
 def _heat(gpu: Gpu, heater: _Heater, seconds: float) -> None:
-    """Back-to-back heater passes for about `seconds`, two in flight so the queue never runs dry."""
+    """Heater passes one after the other (each a few ms of work, waited for) for about `seconds`."""
     end = time.perf_counter() + seconds
-    gpu.run(heater.heat)
+    submit_and_wait(gpu, heater.heat)
     while time.perf_counter() < end:
-        gpu.run(heater.heat)
-        gpu.wait(fence(gpu))
-    gpu.wait(fence(gpu))
+        submit_and_wait(gpu, heater.heat)
