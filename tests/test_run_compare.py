@@ -63,15 +63,35 @@ class Recorder(ModelEngine):
         return self.output
 
 
-def test_interleaved_rounds_follow_one_order_after_the_warm_up():
+def test_interleaved_rounds_time_each_engines_second_call_in_a_row():
     log = []
     ticks = iter(range(10_000))
     runners = {name: (lambda n=name: log.append(n)) for name in "ABC"}
-    times = cm.interleaved(runners, 4, warmup_rounds=2, warmup_s=5.0, clock=lambda: next(ticks))
-    assert log == list("ABC") * (len(log) // 3) and len(log) // 3 >= 2 + 4
-    assert {name: len(t) for name, t in times.items()} == {"A": 4, "B": 4, "C": 4}
+    rounds = cm.interleaved(runners, 4, warmup_rounds=2, warmup_s=5.0, clock=lambda: next(ticks))
+    warm = len(log) - 4 * 6
+    assert warm % 3 == 0 and warm // 3 >= 2 and log[:warm] == list("ABC") * (warm // 3)
+    assert log[warm:] == list("AABBCC") * 4
+    assert {name: len(t) for name, t in rounds.settled.items()} == {"A": 4, "B": 4, "C": 4}
+    assert {name: len(t) for name, t in rounds.after_switch.items()} == {"A": 4, "B": 4, "C": 4}
     with pytest.raises(ValueError, match="rounds"):
         cm.interleaved(runners, 0)
+
+
+def test_the_first_call_after_another_engine_is_not_the_timed_one():
+    """An engine whose first call in a row is slow (a context switch) is timed on its second."""
+    now = [0.0]
+    last = [None]
+
+    def runner(name, cost, switch):
+        def run():
+            now[0] += cost + (switch if last[0] != name else 0.0)
+            last[0] = name
+        return run
+
+    runners = {"A": runner("A", 1.0, 5.0), "B": runner("B", 2.0, 0.0)}
+    rounds = cm.interleaved(runners, 3, warmup_rounds=1, warmup_s=0.0, clock=lambda: now[0])
+    assert rounds.settled == {"A": [1.0] * 3, "B": [2.0] * 3}
+    assert rounds.after_switch == {"A": [6.0] * 3, "B": [2.0] * 3}
 
 
 def test_latency_percentiles():
@@ -116,8 +136,9 @@ def test_compare_model_interleaves_checks_and_lists_what_cannot_run(tiny, monkey
         "broken": broken, "fails": failing})
     c = cm.compare_model(program, model, x, ["A", "gone", "B", "broken", "fails"], name="tiny", key="k", rounds=5,
                          reference=ref)
-    rounds = len(log) // 3  # the check run, the warm-up rounds and the timed ones, all in one order
-    assert log == ["convroute", "A", "B"] * rounds and rounds >= 1 + cm.WARMUP_ROUNDS + 5
+    once = len(log) - 5 * 6  # the check run and the warm-up rounds, then each engine twice a round
+    assert log[:once] == ["convroute", "A", "B"] * (once // 3) and once // 3 >= 1 + cm.WARMUP_ROUNDS
+    assert log[once:] == ["convroute", "convroute", "A", "A", "B", "B"] * 5
     assert calls == [("A", "fp32", "k"), ("B", "fp32", "k")]
     assert list(c.timed) == ["convroute", "A", "B"] and all(e.latency.runs == 5 for e in c.timed.values())
     assert c.engines["convroute"].error < 1e-5 and c.engines["A"].error == 0
@@ -158,6 +179,7 @@ def test_cli_compare_json_and_unavailable_engines(tmp_path, capsys, monkeypatch)
     for entry in data["engines"].values():
         assert {"median_ms", "p10_ms", "p90_ms", "runs"} <= set(entry) and entry["runs"] == 3
         assert 0 < entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"]
+        assert entry["after_switch_median_ms"] > 0
     assert set(data["ratios"]) == set(data["engines"]) - {"convroute"}
     assert math.isclose(data["ratios"]["torch-cpu"],
                         data["engines"]["convroute"]["median_ms"] / data["engines"]["torch-cpu"]["median_ms"])

@@ -1,8 +1,11 @@
 """`convroute run --compare`: a whole model timed by convroute and by peer engines (convroute.peers), in one
-process, in interleaved rounds (A B C A B C ...) after a common warm-up, so that clock and load drift hit
+process, in interleaved rounds (A A B B C C A A ...) after a common warm-up, so that clock and load drift hit
 every engine alike. Each time is one call from a host input to a host output: input upload, forward and
-output download, wall clock. Reported per engine: median, p10 and p90, the relative error of its output
-against torch's float32 CPU output, and convroute's median / the engine's."""
+output download, wall clock. In each round an engine runs twice and the second call is the timed one: the
+first call after another engine pays for the GPU's switch between the engines' contexts (CUDA and Vulkan on
+one H100: 0.15-0.28 ms for either engine, NOTES session 7), a cost that a model served by one engine never
+sees. Those first calls are reported too ("after switch"). Reported per engine: median, p10 and p90, the
+relative error of its output against torch's float32 CPU output, and convroute's median / the engine's."""
 
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from convroute.report.table import format_table
 
 OURS = "convroute"
 WARMUP_ROUNDS, WARMUP_S = 3, 0.5
-COVERS = "one call from a host input to a host output (input upload, forward, output download), wall clock"
+COVERS = ("one call from a host input to a host output (input upload, forward, output download), wall clock; "
+          "each engine's second call in a row")
 
 
 @dataclass
@@ -29,11 +33,14 @@ class EngineRun:
     detail: str
     precision: str
     latency: Latency | None = None
+    after_switch: Latency | None = None  # first calls of each round, right after another engine's
     error: float | None = None  # relative to torch's float32 CPU output
     reason: str | None = None  # why the engine did not run
 
     def to_json(self) -> dict:
-        return self.latency.to_json() | {"detail": self.detail, "precision": self.precision, "error": self.error}
+        switch = self.after_switch.median_ms if self.after_switch else None
+        return self.latency.to_json() | {"detail": self.detail, "precision": self.precision, "error": self.error,
+                                         "after_switch_median_ms": switch}
 
 
 @dataclass
@@ -75,10 +82,16 @@ class ModelComparison:
                 "rounds": self.rounds, "covers": COVERS}
 
 
+@dataclass
+class Rounds:
+    settled: dict[str, list[float]]  # seconds of each engine's second call in a round: the timed ones
+    after_switch: dict[str, list[float]]  # seconds of its first call, right after another engine's
+
+
 def interleaved(runners: dict[str, Callable[[], object]], rounds: int, *, warmup_rounds: int = WARMUP_ROUNDS,
-                warmup_s: float = WARMUP_S, clock=time.perf_counter) -> dict[str, list[float]]:
-    """Seconds per call of each runner: warm-up rounds (every runner once, in order) until there were at least
-    `warmup_rounds` and `warmup_s` seconds, then `rounds` timed rounds in the same order."""
+                warmup_s: float = WARMUP_S, clock=time.perf_counter) -> Rounds:
+    """Warm-up rounds (every runner once, in order) until there were at least `warmup_rounds` and `warmup_s`
+    seconds, then `rounds` rounds in the same order in which each runner runs twice in a row."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     start, done = clock(), 0
@@ -86,13 +99,14 @@ def interleaved(runners: dict[str, Callable[[], object]], rounds: int, *, warmup
         for run in runners.values():
             run()
         done += 1
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    result = Rounds({name: [] for name in runners}, {name: [] for name in runners})
     for _ in range(rounds):
         for name, run in runners.items():
-            t0 = clock()
-            run()
-            times[name].append(clock() - t0)
-    return times
+            for times in (result.after_switch[name], result.settled[name]):
+                t0 = clock()
+                run()
+                times.append(clock() - t0)
+    return result
 
 
 def compare_model(program, model, x, peers: list[str], *, name: str, key: str, rounds: int, reference,
@@ -132,8 +146,10 @@ def compare_model(program, model, x, peers: list[str], *, name: str, key: str, r
                         raise
                     engines[engine_name].reason = f"first run failed: {type(err).__name__}: {err}"
                     del runners[engine_name]
-            for engine_name, times in interleaved(runners, rounds).items():
+            timed = interleaved(runners, rounds)
+            for engine_name, times in timed.settled.items():
                 engines[engine_name].latency = Latency.of(times)
+                engines[engine_name].after_switch = Latency.of(timed.after_switch[engine_name])
         finally:
             for engine in built:
                 engine.close()
@@ -150,15 +166,17 @@ def output_error(out, reference) -> float:
 
 def comparison_text(c: ModelComparison) -> str:
     ratios = c.ratios()
-    head = ["engine", "median ms", "p10 ms", "p90 ms", "runs", "rel. error", "convroute / engine"]
+    head = ["engine", "median ms", "p10 ms", "p90 ms", "runs", "after switch ms", "rel. error", "convroute / engine"]
     rows = []
     for name, e in c.timed.items():
         lat = e.latency
+        ratio = "-" if name == OURS else f"{ratios[name]:.3f}"
         rows.append([name, f"{lat.median_ms:.3f}", f"{lat.p10_ms:.3f}", f"{lat.p90_ms:.3f}", str(lat.runs),
-                     f"{e.error:.2g}", "-" if name == OURS else f"{ratios[name]:.3f}"])
+                     f"{e.after_switch.median_ms:.3f}", f"{e.error:.2g}", ratio])
     lines = [c.header(), format_table(head, rows)]
     lines += [f"  {name}: {e.detail}" if e.latency else f"  {name}: unavailable: {e.reason}"
               for name, e in c.engines.items()]
     lines.append("rel. error: ||y - ref|| / ||ref|| against torch's float32 CPU output; convroute / engine: ratio "
-                 "of the medians (below 1: convroute faster)")
+                 "of the medians (below 1: convroute faster); after switch: median of each round's first call of the "
+                 "engine, right after another engine ran (not in the ratio)")
     return "\n".join(lines)

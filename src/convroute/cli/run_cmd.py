@@ -5,7 +5,9 @@ the same float32 torch run with the fp16 tolerance (relative error <= 1e-2).
 
 `--compare ENGINES` times peer engines (convroute.peers: ncnn-vk32, ncnn-vk16, ncnn-cpu, torch-cpu, torch-cuda,
 torch-cuda-graph; in the storage dtype, ncnn-vk32/vk16 in theirs) beside convroute, in interleaved rounds
-(bench.compare_model), and reports median, p10 and p90 per engine and convroute / each; `--json` writes it.
+(bench.compare_model: each engine timed on its second call in a row, so that no engine pays for the GPU's
+switch from another engine's context), and reports median, p10 and p90 per engine and convroute / each;
+`--json` writes it.
 Without --compare convroute and torch on the CPU (float32) are timed the same way.
 
 Batch norms get random running statistics and affine parameters (seeded), as a trained network's have:
@@ -128,7 +130,8 @@ def run(args) -> int:
         print(comparison_text(comparison))
     else:
         latency = {name: e.latency for name, e in comparison.engines.items()}
-        print(f"latency (median, p10, p90 of {runs} interleaved runs after >= 0.5 s of warm-up; host to host):")
+        print(f"latency (median, p10, p90 of {runs} interleaved rounds after >= 0.5 s of warm-up, each engine's second "
+              "call in a row; host to host):")
         print(f"  convroute on the GPU : {latency['convroute'].text()} ({args.dtype})")
         print(f"  torch on the CPU     : {latency['torch-cpu'].text()} (float32, {torch.get_num_threads()} threads)")
     if args.json:
