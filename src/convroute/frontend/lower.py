@@ -26,7 +26,7 @@ from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
 from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
 from convroute.kernels.layout import StridedCopy
-from convroute.kernels.linear import GemmLinear, Linear
+from convroute.kernels.linear import GemmLinear, Gemv, Linear
 from convroute.kernels.norm import LayerNorm
 from convroute.kernels.pool import Pool2d
 from convroute.kernels.resize import Upsample2d
@@ -253,7 +253,9 @@ def lower_linear(ctx: Context, node: Node) -> GpuOp:
     if weight.ndim != 2 or meta.shape[-1] != weight.shape[1]:
         raise Unsupported(f"linear of {tuple(meta.shape)} by weight {tuple(weight.shape)}")
     rows = meta.numel() // weight.shape[1]
-    kind = GemmLinear if GemmLinear.fits(ctx.gpu, tuple(weight.shape), ctx.precision) else Linear
+    shape = tuple(weight.shape)
+    kind = Gemv if Gemv.fits(ctx.gpu, shape, rows, ctx.precision) else \
+        GemmLinear if GemmLinear.fits(ctx.gpu, shape, ctx.precision) else Linear
     kernel = kind(ctx.gpu, weight.numpy(), None if bias is None else bias.reshape(-1).numpy(), node.act,
                   precision=ctx.precision)
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y, rows), rows * kernel.flops_per_row)

@@ -1,5 +1,9 @@
 """`linear`: y[m, :] = act(x[m, :] @ W^T + b) for x [M, K] and W [O, K] (also addmm / mm with a
-constant matrix). Each invocation computes R rows (R = min(M, 4), unrolled) x 4 output features.
+constant matrix). Three kernels: `Linear`, where each invocation computes R rows (R = min(M, 4), unrolled) x
+4 output features (CPU adapters; weights past one binding); `GemmLinear`, the tiled GEMM (GPUs, many rows);
+`Gemv` (GPUs, at most 4 rows: a classifier at batch 1), a workgroup per 4 output features whose invocations
+split K and add their sums in workgroup memory, so one dispatch does what the GEMM needs a K split and a
+reduce dispatch for.
 
 The weight is prepacked once in fours of output features: on GPUs as [K, ceil(O/4)] vec4, so that
 neighbouring invocations read neighbouring vec4s; on CPU adapters (lavapipe) as [ceil(O/4), K] vec4,
@@ -17,7 +21,7 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels import gemm
-from convroute.kernels.common import FP32, Precision, ceil_div, storage
+from convroute.kernels.common import FP32, Precision, ceil_div, pack, storage, uniform_block
 from convroute.kernels.elementwise import act_source
 from convroute.kernels.flat import flat_shader, launch
 
@@ -154,3 +158,88 @@ class GemmLinear:
 
     def bind(self, x, y, m: int) -> list[Dispatch]:
         return self.gemm.dispatches(y, [x], m, 0, 1, {})
+
+
+GEMV_ROWS = 4  # Gemv's most rows (one workgroup computes all rows of its 4 features)
+GEMV_WG = 64
+GEMV_PARAMS = ["m", "k", "o", "ob"]
+GEMV = """
+const R: u32 = {rows}u;
+const WG: u32 = {wg}u;
+{params}
+@group(0) @binding(0) var<uniform> P: Params;
+{buffers}
+{act}
+var<workgroup> part: array<vec4<f32>, {slots}>;
+@compute @workgroup_size({wg})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {{
+  let jb = wid.x + wid.y * nwg.x;
+  let live = jb < P.ob;
+  let w0 = select(0u, jb, live) * P.k;
+  var acc: array<vec4<f32>, R>;
+  for (var r = 0u; r < R; r++) {{ acc[r] = vec4<f32>(0.0); }}
+  for (var k = lid; live && k < P.k; k += WG) {{
+    let wv = vec4<f32>(wt[w0 + k]);
+{fmas}
+  }}
+  for (var r = 0u; r < R; r++) {{ part[r * WG + lid] = acc[r]; }}
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s / 2u) {{
+    if (lid < s) {{
+      for (var r = 0u; r < R; r++) {{ part[r * WG + lid] += part[r * WG + lid + s]; }}
+    }}
+    workgroupBarrier();
+  }}
+  if (live && lid < 4u * R) {{
+    let r = lid / 4u;
+    let i = lid % 4u;
+    let col = jb * 4u + i;
+    if (r < P.m && col < P.o) {{ y[r * P.o + col] = ST(act(part[r * WG][i] + bias[jb][i])); }}
+  }}
+}}
+"""
+
+
+class Gemv:
+    """Linear for at most GEMV_ROWS rows on GPUs: a workgroup per 4 output features, K split over its
+    invocations (neighbouring invocations read neighbouring vec4s of the weight, packed [O/4, K, 4])."""
+
+    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, precision: Precision = FP32):
+        weight = np.asarray(weight, np.float32)
+        if weight.ndim != 2:
+            raise ValueError(f"linear weight must be 2-D [out, in], got shape {weight.shape}")
+        self.gpu, self.act, self.precision = gpu, act, precision
+        self.o, self.k = weight.shape
+        self.blocks = ceil_div(self.o, 4)
+        padded = np.zeros((self.blocks * 4, self.k), np.float32)
+        padded[:self.o] = weight
+        packed = np.ascontiguousarray(padded.reshape(self.blocks, 4, self.k).transpose(0, 2, 1))
+        self.weight = gpu.upload(packed, "linear weight", precision.numpy)
+        b = np.zeros(self.blocks * 4, np.float32)
+        if bias is not None:
+            b[:self.o] = np.asarray(bias, np.float32).reshape(self.o)
+        self.bias = gpu.upload(b, "linear bias")
+
+    @staticmethod
+    def fits(gpu: Gpu, weight_shape, rows: int, precision: Precision = FP32) -> bool:
+        o, k = weight_shape
+        return (gpu.profile.gemm_style == "workgroup" and rows <= GEMV_ROWS
+                and ceil_div(o, 4) * 4 * k * precision.itemsize <= gpu.profile.max_binding_bytes)
+
+    @property
+    def flops_per_row(self) -> int:
+        return 2 * self.k * self.o
+
+    def source(self, rows: int) -> str:
+        fmas = "\n".join(f"    acc[{r}] += wv * f32(x[{r}u * P.k + k]);" for r in range(rows))
+        return self.precision.wgsl() + GEMV.format(
+            rows=rows, wg=GEMV_WG, params=uniform_block(GEMV_PARAMS), slots=rows * GEMV_WG,
+            buffers=storage("x", "wt:vec4<ST>", "bias:vec4<f32>", "y!"), act=act_source(self.act), fmas=fmas)
+
+    def bind(self, x, y, m: int) -> list[Dispatch]:
+        if not 1 <= m <= GEMV_ROWS:
+            raise ValueError(f"Gemv takes 1 to {GEMV_ROWS} rows, got {m}")
+        u = self.gpu.uniform(pack(GEMV_PARAMS, dict(m=m, k=self.k, o=self.o, ob=self.blocks)))
+        return [self.gpu.dispatch(self.source(m), [u, x, self.weight, self.bias, y], self.blocks * GEMV_WG,
+                                  GEMV_WG)]
