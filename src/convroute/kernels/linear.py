@@ -2,7 +2,8 @@
 constant matrix). Three kernels: `Linear`, where each invocation computes R rows (R = min(M, 4), unrolled) x
 4 output features (CPU adapters; weights past one binding); `GemmLinear`, the tiled GEMM (GPUs, many rows);
 `Gemv` (GPUs, at most 4 rows: a classifier at batch 1), a workgroup per 4 output features whose invocations
-split K and add their sums in workgroup memory, so one dispatch does what the GEMM needs a K split and a
+split K (four loads in flight each: one at a time left the H100 waiting on memory) and add their sums in
+workgroup memory, so one dispatch does what the GEMM needs a K split and a
 reduce dispatch for.
 
 The weight is prepacked once in fours of output features: on GPUs as [K, ceil(O/4)] vec4, so that
@@ -161,7 +162,7 @@ class GemmLinear:
 
 
 GEMV_ROWS = 4  # Gemv's most rows (one workgroup computes all rows of its 4 features)
-GEMV_WG = 64
+GEMV_WG = 256
 GEMV_PARAMS = ["m", "k", "o", "ob"]
 GEMV = """
 const R: u32 = {rows}u;
@@ -179,7 +180,15 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   let w0 = select(0u, jb, live) * P.k;
   var acc: array<vec4<f32>, R>;
   for (var r = 0u; r < R; r++) {{ acc[r] = vec4<f32>(0.0); }}
-  for (var k = lid; live && k < P.k; k += WG) {{
+  var k = lid;
+  for (; live && k + 3u * WG < P.k; k += 4u * WG) {{
+    let wv0 = vec4<f32>(wt[w0 + k]);
+    let wv1 = vec4<f32>(wt[w0 + k + WG]);
+    let wv2 = vec4<f32>(wt[w0 + k + 2u * WG]);
+    let wv3 = vec4<f32>(wt[w0 + k + 3u * WG]);
+{fmas4}
+  }}
+  for (; live && k < P.k; k += WG) {{
     let wv = vec4<f32>(wt[w0 + k]);
 {fmas}
   }}
@@ -233,9 +242,12 @@ class Gemv:
 
     def source(self, rows: int) -> str:
         fmas = "\n".join(f"    acc[{r}] += wv * f32(x[{r}u * P.k + k]);" for r in range(rows))
+        fmas4 = "\n".join(f"    acc[{r}] += wv{i} * f32(x[{r}u * P.k + k + {i}u * WG]);"
+                           for i in range(4) for r in range(rows))
         return self.precision.wgsl() + GEMV.format(
             rows=rows, wg=GEMV_WG, params=uniform_block(GEMV_PARAMS), slots=rows * GEMV_WG,
-            buffers=storage("x", "wt:vec4<ST>", "bias:vec4<f32>", "y!"), act=act_source(self.act), fmas=fmas)
+            buffers=storage("x", "wt:vec4<ST>", "bias:vec4<f32>", "y!"), act=act_source(self.act), fmas=fmas,
+            fmas4=fmas4)
 
     def bind(self, x, y, m: int) -> list[Dispatch]:
         if not 1 <= m <= GEMV_ROWS:
