@@ -1,12 +1,13 @@
 """Every GEMM tile and K split on the GEMM-based algorithms of the shipped suites' layers, against the chosen one.
 
     python tools/gemm_tiles_bench.py [--suites resnet50,vgg16] [--batch 1] [--dtype float32|float16[+f16]]
-                                     [--budget 0.05] [--extra] [--json OUT]
+                                     [--budget 0.05] [--extra] [--deep] [--json OUT]
 
 Per distinct layer and algorithm (pointwise for 1x1, im2col and implicit_gemm for other dense convs) it builds
 the kernel once per forced (tile, splits) plan, checks each against the float64 reference, times them all
 interleaved (measure.timing), and prints the chosen plan's time over the best plan's. --extra adds tiles that are
-not in gemm_tiles.TILES (the shapes the one-B-vec4-per-invocation rule allows), to see what the list misses.
+not in gemm_tiles.TILES (the shapes the one-B-vec4-per-invocation rule allows), to see what the list misses;
+--deep adds 32/64-sided tiles with K steps of 16-64 (several B loads per invocation).
 For im2col it also prints the gather dispatch's share of the time.
 """
 
@@ -47,15 +48,34 @@ def extra_tiles() -> list[Tile]:
     return out
 
 
+def deep_tiles() -> list[Tile]:
+    """32- and 64-sided tiles with deep K steps (16-64), several B vec4s per invocation: fewer K steps for
+    small, latency-bound layers."""
+    out = []
+    for bm in (32, 64):
+        for bn in (32, 64):
+            for tm, tn in ((4, 4),):
+                for bk in (16, 32, 64):
+                    tile = Tile(bm, bn, bk, tm, tn)
+                    if 64 <= tile.threads <= 256 and tile.b_loads > tile.threads:
+                        try:
+                            tile.check()
+                        except ValueError:
+                            continue
+                        out.append(tile)
+    return out
+
+
 EXTRA = tuple(extra_tiles())
+DEEP = tuple(deep_tiles())
 
 
-def plans(kernel, cols: int, extra: bool) -> dict[str, tuple[Tile, int]]:
+def plans(kernel, cols: int, extra: bool, deep: bool = False) -> dict[str, tuple[Tile, int]]:
     g = kernel.gemm
     tiles = list(gemm.tiles_for(cols, g.gpu.profile, g.precision))
-    if extra:
-        tiles += [t for t in EXTRA if t not in tiles and t.unfit(g.gpu.profile, g.precision) is None
-                  and g.k_pad % t.bk == 0]
+    more = (EXTRA if extra else ()) + (DEEP if deep else ())
+    tiles += [t for t in more if t not in tiles and t.unfit(g.gpu.profile, g.precision) is None
+              and g.k_pad % t.bk == 0]
     out = {"chosen": g.plan(cols)}
     busy = g.gpu.profile.busy_workgroups
     for t in tiles:
@@ -81,6 +101,7 @@ def main():
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--budget", type=float, default=0.05)
     ap.add_argument("--extra", action="store_true")
+    ap.add_argument("--deep", action="store_true", help="add tiles with deep K steps (several B loads each)")
     ap.add_argument("--json")
     ap.add_argument("--limit", type=int, default=0, help="stop after this many layer x algorithm rows")
     args = ap.parse_args()
@@ -106,7 +127,7 @@ def main():
                 if getattr(base, "cpu", None) or not hasattr(base, "gemm"):
                     continue  # CPU adapters' register tiles (set CONVROUTE_GEMM_STYLE=workgroup to sweep)
                 candidates, errors = {}, {}
-                for label, plan in plans(base, cols, args.extra).items():
+                for label, plan in plans(base, cols, args.extra, args.deep).items():
                     k = work.kernel(ALGORITHMS[algo])
                     k.gemm.plan = lambda cols, plan=plan: plan
                     candidates[label] = k

@@ -7,7 +7,9 @@ before the current tile is multiplied. An invocation's tm rows are tm/4 groups o
 apart, and the same for columns, so neighbouring invocations read neighbouring vec4s of workgroup memory.
 
 A is prepacked K-major ([K_pad, M_pad], zero padded) so its loads need no guard. The B operand is a
-template (see gemm.py): one vec4 per invocation per K step, four columns starting at `bcol`, row `k`.
+template (see gemm.py): vec4s of four columns starting at `bcol` (the same columns for all of an
+invocation's loads), row `k`; one per invocation per K step, or several when bk * bn / 4 is a multiple of
+the invocation count (deep K tiles: fewer K steps, each waiting once for memory, for small layers).
 With split-K (splits > 1), workgroup g works on K steps [s * kt_split, (s + 1) * kt_split) of its tile and
 stores raw partial sums; a reduction dispatch adds the splits, the bias and the activation.
 Precision: A and the output are stored as ST (f32 or f16), the workgroup tiles and the sums are AT; the B
@@ -49,9 +51,15 @@ class Tile:
         """None when this tile's workgroup fits `profile`'s limits, else why not."""
         return profile.workgroup_problem((self.threads, 1, 1), self.workgroup_bytes(precision))
 
+    @property
+    def b_loads(self) -> int:
+        """vec4 loads of one B tile."""
+        return self.bk * self.bn // 4
+
     def check(self) -> None:
-        if self.bk * self.bn // 4 != self.threads:
-            raise ValueError(f"{self}: one B vec4 per invocation per K step needs bk*bn/4 == threads")
+        if self.b_loads % self.threads or self.threads % (self.bn // 4):
+            raise ValueError(f"{self}: each invocation loads whole B vec4s of one column group: bk*bn/4 must be "
+                             f"a multiple of the invocation count, and that a multiple of bn/4")
         if self.a_loads % self.threads and self.threads % self.a_loads:
             raise ValueError(f"{self}: A tile loads must divide or be divided by the invocation count")
         if self.tm % 4 or self.tn % 4:
@@ -143,7 +151,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     a_guard = tile.a_loads < tile.threads
     for i in range(a_per):
         emit(f"  var ra{i}: vec4<AT>;")
+    b_per, b_rows = tile.b_loads // tile.threads, tile.threads // b_cols4
     emit("  var rb: vec4<AT>;")
+    for i in range(1, b_per):
+        emit(f"  var rb{i}: vec4<AT>;")
     blocked = precision.accumulate == "float16"
     total = "sum" if blocked else "acc"
     for i in range(rg * 4 * cg):
@@ -158,6 +169,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             emit(f"    {guard}{{ let e = {e}; ra{i} = vec4<AT>(ld4(wa[{a_base}({kt} * {tile.bk}u + e / {a_rows4}u) "
                  f"* P.m4 + tmi * {a_rows4}u + e % {a_rows4}u])); }}")
         emit(f"    {{ let k = {kt} * {tile.bk}u + b_row; rb = vec4<AT>({b_load}); }}")
+        for i in range(1, b_per):
+            emit(f"    {{ let k = {kt} * {tile.bk}u + b_row + {i * b_rows}u; rb{i} = vec4<AT>({b_load}); }}")
 
     def stash(buf: str) -> None:
         for i in range(a_per):
@@ -165,6 +178,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             guard = f"if (lid < {tile.a_loads}u) " if a_guard else ""
             emit(f"    {guard}{{ As[{buf}][{e}] = ra{i}; }}")
         emit(f"    Bs[{buf}][lid] = rb;")
+        for i in range(1, b_per):
+            emit(f"    Bs[{buf}][lid + {i * tile.threads}u] = rb{i};")
 
     emit("  if (kt0 < kt1) {")
     load("kt0")
