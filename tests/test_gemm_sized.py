@@ -14,8 +14,9 @@ from convroute import conv2d
 from convroute.device.gpu import get_gpu
 from convroute.kernels import gemm
 from convroute.kernels.common import Epilogue, Precision
-from convroute.kernels.gemm_tiles import SIZED
+from convroute.kernels.gemm_tiles import SIZED, Tile
 from convroute.kernels.im2col import Im2col
+from convroute.params import make_params
 from test_gemm_cpu import LAYERS, use_style
 from test_limits import GLES, MIN, TINY
 
@@ -31,6 +32,21 @@ def test_every_sized_tile_with_partial_tiles(monkeypatch, layer, tile, splits):
     x, w, b = random_inputs(p, np.random.default_rng(40))
     out = conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups, activation="relu", algorithm=name)
     assert_matches(out, reference(p, x, w, b, "relu"), f"{name} tile {tile} k/{splits} on {p.describe()}")
+
+
+@pytest.mark.parametrize("tile", [Tile(32, 32, 32, 4, 4), Tile(64, 32, 32, 4, 4)], ids=str)
+def test_tiles_with_several_b_loads_per_invocation(monkeypatch, tile):
+    """Deep K steps (tools/gemm_tiles_bench.py --deep): each invocation loads bk*bn/4/threads B vec4s. K is
+    5 * 5 * 5 = 125, packed to 128 rows: two or four K steps, split in two."""
+    assert tile.b_loads > tile.threads
+    use_style(monkeypatch, "workgroup")
+    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (tile, 2))
+    p = make_params((2, 5, 17, 13), (19, 5, 5, 5), 2, 2)
+    x, w, b = random_inputs(p, np.random.default_rng(41))
+    out = conv2d(x, w, b, p.stride, p.padding, activation="relu", algorithm="implicit_gemm")
+    assert_matches(out, reference(p, x, w, b, "relu"), f"tile {tile} on {p.describe()}")
+    with pytest.raises(ValueError, match="do not divide the packed K"):  # K 75 packs to 80 rows
+        test_every_sized_tile_with_partial_tiles(monkeypatch, "implicit-5x3-s2-d2", tile, 2)
 
 
 def test_the_tile_follows_the_size_of_the_product():

@@ -203,6 +203,8 @@ class Gemm:
         """`residual`: the buffer added in the store, for a Gemm built with residual=True."""
         res = residual_buffers("a GEMM", self.residual, residual)
         tile, splits = self.plan(cols)
+        if self.k_pad % tile.bk:
+            raise ValueError(f"GEMM tile {tile}: K steps of {tile.bk} do not divide the packed K ({self.k_pad})")
         ktiles = self.k_pad // tile.bk
         kt_split = ceil_div(ktiles, splits)
         tiles_m = ceil_div(self.m, tile.bm)
