@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 
 import numpy as np
@@ -14,6 +13,7 @@ from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import Epilogue, Precision
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
+from convroute.settings import env_flag
 
 FLOAT_KINDS = ("float16", "float32", "float64")
 
@@ -177,7 +177,7 @@ class Conv2d:
         return self._io[key]
 
 
-POISON = os.environ.get("CONVROUTE_POISON", "") == "1"
+POISON = env_flag("CONVROUTE_POISON", False)
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,

@@ -8,7 +8,6 @@ converted on upload and outputs back to the model's own dtype on the host.
 
 from __future__ import annotations
 
-import os
 import statistics
 import sys
 import threading
@@ -31,6 +30,7 @@ from convroute.kernels.common import Precision
 from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.report.table import format_table
 from convroute.router import POLICIES, default_policy
+from convroute.settings import env_flag
 
 
 def compile(model, example_inputs, *, policy: str | None = None, device=None, dtype="float32",  # noqa: A001
@@ -56,7 +56,7 @@ def compile(model, example_inputs, *, policy: str | None = None, device=None, dt
 
 
 def env_fuse_residual() -> bool:
-    return os.environ.get("CONVROUTE_FUSE_RESIDUAL", "1") not in ("0", "false", "False")
+    return env_flag("CONVROUTE_FUSE_RESIDUAL", True)
 
 
 class Program:

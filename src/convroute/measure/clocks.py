@@ -15,12 +15,12 @@ CPU adapters (lavapipe) have no clocks of this kind and are left alone; so are d
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 
 from convroute.device.gpu import Gpu
 from convroute.measure.passes import pass_times, submit_and_wait
+from convroute.settings import env_flag
 
 CHAIN = 8192  # dependent FMAs per invocation: ~16 us at 1980 MHz, ~95 us at 345 MHz
 PROBE_GROUPS, HEAT_GROUPS, HEAT_DISPATCHES = 512, 16384, 40  # a heater pass is a few ms at full clock
@@ -55,7 +55,7 @@ _LOCK = threading.Lock()
 
 def applies(gpu: Gpu) -> bool:
     return (gpu.profile.family != "cpu" and "timestamp-query" in gpu.device.features
-            and os.environ.get("CONVROUTE_RAISE_CLOCKS", "1") != "0")
+            and env_flag("CONVROUTE_RAISE_CLOCKS", True))
 
 
 def raise_clocks(gpu: Gpu) -> float:

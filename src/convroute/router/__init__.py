@@ -22,6 +22,7 @@ from convroute.router.derived import derived_route
 from convroute.router.etvk import etvk_route
 from convroute.router.exclusions import avoid_blocked, blocked_algorithms
 from convroute.router.seed import is_sliding_window, seed_route
+from convroute.settings import env_flag
 
 POLICIES = ("seed", "etvk", "calibrated", "autotune", "derived")
 FORCE_DIRECT_REASON = ("force_direct is set: sliding-window conv -> direct path, whatever the policy would choose "
@@ -45,7 +46,7 @@ class Decision:
 
 
 def env_force_direct() -> bool:
-    return os.environ.get("CONVROUTE_FORCE_DIRECT", "") not in ("", "0", "false", "False")
+    return env_flag("CONVROUTE_FORCE_DIRECT", False)
 
 
 def default_policy() -> str:

@@ -1,0 +1,27 @@
+"""Environment switches share one spelling rule; a misspelt value names the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from convroute.frontend.program import env_fuse_residual
+from convroute.router import env_force_direct
+from convroute.settings import env_flag
+
+
+@pytest.mark.parametrize("value, expected", [("1", True), ("TRUE", True), ("on", True), ("yes", True),
+                                             ("0", False), ("False", False), ("off", False), ("no", False)])
+def test_every_switch_reads_the_same_spellings(monkeypatch, value, expected):
+    monkeypatch.setenv("CONVROUTE_FORCE_DIRECT", value)
+    monkeypatch.setenv("CONVROUTE_FUSE_RESIDUAL", value)
+    assert env_force_direct() is expected and env_fuse_residual() is expected
+
+
+def test_unset_or_empty_gives_the_default_and_nonsense_is_refused(monkeypatch):
+    monkeypatch.delenv("CONVROUTE_X", raising=False)
+    assert env_flag("CONVROUTE_X", True) and not env_flag("CONVROUTE_X", False)
+    monkeypatch.setenv("CONVROUTE_X", "")
+    assert env_flag("CONVROUTE_X", True)
+    monkeypatch.setenv("CONVROUTE_X", "maybe")
+    with pytest.raises(ValueError, match="CONVROUTE_X='maybe'"):
+        env_flag("CONVROUTE_X", True)
