@@ -140,7 +140,7 @@ def test_every_shader_of_an_fp16_kernel_stores_f16(monkeypatch, name):
     kernel = ALGORITHMS[name](gpu, p, w, b, Epilogue(), dtype="float16")
     assert kernel.dtype == "float16"
     kernel.bind(gpu.empty(2 * x.size), gpu.empty(2 * int(np.prod(p.output_shape))), p.n)
-    assert sources and all(s.startswith(Precision("float16").wgsl()) for s in sources), name
+    assert sources and all(s.startswith(Precision.parse("float16").wgsl()) for s in sources), name
 
 
 @needs_f16

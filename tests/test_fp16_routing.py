@@ -236,7 +236,7 @@ def test_calibrate_float16_measures_f16_kernels_into_its_own_file(monkeypatch, c
     assert cli_main(["calibrate", "--quick", "--dtype", "float16", "--no-progress", "--per-shape", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "in float16" in out and "calibration-float16-" in out
-    header = Precision("float16").wgsl()
+    header = Precision.parse("float16").wgsl()
     assert sources and all(s.startswith(header) for s in sources)
     cal = calib.load_calibration(gpu.profile, "float16")
     assert cal is not None and cal.dtype == "float16" and calib.load_calibration(gpu.profile) is None
@@ -251,7 +251,7 @@ def test_autotune_tunes_float16_separately(monkeypatch):
     sources = recorded_sources(monkeypatch, gpu)
     d16 = route_params(p, gpu.profile, "autotune", dtype="float16")
     assert d16.reason.startswith("autotune (float16): ") and "tuned now" in d16.reason
-    assert sources and all(s.startswith(Precision("float16").wgsl()) for s in sources)
+    assert sources and all(s.startswith(Precision.parse("float16").wgsl()) for s in sources)
     assert autotune_mod.AutotuneCache(gpu.profile.key, "float16").path.exists()
     assert not autotune_mod.AutotuneCache(gpu.profile.key).path.exists()
     assert "cached" in route_params(p, gpu.profile, "autotune", dtype="float16").reason

@@ -48,7 +48,8 @@ class Conv2d:
     `dtype`: "float32" (default) or "float16": the element type of the tensors on the GPU (input, output,
     prepacked weights); inputs of any float dtype are converted on upload and the result is a numpy array
     of this dtype. float16 needs the adapter feature shader-f16. `accumulate`: the type of the running
-    sums, "float32" (default) or "float16" (with dtype="float16" only; faster on some GPUs, less accurate).
+    sums, by default the storage type (float16 sums are added to f32 totals per block of products);
+    "float32" with dtype="float16" keeps f32 sums (more accurate, slower on the H100 at batch 1).
 
     Thread-safe: calls from many threads give each its own result; calls on one layer take turns on the GPU
     (they share its prepacked weights and I/O buffers). GPU failures raise convroute.device.errors.GpuError

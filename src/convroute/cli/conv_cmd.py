@@ -34,7 +34,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float32", choices=DTYPES,
                         help="storage of activations and weights (float16 needs the adapter's shader-f16)")
     parser.add_argument("--accumulate", default=None, choices=DTYPES,
-                        help="type of the sums: float32 (default) or float16 (with --dtype float16)")
+                        help="type of the sums (default: the --dtype; float32 with --dtype float16 keeps f32 sums)")
 
 
 def run(args) -> int:

@@ -42,8 +42,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float32", choices=list(TOLERANCES),
                         help="how values are stored on the GPU (default float32; float16 needs shader-f16)")
     parser.add_argument("--accumulate", default=None, choices=list(TOLERANCES),
-                        help="type of the multiply-adds' running sums (default float32; float16 needs --dtype "
-                             "float16: f16 arithmetic, blocks of sums added in f32)")
+                        help="type of the multiply-adds' running sums (default: the --dtype; float16: f16 "
+                             "arithmetic, blocks of sums added in f32; float32 with --dtype float16: f32 sums)")
     parser.add_argument("--profile", action="store_true", help="also time each node on the GPU")
     parser.add_argument("--compare", default="", metavar="ENGINES",
                         help=f"comma-separated peer engines to time beside convroute, or 'all': "

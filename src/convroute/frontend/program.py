@@ -40,13 +40,14 @@ def compile(model, example_inputs, *, policy: str | None = None, device=None, dt
     `policy` picks each conv's algorithm (None: $CONVROUTE_POLICY, else "seed"); `device` routes as if for
     another GPU (a family name or a DeviceProfile) while still running on the adapter in use. `dtype`: how
     values are stored on the GPU, "float32" (default) or "float16" (torch.float16 accepted; needs the adapter
-    feature shader-f16): activations and weights in f16, sums and elementwise math in f32, routing per dtype
-    (`route_params(dtype=)`). The outputs come back in the model's own dtype (float32 for a float32 model: the
-    f16 results converted on the host, exactly), so a program is a drop-in for the model either way; expect
-    relative errors near 1e-3. A `.half()` model runs on the GPU too (in either storage) and returns float16;
-    with float16 storage, casts between float32 and float16 inside the model cost nothing.
-    `accumulate="float16"` (with dtype="float16") runs the convs' and linear layers' multiply-adds in f16,
-    each block of products summed in f16 and added to f32 totals (see kernels.common.Precision).
+    feature shader-f16): activations and weights in f16, the convs' and linear layers' multiply-adds in f16
+    (each block of products summed in f16 and added to f32 totals, see kernels.common.Precision), elementwise
+    math in f32, routing per dtype (`route_params(dtype=)`). The outputs come back in the model's own dtype
+    (float32 for a float32 model: the f16 results converted on the host, exactly), so a program is a drop-in
+    for the model either way; expect relative errors near 1e-3. A `.half()` model runs on the GPU too (in
+    either storage) and returns float16; with float16 storage, casts between float32 and float16 inside the
+    model cost nothing.
+    `accumulate="float32"` (with dtype="float16") keeps those sums in f32 (slower at batch 1 on the H100).
     `fuse_residual=False` keeps every residual add (a conv's result plus a tensor of its shape, as ResNet and
     MobileNetV2 blocks end) a dispatch of its own instead of part of the conv's store (None: on unless
     $CONVROUTE_FUSE_RESIDUAL is 0).

@@ -3,7 +3,7 @@
 `__init__` prepacks the weights and compiles pipelines once; `bind(x, y, n)` builds the dispatches
 for one pair of input/output buffers; running them is the only per-call work. `dtype` is the element type
 of the input/output buffers and the prepacked weights ("float32", or "float16" on shader-f16 adapters);
-`accumulate` the type of the running sums ("float32" by default, "float16" only with dtype "float16").
+`accumulate` the type of the running sums (by default the storage type; "float16" only with dtype "float16").
 With `residual=True` (algorithms whose `fuses_residual` is set) the store adds a tensor of the output's shape
 before the activation, y = act(conv + bias + residual), read from a buffer passed to `bind(..., residual=)`;
 without it the WGSL is what it would be otherwise.
