@@ -18,7 +18,7 @@ from convroute.calibration import denylist
 from convroute.calibration import model as cost_model
 from convroute.calibration import profile as calib
 from convroute.calibration.grid import GPU_MAX_FLOPS, full_grid, grid_shapes, quick_grid
-from convroute.calibration.model import CostModel, loo_report
+from convroute.calibration.model import CostModel, loo_report, tiling_features
 from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
@@ -392,6 +392,14 @@ def test_model_keeps_the_fixed_cost_per_call_out_of_the_log_fit(monkeypatch):
     with_floor = mean_error()
     monkeypatch.setattr(cost_model, "FLOOR_SHARE", 0.0)
     assert with_floor < 0.11 and with_floor < 0.75 * mean_error()
+
+
+def test_model_sees_the_input_a_strided_window_skips():
+    skipped = {(k, s, d): tiling_features(make_params((1, 8, 16, 16), (8, 8, k, k), stride=s, dilation=d))[
+        "input_skipped"] for k, s, d in ((1, 2, 1), (1, 4, 1), (3, 2, 1), (1, 1, 1), (2, 3, 2))}
+    assert skipped == {(1, 2, 1): 2.0, (1, 4, 1): 4.0, (3, 2, 1): 0.0, (1, 1, 1): 0.0, (2, 3, 2): 0.0}
+    up = make_params((1, 8, 16, 16), (8, 8, 1, 1), stride=2, transposed=True)
+    assert tiling_features(up)["input_skipped"] == 0.0
 
 
 def test_model_neighbours_count_by_distance_not_by_fit():

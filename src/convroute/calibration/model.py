@@ -6,8 +6,9 @@ grid measurement; the log of the rest is predicted in two steps:
 1. a robust (Huber) ridge regression, linear in log-scale shape features: work (MACs), memory traffic
    (input, output, weight), channels per group, output pixels, kernel area, stride, groups, dilation, batch,
    plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128, how much of
-   2x2 / 4x4 output-plane tiles, and how many tiles/threads it offers (parallelism, with hinges at 16 and
-   64 work items: a device with too little work idles, with enough it does not speed up further). Linear terms
+   2x2 / 4x4 output-plane tiles, the share of the input a stride longer than the window skips, and how many
+   tiles/threads it offers (parallelism, with hinges at 16 and 64 work items: a device with too little work
+   idles, with enough it does not speed up further). Linear terms
    extrapolate smoothly to shapes larger or smaller than the grid's; the Huber weights keep a measurement hit
    by a load spike from bending the fit; standard deviations are floored (MIN_SCALE) so that a feature
    nearly constant on the grid cannot dominate a prediction.
@@ -66,12 +67,20 @@ def tiling_features(p: ConvParams) -> dict[str, float]:
         tiles = -(-p.ho // t) * -(-p.wo // t)
         f[f"plane_waste{t}"] = math.log2(tiles * t * t / (p.ho * p.wo))
         f[f"plane_tiles{t}"] = math.log2(p.n * tiles)
+    f["input_skipped"] = 0.0 if p.transposed else math.log2(_skip(p.stride[0], p.kh, p.dilation[0])
+                                                            * _skip(p.stride[1], p.kw, p.dilation[1]))
     f["tiles128"] = math.log2(-(-rows // 128) * -(-cols // 128) * p.groups)
     f["blocks1024"] = math.log2(max(1.0, p.n * p.c_out * p.ho * p.wo / 1024))
     for key in ("plane_tiles2", "plane_tiles4", "tiles128", "blocks1024"):
         for level in PARALLEL_LEVELS:  # hinges: below ~16 / ~64 work items a device idles, above it does not
             f[f"{key}_below{level}"] = max(0.0, level - f[key])
     return f
+
+
+def _skip(stride: int, kernel: int, dilation: int) -> float:
+    """How many input rows (columns) per one read when the stride outruns the window, as in a 1x1 stride-2 conv:
+    the input it never reads still costs kernels that stage whole input tiles, and costs GEMM kernels nothing."""
+    return max(1.0, stride / ((kernel - 1) * dilation + 1))
 
 
 def feature_vector(p: ConvParams) -> np.ndarray:
