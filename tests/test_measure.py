@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from dataclasses import replace
 
@@ -14,9 +15,10 @@ from convroute import cache
 from convroute.bench.suites import SUITES, load_suite
 from convroute.cache import CacheWarning, cache_dir, device_file, read_json, write_json
 from convroute.calibration import denylist
+from convroute.calibration import model as cost_model
 from convroute.calibration import profile as calib
 from convroute.calibration.grid import GPU_MAX_FLOPS, full_grid, grid_shapes, quick_grid
-from convroute.calibration.model import CostModel, loo_report
+from convroute.calibration.model import CostModel, loo_report, tiling_features
 from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
@@ -370,6 +372,47 @@ def test_model_learns_a_crossover():
     assert model.predict_ms(big, "unknown") is None
     loo = loo_report(samples)
     assert loo["shapes"] == len(samples) and loo["total_regret"] < 0.05
+
+
+def launch_rule(p):
+    """One launch (8 us fixed) vs three (16 us fixed, half the cost per MAC): times of a few tens of us."""
+    macs = p.flops / 2
+    return {"one_launch": 0.008 + macs * 2e-10, "three_launches": 0.016 + macs * 1e-10}
+
+
+def test_model_keeps_the_fixed_cost_per_call_out_of_the_log_fit(monkeypatch):
+    held_out = full_grid()[2::4]
+    samples = [calib.Sample(p, launch_rule(p), {}) for p in quick_grid() + full_grid()[::4]]
+
+    def mean_error():
+        model = CostModel.fit(samples)
+        return np.mean([abs(math.log(model.predict_ms(p, n) / t)) for p in held_out
+                        for n, t in launch_rule(p).items()])
+
+    with_floor = mean_error()
+    monkeypatch.setattr(cost_model, "FLOOR_SHARE", 0.0)
+    assert with_floor < 0.11 and with_floor < 0.75 * mean_error()
+
+
+def test_model_sees_the_input_a_strided_window_skips():
+    skipped = {(k, s, d): tiling_features(make_params((1, 8, 16, 16), (8, 8, k, k), stride=s, dilation=d))[
+        "input_skipped"] for k, s, d in ((1, 2, 1), (1, 4, 1), (3, 2, 1), (1, 1, 1), (2, 3, 2))}
+    assert skipped == {(1, 2, 1): 2.0, (1, 4, 1): 4.0, (3, 2, 1): 0.0, (1, 1, 1): 0.0, (2, 3, 2): 0.0}
+    up = make_params((1, 8, 16, 16), (8, 8, 1, 1), stride=2, transposed=True)
+    assert tiling_features(up)["input_skipped"] == 0.0
+
+
+def test_model_neighbours_count_by_distance_not_by_fit():
+    """A shape three times slower than the trend (a tile misfit, say): the Huber weights keep it from bending
+    the trend, but as its own nearest neighbour it must keep most of its excess (~1.95x on average here;
+    neighbours weighted by their Huber weights too kept ~1.65x)."""
+    train = quick_grid() + full_grid()[::4]
+    kept = []
+    for odd in [p for p in train if p.kh == 3 and p.groups == 1 and p.dilation == (1, 1)][:8]:
+        samples = [calib.Sample(p, {n: t * (3 if p == odd else 1) for n, t in launch_rule(p).items()}, {})
+                   for p in train]
+        kept.append(CostModel.fit(samples).predict_ms(odd, "one_launch") / launch_rule(odd)["one_launch"])
+    assert np.mean(kept) > 1.8
 
 
 def test_denylist_matches_vendor_device_driver_and_shapes(monkeypatch, tmp_path):

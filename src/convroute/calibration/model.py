@@ -1,16 +1,24 @@
 """The routing model `calibrated` uses: one cost model per algorithm, fitted on the calibration grid.
 
-Each algorithm's log run time is predicted in two steps:
+Each algorithm's run time is a fixed cost per call (its launches and synchronisation: the same for every
+shape) plus a part that grows with the work. The fixed cost is taken as FLOOR_SHARE of the algorithm's fastest
+grid measurement; the log of the rest is predicted in two steps:
 1. a robust (Huber) ridge regression, linear in log-scale shape features: work (MACs), memory traffic
    (input, output, weight), channels per group, output pixels, kernel area, stride, groups, dilation, batch,
    plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128, how much of
-   2x2 / 4x4 output-plane tiles, and how many tiles/threads it offers (parallelism, with hinges at 16 and
-   64 work items: a device with too little work idles, with enough it does not speed up further). Linear terms
+   2x2 / 4x4 output-plane tiles, the share of the input a stride longer than the window skips, and how many
+   tiles/threads it offers (parallelism, with hinges at 16 and 64 work items: a device with too little work
+   idles, with enough it does not speed up further). Linear terms
    extrapolate smoothly to shapes larger or smaller than the grid's; the Huber weights keep a measurement hit
    by a load spike from bending the fit; standard deviations are floored (MIN_SCALE) so that a feature
    nearly constant on the grid cannot dominate a prediction.
 2. plus the distance-weighted mean residual of that regression at the k nearest grid shapes (in the
-   standardised space of the basic features): the local corrections the global trend misses.
+   standardised space of the basic features): the local corrections the global trend misses. A neighbour
+   counts by distance only: the Huber weights tell the trend to ignore a shape that does not follow it,
+   and exactly such a shape's residual is the local correction a nearby shape needs.
+Without the fixed cost, a log-linear model must bend its trend to fit times of 10-40 us that are mostly
+launch overhead (8-16 us on an H100 depending on the algorithm's dispatch count) next to times of 100+ us
+that are mostly work.
 The algorithm with the smallest predicted time wins. Fitting takes milliseconds, so it is redone whenever a
 profile is loaded; `loo_report` measures how well the choice generalises (leave-one-out over the grid).
 """
@@ -24,9 +32,10 @@ import numpy as np
 
 from convroute.params import ConvParams
 
-RIDGE = 1e-2
+RIDGE = 5e-3  # 1e-2 before the fixed cost: log(time - fixed cost) spans a wider range; chosen on fp32 + fp16 LOO
 HUBER = 0.3  # residuals beyond this (natural log units, ~35 %) get a smaller weight
 NEIGHBOURS = 4
+FLOOR_SHARE = 0.75  # an algorithm's fixed cost per call, as a share of its fastest grid time (0.6-0.8 all fit)
 PARALLEL_LEVELS = (4, 6)  # log2 of the work-item counts where the parallelism hinges sit
 
 
@@ -58,12 +67,20 @@ def tiling_features(p: ConvParams) -> dict[str, float]:
         tiles = -(-p.ho // t) * -(-p.wo // t)
         f[f"plane_waste{t}"] = math.log2(tiles * t * t / (p.ho * p.wo))
         f[f"plane_tiles{t}"] = math.log2(p.n * tiles)
+    f["input_skipped"] = 0.0 if p.transposed else math.log2(_skip(p.stride[0], p.kh, p.dilation[0])
+                                                            * _skip(p.stride[1], p.kw, p.dilation[1]))
     f["tiles128"] = math.log2(-(-rows // 128) * -(-cols // 128) * p.groups)
     f["blocks1024"] = math.log2(max(1.0, p.n * p.c_out * p.ho * p.wo / 1024))
     for key in ("plane_tiles2", "plane_tiles4", "tiles128", "blocks1024"):
         for level in PARALLEL_LEVELS:  # hinges: below ~16 / ~64 work items a device idles, above it does not
             f[f"{key}_below{level}"] = max(0.0, level - f[key])
     return f
+
+
+def _skip(stride: int, kernel: int, dilation: int) -> float:
+    """How many input rows (columns) per one read when the stride outruns the window, as in a 1x1 stride-2 conv:
+    the input it never reads still costs kernels that stage whole input tiles, and costs GEMM kernels nothing."""
+    return max(1.0, stride / ((kernel - 1) * dilation + 1))
 
 
 def feature_vector(p: ConvParams) -> np.ndarray:
@@ -83,6 +100,7 @@ def _standardise(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class AlgorithmModel:
+    floor_ms: float  # the fixed cost per call; the regression models log(time - floor_ms)
     mean: np.ndarray
     scale: np.ndarray
     coef: np.ndarray
@@ -90,10 +108,11 @@ class AlgorithmModel:
     d_scale: np.ndarray
     points: np.ndarray  # standardised distance features of the grid shapes
     residuals: np.ndarray
-    weights: np.ndarray  # Huber weights: outliers count less as neighbours too
 
     @classmethod
-    def fit(cls, x: np.ndarray, d: np.ndarray, log_t: np.ndarray) -> AlgorithmModel:
+    def fit(cls, x: np.ndarray, d: np.ndarray, times_ms: np.ndarray) -> AlgorithmModel:
+        floor = FLOOR_SHARE * float(times_ms.min())
+        log_t = np.log(times_ms - floor)
         mean, scale = _standardise(x)
         a = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
         penalty = RIDGE * len(x) * np.eye(a.shape[1])
@@ -104,14 +123,14 @@ class AlgorithmModel:
             r = np.abs(log_t - a @ coef)
             w = np.where(r <= HUBER, 1.0, HUBER / np.maximum(r, 1e-12))
         d_mean, d_scale = _standardise(d)
-        return cls(mean, scale, coef, d_mean, d_scale, (d - d_mean) / d_scale, log_t - a @ coef, w)
+        return cls(floor, mean, scale, coef, d_mean, d_scale, (d - d_mean) / d_scale, log_t - a @ coef)
 
-    def predict_log(self, x: np.ndarray, d: np.ndarray) -> float:
+    def predict_ms(self, x: np.ndarray, d: np.ndarray) -> float:
         trend = float(self.coef[0] + ((x - self.mean) / self.scale) @ self.coef[1:])
         dist = np.sqrt((((d - self.d_mean) / self.d_scale - self.points) ** 2).sum(axis=1))
         near = np.argsort(dist)[:NEIGHBOURS]
-        weights = self.weights[near] / (dist[near] + 0.25)
-        return trend + float(weights @ self.residuals[near] / weights.sum())
+        weights = 1.0 / (dist[near] + 0.25)
+        return self.floor_ms + math.exp(trend + float(weights @ self.residuals[near] / weights.sum()))
 
 
 @dataclass
@@ -127,7 +146,7 @@ class CostModel:
             x, d = feature_vector(s.params), distance_vector(s.params)
             for name, t in s.times_ms.items():
                 if name not in excluded and t > 0:
-                    rows.setdefault(name, []).append((x, d, math.log(t)))
+                    rows.setdefault(name, []).append((x, d, t))
         models, counts = {}, {}
         for name, data in rows.items():
             if len(data) < 3:
@@ -139,7 +158,7 @@ class CostModel:
     def predict_ms(self, p: ConvParams, name: str) -> float | None:
         """Predicted time of `name` on `p`, None when the algorithm was not calibrated."""
         model = self.models.get(name)
-        return None if model is None else math.exp(model.predict_log(feature_vector(p), distance_vector(p)))
+        return None if model is None else model.predict_ms(feature_vector(p), distance_vector(p))
 
 
 def loo_report(samples, excluded: dict[str, str] | None = None) -> dict:
