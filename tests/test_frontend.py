@@ -249,6 +249,17 @@ def test_nan_and_inf_propagate_as_in_torch():
         assert torch.allclose(out[finite], ref[finite], rtol=1e-5, atol=1e-6), f"output {i}"
 
 
+def test_every_activation_passes_nan_by_its_bits():
+    """WGSL lets compilers assume no NaN (NVIDIA folded relu's select into a max that returned 0 for NaN):
+    every activation but the identity returns a NaN input as it is, tested on the bits."""
+    from convroute.kernels.common import ACTIVATIONS, NAN_BITS, Epilogue
+    from convroute.kernels.elementwise import EXTRA_ACTIVATIONS, act_source
+
+    kinds = [Epilogue.parse(("clamp", -1.0, 1.0) if k == "clamp" else k) for k in ACTIVATIONS]
+    sources = [e.wgsl() for e in kinds] + [act_source(k) for k in EXTRA_ACTIVATIONS]
+    assert all((NAN_BITS in src) != (src == "fn act(v: f32) -> f32 { return v; }\n") for src in sources)
+
+
 def test_global_pooling_of_a_large_map_and_a_big_linear():
     """Windows above one invocation's loop budget (a workgroup reduces them) and a 20000-input linear (K slices)."""
     model = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 20000), nn.ReLU(),

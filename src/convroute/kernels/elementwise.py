@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision, storage
+from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision, keep_nan, storage
 from convroute.kernels.flat import f32_bits, flat_shader, launch
 
 MAX_RANK = 4
@@ -45,7 +45,7 @@ UNARY_KINDS = tuple(a for a in ACTIVATIONS if a != "none") + tuple(EXTRA_ACTIVAT
 def act_source(act) -> str:
     """`fn act(v: f32) -> f32` for an Epilogue or a name in UNARY_KINDS."""
     if isinstance(act, str) and act in EXTRA_ACTIVATIONS:
-        return HELPERS + f"fn act(v: f32) -> f32 {{ {EXTRA_ACTIVATIONS[act]} }}\n"
+        return HELPERS + keep_nan(EXTRA_ACTIVATIONS[act])
     return Epilogue.parse(act).wgsl()
 
 
