@@ -1,10 +1,7 @@
 """`depthwise`: groups == C_in, output channel c reads input channel c // m (channel multiplier m >= 1).
 
 Any kernel size, stride, padding and dilation. Each invocation computes four neighbouring output pixels of
-one row of one channel: per tap one weight and four input values. On GPUs the window's geometry (kernel,
-stride, padding, dilation, channel multiplier) is a set of WGSL constants, so the compiler unrolls the taps
-and issues their loads together (one pipeline per geometry); CPU adapters, where each pipeline costs a
-compile, read it from the parameter block.
+one row of one channel: per tap one weight and four input values.
 """
 
 from __future__ import annotations
@@ -45,7 +42,6 @@ BODY = """
     if (ow0 + j < P.wo) {{ y[obase + j] = ST(act(acc[j])); }}
   }}"""
 
-GEOMETRY = ("kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "mult")  # constants on GPUs
 OPEN_BLOCK = "var part = vec4<AT>(0.0);"  # f16 sums: one block per kernel row
 CLOSE_BLOCK = "acc += vec4<f32>(part);"
 
@@ -67,13 +63,7 @@ class Depthwise(FlatConv):
         return p.kh * p.kw
 
     def prepare(self, weight, bias):
-        body, constants = BODY, ""
-        if self.gpu.profile.gemm_style == "workgroup":
-            values = self.shape_values(mult=self.p.c_out // self.p.c_in)
-            for name in GEOMETRY:
-                body = body.replace(f"P.{name}", name.upper())
-                constants += f"const {name.upper()}: u32 = {values[name]}u;\n"
-        self.compile(weight, bias, body, (OPEN_BLOCK, CLOSE_BLOCK), constants)
+        self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK))
 
     def bind(self, x, y, n):
         p = self.p

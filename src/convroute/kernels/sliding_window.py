@@ -15,15 +15,13 @@ class FlatConv(ConvKernel):
     PARAMS: list[str] = []  # the shader's parameter block, named as shape_values names them; ends with "total"
     BUFFERS = storage("x", "wt", "bias:f32", "y!")
 
-    def compile(self, weights: np.ndarray, bias: np.ndarray, body: str, blocks: tuple[str, str],
-                constants: str = "") -> None:
+    def compile(self, weights: np.ndarray, bias: np.ndarray, body: str, blocks: tuple[str, str]) -> None:
         """Upload the packed weights and bias; compile `body`, a template of {sum}, {open_block} and
-        {close_block} (Precision.block_sums with `blocks`) run for each t < P.total; `constants`: WGSL
-        declarations the body may use."""
+        {close_block} (Precision.block_sums with `blocks`) run for each t < P.total."""
         self.w_buf = self.upload(weights, "packed weights")
         self.b_buf = self.gpu.upload(bias, "bias")
         self.source = flat_shader(self.PARAMS, self.BUFFERS, body.format(**self.precision.block_sums(*blocks)),
-                                  constants + self.epilogue.wgsl(), self.precision)
+                                  self.epilogue.wgsl(), self.precision)
         self.gpu.pipeline(self.source)
 
     def launch(self, x, y, **values) -> list[Dispatch]:
