@@ -90,7 +90,7 @@ def test_small_layers_share_one_pipeline(monkeypatch):
     tile = direct_cpu.RegisterTile(4, 4)
     small = [p for p, _ in LAYERS.values()]
     assert not any(direct_cpu.specialised(p) for p in small)
-    assert len({direct_cpu.generate(p, tile, "", "", special=False) for p in small}) == 1
+    assert len({direct_cpu.generate_generic(p, tile, "", "") for p in small}) == 1
     assert direct_cpu.specialised(make_params((1, 64, 56, 56), (64, 64, 3, 3), 1, 1))  # 231 MFLOPs
     assert direct_cpu.specialised(make_params((1, 8192, 3, 3), (2, 8192, 3, 3), 1, 1))  # past the loop limit
 

@@ -283,8 +283,13 @@ class Direct(ConvKernel):
         self._weights: dict[tuple, object] = {}
         if self.cpu:
             self.tile = direct_cpu.choose_tile(p)
-            self.special = direct_cpu.specialised(p)
-            self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.special, self.residual)
+            self._textures: dict[int, tuple] = {}
+            self.special = direct_cpu.specialised(p) and direct_cpu.texture_layout(p, self.tile, p.n) is not None
+            if self.special:
+                self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.residual)
+                self.gpu.pipeline(self.repack_source())
+            else:
+                self.source = direct_cpu.generate_generic(p, self.tile, self.header, self.act, self.residual)
             self.gpu.pipeline(self.source)
         else:
             self._plans: dict[int, Plan] = {}
@@ -345,11 +350,45 @@ class Direct(ConvKernel):
         return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads, tile.threads),
                 launch(self.gpu, reduce, REDUCE_PARAMS, rvalues, [part, self.bias_buf, y, *res])]
 
+    def repack_source(self) -> str:
+        return direct_cpu.repack_shader(self.header, direct_cpu.FORMATS[self.dtype])
+
+    def textures(self, n: int):
+        """The input texture (written by each run's repack pass) and the packed weight texture at batch n, or
+        None where they would pass the texture limits."""
+        if n not in self._textures:
+            p, tile = self.p, self.tile
+            layout = direct_cpu.texture_layout(p, tile, n)
+            if layout is None:
+                self._textures[n] = None
+                return None
+            fmt = direct_cpu.FORMATS[self.dtype]
+            height, layers = layout.shape(layout.rows)
+            xt = self.gpu.texture_array(layout.width, height, layers, fmt, "direct's padded input", writable=True)
+            texels = direct_cpu.weight_texels(self.weight, p, tile, layout)
+            wt = self.gpu.texture_array(texels.shape[2], texels.shape[1], texels.shape[0], fmt, "direct's weights")
+            self.gpu.write_texture(wt, texels.astype(self.precision.numpy))
+            self._textures[n] = (layout, xt, wt)
+        return self._textures[n]
+
     def _bind_cpu(self, x, y, n, res):
         p, tile = self.p, self.tile
         grid = direct_cpu.grid(p, tile, n)
         bpg = grid["tiles_m"] * tile.tm // 4
-        w_buf, cin_pad = self.weights(bpg, 1)
-        params = self.params(direct_cpu.PARAMS, n, bpg, cin_pad, **grid)
-        return [self.gpu.dispatch(self.source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],
-                                  direct_cpu.WG)]
+        textures = self.textures(n) if self.special else None
+        if textures is None:
+            source = self.source if not self.special else direct_cpu.generate_generic(
+                p, tile, self.header, self.act, self.residual)
+            w_buf, cin_pad = self.weights(bpg, 1)
+            params = self.params(direct_cpu.PARAMS, n, bpg, cin_pad, **grid)
+            return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],
+                                      direct_cpu.WG)]
+        layout, xt, wt = textures
+        repack = dict(total=layout.rows * layout.width, width=layout.width, hp=layout.hp, h=p.h, w=p.w,
+                      ph=p.padding[0], pw=p.padding[1])
+        values = self.shape_values(n=n, groups=p.groups, bpg=bpg, hp=layout.hp, wrow=layout.icw * p.kh * p.kw,
+                                   icr=layout.icr, **grid)
+        return [self.gpu.dispatch(self.repack_source(), [self.param_buffer(direct_cpu.REPACK_PARAMS, repack), x, xt],
+                                  repack["total"], direct_cpu.WG),
+                self.gpu.dispatch(self.source, [self.param_buffer(direct_cpu.TEX_PARAMS, values), xt, wt,
+                                                self.bias_buf, y, *res], grid["total"], direct_cpu.WG)]

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from convroute.kernels.base import CPU_LOOP_LIMIT
-from convroute.kernels.common import ceil_div, constants, split_index, storage, storage_frame
+from convroute.kernels.common import ceil_div, split_index, storage, storage_frame
 
 WG = 8  # one llvmpipe SIMD vector (see gemm_cpu.WG)
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
@@ -95,41 +97,103 @@ def specialised(p) -> bool:
     return p.flops // p.n >= SPECIALISE_FLOPS or generic_trips(p) > CPU_LOOP_LIMIT
 
 
-def generate(p, tile: RegisterTile, header: str, act: str, special: bool = True, residual: bool = False) -> str:
-    """The kernel for `p` (special) or for any geometry (the parameters' kh ... dw steer it); with `residual`
-    the store adds `res`, laid out as the output."""
+TEX_DIM = 8192  # WebGPU's guaranteed maxTextureDimension2D: texels per texture row, rows per layer
+TEX_LAYERS = 256  # and maxTextureArrayLayers
+ROW_BITS = 13  # a texture's flat row r is row r & (TEX_DIM - 1) of layer r >> ROW_BITS
+TEX_PARAMS = ["n", "c_in", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "tiles_m", "tiles_n", "tiles_r",
+              "total", "hp", "wrow", "icr"]
+REPACK_PARAMS = ["total", "width", "hp", "h", "w", "ph", "pw"]
+FORMATS = {"float32": "rgba32float", "float16": "rgba16float"}
+
+
+@dataclass(frozen=True)
+class TextureLayout:
+    """Where the specialised kernel reads. The input: each image plane zero-padded to `hp` rows of `width`
+    texels (4 padded columns each, column 0 at -PW), plane after plane in flat rows. The weights: flat row
+    (group block, ic // icw) holds input channels ic of that row's `icw` times KH * KW taps, one texel
+    (4 output channels) per tap. Every read of the kernel lands inside, so it needs no bounds checks."""
+
+    width: int  # input texels per padded row
+    hp: int  # padded rows per plane
+    rows: int  # input flat rows (n * C_in * hp)
+    icw: int  # input channels per weight row
+    icr: int  # weight rows per block of 4 output channels
+    w_rows: int  # weight flat rows
+
+    @staticmethod
+    def shape(rows: int) -> tuple[int, int]:
+        """(height, layers) of a texture holding `rows` flat rows."""
+        return min(rows, TEX_DIM), ceil_div(rows, TEX_DIM)
+
+
+def span(p, tile: RegisterTile) -> int:
+    """Input columns one row of the tile's windows covers."""
+    return (tile.tn - 1) * p.stride[1] + (p.kw - 1) * p.dilation[1] + 1
+
+
+def texture_layout(p, tile: RegisterTile, n: int) -> TextureLayout | None:
+    """The textures' layout at batch n, or None where they would pass WebGPU's guaranteed texture limits."""
+    tiles = grid(p, tile, n)
+    step = tile.tn * p.stride[1] // 4
+    width = (tiles["tiles_n"] - 1) * step + ceil_div(span(p, tile), 4)
+    hp = (tiles["tiles_r"] * tile.tr - 1) * p.stride[0] + (p.kh - 1) * p.dilation[0] + 1
+    khw, cin_g = p.kh * p.kw, p.c_in // p.groups
+    icw = min(cin_g, TEX_DIM // khw)
+    if icw < 1 or width > TEX_DIM:
+        return None
+    icr = ceil_div(cin_g, icw)
+    layout = TextureLayout(width, hp, n * p.c_in * hp, icw, icr, p.groups * tiles["tiles_m"] * tile.tm // 4 * icr)
+    if max(TextureLayout.shape(layout.rows)[1], TextureLayout.shape(layout.w_rows)[1]) > TEX_LAYERS:
+        return None
+    return layout
+
+
+def weight_texels(weight: np.ndarray, p, tile: RegisterTile, layout: TextureLayout) -> np.ndarray:
+    """[C_out, C_in/g, KH, KW] -> the weight texture's texels [layers, height, icw * KH * KW, 4], zeros in the
+    padding (output channels past C_out/groups, input channels past C_in/groups)."""
+    g, khw = p.groups, p.kh * p.kw
+    cout_g, cin_g = p.c_out // g, p.c_in // g
+    bpg = layout.w_rows // (g * layout.icr)
+    w = np.zeros((g, bpg * 4, layout.icr * layout.icw, khw), np.float32)
+    w[:, :cout_g, :cin_g] = weight.reshape(g, cout_g, cin_g, khw)
+    w = w.reshape(g, bpg, 4, layout.icr, layout.icw, khw).transpose(0, 1, 3, 4, 5, 2)
+    height, layers = TextureLayout.shape(layout.w_rows)
+    flat = np.zeros((layers * height, layout.icw * khw, 4), np.float32)
+    flat[:layout.w_rows] = w.reshape(layout.w_rows, layout.icw * khw, 4)
+    return flat.reshape(layers, height, layout.icw * khw, 4)
+
+
+def repack_shader(header: str, fmt: str) -> str:
+    """Copies NCHW planes into the input texture: one invocation per texel, zero in the padding."""
+    buffers = storage("x") + f"\n@group(0) @binding(2) var xo: texture_storage_2d_array<{fmt}, write>;"
+    return storage_frame(header, REPACK_PARAMS, buffers, "", WG) + f"""
+  let f = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
+  if (f >= p.total) {{ return; }}
+  let t = f % p.width;
+  let r = f / p.width;
+  let ih = i32(r % p.hp) - i32(p.ph);
+  let row_ok = ih >= 0 && ih < i32(p.h);
+  let base = (r / p.hp) * p.h * p.w + select(0u, u32(ih), row_ok) * p.w;
+  var v = vec4<f32>(0.0);
+  for (var e = 0u; e < 4u; e++) {{
+    let iw = i32(4u * t + e) - i32(p.pw);
+    let ok = row_ok && iw >= 0 && iw < i32(p.w);
+    v[e] = select(0.0, f32(x[base + select(0u, u32(iw), ok)]), ok);
+  }}
+  textureStore(xo, vec2<u32>(t, r & {TEX_DIM - 1}u), r >> {ROW_BITS}u, v);
+}}"""
+
+
+def store_lines(tile: RegisterTile, residual: bool) -> list[str]:
+    """The epilogue: bias, residual and activation per stored element; channels past C_out/groups and pixels
+    past the output's edges are not stored."""
     rg, tn, tr = tile.tm // 4, tile.tn, tile.tr
-    geometry = dict(KH=p.kh, KW=p.kw, SH=p.stride[0], SW=p.stride[1], DH=p.dilation[0], DW=p.dilation[1])
-    pads = dict(PH=p.padding[0], PW=p.padding[1])
-    helpers, lets = act, [f"  let {k} = p.{k.lower()};" for k in geometry]
-    lets += [f"  let {k} = i32(p.{k.lower()});" for k in pads]
-    if special:
-        helpers, lets = act + constants(geometry, pads), []
-    buffers = storage("x", "wt:ST4", "bias:f32", "y!", *(["res"] if residual else []))
-    out = [storage_frame(header, PARAMS, buffers, helpers, WG),
-           f"""  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
-  if (t >= p.total) {{ return; }}""",
-           split_index("t", [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")],
-                       "n"), *lets,
-           f"""  let ow0 = tni * {tn}u;
-  let oh0 = tri * {tr}u;
-  let ih0 = i32(oh0 * SH) - PH;
-  let iw0 = i32(ow0 * SW) - PW;
-  let wi = i32(p.w);
-  let hw = p.h * p.w;
-  let xg = (n * p.c_in + g * p.cin_g) * hw;
-  let bstride = p.cin_pad * KH * KW;
-  let wb = (g * p.bpg + tmi * {rg}u) * bstride;"""]
-    out += [f"  var s{i}_{j}_{g} = vec4<f32>(0.0);" for i in range(tr) for j in range(tn) for g in range(rg)]
-    out += (special_body if special else generic_body)(p, tile)
-    emit = out.append
-    emit(f"  let oc0 = tmi * {tile.tm}u;")
-    emit("  let obase = n * p.c_out + g * p.cout_g;")
-    # the tile's biases once (each serves tr * tn stores; channels past C_out/groups are never stored)
+    out = [f"  let oc0 = tmi * {tile.tm}u;", "  let obase = n * p.c_out + g * p.cout_g;"]
+    # the tile's biases once (each serves tr * tn stores)
     out += [f"  let b{k} = vec4<f32>(" + ", ".join(f"bias[min(g * p.cout_g + oc0 + {4 * k + e}u, p.c_out - 1u)]"
-                                                   for e in range(4)) + ");" for k in range(rg)]
+                                                  for e in range(4)) + ");" for k in range(rg)]
     for i in range(tr):
-        emit(f"  if (oh0 + {i}u < p.ho) {{")
+        out.append(f"  if (oh0 + {i}u < p.ho) {{")
         for j in range(tn):
             stores = []
             for k in range(rg):
@@ -138,54 +202,93 @@ def generate(p, tile: RegisterTile, header: str, act: str, special: bool = True,
                     value = f"s{i}_{j}_{k}.{comp} + b{k}.{comp}" + (f" + f32(res[{index}])" if residual else "")
                     stores.append(f"    if (oc0 + {4 * k + e}u < p.cout_g) {{ y[{index}] = ST(act({value})); }}")
             out += [f"  if (ow0 + {j}u < p.wo) {{", *stores, "  }"]
-        emit("  }")
+        out.append("  }")
+    return out
+
+
+def generate(p, tile: RegisterTile, header: str, act: str, residual: bool = False) -> str:
+    """The specialised kernel for `p`'s geometry (constants; every tap unrolled), reading the textures of
+    TextureLayout. Per input channel it loads the tile's KH * KW * tm/4 weight texels and, per input row its
+    windows read, ceil(span / 4) input texels; each input value serves every tap and pixel that reads it."""
+    (sh, sw), (dh, dw) = p.stride, p.dilation
+    rg, tn, tr = tile.tm // 4, tile.tn, tile.tr
+    khw = p.kh * p.kw
+    texels = ceil_div(span(p, tile), 4)
+    textures = """@group(0) @binding(1) var xt: texture_2d_array<f32>;
+@group(0) @binding(2) var wt: texture_2d_array<f32>;"""
+    buffers = textures + "\n" + storage("bias:f32", "y!", *(["res"] if residual else []), first=3)
+    mask = f"{TEX_DIM - 1}u"
+    out = [storage_frame(header, TEX_PARAMS, buffers, act, WG),
+           f"""  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
+  if (t >= p.total) {{ return; }}""",
+           split_index("t", [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")],
+                       "n"),
+           f"""  let ow0 = tni * {tn}u;
+  let oh0 = tri * {tr}u;
+  let tx0 = tni * {tn * sw // 4}u;
+  var rb = (n * p.c_in + g * p.cin_g) * p.hp + oh0 * {sh}u;
+  let wb = (g * p.bpg + tmi * {rg}u) * p.icr;
+  var wx = 0u;
+  var wq = 0u;"""]
+    emit = out.append
+    out += [f"  var s{i}_{j}_{g} = vec4<f32>(0.0);" for i in range(tr) for j in range(tn) for g in range(rg)]
+    emit("  for (var ic = 0u; ic < p.cin_g; ic++) {")
+    for g in range(rg):
+        emit(f"    let wr{g} = wb + {g}u * p.icr + wq;")
+    out += [f"    let a{kh}_{kw}_{g} = textureLoad(wt, vec2<u32>(wx + {kh * p.kw + kw}u, wr{g} & {mask}), "
+            f"wr{g} >> {ROW_BITS}u, 0);" for kh in range(p.kh) for kw in range(p.kw) for g in range(rg)]
+    for off in input_rows(p, tile):
+        emit(f"    {{ let r = rb + {off}u;")
+        out += [f"      let u{k} = textureLoad(xt, vec2<u32>(tx0 + {k}u, r & {mask}), r >> {ROW_BITS}u, 0);"
+                for k in range(texels)]
+        for i in range(tr):
+            for kh in range(p.kh):
+                if i * sh + kh * dh != off:
+                    continue
+                for kw in range(p.kw):
+                    for j in range(tn):
+                        q = j * sw + kw * dw
+                        out += [f"      s{i}_{j}_{g} = fma(a{kh}_{kw}_{g}, vec4<f32>(u{q // 4}.{'xyzw'[q % 4]}), "
+                                f"s{i}_{j}_{g});" for g in range(rg)]
+        emit("    }")
+    emit(f"""    rb += p.hp;
+    wx += {khw}u;
+    let wrap = wx == p.wrow;
+    wx = select(wx, 0u, wrap);
+    wq += select(0u, 1u, wrap);
+  }}""")
+    out += store_lines(tile, residual)
     emit("}")
     return "\n".join(out)
 
 
-def special_body(p, tile: RegisterTile) -> list[str]:
-    """The channel loop with the geometry unrolled: per input row its segment of `span` values is read once and
-    serves every tap and pixel that reads it."""
-    (sh, sw), (dh, dw) = p.stride, p.dilation
-    rg, tn, tr = tile.tm // 4, tile.tn, tile.tr
-    span = (tn - 1) * sw + (p.kw - 1) * dw + 1
-    out = []
-    emit = out.append
-    for q in range(span):  # the segment's columns: clamped index and in-image mask, fixed per invocation
-        emit(f"  let m{q} = iw0 + {q} >= 0 && iw0 + {q} < wi;")
-        emit(f"  let col{q} = select(0u, u32(iw0 + {q}), m{q});")
-    sums = [(i, j, g) for i in range(tr) for j in range(tn) for g in range(rg)]
-    emit("""  for (var ic = 0u; ic < p.cin_g; ic++) {
-    let xc = xg + ic * hw;
-    let wc = wb + ic * KH * KW;""")
-    if tr == 1:  # one output row: a loop over the kernel rows, their weights loaded where used
-        emit("""    for (var kh = 0u; kh < KH; kh++) {
-      let ih = ih0 + i32(kh * DH);
-      if (ih < 0 || ih >= i32(p.h)) { continue; }
-      let row = xc + u32(ih) * p.w;
-      let wk = wc + kh * KW;""")
-        out += [f"      let v{q} = select(0.0, f32(x[row + col{q}]), m{q});" for q in range(span)]
-        for kw in range(p.kw):
-            out += [f"      let a{kw}_{g} = ld4(wt[wk + {g}u * bstride + {kw}u]);" for g in range(rg)]
-            out += [f"      s0_{j}_{g} = fma(a{kw}_{g}, vec4<f32>(v{j * sw + kw * dw}), s0_{j}_{g});"
-                    for _, j, g in sums]
-        emit("    }")
-    else:  # several output rows: every tap's weights once per channel, each input row read once
-        out += [f"    let a{kh}_{kw}_{g} = ld4(wt[wc + {g}u * bstride + {kh * p.kw + kw}u]);"
-                for kh in range(p.kh) for kw in range(p.kw) for g in range(rg)]
-        for off in input_rows(p, tile):
-            emit(f"    if (ih0 + {off} >= 0 && ih0 + {off} < i32(p.h)) {{")
-            emit(f"      let row = xc + u32(ih0 + {off}) * p.w;")
-            out += [f"      let v{q} = select(0.0, f32(x[row + col{q}]), m{q});" for q in range(span)]
-            for i in range(tr):
-                for kh in range(p.kh):
-                    if i * sh + kh * dh != off:
-                        continue
-                    out += [f"      s{i}_{j}_{g} = fma(a{kh}_{kw}_{g}, vec4<f32>(v{j * sw + kw * dw}), s{i}_{j}_{g});"
-                            for kw in range(p.kw) for j in range(tn) for g in range(rg)]
-            emit("    }")
-    emit("  }")
-    return out
+def generate_generic(p, tile: RegisterTile, header: str, act: str, residual: bool = False) -> str:
+    """The kernel any geometry shares (the parameters' kh ... dw steer it), reading the NCHW input and the
+    packed weights [groups, blocks, C_in/groups, KH, KW, 4] from storage buffers; with `residual` the store
+    adds `res`, laid out as the output."""
+    buffers = storage("x", "wt:ST4", "bias:f32", "y!", *(["res"] if residual else []))
+    out = [storage_frame(header, PARAMS, buffers, act, WG),
+           f"""  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
+  if (t >= p.total) {{ return; }}""",
+           split_index("t", [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")],
+                       "n"),
+           *[f"  let {k} = p.{k.lower()};" for k in ("KH", "KW", "SH", "SW", "DH", "DW")],
+           *[f"  let {k} = i32(p.{k.lower()});" for k in ("PH", "PW")],
+           f"""  let ow0 = tni * {tile.tn}u;
+  let oh0 = tri * {tile.tr}u;
+  let ih0 = i32(oh0 * SH) - PH;
+  let iw0 = i32(ow0 * SW) - PW;
+  let wi = i32(p.w);
+  let hw = p.h * p.w;
+  let xg = (n * p.c_in + g * p.cin_g) * hw;
+  let bstride = p.cin_pad * KH * KW;
+  let wb = (g * p.bpg + tmi * {tile.tm // 4}u) * bstride;"""]
+    out += [f"  var s{i}_{j}_{g} = vec4<f32>(0.0);"
+            for i in range(tile.tr) for j in range(tile.tn) for g in range(tile.tm // 4)]
+    out += generic_body(p, tile)
+    out += store_lines(tile, residual)
+    out.append("}")
+    return "\n".join(out)
 
 
 def generic_body(p, tile: RegisterTile) -> list[str]:
