@@ -384,11 +384,11 @@ class Direct(ConvKernel):
             return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],
                                       direct_cpu.WG)]
         layout, xt, wt = textures
-        repack = dict(total=layout.rows * layout.width, width=layout.width, hp=layout.hp, h=p.h, w=p.w,
-                      ph=p.padding[0], pw=p.padding[1])
+        repack = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
+                      pw=p.padding[1])
         values = self.shape_values(n=n, groups=p.groups, bpg=bpg, hp=layout.hp, wrow=layout.icw * p.kh * p.kw,
                                    icr=layout.icr, **grid)
         return [self.gpu.dispatch(self.repack_source(), [self.param_buffer(direct_cpu.REPACK_PARAMS, repack), x, xt],
-                                  repack["total"], direct_cpu.WG),
+                                  layout.rows * direct_cpu.WG, direct_cpu.WG),
                 self.gpu.dispatch(self.source, [self.param_buffer(direct_cpu.TEX_PARAMS, values), xt, wt,
                                                 self.bias_buf, y, *res], grid["total"], direct_cpu.WG)]

@@ -164,23 +164,25 @@ def weight_texels(weight: np.ndarray, p, tile: RegisterTile, layout: TextureLayo
 
 
 def repack_shader(header: str, fmt: str) -> str:
-    """Copies NCHW planes into the input texture: one invocation per texel, zero in the padding."""
+    """Copies NCHW planes into the input texture, zero in the padding: a workgroup per padded row (no division
+    per texel), its invocations on every WG-th texel."""
     buffers = storage("x") + f"\n@group(0) @binding(2) var xo: texture_storage_2d_array<{fmt}, write>;"
     return storage_frame(header, REPACK_PARAMS, buffers, "", WG) + f"""
-  let f = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
-  if (f >= p.total) {{ return; }}
-  let t = f % p.width;
-  let r = f / p.width;
+  let r = wid.x + wid.y * nwg.x;
+  if (r >= p.total) {{ return; }}
   let ih = i32(r % p.hp) - i32(p.ph);
   let row_ok = ih >= 0 && ih < i32(p.h);
   let base = (r / p.hp) * p.h * p.w + select(0u, u32(ih), row_ok) * p.w;
-  var v = vec4<f32>(0.0);
-  for (var e = 0u; e < 4u; e++) {{
-    let iw = i32(4u * t + e) - i32(p.pw);
-    let ok = row_ok && iw >= 0 && iw < i32(p.w);
-    v[e] = select(0.0, f32(x[base + select(0u, u32(iw), ok)]), ok);
+  let at = vec2<u32>(0u, r & {TEX_DIM - 1}u);
+  for (var t = lid_x; t < p.width; t += {WG}u) {{
+    var v = vec4<f32>(0.0);
+    for (var e = 0u; e < 4u; e++) {{
+      let iw = i32(4u * t + e) - i32(p.pw);
+      let ok = row_ok && iw >= 0 && iw < i32(p.w);
+      v[e] = select(0.0, f32(x[base + select(0u, u32(iw), ok)]), ok);
+    }}
+    textureStore(xo, vec2<u32>(t, at.y), r >> {ROW_BITS}u, v);
   }}
-  textureStore(xo, vec2<u32>(t, r & {TEX_DIM - 1}u), r >> {ROW_BITS}u, v);
 }}"""
 
 
@@ -218,11 +220,11 @@ def generate(p, tile: RegisterTile, header: str, act: str, residual: bool = Fals
 @group(0) @binding(2) var wt: texture_2d_array<f32>;"""
     buffers = textures + "\n" + storage("bias:f32", "y!", *(["res"] if residual else []), first=3)
     mask = f"{TEX_DIM - 1}u"
+    digits = [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")]
     out = [storage_frame(header, TEX_PARAMS, buffers, act, WG),
            f"""  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
   if (t >= p.total) {{ return; }}""",
-           split_index("t", [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")],
-                       "n"),
+           split_index("t", digits, "n"),
            f"""  let ow0 = tni * {tn}u;
   let oh0 = tri * {tr}u;
   let tx0 = tni * {tn * sw // 4}u;
@@ -237,20 +239,21 @@ def generate(p, tile: RegisterTile, header: str, act: str, residual: bool = Fals
         emit(f"    let wr{g} = wb + {g}u * p.icr + wq;")
     out += [f"    let a{kh}_{kw}_{g} = textureLoad(wt, vec2<u32>(wx + {kh * p.kw + kw}u, wr{g} & {mask}), "
             f"wr{g} >> {ROW_BITS}u, 0);" for kh in range(p.kh) for kw in range(p.kw) for g in range(rg)]
+    # all loads first, then every sum's taps back to back: a sum stays in registers for its KH * KW FMAs (the
+    # tile's sums do not fit llvmpipe's registers; interleaved by kernel row, each FMA reloaded and stored its sum)
     for off in input_rows(p, tile):
-        emit(f"    {{ let r = rb + {off}u;")
-        out += [f"      let u{k} = textureLoad(xt, vec2<u32>(tx0 + {k}u, r & {mask}), r >> {ROW_BITS}u, 0);"
-                for k in range(texels)]
-        for i in range(tr):
-            for kh in range(p.kh):
-                if i * sh + kh * dh != off:
-                    continue
-                for kw in range(p.kw):
-                    for j in range(tn):
+        emit(f"    let r{off} = rb + {off}u;")
+        out += [f"    let u{off}_{k} = textureLoad(xt, vec2<u32>(tx0 + {k}u, r{off} & {mask}), "
+                f"r{off} >> {ROW_BITS}u, 0);" for k in range(texels)]
+    for i in range(tr):
+        for j in range(tn):
+            for g in range(rg):
+                for kh in range(p.kh):
+                    off = i * sh + kh * dh
+                    for kw in range(p.kw):
                         q = j * sw + kw * dw
-                        out += [f"      s{i}_{j}_{g} = fma(a{kh}_{kw}_{g}, vec4<f32>(u{q // 4}.{'xyzw'[q % 4]}), "
-                                f"s{i}_{j}_{g});" for g in range(rg)]
-        emit("    }")
+                        emit(f"    s{i}_{j}_{g} = fma(a{kh}_{kw}_{g}, vec4<f32>(u{off}_{q // 4}.{'xyzw'[q % 4]}), "
+                             f"s{i}_{j}_{g});")
     emit(f"""    rb += p.hp;
     wx += {khw}u;
     let wrap = wx == p.wrow;
