@@ -283,7 +283,8 @@ class Direct(ConvKernel):
         self._weights: dict[tuple, object] = {}
         if self.cpu:
             self.tile = direct_cpu.choose_tile(p)
-            self._textures: dict[int, tuple] = {}
+            self._textures: dict[int, tuple | None] = {}
+            self._weight_texture = None
             self.special = direct_cpu.specialised(p) and direct_cpu.texture_layout(p, self.tile, p.n) is not None
             if self.special:
                 self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.residual)
@@ -354,8 +355,8 @@ class Direct(ConvKernel):
         return direct_cpu.repack_shader(self.header, direct_cpu.FORMATS[self.dtype])
 
     def textures(self, n: int):
-        """The input texture (written by each run's repack pass) and the packed weight texture at batch n, or
-        None where they would pass the texture limits."""
+        """The layout, the input texture (written by each run's repack pass) and the packed weight texture at
+        batch n, or None where they would pass WebGPU's texture limits."""
         if n not in self._textures:
             p, tile = self.p, self.tile
             layout = direct_cpu.texture_layout(p, tile, n)
@@ -365,10 +366,12 @@ class Direct(ConvKernel):
             fmt = direct_cpu.FORMATS[self.dtype]
             height, layers = layout.shape(layout.rows)
             xt = self.gpu.texture_array(layout.width, height, layers, fmt, "direct's padded input", writable=True)
-            texels = direct_cpu.weight_texels(self.weight, p, tile, layout)
-            wt = self.gpu.texture_array(texels.shape[2], texels.shape[1], texels.shape[0], fmt, "direct's weights")
-            self.gpu.write_texture(wt, texels.astype(self.precision.numpy))
-            self._textures[n] = (layout, xt, wt)
+            if self._weight_texture is None:  # the same at every batch
+                texels = direct_cpu.weight_texels(self.weight, p, tile, layout)
+                self._weight_texture = self.gpu.texture_array(texels.shape[2], texels.shape[1], texels.shape[0],
+                                                              fmt, "direct's weights")
+                self.gpu.write_texture(self._weight_texture, texels.astype(self.precision.numpy))
+            self._textures[n] = (layout, xt, self._weight_texture)
         return self._textures[n]
 
     def _bind_cpu(self, x, y, n, res):
@@ -377,6 +380,11 @@ class Direct(ConvKernel):
         bpg = grid["tiles_m"] * tile.tm // 4
         textures = self.textures(n) if self.special else None
         if textures is None:
+            trips = direct_cpu.generic_trips(p)
+            if self.gpu.profile.family == "cpu" and trips > CPU_LOOP_LIMIT:
+                raise ValueError(f"direct: at batch {n} the textures of {p.describe()} pass WebGPU's texture "
+                                 f"limits and the buffer kernel would loop {trips} times, past lavapipe's "
+                                 f"{CPU_LOOP_LIMIT}; use a smaller batch or a GEMM algorithm")
             source = self.source if not self.special else direct_cpu.generate_generic(
                 p, tile, self.header, self.act, self.residual)
             w_buf, cin_pad = self.weights(bpg, 1)

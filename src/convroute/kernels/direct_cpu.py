@@ -1,24 +1,28 @@
 """`direct` on CPU adapters (gemm_style "registers"): one register tile per invocation, no workgroup memory.
 
-Each invocation computes TM output channels x TN neighbouring output pixels of one row. Per input channel and
-kernel row it loads the input row segment its pixels' windows cover once ((TN - 1) * stride + (KW - 1) *
-dilation + 1 scalars, zero outside the image) and TM/4 * KW weight vec4s, then does TM/4 * KW * TN vec4 FMAs:
-every input value serves up to KW taps and every weight TN pixels, straight from the storage buffers (on
-llvmpipe the CPU caches do the staging; see gemm_cpu). Kernel size, stride, dilation and padding are WGSL
-constants, so the tap loop unrolls; channel and spatial sizes come from a parameter buffer, so one pipeline per
-(kernel geometry, tile) serves every layer that shares it. One invocation loops C_in/groups * (1 + KH) times.
+Each invocation computes TM output channels x TR output rows x TN neighbouring output columns. On llvmpipe
+(Mesa 22.3) a storage-buffer load is a loop over the 8 SIMD lanes with a scalar, bounds-checked load per
+component, ~20 cycles per value; a textureLoad of an rgba32float texel is one vectorised fetch that brings 4
+values for about what 1/3 of a storage load costs (measured per value: 0.55 ns vs 6.1 ns). So the specialised
+kernel reads textures: a repack pass first copies the input, zero-padded, into an rgba texture array (4 padded
+columns per texel: the only per-value storage loads), and the weights are prepacked once as texels of 4 output
+channels. Per input channel an invocation loads TM/4 * KH * KW weight texels and ceil(span / 4) input texels
+per input row its windows read, then runs every sum's KH * KW taps back to back (a sum stays in registers for
+its run; the tile's sums do not all fit). Kernel size, stride, dilation and padding are WGSL constants (taps
+unrolled); channel and spatial sizes come from a parameter buffer, so one pipeline per (kernel geometry, tile)
+serves every layer that shares it. One invocation loops C_in/groups times; nothing needs a bounds check.
 
-lavapipe compiles a pipeline at its first dispatch (0.3 s for a 4x4 tile, seconds for the large ones), which
-small layers (a few MFLOPs, run in milliseconds) would pay again for every new geometry. Those get the generic
-kernel: the geometry comes from the parameters too, so one pipeline per (tile, activation, dtype) serves every
-small layer; per tap it loads the weights and one input value per pixel (no segment shared between taps: about
-2.4x slower than the specialised kernel on ResNet's 3x3 layers). It loops C_in/groups * (1 + KH * (1 + KW))
-times.
+lavapipe compiles a pipeline at its first dispatch (0.1-3 s for the 3x3 tiles here), which small layers (a few
+MFLOPs, run in milliseconds) would pay again for every new geometry. Those get the generic kernel: the geometry
+comes from the parameters too, so one pipeline per (tile, activation, dtype) serves every small layer; it reads
+the storage buffers directly, per tap the weights and one input value per pixel. It loops
+C_in/groups * (1 + KH * (1 + KW)) times. Layers whose textures would pass WebGPU's guaranteed texture limits
+take it too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -29,23 +33,28 @@ WG = 8  # one llvmpipe SIMD vector (see gemm_cpu.WG)
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
           "tiles_n", "tiles_r", "total", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw"]  # the last: the generic's
 SPECIALISE_FLOPS = 20_000_000  # per image: smaller layers take the generic kernel
-MAX_FMAS = 256  # vec4 FMAs unrolled per kernel row: bounds compile time on lavapipe
+MAX_FMAS = 800  # vec4 FMAs unrolled per input channel: bounds compile time (8x4x8 on 3x3 taps: 576, ~1 s)
+BUSY_WORKGROUPS = 16  # launches with fewer leave lavapipe's threads idle part of the time
 
 
 @dataclass(frozen=True)
 class RegisterTile:
     tm: int  # output channels per invocation, a multiple of 4
-    tn: int  # neighbouring output pixels of a row per invocation
+    tn: int  # neighbouring output columns per invocation, a multiple of 4
     tr: int = 1  # output rows per invocation
+    per_fma: float = field(default=1.0, compare=False)  # relative time per FMA (measured on lavapipe)
 
     def __str__(self) -> str:
         return f"{self.tm}x{self.tr}x{self.tn}"
 
 
-# Few tiles: lavapipe compiles a pipeline at its first dispatch, seconds for the big ones, once per tile and
-# kernel geometry (calibration meets dozens of geometries).
-TILES = (RegisterTile(8, 16, 2), RegisterTile(4, 8, 2), RegisterTile(8, 16), RegisterTile(8, 8), RegisterTile(4, 4))
-MAX_WEIGHTS = 36  # weight vec4s a multi-row tile keeps per input channel (all its taps)
+# Few tiles: lavapipe compiles a pipeline at its first dispatch, once per tile and kernel geometry (calibration
+# meets dozens of geometries). Time per FMA relative to 8x4x8 on lavapipe (64@224, 64@56, 256@56, 256@28 and
+# 512@28 3x3 layers, normalised for padding; tools/direct_bench.py --tiles): 64 sums per invocation run best,
+# smaller tiles reload their operands more often per FMA.
+TILES = (RegisterTile(8, 8, 4, 1.0), RegisterTile(8, 16, 2, 1.02), RegisterTile(16, 4, 4, 1.1),
+         RegisterTile(4, 8, 4, 1.2), RegisterTile(4, 8, 2, 1.45), RegisterTile(4, 4, 2, 2.0),
+         RegisterTile(4, 4, 1, 3.0))
 
 
 def input_rows(p, tile: RegisterTile) -> list[int]:
@@ -54,37 +63,32 @@ def input_rows(p, tile: RegisterTile) -> list[int]:
 
 
 def unrolled_fmas(p, tile: RegisterTile) -> int:
-    """vec4 FMAs in the shader's straight-line code: per kernel row (one row), per input channel (several)."""
-    per_row = tile.tm // 4 * tile.tn * p.kw
-    return per_row if tile.tr == 1 else per_row * p.kh * tile.tr
+    """vec4 FMAs in the specialised kernel's straight-line code (one input channel)."""
+    return tile.tm // 4 * tile.tn * tile.tr * p.kh * p.kw
 
 
 def fits(p, tile: RegisterTile) -> bool:
-    if tile.tr == 1:
-        return unrolled_fmas(p, tile) <= MAX_FMAS
-    return unrolled_fmas(p, tile) <= 3 * MAX_FMAS and tile.tm // 4 * p.kh * p.kw <= MAX_WEIGHTS
+    return unrolled_fmas(p, tile) <= MAX_FMAS
 
 
 def tile_cost(p, tile: RegisterTile) -> float:
-    """Relative time: per input channel an invocation does tm/4 * KH * KW * tn * tr vec4 FMAs and loads
-    tm * KH * KW weight components and `span` input components per input row it reads; on llvmpipe a loaded
-    component costs about what a vec4 FMA does. Times the invocations, which pad C_out/groups and the output
-    rows and columns to whole tiles."""
-    span = (tile.tn - 1) * p.stride[1] + (p.kw - 1) * p.dilation[1] + 1
-    step = tile.tm // 4 * p.kh * p.kw * tile.tn * tile.tr + tile.tm * p.kh * p.kw + span * len(input_rows(p, tile))
-    return (step * ceil_div(p.c_out // p.groups, tile.tm) * ceil_div(p.wo, tile.tn)
-            * ceil_div(p.ho, tile.tr) / tile.tr)
+    """Relative time: the FMAs of every invocation (C_out/groups and the output rows and columns padded to whole
+    tiles) times the tile's time per FMA, more when the launch has too few workgroups to keep the CPU busy."""
+    padded = (ceil_div(p.c_out // p.groups, tile.tm) * tile.tm * ceil_div(p.ho, tile.tr) * tile.tr
+              * ceil_div(p.wo, tile.tn) * tile.tn)
+    workgroups = ceil_div(grid(p, tile, p.n)["total"], WG)
+    return padded * tile.per_fma / min(1.0, workgroups / BUSY_WORKGROUPS)
 
 
 def choose_tile(p) -> RegisterTile:
-    """The cheapest tile by tile_cost among those whose unrolled code stays small."""
-    return min([t for t in TILES if fits(p, t)] or [RegisterTile(4, 4)],
-               key=lambda t: (tile_cost(p, t), -t.tm * t.tn * t.tr))
+    """The cheapest tile by tile_cost among those whose unrolled code stays small (any tile for the generic
+    kernel, which unrolls no taps)."""
+    return min([t for t in TILES if fits(p, t)] or TILES, key=lambda t: (tile_cost(p, t), -t.tm * t.tn * t.tr))
 
 
 def loop_trips(p) -> int:
-    """The specialised kernel's trips (the fewer: the generic one is used only where its own fit)."""
-    return (p.c_in // p.groups) * (1 + p.kh)
+    """Trips of the kernel `p` takes (where the textures fit, see Direct)."""
+    return p.c_in // p.groups if specialised(p) else generic_trips(p)
 
 
 def generic_trips(p) -> int:
@@ -93,8 +97,10 @@ def generic_trips(p) -> int:
 
 def specialised(p) -> bool:
     """Whether `p` gets a pipeline of its own (geometry as constants, taps unrolled): for layers large enough
-    that its faster run pays for the compile, or whose channels would loop the generic kernel too often."""
-    return p.flops // p.n >= SPECIALISE_FLOPS or generic_trips(p) > CPU_LOOP_LIMIT
+    that its faster run pays for the compile, or whose channels would loop the generic kernel too often, when
+    one of the tiles keeps the unrolled code small."""
+    wanted = p.flops // p.n >= SPECIALISE_FLOPS or generic_trips(p) > CPU_LOOP_LIMIT
+    return wanted and any(fits(p, t) for t in TILES)
 
 
 TEX_DIM = 8192  # WebGPU's guaranteed maxTextureDimension2D: texels per texture row, rows per layer
