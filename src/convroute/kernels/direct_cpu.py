@@ -50,8 +50,8 @@ class RegisterTile:
 
 # Few tiles: lavapipe compiles a pipeline at its first dispatch, once per tile and kernel geometry (calibration
 # meets dozens of geometries). Time per FMA relative to 8x4x8 on lavapipe (64@224, 64@56, 256@56, 256@28 and
-# 512@28 3x3 layers, normalised for padding; tools/direct_bench.py --tiles): 64 sums per invocation run best,
-# smaller tiles reload their operands more often per FMA.
+# 512@28 3x3 layers, normalised for padding; `tools/direct_bench.py --tiles` times them): 64 sums per
+# invocation run best, smaller tiles reload their operands more often per FMA.
 TILES = (RegisterTile(8, 8, 4, 1.0), RegisterTile(8, 16, 2, 1.02), RegisterTile(16, 4, 4, 1.1),
          RegisterTile(4, 8, 4, 1.2), RegisterTile(4, 8, 2, 1.45), RegisterTile(4, 4, 2, 2.0),
          RegisterTile(4, 4, 1, 3.0))
