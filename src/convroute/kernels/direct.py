@@ -290,7 +290,7 @@ class Direct(ConvKernel):
                 self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.residual)
                 self.gpu.pipeline(self.repack_source())
             else:
-                self.source = direct_cpu.generate_generic(p, self.tile, self.header, self.act, self.residual)
+                self.source = self.generic_source(p.n)
             self.gpu.pipeline(self.source)
         else:
             self._plans: dict[int, Plan] = {}
@@ -351,6 +351,16 @@ class Direct(ConvKernel):
         return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads, tile.threads),
                 launch(self.gpu, reduce, REDUCE_PARAMS, rvalues, [part, self.bias_buf, y, *res])]
 
+    def generic_source(self, n: int) -> str:
+        """The buffer kernel of direct_cpu (small layers; batches whose textures pass the limits)."""
+        trips = direct_cpu.generic_trips(self.p)
+        if self.gpu.profile.family == "cpu" and trips > CPU_LOOP_LIMIT:
+            raise ValueError(f"direct at batch {n} on {self.p.describe()} takes the buffer kernel (no register "
+                             f"tile keeps the unrolled taps small, or the textures would pass WebGPU's limits), "
+                             f"which would loop {trips} times, past lavapipe's {CPU_LOOP_LIMIT}; use a smaller "
+                             f"batch or a GEMM algorithm")
+        return direct_cpu.generate_generic(self.p, self.tile, self.header, self.act, self.residual)
+
     def repack_source(self) -> str:
         return direct_cpu.repack_shader(self.header, direct_cpu.FORMATS[self.dtype])
 
@@ -380,13 +390,7 @@ class Direct(ConvKernel):
         bpg = grid["tiles_m"] * tile.tm // 4
         textures = self.textures(n) if self.special else None
         if textures is None:
-            trips = direct_cpu.generic_trips(p)
-            if self.gpu.profile.family == "cpu" and trips > CPU_LOOP_LIMIT:
-                raise ValueError(f"direct: at batch {n} the textures of {p.describe()} pass WebGPU's texture "
-                                 f"limits and the buffer kernel would loop {trips} times, past lavapipe's "
-                                 f"{CPU_LOOP_LIMIT}; use a smaller batch or a GEMM algorithm")
-            source = self.source if not self.special else direct_cpu.generate_generic(
-                p, tile, self.header, self.act, self.residual)
+            source = self.generic_source(n) if self.special else self.source
             w_buf, cin_pad = self.weights(bpg, 1)
             params = self.params(direct_cpu.PARAMS, n, bpg, cin_pad, **grid)
             return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],

@@ -105,7 +105,7 @@ def specialised(p) -> bool:
 
 TEX_DIM = 8192  # WebGPU's guaranteed maxTextureDimension2D: texels per texture row, rows per layer
 TEX_LAYERS = 256  # and maxTextureArrayLayers
-ROW_BITS = 13  # a texture's flat row r is row r & (TEX_DIM - 1) of layer r >> ROW_BITS
+ROW_BITS = TEX_DIM.bit_length() - 1  # a texture's flat row r is row r & (TEX_DIM - 1) of layer r >> ROW_BITS
 TEX_PARAMS = ["n", "c_in", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "tiles_m", "tiles_n", "tiles_r",
               "total", "hp", "wrow", "icr"]
 REPACK_PARAMS = ["total", "width", "hp", "h", "w", "ph", "pw"]
@@ -179,7 +179,8 @@ def repack_shader(header: str, fmt: str) -> str:
   let ih = i32(r % p.hp) - i32(p.ph);
   let row_ok = ih >= 0 && ih < i32(p.h);
   let base = (r / p.hp) * p.h * p.w + select(0u, u32(ih), row_ok) * p.w;
-  let at = vec2<u32>(0u, r & {TEX_DIM - 1}u);
+  let row = r & {TEX_DIM - 1}u;
+  let layer = r >> {ROW_BITS}u;
   for (var t = lid_x; t < p.width; t += {WG}u) {{
     var v = vec4<f32>(0.0);
     for (var e = 0u; e < 4u; e++) {{
@@ -187,7 +188,7 @@ def repack_shader(header: str, fmt: str) -> str:
       let ok = row_ok && iw >= 0 && iw < i32(p.w);
       v[e] = select(0.0, f32(x[base + select(0u, u32(iw), ok)]), ok);
     }}
-    textureStore(xo, vec2<u32>(t, at.y), r >> {ROW_BITS}u, v);
+    textureStore(xo, vec2<u32>(t, row), layer, v);
   }}
 }}"""
 
