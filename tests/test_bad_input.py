@@ -134,9 +134,9 @@ def test_int_arguments_equal_pairs_and_non_contiguous_input():
 def test_direct_refuses_loops_past_the_lavapipe_limit():
     if get_gpu().profile.family != "cpu":
         pytest.skip("the loop limit is lavapipe's")
-    # direct loops C_in * (1 + KH) times per invocation on CPU adapters: 16384 * 4 = 65536, one past the limit
-    x = np.random.default_rng(0).standard_normal((1, 16384, 3, 3)).astype(np.float32)
-    w = np.random.default_rng(1).standard_normal((2, 16384, 3, 3)).astype(np.float32)
+    # direct loops C_in times per invocation on CPU adapters (taps unrolled): 65536, one past the limit
+    x = np.random.default_rng(0).standard_normal((1, 65536, 1, 1)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((2, 65536, 3, 3)).astype(np.float32)
     with pytest.raises(ValueError, match="lavapipe silently stops loops"):
         conv2d(x, w, padding=1, algorithm="direct")
 

@@ -64,8 +64,9 @@ def test_direct_matches_torch(monkeypatch, style, layer):
     assert_matches(run(p, x, w, b, activation), reference(p, x, w, b, activation), f"direct ({style}) on {layer}")
 
 
-@pytest.mark.parametrize("tile", [direct_cpu.RegisterTile(8, 16, 2), direct_cpu.RegisterTile(8, 4)], ids=str)
+@pytest.mark.parametrize("tile", [t for t in direct_cpu.TILES if t.tm > 4 or t.tr != 2 or t.tn != 8], ids=str)
 def test_register_tiles_with_partial_tiles(monkeypatch, tile):
+    """Every tile but the fixture's (which the other tests run) on partial channel, row and column tiles."""
     use_style(monkeypatch, "registers")
     monkeypatch.setattr(direct_cpu, "choose_tile", lambda p: tile)
     p, x, w, b = partial_tiles()
@@ -85,12 +86,32 @@ def test_generic_register_kernel(monkeypatch, tile):
         assert_matches(run(p, x, w, b, "relu"), reference(p, x, w, b, "relu"), f"generic register tile {tile}")
 
 
+def test_batch_past_the_texture_limits_takes_the_buffer_kernel(monkeypatch):
+    """A specialised kernel built at batch 1, bound at batch 2 whose padded input planes would need a second
+    texture layer (limited to one here): that bind reads the storage buffers instead, with the same sums."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(direct_cpu, "TEX_LAYERS", 1)
+    gpu = get_gpu()
+    p = make_params((1, 300, 13, 9), (6, 300, 3, 3), 1, 1)
+    x, w, b = random_inputs(p.with_batch(2), np.random.default_rng(48))
+    kernel = direct.Direct(gpu, p, w, b, Epilogue.parse("relu"))
+    tile = kernel.tile
+    assert kernel.special and direct_cpu.texture_layout(p, tile, 2) is None
+    y = gpu.empty(4 * 2 * p.c_out * p.ho * p.wo)
+    gpu.fill(y, np.nan)
+    dispatches = kernel.bind(gpu.upload(x), y, 2)
+    assert len(dispatches) == 1  # no repack pass
+    gpu.run(dispatches)
+    out = gpu.read(y, p.with_batch(2).output_shape)
+    assert_matches(out, reference(p.with_batch(2), x, w, b, "relu"), "direct's buffer kernel at batch 2")
+
+
 def test_small_layers_share_one_pipeline(monkeypatch):
     monkeypatch.setattr(direct_cpu, "SPECIALISE_FLOPS", SPECIALISE_FLOPS)
     tile = direct_cpu.RegisterTile(4, 4)
     small = [p for p, _ in LAYERS.values()]
     assert not any(direct_cpu.specialised(p) for p in small)
-    assert len({direct_cpu.generate(p, tile, "", "", special=False) for p in small}) == 1
+    assert len({direct_cpu.generate_generic(p, tile, "", "") for p in small}) == 1
     assert direct_cpu.specialised(make_params((1, 64, 56, 56), (64, 64, 3, 3), 1, 1))  # 231 MFLOPs
     assert direct_cpu.specialised(make_params((1, 8192, 3, 3), (2, 8192, 3, 3), 1, 1))  # past the loop limit
 
@@ -170,13 +191,14 @@ def test_register_tiles_bound_the_unrolled_code_and_the_loops(monkeypatch):
     monkeypatch.undo()
     for p in SUITE_LIKE:
         tile = direct_cpu.choose_tile(p)
-        assert direct_cpu.fits(p, tile) and direct_cpu.unrolled_fmas(p, tile) <= 3 * direct_cpu.MAX_FMAS
-    # the taps unroll: an invocation loops C_in/groups * (1 + KH) times, 8192 channels of 3x3 fit lavapipe
-    assert direct.Direct.loop_trips(make_params((1, 8192, 4, 4), (8, 8192, 3, 3))) == 8192 * 4 <= 65535
+        assert direct_cpu.fits(p, tile) and direct_cpu.unrolled_fmas(p, tile) <= direct_cpu.MAX_FMAS
+    # the taps unroll: an invocation loops C_in/groups times (the generic kernel would loop 8192 * 13 times)
+    assert direct.Direct.loop_trips(make_params((1, 8192, 4, 4), (8, 8192, 3, 3))) == 8192
 
 
 def test_long_channel_loops_stay_within_lavapipes_limit():
-    """8192 input channels of 3x3 (the taps unroll: 8192 * 4 loop trips) give the right sums on CPU adapters."""
+    """8192 input channels of 3x3 (the taps unroll: 8192 loop trips) give the right sums on CPU adapters; their
+    weights take 10 texture rows per output block and the padded input planes 4 texture layers."""
     p = make_params((1, 8192, 3, 3), (2, 8192, 3, 3), 1, 1)
     x, w, b = random_inputs(p, np.random.default_rng(45))
     assert_matches(run(p, x, w, b), reference(p, x, w, b), "direct over 8192 input channels")

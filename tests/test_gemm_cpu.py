@@ -67,6 +67,22 @@ def test_every_register_tile_with_partial_tiles(monkeypatch, layer, tile):
     assert_matches(out, reference(p, x, w, b, "silu"), f"{name} register tile {tile} on {p.describe()}")
 
 
+def test_im2col_register_tiles_for_any_pixel_count(monkeypatch):
+    """7 x 5 = 35 output pixels per image, batch 2: each image's columns padded to 36 in the column matrix, one
+    gather and one register-tile GEMM over both images."""
+    use_style(monkeypatch, "registers")
+    p = make_params((2, 6, 7, 5), (10, 6, 3, 3), 1, 1)
+    x, w, b = random_inputs(p, np.random.default_rng(32))
+    gpu = get_gpu()
+    kernel = ALGORITHMS["im2col"](gpu, p, w, b, Epilogue.parse("relu"))
+    out = gpu.empty(4 * int(np.prod(p.output_shape)))
+    gpu.fill(out, np.nan)
+    dispatches = kernel.bind(gpu.upload(x), out, p.n)
+    assert kernel.cpu is not None and len(dispatches) == 2 and kernel._gemm is None
+    gpu.run(dispatches)
+    assert_matches(gpu.read(out, p.output_shape), reference(p, x, w, b, "relu"), "im2col register tiles, 35 pixels")
+
+
 def test_register_tiles_only_where_the_k_loop_fits_lavapipe(monkeypatch):
     """A K loop longer than lavapipe's loop limit would stop early there: such layers keep the workgroup GEMM."""
     use_style(monkeypatch, "registers")

@@ -178,7 +178,7 @@ def test_force_direct_still_avoids_excluded_direct():
     """lavapipe stops long loops: a forced direct that would loop too long moves on, and says why."""
     from convroute.kernels.base import CPU_LOOP_LIMIT
 
-    d = route((1, 16384, 3, 3), (2, 16384, 3, 3), padding=1, device="cpu", policy="seed", force_direct=True)
+    d = route((1, 65536, 1, 1), (2, 65536, 3, 3), padding=1, device="cpu", policy="seed", force_direct=True)
     assert d.algorithm == "im2col"
     assert d.reason == (f"{FORCE_DIRECT_REASON}; but direct is excluded on this device (one invocation would loop "
                         f"65536 times; lavapipe stops loops silently after {CPU_LOOP_LIMIT}) -> im2col, the next "
@@ -275,7 +275,7 @@ def test_lavapipe_loop_limit_routes_around_long_loops():
     give wrong sums silently); other families keep the seed choice."""
     from convroute.kernels.base import CPU_LOOP_LIMIT
 
-    shape = ((1, 16384, 3, 3), (2, 16384, 3, 3))  # direct loops C_in * (1 + KH) = 65536 times on CPU adapters
+    shape = ((1, 65536, 1, 1), (2, 65536, 3, 3))  # direct loops C_in = 65536 times on CPU adapters
     cpu = route(*shape, padding=1, device="cpu", policy="seed")
     assert cpu.algorithm != "direct" and str(CPU_LOOP_LIMIT) in cpu.reason
     assert route(*shape, padding=1, device="nvidia", policy="seed").algorithm == "direct"

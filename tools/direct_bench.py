@@ -5,8 +5,8 @@
 Each distinct layer shape is measured once (every applicable algorithm, checked against the float64 host
 reference, timed interleaved as `convroute bench` does); per suite it prints direct's total / the oracle's total
 (weighted by counts) and the worst layer ratio. --tiles also times every workgroup tile of direct on each layer
-(GPUs). --check N first runs direct on N random shapes (grouped, dilated, strided, odd sizes, batch 1-2, bias +
-relu) against torch float64 and counts the wrong results.
+(GPUs), or every register tile that fits (CPU adapters). --check N first runs direct on N random shapes
+(grouped, dilated, strided, odd sizes, batch 1-2, bias + relu) against torch float64 and counts the wrong results.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from convroute.bench import suite as bench
 from convroute.bench.suite import LayerResult, measure_layer
 from convroute.bench.suites import SUITES, load_suite
 from convroute.device.gpu import get_gpu
-from convroute.kernels import ALGORITHMS, direct
+from convroute.kernels import ALGORITHMS, direct, direct_cpu
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
 
@@ -97,8 +97,9 @@ def main() -> None:
         print(f"{p.c_in}x{p.h}x{p.w}->{p.c_out} k{p.kh} s{p.stride[0]}: {line} "
               f"(direct/oracle {result.algorithm_ms('direct') / result.oracle_ms:.2f}, {time.time() - t0:.0f} s)"
               + (f" failures {result.failures}" if result.failures else ""), flush=True)
-        if args.tiles and gpu.profile.gemm_style == "workgroup":
-            tiles[p] = time_tiles(gpu, p, settings)
+        if args.tiles:
+            timer = time_tiles if gpu.profile.gemm_style == "workgroup" else time_register_tiles
+            tiles[p] = timer(gpu, p, settings)
             print("   tiles:", "  ".join(f"{k} {v:.3f}" for k, v in sorted(tiles[p].items(), key=lambda kv: kv[1])))
     report = {}
     for name, layers in suites.items():
@@ -113,6 +114,26 @@ def main() -> None:
                            layers=[dict(name=r.name, params=str(p), times_ms=r.times_ms, failures=r.failures,
                                         tiles={k: v for k, v in tiles.get(p, {}).items()})
                                    for p, r in results.items()]), f, indent=1)
+
+
+def time_register_tiles(gpu, p, settings) -> dict:
+    """direct's time on a CPU adapter with each register tile that fits forced (same kernel otherwise)."""
+    work = Workload(gpu, p, seed=7, rotations=settings.rotations)
+    choose, kernels = direct_cpu.choose_tile, {}
+    try:
+        for tile in direct_cpu.TILES:
+            if direct_cpu.fits(p, tile):
+                direct_cpu.choose_tile = lambda _, tile=tile: tile
+                kernels[str(tile)] = work.kernel(direct.Direct)
+        direct_cpu.choose_tile = choose
+        wrong = {k: e for k, e in ((k, work.error(v)) for k, v in kernels.items()) if not e < 1e-4}
+        for k, e in wrong.items():
+            print(f"   WRONG tile {k}: relative error {e:.3g}")
+        timings = work.time_all({k: v for k, v in kernels.items() if k not in wrong}, settings)
+    finally:
+        direct_cpu.choose_tile = choose
+        work.release()
+    return {k: t.median_ms for k, t in timings.items()}
 
 
 def time_tiles(gpu, p, settings) -> dict:

@@ -123,9 +123,11 @@ class Gpu:
         return pipe
 
     def bind(self, pipeline, buffers: list) -> object:
-        entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}}
-                   for i, b in enumerate(buffers)]
-        with self.checked(f"binding {len(buffers)} buffers ({', '.join(str(b.size) for b in buffers)} bytes)"):
+        """A bind group of `buffers` (storage buffers, or texture views) at bindings 0, 1, ..."""
+        entries = [{"binding": i, "resource": b if isinstance(b, wgpu.GPUTextureView) else
+                    {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(buffers)]
+        sizes = ", ".join(str(getattr(b, "size", "texture")) for b in buffers)
+        with self.checked(f"binding {len(buffers)} resources ({sizes} bytes)"):
             return self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
 
     def dispatch(self, source: str, buffers: list, threads: int, workgroup: int,
@@ -188,6 +190,25 @@ class Gpu:
         self.check_buffer(size, what)
         with self.checked(f"allocating {what} ({size} bytes)"):
             return self.device.create_buffer(size=size, usage=usage)
+
+    def texture_array(self, width: int, height: int, layers: int, fmt: str, what: str, writable: bool = False):
+        """A view of a new 2-D array texture of `layers` `fmt` images (sampled with textureLoad; `writable`:
+        also a storage texture that shaders write)."""
+        usage = wgpu.TextureUsage.TEXTURE_BINDING | wgpu.TextureUsage.COPY_DST
+        if writable:
+            usage |= wgpu.TextureUsage.STORAGE_BINDING
+        with self.checked(f"allocating {what} ({width} x {height} x {layers} {fmt} texels)"):
+            texture = self.device.create_texture(size=(width, height, layers), format=fmt, usage=usage)
+            return texture.create_view(dimension="2d-array")
+
+    def write_texture(self, view, array: np.ndarray) -> None:
+        """Copy `array` [layers, height, width, channels] (the texture's format in numpy) into the texture."""
+        layers, height, width = array.shape[:3]
+        data = np.ascontiguousarray(array)
+        with self.checked(f"writing {data.nbytes} bytes to a texture"):
+            self.device.queue.write_texture({"texture": view.texture}, data,
+                                            {"bytes_per_row": data.nbytes // (layers * height),
+                                             "rows_per_image": height}, (width, height, layers))
 
     def fill(self, buffer, value: float, dtype=np.float32) -> None:
         """Poison a buffer so that elements no kernel writes are visible in tests (`dtype`: its element type)."""

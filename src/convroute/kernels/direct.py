@@ -283,8 +283,14 @@ class Direct(ConvKernel):
         self._weights: dict[tuple, object] = {}
         if self.cpu:
             self.tile = direct_cpu.choose_tile(p)
-            self.special = direct_cpu.specialised(p)
-            self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.special, self.residual)
+            self._textures: dict[int, tuple | None] = {}
+            self._weight_texture = None
+            self.special = direct_cpu.specialised(p) and direct_cpu.texture_layout(p, self.tile, p.n) is not None
+            if self.special:
+                self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.residual)
+                self.gpu.pipeline(self.repack_source())
+            else:
+                self.source = self.generic_source(p.n)
             self.gpu.pipeline(self.source)
         else:
             self._plans: dict[int, Plan] = {}
@@ -345,11 +351,56 @@ class Direct(ConvKernel):
         return [self.gpu.dispatch(source, [params, x, w_buf, part], total * tile.threads, tile.threads),
                 launch(self.gpu, reduce, REDUCE_PARAMS, rvalues, [part, self.bias_buf, y, *res])]
 
+    def generic_source(self, n: int) -> str:
+        """The buffer kernel of direct_cpu (small layers; batches whose textures pass the limits)."""
+        trips = direct_cpu.generic_trips(self.p)
+        if self.gpu.profile.family == "cpu" and trips > CPU_LOOP_LIMIT:
+            raise ValueError(f"direct at batch {n} on {self.p.describe()} takes the buffer kernel (no register "
+                             f"tile keeps the unrolled taps small, or the textures would pass WebGPU's limits), "
+                             f"which would loop {trips} times, past lavapipe's {CPU_LOOP_LIMIT}; use a smaller "
+                             f"batch or a GEMM algorithm")
+        return direct_cpu.generate_generic(self.p, self.tile, self.header, self.act, self.residual)
+
+    def repack_source(self) -> str:
+        return direct_cpu.repack_shader(self.header, direct_cpu.FORMATS[self.dtype])
+
+    def textures(self, n: int):
+        """The layout, the input texture (written by each run's repack pass) and the packed weight texture at
+        batch n, or None where they would pass WebGPU's texture limits."""
+        if n not in self._textures:
+            p, tile = self.p, self.tile
+            layout = direct_cpu.texture_layout(p, tile, n)
+            if layout is None:
+                self._textures[n] = None
+                return None
+            fmt = direct_cpu.FORMATS[self.dtype]
+            height, layers = layout.shape(layout.rows)
+            xt = self.gpu.texture_array(layout.width, height, layers, fmt, "direct's padded input", writable=True)
+            if self._weight_texture is None:  # the same at every batch
+                texels = direct_cpu.weight_texels(self.weight, p, tile, layout)
+                self._weight_texture = self.gpu.texture_array(texels.shape[2], texels.shape[1], texels.shape[0],
+                                                              fmt, "direct's weights")
+                self.gpu.write_texture(self._weight_texture, texels.astype(self.precision.numpy))
+            self._textures[n] = (layout, xt, self._weight_texture)
+        return self._textures[n]
+
     def _bind_cpu(self, x, y, n, res):
         p, tile = self.p, self.tile
         grid = direct_cpu.grid(p, tile, n)
         bpg = grid["tiles_m"] * tile.tm // 4
-        w_buf, cin_pad = self.weights(bpg, 1)
-        params = self.params(direct_cpu.PARAMS, n, bpg, cin_pad, **grid)
-        return [self.gpu.dispatch(self.source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],
-                                  direct_cpu.WG)]
+        textures = self.textures(n) if self.special else None
+        if textures is None:
+            source = self.generic_source(n) if self.special else self.source
+            w_buf, cin_pad = self.weights(bpg, 1)
+            params = self.params(direct_cpu.PARAMS, n, bpg, cin_pad, **grid)
+            return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],
+                                      direct_cpu.WG)]
+        layout, xt, wt = textures
+        repack = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
+                      pw=p.padding[1])
+        values = self.shape_values(n=n, groups=p.groups, bpg=bpg, hp=layout.hp, wrow=layout.icw * p.kh * p.kw,
+                                   icr=layout.icr, **grid)
+        return [self.gpu.dispatch(self.repack_source(), [self.param_buffer(direct_cpu.REPACK_PARAMS, repack), x, xt],
+                                  layout.rows * direct_cpu.WG, direct_cpu.WG),
+                self.gpu.dispatch(self.source, [self.param_buffer(direct_cpu.TEX_PARAMS, values), xt, wt,
+                                                self.bias_buf, y, *res], grid["total"], direct_cpu.WG)]

@@ -39,6 +39,32 @@ GATHER = """
   }
   col[t] = vec4<ST>(v);"""
 
+# CPU adapters' register tiles read image b's columns from vec4 b * pp/4: each image's columns are padded to
+# pp, a multiple of 4 (zeros past its p pixels), so any pixel count takes them.
+GATHER_PADDED_PARAMS = ["c_in", "h", "w", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "k", "s4", "p", "pp",
+                        "total"]
+GATHER_PADDED = """
+  let j4 = t % P.s4;
+  let k = t / P.s4;
+  var v = vec4<f32>(0.0);
+  let b = (j4 * 4u) / P.pp;
+  let pix0 = (j4 * 4u) % P.pp;
+  if (k < P.k) {
+    let kw = k % P.kw;
+    let kh = (k / P.kw) % P.kh;
+    let c = k / (P.kw * P.kh);
+    for (var q = 0u; q < 4u; q++) {
+      let pix = pix0 + q;
+      if (pix >= P.p) { break; }
+      let ih = i32((pix / P.wo) * P.sh + kh * P.dh) - i32(P.ph);
+      let iw = i32((pix % P.wo) * P.sw + kw * P.dw) - i32(P.pw);
+      if (ih >= 0 && ih < i32(P.h) && iw >= 0 && iw < i32(P.w)) {
+        v[q] = f32(x[(b * P.c_in + c) * P.h * P.w + u32(ih) * P.w + u32(iw)]);
+      }
+    }
+  }
+  col[t] = vec4<ST>(v);"""
+
 B_DECL = "@group(0) @binding(4) var<storage, read> col: array<vec4<ST>>;"
 B_SETUP = "let bq = bcol / 4u;"
 B_LOAD = "col[k * P.s4 + bq]"
@@ -60,11 +86,15 @@ class Im2col(ConvKernel):
         self.gather_source = flat_shader(GATHER_PARAMS, storage("x", "col!:vec4<ST>"), GATHER,
                                          precision=self.precision)
         self.gpu.pipeline(self.gather_source)
+        if self.cpu:
+            self.padded_source = flat_shader(GATHER_PADDED_PARAMS, storage("x", "col!:vec4<ST>"), GATHER_PADDED,
+                                             precision=self.precision)
+            self.gpu.pipeline(self.padded_source)
 
     @property
     def gemm(self) -> gemm.Gemm:
-        """The workgroup GEMM: GPUs' path; on CPU adapters built only for batches the register tiles do not take
-        (chunked or with a pixel count not divisible by 4)."""
+        """The workgroup GEMM: GPUs' path; on CPU adapters built only for batches whose column matrix needs
+        chunks (the register tiles read one matrix)."""
         if self._gemm is None:
             self._gemm = gemm.Gemm(self.gpu, *self._weights, self.epilogue, B_DECL, B_SETUP, B_LOAD, ["s4"],
                                    self.precision, residual=self.residual)
@@ -84,14 +114,17 @@ class Im2col(ConvKernel):
         p = self.p
         pixels = p.ho * p.wo
         total = n * pixels
+        padded = n * ceil_div(pixels, 4) * 4
+        if self.cpu and self.chunk_columns(padded) == padded:  # one matrix, image b's columns from vec4 b * pp/4
+            s4 = padded // 4
+            col = self.scratch.get(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
+            gather = self.shape_values(k=self.k, s4=s4, p=pixels, pp=padded // n, total=self.k_pad * s4)
+            return [launch(self.gpu, self.padded_source, GATHER_PADDED_PARAMS, gather, [x, col]),
+                    self.cpu.dispatch(y, col, n, pixels, s4, s4 // n, residual=residual)]
         chunk = self.chunk_columns(total)
         s4 = ceil_div(chunk, 4)
         col = self.scratch.get(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
         dispatches = []
-        if self.cpu and chunk == total and pixels % 4 == 0:  # one matrix, image b's columns from vec4 b * pixels/4
-            gather = self.shape_values(k=self.k, s4=s4, cols=total, col0=0, p=pixels, total=self.k_pad * s4)
-            return [launch(self.gpu, self.gather_source, GATHER_PARAMS, gather, [x, col]),
-                    self.cpu.dispatch(y, col, n, pixels, s4, pixels // 4, residual=residual)]
         for col0 in range(0, total, chunk):
             cols = min(chunk, total - col0)
             gather = self.shape_values(k=self.k, s4=s4, cols=cols, col0=col0, p=pixels, total=self.k_pad * s4)
