@@ -29,6 +29,15 @@ from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.measure.workload import Workload
 
 
+def generates(tile: Tile) -> bool:
+    """Whether the generator accepts `tile`."""
+    try:
+        tile.check()
+    except ValueError:
+        return False
+    return True
+
+
 def extra_tiles() -> list[Tile]:
     """Every tile of 32-128 rows and columns, 4 or 8 per invocation each way, that the generator accepts."""
     out = []
@@ -38,13 +47,8 @@ def extra_tiles() -> list[Tile]:
                 for tn in (4, 8):
                     threads = (bm // tm) * (bn // tn)
                     bk = 4 * threads // bn
-                    if 64 <= threads <= 256 and bk in (4, 8, 16):
-                        tile = Tile(bm, bn, bk, tm, tn)
-                        try:
-                            tile.check()
-                        except ValueError:
-                            continue
-                        out.append(tile)
+                    if 64 <= threads <= 256 and bk in (4, 8, 16) and generates(Tile(bm, bn, bk, tm, tn)):
+                        out.append(Tile(bm, bn, bk, tm, tn))
     return out
 
 
@@ -57,11 +61,7 @@ def deep_tiles() -> list[Tile]:
             for tm, tn in ((4, 4),):
                 for bk in (16, 32, 64):
                     tile = Tile(bm, bn, bk, tm, tn)
-                    if 64 <= tile.threads <= 256 and tile.b_loads > tile.threads:
-                        try:
-                            tile.check()
-                        except ValueError:
-                            continue
+                    if 64 <= tile.threads <= 256 and tile.b_loads > tile.threads and generates(tile):
                         out.append(tile)
     return out
 
