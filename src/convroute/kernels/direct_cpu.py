@@ -32,7 +32,11 @@ from convroute.kernels.common import ceil_div, split_index, storage, storage_fra
 WG = 8  # one llvmpipe SIMD vector (see gemm_cpu.WG)
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
           "tiles_n", "tiles_r", "total", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw"]  # the last: the generic's
-SPECIALISE_FLOPS = 20_000_000  # per image: smaller layers take the generic kernel
+# Per image: smaller layers take the generic kernel. At 20 MFLOP MobileNetV2's 1x1s (9-15 MFLOP) took it at
+# 1.4-5x the texture kernel's time (64@14 -> 384: 7.4 vs 1.6 ms) and the derived rule, fitted where direct
+# reads textures, sent them there; the texture kernel was faster on 8 of 9 layers of 0.1-15 MFLOP (not on a
+# 0.7-MFLOP stride-2 depthwise), NOTES session 7.
+SPECIALISE_FLOPS = 2_000_000
 MAX_FMAS = 800  # vec4 FMAs unrolled per input channel: bounds compile time (8x4x8 on 3x3 taps: 576, ~1 s)
 BUSY_WORKGROUPS = 16  # launches with fewer leave lavapipe's threads idle part of the time
 
