@@ -3,8 +3,7 @@ constant matrix). Three kernels: `Linear`, where each invocation computes R rows
 4 output features (CPU adapters; weights past one binding); `GemmLinear`, the tiled GEMM (GPUs, many rows);
 `Gemv` (GPUs, at most 4 rows: a classifier at batch 1), a workgroup per 4 output features whose invocations
 split K (four loads in flight each: one at a time left the H100 waiting on memory) and add their sums in
-workgroup memory, so one dispatch does what the GEMM needs a K split and a
-reduce dispatch for.
+workgroup memory, so one dispatch does what the GEMM needs a K split and a reduce dispatch for.
 
 The weight is prepacked once in fours of output features: on GPUs as [K, ceil(O/4)] vec4, so that
 neighbouring invocations read neighbouring vec4s; on CPU adapters (lavapipe) as [ceil(O/4), K] vec4,
@@ -57,26 +56,32 @@ FMAS
   }"""
 
 
+def pack_fours(weight: np.ndarray, bias: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """[O, K] weight -> [ceil(O/4), K, 4] float32 (fours of output features, zeros past O) and the bias padded
+    to as many features (zeros without one)."""
+    weight = np.asarray(weight, np.float32)
+    if weight.ndim != 2:
+        raise ValueError(f"linear weight must be 2-D [out, in], got shape {weight.shape}")
+    o, k = weight.shape
+    blocks = ceil_div(o, 4)
+    padded = np.zeros((blocks * 4, k), np.float32)
+    padded[:o] = weight
+    b = np.zeros(blocks * 4, np.float32)
+    if bias is not None:
+        b[:o] = np.asarray(bias, np.float32).reshape(o)
+    return padded.reshape(blocks, 4, k).transpose(0, 2, 1), b
+
+
 class Linear:
     def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, k_inner=None,
                  precision: Precision = FP32):
-        weight = np.asarray(weight, np.float32)
-        if weight.ndim != 2:
-            raise ValueError(f"linear weight must be 2-D [out, in], got shape {weight.shape}")
         self.gpu, self.act, self.precision = gpu, act, precision
-        self.o, self.k = weight.shape
-        blocks = ceil_div(self.o, 4)
-        padded = weight
-        if self.o % 4:
-            padded = np.zeros((blocks * 4, self.k), np.float32)
-            padded[:self.o] = weight
+        packed, b = pack_fours(weight, bias)
+        blocks, self.k = packed.shape[:2]
+        self.o = np.asarray(weight).shape[0]
         self.k_inner = gpu.profile.family == "cpu" if k_inner is None else k_inner
-        packed = padded.reshape(blocks, 4, self.k).transpose(0, 2, 1)  # [blocks, K, 4]
         if not self.k_inner:
             packed = packed.transpose(1, 0, 2)  # [K, blocks, 4]
-        b = np.zeros(blocks * 4, np.float32)
-        if bias is not None:
-            b[:self.o] = np.asarray(bias, np.float32).reshape(self.o)
         per_block = self.k * 4 * precision.itemsize
         if per_block > gpu.profile.max_binding_bytes:
             raise ValueError(f"linear layer with {self.k} input features needs {per_block} bytes per 4 outputs, "
@@ -215,19 +220,11 @@ class Gemv:
     invocations (neighbouring invocations read neighbouring vec4s of the weight, packed [O/4, K, 4])."""
 
     def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, precision: Precision = FP32):
-        weight = np.asarray(weight, np.float32)
-        if weight.ndim != 2:
-            raise ValueError(f"linear weight must be 2-D [out, in], got shape {weight.shape}")
         self.gpu, self.act, self.precision = gpu, act, precision
-        self.o, self.k = weight.shape
-        self.blocks = ceil_div(self.o, 4)
-        padded = np.zeros((self.blocks * 4, self.k), np.float32)
-        padded[:self.o] = weight
-        packed = np.ascontiguousarray(padded.reshape(self.blocks, 4, self.k).transpose(0, 2, 1))
-        self.weight = gpu.upload(packed, "linear weight", precision.numpy)
-        b = np.zeros(self.blocks * 4, np.float32)
-        if bias is not None:
-            b[:self.o] = np.asarray(bias, np.float32).reshape(self.o)
+        packed, b = pack_fours(weight, bias)
+        self.blocks, self.k = packed.shape[:2]
+        self.o = np.asarray(weight).shape[0]
+        self.weight = gpu.upload(np.ascontiguousarray(packed), "linear weight", precision.numpy)
         self.bias = gpu.upload(b, "linear bias")
 
     @staticmethod
