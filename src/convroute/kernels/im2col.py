@@ -14,8 +14,11 @@ from convroute.kernels.common import ceil_div, storage
 from convroute.kernels.flat import flat_shader, launch
 
 COL_BYTES_CAP = 256 << 20  # the column buffer stays below this even where bindings are larger
+# Column j of a chunk is output pixel gj = col0 + j of the batch: image gj / pp, pixel gj % pp, zero past the
+# image's p pixels. GPUs pack the images' columns back to back (pp = p); CPU adapters' register tiles read image
+# b's columns from vec4 b * pp/4, so there each image's columns are padded to pp, a multiple of 4.
 GATHER_PARAMS = ["c_in", "h", "w", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "k", "s4", "cols",
-                 "col0", "p", "total"]
+                 "col0", "p", "pp", "total"]
 
 GATHER = """
   let j4 = t % P.s4;
@@ -27,39 +30,13 @@ GATHER = """
     let c = k / (P.kw * P.kh);
     for (var q = 0u; q < 4u; q++) {
       let j = j4 * 4u + q;
-      if (j >= P.cols) { break; }
       let gj = P.col0 + j;
-      let pix = gj % P.p;
+      let pix = gj % P.pp;
+      if (j >= P.cols || pix >= P.p) { break; }
       let ih = i32((pix / P.wo) * P.sh + kh * P.dh) - i32(P.ph);
       let iw = i32((pix % P.wo) * P.sw + kw * P.dw) - i32(P.pw);
       if (ih >= 0 && ih < i32(P.h) && iw >= 0 && iw < i32(P.w)) {
-        v[q] = f32(x[((gj / P.p) * P.c_in + c) * P.h * P.w + u32(ih) * P.w + u32(iw)]);
-      }
-    }
-  }
-  col[t] = vec4<ST>(v);"""
-
-# CPU adapters' register tiles read image b's columns from vec4 b * pp/4: each image's columns are padded to
-# pp, a multiple of 4 (zeros past its p pixels), so any pixel count takes them.
-GATHER_PADDED_PARAMS = ["c_in", "h", "w", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "k", "s4", "p", "pp",
-                        "total"]
-GATHER_PADDED = """
-  let j4 = t % P.s4;
-  let k = t / P.s4;
-  var v = vec4<f32>(0.0);
-  let b = (j4 * 4u) / P.pp;
-  let pix0 = (j4 * 4u) % P.pp;
-  if (k < P.k) {
-    let kw = k % P.kw;
-    let kh = (k / P.kw) % P.kh;
-    let c = k / (P.kw * P.kh);
-    for (var q = 0u; q < 4u; q++) {
-      let pix = pix0 + q;
-      if (pix >= P.p) { break; }
-      let ih = i32((pix / P.wo) * P.sh + kh * P.dh) - i32(P.ph);
-      let iw = i32((pix % P.wo) * P.sw + kw * P.dw) - i32(P.pw);
-      if (ih >= 0 && ih < i32(P.h) && iw >= 0 && iw < i32(P.w)) {
-        v[q] = f32(x[(b * P.c_in + c) * P.h * P.w + u32(ih) * P.w + u32(iw)]);
+        v[q] = f32(x[((gj / P.pp) * P.c_in + c) * P.h * P.w + u32(ih) * P.w + u32(iw)]);
       }
     }
   }
@@ -86,10 +63,6 @@ class Im2col(ConvKernel):
         self.gather_source = flat_shader(GATHER_PARAMS, storage("x", "col!:vec4<ST>"), GATHER,
                                          precision=self.precision)
         self.gpu.pipeline(self.gather_source)
-        if self.cpu:
-            self.padded_source = flat_shader(GATHER_PADDED_PARAMS, storage("x", "col!:vec4<ST>"), GATHER_PADDED,
-                                             precision=self.precision)
-            self.gpu.pipeline(self.padded_source)
 
     @property
     def gemm(self) -> gemm.Gemm:
@@ -118,8 +91,9 @@ class Im2col(ConvKernel):
         if self.cpu and self.chunk_columns(padded) == padded:  # one matrix, image b's columns from vec4 b * pp/4
             s4 = padded // 4
             col = self.scratch.get(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
-            gather = self.shape_values(k=self.k, s4=s4, p=pixels, pp=padded // n, total=self.k_pad * s4)
-            return [launch(self.gpu, self.padded_source, GATHER_PADDED_PARAMS, gather, [x, col]),
+            gather = self.shape_values(k=self.k, s4=s4, cols=padded, col0=0, p=pixels, pp=padded // n,
+                                       total=self.k_pad * s4)
+            return [launch(self.gpu, self.gather_source, GATHER_PARAMS, gather, [x, col]),
                     self.cpu.dispatch(y, col, n, pixels, s4, s4 // n, residual=residual)]
         chunk = self.chunk_columns(total)
         s4 = ceil_div(chunk, 4)
@@ -127,7 +101,8 @@ class Im2col(ConvKernel):
         dispatches = []
         for col0 in range(0, total, chunk):
             cols = min(chunk, total - col0)
-            gather = self.shape_values(k=self.k, s4=s4, cols=cols, col0=col0, p=pixels, total=self.k_pad * s4)
+            gather = self.shape_values(k=self.k, s4=s4, cols=cols, col0=col0, p=pixels, pp=pixels,
+                                       total=self.k_pad * s4)
             dispatches.append(launch(self.gpu, self.gather_source, GATHER_PARAMS, gather, [x, col]))
             dispatches += self.gemm.dispatches(y, [col], cols, col0, pixels, {"s4": s4}, residual)
         return dispatches
