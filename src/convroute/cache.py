@@ -23,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
+from convroute.settings import WEBGPU_IMPLEMENTATIONS, webgpu_implementation
+
 KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 
 
@@ -57,6 +59,8 @@ def device_file(kind: str, device_key: str, dtype: str = "float32") -> Path:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_key.split("|")[0]).strip("-").lower()[:40] or "device"
     digest = hashlib.sha256(device_key.encode()).hexdigest()[:12]
     prefix = kind if dtype == "float32" else f"{kind}-{dtype}"
+    if webgpu_implementation() != "wgpu-native":  # its own files, so both implementations' can be kept
+        prefix = f"{prefix}-{webgpu_implementation()}"
     return cache_dir() / f"{prefix}-{slug}-{digest}.json"
 
 
@@ -80,7 +84,15 @@ def _version(package: str) -> str:
 @functools.cache
 def build_stamp() -> dict:
     """What a measurement file's results depend on besides the device: {convroute, kernels, wgpu}."""
-    return {"convroute": _version("convroute"), "kernels": kernel_hash(), "wgpu": _version("wgpu")}
+    return {"convroute": _version("convroute"), "kernels": kernel_hash(), "wgpu": webgpu_version()}
+
+
+def webgpu_version() -> str:
+    """wgpu-py's version ("0.32.0"), or the other implementation's package and version ("wgpudawn 0.32.0.4"):
+    Dawn compiles the same WGSL to other machine code, so its timings are another build's."""
+    implementation = webgpu_implementation()
+    package = WEBGPU_IMPLEMENTATIONS[implementation]
+    return _version(package) if implementation == "wgpu-native" else f"{package} {_version(package)}"
 
 
 def describe_build(stamp: dict) -> str:

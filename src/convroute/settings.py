@@ -1,5 +1,6 @@
-"""On/off switches read from the environment (CONVROUTE_FORCE_DIRECT, CONVROUTE_FUSE_RESIDUAL,
-CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON): one spelling rule for all of them."""
+"""Switches read from the environment: the on/off ones (CONVROUTE_FORCE_DIRECT, CONVROUTE_FUSE_RESIDUAL,
+CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON) with one spelling rule for all of them, and CONVROUTE_WEBGPU (which
+WebGPU implementation runs the kernels)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,16 @@ def env_flag(name: str, default: bool) -> bool:
     if value in OFF:
         return False
     raise ValueError(f"{name}={os.environ[name]!r}: use one of {', '.join(ON)} or {', '.join(OFF)}")
+
+
+WEBGPU_IMPLEMENTATIONS = {"wgpu-native": "wgpu", "dawn": "wgpudawn"}  # name -> the Python package that provides it
+
+
+def webgpu_implementation() -> str:
+    """CONVROUTE_WEBGPU: "wgpu-native" (wgpu-py, the default) or "dawn" (the wgpudawn package: the same API on
+    Google's Dawn); anything else is a ValueError naming the variable."""
+    value = os.environ.get("CONVROUTE_WEBGPU", "").strip().lower() or "wgpu-native"
+    if value not in WEBGPU_IMPLEMENTATIONS:
+        raise ValueError(f"CONVROUTE_WEBGPU={os.environ['CONVROUTE_WEBGPU']!r}: use one of "
+                         f"{', '.join(WEBGPU_IMPLEMENTATIONS)}")
+    return value

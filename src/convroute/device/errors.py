@@ -8,7 +8,7 @@ passed in explicitly, a compiled `Program`) keep raising `DeviceLost` and must b
 
 from __future__ import annotations
 
-import wgpu
+from convroute.device.webgpu import wgpu
 
 
 class GpuError(RuntimeError):

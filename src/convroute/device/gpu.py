@@ -7,18 +7,11 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
-import wgpu
-
-try:  # wgpu-py's wgpu-native backend; another backend records through the API
-    from wgpu.backends.wgpu_native._ffi import ffi as _ffi
-    from wgpu.backends.wgpu_native._ffi import lib as _lib
-
-    _RAW = (_lib, _ffi)
-except ImportError:
-    _RAW = None
 
 from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
 from convroute.device.profile import DeviceProfile
+from convroute.device.webgpu import IMPLEMENTATION, wgpu
+from convroute.device.webgpu import RAW as _RAW
 from convroute.device.workgroup import check_workgroup
 
 BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 1, "OpenGL": 3}
@@ -40,6 +33,9 @@ def _rank(adapter) -> tuple:
 def choose_adapter(adapters: list):
     """Vulkan (or Metal) first, real GPUs before CPU; CONVROUTE_ADAPTER=<substring> picks by name."""
     if not adapters:
+        if IMPLEMENTATION == "dawn":
+            raise RuntimeError("Dawn (CONVROUTE_WEBGPU=dawn) found no adapter it accepts (it refuses lavapipe 22.3); "
+                               "unset CONVROUTE_WEBGPU to use wgpu-native")
         raise RuntimeError("no WebGPU adapter found: install a Vulkan driver (on Debian: mesa-vulkan-drivers)")
     wanted = os.environ.get("CONVROUTE_ADAPTER")
     if wanted:
@@ -298,8 +294,9 @@ def _record(cpass, dispatches: list[Dispatch]) -> None:
 
 
 def _record_raw(cpass, dispatches: list[Dispatch]) -> None:
-    """The same calls straight into wgpu-native: about half the host time of wgpu-py's wrappers, which capture
-    errors around every call (a pass's errors surface at the encoder's finish, which keeps the wrapper)."""
+    """The same calls straight into the C API: on wgpu-native about half the host time of wgpu-py's wrappers,
+    which capture errors around every call (a pass's errors surface at the encoder's finish, which keeps the
+    wrapper)."""
     lib, null, handle = _RAW[0], _RAW[1].NULL, cpass._internal
     set_pipeline, set_bind_group = lib.wgpuComputePassEncoderSetPipeline, lib.wgpuComputePassEncoderSetBindGroup
     dispatch = lib.wgpuComputePassEncoderDispatchWorkgroups

@@ -7,9 +7,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import wgpu
 
 from convroute.device.gpu import Dispatch, Gpu
+from convroute.device.webgpu import RAW, TICKS_ARE_NANOSECONDS, wgpu
 
 MAX_QUERIES = 4096  # WebGPU's largest query set
 
@@ -59,11 +59,12 @@ def pass_times(gpu: Gpu, passes: Sequence[list[Dispatch]], per_submit: int = 1) 
 
 
 def timestamp_period(gpu: Gpu) -> float:
-    """Nanoseconds per timestamp tick (wgpu-native returns raw ticks; WebGPU's unit is the nanosecond)."""
+    """Nanoseconds per timestamp tick (wgpu-native returns raw ticks; WebGPU's unit, and Dawn's, is the
+    nanosecond)."""
+    if TICKS_ARE_NANOSECONDS or RAW is None:
+        return 1.0
     try:
-        from wgpu.backends.wgpu_native._ffi import lib
-
-        period = float(lib.wgpuQueueGetTimestampPeriod(gpu.device.queue._internal))
-    except (ImportError, AttributeError):
+        period = float(RAW[0].wgpuQueueGetTimestampPeriod(gpu.device.queue._internal))
+    except AttributeError:
         period = 1.0
     return period if math.isfinite(period) and period > 0 else 1.0

@@ -1,0 +1,46 @@
+"""The WebGPU implementation convroute runs on, chosen once per process by CONVROUTE_WEBGPU.
+
+"wgpu-native" (default): wgpu-py. "dawn": the wgpudawn package, wgpu-py's API on Google's Dawn (not on
+lavapipe 22.3, which lacks a feature Dawn requires). `wgpu` is the module either way; `RAW` is the
+(lib, ffi) pair of its C API, which both implementations name after webgpu.h, for recording dispatches
+without the Python wrappers (None where it cannot be loaded). Dawn's device toggles (comma-separated names
+in CONVROUTE_DAWN_TOGGLES, e.g. skip_validation) are set before its first adapter is requested.
+"""
+
+from __future__ import annotations
+
+import os
+
+from convroute.settings import webgpu_implementation
+
+IMPLEMENTATION = webgpu_implementation()
+
+if IMPLEMENTATION == "dawn":
+    try:
+        import wgpudawn as wgpu
+    except ImportError as exc:
+        raise ImportError("CONVROUTE_WEBGPU=dawn needs the wgpudawn package (pip install wgpudawn)") from exc
+    from wgpudawn.backends.dawn._ffi import ffi as _ffi
+    from wgpudawn.backends.dawn._ffi import lib as _lib
+
+    RAW = (_lib, _ffi)
+    from wgpudawn.backends.dawn.extras import set_instance_extras
+
+    DAWN_TOGGLES = tuple(t.strip() for t in os.environ.get("CONVROUTE_DAWN_TOGGLES", "").split(",") if t.strip())
+    # timestamps at full resolution (Dawn rounds them for browsers); a ValueError names an unknown toggle
+    set_instance_extras(enable_toggles=list(DAWN_TOGGLES), disable_toggles=["timestamp_quantization"])
+else:
+    import wgpu
+
+    DAWN_TOGGLES = ()
+    try:
+        from wgpu.backends.wgpu_native._ffi import ffi as _ffi
+        from wgpu.backends.wgpu_native._ffi import lib as _lib
+
+        RAW = (_lib, _ffi)
+    except ImportError:
+        RAW = None
+
+TICKS_ARE_NANOSECONDS = IMPLEMENTATION == "dawn"  # wgpu-native resolves timestamps to raw ticks
+
+__all__ = ["DAWN_TOGGLES", "IMPLEMENTATION", "RAW", "TICKS_ARE_NANOSECONDS", "wgpu"]
