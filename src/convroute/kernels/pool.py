@@ -64,7 +64,7 @@ fn window(o: u32) -> Win {
 
 # Reduction per kind: start value, combine(acc, v), finish(acc, win). NaN propagates through max as in torch.
 REDUCE = {
-    "max": ("bitcast<f32>(0xff800000u)", "select(a, v, !is_nan(a) && (v > a || is_nan(v)))", "a"),
+    "max": ("neg_inf()", "select(a, v, !is_nan(a) && (v > a || is_nan(v)))", "a"),
     "avg": ("0.0", "a + v", "select(a / win.div, 0.0, win.nh == 0u || win.nw == 0u)"),
     "adaptive": ("0.0", "a + v", "a / win.div"),
 }
@@ -73,6 +73,7 @@ FRAME = """
 struct Win { hs: i32, ws: i32, nh: u32, nw: u32, dh: u32, dw: u32, div: f32 }
 WINDOW
 fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }  // v != v may fold away
+fn neg_inf() -> f32 { let bits = 0xff800000u; return bitcast<f32>(bits); }  // as a constant, Tint refuses -inf
 fn combine(a: f32, v: f32) -> f32 { return COMBINE; }
 fn finish(a: f32, win: Win) -> f32 { return FINISH; }
 fn element(a: f32, base: u32, win: Win, e: u32) -> f32 {
