@@ -272,6 +272,25 @@ def fuse_residual_adds(g: Graph, takes_residual) -> None:
     g.nodes = [moved.get(n.name, n) for n in g.nodes if n.name not in placed]
 
 
+def fuse_depthwise_pointwise(g: Graph, wanted) -> None:
+    """depthwise conv d -> 1x1 conv c  ==>  c reading d's input and computing d in its kernel (c.depthwise = d),
+    where d has no residual, c alone reads d's result, and `wanted(d, c)` (the device and the kernels agree)."""
+    producers = {n.name: n for n in g.nodes}
+    users = g.users()
+    fused = set()
+    for conv in g.nodes:
+        src = conv.args[0] if conv.op == "convolution" and conv.depthwise is None else None
+        dw = producers.get(src.name) if isinstance(src, Ref) else None
+        if dw is None or dw.op != "convolution" or dw.residual is not None or dw.depthwise is not None \
+                or not _single_use(g, users, dw) or not wanted(dw, conv):
+            continue
+        conv.depthwise = dw
+        conv.args = (dw.args[0], *conv.args[1:])
+        conv.notes.append("depthwise conv before it fused")
+        fused.add(dw.name)
+    g.nodes = [n for n in g.nodes if n.name not in fused]
+
+
 def _residual_fits(g: Graph, conv: Node, other, add: Node, metas: dict) -> bool:
     if conv.op != "convolution" or conv.act is not None or conv.residual is not None:
         return False

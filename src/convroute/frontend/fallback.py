@@ -40,8 +40,11 @@ def run_on_cpu(node: Node, env: dict, constants: dict):
     """Run one node through torch; `env` holds the CPU copies of run-time values."""
     def value(r):
         return env[r.name] if r.name in env else constants[r.name]
+    args = map_refs(node.args, value)
+    if node.depthwise is not None:  # a 1x1 conv with the depthwise conv before it fused in: that one first
+        args = (run_on_cpu(node.depthwise, env, constants), *args[1:])
     with torch.no_grad():
-        out = node.target(*map_refs(node.args, value), **map_refs(node.kwargs, value))
+        out = node.target(*args, **map_refs(node.kwargs, value))
         out = out + value(node.residual) if node.residual is not None else out
         out = apply_act(out, node.act) if node.act is not None else out
         # a later view must not meet a strided result (a view after a transpose would fail)

@@ -35,13 +35,15 @@ class Node:
     module: str = ""  # the nn.Module path the call came from, for tables
     meta: object = None  # the result's shape/dtype as meta tensors (or a plain value), from the export
     residual: Ref | None = None  # a value of the result's shape added to it before `act` (a fused residual add)
+    depthwise: Node | None = None  # a depthwise conv computed inside this 1x1 conv (args[0] is then its input)
 
     @property
     def op(self) -> str:
         return op_name(self.target)
 
     def refs(self) -> list[Ref]:
-        return list(iter_refs((self.args, self.kwargs, self.residual)))
+        inner = self.depthwise.args[1:] if self.depthwise else ()  # its weights; its input is args[0]
+        return list(iter_refs((self.args, self.kwargs, self.residual, inner)))
 
     def arg(self, index: int, name: str, default=None):
         """An argument given by position or by name."""

@@ -24,6 +24,8 @@ from convroute.frontend.graph import Node, Ref, map_refs
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
+from convroute.kernels.depthwise_pointwise import NAME as DEPTHWISE_POINTWISE
+from convroute.kernels.depthwise_pointwise import DepthwisePointwise, unfusable
 from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
 from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Gemv, Linear
@@ -52,6 +54,7 @@ class GpuOp:
     flops: int
     params: ConvParams | None = None
     decision: Decision | None = None
+    inner: ConvParams | None = None  # the depthwise conv a depthwise+pointwise op computes first
 
 
 @dataclass
@@ -97,7 +100,9 @@ def out_meta(node: Node):
 
 
 def conv_params(ctx: Context, node: Node) -> ConvParams:
-    x, w = node.args[0], node.args[1]
+    """The conv's parameters; for a 1x1 conv with a depthwise conv fused in, the 1x1's own (its input is the
+    depthwise conv's result)."""
+    x, w = (Ref(node.depthwise.name) if node.depthwise else node.args[0]), node.args[1]
     stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
     xm = ctx.tensor(x)
     weight = ctx.const(w, "weight")
@@ -111,6 +116,25 @@ def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
     if node.name not in ctx.decisions:
         ctx.decisions[node.name] = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
     return ctx.decisions[node.name]
+
+
+FUSED_POINTWISE = ("pointwise", "implicit_gemm", "im2col")  # 1x1 paths that read their input as a GEMM's B
+
+
+def fuses_depthwise(ctx: Context, dw: Node, conv: Node) -> bool:
+    """Whether the depthwise conv `dw` runs inside the 1x1 conv `conv` that reads it (export's
+    fuse_depthwise_pointwise asks): on GPUs (workgroup-tiled GEMMs; a CPU adapter's GEMM is the register-tile
+    kernel), for a pair the kernel takes, routed to `depthwise` and to a GEMM over the 1x1's input, which the
+    fused kernel replaces with one GEMM whose B load computes the depthwise output."""
+    if ctx.profile.gemm_style != "workgroup" or dw.act == "hardsigmoid":
+        return False
+    try:
+        pd, pc = conv_params(ctx, dw), conv_params(ctx, conv)
+        ctx.const(dw.args[1], "weight"), ctx.const(conv.args[1], "weight")
+    except (Unsupported, ValueError):
+        return False
+    return unfusable(pd, pc) is None and route_conv(ctx, dw, pd).algorithm == "depthwise" \
+        and route_conv(ctx, conv, pc).algorithm in FUSED_POINTWISE
 
 
 def takes_residual(ctx: Context, node: Node) -> bool:
@@ -131,13 +155,35 @@ def lower_conv(ctx: Context, node: Node) -> GpuOp:
         if tuple(ctx.tensor(node.residual, "residual").shape) != p.output_shape:
             raise Unsupported(f"its residual is not of the output's shape {p.output_shape}")
         inputs.append(node.residual.name)
-    kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), None if bias is None else bias.numpy(),
-                                            node.act or Epilogue(), dtype=ctx.precision.dtype,
-                                            accumulate=ctx.precision.accumulate, residual=node.residual is not None)
+    bias = None if bias is None else bias.numpy()
+    if node.depthwise is not None:
+        return _lower_depthwise_pointwise(ctx, node, p, weight.numpy(), bias, decision, inputs)
+    kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), bias, node.act or Epilogue(),
+                                            dtype=ctx.precision.dtype, accumulate=ctx.precision.accumulate,
+                                            residual=node.residual is not None)
 
     def bind(ins, out):
         return kernel.bind(ins[0], out, p.n, *ins[1:])
     return GpuOp(node, inputs, bind, p.flops, p, decision)
+
+
+def _lower_depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, decision: Decision,
+                               inputs: list[str]) -> GpuOp:
+    dw = node.depthwise
+    pd = conv_params(ctx, dw)
+    dw_bias = ctx.const(dw.args[2], "bias")
+    kernel = DepthwisePointwise(ctx.gpu, pd, p, ctx.const(dw.args[1], "weight").numpy(),
+                                None if dw_bias is None else dw_bias.numpy(), dw.act or Epilogue(), weight, bias,
+                                node.act or Epilogue(), ctx.precision, residual=node.residual is not None)
+    inner = route_conv(ctx, dw, pd)
+    fused = Decision(DEPTHWISE_POINTWISE, f"the depthwise conv before it ({inner.algorithm}: {inner.reason}) and "
+                     f"this 1x1 ({decision.algorithm}: {decision.reason}) as one GEMM computing the depthwise "
+                     f"output in its B load", decision.policy, decision.device, decision.dtype,
+                     decision.force_direct)
+
+    def bind(ins, out):
+        return kernel.bind(ins[0], out, p.n, *ins[1:])
+    return GpuOp(node, inputs, bind, pd.flops + p.flops, p, fused, inner=pd)
 
 
 def lower_activation(ctx: Context, node: Node) -> GpuOp:

@@ -13,9 +13,18 @@ from dataclasses import dataclass, field
 import torch
 
 from convroute.device.gpu import Dispatch
-from convroute.frontend.export import fuse_residual_adds, node_error
+from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
 from convroute.frontend.graph import Graph, Node, iter_refs
-from convroute.frontend.lower import GPU_DTYPES, Context, GpuOp, Unsupported, is_alias, lower, takes_residual
+from convroute.frontend.lower import (
+    GPU_DTYPES,
+    Context,
+    GpuOp,
+    Unsupported,
+    fuses_depthwise,
+    is_alias,
+    lower,
+    takes_residual,
+)
 from convroute.kernels.elementwise import Unary
 
 NEVER = float("inf")
@@ -82,13 +91,16 @@ class Plan:
         return all(t.ndim >= 1 and t.shape[0] == batch for t in tensors)
 
 
-def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True) -> Plan:
+def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_depthwise: bool = True) -> Plan:
     """`fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
-    and in a buffer of its own, until the conv has run."""
+    and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
+    conv runs inside it where lower.fuses_depthwise says so (export.fuse_depthwise_pointwise)."""
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    if fuse_depthwise:
+        fuse_depthwise_pointwise(graph, lambda dw, conv: fuses_depthwise(ctx, dw, conv))
     if fuse_residual:
         fuse_residual_adds(graph, lambda conv: takes_residual(ctx, conv))
     steps, aliases, root = [], [], {}

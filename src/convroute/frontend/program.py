@@ -34,7 +34,7 @@ from convroute.settings import env_flag
 
 
 def compile(model, example_inputs, *, policy: str | None = None, device=None, dtype="float32",  # noqa: A001
-            accumulate=None, fuse_residual: bool | None = None) -> Program:
+            accumulate=None, fuse_residual: bool | None = None, fuse_depthwise: bool | None = None) -> Program:
     """Export `model` (put in eval mode) with `example_inputs` and prepare it for the GPU.
 
     `policy` picks each conv's algorithm (None: $CONVROUTE_POLICY, else "seed"); `device` routes as if for
@@ -50,19 +50,24 @@ def compile(model, example_inputs, *, policy: str | None = None, device=None, dt
     `accumulate="float32"` (with dtype="float16") keeps those sums in f32 (slower at batch 1 on the H100).
     `fuse_residual=False` keeps every residual add (a conv's result plus a tensor of its shape, as ResNet and
     MobileNetV2 blocks end) a dispatch of its own instead of part of the conv's store (None: on unless
-    $CONVROUTE_FUSE_RESIDUAL is 0).
+    $CONVROUTE_FUSE_RESIDUAL is 0). `fuse_depthwise=False` keeps a depthwise conv and the 1x1 conv reading it
+    (MobileNet's blocks) two kernels on GPUs instead of one (None: on unless $CONVROUTE_FUSE_DEPTHWISE is 0).
     """
     return Program(model, example_inputs, policy=policy, device=device, dtype=dtype, accumulate=accumulate,
-                   fuse_residual=fuse_residual)
+                   fuse_residual=fuse_residual, fuse_depthwise=fuse_depthwise)
 
 
 def env_fuse_residual() -> bool:
     return env_flag("CONVROUTE_FUSE_RESIDUAL", True)
 
 
+def env_fuse_depthwise() -> bool:
+    return env_flag("CONVROUTE_FUSE_DEPTHWISE", True)
+
+
 class Program:
     def __init__(self, model, example_inputs, *, policy: str | None = None, device=None, dtype="float32",
-                 accumulate=None, fuse_residual: bool | None = None):
+                 accumulate=None, fuse_residual: bool | None = None, fuse_depthwise: bool | None = None):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         policy = policy or default_policy()
@@ -72,6 +77,7 @@ class Program:
         self.dtype = self.precision.dtype  # "float32" or "float16": the element type of GPU values
         self.model, self.policy = model, policy
         self.fuse_residual = env_fuse_residual() if fuse_residual is None else fuse_residual
+        self.fuse_depthwise = env_fuse_depthwise() if fuse_depthwise is None else fuse_depthwise
         self.gpu = get_gpu()
         self.precision.require(self.gpu.profile)
         self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
@@ -111,7 +117,7 @@ class Program:
             try:
                 self._plans[key] = build_plan(graph, dict(gpu=self.gpu, profile=self.device_profile,
                                                           policy=self.policy, precision=self.precision),
-                                              self.fuse_residual)
+                                              self.fuse_residual, self.fuse_depthwise)
             except ValueTooLarge as exc:
                 self._plans[key] = self._batch_chunk(inputs, exc)
         found = self._plans[key]
@@ -225,23 +231,29 @@ class Program:
             batch_split=self.batch_split, dtype=self.dtype)
 
     def convs(self) -> list[dict]:
-        """One row per conv of the last plan: shape, where, algorithm, fused epilogue, reason."""
+        """One row per conv of the last plan: shape, where, algorithm, fused epilogue, reason (a depthwise conv
+        fused into the 1x1 after it gets a row of its own, before the 1x1's)."""
         rows = []
         for s in self.plan.steps:
             if s.node.op != "convolution":
                 continue
             p, d = (s.op.params, s.op.decision) if s.op else (None, None)
-            in_shape = tuple(self.plan.metas[s.node.args[0].name].shape)
-            w = s.node.args[1]
-            w_shape = p.weight_shape if p else tuple(getattr(self.plan.graph.constants.get(w.name), "shape", ()))
-            rows.append(dict(
-                name=s.node.module or s.node.name, input=in_shape, weight=w_shape,
-                stride=tuple(s.node.args[3]), padding=tuple(s.node.args[4]), dilation=tuple(s.node.args[5]),
-                groups=s.node.args[8], transposed=s.node.args[6], where=s.where,
-                algorithm=d.algorithm if d else "torch (CPU)", reason=d.reason if d else s.reason,
-                epilogue=s.node.act.kind if s.node.act else "none", fused=list(s.node.notes),
-                flops=p.flops if p else 0))
+            if s.node.depthwise is not None:
+                rows.append(self._conv_row(s.node.depthwise, s.op.inner, s.where, d.algorithm,
+                                           "runs inside the 1x1 conv after it (see its row)"))
+            rows.append(self._conv_row(s.node, p, s.where, d.algorithm if d else "torch (CPU)",
+                                       d.reason if d else s.reason))
         return rows
+
+    def _conv_row(self, node, p, where: str, algorithm: str, reason: str) -> dict:
+        in_shape = p.input_shape if p else tuple(self.plan.metas[node.args[0].name].shape)
+        w = node.args[1]
+        w_shape = p.weight_shape if p else tuple(getattr(self.plan.graph.constants.get(w.name), "shape", ()))
+        return dict(name=node.module or node.name, input=in_shape, weight=w_shape, stride=tuple(node.args[3]),
+                    padding=tuple(node.args[4]), dilation=tuple(node.args[5]), groups=node.args[8],
+                    transposed=node.args[6], where=where, algorithm=algorithm, reason=reason,
+                    epilogue=node.act.kind if node.act else "none", fused=list(node.notes),
+                    flops=p.flops if p else 0)
 
     def explain(self, file=None) -> str:
         """Print (and return) each conv with its algorithm, fused epilogue and the reason it was chosen."""
