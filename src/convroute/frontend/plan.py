@@ -91,7 +91,7 @@ class Plan:
         return all(t.ndim >= 1 and t.shape[0] == batch for t in tensors)
 
 
-def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_depthwise: bool = True) -> Plan:
+def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_depthwise: bool = False) -> Plan:
     """`fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1

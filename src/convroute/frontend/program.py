@@ -50,8 +50,9 @@ def compile(model, example_inputs, *, policy: str | None = None, device=None, dt
     `accumulate="float32"` (with dtype="float16") keeps those sums in f32 (slower at batch 1 on the H100).
     `fuse_residual=False` keeps every residual add (a conv's result plus a tensor of its shape, as ResNet and
     MobileNetV2 blocks end) a dispatch of its own instead of part of the conv's store (None: on unless
-    $CONVROUTE_FUSE_RESIDUAL is 0). `fuse_depthwise=False` keeps a depthwise conv and the 1x1 conv reading it
-    (MobileNet's blocks) two kernels on GPUs instead of one (None: on unless $CONVROUTE_FUSE_DEPTHWISE is 0).
+    $CONVROUTE_FUSE_RESIDUAL is 0). `fuse_depthwise=True` runs a depthwise conv and the 1x1 conv reading it
+    (MobileNet's blocks) as one kernel on GPUs (None: $CONVROUTE_FUSE_DEPTHWISE, off by default: on the H100
+    MobileNetV2 ran 1.09-1.33x slower fused, the depthwise taps lengthening every K step of the GEMM).
     """
     return Program(model, example_inputs, policy=policy, device=device, dtype=dtype, accumulate=accumulate,
                    fuse_residual=fuse_residual, fuse_depthwise=fuse_depthwise)
@@ -62,7 +63,7 @@ def env_fuse_residual() -> bool:
 
 
 def env_fuse_depthwise() -> bool:
-    return env_flag("CONVROUTE_FUSE_DEPTHWISE", True)
+    return env_flag("CONVROUTE_FUSE_DEPTHWISE", False)
 
 
 class Program:
