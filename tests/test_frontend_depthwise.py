@@ -1,7 +1,8 @@
 """With `fuse_depthwise=True` (off by default: slower on the H100), a depthwise conv read only by a 1x1 conv runs
 inside it (one depthwise+pointwise GEMM) on GPUs: MobileNetV2's inverted residual, routed for an NVIDIA profile,
-matches the float64 torch reference with one dispatch fewer than without, and explains both convs; CPU adapters' profiles keep two kernels; a fused node that
-falls back to the CPU computes the depthwise conv first. Outputs are poisoned with NaN before each run."""
+matches the float64 torch reference with one dispatch fewer than without, and explains both convs; CPU adapters'
+profiles keep two kernels; a fused node that falls back to the CPU computes the depthwise conv first. Outputs are
+poisoned with NaN before each run."""
 
 from __future__ import annotations
 

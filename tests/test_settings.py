@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from convroute import cache
 from convroute.frontend.program import env_fuse_residual
 from convroute.router import env_force_direct
-from convroute.settings import env_flag
+from convroute.settings import env_flag, webgpu_implementation
 
 
 @pytest.mark.parametrize("value, expected", [("1", True), ("TRUE", True), ("on", True), ("yes", True),
@@ -25,3 +26,22 @@ def test_unset_or_empty_gives_the_default_and_nonsense_is_refused(monkeypatch):
     monkeypatch.setenv("CONVROUTE_X", "maybe")
     with pytest.raises(ValueError, match="CONVROUTE_X='maybe'"):
         env_flag("CONVROUTE_X", True)
+
+
+def test_the_webgpu_implementation_is_named_or_refused(monkeypatch):
+    monkeypatch.delenv("CONVROUTE_WEBGPU", raising=False)
+    assert webgpu_implementation() == "wgpu-native"
+    monkeypatch.setenv("CONVROUTE_WEBGPU", " Dawn ")
+    assert webgpu_implementation() == "dawn"
+    monkeypatch.setenv("CONVROUTE_WEBGPU", "vulkan")
+    with pytest.raises(ValueError, match="CONVROUTE_WEBGPU='vulkan'.*wgpu-native, dawn"):
+        webgpu_implementation()
+
+
+def test_dawn_measurements_have_files_and_a_build_of_their_own(monkeypatch):
+    monkeypatch.delenv("CONVROUTE_WEBGPU", raising=False)
+    native, native_version = cache.device_file("calibration", "GPU X|vulkan"), cache.webgpu_version()
+    monkeypatch.setenv("CONVROUTE_WEBGPU", "dawn")
+    dawn = cache.device_file("calibration", "GPU X|vulkan")
+    assert dawn != native and dawn.name.startswith("calibration-dawn-gpu-x-")
+    assert cache.webgpu_version().startswith("wgpudawn ") and not native_version.startswith("wgpudawn")
