@@ -50,11 +50,13 @@ STORE_RESIDUAL = (f"let gj = P.col0 + j; let ro = {OUT_INDEX}; "
 STORE_RESIDUAL4 = (f"let gj = P.col0 + j; let ro = ({OUT_INDEX}) / 4u; let rv = v + bias[m] + ld4(res[ro]); "
                    "y[ro] = st4(vec4<f32>(act(rv.x), act(rv.y), act(rv.z), act(rv.w)));")
 
-# Split-K folded into the GEMM (`reduces_in_gemm`): partial sums stored as plain f32 (four stores for a quad), and the
-# tile's last workgroup adds the splits in split order (deterministic) after its acquiring storageBarrier.
-STORE_PARTIAL_FOLDED = STORE_PARTIAL
-STORE_PARTIAL4_FOLDED = ("let o = (split * P.m + m) * P.cols + j; let w = v + select(0.0, bias[m], split == 0u); "
-                         "y[o] = w.x; y[o + 1u] = w.y; y[o + 2u] = w.z; y[o + 3u] = w.w;")
+# Split-K folded into the GEMM (`reduces_in_gemm`): partial sums stored as atomics (read back by another
+# workgroup, past its L1), and the tile's last workgroup adds the splits in split order (deterministic).
+STORE_PARTIAL_ATOMIC = ("atomicStore(&y[(split * P.m + m) * P.cols + j], "
+                        "bitcast<u32>(v + select(0.0, bias[m], split == 0u)));")
+STORE_PARTIAL4_ATOMIC = ("let o = (split * P.m + m) * P.cols + j; let w = v + select(0.0, bias[m], split == 0u); "
+                         "atomicStore(&y[o], bitcast<u32>(w.x)); atomicStore(&y[o + 1u], bitcast<u32>(w.y)); "
+                         "atomicStore(&y[o + 2u], bitcast<u32>(w.z)); atomicStore(&y[o + 3u], bitcast<u32>(w.w));")
 LAST_WORKGROUP_REDUCES = """
   storageBarrier();
   if (lid == 0u) {{ last_wg = u32(atomicAdd(&counts[tile_mn], 1u) == P.splits - 1u); }}
@@ -66,7 +68,7 @@ LAST_WORKGROUP_REDUCES = """
       let j = tni * {bn}u + e % {bn}u;
       if (m < P.m && j < P.cols) {{
         var v = 0.0;
-        for (var s = 0u; s < P.splits; s++) {{ v += y[(s * P.m + m) * P.cols + j]; }}
+        for (var s = 0u; s < P.splits; s++) {{ v += bitcast<f32>(atomicLoad(&y[(s * P.m + m) * P.cols + j])); }}
         let gj = P.col0 + j;
         {store}
       }}
@@ -235,7 +237,7 @@ class Gemm:
         return generate(tile, store=STORE_RESIDUAL4 if quads else STORE_RESIDUAL, quads=quads, **template)
 
     def folded_source(self, tile: Tile, quads: bool) -> str:
-        """The split-K GEMM whose tile's last workgroup reduces: partial sums at binding 3 (f32), the
+        """The split-K GEMM whose tile's last workgroup reduces: partial sums at binding 3 (as u32 atomics), the
         output and the tile counters after the B buffers and the residual."""
         out = self.res_binding + self.residual
         decl = [self.template["b_decl"], storage("res", first=self.res_binding) if self.residual else "",
@@ -244,8 +246,8 @@ class Gemm:
                 "var<workgroup> last_wg: u32;"]
         tail = LAST_WORKGROUP_REDUCES.format(area=tile.bm * tile.bn, threads=tile.threads, bm=tile.bm, bn=tile.bn,
                                              store=FOLDED_STORE_RESIDUAL if self.residual else FOLDED_STORE)
-        return generate(tile, store=STORE_PARTIAL4_FOLDED if quads else STORE_PARTIAL_FOLDED, out_type="f32",
-                        quads=quads, scalar_out=True, tail=tail, **(self.template | dict(b_decl="\n".join(decl))))
+        return generate(tile, store=STORE_PARTIAL4_ATOMIC if quads else STORE_PARTIAL_ATOMIC, out_type="atomic<u32>",
+                        quads=quads, tail=tail, **(self.template | dict(b_decl="\n".join(decl))))
 
     def plan(self, cols: int) -> tuple[Tile, int]:
         profile = self.gpu.profile
