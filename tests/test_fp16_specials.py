@@ -68,12 +68,9 @@ def test_fp16_stores_keep_nan_inf_and_overflow(monkeypatch, case, style):
         check_specials(out, ref, f"{name} ({style} GEMM) on {p.describe()}")
 
 
-@pytest.mark.parametrize("fold", [True, False], ids=["last-workgroup-reduces", "reduce-dispatch"])
-def test_split_k_quad_reduction_keeps_specials(monkeypatch, fold):
-    """Deep K and few columns: the GEMM splits K and the reduction (in the GEMM or a dispatch of its own)
-    stores quads."""
+def test_split_k_quad_reduction_keeps_specials(monkeypatch):
+    """Deep K and few columns: the GEMM splits K and the reduction stores quads."""
     monkeypatch.setenv("CONVROUTE_GEMM_STYLE", "workgroup")
-    monkeypatch.setenv("CONVROUTE_FOLD_REDUCE", "1" if fold else "0")
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
     p = make_params((1, 256, 4, 4), (8, 256, 1, 1))
     assert gemm.choose_tile(8, 16, 256, 64, tiles=gemm.tiles_for(16))[1] > 1

@@ -21,13 +21,11 @@ from test_gemm_cpu import LAYERS, use_style
 from test_limits import GLES, MIN, TINY
 
 
-@pytest.mark.parametrize("splits, fold", [(1, True), (2, True), (2, False)],
-                         ids=["whole-k", "k-split-last-workgroup-reduces", "k-split-reduce-dispatch"])
+@pytest.mark.parametrize("splits", [1, 2])
 @pytest.mark.parametrize("tile", SIZED.values(), ids=str)
 @pytest.mark.parametrize("layer", ["pointwise-strided", "implicit-5x3-s2-d2"])
-def test_every_sized_tile_with_partial_tiles(monkeypatch, layer, tile, splits, fold):
+def test_every_sized_tile_with_partial_tiles(monkeypatch, layer, tile, splits):
     use_style(monkeypatch, "workgroup")
-    monkeypatch.setenv("CONVROUTE_FOLD_REDUCE", "1" if fold else "0")
     monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (tile, splits))
     p = LAYERS[layer]
     name = "pointwise" if p.kh == p.kw == 1 else "implicit_gemm"
@@ -48,7 +46,7 @@ def test_tiles_with_several_b_loads_per_invocation(monkeypatch, tile):
     out = conv2d(x, w, b, p.stride, p.padding, activation="relu", algorithm="implicit_gemm")
     assert_matches(out, reference(p, x, w, b, "relu"), f"tile {tile} on {p.describe()}")
     with pytest.raises(ValueError, match="do not divide the packed K"):  # K 75 packs to 80 rows
-        test_every_sized_tile_with_partial_tiles(monkeypatch, "implicit-5x3-s2-d2", tile, 2, True)
+        test_every_sized_tile_with_partial_tiles(monkeypatch, "implicit-5x3-s2-d2", tile, 2)
 
 
 def test_the_tile_follows_the_size_of_the_product():

@@ -114,20 +114,14 @@ def test_every_algorithm_runs_on_a_folded_grid(monkeypatch, algorithm):
     ("pointwise", dict(input_shape=(2, 300, 5, 3), weight_shape=(70, 300, 1, 1))),
     ("implicit_gemm", dict(input_shape=(2, 40, 6, 5), weight_shape=(20, 40, 3, 2), stride=(2, 1), padding=1)),
 ])
-@pytest.mark.parametrize("fold", [True, False], ids=["last-workgroup-reduces", "reduce-dispatch"])
-def test_split_k_matches_torch(monkeypatch, algorithm, case, fold):
-    """Asking for more workgroups than the small tile gives splits K; partial sums are reduced exactly once, by
-    each tile's last workgroup or by a dispatch of their own."""
-    monkeypatch.setenv("CONVROUTE_FOLD_REDUCE", "1" if fold else "0")
+def test_split_k_matches_torch(monkeypatch, algorithm, case):
+    """Asking for more workgroups than the small tile gives splits K; partial sums are reduced exactly once."""
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
     monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "workgroup"))  # CPUs never split K
     p = make_params(**case)
     x, w, b = random_inputs(p, np.random.default_rng(15))
     out, dispatches = run_kernel(ALGORITHMS[algorithm], p, x, w, b, "relu6")
-    if fold:
-        assert len(dispatches) == 1 + (algorithm == "im2col")  # im2col's gather, then the GEMM
-    else:
-        assert len(dispatches) >= 2 and dispatches[-1].pipeline is not dispatches[-2].pipeline
+    assert len(dispatches) >= 2 and dispatches[-1].pipeline is not dispatches[-2].pipeline
     assert_matches(out, reference(p, x, w, b, "relu6"), f"{algorithm} with split K")
     tile, splits = gemm.choose_tile(p.c_out, p.n * p.ho * p.wo, -(-p.c_in * p.kh * p.kw // 16) * 16, 64)
     assert splits > 1, (tile, splits)

@@ -21,12 +21,10 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.device.webgpu import IMPLEMENTATION
 from convroute.kernels.base import Scratch, residual_buffers
 from convroute.kernels.common import FP32, Epilogue, Precision, ceil_div, pack, storage, uniform_block
 from convroute.kernels.flat import flat_shader, launch
 from convroute.kernels.gemm_tiles import NARROW, SIZED, TILES, Tile, fitting, generate
-from convroute.settings import env_flag
 
 M_ALIGN = max(t.bm for t in TILES)
 K_ALIGN = max(t.bk for t in TILES)
@@ -49,45 +47,6 @@ STORE_RESIDUAL = (f"let gj = P.col0 + j; let ro = {OUT_INDEX}; "
                   "y[ro] = ST(act(v + bias[m] + f32(res[ro])));")
 STORE_RESIDUAL4 = (f"let gj = P.col0 + j; let ro = ({OUT_INDEX}) / 4u; let rv = v + bias[m] + ld4(res[ro]); "
                    "y[ro] = st4(vec4<f32>(act(rv.x), act(rv.y), act(rv.z), act(rv.w)));")
-
-# Split-K folded into the GEMM (`reduces_in_gemm`): partial sums stored as atomics (read back by another
-# workgroup, past its L1), and the tile's last workgroup adds the splits in split order (deterministic).
-STORE_PARTIAL_ATOMIC = ("atomicStore(&y[(split * P.m + m) * P.cols + j], "
-                        "bitcast<u32>(v + select(0.0, bias[m], split == 0u)));")
-STORE_PARTIAL4_ATOMIC = ("let o = (split * P.m + m) * P.cols + j; let w = v + select(0.0, bias[m], split == 0u); "
-                         "atomicStore(&y[o], bitcast<u32>(w.x)); atomicStore(&y[o + 1u], bitcast<u32>(w.y)); "
-                         "atomicStore(&y[o + 2u], bitcast<u32>(w.z)); atomicStore(&y[o + 3u], bitcast<u32>(w.w));")
-LAST_WORKGROUP_REDUCES = """
-  storageBarrier();
-  if (lid == 0u) {{ last_wg = u32(atomicAdd(&counts[tile_mn], 1u) == P.splits - 1u); }}
-  if (workgroupUniformLoad(&last_wg) == 1u) {{
-    storageBarrier();
-    if (lid == 0u) {{ atomicStore(&counts[tile_mn], 0u); }}
-    for (var e = lid; e < {area}u; e += {threads}u) {{
-      let m = tmi * {bm}u + e / {bn}u;
-      let j = tni * {bn}u + e % {bn}u;
-      if (m < P.m && j < P.cols) {{
-        var v = 0.0;
-        for (var s = 0u; s < P.splits; s++) {{ v += bitcast<f32>(atomicLoad(&y[(s * P.m + m) * P.cols + j])); }}
-        let gj = P.col0 + j;
-        {store}
-      }}
-    }}
-  }}"""
-FLAG_BYTES = 16  # the folded GEMM's workgroup flag, as device/workgroup.py counts it (rounded to 16 bytes)
-FOLDED_STORE = f"yo[{OUT_INDEX}] = ST(act(v));"
-FOLDED_STORE_RESIDUAL = f"let ro = {OUT_INDEX}; yo[ro] = ST(act(v + f32(res[ro])));"
-
-
-def reduces_in_gemm() -> bool:
-    """Whether a split-K GEMM's last workgroup per tile adds the partial sums (no reduce dispatch). Needs
-    storageBarrier() to be a device-scope acquire-release fence, so that the partial sums of the tile's other
-    workgroups, stored before their counter increments, are visible to the one that counts last: naga
-    (wgpu-native) emits OpControlBarrier(Workgroup, Device, AcquireRelease | UniformMemory) for it; WGSL
-    promises only workgroup scope, so Dawn (Tint) keeps the reduce dispatch. CONVROUTE_FOLD_REDUCE=0 keeps it
-    everywhere."""
-    return IMPLEMENTATION == "wgpu-native" and env_flag("CONVROUTE_FOLD_REDUCE", True)
-
 
 REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
 REDUCE_SUM = """
@@ -199,7 +158,6 @@ class Gemm:
             raise ValueError("a GEMM with its own output store cannot add a residual")
         self.gpu, self.precision, self.residual, self.store = gpu, precision, residual, store
         self.res_binding = 4 + b_bindings
-        self.folds = reduces_in_gemm()
         self.scratch = Scratch(gpu)
         act = epilogue if isinstance(epilogue, str) else epilogue.wgsl()
         a, self.k, self.k_pad = pack_weights(weight_oc_first)
@@ -216,15 +174,7 @@ class Gemm:
         self.reduce_sources = [flat_shader(REDUCE_PARAMS, buffers, body, act, precision, self.reduce_wg)
                                for body, buffers in reduces]
 
-    def folds_for(self, tile: Tile) -> bool:
-        """Whether this tile's split-K reduces in the GEMM: folding on, and its workgroup memory has room for the
-        last-workgroup flag."""
-        return self.folds and self.gpu.profile.workgroup_problem(
-            (tile.threads, 1, 1), tile.workgroup_bytes(self.precision) + FLAG_BYTES) is None
-
     def source(self, tile: Tile, splits: int, quads: bool = False) -> str:
-        if splits > 1 and self.folds_for(tile):
-            return self.folded_source(tile, quads)
         if splits > 1:
             return generate(tile, store=STORE_PARTIAL4 if quads else STORE_PARTIAL, out_type="f32", quads=quads,
                             **self.template)
@@ -235,19 +185,6 @@ class Gemm:
         template = self.template | dict(b_decl=self.template["b_decl"] + "\n" + storage(
             "res:ST4" if quads else "res", first=self.res_binding))
         return generate(tile, store=STORE_RESIDUAL4 if quads else STORE_RESIDUAL, quads=quads, **template)
-
-    def folded_source(self, tile: Tile, quads: bool) -> str:
-        """The split-K GEMM whose tile's last workgroup reduces: partial sums at binding 3 (as u32 atomics), the
-        output and the tile counters after the B buffers and the residual."""
-        out = self.res_binding + self.residual
-        decl = [self.template["b_decl"], storage("res", first=self.res_binding) if self.residual else "",
-                storage("yo!", first=out),
-                f"@group(0) @binding({out + 1}) var<storage, read_write> counts: array<atomic<u32>>;",
-                "var<workgroup> last_wg: u32;"]
-        tail = LAST_WORKGROUP_REDUCES.format(area=tile.bm * tile.bn, threads=tile.threads, bm=tile.bm, bn=tile.bn,
-                                             store=FOLDED_STORE_RESIDUAL if self.residual else FOLDED_STORE)
-        return generate(tile, store=STORE_PARTIAL4_ATOMIC if quads else STORE_PARTIAL_ATOMIC, out_type="atomic<u32>",
-                        quads=quads, tail=tail, **(self.template | dict(b_decl="\n".join(decl))))
 
     def plan(self, cols: int) -> tuple[Tile, int]:
         profile = self.gpu.profile
@@ -281,11 +218,6 @@ class Gemm:
             return [self.gpu.dispatch(self.source(tile, 1, quads),
                                       [u, self.w_buf, self.b_buf, y, *b_buffers, *res], threads, tile.threads)]
         part = self.scratch.get(4 * splits * self.m * cols, "split-K partial sums")
-        if self.folds_for(tile):  # counters start at zero (new buffers are zeroed); a tile's last workgroup resets its
-            counts = self.scratch.get(4 * tiles, "split-K tile counters")
-            return [self.gpu.dispatch(self.source(tile, splits, quads),
-                                      [u, self.w_buf, self.b_buf, part, *b_buffers, *res, y, counts],
-                                      threads, tile.threads)]
         reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits,
                       total=self.m * cols // (4 if quads else 1))
         return [self.gpu.dispatch(self.source(tile, splits, quads), [u, self.w_buf, self.b_buf, part, *b_buffers],

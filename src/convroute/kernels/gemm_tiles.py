@@ -104,8 +104,7 @@ BATCHED_LOCATE = """  if (g >= P.tiles * P.splits * P.batches) { return; }
 
 
 def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str, act: str, store: str,
-             batched: bool = False, precision: Precision = FP32, out_type: str = "ST", quads: bool = False,
-             tail: str = "") -> str:
+             batched: bool = False, precision: Precision = FP32, out_type: str = "ST", quads: bool = False) -> str:
     """The WGSL source. `store` is WGSL run per output (m, j) with `v` the sum (see gemm.STORE_*).
 
     `quads`: the four columns j..j+3 an invocation holds per row are stored at once (`v` a vec4<f32>, j a
@@ -113,15 +112,13 @@ def generate(tile: Tile, *, b_decl: str, b_setup: str, b_load: str, params: str,
 
     `batched`: P.batches independent GEMMs in one launch (gemm.BatchedGemm): the batch index is the outermost
     part of the flat workgroup index, A of batch b starts at b * P.a_stride vec4s, and `batch` is in scope
-    for the B template and the store. `out_type`: the element type of `y` (ST, or f32 for raw sums; an atomic
-    type stays scalar with quads). `tail`: WGSL run by every invocation after the stores (tile_mn, split,
-    tmi, tni and lid in scope).
+    for the B template and the store. `out_type`: the element type of `y` (ST, or f32 for raw sums).
     """
     tile.check()
     tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
     rg, cg = tile.tm // 4, tile.tn // 4
     a_rows4, b_cols4 = tile.bm // 4, tile.bn // 4
-    if quads and not out_type.startswith("atomic"):
+    if quads:
         out_type = f"vec4<{out_type}>"
     locate = BATCHED_LOCATE if batched else LOCATE
     a_base = "abase + " if batched else ""
@@ -219,7 +216,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     emit("    workgroupBarrier();")
     emit("  }")
     (store_quads if quads else store_columns)(emit, tile, store, total)
-    emit(tail)
     emit("}")
     return "\n".join(out)
 
