@@ -18,17 +18,13 @@ from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels import gemm
 from convroute.kernels.base import residual_buffers
 from convroute.kernels.common import Epilogue, Precision, constants, storage
+from convroute.kernels.implicit_gemm import B_SETUP, WINDOWS_DECL
 from convroute.params import ConvParams
 
 NAME = "depthwise+pointwise"
 
-B_DECL = """
-var<private> b_img: array<u32, 4>;
-var<private> b_ih: array<i32, 4>;
-var<private> b_iw: array<i32, 4>;
-var<private> b_ok: array<bool, 4>;
-fn load_b(k: u32) -> vec4<AT> {
-  if (k >= C) { return vec4<AT>(0.0); }
+B_DECL = WINDOWS_DECL + """fn load_b(k: u32) -> vec4<AT> {
+  if (k >= C_IN) { return vec4<AT>(0.0); }
   let chan = k * u32(H * W);
   var s = vec4<f32>(dwb[k]);
   for (var kh = 0u; kh < KH; kh++) {
@@ -46,16 +42,6 @@ fn load_b(k: u32) -> vec4<AT> {
   let a = vec4<f32>(dw_act(s.x), dw_act(s.y), dw_act(s.z), dw_act(s.w));
   return vec4<AT>(select(vec4<f32>(0.0), a, vec4<bool>(b_ok[0], b_ok[1], b_ok[2], b_ok[3])));
 }
-"""
-B_SETUP = """
-  for (var q = 0u; q < 4u; q++) {
-    let j = bcol + q;
-    let pix = j % PIX;
-    b_ok[q] = j < P.cols;
-    b_img[q] = (j / PIX) * C * u32(H * W);
-    b_ih[q] = i32((pix / WO) * SH) - PH;
-    b_iw[q] = i32((pix % WO) * SW) - PW;
-  }
 """
 B_LOAD = "load_b(k)"
 
@@ -92,7 +78,7 @@ class DepthwisePointwise:
         self.dw_w = gpu.upload(np.ascontiguousarray(dw_weight, np.float32).reshape(-1), "depthwise weights")
         self.dw_b = gpu.upload(np.zeros(dw.c_out, np.float32) if dw_bias is None else
                                np.ascontiguousarray(dw_bias, np.float32), "depthwise bias")
-        shape = constants(dict(C=dw.c_out, WO=dw.wo, PIX=dw.ho * dw.wo, KH=dw.kh, KW=dw.kw, KHW=dw.kh * dw.kw,
+        shape = constants(dict(C_IN=dw.c_in, WO=dw.wo, PIX=dw.ho * dw.wo, KH=dw.kh, KW=dw.kw, KHW=dw.kh * dw.kw,
                                DH=dw.dilation[0], DW=dw.dilation[1], SH=dw.stride[0], SW=dw.stride[1]),
                           dict(H=dw.h, W=dw.w, PH=dw.padding[0], PW=dw.padding[1]))
         decl = "\n".join(["", storage("x", "dww:f32", "dwb:f32", first=4), shape, renamed_act(dw_act), B_DECL])

@@ -13,12 +13,15 @@ from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import constants, storage
 
-B_DECL = """
+# The four columns' window origins (image offset, top row, left column, in range), set once by B_SETUP; shared
+# with depthwise_pointwise, whose B is a window of the input too (constants C_IN, PIX, WO, SH, SW, PH, PW, H, W).
+WINDOWS_DECL = """
 var<private> b_img: array<u32, 4>;
 var<private> b_ih: array<i32, 4>;
 var<private> b_iw: array<i32, 4>;
 var<private> b_ok: array<bool, 4>;
-fn load_b(k: u32) -> vec4<AT> {
+"""
+B_DECL = WINDOWS_DECL + """fn load_b(k: u32) -> vec4<AT> {
   var v = vec4<AT>(0.0);
   if (k >= KK) { return v; }
   let tap = k % KHW;
