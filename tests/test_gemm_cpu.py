@@ -57,6 +57,7 @@ LAYERS = {  # channels and pixel counts that fill none of the tiles evenly; batc
 @pytest.mark.parametrize("layer", LAYERS)
 def test_every_register_tile_with_partial_tiles(monkeypatch, layer, tile):
     use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_tex, "TEX_DIM", 4)  # pointwise past its textures' limits: the buffers
     monkeypatch.setattr(gemm_cpu, "choose_tile", lambda m, cols, batches: tile)
     p = LAYERS[layer]
     name = "pointwise" if p.kh == p.kw == 1 else "implicit_gemm"
@@ -65,6 +66,28 @@ def test_every_register_tile_with_partial_tiles(monkeypatch, layer, tile):
     assert kernel.cpu is not None
     out = run(name, p, x, w, b, "silu")
     assert_matches(out, reference(p, x, w, b, "silu"), f"{name} register tile {tile} on {p.describe()}")
+
+
+TEXTURE_LAYERS = [  # (algorithm, params): buffer gather; texture gather aligned, strided, dilated and unaligned
+    ("pointwise", make_params((2, 13, 11, 9), (21, 13, 1, 1), 2, 1)),
+    ("im2col", make_params((2, 7, 6, 8), (21, 7, 3, 3), 1, 1)),
+    ("im2col", make_params((1, 5, 17, 13), (19, 5, 5, 3), 2, (2, 1), (1, 2))),
+    ("pointwise", make_params((2, 13, 6, 10), (37, 13, 1, 1))),
+    ("im2col", make_params((1, 6, 9, 11), (18, 6, 3, 3), 1, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("i, tile", list(enumerate(gemm_tex.TILES)), ids=[str(t) for t in gemm_tex.TILES])
+def test_every_texture_tile_with_partial_tiles(monkeypatch, i, tile):
+    """Each texture GEMM tile on one of the layers in turn (channels and pixel counts that fill no tile)."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches: tile)
+    name, p = TEXTURE_LAYERS[i % len(TEXTURE_LAYERS)]
+    x, w, b = random_inputs(p, np.random.default_rng(40 + i))
+    kernel = ALGORITHMS[name](get_gpu(), p, w, b, Epilogue.parse("silu"))
+    assert kernel.tex is not None and kernel.tex.fits(p.n)
+    out = run(name, p, x, w, b, "silu")
+    assert_matches(out, reference(p, x, w, b, "silu"), f"{name} texture tile {tile} on {p.describe()}")
 
 
 @pytest.mark.parametrize("textures", [True, False], ids=["textures", "past-texture-limits"])

@@ -158,28 +158,22 @@ def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=Vec
     out += [f"    let b{c} = {bsrc.load(c)};" for c in range(cg)]
     out += [f"    s{j}_{r} = fma(a{r}, vec4<f32>(b{j // 4}.{'xyzw'[j % 4]}), s{j}_{r});" for j, r in sums]
     emit(bsrc.tail)
-    out += store_lines(tile, act, residual)
-    emit("}")
-    return "\n".join(out)
-
-
-def store_lines(tile, act: str, residual: bool) -> list[str]:
-    """The store of an invocation's sums s{column}_{row group} (tile.tm rows x tile.tn columns from row tmi * tm,
-    column tni * tn of batch `batch`): bias (bias[batch * p.bias_stride + m]), then with `act` the activation
-    (and the residual) stored as ST, else the raw f32 sums; rows past p.m and columns past p.cols are skipped."""
-    out = [f"  let m0 = tmi * {tile.tm}u;", "  let obase = batch * p.m;", "  let bias0 = batch * p.bias_stride;"]
+    emit(f"  let m0 = tmi * {tile.tm}u;")
+    emit("  let obase = batch * p.m;")
+    emit("  let bias0 = batch * p.bias_stride;")
     value = "ST(act(v))" if act else "v"
     index = "(obase + m) * p.cols + j"
     if residual:
         index, value = "ro", "ST(act(v + f32(res[ro])))"
     for j in range(tile.tn):
-        out.append(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < p.cols) {{")
-        for r in range(tile.tm // 4):
+        emit(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < p.cols) {{")
+        for r in range(rg):
             at = "let ro = (obase + m) * p.cols + j; " if residual else ""
-            out.append(f"    for (var e = 0u; e < 4u; e++) {{ let m = m0 + {4 * r}u + e; if (m < p.m) {{ "
-                       f"let v = s{j}_{r}[e] + bias[bias0 + m]; {at}y[{index}] = {value}; }} }}")
-        out.append("  } }")
-    return out
+            emit(f"    for (var e = 0u; e < 4u; e++) {{ let m = m0 + {4 * r}u + e; if (m < p.m) {{ "
+                 f"let v = s{j}_{r}[e] + bias[bias0 + m]; {at}y[{index}] = {value}; }} }}")
+        emit("  } }")
+    emit("}")
+    return "\n".join(out)
 
 
 class RegisterGemm:

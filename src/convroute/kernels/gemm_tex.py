@@ -9,12 +9,13 @@ rows: all of their texels first, then each sum's u FMAs back to back, so a sum (
 llvmpipe's registers) is loaded and stored once per u FMAs, not once per FMA.
 
 Out[b] = A x B[b] + bias for every image b in one launch; Out is the conv output (NCHW) in the storage type,
-finished by the activation (and a residual), stored by gemm_cpu.store_lines.
+finished by the activation (and a residual). The store loads the tile's biases once (a storage load per stored
+value doubled the time of 16@112 -> 96 1x1, K 16).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -22,9 +23,9 @@ from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import CPU_LOOP_LIMIT, residual_buffers, storage_params
 from convroute.kernels.common import FP32, Precision, ceil_div, split_index, storage, storage_frame
 from convroute.kernels.direct_cpu import FORMATS, ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout
-from convroute.kernels.gemm_cpu import WG, store_lines
+from convroute.kernels.gemm_cpu import WG
 
-PARAMS = ["m", "k", "cols", "pp4", "tiles_m", "tiles_n", "total", "bias_stride"]
+PARAMS = ["m", "k", "cols", "pp4", "tiles_m", "tiles_n", "total"]
 K_STEP = 8  # K is padded to a multiple of this (every tile's `u` divides it), with zero weights and columns
 M_STEP = 16  # rows padded to a multiple of every tile's tm
 
@@ -34,23 +35,30 @@ class TexTile:
     tm: int  # rows (output channels) per invocation, a multiple of 4
     tn: int  # columns (output pixels) per invocation, a multiple of 4
     u: int  # K rows per loop trip
+    per_fma: float = field(default=1.0, compare=False)  # relative time per FMA (measured on lavapipe)
 
     def __str__(self) -> str:
         return f"{self.tm}x{self.tn}x{self.u}"
 
 
-# 128@28 3x3 (K 1152, 784 columns): 16x16x8 16.3 ms, 16x16x16 16.0, 32x32x2 16.0, 16x16x4 17.0, 16x8x16 19.2,
-# 8x16x16 20.5, 8x32x8 21.6 (direct 14.2)
-TILES = (TexTile(16, 16, 8), TexTile(16, 8, 8), TexTile(8, 8, 8), TexTile(8, 4, 8))
+# Time per FMA relative to 16x16x8 on lavapipe (128@28 3x3, K 1152, 784 columns: 16x16x8 15.3 ms, 16x28x4 15.4,
+# 16x20x8 15.6 with 2 % padding, 32x16x4 15.4, 32x32x2 16.0, 16x12x8 16.8 with 1 %, 16x8x8 19.2, 8x8x8 23.9;
+# 512@7, 49 columns: 16x28x4 16.4, 16x20x8 17.6, 16x16x8 18.6, as their padding predicts).
+TILES = (TexTile(16, 16, 8), TexTile(16, 28, 4), TexTile(16, 20, 8), TexTile(16, 12, 8, 1.08),
+         TexTile(16, 8, 8, 1.26), TexTile(8, 8, 8, 1.5), TexTile(8, 4, 8, 2.5))
+BUSY_WORKGROUPS = 8  # fewer leave lavapipe's threads idle part of the time (gemm_cpu wants 64 invocations too)
+
+
+def tile_cost(m: int, cols: int, batches: int, tile: TexTile) -> float:
+    """Relative time: the FMAs of every invocation (rows and columns padded to whole tiles) times the tile's
+    time per FMA, more when the launch has too few workgroups to keep the CPU busy."""
+    tiles = batches * ceil_div(m, tile.tm) * ceil_div(cols, tile.tn)
+    return tiles * tile.tm * tile.tn * tile.per_fma / min(1.0, ceil_div(tiles, WG) / BUSY_WORKGROUPS)
 
 
 def choose_tile(m: int, cols: int, batches: int) -> TexTile:
-    """The largest tile that does not waste most of itself on padding and leaves >= 64 invocations."""
-    for tile in TILES:
-        waste = (ceil_div(cols, tile.tn) * tile.tn - cols) / cols
-        if waste <= 0.25 and batches * ceil_div(m, tile.tm) * ceil_div(cols, tile.tn) >= 64:
-            return tile
-    return TILES[-1]
+    """The cheapest tile by tile_cost (the first of equals)."""
+    return min(TILES, key=lambda t: tile_cost(m, cols, batches, t))
 
 
 def padded_k(k: int) -> int:
@@ -99,6 +107,23 @@ def generate(tile: TexTile, precision: Precision = FP32, act: str = "", residual
     return "\n".join(out)
 
 
+def store_lines(tile: TexTile, act: str, residual: bool) -> list[str]:
+    """act(sum + bias (+ res)) of rows below p.m and columns below p.cols, stored as ST."""
+    rg = tile.tm // 4
+    out = [f"  let m0 = tmi * {tile.tm}u;", "  let obase = batch * p.m + m0;"]
+    out += [f"  let bv{r} = vec4<f32>(" + ", ".join(f"bias[min(m0 + {4 * r + e}u, p.m - 1u)]" for e in range(4)) + ");"
+            for r in range(rg)]
+    for j in range(tile.tn):
+        out.append(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < p.cols) {{")
+        for r in range(rg):
+            for e, comp in enumerate("xyzw"):
+                index = f"(obase + {4 * r + e}u) * p.cols + j"
+                value = f"s{j}_{r}.{comp} + bv{r}.{comp}" + (f" + f32(res[{index}])" if residual else "")
+                out.append(f"    if (m0 + {4 * r + e}u < p.m) {{ y[{index}] = ST(act({value})); }}")
+        out.append("  } }")
+    return out
+
+
 class TexGemm:
     """A conv's weights [M, K] packed once into a texture; `dispatch` runs one launch over all images."""
 
@@ -129,8 +154,7 @@ class TexGemm:
         tile = tile or choose_tile(self.m, cols, batches)
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n
-        values = dict(m=self.m, k=self.k_pad, cols=cols, pp4=pp4, tiles_m=tiles_m, tiles_n=tiles_n, total=total,
-                      bias_stride=0)
+        values = dict(m=self.m, k=self.k_pad, cols=cols, pp4=pp4, tiles_m=tiles_m, tiles_n=tiles_n, total=total)
         u = storage_params(self.gpu, PARAMS, values, "texture GEMM parameters")
         return self.gpu.dispatch(generate(tile, self.precision, self.act, self.residual),
                                  [u, self.w_tex, self.b_buf, out, b_tex, *res], total, WG)

@@ -8,7 +8,7 @@ chunks: per chunk one gather dispatch and one GEMM dispatch that writes its slic
 
 from __future__ import annotations
 
-from convroute.kernels import direct_cpu, gemm, gemm_cpu, gemm_tex, im2col_tex
+from convroute.kernels import gemm, gemm_cpu, im2col_tex
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import ceil_div, storage
 from convroute.kernels.flat import flat_shader, launch
@@ -63,14 +63,8 @@ class Im2col(ConvKernel):
         self.gather_source = flat_shader(GATHER_PARAMS, storage("x", "col!:vec4<ST>"), GATHER,
                                          precision=self.precision)
         self.gpu.pipeline(self.gather_source)
-        self.tex, self._columns = None, {}
-        if self.cpu and gemm_tex.fits(p.c_out, self.k, 1):
-            self.tex = gemm_tex.TexGemm(self.gpu, weight.reshape(p.c_out, -1), bias, self.precision,
-                                        self.epilogue.wgsl(), self.residual)
-            self.tex_gather = im2col_tex.gather_shader(self.precision.wgsl(), self.tex.fmt, im2col_tex.aligned(p))
-            self.tex_repack = direct_cpu.repack_shader(self.precision.wgsl(), self.tex.fmt)
-            self.gpu.pipeline(self.tex_gather)
-            self.gpu.pipeline(self.tex_repack)
+        self.tex = im2col_tex.ColumnTextures(self, weight, bias, repack=True) \
+            if self.cpu and im2col_tex.ColumnTextures.wanted(self) else None
 
     @property
     def gemm(self) -> gemm.Gemm:
@@ -96,9 +90,8 @@ class Im2col(ConvKernel):
         pixels = p.ho * p.wo
         total = n * pixels
         padded = n * ceil_div(pixels, 4) * 4
-        layout = im2col_tex.PaddedInput.of(p, n) if self.tex else None
-        if layout and gemm_tex.fits(p.c_out, self.k, padded // 4):
-            return self.bind_textures(x, y, n, residual, layout)
+        if self.tex and self.tex.fits(n):
+            return self.tex.bind(x, y, n, residual)
         if self.cpu and self.chunk_columns(padded) == padded:  # one matrix, image b's columns from vec4 b * pp/4
             s4 = padded // 4
             col = self.scratch.get(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")
@@ -117,26 +110,3 @@ class Im2col(ConvKernel):
             dispatches.append(launch(self.gpu, self.gather_source, GATHER_PARAMS, gather, [x, col]))
             dispatches += self.gemm.dispatches(y, [col], cols, col0, pixels, {"s4": s4}, residual)
         return dispatches
-
-    def bind_textures(self, x, y, n, residual, layout: im2col_tex.PaddedInput):
-        """CPU adapters, where the textures fit: the repack pass, the gather into the column texture, the
-        texture GEMM."""
-        p = self.p
-        pixels = p.ho * p.wo
-        pp4 = ceil_div(pixels, 4)
-        if n not in self._columns:
-            height, layers = direct_cpu.TextureLayout.shape(layout.rows)
-            self._columns[n] = (self.gpu.texture_array(layout.width, height, layers, self.tex.fmt,
-                                                       "im2col's padded input", writable=True),
-                                self.tex.columns(n * pp4, "im2col column texels"))
-        xt, col = self._columns[n]
-        repack = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
-                      pw=p.padding[1])
-        values = self.shape_values(k=self.k, k_pad=self.tex.k_pad, pixels=pixels, pp4=pp4, texels=n * pp4,
-                                   hp=layout.hp)
-        wg = direct_cpu.WG
-        return [self.gpu.dispatch(self.tex_repack, [self.param_buffer(direct_cpu.REPACK_PARAMS, repack), x, xt],
-                                  layout.rows * wg, wg),
-                self.gpu.dispatch(self.tex_gather, [self.param_buffer(im2col_tex.PARAMS, values), xt, col],
-                                  self.tex.k_pad * wg, wg),
-                self.tex.dispatch(y, col, n, pixels, pp4, residual)]

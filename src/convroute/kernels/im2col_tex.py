@@ -1,26 +1,30 @@
-"""im2col's gather on CPU adapters: the column matrix written into a storage texture for gemm_tex.
+"""im2col's column matrix on CPU adapters as a texture, for gemm_tex (im2col and pointwise convs).
 
-First direct_cpu's repack pass copies the input, zero-padded, into an rgba texture (4 padded columns a texel,
-`hp` padded rows a plane): the only storage-buffer loads, one per input value. The gather then reads that
-texture, with no bounds checks, and writes B: row k = (input channel, kernel row, kernel column) holds texels
-of 4 output pixels, each image's pixels padded to whole texels (pp4 per image), images back to back; rows
-from K to the padded K are zeros. One workgroup per row works out its channel and taps once; its invocations
-take every WG-th texel, a texel's first pixel by one division, the next three by stepping along the output
-row. At stride 1 with output rows of whole texels (`aligned`) a texel's four pixels are 4 neighbouring padded
-columns: two texel loads; else a load per pixel. Two shaders, not a branch: llvmpipe runs both sides of a
-branch whose condition varies per invocation (measured: 9.4 ms with the branch, 5.5 with the two loads alone,
-128@28 3x3).
+B's row k = (input channel, kernel row, kernel column) holds texels of 4 output pixels, each image's pixels
+padded to whole texels (pp4 per image), images back to back; rows from K to the padded K are zeros. A gather
+writes it (textureStore) each run, one workgroup per row (its channel and taps worked out once), its
+invocations on every WG-th texel, a texel's first pixel by one division, the next three by stepping along
+the output row. Two gathers:
+- from the storage buffer, a load per value (pointwise: each input value is read once anyway);
+- from a texture of the zero-padded input that direct_cpu's repack pass writes first (one storage load per
+  input value, no bounds checks after it; im2col, which reads each input value KH * KW times). At stride 1
+  with output rows of whole texels (`aligned`) a texel's four pixels are 4 neighbouring padded columns: two
+  texel loads; else a load per pixel. Two shaders, not a branch: llvmpipe runs both sides of a branch whose
+  condition varies per invocation (128@28 3x3: 9.4 ms with the branch, 5.5 with the two loads alone).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from convroute.kernels.common import ceil_div, storage_frame
+from convroute.kernels import direct_cpu, gemm_tex
+from convroute.kernels.common import ceil_div, storage, storage_frame
 from convroute.kernels.direct_cpu import ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout
 
 WG = 8
-PARAMS = ["c_in", "ho", "wo", "kh", "kw", "sh", "sw", "dh", "dw", "k", "k_pad", "pixels", "pp4", "texels", "hp"]
+PARAMS = ["c_in", "h", "w", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "k", "k_pad", "pixels",
+          "pp4", "texels", "hp"]
+MASK = f"{TEX_DIM - 1}u"
 
 
 @dataclass(frozen=True)
@@ -45,14 +49,13 @@ def aligned(p) -> bool:
     return p.stride[1] == 1 and p.wo % 4 == 0
 
 
-def gather_shader(header: str, fmt: str, aligned: bool) -> str:
-    buffers = ("@group(0) @binding(1) var xt: texture_2d_array<f32>;\n"
-               f"@group(0) @binding(2) var col: texture_storage_2d_array<{fmt}, write>;")
-    mask = f"{TEX_DIM - 1}u"
+def frame(header: str, fmt: str, source: str) -> str:
+    """The gather up to the texel loop's body: row r's taps, texel t's image b and first pixel (oh, ow)."""
+    buffers = source + f"\n@group(0) @binding(2) var col: texture_storage_2d_array<{fmt}, write>;"
     return storage_frame(header, PARAMS, buffers, "", WG) + f"""
   let r = wid.x + wid.y * nwg.x;
   if (r >= p.k_pad) {{ return; }}
-  let row = r & {mask};
+  let row = r & {MASK};
   let layer = r >> {ROW_BITS}u;
   let live = r < p.k;
   let kw = r % p.kw;
@@ -60,39 +63,119 @@ def gather_shader(header: str, fmt: str, aligned: bool) -> str:
   let c = select(0u, r / (p.kw * p.kh), live);
   let dh = kh * p.dh;
   let dw = kw * p.dw;
-  let shift = dw & 3u;
   for (var t = lid_x; t < p.texels; t += {WG}u) {{
-    let b = t / p.pp4;  // aligned: no pixel past the image's, and p.pp4 * 4 == p.pixels
+    let b = t / p.pp4;
     let pix = (t - b * p.pp4) * 4u;
     let oh = pix / p.wo;
     let ow = pix - oh * p.wo;
-    let plane = (b * p.c_in + c) * p.hp + dh;
     var v = vec4<f32>(0.0);
-    if ({str(aligned).lower()}) {{
-      let xr = plane + oh * p.sh;
-      let x0 = (ow + dw) >> 2u;
-      let lo = textureLoad(xt, vec2<u32>(x0, xr & {mask}), xr >> {ROW_BITS}u, 0);
-      let hi = textureLoad(xt, vec2<u32>(x0 + 1u, xr & {mask}), xr >> {ROW_BITS}u, 0);
-      switch shift {{
-        case 0u: {{ v = lo; }}
-        case 1u: {{ v = vec4<f32>(lo.yzw, hi.x); }}
-        case 2u: {{ v = vec4<f32>(lo.zw, hi.xy); }}
-        default: {{ v = vec4<f32>(lo.w, hi.xyz); }}
-      }}
-    }} else {{
-      var qh = oh;
-      var qw = ow;
-      for (var q = 0u; q < 4u; q++) {{
-        let xr = plane + min(qh, p.ho - 1u) * p.sh;
-        let xc = qw * p.sw + dw;
-        let texel = textureLoad(xt, vec2<u32>(xc >> 2u, xr & {mask}), xr >> {ROW_BITS}u, 0);
-        v[q] = select(0.0, texel[xc & 3u], pix + q < p.pixels);
-        qw += 1u;
-        let wrap = qw == p.wo;
-        qw = select(qw, 0u, wrap);
-        qh += select(0u, 1u, wrap);
-      }}
-    }}
+"""
+
+
+STEP = """
+      qw += 1u;
+      let wrap = qw == p.wo;
+      qw = select(qw, 0u, wrap);
+      qh += select(0u, 1u, wrap);
+    }"""
+STORE = """
     textureStore(col, vec2<u32>(t, row), layer, select(vec4<f32>(0.0), v, live));
-  }}
-}}"""
+  }
+}"""
+
+
+def buffer_gather(header: str, fmt: str) -> str:
+    body = """    let xb = (b * p.c_in + c) * p.h * p.w;
+    let hi = i32(p.h);
+    let wi = i32(p.w);
+    var qh = oh;
+    var qw = ow;
+    for (var q = 0u; q < 4u; q++) {
+      let ih = i32(qh * p.sh + dh) - i32(p.ph);
+      let iw = i32(qw * p.sw + dw) - i32(p.pw);
+      let ok = live && pix + q < p.pixels && ih >= 0 && ih < hi && iw >= 0 && iw < wi;
+      v[q] = select(0.0, f32(x[xb + select(0u, u32(ih) * p.w + u32(iw), ok)]), ok);"""
+    return frame(header, fmt, storage("x")) + body + STEP + STORE
+
+
+def texture_gather(header: str, fmt: str, aligned: bool) -> str:
+    out = [frame(header, fmt, "@group(0) @binding(1) var xt: texture_2d_array<f32>;"),
+           "    let plane = (b * p.c_in + c) * p.hp + dh;"]
+    if aligned:  # no pixel past the image's (p.pp4 * 4 == p.pixels); 4 pixels of one row
+        out.append(f"""    let xr = plane + oh * p.sh;
+    let x0 = (ow + dw) >> 2u;
+    let lo = textureLoad(xt, vec2<u32>(x0, xr & {MASK}), xr >> {ROW_BITS}u, 0);
+    let hi = textureLoad(xt, vec2<u32>(x0 + 1u, xr & {MASK}), xr >> {ROW_BITS}u, 0);
+    switch dw & 3u {{
+      case 0u: {{ v = lo; }}
+      case 1u: {{ v = vec4<f32>(lo.yzw, hi.x); }}
+      case 2u: {{ v = vec4<f32>(lo.zw, hi.xy); }}
+      default: {{ v = vec4<f32>(lo.w, hi.xyz); }}
+    }}""" + STORE)
+        return "\n".join(out)
+    out.append(f"""    var qh = oh;
+    var qw = ow;
+    for (var q = 0u; q < 4u; q++) {{
+      let xr = plane + min(qh, p.ho - 1u) * p.sh;
+      let xc = qw * p.sw + dw;
+      let texel = textureLoad(xt, vec2<u32>(xc >> 2u, xr & {MASK}), xr >> {ROW_BITS}u, 0);
+      v[q] = select(0.0, texel[xc & 3u], pix + q < p.pixels);""")
+    return "\n".join(out) + STEP + STORE
+
+
+class ColumnTextures:
+    """A conv kernel's (im2col's, pointwise's) path on CPU adapters where the textures fit: the weights in
+    a TexGemm, the gather (after the repack pass with `repack`), the column texture per batch."""
+
+    def __init__(self, kernel, weight, bias, repack: bool):
+        p, precision = kernel.p, kernel.precision
+        self.kernel, self.k = kernel, p.c_in * p.kh * p.kw
+        self.gemm = gemm_tex.TexGemm(kernel.gpu, weight.reshape(p.c_out, -1), bias, precision,
+                                     kernel.epilogue.wgsl(), kernel.residual)
+        header, fmt = precision.wgsl(), self.gemm.fmt
+        self.repack = direct_cpu.repack_shader(header, fmt) if repack else None
+        self.gather = texture_gather(header, fmt, aligned(p)) if repack else buffer_gather(header, fmt)
+        for source in filter(None, (self.repack, self.gather)):
+            kernel.gpu.pipeline(source)
+        self._textures: dict[int, tuple] = {}
+
+    @staticmethod
+    def wanted(kernel) -> bool:
+        p = kernel.p
+        return kernel.gpu.profile.gemm_style == "registers" and gemm_tex.fits(p.c_out, p.c_in * p.kh * p.kw, 1)
+
+    def fits(self, n: int) -> bool:
+        p = self.kernel.p
+        texels = n * ceil_div(p.ho * p.wo, 4)
+        return gemm_tex.fits(p.c_out, self.k, texels) and (self.repack is None or PaddedInput.of(p, n) is not None)
+
+    def textures(self, n: int) -> tuple:
+        """(padded input texture or None, column texture) at batch n."""
+        if n not in self._textures:
+            p, gpu, fmt = self.kernel.p, self.kernel.gpu, self.gemm.fmt
+            xt = None
+            if self.repack:
+                layout = PaddedInput.of(p, n)
+                height, layers = TextureLayout.shape(layout.rows)
+                xt = gpu.texture_array(layout.width, height, layers, fmt, "padded input texels", writable=True)
+            self._textures[n] = (xt, self.gemm.columns(n * ceil_div(p.ho * p.wo, 4), "column texels"))
+        return self._textures[n]
+
+    def bind(self, x, y, n: int, residual) -> list:
+        kernel = self.kernel
+        p, gpu = kernel.p, kernel.gpu
+        pixels = p.ho * p.wo
+        pp4 = ceil_div(pixels, 4)
+        xt, col = self.textures(n)
+        layout = PaddedInput.of(p, n) if self.repack else PaddedInput(0, 0, 0)
+        values = kernel.shape_values(k=self.k, k_pad=self.gemm.k_pad, pixels=pixels, pp4=pp4, texels=n * pp4,
+                                     hp=layout.hp)
+        dispatches = []
+        if self.repack:
+            repack = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
+                          pw=p.padding[1])
+            dispatches.append(gpu.dispatch(self.repack, [kernel.param_buffer(direct_cpu.REPACK_PARAMS, repack), x,
+                                                         xt], layout.rows * WG, WG))
+        dispatches.append(gpu.dispatch(self.gather, [kernel.param_buffer(PARAMS, values), xt or x, col],
+                                       self.gemm.k_pad * WG, WG))
+        return dispatches + [self.gemm.dispatch(y, col, n, pixels, pp4, residual)]
