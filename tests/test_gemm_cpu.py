@@ -68,12 +68,14 @@ def test_every_register_tile_with_partial_tiles(monkeypatch, layer, tile):
     assert_matches(out, reference(p, x, w, b, "silu"), f"{name} register tile {tile} on {p.describe()}")
 
 
-TEXTURE_LAYERS = [  # (algorithm, params): buffer gather; texture gather aligned, strided, dilated and unaligned
+TEXTURE_LAYERS = [  # (algorithm, params): buffer gather; texture gather aligned, strided, unaligned and
+    # dilated, aligned and dilated
     ("pointwise", make_params((2, 13, 11, 9), (21, 13, 1, 1), 2, 1)),
     ("im2col", make_params((2, 7, 6, 8), (21, 7, 3, 3), 1, 1)),
     ("im2col", make_params((1, 5, 17, 13), (19, 5, 5, 3), 2, (2, 1), (1, 2))),
     ("pointwise", make_params((2, 13, 6, 10), (37, 13, 1, 1))),
     ("im2col", make_params((1, 6, 9, 11), (18, 6, 3, 3), 1, 2, 2)),
+    ("im2col", make_params((2, 6, 9, 12), (18, 6, 3, 5), (2, 1), 2, 2)),
 ]
 
 

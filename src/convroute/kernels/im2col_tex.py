@@ -8,9 +8,10 @@ the output row. Two gathers:
 - from the storage buffer, a load per value (pointwise: each input value is read once anyway);
 - from a texture of the zero-padded input that direct_cpu's repack pass writes first (one storage load per
   input value, no bounds checks after it; im2col, which reads each input value KH * KW times). At stride 1
-  with output rows of whole texels (`aligned`) a texel's four pixels are 4 neighbouring padded columns: two
-  texel loads; else a load per pixel. Two shaders, not a branch: llvmpipe runs both sides of a branch whose
-  condition varies per invocation (128@28 3x3: 9.4 ms with the branch, 5.5 with the two loads alone).
+  with output rows of whole texels (`aligned`) the KW rows of one (channel, kernel row) come from the same
+  few texels (aligned_gather); else a load per pixel. Two shaders, not a branch: llvmpipe runs both sides of
+  a branch whose condition varies per invocation (128@28 3x3: 9.4 ms with the branch, 5.5 with the two
+  loads alone).
 """
 
 from __future__ import annotations
@@ -98,21 +99,10 @@ def buffer_gather(header: str, fmt: str) -> str:
     return frame(header, fmt, storage("x")) + body + STEP + STORE
 
 
-def texture_gather(header: str, fmt: str, aligned: bool) -> str:
+def texture_gather(header: str, fmt: str) -> str:
+    """From the padded input texture, a load per pixel (any stride; pixels of a texel may span output rows)."""
     out = [frame(header, fmt, "@group(0) @binding(1) var xt: texture_2d_array<f32>;"),
            "    let plane = (b * p.c_in + c) * p.hp + dh;"]
-    if aligned:  # no pixel past the image's (p.pp4 * 4 == p.pixels); 4 pixels of one row
-        out.append(f"""    let xr = plane + oh * p.sh;
-    let x0 = (ow + dw) >> 2u;
-    let lo = textureLoad(xt, vec2<u32>(x0, xr & {MASK}), xr >> {ROW_BITS}u, 0);
-    let hi = textureLoad(xt, vec2<u32>(x0 + 1u, xr & {MASK}), xr >> {ROW_BITS}u, 0);
-    switch dw & 3u {{
-      case 0u: {{ v = lo; }}
-      case 1u: {{ v = vec4<f32>(lo.yzw, hi.x); }}
-      case 2u: {{ v = vec4<f32>(lo.zw, hi.xy); }}
-      default: {{ v = vec4<f32>(lo.w, hi.xyz); }}
-    }}""" + STORE)
-        return "\n".join(out)
     out.append(f"""    var qh = oh;
     var qw = ow;
     for (var q = 0u; q < 4u; q++) {{
@@ -121,6 +111,37 @@ def texture_gather(header: str, fmt: str, aligned: bool) -> str:
       let texel = textureLoad(xt, vec2<u32>(xc >> 2u, xr & {MASK}), xr >> {ROW_BITS}u, 0);
       v[q] = select(0.0, texel[xc & 3u], pix + q < p.pixels);""")
     return "\n".join(out) + STEP + STORE
+
+
+def aligned_gather(header: str, fmt: str, kw: int, dw: int) -> str:
+    """Stride 1, output rows of whole texels: a workgroup per (input channel, kernel row) writes the KW rows
+    of its kernel columns; a texel's four pixels are 4 neighbouring padded columns from a texel boundary, so
+    its KW texels are fixed components of the (3 + (KW - 1) * dw) / 4 + 1 input texels loaded once."""
+    loads = (3 + (kw - 1) * dw) // 4 + 1
+    buffers = ("@group(0) @binding(1) var xt: texture_2d_array<f32>;\n"
+               f"@group(0) @binding(2) var col: texture_storage_2d_array<{fmt}, write>;")
+    out = [storage_frame(header, PARAMS, buffers, "", WG) + f"""
+  let g = wid.x + wid.y * nwg.x;
+  let r0 = g * {kw}u;
+  if (r0 >= p.k_pad) {{ return; }}
+  let live = r0 < p.k;
+  let c = select(0u, g / p.kh, live);
+  let dh = (g % p.kh) * p.dh;
+  for (var t = lid_x; t < p.texels; t += {WG}u) {{
+    let b = t / p.pp4;
+    let pix = (t - b * p.pp4) * 4u;
+    let oh = pix / p.wo;
+    let x0 = (pix - oh * p.wo) >> 2u;
+    let xr = (b * p.c_in + c) * p.hp + dh + oh * p.sh;
+    let xl = xr >> {ROW_BITS}u;"""]
+    out += [f"    let u{i} = select(vec4<f32>(0.0), textureLoad(xt, vec2<u32>(x0 + {i}u, xr & {MASK}), xl, 0), live);"
+            for i in range(loads)]
+    for k in range(kw):
+        comps = ", ".join(f"u{(k * dw + e) // 4}.{'xyzw'[(k * dw + e) % 4]}" for e in range(4))
+        out.append(f"    if (r0 + {k}u < p.k_pad) {{ let r = r0 + {k}u; "
+                   f"textureStore(col, vec2<u32>(t, r & {MASK}), r >> {ROW_BITS}u, vec4<f32>({comps})); }}")
+    out.append("  }\n}")
+    return "\n".join(out)
 
 
 class ColumnTextures:
@@ -134,7 +155,13 @@ class ColumnTextures:
                                      kernel.epilogue.wgsl(), kernel.residual)
         header, fmt = precision.wgsl(), self.gemm.fmt
         self.repack = direct_cpu.repack_shader(header, fmt) if repack else None
-        self.gather = texture_gather(header, fmt, aligned(p)) if repack else buffer_gather(header, fmt)
+        if not repack:
+            self.gather = buffer_gather(header, fmt)
+        elif aligned(p):
+            self.gather = aligned_gather(header, fmt, p.kw, p.dilation[1])
+        else:
+            self.gather = texture_gather(header, fmt)
+        self.rows_per_group = p.kw if repack and aligned(p) else 1
         for source in filter(None, (self.repack, self.gather)):
             kernel.gpu.pipeline(source)
         self._textures: dict[int, tuple] = {}
@@ -176,6 +203,7 @@ class ColumnTextures:
                           pw=p.padding[1])
             dispatches.append(gpu.dispatch(self.repack, [kernel.param_buffer(direct_cpu.REPACK_PARAMS, repack), x,
                                                          xt], layout.rows * WG, WG))
+        groups = ceil_div(self.gemm.k_pad, self.rows_per_group)
         dispatches.append(gpu.dispatch(self.gather, [kernel.param_buffer(PARAMS, values), xt or x, col],
-                                       self.gemm.k_pad * WG, WG))
+                                       groups * WG, WG))
         return dispatches + [self.gemm.dispatch(y, col, n, pixels, pp4, residual)]
