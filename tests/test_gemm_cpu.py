@@ -92,6 +92,15 @@ def test_every_texture_tile_with_partial_tiles(monkeypatch, i, tile):
     assert_matches(out, reference(p, x, w, b, "silu"), f"{name} texture tile {tile} on {p.describe()}")
 
 
+def test_texture_gemm_with_row_tiles_fastest(monkeypatch):
+    """The invocation order for a B past the CPU's cache (row tiles fastest), forced on a small layer."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_tex, "rows_first", lambda a_bytes, b_bytes: True)
+    name, p = TEXTURE_LAYERS[1]
+    x, w, b = random_inputs(p, np.random.default_rng(39))
+    assert_matches(run(name, p, x, w, b, "relu"), reference(p, x, w, b, "relu"), "texture GEMM, rows first")
+
+
 @pytest.mark.parametrize("textures", [True, False], ids=["textures", "past-texture-limits"])
 def test_im2col_register_tiles_for_any_pixel_count(monkeypatch, textures):
     """7 x 5 = 35 output pixels per image, batch 2: each image's columns padded to 36 in the column matrix, one
