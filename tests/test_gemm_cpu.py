@@ -92,13 +92,16 @@ def test_every_texture_tile_with_partial_tiles(monkeypatch, i, tile):
     assert_matches(out, reference(p, x, w, b, "silu"), f"{name} texture tile {tile} on {p.describe()}")
 
 
-def test_texture_gemm_with_row_tiles_fastest(monkeypatch):
-    """The invocation order for a B past the CPU's cache (row tiles fastest), forced on a small layer."""
+@pytest.mark.parametrize("bn", [1, 4])
+def test_texture_gemm_in_column_blocks(monkeypatch, bn):
+    """The invocation order in blocks of bn column tiles (1: row tiles fastest; 4: 6 column tiles in a block
+    of 4 and a narrower one), forced on a small layer of 2 row tiles, batch 2."""
     use_style(monkeypatch, "registers")
-    monkeypatch.setattr(gemm_tex, "rows_first", lambda a_bytes, b_bytes: True)
-    name, p = TEXTURE_LAYERS[1]
+    monkeypatch.setattr(gemm_tex, "column_block", lambda a_bytes, b_bytes, tiles_n: bn)
+    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches: gemm_tex.TexTile(16, 28, 4))
+    p = make_params((2, 5, 12, 12), (20, 5, 3, 3), 1, 1)
     x, w, b = random_inputs(p, np.random.default_rng(39))
-    assert_matches(run(name, p, x, w, b, "relu"), reference(p, x, w, b, "relu"), "texture GEMM, rows first")
+    assert_matches(run("im2col", p, x, w, b, "relu"), reference(p, x, w, b, "relu"), f"column blocks of {bn}")
 
 
 @pytest.mark.parametrize("textures", [True, False], ids=["textures", "past-texture-limits"])

@@ -21,11 +21,11 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import CPU_LOOP_LIMIT, residual_buffers, storage_params
-from convroute.kernels.common import FP32, Precision, ceil_div, split_index, storage, storage_frame
+from convroute.kernels.common import FP32, Precision, ceil_div, storage, storage_frame
 from convroute.kernels.direct_cpu import FORMATS, ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout
 from convroute.kernels.gemm_cpu import WG
 
-PARAMS = ["m", "k", "cols", "pp4", "tiles_m", "tiles_n", "total"]
+PARAMS = ["m", "k", "cols", "pp4", "tiles_m", "tiles_n", "total", "bn"]
 K_STEP = 8  # K is padded to a multiple of this (every tile's `u` divides it), with zero weights and columns
 M_STEP = 16  # rows padded to a multiple of every tile's tm
 CACHE_BYTES = 8 << 20  # a CPU's last-level cache, roughly (this box's EPYC: 8 MiB L3)
@@ -77,20 +77,19 @@ def fits(m: int, k: int, texels: int) -> bool:
     return k_pad <= TEX_DIM and 0 < texels <= TEX_DIM and layers <= TEX_LAYERS and k_pad // K_STEP <= CPU_LOOP_LIMIT
 
 
-def rows_first(a_bytes: int, b_bytes: int) -> bool:
-    """Whether neighbouring invocations should take neighbouring row tiles (they then share B's texels, and A
-    streams past them) rather than neighbouring column tiles (sharing A's, B streaming): when B is past the
-    CPU's cache and A well inside it. On lavapipe (8 MiB L3): 256@56 3x3 (A 2.4 MB, B 29 MB) 263 -> 230 ms,
-    128@112 292 -> 240; 512@14 (A 9.4 MB, B 3.6 MB) 71 -> 77 and 128@28 15.4 -> 16.0 the other way."""
-    return b_bytes > CACHE_BYTES and 2 * a_bytes < CACHE_BYTES
+def column_block(a_bytes: int, b_bytes: int, tiles_n: int) -> int:
+    """Column tiles per block of the invocation order (see generate): all of them (neighbouring invocations
+    take neighbouring column tiles, sharing A's texels while B streams past) unless B is past the CPU's
+    cache and A well inside it, then one (neighbouring row tiles share B's texels, A streams). On lavapipe
+    (8 MiB L3): 256@56 3x3 (A 2.4 MB, B 29 MB) 263 -> 230 ms, 128@112 292 -> 240; 512@14 (A 9.4 MB, B 3.6 MB)
+    71 -> 77 and 128@28 15.4 -> 16.0 the other way."""
+    return 1 if b_bytes > CACHE_BYTES and 2 * a_bytes < CACHE_BYTES else tiles_n
 
 
-def generate(tile: TexTile, precision: Precision = FP32, act: str = "", residual: bool = False,
-             m_first: bool = False) -> str:
+def generate(tile: TexTile, precision: Precision = FP32, act: str = "", residual: bool = False) -> str:
     """The WGSL: act(sum + bias (+ res)) stored as ST (the conv's output, column j of image `batch` at
-    (batch * M + m) * cols + j); the invocation index counts row tiles fastest with `m_first`, else column
-    tiles."""
-    digits = [("tni", "p.tiles_n"), ("tmi", "p.tiles_m")]
+    (batch * M + m) * cols + j). Per image the invocations run through blocks of p.bn column tiles (the last
+    block narrower), each block row tile by row tile, column tiles fastest."""
     rg, cg, u = tile.tm // 4, tile.tn // 4, tile.u
     mask = f"{TEX_DIM - 1}u"
     buffers = ("@group(0) @binding(1) var wa: texture_2d_array<f32>;\n" + storage("bias:f32", "y!", first=2)
@@ -98,7 +97,15 @@ def generate(tile: TexTile, precision: Precision = FP32, act: str = "", residual
                + (f"\n{storage('res', first=5)}" if residual else ""))
     out = [storage_frame(precision.wgsl(), PARAMS, buffers, act, WG),
            f"""  let g = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
-  if (g >= p.total) {{ return; }}""", split_index("g", digits[::-1] if m_first else digits, "batch")]
+  if (g >= p.total) {{ return; }}
+  let per_image = p.tiles_m * p.tiles_n;
+  let batch = g / per_image;
+  let gi = g - batch * per_image;
+  let block = gi / (p.bn * p.tiles_m);
+  let rem = gi - block * p.bn * p.tiles_m;
+  let width = min(p.bn, p.tiles_n - block * p.bn);
+  let tmi = rem / width;
+  let tni = block * p.bn + rem - tmi * width;"""]
     for r in range(rg):
         out.append(f"  let ar{r} = tmi * {rg}u + {r}u;")
     for c in range(cg):  # columns past the image's are never stored: clamp their loads into its texels
@@ -169,9 +176,9 @@ class TexGemm:
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n
         values = dict(m=self.m, k=self.k_pad, cols=cols, pp4=pp4, tiles_m=tiles_m, tiles_n=tiles_n, total=total)
-        u = storage_params(self.gpu, PARAMS, values, "texture GEMM parameters")
         texel = 4 * self.precision.itemsize
-        m_first = rows_first(self.w_tex.texture.size[1] * self.w_tex.texture.size[2] * self.k_pad * texel,
-                             b_tex.texture.size[0] * self.k_pad * texel)
-        return self.gpu.dispatch(generate(tile, self.precision, self.act, self.residual, m_first),
+        values["bn"] = column_block(self.w_tex.texture.size[1] * self.w_tex.texture.size[2] * self.k_pad * texel,
+                                    b_tex.texture.size[0] * self.k_pad * texel, tiles_n)
+        u = storage_params(self.gpu, PARAMS, values, "texture GEMM parameters")
+        return self.gpu.dispatch(generate(tile, self.precision, self.act, self.residual),
                                  [u, self.w_tex, self.b_buf, out, b_tex, *res], total, WG)
