@@ -4,6 +4,8 @@ The column matrix is [K_pad, S]: row k = (c, kh, kw) of the window, column j = o
 rows past K are zeros. Each gather invocation writes one vec4 (four neighbouring columns of one row).
 When the matrix for the whole batch would exceed one storage binding, the output pixels are processed in
 chunks: per chunk one gather dispatch and one GEMM dispatch that writes its slice of the output.
+CPU adapters write and read the column matrix as a texture where it fits (im2col_tex, gemm_tex), else as a
+buffer for gemm_cpu's register tiles.
 """
 
 from __future__ import annotations

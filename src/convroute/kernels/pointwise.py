@@ -2,7 +2,8 @@
 
 B[k, j] is input channel k at the pixel that output pixel j sees (zero in the padding). Each invocation
 works out its four B columns' input offsets once; the K loop then only adds k * H * W. With stride 1, no
-padding and H*W a multiple of 4, four neighbouring columns are one aligned vec4 of the input.
+padding and H*W a multiple of 4, four neighbouring columns are one aligned vec4 of the input. CPU adapters
+copy B into a texture for gemm_tex where it fits (im2col_tex), else read it with gemm_cpu's register tiles.
 """
 
 from __future__ import annotations
