@@ -80,8 +80,9 @@ def test_grid_folds_past_65535_workgroups():
     assert gpu.profile.max_workgroups_per_dim == 65535
     p = make_params((1, 1, 4100, 4100), (1, 1, 3, 3), padding=1, groups=1)
     x, w, b = random_inputs(p, np.random.default_rng(13))
-    out, dispatches = run_kernel(ALGORITHMS["depthwise"], p, x, w, b)
-    assert dispatches[0].grid[1] > 1, f"expected a folded 2-D grid, got {dispatches[0].grid}"
+    out, dispatches = run_kernel(ALGORITHMS["depthwise"], p, x, w, b)  # CPU adapters: a repack pass first
+    grids = [d.grid for d in dispatches]
+    assert any(grid[1] > 1 for grid in grids), f"expected a folded 2-D grid, got {grids}"
     assert_matches(out, reference(p, x, w, b), "depthwise on a folded grid")
 
 
