@@ -12,7 +12,7 @@ from conftest import ACTIVATIONS, assert_matches, random_inputs, reference
 from convroute import conv2d
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import GEMM_STYLES, DeviceProfile
-from convroute.kernels import ALGORITHMS, gemm_cpu
+from convroute.kernels import ALGORITHMS, gemm_cpu, gemm_tex
 from convroute.kernels.common import F16_FEATURE, Epilogue
 from convroute.params import make_params
 from test_algorithms import convs
@@ -57,6 +57,7 @@ LAYERS = {  # channels and pixel counts that fill none of the tiles evenly; batc
 @pytest.mark.parametrize("layer", LAYERS)
 def test_every_register_tile_with_partial_tiles(monkeypatch, layer, tile):
     use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_tex, "TEX_DIM", 4)  # pointwise past its textures' limits: the buffers
     monkeypatch.setattr(gemm_cpu, "choose_tile", lambda m, cols, batches: tile)
     p = LAYERS[layer]
     name = "pointwise" if p.kh == p.kw == 1 else "implicit_gemm"
@@ -67,10 +68,50 @@ def test_every_register_tile_with_partial_tiles(monkeypatch, layer, tile):
     assert_matches(out, reference(p, x, w, b, "silu"), f"{name} register tile {tile} on {p.describe()}")
 
 
-def test_im2col_register_tiles_for_any_pixel_count(monkeypatch):
-    """7 x 5 = 35 output pixels per image, batch 2: each image's columns padded to 36 in the column matrix, one
-    gather and one register-tile GEMM over both images."""
+TEXTURE_LAYERS = [  # (algorithm, params): buffer gather; texture gather aligned, strided, unaligned and
+    # dilated, aligned and dilated
+    ("pointwise", make_params((2, 13, 11, 9), (21, 13, 1, 1), 2, 1)),
+    ("im2col", make_params((2, 7, 6, 8), (21, 7, 3, 3), 1, 1)),
+    ("im2col", make_params((1, 5, 17, 13), (19, 5, 5, 3), 2, (2, 1), (1, 2))),
+    ("pointwise", make_params((2, 13, 6, 10), (37, 13, 1, 1))),
+    ("im2col", make_params((1, 6, 9, 11), (18, 6, 3, 3), 1, 2, 2)),
+    ("im2col", make_params((2, 6, 9, 12), (18, 6, 3, 5), (2, 1), 2, 2)),
+]
+
+
+@pytest.mark.parametrize("i, tile", list(enumerate(gemm_tex.TILES)), ids=[str(t) for t in gemm_tex.TILES])
+def test_every_texture_tile_with_partial_tiles(monkeypatch, i, tile):
+    """Each texture GEMM tile on one of the layers in turn (channels and pixel counts that fill no tile)."""
     use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches: tile)
+    name, p = TEXTURE_LAYERS[i % len(TEXTURE_LAYERS)]
+    x, w, b = random_inputs(p, np.random.default_rng(40 + i))
+    kernel = ALGORITHMS[name](get_gpu(), p, w, b, Epilogue.parse("silu"))
+    assert kernel.tex is not None and kernel.tex.fits(p.n)
+    out = run(name, p, x, w, b, "silu")
+    assert_matches(out, reference(p, x, w, b, "silu"), f"{name} texture tile {tile} on {p.describe()}")
+
+
+@pytest.mark.parametrize("bn", [1, 4])
+def test_texture_gemm_in_column_blocks(monkeypatch, bn):
+    """The invocation order in blocks of bn column tiles (1: row tiles fastest; 4: 6 column tiles in a block
+    of 4 and a narrower one), forced on a small layer of 2 row tiles, batch 2."""
+    use_style(monkeypatch, "registers")
+    monkeypatch.setattr(gemm_tex, "column_block", lambda a_bytes, b_bytes, tiles_n: bn)
+    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches: gemm_tex.TexTile(16, 28, 4))
+    p = make_params((2, 5, 12, 12), (20, 5, 3, 3), 1, 1)
+    x, w, b = random_inputs(p, np.random.default_rng(39))
+    assert_matches(run("im2col", p, x, w, b, "relu"), reference(p, x, w, b, "relu"), f"column blocks of {bn}")
+
+
+@pytest.mark.parametrize("textures", [True, False], ids=["textures", "past-texture-limits"])
+def test_im2col_register_tiles_for_any_pixel_count(monkeypatch, textures):
+    """7 x 5 = 35 output pixels per image, batch 2: each image's columns padded to 36 in the column matrix, one
+    gather and one register-tile GEMM over both images; reading textures (repack, gather, texture GEMM) or,
+    where the column texture would pass the texture limits (faked small here), storage buffers."""
+    use_style(monkeypatch, "registers")
+    if not textures:
+        monkeypatch.setattr(gemm_tex, "TEX_DIM", 16)  # 18 column texels per row
     p = make_params((2, 6, 7, 5), (10, 6, 3, 3), 1, 1)
     x, w, b = random_inputs(p, np.random.default_rng(32))
     gpu = get_gpu()
@@ -78,7 +119,7 @@ def test_im2col_register_tiles_for_any_pixel_count(monkeypatch):
     out = gpu.empty(4 * int(np.prod(p.output_shape)))
     gpu.fill(out, np.nan)
     dispatches = kernel.bind(gpu.upload(x), out, p.n)
-    assert kernel.cpu is not None and len(dispatches) == 2 and kernel._gemm is None
+    assert kernel.cpu is not None and len(dispatches) == (3 if textures else 2) and kernel._gemm is None
     gpu.run(dispatches)
     assert_matches(gpu.read(out, p.output_shape), reference(p, x, w, b, "relu"), "im2col register tiles, 35 pixels")
 
@@ -120,7 +161,9 @@ def test_choose_tile_fills_the_device_or_takes_the_smallest(m, cols, batches):
     ("pointwise", make_params((1, 13, 11, 9), (21, 13, 1, 1), 2, 1)),
     ("implicit_gemm", make_params((2, 7, 11, 9), (21, 7, 3, 3), 1, 1)),
     ("winograd4", make_params((2, 7, 11, 9), (21, 7, 3, 3), 1, 1)),
-], ids=["pointwise-vec4", "pointwise-strided", "implicit_gemm", "winograd4"])
+    ("im2col", make_params((2, 7, 12, 8), (21, 7, 3, 3), 1, 1)),
+    ("im2col", make_params((1, 7, 11, 9), (21, 7, 3, 3), 2, 1)),
+], ids=["pointwise-vec4", "pointwise-strided", "implicit_gemm", "winograd4", "im2col-aligned", "im2col-strided"])
 def test_register_tiles_in_float16(monkeypatch, name, p):
     use_style(monkeypatch, "registers")
     x, w, b = random_inputs(p, np.random.default_rng(32))

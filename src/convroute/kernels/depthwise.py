@@ -1,11 +1,13 @@
 """`depthwise`: groups == C_in, output channel c reads input channel c // m (channel multiplier m >= 1).
 
 Any kernel size, stride, padding and dilation. Each invocation computes four neighbouring output pixels of
-one row of one channel: per tap one weight and four input values.
+one row of one channel: per tap one weight and four input values. CPU adapters (gemm_style "registers") read
+textures instead where they fit (depthwise_cpu).
 """
 
 from __future__ import annotations
 
+from convroute.kernels import depthwise_cpu, direct_cpu
 from convroute.kernels.common import ceil_div
 from convroute.kernels.sliding_window import FlatConv
 
@@ -64,8 +66,40 @@ class Depthwise(FlatConv):
 
     def prepare(self, weight, bias):
         self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK))
+        self.tex = None
+        if self.gpu.profile.gemm_style == "registers" and depthwise_cpu.layout(self.p, 1) is not None:
+            fmt = direct_cpu.FORMATS[self.dtype]
+            texels = depthwise_cpu.weight_texels(weight)
+            w_tex = self.gpu.texture_array(texels.shape[2], texels.shape[1], texels.shape[0], fmt,
+                                           "depthwise weight texels")
+            self.gpu.write_texture(w_tex, texels.astype(self.precision.numpy))
+            header = self.precision.wgsl()
+            self.tex = (w_tex, direct_cpu.repack_shader(header, fmt),
+                        depthwise_cpu.generate(self.p, header, self.epilogue.wgsl()), {})
+            self.gpu.pipeline(self.tex[1])
+            self.gpu.pipeline(self.tex[2])
 
     def bind(self, x, y, n):
         p = self.p
+        layout = depthwise_cpu.layout(p, n) if self.tex else None
+        if layout:
+            return self.bind_textures(x, y, n, layout)
         owb = ceil_div(p.wo, 4)
         return self.launch(x, y, mult=p.c_out // p.c_in, owb=owb, total=n * p.c_out * p.ho * owb)
+
+    def bind_textures(self, x, y, n, layout):
+        p = self.p
+        w_tex, repack, source, inputs = self.tex
+        if n not in inputs:
+            height, layers = direct_cpu.TextureLayout.shape(layout.rows)
+            inputs[n] = self.gpu.texture_array(layout.width, height, layers, direct_cpu.FORMATS[self.dtype],
+                                               "depthwise's padded input", writable=True)
+        grid = depthwise_cpu.grid(p, n)
+        values = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
+                      pw=p.padding[1])
+        wg = depthwise_cpu.WG
+        params = self.param_buffer(depthwise_cpu.PARAMS, self.shape_values(mult=p.c_out // p.c_in, hp=layout.hp,
+                                                                           **grid))
+        return [self.gpu.dispatch(repack, [self.param_buffer(direct_cpu.REPACK_PARAMS, values), x, inputs[n]],
+                                  layout.rows * wg, wg),
+                self.gpu.dispatch(source, [params, inputs[n], w_tex, self.b_buf, y], grid["total"], wg)]

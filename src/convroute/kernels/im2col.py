@@ -4,11 +4,13 @@ The column matrix is [K_pad, S]: row k = (c, kh, kw) of the window, column j = o
 rows past K are zeros. Each gather invocation writes one vec4 (four neighbouring columns of one row).
 When the matrix for the whole batch would exceed one storage binding, the output pixels are processed in
 chunks: per chunk one gather dispatch and one GEMM dispatch that writes its slice of the output.
+CPU adapters write and read the column matrix as a texture where it fits (im2col_tex, gemm_tex), else as a
+buffer for gemm_cpu's register tiles.
 """
 
 from __future__ import annotations
 
-from convroute.kernels import gemm, gemm_cpu
+from convroute.kernels import gemm, gemm_cpu, im2col_tex
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import ceil_div, storage
 from convroute.kernels.flat import flat_shader, launch
@@ -63,6 +65,8 @@ class Im2col(ConvKernel):
         self.gather_source = flat_shader(GATHER_PARAMS, storage("x", "col!:vec4<ST>"), GATHER,
                                          precision=self.precision)
         self.gpu.pipeline(self.gather_source)
+        self.tex = im2col_tex.ColumnTextures(self, weight, bias, repack=True) \
+            if self.cpu and im2col_tex.ColumnTextures.wanted(self) else None
 
     @property
     def gemm(self) -> gemm.Gemm:
@@ -88,6 +92,8 @@ class Im2col(ConvKernel):
         pixels = p.ho * p.wo
         total = n * pixels
         padded = n * ceil_div(pixels, 4) * 4
+        if self.tex and self.tex.fits(n):
+            return self.tex.bind(x, y, n, residual)
         if self.cpu and self.chunk_columns(padded) == padded:  # one matrix, image b's columns from vec4 b * pp/4
             s4 = padded // 4
             col = self.scratch.get(4 * self.precision.itemsize * s4 * self.k_pad, "im2col column matrix")

@@ -2,12 +2,13 @@
 
 B[k, j] is input channel k at the pixel that output pixel j sees (zero in the padding). Each invocation
 works out its four B columns' input offsets once; the K loop then only adds k * H * W. With stride 1, no
-padding and H*W a multiple of 4, four neighbouring columns are one aligned vec4 of the input.
+padding and H*W a multiple of 4, four neighbouring columns are one aligned vec4 of the input. CPU adapters
+copy B into a texture for gemm_tex where it fits (im2col_tex), else read it with gemm_cpu's register tiles.
 """
 
 from __future__ import annotations
 
-from convroute.kernels import gemm, gemm_cpu
+from convroute.kernels import gemm, gemm_cpu, im2col_tex
 from convroute.kernels.base import ConvKernel
 
 PARAMS = ["c_in", "h", "w", "wo", "sh", "sw", "ph", "pw", "hw"]
@@ -63,7 +64,9 @@ class Pointwise(ConvKernel):
         self.bsrc = gemm_cpu.VecColumns if self.vec4 else gemm_cpu.Windows  # CPU adapters: gemm_cpu register tiles
         trips = p.c_in if self.vec4 else gemm_cpu.Windows.trips(p.c_in, 1, 1)
         self.cpu = gemm_cpu.for_conv(self, weight, bias, trips)
-        if self.cpu:
+        if self.cpu:  # reading textures where they fit (im2col_tex), else the buffers
+            self.tex = im2col_tex.ColumnTextures(self, weight, bias, repack=False) \
+                if im2col_tex.ColumnTextures.wanted(self) else None
             return
         decl, setup, load = (VEC4_DECL, VEC4_SETUP, VEC4_LOAD) if self.vec4 else \
             (SCALAR_DECL, SCALAR_SETUP, SCALAR_LOAD)
@@ -74,6 +77,8 @@ class Pointwise(ConvKernel):
         self.residual_buffers(residual)
         p = self.p
         pixels = p.ho * p.wo
+        if self.cpu and self.tex and self.tex.fits(n):
+            return self.tex.bind(x, y, n, residual)
         if self.cpu:  # columns are one image's pixels, one launch over the images
             hw4 = p.h * p.w // 4
             conv = None if self.vec4 else gemm_cpu.Windows.params(p)

@@ -1,0 +1,60 @@
+"""depthwise on CPU adapters (register style): the texture kernel (depthwise_cpu) where its code stays small and
+the textures fit, the buffer kernel past that; both against float64 PyTorch, whatever device runs the tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import assert_matches, random_inputs, reference
+from convroute import conv2d
+from convroute.device.gpu import get_gpu
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS, depthwise_cpu
+from convroute.kernels.common import F16_FEATURE, Epilogue
+from convroute.params import make_params
+
+LAYERS = {  # sizes that fill no tile; multiplier 2; stride, dilation, uneven padding; a 5x3 kernel; batch 2
+    "3x3": make_params((2, 5, 13, 11), (5, 1, 3, 3), 1, 1, groups=5),
+    "mult2-s2-d2": make_params((1, 3, 17, 10), (6, 1, 3, 3), 2, (2, 1), (2, 2), groups=3),
+    "5x3-s(1,2)": make_params((1, 4, 9, 15), (4, 1, 5, 3), (1, 2), (2, 0), groups=4),
+}
+
+
+def register_style(monkeypatch):
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "registers"))
+
+
+def run(p, x, w, b, activation, **kwargs):
+    return conv2d(x, w, b, p.stride, p.padding, p.dilation, p.groups, activation=activation,
+                  algorithm="depthwise", **kwargs)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_texture_kernel_matches_torch(monkeypatch, layer):
+    register_style(monkeypatch)
+    p = LAYERS[layer]
+    x, w, b = random_inputs(p, np.random.default_rng(50))
+    assert ALGORITHMS["depthwise"](get_gpu(), p, w, b, Epilogue()).tex is not None
+    assert_matches(run(p, x, w, b, "relu6"), reference(p, x, w, b, "relu6"), f"depthwise textures on {layer}")
+
+
+def test_large_kernels_keep_the_buffer_kernel(monkeypatch):
+    register_style(monkeypatch)
+    monkeypatch.setattr(depthwise_cpu, "MAX_FMAS", 8)  # a 3x3 kernel unrolls 72 FMAs per invocation
+    p = LAYERS["mult2-s2-d2"]
+    x, w, b = random_inputs(p, np.random.default_rng(51))
+    assert ALGORITHMS["depthwise"](get_gpu(), p, w, b, Epilogue()).tex is None
+    assert_matches(run(p, x, w, b, "silu"), reference(p, x, w, b, "silu"), "depthwise buffer kernel")
+
+
+@pytest.mark.skipif(F16_FEATURE not in get_gpu().profile.features, reason=f"the adapter lacks {F16_FEATURE}")
+def test_texture_kernel_in_float16(monkeypatch):
+    register_style(monkeypatch)
+    p = LAYERS["3x3"]
+    x, w, b = random_inputs(p, np.random.default_rng(52))
+    out = run(p, x, w, b, None, dtype="float16")
+    ref = reference(p, x, w, b)
+    assert out.dtype == np.float16
+    err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
+    assert err <= 1e-2, f"depthwise fp16 textures: relative error {err:.3g}"
