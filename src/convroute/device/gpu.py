@@ -197,6 +197,12 @@ class Gpu:
             texture = self.device.create_texture(size=(width, height, layers), format=fmt, usage=usage)
             return texture.create_view(dimension="2d-array")
 
+    def texture_of(self, array: np.ndarray, fmt: str, what: str):
+        """A texture array holding `array` [layers, height, width, channels] (numpy's dtype for `fmt`)."""
+        view = self.texture_array(array.shape[2], array.shape[1], array.shape[0], fmt, what)
+        self.write_texture(view, array)
+        return view
+
     def write_texture(self, view, array: np.ndarray) -> None:
         """Copy `array` [layers, height, width, channels] (the texture's format in numpy) into the texture."""
         layers, height, width = array.shape[:3]

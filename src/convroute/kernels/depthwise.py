@@ -69,10 +69,8 @@ class Depthwise(FlatConv):
         self.tex = None
         if self.gpu.profile.gemm_style == "registers" and depthwise_cpu.layout(self.p, 1) is not None:
             fmt = direct_cpu.FORMATS[self.dtype]
-            texels = depthwise_cpu.weight_texels(weight)
-            w_tex = self.gpu.texture_array(texels.shape[2], texels.shape[1], texels.shape[0], fmt,
-                                           "depthwise weight texels")
-            self.gpu.write_texture(w_tex, texels.astype(self.precision.numpy))
+            w_tex = self.gpu.texture_of(depthwise_cpu.weight_texels(weight).astype(self.precision.numpy), fmt,
+                                        "depthwise weight texels")
             header = self.precision.wgsl()
             self.tex = (w_tex, direct_cpu.repack_shader(header, fmt),
                         depthwise_cpu.generate(self.p, header, self.epilogue.wgsl()), {})
@@ -91,15 +89,11 @@ class Depthwise(FlatConv):
         p = self.p
         w_tex, repack, source, inputs = self.tex
         if n not in inputs:
-            height, layers = direct_cpu.TextureLayout.shape(layout.rows)
-            inputs[n] = self.gpu.texture_array(layout.width, height, layers, direct_cpu.FORMATS[self.dtype],
-                                               "depthwise's padded input", writable=True)
+            inputs[n] = direct_cpu.input_texture(self.gpu, layout, direct_cpu.FORMATS[self.dtype],
+                                                 "depthwise's padded input")
         grid = depthwise_cpu.grid(p, n)
-        values = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
-                      pw=p.padding[1])
-        wg = depthwise_cpu.WG
         params = self.param_buffer(depthwise_cpu.PARAMS, self.shape_values(mult=p.c_out // p.c_in, hp=layout.hp,
                                                                            **grid))
-        return [self.gpu.dispatch(repack, [self.param_buffer(direct_cpu.REPACK_PARAMS, values), x, inputs[n]],
-                                  layout.rows * wg, wg),
-                self.gpu.dispatch(source, [params, inputs[n], w_tex, self.b_buf, y], grid["total"], wg)]
+        return [direct_cpu.repack_dispatch(self, repack, x, inputs[n], layout),
+                self.gpu.dispatch(source, [params, inputs[n], w_tex, self.b_buf, y], grid["total"],
+                                  depthwise_cpu.WG)]

@@ -374,13 +374,11 @@ class Direct(ConvKernel):
                 self._textures[n] = None
                 return None
             fmt = direct_cpu.FORMATS[self.dtype]
-            height, layers = layout.shape(layout.rows)
-            xt = self.gpu.texture_array(layout.width, height, layers, fmt, "direct's padded input", writable=True)
+            xt = direct_cpu.input_texture(self.gpu, layout, fmt, "direct's padded input")
             if self._weight_texture is None:  # the same at every batch
                 texels = direct_cpu.weight_texels(self.weight, p, tile, layout)
-                self._weight_texture = self.gpu.texture_array(texels.shape[2], texels.shape[1], texels.shape[0],
-                                                              fmt, "direct's weights")
-                self.gpu.write_texture(self._weight_texture, texels.astype(self.precision.numpy))
+                self._weight_texture = self.gpu.texture_of(texels.astype(self.precision.numpy), fmt,
+                                                           "direct's weights")
             self._textures[n] = (layout, xt, self._weight_texture)
         return self._textures[n]
 
@@ -396,11 +394,8 @@ class Direct(ConvKernel):
             return [self.gpu.dispatch(source, [params, x, w_buf, self.bias_buf, y, *res], grid["total"],
                                       direct_cpu.WG)]
         layout, xt, wt = textures
-        repack = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
-                      pw=p.padding[1])
         values = self.shape_values(n=n, groups=p.groups, bpg=bpg, hp=layout.hp, wrow=layout.icw * p.kh * p.kw,
                                    icr=layout.icr, **grid)
-        return [self.gpu.dispatch(self.repack_source(), [self.param_buffer(direct_cpu.REPACK_PARAMS, repack), x, xt],
-                                  layout.rows * direct_cpu.WG, direct_cpu.WG),
+        return [direct_cpu.repack_dispatch(self, self.repack_source(), x, xt, layout),
                 self.gpu.dispatch(self.source, [self.param_buffer(direct_cpu.TEX_PARAMS, values), xt, wt,
                                                 self.bias_buf, y, *res], grid["total"], direct_cpu.WG)]

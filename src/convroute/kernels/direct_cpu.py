@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from convroute.device.gpu import Dispatch
 from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.kernels.common import ceil_div, split_index, storage, storage_frame
 
@@ -171,6 +172,21 @@ def weight_texels(weight: np.ndarray, p, tile: RegisterTile, layout: TextureLayo
     flat = np.zeros((layers * height, layout.icw * khw, 4), np.float32)
     flat[:layout.w_rows] = w.reshape(layout.w_rows, layout.icw * khw, 4)
     return flat.reshape(layers, height, layout.icw * khw, 4)
+
+
+def input_texture(gpu, layout, fmt: str, what: str):
+    """The texture the repack pass writes: `layout.rows` flat rows of `layout.width` texels."""
+    height, layers = TextureLayout.shape(layout.rows)
+    return gpu.texture_array(layout.width, height, layers, fmt, what, writable=True)
+
+
+def repack_dispatch(kernel, source: str, x, xt, layout) -> Dispatch:
+    """`kernel`'s repack pass (`source`, from repack_shader) of its input `x` into `xt`: `layout.rows` rows of
+    `layout.width` texels, `layout.hp` padded rows per plane."""
+    p = kernel.p
+    values = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
+                  pw=p.padding[1])
+    return kernel.gpu.dispatch(source, [kernel.param_buffer(REPACK_PARAMS, values), x, xt], layout.rows * WG, WG)
 
 
 def repack_shader(header: str, fmt: str) -> str:

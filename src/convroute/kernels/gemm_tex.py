@@ -159,8 +159,7 @@ class TexGemm:
         a[:self.m, :k] = weights
         texels = a.reshape(layers, height, 4, self.k_pad).transpose(0, 1, 3, 2)
         self.fmt = FORMATS[precision.dtype]
-        self.w_tex = gpu.texture_array(self.k_pad, height, layers, self.fmt, "packed weight texels")
-        gpu.write_texture(self.w_tex, np.ascontiguousarray(texels, precision.numpy))
+        self.w_tex = gpu.texture_of(np.ascontiguousarray(texels, precision.numpy), self.fmt, "packed weight texels")
         self.b_buf = gpu.upload(np.asarray(bias, np.float32), "bias")
 
     def columns(self, texels: int, what: str):

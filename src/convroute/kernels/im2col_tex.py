@@ -182,9 +182,7 @@ class ColumnTextures:
             p, gpu, fmt = self.kernel.p, self.kernel.gpu, self.gemm.fmt
             xt = None
             if self.repack:
-                layout = PaddedInput.of(p, n)
-                height, layers = TextureLayout.shape(layout.rows)
-                xt = gpu.texture_array(layout.width, height, layers, fmt, "padded input texels", writable=True)
+                xt = direct_cpu.input_texture(gpu, PaddedInput.of(p, n), fmt, "padded input texels")
             self._textures[n] = (xt, self.gemm.columns(n * ceil_div(p.ho * p.wo, 4), "column texels"))
         return self._textures[n]
 
@@ -199,10 +197,7 @@ class ColumnTextures:
                                      hp=layout.hp)
         dispatches = []
         if self.repack:
-            repack = dict(total=layout.rows, width=layout.width, hp=layout.hp, h=p.h, w=p.w, ph=p.padding[0],
-                          pw=p.padding[1])
-            dispatches.append(gpu.dispatch(self.repack, [kernel.param_buffer(direct_cpu.REPACK_PARAMS, repack), x,
-                                                         xt], layout.rows * WG, WG))
+            dispatches.append(direct_cpu.repack_dispatch(kernel, self.repack, x, xt, layout))
         groups = ceil_div(self.gemm.k_pad, self.rows_per_group)
         dispatches.append(gpu.dispatch(self.gather, [kernel.param_buffer(PARAMS, values), xt or x, col],
                                        groups * WG, WG))
