@@ -44,8 +44,8 @@ class Epilogue:
             return cls("clamp", lo, hi)
         raise ValueError(f"unknown activation {activation!r}")
 
-    def wgsl(self) -> str:
-        """`fn act(v: f32) -> f32`; a NaN passes through as in PyTorch (see keep_nan)."""
+    def wgsl(self, name: str = "act") -> str:
+        """`fn act(v: f32) -> f32` (or another `name`); a NaN passes through as in PyTorch (see keep_nan)."""
         body = {
             "none": "return v;",
             "relu": "return select(v, 0.0, v < 0.0);",
@@ -56,7 +56,7 @@ class Epilogue:
             "silu": "return v / (1.0 + exp(-v));",
             "sigmoid": "return 1.0 / (1.0 + exp(-v));",
         }[self.kind]
-        return keep_nan(body)
+        return keep_nan(body, name)
 
 
 # WGSL lets compilers assume no NaN, and NVIDIA's turns select(v, 0.0, v < 0.0) into a max that returns 0 for
@@ -64,12 +64,13 @@ class Epilogue:
 NAN_BITS = "(bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u"
 
 
-def keep_nan(body: str) -> str:
-    """`fn act(v: f32) -> f32` running `body` (WGSL that returns a value) for every v but NaN, which it returns."""
+def keep_nan(body: str, name: str = "act") -> str:
+    """`fn act(v: f32) -> f32` (or another `name`) running `body` (WGSL that returns a value) for every v but NaN,
+    which it returns."""
     if body == "return v;":
-        return "fn act(v: f32) -> f32 { return v; }\n"
-    return (f"fn act_number(v: f32) -> f32 {{ {body} }}\n"
-            f"fn act(v: f32) -> f32 {{ return select(act_number(v), v, {NAN_BITS}); }}\n")
+        return f"fn {name}(v: f32) -> f32 {{ return v; }}\n"
+    return (f"fn {name}_number(v: f32) -> f32 {{ {body} }}\n"
+            f"fn {name}(v: f32) -> f32 {{ return select({name}_number(v), v, {NAN_BITS}); }}\n")
 
 
 def _f32(x: float) -> str:

@@ -10,8 +10,6 @@ The depthwise sums are f32 whatever the precision; the GEMM sees them in its sum
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
@@ -57,11 +55,6 @@ def unfusable(dw: ConvParams, pw: ConvParams) -> str | None:
     return None
 
 
-def renamed_act(epilogue: Epilogue) -> str:
-    """The depthwise conv's activation as `fn dw_act` (the GEMM's own store uses `act`)."""
-    return re.sub(r"\bact(_number)?\(", r"dw_act\1(", epilogue.wgsl())
-
-
 class DepthwisePointwise:
     """Prepacked weights of both convs; `bind(x, y, n, residual)` as a conv kernel's, x being the depthwise conv's
     input and y the 1x1 conv's output."""
@@ -81,7 +74,8 @@ class DepthwisePointwise:
         shape = constants(dict(C_IN=dw.c_in, WO=dw.wo, PIX=dw.ho * dw.wo, KH=dw.kh, KW=dw.kw, KHW=dw.kh * dw.kw,
                                DH=dw.dilation[0], DW=dw.dilation[1], SH=dw.stride[0], SW=dw.stride[1]),
                           dict(H=dw.h, W=dw.w, PH=dw.padding[0], PW=dw.padding[1]))
-        decl = "\n".join(["", storage("x", "dww:f32", "dwb:f32", first=4), shape, renamed_act(dw_act), B_DECL])
+        # the depthwise activation is `dw_act`: the GEMM's own store uses `act`
+        decl = "\n".join(["", storage("x", "dww:f32", "dwb:f32", first=4), shape, dw_act.wgsl("dw_act"), B_DECL])
         bias = np.zeros(pw.c_out, np.float32) if pw_bias is None else np.asarray(pw_bias, np.float32)
         self.gemm = gemm.Gemm(gpu, pw_weight.reshape(pw.c_out, -1), bias, epilogue, decl, B_SETUP, B_LOAD, [],
                               precision, residual=residual, b_bindings=3)
