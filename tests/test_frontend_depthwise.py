@@ -60,3 +60,18 @@ def test_a_fused_node_on_the_cpu_fallback_runs_the_depthwise_conv_first():
     out = run_on_cpu(pw, {"x": x}, {"wd": wd, "wp": wp})
     inner = torch.clamp(F.conv2d(x, wd, stride=2, padding=1, groups=4), 0, 6)
     torch.testing.assert_close(out, F.conv2d(inner, wp))
+
+
+def test_a_fused_pair_the_gpu_refuses_runs_on_the_cpu_and_is_explained(monkeypatch):
+    from convroute.frontend import lower
+    from convroute.frontend.lower import Unsupported
+
+    def refuse(*args):
+        raise Unsupported("refused for the test")
+    monkeypatch.setattr(lower, "_depthwise_pointwise", refuse)
+    model, x = InvertedResidual(c=8, expand=2), torch.randn(1, 8, 7, 6)
+    program, ref = compiled(model, x, device="nvidia", policy="seed", fuse_depthwise=True)
+    assert rel_error(program(x), ref) < 1e-4
+    rows = {r["name"]: r for r in program.convs()}
+    assert rows["dw.0"]["algorithm"] == rows["project.0"]["algorithm"] == "torch (CPU)"
+    assert rows["dw.0"]["input"] == (1, 16, 7, 6) and rows["project.0"]["input"] == (1, 16, 7, 6)

@@ -41,6 +41,11 @@ class Node:
     def op(self) -> str:
         return op_name(self.target)
 
+    def conv_input(self) -> Ref:
+        """The value a conv reads: args[0], or the result of the depthwise conv fused into it (whose input then
+        sits in args[0])."""
+        return Ref(self.depthwise.name) if self.depthwise else self.args[0]
+
     def refs(self) -> list[Ref]:
         inner = self.depthwise.args[1:] if self.depthwise else ()  # its weights; its input is args[0]
         return list(iter_refs((self.args, self.kwargs, self.residual, inner)))

@@ -102,7 +102,7 @@ def out_meta(node: Node):
 def conv_params(ctx: Context, node: Node) -> ConvParams:
     """The conv's parameters; for a 1x1 conv with a depthwise conv fused in, the 1x1's own (its input is the
     depthwise conv's result)."""
-    x, w = (Ref(node.depthwise.name) if node.depthwise else node.args[0]), node.args[1]
+    x, w = node.conv_input(), node.args[1]
     stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
     xm = ctx.tensor(x)
     weight = ctx.const(w, "weight")
@@ -126,11 +126,10 @@ def fuses_depthwise(ctx: Context, dw: Node, conv: Node) -> bool:
     fuse_depthwise_pointwise asks): on GPUs (workgroup-tiled GEMMs; a CPU adapter's GEMM is the register-tile
     kernel), for a pair the kernel takes, routed to `depthwise` and to a GEMM over the 1x1's input, which the
     fused kernel replaces with one GEMM whose B load computes the depthwise output."""
-    if ctx.profile.gemm_style != "workgroup" or dw.act == "hardsigmoid":
+    if ctx.profile.gemm_style != "workgroup":
         return False
     try:
-        pd, pc = conv_params(ctx, dw), conv_params(ctx, conv)
-        ctx.const(dw.args[1], "weight"), ctx.const(conv.args[1], "weight")
+        pd, pc = conv_params(ctx, dw), conv_params(ctx, conv)  # Unsupported where a weight is not a constant
     except (Unsupported, ValueError):
         return False
     return unfusable(pd, pc) is None and route_conv(ctx, dw, pd).algorithm == "depthwise" \
@@ -156,19 +155,21 @@ def lower_conv(ctx: Context, node: Node) -> GpuOp:
             raise Unsupported(f"its residual is not of the output's shape {p.output_shape}")
         inputs.append(node.residual.name)
     bias = None if bias is None else bias.numpy()
+    inner = None
     if node.depthwise is not None:
-        return _lower_depthwise_pointwise(ctx, node, p, weight.numpy(), bias, decision, inputs)
-    kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), bias, node.act or Epilogue(),
-                                            dtype=ctx.precision.dtype, accumulate=ctx.precision.accumulate,
-                                            residual=node.residual is not None)
+        kernel, decision, inner = _depthwise_pointwise(ctx, node, p, weight.numpy(), bias, decision)
+    else:
+        kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), bias, node.act or Epilogue(),
+                                                dtype=ctx.precision.dtype, accumulate=ctx.precision.accumulate,
+                                                residual=node.residual is not None)
 
     def bind(ins, out):
         return kernel.bind(ins[0], out, p.n, *ins[1:])
-    return GpuOp(node, inputs, bind, p.flops, p, decision)
+    return GpuOp(node, inputs, bind, p.flops + (inner.flops if inner else 0), p, decision, inner=inner)
 
 
-def _lower_depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, decision: Decision,
-                               inputs: list[str]) -> GpuOp:
+def _depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, decision: Decision):
+    """(kernel, decision, depthwise params) of a 1x1 conv with the depthwise conv before it fused in."""
     dw = node.depthwise
     pd = conv_params(ctx, dw)
     dw_bias = ctx.const(dw.args[2], "bias")
@@ -180,10 +181,7 @@ def _lower_depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, 
                      f"this 1x1 ({decision.algorithm}: {decision.reason}) as one GEMM computing the depthwise "
                      f"output in its B load", decision.policy, decision.device, decision.dtype,
                      decision.force_direct)
-
-    def bind(ins, out):
-        return kernel.bind(ins[0], out, p.n, *ins[1:])
-    return GpuOp(node, inputs, bind, pd.flops + p.flops, p, fused, inner=pd)
+    return kernel, fused, pd
 
 
 def lower_activation(ctx: Context, node: Node) -> GpuOp:

@@ -239,15 +239,15 @@ class Program:
             if s.node.op != "convolution":
                 continue
             p, d = (s.op.params, s.op.decision) if s.op else (None, None)
+            algorithm = d.algorithm if d else "torch (CPU)"
             if s.node.depthwise is not None:
-                rows.append(self._conv_row(s.node.depthwise, s.op.inner, s.where, d.algorithm,
+                rows.append(self._conv_row(s.node.depthwise, s.op.inner if s.op else None, s.where, algorithm,
                                            "runs inside the 1x1 conv after it (see its row)"))
-            rows.append(self._conv_row(s.node, p, s.where, d.algorithm if d else "torch (CPU)",
-                                       d.reason if d else s.reason))
+            rows.append(self._conv_row(s.node, p, s.where, algorithm, d.reason if d else s.reason))
         return rows
 
     def _conv_row(self, node, p, where: str, algorithm: str, reason: str) -> dict:
-        in_shape = p.input_shape if p else tuple(self.plan.metas[node.args[0].name].shape)
+        in_shape = p.input_shape if p else tuple(self.plan.metas[node.conv_input().name].shape)
         w = node.args[1]
         w_shape = p.weight_shape if p else tuple(getattr(self.plan.graph.constants.get(w.name), "shape", ()))
         return dict(name=node.module or node.name, input=in_shape, weight=w_shape, stride=tuple(node.args[3]),
