@@ -187,12 +187,10 @@ class Gpu:
         with self.checked(f"allocating {what} ({size} bytes)"):
             return self.device.create_buffer(size=size, usage=usage)
 
-    def texture_array(self, width: int, height: int, layers: int, fmt: str, what: str, writable: bool = False):
-        """A view of a new 2-D array texture of `layers` `fmt` images (sampled with textureLoad; `writable`:
-        also a storage texture that shaders write)."""
-        usage = wgpu.TextureUsage.TEXTURE_BINDING | wgpu.TextureUsage.COPY_DST
-        if writable:
-            usage |= wgpu.TextureUsage.STORAGE_BINDING
+    def texture_array(self, width: int, height: int, layers: int, fmt: str, what: str):
+        """A view of a new 2-D array texture of `layers` `fmt` images, bound as a storage texture: kernels read
+        it read-only (direct_cpu.read_texture) or write it."""
+        usage = wgpu.TextureUsage.STORAGE_BINDING | wgpu.TextureUsage.COPY_DST
         with self.checked(f"allocating {what} ({width} x {height} x {layers} {fmt} texels)"):
             texture = self.device.create_texture(size=(width, height, layers), format=fmt, usage=usage)
             return texture.create_view(dimension="2d-array")

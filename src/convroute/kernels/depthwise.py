@@ -73,7 +73,7 @@ class Depthwise(FlatConv):
                                         "depthwise weight texels")
             header = self.precision.wgsl()
             self.tex = (w_tex, direct_cpu.repack_shader(header, fmt),
-                        depthwise_cpu.generate(self.p, header, self.epilogue.wgsl()), {})
+                        depthwise_cpu.generate(self.p, header, fmt, self.epilogue.wgsl()), {})
             self.gpu.pipeline(self.tex[1])
             self.gpu.pipeline(self.tex[2])
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convroute.kernels.common import ceil_div, split_index, storage, storage_frame
-from convroute.kernels.direct_cpu import ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout
+from convroute.kernels.direct_cpu import ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout, read_texture
 
 WG = 8
 TR, TN = 4, 8  # output rows and columns per invocation
@@ -60,11 +60,11 @@ def weight_texels(weight: np.ndarray) -> np.ndarray:
     return flat.reshape(layers, height, per_row, 4)
 
 
-def generate(p, header: str, act: str) -> str:
+def generate(p, header: str, fmt: str, act: str) -> str:
     (sh, sw), (dh, dw) = p.stride, p.dilation
     span = (TN - 1) * sw + (p.kw - 1) * dw + 1
-    buffers = ("@group(0) @binding(1) var xt: texture_2d_array<f32>;\n"
-               "@group(0) @binding(2) var wt: texture_2d_array<f32>;\n" + storage("bias:f32", "y!", first=3))
+    buffers = (read_texture(1, "xt", fmt) + "\n" + read_texture(2, "wt", fmt) + "\n"
+               + storage("bias:f32", "y!", first=3))
     out = [storage_frame(header, PARAMS, buffers, act, WG),
            f"""  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
   if (t >= p.total) {{ return; }}""",
@@ -73,12 +73,12 @@ def generate(p, header: str, act: str) -> str:
   let oh0 = tri * {TR}u;
   let rb = (n * p.c_in + oc / p.mult) * p.hp + oh0 * {sh}u;
   let tx0 = tni * {TN * sw // 4}u;"""]
-    out += [f"  let w{q} = textureLoad(wt, vec2<u32>({q}u, oc & {MASK}), oc >> {ROW_BITS}u, 0);"
+    out += [f"  let w{q} = textureLoad(wt, vec2<u32>({q}u, oc & {MASK}), oc >> {ROW_BITS}u);"
             for q in range(ceil_div(p.kh * p.kw, 4))]
     rows = sorted({i * sh + kh * dh for i in range(TR) for kh in range(p.kh)})
     for off in rows:
         out.append(f"  let r{off} = rb + {off}u;")
-        out += [f"  let u{off}_{k} = textureLoad(xt, vec2<u32>(tx0 + {k}u, r{off} & {MASK}), r{off} >> {ROW_BITS}u, 0);"
+        out += [f"  let u{off}_{k} = textureLoad(xt, vec2<u32>(tx0 + {k}u, r{off} & {MASK}), r{off} >> {ROW_BITS}u);"
                 for k in range(ceil_div(span, 4))]
     for i in range(TR):
         for j in range(TN // 4):

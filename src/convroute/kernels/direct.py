@@ -287,7 +287,8 @@ class Direct(ConvKernel):
             self._weight_texture = None
             self.special = direct_cpu.specialised(p) and direct_cpu.texture_layout(p, self.tile, p.n) is not None
             if self.special:
-                self.source = direct_cpu.generate(p, self.tile, self.header, self.act, self.residual)
+                self.source = direct_cpu.generate(p, self.tile, self.header, direct_cpu.FORMATS[self.dtype], self.act,
+                                                  self.residual)
                 self.gpu.pipeline(self.repack_source())
             else:
                 self.source = self.generic_source(p.n)

@@ -174,10 +174,17 @@ def weight_texels(weight: np.ndarray, p, tile: RegisterTile, layout: TextureLayo
     return flat.reshape(layers, height, layout.icw * khw, 4)
 
 
+def read_texture(binding: int, name: str, fmt: str) -> str:
+    """The declaration of a texture array the CPU paths read: a read-only storage texture, whose textureLoad
+    (no mip level) costs lavapipe a third of a sampled texture's (0.66 vs 2.2 ns a texel per invocation,
+    NOTES session 9)."""
+    return f"@group(0) @binding({binding}) var {name}: texture_storage_2d_array<{fmt}, read>;"
+
+
 def input_texture(gpu, layout, fmt: str, what: str):
     """The texture the repack pass writes: `layout.rows` flat rows of `layout.width` texels."""
     height, layers = TextureLayout.shape(layout.rows)
-    return gpu.texture_array(layout.width, height, layers, fmt, what, writable=True)
+    return gpu.texture_array(layout.width, height, layers, fmt, what)
 
 
 def repack_dispatch(kernel, source: str, x, xt, layout) -> Dispatch:
@@ -235,7 +242,7 @@ def store_lines(tile: RegisterTile, residual: bool) -> list[str]:
     return out
 
 
-def generate(p, tile: RegisterTile, header: str, act: str, residual: bool = False) -> str:
+def generate(p, tile: RegisterTile, header: str, fmt: str, act: str, residual: bool = False) -> str:
     """The specialised kernel for `p`'s geometry (constants; every tap unrolled), reading the textures of
     TextureLayout. Per input channel it loads the tile's KH * KW * tm/4 weight texels and, per input row its
     windows read, ceil(span / 4) input texels; each input value serves every tap and pixel that reads it."""
@@ -243,8 +250,7 @@ def generate(p, tile: RegisterTile, header: str, act: str, residual: bool = Fals
     rg, tn, tr = tile.tm // 4, tile.tn, tile.tr
     khw = p.kh * p.kw
     texels = ceil_div(span(p, tile), 4)
-    textures = """@group(0) @binding(1) var xt: texture_2d_array<f32>;
-@group(0) @binding(2) var wt: texture_2d_array<f32>;"""
+    textures = read_texture(1, "xt", fmt) + "\n" + read_texture(2, "wt", fmt)
     buffers = textures + "\n" + storage("bias:f32", "y!", *(["res"] if residual else []), first=3)
     mask = f"{TEX_DIM - 1}u"
     digits = [("tni", "p.tiles_n"), ("tri", "p.tiles_r"), ("tmi", "p.tiles_m"), ("g", "p.groups")]
@@ -265,13 +271,13 @@ def generate(p, tile: RegisterTile, header: str, act: str, residual: bool = Fals
     for g in range(rg):
         emit(f"    let wr{g} = wb + {g}u * p.icr + wq;")
     out += [f"    let a{kh}_{kw}_{g} = textureLoad(wt, vec2<u32>(wx + {kh * p.kw + kw}u, wr{g} & {mask}), "
-            f"wr{g} >> {ROW_BITS}u, 0);" for kh in range(p.kh) for kw in range(p.kw) for g in range(rg)]
+            f"wr{g} >> {ROW_BITS}u);" for kh in range(p.kh) for kw in range(p.kw) for g in range(rg)]
     # all loads first, then every sum's taps back to back: a sum stays in registers for its KH * KW FMAs (the
     # tile's sums do not fit llvmpipe's registers; interleaved by kernel row, each FMA reloaded and stored its sum)
     for off in input_rows(p, tile):
         emit(f"    let r{off} = rb + {off}u;")
         out += [f"    let u{off}_{k} = textureLoad(xt, vec2<u32>(tx0 + {k}u, r{off} & {mask}), "
-                f"r{off} >> {ROW_BITS}u, 0);" for k in range(texels)]
+                f"r{off} >> {ROW_BITS}u);" for k in range(texels)]
     for i in range(tr):
         for j in range(tn):
             for g in range(rg):

@@ -22,7 +22,7 @@ import numpy as np
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import CPU_LOOP_LIMIT, residual_buffers, storage_params
 from convroute.kernels.common import FP32, Precision, ceil_div, storage, storage_frame
-from convroute.kernels.direct_cpu import FORMATS, ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout
+from convroute.kernels.direct_cpu import FORMATS, ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout, read_texture
 from convroute.kernels.gemm_cpu import WG
 
 PARAMS = ["m", "k", "cols", "pp4", "tiles_m", "tiles_n", "total", "bn"]
@@ -92,8 +92,9 @@ def generate(tile: TexTile, precision: Precision = FP32, act: str = "", residual
     block narrower), each block row tile by row tile, column tiles fastest."""
     rg, cg, u = tile.tm // 4, tile.tn // 4, tile.u
     mask = f"{TEX_DIM - 1}u"
-    buffers = ("@group(0) @binding(1) var wa: texture_2d_array<f32>;\n" + storage("bias:f32", "y!", first=2)
-               + "\n@group(0) @binding(4) var bt: texture_2d_array<f32>;"
+    fmt = FORMATS[precision.dtype]
+    buffers = (read_texture(1, "wa", fmt) + "\n" + storage("bias:f32", "y!", first=2) + "\n"
+               + read_texture(4, "bt", fmt)
                + (f"\n{storage('res', first=5)}" if residual else ""))
     out = [storage_frame(precision.wgsl(), PARAMS, buffers, act, WG),
            f"""  let g = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
@@ -115,9 +116,9 @@ def generate(tile: TexTile, precision: Precision = FP32, act: str = "", residual
     out.append(f"  for (var k = 0u; k < p.k; k += {u}u) {{")
     for q in range(u):
         out.append(f"    let k{q} = k + {q}u;")
-        out += [f"    let a{q}_{r} = textureLoad(wa, vec2<u32>(k{q}, ar{r} & {mask}), ar{r} >> {ROW_BITS}u, 0);"
+        out += [f"    let a{q}_{r} = textureLoad(wa, vec2<u32>(k{q}, ar{r} & {mask}), ar{r} >> {ROW_BITS}u);"
                 for r in range(rg)]
-        out += [f"    let b{q}_{c} = textureLoad(bt, vec2<u32>(bx{c}, k{q} & {mask}), k{q} >> {ROW_BITS}u, 0);"
+        out += [f"    let b{q}_{c} = textureLoad(bt, vec2<u32>(bx{c}, k{q} & {mask}), k{q} >> {ROW_BITS}u);"
                 for c in range(cg)]
     for j, r in sums:
         for q in range(u):
@@ -165,7 +166,7 @@ class TexGemm:
     def columns(self, texels: int, what: str):
         """A writable texture for a B of `texels` texels per row and k_pad rows."""
         height, layers = TextureLayout.shape(self.k_pad)
-        return self.gpu.texture_array(texels, height, layers, self.fmt, what, writable=True)
+        return self.gpu.texture_array(texels, height, layers, self.fmt, what)
 
     def dispatch(self, out, b_tex, batches: int, cols: int, pp4: int, residual=None,
                  tile: TexTile | None = None) -> Dispatch:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from convroute.kernels import direct_cpu, gemm_tex
 from convroute.kernels.common import ceil_div, storage, storage_frame
-from convroute.kernels.direct_cpu import ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout
+from convroute.kernels.direct_cpu import ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout, read_texture
 
 WG = 8
 PARAMS = ["c_in", "h", "w", "ho", "wo", "kh", "kw", "sh", "sw", "ph", "pw", "dh", "dw", "k", "k_pad", "pixels",
@@ -101,14 +101,14 @@ def buffer_gather(header: str, fmt: str) -> str:
 
 def texture_gather(header: str, fmt: str) -> str:
     """From the padded input texture, a load per pixel (any stride; pixels of a texel may span output rows)."""
-    out = [frame(header, fmt, "@group(0) @binding(1) var xt: texture_2d_array<f32>;"),
+    out = [frame(header, fmt, read_texture(1, "xt", fmt)),
            "    let plane = (b * p.c_in + c) * p.hp + dh;"]
     out.append(f"""    var qh = oh;
     var qw = ow;
     for (var q = 0u; q < 4u; q++) {{
       let xr = plane + min(qh, p.ho - 1u) * p.sh;
       let xc = qw * p.sw + dw;
-      let texel = textureLoad(xt, vec2<u32>(xc >> 2u, xr & {MASK}), xr >> {ROW_BITS}u, 0);
+      let texel = textureLoad(xt, vec2<u32>(xc >> 2u, xr & {MASK}), xr >> {ROW_BITS}u);
       v[q] = select(0.0, texel[xc & 3u], pix + q < p.pixels);""")
     return "\n".join(out) + STEP + STORE
 
@@ -118,7 +118,7 @@ def aligned_gather(header: str, fmt: str, kw: int, dw: int) -> str:
     of its kernel columns; a texel's four pixels are 4 neighbouring padded columns from a texel boundary, so
     its KW texels are fixed components of the (3 + (KW - 1) * dw) / 4 + 1 input texels loaded once."""
     loads = (3 + (kw - 1) * dw) // 4 + 1
-    buffers = ("@group(0) @binding(1) var xt: texture_2d_array<f32>;\n"
+    buffers = (read_texture(1, "xt", fmt) + "\n"
                f"@group(0) @binding(2) var col: texture_storage_2d_array<{fmt}, write>;")
     out = [storage_frame(header, PARAMS, buffers, "", WG) + f"""
   let g = wid.x + wid.y * nwg.x;
@@ -134,7 +134,7 @@ def aligned_gather(header: str, fmt: str, kw: int, dw: int) -> str:
     let x0 = (pix - oh * p.wo) >> 2u;
     let xr = (b * p.c_in + c) * p.hp + dh + oh * p.sh;
     let xl = xr >> {ROW_BITS}u;"""]
-    out += [f"    let u{i} = select(vec4<f32>(0.0), textureLoad(xt, vec2<u32>(x0 + {i}u, xr & {MASK}), xl, 0), live);"
+    out += [f"    let u{i} = select(vec4<f32>(0.0), textureLoad(xt, vec2<u32>(x0 + {i}u, xr & {MASK}), xl), live);"
             for i in range(loads)]
     for k in range(kw):
         comps = ", ".join(f"u{(k * dw + e) // 4}.{'xyzw'[(k * dw + e) % 4]}" for e in range(4))
