@@ -83,7 +83,7 @@ TEXTURE_LAYERS = [  # (algorithm, params): buffer gather; texture gather aligned
 def test_every_texture_tile_with_partial_tiles(monkeypatch, i, tile):
     """Each texture GEMM tile on one of the layers in turn (channels and pixel counts that fill no tile)."""
     use_style(monkeypatch, "registers")
-    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches: tile)
+    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches, k: tile)
     name, p = TEXTURE_LAYERS[i % len(TEXTURE_LAYERS)]
     x, w, b = random_inputs(p, np.random.default_rng(40 + i))
     kernel = ALGORITHMS[name](get_gpu(), p, w, b, Epilogue.parse("silu"))
@@ -98,7 +98,7 @@ def test_texture_gemm_in_column_blocks(monkeypatch, bn):
     of 4 and a narrower one), forced on a small layer of 2 row tiles, batch 2."""
     use_style(monkeypatch, "registers")
     monkeypatch.setattr(gemm_tex, "column_block", lambda a_bytes, b_bytes, tiles_n: bn)
-    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches: gemm_tex.TexTile(16, 28, 4))
+    monkeypatch.setattr(gemm_tex, "choose_tile", lambda m, cols, batches, k: gemm_tex.TexTile(16, 28, 4))
     p = make_params((2, 5, 12, 12), (20, 5, 3, 3), 1, 1)
     x, w, b = random_inputs(p, np.random.default_rng(39))
     assert_matches(run("im2col", p, x, w, b, "relu"), reference(p, x, w, b, "relu"), f"column blocks of {bn}")

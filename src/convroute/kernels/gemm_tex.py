@@ -27,7 +27,7 @@ from convroute.kernels.gemm_cpu import WG
 
 PARAMS = ["m", "k", "cols", "pp4", "tiles_m", "tiles_n", "total", "bn"]
 K_STEP = 8  # K is padded to a multiple of this (every tile's `u` divides it), with zero weights and columns
-M_STEP = 16  # rows padded to a multiple of every tile's tm
+M_STEP = 32  # rows padded to a multiple of every tile's tm
 CACHE_BYTES = 8 << 20  # a CPU's last-level cache, roughly (this box's EPYC: 8 MiB L3)
 
 
@@ -37,6 +37,7 @@ class TexTile:
     tn: int  # columns (output pixels) per invocation, a multiple of 4
     u: int  # K rows per loop trip
     per_fma: float = field(default=1.0, compare=False)  # relative time per FMA (measured on lavapipe)
+    min_k: int = field(default=0, compare=False)  # shorter K loops do not pay for the tile's sums and stores
 
     def __str__(self) -> str:
         return f"{self.tm}x{self.tn}x{self.u}"
@@ -46,10 +47,12 @@ class TexTile:
 # 16x20x8 15.6 with 2 % padding, 32x16x4 15.4, 32x32x2 16.0, 16x12x8 16.8 with 1 %, 16x8x8 19.2, 8x8x8 23.9;
 # 512@7, 49 columns: 16x28x4 16.4, 16x20x8 17.6, 16x16x8 18.6, as their padding predicts). On larger layers
 # 16x28x4 (fewer loads per FMA) gained: 256@56 261 vs 288 ms, 512@14 119 vs 134 (6 % of it padding), 128@112
-# even; so it wins ties.
-TILES = (TexTile(16, 28, 4, 0.95), TexTile(16, 16, 8), TexTile(16, 20, 8), TexTile(16, 12, 8, 1.08),
-         TexTile(16, 8, 8, 1.26), TexTile(8, 8, 8, 1.5), TexTile(8, 4, 8, 2.5))
-BUSY_WORKGROUPS = 8  # fewer leave lavapipe's threads idle part of the time (gemm_cpu wants 64 invocations too)
+# even; so it wins ties. Since the textures are read as storage textures (a third of the load's cost; session 9)
+# 32x28x4 is 0.84-0.96x 16x28x4 on VGG-16's im2col layers and 128@28, but loses where K is short (1x1s with
+# K 16-64: 1.16-1.27x the best) or the launch has under 12 workgroups (1024@14 -> 256 1x1: 7, 1.39x).
+TILES = (TexTile(32, 28, 4, 0.86, min_k=256), TexTile(16, 28, 4, 0.95), TexTile(16, 16, 8), TexTile(16, 20, 8),
+         TexTile(16, 12, 8, 1.08), TexTile(16, 8, 8, 1.26), TexTile(8, 8, 8, 1.5), TexTile(8, 4, 8, 2.5))
+BUSY_WORKGROUPS = 12  # fewer leave lavapipe's threads idle part of the time (gemm_cpu wants 64 invocations too)
 
 
 def tile_cost(m: int, cols: int, batches: int, tile: TexTile) -> float:
@@ -59,9 +62,9 @@ def tile_cost(m: int, cols: int, batches: int, tile: TexTile) -> float:
     return tiles * tile.tm * tile.tn * tile.per_fma / min(1.0, ceil_div(tiles, WG) / BUSY_WORKGROUPS)
 
 
-def choose_tile(m: int, cols: int, batches: int) -> TexTile:
-    """The cheapest tile by tile_cost (the first of equals)."""
-    return min(TILES, key=lambda t: tile_cost(m, cols, batches, t))
+def choose_tile(m: int, cols: int, batches: int, k: int) -> TexTile:
+    """The cheapest tile by tile_cost (the first of equals) among those for a K of `k`."""
+    return min((t for t in TILES if k >= t.min_k), key=lambda t: tile_cost(m, cols, batches, t))
 
 
 def padded_k(k: int) -> int:
@@ -172,7 +175,7 @@ class TexGemm:
                  tile: TexTile | None = None) -> Dispatch:
         """Out[b][:, :cols] for b < batches, image b's columns from texel b * pp4 of B's rows."""
         res = residual_buffers("a texture GEMM", self.residual, residual)
-        tile = tile or choose_tile(self.m, cols, batches)
+        tile = tile or choose_tile(self.m, cols, batches, self.k_pad)
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n
         values = dict(m=self.m, k=self.k_pad, cols=cols, pp4=pp4, tiles_m=tiles_m, tiles_n=tiles_n, total=total)
