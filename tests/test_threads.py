@@ -14,7 +14,7 @@ from torch import nn
 
 import convroute
 from conftest import random_inputs, reference
-from convroute.device.gpu import get_gpu
+from convroute.device.gpu import QuietPoller, get_gpu
 from convroute.params import make_params
 
 THREADS, CALLS = 16, 50
@@ -127,3 +127,50 @@ def test_route_from_many_threads():
     expected = [convroute.route(*shapes, padding=1, **kwargs) for shapes, kwargs in asks]
     assert all(decision == expected[k] for k, decision in got)
     assert [expected[k].algorithm for k in (4, 5)] == ["direct", "im2col"]
+
+
+@pytest.mark.gpu
+def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
+    """GPUs' read-backs spin on the device themselves with wgpu-py's poll thread left asleep (QuietPoller): many
+    threads reading at once, and others waiting through wgpu-py's own promises (queue.read_buffer, which
+    needs the poll thread), all finish with the right bytes. Forced on whatever adapter runs the tests."""
+    gpu = get_gpu()
+    poller = gpu.device._poller
+    shipped = poller.get_token
+    woken = []
+
+    def counting_token():
+        woken.append(threading.get_ident())
+        return shipped()
+
+    monkeypatch.setattr(poller, "get_token", counting_token)
+    quiet = QuietPoller.install(gpu.device)
+    monkeypatch.setattr(gpu, "_quiet", quiet)
+    monkeypatch.setattr(gpu, "_spins", True)
+    try:
+        data = [np.arange(256, dtype=np.float32) + 1000 * t for t in range(8)]
+        buffers = [gpu.upload(d, "test data") for d in data]
+        spinners, failures = set(), []
+
+        def reader(t: int):
+            try:
+                if t % 2:
+                    spinners.add(threading.get_ident())
+                    for _ in range(40):
+                        assert np.array_equal(gpu.read(buffers[t], (256,)), data[t])
+                else:
+                    for _ in range(40):
+                        gpu.wait(buffers[t])
+            except Exception as err:  # noqa: BLE001 (reported below)
+                failures.append(repr(err))
+
+        threads = [threading.Thread(target=reader, args=(t,), daemon=True) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=120)
+        assert not any(th.is_alive() for th in threads), "a read-back hung"
+        assert not failures, failures
+        assert woken and not spinners & set(woken), "a spinning read-back woke the poll thread"
+    finally:
+        poller.get_token = shipped

@@ -38,6 +38,7 @@ class TexTile:
     u: int  # K rows per loop trip
     per_fma: float = field(default=1.0, compare=False)  # relative time per FMA (measured on lavapipe)
     min_k: int = field(default=0, compare=False)  # shorter K loops do not pay for the tile's sums and stores
+    min_macs: int = field(default=0, compare=False)  # per image: smaller products do not pay for its compile
 
     def __str__(self) -> str:
         return f"{self.tm}x{self.tn}x{self.u}"
@@ -49,9 +50,12 @@ class TexTile:
 # 16x28x4 (fewer loads per FMA) gained: 256@56 261 vs 288 ms, 512@14 119 vs 134 (6 % of it padding), 128@112
 # even; so it wins ties. Since the textures are read as storage textures (a third of the load's cost; session 9)
 # 32x28x4 is 0.84-0.96x 16x28x4 on VGG-16's im2col layers and 128@28, but loses where K is short (1x1s with
-# K 16-64: 1.16-1.27x the best) or the launch has under 12 workgroups (1024@14 -> 256 1x1: 7, 1.39x).
-TILES = (TexTile(32, 28, 4, 0.86, min_k=256), TexTile(16, 28, 4, 0.95), TexTile(16, 16, 8), TexTile(16, 20, 8),
-         TexTile(16, 12, 8, 1.08), TexTile(16, 8, 8, 1.26), TexTile(8, 8, 8, 1.5), TexTile(8, 4, 8, 2.5))
+# K 16-64: 1.16-1.27x the best) or the launch has under 12 workgroups (1024@14 -> 256 1x1: 7, 1.39x). lavapipe
+# compiles it in ~14 s (16x28x4 ~4 s, 32x28x2 ~11: the time grows with the sums), so only products of 50 M
+# multiply-adds per image (a run of ~20 ms or more there) take it.
+TILES = (TexTile(32, 28, 4, 0.86, min_k=256, min_macs=50_000_000), TexTile(16, 28, 4, 0.95), TexTile(16, 16, 8),
+         TexTile(16, 20, 8), TexTile(16, 12, 8, 1.08), TexTile(16, 8, 8, 1.26), TexTile(8, 8, 8, 1.5),
+         TexTile(8, 4, 8, 2.5))
 BUSY_WORKGROUPS = 12  # fewer leave lavapipe's threads idle part of the time (gemm_cpu wants 64 invocations too)
 
 
@@ -63,8 +67,9 @@ def tile_cost(m: int, cols: int, batches: int, tile: TexTile) -> float:
 
 
 def choose_tile(m: int, cols: int, batches: int, k: int) -> TexTile:
-    """The cheapest tile by tile_cost (the first of equals) among those for a K of `k`."""
-    return min((t for t in TILES if k >= t.min_k), key=lambda t: tile_cost(m, cols, batches, t))
+    """The cheapest tile by tile_cost (the first of equals) among those for a K of `k` and this much work."""
+    usable = [t for t in TILES if k >= t.min_k and m * cols * k >= t.min_macs]
+    return min(usable, key=lambda t: tile_cost(m, cols, batches, t))
 
 
 def padded_k(k: int) -> int:
