@@ -38,10 +38,17 @@ def test_the_webgpu_implementation_is_named_or_refused(monkeypatch):
         webgpu_implementation()
 
 
+def test_files_keep_naming_the_implementation_the_process_runs_on(monkeypatch):
+    """device.webgpu imports one implementation for good: a later CONVROUTE_WEBGPU must not rename files."""
+    before, version = cache.device_file("calibration", "GPU X|vulkan"), cache.webgpu_version()
+    monkeypatch.setenv("CONVROUTE_WEBGPU", "dawn" if "-dawn-" not in before.name else "wgpu-native")
+    assert cache.device_file("calibration", "GPU X|vulkan") == before and cache.webgpu_version() == version
+
+
 def test_dawn_measurements_have_files_and_a_build_of_their_own(monkeypatch):
-    monkeypatch.delenv("CONVROUTE_WEBGPU", raising=False)
+    monkeypatch.setattr(cache, "process_webgpu_implementation", lambda: "wgpu-native")
     native, native_version = cache.device_file("calibration", "GPU X|vulkan"), cache.webgpu_version()
-    monkeypatch.setenv("CONVROUTE_WEBGPU", "dawn")
+    monkeypatch.setattr(cache, "process_webgpu_implementation", lambda: "dawn")
     dawn = cache.device_file("calibration", "GPU X|vulkan")
     assert dawn != native and dawn.name.startswith("calibration-dawn-gpu-x-")
     assert cache.webgpu_version().startswith("wgpudawn ") and not native_version.startswith("wgpudawn")

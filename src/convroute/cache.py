@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
-from convroute.settings import WEBGPU_IMPLEMENTATIONS, webgpu_implementation
+from convroute.settings import WEBGPU_IMPLEMENTATIONS, process_webgpu_implementation
 
 KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 
@@ -59,8 +59,9 @@ def device_file(kind: str, device_key: str, dtype: str = "float32") -> Path:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device_key.split("|")[0]).strip("-").lower()[:40] or "device"
     digest = hashlib.sha256(device_key.encode()).hexdigest()[:12]
     prefix = kind if dtype == "float32" else f"{kind}-{dtype}"
-    if webgpu_implementation() != "wgpu-native":  # its own files, so both implementations' can be kept
-        prefix = f"{prefix}-{webgpu_implementation()}"
+    implementation = process_webgpu_implementation()
+    if implementation != "wgpu-native":  # its own files, so both implementations' can be kept
+        prefix = f"{prefix}-{implementation}"
     return cache_dir() / f"{prefix}-{slug}-{digest}.json"
 
 
@@ -90,7 +91,7 @@ def build_stamp() -> dict:
 def webgpu_version() -> str:
     """wgpu-py's version ("0.32.0"), or the other implementation's package and version ("wgpudawn 0.32.0.4"):
     Dawn compiles the same WGSL to other machine code, so its timings are another build's."""
-    implementation = webgpu_implementation()
+    implementation = process_webgpu_implementation()
     package = WEBGPU_IMPLEMENTATIONS[implementation]
     return _version(package) if implementation == "wgpu-native" else f"{package} {_version(package)}"
 

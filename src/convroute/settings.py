@@ -4,6 +4,7 @@ WebGPU implementation runs the kernels)."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 ON = ("1", "true", "yes", "on")
@@ -34,3 +35,10 @@ def webgpu_implementation() -> str:
         raise ValueError(f"CONVROUTE_WEBGPU={os.environ['CONVROUTE_WEBGPU']!r}: use one of "
                          f"{', '.join(WEBGPU_IMPLEMENTATIONS)}")
     return value
+
+
+@functools.cache
+def process_webgpu_implementation() -> str:
+    """The implementation this process runs on: CONVROUTE_WEBGPU as first read (device.webgpu imports one
+    module for good, so measurement files must keep naming that one even if the variable changes later)."""
+    return webgpu_implementation()

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from convroute.settings import webgpu_implementation
+from convroute.settings import process_webgpu_implementation
 
-IMPLEMENTATION = webgpu_implementation()
+IMPLEMENTATION = process_webgpu_implementation()
 
 if IMPLEMENTATION == "dawn":
     try:
