@@ -261,14 +261,17 @@ class Gpu:
         quiet = self._quiet
         with quiet.spinning() if quiet else nullcontext():
             promise = staging.map_async("READ_NOSYNC", 0, nbytes)
+        token = None
         if self._spins and hasattr(promise, "_state"):
             while promise._state == "pending":
                 self.device._poll(False)
         elif quiet:  # no way to tell when it resolves: the poll thread resolves it after all
             token = quiet.real()
+        try:
             promise.sync_wait()
-            token.set_done()
-        promise.sync_wait()
+        finally:
+            if token is not None:
+                token.set_done()  # else the poll thread would go on polling for good
 
     # -- running ---------------------------------------------------------------------------------
     def encode(self, dispatches: list[Dispatch], encoder=None, timestamp_writes=None):
@@ -331,8 +334,9 @@ class QuietPoller:
 
     @classmethod
     def install(cls, device) -> QuietPoller | None:
+        """Installed on `device` (whose `_poll` the caller spins on), or None without wgpu-py's poll thread."""
         poller = getattr(device, "_poller", None)
-        if not hasattr(device, "_poll") or poller is None or not hasattr(poller, "get_token"):
+        if poller is None or not hasattr(poller, "get_token"):
             return None
         quiet = cls(poller.get_token)
         poller.get_token = quiet
