@@ -34,6 +34,19 @@ def test_every_sized_tile_with_partial_tiles(monkeypatch, layer, tile, splits):
     assert_matches(out, reference(p, x, w, b, "relu"), f"{name} tile {tile} k/{splits} on {p.describe()}")
 
 
+@pytest.mark.parametrize("splits", [3, 5, 8, 13, 18])
+@pytest.mark.parametrize("side", [(5, 7), (4, 6)], ids=["columns", "quads"])
+def test_every_split_count_adds_up(monkeypatch, side, splits):
+    """The reduce adds splits in blocks of 8, 4, 2 and 1 (common.sum_splits): each block size and the
+    remainder paths, storing single columns (35 pixels) and quads (24). K is 136, packed to 18 K steps of 8."""
+    use_style(monkeypatch, "workgroup")
+    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (SIZED["small"], splits))
+    p = make_params((1, 136, *side), (10, 136, 1, 1))
+    x, w, b = random_inputs(p, np.random.default_rng(splits))
+    out = conv2d(x, w, b, activation="relu6", algorithm="pointwise")
+    assert_matches(out, reference(p, x, w, b, "relu6"), f"{splits} K splits on {p.describe()}")
+
+
 @pytest.mark.parametrize("tile", [Tile(32, 32, 32, 4, 4), Tile(64, 32, 32, 4, 4)], ids=str)
 def test_tiles_with_several_b_loads_per_invocation(monkeypatch, tile):
     """Deep K steps (tools/gemm_tiles_bench.py --deep): each invocation loads bk*bn/4/threads B vec4s. K is

@@ -123,6 +123,34 @@ def split_index(index: str, digits: list[tuple[str, str]], last: str) -> str:
     return "\n".join(lines + [f"  let {last} = {rest};"])
 
 
+SPLIT_UNROLL = 8
+
+
+def _tree_sum(terms: list[str]) -> str:
+    while len(terms) > 1:
+        terms = [f"({a} + {b})" for a, b in zip(terms[::2], terms[1::2], strict=True)]
+    return terms[0]
+
+
+def sum_splits(total: str, base: str, stride: str, unroll: int = SPLIT_UNROLL) -> str:
+    """WGSL adding `part[base + s * stride]` for s < P.splits into the variable `total`: `unroll` (a power of
+    two) loads a trip summed as a tree, then the rest in halving blocks, so every load of a block is in flight
+    at once. A reduce's loads are independent; in a plain loop each waited for the last (a 32-way split-K
+    reduce took ~10 us on the H100, mostly serial L2 round trips)."""
+    def block(width: int) -> str:
+        return _tree_sum([f"part[o + {i}u * ss]" if i else "part[o]" for i in range(width)])
+    lines = ["", "  {", f"    let sb = {base};", f"    let ss = {stride};", "    var s = 0u;",
+             f"    for (; s + {unroll}u <= P.splits; s += {unroll}u) {{",
+             f"      let o = sb + s * ss; {total} += {block(unroll)};", "    }"]
+    width = unroll // 2
+    while width >= 1:
+        lines.append(f"    if (s + {width}u <= P.splits) {{ let o = sb + s * ss; {total} += {block(width)}; "
+                     f"s += {width}u; }}")
+        width //= 2
+    lines.append("  }")
+    return "\n".join(lines)
+
+
 def constants(u32: dict | None = None, i32: dict | None = None) -> str:
     """WGSL `const` lines: NAME: u32 for `u32`'s items, NAME: i32 for `i32`'s."""
     lines = [f"const {name}: u32 = {int(v)}u;" for name, v in (u32 or {}).items()]

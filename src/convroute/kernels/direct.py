@@ -28,7 +28,7 @@ import numpy as np
 
 from convroute.kernels import direct_cpu
 from convroute.kernels.base import CPU_LOOP_LIMIT, ConvKernel
-from convroute.kernels.common import ceil_div, constants, split_index, storage, storage_frame
+from convroute.kernels.common import ceil_div, constants, split_index, storage, storage_frame, sum_splits
 from convroute.kernels.flat import flat_shader, launch
 
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
@@ -249,8 +249,7 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
 
 
 REDUCE = """
-  var v = bias[(t / P.plane) % P.c_out];
-  for (var s = 0u; s < P.splits; s++) { v += part[s * P.count + t]; }
+  var v = bias[(t / P.plane) % P.c_out];""" + sum_splits("v", "t", "P.count") + """
   y[t] = ST(act(v));"""
 REDUCE_RESIDUAL = REDUCE.replace("act(v)", "act(v + f32(res[t]))")
 

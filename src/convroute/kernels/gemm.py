@@ -22,7 +22,7 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import Scratch, residual_buffers
-from convroute.kernels.common import FP32, Epilogue, Precision, ceil_div, pack, storage, uniform_block
+from convroute.kernels.common import FP32, Epilogue, Precision, ceil_div, pack, storage, sum_splits, uniform_block
 from convroute.kernels.flat import flat_shader, launch
 from convroute.kernels.gemm_tiles import NARROW, SIZED, TILES, Tile, fitting, generate
 
@@ -52,8 +52,7 @@ REDUCE_PARAMS = ["m", "cols", "col0", "p", "splits", "total"]
 REDUCE_SUM = """
   let m = t / P.cols;
   let j = t % P.cols;
-  var v = 0.0;
-  for (var s = 0u; s < P.splits; s++) { v += part[(s * P.m + m) * P.cols + j]; }
+  var v = 0.0;""" + sum_splits("v", "m * P.cols + j", "P.m * P.cols") + """
   let gj = P.col0 + j;"""
 REDUCE = REDUCE_SUM + f"\n  y[{OUT_INDEX}] = ST(act(v));"
 REDUCE_RESIDUAL = REDUCE_SUM + f"\n  let ro = {OUT_INDEX};\n  y[ro] = ST(act(v + f32(res[ro])));"
@@ -62,8 +61,7 @@ REDUCE4_SUM = """
   let c4 = P.cols / 4u;
   let m = t / c4;
   let j4 = t % c4;
-  var v = vec4<f32>(0.0);
-  for (var s = 0u; s < P.splits; s++) { v += part[(s * P.m + m) * c4 + j4]; }
+  var v = vec4<f32>(0.0);""" + sum_splits("v", "m * c4 + j4", "P.m * c4") + """
   let gj = P.col0 + j4 * 4u;"""
 REDUCE4 = REDUCE4_SUM + f"\n  y[({OUT_INDEX}) / 4u] = st4(vec4<f32>(act(v.x), act(v.y), act(v.z), act(v.w)));"
 REDUCE4_RESIDUAL = REDUCE4_SUM + f"""
