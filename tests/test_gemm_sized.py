@@ -47,6 +47,25 @@ def test_every_split_count_adds_up(monkeypatch, side, splits):
     assert_matches(out, reference(p, x, w, b, "relu6"), f"{splits} K splits on {p.describe()}")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("tile,ks,splits", [(SIZED["small"], 2, 1), (SIZED["small"], 3, 2), (SIZED["small"], 4, 1),
+                                            (SIZED["large64"], 2, 1)], ids=str)
+@pytest.mark.parametrize("c_in,side", [(136, (5, 7)), (40, (4, 6))], ids=["k18-columns", "k5-quads"])
+def test_k_slices_add_up(monkeypatch, c_in, side, tile, ks, splits, dtype):
+    """K slices in one workgroup (gemm_tiles.generate with tile.ks > 1), alone and with K splits across
+    workgroups: shares that do not divide the K steps, and (K 40: 5 steps in 4 slices of 2) a slice with none."""
+    use_style(monkeypatch, "workgroup")
+    sliced = tile.sliced(ks)
+    if sliced.unfit(get_gpu().profile, Precision.parse(dtype, None)):
+        pytest.skip(f"{sliced} does not fit this device")
+    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (sliced, splits))
+    p = make_params((1, c_in, *side), (70, c_in, 1, 1))
+    x, w, b = random_inputs(p, np.random.default_rng(ks * 10 + splits))
+    out = conv2d(x, w, b, activation="relu", algorithm="pointwise", dtype=dtype)
+    assert_matches(out.astype(np.float32), reference(p, x, w, b, "relu"), f"{sliced} k/{splits} on {p.describe()}",
+                   1e-4 if dtype == "float32" else 1e-2)
+
+
 @pytest.mark.parametrize("tile", [Tile(32, 32, 32, 4, 4), Tile(64, 32, 32, 4, 4)], ids=str)
 def test_tiles_with_several_b_loads_per_invocation(monkeypatch, tile):
     """Deep K steps (tools/gemm_tiles_bench.py --deep): each invocation loads bk*bn/4/threads B vec4s. K is

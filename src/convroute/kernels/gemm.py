@@ -33,6 +33,7 @@ GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p",
 MIN_KT_PER_SPLIT = 4
 SMALL_MACS, LARGE_MACS = 1 << 24, 1 << 27  # sized_plan's bounds on M x K x columns
 SPREAD = 1.5  # sized_plan splits K until a launch has this many times the device's busy workgroups
+MAX_K_SLICES = 1  # slice_plan's most K slices a workgroup
 
 OUT_INDEX = "(gj / P.p) * P.m * P.p + gj % P.p + m * P.p"  # column gj's pixel of output channel m, NCHW
 STORE_OUTPUT = f"let gj = P.col0 + j; y[{OUT_INDEX}] = ST(act(v + bias[m]));"
@@ -132,6 +133,17 @@ def sized_plan(m: int, cols: int, k_pad: int, busy: int, profile=None,
     return tile, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
+def slice_plan(tile: Tile, splits: int, profile, precision: Precision = FP32) -> tuple[Tile, int]:
+    """Moves a plan's K splits into its workgroups as K slices (gemm_tiles: the slices' sums meet in
+    workgroup memory), as many as the device's workgroup limits allow, up to MAX_K_SLICES; splits left over
+    stay across workgroups, with the reduce dispatch."""
+    for ks in range(min(splits, MAX_K_SLICES), 1, -1):
+        sliced = tile.sliced(ks)
+        if sliced.unfit(profile, precision) is None:
+            return sliced, ceil_div(splits, ks)
+    return tile, splits
+
+
 def tiles_for(cols: int, profile=None, precision: Precision = FP32) -> tuple[Tile, ...]:
     """Candidate tiles for a launch of `cols` columns: narrow ones where a 64-column tile would be mostly
     padding (late layers at batch 1, linear layers, Winograd on small maps); with a DeviceProfile, only those
@@ -192,6 +204,8 @@ class Gemm:
                                             tiles=tiles_for(cols, profile, self.precision))
         if self.store is not None:
             return tile, 1
+        if profile.gemm_style == "workgroup":
+            tile, splits = slice_plan(tile, splits, profile, self.precision)
         while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
             splits -= 1
         return tile, splits
