@@ -1,13 +1,15 @@
 """Every GEMM tile and K split on the GEMM-based algorithms of the shipped suites' layers, against the chosen one.
 
     python tools/gemm_tiles_bench.py [--suites resnet50,vgg16] [--batch 1] [--dtype float32|float16[+f16]]
-                                     [--budget 0.05] [--extra] [--deep] [--json OUT]
+                                     [--budget 0.05] [--extra] [--deep] [--slices] [--pointwise]
+                                     [--json OUT]
 
 Per distinct layer and algorithm (pointwise for 1x1, im2col and implicit_gemm for other dense convs) it builds
 the kernel once per forced (tile, splits) plan, checks each against the float64 reference, times them all
 interleaved (measure.timing), and prints the chosen plan's time over the best plan's. --extra adds tiles that are
 not in gemm_tiles.TILES (the shapes the one-B-vec4-per-invocation rule allows), to see what the list misses;
---deep adds 32/64-sided tiles with K steps of 16-64 (several B loads per invocation).
+--slices adds K-sliced workgroups (the chosen tile's and the 32x32 one's); --deep adds 32/64-sided tiles with
+K steps of 16-64 (several B loads per invocation).
 For im2col it also prints the gather dispatch's share of the time.
 """
 
@@ -23,7 +25,7 @@ from convroute.bench.suites import load_suite
 from convroute.device.gpu import get_gpu
 from convroute.kernels import ALGORITHMS, gemm
 from convroute.kernels.common import Precision, ceil_div
-from convroute.kernels.gemm_tiles import Tile
+from convroute.kernels.gemm_tiles import SIZED, Tile
 from convroute.measure.reference import TOLERANCES
 from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.measure.workload import Workload
@@ -70,7 +72,8 @@ EXTRA = tuple(extra_tiles())
 DEEP = tuple(deep_tiles())
 
 
-def plans(kernel, cols: int, extra: bool, deep: bool = False) -> dict[str, tuple[Tile, int]]:
+def plans(kernel, cols: int, extra: bool, deep: bool = False,
+          slices: bool = False) -> dict[str, tuple[Tile, int]]:
     g = kernel.gemm
     tiles = list(gemm.tiles_for(cols, g.gpu.profile, g.precision))
     more = (EXTRA if extra else ()) + (DEEP if deep else ())
@@ -78,6 +81,16 @@ def plans(kernel, cols: int, extra: bool, deep: bool = False) -> dict[str, tuple
               and g.k_pad % t.bk == 0]
     out = {"chosen": g.plan(cols)}
     busy = g.gpu.profile.busy_workgroups
+    if slices:
+        tile, splits = out["chosen"]
+        for base in dict.fromkeys((tile.sliced(1), SIZED["small"])):
+            for ks in (2, 3, 4, 6, 8, 12, 16):
+                sliced = base.sliced(ks)
+                if sliced.unfit(g.gpu.profile, g.precision) is not None or g.k_pad % base.bk:
+                    continue
+                out[f"{sliced}"] = (sliced, 1)
+                if splits > ks:
+                    out[f"{sliced} k/{ceil_div(splits, ks)}"] = (sliced, ceil_div(splits, ks))
     for t in tiles:
         out[f"{t}"] = (t, 1)
         groups = ceil_div(g.m, t.bm) * ceil_div(cols, t.bn)
@@ -102,6 +115,9 @@ def main():
     ap.add_argument("--budget", type=float, default=0.05)
     ap.add_argument("--extra", action="store_true")
     ap.add_argument("--deep", action="store_true", help="add tiles with deep K steps (several B loads each)")
+    ap.add_argument("--slices", action="store_true",
+                    help="add the chosen tile and the small one with K slices (2-16), with and without K splits")
+    ap.add_argument("--pointwise", action="store_true", help="1x1 layers only")
     ap.add_argument("--json")
     ap.add_argument("--limit", type=int, default=0, help="stop after this many layer x algorithm rows")
     args = ap.parse_args()
@@ -116,6 +132,8 @@ def main():
         for layer in load_suite(suite_name).layers:
             p = layer.params(args.batch)
             for algo in applicable(p):
+                if args.pointwise and algo != "pointwise":
+                    continue
                 key = (p.describe(), algo)
                 if key in seen or (args.limit and len(report) >= args.limit):
                     continue
@@ -127,7 +145,7 @@ def main():
                 if getattr(base, "cpu", None) or not hasattr(base, "gemm"):
                     continue  # CPU adapters' register tiles (set CONVROUTE_GEMM_STYLE=workgroup to sweep)
                 candidates, errors = {}, {}
-                for label, plan in plans(base, cols, args.extra, args.deep).items():
+                for label, plan in plans(base, cols, args.extra, args.deep, args.slices).items():
                     k = work.kernel(ALGORITHMS[algo])
                     k.gemm.plan = lambda cols, plan=plan: plan
                     candidates[label] = k
