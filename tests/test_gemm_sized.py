@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_matches, random_inputs, reference
 from convroute import conv2d
 from convroute.device.gpu import get_gpu
+from convroute.device.profile import DeviceProfile
 from convroute.kernels import gemm
 from convroute.kernels.common import Epilogue, Precision
 from convroute.kernels.gemm_tiles import SIZED, Tile
@@ -21,12 +22,18 @@ from test_gemm_cpu import LAYERS, use_style
 from test_limits import GLES, MIN, TINY
 
 
+def force_plan(monkeypatch, tile: Tile, splits: int) -> None:
+    """Every GEMM launch takes this tile and K split, whatever sized_plan and slice_plan would choose."""
+    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (tile, splits))
+    monkeypatch.setattr(gemm, "slice_plan", lambda tile, splits, *args, **kwargs: (tile, splits))
+
+
 @pytest.mark.parametrize("splits", [1, 2])
 @pytest.mark.parametrize("tile", SIZED.values(), ids=str)
 @pytest.mark.parametrize("layer", ["pointwise-strided", "implicit-5x3-s2-d2"])
 def test_every_sized_tile_with_partial_tiles(monkeypatch, layer, tile, splits):
     use_style(monkeypatch, "workgroup")
-    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (tile, splits))
+    force_plan(monkeypatch, tile, splits)
     p = LAYERS[layer]
     name = "pointwise" if p.kh == p.kw == 1 else "implicit_gemm"
     x, w, b = random_inputs(p, np.random.default_rng(40))
@@ -40,7 +47,7 @@ def test_every_split_count_adds_up(monkeypatch, side, splits):
     """The reduce adds splits in blocks of 8, 4, 2 and 1 (common.sum_splits): each block size and the
     remainder paths, storing single columns (35 pixels) and quads (24). K is 136, packed to 18 K steps of 8."""
     use_style(monkeypatch, "workgroup")
-    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (SIZED["small"], splits))
+    force_plan(monkeypatch, SIZED["small"], splits)
     p = make_params((1, 136, *side), (10, 136, 1, 1))
     x, w, b = random_inputs(p, np.random.default_rng(splits))
     out = conv2d(x, w, b, activation="relu6", algorithm="pointwise")
@@ -58,12 +65,30 @@ def test_k_slices_add_up(monkeypatch, c_in, side, tile, ks, splits, dtype):
     sliced = tile.sliced(ks)
     if sliced.unfit(get_gpu().profile, Precision.parse(dtype, None)):
         pytest.skip(f"{sliced} does not fit this device")
-    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (sliced, splits))
+    force_plan(monkeypatch, sliced, splits)
     p = make_params((1, c_in, *side), (70, c_in, 1, 1))
     x, w, b = random_inputs(p, np.random.default_rng(ks * 10 + splits))
     out = conv2d(x, w, b, activation="relu", algorithm="pointwise", dtype=dtype)
     assert_matches(out.astype(np.float32), reference(p, x, w, b, "relu"), f"{sliced} k/{splits} on {p.describe()}",
                    1e-4 if dtype == "float32" else 1e-2)
+
+
+def test_small_split_products_become_k_slices():
+    """gemm.slice_plan on an H100-sized workgroup (48 KiB, 1024 invocations): 32x32 tiles with K slices of at
+    most SLICE_STEPS K steps for split products under SLICE_MACS; the split plan where they do not fit."""
+    h100 = DeviceProfile("nvidia", "H100-like", limits={"max-compute-workgroup-storage-size": 49152,
+                                                        "max-compute-invocations-per-workgroup": 1024,
+                                                        "max-compute-workgroup-size-x": 1024})
+    small, middle = SIZED["small"], SIZED["middle"]
+    f16_sums = Precision.parse("float16", "float16")
+    assert gemm.SLICE_STEPS == 4
+    assert gemm.slice_plan(small, 3, 24, 3136, 96, h100) == (small.sliced(3), 1)  # 12 K steps: 3 slices of 4
+    assert gemm.slice_plan(middle, 2, 960, 49, 160, h100) == (small.sliced(5), 1)  # the tile becomes 32x32
+    assert gemm.slice_plan(small, 1, 24, 3136, 96, h100) == (small, 1)  # not split: unchanged
+    assert gemm.slice_plan(middle, 4, 128, 3136, 256, h100) == (middle, 4)  # 103 M multiply-adds: stays split
+    assert gemm.slice_plan(small, 8, 64, 196, 256, h100) == (small, 8)  # 8 slices of f32 tiles need 60 KiB
+    assert gemm.slice_plan(small, 8, 64, 196, 256, h100, f16_sums) == (small.sliced(8), 1)  # f16 tiles: 44 KiB
+    assert small.sliced(8).unfit(h100) and not small.sliced(8).unfit(h100, f16_sums)
 
 
 @pytest.mark.parametrize("tile", [Tile(32, 32, 32, 4, 4), Tile(64, 32, 32, 4, 4)], ids=str)
@@ -72,7 +97,7 @@ def test_tiles_with_several_b_loads_per_invocation(monkeypatch, tile):
     5 * 5 * 5 = 125, packed to 128 rows: two or four K steps, split in two."""
     assert tile.b_loads > tile.threads
     use_style(monkeypatch, "workgroup")
-    monkeypatch.setattr(gemm, "sized_plan", lambda *args, **kwargs: (tile, 2))
+    force_plan(monkeypatch, tile, 2)
     p = make_params((2, 5, 17, 13), (19, 5, 5, 5), 2, 2)
     x, w, b = random_inputs(p, np.random.default_rng(41))
     out = conv2d(x, w, b, p.stride, p.padding, activation="relu", algorithm="implicit_gemm")

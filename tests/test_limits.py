@@ -32,7 +32,7 @@ GLES = BIG.with_limits({STORAGE: 16352})
 TINY = BIG.with_limits({STORAGE: 4096, INVOCATIONS: 64})
 PRECISIONS = (FP32, Precision("float16"), Precision("float16", "float16"))
 ALL_TILES = tuple(dict.fromkeys(TILES + tuple(t for ts in NARROW.values() for t in ts) + FALLBACK
-                                + tuple(SIZED.values())))
+                                + tuple(SIZED.values()) + (SIZED["small"].sliced(3), SIZED["large64"].sliced(2))))
 
 
 def tile_source(tile: Tile, precision: Precision, quads: bool = False) -> str:

@@ -33,7 +33,7 @@ GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p",
 MIN_KT_PER_SPLIT = 4
 SMALL_MACS, LARGE_MACS = 1 << 24, 1 << 27  # sized_plan's bounds on M x K x columns
 SPREAD = 1.5  # sized_plan splits K until a launch has this many times the device's busy workgroups
-MAX_K_SLICES = 1  # slice_plan's most K slices a workgroup
+SLICE_MACS, SLICE_STEPS = 1 << 25, 4  # slice_plan: products it slices, K steps per slice
 
 OUT_INDEX = "(gj / P.p) * P.m * P.p + gj % P.p + m * P.p"  # column gj's pixel of output channel m, NCHW
 STORE_OUTPUT = f"let gj = P.col0 + j; y[{OUT_INDEX}] = ST(act(v + bias[m]));"
@@ -133,15 +133,20 @@ def sized_plan(m: int, cols: int, k_pad: int, busy: int, profile=None,
     return tile, ceil_div(ktiles, ceil_div(ktiles, splits))
 
 
-def slice_plan(tile: Tile, splits: int, profile, precision: Precision = FP32) -> tuple[Tile, int]:
-    """Moves a plan's K splits into its workgroups as K slices (gemm_tiles: the slices' sums meet in
-    workgroup memory), as many as the device's workgroup limits allow, up to MAX_K_SLICES; splits left over
-    stay across workgroups, with the reduce dispatch."""
-    for ks in range(min(splits, MAX_K_SLICES), 1, -1):
-        sliced = tile.sliced(ks)
-        if sliced.unfit(profile, precision) is None:
-            return sliced, ceil_div(splits, ks)
-    return tile, splits
+def slice_plan(tile: Tile, splits: int, m: int, cols: int, k_pad: int, profile,
+               precision: Precision = FP32) -> tuple[Tile, int]:
+    """GPUs' small products split across workgroups (under SLICE_MACS multiply-adds) become one launch of
+    32x32 tiles whose workgroups hold enough K slices (gemm_tiles) for at most SLICE_STEPS K steps each:
+    no partial sums in memory, no reduce dispatch. Measured on the H100 (NOTES, session 10) over the suites'
+    split GEMM layers, slices won where K is shallow (2-4 steps a slice) and lost on large products, where
+    fewer workgroups do the work; a plan whose slices do not fit the device's workgroup limits stays split."""
+    if splits == 1 or m * k_pad * cols >= SLICE_MACS:
+        return tile, splits
+    small = SIZED["small"]
+    sliced = small.sliced(ceil_div(k_pad // small.bk, SLICE_STEPS))
+    if k_pad % small.bk or sliced.unfit(profile, precision) is not None:
+        return tile, splits
+    return sliced, 1
 
 
 def tiles_for(cols: int, profile=None, precision: Precision = FP32) -> tuple[Tile, ...]:
@@ -205,7 +210,7 @@ class Gemm:
         if self.store is not None:
             return tile, 1
         if profile.gemm_style == "workgroup":
-            tile, splits = slice_plan(tile, splits, profile, self.precision)
+            tile, splits = slice_plan(tile, splits, self.m, cols, self.k_pad, profile, self.precision)
         while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
             splits -= 1
         return tile, splits
