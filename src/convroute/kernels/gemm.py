@@ -5,7 +5,8 @@ so the result lands in NCHW directly. The WGSL is generated per tile shape by ge
 chosen per launch, among those whose workgroups fit the device's limits, so that the device gets enough
 workgroups, and when even the smallest tile leaves it idle (few channels x few pixels, deep K: late ResNet
 layers at batch 1) K is split across workgroups and a reduction dispatch adds the partial sums (split 0
-carries the bias) and applies the activation.
+carries the bias) and applies the activation. On GPUs a small split product takes K slices within its
+workgroups instead (slice_plan): one launch, the slices' sums meeting in workgroup memory.
 
 The B operand is a template: a caller supplies its bindings (from binding 4 on), per-invocation setup (run
 once, for the four columns starting at `bcol` that this invocation loads) and a vec4 load expression for

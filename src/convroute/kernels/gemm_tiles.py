@@ -11,7 +11,8 @@ template (see gemm.py): vec4s of four columns starting at `bcol` (the same colum
 invocation's loads), row `k`; one per invocation per K step, or several when bk * bn / 4 is a multiple of
 the invocation count (deep K tiles: fewer K steps, each waiting once for memory, for small layers).
 With split-K (splits > 1), workgroup g works on K steps [s * kt_split, (s + 1) * kt_split) of its tile and
-stores raw partial sums; a reduction dispatch adds the splits, the bias and the activation.
+stores raw partial sums; a reduction dispatch adds the splits, the bias and the activation. K slices
+(Tile.ks) split a workgroup's K steps among groups of its invocations instead (see generate).
 Precision: A and the output are stored as ST (f32 or f16), the workgroup tiles and the sums are AT; the B
 load may give any vec4 (it is converted to AT), and `v` in the store is f32 whatever AT is. With f16 sums
 (AT = f16) each K tile is summed in f16 from zero and then added to f32 totals: bk products per f16 sum
