@@ -56,7 +56,8 @@ def test_every_split_count_adds_up(monkeypatch, side, splits):
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("tile,ks,splits", [(SIZED["small"], 2, 1), (SIZED["small"], 3, 2), (SIZED["small"], 4, 1),
-                                            (SIZED["large64"], 2, 1)], ids=str)
+                                            (SIZED["large64"], 2, 1), (Tile(16, 16, 4, 4, 4), 8, 1),
+                                            (Tile(32, 16, 8, 4, 4), 3, 2)], ids=str)
 @pytest.mark.parametrize("c_in,side", [(136, (5, 7)), (40, (4, 6))], ids=["k18-columns", "k5-quads"])
 def test_k_slices_add_up(monkeypatch, c_in, side, tile, ks, splits, dtype):
     """K slices in one workgroup (gemm_tiles.generate with tile.ks > 1), alone and with K splits across

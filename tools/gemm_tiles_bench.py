@@ -8,8 +8,8 @@ Per distinct layer and algorithm (pointwise for 1x1, im2col and implicit_gemm fo
 the kernel once per forced (tile, splits) plan, checks each against the float64 reference, times them all
 interleaved (measure.timing), and prints the chosen plan's time over the best plan's. --extra adds tiles that are
 not in gemm_tiles.TILES (the shapes the one-B-vec4-per-invocation rule allows), to see what the list misses;
---slices adds K-sliced workgroups (the chosen tile's and the 32x32 one's); --deep adds 32/64-sided tiles with
-K steps of 16-64 (several B loads per invocation).
+--slices adds K-sliced workgroups (the chosen tile's, the 32x32 one's and SLICE_BASES'); --deep adds
+32/64-sided tiles with K steps of 16-64 (several B loads per invocation).
 For im2col it also prints the gather dispatch's share of the time.
 """
 
@@ -69,6 +69,7 @@ def deep_tiles() -> list[Tile]:
 
 
 EXTRA = tuple(extra_tiles())
+SLICE_BASES = (Tile(16, 16, 4, 4, 4), Tile(16, 32, 8, 4, 4), Tile(32, 16, 8, 4, 4))  # --slices: narrow slices
 DEEP = tuple(deep_tiles())
 
 
@@ -83,8 +84,8 @@ def plans(kernel, cols: int, extra: bool, deep: bool = False,
     busy = g.gpu.profile.busy_workgroups
     if slices:
         tile, splits = out["chosen"]
-        for base in dict.fromkeys((tile.sliced(1), SIZED["small"])):
-            for ks in (2, 3, 4, 6, 8, 12, 16):
+        for base in dict.fromkeys((tile.sliced(1), SIZED["small"], *SLICE_BASES)):
+            for ks in (2, 3, 4, 6, 8, 12, 16, 24, 32):
                 sliced = base.sliced(ks)
                 if sliced.unfit(g.gpu.profile, g.precision) is not None or g.k_pad % base.bk:
                     continue
