@@ -319,6 +319,50 @@ def test_repeated_calls_with_prerecorded_command_buffers_see_fresh_inputs():
     assert pa.plan.segments[-1].recording._ready is not None  # the next run's command buffer is ready
 
 
+class TwoInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.d = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(2, 4, 1)
+
+    def forward(self, x, y):
+        return F.relu(self.c(x) + self.d(y))
+
+
+class CpuFirst(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.c(torch.cumsum(x, dim=1))
+
+
+def test_inputs_reach_the_gpu_through_kept_upload_buffers(monkeypatch):
+    """Each input has an upload buffer that a call maps and fills and the first segment copies from (no
+    queue.write_buffer per call); a program whose first step runs on the CPU uploads as before."""
+    model = TwoInputs().eval()
+    x, y = torch.randn(2, 3, 9, 7), torch.randn(2, 2, 9, 7)
+    program = convroute.compile(model, (x, y))
+    from convroute.frontend import program as program_module
+
+    plain_writes = []
+    monkeypatch.setattr(program_module, "upload", lambda *args, **kwargs: plain_writes.append(args))
+    for _ in range(3):
+        x, y = torch.randn(2, 3, 9, 7), torch.randn(2, 2, 9, 7)
+        assert rel_error(program(x, y), reference(model, x, y)) < TOLERANCE
+    plan = program.plan
+    assert not plain_writes and list(plan.upload_buffers) == plan.input_uploads and len(plan.input_uploads) == 2
+    targets = {target for _, target, _ in plan.segments[0].recording.writes}
+    assert targets == {plan.buffer(name) for name in plan.input_uploads}
+    monkeypatch.undo()
+    cpu_first = CpuFirst().eval()
+    program = convroute.compile(cpu_first, (x,))
+    for _ in range(2):
+        x = torch.randn(2, 3, 9, 7)
+        assert rel_error(program(x), reference(cpu_first, x)) < TOLERANCE
+    assert not program.plan.upload_buffers and not program.plan.input_uploads
+
+
 class MixesImages(nn.Module):
     def forward(self, x):
         return F.relu(x - x.mean(0, keepdim=True))

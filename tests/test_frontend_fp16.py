@@ -101,20 +101,22 @@ def test_buffers_are_planned_in_two_byte_elements():
 
 
 def test_float32_inputs_are_cast_on_the_gpu(monkeypatch):
-    """No f32 -> f16 conversion on the host: the input is uploaded as float32 and the first dispatch casts it."""
-    from convroute.frontend import program as program_module
-
+    """No f32 -> f16 conversion on the host: the input is uploaded as float32 (through its upload buffer, which
+    the first segment copies to the input's float32 buffer) and the first dispatch casts it."""
     model = FusionNet().eval()
     x = torch.randn(2, 3, 9, 11)
     program = convroute.compile(model, (x,), dtype="float16")
-    uploads = []
-    real = program_module.upload
-    monkeypatch.setattr(program_module, "upload", lambda gpu, buf, t, stored=np.float32: (
-        uploads.append((buf, np.dtype(stored))), real(gpu, buf, t, stored))[1])
+    written = set()
+    real = program.gpu.write_staged
+    monkeypatch.setattr(program.gpu, "write_staged", lambda buf, a, dtype=np.float32: (
+        written.add((id(buf), a.dtype, np.dtype(dtype))), real(buf, a, dtype))[1])
     check(program, model, x)
-    staging = program.plan.input_staging
-    assert list(staging) == program.plan.input_uploads
-    assert uploads == [(staging[name], np.dtype(np.float32)) for name in staging]
+    plan = program.plan
+    staging, ups = plan.input_staging, plan.upload_buffers
+    assert list(staging) == plan.input_uploads == list(ups)
+    assert written == {(id(ups[name][0]), np.dtype(np.float32), np.dtype(np.float32)) for name in staging}
+    assert all(ups[name][1] is staging[name] for name in staging)
+    assert set(plan.segments[0].recording.writes) == {(ups[n][0], staging[n], ups[n][0].size) for n in staging}
     half = convroute.compile(model.half(), (x.half(),), dtype="float16")  # f16 inputs need no cast
     assert not half.plan.input_staging and half(x.half()).dtype == torch.float16
 

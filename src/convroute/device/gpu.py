@@ -248,6 +248,22 @@ class Gpu:
             finally:
                 staging.unmap()
 
+    def upload_buffer(self, nbytes: int):
+        """A MAP_WRITE buffer for `write_staged`: kept by its owner and copied from by its recordings."""
+        return self.buffer(nbytes, wgpu.BufferUsage.MAP_WRITE | wgpu.BufferUsage.COPY_SRC, "an upload buffer")
+
+    def write_staged(self, staging, array: np.ndarray, dtype=np.float32) -> None:
+        """Copy `array` as `dtype` into the upload buffer `staging` (mapped, written, unmapped), for a
+        recording to copy on the GPU. queue.write_buffer instead takes a new staging buffer from wgpu per call:
+        on the H100 that cost a whole model ~0.12 ms a call and made most of its latency bursts (NOTES)."""
+        data = padded_bytes(np.ascontiguousarray(array, dtype=dtype))
+        with self.checked(f"writing {data.nbytes} bytes through a {staging.size}-byte upload buffer"):
+            self._map(staging, "WRITE", staging.size)
+            try:
+                staging.write_mapped(data, 0)
+            finally:
+                staging.unmap()
+
     def map_read(self, staging, nbytes: int) -> None:
         """Map `staging` for reading once the submitted work that fills it is done.
 
@@ -258,9 +274,13 @@ class Gpu:
         CPU adapters wait without spinning: a spinning thread takes a core from the rasterizer. Without wgpu-py
         0.32's internals (`_poll`, `_poller`, `_state`) it waits as map_sync does.
         """
+        self._map(staging, "READ_NOSYNC", nbytes)
+
+    def _map(self, buffer, mode: str, nbytes: int) -> None:
+        """map_async `buffer` and wait as map_read describes."""
         quiet = self._quiet
         with quiet.spinning() if quiet else nullcontext():
-            promise = staging.map_async("READ_NOSYNC", 0, nbytes)
+            promise = buffer.map_async(mode, 0, nbytes)
         token = None
         if self._spins and hasattr(promise, "_state"):
             while promise._state == "pending":
@@ -384,7 +404,8 @@ class Checked:
 
 
 class Recording:
-    """A fixed list of dispatches, optionally followed by a read-back of one buffer, run again and again.
+    """A fixed list of dispatches, optionally preceded by copies from upload buffers (`writes`: (source,
+    target, nbytes), see Gpu.write_staged) and followed by a read-back of one buffer, run again and again.
 
     WebGPU command buffers are single-use, and encoding costs the host ~7 us per dispatch. With `ahead`,
     the command buffer for the next run is encoded right after this run's submit, while the GPU works, so
@@ -394,8 +415,9 @@ class Recording:
     one Gpu may run concurrently.
     """
 
-    def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True):
+    def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True, writes=()):
         self.gpu, self.dispatches, self.ahead = gpu, dispatches, ahead
+        self.writes = tuple(writes)
         self.read = None
         self._staging = None
         if read is not None:
@@ -410,7 +432,13 @@ class Recording:
 
     def _encode(self, staging):
         gpu = self.gpu
-        encoder = gpu.encode(self.dispatches) if self.dispatches else None
+        encoder = None
+        if self.writes:
+            with gpu.checked(f"encoding {len(self.writes)} upload copies"):
+                encoder = gpu.device.create_command_encoder()
+                for source, target, nbytes in self.writes:
+                    encoder.copy_buffer_to_buffer(source, 0, target, 0, nbytes)
+        encoder = gpu.encode(self.dispatches, encoder) if self.dispatches else encoder
         with gpu.checked(f"encoding {len(self.dispatches)} dispatches and a read-back"):
             encoder = encoder or gpu.device.create_command_encoder()
             if self.read:

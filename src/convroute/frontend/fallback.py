@@ -56,8 +56,13 @@ def download(gpu, buffer, meta, stored=np.float32) -> torch.Tensor:
     return torch.from_numpy(gpu.read(buffer, tuple(meta.shape), stored)).to(meta.dtype)
 
 
-def upload(gpu, buffer, tensor: torch.Tensor, stored=np.float32) -> None:
+def host_array(tensor: torch.Tensor, stored=np.float32) -> np.ndarray:
+    """`tensor` as a numpy array of the stored dtype."""
     # torch casts to float16 ~8x faster than numpy (0.07 vs 0.57 ms for a 3x224x224 image, one thread)
-    data = tensor.detach().cpu().to(torch.float16 if np.dtype(stored) == np.float16 else torch.float32).numpy()
+    return tensor.detach().cpu().to(torch.float16 if np.dtype(stored) == np.float16 else torch.float32).numpy()
+
+
+def upload(gpu, buffer, tensor: torch.Tensor, stored=np.float32) -> None:
+    data = host_array(tensor, stored)
     if data.size:
         gpu.write(buffer, data, stored)

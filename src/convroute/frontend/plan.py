@@ -71,6 +71,7 @@ class Plan:
     allocated: list  # every distinct buffer
     input_uploads: list[str]
     input_staging: dict[str, object] = field(default_factory=dict)  # input -> its float32 upload buffer
+    upload_buffers: dict[str, tuple] = field(default_factory=dict)  # input -> (MAP_WRITE buffer, target, dtype)
 
     def buffer(self, name: str):
         return self.buffers[self.root.get(name, name)]

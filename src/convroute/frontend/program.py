@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from convroute import api
 from convroute.device.gpu import Recording, get_gpu, resolve_profile
 from convroute.frontend.export import export_model
-from convroute.frontend.fallback import download, run_on_cpu, upload
+from convroute.frontend.fallback import download, host_array, run_on_cpu, upload
 from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
@@ -150,23 +150,28 @@ class Program:
             for buf in plan.allocated:
                 gpu.fill(buf, np.nan, stored)
         env = dict(zip(graph.inputs, inputs, strict=True))
+        staged = on_segment is None and bool(plan.segments) and isinstance(plan.segments[0], Segment)
         for name in plan.input_uploads:
-            staging = plan.input_staging.get(name)  # float32 inputs of f16 programs: cast by the first dispatch
-            if staging is None:
-                upload(gpu, plan.buffer(name), env[name], stored)
+            target, dtype = self._upload_target(plan, name)
+            source = self._upload_buffer(plan, name, target, dtype) if staged else None
+            if source is not None:
+                gpu.write_staged(source, host_array(env[name], dtype), dtype)
             else:
-                upload(gpu, staging, env[name])
+                upload(gpu, target, env[name], dtype)
+        writes = [(source, target, source.size) for source, target, _ in plan.upload_buffers.values()
+                  if staged and source is not None]
         fused_read = self._fused_read(plan) if on_segment is None else None
         for seg in plan.segments:
             if isinstance(seg, Segment):
+                first = writes if seg is plan.segments[0] else ()
                 if fused_read and seg is plan.segments[-1]:  # the output comes back in the same submission
                     name, meta = fused_read
-                    read = self._recording(seg, (plan.buffer(name), meta.shape)).run()
+                    read = self._recording(seg, (plan.buffer(name), meta.shape), first).run()
                     env[name] = torch.from_numpy(read).to(meta.dtype)
                 elif on_segment:
                     on_segment(seg)
                 else:
-                    self._recording(seg).run()
+                    self._recording(seg, writes=first).run()
                 continue
             start = time.perf_counter()
             for name in seg.downloads:
@@ -189,11 +194,27 @@ class Program:
                 results.append(download(gpu, plan.buffer(out.name), plan.metas[out.name], stored))
         return tree_unflatten(results, graph.out_spec)
 
-    def _recording(self, seg: Segment, read=None) -> Recording:
+    def _recording(self, seg: Segment, read=None, writes=()) -> Recording:
         """The segment's kept Recording (its next command buffer is encoded while the GPU runs this one)."""
-        if seg.recording is None or (seg.recording.read is None) != (read is None):
-            seg.recording = Recording(self.gpu, seg.dispatches, read and (*read, self.precision.numpy))
+        writes = tuple(writes)
+        if seg.recording is None or (seg.recording.read is None) != (read is None) or seg.recording.writes != writes:
+            seg.recording = Recording(self.gpu, seg.dispatches, read and (*read, self.precision.numpy),
+                                      writes=writes)
         return seg.recording
+
+    def _upload_target(self, plan: Plan, name: str):
+        """The buffer an input is uploaded to and its dtype there: float32 inputs of f16 programs go to a
+        float32 buffer of their own, cast by the first dispatch (plan._input_casts)."""
+        staging = plan.input_staging.get(name)
+        return (plan.buffer(name), self.precision.numpy) if staging is None else (staging, np.float32)
+
+    def _upload_buffer(self, plan: Plan, name: str, target, dtype):
+        """The input's upload buffer, which the first segment copies to `target` (Gpu.write_staged); None for
+        an empty input."""
+        if name not in plan.upload_buffers:
+            nbytes = plan.metas[name].numel() * np.dtype(dtype).itemsize
+            plan.upload_buffers[name] = (self.gpu.upload_buffer(nbytes) if nbytes else None, target, dtype)
+        return plan.upload_buffers[name][0]
 
     @staticmethod
     def _fused_read(plan: Plan):
