@@ -174,3 +174,39 @@ def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
         assert woken and not spinners & set(woken), "a spinning read-back woke the poll thread"
     finally:
         poller.get_token = shipped
+
+
+def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch):
+    """On GPUs a program asks for its upload buffer's next map right after each submit (Gpu.premap); two
+    programs called from two threads, each with fresh inputs, match torch every time. Forced on whatever
+    adapter runs the tests."""
+    gpu = get_gpu()
+    monkeypatch.setattr(gpu, "_quiet", QuietPoller.install(gpu.device))
+    monkeypatch.setattr(gpu, "_spins", True)
+    models = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(),
+              nn.Sequential(nn.Conv2d(3, 6, 1), nn.Sigmoid()).eval()]
+    programs = [convroute.compile(m, torch.randn(2, 3, 12, 10)) for m in models]
+    failures = []
+
+    def caller(i: int):
+        try:
+            for _ in range(10):
+                x = torch.randn(2, 3, 12, 10)
+                with torch.no_grad():
+                    ref = copy.deepcopy(models[i]).double()(x.double())
+                out = programs[i](x)
+                err = float((out.double() - ref).abs().max() / ref.abs().max())
+                assert err < 1e-4, f"program {i}: relative error {err:.2g}"
+        except Exception as err:  # noqa: BLE001 (reported below)
+            failures.append(repr(err))
+
+    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads), "a call hung"
+    assert not failures, failures
+    for program in programs:
+        (source, _, _), = program.plan.upload_buffers.values()
+        assert source in gpu._premaps  # the next call's map is already asked for

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -82,6 +83,7 @@ class Gpu:
         self._staging: dict[int, list] = {}  # nbytes -> free MAP_READ buffers
         self._spins = self.profile.family != "cpu" and hasattr(self.device, "_poll")  # see map_read
         self._quiet = QuietPoller.install(self.device) if self._spins else None
+        self._premaps = weakref.WeakKeyDictionary()  # upload buffer -> its pending WRITE map (premap)
 
     # -- errors ----------------------------------------------------------------------------------
     def checked(self, op: str) -> Checked:
@@ -258,11 +260,27 @@ class Gpu:
         on the H100 that cost a whole model ~0.12 ms a call and made most of its latency bursts (NOTES)."""
         data = padded_bytes(np.ascontiguousarray(array, dtype=dtype))
         with self.checked(f"writing {data.nbytes} bytes through a {staging.size}-byte upload buffer"):
-            self._map(staging, "WRITE", staging.size)
+            with self._lock:
+                promise = self._premaps.pop(staging, None)
+            if promise is None:
+                self._map(staging, "WRITE", staging.size)
+            else:
+                self._wait_map(promise)
             try:
                 staging.write_mapped(data, 0)
             finally:
                 staging.unmap()
+
+    def premap(self, staging) -> None:
+        """On GPUs, ask now for the upload buffer's next WRITE map, right after submitting the work that
+        copies from it: the map resolves during that work's read-back polls, so the next write_staged finds
+        it mapped instead of waiting a round trip."""
+        if self._spins and hasattr(staging, "_map_state"):
+            quiet = self._quiet.spinning() if self._quiet else nullcontext()
+            with self.checked("mapping an upload buffer ahead"), quiet:
+                promise = staging.map_async("WRITE", 0, staging.size)
+            with self._lock:
+                self._premaps[staging] = promise
 
     def map_read(self, staging, nbytes: int) -> None:
         """Map `staging` for reading once the submitted work that fills it is done.
@@ -281,6 +299,10 @@ class Gpu:
         quiet = self._quiet
         with quiet.spinning() if quiet else nullcontext():
             promise = buffer.map_async(mode, 0, nbytes)
+        self._wait_map(promise)
+
+    def _wait_map(self, promise) -> None:
+        quiet = self._quiet
         token = None
         if self._spins and hasattr(promise, "_state"):
             while promise._state == "pending":
@@ -454,6 +476,8 @@ class Recording:
             staging = gpu.take_staging(self.read[-1])
         command, self._ready = self._ready or self._encode(staging), None
         gpu.submit(command, f"{len(self.dispatches)} dispatches" + (" and a read-back" if self.read else ""))
+        for source, _, _ in self.writes:
+            gpu.premap(source)
         if self.ahead:
             self._ready = self._encode(staging)
         if not self.read:
