@@ -130,6 +130,25 @@ def test_route_from_many_threads():
 
 
 @pytest.mark.gpu
+def run_in_threads(body, count: int, what: str) -> None:
+    """body(t) in `count` threads at once; none may hang or raise."""
+    failures = []
+
+    def guarded(t: int):
+        try:
+            body(t)
+        except Exception as err:  # noqa: BLE001 (reported below)
+            failures.append(repr(err))
+
+    threads = [threading.Thread(target=guarded, args=(t,), daemon=True) for t in range(count)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads), f"{what} hung"
+    assert not failures, failures
+
+
 def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
     """GPUs' read-backs spin on the device themselves with wgpu-py's poll thread left asleep (QuietPoller): many
     threads reading at once, and others waiting through wgpu-py's own promises (queue.read_buffer, which
@@ -150,27 +169,18 @@ def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
     try:
         data = [np.arange(256, dtype=np.float32) + 1000 * t for t in range(8)]
         buffers = [gpu.upload(d, "test data") for d in data]
-        spinners, failures = set(), []
+        spinners = set()
 
         def reader(t: int):
-            try:
-                if t % 2:
-                    spinners.add(threading.get_ident())
-                    for _ in range(40):
-                        assert np.array_equal(gpu.read(buffers[t], (256,)), data[t])
-                else:
-                    for _ in range(40):
-                        gpu.wait(buffers[t])
-            except Exception as err:  # noqa: BLE001 (reported below)
-                failures.append(repr(err))
+            if t % 2:
+                spinners.add(threading.get_ident())
+                for _ in range(40):
+                    assert np.array_equal(gpu.read(buffers[t], (256,)), data[t])
+            else:
+                for _ in range(40):
+                    gpu.wait(buffers[t])
 
-        threads = [threading.Thread(target=reader, args=(t,), daemon=True) for t in range(8)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=120)
-        assert not any(th.is_alive() for th in threads), "a read-back hung"
-        assert not failures, failures
+        run_in_threads(reader, 8, "a read-back")
         assert woken and not spinners & set(woken), "a spinning read-back woke the poll thread"
     finally:
         poller.get_token = shipped
@@ -186,27 +196,17 @@ def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch):
     models = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(),
               nn.Sequential(nn.Conv2d(3, 6, 1), nn.Sigmoid()).eval()]
     programs = [convroute.compile(m, torch.randn(2, 3, 12, 10)) for m in models]
-    failures = []
 
     def caller(i: int):
-        try:
-            for _ in range(10):
-                x = torch.randn(2, 3, 12, 10)
-                with torch.no_grad():
-                    ref = copy.deepcopy(models[i]).double()(x.double())
-                out = programs[i](x)
-                err = float((out.double() - ref).abs().max() / ref.abs().max())
-                assert err < 1e-4, f"program {i}: relative error {err:.2g}"
-        except Exception as err:  # noqa: BLE001 (reported below)
-            failures.append(repr(err))
+        for _ in range(10):
+            x = torch.randn(2, 3, 12, 10)
+            with torch.no_grad():
+                ref = copy.deepcopy(models[i]).double()(x.double())
+            out = programs[i](x)
+            err = float((out.double() - ref).abs().max() / ref.abs().max())
+            assert err < 1e-4, f"program {i}: relative error {err:.2g}"
 
-    threads = [threading.Thread(target=caller, args=(i,), daemon=True) for i in range(2)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=120)
-    assert not any(th.is_alive() for th in threads), "a call hung"
-    assert not failures, failures
+    run_in_threads(caller, 2, "a call")
     for program in programs:
         (source, _, _), = program.plan.upload_buffers.values()
         assert source in gpu._premaps  # the next call's map is already asked for
