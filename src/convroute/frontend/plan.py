@@ -71,7 +71,8 @@ class Plan:
     allocated: list  # every distinct buffer
     input_uploads: list[str]
     input_staging: dict[str, object] = field(default_factory=dict)  # input -> its float32 upload buffer
-    upload_buffers: dict[str, tuple] = field(default_factory=dict)  # input -> (MAP_WRITE buffer, target, dtype)
+    # input -> the first segment's copy (MAP_WRITE upload buffer, input buffer, bytes), None for an empty input
+    upload_buffers: dict[str, tuple | None] = field(default_factory=dict)
 
     def buffer(self, name: str):
         return self.buffers[self.root.get(name, name)]

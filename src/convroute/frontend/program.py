@@ -158,8 +158,7 @@ class Program:
                 gpu.write_staged(source, host_array(env[name], dtype), dtype)
             else:
                 upload(gpu, target, env[name], dtype)
-        writes = [(source, target, source.size) for source, target, _ in plan.upload_buffers.values()
-                  if staged and source is not None]
+        writes = [copy for copy in plan.upload_buffers.values() if copy is not None] if staged else []
         fused_read = self._fused_read(plan) if on_segment is None else None
         for seg in plan.segments:
             if isinstance(seg, Segment):
@@ -213,8 +212,10 @@ class Program:
         an empty input."""
         if name not in plan.upload_buffers:
             nbytes = plan.metas[name].numel() * np.dtype(dtype).itemsize
-            plan.upload_buffers[name] = (self.gpu.upload_buffer(nbytes) if nbytes else None, target, dtype)
-        return plan.upload_buffers[name][0]
+            source = self.gpu.upload_buffer(nbytes) if nbytes else None
+            plan.upload_buffers[name] = None if source is None else (source, target, source.size)
+        copy = plan.upload_buffers[name]
+        return None if copy is None else copy[0]
 
     @staticmethod
     def _fused_read(plan: Plan):

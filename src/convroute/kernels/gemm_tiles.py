@@ -281,6 +281,7 @@ def hand_sums(emit, lanes: int, ks: int, accs: int, total: str) -> None:
             emit(f"    {total}{i} += Red[{(s * accs + i) * lanes}u + lid];")
     emit("  }")
 
+
 def store_columns(emit, tile: Tile, store: str, total: str) -> None:
     """Each output (m, j) the invocation holds, one at a time (`v` an f32)."""
     tx_n, ty_n = tile.bn // tile.tn, tile.bm // tile.tm
