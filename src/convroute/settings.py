@@ -1,5 +1,6 @@
 """Switches read from the environment: the on/off ones (CONVROUTE_FORCE_DIRECT, CONVROUTE_FUSE_RESIDUAL,
-CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON) with one spelling rule for all of them, and CONVROUTE_WEBGPU (which
+CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON,
+CONVROUTE_ADD_SPLITS) with one spelling rule for all of them, and CONVROUTE_WEBGPU (which
 WebGPU implementation runs the kernels)."""
 
 from __future__ import annotations

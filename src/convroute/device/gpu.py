@@ -18,7 +18,8 @@ from convroute.device.workgroup import check_workgroup
 
 BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 1, "OpenGL": 3}
 TYPE_RANK = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3, "CPU": 4}
-OPTIONAL_FEATURES = ("timestamp-query", "timestamp-query-inside-passes", "shader-f16", "subgroup")
+OPTIONAL_FEATURES = ("timestamp-query", "timestamp-query-inside-passes", "shader-f16", "subgroup",
+                     "shader-float32-atomic")
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
 
 
@@ -56,6 +57,7 @@ class Dispatch:
     pipeline: object
     bind_group: object
     grid: tuple[int, int, int]
+    zeroes: object = None  # the buffer this dispatch only zeroes, for a later one to add into (see plan.py)
 
 
 class Gpu:

@@ -130,6 +130,11 @@ class DeviceProfile:
         return replace(self, limits=limits)
 
     @property
+    def float_atomics(self) -> bool:
+        """Kernels may atomicAdd f32 in storage buffers (wgpu's shader-float32-atomic feature)."""
+        return "shader-float32-atomic" in self.features
+
+    @property
     def busy_workgroups(self) -> int:
         """Workgroups a launch needs to keep the device busy (GEMM tile and split-K choice).
 

@@ -38,6 +38,18 @@ def launch(gpu: Gpu, source: str, params: list[str], values: dict, buffers: list
     return gpu.dispatch(source, [u, *buffers], values["total"], wg)
 
 
+ZERO_PARAMS = ["first", "total"]
+ZERO = flat_shader(ZERO_PARAMS, "@group(0) @binding(1) var<storage, read_write> y: array<f32>;",
+                   "  y[P.first + t] = 0.0;")
+
+
+def zeros(gpu: Gpu, buffer, first: int, count: int) -> Dispatch:
+    """A dispatch setting `count` f32 words of `buffer` from word `first` to zero (Dispatch.zeroes)."""
+    d = launch(gpu, ZERO, ZERO_PARAMS, {"first": first, "total": count}, [buffer])
+    d.zeroes = buffer
+    return d
+
+
 def f32_bits(x: float) -> int:
     """A float's bits as u32, to pass floats through the u32 parameter block (bitcast<f32> in WGSL)."""
     return int(np.array([x], np.float32).view(np.uint32)[0])

@@ -24,8 +24,9 @@ import numpy as np
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.base import Scratch, residual_buffers
 from convroute.kernels.common import FP32, Epilogue, Precision, ceil_div, pack, storage, sum_splits, uniform_block
-from convroute.kernels.flat import flat_shader, launch
+from convroute.kernels.flat import flat_shader, launch, zeros
 from convroute.kernels.gemm_tiles import NARROW, SIZED, TILES, Tile, fitting, generate
+from convroute.settings import env_flag
 
 M_ALIGN = max(t.bm for t in TILES)
 K_ALIGN = max(t.bk for t in TILES)
@@ -47,6 +48,10 @@ STORE_PARTIAL4 = "y[((split * P.m + m) * P.cols + j) / 4u] = v + select(0.0, bia
 # With a residual (`res`, laid out as y): y = act(sum + bias + res) at the same index.
 STORE_RESIDUAL = (f"let gj = P.col0 + j; let ro = {OUT_INDEX}; "
                   "y[ro] = ST(act(v + bias[m] + f32(res[ro])));")
+# Splits adding into a zeroed f32 output (Gemm.adds_splits): split 0 brings the bias (and the residual).
+STORE_ADD = f"let gj = P.col0 + j; atomicAdd(&y[{OUT_INDEX}], v + select(0.0, bias[m], split == 0u));"
+STORE_ADD_RESIDUAL = (f"let gj = P.col0 + j; let ro = {OUT_INDEX}; "
+                      "atomicAdd(&y[ro], v + select(0.0, bias[m] + f32(res[ro]), split == 0u));")
 STORE_RESIDUAL4 = (f"let gj = P.col0 + j; let ro = ({OUT_INDEX}) / 4u; let rv = v + bias[m] + ld4(res[ro]); "
                    "y[ro] = st4(vec4<f32>(act(rv.x), act(rv.y), act(rv.z), act(rv.w)));")
 
@@ -184,13 +189,19 @@ class Gemm:
         self.params = GEMM_PARAMS + extra_params
         self.template = dict(b_decl=b_decl, b_setup=b_setup, b_load=b_load, params=uniform_block(self.params),
                              act=act, precision=precision)
+        self.linear = act == Epilogue().wgsl()
         self.reduce_wg = min(64, gpu.profile.max_invocations)
         reduces = zip((REDUCE_RESIDUAL, REDUCE4_RESIDUAL), REDUCE_RESIDUAL_BUFFERS, strict=True) if residual else \
             zip((REDUCE, REDUCE4), REDUCE_BUFFERS, strict=True)
         self.reduce_sources = [flat_shader(REDUCE_PARAMS, buffers, body, act, precision, self.reduce_wg)
                                for body, buffers in reduces]
 
-    def source(self, tile: Tile, splits: int, quads: bool = False) -> str:
+    def source(self, tile: Tile, splits: int, quads: bool = False, adds: bool = False) -> str:
+        if adds:
+            template = self.template | dict(b_decl=self.template["b_decl"] + "\n" + storage(
+                "res", first=self.res_binding)) if self.residual else self.template
+            return generate(tile, store=STORE_ADD_RESIDUAL if self.residual else STORE_ADD, out_type="atomic<f32>",
+                            **template)
         if splits > 1:
             return generate(tile, store=STORE_PARTIAL4 if quads else STORE_PARTIAL, out_type="f32", quads=quads,
                             **self.template)
@@ -216,6 +227,15 @@ class Gemm:
             splits -= 1
         return tile, splits
 
+    def adds_splits(self, cols: int, col0: int, pixels: int) -> bool:
+        """K splits may add their sums straight into the output, zeroed first, instead of a reduce dispatch:
+        f32 atomics on the device, float32 storage, no activation (the sum of splits must be the output),
+        NCHW stores, and whole images (the zeroed span is then one contiguous range). CONVROUTE_ADD_SPLITS=0
+        keeps the reduce. Sums then add in a different order from run to run (last-bit differences)."""
+        return (self.gpu.profile.float_atomics and self.linear and self.store is None
+                and self.precision.dtype == "float32" and col0 % pixels == 0 and cols % pixels == 0
+                and env_flag("CONVROUTE_ADD_SPLITS", True))
+
     def dispatches(self, y, b_buffers: list, cols: int, col0: int, pixels: int, extra: dict,
                    residual=None) -> list[Dispatch]:
         """`residual`: the buffer added in the store, for a Gemm built with residual=True."""
@@ -234,6 +254,10 @@ class Gemm:
         quads = pixels % 4 == 0 and col0 % 4 == 0 and cols % 4 == 0
         if splits == 1:
             return [self.gpu.dispatch(self.source(tile, 1, quads),
+                                      [u, self.w_buf, self.b_buf, y, *b_buffers, *res], threads, tile.threads)]
+        if self.adds_splits(cols, col0, pixels):
+            return [zeros(self.gpu, y, col0 * self.m, cols * self.m),
+                    self.gpu.dispatch(self.source(tile, splits, adds=True),
                                       [u, self.w_buf, self.b_buf, y, *b_buffers, *res], threads, tile.threads)]
         part = self.scratch.get(4 * splits * self.m * cols, "split-K partial sums")
         reduce = dict(m=self.m, cols=cols, col0=col0, p=pixels, splits=splits,
