@@ -39,13 +39,14 @@ def launch(gpu: Gpu, source: str, params: list[str], values: dict, buffers: list
 
 
 ZERO_PARAMS = ["first", "total"]
-ZERO = flat_shader(ZERO_PARAMS, "@group(0) @binding(1) var<storage, read_write> y: array<f32>;",
-                   "  y[P.first + t] = 0.0;")
 
 
 def zeros(gpu: Gpu, buffer, first: int, count: int) -> Dispatch:
     """A dispatch setting `count` f32 words of `buffer` from word `first` to zero (Dispatch.zeroes)."""
-    d = launch(gpu, ZERO, ZERO_PARAMS, {"first": first, "total": count}, [buffer])
+    wg = min(WG, gpu.profile.max_invocations)
+    source = flat_shader(ZERO_PARAMS, "@group(0) @binding(1) var<storage, read_write> y: array<f32>;",
+                         "  y[P.first + t] = 0.0;", wg=wg)
+    d = launch(gpu, source, ZERO_PARAMS, {"first": first, "total": count}, [buffer], wg)
     d.zeroes = buffer
     return d
 
