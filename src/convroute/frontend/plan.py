@@ -142,22 +142,21 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     buffers, allocated = _allocate(ctx, graph, steps, root, metas, input_uploads)
     plan = Plan(graph, metas, steps, [], aliases, root, buffers, allocated, input_uploads)
     current: list[Step] = []
-    touched: set[int] = set()  # ids of the buffers the current segment's steps use so far
     for step in steps:
         if step.where == "gpu":
+            ins = [plan.buffer(name) for name in step.op.inputs]
             try:
-                _bind(ctx, plan, step, touched)
+                step.dispatches = step.op.bind(ins, plan.buffer(step.node.name))
             except Exception as exc:
                 raise node_error(step.node, exc) from exc
             current.append(step)
         else:
-            touched = set()
             if current:
-                plan.segments.append(_segment(plan, current))
+                plan.segments.append(_segment(current))
                 current = []
             plan.segments.append(step)
     if current:
-        plan.segments.append(_segment(plan, current))
+        plan.segments.append(_segment(current))
     casts = _input_casts(ctx, plan)
     if casts:
         first = next(seg for seg in plan.segments if isinstance(seg, Segment))
@@ -195,29 +194,8 @@ def _place(ctx: Context, node: Node, gpu_made: set):
         return str(exc) or type(exc).__name__
 
 
-def _bind(ctx: Context, plan: Plan, step: Step, touched: set[int]) -> None:
-    """Record the step's dispatches. A kernel that zeroes its output before adding into it (gemm's added K
-    splits) gets an output buffer that no earlier step of the segment uses, a new one if need be, so that
-    _segment may move the zeroing to the start of the segment, where it waits on nothing."""
-    ins = [plan.buffer(name) for name in step.op.inputs]
-    out = plan.buffer(step.node.name)
-    step.dispatches = step.op.bind(ins, out)
-    if id(out) in touched and any(d.zeroes is out for d in step.dispatches):
-        root = plan.root.get(step.node.name, step.node.name)
-        out = plan.buffers[root] = ctx.gpu.empty(out.size, f"value {step.node.name} (added into)")
-        plan.allocated.append(out)
-        step.dispatches = step.op.bind(ins, out)
-    touched.update(id(b) for b in (*ins, out))
-
-
-def _segment(plan: Plan, steps: list[Step]) -> Segment:
-    """The segment's dispatches in step order, but the zeroing of the steps' outputs first (see _bind): they
-    then run beside the first kernels instead of adding one more wait to the chain."""
-    outputs = {id(plan.buffer(s.node.name)) for s in steps}
-    dispatches = [d for s in steps for d in s.dispatches]
-    first = [d for d in dispatches if d.zeroes is not None and id(d.zeroes) in outputs]
-    moved = {id(d) for d in first}
-    return Segment(steps, first + [d for d in dispatches if id(d) not in moved])
+def _segment(steps: list[Step]) -> Segment:
+    return Segment(steps, [d for s in steps for d in s.dispatches])
 
 
 def _on_gpu(meta) -> bool:

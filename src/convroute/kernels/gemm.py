@@ -6,7 +6,8 @@ chosen per launch, among those whose workgroups fit the device's limits, so that
 workgroups, and when even the smallest tile leaves it idle (few channels x few pixels, deep K: late ResNet
 layers at batch 1) K is split across workgroups and a reduction dispatch adds the partial sums (split 0
 carries the bias) and applies the activation. On GPUs a small split product takes K slices within its
-workgroups instead (slice_plan): one launch, the slices' sums meeting in workgroup memory.
+workgroups instead (slice_plan): one launch, the slices' sums meeting in workgroup memory. Without an
+activation, and with f32 atomics, the splits add into the output zeroed just before (Gemm.adds_splits).
 
 The B operand is a template: a caller supplies its bindings (from binding 4 on), per-invocation setup (run
 once, for the four columns starting at `bcol` that this invocation loads) and a vec4 load expression for
@@ -36,6 +37,7 @@ MIN_KT_PER_SPLIT = 4
 SMALL_MACS, LARGE_MACS = 1 << 24, 1 << 27  # sized_plan's bounds on M x K x columns
 SPREAD = 1.5  # sized_plan splits K until a launch has this many times the device's busy workgroups
 SLICE_MACS, SLICE_STEPS = 1 << 25, 4  # slice_plan: products it slices, K steps per slice
+ADD_SPLITS_MAX = 1 << 20  # Gemm.adds_splits: most atomic adds (splits x outputs) of one launch
 
 OUT_INDEX = "(gj / P.p) * P.m * P.p + gj % P.p + m * P.p"  # column gj's pixel of output channel m, NCHW
 STORE_OUTPUT = f"let gj = P.col0 + j; y[{OUT_INDEX}] = ST(act(v + bias[m]));"
@@ -227,14 +229,17 @@ class Gemm:
             splits -= 1
         return tile, splits
 
-    def adds_splits(self, cols: int, col0: int, pixels: int) -> bool:
-        """K splits may add their sums straight into the output, zeroed first, instead of a reduce dispatch:
-        f32 atomics on the device, float32 storage, no activation (the sum of splits must be the output),
-        NCHW stores, and whole images (the zeroed span is then one contiguous range). CONVROUTE_ADD_SPLITS=0
-        keeps the reduce. Sums then add in a different order from run to run (last-bit differences)."""
+    def adds_splits(self, splits: int, cols: int, col0: int, pixels: int) -> bool:
+        """K splits may add their sums straight into the output, zeroed by a dispatch just before, instead of
+        storing them for a reduce dispatch: f32 atomics on the device, float32 storage, no activation (the sum
+        of the splits must be the output), NCHW stores over whole images (the zeroed span is then one range),
+        and at most ADD_SPLITS_MAX atomic adds. On the H100 (NOTES, session 11) that took MobileNetV2's ten
+        split projections from 514 to 481 us of GPU time; ResNet-50's downsample convs, 1.2-1.6 M adds each,
+        ran 8 us slower each than partial sums and a reduce. Sums then add in a different order from run to
+        run (last-bit differences). CONVROUTE_ADD_SPLITS=0 keeps the reduce."""
         return (self.gpu.profile.float_atomics and self.linear and self.store is None
                 and self.precision.dtype == "float32" and col0 % pixels == 0 and cols % pixels == 0
-                and env_flag("CONVROUTE_ADD_SPLITS", True))
+                and splits * self.m * cols <= ADD_SPLITS_MAX and env_flag("CONVROUTE_ADD_SPLITS", True))
 
     def dispatches(self, y, b_buffers: list, cols: int, col0: int, pixels: int, extra: dict,
                    residual=None) -> list[Dispatch]:
@@ -255,7 +260,7 @@ class Gemm:
         if splits == 1:
             return [self.gpu.dispatch(self.source(tile, 1, quads),
                                       [u, self.w_buf, self.b_buf, y, *b_buffers, *res], threads, tile.threads)]
-        if self.adds_splits(cols, col0, pixels):
+        if self.adds_splits(splits, cols, col0, pixels):
             return [zeros(self.gpu, y, col0 * self.m, cols * self.m),
                     self.gpu.dispatch(self.source(tile, splits, adds=True),
                                       [u, self.w_buf, self.b_buf, y, *b_buffers, *res], threads, tile.threads)]
