@@ -12,7 +12,7 @@ import numpy as np
 
 from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
 from convroute.device.profile import DeviceProfile
-from convroute.device.webgpu import IMPLEMENTATION, wgpu
+from convroute.device.webgpu import IMPLEMENTATION, SHADER_CHECKS, shader_module, wgpu
 from convroute.device.webgpu import RAW as _RAW
 from convroute.device.workgroup import check_workgroup
 
@@ -21,6 +21,15 @@ TYPE_RANK = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3
 OPTIONAL_FEATURES = ("timestamp-query", "timestamp-query-inside-passes", "shader-f16", "subgroup",
                      "shader-float32-atomic")
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
+
+
+def shader_checks() -> str:
+    """CONVROUTE_SHADER_CHECKS: the run-time checks naga adds to every shader (webgpu.SHADER_CHECKS): "all"
+    (default), "bounds" (no loop bounding) or "none" (neither: an out-of-range index is undefined)."""
+    value = os.environ.get("CONVROUTE_SHADER_CHECKS", "").strip().lower() or "all"
+    if value not in SHADER_CHECKS:
+        raise ValueError(f"CONVROUTE_SHADER_CHECKS={value!r}: use one of {', '.join(SHADER_CHECKS)}")
+    return value
 
 
 def list_adapters() -> list:
@@ -110,13 +119,14 @@ class Gpu:
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, source: str, constants: dict | None = None):
         check_workgroup(self.profile, source)  # a ValueError naming the limit, before the driver sees it
-        key = (source, tuple(sorted((constants or {}).items())))
+        checks = shader_checks()
+        key = (source, tuple(sorted((constants or {}).items())), checks)
         with self._lock:
             pipe = self._pipelines.get(key)
         if pipe is None:  # compiled outside the lock: two threads may both compile it, the first one is kept
             with self.checked(f"compiling a compute pipeline ({len(source)} characters of WGSL"
                               f"{f', constants {constants}' if constants else ''})"):
-                module = self.device.create_shader_module(code=source)
+                module = shader_module(self.device, source, checks)
                 stage = {"module": module, "entry_point": "main"}
                 if constants:
                     stage["constants"] = constants

@@ -43,4 +43,31 @@ else:
 
 TICKS_ARE_NANOSECONDS = IMPLEMENTATION == "dawn"  # wgpu-native resolves timestamps to raw ticks
 
-__all__ = ["DAWN_TOGGLES", "IMPLEMENTATION", "RAW", "TICKS_ARE_NANOSECONDS", "wgpu"]
+# The run-time checks naga may add to shaders (wgpu.h's WGPUShaderRuntimeChecks): clamped indices and
+# bounded loops. Dropping the loop bound is safe for shaders whose loops all end.
+SHADER_CHECKS = {"all": 0x1 | 0x2, "bounds": 0x1, "none": 0x0}
+
+
+def shader_module(device, code: str, checks: str = "all"):
+    """A WGSL module: device.create_shader_module, or with `checks` other than "all" on wgpu-native
+    wgpuDeviceCreateShaderModuleTrusted with only those run-time checks (SHADER_CHECKS). Dawn has no such
+    call (its toggles do this per device): there `checks` must be "all"."""
+    if checks == "all":
+        return device.create_shader_module(code=code)
+    if IMPLEMENTATION != "wgpu-native":
+        raise ValueError(f"shader checks {checks!r} need wgpu-native (CONVROUTE_WEBGPU={IMPLEMENTATION})")
+    from wgpu.backends.wgpu_native import _api
+
+    source = _api.new_struct_p("WGPUShaderSourceWGSL *", code=_api.to_c_string_view(code))
+    source[0].chain.next = _api.ffi.NULL
+    source[0].chain.sType = _api.lib.WGPUSType_ShaderSourceWGSL
+    descriptor = _api.new_struct_p("WGPUShaderModuleDescriptor *",
+                                   nextInChain=_api.ffi.cast("WGPUChainedStruct *", source),
+                                   label=_api.to_c_string_view(""))
+    handle = _api.libf.wgpuDeviceCreateShaderModuleTrusted(device._internal, descriptor, SHADER_CHECKS[checks])
+    if handle == _api.ffi.NULL:
+        raise RuntimeError("shader module creation failed")
+    return _api.GPUShaderModule("", handle, device)
+
+
+__all__ = ["DAWN_TOGGLES", "IMPLEMENTATION", "RAW", "SHADER_CHECKS", "TICKS_ARE_NANOSECONDS", "shader_module", "wgpu"]
