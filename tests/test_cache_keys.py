@@ -49,13 +49,23 @@ def test_the_build_stamp_names_convroute_the_kernels_and_wgpu():
     import wgpu
 
     stamp = build_stamp()
-    assert stamp["wgpu"] == wgpu.__version__
+    assert stamp["wgpu"] == f"{wgpu.__version__} (shader checks: bounds)"  # the default: see settings
+    assert cache.webgpu_version() == stamp["wgpu"]
     assert stamp["convroute"] not in ("", "unknown")
     assert len(stamp["kernels"]) == 12 and int(stamp["kernels"], 16) >= 0
     assert file_header("f", 3, "dev", "float16") == {"format": "f", "version": 3, "device_key": "dev",
                                                      "dtype": "float16", "build": stamp}
     assert calib.save_calibration(small_calibration()) is not None
     assert json.loads(calib.profile_path(PROFILE).read_text())["build"] == stamp
+
+
+def test_shader_checks_make_another_build(monkeypatch):
+    import wgpu
+
+    monkeypatch.setenv("CONVROUTE_SHADER_CHECKS", "all")
+    assert cache.webgpu_version() == wgpu.__version__
+    monkeypatch.setenv("CONVROUTE_SHADER_CHECKS", "none")
+    assert cache.webgpu_version() == f"{wgpu.__version__} (shader checks: none)"
 
 
 def test_kernel_hash_is_deterministic_and_follows_every_kernel_module(monkeypatch, tmp_path):

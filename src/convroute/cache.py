@@ -23,7 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TypeVar
 
-from convroute.settings import WEBGPU_IMPLEMENTATIONS, process_webgpu_implementation
+from convroute.settings import WEBGPU_IMPLEMENTATIONS, process_webgpu_implementation, shader_checks
 
 KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
 
@@ -90,10 +90,13 @@ def build_stamp() -> dict:
 
 def webgpu_version() -> str:
     """wgpu-py's version ("0.32.0"), or the other implementation's package and version ("wgpudawn 0.32.0.4"):
-    Dawn compiles the same WGSL to other machine code, so its timings are another build's."""
+    Dawn compiles the same WGSL to other machine code, so its timings are another build's; and shaders with
+    fewer run-time checks than all of naga's (settings.shader_checks) run faster, so theirs too."""
     implementation = process_webgpu_implementation()
     package = WEBGPU_IMPLEMENTATIONS[implementation]
-    return _version(package) if implementation == "wgpu-native" else f"{package} {_version(package)}"
+    version = _version(package) if implementation == "wgpu-native" else f"{package} {_version(package)}"
+    checks = shader_checks()
+    return version if checks == "all" else f"{version} (shader checks: {checks})"
 
 
 def describe_build(stamp: dict) -> str:

@@ -1,7 +1,7 @@
 """Switches read from the environment: the on/off ones (CONVROUTE_FORCE_DIRECT, CONVROUTE_FUSE_RESIDUAL,
 CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON,
-CONVROUTE_ADD_SPLITS) with one spelling rule for all of them, and CONVROUTE_WEBGPU (which
-WebGPU implementation runs the kernels)."""
+CONVROUTE_ADD_SPLITS) with one spelling rule for all of them, CONVROUTE_WEBGPU (which
+WebGPU implementation runs the kernels) and CONVROUTE_SHADER_CHECKS (which run-time checks shaders keep)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,20 @@ def process_webgpu_implementation() -> str:
     """The implementation this process runs on: CONVROUTE_WEBGPU as first read (device.webgpu imports one
     module for good, so measurement files must keep naming that one even if the variable changes later)."""
     return webgpu_implementation()
+
+
+SHADER_CHECK_NAMES = ("all", "bounds", "none")
+
+
+def shader_checks() -> str:
+    """CONVROUTE_SHADER_CHECKS: the run-time checks naga adds to every shader (device.webgpu.SHADER_CHECKS).
+    "bounds" (the default on wgpu-native) keeps its index clamping and drops the counter it adds to every loop
+    to stop infinite ones: every convroute loop ends (a counter stepping up to a bound from the parameter
+    block), and on the H100 the counters cost 12-15 % of every model's GPU time (NOTES, session 11). "all"
+    keeps both (the only choice on Dawn); "none" drops the clamping too, where an out-of-range index is
+    undefined behaviour. Read at each pipeline's creation; measurement files record the value as first read."""
+    default = "bounds" if process_webgpu_implementation() == "wgpu-native" else "all"
+    value = os.environ.get("CONVROUTE_SHADER_CHECKS", "").strip().lower() or default
+    if value not in SHADER_CHECK_NAMES:
+        raise ValueError(f"CONVROUTE_SHADER_CHECKS={value!r}: use one of {', '.join(SHADER_CHECK_NAMES)}")
+    return value

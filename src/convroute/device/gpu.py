@@ -12,24 +12,16 @@ import numpy as np
 
 from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
 from convroute.device.profile import DeviceProfile
-from convroute.device.webgpu import IMPLEMENTATION, SHADER_CHECKS, shader_module, wgpu
+from convroute.device.webgpu import IMPLEMENTATION, shader_module, wgpu
 from convroute.device.webgpu import RAW as _RAW
 from convroute.device.workgroup import check_workgroup
+from convroute.settings import shader_checks
 
 BACKEND_RANK = {"Vulkan": 0, "Metal": 0, "D3D12": 1, "OpenGL": 3}
 TYPE_RANK = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3, "CPU": 4}
 OPTIONAL_FEATURES = ("timestamp-query", "timestamp-query-inside-passes", "shader-f16", "subgroup",
                      "shader-float32-atomic")
 STORAGE = wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC | wgpu.BufferUsage.COPY_DST
-
-
-def shader_checks() -> str:
-    """CONVROUTE_SHADER_CHECKS: the run-time checks naga adds to every shader (webgpu.SHADER_CHECKS): "all"
-    (default), "bounds" (no loop bounding) or "none" (neither: an out-of-range index is undefined)."""
-    value = os.environ.get("CONVROUTE_SHADER_CHECKS", "").strip().lower() or "all"
-    if value not in SHADER_CHECKS:
-        raise ValueError(f"CONVROUTE_SHADER_CHECKS={value!r}: use one of {', '.join(SHADER_CHECKS)}")
-    return value
 
 
 def list_adapters() -> list:

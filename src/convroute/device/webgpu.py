@@ -43,8 +43,8 @@ else:
 
 TICKS_ARE_NANOSECONDS = IMPLEMENTATION == "dawn"  # wgpu-native resolves timestamps to raw ticks
 
-# The run-time checks naga may add to shaders (wgpu.h's WGPUShaderRuntimeChecks): clamped indices and
-# bounded loops. Dropping the loop bound is safe for shaders whose loops all end.
+# settings.shader_checks' names -> the run-time checks naga adds to shaders (wgpu.h's WGPUShaderRuntimeChecks:
+# BoundsChecks 0x1, ForceLoopBounding 0x2).
 SHADER_CHECKS = {"all": 0x1 | 0x2, "bounds": 0x1, "none": 0x0}
 
 
