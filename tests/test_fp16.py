@@ -125,7 +125,8 @@ def test_random_convs_in_fp16(p, accumulate, seed):
 @needs_f16
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
 def test_every_shader_of_an_fp16_kernel_stores_f16(monkeypatch, name):
-    """No algorithm silently runs fp32 shaders: every pipeline an fp16 kernel builds starts with the f16 header."""
+    """No algorithm silently runs fp32 shaders: every pipeline an fp16 kernel builds starts with an f16 storage
+    header (f16 or f32 sums: winograd4's GEMM sums in f32)."""
     p = {"transposed": make_params((1, 4, 5, 5), (4, 4, 3, 3), 2, 1, transposed=True),
          "depthwise": make_params((1, 4, 6, 6), (4, 1, 3, 3), 1, 1, groups=4),
          "pointwise": make_params((1, 4, 6, 6), (8, 4, 1, 1))}.get(name, make_params((1, 4, 6, 6), (8, 4, 3, 3), 1, 1))
@@ -141,7 +142,8 @@ def test_every_shader_of_an_fp16_kernel_stores_f16(monkeypatch, name):
     kernel = ALGORITHMS[name](gpu, p, w, b, Epilogue(), dtype="float16")
     assert kernel.dtype == "float16"
     kernel.bind(gpu.empty(2 * x.size), gpu.empty(2 * int(np.prod(p.output_shape))), p.n)
-    assert sources and all(s.startswith(Precision.parse("float16").wgsl()) for s in sources), name
+    f16 = tuple(Precision.parse("float16", sums).wgsl() for sums in ("float16", "float32"))  # f16 storage
+    assert sources and all(s.startswith(f16) for s in sources), name
 
 
 @needs_f16
