@@ -34,7 +34,6 @@ K_ALIGN = max(t.bk for t in TILES)
 TILE = max(t.bn for t in TILES)  # column chunks are whole multiples of this
 GEMM_PARAMS = ["m", "k", "k_pad", "m4", "tiles_m", "tiles", "cols", "col0", "p", "splits", "kt_split"]
 MIN_KT_PER_SPLIT = 4
-MIN_SPLIT_KTILES = 12  # sized_plan leaves K of fewer K steps whole
 SMALL_MACS, LARGE_MACS = 1 << 24, 1 << 27  # sized_plan's bounds on M x K x columns
 SPREAD = 1.5  # sized_plan splits K until a launch has this many times the device's busy workgroups
 SLICE_MACS, SLICE_STEPS = 1 << 25, 4  # slice_plan: products it slices, K steps per slice
@@ -123,8 +122,7 @@ def sized_plan(m: int, cols: int, k_pad: int, busy: int, profile=None,
     else an 8x8-per-invocation tile of 128 or 64 rows), K split until SPREAD x `busy` workgroups. Measured on
     the H100 over the suites' GEMM layers at batch 1 and 8 (NOTES, session 5): the first-busy rule's plans
     took 1.30x / 1.51x the best plan's time in total (too few workgroups of 256 invocations); these 1.14x /
-    1.22x with SPREAD 2 and about 1.10x with 1.5. K of fewer than MIN_SPLIT_KTILES K steps stays whole: split
-    in two, K = 128-160 ran 1.1-1.7x the time of one launch (NOTES, session 11, after the loop counters went).
+    1.22x with SPREAD 2 and about 1.10x with 1.5.
     None when the launch is narrow or the tile does not fit `profile` (choose_tile then decides)."""
     if cols <= max(NARROW):
         return None
@@ -139,8 +137,6 @@ def sized_plan(m: int, cols: int, k_pad: int, busy: int, profile=None,
         return None
     groups = ceil_div(m, tile.bm) * ceil_div(cols, tile.bn)
     ktiles = k_pad // tile.bk
-    if ktiles < MIN_SPLIT_KTILES:
-        return tile, 1
     splits = max(1, min(ceil_div(math.ceil(SPREAD * busy), groups), ktiles // MIN_KT_PER_SPLIT))
     return tile, ceil_div(ktiles, ceil_div(ktiles, splits))
 
