@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 
 import convroute.api  # noqa: E402
 from convroute.kernels import ALGORITHMS  # noqa: E402
+from convroute.kernels.common import Precision  # noqa: E402
 from convroute.measure.reference import norm_relative_error as rel_error  # noqa: E402
 from convroute.measure.reference import torch_reference  # noqa: E402
 from convroute.measure.workload import random_inputs  # noqa: E402, F401 (the tests draw their inputs with it)
@@ -20,6 +21,8 @@ from convroute.params import ConvParams  # noqa: E402
 convroute.api.POISON = True  # outputs start as NaN, so an element no kernel writes fails the check
 
 TOLERANCE = 1e-4
+# The header every fp16 kernel's shaders start with: f16 storage, f16 sums or f32 ones (winograd4's GEMM).
+F16_HEADERS = tuple(Precision.parse("float16", sums).wgsl() for sums in ("float16", "float32"))
 ACTIVATIONS = (None, "relu", "relu6", ("clamp", -0.5, 0.75), "hardswish", "silu", "sigmoid")
 
 
