@@ -8,7 +8,11 @@ grid measurement; the log of the rest is predicted in two steps:
    plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128, how much of
    2x2 / 4x4 output-plane tiles, the share of the input a stride longer than the window skips, and how many
    tiles/threads it offers (parallelism, with hinges at 16 and 64 work items: a device with too little work
-   idles, with enough it does not speed up further). Linear terms
+   idles, with enough it does not speed up further), and, given the calibrated device's profile, two features
+   of the launch plan the algorithm's own kernel makes for the shape (plan_features: log2 of workgroups launched
+   and of K steps per workgroup, for the GEMM algorithms and direct): the jumps where a plan changes, which no
+   smooth shape feature sees (on the H100 they took calibrated's picks from 1.054x to 1.019x the per-layer best
+   on ResNet-18 and the grid's leave-one-out regret from 1.4 % to 1.0 %). Linear terms
    extrapolate smoothly to shapes larger or smaller than the grid's; the Huber weights keep a measurement hit
    by a load spike from bending the fit; standard deviations are floored (MIN_SCALE) so that a feature
    nearly constant on the grid cannot dominate a prediction.
@@ -19,7 +23,7 @@ grid measurement; the log of the rest is predicted in two steps:
 Without the fixed cost, a log-linear model must bend its trend to fit times of 10-40 us that are mostly
 launch overhead (8-16 us on an H100 depending on the algorithm's dispatch count) next to times of 100+ us
 that are mostly work.
-The algorithm with the smallest predicted time wins. Fitting takes milliseconds, so it is redone whenever a
+The algorithm with the smallest predicted time wins. Fitting takes ~0.2 s (the plans), so it is redone whenever a
 profile is loaded; `loo_report` measures how well the choice generalises (leave-one-out over the grid).
 """
 
@@ -30,6 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import direct, gemm, im2col
+from convroute.kernels.common import Precision, ceil_div
 from convroute.params import ConvParams
 
 RIDGE = 5e-3  # 1e-2 before the fixed cost: log(time - fixed cost) spans a wider range; chosen on fp32 + fp16 LOO
@@ -83,8 +90,58 @@ def _skip(stride: int, kernel: int, dilation: int) -> float:
     return max(1.0, stride / ((kernel - 1) * dilation + 1))
 
 
-def feature_vector(p: ConvParams) -> np.ndarray:
-    return np.array(list(base_features(p).values()) + list(tiling_features(p).values()), np.float64)
+def plan_record(workgroups: int, steps: float) -> dict[str, float]:
+    """A launch plan as features: log2 of the workgroups launched and of the K steps (direct: input channels)
+    one workgroup sums, its share of K after splits and slices. Other plan quantities tried on the H100
+    (log2 of splits, of slices, of the tile, of dispatches, a reduce dispatch) made the leave-one-out check worse."""
+    return {"plan_workgroups": math.log2(max(1, workgroups)), "plan_steps": math.log2(max(1.0, steps))}
+
+
+def gemm_plan(profile: DeviceProfile, precision: Precision, p: ConvParams, name: str) -> dict[str, float]:
+    """im2col, pointwise and implicit_gemm: gemm.launch_plan for one GEMM of C_out rows, N x Ho x Wo columns
+    and K = C_in x Kh x Kw (im2col: in column chunks; the first chunk's plan)."""
+    k_pad = gemm.padded_k(p.c_in * p.kh * p.kw)
+    cols = p.n * p.ho * p.wo
+    if name == "im2col":
+        cols = im2col.column_chunk(profile, precision, k_pad, cols, p)
+    tile, splits = gemm.launch_plan(profile, p.c_out, cols, k_pad, precision)
+    workgroups = ceil_div(p.c_out, tile.bm) * ceil_div(cols, tile.bn) * splits
+    return plan_record(workgroups, ceil_div(k_pad // tile.bk, splits) / tile.ks)
+
+
+def direct_plan(profile: DeviceProfile, p: ConvParams) -> dict[str, float]:
+    """direct.choose_plan: output blocks, each over input channels split across workgroups."""
+    plan = direct.choose_plan(profile, p, p.n)
+    tile, cout_g = plan.tile, p.c_out // p.groups
+    blocks = p.n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
+    channels = ceil_div(ceil_div(p.c_in // p.groups, plan.chunk), plan.splits) * plan.chunk
+    return plan_record(blocks * plan.splits, channels)
+
+
+GEMM_ALGORITHMS = ("im2col", "pointwise", "implicit_gemm")
+
+
+def plan_features(profile: DeviceProfile | None, precision: Precision, p: ConvParams, name: str) -> dict[str, float]:
+    """Features of the launch plan `name`'s kernel makes for `p` on `profile`: jumps in run time where a plan
+    changes (a GEMM past gemm.SLICE_MACS split across workgroups instead of sliced within them, direct splitting
+    its input channels) that no smooth shape feature sees. For GPUs' workgroup kernels of the GEMM algorithms
+    and direct; none for the others (winograd's BatchedGemm plan made the leave-one-out check worse on the
+    H100), without a profile or on CPU adapters (register tiles)."""
+    if profile is None or profile.gemm_style != "workgroup" or p.transposed:
+        return {}
+    if name in GEMM_ALGORITHMS and p.groups == 1:
+        return gemm_plan(profile, precision, p, name)
+    if name == "direct":
+        return direct_plan(profile, p)
+    return {}
+
+
+def feature_vector(p: ConvParams, name: str = "", profile: DeviceProfile | None = None,
+                   precision: Precision | None = None) -> np.ndarray:
+    """The regression's features of `p` for algorithm `name`: shape, tiling and (with a profile) launch plan."""
+    plan = plan_features(profile, precision or Precision.parse(), p, name)
+    return np.array(list(base_features(p).values()) + list(tiling_features(p).values()) + list(plan.values()),
+                    np.float64)
 
 
 def distance_vector(p: ConvParams) -> np.ndarray:
@@ -137,31 +194,38 @@ class AlgorithmModel:
 class CostModel:
     models: dict[str, AlgorithmModel]
     counts: dict[str, int]
+    profile: DeviceProfile | None = None  # the device whose kernels' launch plans are features (plan_features)
+    precision: Precision = Precision()
 
     @classmethod
-    def fit(cls, samples, excluded: dict[str, str] | None = None) -> CostModel:
+    def fit(cls, samples, excluded: dict[str, str] | None = None, profile: DeviceProfile | None = None,
+            dtype: str = "float32") -> CostModel:
         excluded = excluded or {}
+        precision = Precision.parse(dtype)
         rows: dict[str, list] = {}
         for s in samples:
-            x, d = feature_vector(s.params), distance_vector(s.params)
+            d = distance_vector(s.params)
             for name, t in s.times_ms.items():
                 if name not in excluded and t > 0:
-                    rows.setdefault(name, []).append((x, d, t))
+                    rows.setdefault(name, []).append((feature_vector(s.params, name, profile, precision), d, t))
         models, counts = {}, {}
         for name, data in rows.items():
             if len(data) < 3:
                 continue
             x, d, y = (np.array([r[i] for r in data]) for i in range(3))
             models[name], counts[name] = AlgorithmModel.fit(x, d, y), len(data)
-        return cls(models, counts)
+        return cls(models, counts, profile, precision)
 
     def predict_ms(self, p: ConvParams, name: str) -> float | None:
         """Predicted time of `name` on `p`, None when the algorithm was not calibrated."""
         model = self.models.get(name)
-        return None if model is None else model.predict_ms(feature_vector(p), distance_vector(p))
+        if model is None:
+            return None
+        return model.predict_ms(feature_vector(p, name, self.profile, self.precision), distance_vector(p))
 
 
-def loo_report(samples, excluded: dict[str, str] | None = None) -> dict:
+def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceProfile | None = None,
+               dtype: str = "float32") -> dict:
     """Leave-one-out over the grid: for each shape with 2+ measured algorithms, fit without it, choose, and
     compare with the measured fastest. Returns accuracy, mean regret, the worst case (regret, chosen and best
     ms, shape) and the time-weighted regret (the share of total grid time lost to wrong choices)."""
@@ -171,7 +235,7 @@ def loo_report(samples, excluded: dict[str, str] | None = None) -> dict:
         times = sample.times_ms
         if len(times) < 2:
             continue
-        model = CostModel.fit(samples[:i] + samples[i + 1:], excluded)
+        model = CostModel.fit(samples[:i] + samples[i + 1:], excluded, profile, dtype)
         predicted = {n: t for n in times if (t := model.predict_ms(sample.params, n)) is not None}
         if not predicted:
             continue

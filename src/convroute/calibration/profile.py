@@ -3,7 +3,7 @@ device and dtype in the cache directory, and the routing model fitted from it.
 
 The profile file holds the raw measurements (times and errors per grid shape), the algorithms excluded for
 wrong results, and how it was measured; the routing model is fitted from the samples when the file is
-loaded (milliseconds), so a better model needs no re-measurement.
+loaded (~0.2 s), so a better model needs no re-measurement.
 
 One profile per device and dtype: `convroute calibrate --dtype float16` measures the grid with f16 storage
 (f32 sums) and keeps it in its own file; exclusions and the correctness bound are per dtype.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from convroute.cache import device_file, file_header, load_record, write_json
 from convroute.calibration.model import CostModel
-from convroute.device.profile import DeviceProfile
+from convroute.device.profile import DEFAULT_LIMITS, DeviceProfile
 from convroute.kernels.common import dtype_name
 from convroute.params import ConvParams, params_from_dict, params_to_dict
 
@@ -47,10 +47,17 @@ class Calibration:
 
     @property
     def model(self):
-        """The fitted routing model (calibration.model.CostModel), fitted on first use."""
+        """The fitted routing model (calibration.model.CostModel), fitted on first use; its kernels' launch plans
+        are those on the stored device profile."""
         if self._model is None:
-            self._model = CostModel.fit(self.samples, self.excluded)
+            self._model = CostModel.fit(self.samples, self.excluded, self.profile, self.dtype)
         return self._model
+
+    @property
+    def profile(self) -> DeviceProfile:
+        """The measured device as a DeviceProfile: its family and, where the file stores them (calibrations since
+        the cost model's plan features), its limits and features; WebGPU's default limits otherwise."""
+        return stored_profile(self.device)
 
     def to_json(self) -> dict:
         return file_header(FORMAT, VERSION, self.device_key, self.dtype) | {
@@ -79,6 +86,20 @@ class Calibration:
 def device_record(profile: DeviceProfile) -> dict:
     return {"name": profile.name, "driver": profile.driver, "backend": profile.backend, "family": profile.family,
             "vendor_id": profile.vendor_id, "adapter_type": profile.adapter_type}
+
+
+def calibrated_device(profile: DeviceProfile) -> dict:
+    """device_record plus what the cost model's launch plans read: the device's limits and features."""
+    return device_record(profile) | {"limits": dict(profile.limits), "features": sorted(profile.features)}
+
+
+def stored_profile(device: dict) -> DeviceProfile:
+    """A DeviceProfile from a stored device record (calibrated_device or device_record), without the GPU."""
+    limits = DEFAULT_LIMITS | {str(k): int(v) for k, v in device.get("limits", {}).items()}
+    return DeviceProfile(family=str(device.get("family", "unknown")), name=str(device.get("name", "")),
+                         driver=str(device.get("driver", "")), vendor_id=int(device.get("vendor_id", 0)),
+                         backend=str(device.get("backend", "")), adapter_type=str(device.get("adapter_type", "")),
+                         limits=limits, features=frozenset(map(str, device.get("features", ()))))
 
 
 def profile_path(profile: DeviceProfile, dtype: str = "float32") -> Path:

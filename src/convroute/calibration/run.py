@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from convroute.cache import warn_once
 from convroute.calibration.grid import grid_shapes
-from convroute.calibration.profile import Calibration, Sample, device_record
+from convroute.calibration.profile import Calibration, Sample, calibrated_device
 from convroute.device.gpu import Gpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Precision
@@ -47,7 +47,7 @@ def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = 
         sample, timing = measure_shape(gpu, p, algorithms, excluded, settings, precision)
         samples.append(sample)
     bar.close()
-    return Calibration(gpu.profile.key, device_record(gpu.profile), grid, timing, samples, excluded,
+    return Calibration(gpu.profile.key, calibrated_device(gpu.profile), grid, timing, samples, excluded,
                        datetime.now(UTC).isoformat(timespec="seconds"), round(time.perf_counter() - start, 1),
                        len(samples) == len(shapes), precision.dtype)
 

@@ -166,6 +166,24 @@ def tiles_for(cols: int, profile=None, precision: Precision = FP32) -> tuple[Til
     return tiles if profile is None else fitting(tiles, profile, precision)
 
 
+def launch_plan(profile, m: int, cols: int, k_pad: int, precision: Precision = FP32,
+                own_store: bool = False) -> tuple[Tile, int]:
+    """Tile and K splits of one launch of `cols` columns (Gemm.plan), a pure function of the device profile (the
+    cost model reads it without a GPU): on GPUs sized_plan, else choose_tile, then slice_plan. `own_store` (an
+    output not in NCHW order) never splits K; fewer splits while their partial sums would exceed one binding."""
+    sized = profile.gemm_style == "workgroup" and sized_plan(m, cols, k_pad, profile.busy_workgroups, profile,
+                                                              precision)
+    tile, splits = sized or choose_tile(m, cols, k_pad, profile.busy_workgroups,
+                                        tiles=tiles_for(cols, profile, precision))
+    if own_store:
+        return tile, 1
+    if profile.gemm_style == "workgroup":
+        tile, splits = slice_plan(tile, splits, m, cols, k_pad, profile, precision)
+    while splits > 1 and 4 * splits * m * cols > profile.max_binding_bytes:
+        splits -= 1
+    return tile, splits
+
+
 class Gemm:
     """Prepacked weights + B template; `dispatches` builds the launches for one output and B binding set."""
 
@@ -216,18 +234,7 @@ class Gemm:
         return generate(tile, store=STORE_RESIDUAL4 if quads else STORE_RESIDUAL, quads=quads, **template)
 
     def plan(self, cols: int) -> tuple[Tile, int]:
-        profile = self.gpu.profile
-        sized = profile.gemm_style == "workgroup" and sized_plan(self.m, cols, self.k_pad, profile.busy_workgroups,
-                                                                  profile, self.precision)
-        tile, splits = sized or choose_tile(self.m, cols, self.k_pad, profile.busy_workgroups,
-                                            tiles=tiles_for(cols, profile, self.precision))
-        if self.store is not None:
-            return tile, 1
-        if profile.gemm_style == "workgroup":
-            tile, splits = slice_plan(tile, splits, self.m, cols, self.k_pad, profile, self.precision)
-        while splits > 1 and 4 * splits * self.m * cols > self.gpu.profile.max_binding_bytes:
-            splits -= 1
-        return tile, splits
+        return launch_plan(self.gpu.profile, self.m, cols, self.k_pad, self.precision, self.store is not None)
 
     def adds_splits(self, splits: int, cols: int, col0: int, pixels: int) -> bool:
         """K splits may add their sums straight into the output, zeroed by a dispatch just before, instead of

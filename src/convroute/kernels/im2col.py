@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from convroute.kernels import gemm, gemm_cpu, im2col_tex
 from convroute.kernels.base import ConvKernel
-from convroute.kernels.common import ceil_div, storage
+from convroute.kernels.common import Precision, ceil_div, storage
 from convroute.kernels.flat import flat_shader, launch
 
 COL_BYTES_CAP = 256 << 20  # the column buffer stays below this even where bindings are larger
@@ -49,6 +49,17 @@ B_SETUP = "let bq = bcol / 4u;"
 B_LOAD = "col[k * P.s4 + bq]"
 
 
+def column_chunk(profile, precision: Precision, k_pad: int, total: int, p=None) -> int:
+    """Output pixels per chunk of `total` on `profile`: the most whole GEMM tiles whose column matrix of `k_pad`
+    rows fits one binding (a pure function: the cost model reads it too). `p` names the conv in the error."""
+    budget = min(profile.max_binding_bytes, COL_BYTES_CAP)
+    fit = budget // (precision.itemsize * k_pad) // gemm.TILE * gemm.TILE
+    if fit == 0:  # the weight matrix alone is larger than this, so only with an unusually small cap
+        raise ValueError(f"im2col{'' if p is None else ' of ' + p.describe()}: {gemm.TILE} columns of {k_pad} "
+                         f"rows exceed the {budget}-byte column buffer; use the direct algorithm")
+    return min(fit, total)
+
+
 class Im2col(ConvKernel):
     name = "im2col"
     fuses_residual = True
@@ -79,12 +90,7 @@ class Im2col(ConvKernel):
 
     def chunk_columns(self, total: int) -> int:
         """Output pixels per chunk: the most whole GEMM tiles whose column matrix fits one binding."""
-        budget = min(self.gpu.profile.max_binding_bytes, COL_BYTES_CAP)
-        fit = budget // (self.precision.itemsize * self.k_pad) // gemm.TILE * gemm.TILE
-        if fit == 0:  # the weight matrix alone is larger than this, so only with an unusually small cap
-            raise ValueError(f"im2col of {self.p.describe()}: {gemm.TILE} columns of {self.k_pad} rows exceed "
-                             f"the {budget}-byte column buffer; use the direct algorithm")
-        return min(fit, total)
+        return column_chunk(self.gpu.profile, self.precision, self.k_pad, total, self.p)
 
     def bind(self, x, y, n, residual=None):
         self.residual_buffers(residual)
