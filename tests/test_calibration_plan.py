@@ -60,13 +60,14 @@ def test_no_plan_features_without_a_gpu_plan():
 
 def test_stand_in_profiles_route_without_a_gpu():
     """A model fitted with DeviceProfile.for_family predicts with plan features; a calibration's stored profile
-    keeps the limits and features the launch plans read, and falls back to WebGPU's defaults without them."""
+    keeps the limits and features the launch plans read; an older file without them gives no plan features."""
     shapes = [make_params((1, c, s, s), (c, c, 1, 1)) for c in (16, 64, 256) for s in (7, 14, 28)]
     samples = [Sample(p, {"pointwise": 1e-6 * p.flops + 0.01, "direct": 2e-6 * p.flops + 0.01}, {}) for p in shapes]
     model = CostModel.fit(samples, profile=DeviceProfile.for_family("nvidia"))
     assert model.predict_ms(shapes[4], "pointwise") < model.predict_ms(shapes[4], "direct")
     stored = stored_profile(json.loads(json.dumps(calibrated_device(H100))))
     assert stored.limits == H100.limits and stored.float_atomics and stored.max_invocations == 1024
-    cal = Calibration("key", {"family": "nvidia", "name": "old file"}, "full", "", samples)
-    assert cal.profile.limits == DEFAULT_LIMITS and cal.profile.family == "nvidia"
-    assert cal.model.profile == cal.profile
+    old = Calibration("key", {"family": "nvidia", "name": "old file"}, "full", "", samples)
+    assert old.profile is None and old.model.profile is None
+    new = Calibration("key", calibrated_device(H100), "full", "", samples)
+    assert new.profile == H100 and new.model.profile == H100

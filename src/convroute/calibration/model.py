@@ -200,16 +200,18 @@ class CostModel:
     @classmethod
     def fit(cls, samples, excluded: dict[str, str] | None = None, profile: DeviceProfile | None = None,
             dtype: str = "float32") -> CostModel:
-        excluded = excluded or {}
         precision = Precision.parse(dtype)
-        rows: dict[str, list] = {}
-        for s in samples:
-            d = distance_vector(s.params)
-            for name, t in s.times_ms.items():
-                if name not in excluded and t > 0:
-                    rows.setdefault(name, []).append((feature_vector(s.params, name, profile, precision), d, t))
+        return cls.from_rows(training_rows(samples, excluded, profile, precision), profile, precision)
+
+    @classmethod
+    def from_rows(cls, rows: list[list[tuple]], profile: DeviceProfile | None, precision: Precision) -> CostModel:
+        """The model fitted on training_rows' rows (loo_report reuses them for every fit)."""
+        by_name: dict[str, list] = {}
+        for sample_rows in rows:
+            for name, x, d, t in sample_rows:
+                by_name.setdefault(name, []).append((x, d, t))
         models, counts = {}, {}
-        for name, data in rows.items():
+        for name, data in by_name.items():
             if len(data) < 3:
                 continue
             x, d, y = (np.array([r[i] for r in data]) for i in range(3))
@@ -224,6 +226,19 @@ class CostModel:
         return model.predict_ms(feature_vector(p, name, self.profile, self.precision), distance_vector(p))
 
 
+def training_rows(samples, excluded: dict[str, str] | None, profile: DeviceProfile | None,
+                  precision: Precision) -> list[list[tuple]]:
+    """Per sample, (algorithm, features, distance features, ms) of each measured, not excluded algorithm: the
+    launch plans behind the features take most of a fit's time, so they are computed once."""
+    excluded = excluded or {}
+    rows = []
+    for s in samples:
+        d = distance_vector(s.params)
+        rows.append([(name, feature_vector(s.params, name, profile, precision), d, t)
+                     for name, t in s.times_ms.items() if name not in excluded and t > 0])
+    return rows
+
+
 def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceProfile | None = None,
                dtype: str = "float32") -> dict:
     """Leave-one-out over the grid: for each shape with 2+ measured algorithms, fit without it, choose, and
@@ -231,11 +246,13 @@ def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceP
     ms, shape) and the time-weighted regret (the share of total grid time lost to wrong choices)."""
     hits, regrets, chosen_total, best_total = 0, [], 0.0, 0.0
     worst = (0.0, 0.0, 0.0, "")
+    precision = Precision.parse(dtype)
+    rows = training_rows(samples, excluded, profile, precision)
     for i, sample in enumerate(samples):
         times = sample.times_ms
         if len(times) < 2:
             continue
-        model = CostModel.fit(samples[:i] + samples[i + 1:], excluded, profile, dtype)
+        model = CostModel.from_rows(rows[:i] + rows[i + 1:], profile, precision)
         predicted = {n: t for n in times if (t := model.predict_ms(sample.params, n)) is not None}
         if not predicted:
             continue

@@ -54,10 +54,11 @@ class Calibration:
         return self._model
 
     @property
-    def profile(self) -> DeviceProfile:
-        """The measured device as a DeviceProfile: its family and, where the file stores them (calibrations since
-        the cost model's plan features), its limits and features; WebGPU's default limits otherwise."""
-        return stored_profile(self.device)
+    def profile(self) -> DeviceProfile | None:
+        """The measured device as a DeviceProfile (its family, limits and features) when the file stores its
+        limits (calibrations since the cost model's plan features); None for older files, whose model then has
+        no plan features rather than plans for limits the device may not have."""
+        return stored_profile(self.device) if "limits" in self.device else None
 
     def to_json(self) -> dict:
         return file_header(FORMAT, VERSION, self.device_key, self.dtype) | {
