@@ -1,7 +1,7 @@
 """Switches read from the environment: the on/off ones (CONVROUTE_FORCE_DIRECT, CONVROUTE_FUSE_RESIDUAL,
-CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON,
-CONVROUTE_ADD_SPLITS) with one spelling rule for all of them, CONVROUTE_WEBGPU (which
-WebGPU implementation runs the kernels) and CONVROUTE_SHADER_CHECKS (which run-time checks shaders keep)."""
+CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON, CONVROUTE_ADD_SPLITS) with one spelling rule for all of them,
+CONVROUTE_WEBGPU (which WebGPU implementation runs the kernels) and CONVROUTE_SHADER_CHECKS (which run-time
+checks shaders keep)."""
 
 from __future__ import annotations
 

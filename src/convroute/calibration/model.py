@@ -112,10 +112,7 @@ def gemm_plan(profile: DeviceProfile, precision: Precision, p: ConvParams, name:
 def direct_plan(profile: DeviceProfile, p: ConvParams) -> dict[str, float]:
     """direct.choose_plan: output blocks, each over input channels split across workgroups."""
     plan = direct.choose_plan(profile, p, p.n)
-    tile, cout_g = plan.tile, p.c_out // p.groups
-    blocks = p.n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
-    channels = ceil_div(ceil_div(p.c_in // p.groups, plan.chunk), plan.splits) * plan.chunk
-    return plan_record(blocks * plan.splits, channels)
+    return plan_record(direct.output_blocks(p, plan.tile, p.n) * plan.splits, plan.chunks_per_split(p) * plan.chunk)
 
 
 GEMM_ALGORITHMS = ("im2col", "pointwise", "implicit_gemm")

@@ -58,7 +58,7 @@ class Dispatch:
     pipeline: object
     bind_group: object
     grid: tuple[int, int, int]
-    zeroes: object = None  # the buffer this dispatch only zeroes, for a later one to add into (see plan.py)
+    zeroes: object = None  # the buffer this dispatch only zeroes, for a later one to add into (flat.zeros)
 
 
 class Gpu:

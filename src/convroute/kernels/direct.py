@@ -83,6 +83,15 @@ class Plan:
     def __str__(self) -> str:
         return f"{self.tile} ck{self.chunk} split{self.splits}"
 
+    def chunks_per_split(self, p) -> int:
+        """Chunks of input channels each split's workgroup sums."""
+        return ceil_div(ceil_div(p.c_in // p.groups, self.chunk), self.splits)
+
+
+def output_blocks(p, tile: Tile, n: int) -> int:
+    """Output blocks of `tile` over n images and every group: the workgroups of one split."""
+    return n * p.groups * ceil_div(p.c_out // p.groups, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
+
 
 def patch_size(p, tile: Tile) -> tuple[int, int]:
     (sh, sw), (dh, dw) = p.stride, p.dilation
@@ -108,7 +117,7 @@ def choose_plan(profile, p, n: int) -> Plan:
             continue
         padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
                   * ceil_div(p.wo, tile.bc) * tile.bc)
-        blocks = n * p.groups * ceil_div(cout_g, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
+        blocks = output_blocks(p, tile, n)
         per_channel = 8 * int(np.prod(patch_size(p, tile)))  # two chunks' patches
         for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}, reverse=True):
             if chunk < 1:
@@ -328,8 +337,8 @@ class Direct(ConvKernel):
         tiles_m = ceil_div(p.c_out // p.groups, tile.bo)
         w_buf, cin_pad = self.weights(tiles_m * tile.bo // 4, plan.chunk)
         tiles_r, tiles_c = ceil_div(p.ho, tile.br), ceil_div(p.wo, tile.bc)
-        chunks = ceil_div(ceil_div(p.c_in // p.groups, plan.chunk), plan.splits)
-        total = plan.splits * n * p.groups * tiles_m * tiles_r * tiles_c
+        chunks = plan.chunks_per_split(p)
+        total = plan.splits * output_blocks(p, tile, n)
         if self.gpu.profile.family == "cpu":
             patch = int(np.prod(patch_size(p, tile)))
             trips = chunks * (ceil_div(plan.chunk * patch, load_batch(plan, patch) * tile.threads) + plan.chunk)

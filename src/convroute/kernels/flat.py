@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Precision, pack, uniform_block
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Precision, pack, storage, uniform_block
 
 WG = 64
 
@@ -44,8 +44,7 @@ ZERO_PARAMS = ["first", "total"]
 def zeros(gpu: Gpu, buffer, first: int, count: int) -> Dispatch:
     """A dispatch setting `count` f32 words of `buffer` from word `first` to zero (Dispatch.zeroes)."""
     wg = min(WG, gpu.profile.max_invocations)
-    source = flat_shader(ZERO_PARAMS, "@group(0) @binding(1) var<storage, read_write> y: array<f32>;",
-                         "  y[P.first + t] = 0.0;", wg=wg)
+    source = flat_shader(ZERO_PARAMS, storage("y!:f32"), "  y[P.first + t] = 0.0;", wg=wg)
     d = launch(gpu, source, ZERO_PARAMS, {"first": first, "total": count}, [buffer], wg)
     d.zeroes = buffer
     return d

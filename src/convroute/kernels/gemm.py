@@ -218,10 +218,8 @@ class Gemm:
 
     def source(self, tile: Tile, splits: int, quads: bool = False, adds: bool = False) -> str:
         if adds:
-            template = self.template | dict(b_decl=self.template["b_decl"] + "\n" + storage(
-                "res", first=self.res_binding)) if self.residual else self.template
             return generate(tile, store=STORE_ADD_RESIDUAL if self.residual else STORE_ADD, out_type="atomic<f32>",
-                            **template)
+                            **self.residual_template(quads=False))
         if splits > 1:
             return generate(tile, store=STORE_PARTIAL4 if quads else STORE_PARTIAL, out_type="f32", quads=quads,
                             **self.template)
@@ -229,9 +227,16 @@ class Gemm:
             return generate(tile, store=self.store, **self.template)
         if not self.residual:
             return generate(tile, store=STORE_OUTPUT4 if quads else STORE_OUTPUT, quads=quads, **self.template)
-        template = self.template | dict(b_decl=self.template["b_decl"] + "\n" + storage(
+        return generate(tile, store=STORE_RESIDUAL4 if quads else STORE_RESIDUAL, quads=quads,
+                        **self.residual_template(quads))
+
+    def residual_template(self, quads: bool) -> dict:
+        """The template with the residual's binding declared (as quads or single values), for a Gemm that has
+        one; the template itself otherwise."""
+        if not self.residual:
+            return self.template
+        return self.template | dict(b_decl=self.template["b_decl"] + "\n" + storage(
             "res:ST4" if quads else "res", first=self.res_binding))
-        return generate(tile, store=STORE_RESIDUAL4 if quads else STORE_RESIDUAL, quads=quads, **template)
 
     def plan(self, cols: int) -> tuple[Tile, int]:
         return launch_plan(self.gpu.profile, self.m, cols, self.k_pad, self.precision, self.store is not None)
