@@ -152,6 +152,25 @@ def test_compare_model_interleaves_checks_and_lists_what_cannot_run(tiny, monkey
     text = cm.comparison_text(c)
     assert "fails: unavailable: first run failed" in text and "fake A" in text and "p90 ms" in text
     assert "input upload, forward, output download" in text.splitlines()[0]
+    gpu_pass, call = c.engines["convroute"].gpu_pass, c.engines["convroute"].latency
+    assert gpu_pass.runs == cm.GPU_PASS_RUNS and 0 < gpu_pass.p10_ms <= gpu_pass.median_ms <= gpu_pass.p90_ms
+    assert gpu_pass.median_ms < 2 * call.median_ms  # a part of the call (lavapipe's pass is most of it)
+    assert "GPU pass alone (GPU timestamps)" in text
+    assert all(e.gpu_pass is None for name, e in c.engines.items() if name != "convroute")
+
+
+def test_gpu_pass_needs_timestamps(tiny, monkeypatch):
+    model, x, ref, program = tiny
+    passes = program.gpu_pass_times(3)
+    assert len(passes) == 3 and all(0 < t < 1 for t in passes)
+    device = type("Device", (), {"features": frozenset()})()
+    with monkeypatch.context() as patched:
+        patched.setattr(program, "gpu", type("Gpu", (), {"device": device})())
+        assert program.gpu_pass_times(3) is None
+    monkeypatch.setattr(program, "gpu_pass_times", lambda runs: None)
+    c = cm.compare_model(program, model, x, [], name="tiny", key="k", rounds=2, reference=ref)
+    assert c.engines["convroute"].gpu_pass is None and "GPU pass alone" not in cm.comparison_text(c)
+    assert c.to_json()["engines"]["convroute"]["gpu_pass"] is None
 
 
 def test_torch_cpu_peer_in_both_precisions(tiny):
@@ -181,6 +200,8 @@ def test_cli_compare_json_and_unavailable_engines(tmp_path, capsys, monkeypatch)
         assert 0 < entry["p10_ms"] <= entry["median_ms"] <= entry["p90_ms"]
         assert entry["after_switch_median_ms"] > 0
     assert set(data["ratios"]) == set(data["engines"]) - {"convroute"}
+    assert 0 < data["engines"]["convroute"]["gpu_pass"]["median_ms"]
+    assert data["engines"]["torch-cpu"]["gpu_pass"] is None
     assert math.isclose(data["ratios"]["torch-cpu"],
                         data["engines"]["convroute"]["median_ms"] / data["engines"]["torch-cpu"]["median_ms"])
     assert "not installed" in data["unavailable"]["ncnn-vk32"]

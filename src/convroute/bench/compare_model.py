@@ -23,6 +23,7 @@ from convroute.report.table import format_table
 
 OURS = "convroute"
 WARMUP_ROUNDS, WARMUP_S = 3, 0.5
+GPU_PASS_RUNS = 20
 COVERS = ("one call from a host input to a host output (input upload, forward, output download), wall clock; "
           "each engine's second call in a row")
 
@@ -36,11 +37,13 @@ class EngineRun:
     after_switch: Latency | None = None  # first calls of each round, right after another engine's
     error: float | None = None  # relative to torch's float32 CPU output
     reason: str | None = None  # why the engine did not run
+    gpu_pass: Latency | None = None  # convroute only: its GPU segments' time alone (timestamps), when known
 
     def to_json(self) -> dict:
         switch = self.after_switch.median_ms if self.after_switch else None
+        gpu_pass = self.gpu_pass.to_json() if self.gpu_pass else None
         return self.latency.to_json() | {"detail": self.detail, "precision": self.precision, "error": self.error,
-                                         "after_switch_median_ms": switch}
+                                         "after_switch_median_ms": switch, "gpu_pass": gpu_pass}
 
 
 @dataclass
@@ -150,6 +153,8 @@ def compare_model(program, model, x, peers: list[str], *, name: str, key: str, r
             for engine_name, times in timed.settled.items():
                 engines[engine_name].latency = Latency.of(times)
                 engines[engine_name].after_switch = Latency.of(timed.after_switch[engine_name])
+            passes = program.gpu_pass_times(GPU_PASS_RUNS)
+            ours.gpu_pass = Latency.of(passes) if passes else None
         finally:
             for engine in built:
                 engine.close()
@@ -176,6 +181,12 @@ def comparison_text(c: ModelComparison) -> str:
     lines = [c.header(), format_table(head, rows)]
     lines += [f"  {name}: {e.detail}" if e.latency else f"  {name}: unavailable: {e.reason}"
               for name, e in c.engines.items()]
+    ours = c.engines.get(OURS)
+    if ours and ours.latency and ours.gpu_pass:
+        host = ours.latency.median_ms - ours.gpu_pass.median_ms
+        lines.append(f"convroute's GPU pass alone (GPU timestamps): {ours.gpu_pass.text()}; the rest of its median "
+                     f"call, {host:.2f} ms, is on the host's side: input upload, submit, the GPU's start and finish "
+                     "latency, read-back and Python (the next call's encoding overlaps the GPU pass)")
     lines.append("rel. error: ||y - ref|| / ||ref|| against torch's float32 CPU output; convroute / engine: ratio "
                  "of the medians (below 1: convroute faster); after switch: median of each round's first call of the "
                  "engine, right after another engine ran (not in the ratio)")

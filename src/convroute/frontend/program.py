@@ -27,6 +27,7 @@ from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
 from convroute.kernels.common import Precision
+from convroute.measure.passes import pass_times
 from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.report.table import format_table
 from convroute.router import POLICIES, default_policy
@@ -294,6 +295,18 @@ class Program:
         text = "\n".join(lines)
         print(text, file=file or sys.stdout)
         return text
+
+    def gpu_pass_times(self, runs: int = 20) -> list[float] | None:
+        """Seconds the GPU spends on the last-run plan's GPU segments (their passes summed, GPU timestamps), `runs`
+        times over the values the last call left; None without timestamps. A call's wall time minus this is
+        host work: input upload, submit, read-back, Python (and CPU steps, not counted here)."""
+        if "timestamp-query" not in self.gpu.device.features:
+            return None
+        passes = [seg.dispatches for seg in self.plan.segments if isinstance(seg, Segment) and seg.dispatches]
+        if not passes:
+            return None
+        with self._lock:
+            return [sum(pass_times(self.gpu, passes)) / 1e3 for _ in range(runs)]
 
     def profile(self, *inputs, runs: int = 3, file=None) -> list[dict]:
         """Time each GPU node alone, in its own compute pass (measure.timing's timer: GPU timestamps scaled by
