@@ -9,12 +9,13 @@ back to the CPU), CPU steps in between, one read per output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from convroute.device.gpu import Dispatch
 from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
-from convroute.frontend.graph import Graph, Node, iter_refs
+from convroute.frontend.graph import Graph, Node, Ref, iter_refs
 from convroute.frontend.lower import (
     GPU_DTYPES,
     Context,
@@ -76,6 +77,19 @@ class Plan:
 
     def buffer(self, name: str):
         return self.buffers[self.root.get(name, name)]
+
+    @cached_property
+    def fused_read(self) -> tuple | None:
+        """(name, meta) of the one graph output when a GPU segment ends the plan and computes it (it then comes
+        back in that segment's submission), else None. Worked out once: a call reads it."""
+        refs = [o for o in self.graph.outputs if isinstance(o, Ref)]
+        if len(refs) != 1 or not self.segments or not isinstance(self.segments[-1], Segment):
+            return None
+        name = refs[0].name
+        root = self.root.get(name, name)
+        if not any(s.node.name == root for s in self.segments[-1].steps):
+            return None  # computed elsewhere (an input, a constant, a CPU step, an earlier segment)
+        return name, self.metas[name]
 
     @property
     def gpu_steps(self) -> list[Step]:

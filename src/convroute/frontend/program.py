@@ -27,6 +27,7 @@ from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
 from convroute.kernels.common import Precision
+from convroute.measure.clocks import raise_clocks
 from convroute.measure.passes import pass_times
 from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.report.table import format_table
@@ -160,7 +161,7 @@ class Program:
             else:
                 upload(gpu, target, env[name], dtype)
         writes = [copy for copy in plan.upload_buffers.values() if copy is not None] if staged else []
-        fused_read = self._fused_read(plan) if on_segment is None else None
+        fused_read = plan.fused_read if on_segment is None else None
         for seg in plan.segments:
             if isinstance(seg, Segment):
                 first = writes if seg is plan.segments[0] else ()
@@ -217,18 +218,6 @@ class Program:
             plan.upload_buffers[name] = None if source is None else (source, target, source.size)
         copy = plan.upload_buffers[name]
         return None if copy is None else copy[0]
-
-    @staticmethod
-    def _fused_read(plan: Plan):
-        """(name, meta) of the one graph output when a GPU segment ends the program and computes it."""
-        refs = [o for o in plan.graph.outputs if isinstance(o, Ref)]
-        if len(refs) != 1 or not plan.segments or not isinstance(plan.segments[-1], Segment):
-            return None
-        name = refs[0].name
-        root = plan.root.get(name, name)
-        if not any(s.node.name == root for s in plan.segments[-1].steps):
-            return None  # computed elsewhere (an input, a constant, a CPU step, an earlier segment)
-        return name, plan.metas[name]
 
     # -- reports -------------------------------------------------------------------------------
     def summary(self) -> Summary:
@@ -306,6 +295,7 @@ class Program:
         if not passes:
             return None
         with self._lock:
+            raise_clocks(self.gpu)  # as every GPU timer here does first
             return [sum(pass_times(self.gpu, passes)) / 1e3 for _ in range(runs)]
 
     def profile(self, *inputs, runs: int = 3, file=None) -> list[dict]:
