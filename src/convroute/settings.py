@@ -54,7 +54,8 @@ def shader_checks() -> str:
     to stop infinite ones: every convroute loop ends (a counter stepping up to a bound from the parameter
     block), and on the H100 the counters cost 12-15 % of every model's GPU time (NOTES, session 11). "all"
     keeps both (the only choice on Dawn); "none" drops the clamping too, where an out-of-range index is
-    undefined behaviour. Read at each pipeline's creation; measurement files record the value as first read."""
+    undefined behaviour. Read at each pipeline's creation and each measurement file's build stamp
+    (cache.webgpu_version)."""
     default = "bounds" if process_webgpu_implementation() == "wgpu-native" else "all"
     value = os.environ.get("CONVROUTE_SHADER_CHECKS", "").strip().lower() or default
     if value not in SHADER_CHECK_NAMES:

@@ -27,8 +27,6 @@ from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
 from convroute.kernels.common import Precision
-from convroute.measure.clocks import raise_clocks
-from convroute.measure.passes import pass_times
 from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.report.table import format_table
 from convroute.router import POLICIES, default_policy
@@ -286,17 +284,20 @@ class Program:
         return text
 
     def gpu_pass_times(self, runs: int = 20) -> list[float] | None:
-        """Seconds the GPU spends on the last-run plan's GPU segments (their passes summed, GPU timestamps), `runs`
-        times over the values the last call left; None without timestamps. A call's wall time minus this is
-        host work: input upload, submit, read-back, Python (and CPU steps, not counted here)."""
+        """Seconds the GPU spends on the last-run plan's GPU dispatches, all in one compute pass, `runs` times
+        (measure.timing's timer, GPU timestamps) over the values the last call left; None without timestamps. A
+        call's wall time minus this is host work: input upload, submit, read-back, Python (and CPU steps)."""
         if "timestamp-query" not in self.gpu.device.features:
             return None
-        passes = [seg.dispatches for seg in self.plan.segments if isinstance(seg, Segment) and seg.dispatches]
-        if not passes:
-            return None
         with self._lock:
-            raise_clocks(self.gpu)  # as every GPU timer here does first
-            return [sum(pass_times(self.gpu, passes)) / 1e3 for _ in range(runs)]
+            dispatches = [d for seg in self.plan.segments if isinstance(seg, Segment) for d in seg.dispatches]
+            if not dispatches:
+                return None
+            settings = TimingSettings(warmup=1, repeats=runs, min_repeats=runs, budget_s=0.0, method="timestamp")
+            timing = time_candidates(self.gpu, {"pass": [dispatches]}, settings)["pass"]
+        if timing.method != "gpu timestamps":  # the device's timestamps read nonsense: the timer fell back
+            return None
+        return [ms / 1e3 for ms in timing.samples_ms]
 
     def profile(self, *inputs, runs: int = 3, file=None) -> list[dict]:
         """Time each GPU node alone, in its own compute pass (measure.timing's timer: GPU timestamps scaled by
