@@ -29,7 +29,7 @@ from convroute.router import route_params
 
 SETTINGS = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=1.0)
 DEFAULT_POLICIES = ("seed", "calibrated")
-POLICY_MARKS = {"seed": "s", "calibrated": "c", "autotune": "a"}
+POLICY_MARKS = {"seed": "s", "etvk": "e", "calibrated": "c", "autotune": "a", "derived": "d"}
 
 
 @dataclass
@@ -190,15 +190,18 @@ def table(report: BenchReport) -> str:
 
 
 def summary(report: BenchReport) -> str:
+    """Totals of each policy, of the oracle, and of each algorithm where it runs with the fastest path on the
+    layers it cannot run (so "1.000 x oracle" may mean it ran on one layer only: 'layers run' says how many)."""
     totals = report.totals_ms()
-    oracle = totals["oracle"]
-    parts = []
-    for key in report.policies + ["oracle"] + report.algorithms:
+    oracle, layers = totals["oracle"], len(report.layers)
+    rows = []
+    for key, label in [(p, f"policy {p}") for p in report.policies] + [("oracle", "fastest per layer (oracle)")] + [
+            (a, f"{a} where it runs, else fastest") for a in report.algorithms]:
         value = totals.get(key)
-        if value is None:
-            parts.append(f"  {key:<12} n/a")
-        else:
-            parts.append(f"  {key:<12} {value:10.3f} ms   {value / oracle:5.3f} x oracle")
+        ran = sum(key in r.times_ms for r in report.layers) if key in report.algorithms else layers
+        rows.append([label, "n/a", "", ""] if value is None else
+                    [label, f"{value:.3f}", f"{value / oracle:.3f}", f"{ran} of {layers}"])
+    parts = [format_table(["total", "ms", "x oracle", "layers run"], rows)]
     device = report.device.get("name", "?")
     head = (f"{report.suite}, batch {report.batch}, {report.dtype}, on {device} ({report.timing}); totals weighted "
             f"by layer counts:")

@@ -21,6 +21,7 @@ from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 from convroute.peers import LAYER_ENGINES, LAYER_NEEDS
 from convroute.report.plots import plot_bench, plot_compare
+from convroute.report.table import fit_text
 from convroute.router import POLICIES
 
 
@@ -98,7 +99,7 @@ def run(args) -> int:
             return 2
         print(table(report))
         print()
-        print(summary(report))
+        print(fit_text(summary(report)))
         data, other = report.to_json(), None
         if compare:
             other = run_compare(get_gpu(), suite, args.batch, report.policies or ["seed"], compare, chain=args.chain,
@@ -106,7 +107,7 @@ def run(args) -> int:
             print()
             print(compare_table(other))
             print()
-            print(compare_summary(other))
+            print(fit_text(compare_summary(other)))
             data |= other.to_json()
             compared.append(other)
         print()

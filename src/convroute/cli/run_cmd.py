@@ -16,6 +16,7 @@ range, and no fp16 engine could match them."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -23,6 +24,7 @@ import time
 from convroute.cli.common import EXTRAS, check_extras
 from convroute.measure.reference import TOLERANCES  # the project's bounds: 1e-4 float32, 1e-2 float16
 from convroute.peers import MODEL_ENGINES, NEEDS
+from convroute.report.table import fit_text
 
 RUNS, COMPARE_RUNS = 3, 20
 
@@ -92,8 +94,9 @@ def run(args) -> int:
     randomize_batch_norms(model, args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size)
     shape = "x".join(map(str, x.shape))
-    print(f"{args.model} (torchvision, random weights and batch-norm statistics, eval mode), input {shape}, "
-          f"policy {args.policy}, dtype {args.dtype}" + (f", sums in {args.accumulate}" if args.accumulate else ""))
+    print(fit_text(f"{args.model} (torchvision, random weights and batch-norm statistics, eval mode), input {shape}, "
+                   f"policy {args.policy}, dtype {args.dtype}" + (f", sums in {args.accumulate}" if args.accumulate
+                                                                  else "")))
     start = time.perf_counter()
     try:
         program = frontend.compile(model, (x,), policy=args.policy, device=args.device, dtype=args.dtype,
@@ -107,9 +110,9 @@ def run(args) -> int:
           f"buffers and dispatches planned)\n")
 
     print("routing table:")
-    program.explain()
+    print(fit_text(program.explain(file=io.StringIO())))
     print("\nsummary:")
-    print(program.summary())
+    print(fit_text(str(program.summary())))
 
     ours = program(x)
     with torch.no_grad():
@@ -119,19 +122,19 @@ def run(args) -> int:
     rel = (diff.norm() / ref.double().norm().clamp_min(1e-30)).item()
     tolerance = TOLERANCES[args.dtype]
     ok = rel <= tolerance
-    print(f"\ncheck against torch (CPU, float32): max abs error {max_abs:.3g}, relative error {rel:.3g} "
-          f"(tolerance {tolerance:g} for {args.dtype}): {'OK' if ok else 'FAILED'}")
+    print(fit_text(f"\ncheck against torch (CPU, float32): max abs error {max_abs:.3g}, relative error {rel:.3g} "
+                   f"(tolerance {tolerance:g} for {args.dtype}): {'OK' if ok else 'FAILED'}"))
 
     key = f"{args.model}-{args.size}px-b{args.batch}-seed{args.seed}"
     comparison = compare_model(program, model, x, peers or ["torch-cpu"], name=args.model, key=key, rounds=runs,
                                reference=ref, peer_dtype=None if peers else "float32")
     if peers:
         print()
-        print(comparison_text(comparison))
+        print(fit_text(comparison_text(comparison)))
     else:
         latency = {name: e.latency for name, e in comparison.engines.items()}
-        print(f"latency (median, p10, p90 of {runs} interleaved rounds after >= 0.5 s of warm-up, each engine's second "
-              "call in a row; host to host):")
+        print(fit_text(f"latency (median, p10, p90 of {runs} interleaved rounds after >= 0.5 s of warm-up, each "
+                       "engine's second call in a row; host to host):"))
         print(f"  convroute on the GPU : {latency['convroute'].text()} ({args.dtype})")
         print(f"  torch on the CPU     : {latency['torch-cpu'].text()} (float32, {torch.get_num_threads()} threads)")
     if args.json:
