@@ -94,9 +94,9 @@ def run(args) -> int:
     randomize_batch_norms(model, args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size)
     shape = "x".join(map(str, x.shape))
-    print(fit_text(f"{args.model} (torchvision, random weights and batch-norm statistics, eval mode), input {shape}, "
-                   f"policy {args.policy}, dtype {args.dtype}" + (f", sums in {args.accumulate}" if args.accumulate
-                                                                  else "")))
+    print(f"{args.model}: torchvision architecture, random weights and batch-norm statistics, eval mode")
+    print(f"input {shape}, policy {args.policy}, dtype {args.dtype}"
+          + (f", sums in {args.accumulate}" if args.accumulate else ""))
     start = time.perf_counter()
     try:
         program = frontend.compile(model, (x,), policy=args.policy, device=args.device, dtype=args.dtype,
