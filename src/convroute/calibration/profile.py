@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convroute.cache import device_file, file_header, load_record, write_json
+from convroute.calibration.coverage import Coverage
 from convroute.calibration.model import CostModel
 from convroute.device.profile import DEFAULT_LIMITS, DeviceProfile
 from convroute.kernels.common import dtype_name
@@ -44,6 +45,7 @@ class Calibration:
     complete: bool = True
     dtype: str = "float32"  # storage of activations and weights during the measurements
     _model: object = None
+    _coverage: object = None
 
     @property
     def model(self):
@@ -52,6 +54,13 @@ class Calibration:
         if self._model is None:
             self._model = CostModel.fit(self.samples, self.excluded, self.profile, self.dtype)
         return self._model
+
+    @property
+    def coverage(self) -> Coverage:
+        """The measured shapes, to tell a conv the model interpolates from one it extrapolates to."""
+        if self._coverage is None:
+            self._coverage = Coverage([s.params for s in self.samples if s.times_ms])
+        return self._coverage
 
     @property
     def profile(self) -> DeviceProfile | None:
