@@ -21,19 +21,10 @@ from convroute.params import make_params
 from convroute.router import autotune as autotune_mod
 from convroute.router import refine as refine_mod
 from convroute.router import route_params
+from test_policies import NVIDIA, fresh_memory  # noqa: F401 (its autouse fixture: each test a new process)
 
 DILATED = make_params((1, 8, 12, 12), (8, 8, 3, 3), padding=4, dilation=4)
 INSIDE = make_params((1, 16, 10, 10), (16, 16, 3, 3), padding=1)
-NVIDIA = DeviceProfile("nvidia", "Test GPU 9000", "test driver 1.2.3", vendor_id=0x10DE, backend="Vulkan")
-
-
-@pytest.fixture(autouse=True)
-def fresh_memory():
-    cache.forget()
-    autotune_mod.AutotuneCache._memory.clear()
-    yield
-    cache.forget()
-    autotune_mod.AutotuneCache._memory.clear()
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +58,7 @@ def save_fake_calibration(profile: DeviceProfile, shapes=None) -> calib.Calibrat
 def tune_calls(monkeypatch):
     calls = []
     real = refine_mod.tune
-    monkeypatch.setattr(refine_mod, "tune", lambda gpu, p, *a, **k: calls.append((p, a[0])) or real(gpu, p, *a, **k))
+    monkeypatch.setattr(refine_mod, "tune", lambda g, p, *a, **k: calls.append((p, a[0])) or real(g, p, *a, **k))
     return calls
 
 
