@@ -33,7 +33,7 @@ from convroute.bench.selftest import (
     single_threaded_torch,
 )
 from convroute.calibration import profile as calib
-from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.grid import full_grid, tiny_grid
 from convroute.device.gpu import Dispatch, Gpu, get_gpu
 from convroute.kernels import ALGORITHMS, direct_cpu
 from convroute.kernels.common import F16_FEATURE, Epilogue
@@ -58,7 +58,7 @@ def synthetic_calibration(gpu: Gpu, dtype: str) -> None:
     count), so that policy `calibrated` runs its model and picks every kind of algorithm somewhere, in
     milliseconds instead of the ~20 s a real quick calibration costs on lavapipe."""
     samples = []
-    for p in quick_grid() + full_grid()[::5]:
+    for p in tiny_grid() + full_grid()[::5]:
         times = {n: (0.5 + zlib.crc32(f"{n} {params_key(p)}".encode()) % 1000 / 500) * (1e-8 * p.flops + 0.01)
                  for n, cls in ALGORITHMS.items() if cls.unsupported(p) is None}
         samples.append(calib.Sample(p, times, {}))

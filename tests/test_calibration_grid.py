@@ -1,0 +1,84 @@
+"""The calibration grid beyond the suites' shapes (grid.coverage_pool), active sampling over it
+(calibration.active) and how `calibrate` spends its budget on base and pool (calibration.run)."""
+
+from __future__ import annotations
+
+import time
+
+from convroute.calibration import grid as grid_mod
+from convroute.calibration import run as run_mod
+from convroute.calibration.active import ActiveSampler, rank_swap
+from convroute.calibration.grid import GPU_MAX_FLOPS, conv, coverage_pool, full_grid, grid_shapes, pool_shapes
+from convroute.calibration.model import CostModel
+from convroute.calibration.profile import Sample
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
+
+CPU, GPU = DeviceProfile.for_family("cpu"), DeviceProfile.for_family("nvidia")
+
+
+def test_pool_spans_the_axes_real_networks_use():
+    pool = coverage_pool(GPU_MAX_FLOPS)
+    assert {max(p.dilation) for p in pool} >= {2, 4, 6, 12, 18, 24}
+    assert {(p.kh, p.kw) for p in pool} >= {(1, 7), (7, 1), (1, 3), (3, 1)}
+    assert any(p.stride[0] != p.stride[1] for p in pool)
+    assert {p.c_in // p.groups for p in pool if p.groups > 1 and not p.is_depthwise} >= {4, 8, 16, 24, 48, 64}
+    assert {p.kh for p in pool if p.is_depthwise} >= {7, 9, 11, 13, 15, 21, 31}
+    assert any(p.c_in % 4 and p.c_out % 4 for p in pool) and any(p.c_out in (1, 3, 5, 19, 21) for p in pool)
+    assert {p.h for p in pool} >= {1, 2, 3} and any(p.transposed and p.h >= 80 for p in pool)
+    assert max(p.n for p in pool) >= 32
+    assert any(p.c_in == 2048 and max(p.dilation) == 24 for p in pool)
+    assert len(set(pool)) == len(pool) and not set(pool) & set(full_grid(GPU_MAX_FLOPS))
+
+
+def test_cpu_adapters_get_a_lighter_pool_and_quick_grid():
+    assert max(p.flops for p in pool_shapes("full", CPU)) <= 1.2e9 < max(p.flops for p in pool_shapes("full", GPU))
+    assert max(p.flops for p in pool_shapes("quick", CPU)) <= 3e8
+    quick = grid_mod.quick_grid(CPU)
+    assert 60 <= len(quick) <= 100 and set(quick) < set(full_grid()) and max(p.flops for p in quick) <= 3e8
+    assert {p.is_depthwise for p in quick} == {True, False} and any(p.transposed for p in quick)
+    assert {p.kh for p in quick} >= {1, 3} and pool_shapes("tiny", CPU) == []
+    assert grid_shapes("quick", CPU) == quick
+
+
+def fake_times(p):
+    """direct fast on small kernels, implicit_gemm on large ones: they swap rank where kernel area ~ 4."""
+    macs = p.flops / 2
+    area = p.kh * p.kw
+    return {n: t for n, t in {"direct": 1e-8 * macs * area / 4 + 0.01, "implicit_gemm": 1e-8 * macs + 0.01,
+                              "im2col": 3e-8 * macs + 0.02}.items() if ALGORITHMS[n].unsupported(p) is None}
+
+
+def test_active_sampling_measures_the_unknown_first():
+    samples = [Sample(p, fake_times(p), {}) for p in full_grid()[::3] if not p.dilation[0] > 1]
+    covered = conv(64, 64, 20, 3)  # a base shape the samples cover
+    dilated = conv(256, 256, 20, 3, dilation=12)
+    sampler = ActiveSampler([covered, dilated], samples, {}, None, "float32")
+    assert sampler.pick() == dilated and len(sampler) == 1
+    model = CostModel.fit(samples)
+    clear = conv(64, 64, 20, 1)  # 1x1: direct 4x faster than implicit_gemm in fake_times
+    assert rank_swap(model, clear, {}) < 0.5
+    assert rank_swap(model, conv(64, 64, 20, 3, kw=1), {}) > rank_swap(model, clear, {})
+
+
+def test_calibrate_spends_its_budget_on_base_then_pool(monkeypatch):
+    measured = []
+
+    def fake_measure(gpu, p, algorithms, excluded, settings, precision=None):
+        measured.append(p)
+        time.sleep(0.002)
+        return Sample(p, fake_times(p), {}), "fake"
+
+    class FakeGpu:
+        profile = CPU
+
+    monkeypatch.setattr(run_mod, "measure_shape", fake_measure)
+    monkeypatch.setattr(run_mod, "calibrated_device", lambda profile: {"family": "cpu", "name": "fake"})
+    cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=600, progress=False)
+    base, pool = grid_shapes("quick", CPU), pool_shapes("quick", CPU)
+    assert measured[:len(base)] == base and set(measured[len(base):]) == set(pool) and cal.complete
+    first_pool = measured[len(base)]
+    assert first_pool.dilation[0] > 1 or first_pool.kh != first_pool.kw or first_pool.h <= 3 or first_pool.n > 8
+    measured.clear()
+    cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=0.05, progress=False)
+    assert 0 < len(measured) < len(base) + len(pool) and not cal.complete
