@@ -3,16 +3,22 @@
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import replace
+
+import pytest
 
 from convroute.calibration import grid as grid_mod
+from convroute.calibration import model as model_mod
 from convroute.calibration import run as run_mod
 from convroute.calibration.active import ActiveSampler, rank_swap
 from convroute.calibration.grid import GPU_MAX_FLOPS, conv, coverage_pool, full_grid, grid_shapes, pool_shapes
 from convroute.calibration.model import CostModel
 from convroute.calibration.profile import Sample
 from convroute.device.profile import DeviceProfile
-from convroute.kernels import ALGORITHMS
+from convroute.kernels import ALGORITHMS, direct
+from convroute.kernels.common import FP32
 
 CPU, GPU = DeviceProfile.for_family("cpu"), DeviceProfile.for_family("nvidia")
 
@@ -35,7 +41,7 @@ def test_cpu_adapters_get_a_lighter_pool_and_quick_grid():
     assert max(p.flops for p in pool_shapes("full", CPU)) <= 1.2e9 < max(p.flops for p in pool_shapes("full", GPU))
     assert max(p.flops for p in pool_shapes("quick", CPU)) <= 3e8
     quick = grid_mod.quick_grid(CPU)
-    assert 60 <= len(quick) <= 100 and set(quick) < set(full_grid()) and max(p.flops for p in quick) <= 3e8
+    assert 40 <= len(quick) <= 70 and set(quick) < set(full_grid()) and max(p.flops for p in quick) <= 3e8
     assert {p.is_depthwise for p in quick} == {True, False} and any(p.transposed for p in quick)
     assert {p.kh for p in quick} >= {1, 3} and pool_shapes("tiny", CPU) == []
     assert grid_shapes("quick", CPU) == quick
@@ -82,3 +88,47 @@ def test_calibrate_spends_its_budget_on_base_then_pool(monkeypatch):
     measured.clear()
     cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=0.05, progress=False)
     assert 0 < len(measured) < len(base) + len(pool) and not cal.complete
+
+
+WIDE_GPU = replace(GPU, limits=dict(GPU.limits) | {"max-compute-workgroup-storage-size": 49152})
+
+
+def staged_direct(p):
+    """direct's time following the input it stages (direct's own plan on WIDE_GPU), implicit_gemm's the MACs."""
+    plan = direct.choose_plan(WIDE_GPU, p, p.n)
+    rows, cols = direct.patch_size(p, plan.tile)
+    staged = direct.output_blocks(p, plan.tile, p.n) * plan.splits * (p.c_in // p.groups) * rows * cols
+    times = {"direct": 1e-9 * staged * p.c_out / p.groups + 2e-10 * p.flops + 0.01,
+             "implicit_gemm": 3e-10 * p.flops + 0.015}
+    return {n: t for n, t in times.items() if ALGORITHMS[n].unsupported(p) is None}
+
+
+def test_window_and_patch_features_see_dilation():
+    plain, aspp = conv(2048, 256, 32, 3), conv(2048, 256, 32, 3, dilation=24)
+    assert model_mod.window_features(plain) == {"window_spread": 0.0, "window_outside": 0.0}
+    spread = model_mod.window_features(aspp)
+    assert spread["window_spread"] == pytest.approx(2 * math.log2(49 / 3))
+    assert spread["window_outside"] == pytest.approx(2 * math.log2(49 / 32))
+    patch = model_mod.plan_features(WIDE_GPU, FP32, aspp, "direct")["plan_patch"]
+    assert patch > model_mod.plan_features(WIDE_GPU, FP32, plain, "direct")["plan_patch"] + 3
+    assert "plan_patch" not in model_mod.plan_features(WIDE_GPU, FP32, plain, "implicit_gemm")
+    narrow = model_mod.CostModel.fit([Sample(p, staged_direct(p), {}) for p in full_grid()[::4]], profile=GPU)
+    assert narrow.predict_ms(aspp, "direct") is None  # no tile's patch fits 16 KiB: no plan, no prediction
+
+
+def test_direct_extrapolates_dilation_closer_with_the_new_features(monkeypatch):
+    train = [p for p in full_grid(GPU_MAX_FLOPS)[::2] + coverage_pool(GPU_MAX_FLOPS) if max(p.dilation) <= 6]
+    samples = [Sample(p, staged_direct(p), {}) for p in train]
+    far = [conv(2048, 256, 32, 3, dilation=d) for d in (12, 24)] + [conv(512, 512, 64, 3, dilation=24)]
+
+    def log_errors():
+        model = model_mod.CostModel.fit(samples, profile=WIDE_GPU)
+        return [abs(math.log(model.predict_ms(p, "direct") / staged_direct(p)["direct"])) for p in far]
+
+    with_features = log_errors()
+    real_plan = model_mod.direct_plan
+    monkeypatch.setattr(model_mod, "window_features", lambda p: {})
+    monkeypatch.setattr(model_mod, "direct_plan",
+                        lambda profile, p: {k: v for k, v in real_plan(profile, p).items() if k != "plan_patch"})
+    without = log_errors()
+    assert all(a < b for a, b in zip(with_features, without, strict=True)), (with_features, without)

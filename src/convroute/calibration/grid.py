@@ -159,11 +159,11 @@ def coverage_pool(max_flops: float = FULL_MAX_FLOPS) -> list[ConvParams]:
 
 
 def quick_grid(profile=None) -> list[ConvParams]:
-    """`convroute calibrate --quick` (the first run's calibration): every third base shape of the light end of
+    """`convroute calibrate --quick` (the first run's calibration): every fifth base shape of the light end of
     the base grid, in its measuring order; calibration.active adds pool shapes while its budget lasts, and
     refinement (router.refine) measures what it misses when routing. On GPUs the light end is larger."""
     cap = QUICK_MAX_FLOPS if profile is None or profile.family == "cpu" else FULL_MAX_FLOPS
-    return measuring_order(full_grid(cap))[::3]
+    return measuring_order(full_grid(cap))[::5]
 
 
 def measuring_order(shapes: list[ConvParams]) -> list[ConvParams]:

@@ -51,6 +51,8 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
             notes.append(f"{name} excluded ({blocked[name]})")
         elif len(allowed) > 1 and (t := calibration.model.predict_ms(p, name)) is not None:
             predicted[name] = t
+        elif len(allowed) > 1 and name in calibration.model.models:
+            notes.append(f"{name} has no launch plan for it on the calibrated device")
         elif len(allowed) > 1:
             notes.append(f"{name} not calibrated (recalibrate to include it)")
     if len(allowed) == 1:
