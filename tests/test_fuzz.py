@@ -41,6 +41,7 @@ from convroute.measure.timing import TimingSettings
 from convroute.params import make_params, params_key
 from convroute.router import POLICIES
 from convroute.router import autotune as autotune_mod
+from convroute.router import refine as refine_mod
 
 load_reference_backend()  # torch before the GPU opens (lavapipe and torch each bring an LLVM)
 CASES = int(os.environ.get("CONVROUTE_FUZZ", "300"))
@@ -85,6 +86,7 @@ def test_fuzz(dtype, monkeypatch, capsys):
     monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
     synthetic_calibration(gpu, dtype)
     monkeypatch.setattr(autotune_mod, "SETTINGS", QUICK_TUNING)
+    monkeypatch.setattr(refine_mod, "SETTINGS", QUICK_TUNING)  # calibrated times convs outside its calibration
     tally, start = Tally(), time.perf_counter()
     with capsys.disabled():
         print(f"\nfuzz {dtype}: {PER_DTYPE} cases on {gpu.profile.name}, seed {SEED} "

@@ -15,7 +15,7 @@ from convroute.kernels.common import Precision
 from convroute.params import ConvParams
 from convroute.router.calibrated import calibrated_route, ms, seed_fallback
 from convroute.router.exclusions import applicable
-from convroute.router.measured import TUNING, AutotuneCache, measured_names, tune, wrong_note
+from convroute.router.measured import SETTINGS, TUNING, AutotuneCache, measured_names, tune, wrong_note
 
 
 def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
@@ -36,7 +36,7 @@ def autotune_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str]
         cache = AutotuneCache(device.key, precision.dtype)
         entry, origin = cache.get(p), "cached"
         if not usable(entry, candidates):
-            entry, origin = tune(gpu, p, candidates, precision), "tuned now"
+            entry, origin = tune(gpu, p, candidates, precision, SETTINGS), "tuned now"
             cache.put(p, entry)
     times = entry["times_ms"]
     if entry["algorithm"] is None:
