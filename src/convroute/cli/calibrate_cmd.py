@@ -67,8 +67,8 @@ def run(args) -> int:
     measured = sum(len(s.times_ms) for s in cal.samples)
     print(f"{len(cal.samples)} shapes, {measured} measurements in {cal.seconds:.0f} s ({cal.timing})")
     if grid == "quick":
-        print("quick calibration: routing measures the convs it does not cover when it first meets them; "
-              "`convroute calibrate` (the full grid) replaces it")
+        print("quick calibration: convs it does not cover are measured when first routed; `convroute calibrate` "
+              "replaces it")
     for name, why in cal.excluded.items():
         print(f"EXCLUDED {name}: {why}")
     if not cal.excluded:
