@@ -15,7 +15,7 @@ from convroute.calibration import run as run_mod
 from convroute.calibration.active import ActiveSampler, rank_swap
 from convroute.calibration.grid import GPU_MAX_FLOPS, conv, coverage_pool, full_grid, grid_shapes, pool_shapes
 from convroute.calibration.model import CostModel
-from convroute.calibration.profile import Sample
+from convroute.calibration.profile import Calibration, Sample, calibrated_device
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS, direct
 from convroute.kernels.common import FP32
@@ -132,3 +132,24 @@ def test_direct_extrapolates_dilation_closer_with_the_new_features(monkeypatch):
                         lambda profile, p: {k: v for k, v in real_plan(profile, p).items() if k != "plan_patch"})
     without = log_errors()
     assert all(a < b for a, b in zip(with_features, without, strict=True)), (with_features, without)
+
+
+def test_calibrate_quick_is_the_quick_grid_without_self_test(monkeypatch, capsys):
+    from convroute.cli import calibrate_cmd
+    from convroute.cli.main import main as cli_main
+
+    seen = {}
+
+    def fake_run(gpu, grid, *, settings, budget_s, progress, dtype):
+        seen.update(grid=grid, budget=budget_s)
+        samples = [Sample(p, fake_times(p), {}) for p in full_grid()[::6]]
+        return Calibration(gpu.profile.key, calibrated_device(gpu.profile), grid, "fake", samples, seconds=1.0)
+
+    monkeypatch.setattr(calibrate_cmd, "run_calibration", fake_run)
+    monkeypatch.setattr("convroute.cli.selftest_cmd.selftest_and_report",
+                        lambda *a, **k: seen.setdefault("selftest", True))
+    assert cli_main(["calibrate", "--quick", "--no-progress", "--dry-run"]) == 0
+    assert seen == {"grid": "quick", "budget": calibrate_cmd.QUICK_BUDGET}
+    assert "quick calibration: convs it does not cover are measured when first routed" in capsys.readouterr().out
+    assert cli_main(["calibrate", "--no-progress", "--dry-run", "--budget", "100"]) == 0
+    assert seen == {"grid": "full", "budget": 100 * (1 - calibrate_cmd.SELFTEST_SHARE), "selftest": True}
