@@ -159,3 +159,26 @@ def test_compile_measures_while_compiling_not_while_running(gpu, tune_calls):
     with torch.no_grad():
         ref = model.double()(x.double()).numpy()
     assert np.abs(np.asarray(out) - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_close_calls_are_measured_when_the_model_is_unsure(gpu, tune_calls):
+    """A conv inside the calibration whose two best predictions lie within the model's leave-one-out error is
+    measured too (only the close candidates); without that error on file it stays a prediction."""
+    def near_tie(p):
+        return direct_predicted_fastest(p) | {"im2col": direct_predicted_fastest(p)["direct"] * 1.1}
+
+    cal = save_fake_calibration(gpu.profile)
+    for p_sample in cal.samples:
+        p_sample.times_ms = {n: t for n, t in near_tie(p_sample.params).items() if n in p_sample.times_ms}
+    calib.save_calibration(cal)
+    cache.forget()
+    assert tune_calls == [] and "close call" not in route_params(INSIDE, gpu.profile, "calibrated").reason
+    cal.model_check = {"mean_regret": 0.15}
+    calib.save_calibration(cal)
+    cache.forget()
+    d = route_params(INSIDE, gpu.profile, "calibrated")
+    assert d.reason.startswith("calibrated: a close call (predicted within 30%") and ": measured " in d.reason
+    assert len(tune_calls) == 1 and set(tune_calls[0][1]) == {"direct", "im2col"}
+    assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.3)
+    cal.model_check = {"mean_regret": 5.0}
+    assert cal.close_call == calib.CLOSE_CALL_MAX

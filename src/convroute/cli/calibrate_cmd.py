@@ -80,7 +80,7 @@ def run(args) -> int:
     for name, count in skipped.items():
         example = next(s for s in cal.samples if name in s.failed)
         print(f"{name} could not run {count} shape(s), e.g. {example.params.describe()}: {example.failed[name]}")
-    loo = loo_report(cal.samples, cal.excluded, cal.profile, cal.dtype)
+    loo = cal.model_check = loo_report(cal.samples, cal.excluded, cal.profile, cal.dtype)
     print(f"model check, leave-one-out over {loo['shapes']} shapes with a choice: picks the fastest on "
           f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, total time "
           f"{100 * loo['total_regret']:.1f}% over the fastest; worst {100 * loo['worst_regret']:.0f}% "

@@ -6,7 +6,10 @@ the float32 calibration, warns once and says so in every reason.
 
 A conv outside what the calibration measured (calibration.coverage: dilation 24 when the grid went to 4, a
 1x7 kernel, 2048 channels per group) is not left to the prediction: its top predicted candidates are timed
-once on the adapter in use and the result kept in the autotune file (router.refine); the reason says so.
+once on the adapter in use and the result kept in the autotune file (router.refine); the reason says so. So is
+a close call, where candidates are predicted closer than the model's typical error (Calibration.close_call,
+from calibrate's leave-one-out check: on a sparse or noisy calibration, such as `calibrate --quick`'s, more
+convs are close calls).
 """
 
 from __future__ import annotations
@@ -66,9 +69,15 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
     if len(ranked) > 1:
         prediction += " vs " + ", ".join(f"{n} {ms(predicted[n])}" for n in ranked[1:])
     verdict = calibration.coverage.verdict(p)
-    if verdict.covered or len(ranked) == 1:
+    close = [n for n in ranked if predicted[n] < predicted[ranked[0]] * calibration.close_call]
+    if len(ranked) == 1 or (verdict.covered and len(close) < 2):
         return ranked[0], f"{label}: {prediction}{notes_text}"
-    outside = f"outside the calibrated range ({verdict.why()})"
+    if verdict.covered:  # a close call: only the candidates within the model's error are worth timing
+        doubt = (f"a close call (predicted within {100 * (calibration.close_call - 1):.0f}%, the model's "
+                   f"typical error here)")
+        ranked = close
+    else:
+        doubt = f"outside the calibrated range ({verdict.why()})"
     precision = Precision.parse(dtype)
     why_not = "refinement is off" if not refine else cannot_measure(device, precision)
     if why_not is None:
@@ -78,10 +87,10 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
             best = next(iter(times))
             wrong = f", {wrong_note(entry)}" if entry.get("wrong") else ""
             measured = ", ".join(f"{n} {ms(t)}" for n, t in times.items())
-            return best, (f"{label}: {outside}: measured {measured}{wrong} ({origin}, {entry['method']}, "
+            return best, (f"{label}: {doubt}: measured {measured}{wrong} ({origin}, {entry['method']}, "
                           f"{entry['when']}; {prediction}){notes_text}")
         why_not = f"no candidate measured correctly ({wrong_note(entry) or 'none could run'})"
-    return ranked[0], f"{label}: {prediction}{notes_text}; {outside}, not measured: {why_not}"
+    return ranked[0], f"{label}: {prediction}{notes_text}; {doubt}, not measured: {why_not}"
 
 
 def seed_fallback(p: ConvParams, device: DeviceProfile, blocked: dict[str, str], why: str) -> tuple[str, str]:
