@@ -11,7 +11,7 @@ measured time on this device.
    second routing, which must say "measured before" and time nothing; whether the conv was outside the
    calibration and why.
 Results go to $OUT/dilated_routing.json when OUT is set. usage: python tools/dilated_routing.py [--reuse]
-[--size 256] [--budget 540] [--grid full] [--max-layers N]
+[--size 256] [--budget 400] [--grid full] [--max-layers N]
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reuse", action="store_true", help="use this device's saved calibration if there is one")
     ap.add_argument("--size", type=int, default=256, help="input size of the segmentation models (256: 32x32 maps)")
-    ap.add_argument("--budget", type=float, default=540.0)
+    ap.add_argument("--budget", type=float, default=400.0, help="calibration budget, s (the device call is 600 s)")
     ap.add_argument("--grid", default="full", help="the grid to calibrate on (tiny: a smoke run)")
     ap.add_argument("--max-layers", type=int, default=None, help="only the first N layers (a smoke run)")
     args = ap.parse_args()
