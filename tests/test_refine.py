@@ -177,8 +177,8 @@ def test_close_calls_are_measured_when_the_model_is_unsure(gpu, tune_calls):
     calib.save_calibration(cal)
     cache.forget()
     d = route_params(INSIDE, gpu.profile, "calibrated")
-    assert d.reason.startswith("calibrated: a close call (predicted within 30%") and ": measured " in d.reason
+    assert d.reason.startswith("calibrated: a close call (predicted within 45%") and ": measured " in d.reason
     assert len(tune_calls) == 1 and set(tune_calls[0][1]) == {"direct", "im2col"}
-    assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.3)
+    assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.45)
     cal.model_check = {"mean_regret": 5.0}
     assert cal.close_call == calib.CLOSE_CALL_MAX
