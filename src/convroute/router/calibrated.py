@@ -68,29 +68,38 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
     prediction = f"{ranked[0]} predicted {ms(predicted[ranked[0]])}"
     if len(ranked) > 1:
         prediction += " vs " + ", ".join(f"{n} {ms(predicted[n])}" for n in ranked[1:])
-    verdict = calibration.coverage.verdict(p)
-    close = [n for n in ranked if predicted[n] < predicted[ranked[0]] * calibration.close_call]
-    if len(ranked) == 1 or (verdict.covered and len(close) < 2):
+    doubt = doubt_about(calibration, p, predicted, ranked)
+    if doubt is None:
         return ranked[0], f"{label}: {prediction}{notes_text}"
-    if verdict.covered:  # a close call: only the candidates within the model's error are worth timing
-        doubt = (f"a close call (predicted within {100 * (calibration.close_call - 1):.0f}%, the model's "
-                   f"typical error here)")
-        ranked = close
-    else:
-        doubt = f"outside the calibrated range ({verdict.why()})"
-    precision = Precision.parse(dtype)
-    why_not = "refinement is off" if not refine else cannot_measure(device, precision)
+    why, candidates = doubt
+    why_not = "refinement is off" if not refine else cannot_measure(device, Precision.parse(dtype))
     if why_not is None:
-        entry, origin = measure_top(p, device, ranked, allowed, precision)
+        entry, origin = measure_top(p, device, candidates, allowed, Precision.parse(dtype))
         times = allowed_times(entry, allowed)
         if times:
-            best = next(iter(times))
             wrong = f", {wrong_note(entry)}" if entry.get("wrong") else ""
             measured = ", ".join(f"{n} {ms(t)}" for n, t in times.items())
-            return best, (f"{label}: {doubt}: measured {measured}{wrong} ({origin}, {entry['method']}, "
-                          f"{entry['when']}; {prediction}){notes_text}")
+            return next(iter(times)), (f"{label}: {why}: measured {measured}{wrong} ({origin}, {entry['method']}, "
+                                       f"{entry['when']}; {prediction}){notes_text}")
         why_not = f"no candidate measured correctly ({wrong_note(entry) or 'none could run'})"
-    return ranked[0], f"{label}: {prediction}{notes_text}; {doubt}, not measured: {why_not}"
+    return ranked[0], f"{label}: {prediction}{notes_text}; {why}, not measured: {why_not}"
+
+
+def doubt_about(calibration, p: ConvParams, predicted: dict[str, float],
+                ranked: list[str]) -> tuple[str, list[str]] | None:
+    """Why the prediction alone will not do for `p`, with the candidates worth timing (best predicted first), or
+    None: outside the calibrated range (the top candidates), or a close call (those predicted within the
+    model's typical error of the best)."""
+    if len(ranked) < 2:
+        return None
+    verdict = calibration.coverage.verdict(p)
+    if not verdict.covered:
+        return f"outside the calibrated range ({verdict.why()})", ranked
+    close = [n for n in ranked if predicted[n] < predicted[ranked[0]] * calibration.close_call]
+    if len(close) < 2:
+        return None
+    return (f"a close call (predicted within {100 * (calibration.close_call - 1):.0f}%, the model's typical error "
+            f"here)"), close
 
 
 def seed_fallback(p: ConvParams, device: DeviceProfile, blocked: dict[str, str], why: str) -> tuple[str, str]:
