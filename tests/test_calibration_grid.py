@@ -72,7 +72,7 @@ def test_calibrate_spends_its_budget_on_base_then_pool(monkeypatch):
 
     def fake_measure(gpu, p, algorithms, excluded, settings, precision=None):
         measured.append(p)
-        time.sleep(0.002)
+        time.sleep(0.01)
         return Sample(p, fake_times(p), {}), "fake"
 
     class FakeGpu:
@@ -86,7 +86,7 @@ def test_calibrate_spends_its_budget_on_base_then_pool(monkeypatch):
     first_pool = measured[len(base)]
     assert first_pool.dilation[0] > 1 or first_pool.kh != first_pool.kw or first_pool.h <= 3 or first_pool.n > 8
     measured.clear()
-    cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=0.05, progress=False)
+    cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=0.3, progress=False)
     assert 0 < len(measured) < len(base) + len(pool) and not cal.complete
 
 

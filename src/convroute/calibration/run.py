@@ -66,9 +66,9 @@ def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = 
     samples: list[Sample] = []
     pool = pool_shapes(grid, gpu.profile)
     sampler = ActiveSampler(pool, samples, excluded, calibrated_device_profile(gpu), precision.dtype)
+    base = grid_shapes(grid, gpu.profile)
     start = time.perf_counter()
-    shapes = _Shapes(grid_shapes(grid, gpu.profile), sampler, start, budget_s * (1 - POOL_SHARE if pool else 1),
-                     budget_s)
+    shapes = _Shapes(base, sampler, start, budget_s * (1 - POOL_SHARE if pool else 1), budget_s)
     timing = ""
     bar = progress_bar(shapes, "calibrating", "shape", progress)
     for p in bar:
