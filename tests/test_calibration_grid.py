@@ -72,22 +72,28 @@ def test_calibrate_spends_its_budget_on_base_then_pool(monkeypatch):
 
     def fake_measure(gpu, p, algorithms, excluded, settings, precision=None):
         measured.append(p)
-        time.sleep(0.01)
+        time.sleep(0.01 if p in base else 0.05)
         return Sample(p, fake_times(p), {}), "fake"
 
     class FakeGpu:
         profile = CPU
 
+    base = grid_shapes("quick", CPU)
     monkeypatch.setattr(run_mod, "measure_shape", fake_measure)
     monkeypatch.setattr(run_mod, "calibrated_device", lambda profile: {"family": "cpu", "name": "fake"})
     cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=600, progress=False)
-    base, pool = grid_shapes("quick", CPU), pool_shapes("quick", CPU)
+    pool = pool_shapes("quick", CPU)
     assert measured[:len(base)] == base and set(measured[len(base):]) == set(pool) and cal.complete
     first_pool = measured[len(base)]
     assert first_pool.dilation[0] > 1 or first_pool.kh != first_pool.kw or first_pool.h <= 3 or first_pool.n > 8
     measured.clear()
     cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=0.3, progress=False)
     assert 0 < len(measured) < len(base) + len(pool) and not cal.complete
+    measured.clear()  # the base takes ~0.6 s of 5: the pool gets as long again (at least a fifth), not the rest
+    start = time.perf_counter()
+    cal = run_mod.run_calibration(FakeGpu(), "quick", budget_s=5, progress=False)
+    assert measured[:len(base)] == base and len(base) < len(measured) < len(base) + len(pool) and not cal.complete
+    assert time.perf_counter() - start < 5
 
 
 WIDE_GPU = replace(GPU, limits=dict(GPU.limits) | {"max-compute-workgroup-storage-size": 49152})

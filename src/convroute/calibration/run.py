@@ -27,7 +27,9 @@ POOL_SHARE = 0.2  # of the budget kept for the coverage pool when the base grid 
 
 class _Shapes:
     """The base grid in order, then pool shapes as the sampler picks them; stops the base part at
-    `base_budget_s` and the whole at `budget_s` (seconds since `start`)."""
+    `base_budget_s` and the pool after as long as the base took (at least POOL_SHARE of `budget_s`), within
+    `budget_s` (seconds since `start`): a GPU that measured the base grid in two minutes spends at most two more
+    on the pool, not the whole budget."""
 
     def __init__(self, base, sampler: ActiveSampler, start: float, base_budget_s: float, budget_s: float):
         self.base, self.sampler, self.start = base, sampler, start
@@ -43,9 +45,10 @@ class _Shapes:
                 self.cut = f"{i} of {len(self.base)} base shapes"
                 break
             yield p
-        measured = 0
+        measured, base_s = 0, time.perf_counter() - self.start
+        end_s = min(self.budget_s, base_s + max(base_s, POOL_SHARE * self.budget_s))
         while len(self.sampler):
-            if time.perf_counter() - self.start > self.budget_s:
+            if time.perf_counter() - self.start > end_s:
                 self.cut += (", " if self.cut else "") + f"{measured} of {measured + len(self.sampler)} pool shapes"
                 return
             measured += 1
@@ -57,7 +60,7 @@ def run_calibration(gpu: Gpu, grid: str = "full", *, settings: TimingSettings = 
     """Time and check every applicable algorithm on every base grid shape (in a fixed shuffled order, so a run
     cut short by its budget still spans the grid), then on pool shapes picked one by one (calibration.active),
     with activations and weights stored as `dtype`. The base grid gets `budget_s` less POOL_SHARE of it, or
-    less where it finishes sooner; the pool the rest."""
+    less where it finishes sooner; the pool as long again as the base took, within the budget (_Shapes)."""
     precision = Precision.parse(dtype)
     precision.require(gpu.profile)
     algorithms = ALGORITHMS if algorithms is None else algorithms
