@@ -296,7 +296,8 @@ def test_selftest_command_dtype_without_shader_f16(monkeypatch, capsys):
 def test_calibrate_runs_the_selftest(monkeypatch, capsys):
     gpu = get_gpu()
     monkeypatch.setattr(calibration_run, "ALGORITHMS", {n: ALGORITHMS[n] for n in ("direct", "pointwise")})
-    assert cli_main(["calibrate", "--quick", "--no-progress", "--per-shape", "0.02", "--selftest-cases", "3"]) == 0
+    assert cli_main(["calibrate", "--grid", "tiny", "--no-progress", "--per-shape", "0.02",
+                     "--selftest-cases", "3"]) == 0
     out = capsys.readouterr().out
     assert "self-test: up to 3 random convs in float32" in out and "float32: 3 cases in" in out
     assert results.load_selftest(gpu.profile).cases == 3
