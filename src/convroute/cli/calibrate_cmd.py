@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+from convroute.bench.heldout_score import default_file, heldout_text, score_heldout
 from convroute.calibration.model import loo_report
 from convroute.calibration.profile import profile_path, save_calibration
 from convroute.calibration.run import SETTINGS, run_calibration
@@ -14,6 +15,7 @@ from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 
 SELFTEST_SHARE = 0.15  # of --budget kept for the self-test when the grid would use it all
+HELDOUT_SHARE = 0.15  # of --budget for scoring the fresh calibration on held-out layers (bench/heldout_score.py)
 
 
 def add_arguments(parser) -> None:
@@ -28,6 +30,10 @@ def add_arguments(parser) -> None:
                              "routing in that dtype uses")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true", help="measure and report, but do not save the profile")
+    parser.add_argument("--heldout", default=None, metavar="NAME|FILE",
+                        help="held-out layers to score the calibration on at the end, per network (default: heldout "
+                             "on GPUs, heldout_small on CPU adapters, none with --quick; 'none': skip), within "
+                             f"{100 * HELDOUT_SHARE:.0f}%% of --budget")
     parser.add_argument("--selftest-cases", type=int, default=None, metavar="N",
                         help="random cases of the self-test after the grid (default 1000, with --quick 10; 0: none); "
                              f"it gets what the grid leaves of --budget, at least {100 * SELFTEST_SHARE:.0f}%%")
@@ -45,7 +51,8 @@ def run(args) -> int:
     gpu = get_gpu()
     grid = "quick" if args.quick else "full"
     selftest_cases = args.selftest_cases if args.selftest_cases is not None else 10 if args.quick else 1000
-    grid_budget = args.budget * (1 - SELFTEST_SHARE) if selftest_cases > 0 else args.budget
+    heldout = heldout_name(args, gpu.profile)
+    grid_budget = args.budget * (1 - (SELFTEST_SHARE if selftest_cases > 0 else 0) - (HELDOUT_SHARE if heldout else 0))
     print(f"calibrating {gpu.profile.name} ({gpu.profile.driver}, {gpu.profile.backend}) on the {grid} grid "
           f"in {args.dtype}")
     try:
@@ -78,9 +85,29 @@ def run(args) -> int:
             print(f"could not save the profile to {profile_path(gpu.profile, cal.dtype)}", file=sys.stderr)
             return 1
         print(f"saved {path}")
+    spent = 0.0
+    if heldout:
+        spent = report_heldout(gpu, cal, heldout, args.budget * HELDOUT_SHARE, progress=not args.no_progress)
     if selftest_cases > 0:
         print(f"self-test: up to {selftest_cases} random convs in {args.dtype}, every algorithm against a float64 "
               f"reference; routing excludes what is wrong")
-        selftest_and_report(gpu, args.dtype, selftest_cases, args.budget - cal.seconds,
+        selftest_and_report(gpu, args.dtype, selftest_cases, args.budget - cal.seconds - spent,
                             progress=not args.no_progress, save=not args.dry_run)
     return 0
+
+
+def heldout_name(args, profile) -> str | None:
+    if args.heldout is None:
+        return None if args.quick else default_file(profile)
+    return None if args.heldout == "none" else args.heldout
+
+
+def report_heldout(gpu, cal, name: str, budget_s: float, progress: bool) -> float:
+    """Score the calibration on held-out layers and print it; the seconds it took."""
+    try:
+        score = score_heldout(gpu, cal, name, budget_s, progress)
+    except ValueError as err:  # a bad --heldout file
+        print(f"held-out layers not scored: {err}", file=sys.stderr)
+        return 0.0
+    print(heldout_text(score))
+    return score.seconds

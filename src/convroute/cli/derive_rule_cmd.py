@@ -140,7 +140,19 @@ def emit(text: str, path: str | None, label: str) -> None:
 
 
 def regret_table(scores: list[dict], where: str) -> str:
+    """Per suite (and per network of a held-out file) each policy's total / oracle total, and beside it its
+    worst layer's time / that layer's fastest."""
     head = ["suite", "device", "layers", "oracle ms"] + [f"{k} x" for k in SCORED]
-    rows = [[s["suite"], s["family"], str(s["layers"]), f"{s['oracle_ms']:.3g}"]
-            + [f"{s['vs_oracle'][k]:.3f}" if k in s["vs_oracle"] else "n/a" for k in SCORED] for s in scores]
-    return f"\npolicy total / oracle total per suite, {where}\n" + format_table(head, rows, left=2)
+    rows, worst = [], []
+    for s in scores:
+        rows.append([s["suite"], s["family"]] + regret_cells(s))
+        rows += [[f"  {net}", ""] + regret_cells(n) for net, n in s.get("networks", {}).items()]
+        worst += [f"  {s['suite']}, {k}: worst layer {ratio:.2f}x ({name[-60:]})"
+                  for k, (ratio, name) in s["worst"].items() if k in ("calibrated", "derived")]
+    return "\n".join([f"\npolicy total / oracle total per suite, {where}; w: the policy's worst layer, its time / "
+                      "the layer's fastest", format_table(head, rows, left=2)] + worst)
+
+
+def regret_cells(s: dict) -> list[str]:
+    return [str(s["layers"]), f"{s['oracle_ms']:.3g}"] + [
+        f"{s['vs_oracle'][k]:.3f} w{s['worst'][k][0]:.2f}" if k in s["vs_oracle"] else "n/a" for k in SCORED]

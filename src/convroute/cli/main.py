@@ -16,6 +16,7 @@ COMMANDS = {
     "selftest": "fuzz every algorithm against a float64 reference on this device; routing avoids what was wrong",
     "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
     "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++, score it on suites",
+    "heldout": "write held-out layers: convs of networks outside the suites and the grid, to score routing on",
     "run": "run a whole torchvision model on the GPU and on torch: error, routing table, latency of both",
 }
 
