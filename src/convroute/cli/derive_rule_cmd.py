@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from convroute.bench.suites import SUITES, load_suite
+from convroute.bench.suites import HELDOUT, SUITES, load_suite
 from convroute.cache import write_json
 from convroute.calibration import profile as calib
 from convroute.report.table import format_table
@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
                         help=f"shipped suites to measure now and score ({', '.join(SUITES)}, comma-separated, or "
                              "'all'); slow on CPU adapters, see --budget")
     parser.add_argument("--layers", metavar="FILE.json",
-                        help="a held-out layer list (suite format) to measure and score")
+                        help=f"a held-out layer list (suite format, or {' or '.join(HELDOUT)}: the shipped layers of "
+                             "networks outside the suites, scored per network) to measure and score")
     parser.add_argument("--budget", type=float, default=0.3, metavar="SECONDS",
                         help="measuring: time budget per algorithm and layer (default 0.3)")
     parser.add_argument("--save-bench", metavar="OUT.json", help="write the suites measured now as a bench report")
