@@ -74,7 +74,7 @@ def run(args) -> int:
 
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
     from convroute.bench.compare_model import compare_model, comparison_text
-    from convroute.frontend.zoo import randomize_batch_norms
+    from convroute.frontend.zoo import build
     from convroute.router import POLICIES
 
     if args.policy not in POLICIES:
@@ -89,10 +89,7 @@ def run(args) -> int:
               f"segmentation models: {', '.join(segmentation)}", file=sys.stderr)
         return 2
 
-    torch.manual_seed(args.seed)
-    backbone = {"weights_backbone": None} if args.model in segmentation else {}
-    model = torchvision.models.get_model(args.model, weights=None, **backbone).eval()
-    randomize_batch_norms(model, args.seed)
+    model = build(args.model, args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size)
     shape = "x".join(map(str, x.shape))
     print(f"{args.model} (torchvision, random weights and batch-norm statistics, eval mode), input {shape}, "
