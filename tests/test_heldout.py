@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 import convroute.frontend  # noqa: E402, F401  (before torchvision: see convroute.frontend)
 from convroute.bench import heldout  # noqa: E402
 from convroute.bench.heldout_score import heldout_text, in_turn, score_heldout  # noqa: E402
-from convroute.bench.suite import BenchReport, LayerResult, summary  # noqa: E402
+from convroute.bench.suite import BenchReport, LayerResult, short_name, summary, table  # noqa: E402
 from convroute.bench.suites import HELDOUT, load_suite, parse_suite  # noqa: E402
 from convroute.calibration import profile as calib  # noqa: E402
 from convroute.calibration.grid import quick_grid  # noqa: E402
@@ -111,6 +111,8 @@ def test_bench_summary_names_the_worst_layer_and_each_network():
     data = report.to_json()
     assert data["worst_layer"]["seed"] == {"ratio": 3.0, "layer": "netA/c1"}
     assert data["networks"]["netB"]["vs_oracle"]["seed"] == 1.0
+    assert "netA/c1" in table(report)
+    assert short_name("deeplabv3_resnet50/backbone.layer4.0.conv2") == "deeplabv~.layer4.0.conv2"
 
 
 def test_networks_in_turn_dilated_first():

@@ -203,7 +203,7 @@ def table(report: BenchReport) -> str:
     head = ["layer", "n", "shape"] + algos + [f"{p} regret" for p in report.policies]
     rows = []
     for r in report.layers:
-        cells = [r.name[:24], str(r.count), shape_text(r.params)]
+        cells = [short_name(r.name), str(r.count), shape_text(r.params)]
         for name in algos:
             if name in r.times_ms:
                 marks = "".join(POLICY_MARKS.get(p, "?") for p in report.policies if r.choices.get(p) == name)
@@ -213,6 +213,12 @@ def table(report: BenchReport) -> str:
         cells += [f"{100 * r.regret(p):.0f}%" for p in report.policies]
         rows.append(cells)
     return format_table(head, rows, left=3)
+
+
+def short_name(name: str, width: int = 24) -> str:
+    """A layer's name within `width`: its start and its end ("deeplabv~.layer4.0.conv2")."""
+    start = width // 3
+    return name if len(name) <= width else f"{name[:start]}~{name[start + 1 - width:]}"
 
 
 def summary(report: BenchReport) -> str:
