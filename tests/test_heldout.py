@@ -167,3 +167,20 @@ def test_score_heldout_measures_within_the_budget_and_reports(tmp_path):
     skipped = score_heldout(gpu, cal, str(path), budget_s=0.0, progress=False)
     assert not skipped.layers and len(skipped.skipped) == 3
     assert "skipped, the time budget ran out: 3 layer(s) of 2 network(s)" in heldout_text(skipped)
+
+
+@pytest.mark.gpu
+def test_calibrate_ends_with_the_heldout_score(tmp_path, capsys):
+    from convroute.cli.main import main
+
+    path = tmp_path / "tiny.json"
+    path.write_text('{"name": "tiny", "layers": [{"name": "netA/d", "c_in": 8, "h": 7, "w": 7, "c_out": 8, '
+                    '"kernel": 3, "dilation": 3, "padding": 3}, {"name": "netB/p", "c_in": 8, "h": 7, "w": 7, '
+                    '"c_out": 12, "kernel": 1}]}')
+    args = ["calibrate", "--quick", "--selftest-cases", "0", "--dry-run", "--no-progress"]
+    assert main(args) == 0
+    assert "held-out layers" not in capsys.readouterr().out  # --quick: none unless asked
+    assert main(args + ["--heldout", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out layers (tiny: 2 networks outside the grid and the suites): 2 of 2 layers measured" in printed
+    assert "netA" in printed and "netB" in printed and "worst layer under calibrated" in printed

@@ -50,7 +50,7 @@ class Preset:
 PRESETS = {
     "heldout": Preset(224, 512, 512, 8),  # GPUs: full-size inputs
     # CPU adapters (lavapipe) and CI: small inputs, few light layers a network, every dilated conv kept
-    "heldout_small": Preset(64, 64, 64, 4, 1.2e8,
+    "heldout_small": Preset(64, 32, 64, 4, 1.2e8,
                             SEGMENTATION + ("retinanet_resnet50_fpn", "keypointrcnn_resnet50_fpn") + TIMM[:8]),
 }
 

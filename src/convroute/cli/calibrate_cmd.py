@@ -15,7 +15,7 @@ from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 
 SELFTEST_SHARE = 0.15  # of --budget kept for the self-test when the grid would use it all
-HELDOUT_SHARE = 0.15  # of --budget for scoring the fresh calibration on held-out layers (bench/heldout_score.py)
+HELDOUT_SHARE = 0.15  # of --budget, at most, for scoring the calibration on held-out layers (bench/heldout_score.py)
 
 
 def add_arguments(parser) -> None:
@@ -32,8 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="measure and report, but do not save the profile")
     parser.add_argument("--heldout", default=None, metavar="NAME|FILE",
                         help="held-out layers to score the calibration on at the end, per network (default: heldout "
-                             "on GPUs, heldout_small on CPU adapters, none with --quick; 'none': skip), within "
-                             f"{100 * HELDOUT_SHARE:.0f}%% of --budget")
+                             "on GPUs, heldout_small on CPU adapters, none with --quick; 'none': skip), in what the "
+                             f"grid leaves of --budget: at most {100 * HELDOUT_SHARE:.0f}%% of it, and half with a "
+                             "self-test")
     parser.add_argument("--selftest-cases", type=int, default=None, metavar="N",
                         help="random cases of the self-test after the grid (default 1000, with --quick 10; 0: none); "
                              f"it gets what the grid leaves of --budget, at least {100 * SELFTEST_SHARE:.0f}%%")
@@ -51,8 +52,7 @@ def run(args) -> int:
     gpu = get_gpu()
     grid = "quick" if args.quick else "full"
     selftest_cases = args.selftest_cases if args.selftest_cases is not None else 10 if args.quick else 1000
-    heldout = heldout_name(args, gpu.profile)
-    grid_budget = args.budget * (1 - (SELFTEST_SHARE if selftest_cases > 0 else 0) - (HELDOUT_SHARE if heldout else 0))
+    grid_budget = args.budget * (1 - SELFTEST_SHARE) if selftest_cases > 0 else args.budget
     print(f"calibrating {gpu.profile.name} ({gpu.profile.driver}, {gpu.profile.backend}) on the {grid} grid "
           f"in {args.dtype}")
     try:
@@ -85,13 +85,14 @@ def run(args) -> int:
             print(f"could not save the profile to {profile_path(gpu.profile, cal.dtype)}", file=sys.stderr)
             return 1
         print(f"saved {path}")
-    spent = 0.0
-    if heldout:
-        spent = report_heldout(gpu, cal, heldout, args.budget * HELDOUT_SHARE, progress=not args.no_progress)
+    spent, heldout, left = 0.0, heldout_name(args, gpu.profile), args.budget - cal.seconds
+    if heldout:  # what the grid left, shared with the self-test
+        budget = min(args.budget * HELDOUT_SHARE, left / 2 if selftest_cases > 0 else left)
+        spent = report_heldout(gpu, cal, heldout, budget, progress=not args.no_progress)
     if selftest_cases > 0:
         print(f"self-test: up to {selftest_cases} random convs in {args.dtype}, every algorithm against a float64 "
               f"reference; routing excludes what is wrong")
-        selftest_and_report(gpu, args.dtype, selftest_cases, args.budget - cal.seconds - spent,
+        selftest_and_report(gpu, args.dtype, selftest_cases, left - spent,
                             progress=not args.no_progress, save=not args.dry_run)
     return 0
 

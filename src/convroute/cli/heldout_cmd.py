@@ -15,8 +15,8 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--preset", default="heldout", choices=list(PRESETS),
                         help="heldout: full-size inputs (224 px, segmentation and detection 512 px), 8 layers a "
-                             "network, for GPUs; heldout_small: 64 px, 4 light layers a network, for CPU adapters "
-                             "(default heldout)")
+                             "network, for GPUs; heldout_small: 64 px (segmentation 32), 4 light layers a network, "
+                             "for CPU adapters (default heldout)")
     parser.add_argument("--networks", default="", metavar="NAMES",
                         help=f"comma-separated subset of the preset's networks (of {', '.join(NETWORKS)})")
     parser.add_argument("--out", metavar="FILE.json", help="where to write it (default: print it)")
