@@ -184,3 +184,16 @@ def test_calibrate_ends_with_the_heldout_score(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "held-out layers (tiny: 2 networks outside the grid and the suites): 2 of 2 layers measured" in printed
     assert "netA" in printed and "netB" in printed and "worst layer under calibrated" in printed
+
+
+def test_cli_regenerates_a_network_of_the_shipped_file(tmp_path, capsys):
+    from convroute.cli.main import main
+
+    out = tmp_path / "lraspp.json"
+    net = "lraspp_mobilenet_v3_large"
+    assert main(["heldout", "--preset", "heldout_small", "--networks", net, "--out", str(out)]) == 0
+    assert "of 1 networks" in capsys.readouterr().err
+    shipped = [x for x in load_suite("heldout_small").layers if network_of(x.name) == net]
+    assert load_suite(str(out)).layers == tuple(shipped) and len(shipped) == 4
+    assert main(["heldout", "--preset", "heldout_small", "--networks", "ssd300_vgg16"]) == 2
+    assert "not in preset heldout_small" in capsys.readouterr().err
