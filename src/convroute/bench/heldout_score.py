@@ -103,15 +103,16 @@ def heldout_text(h: HeldoutScore) -> str:
         layer = next(x for x in h.layers if x.name == name)
         best = min(layer.times_ms, key=layer.times_ms.get)
         picked = h.routes[name]["calibrated"]
-        lines.append(f"worst layer under calibrated: {ratio:.2f}x, {name[-50:]} ({shape_text(layer.params)}): "
-                     f"{picked} {layer.times_ms[picked]:.3g} ms, {best} {layer.times_ms[best]:.3g} ms")
+        lines.append(f"worst layer under calibrated: {ratio:.2f}x, {name[-80:]}")
+        lines.append(f"  {shape_text(layer.params)}: {picked} {layer.times_ms[picked]:.3g} ms, fastest {best} "
+                     f"{layer.times_ms[best]:.3g} ms")
     return "\n".join(lines + skipped_lines(h))
 
 
 def score_cells(s: dict, policies: list[str]) -> list[str]:
     cells = [f"{s['oracle_ms']:.3g}"] + [f"{s['vs_oracle'][p]:.3f}" for p in policies]
     worst = s["worst"].get("calibrated")
-    return cells + ([f"{worst[0]:.2f}x {worst[1].split('/', 1)[-1][-36:]}"] if worst else ["-"])
+    return cells + ([f"{worst[0]:.2f}x {worst[1].split('/', 1)[-1][-28:]}"] if worst else ["-"])
 
 
 def skipped_lines(h: HeldoutScore) -> list[str]:

@@ -233,7 +233,7 @@ def summary(report: BenchReport) -> str:
         line = f"  {key:<12} {value:10.3f} ms   {value / oracle:5.3f} x oracle"
         if key in report.policies:
             ratio, name = report.worst_layer(key)
-            line += f"   worst layer {ratio:.2f}x ({name[-60:]})"
+            line += f"   worst layer {ratio:.2f}x ({name[-46:]})"
         parts.append(line)
     device = report.device.get("name", "?")
     head = (f"{report.suite}, batch {report.batch}, {report.dtype}, on {device} ({report.timing}); totals weighted "
@@ -247,7 +247,7 @@ def network_lines(report: BenchReport) -> list[str]:
     networks = report.networks()
     if not networks:
         return []
-    head = ["network", "layers"] + [f"{p} x" for p in report.policies] + [f"{p} worst layer" for p in report.policies]
+    head = ["network", "layers"] + [f"{p} x" for p in report.policies] + [f"{p} worst" for p in report.policies]
     rows = []
     for net, part in networks.items():
         totals = part.totals_ms()
@@ -255,5 +255,5 @@ def network_lines(report: BenchReport) -> list[str]:
                     + [f"{totals[p] / totals['oracle']:.3f}" if totals[p] is not None else "n/a"
                        for p in report.policies]
                     + [f"{part.worst_layer(p)[0]:.2f}x" for p in report.policies])
-    return ["per network (total / oracle total; worst layer: its time / that layer's fastest):",
+    return ["per network (total / oracle total; worst: the policy's worst layer, its time / that layer's fastest):",
             format_table(head, rows, left=2)]
