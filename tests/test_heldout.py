@@ -70,6 +70,18 @@ def test_recorder_names_functional_and_transposed_convs_by_module():
     assert (fn_name, fn.dilation, fn.groups, fn.h) == ("conv", (2, 2), 4, 10)
 
 
+def test_distinct_counts_convs_and_names_a_module_by_its_input_size_where_it_ran_several():
+    small = make_params((1, 64, 6, 6), (64, 64, 3, 3), padding=1)
+    convs = [("head", DENSE), ("head", small), ("head", DENSE), ("stem", DILATED)]
+    assert heldout.distinct(convs) == [("head@12x12", DENSE, 2), ("head@6x6", small, 1), ("stem", DILATED, 1)]
+
+
+@pytest.mark.parametrize("name", HELDOUT)
+def test_shipped_layer_names_are_unique(name):
+    names = [x.name for x in load_suite(name).layers]
+    assert len(set(names)) == len(names)
+
+
 def test_pick_keeps_every_dilated_conv_then_the_heaviest():
     layers = [(f"m{i}", make_params((1, 8 * (i + 1), 10, 10), (8, 8 * (i + 1), 3, 3), padding=1), 1) for i in range(9)]
     layers.insert(4, ("aspp", DILATED, 1))

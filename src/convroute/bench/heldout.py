@@ -17,6 +17,7 @@ for inference, as RepVGG deploys).
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from dataclasses import dataclass
 
 from convroute.bench.suites import SUITES, layer_record, load_suite, suite_text
@@ -147,11 +148,15 @@ def run_network(name: str, preset: Preset) -> tuple[list[tuple[str, ConvParams]]
 
 
 def distinct(convs: list[tuple[str, ConvParams]]) -> list[tuple[str, ConvParams, int]]:
-    """Each distinct conv once, named by its first module, with how often it ran, in order of first run."""
+    """Each distinct conv once, named by its first module, with how often it ran, in order of first run; a
+    module that ran several distinct convs (a detection head over each FPN level) names each by its input
+    size too ("head.cls_logits@64x64")."""
     seen: dict[ConvParams, list] = {}
     for module, p in convs:
         seen.setdefault(p, [module, p, 0])[2] += 1
-    return [tuple(item) for item in seen.values()]
+    modules = Counter(module for module, _, _ in seen.values())
+    return [(f"{module}@{p.h}x{p.w}" if modules[module] > 1 else module, p, count)
+            for module, p, count in seen.values()]
 
 
 def known_shapes() -> set[str]:
