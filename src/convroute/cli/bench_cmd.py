@@ -15,7 +15,7 @@ from convroute.bench.compare_layers import (
     run_compare,
 )
 from convroute.bench.suite import DEFAULT_POLICIES, SETTINGS, run_bench, summary, table
-from convroute.bench.suites import SUITES, load_suite
+from convroute.bench.suites import HELDOUT, SUITES, load_suite
 from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
@@ -27,7 +27,8 @@ from convroute.router import POLICIES
 
 def add_arguments(parser) -> None:
     parser.add_argument("--suite", default="resnet50",
-                        help=f"a shipped suite ({', '.join(SUITES)}), a suite JSON file, or several of them "
+                        help=f"a shipped suite ({', '.join(SUITES)}), held-out layers of networks outside them "
+                             f"({' or '.join(HELDOUT)}: scored per network too), a suite JSON file, or several of them "
                              f"comma-separated (or 'all': every shipped suite) benched one after the other, with "
                              f"one table of convroute / peer ratios per suite at the end (default resnet50)")
     parser.add_argument("--layers", metavar="FILE.json",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+from convroute.bench.heldout_score import default_file, heldout_text, score_heldout
 from convroute.calibration.grid import GRIDS
 from convroute.calibration.model import loo_report
 from convroute.calibration.profile import profile_path, save_calibration
@@ -16,6 +17,7 @@ from convroute.kernels.common import DTYPES
 
 SELFTEST_SHARE = 0.15  # of --budget kept for the self-test when the grid would use it all
 QUICK_BUDGET = 110.0  # --quick's default --budget (NOTES: how long it takes on lavapipe)
+HELDOUT_SHARE = 0.15  # of --budget, at most, for scoring the calibration on held-out layers (bench/heldout_score.py)
 
 
 def add_arguments(parser) -> None:
@@ -36,6 +38,11 @@ def add_arguments(parser) -> None:
                              "routing in that dtype uses")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--dry-run", action="store_true", help="measure and report, but do not save the profile")
+    parser.add_argument("--heldout", default=None, metavar="NAME|FILE",
+                        help="held-out layers to score the calibration on at the end, per network (default: heldout "
+                             "on GPUs, heldout_small on CPU adapters, none with --quick or --grid; 'none': skip), in what the "
+                             f"grid leaves of --budget: at most {100 * HELDOUT_SHARE:.0f}%% of it, and half with a "
+                             "self-test")
     parser.add_argument("--selftest-cases", type=int, default=None, metavar="N",
                         help="random cases of the self-test after the grid (default 1000, with --quick 0, with "
                              "--grid tiny 10; 0: none); "
@@ -91,9 +98,30 @@ def run(args) -> int:
             print(f"could not save the profile to {profile_path(gpu.profile, cal.dtype)}", file=sys.stderr)
             return 1
         print(f"saved {path}")
+    spent, heldout, left = 0.0, heldout_name(args, gpu.profile), budget - cal.seconds
+    if heldout:  # what the grid left, shared with the self-test
+        spent = report_heldout(gpu, cal, heldout, min(budget * HELDOUT_SHARE, left / 2 if selftest_cases > 0 else left),
+                               progress=not args.no_progress)
     if selftest_cases > 0:
         print(f"self-test: up to {selftest_cases} random convs in {args.dtype}, every algorithm against a float64 "
               f"reference; routing excludes what is wrong")
-        selftest_and_report(gpu, args.dtype, selftest_cases, budget - cal.seconds,
+        selftest_and_report(gpu, args.dtype, selftest_cases, left - spent,
                             progress=not args.no_progress, save=not args.dry_run)
     return 0
+
+
+def heldout_name(args, profile) -> str | None:
+    if args.heldout is None:
+        return default_file(profile) if (args.grid or ("quick" if args.quick else "full")) == "full" else None
+    return None if args.heldout == "none" else args.heldout
+
+
+def report_heldout(gpu, cal, name: str, budget_s: float, progress: bool) -> float:
+    """Score the calibration on held-out layers and print it; the seconds it took."""
+    try:
+        score = score_heldout(gpu, cal, name, budget_s, progress)
+    except ValueError as err:  # a bad --heldout file
+        print(f"held-out layers not scored: {err}", file=sys.stderr)
+        return 0.0
+    print(heldout_text(score))
+    return score.seconds
