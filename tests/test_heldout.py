@@ -13,7 +13,7 @@ from convroute.bench.heldout_score import heldout_text, in_turn, score_heldout  
 from convroute.bench.suite import BenchReport, LayerResult, short_name, summary, table  # noqa: E402
 from convroute.bench.suites import HELDOUT, load_suite, parse_suite  # noqa: E402
 from convroute.calibration import profile as calib  # noqa: E402
-from convroute.calibration.grid import quick_grid  # noqa: E402
+from convroute.calibration.grid import tiny_grid  # noqa: E402
 from convroute.cli.derive_rule_cmd import regret_table  # noqa: E402
 from convroute.device.profile import DeviceProfile  # noqa: E402
 from convroute.kernels import ALGORITHMS  # noqa: E402
@@ -170,7 +170,7 @@ def test_score_heldout_measures_within_the_budget_and_reports(tmp_path):
        "c_out": 16, "kernel": 1, "count": 2},
       {"name": "ssdlite320_mobilenet_v3_large/dup", "c_in": 8, "h": 8, "w": 8, "c_out": 8, "kernel": 3,
        "dilation": 2, "padding": 2}]}""")
-    cal = fake_calibration(gpu.profile, quick_grid())
+    cal = fake_calibration(gpu.profile, tiny_grid())
     score = score_heldout(gpu, cal, str(path), budget_s=60, progress=False)
     assert score.in_grid == ["netA/grid"] and not score.skipped and not score.failed
     assert set(score.scores["networks"]) == {"netA", "ssdlite320_mobilenet_v3_large"}

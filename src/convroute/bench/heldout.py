@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from convroute.bench.suites import SUITES, layer_record, load_suite, suite_text
-from convroute.calibration.grid import GPU_MAX_FLOPS, full_grid, quick_grid
+from convroute.calibration.grid import GPU_MAX_FLOPS, coverage_pool, full_grid, tiny_grid
 from convroute.params import ConvParams, make_params
 from convroute.router.derive import shape_key
 
@@ -160,9 +160,9 @@ def distinct(convs: list[tuple[str, ConvParams]]) -> list[tuple[str, ConvParams,
 
 
 def known_shapes() -> set[str]:
-    """The shapes routing is fitted or scored on: every calibration grid (GPU and CPU full grids, quick) and
-    every shipped suite's layers."""
-    shapes = full_grid(GPU_MAX_FLOPS) + full_grid() + quick_grid()
+    """The shapes routing is fitted or scored on: every calibration grid (GPU and CPU full grids and coverage
+    pools, tiny; quick is a subset of full) and every shipped suite's layers."""
+    shapes = full_grid(GPU_MAX_FLOPS) + full_grid() + coverage_pool(GPU_MAX_FLOPS) + coverage_pool() + tiny_grid()
     shapes += [layer.conv for name in SUITES for layer in load_suite(name).layers]
     return {shape_key(p) for p in shapes}
 
