@@ -166,7 +166,9 @@ class Math(nn.Module):
                 torch.log(a), -x, x.abs(), torch.reciprocal(a), x ** 2, x ** 3, a ** 0.5, a ** -0.5, a ** 1.7,
                 a ** -1, 2.0 ** x, a ** y, torch.maximum(x, y), torch.minimum(x, self.scale),
                 torch.where(self.mask, x, y), torch.where(x > y, x, 0.5 * y), torch.where(x <= 0.1, y, x),
-                torch.clamp(x, y - 0.5, y + 0.5), torch.clamp(x, min=y), six * six[:, :1, :, :, :, :1],
+                torch.clamp(x, y - 0.5, y + 0.5), torch.clamp(x, min=y),
+                torch.ops.aten.clamp_min(x, 0.2), torch.ops.aten.clamp_max(x, -0.1),
+                six * six[:, :1, :, :, :, :1],
                 six + x.reshape(2, 4, 3, 1, 5)[:1].reshape(1, 2, 2, 3, 1, 5) * 0.5)
 
 
@@ -175,7 +177,8 @@ def test_broadcasting_math_up_to_rank_6(dtype):
     torch.manual_seed(2)
     program, s = check_model(Math().eval(), (torch.randn(2, 4, 3, 5), torch.randn(4, 1, 5)), dtype)
     assert {"pow.Tensor_Scalar", "pow.Scalar", "pow.Tensor_Tensor", "maximum", "minimum", "where.self",
-            "where_compare", "clamp.Tensor", "sqrt", "rsqrt", "exp", "log", "neg", "abs", "reciprocal"} <= \
+            "where_compare", "clamp.Tensor", "sqrt", "rsqrt", "exp", "log", "neg", "abs",
+            "reciprocal"} <= \
         set(s.gpu_ops), s.gpu_ops
 
 

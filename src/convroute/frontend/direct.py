@@ -41,7 +41,8 @@ KEPT |= {aten.leaky_relu.default, aten.elu.default, aten.celu.default, aten.selu
          aten.rsqrt.default, aten.exp.default, aten.log.default, aten.neg.default, aten.abs.default,
          aten.reciprocal.default, aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar,
          aten.maximum.default, aten.minimum.default, aten.where.self, aten.add.Scalar, aten.sub.Scalar,
-         aten.mul.Scalar, aten.div.Scalar, aten.conv1d.default}
+         aten.mul.Scalar, aten.div.Scalar, aten.conv1d.default, aten.clamp_min.default,
+         aten.clamp_max.default}
 ALIASING = {aten.contiguous.default, aten.dropout.default, aten.flatten.using_ints, aten.chunk.default,
             aten.split.Tensor, aten.view.default, aten.reshape.default, aten.permute.default, aten.transpose.int,
             aten.unsqueeze.default, aten.squeeze.dim, aten.slice.Tensor, aten.select.int, aten.expand.default}

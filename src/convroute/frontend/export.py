@@ -337,6 +337,9 @@ def activation_of(node: Node):
     op = node.op
     if op in ACTIVATION_OPS:
         return table_activation(node)
+    if op in ("clamp_min", "clamp_max") and isinstance(node.arg(1, op[-3:]), (int, float)):
+        bound = float(node.arg(1, op[-3:]))
+        return Epilogue("clamp", bound, float("inf")) if op == "clamp_min" else Epilogue("clamp", -float("inf"), bound)
     if op == "hardtanh":
         lo, hi = float(node.arg(1, "min_val", -1.0)), float(node.arg(2, "max_val", 1.0))
         return Epilogue("relu6") if (lo, hi) == (0.0, 6.0) else Epilogue("clamp", lo, hi)

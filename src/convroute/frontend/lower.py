@@ -500,7 +500,7 @@ ELEMENTWISE_LOWERINGS = {
     "where.self": lower_where,
     "where_compare": lower_where,
     "clamp.Tensor": lower_clamp_tensor,
-    **{name: lower_activation for name in ACTIVATION_OPS},
+    **{name: lower_activation for name in (*ACTIVATION_OPS, "clamp_min", "clamp_max")},
 }
 
 
