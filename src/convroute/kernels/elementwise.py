@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision, storage
+from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision, split_index, storage
 from convroute.kernels.flat import f32_bits, flat_shader, launch
 
 MAX_RANK = 6
@@ -127,10 +127,7 @@ class Elementwise:
         same = all(tuple(s) == out_shape for s in shapes)
         lines = [f"  let {n} = bitcast<f32>(P.{n});" for n in scalars]
         if not same:
-            lines += [f"  let i{k} = {'t' if k == rank - 1 else 'r'} % P.d{k};\n  r = r / P.d{k};"
-                      for k in reversed(range(1, rank))]
-            lines.insert(len(scalars), "  var r = t;")
-            lines.append("  let i0 = r;")
+            lines.append(split_index("t", [(f"i{k}", f"P.d{k}") for k in reversed(range(1, rank))], "i0"))
         for j in range(len(shapes)):
             index = "t" if same else " + ".join(f"i{k} * P.s{j}_{k}" for k in range(rank))
             lines.append(f"  let u{j} = f32(x{j}[{index}]);")
