@@ -84,8 +84,10 @@ PATHS = {
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("style", ["registers", "workgroup"])  # a CPU adapter's kernels, and a GPU's
 @pytest.mark.parametrize("algorithm", PATHS)
-def test_parametrised_activations_fuse_into_every_conv_path(algorithm, dtype):
+def test_parametrised_activations_fuse_into_every_conv_path(algorithm, style, dtype, monkeypatch):
+    monkeypatch.setenv("CONVROUTE_GEMM_STYLE", style)
     x_shape, w_shape, stride, padding = PATHS[algorithm]
     groups = x_shape[1] if algorithm == "depthwise" else 1
     rng = np.random.default_rng(26)
@@ -100,7 +102,8 @@ def test_parametrised_activations_fuse_into_every_conv_path(algorithm, dtype):
                              dtype=dtype)
         ref = fn(F.conv2d(*(torch.from_numpy(a).double() for a in (x, w, b)), stride=stride, padding=padding,
                           groups=groups)).numpy()
-        assert_matches(np.asarray(y, np.float32), ref, f"{algorithm} {activation} {dtype}", TOLERANCES[dtype])
+        assert_matches(np.asarray(y, np.float32), ref, f"{algorithm} {style} {activation} {dtype}",
+                       TOLERANCES[dtype])
 
 
 NEW = CASES[:11]  # the activations issue 26 added; the rest have tests of their own
