@@ -167,7 +167,8 @@ class Math(nn.Module):
         six = x.reshape(2, 2, 2, 3, 1, 5)
         return (x + y, x - 2 * y, x * self.scale, x / (y.abs() + 1), torch.sqrt(a), torch.rsqrt(a), torch.exp(x),
                 torch.log(a), -x, x.abs(), torch.reciprocal(a), x ** 2, x ** 3, a ** 0.5, a ** -0.5, a ** 1.7,
-                a ** -1, 2.0 ** x, a ** y, torch.maximum(x, y), torch.minimum(x, self.scale),
+                a ** -1, 2.0 ** x, a ** y, x ** 5,
+                torch.where(x < 0, -a, a) ** (2 * y).round(), torch.maximum(x, y), torch.minimum(x, self.scale),
                 torch.where(self.mask, x, y), torch.where(x > y, x, 0.5 * y), torch.where(x <= 0.1, y, x),
                 torch.clamp(x, y - 0.5, y + 0.5), torch.clamp(x, min=y),
                 torch.ops.aten.clamp_min(x, 0.2), torch.ops.aten.clamp_max(x, -0.1),
@@ -198,3 +199,19 @@ def test_past_rank_6_the_cpu_runs_it_and_the_summary_says_why():
     reasons = [reason for _, op, reason in program.summary().cpu_ops if op == "mul.Tensor"]
     assert reasons and "within rank 6" in reasons[0], program.summary()
     torch.testing.assert_close(program(x), Rank7()(x))
+
+
+def test_decomposed_graphs_keep_the_activations_whole():
+    """An op beyond the direct translation (cumsum) sends the graph through run_decompositions: the table's
+    activations must stay single nodes there too (else mish, softplus, celu... become chains of math)."""
+    from convroute.frontend.export import export_model
+
+    class Decomposed(nn.Module):
+        def forward(self, x):
+            y = F.elu(x, 0.5) + F.celu(x, 0.7) + F.selu(x) + F.mish(x) + F.softplus(x, 2, 10) + F.logsigmoid(x)
+            return (y + F.gelu(x, approximate="tanh") + F.leaky_relu(x, 0.2) + F.relu6(x)).cumsum(1)
+
+    ops = [n.op for n in export_model(Decomposed(), (torch.randn(2, 3),)).nodes]
+    assert ops == ["elu", "celu", "add.Tensor", "selu", "add.Tensor", "mish", "add.Tensor", "softplus", "add.Tensor",
+                   "log_sigmoid", "add.Tensor", "gelu", "add.Tensor", "leaky_relu", "add.Tensor", "relu6",
+                   "add.Tensor", "cumsum"], ops
