@@ -19,14 +19,22 @@ import torch
 
 from convroute.device.gpu import Gpu
 from convroute.device.profile import DeviceProfile
-from convroute.frontend.export import activation_of
+from convroute.frontend.export import ACTIVATION_OPS, activation_of
 from convroute.frontend.graph import Node, Ref, map_refs
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
 from convroute.kernels.depthwise_pointwise import NAME as DEPTHWISE_POINTWISE
 from convroute.kernels.depthwise_pointwise import DepthwisePointwise, unfusable
-from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
+from convroute.kernels.elementwise import (
+    BINARY_EXPR,
+    COMPARE_EXPR,
+    UNARY_EXPR,
+    Binary,
+    ChannelAffine,
+    Elementwise,
+    Unary,
+)
 from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Gemv, Linear
 from convroute.kernels.norm import LayerNorm
@@ -106,10 +114,23 @@ def conv_params(ctx: Context, node: Node) -> ConvParams:
     stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
     xm = ctx.tensor(x)
     weight = ctx.const(w, "weight")
+    if weight.ndim == 3 and xm.ndim == 3:
+        return conv1d_params(xm, weight, stride, padding, dilation, transposed, output_padding, groups)
     if weight.ndim != 4 or xm.ndim != 4:
-        raise Unsupported(f"only 2-D convolutions over 4-D NCHW inputs run on the GPU (input {tuple(xm.shape)})")
+        raise Unsupported(f"only 1-D and 2-D convolutions over NCL / NCHW inputs run on the GPU "
+                          f"(input {tuple(xm.shape)})")
     return make_params(tuple(xm.shape), tuple(weight.shape), list(stride), list(padding), list(dilation), groups,
                        transposed=transposed, output_padding=list(output_padding))
+
+
+def conv1d_params(xm, weight, stride, padding, dilation, transposed, output_padding, groups) -> ConvParams:
+    """A conv1d over (N, C, L) as the 2-D conv over (N, C, 1, L) with a (.., .., 1, K) kernel: same memory,
+    routed like any 2-D conv."""
+    def row(values, h):
+        return [h, int(list(values)[0])]
+    return make_params((*xm.shape[:2], 1, xm.shape[2]), (*weight.shape[:2], 1, weight.shape[2]), row(stride, 1),
+                       row(padding, 0), row(dilation, 1), groups, transposed=transposed,
+                       output_padding=row(output_padding, 0))
 
 
 def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
@@ -148,10 +169,11 @@ def takes_residual(ctx: Context, node: Node) -> bool:
 def lower_conv(ctx: Context, node: Node) -> GpuOp:
     p = conv_params(ctx, node)
     weight, bias = ctx.const(node.args[1], "weight"), ctx.const(node.args[2], "bias")
+    weight = weight.reshape(p.weight_shape)  # a conv1d's kernel as a 1-row 2-D kernel
     decision = route_conv(ctx, node, p)
     inputs = [node.args[0].name]
     if node.residual is not None:
-        if tuple(ctx.tensor(node.residual, "residual").shape) != p.output_shape:
+        if math.prod(ctx.tensor(node.residual, "residual").shape) != math.prod(p.output_shape):
             raise Unsupported(f"its residual is not of the output's shape {p.output_shape}")
         inputs.append(node.residual.name)
     bias = None if bias is None else bias.numpy()
@@ -173,7 +195,7 @@ def _depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, 
     dw = node.depthwise
     pd = conv_params(ctx, dw)
     dw_bias = ctx.const(dw.args[2], "bias")
-    kernel = DepthwisePointwise(ctx.gpu, pd, p, ctx.const(dw.args[1], "weight").numpy(),
+    kernel = DepthwisePointwise(ctx.gpu, pd, p, ctx.const(dw.args[1], "weight").reshape(pd.weight_shape).numpy(),
                                 None if dw_bias is None else dw_bias.numpy(), dw.act or Epilogue(), weight, bias,
                                 node.act or Epilogue(), ctx.precision, residual=node.residual is not None)
     inner = route_conv(ctx, dw, pd)
@@ -187,14 +209,9 @@ def _depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, 
 def lower_activation(ctx: Context, node: Node) -> GpuOp:
     x = node.args[0]
     meta = ctx.tensor(x)
-    if node.op == "gelu":
-        act = "gelu_tanh" if node.kwargs.get("approximate", "none") == "tanh" else "gelu"
-    elif node.op == "tanh":
-        act = "tanh"
-    else:
-        act = activation_of(node)
-        if act is None:
-            raise Unsupported("its bounds are tensors (the GPU kernel takes constant bounds)")
+    act = activation_of(node)
+    if act is None:
+        raise Unsupported("its parameters or bounds are tensors (the GPU kernel takes constant ones)")
     kernel = Unary(ctx.gpu, act, meta.numel(), ctx.precision)
     return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out), meta.numel())
 
@@ -391,6 +408,102 @@ def lower_layer_norm(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 8 * out.numel())
 
 
+# -- elementwise math beyond add/sub/mul/div (ops-elem) ---------------------------------------------------
+
+def _const_operand(ctx: Context, arg) -> torch.Tensor:
+    """A compile-time operand (a constant tensor of any dtype, or a number) as float32."""
+    value = ctx.constants[arg.name] if isinstance(arg, Ref) else arg
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float32)
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    raise Unsupported(f"its operand {value!r} is not a tensor or a number")
+
+
+def _elementwise(ctx: Context, node: Node, expr: str, operands, scalars: dict | None = None) -> GpuOp:
+    """`expr` over u0, u1, ... = `operands` (run-time tensors, constant tensors or numbers) broadcast to the
+    node's result, with the node's fused activation."""
+    out = out_meta(node)
+    sources, inputs, shapes = [], [], []
+    for a in operands:
+        if ctx.is_dynamic(a):
+            shapes.append(tuple(ctx.tensor(a).shape))
+            sources.append(len(inputs))
+            inputs.append(a.name)
+        else:
+            value = _const_operand(ctx, a)
+            shapes.append(tuple(value.shape))
+            sources.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand", ctx.precision.numpy))
+    try:
+        kernel = Elementwise(ctx.gpu, expr, shapes, tuple(out.shape), node.act, ctx.precision, scalars)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+
+    def bind(ins, y):
+        return kernel.bind(*(ins[s] if isinstance(s, int) else s for s in sources), y)
+    return GpuOp(node, inputs, bind, out.numel())
+
+
+def lower_math(ctx: Context, node: Node) -> GpuOp:
+    return _elementwise(ctx, node, UNARY_EXPR[node.op], [node.args[0]])
+
+
+POW_EXPR = {2.0: "u0 * u0", 3.0: "u0 * u0 * u0", 1.0: "u0", -1.0: "1.0 / u0", 0.5: "sqrt(u0)",
+            -0.5: "inverseSqrt(u0)"}
+
+
+def lower_pow(ctx: Context, node: Node) -> GpuOp:
+    base, exponent = node.args[:2]
+    if node.op == "pow.Tensor_Scalar":
+        if not isinstance(exponent, (int, float)):
+            raise Unsupported("its exponent is not a number")
+        expr = POW_EXPR.get(float(exponent))
+        return _elementwise(ctx, node, expr, [base]) if expr else \
+            _elementwise(ctx, node, "pow_real(u0, e)", [base], {"e": float(exponent)})
+    if node.op == "pow.Scalar":
+        if not isinstance(base, (int, float)):
+            raise Unsupported("its base is not a number")
+        return _elementwise(ctx, node, "pow_real(b, u0)", [exponent], {"b": float(base)})
+    return _elementwise(ctx, node, "pow_real(u0, u1)", [base, exponent])
+
+
+def lower_min_max(ctx: Context, node: Node) -> GpuOp:
+    return _elementwise(ctx, node, BINARY_EXPR[node.op], node.args[:2])
+
+
+def lower_where(ctx: Context, node: Node) -> GpuOp:
+    """where(cond, a, b) with a constant cond, or where_compare(op, l, r, a, b): the comparison computed inline."""
+    if node.op == "where.self":
+        if ctx.is_dynamic(node.args[0]):
+            raise Unsupported("its condition is a run-time bool tensor (the GPU takes conditions that are "
+                              "constants or comparisons of float tensors)")
+        return _elementwise(ctx, node, "select(u2, u1, u0 != 0.0)", node.args[:3])
+    op, lhs, rhs, a, b = node.args
+    return _elementwise(ctx, node, f"select(u3, u2, u0 {COMPARE_EXPR[op]} u1)", [lhs, rhs, a, b])
+
+
+def lower_clamp_tensor(ctx: Context, node: Node) -> GpuOp:
+    x, lo, hi = node.args[0], node.arg(1, "min"), node.arg(2, "max")
+    operands, expr = [x], "u0"
+    for bound, fn in ((lo, "max"), (hi, "min")):
+        if bound is not None:
+            expr = f"{fn}({expr}, u{len(operands)})"
+            operands.append(bound)
+    return _elementwise(ctx, node, f"select({expr}, u0, is_nan(u0))", operands)
+
+
+ELEMENTWISE_LOWERINGS = {
+    **{name: lower_math for name in UNARY_EXPR},
+    **{f"pow.{kind}": lower_pow for kind in ("Tensor_Scalar", "Scalar", "Tensor_Tensor")},
+    "maximum": lower_min_max,
+    "minimum": lower_min_max,
+    "where.self": lower_where,
+    "where_compare": lower_where,
+    "clamp.Tensor": lower_clamp_tensor,
+    **{name: lower_activation for name in (*ACTIVATION_OPS, "clamp_min", "clamp_max")},
+}
+
+
 LOWERINGS = {
     "convolution": lower_conv,
     **{name: lower_activation for name in ("relu", "hardtanh", "clamp", "hardswish", "silu", "sigmoid",
@@ -406,6 +519,7 @@ LOWERINGS = {
     **{f"{base}.{ov}": lower_upsample for base in ("upsample_nearest2d", "_upsample_nearest_exact2d",
                                                     "upsample_bilinear2d") for ov in ("vec", "default")},
 }
+LOWERINGS.update(ELEMENTWISE_LOWERINGS)
 
 
 def is_alias(ctx: Context, node: Node) -> bool:
