@@ -40,8 +40,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true", help="measure and report, but do not save the profile")
     parser.add_argument("--heldout", default=None, metavar="NAME|FILE",
                         help="held-out layers to score the calibration on at the end, per network (default: heldout "
-                             "on GPUs, heldout_small on CPU adapters, none with --quick or --grid; 'none': skip), in what the "
-                             f"grid leaves of --budget: at most {100 * HELDOUT_SHARE:.0f}%% of it, and half with a "
+                             "on GPUs, heldout_small on CPU adapters, none with --quick or --grid; 'none': skip), "
+                             f"in what the grid leaves of --budget: at most {100 * HELDOUT_SHARE:.0f}%% of it, "
+                             "and half with a "
                              "self-test")
     parser.add_argument("--selftest-cases", type=int, default=None, metavar="N",
                         help="random cases of the self-test after the grid (default 1000, with --quick 0, with "

@@ -124,8 +124,9 @@ def run(args) -> int:
         max_abs = diff.abs().max().item()
         rel = (diff.norm() / want.double().norm().clamp_min(1e-30)).item()
         ok &= rel <= tolerance
+        verdict = "OK" if rel <= tolerance else "FAILED"
         print(fit_text(f"\ncheck{label} against torch (CPU, float32): max abs error {max_abs:.3g}, relative error "
-                       f"{rel:.3g} (tolerance {tolerance:g} for {args.dtype}): {'OK' if rel <= tolerance else 'FAILED'}"))
+                       f"{rel:.3g} (tolerance {tolerance:g} for {args.dtype}): {verdict}"))
 
     key = f"{args.model}-{args.size}px-b{args.batch}-seed{args.seed}"
     comparison = compare_model(program, model, x, peers or ["torch-cpu"], name=args.model, key=key, rounds=runs,
