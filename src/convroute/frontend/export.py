@@ -128,12 +128,13 @@ def reduce_multi_output(g: Graph) -> None:
     users = g.users()
     singles = {aten.max_pool2d_with_indices.default: aten.max_pool2d.default,
                aten._native_batch_norm_legit_no_training.default: batch_norm_eval,
-               aten.native_layer_norm.default: layer_norm}
+               aten.native_layer_norm.default: layer_norm, **FIRST_OUTPUTS}
     drop = set()
     for node in g.nodes:
         if node.target not in singles or node.name in g.output_names():
             continue
-        getters = users.get(node.name, [])
+        outputs = g.output_names()
+        getters = [u for u in users.get(node.name, []) if users.get(u.name) or u.name in outputs]  # dead ones go
         if all(u.target is operator.getitem and u.args[1] == 0 for u in getters):
             node.target = singles[node.target]
             node.meta = node.meta[0]
@@ -141,6 +142,20 @@ def reduce_multi_output(g: Graph) -> None:
                 g.replace_uses(u.name, Ref(node.name))
                 drop.add(u.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+def max_values(x, dim, keepdim=False):
+    """max.dim's values (its indices dropped when unused)."""
+    return aten.max.dim(x, dim, keepdim)[0]
+
+
+def min_values(x, dim, keepdim=False):
+    """min.dim's values (its indices dropped when unused)."""
+    return aten.min.dim(x, dim, keepdim)[0]
+
+
+# Multi-output ops whose first output alone is used, reduced by reduce_multi_output as the ones above.
+FIRST_OUTPUTS = {aten.max.dim: max_values, aten.min.dim: min_values}
 
 
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}

@@ -31,6 +31,7 @@ from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Gemv, Linear
 from convroute.kernels.norm import LayerNorm
 from convroute.kernels.pool import Pool2d
+from convroute.kernels.reduce import Reduce, Softmax
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
@@ -391,20 +392,65 @@ def lower_layer_norm(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 8 * out.numel())
 
 
+def _reduced_dims(node: Node, ndim: int) -> list[int]:
+    """The dims a reduction node reduces (all of them when its dim argument is absent or empty)."""
+    dims = node.arg(1, "dim") if len(node.args) > 1 or "dim" in node.kwargs else None
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        return list(range(ndim))
+    return [d % max(ndim, 1) for d in ([dims] if isinstance(dims, int) else dims)]
+
+
+REDUCTION_KINDS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin", "max_values": "amax",
+                   "min_values": "amin"}
+
+
+def lower_reduce(ctx: Context, node: Node) -> GpuOp:
+    """sum / mean / amax / amin (and max.dim / min.dim values) over any dims: one row-reduction kernel. A mean
+    over H and W of an NCHW tensor stays the pooling kernel's (global average pooling)."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    if node.kwargs.get("dtype") not in (None, meta.dtype):
+        raise Unsupported(f"a reduction that casts to {node.kwargs['dtype']}")
+    dims = _reduced_dims(node, meta.ndim)
+    if node.op == "mean.dim" and meta.ndim in (3, 4) and set(dims) == {meta.ndim - 1, meta.ndim - 2}:
+        return lower_pool(ctx, node)
+    try:
+        kernel = Reduce(ctx.gpu, REDUCTION_KINDS[node.op.split(".")[0]], tuple(meta.shape), dims, ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), meta.numel())
+
+
+def lower_softmax(ctx: Context, node: Node) -> GpuOp:
+    """softmax / log_softmax along one dim (_softmax's half_to_float and softmax.int's dtype must not cast)."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    if out.dtype != meta.dtype:
+        raise Unsupported(f"a softmax that casts {meta.dtype} to {out.dtype}")
+    kind = "log_softmax" if "log_softmax" in node.op else "softmax"
+    try:
+        kernel = Softmax(ctx.gpu, kind, tuple(meta.shape), int(node.args[1]) % max(meta.ndim, 1), ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 4 * meta.numel())
+
+
 LOWERINGS = {
     "convolution": lower_conv,
     **{name: lower_activation for name in ("relu", "hardtanh", "clamp", "hardswish", "silu", "sigmoid",
                                            "hardsigmoid", "gelu", "tanh")},
     **{f"{op}.{kind}": lower_binary for op in ("add", "sub", "mul", "div") for kind in ("Tensor", "Scalar")},
     "batch_norm_eval": lower_batch_norm,
-    **{name: lower_pool for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
-                                     "mean.dim")},
+    **{name: lower_pool for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")},
     **{name: lower_linear for name in ("linear", "addmm", "mm")},
     "cat": lower_cat,
     "constant_pad_nd": lower_layout,
     "layer_norm": lower_layer_norm,
     **{f"{base}.{ov}": lower_upsample for base in ("upsample_nearest2d", "_upsample_nearest_exact2d",
                                                     "upsample_bilinear2d") for ov in ("vec", "default")},
+    **{name: lower_reduce for name in ("sum.dim_IntList", "sum", "mean.dim", "mean", "amax", "amin", "max_values",
+                                       "min_values")},
+    **{name: lower_softmax for name in ("_softmax", "_log_softmax", "softmax.int", "log_softmax.int")},
 }
 
 
