@@ -408,7 +408,8 @@ def lower_reduce(ctx: Context, node: Node) -> GpuOp:
     """sum / mean / amax / amin (and max.dim / min.dim values) over any dims: one row-reduction kernel. A mean
     over H and W of an NCHW tensor stays the pooling kernel's (global average pooling)."""
     x = node.args[0]
-    meta, out = ctx.tensor(x), out_meta(node)
+    meta = ctx.tensor(x)
+    out_meta(node)
     if node.kwargs.get("dtype") not in (None, meta.dtype):
         raise Unsupported(f"a reduction that casts to {node.kwargs['dtype']}")
     dims = _reduced_dims(node, meta.ndim)
