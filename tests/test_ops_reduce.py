@@ -78,3 +78,87 @@ def test_softmax_and_log_softmax_on_any_dim(dtype, monkeypatch):
     # subtracting the max (fp16 storage of x * 30 alone would round its exponents by up to 1.5 %)
     scale = 30.0 if dtype == "float32" else 3.0
     check(Softmaxes(scale), torch.randn(2, 3, 5, 400), dtype, monkeypatch, {"softmax.int", "log_softmax.int"})
+
+
+class Norms(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.group = nn.GroupNorm(4, 8)
+        self.plain_group = nn.GroupNorm(2, 8, affine=False)
+        self.instance = nn.InstanceNorm2d(8, affine=True)
+        self.plain_instance = nn.InstanceNorm2d(8)
+        self.running = nn.InstanceNorm2d(8, affine=True, track_running_stats=True)
+        for norm in (self.group, self.instance, self.running):
+            nn.init.uniform_(norm.weight, 0.5, 1.5)
+            nn.init.uniform_(norm.bias, -0.5, 0.5)
+        self.running.running_mean.uniform_(-0.5, 0.5)
+        self.running.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return (F.relu(self.group(x)), self.plain_group(x), F.silu(self.instance(x)), self.plain_instance(x),
+                self.running(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_group_and_instance_norms(dtype, monkeypatch):
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 9, 11) * 3 + 1
+    s = check(Norms(), x, dtype, monkeypatch, {"group_norm", "instance_norm"})
+    assert sum("relu fused" in f or "silu fused" in f for f in s.fused) == 2, s.fused
+
+
+class DecomposedNorms(Norms):
+    """The same norms beside an op the direct translation does not take (clamp): they arrive decomposed
+    (native_group_norm, _native_batch_norm_legit.no_stats over a (1, N*C, H, W) view)."""
+
+    def forward(self, x):
+        return (*super().forward(x), x.clamp(-1.0, 1.0))
+
+
+def test_decomposed_group_and_instance_norms(monkeypatch):
+    torch.manual_seed(4)
+    x = torch.randn(1, 8, 9, 11) * 3 + 1
+    s = check(DecomposedNorms(), x, "float32", monkeypatch, {"group_norm_values", "batch_stats_norm"})
+    assert any("relu fused" in f for f in s.fused), s.fused  # the silu follows a view of the instance norm
+
+
+class Gathers(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("rows", torch.tensor([4, 0, 2, 2, 7]))
+        self.register_buffer("where", torch.randint(0, 9, (2, 6, 9, 3)))
+
+    def forward(self, x):
+        return (x[:, :, self.rows], x[:, [1, 0, 5], :, [2, 3, 0]], torch.index_select(x, 3, self.rows),
+                torch.gather(x, 3, self.where), torch.flip(x, [1, 3]), torch.roll(x, (2, -1), (2, 3)),
+                F.pad(x, (2, 1, 1, 3), mode="reflect"), F.pad(x[:, 0], (1, 2), mode="replicate"),
+                F.pad(x, (1, 1, 2, 0), mode="circular"), F.pixel_shuffle(x[:, :4], 2),
+                F.pixel_unshuffle(x[:, :, 1:, 1:], 2), x.repeat(1, 2, 1, 1), x[:, :, :, self.rows[:2]] * 2.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_static_gathers_and_pixel_shuffles(dtype, monkeypatch):
+    torch.manual_seed(5)
+    check(Gathers(), torch.randn(2, 6, 9, 9), dtype, monkeypatch,
+          {"index.Tensor", "index_select", "gather", "flip", "roll", "pad", "pixel_shuffle", "pixel_unshuffle",
+           "repeat"})
+
+
+def test_gathers_after_decomposition(monkeypatch):
+    """Through the core-ATen decomposition (clamp is not among the direct translation's ops): reflect pads become
+    index.Tensor with constant indices, as in tresnet's anti-aliasing."""
+    class Decomposed(Gathers):  # a circular pad would decompose to slice_scatter, which has no GPU kernel
+        def forward(self, x):
+            return (x[:, :, self.rows], torch.gather(x, 3, self.where), F.pad(x, (2, 1, 1, 3), mode="reflect"),
+                    F.pad(x[:, 0], (1, 2), mode="replicate"), F.pixel_unshuffle(x[:, :, 1:, 1:], 2),
+                    x.clamp(-1.0, 1.0))
+    torch.manual_seed(6)
+    check(Decomposed(), torch.randn(2, 6, 9, 9), "float32", monkeypatch, {"index.Tensor"})
+
+
+def test_gather_table_is_factored():
+    from convroute.kernels.gather import factor
+    offsets = F.pad(torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5), (0, 0, 1, 1),
+                    mode="reflect").long().numpy()
+    outer, ostride, inner, table = factor(offsets)
+    assert (outer, ostride, inner) == (6, 20, 5) and table.tolist() == [5, 0, 5, 10, 15, 10]

@@ -23,7 +23,8 @@ KEEP = ("hardswish.default", "hardsigmoid.default", "silu.default", "gelu.defaul
 IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
 
 # Producers that can take a fused activation (conv and linear also absorb hardsigmoid, see _fusable).
-FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval")
+FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval",
+             "group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")
 
 
 class CompileError(RuntimeError):
@@ -154,8 +155,20 @@ def min_values(x, dim, keepdim=False):
     return aten.min.dim(x, dim, keepdim)[0]
 
 
+def group_norm_values(x, weight, bias, n, c, plane, groups, eps):
+    """native_group_norm's normalized output (its mean and rstd dropped when unused)."""
+    return aten.native_group_norm.default(x, weight, bias, n, c, plane, groups, eps)[0]
+
+
+def batch_stats_norm(x, weight, bias, training, momentum, eps):
+    """_native_batch_norm_legit.no_stats's normalized output: a batch norm by the input's own statistics (what an
+    instance norm decomposes to, over a (1, N*C, ...) view)."""
+    return aten._native_batch_norm_legit.no_stats(x, weight, bias, training, momentum, eps)[0]
+
+
 # Multi-output ops whose first output alone is used, reduced by reduce_multi_output as the ones above.
-FIRST_OUTPUTS = {aten.max.dim: max_values, aten.min.dim: min_values}
+FIRST_OUTPUTS = {aten.max.dim: max_values, aten.min.dim: min_values, aten.native_group_norm.default: group_norm_values,
+                 aten._native_batch_norm_legit.no_stats: batch_stats_norm}
 
 
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}

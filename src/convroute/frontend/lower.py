@@ -20,16 +20,17 @@ import torch
 from convroute.device.gpu import Gpu
 from convroute.device.profile import DeviceProfile
 from convroute.frontend.export import activation_of
-from convroute.frontend.graph import Node, Ref, map_refs
+from convroute.frontend.graph import Node, Ref, iter_refs, map_refs
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
 from convroute.kernels.depthwise_pointwise import NAME as DEPTHWISE_POINTWISE
 from convroute.kernels.depthwise_pointwise import DepthwisePointwise, unfusable
 from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
+from convroute.kernels.gather import Gather
 from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Gemv, Linear
-from convroute.kernels.norm import LayerNorm
+from convroute.kernels.norm import GroupNorm, LayerNorm
 from convroute.kernels.pool import Pool2d
 from convroute.kernels.reduce import Reduce, Softmax
 from convroute.kernels.resize import Upsample2d
@@ -436,6 +437,73 @@ def lower_softmax(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 4 * meta.numel())
 
 
+def lower_group_norm(ctx: Context, node: Node) -> GpuOp:
+    """group_norm, native_group_norm's values, instance_norm (by the input's statistics; by running statistics it is
+    a per-channel affine, as an eval batch norm) and a batch-statistics batch norm over a batch of one (an instance
+    norm decomposed): one workgroup per group, the activation after it fused."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    if meta.ndim < 2:
+        raise Unsupported("a norm over a tensor without a channel dimension")
+    n, c, plane = meta.shape[0], meta.shape[1], math.prod(meta.shape[2:])
+    if node.op == "group_norm":
+        groups, weight, bias, eps = node.args[1], node.arg(2, "weight"), node.arg(3, "bias"), node.arg(4, "eps", 1e-5)
+    elif node.op == "group_norm_values":
+        weight, bias, groups, eps = node.args[1], node.args[2], node.args[6], node.args[7]
+    elif node.op == "instance_norm":
+        weight, bias, mean, var, use_input_stats, _momentum, eps = node.args[1:8]
+        if not use_input_stats:
+            return lower_batch_norm(ctx, Node(node.name, node.target, (x, weight, bias, mean, var, _momentum, eps),
+                                              act=node.act, meta=node.meta))
+        groups = c
+    else:  # batch_stats_norm: per channel over the batch and the plane; rows only with a batch of one
+        weight, bias, eps = node.args[1], node.args[2], node.args[5]
+        if n != 1:
+            raise Unsupported(f"a batch norm by batch statistics over a batch of {n}")
+        groups = c
+    w, b = ctx.const(weight, "weight"), ctx.const(bias, "bias")
+    try:
+        kernel = GroupNorm(ctx.gpu, n, c, plane, int(groups), None if w is None else w.reshape(-1).numpy(),
+                           None if b is None else b.reshape(-1).numpy(), float(eps), node.act, ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 8 * out.numel())
+
+
+GATHERS = ("index.Tensor", "_unsafe_index.Tensor", "index_select", "gather", "flip", "roll", "repeat", "pad",
+           "pixel_shuffle", "pixel_unshuffle", *(f"{kind}_pad{d}d" for kind in ("reflection", "replication")
+                                                   for d in (1, 2, 3)))
+
+
+def lower_gather(ctx: Context, node: Node) -> GpuOp:
+    """An op that only moves x's elements, by indices and sizes known at compile time (GATHERS): one gather
+    through a table of source offsets, found by running the op on 1, 2, ... in x's shape (float64: exact)."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    rest = (node.args[1:], node.kwargs)
+    if any(ctx.is_dynamic(r) for r in iter_refs(rest)):
+        raise Unsupported("its indices are computed at run time")
+    args, kwargs, fill = list(node.args), dict(node.kwargs), 0.0
+    if node.op == "pad" and node.arg(2, "mode", "constant") == "constant":  # fill marks itself 0 below
+        fill = float(node.arg(3, "value", None) or 0.0)
+        if len(args) > 3:
+            args[3] = 0.0
+        kwargs.pop("value", None)
+    count = meta.numel()
+    args[0] = torch.arange(1, count + 1, dtype=torch.float64).reshape(meta.shape)
+    args[1:] = map_refs(args[1:], lambda r: ctx.constants[r.name])
+    kwargs = map_refs(kwargs, lambda r: ctx.constants[r.name])
+    with torch.no_grad():
+        offsets = node.target(*args, **kwargs)
+    if not isinstance(offsets, torch.Tensor) or tuple(offsets.shape) != tuple(out.shape):
+        raise Unsupported("it does not give one tensor of its result's shape")
+    try:
+        kernel = Gather(ctx.gpu, offsets.to(torch.int64).numpy() - 1, fill, ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
+
+
 LOWERINGS = {
     "convolution": lower_conv,
     **{name: lower_activation for name in ("relu", "hardtanh", "clamp", "hardswish", "silu", "sigmoid",
@@ -452,6 +520,8 @@ LOWERINGS = {
     **{name: lower_reduce for name in ("sum.dim_IntList", "sum", "mean.dim", "mean", "amax", "amin", "max_values",
                                        "min_values")},
     **{name: lower_softmax for name in ("_softmax", "_log_softmax", "softmax.int", "log_softmax.int")},
+    **{name: lower_group_norm for name in ("group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")},
+    **{name: lower_gather for name in GATHERS},
 }
 
 
