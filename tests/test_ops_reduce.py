@@ -162,3 +162,24 @@ def test_gather_table_is_factored():
                     mode="reflect").long().numpy()
     outer, ostride, inner, table = factor(offsets)
     assert (outer, ostride, inner) == (6, 20, 5) and table.tolist() == [5, 0, 5, 10, 15, 10]
+
+
+class MaxPools(nn.Module):
+    def forward(self, x):
+        return (F.max_pool2d(x, 3, 2, 1, dilation=2), F.max_pool2d(x, 3, 2, 1, ceil_mode=True),
+                F.max_pool2d(x, (2, 3), (3, 2), (1, 0), dilation=(2, 1), ceil_mode=True),
+                F.adaptive_max_pool2d(x, (3, 4)), F.adaptive_max_pool2d(x, 1), F.adaptive_max_pool2d(x, (7, 5)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pools_with_dilation_ceil_mode_and_adaptive(dtype, monkeypatch):
+    torch.manual_seed(7)
+    check(MaxPools(), torch.randn(2, 3, 10, 13), dtype, monkeypatch, {"max_pool2d", "adaptive_max_pool2d_values"})
+
+
+def test_adaptive_max_pool_after_decomposition(monkeypatch):
+    class Decomposed(nn.Module):
+        def forward(self, x):
+            return F.adaptive_max_pool2d(x, (3, 4)), F.max_pool2d(x, 3, 2, 1, ceil_mode=True), x.clamp(-1.0, 1.0)
+    torch.manual_seed(8)
+    check(Decomposed(), torch.randn(1, 4, 9, 11), "float32", monkeypatch, {"max_pool2d", "adaptive_max_pool2d_values"})

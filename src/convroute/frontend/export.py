@@ -166,9 +166,15 @@ def batch_stats_norm(x, weight, bias, training, momentum, eps):
     return aten._native_batch_norm_legit.no_stats(x, weight, bias, training, momentum, eps)[0]
 
 
+def adaptive_max_pool2d_values(x, output_size):
+    """adaptive_max_pool2d's values (its indices dropped when unused)."""
+    return aten.adaptive_max_pool2d.default(x, output_size)[0]
+
+
 # Multi-output ops whose first output alone is used, reduced by reduce_multi_output as the ones above.
 FIRST_OUTPUTS = {aten.max.dim: max_values, aten.min.dim: min_values, aten.native_group_norm.default: group_norm_values,
-                 aten._native_batch_norm_legit.no_stats: batch_stats_norm}
+                 aten._native_batch_norm_legit.no_stats: batch_stats_norm,
+                 aten.adaptive_max_pool2d.default: adaptive_max_pool2d_values}
 
 
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}

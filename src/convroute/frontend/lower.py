@@ -470,6 +470,17 @@ def lower_group_norm(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 8 * out.numel())
 
 
+def lower_adaptive_max_pool(ctx: Context, node: Node) -> GpuOp:
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    planes, h, w, ho, wo = _planes(meta, out)
+    try:
+        pool = Pool2d(ctx.gpu, "adaptive_max", planes, h, w, ho, wo, precision=ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: pool.bind(ins[0], y), meta.numel())
+
+
 GATHERS = ("index.Tensor", "_unsafe_index.Tensor", "index_select", "gather", "flip", "roll", "repeat", "pad",
            "pixel_shuffle", "pixel_unshuffle", *(f"{kind}_pad{d}d" for kind in ("reflection", "replication")
                                                    for d in (1, 2, 3)))
@@ -522,6 +533,7 @@ LOWERINGS = {
     **{name: lower_softmax for name in ("_softmax", "_log_softmax", "softmax.int", "log_softmax.int")},
     **{name: lower_group_norm for name in ("group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")},
     **{name: lower_gather for name in GATHERS},
+    "adaptive_max_pool2d_values": lower_adaptive_max_pool,
 }
 
 
