@@ -222,3 +222,34 @@ def test_timm_models_run_their_reductions_and_gathers_on_the_gpu(name, ops):
 def test_timm_models_run_wholly_on_the_gpu(name):
     s = compile_timm(name)
     assert not s.cpu_ops, f"ops on the CPU fallback:\n{s}"
+
+
+@pytest.mark.parametrize("style", ["workgroup", "registers"])
+@pytest.mark.parametrize("seed", range(4))
+def test_row_kernels_on_random_shapes_and_dims(monkeypatch, style, seed):
+    """Reduce and Softmax straight on random tensors of rank 1-6 and random dims (merged kept / reduced groups),
+    in either adapter style (a workgroup per row from 17 elements on GPUs, from 257 on CPU adapters)."""
+    import numpy as np
+
+    from convroute.kernels.reduce import Reduce, Softmax
+    monkeypatch.setenv("CONVROUTE_GEMM_STYLE", style)
+    gpu = get_gpu()
+    rng = np.random.default_rng(seed)
+    rank = 1 + seed + 2 * (seed % 2)
+    shape = tuple(int(s) for s in rng.integers(1, 6, rank))
+    shape = shape[:-1] + (int(rng.choice([3, 40, 300])),)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dims = sorted({int(d) for d in rng.integers(0, rank, 1 + rank // 2)})
+    for kind in ("sum", "mean", "amax", "amin", "softmax", "log_softmax"):
+        if kind.endswith("softmax"):
+            kernel = Softmax(gpu, kind, shape, dims[-1])
+            want = getattr(torch, kind)(torch.from_numpy(x).double(), dims[-1]).numpy()
+        else:
+            kernel = Reduce(gpu, kind, shape, dims)
+            want = getattr(torch, kind)(torch.from_numpy(x).double(), dims).numpy()
+        count = x.size // max(want.size, 1) if not kind.endswith("softmax") else shape[dims[-1]]
+        assert kernel.coop == (count > (16 if style == "workgroup" else 256))
+        y = gpu.empty(4 * max(want.size, 1))
+        gpu.fill(y, np.nan)
+        got = gpu.run_and_read(kernel.bind(gpu.upload(x), y), y, want.shape)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=f"{kind} {dims}")
