@@ -133,7 +133,8 @@ class Gathers(nn.Module):
                 torch.gather(x, 3, self.where), torch.flip(x, [1, 3]), torch.roll(x, (2, -1), (2, 3)),
                 F.pad(x, (2, 1, 1, 3), mode="reflect"), F.pad(x[:, 0], (1, 2), mode="replicate"),
                 F.pad(x, (1, 1, 2, 0), mode="circular"), F.pixel_shuffle(x[:, :4], 2),
-                F.pixel_unshuffle(x[:, :, 1:, 1:], 2), x.repeat(1, 2, 1, 1), x[:, :, :, self.rows[:2]] * 2.0)
+                F.pixel_unshuffle(x[:, :, 1:, 1:], 2), x.repeat(1, 2, 1, 1), x[:, :, :, self.rows[:2]] * 2.0,
+                F.pad(x, (1, 0, 2, -1), value=1.5))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -154,6 +155,19 @@ def test_gathers_after_decomposition(monkeypatch):
                     x.clamp(-1.0, 1.0))
     torch.manual_seed(6)
     check(Decomposed(), torch.randn(2, 6, 9, 9), "float32", monkeypatch, {"index.Tensor"})
+
+
+def test_gather_kernel_fills_where_the_table_says_none():
+    import numpy as np
+
+    from convroute.kernels.gather import Gather
+    gpu = get_gpu()
+    x = np.random.default_rng(10).standard_normal((3, 5)).astype(np.float32)
+    offsets = np.array([[4, -1, 0], [14, 13, -1]])
+    y = gpu.empty(4 * offsets.size)
+    gpu.fill(y, np.nan)
+    got = gpu.run_and_read(Gather(gpu, offsets, fill=-2.5).bind(gpu.upload(x), y), y, offsets.shape)
+    np.testing.assert_array_equal(got, np.where(offsets < 0, -2.5, x.reshape(-1)[offsets]))
 
 
 def test_gather_table_is_factored():

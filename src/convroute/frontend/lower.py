@@ -488,18 +488,18 @@ GATHERS = ("index.Tensor", "_unsafe_index.Tensor", "index_select", "gather", "fl
 
 def lower_gather(ctx: Context, node: Node) -> GpuOp:
     """An op that only moves x's elements, by indices and sizes known at compile time (GATHERS): one gather
-    through a table of source offsets, found by running the op on 1, 2, ... in x's shape (float64: exact)."""
+    through a table of source offsets, found by running the op on 1, 2, ... in x's shape (float64: exact; a 0
+    would be a fill). A constant pad is a padded strided copy (lower_layout)."""
     x = node.args[0]
     meta, out = ctx.tensor(x), out_meta(node)
     rest = (node.args[1:], node.kwargs)
     if any(ctx.is_dynamic(r) for r in iter_refs(rest)):
         raise Unsupported("its indices are computed at run time")
-    args, kwargs, fill = list(node.args), dict(node.kwargs), 0.0
-    if node.op == "pad" and node.arg(2, "mode", "constant") == "constant":  # fill marks itself 0 below
-        fill = float(node.arg(3, "value", None) or 0.0)
-        if len(args) > 3:
-            args[3] = 0.0
-        kwargs.pop("value", None)
+    if node.op == "pad" and node.arg(2, "mode", "constant") == "constant":  # a strided copy, no table
+        value = node.arg(3, "value", None) or 0.0
+        return lower_layout(ctx, Node(node.name, torch.ops.aten.constant_pad_nd.default, (x, node.args[1], value),
+                                      module=node.module, meta=node.meta))
+    args, kwargs = list(node.args), dict(node.kwargs)
     count = meta.numel()
     args[0] = torch.arange(1, count + 1, dtype=torch.float64).reshape(meta.shape)
     args[1:] = map_refs(args[1:], lambda r: ctx.constants[r.name])
@@ -509,7 +509,7 @@ def lower_gather(ctx: Context, node: Node) -> GpuOp:
     if not isinstance(offsets, torch.Tensor) or tuple(offsets.shape) != tuple(out.shape):
         raise Unsupported("it does not give one tensor of its result's shape")
     try:
-        kernel = Gather(ctx.gpu, offsets.to(torch.int64).numpy() - 1, fill, ctx.precision)
+        kernel = Gather(ctx.gpu, offsets.to(torch.int64).numpy() - 1, precision=ctx.precision)
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
