@@ -499,6 +499,8 @@ def lower_gather(ctx: Context, node: Node) -> GpuOp:
         value = node.arg(3, "value", None) or 0.0
         return lower_layout(ctx, Node(node.name, torch.ops.aten.constant_pad_nd.default, (x, node.args[1], value),
                                       module=node.module, meta=node.meta))
+    if node.op in ("pixel_shuffle", "pixel_unshuffle"):
+        return _pixel_shuffle(ctx, node, meta, out)
     args, kwargs = list(node.args), dict(node.kwargs)
     count = meta.numel()
     args[0] = torch.arange(1, count + 1, dtype=torch.float64).reshape(meta.shape)
@@ -513,6 +515,20 @@ def lower_gather(ctx: Context, node: Node) -> GpuOp:
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
+
+
+def _pixel_shuffle(ctx: Context, node: Node, meta, out) -> GpuOp:
+    """pixel_shuffle / pixel_unshuffle by r: a permuted 6-D view of x (batch dims merged) copied densely, which is
+    the result's layout: one strided copy, no table."""
+    r, (c, h, w) = int(node.args[1]), meta.shape[-3:]
+    batch = math.prod(meta.shape[:-3])
+    view = torch.empty(tuple(meta.shape), device="meta")
+    if node.op == "pixel_shuffle":  # (B, C r r, H, W) -> (B, C, H, r, W, r)
+        view = view.reshape(batch, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3)
+    else:  # (B, C, H r, W r) -> (B, C, r, r, H, W)
+        view = view.reshape(batch, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4)
+    kernel = StridedCopy(ctx.gpu, tuple(view.shape), view.stride(), 0, precision=ctx.precision)
+    return GpuOp(node, [node.args[0].name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
 
 
 LOWERINGS = {
