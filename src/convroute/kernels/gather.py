@@ -1,11 +1,11 @@
 """Gathers whose indices are known at compile time (index.Tensor, index_select, gather, flip, roll, repeat,
-reflect / replicate / circular pads, pixel shuffles): y[t] = x[source(t)], or a fill value, from a table of
-source offsets that the caller computes once (the front end runs the op on an arange).
+reflect / replicate / circular pads): y[t] = x[source(t)], or a fill value, from a table of source offsets
+that the caller computes once (the front end runs the op on an arange).
 
 The table is factored so it stays small: y is `outer` blocks of `per` elements, block o reading from
 o * ostride; within a block, runs of `inner` consecutive elements start at table[k] (NONE: the run is fill).
 `factor` finds the largest outer and inner a full offset table allows: a reflect pad along H of N*C planes
-gets outer N*C, inner W and a table of H + 2p starts; a pixel shuffle outer N*C and one start per output
+gets outer N*C, inner W and a table of H + 2p starts; one along H and W outer N*C and a start per output
 element of a plane.
 """
 
