@@ -18,7 +18,8 @@ aten = torch.ops.aten
 KEEP = ("hardswish.default", "hardsigmoid.default", "silu.default", "gelu.default", "linear.default",
         "upsample_nearest2d.vec", "upsample_nearest2d.default", "upsample_bilinear2d.vec",
         "upsample_bilinear2d.default", "_upsample_nearest_exact2d.vec", "_upsample_nearest_exact2d.default",
-        "hardtanh.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default")
+        "hardtanh.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default",
+        "pad.default")  # a reflect pad: one gather, not an index.Tensor per padded dim
 
 IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
 
@@ -84,6 +85,7 @@ def simplify(g: Graph) -> None:
     fold_constants(g)
     inline_scalars(g)
     reduce_multi_output(g)
+    constant_pads(g)
     split_into_slices(g)
     drop_identities(g)
     fold_batch_norms(g)
@@ -175,6 +177,14 @@ def adaptive_max_pool2d_values(x, output_size):
 FIRST_OUTPUTS = {aten.max.dim: max_values, aten.min.dim: min_values, aten.native_group_norm.default: group_norm_values,
                  aten._native_batch_norm_legit.no_stats: batch_stats_norm,
                  aten.adaptive_max_pool2d.default: adaptive_max_pool2d_values}
+
+
+def constant_pads(g: Graph) -> None:
+    """pad(mode='constant') becomes constant_pad_nd (a padded strided copy); the other modes stay pad (a gather)."""
+    for node in g.nodes:
+        if node.target is aten.pad.default and node.arg(2, "mode", "constant") == "constant":
+            node.args = (node.args[0], node.args[1], node.arg(3, "value", None) or 0.0)
+            node.target, node.kwargs = aten.constant_pad_nd.default, {}
 
 
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}

@@ -489,16 +489,12 @@ GATHERS = ("index.Tensor", "_unsafe_index.Tensor", "index_select", "gather", "fl
 def lower_gather(ctx: Context, node: Node) -> GpuOp:
     """An op that only moves x's elements, by indices and sizes known at compile time (GATHERS): one gather
     through a table of source offsets, found by running the op on 1, 2, ... in x's shape (float64: exact; a 0
-    would be a fill). A constant pad is a padded strided copy (lower_layout)."""
+    would be a fill). Constant pads arrive as constant_pad_nd (export.constant_pads: a padded strided copy)."""
     x = node.args[0]
     meta, out = ctx.tensor(x), out_meta(node)
     rest = (node.args[1:], node.kwargs)
     if any(ctx.is_dynamic(r) for r in iter_refs(rest)):
         raise Unsupported("its indices are computed at run time")
-    if node.op == "pad" and node.arg(2, "mode", "constant") == "constant":  # a strided copy, no table
-        value = node.arg(3, "value", None) or 0.0
-        return lower_layout(ctx, Node(node.name, torch.ops.aten.constant_pad_nd.default, (x, node.args[1], value),
-                                      module=node.module, meta=node.meta))
     if node.op in ("pixel_shuffle", "pixel_unshuffle"):
         return _pixel_shuffle(ctx, node, meta, out)
     args, kwargs = list(node.args), dict(node.kwargs)
