@@ -148,11 +148,11 @@ def test_static_gathers_and_pixel_shuffles(dtype, monkeypatch):
 def test_gathers_after_decomposition(monkeypatch):
     """Through the core-ATen decomposition (clamp is not among the direct translation's ops): indexing by a constant
     list is index.Tensor, pads stay whole (export.KEEP)."""
-    class Decomposed(Gathers):  # a circular pad would decompose to slice_scatter, which has no GPU kernel
+    class Decomposed(Gathers):
         def forward(self, x):
             return (x[:, :, self.rows], torch.gather(x, 3, self.where), F.pad(x, (2, 1, 1, 3), mode="reflect"),
-                    F.pad(x[:, 0], (1, 2), mode="replicate"), F.pixel_unshuffle(x[:, :, 1:, 1:], 2),
-                    x.clamp(-1.0, 1.0))
+                    F.pad(x[:, 0], (1, 2), mode="replicate"), F.pad(x, (1, 1, 2, 0), mode="circular"),
+                    F.pixel_unshuffle(x[:, :, 1:, 1:], 2), x.clamp(-1.0, 1.0))
     torch.manual_seed(6)
     check(Decomposed(), torch.randn(2, 6, 9, 9), "float32", monkeypatch, {"index.Tensor", "gather", "pad"})
 
