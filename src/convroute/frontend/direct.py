@@ -31,7 +31,7 @@ KEPT = {aten.adaptive_avg_pool2d.default, aten.add.Tensor, aten.sub.Tensor, aten
         aten.squeeze.dim, aten.slice.Tensor, aten.select.int, aten.expand.default,
         aten.conv2d.default, aten.batch_norm.default, aten.layer_norm.default}
 KEPT |= {aten.softmax.int, aten.log_softmax.int, aten.sum.dim_IntList, aten.amax.default, aten.amin.default,
-         aten.max.dim, aten.min.dim,  # reductions (lower.py's lower_reduce, lower_softmax)
+         aten.max.dim, aten.min.dim, aten.sum.default, aten.mean.default,  # lower_reduce, lower_softmax
          aten.group_norm.default, aten.instance_norm.default,  # lower_group_norm
          aten.index.Tensor, aten.index_select.default, aten.gather.default, aten.flip.default, aten.roll.default,
          aten.repeat.default, aten.pad.default, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
