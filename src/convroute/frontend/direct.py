@@ -43,6 +43,13 @@ KEPT |= {aten.leaky_relu.default, aten.elu.default, aten.celu.default, aten.selu
          aten.maximum.default, aten.minimum.default, aten.where.self, aten.add.Scalar, aten.sub.Scalar,
          aten.mul.Scalar, aten.div.Scalar, aten.conv1d.default, aten.clamp_min.default,
          aten.clamp_max.default}
+KEPT |= {aten.softmax.int, aten.log_softmax.int, aten.sum.dim_IntList, aten.amax.default, aten.amin.default,
+         aten.max.dim, aten.min.dim, aten.sum.default, aten.mean.default,  # lower_reduce, lower_softmax
+         aten.group_norm.default, aten.instance_norm.default,  # lower_group_norm
+         aten.index.Tensor, aten.index_select.default, aten.gather.default, aten.flip.default, aten.roll.default,
+         aten.repeat.default, aten.pad.default, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
+         aten.lift_fresh_copy.default,  # lower_gather
+         aten.adaptive_max_pool2d.default}  # lower_adaptive_max_pool
 ALIASING = {aten.contiguous.default, aten.dropout.default, aten.flatten.using_ints, aten.chunk.default,
             aten.split.Tensor, aten.view.default, aten.reshape.default, aten.permute.default, aten.transpose.int,
             aten.unsqueeze.default, aten.squeeze.dim, aten.slice.Tensor, aten.select.int, aten.expand.default}

@@ -18,7 +18,8 @@ aten = torch.ops.aten
 KEEP = ("hardswish.default", "hardsigmoid.default", "silu.default", "gelu.default", "linear.default",
         "upsample_nearest2d.vec", "upsample_nearest2d.default", "upsample_bilinear2d.vec",
         "upsample_bilinear2d.default", "_upsample_nearest_exact2d.vec", "_upsample_nearest_exact2d.default",
-        "hardtanh.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default")
+        "hardtanh.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default",
+        "pad.default")  # a reflect pad: one gather, not an index.Tensor per padded dim
 # Activations of the epilogue's table (kernels/common.TABLE) kept whole too, so they fuse as one epilogue.
 KEEP_ACTIVATIONS = ("leaky_relu.default", "elu.default", "celu.default", "selu.default", "mish.default",
                     "softplus.default", "log_sigmoid.default", "relu6.default")
@@ -26,7 +27,8 @@ KEEP_ACTIVATIONS = ("leaky_relu.default", "elu.default", "celu.default", "selu.d
 IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
 
 # Producers that can take a fused activation (conv and linear also absorb hardsigmoid, see _fusable).
-FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval")
+FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval",
+             "group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")
 
 
 # Elementwise math whose kernels take a fused activation too (ops-elem).
@@ -91,6 +93,7 @@ def simplify(g: Graph) -> None:
     fold_constants(g)
     inline_scalars(g)
     reduce_multi_output(g)
+    constant_pads(g)
     split_into_slices(g)
     drop_identities(g)
     fold_batch_norms(g)
@@ -137,12 +140,13 @@ def reduce_multi_output(g: Graph) -> None:
     users = g.users()
     singles = {aten.max_pool2d_with_indices.default: aten.max_pool2d.default,
                aten._native_batch_norm_legit_no_training.default: batch_norm_eval,
-               aten.native_layer_norm.default: layer_norm}
+               aten.native_layer_norm.default: layer_norm, **FIRST_OUTPUTS}
     drop = set()
     for node in g.nodes:
         if node.target not in singles or node.name in g.output_names():
             continue
-        getters = users.get(node.name, [])
+        outputs = g.output_names()
+        getters = [u for u in users.get(node.name, []) if users.get(u.name) or u.name in outputs]  # dead ones go
         if all(u.target is operator.getitem and u.args[1] == 0 for u in getters):
             node.target = singles[node.target]
             node.meta = node.meta[0]
@@ -150,6 +154,46 @@ def reduce_multi_output(g: Graph) -> None:
                 g.replace_uses(u.name, Ref(node.name))
                 drop.add(u.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+def max_values(x, dim, keepdim=False):
+    """max.dim's values (its indices dropped when unused)."""
+    return aten.max.dim(x, dim, keepdim)[0]
+
+
+def min_values(x, dim, keepdim=False):
+    """min.dim's values (its indices dropped when unused)."""
+    return aten.min.dim(x, dim, keepdim)[0]
+
+
+def group_norm_values(x, weight, bias, n, c, plane, groups, eps):
+    """native_group_norm's normalized output (its mean and rstd dropped when unused)."""
+    return aten.native_group_norm.default(x, weight, bias, n, c, plane, groups, eps)[0]
+
+
+def batch_stats_norm(x, weight, bias, training, momentum, eps):
+    """_native_batch_norm_legit.no_stats's normalized output: a batch norm by the input's own statistics (what an
+    instance norm decomposes to, over a (1, N*C, ...) view)."""
+    return aten._native_batch_norm_legit.no_stats(x, weight, bias, training, momentum, eps)[0]
+
+
+def adaptive_max_pool2d_values(x, output_size):
+    """adaptive_max_pool2d's values (its indices dropped when unused)."""
+    return aten.adaptive_max_pool2d.default(x, output_size)[0]
+
+
+# Multi-output ops whose first output alone is used, reduced by reduce_multi_output as the ones above.
+FIRST_OUTPUTS = {aten.max.dim: max_values, aten.min.dim: min_values, aten.native_group_norm.default: group_norm_values,
+                 aten._native_batch_norm_legit.no_stats: batch_stats_norm,
+                 aten.adaptive_max_pool2d.default: adaptive_max_pool2d_values}
+
+
+def constant_pads(g: Graph) -> None:
+    """pad(mode='constant') becomes constant_pad_nd (a padded strided copy); the other modes stay pad (a gather)."""
+    for node in g.nodes:
+        if node.target is aten.pad.default and node.arg(2, "mode", "constant") == "constant":
+            node.args = (node.args[0], node.args[1], node.arg(3, "value", None) or 0.0)
+            node.target, node.kwargs = aten.constant_pad_nd.default, {}
 
 
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}
