@@ -17,8 +17,8 @@ Dilated blocks stage only the input their taps read. Along each axis the block's
 (outputs congruent mod phases, each phase its own blocks), and the staged rows lie on the lattice of input rows
 that block can touch (every gcd(phases x stride, dilation)-th row): with dilation 4 at stride 1 and 4 phases,
 an 8-row block reads a dense 10-row patch of every 4th input row, as an undilated conv would. Where the taps'
-row segments still leave gaps (dilation 24 on a 32-row image, where phases would pad the output), the patch
-holds only the KH segments. CONVROUTE_DIRECT_PHASES=0 stages the whole window instead (the kernel before this).
+row segments still leave gaps (dilation 24 on an 11-row output, which phases would pad), the patch holds only
+the KH segments. CONVROUTE_DIRECT_PHASES=0 stages the whole window instead (the kernel before this).
 
 CPU adapters (gemm_style "registers") get direct_cpu's register tiles instead.
 
@@ -81,7 +81,7 @@ AHEAD = 8  # double-buffer the patch when an invocation loads at most this many 
 BUSY = 3  # launches want this many times the device's busy workgroup count
 FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
 SPLIT = 64  # cost of one partial sum written and read back, in FMAs
-LOAD = 4  # cost of one staged value past an undilated block's patch, in FMAs of each output channel (estimated)
+LOAD = 4  # cost of one staged value past an undilated block's patch, in FMAs of each output channel (a guess)
 SPARSE = os.environ.get("CONVROUTE_DIRECT_PHASES", "1") != "0"  # dilated blocks stage only what their taps read
 
 
