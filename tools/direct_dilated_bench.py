@@ -1,6 +1,6 @@
 """direct on dilated convs: the whole-window staging (CONVROUTE_DIRECT_PHASES=0), the taps' lattice and segments
-with contiguous blocks ("segments"), and the shipped choice of phases ("phases", kernels/direct.py), against
-implicit_gemm, in one process, timed interleaved (measure.timing).
+with contiguous blocks ("segments"), phases along the rows only ("rowphases") and the shipped choice of phases
+("phases", kernels/direct.py), against implicit_gemm, in one process, timed interleaved (measure.timing).
 
     python tools/direct_dilated_bench.py [--budget 0.5] [--dtype float32] [--shrink 1]
 
@@ -34,28 +34,25 @@ LAYERS = {  # name: (C_in, C_out, size, dilation)
 }
 
 
-def one_phase(size, out, stride, dilation, kernel):
-    return direct.axis_plan(size, stride, dilation, kernel, 1, True)
-
-
-STAGINGS = {  # label: (direct.SPARSE, direct.choose_axis)
-    "whole": (False, direct.choose_axis),  # CONVROUTE_DIRECT_PHASES=0: the whole window
-    "segments": (True, one_phase),  # contiguous blocks, the taps' lattice and segments only
-    "phases": (True, direct.choose_axis),  # the shipped choice
+STAGINGS = {  # label: (direct.SPARSE, direct.PHASED)
+    "whole": (False, (False, False)),  # CONVROUTE_DIRECT_PHASES=0: the whole window
+    "segments": (True, (False, False)),  # contiguous blocks, the taps' lattice and segments only
+    "rowphases": (True, (True, False)),  # phases along the rows only: columns contiguous (coalesced stores)
+    "phases": (True, (True, True)),  # the shipped choice
 }
 
 
 def direct_kernel(work: Workload, staging: str):
     """direct built with a staging (its plan is chosen once, at construction); None with no plan."""
-    saved = direct.SPARSE, direct.choose_axis
-    direct.SPARSE, direct.choose_axis = STAGINGS[staging]
+    saved = direct.SPARSE, direct.PHASED
+    direct.SPARSE, direct.PHASED = STAGINGS[staging]
     try:
         kernel = work.kernel(direct.Direct)
         return kernel, str(kernel.plan(work.p.n))
     except ValueError as e:
         return None, f"no plan: {e}"
     finally:
-        direct.SPARSE, direct.choose_axis = saved
+        direct.SPARSE, direct.PHASED = saved
 
 
 def main() -> None:
@@ -70,8 +67,8 @@ def main() -> None:
     start = time.perf_counter()
     rows = []
     print(f"device: {gpu.profile.name}, {args.dtype}, workgroup memory {gpu.profile.max_workgroup_storage} B")
-    print(f"{'layer':34} {'whole ms':>9} {'segs ms':>9} {'phases ms':>9} {'igemm ms':>9} {'old/new':>7} "
-          f"{'new/igemm':>9}  plans")
+    print(f"{'layer':34} {'whole ms':>9} {'segs ms':>9} {'rowph ms':>9} {'phases ms':>9} {'igemm ms':>9} "
+          f"{'old/new':>7} {'new/igemm':>9}  plans")
     for name, (c_in, c_out, size, d) in LAYERS.items():
         c_in, c_out = max(1, c_in // args.shrink), max(1, c_out // args.shrink)
         p = make_params((1, c_in, size, size), (c_out, c_in, 3, 3), 1, d, d)
@@ -91,7 +88,7 @@ def main() -> None:
                 del kernels[label]
         times = {k: t.median_ms for k, t in work.time_all(kernels, settings).items()}
         work.release()
-        old, segments, new, gemm = (times.get(k) for k in ("whole", "segments", "phases", "implicit_gemm"))
+        old, segments, rowphases, new, gemm = (times.get(k) for k in (*STAGINGS, "implicit_gemm"))
 
         def ms(v):
             return f"{v:9.3f}" if v is not None else f"{'-':>9}"
@@ -99,7 +96,8 @@ def main() -> None:
         def ratio(a, b):
             return f"{a / b:.2f}" if a is not None and b is not None else "-"
 
-        print(f"{name:34} {ms(old)} {ms(segments)} {ms(new)} {ms(gemm)} {ratio(old, new):>7} {ratio(new, gemm):>9}  "
+        print(f"{name:34} {ms(old)} {ms(segments)} {ms(rowphases)} {ms(new)} {ms(gemm)} {ratio(old, new):>7} "
+              f"{ratio(new, gemm):>9}  "
               + " | ".join(f"{k} {v}" for k, v in plans.items()))
         for label, error in wrong.items():
             print(f"   WRONG {label}: relative error {error:.3g}")

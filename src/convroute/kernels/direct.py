@@ -83,6 +83,7 @@ FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
 SPLIT = 64  # cost of one partial sum written and read back, in FMAs
 LOAD = 4  # cost of one staged value past an undilated block's patch, in FMAs of each output channel (a guess)
 SPARSE = os.environ.get("CONVROUTE_DIRECT_PHASES", "1") != "0"  # dilated blocks stage only what their taps read
+PHASED = (True, True)  # whether a block's rows, columns may be phases apart (else contiguous, on the taps' lattice)
 
 
 @dataclass(frozen=True)
@@ -122,9 +123,9 @@ def axis_plan(size: int, stride: int, dilation: int, kernel: int, phases: int, s
     return Axis(phases, step, stride, dilation, 0, span + (kernel - 1) * dilation)
 
 
-def choose_axis(size: int, out: int, stride: int, dilation: int, kernel: int) -> Axis:
+def choose_axis(size: int, out: int, stride: int, dilation: int, kernel: int, phased: bool = True) -> Axis:
     """The phases (divisors of dilation / gcd(stride, dilation)) that least pad outputs x patch rows."""
-    if not SPARSE or kernel == 1 or dilation == 1:
+    if not (SPARSE and phased) or kernel == 1 or dilation == 1:
         return axis_plan(size, stride, dilation, kernel, 1, SPARSE)
     free = dilation // math.gcd(stride, dilation)
     axes = [axis_plan(size, stride, dilation, kernel, phases, True)
@@ -188,7 +189,8 @@ def choose_plan(profile, p, n: int) -> Plan:
     for tile, per_fma in TILES:
         if tile.threads > threads:
             continue
-        rows, cols = choose_axis(tile.br, p.ho, sh, dh, p.kh), choose_axis(tile.bc, p.wo, sw, dw, p.kw)
+        rows = choose_axis(tile.br, p.ho, sh, dh, p.kh, PHASED[0])
+        cols = choose_axis(tile.bc, p.wo, sw, dw, p.kw, PHASED[1])
         shape = Plan(tile, 1, 1, rows, cols)
         tiles_r, tiles_c = shape.tiles(p)
         padded = ceil_div(cout_g, tile.bo) * tile.bo * tiles_r * tile.br * tiles_c * tile.bc
