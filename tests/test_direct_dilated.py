@@ -88,7 +88,7 @@ def test_dilated_direct_matches_torch(layer):
 def test_every_phase_of_a_block(monkeypatch, layer):
     """The most phases each axis allows (dilation / gcd(stride, dilation): one output per phase and block on
     the small images), so phases, coarser lattices and strides on them all run, with partial blocks."""
-    def most_phases(size, out, stride, dilation, kernel):
+    def most_phases(size, out, stride, dilation, kernel, phased=True):
         return direct.axis_plan(size, stride, dilation, kernel, dilation // math.gcd(stride, dilation), True)
     monkeypatch.setattr(direct, "choose_axis", most_phases)
     p = params(layer)
@@ -148,6 +148,18 @@ def test_whole_window_staging_still_runs(monkeypatch):
     plan = direct.Direct(get_gpu(), p, w, b, Epilogue()).plan(p.n)
     assert plan.patch == direct.patch_size(p, plan.tile) and plan.rows.phases == plan.cols.phases == 1
     assert_matches(run(p, x, w, b), reference(p, x, w, b), f"direct whole-window {plan}")
+
+
+@pytest.mark.parametrize("phased", [(True, False), (False, True), (False, False)], ids=str)
+def test_phases_along_one_axis(monkeypatch, phased):
+    """direct.PHASED: phases along the rows only, the columns only, or neither (contiguous blocks on the taps'
+    lattice: the tap segments of the 24-dilated columns)."""
+    monkeypatch.setattr(direct, "PHASED", phased)
+    p = make_params((1, 5, 32, 35), (6, 5, 3, 3), 1, (4, 24), (4, 24))
+    x, w, b = random_inputs(p, np.random.default_rng(64))
+    plan = direct.Direct(get_gpu(), p, w, b, Epilogue()).plan(p.n)
+    assert (plan.rows.phases > 1, plan.cols.phases > 1) == phased, plan
+    assert_matches(run(p, x, w, b), reference(p, x, w, b), f"direct {plan}")
 
 
 @pytest.mark.skipif(F16_FEATURE not in get_gpu().profile.features, reason=f"the adapter lacks {F16_FEATURE}")
