@@ -109,8 +109,8 @@ class Axis:
     def input_row(self, q: str) -> str:
         """WGSL: the input row offset (from the block's first) of patch row `q`."""
         if self.segment:
-            return f"{self.step}u * (({q} / {self.segment}u) * {self.dilation}u + {q} % {self.segment}u)"
-        return f"{self.step}u * {q}" if self.step > 1 else q
+            return f"{self.step}u * ((({q}) / {self.segment}u) * {self.dilation}u + ({q}) % {self.segment}u)"
+        return f"{self.step}u * ({q})" if self.step > 1 else q
 
 
 def axis_plan(size: int, stride: int, dilation: int, kernel: int, phases: int, sparse: bool) -> Axis:
@@ -235,13 +235,30 @@ def patch_loads(plan: Plan, ks, channel: str, indent: str, base: str = "lid_x") 
         lines += [f"let q{k} = {base} + {k}u * WG;",
                   f"let qc{k} = q{k} / (PR * PC);",
                   f"let qr{k} = q{k} % (PR * PC);",
-                  f"let qh{k} = ih0 + i32({plan.rows.input_row(f'(qr{k} / PC)')});",
-                  f"let qw{k} = iw0 + i32({plan.cols.input_row(f'(qr{k} % PC)')});",
+                  f"let qh{k} = ih0 + i32({plan.rows.input_row(f'qr{k} / PC')});",
+                  f"let qw{k} = iw0 + i32({plan.cols.input_row(f'qr{k} % PC')});",
                   f"let ok{k} = q{k} < PATCH && {channel} + qc{k} < p.cin_g && qh{k} >= 0 && qh{k} < hi && qw{k} >= 0"
                   f" && qw{k} < wi;",
                   f"let at{k} = select(0u, xg + (({channel} + qc{k}) * p.h + u32(qh{k})) * p.w + u32(qw{k}), ok{k});",
                   f"let v{k} = select(0.0, f32(x[at{k}]), ok{k});"]
     return [indent + line for line in lines]
+
+
+def block_origin(plan: Plan, sh: int, sw: int, ph: int, pw: int) -> str:
+    """WGSL: the block's first output (oh0, ow for this invocation) and first input row and column (ih0, iw0).
+    Without phases it is the undilated kernel's text, unchanged (the one the GPU fuzz has run)."""
+    rows, cols, tile = plan.rows, plan.cols, plan.tile
+    if rows.phases == cols.phases == 1:
+        return f"""  let oh0 = tr * {tile.br}u + prow;
+  let ow = tc * {tile.bc}u + pcol;
+  let ih0 = i32(tr * {tile.br * sh}u) - {ph};
+  let iw0 = i32(tc * {tile.bc * sw}u) - {pw};"""
+    return f"""  let rh = tr % {rows.phases}u;
+  let rw = tc % {cols.phases}u;
+  let oh0 = rh + {rows.phases}u * ((tr / {rows.phases}u) * {tile.br}u + prow);
+  let ow = rw + {cols.phases}u * ((tc / {cols.phases}u) * {tile.bc}u + pcol);
+  let ih0 = i32(rh * {sh}u + (tr / {rows.phases}u) * {tile.br * rows.phases * sh}u) - {ph};
+  let iw0 = i32(rw * {sw}u + (tc / {cols.phases}u) * {tile.bc * cols.phases * sw}u) - {pw};"""
 
 
 def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool = False) -> str:
@@ -269,12 +286,7 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
   let to = lid_x / {tpx}u;
   let pcol = tp % {tile.bc}u;
   let prow = (tp / {tile.bc}u) * {rp}u;
-  let rh = tr % {rows.phases}u;
-  let rw = tc % {cols.phases}u;
-  let oh0 = rh + {rows.phases}u * ((tr / {rows.phases}u) * {tile.br}u + prow);
-  let ow = rw + {cols.phases}u * ((tc / {cols.phases}u) * {tile.bc}u + pcol);
-  let ih0 = i32(rh * {sh}u + (tr / {rows.phases}u) * {tile.br * rows.phases * sh}u) - {ph};
-  let iw0 = i32(rw * {sw}u + (tc / {cols.phases}u) * {tile.bc * cols.phases * sw}u) - {pw};
+{block_origin(plan, sh, sw, ph, pw)}
   let hi = i32(p.h);
   let wi = i32(p.w);
   let xg = (n * p.c_in + g * p.cin_g) * p.h * p.w;
