@@ -136,7 +136,7 @@ def test_patch_staging_variants(monkeypatch, ahead):
     p, activation = LAYERS["channels-past-a-chunk"]
     x, w, b = random_inputs(p, np.random.default_rng(47))
     plan = direct.Direct(get_gpu(), p, w, b, Epilogue()).plan(p.n)
-    assert direct.double_buffered(plan, int(np.prod(direct.patch_size(p, plan.tile)))) == bool(ahead)
+    assert direct.double_buffered(plan, int(np.prod(plan.patch))) == bool(ahead)
     assert p.c_in > 2 * plan.chunk
     assert_matches(run(p, x, w, b, activation), reference(p, x, w, b, activation), f"direct {plan} ahead {ahead}")
 
@@ -174,7 +174,7 @@ def test_plans_fit_the_device(memory):
     for p in SUITE_LIKE:
         plan = direct.choose_plan(profile, p, p.n)
         assert plan == direct.choose_plan(profile, p, p.n)
-        pr, pc = direct.patch_size(p, plan.tile)
+        pr, pc = plan.patch
         buffers = 2 if direct.double_buffered(plan, pr * pc) else 1
         assert buffers * 4 * plan.chunk * pr * pc <= memory and plan.tile.threads <= 256, (p.describe(), plan)
         assert 1 <= plan.chunk <= p.c_in and plan.splits >= 1

@@ -126,11 +126,11 @@ def gemm_plan(profile: DeviceProfile, precision: Precision, p: ConvParams, name:
 
 def direct_plan(profile: DeviceProfile, p: ConvParams) -> dict[str, float]:
     """direct.choose_plan: output blocks, each over input channels split across workgroups; and the input
-    patch a block stages per channel against the block's output pixels (the block's halo: with dilation d the
-    patch grows by (K-1)(d-1) rows and columns, loads the kernel pays for whether or not they are padding)."""
+    patch a block stages per channel against the block's output pixels (the block's halo, and under dilation
+    what its phases and tap segments stage: loads the kernel pays for whether or not they are padding)."""
     plan = direct.choose_plan(profile, p, p.n)
-    rows, cols = direct.patch_size(p, plan.tile)
-    return (plan_record(direct.output_blocks(p, plan.tile, p.n) * plan.splits, plan.chunks_per_split(p) * plan.chunk)
+    rows, cols = plan.patch
+    return (plan_record(plan.blocks(p, p.n) * plan.splits, plan.chunks_per_split(p) * plan.chunk)
             | {"plan_patch": math.log2(rows * cols / (plan.tile.br * plan.tile.bc))})
 
 

@@ -13,6 +13,13 @@ tile). When the blocks leave the device idle (few pixels, many channels: late Re
 input channels are split across workgroups, each writing f32 partial sums, and a second dispatch adds them, the
 bias and the activation.
 
+Dilated blocks stage only the input their taps read. Along each axis the block's outputs may be `phases` apart
+(outputs congruent mod phases, each phase its own blocks), and the staged rows lie on the lattice of input rows
+that block can touch (every gcd(phases x stride, dilation)-th row): with dilation 4 at stride 1 and 4 phases,
+an 8-row block reads a dense 10-row patch of every 4th input row, as an undilated conv would. Where the taps'
+row segments still leave gaps (dilation 24 on an 11-row output, which phases would pad), the patch holds only
+the KH segments. CONVROUTE_DIRECT_PHASES=0 stages the whole window instead (the kernel before this).
+
 CPU adapters (gemm_style "registers") get direct_cpu's register tiles instead.
 
 Weights are prepacked [groups, blocks, C_in/groups padded to the chunk, KH, KW, 4]: four output channels per
@@ -22,7 +29,9 @@ precision (accumulate="float16" runs with f32 sums here).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import os
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -72,6 +81,56 @@ AHEAD = 8  # double-buffer the patch when an invocation loads at most this many 
 BUSY = 3  # launches want this many times the device's busy workgroup count
 FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
 SPLIT = 64  # cost of one partial sum written and read back, in FMAs
+LOAD = 4  # cost of one staged value past an undilated block's patch, in FMAs of each output channel (a guess)
+SPARSE = os.environ.get("CONVROUTE_DIRECT_PHASES", "1") != "0"  # dilated blocks stage only what their taps read
+PHASED = (True, True)  # whether a block's rows, columns may be phases apart (else contiguous, on the taps' lattice)
+
+
+@dataclass(frozen=True)
+class Axis:
+    """How one axis (rows or columns) of an output block maps onto the patch it stages. The block's i-th output
+    is phase + phases * (block index * size + i); its tap k reads patch row k * pitch + i * stride, and patch
+    row q holds input row start + step * ((q // segment) * dilation + q % segment) (segment 0: step * q)."""
+    phases: int = 1
+    step: int = 1  # input rows between lattice rows
+    stride: int = 1  # lattice rows between neighbouring outputs
+    dilation: int = 1  # lattice rows between neighbouring taps
+    segment: int = 0  # patch rows per tap where the taps' segments leave gaps; 0: one dense run
+    rows: int = 1  # patch rows staged
+
+    @property
+    def pitch(self) -> int:
+        return self.segment or self.dilation
+
+    def blocks(self, out: int, size: int) -> int:
+        """Blocks of `size` outputs over `out` outputs: every phase has as many as the largest needs."""
+        return self.phases * ceil_div(ceil_div(out, self.phases), size)
+
+    def input_row(self, q: str) -> str:
+        """WGSL: the input row offset (from the block's first) of patch row `q`."""
+        if self.segment:
+            return f"{self.step}u * ((({q}) / {self.segment}u) * {self.dilation}u + ({q}) % {self.segment}u)"
+        return f"{self.step}u * ({q})" if self.step > 1 else q
+
+
+def axis_plan(size: int, stride: int, dilation: int, kernel: int, phases: int, sparse: bool) -> Axis:
+    """The patch of `size` outputs along an axis; `sparse` puts it on the taps' lattice and cuts its gaps."""
+    step = math.gcd(phases * stride, dilation) if sparse and kernel > 1 else 1
+    stride, dilation = phases * stride // step, dilation // step
+    span = (size - 1) * stride + 1
+    if sparse and kernel > 1 and dilation > span:
+        return Axis(phases, step, stride, dilation, span, kernel * span)
+    return Axis(phases, step, stride, dilation, 0, span + (kernel - 1) * dilation)
+
+
+def choose_axis(size: int, out: int, stride: int, dilation: int, kernel: int, phased: bool = True) -> Axis:
+    """The phases (divisors of dilation / gcd(stride, dilation)) that least pad outputs x patch rows."""
+    if not (SPARSE and phased) or kernel == 1 or dilation == 1:
+        return axis_plan(size, stride, dilation, kernel, 1, SPARSE)
+    free = dilation // math.gcd(stride, dilation)
+    axes = [axis_plan(size, stride, dilation, kernel, phases, True)
+            for phases in range(1, free + 1) if free % phases == 0]
+    return min(axes, key=lambda a: (a.blocks(out, size) * size * a.rows, a.phases))
 
 
 @dataclass(frozen=True)
@@ -79,21 +138,34 @@ class Plan:
     tile: Tile
     chunk: int  # input channels per workgroup-memory stage
     splits: int  # workgroups sharing one output block, each over its own chunks
+    rows: Axis = field(default_factory=Axis)
+    cols: Axis = field(default_factory=Axis)
 
     def __str__(self) -> str:
-        return f"{self.tile} ck{self.chunk} split{self.splits}"
+        phases = f" phases{self.rows.phases}x{self.cols.phases}" if self.rows.phases * self.cols.phases > 1 else ""
+        return f"{self.tile} ck{self.chunk} split{self.splits}{phases} patch{self.rows.rows}x{self.cols.rows}"
+
+    @property
+    def patch(self) -> tuple[int, int]:
+        """Rows and columns of the input patch a block stages per input channel."""
+        return self.rows.rows, self.cols.rows
+
+    def tiles(self, p) -> tuple[int, int]:
+        """Output blocks along the rows and the columns of one image."""
+        return self.rows.blocks(p.ho, self.tile.br), self.cols.blocks(p.wo, self.tile.bc)
+
+    def blocks(self, p, n: int) -> int:
+        """Output blocks over n images and every group: the workgroups of one split."""
+        tiles_r, tiles_c = self.tiles(p)
+        return n * p.groups * ceil_div(p.c_out // p.groups, self.tile.bo) * tiles_r * tiles_c
 
     def chunks_per_split(self, p) -> int:
         """Chunks of input channels each split's workgroup sums."""
         return ceil_div(ceil_div(p.c_in // p.groups, self.chunk), self.splits)
 
 
-def output_blocks(p, tile: Tile, n: int) -> int:
-    """Output blocks of `tile` over n images and every group: the workgroups of one split."""
-    return n * p.groups * ceil_div(p.c_out // p.groups, tile.bo) * ceil_div(p.ho, tile.br) * ceil_div(p.wo, tile.bc)
-
-
 def patch_size(p, tile: Tile) -> tuple[int, int]:
+    """The whole window a block of `tile` spans (what it staged with CONVROUTE_DIRECT_PHASES=0)."""
     (sh, sw), (dh, dw) = p.stride, p.dilation
     return (tile.br - 1) * sh + (p.kh - 1) * dh + 1, (tile.bc - 1) * sw + (p.kw - 1) * dw + 1
 
@@ -104,21 +176,29 @@ def choose_plan(profile, p, n: int) -> Plan:
     Estimated time: the padded work (channels past C_out/groups, pixels past the output's edges) times the
     tile's cost per FMA, divided by the share of a busy device the launch fills to the power FILL, plus SPLIT
     FMAs per partial sum when the input channels are split across workgroups (1, 2, 4, ... ways, up to half the
-    chunks, so each split keeps two or more). A chunk's patch must fit the device's workgroup memory, the tile
+    chunks, so each split keeps two or more), and LOAD FMAs per output channel for each value a dilated block
+    stages past what the undilated block would. A chunk's patch must fit the device's workgroup memory, the tile
     its invocation limit."""
     cout_g, cin_g = p.c_out // p.groups, p.c_in // p.groups
     memory = profile.max_workgroup_storage
     threads = profile.max_invocations
     target = BUSY * profile.busy_workgroups
     out_bytes = 4 * n * p.c_out * p.ho * p.wo
+    (sh, sw), (dh, dw) = p.stride, p.dilation
     best, best_cost = None, None
     for tile, per_fma in TILES:
         if tile.threads > threads:
             continue
-        padded = (ceil_div(cout_g, tile.bo) * tile.bo * ceil_div(p.ho, tile.br) * tile.br
-                  * ceil_div(p.wo, tile.bc) * tile.bc)
-        blocks = output_blocks(p, tile, n)
-        per_channel = 8 * int(np.prod(patch_size(p, tile)))  # two chunks' patches
+        rows = choose_axis(tile.br, p.ho, sh, dh, p.kh, PHASED[0])
+        cols = choose_axis(tile.bc, p.wo, sw, dw, p.kw, PHASED[1])
+        shape = Plan(tile, 1, 1, rows, cols)
+        tiles_r, tiles_c = shape.tiles(p)
+        padded = ceil_div(cout_g, tile.bo) * tile.bo * tiles_r * tile.br * tiles_c * tile.bc
+        blocks = shape.blocks(p, n)
+        dense = axis_plan(tile.br, sh, 1, p.kh, 1, False).rows * axis_plan(tile.bc, sw, 1, p.kw, 1, False).rows
+        extra = max(0, rows.rows * cols.rows - dense) if SPARSE else 0
+        per_fma += LOAD * extra / (tile.br * tile.bc * p.kh * p.kw)
+        per_channel = 8 * rows.rows * cols.rows  # two chunks' patches
         for chunk in sorted({min(c, cin_g, memory // per_channel) for c in CHUNKS}, reverse=True):
             if chunk < 1:
                 continue
@@ -129,7 +209,7 @@ def choose_plan(profile, p, n: int) -> Plan:
                 partial = SPLIT * splits / (cin_g * p.kh * p.kw) if splits > 1 else 0.0
                 cost = padded * (per_fma / filled ** FILL + partial)
                 if best_cost is None or cost < best_cost * 0.999:
-                    best, best_cost = Plan(tile, chunk, splits), cost
+                    best, best_cost = Plan(tile, chunk, splits, rows, cols), cost
                 splits *= 2
     if best is None:
         raise ValueError(f"direct: no tile's input patch of {p.describe()} fits the device's {memory}-byte "
@@ -147,7 +227,7 @@ def load_batch(plan: Plan, patch: int) -> int:
     return min(LOADS, ceil_div(plan.chunk * patch, plan.tile.threads))
 
 
-def patch_loads(ks, channel: str, indent: str, base: str = "lid_x") -> list[str]:
+def patch_loads(plan: Plan, ks, channel: str, indent: str, base: str = "lid_x") -> list[str]:
     """WGSL reading patch values q_k = base + k * WG of the chunk from input channel `channel` into v_k (zero
     outside the image and past the group's channels)."""
     lines = []
@@ -155,13 +235,30 @@ def patch_loads(ks, channel: str, indent: str, base: str = "lid_x") -> list[str]
         lines += [f"let q{k} = {base} + {k}u * WG;",
                   f"let qc{k} = q{k} / (PR * PC);",
                   f"let qr{k} = q{k} % (PR * PC);",
-                  f"let qh{k} = ih0 + i32(qr{k} / PC);",
-                  f"let qw{k} = iw0 + i32(qr{k} % PC);",
+                  f"let qh{k} = ih0 + i32({plan.rows.input_row(f'qr{k} / PC')});",
+                  f"let qw{k} = iw0 + i32({plan.cols.input_row(f'qr{k} % PC')});",
                   f"let ok{k} = q{k} < PATCH && {channel} + qc{k} < p.cin_g && qh{k} >= 0 && qh{k} < hi && qw{k} >= 0"
                   f" && qw{k} < wi;",
                   f"let at{k} = select(0u, xg + (({channel} + qc{k}) * p.h + u32(qh{k})) * p.w + u32(qw{k}), ok{k});",
                   f"let v{k} = select(0.0, f32(x[at{k}]), ok{k});"]
     return [indent + line for line in lines]
+
+
+def block_origin(plan: Plan, sh: int, sw: int, ph: int, pw: int) -> str:
+    """WGSL: the block's first output (oh0, ow for this invocation) and first input row and column (ih0, iw0).
+    Without phases it is the undilated kernel's text, unchanged (the one the GPU fuzz has run)."""
+    rows, cols, tile = plan.rows, plan.cols, plan.tile
+    if rows.phases == cols.phases == 1:
+        return f"""  let oh0 = tr * {tile.br}u + prow;
+  let ow = tc * {tile.bc}u + pcol;
+  let ih0 = i32(tr * {tile.br * sh}u) - {ph};
+  let iw0 = i32(tc * {tile.bc * sw}u) - {pw};"""
+    return f"""  let rh = tr % {rows.phases}u;
+  let rw = tc % {cols.phases}u;
+  let oh0 = rh + {rows.phases}u * ((tr / {rows.phases}u) * {tile.br}u + prow);
+  let ow = rw + {cols.phases}u * ((tc / {cols.phases}u) * {tile.bc}u + pcol);
+  let ih0 = i32(rh * {sh}u + (tr / {rows.phases}u) * {tile.br * rows.phases * sh}u) - {ph};
+  let iw0 = i32(rw * {sw}u + (tc / {cols.phases}u) * {tile.bc * cols.phases * sw}u) - {pw};"""
 
 
 def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool = False) -> str:
@@ -170,12 +267,11 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
 
     Neighbouring invocations own neighbouring output columns (coalesced stores, conflict-free patch reads);
     each holds `rp` rows of its column, so a patch value read once serves up to KH taps."""
-    tile, ck = plan.tile, plan.chunk
-    (sh, sw), (ph, pw), (dh, dw) = p.stride, p.padding, p.dilation
-    pr, pc = patch_size(p, tile)
+    tile, ck, rows, cols = plan.tile, plan.chunk, plan.rows, plan.cols
+    (sh, sw), (ph, pw) = p.stride, p.padding
+    pr, pc = plan.patch
     ro, rp = tile.ro, tile.rp
     tpx = tile.br // rp * tile.bc  # invocations along the pixels
-    span = (rp - 1) * sh + (p.kh - 1) * dh + 1
     khw = p.kh * p.kw
     buffers = storage("x", "wt:ST4", "y!:f32") if partial else storage("x", "wt:ST4", "bias:f32", "y!",
                                                                         *(["res"] if residual else []))
@@ -190,16 +286,13 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
   let to = lid_x / {tpx}u;
   let pcol = tp % {tile.bc}u;
   let prow = (tp / {tile.bc}u) * {rp}u;
-  let oh0 = tr * {tile.br}u + prow;
-  let ow = tc * {tile.bc}u + pcol;
-  let ih0 = i32(tr * {tile.br * sh}u) - {ph};
-  let iw0 = i32(tc * {tile.bc * sw}u) - {pw};
+{block_origin(plan, sh, sw, ph, pw)}
   let hi = i32(p.h);
   let wi = i32(p.w);
   let xg = (n * p.c_in + g * p.cin_g) * p.h * p.w;
   let bstride = p.cin_pad * KHW;
   let wb = (g * p.bpg + tm * {tile.bo // 4}u + to * {ro}u) * bstride;
-  let own = (prow * {sh}u) * PC + pcol * {sw}u;"""]
+  let own = (prow * {rows.stride}u) * PC + pcol * {cols.stride}u;"""]
     emit = out.append
     sums = [(j, o) for j in range(rp) for o in range(ro)]
     out += [f"  var s{j}_{o} = vec4<f32>(0.0);" for j, o in sums]
@@ -207,7 +300,7 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
     ahead = double_buffered(plan, pr * pc)
     if ahead:  # chunk k + 1's patch loads while chunk k's sums run: one barrier per chunk
         emit(f"  {{\n    let first = split * p.chunks * {ck}u;")
-        out += patch_loads(range(loads), "first", "    ")
+        out += patch_loads(plan, range(loads), "first", "    ")
         out += [f"    if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(loads)]
         emit("  }")
     emit(f"""  for (var ch = 0u; ch < p.chunks; ch++) {{
@@ -217,24 +310,25 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
         emit("""    workgroupBarrier();
     let cur = (ch & 1u) * PATCH;
     let next = ic0 + CK;""")
-        out += patch_loads(range(loads), "next", "    ")
+        out += patch_loads(plan, range(loads), "next", "    ")
     else:
         emit("    workgroupBarrier();")
         batch = min(LOADS, loads)
         emit(f"    for (var base = lid_x; base < PATCH; base += {batch}u * WG) {{")
-        out += patch_loads(range(batch), "ic0", "      ", "base")  # a batch's loads issue before its stores wait
+        out += patch_loads(plan, range(batch), "ic0", "      ", "base")  # a batch's loads issue before its stores wait
         out += [f"      if (q{k} < PATCH) {{ tileX[q{k}] = v{k}; }}" for k in range(batch)]
         emit("    }\n    workgroupBarrier();\n    let cur = 0u;")
     emit(f"""    for (var c = 0u; c < {ck}u; c++) {{
       let pbase = cur + c * (PR * PC) + own;""")
     emit("      let wc = wb + (ic0 + c) * KHW;")
+    read = sorted({j * rows.stride + kh * rows.pitch for j in range(rp) for kh in range(p.kh)})
     for kw in range(p.kw):
-        out += [f"      let v{kw}_{q} = tileX[pbase + {q * pc + kw * dw}u];" for q in range(span)]
+        out += [f"      let v{kw}_{q} = tileX[pbase + {q * pc + kw * cols.pitch}u];" for q in read]
         for kh in range(p.kh):
             tap = kh * p.kw + kw
             out += [f"      let a{kh}_{kw}_{o} = ld4(wt[wc + {o}u * bstride + {tap}u]);" for o in range(ro)]
-            out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kw}_{j * sh + kh * dh}), s{j}_{o});"
-                    for j, o in sums]
+            out += [f"      s{j}_{o} = fma(a{kh}_{kw}_{o}, vec4<f32>(v{kw}_{j * rows.stride + kh * rows.pitch}), "
+                    f"s{j}_{o});" for j, o in sums]
     emit("    }")
     if ahead:
         out += [f"    if (q{k} < PATCH) {{ tileX[PATCH - cur + q{k}] = v{k}; }}" for k in range(loads)]
@@ -243,10 +337,10 @@ def generate(p, plan: Plan, header: str, act: str, partial: bool, residual: bool
   let oc0 = tm * {tile.bo}u + to * {4 * ro}u;
   let obase = ((split * p.n + n) * p.c_out + g * p.cout_g) * p.ho * p.wo + ow;""")
     for j in range(rp):
-        emit(f"  if (oh0 + {j}u < p.ho) {{")
+        emit(f"  if (oh0 + {j * rows.phases}u < p.ho) {{")
         for o in range(ro):  # components by name: a vec4 indexed by a loop variable can land in local memory
             for e, comp in enumerate("xyzw"):
-                index = f"obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + (oh0 + {j}u) * p.wo"
+                index = f"obase + (oc0 + {4 * o + e}u) * p.ho * p.wo + (oh0 + {j * rows.phases}u) * p.wo"
                 value = f"s{j}_{o}.{comp}"
                 if not partial:
                     value = f"{value} + bias[g * p.cout_g + oc0 + {4 * o + e}u]"
@@ -336,11 +430,11 @@ class Direct(ConvKernel):
         tile = plan.tile
         tiles_m = ceil_div(p.c_out // p.groups, tile.bo)
         w_buf, cin_pad = self.weights(tiles_m * tile.bo // 4, plan.chunk)
-        tiles_r, tiles_c = ceil_div(p.ho, tile.br), ceil_div(p.wo, tile.bc)
+        tiles_r, tiles_c = plan.tiles(p)
         chunks = plan.chunks_per_split(p)
-        total = plan.splits * output_blocks(p, tile, n)
+        total = plan.splits * plan.blocks(p, n)
         if self.gpu.profile.family == "cpu":
-            patch = int(np.prod(patch_size(p, tile)))
+            patch = int(np.prod(plan.patch))
             trips = chunks * (ceil_div(plan.chunk * patch, load_batch(plan, patch) * tile.threads) + plan.chunk)
             if trips > CPU_LOOP_LIMIT:
                 raise ValueError(f"direct (workgroup tiles) would loop {trips} times on {p.describe()}, past "
