@@ -17,6 +17,7 @@ COMMANDS = {
     "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
     "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++, score it on suites",
     "run": "run a whole torchvision model on the GPU and on torch: error, routing table, latency of both",
+    "zoo": "many models (torchvision, timm:NAME) against peers: error, GPU and CPU ops, latency, ratio; table, plot",
 }
 
 

@@ -1,0 +1,231 @@
+"""`convroute zoo`: a list of models (torchvision names and timm:NAME), each built with random weights,
+compiled, checked against torch's float32 CPU output and timed beside peer engines in interleaved rounds in
+this process (bench.compare_model, as `run --compare`). Per model: compile seconds, relative error, GPU ops,
+CPU ops by name, convroute's median / p10 / p90 and its GPU pass alone, each peer's median; a summary sorted by
+convroute / the first peer, with the geometric mean per peer. A model that fails anywhere is a row with its
+error, and the zoo goes on."""
+
+from __future__ import annotations
+
+import gc
+import math
+import textwrap
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+import convroute.frontend as frontend  # before torchvision and timm, which load triton (see frontend)
+from convroute.bench.compare_model import OURS, ModelComparison, compare_model
+from convroute.frontend import zoo
+from convroute.measure.reference import TOLERANCES
+from convroute.report.progress import progress_bar
+from convroute.report.table import format_table
+from convroute.router import default_policy
+
+WIDTH = 120  # columns of the printed text
+SHORT = {"torch-cuda-graph": "graph", "torch-cuda": "cuda", "torch-cpu": "torch", "ncnn-vk32": "vk32",
+         "ncnn-vk16": "vk16", "ncnn-cpu": "ncnn-cpu"}  # peers' names in column heads
+
+
+def short(peer: str) -> str:
+    return SHORT.get(peer, peer)
+
+
+@dataclass
+class ZooRow:
+    name: str
+    input_shape: tuple
+    compile_s: float | None = None  # export + plan (+ any measuring the policy does)
+    gpu_ops: int = 0
+    gpu_ops_by_op: dict[str, int] = field(default_factory=dict)
+    cpu_ops: dict[str, int] = field(default_factory=dict)  # op -> count of CPU steps
+    dispatches: int = 0
+    comparison: ModelComparison | None = None
+    error: str | None = None  # why the model did not compile or run: "stage: Type: message"
+
+    @property
+    def ours(self):
+        """convroute's EngineRun, when it was timed."""
+        engine = self.comparison.engines.get(OURS) if self.comparison else None
+        return engine if engine and engine.latency else None
+
+    def ratio(self, peer: str) -> float | None:
+        return self.comparison.ratios().get(peer) if self.comparison and not self.error else None
+
+    def to_json(self) -> dict:
+        timed = self.comparison.to_json() if self.comparison and not self.error else {}
+        timed.pop("device", None)
+        ours = self.ours
+        return {"model": self.name, "source": "timm" if zoo.is_timm(self.name) else "torchvision",
+                "input_shape": list(self.input_shape), "compile_s": self.compile_s, "gpu_ops": self.gpu_ops,
+                "gpu_ops_by_op": self.gpu_ops_by_op, "cpu_ops": self.cpu_ops, "dispatches": self.dispatches,
+                "error": self.error,                "rel_error": ours.error if ours else None} | timed
+
+
+@dataclass
+class ZooReport:
+    peers: list[str]
+    policy: str
+    dtype: str
+    batch: int
+    runs: int
+    device: dict = field(default_factory=dict)
+    rows: list[ZooRow] = field(default_factory=list)
+
+    def ranked(self) -> list[ZooRow]:
+        """Rows by convroute / the first peer, highest (worst) first; rows without that ratio last."""
+        first = self.peers[0] if self.peers else None
+
+        def key(row):
+            ratio = row.ratio(first) if first else None
+            return (ratio is None, -(ratio or 0.0))
+
+        return sorted(self.rows, key=key)
+
+    def geomean(self, peer: str, without_cpu_ops: bool = False) -> tuple[float | None, int]:
+        """Geometric mean of convroute / `peer` over the models that have it (optionally only those with no CPU
+        step), and how many."""
+        ratios = [r.ratio(peer) for r in self.rows if not (without_cpu_ops and r.cpu_ops)]
+        ratios = [v for v in ratios if v is not None]
+        return (math.exp(sum(map(math.log, ratios)) / len(ratios)) if ratios else None), len(ratios)
+
+    def to_json(self) -> dict:
+        geomeans = {}
+        for peer in self.peers:
+            value, count = self.geomean(peer)
+            clean, clean_count = self.geomean(peer, without_cpu_ops=True)
+            geomeans[peer] = {"ratio": value, "models": count, "ratio_without_cpu_ops": clean,
+                              "models_without_cpu_ops": clean_count}
+        return {"device": self.device, "policy": self.policy, "dtype": self.dtype, "batch": self.batch,
+                "runs": self.runs, "peers": self.peers, "tolerance": TOLERANCES[self.dtype],
+                "geomean": geomeans, "models": [r.to_json() for r in self.rows]}
+
+
+def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str, peers: list[str], runs: int,
+            seed: int = 0) -> ZooRow:
+    """One model through build, reference, compile and the timed comparison; a failure in any stage ends as
+    the row's error."""
+    row = ZooRow(name, (batch, 3, size, size))
+    stage = "build"
+    try:
+        model = zoo.build_any(name, seed)
+        torch.manual_seed(seed)
+        x = torch.randn(*row.input_shape)
+        stage = "torch"
+        with torch.no_grad():
+            reference = model(x)
+        stage = "compile"
+        start = time.perf_counter()
+        program = frontend.compile(model, (x,), policy=policy, dtype=dtype)
+        row.compile_s = time.perf_counter() - start
+        summary = program.summary()
+        row.gpu_ops, row.dispatches = sum(summary.gpu_ops.values()), summary.dispatches
+        row.gpu_ops_by_op = dict(sorted(summary.gpu_ops.items()))
+        row.cpu_ops = dict(Counter(op for _, op, _ in summary.cpu_ops).most_common())
+        stage = "run"
+        key = f"{name.replace(':', '-')}-{size}px-b{batch}-seed{seed}"
+        row.comparison = compare_model(program, model, x, peers, name=name, key=key, rounds=runs,
+                                       reference=reference)
+    except Exception as err:  # one model's failure is its row's; the zoo goes on
+        row.error = f"{stage}: {type(err).__name__}: {err}"
+    finally:
+        gc.collect()  # the last model's GPU buffers, before the next one allocates
+    return row
+
+
+def run_zoo(names: list[str], *, sizes: dict[str, int], batch: int, policy: str | None, dtype: str,
+            peers: list[str], runs: int, seed: int = 0, progress: bool = True,
+            on_row: Callable[[ZooReport], None] | None = None) -> ZooReport:
+    """Every model in turn (`sizes`: its input side); `on_row(report)` after each one (e.g. to save the JSON)."""
+    report = ZooReport(list(peers), policy or default_policy(), dtype, batch, runs)
+    bar = progress_bar(names, "zoo", "model", progress)
+    for name in bar:
+        bar.set_postfix_str(name)
+        row = zoo_row(name, sizes[name], batch=batch, policy=policy, dtype=dtype, peers=peers, runs=runs, seed=seed)
+        report.rows.append(row)
+        if row.comparison and not report.device:
+            report.device = row.comparison.device
+        if on_row:
+            on_row(report)
+    return report
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def models_table(report: ZooReport) -> str:
+    """Per model, in the order run: compile, error, ops, convroute's latency and GPU pass."""
+    head = ["model", "px", "compile s", "rel. err", "GPU ops", "CPU ops", "p50 ms", "p10 ms", "p90 ms", "GPU pass"]
+    tolerance = TOLERANCES[report.dtype]
+    rows = []
+    for r in report.rows:
+        ours = r.ours
+        lat = ours.latency if ours else None
+        error = "-" if not ours or ours.error is None else f"{ours.error:.1e}" + ("!" if ours.error > tolerance else "")
+        compile_s = "-" if r.compile_s is None else f"{r.compile_s:.1f}"
+        gpu_ops = str(r.gpu_ops) if r.compile_s is not None else "-"
+        cpu_ops = str(sum(r.cpu_ops.values())) if r.compile_s is not None else "-"
+        rows.append([r.name, str(r.input_shape[-1]), compile_s, error, gpu_ops, cpu_ops,
+                     _ms(lat and lat.median_ms), _ms(lat and lat.p10_ms), _ms(lat and lat.p90_ms),
+                     _ms(ours.gpu_pass.median_ms if ours and ours.gpu_pass else None)])
+    lines = [format_table(head, rows)]
+    with_cpu = [r for r in report.rows if r.cpu_ops]
+    if with_cpu:
+        lines.append("CPU ops (torch fallback, by op):")
+        for r in with_cpu:
+            ops = ", ".join(f"{op} x{n}" for op, n in r.cpu_ops.items())
+            lines += textwrap.wrap(f"{r.name}: {ops}", WIDTH, initial_indent="  ", subsequent_indent="    ")
+    for r in report.rows:
+        if r.error:
+            lines.append(textwrap.shorten(f"FAILED {r.name}: {r.error}", WIDTH, placeholder=" ..."))
+    lines.append(f"rel. err: ||y - ref|| / ||ref|| against torch float32 on the CPU (! over {tolerance:g}); "
+                 "p50/p10/p90: one call host to host;")
+    lines.append("GPU pass: median of the GPU dispatches alone (timestamps; - without them)")
+    return "\n".join(lines)
+
+
+def summary_table(report: ZooReport) -> str:
+    """Models by convroute / the first peer (worst first), each peer's median and ratio, geometric means."""
+    head = ["model", "ms", "GPU pass"]
+    for peer in report.peers:
+        head += [f"{short(peer)} ms", f"/{short(peer)}"]
+    rows = []
+    for r in report.ranked():
+        ours = r.ours
+        row = [r.name + ("*" if r.cpu_ops else ""), _ms(ours and ours.latency.median_ms),
+               _ms(ours.gpu_pass.median_ms if ours and ours.gpu_pass else None)]
+        for peer in report.peers:
+            engine = r.comparison.engines.get(peer) if r.comparison and not r.error else None
+            ratio = r.ratio(peer)
+            row += [_ms(engine.latency.median_ms if engine and engine.latency else None),
+                    "-" if ratio is None else f"{ratio:.2f}"]
+        rows.append(row)
+    for without in (False, True):
+        counts = [report.geomean(peer, without)[1] for peer in report.peers]
+        label = "geometric mean" + (", no CPU ops" if without else "") + f" ({'/'.join(map(str, counts))})"
+        row = [label, "", ""]
+        for peer in report.peers:
+            value = report.geomean(peer, without)[0]
+            row += ["", "-" if value is None else f"{value:.2f}"]
+        rows.append(row)
+    lines = [format_table(head, rows)]
+    for peer in report.peers:
+        engine = next((r.comparison.engines[peer] for r in report.rows
+                       if r.comparison and peer in r.comparison.engines), None)
+        what = engine.detail if engine and engine.latency else f"unavailable: {engine.reason}" if engine else "-"
+        lines += textwrap.wrap(f"{short(peer)}: {peer}, {what}", WIDTH, subsequent_indent="  ")
+    lines.append("/peer: convroute's median / the peer's (below 1: convroute faster); * the model has CPU ops")
+    return "\n".join(lines)
+
+
+def zoo_text(report: ZooReport) -> str:
+    device = report.device
+    header = textwrap.wrap(
+        f"convroute zoo: {len(report.rows)} models, batch {report.batch}, {report.dtype}, policy {report.policy}, "
+        f"on {device.get('name', '?')} ({device.get('backend', '?')}); each time one call host to host, median "
+        f"of {report.runs} interleaved rounds per engine (as run --compare)", WIDTH)
+    return "\n".join([*header, "", models_table(report), "", summary_table(report)])
