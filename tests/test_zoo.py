@@ -35,7 +35,7 @@ def small_zoo(tmp_path_factory):
     text = io.StringIO()
     with contextlib.redirect_stdout(text):  # capsys is function-scoped
         code = main(argv)
-    return code, text.getvalue(), json.loads(json_path.read_text()), plot_path
+    return code, text.getvalue(), json.loads(json_path.read_text()), plot_path, json_path
 
 
 def test_list_names_at_least_30_models_of_every_torchvision_family_and_15_timm_families(capsys):
@@ -119,7 +119,7 @@ def test_summary_ranks_by_the_first_peer_worst_first_with_geometric_means():
 
 
 def test_zoo_prints_both_tables_within_120_columns(small_zoo):
-    code, text, _, _ = small_zoo
+    code, text, *_ = small_zoo
     assert code == 1  # alexnet failed
     assert all(len(line) <= 120 for line in text.splitlines()), max(text.splitlines(), key=len)
     assert "compile s" in text and "GPU pass" in text and "/torch" in text and "geometric mean (2)" in text
@@ -129,7 +129,7 @@ def test_zoo_prints_both_tables_within_120_columns(small_zoo):
 
 
 def test_zoo_json_has_every_field_per_model(small_zoo):
-    _, _, data, _ = small_zoo
+    _, _, data, *_ = small_zoo
     assert data["peers"] == ["torch-cpu"] and data["runs"] == 2 and data["dtype"] == "float32"
     assert data["device"]["name"] and data["policy"] == "seed"
     rows = {row["model"]: row for row in data["models"]}
@@ -151,5 +151,19 @@ def test_zoo_json_has_every_field_per_model(small_zoo):
 
 
 def test_zoo_plot_is_written(small_zoo):
-    _, _, _, plot_path = small_zoo
+    plot_path = small_zoo[3]
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot_path.stat().st_size > 10_000
+
+
+def test_saved_zoos_print_again_and_join(small_zoo, tmp_path, capsys):
+    _, text, data, _, json_path = small_zoo
+    assert main(["zoo", "--from-json", str(json_path)]) == 1  # alexnet's failure again
+    again = capsys.readouterr().out
+    assert again.splitlines()[3:] == text.splitlines()[3:len(again.splitlines())]  # the tables, not the paths
+    joined = tmp_path / "joined.json"
+    other = dict(data, peers=["ncnn-vk32"], models=data["models"][:1])
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    assert main(["zoo", "--from-json", str(json_path), str(tmp_path / "other.json"), "--json", str(joined)]) == 1
+    merged = json.loads(joined.read_text())
+    assert merged["models"] == data["models"] + data["models"][:1] and merged["peers"] == ["torch-cpu", "ncnn-vk32"]
+    assert main(["zoo", "--from-json", str(tmp_path / "missing.json")]) == 2

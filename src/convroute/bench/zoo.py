@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import torch
 
 import convroute.frontend as frontend  # before torchvision and timm, which load triton (see frontend)
-from convroute.bench.compare_model import OURS, ModelComparison, compare_model
+from convroute.bench.compare_model import OURS, EngineRun, ModelComparison, compare_model
 from convroute.frontend import zoo
 from convroute.measure.reference import TOLERANCES
+from convroute.report.latency import Latency
 from convroute.report.progress import progress_bar
 from convroute.report.table import format_table
 from convroute.router import default_policy
@@ -45,6 +46,7 @@ class ZooRow:
     dispatches: int = 0
     comparison: ModelComparison | None = None
     error: str | None = None  # why the model did not compile or run: "stage: Type: message"
+    loaded: dict | None = None  # the row's JSON, when read back from a file (report_from_json)
 
     @property
     def ours(self):
@@ -56,6 +58,8 @@ class ZooRow:
         return self.comparison.ratios().get(peer) if self.comparison and not self.error else None
 
     def to_json(self) -> dict:
+        if self.loaded is not None:
+            return self.loaded
         timed = self.comparison.to_json() if self.comparison and not self.error else {}
         timed.pop("device", None)
         ours = self.ours
@@ -151,6 +155,33 @@ def run_zoo(names: list[str], *, sizes: dict[str, int], batch: int, policy: str 
         if on_row:
             on_row(report)
     return report
+
+
+def report_from_json(files: list[dict]) -> ZooReport:
+    """A ZooReport back from `ZooReport.to_json` output; several files join their models in order (settings and
+    device from the first; peers in order of appearance)."""
+    first = files[0]
+    peers = list(dict.fromkeys(peer for data in files for peer in data["peers"]))
+    report = ZooReport(peers, first["policy"], first["dtype"], first["batch"], first["runs"], first["device"])
+    for data in files:
+        report.rows += [_row_from_json(row, data) for row in data["models"]]
+    return report
+
+
+def _row_from_json(row: dict, data: dict) -> ZooRow:
+    comparison = None
+    if "engines" in row:
+        comparison = ModelComparison(row["model"], tuple(row["input_shape"]), row["dtype"], data["device"],
+                                     row["rounds"])
+        for name, e in row["engines"].items():
+            latency = Latency(e["median_ms"], e["p10_ms"], e["p90_ms"], e["runs"])
+            gpu_pass = Latency(**e["gpu_pass"]) if e.get("gpu_pass") else None
+            comparison.engines[name] = EngineRun(name, e["detail"], e["precision"], latency, error=e["error"],
+                                                 gpu_pass=gpu_pass)
+        for name, reason in row.get("unavailable", {}).items():
+            comparison.engines[name] = EngineRun(name, "", "", reason=reason)
+    return ZooRow(row["model"], tuple(row["input_shape"]), row["compile_s"], row["gpu_ops"], row["gpu_ops_by_op"],
+                  row["cpu_ops"], row["dispatches"], comparison, row["error"], loaded=row)
 
 
 def _ms(value: float | None) -> str:

@@ -36,6 +36,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
     parser.add_argument("--json", metavar="OUT.json", help="write every row as JSON (rewritten after each model)")
     parser.add_argument("--plot", metavar="OUT.png", help="plot convroute / each peer per model (needs matplotlib)")
+    parser.add_argument("--from-json", nargs="+", metavar="ZOO.json",
+                        help="run nothing: print (and --json, --plot) the zoo saved in these --json files, joined")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -48,6 +50,8 @@ def run(args) -> int:
     if args.list:
         print(list_text(zoo))
         return 0
+    if args.from_json:
+        return show_saved(args)
     peers = known_engine_names(args.compare)
     if peers is None:
         return 2
@@ -70,27 +74,51 @@ def run(args) -> int:
     except zoo.UnknownModel as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    from convroute.bench.zoo import run_zoo, zoo_text
-
-    def save(report) -> None:
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(report.to_json(), f, indent=1)
+    from convroute.bench.zoo import run_zoo
 
     sizes = {name: args.size or zoo.default_size(name) for name in names}
     report = run_zoo(names, sizes=sizes, batch=args.batch, policy=args.policy, dtype=args.dtype, peers=peers,
-                     runs=args.runs, seed=args.seed, progress=not args.no_progress, on_row=save)
+                     runs=args.runs, seed=args.seed, progress=not args.no_progress,
+                     on_row=lambda report: save(report, args.json))
+    return show(report, args)
+
+
+def save(report, path: str | None) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(report.to_json(), f, indent=1)
+
+
+def show(report, args) -> int:
+    """Print the zoo, write --json and --plot; 1 when a model failed or was over the tolerance."""
+    from convroute.bench.zoo import zoo_text
+
     print(zoo_text(report))
     if args.json:
+        save(report, args.json)
         print(f"wrote {args.json}")
     if args.plot:
         from convroute.report.plots import plot_zoo
 
         plot_zoo(report, args.plot)
         print(f"wrote {args.plot}")
-    tolerance = TOLERANCES[args.dtype]
+    tolerance = TOLERANCES[report.dtype]
     wrong = [r for r in report.rows if r.ours and r.ours.error is not None and r.ours.error > tolerance]
     return 1 if wrong or any(r.error for r in report.rows) else 0
+
+
+def show_saved(args) -> int:
+    from convroute.bench.zoo import report_from_json
+
+    files = []
+    for path in args.from_json:
+        try:
+            with open(path) as f:
+                files.append(json.load(f))
+        except (OSError, ValueError) as err:
+            print(f"error: --from-json {path}: {err}", file=sys.stderr)
+            return 2
+    return show(report_from_json(files), args)
 
 
 def list_text(zoo) -> str:
