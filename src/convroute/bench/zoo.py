@@ -44,6 +44,7 @@ class ZooRow:
     gpu_ops_by_op: dict[str, int] = field(default_factory=dict)
     cpu_ops: dict[str, int] = field(default_factory=dict)  # op -> count of CPU steps
     dispatches: int = 0
+    wall_s: float | None = None  # the whole row: build, reference, compile, timing
     comparison: ModelComparison | None = None
     error: str | None = None  # why the model did not compile or run: "stage: Type: message"
     loaded: dict | None = None  # the row's JSON, when read back from a file (report_from_json)
@@ -66,7 +67,8 @@ class ZooRow:
         return {"model": self.name, "source": "timm" if zoo.is_timm(self.name) else "torchvision",
                 "input_shape": list(self.input_shape), "compile_s": self.compile_s, "gpu_ops": self.gpu_ops,
                 "gpu_ops_by_op": self.gpu_ops_by_op, "cpu_ops": self.cpu_ops, "dispatches": self.dispatches,
-                "error": self.error,                "rel_error": ours.error if ours else None} | timed
+                "wall_s": self.wall_s, "error": self.error,
+                "rel_error": ours.error if ours else None} | timed
 
 
 @dataclass
@@ -113,7 +115,7 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
     """One model through build, reference, compile and the timed comparison; a failure in any stage ends as
     the row's error."""
     row = ZooRow(name, (batch, 3, size, size))
-    stage = "build"
+    stage, start_row = "build", time.perf_counter()
     try:
         model = zoo.build_any(name, seed)
         torch.manual_seed(seed)
@@ -137,6 +139,7 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
         row.error = f"{stage}: {type(err).__name__}: {err}"
     finally:
         gc.collect()  # the last model's GPU buffers, before the next one allocates
+        row.wall_s = time.perf_counter() - start_row
     return row
 
 
@@ -181,7 +184,7 @@ def _row_from_json(row: dict, data: dict) -> ZooRow:
         for name, reason in row.get("unavailable", {}).items():
             comparison.engines[name] = EngineRun(name, "", "", reason=reason)
     return ZooRow(row["model"], tuple(row["input_shape"]), row["compile_s"], row["gpu_ops"], row["gpu_ops_by_op"],
-                  row["cpu_ops"], row["dispatches"], comparison, row["error"], loaded=row)
+                  row["cpu_ops"], row["dispatches"], row.get("wall_s"), comparison, row["error"], loaded=row)
 
 
 def _ms(value: float | None) -> str:

@@ -9,6 +9,7 @@ after every model."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from convroute.cli.common import EXTRAS, check_extras, installed
@@ -84,9 +85,11 @@ def run(args) -> int:
 
 
 def save(report, path: str | None) -> None:
+    """Write the JSON whole or not at all (a zoo stopped mid-write keeps the last complete file)."""
     if path:
-        with open(path, "w") as f:
+        with open(f"{path}.tmp", "w") as f:
             json.dump(report.to_json(), f, indent=1)
+        os.replace(f"{path}.tmp", path)
 
 
 def show(report, args) -> int:
