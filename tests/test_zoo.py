@@ -167,3 +167,13 @@ def test_saved_zoos_print_again_and_join(small_zoo, tmp_path, capsys):
     merged = json.loads(joined.read_text())
     assert merged["models"] == data["models"] + data["models"][:1] and merged["peers"] == ["torch-cpu", "ncnn-vk32"]
     assert main(["zoo", "--from-json", str(tmp_path / "missing.json")]) == 2
+
+
+def test_three_peers_and_the_longest_default_names_fit_120_columns():
+    peers = ["torch-cuda-graph", "ncnn-vk32", "ncnn-vk16"]
+    report = bench_zoo.ZooReport(peers, "calibrated", "float32", 1, 30, {"name": "NVIDIA H200", "backend": "Vulkan"})
+    longest = sorted(zoo.DEFAULT_ZOO.values(), key=len)[-3:]
+    report.rows = [fake_row(name, 1234.5, dict.fromkeys(peers, 0.123), {"index.Tensor": 2, "leaky_relu": 40})
+                   for name in longest]
+    lines = bench_zoo.zoo_text(report).splitlines()
+    assert max(map(len, lines)) <= 120, max(lines, key=len)

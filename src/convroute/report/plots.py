@@ -117,12 +117,14 @@ def plot_zoo(report, path: str) -> None:
         values += [v for v in ratios if np.isfinite(v)]
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if values:
         ax.set_xlim(min(min(values), 1.0) / 1.3, max(max(values), 1.0) * 1.6)  # room for the values' labels
     ax.set_yticks(y, [r.name + (" (CPU ops)" if r.cpu_ops else "") + (" FAILED" if r.error else "") for r in rows],
                   fontsize=7)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
     ax.set_xlabel("convroute median / peer median (below 1: convroute faster)")
     device = report.device.get("name", "?")
     ax.set_title(f"convroute zoo: {len(rows)} models, batch {report.batch}, {report.dtype}, policy {report.policy}"
