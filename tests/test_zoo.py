@@ -177,3 +177,12 @@ def test_three_peers_and_the_longest_default_names_fit_120_columns():
                    for name in longest]
     lines = bench_zoo.zoo_text(report).splitlines()
     assert max(map(len, lines)) <= 120, max(lines, key=len)
+
+
+def test_runs_0_compiles_and_checks_only(capsys):
+    assert main(["zoo", "squeezenet1_1", "--size", "32", "--runs", "0", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    (line,) = [line for line in text.splitlines() if line.startswith("squeezenet1_1")]
+    compile_s, rel_error, gpu_ops, cpu_ops, *times = line.split()[2:]
+    assert float(rel_error) < 1e-4 and int(gpu_ops) > 0 and cpu_ops == "0" and set(times) == {"-"}
+    assert "nothing timed" in text and "geometric mean" not in text

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 import torch
 
 import convroute.frontend as frontend  # before torchvision and timm, which load triton (see frontend)
-from convroute.bench.compare_model import OURS, EngineRun, ModelComparison, compare_model
+from convroute.bench.compare_model import OURS, EngineRun, ModelComparison, compare_model, output_error
+from convroute.calibration.profile import device_record
+from convroute.device.gpu import get_gpu
 from convroute.frontend import zoo
 from convroute.measure.reference import TOLERANCES
 from convroute.report.latency import Latency
@@ -45,6 +47,7 @@ class ZooRow:
     cpu_ops: dict[str, int] = field(default_factory=dict)  # op -> count of CPU steps
     dispatches: int = 0
     wall_s: float | None = None  # the whole row: build, reference, compile, timing
+    rel_error: float | None = None  # ||y - ref|| / ||ref|| against torch float32 on the CPU
     comparison: ModelComparison | None = None
     error: str | None = None  # why the model did not compile or run: "stage: Type: message"
     loaded: dict | None = None  # the row's JSON, when read back from a file (report_from_json)
@@ -63,12 +66,11 @@ class ZooRow:
             return self.loaded
         timed = self.comparison.to_json() if self.comparison and not self.error else {}
         timed.pop("device", None)
-        ours = self.ours
         return {"model": self.name, "source": "timm" if zoo.is_timm(self.name) else "torchvision",
                 "input_shape": list(self.input_shape), "compile_s": self.compile_s, "gpu_ops": self.gpu_ops,
                 "gpu_ops_by_op": self.gpu_ops_by_op, "cpu_ops": self.cpu_ops, "dispatches": self.dispatches,
                 "wall_s": self.wall_s, "error": self.error,
-                "rel_error": ours.error if ours else None} | timed
+                "rel_error": self.rel_error} | timed
 
 
 @dataclass
@@ -132,9 +134,13 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
         row.gpu_ops_by_op = dict(sorted(summary.gpu_ops.items()))
         row.cpu_ops = dict(Counter(op for _, op, _ in summary.cpu_ops).most_common())
         stage = "run"
+        if runs == 0:  # compile and check only
+            row.rel_error = output_error(program(x), reference)
+            return row
         key = f"{name.replace(':', '-')}-{size}px-b{batch}-seed{seed}"
         row.comparison = compare_model(program, model, x, peers, name=name, key=key, rounds=runs,
                                        reference=reference)
+        row.rel_error = row.comparison.engines[OURS].error
     except Exception as err:  # one model's failure is its row's; the zoo goes on
         row.error = f"{stage}: {type(err).__name__}: {err}"
     finally:
@@ -146,15 +152,16 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
 def run_zoo(names: list[str], *, sizes: dict[str, int], batch: int, policy: str | None, dtype: str,
             peers: list[str], runs: int, seed: int = 0, progress: bool = True,
             on_row: Callable[[ZooReport], None] | None = None) -> ZooReport:
-    """Every model in turn (`sizes`: its input side); `on_row(report)` after each one (e.g. to save the JSON)."""
+    """Every model in turn (`sizes`: its input side); `on_row(report)` after each one (e.g. to save the JSON).
+    `runs` 0: compile and check only, nothing timed."""
     report = ZooReport(list(peers), policy or default_policy(), dtype, batch, runs)
     bar = progress_bar(names, "zoo", "model", progress)
     for name in bar:
         bar.set_postfix_str(name)
         row = zoo_row(name, sizes[name], batch=batch, policy=policy, dtype=dtype, peers=peers, runs=runs, seed=seed)
         report.rows.append(row)
-        if row.comparison and not report.device:
-            report.device = row.comparison.device
+        if row.compile_s is not None and not report.device:
+            report.device = device_record(get_gpu().profile)
         if on_row:
             on_row(report)
     return report
@@ -184,7 +191,8 @@ def _row_from_json(row: dict, data: dict) -> ZooRow:
         for name, reason in row.get("unavailable", {}).items():
             comparison.engines[name] = EngineRun(name, "", "", reason=reason)
     return ZooRow(row["model"], tuple(row["input_shape"]), row["compile_s"], row["gpu_ops"], row["gpu_ops_by_op"],
-                  row["cpu_ops"], row["dispatches"], row.get("wall_s"), comparison, row["error"], loaded=row)
+                  row["cpu_ops"], row["dispatches"], row.get("wall_s"), row["rel_error"], comparison, row["error"],
+                  loaded=row)
 
 
 def _ms(value: float | None) -> str:
@@ -199,7 +207,7 @@ def models_table(report: ZooReport) -> str:
     for r in report.rows:
         ours = r.ours
         lat = ours.latency if ours else None
-        error = "-" if not ours or ours.error is None else f"{ours.error:.1e}" + ("!" if ours.error > tolerance else "")
+        error = "-" if r.rel_error is None else f"{r.rel_error:.1e}" + ("!" if r.rel_error > tolerance else "")
         compile_s = "-" if r.compile_s is None else f"{r.compile_s:.1f}"
         gpu_ops = str(r.gpu_ops) if r.compile_s is not None else "-"
         cpu_ops = str(sum(r.cpu_ops.values())) if r.compile_s is not None else "-"
@@ -258,8 +266,10 @@ def summary_table(report: ZooReport) -> str:
 
 def zoo_text(report: ZooReport) -> str:
     device = report.device
+    timing = (f"each time one call host to host, median of {report.runs} interleaved rounds per engine (as run "
+              "--compare)" if report.runs else "compiled and checked only, nothing timed (--runs 0)")
     header = textwrap.wrap(
         f"convroute zoo: {len(report.rows)} models, batch {report.batch}, {report.dtype}, policy {report.policy}, "
-        f"on {device.get('name', '?')} ({device.get('backend', '?')}); each time one call host to host, median "
-        f"of {report.runs} interleaved rounds per engine (as run --compare)", WIDTH)
-    return "\n".join([*header, "", models_table(report), "", summary_table(report)])
+        f"on {device.get('name', '?')} ({device.get('backend', '?')}); {timing}", WIDTH)
+    summary = ["", summary_table(report)] if report.runs else []
+    return "\n".join([*header, "", models_table(report), *summary])
