@@ -183,6 +183,6 @@ def test_runs_0_compiles_and_checks_only(capsys):
     assert main(["zoo", "squeezenet1_1", "--size", "32", "--runs", "0", "--no-progress"]) == 0
     text = capsys.readouterr().out
     (line,) = [line for line in text.splitlines() if line.startswith("squeezenet1_1")]
-    compile_s, rel_error, gpu_ops, cpu_ops, *times = line.split()[2:]
-    assert float(rel_error) < 1e-4 and int(gpu_ops) > 0 and cpu_ops == "0" and set(times) == {"-"}
-    assert "nothing timed" in text and "geometric mean" not in text
+    compile_s, rel_error, gpu_ops, cpu_ops = line.split()[2:]
+    assert float(compile_s) > 0 and float(rel_error) < 1e-4 and int(gpu_ops) > 0 and cpu_ops == "0"
+    assert "nothing timed" in text and "geometric mean" not in text and "p50" not in text
