@@ -137,7 +137,8 @@ def test_zoo_json_has_every_field_per_model(small_zoo):
     for name in MODELS[:2]:
         row = rows[name]
         assert row["error"] is None and row["source"] == ("timm" if "timm" in name else "torchvision")
-        assert row["input_shape"] == [1, 3, 32, 32] and row["compile_s"] > 0
+        assert row["input_shape"] == [1, 3, 32, 32] and row["compile_s"] > 0 and row["first_call_s"] > 0
+        assert row["wall_s"] > row["compile_s"] + row["first_call_s"]
         assert row["rel_error"] < 1e-4 and row["gpu_ops"] == sum(row["gpu_ops_by_op"].values()) > 0
         assert row["cpu_ops"] == {}
         ours, peer = row["engines"]["convroute"], row["engines"]["torch-cpu"]

@@ -42,6 +42,7 @@ class ZooRow:
     name: str
     input_shape: tuple
     compile_s: float | None = None  # export + plan (+ any measuring the policy does)
+    first_call_s: float | None = None  # the first call after compiling (where a driver builds lazily, it shows)
     gpu_ops: int = 0
     gpu_ops_by_op: dict[str, int] = field(default_factory=dict)
     cpu_ops: dict[str, int] = field(default_factory=dict)  # op -> count of CPU steps
@@ -67,7 +68,8 @@ class ZooRow:
         timed = self.comparison.to_json() if self.comparison and not self.error else {}
         timed.pop("device", None)
         return {"model": self.name, "source": "timm" if zoo.is_timm(self.name) else "torchvision",
-                "input_shape": list(self.input_shape), "compile_s": self.compile_s, "gpu_ops": self.gpu_ops,
+                "input_shape": list(self.input_shape), "compile_s": self.compile_s,
+                "first_call_s": self.first_call_s, "gpu_ops": self.gpu_ops,
                 "gpu_ops_by_op": self.gpu_ops_by_op, "cpu_ops": self.cpu_ops, "dispatches": self.dispatches,
                 "wall_s": self.wall_s, "error": self.error,
                 "rel_error": self.rel_error} | timed
@@ -134,8 +136,11 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
         row.gpu_ops_by_op = dict(sorted(summary.gpu_ops.items()))
         row.cpu_ops = dict(Counter(op for _, op, _ in summary.cpu_ops).most_common())
         stage = "run"
+        start = time.perf_counter()
+        first = program(x)
+        row.first_call_s = time.perf_counter() - start
         if runs == 0:  # compile and check only
-            row.rel_error = output_error(program(x), reference)
+            row.rel_error = output_error(first, reference)
             return row
         key = f"{name.replace(':', '-')}-{size}px-b{batch}-seed{seed}"
         row.comparison = compare_model(program, model, x, peers, name=name, key=key, rounds=runs,
@@ -190,9 +195,10 @@ def _row_from_json(row: dict, data: dict) -> ZooRow:
                                                  gpu_pass=gpu_pass)
         for name, reason in row.get("unavailable", {}).items():
             comparison.engines[name] = EngineRun(name, "", "", reason=reason)
-    return ZooRow(row["model"], tuple(row["input_shape"]), row["compile_s"], row["gpu_ops"], row["gpu_ops_by_op"],
-                  row["cpu_ops"], row["dispatches"], row.get("wall_s"), row["rel_error"], comparison, row["error"],
-                  loaded=row)
+    return ZooRow(row["model"], tuple(row["input_shape"]), compile_s=row["compile_s"],
+                  first_call_s=row.get("first_call_s"), gpu_ops=row["gpu_ops"], gpu_ops_by_op=row["gpu_ops_by_op"],
+                  cpu_ops=row["cpu_ops"], dispatches=row["dispatches"], wall_s=row.get("wall_s"),
+                  rel_error=row["rel_error"], comparison=comparison, error=row["error"], loaded=row)
 
 
 def _ms(value: float | None) -> str:
