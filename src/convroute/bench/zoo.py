@@ -149,7 +149,6 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
     except Exception as err:  # one model's failure is its row's; the zoo goes on
         row.error = f"{stage}: {type(err).__name__}: {err}"
     finally:
-        gc.collect()  # the last model's GPU buffers, before the next one allocates
         row.wall_s = time.perf_counter() - start_row
     return row
 
@@ -164,6 +163,7 @@ def run_zoo(names: list[str], *, sizes: dict[str, int], batch: int, policy: str 
     for name in bar:
         bar.set_postfix_str(name)
         row = zoo_row(name, sizes[name], batch=batch, policy=policy, dtype=dtype, peers=peers, runs=runs, seed=seed)
+        gc.collect()  # the last model's program and GPU buffers, now unreferenced, before the next one allocates
         report.rows.append(row)
         if row.compile_s is not None and not report.device:
             report.device = device_record(get_gpu().profile)
