@@ -187,3 +187,21 @@ def test_runs_0_compiles_and_checks_only(capsys):
     compile_s, rel_error, gpu_ops, cpu_ops = line.split()[2:]
     assert float(compile_s) > 0 and float(rel_error) < 1e-4 and int(gpu_ops) > 0 and cpu_ops == "0"
     assert "nothing timed" in text and "geometric mean" not in text and "p50" not in text
+
+
+def test_each_models_program_is_freed_before_the_next(monkeypatch):
+    import weakref
+
+    programs = []
+    compile_ = bench_zoo.frontend.compile
+
+    def kept(*args, **kwargs):
+        program = compile_(*args, **kwargs)
+        programs.append(weakref.ref(program))
+        return program
+
+    monkeypatch.setattr(bench_zoo.frontend, "compile", kept)
+    alive = []
+    bench_zoo.run_zoo(["squeezenet1_1"], sizes={"squeezenet1_1": 32}, batch=1, policy=None, dtype="float32",
+                      peers=[], runs=0, progress=False, on_row=lambda r: alive.append(programs[-1]() is not None))
+    assert alive == [False]
