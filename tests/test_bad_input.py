@@ -59,7 +59,7 @@ W = arr(8, 4, 3, 3)
      "algorithm 'direct' cannot run conv_transpose2d"),
     (lambda: conv2d(X, W, algorithm="transposed"), ValueError, "not a transposed convolution"),
     (lambda: conv2d(X, arr(8, 2, 3, 3), groups=2, algorithm="im2col"), ValueError, "needs groups == 1"),
-    (lambda: conv2d(X, W, activation="gelu"), ValueError, "unknown activation 'gelu'"),
+    (lambda: conv2d(X, W, activation="swish"), ValueError, "unknown activation 'swish'"),
     (lambda: conv2d(X, W, activation=("clamp", 1.0, -1.0)), ValueError, "clamp activation needs lo <= hi"),
     (lambda: conv2d(X, W, output_padding=1), ValueError, "output_padding is only valid for a transposed"),
     (lambda: conv2d(X, arr(4, 8, 3, 3), transposed=True, stride=2, output_padding=2), ValueError,

@@ -22,7 +22,7 @@ from convroute.bench.compare_layers import CompareReport, ConvrouteEngine, Engin
 from convroute.cache import CacheWarning
 from convroute.calibration import profile as calib
 from convroute.calibration import run as calibration_run
-from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.grid import full_grid, tiny_grid
 from convroute.calibration.run import measure_shape
 from convroute.cli.main import main as cli_main
 from convroute.device.gpu import get_gpu
@@ -54,7 +54,7 @@ def fastest(winner: str):
 
 def fake_calibration(profile: DeviceProfile, rule, dtype: str = "float32", excluded=None) -> calib.Calibration:
     samples = []
-    for p in quick_grid() + full_grid()[::4]:
+    for p in tiny_grid() + full_grid()[::4]:
         times = {n: t for n, t in rule(p).items() if ALGORITHMS[n].unsupported(p) is None}
         samples.append(calib.Sample(p, times, {}))
     cal = calib.Calibration(profile.key, calib.device_record(profile), "fake", "test", samples, excluded or {},
@@ -233,7 +233,7 @@ def test_calibrate_float16_measures_f16_kernels_into_its_own_file(monkeypatch, c
     gpu = get_gpu()
     sources = recorded_sources(monkeypatch, gpu)
     monkeypatch.setattr(calibration_run, "ALGORITHMS", {n: ALGORITHMS[n] for n in ("direct", "pointwise")})
-    assert cli_main(["calibrate", "--quick", "--dtype", "float16", "--no-progress", "--per-shape", "0.02"]) == 0
+    assert cli_main(["calibrate", "--grid", "tiny", "--dtype", "float16", "--no-progress", "--per-shape", "0.02"]) == 0
     out = capsys.readouterr().out
     assert "in float16" in out and "calibration-float16-" in out
     header = Precision.parse("float16").wgsl()
@@ -295,7 +295,7 @@ def test_float16_needs_shader_f16(monkeypatch, tmp_path, capsys):
     layers.write_text(json.dumps({"name": "one", "layers": [{"name": "a", "c_in": 4, "h": 5, "w": 5, "c_out": 4,
                                                              "kernel": 3, "padding": 1}]}))
     assert cli_main(["bench", "--layers", str(layers), "--dtype", "float16", "--no-progress"]) == 2
-    assert cli_main(["calibrate", "--quick", "--dtype", "float16", "--no-progress"]) == 2
+    assert cli_main(["calibrate", "--grid", "tiny", "--dtype", "float16", "--no-progress"]) == 2
     assert capsys.readouterr().err.count("needs the adapter feature 'shader-f16'") == 2
 
 

@@ -33,7 +33,7 @@ from convroute.bench.selftest import (
     single_threaded_torch,
 )
 from convroute.calibration import profile as calib
-from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.grid import full_grid, tiny_grid
 from convroute.device.gpu import Dispatch, Gpu, get_gpu
 from convroute.kernels import ALGORITHMS, direct_cpu
 from convroute.kernels.common import F16_FEATURE, Epilogue
@@ -41,6 +41,7 @@ from convroute.measure.timing import TimingSettings
 from convroute.params import make_params, params_key
 from convroute.router import POLICIES
 from convroute.router import autotune as autotune_mod
+from convroute.router import refine as refine_mod
 
 load_reference_backend()  # torch before the GPU opens (lavapipe and torch each bring an LLVM)
 CASES = int(os.environ.get("CONVROUTE_FUZZ", "300"))
@@ -58,7 +59,7 @@ def synthetic_calibration(gpu: Gpu, dtype: str) -> None:
     count), so that policy `calibrated` runs its model and picks every kind of algorithm somewhere, in
     milliseconds instead of the ~20 s a real quick calibration costs on lavapipe."""
     samples = []
-    for p in quick_grid() + full_grid()[::5]:
+    for p in tiny_grid() + full_grid()[::5]:
         times = {n: (0.5 + zlib.crc32(f"{n} {params_key(p)}".encode()) % 1000 / 500) * (1e-8 * p.flops + 0.01)
                  for n, cls in ALGORITHMS.items() if cls.unsupported(p) is None}
         samples.append(calib.Sample(p, times, {}))
@@ -85,6 +86,7 @@ def test_fuzz(dtype, monkeypatch, capsys):
     monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
     synthetic_calibration(gpu, dtype)
     monkeypatch.setattr(autotune_mod, "SETTINGS", QUICK_TUNING)
+    monkeypatch.setattr(refine_mod, "SETTINGS", QUICK_TUNING)  # calibrated times convs outside its calibration
     tally, start = Tally(), time.perf_counter()
     with capsys.disabled():
         print(f"\nfuzz {dtype}: {PER_DTYPE} cases on {gpu.profile.name}, seed {SEED} "

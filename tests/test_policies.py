@@ -15,7 +15,7 @@ from conftest import applicable, assert_matches, random_inputs, reference
 from convroute import cache
 from convroute.cache import CacheWarning
 from convroute.calibration import profile as calib
-from convroute.calibration.grid import full_grid, quick_grid
+from convroute.calibration.grid import full_grid, tiny_grid
 from convroute.calibration.run import run_calibration
 from convroute.cli.main import main as cli_main
 from convroute.device.gpu import get_gpu
@@ -50,7 +50,7 @@ def gpu():
 def fake_calibration(profile: DeviceProfile, rule, excluded=None) -> calib.Calibration:
     """A profile whose 'measurements' follow rule(p) -> {algorithm: ms}, saved for `profile`."""
     samples = []
-    for p in quick_grid() + full_grid()[::3]:
+    for p in tiny_grid() + full_grid()[::3]:
         times = {n: t for n, t in rule(p).items() if ALGORITHMS[n].unsupported(p) is None}
         samples.append(calib.Sample(p, times, {}))
     cal = calib.Calibration(profile.key, calib.device_record(profile), "fake", "test", samples, excluded or {})
@@ -197,7 +197,7 @@ ROUTED_SHAPES = [  # input, weight, stride, padding, dilation, groups, transpose
 
 @pytest.mark.parametrize("policy", ["calibrated", "autotune"])
 def test_routed_results_are_still_correct(gpu, policy):
-    cal = run_calibration(gpu, "quick", settings=FAST, progress=False)
+    cal = run_calibration(gpu, "tiny", settings=FAST, progress=False)
     calib.save_calibration(cal)
     rng = np.random.default_rng(11)
     for x_shape, w_shape, stride, padding, dilation, groups, transposed in ROUTED_SHAPES:
@@ -290,7 +290,7 @@ def test_autotune_skips_an_algorithm_that_cannot_size_the_shape(gpu, monkeypatch
 
 
 def test_cli_calibrate_and_bench(gpu, tmp_path, capsys):
-    assert cli_main(["calibrate", "--quick", "--no-progress", "--per-shape", "0.05"]) == 0
+    assert cli_main(["calibrate", "--grid", "tiny", "--no-progress", "--per-shape", "0.05"]) == 0
     out = capsys.readouterr().out
     assert "saved" in out and "leave-one-out" in out
     layers = {"name": "tiny", "layers": [

@@ -223,3 +223,24 @@ def test_ncnn_peers_run_the_converted_model(tiny):
     big = cm.compare_model(program, model, torch.randn(2, 3, 12, 12), ["ncnn-cpu"], name="tiny", key="tiny-b2",
                            rounds=1, reference=torch.cat([ref, ref]))
     assert "batch 1 only" in big.unavailable["ncnn-cpu"]
+
+
+def test_cli_runs_a_segmentation_model_and_checks_its_dict_output(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert main(["run", "--model", "lraspp_mobilenet_v3_large", "--size", "32", "--runs", "1", "--compare",
+                 "torch-cpu", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "check of output 'out' against torch (CPU, float32)" in printed and "FAILED" not in printed
+    data = json.loads(out.read_text())
+    assert data["engines"]["torch-cpu"]["error"] == 0 and data["engines"]["convroute"]["error"] < 1e-4
+
+
+def test_dict_outputs_are_compared_key_by_key():
+    from convroute.cli.run_cmd import named_outputs
+
+    a, b = torch.ones(2), torch.zeros(3)
+    assert [label for label, _, _ in named_outputs({"out": a, "aux": b}, {"aux": b, "out": a})] == \
+        [" of output 'aux'", " of output 'out'"]
+    with pytest.raises(ValueError, match=r"convroute gave outputs \['out'\], torch \['aux', 'out'\]"):
+        named_outputs({"out": a}, {"out": a, "aux": b})
+    assert cm.output_error({"out": a, "aux": b + 1}, {"aux": b, "out": a}) == pytest.approx(3 ** 0.5 / 2 ** 0.5)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from convroute import Conv2d
+from convroute.bench import selftest
 from convroute.bench.selftest import (
     Case,
     check_case,
@@ -123,8 +124,10 @@ def test_the_generator_spans_every_shape_class_and_stays_small():
     classes = {results.shape_class(c.params) for c in cases}
     assert len(classes) == 16
     assert {type(c.activation).__name__ for c in cases} == {"NoneType", "str", "tuple"}
-    assert {c.activation for c in cases if isinstance(c.activation, str)} == {"relu", "relu6", "hardswish", "silu",
-                                                                              "sigmoid"}
+    assert {c.activation for c in cases if isinstance(c.activation, str)} == \
+        set(selftest.ACTIVATIONS) - {None, "clamp", *selftest.ACTIVATION_PARAMETERS}
+    assert {c.activation[0] for c in cases if isinstance(c.activation, tuple)} == \
+        {"clamp", *selftest.ACTIVATION_PARAMETERS}
     for name, cls in ALGORITHMS.items():
         assert sum(cls.unsupported(c.params) is None for c in cases) >= 30, name
     assert any(c.params.is_depthwise and c.params.c_out > c.params.c_in for c in cases)  # channel multipliers
@@ -134,9 +137,11 @@ def test_the_generator_spans_every_shape_class_and_stays_small():
     assert {c.dtype for c in cases} == {"float32", "float16"} and len({c.bias for c in cases}) == 2
 
 
-def test_a_repro_line_rebuilds_its_case():
+@pytest.mark.parametrize("activation", [("clamp", -1.0, -0.125), ("elu", 1.6732632423543772, 1.0507009873554805,
+                                                                   1.0), ("leaky_relu", -0.5)])
+def test_a_repro_line_rebuilds_its_case(activation):
     case = draw_case(random_picker(random.Random(7)), ("float16",))
-    case = replace(case, activation=("clamp", -1.0, -0.125))
+    case = replace(case, activation=activation)
     args = shlex.split(case.repro("direct"))[3:]
     parser = __import__("convroute.cli.main", fromlist=["_"]).build_parser()
     parsed = parser.parse_args(args)
@@ -296,7 +301,8 @@ def test_selftest_command_dtype_without_shader_f16(monkeypatch, capsys):
 def test_calibrate_runs_the_selftest(monkeypatch, capsys):
     gpu = get_gpu()
     monkeypatch.setattr(calibration_run, "ALGORITHMS", {n: ALGORITHMS[n] for n in ("direct", "pointwise")})
-    assert cli_main(["calibrate", "--quick", "--no-progress", "--per-shape", "0.02", "--selftest-cases", "3"]) == 0
+    assert cli_main(["calibrate", "--grid", "tiny", "--no-progress", "--per-shape", "0.02",
+                     "--selftest-cases", "3"]) == 0
     out = capsys.readouterr().out
     assert "self-test: up to 3 random convs in float32" in out and "float32: 3 cases in" in out
     assert results.load_selftest(gpu.profile).cases == 3

@@ -15,6 +15,8 @@ import torch
 import torchvision
 from torch import nn
 
+from convroute.bench.suites import suite_text
+
 OUT = Path(__file__).resolve().parent.parent / "src" / "convroute" / "bench" / "suites"
 INPUT_SHAPE = (1, 3, 224, 224)
 
@@ -104,10 +106,8 @@ def conv_layers(model: nn.Module) -> list[dict]:
 
 def render(name: str, model: nn.Module, source: str) -> str:
     """The suite's JSON text: one line per layer, so diffs stay readable."""
-    layers = conv_layers(model)
     head = {"name": name, "source": source, "input_shape": list(INPUT_SHAPE)}
-    text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items())
-    return text + ',\n  "layers": [\n' + ",\n".join("    " + json.dumps(layer) for layer in layers) + "\n  ]\n}\n"
+    return suite_text(head, conv_layers(model))
 
 
 def main(argv=None) -> int:

@@ -1,5 +1,5 @@
 """Switches read from the environment: the on/off ones (CONVROUTE_FORCE_DIRECT, CONVROUTE_FUSE_RESIDUAL,
-CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON, CONVROUTE_ADD_SPLITS) with one spelling rule for all of them,
+CONVROUTE_RAISE_CLOCKS, CONVROUTE_POISON, CONVROUTE_ADD_SPLITS, CONVROUTE_REFINE) with one spelling rule for all,
 CONVROUTE_WEBGPU (which WebGPU implementation runs the kernels) and CONVROUTE_SHADER_CHECKS (which run-time
 checks shaders keep)."""
 

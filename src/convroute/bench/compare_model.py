@@ -163,10 +163,16 @@ def compare_model(program, model, x, peers: list[str], *, name: str, key: str, r
 
 
 def output_error(out, reference) -> float:
-    """Relative error of an engine's output (any layout of the same numbers) against the reference."""
-    out = np.asarray(out.detach().float().cpu() if hasattr(out, "detach") else out, np.float64).reshape(-1)
-    ref = np.asarray(reference.detach().double().cpu(), np.float64).reshape(-1)
-    return norm_relative_error(out, ref)
+    """Relative error of an engine's output (any layout of the same numbers; a segmentation model's dict of
+    outputs, all of them) against the reference."""
+    return norm_relative_error(flat(out), flat(reference))
+
+
+def flat(out) -> np.ndarray:
+    """An output's numbers in float64, one flat array (a dict's values in the order of its keys)."""
+    if isinstance(out, dict):
+        return np.concatenate([flat(out[key]) for key in sorted(out)])
+    return np.asarray(out.detach().double().cpu() if hasattr(out, "detach") else out, np.float64).reshape(-1)
 
 
 def comparison_text(c: ModelComparison) -> str:

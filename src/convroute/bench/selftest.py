@@ -27,7 +27,7 @@ import convroute.api as api
 from convroute.calibration.profile import device_record
 from convroute.calibration.selftest_results import AlgorithmStats, Finding, SelftestResult, shape_class
 from convroute.device.gpu import Gpu
-from convroute.kernels.common import Epilogue, Precision
+from convroute.kernels.common import SELU, Epilogue, Precision
 from convroute.measure.reference import TOLERANCES, float64_reference, max_relative_error
 from convroute.measure.workload import random_inputs
 from convroute.params import ConvParams, make_params
@@ -39,7 +39,12 @@ STRIDES = (1, 1, 1, 2, 2, 3)
 DILATIONS = (1, 1, 1, 1, 2, 3)
 CHANNELS = (1, 2, 3, 4, 5, 7, 8, 9, 12, 16)
 CLAMPS = ((-0.5, 0.75), (0.0, 0.25), (-1.0, -0.125))
-ACTIVATIONS = (None, "relu", "relu6", "clamp", "hardswish", "silu", "sigmoid")
+ACTIVATIONS = (None, "relu", "relu6", "clamp", "hardswish", "silu", "sigmoid", "hardsigmoid", "tanh", "gelu",
+               "gelu_tanh", "leaky_relu", "elu", "softplus", "mish", "logsigmoid")
+# parameters drawn for the activations that take them (elu's third: selu's alpha and scale)
+ACTIVATION_PARAMETERS = {"leaky_relu": ((0.01,), (0.2,), (-0.5,)),
+                         "elu": ((1.0, 1.0, 1.0), (0.5, 1.0, 2.0), (*SELU, 1.0)),
+                         "softplus": ((1.0, 20.0), (2.0, 1.0), (0.5, 3.0))}
 REPRO = "python -m convroute.cli.main selftest"
 
 Pick = Callable[[Sequence], object]  # returns one element of the options it is given
@@ -82,19 +87,28 @@ def csv(values) -> str:
 
 
 def activation_text(activation) -> str:
-    if isinstance(activation, tuple):
+    if isinstance(activation, tuple) and activation[0] == "clamp":
         return f"clamp:{activation[1]:g}:{activation[2]:g}"
+    if isinstance(activation, tuple):
+        return ":".join([activation[0], *(repr(float(v)) for v in activation[1:])])
     return activation or "none"
 
 
 def parse_activation(text: str):
-    """'none', a name, or 'clamp:LO:HI' -> what Conv2d takes (ValueError naming the problem)."""
+    """'none', a name, 'clamp:LO:HI' or 'NAME:P1:P2...' (leaky_relu:0.2) -> what Conv2d takes (ValueError
+    naming the problem)."""
     if text.startswith("clamp:"):
         try:
             _, lo, hi = text.split(":")
             activation = ("clamp", float(lo), float(hi))
         except ValueError:
             raise ValueError(f"clamp activation must be clamp:LO:HI, got {text!r}") from None
+    elif ":" in text:
+        name, *values = text.split(":")
+        try:
+            activation = (name, *(float(v) for v in values))
+        except ValueError:
+            raise ValueError(f"activation parameters must be numbers: NAME:P1:P2..., got {text!r}") from None
     else:
         activation = None if text == "none" else text
     Epilogue.parse(activation)
@@ -139,6 +153,8 @@ def draw_case(pick: Pick, dtypes: Sequence[str] = ("float32",)) -> Case:
     activation = pick(ACTIVATIONS)
     if activation == "clamp":
         activation = ("clamp", *pick(CLAMPS))
+    elif activation in ACTIVATION_PARAMETERS:
+        activation = (activation, *pick(ACTIVATION_PARAMETERS[activation]))
     return Case(params, pick((True, False)), activation, pick(tuple(dtypes)), pick(range(1 << 30)))
 
 
@@ -173,19 +189,7 @@ def reference_and_scale(case: Case, x, w, b) -> tuple[np.ndarray, float]:
 
 
 def activate(y: np.ndarray, act: Epilogue) -> np.ndarray:
-    if act.kind == "relu":
-        return np.maximum(y, 0.0)
-    if act.kind == "relu6":
-        return np.clip(y, 0.0, 6.0)
-    if act.kind == "clamp":
-        return np.clip(y, act.lo, act.hi)
-    if act.kind == "hardswish":
-        return y * np.clip(y + 3.0, 0.0, 6.0) / 6.0
-    if act.kind == "silu":
-        return y / (1.0 + np.exp(-y))
-    if act.kind == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-y))
-    return y
+    return act.reference(y)
 
 
 @contextmanager

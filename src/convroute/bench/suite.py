@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from convroute.bench.suites import Suite
 from convroute.calibration.profile import calibrate_command, calibration_for, device_record
@@ -26,10 +26,11 @@ from convroute.params import ConvParams, params_to_dict
 from convroute.report.progress import progress_bar
 from convroute.report.table import format_table, shape_text
 from convroute.router import route_params
+from convroute.router.regret import network_of
 
 SETTINGS = TimingSettings(warmup=1, repeats=10, min_repeats=3, budget_s=1.0)
 DEFAULT_POLICIES = ("seed", "calibrated")
-POLICY_MARKS = {"seed": "s", "calibrated": "c", "autotune": "a"}
+POLICY_MARKS = {"seed": "s", "etvk": "e", "calibrated": "c", "autotune": "a", "derived": "d"}
 
 
 @dataclass
@@ -89,6 +90,20 @@ class BenchReport:
             totals[name] = sum(layer.count * layer.algorithm_ms(name) for layer in self.layers)
         return totals
 
+    def worst_layer(self, policy: str) -> tuple[float, str]:
+        """(the policy's largest time / oracle over the layers, that layer's name); nan where unmeasured."""
+        ratio, name = max(((layer.regret(policy) + 1, layer.name) for layer in self.layers),
+                          key=lambda item: -1.0 if math.isnan(item[0]) else item[0])
+        return ratio, name
+
+    def networks(self) -> dict[str, BenchReport]:
+        """Per network of a held-out file (layers named "network/module"), the report of its layers alone."""
+        groups: dict[str, list[LayerResult]] = {}
+        for layer in self.layers:
+            if network_of(layer.name):
+                groups.setdefault(network_of(layer.name), []).append(layer)
+        return {net: replace(self, suite=net, layers=layers) for net, layers in groups.items()}
+
     def to_json(self) -> dict:
         totals = self.totals_ms()
         oracle = totals["oracle"]
@@ -100,6 +115,12 @@ class BenchReport:
             "policies": self.policies, "algorithms": self.algorithms, "notes": self.notes,
             "totals_ms": totals,
             "vs_oracle": {k: (v / oracle if v is not None else None) for k, v in totals.items()},
+            "worst_layer": {p: dict(zip(("ratio", "layer"), self.worst_layer(p), strict=True)) for p in self.policies},
+            "networks": {net: {"vs_oracle": {p: part.totals_ms()[p] / part.totals_ms()["oracle"]
+                                             for p in self.policies if part.totals_ms()[p] is not None},
+                               "worst_layer": {p: dict(zip(("ratio", "layer"), part.worst_layer(p), strict=True))
+                                               for p in self.policies}}
+                         for net, part in self.networks().items()},
             "layers": [{"name": r.name, "count": r.count, "params": params_to_dict(r.params),
                         "times_ms": r.times_ms, "errors": r.errors, "failures": r.failures,
                         "choices": r.choices, "reasons": r.reasons, "oracle": r.oracle,
@@ -124,10 +145,15 @@ def run_bench(gpu: Gpu, suite: Suite, batch: int = 1, policies=DEFAULT_POLICIES,
         notes.append(f"no {precision.dtype} calibration for this device: 'calibrated' routes with the float32 one "
                      f"(run `{calibrate_command(precision.dtype)}`)")
     layers = [(layer.name, layer.count, layer.params(batch)) for layer in suite.layers]
-    results, method = [], ""
+    results, method, measured = [], "", {}
     for name, count, p in progress_bar(layers, f"bench {suite.name}", "layer", progress):
         result = LayerResult(name, count, p)
-        method = measure_layer(gpu, result, settings, check, precision) or method
+        if p in measured:  # a conv that several networks of a held-out file share is measured once
+            done = measured[p]
+            result.times_ms, result.errors, result.failures = done.times_ms, done.errors, done.failures
+        else:
+            method = measure_layer(gpu, result, settings, check, precision) or method
+            measured[p] = result
         if not result.times_ms:
             raise RuntimeError(f"layer {name}: no algorithm ran correctly ({result.failures})")
         for policy in policies:
@@ -177,7 +203,7 @@ def table(report: BenchReport) -> str:
     head = ["layer", "n", "shape"] + algos + [f"{p} regret" for p in report.policies]
     rows = []
     for r in report.layers:
-        cells = [r.name[:24], str(r.count), shape_text(r.params)]
+        cells = [short_name(r.name), str(r.count), shape_text(r.params)]
         for name in algos:
             if name in r.times_ms:
                 marks = "".join(POLICY_MARKS.get(p, "?") for p in report.policies if r.choices.get(p) == name)
@@ -189,18 +215,49 @@ def table(report: BenchReport) -> str:
     return format_table(head, rows, left=3)
 
 
+def short_name(name: str, width: int = 24) -> str:
+    """A layer's name within `width`: its start and its end ("deeplabv~.layer4.0.conv2")."""
+    start = width // 3
+    return name if len(name) <= width else f"{name[:start]}~{name[start + 1 - width:]}"
+
+
 def summary(report: BenchReport) -> str:
+    """Totals of each policy, of the oracle, and of each algorithm where it runs with the fastest path on the
+    layers it cannot run (so "1.000 x oracle" may mean it ran on one layer only: 'layers run' says how many)."""
     totals = report.totals_ms()
-    oracle = totals["oracle"]
-    parts = []
-    for key in report.policies + ["oracle"] + report.algorithms:
+    oracle, layers = totals["oracle"], len(report.layers)
+    rows = []
+    for key, label in [(p, f"policy {p}") for p in report.policies] + [("oracle", "fastest per layer (oracle)")] + [
+            (a, f"{a} where it runs, else fastest") for a in report.algorithms]:
         value = totals.get(key)
-        if value is None:
-            parts.append(f"  {key:<12} n/a")
-        else:
-            parts.append(f"  {key:<12} {value:10.3f} ms   {value / oracle:5.3f} x oracle")
+        ran = sum(key in r.times_ms for r in report.layers) if key in report.algorithms else layers
+        worst = ""
+        if key in report.policies:
+            ratio, name = report.worst_layer(key)
+            worst = f"worst layer {ratio:.2f}x ({short_name(name, 32)})"
+        rows.append([label, "n/a", "", "", ""] if value is None else
+                    [label, f"{value:.3f}", f"{value / oracle:.3f}", f"{ran} of {layers}", worst])
+    parts = [format_table(["total", "ms", "x oracle", "layers run", "worst"], rows,
+                          left=1)]
     device = report.device.get("name", "?")
     head = (f"{report.suite}, batch {report.batch}, {report.dtype}, on {device} ({report.timing}); totals weighted "
             f"by layer counts:")
     notes = [f"note: {n}" for n in report.notes]
-    return "\n".join([head] + parts + notes)
+    return "\n".join([head] + parts + network_lines(report) + notes)
+
+
+def network_lines(report: BenchReport) -> list[str]:
+    """Per network of a held-out file: each policy's total / oracle total and its worst layer."""
+    networks = report.networks()
+    if not networks:
+        return []
+    head = ["network", "layers"] + [f"{p} x" for p in report.policies] + [f"{p} worst" for p in report.policies]
+    rows = []
+    for net, part in networks.items():
+        totals = part.totals_ms()
+        rows.append([net, str(len(part.layers))]
+                    + [f"{totals[p] / totals['oracle']:.3f}" if totals[p] is not None else "n/a"
+                       for p in report.policies]
+                    + [f"{part.worst_layer(p)[0]:.2f}x" for p in report.policies])
+    return ["per network (total / oracle total; worst: the policy's worst layer, its time / that layer's fastest):",
+            format_table(head, rows, left=2)]

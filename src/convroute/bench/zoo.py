@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import math
-import textwrap
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -25,10 +24,9 @@ from convroute.frontend import zoo
 from convroute.measure.reference import TOLERANCES
 from convroute.report.latency import Latency
 from convroute.report.progress import progress_bar
-from convroute.report.table import format_table
+from convroute.report.table import fit_text, format_table
 from convroute.router import default_policy
 
-WIDTH = 120  # columns of the printed text
 SHORT = {"torch-cuda-graph": "graph", "torch-cuda": "cuda", "torch-cpu": "torch", "ncnn-vk32": "vk32",
          "ncnn-vk16": "vk16", "ncnn-cpu": "ncnn-cpu"}  # peers' names in column heads
 
@@ -228,10 +226,10 @@ def models_table(report: ZooReport) -> str:
         lines.append("CPU ops (torch fallback, by op):")
         for r in with_cpu:
             ops = ", ".join(f"{op} x{n}" for op, n in r.cpu_ops.items())
-            lines += textwrap.wrap(f"{r.name}: {ops}", WIDTH, initial_indent="  ", subsequent_indent="    ")
+            lines.append(f"  {r.name}: {ops}")
     for r in report.rows:
         if r.error:
-            lines.append(textwrap.shorten(f"FAILED {r.name}: {r.error}", WIDTH, placeholder=" ..."))
+            lines.append(f"FAILED {r.name}: {r.error}")
     lines.append(f"rel. err: ||y - ref|| / ||ref|| against torch float32 on the CPU (! over {tolerance:g})"
                  + ("; p50/p10/p90: one call host to host;" if report.runs else ""))
     if report.runs:
@@ -268,7 +266,7 @@ def summary_table(report: ZooReport) -> str:
         engine = next((r.comparison.engines[peer] for r in report.rows
                        if r.comparison and peer in r.comparison.engines), None)
         what = engine.detail if engine and engine.latency else f"unavailable: {engine.reason}" if engine else "-"
-        lines += textwrap.wrap(f"{short(peer)}: {peer}, {what}", WIDTH, subsequent_indent="  ")
+        lines.append(f"{short(peer)}: {peer}, {what}")
     lines.append("/peer: convroute's median / the peer's (below 1: convroute faster); * the model has CPU ops")
     return "\n".join(lines)
 
@@ -277,8 +275,8 @@ def zoo_text(report: ZooReport) -> str:
     device = report.device
     timing = (f"each time one call host to host, median of {report.runs} interleaved rounds per engine (as run "
               "--compare)" if report.runs else "compiled and checked only, nothing timed (--runs 0)")
-    header = textwrap.wrap(
+    header = (
         f"convroute zoo: {len(report.rows)} models, batch {report.batch}, {report.dtype}, policy {report.policy}, "
-        f"on {device.get('name', '?')} ({device.get('backend', '?')}); {timing}", WIDTH)
+        f"on {device.get('name', '?')} ({device.get('backend', '?')}); {timing}")
     summary = ["", summary_table(report)] if report.runs else []
-    return "\n".join([*header, "", models_table(report), *summary])
+    return fit_text("\n".join([header, "", models_table(report), *summary]))

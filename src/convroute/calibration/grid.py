@@ -6,9 +6,19 @@ depthwise convs (MobileNet), grouped convs (ResNeXt), dilated convs (segmentatio
 (decoders). The grid covers the same ranges on other spatial sizes (6, 10, 20, 40, 80, 160, ...), so the
 model has to generalise to the suites rather than remember them (tests/test_measure.py checks that no grid
 shape is a suite layer).
+
+Beyond that base grid, `coverage_pool` holds shapes along the axes real networks use and the suites do not:
+dilation up to 24 (DeepLab's ASPP), asymmetric kernels (Inception's 1x7 / 7x1) and strides, grouped convs of
+many group widths (ResNeXt, RegNet), large depthwise kernels (7..31: ConvNeXt, RepLKNet), channel counts that
+are not multiples of 4, spatial sizes down to 1x1 (squeeze-excite, image pooling), transposed convs at more
+sizes, larger batches. `convroute calibrate` does not measure the whole pool: after the base grid it picks pool
+shapes one at a time where the model knows least (calibration.active), so the budget goes where the
+measurements change routing.
 """
 
 from __future__ import annotations
+
+import random
 
 from convroute.params import ConvParams, make_params
 
@@ -17,11 +27,14 @@ ODD_SIDES = (5, 9, 13, 17, 35, 73)  # odd sizes (Inception's 147/73/35/17, AlexN
 CHANNELS = (16, 32, 64, 128, 256, 512, 1024)
 FULL_MAX_FLOPS = 1.2e9  # keeps `convroute calibrate` under 10 minutes on a 2-core CPU (lavapipe)
 GPU_MAX_FLOPS = 1e10  # GPUs also measure the heaviest layers: milliseconds each
+QUICK_MAX_FLOPS = 3e8  # `calibrate --quick` on a CPU adapter: the light shapes (NOTES: how its time was chosen)
 
 
-def conv(c_in, c_out, side, k, stride=1, *, groups=1, dilation=1, n=1, width=None) -> ConvParams:
-    pad = dilation * (k - 1) // 2
-    return make_params((n, c_in, side, width or side), (c_out, c_in // groups, k, k), stride, pad, dilation,
+def conv(c_in, c_out, side, k, stride=1, *, groups=1, dilation=1, n=1, width=None, kw=None) -> ConvParams:
+    """A conv padded to keep the size (at stride 1); `kw` for an asymmetric kernel k x kw."""
+    kw = kw or k
+    pad = (dilation * (k - 1) // 2, dilation * (kw - 1) // 2)
+    return make_params((n, c_in, side, width or side), (c_out, c_in // groups, k, kw), stride, pad, dilation,
                        groups)
 
 
@@ -96,23 +109,100 @@ def full_grid(max_flops: float = FULL_MAX_FLOPS) -> list[ConvParams]:
     return [p for p in _unique(shapes) if p.flops <= max_flops]
 
 
-def quick_grid() -> list[ConvParams]:
-    """A handful of tiny shapes, one per kind: for tests and a smoke run (`calibrate --quick`)."""
+def coverage_pool(max_flops: float = FULL_MAX_FLOPS) -> list[ConvParams]:
+    """Shapes along the axes real networks use beyond the base grid; calibration.active picks among them."""
+    shapes: list[ConvParams] = []
+    add = shapes.append
+    for d in (2, 4, 6, 12, 18, 24):  # DeepLab's backbones (2, 4) and ASPP branches (6..24), FCN
+        for c_in, c_out, side in ((64, 64, 40), (256, 256, 20), (512, 512, 20), (512, 512, 40), (2048, 256, 10),
+                                  (2048, 256, 20), (1024, 256, 40), (128, 128, 80)):
+            add(conv(c_in, c_out, side, 3, dilation=d))
+        add(conv(64, 64, 20, 3, dilation=d, n=4))
+        add(conv(256, 256, 10, 3, groups=256, dilation=d))  # dilated depthwise (MobileNet DeepLab heads)
+    for c, side in ((64, 35), (128, 17), (192, 17), (160, 9), (384, 9)):  # Inception's factorised kernels
+        for k, kw in ((1, 7), (7, 1), (1, 3), (3, 1)):
+            add(conv(c, c, side, k, kw=kw))
+    add(conv(64, 64, 40, 3, (2, 1)))  # asymmetric strides (text recognisers)
+    add(conv(128, 128, 20, 3, (1, 2)))
+    add(conv(64, 128, 40, 1, (2, 1)))
+    for width in (4, 8, 16, 24, 48, 64):  # group widths of ResNeXt (4..32 per group) and RegNet (8..64+)
+        for c, side in ((96, 40), (192, 20), (384, 20), (768, 10)):
+            if c % width == 0 and c // width > 1:
+                add(conv(c, c, side, 3, groups=c // width))
+                add(conv(c, c, side, 3, 2, groups=c // width))
+    for k in (7, 9, 11, 13, 15, 21, 31):  # large depthwise kernels (ConvNeXt, RepLKNet, SegNeXt)
+        for c, side in ((96, 40), (192, 20), (384, 10), (768, 6)):
+            add(conv(c, c, side, k, groups=c))
+    for c_in, c_out, side in ((3, 10, 80), (10, 18, 40), (18, 30, 20), (30, 58, 20), (58, 116, 10),
+                              (116, 232, 10), (232, 232, 6), (21, 21, 40), (27, 27, 40)):  # not multiples of 4
+        add(conv(c_in, c_out, side, 3))
+        add(conv(c_in, c_out, side, 1))
+    for c_in, c_out in ((256, 21), (512, 19), (64, 3), (96, 1), (128, 5)):  # class and box heads
+        add(conv(c_in, c_out, 40, 1))
+        add(conv(c_in, c_out, 20, 3))
+    for side in (1, 2, 3):  # squeeze-excite and image pooling (1x1), the last stages of small inputs
+        for c_in, c_out in ((2048, 256), (512, 128), (128, 512), (960, 240), (64, 16)):
+            add(conv(c_in, c_out, side, 1))
+        add(conv(512, 512, side, 3))
+        add(conv(256, 256, side, 3, groups=256))
+    for c, side in ((64, 80), (128, 40), (256, 20), (32, 160)):  # transposed up-sampling at more sizes
+        add(deconv(c, c // 2, side, 4, 2, 1))
+        add(deconv(c, c, side, 2, 2))
+        add(deconv(c, c // 2, side, 3, 2, 1, 1))
+        add(deconv(c, c, side, 3, 1, 1))
+    for n in (16, 32):  # larger batches
+        add(conv(32, 32, 20, 3, n=n))
+        add(conv(64, 64, 10, 1, n=n))
+        add(conv(64, 64, 10, 3, groups=64, n=n))
+        add(conv(16, 32, 40, 3, 2, n=n))
+    return [p for p in _unique(shapes) if p.flops <= max_flops]
+
+
+def quick_grid(profile=None) -> list[ConvParams]:
+    """`convroute calibrate --quick` (the first run's calibration): every fifth base shape of the light end of
+    the base grid, in its measuring order; calibration.active adds pool shapes while its budget lasts, and
+    refinement (router.refine) measures what it misses when routing. On GPUs the light end is larger."""
+    cap = QUICK_MAX_FLOPS if profile is None or profile.family == "cpu" else FULL_MAX_FLOPS
+    return measuring_order(full_grid(cap))[::5]
+
+
+def measuring_order(shapes: list[ConvParams]) -> list[ConvParams]:
+    """A fixed shuffle, so that a run cut short by its budget still spans the grid."""
+    shapes = list(shapes)
+    random.Random(1).shuffle(shapes)
+    return shapes
+
+
+def tiny_grid() -> list[ConvParams]:
+    """A handful of tiny shapes, one per kind: for tests and a smoke run (`calibrate --grid tiny`)."""
     return [conv(8, 8, 10, 3), conv(16, 16, 6, 3), conv(8, 32, 10, 1), conv(32, 8, 6, 1), conv(8, 16, 10, 3, 2),
             conv(16, 16, 10, 3, groups=16), conv(16, 16, 6, 5, groups=16), conv(8, 8, 10, 3, groups=2),
             conv(8, 8, 10, 3, dilation=2), deconv(16, 8, 6, 2, 2), conv(3, 8, 20, 7, 2), conv(8, 8, 6, 3, n=2)]
 
 
-GRIDS = {"full": full_grid, "quick": quick_grid}
+GRIDS = ("full", "quick", "tiny")
 
 
 def grid_shapes(grid: str, profile) -> list[ConvParams]:
-    """The shapes `convroute calibrate` measures on a device: CPU adapters skip the full grid's heaviest
-    shapes (seconds each there); GPUs measure them, since extrapolating to VGG-size layers from 1-GFLOP
-    shapes misrouted them (NOTES, session 6)."""
-    if grid == "full" and profile.family != "cpu":
-        return full_grid(GPU_MAX_FLOPS)
-    return GRIDS[grid]()
+    """The base shapes `convroute calibrate` measures on a device, in measuring order: CPU adapters skip the
+    full grid's heaviest shapes (seconds each there); GPUs measure them, since extrapolating to VGG-size layers
+    from 1-GFLOP shapes misrouted them (NOTES, session 6)."""
+    if grid == "full":
+        return measuring_order(full_grid(FULL_MAX_FLOPS if profile.family == "cpu" else GPU_MAX_FLOPS))
+    if grid == "quick":
+        return quick_grid(profile)
+    if grid == "tiny":
+        return tiny_grid()
+    raise ValueError(f"unknown grid {grid!r}; known: {', '.join(GRIDS)}")
+
+
+def pool_shapes(grid: str, profile) -> list[ConvParams]:
+    """The coverage pool calibration.active picks from after the base grid (none for the tiny grid)."""
+    if grid == "tiny":
+        return []
+    if profile.family == "cpu":
+        return coverage_pool(QUICK_MAX_FLOPS if grid == "quick" else FULL_MAX_FLOPS)
+    return coverage_pool(FULL_MAX_FLOPS if grid == "quick" else GPU_MAX_FLOPS)
 
 
 def _unique(shapes: list[ConvParams]) -> list[ConvParams]:

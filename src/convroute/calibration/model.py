@@ -6,11 +6,13 @@ grid measurement; the log of the rest is predicted in two steps:
 1. a robust (Huber) ridge regression, linear in log-scale shape features: work (MACs), memory traffic
    (input, output, weight), channels per group, output pixels, kernel area, stride, groups, dilation, batch,
    plus how much of a GEMM tile or a 4-wide block the shape wastes at tile sizes 4, 64 and 128, how much of
-   2x2 / 4x4 output-plane tiles, the share of the input a stride longer than the window skips, and how many
+   2x2 / 4x4 output-plane tiles, the share of the input a stride longer than the window skips, how far dilation
+   spreads the window and how far past the input it reaches (window_features), and how many
    tiles/threads it offers (parallelism, with hinges at 16 and 64 work items: a device with too little work
    idles, with enough it does not speed up further), and, given the calibrated device's profile, two features
    of the launch plan the algorithm's own kernel makes for the shape (plan_features: log2 of workgroups launched
-   and of K steps per workgroup, for the GEMM algorithms and direct): the jumps where a plan changes, which no
+   and of K steps per workgroup, for the GEMM algorithms and direct; for direct also the input patch a block
+   stages against its output pixels, which dilation multiplies): the jumps where a plan changes, which no
    smooth shape feature sees (on the H100 they took calibrated's picks from 1.054x to 1.019x the per-layer best
    on ResNet-18 and the grid's leave-one-out regret from 1.4 % to 1.0 %). Linear terms
    extrapolate smoothly to shapes larger or smaller than the grid's; the Huber weights keep a measurement hit
@@ -76,12 +78,25 @@ def tiling_features(p: ConvParams) -> dict[str, float]:
         f[f"plane_tiles{t}"] = math.log2(p.n * tiles)
     f["input_skipped"] = 0.0 if p.transposed else math.log2(_skip(p.stride[0], p.kh, p.dilation[0])
                                                             * _skip(p.stride[1], p.kw, p.dilation[1]))
+    f |= window_features(p)
     f["tiles128"] = math.log2(-(-rows // 128) * -(-cols // 128) * p.groups)
     f["blocks1024"] = math.log2(max(1.0, p.n * p.c_out * p.ho * p.wo / 1024))
     for key in ("plane_tiles2", "plane_tiles4", "tiles128", "blocks1024"):
         for level in PARALLEL_LEVELS:  # hinges: below ~16 / ~64 work items a device idles, above it does not
             f[f"{key}_below{level}"] = max(0.0, level - f[key])
     return f
+
+
+def window_features(p: ConvParams) -> dict[str, float]:
+    """log2 of how far dilation spreads the kernel's window (its span (K-1)*d+1 against K, both axes) and of
+    how far that span outruns the input (ASPP's dilation 24 on a 32x32 map: most taps read padding). A kernel
+    staging the window's input (direct) pays for the span, a GEMM gathering taps (implicit_gemm) barely does:
+    each algorithm's regression finds its own weight."""
+    if p.transposed:
+        return {"window_spread": 0.0, "window_outside": 0.0}
+    span_h, span_w = ((p.kh - 1) * p.dilation[0] + 1), ((p.kw - 1) * p.dilation[1] + 1)
+    return {"window_spread": math.log2(span_h * span_w / (p.kh * p.kw)),
+            "window_outside": math.log2(max(1.0, span_h / p.h) * max(1.0, span_w / p.w))}
 
 
 def _skip(stride: int, kernel: int, dilation: int) -> float:
@@ -110,9 +125,13 @@ def gemm_plan(profile: DeviceProfile, precision: Precision, p: ConvParams, name:
 
 
 def direct_plan(profile: DeviceProfile, p: ConvParams) -> dict[str, float]:
-    """direct.choose_plan: output blocks, each over input channels split across workgroups."""
+    """direct.choose_plan: output blocks, each over input channels split across workgroups; and the input
+    patch a block stages per channel against the block's output pixels (the block's halo: with dilation d the
+    patch grows by (K-1)(d-1) rows and columns, loads the kernel pays for whether or not they are padding)."""
     plan = direct.choose_plan(profile, p, p.n)
-    return plan_record(direct.output_blocks(p, plan.tile, p.n) * plan.splits, plan.chunks_per_split(p) * plan.chunk)
+    rows, cols = direct.patch_size(p, plan.tile)
+    return (plan_record(direct.output_blocks(p, plan.tile, p.n) * plan.splits, plan.chunks_per_split(p) * plan.chunk)
+            | {"plan_patch": math.log2(rows * cols / (plan.tile.br * plan.tile.bc))})
 
 
 GEMM_ALGORITHMS = ("im2col", "pointwise", "implicit_gemm")
@@ -216,11 +235,16 @@ class CostModel:
         return cls(models, counts, profile, precision)
 
     def predict_ms(self, p: ConvParams, name: str) -> float | None:
-        """Predicted time of `name` on `p`, None when the algorithm was not calibrated."""
+        """Predicted time of `name` on `p`, None when the algorithm was not calibrated or its kernel makes no
+        launch plan for `p` on the calibrated device (direct's patch past the workgroup memory, say)."""
         model = self.models.get(name)
         if model is None:
             return None
-        return model.predict_ms(feature_vector(p, name, self.profile, self.precision), distance_vector(p))
+        try:
+            features = feature_vector(p, name, self.profile, self.precision)
+        except ValueError:
+            return None
+        return model.predict_ms(features, distance_vector(p))
 
 
 def training_rows(samples, excluded: dict[str, str] | None, profile: DeviceProfile | None,

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from convroute.cache import device_file, file_header, load_record, write_json
+from convroute.calibration.coverage import Coverage
 from convroute.calibration.model import CostModel
 from convroute.device.profile import DEFAULT_LIMITS, DeviceProfile
 from convroute.kernels.common import dtype_name
 from convroute.params import ConvParams, params_from_dict, params_to_dict
 
 FORMAT, VERSION = "convroute-calibration", 1
+CLOSE_CALL_MAX = 2.0
+CLOSE_CALL_REGRETS = 3.0  # chosen on lavapipe quick calibrations: 2 left mobilenet_v2 at 1.10x the oracle, 3 at 1.06x
 
 
 @dataclass
@@ -43,7 +46,9 @@ class Calibration:
     seconds: float = 0.0
     complete: bool = True
     dtype: str = "float32"  # storage of activations and weights during the measurements
+    model_check: dict = field(default_factory=dict)  # calibrate's leave-one-out report (model.loo_report)
     _model: object = None
+    _coverage: object = None
 
     @property
     def model(self):
@@ -52,6 +57,23 @@ class Calibration:
         if self._model is None:
             self._model = CostModel.fit(self.samples, self.excluded, self.profile, self.dtype)
         return self._model
+
+    @property
+    def close_call(self) -> float:
+        """Predicted times closer than this ratio are a close call, within the model's typical error: 1 plus
+        CLOSE_CALL_REGRETS times the leave-one-out mean regret calibrate found (at most CLOSE_CALL_MAX); 1 (none)
+        without it."""
+        regret = self.model_check.get("mean_regret")
+        if not isinstance(regret, int | float) or not regret > 0:
+            return 1.0
+        return min(CLOSE_CALL_MAX, 1.0 + CLOSE_CALL_REGRETS * float(regret))
+
+    @property
+    def coverage(self) -> Coverage:
+        """The measured shapes, to tell a conv the model interpolates from one it extrapolates to."""
+        if self._coverage is None:
+            self._coverage = Coverage([s.params for s in self.samples if s.times_ms])
+        return self._coverage
 
     @property
     def profile(self) -> DeviceProfile | None:
@@ -64,6 +86,7 @@ class Calibration:
         return file_header(FORMAT, VERSION, self.device_key, self.dtype) | {
             "device": self.device, "grid": self.grid, "timing": self.timing, "created": self.created,
             "seconds": self.seconds, "complete": self.complete, "excluded": self.excluded,
+            "model_check": self.model_check,
             "samples": [{"params": params_to_dict(s.params), "times_ms": s.times_ms, "errors": s.errors,
                          "failed": s.failed} for s in self.samples]}
 
@@ -81,7 +104,13 @@ class Calibration:
         return cls(str(data["device_key"]), dict(data.get("device", {})), str(data.get("grid", "")),
                    str(data.get("timing", "")), samples, excluded, str(data.get("created", "")),
                    float(data.get("seconds", 0.0)), bool(data.get("complete", True)),
-                   dtype_name(data.get("dtype", "float32")))
+                   dtype_name(data.get("dtype", "float32")), _model_check(data.get("model_check", {})))
+
+
+def _model_check(data) -> dict:
+    if not isinstance(data, dict):
+        raise ValueError("its model_check is not a record")
+    return {str(k): v for k, v in data.items()}
 
 
 def device_record(profile: DeviceProfile) -> dict:

@@ -15,18 +15,20 @@ from convroute.bench.compare_layers import (
     run_compare,
 )
 from convroute.bench.suite import DEFAULT_POLICIES, SETTINGS, run_bench, summary, table
-from convroute.bench.suites import SUITES, load_suite
+from convroute.bench.suites import HELDOUT, SUITES, load_suite
 from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
 from convroute.peers import LAYER_ENGINES, LAYER_NEEDS
 from convroute.report.plots import plot_bench, plot_compare
+from convroute.report.table import fit_text
 from convroute.router import POLICIES
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--suite", default="resnet50",
-                        help=f"a shipped suite ({', '.join(SUITES)}), a suite JSON file, or several of them "
+                        help=f"a shipped suite ({', '.join(SUITES)}), held-out layers of networks outside them "
+                             f"({' or '.join(HELDOUT)}: scored per network too), a suite JSON file, or several of them "
                              f"comma-separated (or 'all': every shipped suite) benched one after the other, with "
                              f"one table of convroute / peer ratios per suite at the end (default resnet50)")
     parser.add_argument("--layers", metavar="FILE.json",
@@ -98,7 +100,7 @@ def run(args) -> int:
             return 2
         print(table(report))
         print()
-        print(summary(report))
+        print(fit_text(summary(report)))
         data, other = report.to_json(), None
         if compare:
             other = run_compare(get_gpu(), suite, args.batch, report.policies or ["seed"], compare, chain=args.chain,
@@ -106,7 +108,7 @@ def run(args) -> int:
             print()
             print(compare_table(other))
             print()
-            print(compare_summary(other))
+            print(fit_text(compare_summary(other)))
             data |= other.to_json()
             compared.append(other)
         print()

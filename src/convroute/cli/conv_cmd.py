@@ -16,7 +16,7 @@ from convroute.kernels.common import DTYPES, Precision
 from convroute.measure.reference import TOLERANCES, float64_reference, norm_relative_error
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
-from convroute.report.table import format_table
+from convroute.report.table import fit_text, format_table
 from convroute.router import POLICIES, route_params
 
 SETTINGS = TimingSettings(warmup=2, repeats=30, budget_s=1.0)
@@ -70,10 +70,10 @@ def run(args) -> int:
                          "ok" if ok else "WRONG", f"{timing.median_ms:.3f}", f"{gflops:.1f}"])
     finally:
         work.release()
-    print(f"{p.describe()} on {gpu.profile.name}, dtype {precision.dtype}, sums {precision.accumulate}")
-    print(f"routed: {decision}")
+    print(fit_text(f"{p.describe()} on {gpu.profile.name}, dtype {precision.dtype}, sums {precision.accumulate}"))
+    print(fit_text(f"routed: {decision}"))
     print(format_table(["algorithm", "rel error", "check", "median ms", "GFLOP/s"], rows))
-    print(f"reference: {ref_name}; tolerance {tolerance:g}; timing: {method}; seed {seed}")
+    print(fit_text(f"reference: {ref_name}; tolerance {tolerance:g}; timing: {method}; seed {seed}"))
     return 1 if failed else 0
 
 

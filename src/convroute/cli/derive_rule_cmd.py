@@ -9,7 +9,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from convroute.bench.suites import SUITES, load_suite
+from convroute.bench.suites import HELDOUT, SUITES, load_suite
 from convroute.cache import write_json
 from convroute.calibration import profile as calib
 from convroute.report.table import format_table
@@ -38,7 +38,8 @@ def add_arguments(parser) -> None:
                         help=f"shipped suites to measure now and score ({', '.join(SUITES)}, comma-separated, or "
                              "'all'); slow on CPU adapters, see --budget")
     parser.add_argument("--layers", metavar="FILE.json",
-                        help="a held-out layer list (suite format) to measure and score")
+                        help=f"a held-out layer list (suite format, or {' or '.join(HELDOUT)}: the shipped layers of "
+                             "networks outside the suites, scored per network) to measure and score")
     parser.add_argument("--budget", type=float, default=0.3, metavar="SECONDS",
                         help="measuring: time budget per algorithm and layer (default 0.3)")
     parser.add_argument("--save-bench", metavar="OUT.json", help="write the suites measured now as a bench report")
@@ -140,7 +141,19 @@ def emit(text: str, path: str | None, label: str) -> None:
 
 
 def regret_table(scores: list[dict], where: str) -> str:
+    """Per suite (and per network of a held-out file) each policy's total / oracle total, and beside it its
+    worst layer's time / that layer's fastest."""
     head = ["suite", "device", "layers", "oracle ms"] + [f"{k} x" for k in SCORED]
-    rows = [[s["suite"], s["family"], str(s["layers"]), f"{s['oracle_ms']:.3g}"]
-            + [f"{s['vs_oracle'][k]:.3f}" if k in s["vs_oracle"] else "n/a" for k in SCORED] for s in scores]
-    return f"\npolicy total / oracle total per suite, {where}\n" + format_table(head, rows, left=2)
+    rows, worst = [], []
+    for s in scores:
+        rows.append([s["suite"], s["family"]] + regret_cells(s))
+        rows += [[f"  {net}", ""] + regret_cells(n) for net, n in s.get("networks", {}).items()]
+        worst += [f"  {s['suite']}, {k}: worst layer {ratio:.2f}x ({name[-60:]})"
+                  for k, (ratio, name) in s["worst"].items() if k in ("calibrated", "derived")]
+    return "\n".join([f"\npolicy total / oracle total per suite, {where}; w: the policy's worst layer, its time / "
+                      "the layer's fastest", format_table(head, rows, left=2)] + worst)
+
+
+def regret_cells(s: dict) -> list[str]:
+    return [str(s["layers"]), f"{s['oracle_ms']:.3g}"] + [
+        f"{s['vs_oracle'][k]:.3f} w{s['worst'][k][0]:.2f}" if k in s["vs_oracle"] else "n/a" for k in SCORED]

@@ -6,6 +6,7 @@ import sys
 
 from convroute.device.gpu import OPTIONAL_FEATURES, choose_adapter, list_adapters
 from convroute.device.profile import DeviceProfile
+from convroute.report.table import fit_text
 
 LIMITS = ("max-storage-buffer-binding-size", "max-buffer-size", "max-compute-workgroups-per-dimension",
           "max-compute-workgroup-storage-size", "max-compute-invocations-per-workgroup",
@@ -28,7 +29,7 @@ def run(args) -> int:
     except RuntimeError as err:
         chosen, problem = None, str(err)
     for i, adapter in enumerate(adapters):
-        print(describe(i, adapter, adapter is chosen, args.all_features))
+        print(fit_text(describe(i, adapter, adapter is chosen, args.all_features)))
     if problem:
         print(f"no adapter in use: {problem}", file=sys.stderr)
         return 1

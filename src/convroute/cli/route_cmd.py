@@ -9,7 +9,7 @@ from convroute.cli.common import add_shape_arguments, params_from_args
 from convroute.device.gpu import resolve_profile
 from convroute.device.profile import FAMILIES
 from convroute.kernels.common import DTYPES
-from convroute.report.table import format_table
+from convroute.report.table import fit_text, format_table
 from convroute.router import POLICIES, route_params
 
 
@@ -38,8 +38,8 @@ def run(args) -> int:
     if len(decisions) == 1:
         d = decisions[0]
         override = "override  force_direct (sliding-window convs take direct)\n" if d.force_direct else ""
-        print(f"device    {d.device}\npolicy    {d.policy}\n{override}dtype     {d.dtype}\nalgorithm {d.algorithm}\n"
-              f"reason    {d.reason}")
+        print(fit_text(f"device    {d.device}\npolicy    {d.policy}\n{override}dtype     {d.dtype}\n"
+                       f"algorithm {d.algorithm}\nreason    {d.reason}"))
     else:
         if decisions[0].force_direct:
             print(f"policy {decisions[0].policy} + force_direct (sliding-window convs take direct)")

@@ -16,6 +16,7 @@ range, and no fp16 engine could match them."""
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 import time
@@ -23,13 +24,15 @@ import time
 from convroute.cli.common import EXTRAS, check_extras
 from convroute.measure.reference import TOLERANCES  # the project's bounds: 1e-4 float32, 1e-2 float16
 from convroute.peers import MODEL_ENGINES, NEEDS
+from convroute.report.table import fit_text
 
 RUNS, COMPARE_RUNS = 3, 20
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="resnet18", help="torchvision classification model name "
-                        "(resnet18, resnet50, mobilenet_v2, mobilenet_v3_small, vgg11, ...)")
+    parser.add_argument("--model", default="resnet18", help="torchvision classification or segmentation model name "
+                        "(resnet18, resnet50, mobilenet_v2, vgg11, ..., fcn_resnet50, deeplabv3_resnet50, "
+                        "lraspp_mobilenet_v3_large, ...)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     parser.add_argument("--policy", default="seed", help="routing policy (default seed)")
@@ -70,7 +73,7 @@ def run(args) -> int:
 
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
     from convroute.bench.compare_model import compare_model, comparison_text
-    from convroute.frontend.zoo import randomize_batch_norms
+    from convroute.frontend.zoo import build
     from convroute.router import POLICIES
 
     if args.policy not in POLICIES:
@@ -79,18 +82,18 @@ def run(args) -> int:
     import torchvision  # after convroute.frontend
 
     known = torchvision.models.list_models(module=torchvision.models)
-    if args.model not in known:
-        print(f"error: unknown model {args.model!r}; torchvision classification models: {', '.join(known)}",
-              file=sys.stderr)
+    segmentation = torchvision.models.list_models(module=torchvision.models.segmentation)
+    if args.model not in known + segmentation:
+        print(f"error: unknown model {args.model!r}; torchvision classification models: {', '.join(known)}; "
+              f"segmentation models: {', '.join(segmentation)}", file=sys.stderr)
         return 2
 
-    torch.manual_seed(args.seed)
-    model = torchvision.models.get_model(args.model, weights=None).eval()
-    randomize_batch_norms(model, args.seed)
+    model = build(args.model, args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size)
     shape = "x".join(map(str, x.shape))
-    print(f"{args.model} (torchvision, random weights and batch-norm statistics, eval mode), input {shape}, "
-          f"policy {args.policy}, dtype {args.dtype}" + (f", sums in {args.accumulate}" if args.accumulate else ""))
+    print(f"{args.model}: torchvision architecture, random weights and batch-norm statistics, eval mode")
+    print(f"input {shape}, policy {args.policy}, dtype {args.dtype}"
+          + (f", sums in {args.accumulate}" if args.accumulate else ""))
     start = time.perf_counter()
     try:
         program = frontend.compile(model, (x,), policy=args.policy, device=args.device, dtype=args.dtype,
@@ -104,31 +107,34 @@ def run(args) -> int:
           f"buffers and dispatches planned)\n")
 
     print("routing table:")
-    program.explain()
+    print(fit_text(program.explain(file=io.StringIO())))
     print("\nsummary:")
-    print(program.summary())
+    print(fit_text(str(program.summary())))
 
     ours = program(x)
     with torch.no_grad():
         ref = model(x)
-    diff = (ours.double() - ref.double())
-    max_abs = diff.abs().max().item()
-    rel = (diff.norm() / ref.double().norm().clamp_min(1e-30)).item()
     tolerance = TOLERANCES[args.dtype]
-    ok = rel <= tolerance
-    print(f"\ncheck against torch (CPU, float32): max abs error {max_abs:.3g}, relative error {rel:.3g} "
-          f"(tolerance {tolerance:g} for {args.dtype}): {'OK' if ok else 'FAILED'}")
+    ok = True
+    for label, got, want in named_outputs(ours, ref):
+        diff = got.double() - want.double()
+        max_abs = diff.abs().max().item()
+        rel = (diff.norm() / want.double().norm().clamp_min(1e-30)).item()
+        ok &= rel <= tolerance
+        verdict = "OK" if rel <= tolerance else "FAILED"
+        print(fit_text(f"\ncheck{label} against torch (CPU, float32): max abs error {max_abs:.3g}, relative error "
+                       f"{rel:.3g} (tolerance {tolerance:g} for {args.dtype}): {verdict}"))
 
     key = f"{args.model}-{args.size}px-b{args.batch}-seed{args.seed}"
     comparison = compare_model(program, model, x, peers or ["torch-cpu"], name=args.model, key=key, rounds=runs,
                                reference=ref, peer_dtype=None if peers else "float32")
     if peers:
         print()
-        print(comparison_text(comparison))
+        print(fit_text(comparison_text(comparison)))
     else:
         latency = {name: e.latency for name, e in comparison.engines.items()}
-        print(f"latency (median, p10, p90 of {runs} interleaved rounds after >= 0.5 s of warm-up, each engine's second "
-              "call in a row; host to host):")
+        print(fit_text(f"latency (median, p10, p90 of {runs} interleaved rounds after >= 0.5 s of warm-up, each "
+                       "engine's second call in a row; host to host):"))
         print(f"  convroute on the GPU : {latency['convroute'].text()} ({args.dtype})")
         print(f"  torch on the CPU     : {latency['torch-cpu'].text()} (float32, {torch.get_num_threads()} threads)")
     if args.json:
@@ -150,6 +156,17 @@ def known_engine_names(text: str) -> list[str] | None:
               file=sys.stderr)
         return None
     return peers
+
+
+def named_outputs(ours, ref) -> list[tuple[str, object, object]]:
+    """(label, convroute's tensor, torch's) per output: one unlabelled pair, or one per key of a segmentation
+    model's dict ("out", "aux"); a ValueError where the two differ in their outputs."""
+    if not isinstance(ref, dict):
+        return [("", ours, ref)]
+    if not isinstance(ours, dict) or sorted(ours) != sorted(ref):
+        raise ValueError(f"convroute gave outputs {sorted(ours) if isinstance(ours, dict) else type(ours).__name__}, "
+                         f"torch {sorted(ref)}")
+    return [(f" of output {key!r}", ours[key], ref[key]) for key in sorted(ref)]
 
 
 def engine_names(text: str) -> list[str]:

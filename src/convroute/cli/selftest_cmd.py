@@ -44,7 +44,10 @@ def add_arguments(parser) -> None:
     one.add_argument("--bias", action="store_true", default=True, help="with a bias (default)")
     one.add_argument("--no-bias", dest="bias", action="store_false", help="without a bias")
     one.add_argument("--activation", default="none",
-                     help="none, relu, relu6, hardswish, silu, sigmoid or clamp:LO:HI (default none)")
+                     help="none, a name of the activation table (relu, relu6, hardswish, silu, sigmoid, "
+                          "hardsigmoid, tanh, gelu, gelu_tanh, leaky_relu, elu, softplus, mish, logsigmoid), "
+                          "NAME:P1:P2... with parameters (leaky_relu:0.2, elu:ALPHA:SCALE:INPUT_SCALE, "
+                          "softplus:BETA:THRESHOLD) or clamp:LO:HI (default none)")
     one.add_argument("--algorithm", default=None,
                      help=f"comma-separated algorithms to force (default: every applicable one unless --policy); "
                           f"known: {', '.join(ALGORITHMS)}")

@@ -14,7 +14,7 @@ from convroute.measure.reference import float64_reference, norm_relative_error
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
 from convroute.report.progress import progress_bar
-from convroute.report.table import format_table, shape_text
+from convroute.report.table import fit_text, format_table, shape_text
 from convroute.router import POLICIES, route_params
 
 
@@ -67,12 +67,12 @@ def run(args) -> int:
         rows.append([layer.name, str(layer.count), shape_text(p), decision.algorithm, f"{err:.1e}",
                      "ok" if ok else "WRONG", f"{timing.median_ms:.3f}"])
         reasons.append(f"{layer.name}: {decision.reason}")
-    print(f"{suite.name}, batch {args.batch}, on {gpu.profile.name} (policy {decision.policy})")
+    print(fit_text(f"{suite.name}, batch {args.batch}, on {gpu.profile.name} (policy {decision.policy})"))
     print(format_table(["layer", "count", "shape", "algorithm", "rel error", "check", "median ms"], rows, left=4))
     if args.reasons:
-        print("\n".join(reasons))
-    print(f"total {total_ms:.2f} ms for the {suite.total_count} convs ({len(suite.layers)} distinct), each layer's "
-          f"median times its count; timing: {method}; reference: {ref_name}, tolerance {TOLERANCE:g}")
+        print(fit_text("\n".join(reasons)))
+    print(fit_text(f"total {total_ms:.2f} ms for the {suite.total_count} convs ({len(suite.layers)} distinct), each "
+                   f"layer's median times its count; timing: {method}; reference: {ref_name}, tolerance {TOLERANCE:g}"))
     if failed:
         print(f"{failed} layer(s) gave a wrong result", file=sys.stderr)
     return 1 if failed else 0

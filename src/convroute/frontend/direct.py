@@ -30,6 +30,26 @@ KEPT = {aten.adaptive_avg_pool2d.default, aten.add.Tensor, aten.sub.Tensor, aten
         aten.reshape.default, aten.permute.default, aten.transpose.int, aten.unsqueeze.default,
         aten.squeeze.dim, aten.slice.Tensor, aten.select.int, aten.expand.default,
         aten.conv2d.default, aten.batch_norm.default, aten.layer_norm.default}
+# Activations of the epilogue's table and elementwise math (ops-elem), with their in-place forms.
+FUNCTIONAL.update({aten.leaky_relu_.default: aten.leaky_relu.default, aten.elu_.default: aten.elu.default,
+                   aten.celu_.default: aten.celu.default, aten.selu_.default: aten.selu.default,
+                   aten.mish_.default: aten.mish.default, aten.tanh_.default: aten.tanh.default,
+                   aten.gelu_.default: aten.gelu.default, aten.sub_.Tensor: aten.sub.Tensor,
+                   aten.div_.Tensor: aten.div.Tensor})
+KEPT |= {aten.leaky_relu.default, aten.elu.default, aten.celu.default, aten.selu.default, aten.mish.default,
+         aten.softplus.default, aten.log_sigmoid.default, aten.relu6.default, aten.sqrt.default,
+         aten.rsqrt.default, aten.exp.default, aten.log.default, aten.neg.default, aten.abs.default,
+         aten.reciprocal.default, aten.pow.Tensor_Scalar, aten.pow.Tensor_Tensor, aten.pow.Scalar,
+         aten.maximum.default, aten.minimum.default, aten.where.self, aten.add.Scalar, aten.sub.Scalar,
+         aten.mul.Scalar, aten.div.Scalar, aten.conv1d.default, aten.clamp_min.default,
+         aten.clamp_max.default}
+KEPT |= {aten.softmax.int, aten.log_softmax.int, aten.sum.dim_IntList, aten.amax.default, aten.amin.default,
+         aten.max.dim, aten.min.dim, aten.sum.default, aten.mean.default,  # lower_reduce, lower_softmax
+         aten.group_norm.default, aten.instance_norm.default,  # lower_group_norm
+         aten.index.Tensor, aten.index_select.default, aten.gather.default, aten.flip.default, aten.roll.default,
+         aten.repeat.default, aten.pad.default, aten.pixel_shuffle.default, aten.pixel_unshuffle.default,
+         aten.lift_fresh_copy.default,  # lower_gather
+         aten.adaptive_max_pool2d.default}  # lower_adaptive_max_pool
 ALIASING = {aten.contiguous.default, aten.dropout.default, aten.flatten.using_ints, aten.chunk.default,
             aten.split.Tensor, aten.view.default, aten.reshape.default, aten.permute.default, aten.transpose.int,
             aten.unsqueeze.default, aten.squeeze.dim, aten.slice.Tensor, aten.select.int, aten.expand.default}
@@ -94,6 +114,10 @@ def _rewrite(node: Node) -> Node | None:
         target = aten.convolution.default
         args = (args[0], args[1], node.arg(2, "bias"), stride, padding, dilation, False, [0, 0],
                 node.arg(6, "groups", 1))
+    elif target is aten.conv1d.default:
+        target, args = _conv1d(node)
+        if args is None:
+            return None
     elif target is aten.batch_norm.default:
         x, weight, bias, mean, var, training, momentum, eps = args[:8]
         if training:
@@ -104,3 +128,17 @@ def _rewrite(node: Node) -> Node | None:
         args = (args[0], args[1], node.arg(2, "weight"), node.arg(3, "bias"), node.arg(4, "eps", 1e-5))
     kwargs = dict(node.kwargs) if target is node.target or node.target in FUNCTIONAL else {}
     return Node(node.name, target, args, kwargs, node.act, node.notes, node.module, node.meta)
+
+
+def _conv1d(node: Node):
+    """(convolution, its arguments) of a conv1d call, (None, None) for padding='same'/'valid'."""
+    def one(index, default):
+        value = node.arg(index, ("stride", "padding", "dilation")[index - 3], default)
+        if isinstance(value, str):
+            return None
+        return [int(value)] if isinstance(value, int) else [int(v) for v in value]
+    stride, padding, dilation = one(3, 1), one(4, 0), one(5, 1)
+    if padding is None:
+        return None, None
+    return aten.convolution.default, (node.args[0], node.args[1], node.arg(2, "bias"), stride, padding, dilation,
+                                      False, [0], node.arg(6, "groups", 1))

@@ -10,7 +10,7 @@ import torch
 
 from convroute.frontend.direct import translate
 from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, from_exported, iter_refs, layer_norm, map_refs
-from convroute.kernels.common import Epilogue
+from convroute.kernels.common import SELU, Epilogue
 
 aten = torch.ops.aten
 
@@ -18,12 +18,22 @@ aten = torch.ops.aten
 KEEP = ("hardswish.default", "hardsigmoid.default", "silu.default", "gelu.default", "linear.default",
         "upsample_nearest2d.vec", "upsample_nearest2d.default", "upsample_bilinear2d.vec",
         "upsample_bilinear2d.default", "_upsample_nearest_exact2d.vec", "_upsample_nearest_exact2d.default",
-        "hardtanh.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default")
+        "hardtanh.default", "adaptive_avg_pool2d.default", "_adaptive_avg_pool2d.default",
+        "pad.default")  # a reflect pad: one gather, not an index.Tensor per padded dim
+# Activations of the epilogue's table (kernels/common.TABLE) kept whole too, so they fuse as one epilogue.
+KEEP_ACTIVATIONS = ("leaky_relu.default", "elu.default", "celu.default", "selu.default", "mish.default",
+                    "softplus.default", "log_sigmoid.default", "relu6.default")
 
 IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
 
 # Producers that can take a fused activation (conv and linear also absorb hardsigmoid, see _fusable).
-FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval")
+FUSE_INTO = ("convolution", "linear", "add.Tensor", "sub.Tensor", "mul.Tensor", "div.Tensor", "batch_norm_eval",
+             "group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")
+
+
+# Elementwise math whose kernels take a fused activation too (ops-elem).
+FUSE_INTO += ("pow.Tensor_Scalar", "pow.Scalar", "pow.Tensor_Tensor", "maximum", "minimum", "where.self",
+              "where_compare", "clamp.Tensor", "sqrt", "rsqrt", "exp", "log", "neg", "abs", "reciprocal")
 
 
 class CompileError(RuntimeError):
@@ -65,7 +75,7 @@ def _graph(ep) -> Graph:
     graph = translate(ep)
     if graph is None:  # ops beyond the direct translation: decompose to core ATen (re-traces the graph)
         table = torch.export.default_decompositions()
-        for name in KEEP:
+        for name in KEEP + KEEP_ACTIVATIONS:
             packet, _, overload = name.partition(".")
             table.pop(getattr(getattr(aten, packet), overload), None)
         graph = from_exported(ep.run_decompositions(table))
@@ -83,9 +93,11 @@ def simplify(g: Graph) -> None:
     fold_constants(g)
     inline_scalars(g)
     reduce_multi_output(g)
+    constant_pads(g)
     split_into_slices(g)
     drop_identities(g)
     fold_batch_norms(g)
+    fuse_comparisons(g)
     fuse_activations(g)
     drop_dead(g)
 
@@ -128,12 +140,13 @@ def reduce_multi_output(g: Graph) -> None:
     users = g.users()
     singles = {aten.max_pool2d_with_indices.default: aten.max_pool2d.default,
                aten._native_batch_norm_legit_no_training.default: batch_norm_eval,
-               aten.native_layer_norm.default: layer_norm}
+               aten.native_layer_norm.default: layer_norm, **FIRST_OUTPUTS}
     drop = set()
     for node in g.nodes:
         if node.target not in singles or node.name in g.output_names():
             continue
-        getters = users.get(node.name, [])
+        outputs = g.output_names()
+        getters = [u for u in users.get(node.name, []) if users.get(u.name) or u.name in outputs]  # dead ones go
         if all(u.target is operator.getitem and u.args[1] == 0 for u in getters):
             node.target = singles[node.target]
             node.meta = node.meta[0]
@@ -141,6 +154,46 @@ def reduce_multi_output(g: Graph) -> None:
                 g.replace_uses(u.name, Ref(node.name))
                 drop.add(u.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+def max_values(x, dim, keepdim=False):
+    """max.dim's values (its indices dropped when unused)."""
+    return aten.max.dim(x, dim, keepdim)[0]
+
+
+def min_values(x, dim, keepdim=False):
+    """min.dim's values (its indices dropped when unused)."""
+    return aten.min.dim(x, dim, keepdim)[0]
+
+
+def group_norm_values(x, weight, bias, n, c, plane, groups, eps):
+    """native_group_norm's normalized output (its mean and rstd dropped when unused)."""
+    return aten.native_group_norm.default(x, weight, bias, n, c, plane, groups, eps)[0]
+
+
+def batch_stats_norm(x, weight, bias, training, momentum, eps):
+    """_native_batch_norm_legit.no_stats's normalized output: a batch norm by the input's own statistics (what an
+    instance norm decomposes to, over a (1, N*C, ...) view)."""
+    return aten._native_batch_norm_legit.no_stats(x, weight, bias, training, momentum, eps)[0]
+
+
+def adaptive_max_pool2d_values(x, output_size):
+    """adaptive_max_pool2d's values (its indices dropped when unused)."""
+    return aten.adaptive_max_pool2d.default(x, output_size)[0]
+
+
+# Multi-output ops whose first output alone is used, reduced by reduce_multi_output as the ones above.
+FIRST_OUTPUTS = {aten.max.dim: max_values, aten.min.dim: min_values, aten.native_group_norm.default: group_norm_values,
+                 aten._native_batch_norm_legit.no_stats: batch_stats_norm,
+                 aten.adaptive_max_pool2d.default: adaptive_max_pool2d_values}
+
+
+def constant_pads(g: Graph) -> None:
+    """pad(mode='constant') becomes constant_pad_nd (a padded strided copy); the other modes stay pad (a gather)."""
+    for node in g.nodes:
+        if node.target is aten.pad.default and node.arg(2, "mode", "constant") == "constant":
+            node.args = (node.args[0], node.args[1], node.arg(3, "value", None) or 0.0)
+            node.target, node.kwargs = aten.constant_pad_nd.default, {}
 
 
 SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int, aten.chunk.default}
@@ -209,10 +262,10 @@ def fold_batch_norms(g: Graph) -> None:
         if conv.args[6]:  # transposed: weight [C_in, C_out/groups, kh, kw]
             groups = conv.args[8]
             ws = w.reshape(groups, w.shape[0] // groups, w.shape[1], *w.shape[2:])
-            ws = ws * scale.reshape(groups, 1, -1, 1, 1)
+            ws = ws * scale.reshape(groups, 1, -1, *(1,) * (w.ndim - 2))
             w = ws.reshape(w.shape)
         else:
-            w = w * scale.reshape(-1, 1, 1, 1)
+            w = w * scale.reshape(-1, *(1,) * (w.ndim - 1))  # 2-D or 1-D (conv1d) kernels
         dtype = g.constants[conv.args[1].name].dtype  # a half model keeps half weights (for CPU steps)
         _set_weights(g, conv, w.to(dtype), (b * scale + shift).to(dtype))
         conv.notes.append(f"batch norm {bn.module or bn.name} folded")
@@ -233,7 +286,7 @@ def fuse_activations(g: Graph) -> None:
         if src is None or src.act is not None or src.name in drop or not _single_use(g, users, src) \
                 or not _fusable(g, src, act):
             continue
-        if act == "hardsigmoid":
+        if act.kind == "hardsigmoid" and src.op in ("convolution", "linear"):
             _absorb_hardsigmoid(g, src)
             src.act = Epilogue("clamp", 0.0, 1.0)
         else:
@@ -242,6 +295,29 @@ def fuse_activations(g: Graph) -> None:
         g.replace_uses(node.name, Ref(src.name))
         drop.add(node.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+COMPARISONS = ("gt", "ge", "lt", "le", "eq", "ne")
+
+
+def where_compare(op: str, lhs, rhs, a, b):
+    """torch.where(lhs OP rhs, a, b): a `where` whose condition is a comparison, as one node (the GPU computes
+    the comparison inline: it stores no bool tensors)."""
+    return torch.where(getattr(torch, op)(lhs, rhs), a, b)
+
+
+def fuse_comparisons(g: Graph) -> None:
+    """where(cmp(l, r), a, b)  ==>  where_compare("cmp", l, r, a, b); the comparison goes when nothing else
+    reads it (drop_dead)."""
+    producers = {n.name: n for n in g.nodes}
+    for node in g.nodes:
+        cond = node.args[0] if node.target is aten.where.self else None
+        cmp = producers.get(cond.name) if isinstance(cond, Ref) else None
+        op = cmp.op.split(".")[0] if cmp is not None else None
+        if op not in COMPARISONS or len(cmp.args) != 2:
+            continue
+        node.target, node.args = where_compare, (op, *cmp.args, *node.args[1:])
+        node.notes.append(f"{cmp.op} fused")
 
 
 def fuse_residual_adds(g: Graph, takes_residual) -> None:
@@ -301,12 +377,13 @@ def _residual_fits(g: Graph, conv: Node, other, add: Node, metas: dict) -> bool:
 
 
 def activation_of(node: Node):
-    """The Epilogue (or 'hardsigmoid') an activation node applies, None if it is not one."""
+    """The Epilogue an activation node applies, None if it is not one."""
     op = node.op
-    if op in ("relu", "hardswish", "silu", "sigmoid"):
-        return Epilogue(op)
-    if op == "hardsigmoid":
-        return "hardsigmoid"
+    if op in ACTIVATION_OPS:
+        return table_activation(node)
+    if op in ("clamp_min", "clamp_max") and isinstance(node.arg(1, op[-3:]), (int, float)):
+        bound = float(node.arg(1, op[-3:]))
+        return Epilogue("clamp", bound, float("inf")) if op == "clamp_min" else Epilogue("clamp", -float("inf"), bound)
     if op == "hardtanh":
         lo, hi = float(node.arg(1, "min_val", -1.0)), float(node.arg(2, "max_val", 1.0))
         return Epilogue("relu6") if (lo, hi) == (0.0, 6.0) else Epilogue("clamp", lo, hi)
@@ -318,12 +395,47 @@ def activation_of(node: Node):
     return None
 
 
+# activation op -> (kind in the epilogue's table, its parameters from the node); scalars only
+ACTIVATION_OPS = {
+    **{op: (op, lambda n: ()) for op in ("relu", "relu6", "hardswish", "silu", "sigmoid", "hardsigmoid", "tanh",
+                                         "mish")},
+    "leaky_relu": ("leaky_relu", lambda n: (n.arg(1, "negative_slope", 0.01),)),
+    "elu": ("elu", lambda n: (n.arg(1, "alpha", 1.0), n.arg(2, "scale", 1.0), n.arg(3, "input_scale", 1.0))),
+    "celu": ("elu", lambda n: _celu(n.arg(1, "alpha", 1.0))),
+    "selu": ("elu", lambda n: SELU),
+    "softplus": ("softplus", lambda n: (n.arg(1, "beta", 1.0), n.arg(2, "threshold", 20.0))),
+    "log_sigmoid": ("logsigmoid", lambda n: ()),
+    "gelu": ("gelu", lambda n: ()),
+}
+
+
+def _celu(alpha):
+    return (alpha, 1.0, 1.0 / alpha) if isinstance(alpha, (int, float)) and alpha != 0 else (alpha,)
+
+
+def table_activation(node: Node) -> Epilogue | None:
+    """The Epilogue of an op in ACTIVATION_OPS, None when a parameter is not a plain number."""
+    kind, params = ACTIVATION_OPS[node.op]
+    if node.op == "gelu":
+        approximate = node.arg(1, "approximate", "none")
+        if approximate not in ("none", "tanh"):
+            return None
+        kind = "gelu_tanh" if approximate == "tanh" else "gelu"
+    values = params(node)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return None
+    try:
+        return Epilogue.parse((kind, *values))
+    except ValueError:
+        return None
+
+
 def _fusable(g: Graph, src: Node, act) -> bool:
     if src.op not in FUSE_INTO:
         return False
     if src.op in ("convolution", "linear"):
         return is_const(g, src.args[1:3])  # weights must be known to prepack (and to absorb hardsigmoid)
-    return act != "hardsigmoid"
+    return True
 
 
 def _absorb_hardsigmoid(g: Graph, src: Node) -> None:

@@ -19,18 +19,28 @@ import torch
 
 from convroute.device.gpu import Gpu
 from convroute.device.profile import DeviceProfile
-from convroute.frontend.export import activation_of
-from convroute.frontend.graph import Node, Ref, map_refs
+from convroute.frontend.export import ACTIVATION_OPS, activation_of
+from convroute.frontend.graph import Node, Ref, iter_refs, map_refs
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
 from convroute.kernels.depthwise_pointwise import NAME as DEPTHWISE_POINTWISE
 from convroute.kernels.depthwise_pointwise import DepthwisePointwise, unfusable
-from convroute.kernels.elementwise import Binary, ChannelAffine, Unary
+from convroute.kernels.elementwise import (
+    BINARY_EXPR,
+    COMPARE_EXPR,
+    UNARY_EXPR,
+    Binary,
+    ChannelAffine,
+    Elementwise,
+    Unary,
+)
+from convroute.kernels.gather import Gather
 from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Gemv, Linear
-from convroute.kernels.norm import LayerNorm
+from convroute.kernels.norm import GroupNorm, LayerNorm
 from convroute.kernels.pool import Pool2d
+from convroute.kernels.reduce import Reduce, Softmax
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
@@ -106,10 +116,23 @@ def conv_params(ctx: Context, node: Node) -> ConvParams:
     stride, padding, dilation, transposed, output_padding, groups = node.args[3:9]
     xm = ctx.tensor(x)
     weight = ctx.const(w, "weight")
+    if weight.ndim == 3 and xm.ndim == 3:
+        return conv1d_params(xm, weight, stride, padding, dilation, transposed, output_padding, groups)
     if weight.ndim != 4 or xm.ndim != 4:
-        raise Unsupported(f"only 2-D convolutions over 4-D NCHW inputs run on the GPU (input {tuple(xm.shape)})")
+        raise Unsupported(f"only 1-D and 2-D convolutions over NCL / NCHW inputs run on the GPU "
+                          f"(input {tuple(xm.shape)})")
     return make_params(tuple(xm.shape), tuple(weight.shape), list(stride), list(padding), list(dilation), groups,
                        transposed=transposed, output_padding=list(output_padding))
+
+
+def conv1d_params(xm, weight, stride, padding, dilation, transposed, output_padding, groups) -> ConvParams:
+    """A conv1d over (N, C, L) as the 2-D conv over (N, C, 1, L) with a (.., .., 1, K) kernel: same memory,
+    routed like any 2-D conv."""
+    def row(values, h):
+        return [h, int(list(values)[0])]
+    return make_params((*xm.shape[:2], 1, xm.shape[2]), (*weight.shape[:2], 1, weight.shape[2]), row(stride, 1),
+                       row(padding, 0), row(dilation, 1), groups, transposed=transposed,
+                       output_padding=row(output_padding, 0))
 
 
 def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
@@ -148,10 +171,11 @@ def takes_residual(ctx: Context, node: Node) -> bool:
 def lower_conv(ctx: Context, node: Node) -> GpuOp:
     p = conv_params(ctx, node)
     weight, bias = ctx.const(node.args[1], "weight"), ctx.const(node.args[2], "bias")
+    weight = weight.reshape(p.weight_shape)  # a conv1d's kernel as a 1-row 2-D kernel
     decision = route_conv(ctx, node, p)
     inputs = [node.args[0].name]
     if node.residual is not None:
-        if tuple(ctx.tensor(node.residual, "residual").shape) != p.output_shape:
+        if math.prod(ctx.tensor(node.residual, "residual").shape) != math.prod(p.output_shape):
             raise Unsupported(f"its residual is not of the output's shape {p.output_shape}")
         inputs.append(node.residual.name)
     bias = None if bias is None else bias.numpy()
@@ -173,7 +197,7 @@ def _depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, 
     dw = node.depthwise
     pd = conv_params(ctx, dw)
     dw_bias = ctx.const(dw.args[2], "bias")
-    kernel = DepthwisePointwise(ctx.gpu, pd, p, ctx.const(dw.args[1], "weight").numpy(),
+    kernel = DepthwisePointwise(ctx.gpu, pd, p, ctx.const(dw.args[1], "weight").reshape(pd.weight_shape).numpy(),
                                 None if dw_bias is None else dw_bias.numpy(), dw.act or Epilogue(), weight, bias,
                                 node.act or Epilogue(), ctx.precision, residual=node.residual is not None)
     inner = route_conv(ctx, dw, pd)
@@ -187,14 +211,9 @@ def _depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, 
 def lower_activation(ctx: Context, node: Node) -> GpuOp:
     x = node.args[0]
     meta = ctx.tensor(x)
-    if node.op == "gelu":
-        act = "gelu_tanh" if node.kwargs.get("approximate", "none") == "tanh" else "gelu"
-    elif node.op == "tanh":
-        act = "tanh"
-    else:
-        act = activation_of(node)
-        if act is None:
-            raise Unsupported("its bounds are tensors (the GPU kernel takes constant bounds)")
+    act = activation_of(node)
+    if act is None:
+        raise Unsupported("its parameters or bounds are tensors (the GPU kernel takes constant ones)")
     kernel = Unary(ctx.gpu, act, meta.numel(), ctx.precision)
     return GpuOp(node, [x.name], lambda ins, out: kernel.bind(ins[0], out), meta.numel())
 
@@ -391,21 +410,257 @@ def lower_layer_norm(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 8 * out.numel())
 
 
+# -- elementwise math beyond add/sub/mul/div (ops-elem) ---------------------------------------------------
+
+def _const_operand(ctx: Context, arg) -> torch.Tensor:
+    """A compile-time operand (a constant tensor of any dtype, or a number) as float32."""
+    value = ctx.constants[arg.name] if isinstance(arg, Ref) else arg
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().to(torch.float32)
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    raise Unsupported(f"its operand {value!r} is not a tensor or a number")
+
+
+def _elementwise(ctx: Context, node: Node, expr: str, operands, scalars: dict | None = None) -> GpuOp:
+    """`expr` over u0, u1, ... = `operands` (run-time tensors, constant tensors or numbers) broadcast to the
+    node's result, with the node's fused activation."""
+    out = out_meta(node)
+    sources, inputs, shapes = [], [], []
+    for a in operands:
+        if ctx.is_dynamic(a):
+            shapes.append(tuple(ctx.tensor(a).shape))
+            sources.append(len(inputs))
+            inputs.append(a.name)
+        else:
+            value = _const_operand(ctx, a)
+            shapes.append(tuple(value.shape))
+            sources.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand", ctx.precision.numpy))
+    try:
+        kernel = Elementwise(ctx.gpu, expr, shapes, tuple(out.shape), node.act, ctx.precision, scalars)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+
+    def bind(ins, y):
+        return kernel.bind(*(ins[s] if isinstance(s, int) else s for s in sources), y)
+    return GpuOp(node, inputs, bind, out.numel())
+
+
+def lower_math(ctx: Context, node: Node) -> GpuOp:
+    return _elementwise(ctx, node, UNARY_EXPR[node.op], [node.args[0]])
+
+
+POW_EXPR = {2.0: "u0 * u0", 3.0: "u0 * u0 * u0", 1.0: "u0", -1.0: "1.0 / u0", 0.5: "sqrt(u0)",
+            -0.5: "inverseSqrt(u0)"}
+
+
+def lower_pow(ctx: Context, node: Node) -> GpuOp:
+    base, exponent = node.args[:2]
+    if node.op == "pow.Tensor_Scalar":
+        if not isinstance(exponent, (int, float)):
+            raise Unsupported("its exponent is not a number")
+        expr = POW_EXPR.get(float(exponent))
+        return _elementwise(ctx, node, expr, [base]) if expr else \
+            _elementwise(ctx, node, "pow_real(u0, e)", [base], {"e": float(exponent)})
+    if node.op == "pow.Scalar":
+        if not isinstance(base, (int, float)):
+            raise Unsupported("its base is not a number")
+        return _elementwise(ctx, node, "pow_real(b, u0)", [exponent], {"b": float(base)})
+    return _elementwise(ctx, node, "pow_real(u0, u1)", [base, exponent])
+
+
+def lower_min_max(ctx: Context, node: Node) -> GpuOp:
+    return _elementwise(ctx, node, BINARY_EXPR[node.op], node.args[:2])
+
+
+def lower_where(ctx: Context, node: Node) -> GpuOp:
+    """where(cond, a, b) with a constant cond, or where_compare(op, l, r, a, b): the comparison computed inline."""
+    if node.op == "where.self":
+        if ctx.is_dynamic(node.args[0]):
+            raise Unsupported("its condition is a run-time bool tensor (the GPU takes conditions that are "
+                              "constants or comparisons of float tensors)")
+        return _elementwise(ctx, node, "select(u2, u1, u0 != 0.0)", node.args[:3])
+    op, lhs, rhs, a, b = node.args
+    return _elementwise(ctx, node, f"select(u3, u2, u0 {COMPARE_EXPR[op]} u1)", [lhs, rhs, a, b])
+
+
+def lower_clamp_tensor(ctx: Context, node: Node) -> GpuOp:
+    x, lo, hi = node.args[0], node.arg(1, "min"), node.arg(2, "max")
+    operands, expr = [x], "u0"
+    for bound, fn in ((lo, "max"), (hi, "min")):
+        if bound is not None:
+            expr = f"{fn}({expr}, u{len(operands)})"
+            operands.append(bound)
+    return _elementwise(ctx, node, f"select({expr}, u0, is_nan(u0))", operands)
+
+
+ELEMENTWISE_LOWERINGS = {
+    **{name: lower_math for name in UNARY_EXPR},
+    **{f"pow.{kind}": lower_pow for kind in ("Tensor_Scalar", "Scalar", "Tensor_Tensor")},
+    "maximum": lower_min_max,
+    "minimum": lower_min_max,
+    "where.self": lower_where,
+    "where_compare": lower_where,
+    "clamp.Tensor": lower_clamp_tensor,
+    **{name: lower_activation for name in (*ACTIVATION_OPS, "clamp_min", "clamp_max")},
+}
+
+
+def _reduced_dims(node: Node, ndim: int) -> list[int]:
+    """The dims a reduction node reduces (all of them when its dim argument is absent or empty)."""
+    dims = node.arg(1, "dim") if len(node.args) > 1 or "dim" in node.kwargs else None
+    if dims is None or (isinstance(dims, (list, tuple)) and len(dims) == 0):
+        return list(range(ndim))
+    return [d % max(ndim, 1) for d in ([dims] if isinstance(dims, int) else dims)]
+
+
+REDUCTION_KINDS = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin", "max_values": "amax",
+                   "min_values": "amin"}
+
+
+def lower_reduce(ctx: Context, node: Node) -> GpuOp:
+    """sum / mean / amax / amin (and max.dim / min.dim values) over any dims: one row-reduction kernel. A mean
+    over H and W of an NCHW tensor stays the pooling kernel's (global average pooling)."""
+    x = node.args[0]
+    meta = ctx.tensor(x)
+    out_meta(node)
+    if node.kwargs.get("dtype") not in (None, meta.dtype):
+        raise Unsupported(f"a reduction that casts to {node.kwargs['dtype']}")
+    dims = _reduced_dims(node, meta.ndim)
+    if node.op == "mean.dim" and meta.ndim in (3, 4) and set(dims) == {meta.ndim - 1, meta.ndim - 2}:
+        return lower_pool(ctx, node)
+    try:
+        kernel = Reduce(ctx.gpu, REDUCTION_KINDS[node.op.split(".")[0]], tuple(meta.shape), dims, ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), meta.numel())
+
+
+def lower_softmax(ctx: Context, node: Node) -> GpuOp:
+    """softmax / log_softmax along one dim (_softmax's half_to_float and softmax.int's dtype must not cast)."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    if out.dtype != meta.dtype:
+        raise Unsupported(f"a softmax that casts {meta.dtype} to {out.dtype}")
+    kind = "log_softmax" if "log_softmax" in node.op else "softmax"
+    try:
+        kernel = Softmax(ctx.gpu, kind, tuple(meta.shape), int(node.args[1]) % max(meta.ndim, 1), ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 4 * meta.numel())
+
+
+def lower_group_norm(ctx: Context, node: Node) -> GpuOp:
+    """group_norm, native_group_norm's values, instance_norm (by the input's statistics; by running statistics it is
+    a per-channel affine, as an eval batch norm) and a batch-statistics batch norm over a batch of one (an instance
+    norm decomposed): one workgroup per group, the activation after it fused."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    if meta.ndim < 2:
+        raise Unsupported("a norm over a tensor without a channel dimension")
+    n, c, plane = meta.shape[0], meta.shape[1], math.prod(meta.shape[2:])
+    if node.op == "group_norm":
+        groups, weight, bias, eps = node.args[1], node.arg(2, "weight"), node.arg(3, "bias"), node.arg(4, "eps", 1e-5)
+    elif node.op == "group_norm_values":
+        weight, bias, groups, eps = node.args[1], node.args[2], node.args[6], node.args[7]
+    elif node.op == "instance_norm":
+        weight, bias, mean, var, use_input_stats, _momentum, eps = node.args[1:8]
+        if not use_input_stats:
+            return lower_batch_norm(ctx, Node(node.name, node.target, (x, weight, bias, mean, var, _momentum, eps),
+                                              act=node.act, meta=node.meta))
+        groups = c
+    else:  # batch_stats_norm: per channel over the batch and the plane; rows only with a batch of one
+        weight, bias, eps = node.args[1], node.args[2], node.args[5]
+        if n != 1:
+            raise Unsupported(f"a batch norm by batch statistics over a batch of {n}")
+        groups = c
+    w, b = ctx.const(weight, "weight"), ctx.const(bias, "bias")
+    try:
+        kernel = GroupNorm(ctx.gpu, n, c, plane, int(groups), None if w is None else w.reshape(-1).numpy(),
+                           None if b is None else b.reshape(-1).numpy(), float(eps), node.act, ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 8 * out.numel())
+
+
+def lower_adaptive_max_pool(ctx: Context, node: Node) -> GpuOp:
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    planes, h, w, ho, wo = _planes(meta, out)
+    try:
+        pool = Pool2d(ctx.gpu, "adaptive_max", planes, h, w, ho, wo, precision=ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: pool.bind(ins[0], y), meta.numel())
+
+
+GATHERS = ("index.Tensor", "_unsafe_index.Tensor", "index_select", "gather", "flip", "roll", "repeat", "pad",
+           "pixel_shuffle", "pixel_unshuffle", *(f"{kind}_pad{d}d" for kind in ("reflection", "replication")
+                                                   for d in (1, 2, 3)))
+
+
+def lower_gather(ctx: Context, node: Node) -> GpuOp:
+    """An op that only moves x's elements, by indices and sizes known at compile time (GATHERS): one gather
+    through a table of source offsets, found by running the op on 1, 2, ... in x's shape (float64: exact; a 0
+    would be a fill). Constant pads arrive as constant_pad_nd (export.constant_pads: a padded strided copy)."""
+    x = node.args[0]
+    meta, out = ctx.tensor(x), out_meta(node)
+    rest = (node.args[1:], node.kwargs)
+    if any(ctx.is_dynamic(r) for r in iter_refs(rest)):
+        raise Unsupported("its indices are computed at run time")
+    if node.op in ("pixel_shuffle", "pixel_unshuffle"):
+        return _pixel_shuffle(ctx, node, meta, out)
+    args, kwargs = list(node.args), dict(node.kwargs)
+    count = meta.numel()
+    args[0] = torch.arange(1, count + 1, dtype=torch.float64).reshape(meta.shape)
+    args[1:] = map_refs(args[1:], lambda r: ctx.constants[r.name])
+    kwargs = map_refs(kwargs, lambda r: ctx.constants[r.name])
+    with torch.no_grad():
+        offsets = node.target(*args, **kwargs)
+    if not isinstance(offsets, torch.Tensor) or tuple(offsets.shape) != tuple(out.shape):
+        raise Unsupported("it does not give one tensor of its result's shape")
+    try:
+        kernel = Gather(ctx.gpu, offsets.to(torch.int64).numpy() - 1, precision=ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
+
+
+def _pixel_shuffle(ctx: Context, node: Node, meta, out) -> GpuOp:
+    """pixel_shuffle / pixel_unshuffle by r: a permuted 6-D view of x (batch dims merged) copied densely, which is
+    the result's layout: one strided copy, no table."""
+    r, (c, h, w) = int(node.args[1]), meta.shape[-3:]
+    batch = math.prod(meta.shape[:-3])
+    view = torch.empty(tuple(meta.shape), device="meta")
+    if node.op == "pixel_shuffle":  # (B, C r r, H, W) -> (B, C, H, r, W, r)
+        view = view.reshape(batch, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3)
+    else:  # (B, C, H r, W r) -> (B, C, r, r, H, W)
+        view = view.reshape(batch, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4)
+    kernel = StridedCopy(ctx.gpu, tuple(view.shape), view.stride(), 0, precision=ctx.precision)
+    return GpuOp(node, [node.args[0].name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
+
+
 LOWERINGS = {
     "convolution": lower_conv,
     **{name: lower_activation for name in ("relu", "hardtanh", "clamp", "hardswish", "silu", "sigmoid",
                                            "hardsigmoid", "gelu", "tanh")},
     **{f"{op}.{kind}": lower_binary for op in ("add", "sub", "mul", "div") for kind in ("Tensor", "Scalar")},
     "batch_norm_eval": lower_batch_norm,
-    **{name: lower_pool for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
-                                     "mean.dim")},
+    **{name: lower_pool for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")},
     **{name: lower_linear for name in ("linear", "addmm", "mm")},
     "cat": lower_cat,
     "constant_pad_nd": lower_layout,
     "layer_norm": lower_layer_norm,
     **{f"{base}.{ov}": lower_upsample for base in ("upsample_nearest2d", "_upsample_nearest_exact2d",
                                                     "upsample_bilinear2d") for ov in ("vec", "default")},
+    **{name: lower_reduce for name in ("sum.dim_IntList", "sum", "mean.dim", "mean", "amax", "amin", "max_values",
+                                       "min_values")},
+    **{name: lower_softmax for name in ("_softmax", "_log_softmax", "softmax.int", "log_softmax.int")},
+    **{name: lower_group_norm for name in ("group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")},
+    **{name: lower_gather for name in GATHERS},
+    "adaptive_max_pool2d_values": lower_adaptive_max_pool,
 }
+LOWERINGS.update(ELEMENTWISE_LOWERINGS)
 
 
 def is_alias(ctx: Context, node: Node) -> bool:

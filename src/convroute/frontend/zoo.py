@@ -55,10 +55,9 @@ def build(name: str, seed: int = 1) -> torch.nn.Module:
     statistics (identity BNs would hide folding errors)."""
     import torchvision
 
-
     torch.manual_seed(seed)
     kwargs = {"weights": None}
-    if name in SEGMENTATION:
+    if name in torchvision.models.list_models(module=torchvision.models.segmentation):
         kwargs["weights_backbone"] = None
     model = torchvision.models.get_model(name, **kwargs).eval()
     randomize_batch_norms(model, seed)

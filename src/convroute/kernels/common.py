@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 DTYPES = ("float32", "float16")
 F16_FEATURE = "shader-f16"
-ACTIVATIONS = ("none", "relu", "relu6", "clamp", "hardswish", "silu", "sigmoid")
-
 # Invocation index of a 1-D launch that Gpu.grid may have folded into two dimensions.
 FLAT_INDEX = "(wid.x + wid.y * nwg.x) * WG + lid_x"
 ENTRY_ARGS = ("@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, "
@@ -18,16 +17,98 @@ ENTRY_ARGS = ("@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 
 
 @dataclass(frozen=True)
+class Activation:
+    """One row of the activation table. `body`: WGSL returning the value for `v`, where `{param}` stands for
+    a parameter's f32 literal and `NAME_helper(` calls one of `helpers` (HELPERS, named after the activation's
+    function so two activations can share a shader); `reference`: float64 NumPy of (y, *params)."""
+
+    body: str
+    reference: Callable
+    params: tuple[tuple[str, float], ...] = ()  # (name, default), in the order ("kind", *values) gives them
+    helpers: tuple[str, ...] = ()
+
+
+HELPERS = {
+    "log1p": """fn NAME_log1p(x: f32) -> f32 {
+  let u = 1.0 + x;
+  return select(log(u) * (x / (u - 1.0)), x, u == 1.0);
+}
+""",
+    "softplus": "fn NAME_softplus(x: f32) -> f32 { return max(x, 0.0) + NAME_log1p(exp(-abs(x))); }\n",
+    "tanh": """fn NAME_tanh(v: f32) -> f32 {
+  let e = exp(-2.0 * abs(v));
+  let r = (1.0 - e) / (1.0 + e);
+  return select(r, -r, v < 0.0);
+}
+""",
+    "erf": """fn NAME_erf(x: f32) -> f32 {
+  let a = abs(x);
+  let t = 1.0 / (1.0 + 0.3275911 * a);
+  let p = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t;
+  let y = 1.0 - p * exp(-a * a);
+  return select(y, -y, x < 0.0);
+}
+""",
+}
+
+
+def _sigmoid(y):
+    return 0.5 * (1.0 + np.tanh(0.5 * y))
+
+
+def _softplus(y):
+    return np.logaddexp(0.0, y)
+
+
+TABLE = {
+    "none": Activation("return v;", lambda y: y),
+    "relu": Activation("return select(v, 0.0, v < 0.0);", lambda y: np.maximum(y, 0.0)),
+    "relu6": Activation("return select(select(v, 0.0, v < 0.0), 6.0, v > 6.0);", lambda y: np.clip(y, 0.0, 6.0)),
+    "clamp": Activation("return select(select(v, {lo}, v < {lo}), {hi}, v > {hi});", np.clip,
+                        (("lo", -math.inf), ("hi", math.inf))),
+    "hardswish": Activation("return v * select(select(v + 3.0, 0.0, v + 3.0 < 0.0), 6.0, v + 3.0 > 6.0) / 6.0;",
+                            lambda y: y * np.clip(y + 3.0, 0.0, 6.0) / 6.0),
+    "silu": Activation("return v / (1.0 + exp(-v));", lambda y: y * _sigmoid(y)),
+    "sigmoid": Activation("return 1.0 / (1.0 + exp(-v));", _sigmoid),
+    "hardsigmoid": Activation("return select(select((v + 3.0) / 6.0, 0.0, v + 3.0 < 0.0), 1.0, v + 3.0 > 6.0);",
+                              lambda y: np.clip(y / 6.0 + 0.5, 0.0, 1.0)),
+    "tanh": Activation("return NAME_tanh(v);", np.tanh, helpers=("tanh",)),
+    "gelu": Activation("return 0.5 * v * (1.0 + NAME_erf(v * 0.7071067811865476));",
+                       lambda y: 0.5 * y * (1.0 + np.vectorize(math.erf)(y / math.sqrt(2.0))), helpers=("erf",)),
+    "gelu_tanh": Activation("return 0.5 * v * (1.0 + NAME_tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));",
+                            lambda y: 0.5 * y * (1.0 + np.tanh(0.7978845608028654 * (y + 0.044715 * y ** 3))),
+                            helpers=("tanh",)),
+    "leaky_relu": Activation("return select(v, v * {negative_slope}, v < 0.0);",
+                             lambda y, s: np.where(y < 0.0, y * s, y), (("negative_slope", 0.01),)),
+    # torch's elu; celu(alpha) is elu(alpha, 1, 1/alpha), selu is elu with its two constants
+    "elu": Activation("return {scale} * select(v, {alpha} * (exp(v * {input_scale}) - 1.0), v <= 0.0);",
+                      lambda y, a, s, i: s * np.where(y <= 0.0, a * np.expm1(np.minimum(y, 0.0) * i), y),
+                      (("alpha", 1.0), ("scale", 1.0), ("input_scale", 1.0))),
+    "softplus": Activation("return select(NAME_softplus(v * {beta}) / {beta}, v, v * {beta} > {threshold});",
+                           lambda y, b, t: np.where(y * b > t, y, _softplus(y * b) / b),
+                           (("beta", 1.0), ("threshold", 20.0)), ("log1p", "softplus")),
+    "mish": Activation("return v * NAME_tanh(NAME_softplus(v));", lambda y: y * np.tanh(_softplus(y)),
+                       helpers=("log1p", "softplus", "tanh")),
+    "logsigmoid": Activation("return min(v, 0.0) - NAME_log1p(exp(-abs(v)));", lambda y: -_softplus(-y),
+                             helpers=("log1p",)),
+}
+ACTIVATIONS = tuple(TABLE)
+SELU = (1.6732632423543772848170429916717, 1.0507009873554804934193349852946)  # elu's alpha and scale
+
+
+@dataclass(frozen=True)
 class Epilogue:
-    """Bias is added by every kernel; this is the activation applied after it."""
+    """Bias is added by every kernel; this is the activation applied after it (a row of TABLE): clamp's
+    bounds in lo/hi, any other activation's parameters in `args` (every one, defaults filled in)."""
 
     kind: str = "none"
     lo: float = -math.inf
     hi: float = math.inf
+    args: tuple[float, ...] = ()
 
     @classmethod
     def parse(cls, activation) -> Epilogue:
-        """None, a name, an Epilogue, or ("clamp", lo, hi)."""
+        """None, a name, an Epilogue, ("clamp", lo, hi), or (name, *parameters), e.g. ("leaky_relu", 0.2)."""
         if activation is None:
             return cls()
         if isinstance(activation, Epilogue):
@@ -36,27 +117,43 @@ class Epilogue:
             if activation not in ACTIVATIONS or activation == "clamp":
                 raise ValueError(f"unknown activation {activation!r}; use one of "
                                  f"{', '.join(a for a in ACTIVATIONS if a != 'clamp')} or ('clamp', lo, hi)")
-            return cls(activation)
+            return cls.of(activation)
         if isinstance(activation, tuple) and len(activation) == 3 and activation[0] == "clamp":
             lo, hi = float(activation[1]), float(activation[2])
             if lo > hi:
                 raise ValueError(f"clamp activation needs lo <= hi, got ({lo}, {hi})")
             return cls("clamp", lo, hi)
+        if isinstance(activation, tuple) and activation and activation[0] in ACTIVATIONS:
+            return cls.of(activation[0], *activation[1:])
         raise ValueError(f"unknown activation {activation!r}")
+
+    @classmethod
+    def of(cls, kind: str, *values: float) -> Epilogue:
+        """The activation `kind` with its first parameters `values` (the rest at their defaults)."""
+        params = TABLE[kind].params
+        if kind == "clamp" or len(values) > len(params):
+            raise ValueError(f"activation {kind!r} takes {'lo and hi' if kind == 'clamp' else len(params)} "
+                             f"parameter(s) ({', '.join(n for n, _ in params) or 'none'}), got {values}")
+        args = tuple(float(v) for v in values) + tuple(d for _, d in params[len(values):])
+        if not all(math.isfinite(a) for a in args):
+            raise ValueError(f"activation {kind!r} needs finite parameters, got {args}")
+        return cls(kind, args=args)
+
+    @property
+    def values(self) -> tuple[float, ...]:
+        return (self.lo, self.hi) if self.kind == "clamp" else self.args
 
     def wgsl(self, name: str = "act") -> str:
         """`fn act(v: f32) -> f32` (or another `name`); a NaN passes through as in PyTorch (see keep_nan)."""
-        body = {
-            "none": "return v;",
-            "relu": "return select(v, 0.0, v < 0.0);",
-            "relu6": "return select(select(v, 0.0, v < 0.0), 6.0, v > 6.0);",
-            "clamp": f"return select(select(v, {_f32(self.lo)}, v < {_f32(self.lo)}), {_f32(self.hi)}, "
-                     f"v > {_f32(self.hi)});",
-            "hardswish": "return v * select(select(v + 3.0, 0.0, v + 3.0 < 0.0), 6.0, v + 3.0 > 6.0) / 6.0;",
-            "silu": "return v / (1.0 + exp(-v));",
-            "sigmoid": "return 1.0 / (1.0 + exp(-v));",
-        }[self.kind]
-        return keep_nan(body, name)
+        row = TABLE[self.kind]
+        body = row.body.format(**{p: _f32(v) for (p, _), v in zip(row.params, self.values, strict=True)})
+        helpers = "".join(HELPERS[h] for h in row.helpers)
+        return (helpers + keep_nan(body, name)).replace("NAME_", f"{name}_")
+
+    def reference(self, y: np.ndarray) -> np.ndarray:
+        """The activation of `y` in float64 NumPy (the kernels' meaning; the self-test and CPU steps use it)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return TABLE[self.kind].reference(np.asarray(y, np.float64), *self.values)
 
 
 # WGSL lets compilers assume no NaN, and NVIDIA's turns select(v, 0.0, v < 0.0) into a max that returns 0 for

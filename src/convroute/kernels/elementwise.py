@@ -1,4 +1,5 @@
-"""Elementwise ops for whole models: standalone activations, broadcasting add/sub/mul/div with a fused
+"""Elementwise ops for whole models: standalone activations, broadcasting math over up to MAX_RANK dimensions
+(add/sub/mul/div, pow, maximum/minimum, where, clamp with tensor bounds, unary math) with a fused
 activation, and a per-channel affine (a batch norm that follows no conv). Dense row-major tensors stored as
 float32 or float16 (`precision`), computed in f32.
 
@@ -13,46 +14,22 @@ import math
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision, keep_nan, storage
+from convroute.kernels.common import ACTIVATIONS, FP32, Epilogue, Precision, split_index, storage
 from convroute.kernels.flat import f32_bits, flat_shader, launch
 
-MAX_RANK = 4
-
-# Activations beyond the conv epilogue's set (they never fuse into a conv).
-EXTRA_ACTIVATIONS = {
-    "gelu": "return 0.5 * v * (1.0 + erf_approx(v * 0.7071067811865476));",
-    "gelu_tanh": "return 0.5 * v * (1.0 + tanh_safe(0.7978845608028654 * (v + 0.044715 * v * v * v)));",
-    "hardsigmoid": "return select(select((v + 3.0) / 6.0, 0.0, v + 3.0 < 0.0), 1.0, v + 3.0 > 6.0);",
-    "tanh": "return tanh_safe(v);",
-}
-HELPERS = """
-fn tanh_safe(v: f32) -> f32 {
-  let e = exp(-2.0 * abs(v));
-  let r = (1.0 - e) / (1.0 + e);
-  return select(r, -r, v < 0.0);
-}
-fn erf_approx(x: f32) -> f32 {
-  let a = abs(x);
-  let t = 1.0 / (1.0 + 0.3275911 * a);
-  let p = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t;
-  let y = 1.0 - p * exp(-a * a);
-  return select(y, -y, x < 0.0);
-}
-"""
-UNARY_KINDS = tuple(a for a in ACTIVATIONS if a != "none") + tuple(EXTRA_ACTIVATIONS)
+MAX_RANK = 6
+UNARY_KINDS = tuple(a for a in ACTIVATIONS if a != "none")
 
 
 def act_source(act) -> str:
-    """`fn act(v: f32) -> f32` for an Epilogue or a name in UNARY_KINDS."""
-    if isinstance(act, str) and act in EXTRA_ACTIVATIONS:
-        return HELPERS + keep_nan(EXTRA_ACTIVATIONS[act])
+    """`fn act(v: f32) -> f32` for an Epilogue, a name in UNARY_KINDS or a (name, *parameters) tuple."""
     return Epilogue.parse(act).wgsl()
 
 
 class Unary:
-    """y = act(x) for relu, relu6, clamp, hardswish, silu, sigmoid, hardsigmoid, gelu, gelu_tanh, tanh; with
-    act None a plain copy. `x_type` "f32" reads a float32 x into ST storage (an f16 program's float32 input,
-    converted on the GPU rather than the host)."""
+    """y = act(x) for every activation of the table (common.TABLE); with act None a plain copy. `x_type` "f32"
+    reads a float32 x into ST storage (an f16 program's float32 input, converted on the GPU rather than the
+    host)."""
 
     PARAMS = ["total"]
 
@@ -66,55 +43,115 @@ class Unary:
         return [launch(self.gpu, self.source, self.PARAMS, {"total": self.total}, [x, y])]
 
 
-BINARY_PARAMS = ["total", "d1", "d2", "d3", "a0", "a1", "a2", "a3", "b0", "b1", "b2", "b3", "alpha"]
-SAME_INDEX = "  let ia = t;\n  let ib = t;"
-BROADCAST_INDEX = """  let i3 = t % P.d3;
-  let i2 = (t / P.d3) % P.d2;
-  let i1 = (t / (P.d3 * P.d2)) % P.d1;
-  let i0 = t / (P.d3 * P.d2 * P.d1);
-  let ia = i0 * P.a0 + i1 * P.a1 + i2 * P.a2 + i3 * P.a3;
-  let ib = i0 * P.b0 + i1 * P.b1 + i2 * P.b2 + i3 * P.b3;"""
-BINARY_EXPR = {"add": "u + alpha * v", "sub": "u - alpha * v", "mul": "u * v", "div": "u / v"}
+# Math on the operands u0, u1, ... (f32) and the scalar parameters (f32 `let`s of the same names).
+MATH_HELPERS = """
+fn is_nan(v: f32) -> bool { return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u; }
+fn pow_real(a: f32, b: f32) -> f32 {
+  let m = pow(abs(a), b);
+  let integral = b == round(b);
+  let odd = integral && abs(b) < 16777216.0 && (i32(b) & 1) == 1;
+  let r = select(m, -m, a < 0.0 && odd);
+  let zero = select(select(1.0, 0.0, b > 0.0), bitcast<f32>(0x7f800000u), b < 0.0);
+  let nz = select(r, zero, a == 0.0);
+  return select(select(nz, sqrt(-1.0 - abs(b)), a < 0.0 && !integral), 1.0, b == 0.0);
+}
+fn log1p_(x: f32) -> f32 {
+  let u = 1.0 + x;
+  return select(log(u) * (x / (u - 1.0)), x, u == 1.0);
+}
+"""
+BINARY_EXPR = {"add": "u0 + alpha * u1", "sub": "u0 - alpha * u1", "mul": "u0 * u1", "div": "u0 / u1",
+               "pow": "pow_real(u0, u1)", "maximum": "select(max(u0, u1), u0 + u1, is_nan(u0) || is_nan(u1))",
+               "minimum": "select(min(u0, u1), u0 + u1, is_nan(u0) || is_nan(u1))"}
+UNARY_EXPR = {"sqrt": "sqrt(u0)", "rsqrt": "inverseSqrt(u0)", "exp": "exp(u0)", "exp2": "exp2(u0)", "log": "log(u0)",
+              "log2": "log2(u0)", "neg": "-u0", "abs": "abs(u0)", "reciprocal": "1.0 / u0",
+              "expm1": "select(exp(u0) - 1.0, u0, abs(u0) < 1e-5)", "log1p": "log1p_(u0)", "square": "u0 * u0",
+              "sin": "sin(u0)", "cos": "cos(u0)", "floor": "floor(u0)", "ceil": "ceil(u0)", "round": "round(u0)",
+              "trunc": "trunc(u0)", "sign": "select(sign(u0), u0, is_nan(u0))"}
+COMPARE_EXPR = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "==", "ne": "!="}
 
 
 def broadcast_strides(shape, out_shape) -> list[int] | None:
-    """Element strides of a dense `shape` read broadcast to `out_shape` (both left-padded to rank 4)."""
-    if len(out_shape) > MAX_RANK or len(shape) > len(out_shape):
+    """Element strides of a dense `shape` read broadcast to `out_shape` (left-padded to its rank), or None."""
+    rank = len(out_shape)
+    if len(shape) > rank:
         return None
-    shape = (1,) * (MAX_RANK - len(shape)) + tuple(shape)
-    out = (1,) * (MAX_RANK - len(out_shape)) + tuple(out_shape)
-    strides, step = [0] * MAX_RANK, 1
-    for i in reversed(range(MAX_RANK)):
-        if shape[i] not in (1, out[i]):
+    shape = (1,) * (rank - len(shape)) + tuple(shape)
+    strides, step = [0] * rank, 1
+    for i in reversed(range(rank)):
+        if shape[i] not in (1, out_shape[i]):
             return None
-        strides[i] = step if shape[i] == out[i] and out[i] != 1 else 0
+        strides[i] = step if shape[i] == out_shape[i] and out_shape[i] != 1 else 0
         step *= shape[i]
     return strides
 
 
-class Binary:
-    """y = act(a OP b) with NumPy broadcasting up to rank 4; add/sub take alpha as torch does."""
+def collapse(out_shape, strides: list[list[int]]) -> tuple[list[int], list[list[int]]]:
+    """Drop size-1 dimensions and merge neighbours every operand reads the same way (strides[i] =
+    strides[i + 1] * size[i + 1]), so fewer index digits remain."""
+    dims, cols = [], [[] for _ in strides]
+    for i, size in enumerate(out_shape):
+        if size == 1:
+            continue
+        if dims and all(c[-1] == s[i] * size for c, s in zip(cols, strides, strict=True)):
+            dims[-1] *= size
+            for c, s in zip(cols, strides, strict=True):
+                c[-1] = s[i]
+            continue
+        dims.append(size)
+        for c, s in zip(cols, strides, strict=True):
+            c.append(s[i])
+    return dims or [1], [c or [0] for c in cols]
+
+
+class Elementwise:
+    """y = act(`expr`) over operands u0, u1, ... read with NumPy broadcasting to `out_shape` (rank <=
+    MAX_RANK); `scalars` are f32 parameters the expression names. `bind(operand buffers..., y)`."""
+
+    def __init__(self, gpu: Gpu, expr: str, shapes, out_shape, act=None, precision: Precision = FP32,
+                 scalars: dict | None = None):
+        out_shape = tuple(out_shape)
+        strides = [broadcast_strides(s, out_shape) for s in shapes]
+        if len(out_shape) > MAX_RANK or any(s is None for s in strides):
+            raise ValueError(f"cannot broadcast {' and '.join(str(tuple(s)) for s in shapes)} to {out_shape} "
+                             f"within rank {MAX_RANK}")
+        self.gpu, self.count = gpu, len(shapes)
+        dims, cols = collapse(out_shape, strides)
+        rank = len(dims)
+        scalars = scalars or {}
+        self.params = ["total", *(f"d{k}" for k in range(1, rank)),
+                       *(f"s{j}_{k}" for j in range(len(shapes)) for k in range(rank)), *scalars]
+        self.values = dict(total=math.prod(out_shape), **{f"d{k}": dims[k] for k in range(1, rank)},
+                           **{f"s{j}_{k}": c[k] for j, c in enumerate(cols) for k in range(rank)},
+                           **{n: f32_bits(v) for n, v in scalars.items()})
+        same = all(tuple(s) == out_shape for s in shapes)
+        lines = [f"  let {n} = bitcast<f32>(P.{n});" for n in scalars]
+        if not same:
+            lines.append(split_index("t", [(f"i{k}", f"P.d{k}") for k in reversed(range(1, rank))], "i0"))
+        for j in range(len(shapes)):
+            index = "t" if same else " + ".join(f"i{k} * P.s{j}_{k}" for k in range(rank))
+            lines.append(f"  let u{j} = f32(x{j}[{index}]);")
+        lines.append(f"  y[t] = ST(act({expr}));")
+        buffers = storage(*(f"x{j}" for j in range(len(shapes))), "y!")
+        self.source = flat_shader(self.params, buffers, "\n".join(lines), MATH_HELPERS + act_source(act), precision)
+        gpu.pipeline(self.source)
+
+    def bind(self, *buffers) -> list[Dispatch]:
+        """Operand buffers in order, then y."""
+        if len(buffers) != self.count + 1:
+            raise ValueError(f"elementwise op takes {self.count} operand buffers and y, got {len(buffers)}")
+        return [launch(self.gpu, self.source, self.params, self.values, list(buffers))]
+
+
+class Binary(Elementwise):
+    """y = act(a OP b) with NumPy broadcasting up to rank MAX_RANK; add/sub take alpha as torch does."""
 
     def __init__(self, gpu: Gpu, op: str, a_shape, b_shape, out_shape, act=None, alpha: float = 1.0,
                  precision: Precision = FP32):
         if op not in BINARY_EXPR:
             raise ValueError(f"unknown binary op {op!r}; known: {', '.join(BINARY_EXPR)}")
-        sa, sb = broadcast_strides(a_shape, out_shape), broadcast_strides(b_shape, out_shape)
-        if sa is None or sb is None:
-            raise ValueError(f"cannot broadcast {tuple(a_shape)} and {tuple(b_shape)} to {tuple(out_shape)} "
-                             f"within rank {MAX_RANK}")
-        self.gpu = gpu
-        out = (1,) * (MAX_RANK - len(out_shape)) + tuple(out_shape)
-        same = tuple(a_shape) == tuple(b_shape) == tuple(out_shape)
-        self.values = dict(total=math.prod(out), d1=out[1], d2=out[2], d3=out[3], alpha=f32_bits(alpha),
-                           **{f"a{i}": s for i, s in enumerate(sa)}, **{f"b{i}": s for i, s in enumerate(sb)})
-        body = (f"  let alpha = bitcast<f32>(P.alpha);\n{SAME_INDEX if same else BROADCAST_INDEX}\n"
-                f"  let u = f32(a[ia]);\n  let v = f32(b[ib]);\n  y[t] = ST(act({BINARY_EXPR[op]}));")
-        self.source = flat_shader(BINARY_PARAMS, storage("a", "b", "y!"), body, act_source(act), precision)
-        gpu.pipeline(self.source)
-
-    def bind(self, a, b, y) -> list[Dispatch]:
-        return [launch(self.gpu, self.source, BINARY_PARAMS, self.values, [a, b, y])]
+        scalars = {"alpha": alpha} if "alpha" in BINARY_EXPR[op] else {}
+        super().__init__(gpu, BINARY_EXPR[op], [a_shape, b_shape], out_shape, act, precision, scalars)
 
 
 class ChannelAffine:

@@ -1,4 +1,5 @@
-"""Layer norm over the last `width` elements of each row: one workgroup per row.
+"""Layer norm over the last `width` elements of each row, and group / instance norm (rows of a group's channels
+times H x W, with a per-channel affine): one workgroup per row.
 
 Two passes over the row (mean, then the mean of squared deviations: no cancellation), each a strided
 loop of width / 64 steps per invocation and a tree reduction in workgroup memory; then
@@ -15,7 +16,7 @@ from convroute.kernels.elementwise import act_source
 from convroute.kernels.flat import f32_bits
 
 WG = 64
-PARAMS = ["rows", "width", "eps"]
+PARAMS = ["rows", "width", "eps", "arows", "adiv"]
 
 SHADER = """
 const WG: u32 = {wg}u;
@@ -51,7 +52,8 @@ fn main({entry}) {{
   }}
   let rstd = inverseSqrt(reduce(q, lid_x) / f32(P.width) + bitcast<f32>(P.eps));
   for (var j = lid_x; live && j < P.width; j = j + WG) {{
-    y[base + j] = ST(act((f32(x[base + j]) - mean) * rstd * weight[j] + bias[j]));
+    let k = {affine_index};
+    y[base + j] = ST(act((f32(x[base + j]) - mean) * rstd * weight[k] + bias[k]));
   }}
 }}
 """
@@ -61,18 +63,23 @@ class LayerNorm:
     """y = act(layer_norm(x) * weight + bias) over rows of `width` elements (weight 1 / bias 0 when None)."""
 
     def __init__(self, gpu: Gpu, rows: int, width: int, weight: np.ndarray | None, bias: np.ndarray | None,
-                 eps: float, act=None, precision: Precision = FP32):
+                 eps: float, act=None, precision: Precision = FP32, channels: tuple[int, int] | None = None):
+        """`channels` (groups, plane): the affine is per channel, a row holding `width / plane` channels of
+        `plane` elements and row r being group r % groups (group norm); None: per element of the row."""
         if width < 1:
             raise ValueError(f"layer norm over {width} elements")
         self.gpu, self.rows = gpu, rows
-        self.values = dict(rows=rows, width=width, eps=f32_bits(eps))
-        w = np.ones(width, np.float32) if weight is None else np.asarray(weight, np.float32).reshape(width)
-        b = np.zeros(width, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(width)
-        self.weight = gpu.upload(w, "layer norm weight")
-        self.bias = gpu.upload(b, "layer norm bias")
+        groups, plane = channels or (1, 1)
+        length = groups * width // plane  # affine values
+        self.values = dict(rows=rows, width=width, eps=f32_bits(eps), arows=groups, adiv=plane)
+        w = np.ones(length, np.float32) if weight is None else np.asarray(weight, np.float32).reshape(length)
+        b = np.zeros(length, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(length)
+        self.weight = gpu.upload(w, "norm weight")
+        self.bias = gpu.upload(b, "norm bias")
+        index = "j" if channels is None else "((row % P.arows) * P.width + j) / P.adiv"
         self.source = precision.wgsl() + SHADER.format(
             wg=WG, uniforms=uniform_block(PARAMS), buffers=storage("x", "weight:f32", "bias:f32", "y!"),
-            act=act_source(act), entry=ENTRY_ARGS)
+            act=act_source(act), entry=ENTRY_ARGS, affine_index=index)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
@@ -80,3 +87,14 @@ class LayerNorm:
             return []
         u = self.gpu.uniform(pack(PARAMS, self.values))
         return [self.gpu.dispatch(self.source, [u, x, self.weight, self.bias, y], self.rows * WG, WG)]
+
+
+class GroupNorm(LayerNorm):
+    """y = act(group_norm(x) * weight[c] + bias[c]) over an N x C x (plane) tensor in `groups` groups of channels
+    (instance norm: groups = C)."""
+
+    def __init__(self, gpu: Gpu, n: int, c: int, plane: int, groups: int, weight: np.ndarray | None,
+                 bias: np.ndarray | None, eps: float, act=None, precision: Precision = FP32):
+        if groups < 1 or c % groups:
+            raise ValueError(f"group norm of {c} channels in {groups} groups")
+        super().__init__(gpu, n * groups, c // groups * plane, weight, bias, eps, act, precision, (groups, plane))

@@ -1,5 +1,5 @@
-"""2-D pooling over NCHW planes: max_pool2d, avg_pool2d (ceil_mode, count_include_pad, divisor_override)
-and adaptive_avg_pool2d (which also serves mean over H and W).
+"""2-D pooling over NCHW planes: max_pool2d (dilation, ceil_mode), avg_pool2d (ceil_mode, count_include_pad,
+divisor_override), adaptive_avg_pool2d (which also serves mean over H and W) and adaptive_max_pool2d.
 
 Output sizes come from the caller (the graph's shapes), so ceil_mode needs no logic here: partial
 windows are clipped as torch clips them. Small windows take one invocation per output; larger ones
@@ -62,12 +62,15 @@ fn window(o: u32) -> Win {
 """,
 }
 
+WINDOWS["adaptive_max"] = WINDOWS["adaptive"]
+
 # Reduction per kind: start value, combine(acc, v), finish(acc, win). NaN propagates through max as in torch.
 REDUCE = {
     "max": ("neg_inf()", "select(a, v, !is_nan(a) && (v > a || is_nan(v)))", "a"),
     "avg": ("0.0", "a + v", "select(a / win.div, 0.0, win.nh == 0u || win.nw == 0u)"),
     "adaptive": ("0.0", "a + v", "a / win.div"),
 }
+REDUCE["adaptive_max"] = REDUCE["max"]
 
 FRAME = """
 struct Win { hs: i32, ws: i32, nh: u32, nw: u32, dh: u32, dw: u32, div: f32 }
@@ -119,7 +122,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 
 class Pool2d:
-    """kind 'max', 'avg' or 'adaptive' over `planes` = N*C planes of h x w, giving ho x wo each."""
+    """kind 'max', 'avg', 'adaptive' or 'adaptive_max' over `planes` = N*C planes of h x w, giving ho x wo each."""
 
     def __init__(self, gpu: Gpu, kind: str, planes: int, h: int, w: int, ho: int, wo: int, kernel=(1, 1),
                  stride=(1, 1), padding=(0, 0), dilation=(1, 1), count_include_pad=True, divisor_override=None,
@@ -131,7 +134,7 @@ class Pool2d:
         self.values = dict(total=self.total, h=h, w=w, ho=ho, wo=wo, kh=kernel[0], kw=kernel[1], sh=stride[0],
                            sw=stride[1], ph=padding[0], pw=padding[1], dh=dilation[0], dw=dilation[1],
                            include_pad=int(bool(count_include_pad)), divisor=int(divisor_override or 0))
-        if kind == "adaptive":
+        if kind.startswith("adaptive"):
             window = (ceil_div(h, ho) + 1) * (ceil_div(w, wo) + 1)
         else:
             window = kernel[0] * kernel[1]

@@ -136,7 +136,7 @@ class TorchModel(ModelEngine):
             return
         host = host.pin_memory()
         if not graph:
-            self.once = torch.no_grad()(lambda: model(host.to(device, non_blocking=True)).cpu())
+            self.once = torch.no_grad()(lambda: to_host(model(host.to(device, non_blocking=True))))
             return
         static = host.to(device)
         with torch.no_grad():
@@ -155,9 +155,14 @@ class TorchModel(ModelEngine):
         def once():
             static.copy_(host, non_blocking=True)
             self.graph.replay()
-            return out.cpu()
+            return to_host(out)
 
         self.once = once
 
     def close(self) -> None:
         self.__dict__.pop("graph", None)
+
+
+def to_host(out):
+    """A model's output on the host (`.cpu()` waits for the stream); a segmentation model's dict, each value."""
+    return {key: value.cpu() for key, value in out.items()} if isinstance(out, dict) else out.cpu()

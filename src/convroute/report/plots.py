@@ -1,14 +1,26 @@
 """Plots (matplotlib, the [report] extra) of a bench report (`bench --plot`) and of a comparison with peer
-engines (`bench --compare --plot`): per-layer bars per algorithm or engine on a log scale, totals beside."""
+engines (`bench --compare --plot`): per-layer bars per algorithm or engine on a log scale, totals beside.
+
+Nothing overlaps: the legend sits above the axes (constrained layout keeps it out of them), and each total's
+value is written in its tick label, outside the bars' axes."""
 
 from __future__ import annotations
 
 import numpy as np
 
 POLICY_MARKERS = {"seed": ("v", "black"), "calibrated": ("*", "red"), "autotune": ("D", "purple")}
+SIDE_INCHES = 3.2  # the totals panel
 
 
 def plot_bench(report, path: str) -> None:
+    _save(bench_figure(report), path)
+
+
+def plot_compare(report, path: str) -> None:
+    _save(compare_figure(report), path)
+
+
+def bench_figure(report):
     """bench.suite.BenchReport: per-layer time by algorithm, policy choices and the oracle marked; totals beside."""
     algos, layers = report.algorithms, report.layers
     fig, ax, ax_tot, offset = _layer_bars({name: [r.times_ms.get(name, np.nan) for r in layers] for name in algos},
@@ -21,37 +33,39 @@ def plot_bench(report, path: str) -> None:
         ax.plot(i + offset(algos.index(r.oracle)), r.oracle_ms / 1.15, "^", color="green", markersize=5,
                 label="fastest (oracle)" if i == 0 else None)
     ax.set_ylabel("time per layer (ms, median)")
-    ax.set_title(f"{report.suite}, batch {report.batch}, {report.dtype}: per-layer time by algorithm")
-    ax.legend(fontsize=8, ncol=2)
+    ax.set_title(f"{report.suite}, batch {report.batch}, {report.dtype}: per-layer time by algorithm", fontsize=10)
     totals = {k: v for k, v in report.totals_ms().items() if v is not None}
-    ax_tot.barh(list(totals), list(totals.values()),
-                color=["tab:red" if k in POLICY_MARKERS else "tab:green" if k == "oracle" else "grey" for k in totals])
-    for k, v in totals.items():
-        ax_tot.text(v, k, f" {v:.1f} ({v / totals['oracle']:.2f}x)", va="center", fontsize=7)
-    ax_tot.set_xlabel("total ms (weighted by counts)")
-    _save(fig, ax_tot, report.device, path)
+    oracle = totals["oracle"]
+    ax_tot.barh(range(len(totals)), list(totals.values()),
+                color=["tab:red" if k in report.policies else "tab:green" if k == "oracle" else "grey" for k in totals])
+    ax_tot.set_yticks(range(len(totals)), [f"{k}\n{v:.3g} ms, {v / oracle:.2f}x" for k, v in totals.items()],
+                      fontsize=7)
+    ax_tot.set_xlabel("total ms, weighted by counts\n(an algorithm's: the fastest path\nwhere it cannot run)",
+                      fontsize=8)
+    _finish(fig, ax, ax_tot, report.device)
+    return fig
 
 
-def plot_compare(report, path: str) -> None:
+def compare_figure(report):
     """bench.compare_layers.CompareReport: per-layer bars per engine, and convroute / peer ratios beside."""
     engines = report.convroute + report.peers
     series = {name: [np.nan if m.ms is None else m.ms for m in report.engines[name].layers] for name in engines}
     fig, ax, ax_ratio, _ = _layer_bars(series, list(zip(report.names, report.counts, strict=True)), 0.5)
     ax.set_ylabel(f"ms per layer (chain of {report.chain}, transfers included)")
-    ax.set_title(f"{report.suite}, batch {report.batch}: convroute {report.dtype} vs other engines")
-    ax.legend(fontsize=8)
+    ax.set_title(f"{report.suite}, batch {report.batch}: convroute {report.dtype} vs other engines", fontsize=10)
     ratios = report.ratios()
-    labels = [f"{r['convroute']} / {r['peer']}" for r in ratios]
     values = [r["ratio"] for r in ratios]
-    ax_ratio.barh(labels, values, color=["tab:green" if v <= 1 else "tab:red" for v in values])
+    ax_ratio.barh(range(len(ratios)), values, color=["tab:green" if v <= 1 else "tab:red" for v in values])
     ax_ratio.axvline(1.0, color="black", linewidth=0.8)
     ax_ratio.set_xscale("log")
-    for label, r in zip(labels, ratios, strict=True):
+    labels = []
+    for r in ratios:
         subset = "all" if r["subset"] == "all" else f"{len(r['subset'])}/{len(report.names)} layers"
-        ax_ratio.text(r["ratio"], label, f" {r['ratio']:.2f}x ({subset})", va="center", fontsize=7)
+        labels.append(f"{r['convroute']} / {r['peer']}\n{r['ratio']:.2f}x ({subset})")
+    ax_ratio.set_yticks(range(len(ratios)), labels, fontsize=7)
     ax_ratio.set_xlabel("total time ratio (weighted by counts)")
-    ax_ratio.tick_params(axis="y", labelsize=7)
-    _save(fig, ax_ratio, report.device, path)
+    _finish(fig, ax, ax_ratio, report.device)
+    return fig
 
 
 def _layer_bars(series: dict[str, list[float]], layers: list[tuple[str, int]], inch_per_layer: float):
@@ -63,8 +77,9 @@ def _layer_bars(series: dict[str, list[float]], layers: list[tuple[str, int]], i
     import matplotlib.pyplot as plt
 
     n = len(layers)
-    fig, (ax, side) = plt.subplots(1, 2, figsize=(max(10.0, inch_per_layer * n + 5), 6.5),
-                                   gridspec_kw={"width_ratios": [max(n, 4), 3]})
+    bars_inches = max(6.0, inch_per_layer * n)
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(bars_inches + SIDE_INCHES + 1.5, 7.0), layout="constrained",
+                                   gridspec_kw={"width_ratios": [bars_inches, SIDE_INCHES]})
     width = 0.8 / max(len(series), 1)
 
     def offset(j: int) -> float:
@@ -76,16 +91,21 @@ def _layer_bars(series: dict[str, list[float]], layers: list[tuple[str, int]], i
         ax.bar(x + offset(j), values, width, label=name, color=colours[j % len(colours)])
     ax.set_yscale("log")
     ax.set_xticks(x, [f"{name} x{count}" if count > 1 else name for name, count in layers], rotation=70, ha="right",
-                  fontsize=7)
+                  rotation_mode="anchor", fontsize=7)
     return fig, ax, side, offset
 
 
-def _save(fig, side, device: dict, path: str) -> None:
-    import matplotlib.pyplot as plt
-
+def _finish(fig, ax, side, device: dict) -> None:
+    """The legend above both panels, the device's name over the side panel, the side panel's first row on top."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside upper center", ncol=min(len(labels), 6), fontsize=8, frameon=False)
     side.invert_yaxis()
     side.set_title(device.get("name", "")[:40], fontsize=8)
-    fig.tight_layout()
+
+
+def _save(fig, path: str) -> None:
+    import matplotlib.pyplot as plt
+
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -54,11 +54,13 @@ def default_policy() -> str:
 
 
 def route_params(p: ConvParams, device: DeviceProfile, policy: str | None = None,
-                 force_direct: bool | None = None, dtype="float32") -> Decision:
+                 force_direct: bool | None = None, dtype="float32", refine: bool | None = None) -> Decision:
     """The decision for `p` on `device` with activations and weights stored as `dtype` ("float32",
     "float16"; numpy/torch dtypes accepted). Seed, etvk and derived ignore the dtype except for algorithms
     without kernels for it; calibrated and autotune use that dtype's measurements. `force_direct` (default:
-    CONVROUTE_FORCE_DIRECT) sends sliding-window convs to direct whatever the policy."""
+    CONVROUTE_FORCE_DIRECT) sends sliding-window convs to direct whatever the policy. `refine` (default:
+    CONVROUTE_REFINE, on): `calibrated` times a conv outside its calibration on the adapter in use (router.refine);
+    False keeps it to the prediction."""
     dtype = dtype_name(dtype)
     policy = policy or default_policy()
     if force_direct is None:
@@ -70,19 +72,19 @@ def route_params(p: ConvParams, device: DeviceProfile, policy: str | None = None
     if force_direct and is_sliding_window(p):
         algorithm, reason = avoid_blocked(p, "direct", FORCE_DIRECT_REASON, blocked)
     else:
-        algorithm, reason = policy_route(p, device, policy, blocked, dtype)
+        algorithm, reason = policy_route(p, device, policy, blocked, dtype, refine)
         reason += FORCE_DIRECT_SPARED if force_direct else ""
     return Decision(algorithm, reason, policy, device.family, dtype, bool(force_direct))
 
 
 def policy_route(p: ConvParams, device: DeviceProfile, policy: str, blocked: dict[str, str],
-                 dtype: str) -> tuple[str, str]:
+                 dtype: str, refine: bool | None = None) -> tuple[str, str]:
     if policy == "seed":
         return avoid_blocked(p, *seed_route(p, device), blocked)
     if policy == "etvk":
         return avoid_blocked(p, *etvk_route(p, device), blocked)
     if policy == "calibrated":
-        return calibrated_route(p, device, blocked, dtype)
+        return calibrated_route(p, device, blocked, dtype, refine=refine)
     if policy == "derived":
         return derived_route(p, device, blocked)
     return autotune_route(p, device, blocked, dtype)

@@ -3,6 +3,13 @@
 Without a calibration profile for the device (run `convroute calibrate`) it warns once and routes as seed.
 Routing in float16 uses the float16 calibration (`convroute calibrate --dtype float16`); without one it uses
 the float32 calibration, warns once and says so in every reason.
+
+A conv outside what the calibration measured (calibration.coverage: dilation 24 when the grid went to 4, a
+1x7 kernel, 2048 channels per group) is not left to the prediction: its top predicted candidates are timed
+once on the adapter in use and the result kept in the autotune file (router.refine); the reason says so. So is
+a close call, where candidates are predicted closer than the model's typical error (Calibration.close_call,
+from calibrate's leave-one-out check: on a sparse or noisy calibration, such as `calibrate --quick`'s, more
+convs are close calls).
 """
 
 from __future__ import annotations
@@ -11,15 +18,21 @@ from convroute.cache import warn_once
 from convroute.calibration.profile import calibration_for
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import Precision
 from convroute.params import ConvParams
 from convroute.router.exclusions import applicable, avoid_blocked
+from convroute.router.measured import wrong_note
+from convroute.router.refine import allowed_times, cannot_measure, env_refine, measure_top
 from convroute.router.seed import seed_route
 
 
 def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
-                     dtype: str = "float32", calibration=None) -> tuple[str, str]:
+                     dtype: str = "float32", calibration=None, refine: bool | None = None) -> tuple[str, str]:
     """`calibration` defaults to the device's own (from the cache directory); `derive-rule` passes the one it
-    scores."""
+    scores. `refine`: measure convs outside the calibration (default: CONVROUTE_REFINE, on, when routing with
+    the device's own calibration; off with a calibration passed in)."""
+    if refine is None:
+        refine = calibration is None and env_refine()
     calibration = calibration or calibration_for(device, dtype)
     who = device.name or device.family
     command = "convroute calibrate" + ("" if dtype == "float32" else f" --dtype {dtype}")
@@ -41,6 +54,8 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
             notes.append(f"{name} excluded ({blocked[name]})")
         elif len(allowed) > 1 and (t := calibration.model.predict_ms(p, name)) is not None:
             predicted[name] = t
+        elif len(allowed) > 1 and name in calibration.model.models:
+            notes.append(f"{name} has no launch plan for it on the calibrated device")
         elif len(allowed) > 1:
             notes.append(f"{name} not calibrated (recalibrate to include it)")
     if len(allowed) == 1:
@@ -49,11 +64,42 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
     if not predicted:
         return seed_fallback(p, device, blocked, f"{label}: no calibrated algorithm can run this conv")
     ranked = sorted(predicted, key=predicted.get)
-    best = ranked[0]
-    reason = f"{label}: {best} predicted {ms(predicted[best])}"
+    notes_text = "".join(f", {note}" for note in notes)
+    prediction = f"{ranked[0]} predicted {ms(predicted[ranked[0]])}"
     if len(ranked) > 1:
-        reason += " vs " + ", ".join(f"{n} {ms(predicted[n])}" for n in ranked[1:])
-    return best, reason + "".join(f", {note}" for note in notes)
+        prediction += " vs " + ", ".join(f"{n} {ms(predicted[n])}" for n in ranked[1:])
+    doubt = doubt_about(calibration, p, predicted, ranked)
+    if doubt is None:
+        return ranked[0], f"{label}: {prediction}{notes_text}"
+    why, candidates = doubt
+    why_not = "refinement is off" if not refine else cannot_measure(device, Precision.parse(dtype))
+    if why_not is None:
+        entry, origin = measure_top(p, device, candidates, allowed, Precision.parse(dtype))
+        times = allowed_times(entry, allowed)
+        if times:
+            wrong = f", {wrong_note(entry)}" if entry.get("wrong") else ""
+            measured = ", ".join(f"{n} {ms(t)}" for n, t in times.items())
+            return next(iter(times)), (f"{label}: {why}: measured {measured}{wrong} ({origin}, {entry['method']}, "
+                                       f"{entry['when']}; {prediction}){notes_text}")
+        why_not = f"no candidate measured correctly ({wrong_note(entry) or 'none could run'})"
+    return ranked[0], f"{label}: {prediction}{notes_text}; {why}, not measured: {why_not}"
+
+
+def doubt_about(calibration, p: ConvParams, predicted: dict[str, float],
+                ranked: list[str]) -> tuple[str, list[str]] | None:
+    """Why the prediction alone will not do for `p`, with the candidates worth timing (best predicted first), or
+    None: outside the calibrated range (the top candidates), or a close call (those predicted within the
+    model's typical error of the best)."""
+    if len(ranked) < 2:
+        return None
+    verdict = calibration.coverage.verdict(p)
+    if not verdict.covered:
+        return f"outside the calibrated range ({verdict.why()})", ranked
+    close = [n for n in ranked if predicted[n] < predicted[ranked[0]] * calibration.close_call]
+    if len(close) < 2:
+        return None
+    return (f"a close call (predicted within {100 * (calibration.close_call - 1):.0f}%, the model's typical error "
+            f"here)"), close
 
 
 def seed_fallback(p: ConvParams, device: DeviceProfile, blocked: dict[str, str], why: str) -> tuple[str, str]:

@@ -82,22 +82,49 @@ def choices(layer: BenchLayer, profile, rule: Rule | None, calibration: Calibrat
     return out
 
 
+def network_of(layer_name: str) -> str:
+    """The network a held-out layer comes from ("deeplabv3_resnet50/backbone.layer4.0.conv2"); "" for others."""
+    return layer_name.split("/", 1)[0] if "/" in layer_name else ""
+
+
 def score_suite(suite: BenchSuite, rule: Rule | None, calibrations=(), fitted: set[str] | None = None) -> dict:
-    """{"suite", "device", "layers", "oracle_ms", "vs_oracle": {policy: total / oracle}} (policies that cannot
-    be scored are left out: calibrated without a calibration of the suite's device)."""
+    """score_layers on the suite's device, with its calibration from `calibrations` or the cache (policies that
+    cannot be scored are left out: calibrated without a calibration of the suite's device)."""
     if fitted is not None:
         check_held_out(suite, fitted)
     profile = profile_from_record(suite.device)
     calibration = next((c for c in calibrations if c.device_key == profile.key), None)
-    calibration = calibration or load_calibration(profile)
-    totals: dict[str, float] = {}
-    oracle = 0.0
+    return score_layers(suite, profile, rule, calibration or load_calibration(profile))
+
+
+def score_layers(suite: BenchSuite, profile, rule: Rule | None, calibration: Calibration | None) -> dict:
+    """{"suite", "device", "family", "layers", "oracle_ms", "vs_oracle": {policy: total / oracle},
+    "worst": {policy: (its slowest layer's time / the layer's oracle, the layer's name)}, "networks": the same
+    per network of a held-out file (layers named "network/module"; empty for other suites)}."""
+    picked = []
     for layer in suite.layers:
         if not layer.times_ms:
             raise ValueError(f"suite {suite.name}: layer {layer.name} has no measured time")
-        oracle += layer.count * min(layer.times_ms.values())
-        for policy, algorithm in choices(layer, profile, rule, calibration).items():
-            totals[policy] = totals.get(policy, 0.0) + layer.count * layer.times_ms[algorithm]
+        picked.append((layer, choices(layer, profile, rule, calibration)))
+    groups: dict[str, list] = {}
+    for layer, chosen in picked:
+        if network_of(layer.name):
+            groups.setdefault(network_of(layer.name), []).append((layer, chosen))
     return {"suite": suite.name, "device": profile.name or profile.family, "family": profile.family,
-            "layers": len(suite.layers), "oracle_ms": oracle,
-            "vs_oracle": {k: totals[k] / oracle for k in SCORED if k in totals}}
+            **totals(picked), "networks": {net: totals(rows) for net, rows in groups.items()}}
+
+
+def totals(picked: list[tuple[BenchLayer, dict[str, str]]]) -> dict:
+    """Count-weighted totals over the oracle, and each policy's worst layer, of (layer, policy -> algorithm)."""
+    oracle, sums, worst = 0.0, {}, {}
+    for layer, chosen in picked:
+        best = min(layer.times_ms.values())
+        oracle += layer.count * best
+        for policy, algorithm in chosen.items():
+            sums[policy] = sums.get(policy, 0.0) + layer.count * layer.times_ms[algorithm]
+            ratio = layer.times_ms[algorithm] / best
+            if ratio > worst.get(policy, (0.0, ""))[0]:
+                worst[policy] = (ratio, layer.name)
+    return {"layers": len(picked), "oracle_ms": oracle,
+            "vs_oracle": {k: sums[k] / oracle for k in SCORED if k in sums},
+            "worst": {k: worst[k] for k in SCORED if k in worst}}

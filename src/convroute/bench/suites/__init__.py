@@ -30,6 +30,9 @@ from pathlib import Path
 from convroute.params import ConvParams, params_from_dict
 
 SUITES = ("resnet18", "resnet50", "mobilenet_v2", "vgg16", "unet")
+# held-out layers of networks outside SUITES (bench/heldout.py; `convroute heldout` regenerates them): loadable
+# by name, left out of 'all'
+HELDOUT = ("heldout", "heldout_small")
 
 REQUIRED = ("c_in", "h", "w", "c_out", "kernel")
 DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1, "transposed": False, "output_padding": 0,
@@ -63,14 +66,14 @@ class Suite:
 
 def load_suite(name_or_path) -> Suite:
     """A shipped suite by name (see SUITES) or a user's JSON file by path; ValueError naming what is wrong."""
-    if isinstance(name_or_path, str) and name_or_path in SUITES:
+    if isinstance(name_or_path, str) and name_or_path in SUITES + HELDOUT:
         origin = f"suite {name_or_path!r}"
         text = resources.files(__package__).joinpath(f"{name_or_path}.json").read_text()
         default_name = name_or_path
     else:
         path = Path(name_or_path)
         if not path.is_file():
-            raise ValueError(f"{name_or_path!r} is neither a shipped suite ({', '.join(SUITES)}) "
+            raise ValueError(f"{name_or_path!r} is neither a shipped suite ({', '.join(SUITES + HELDOUT)}) "
                              f"nor an existing JSON file")
         origin, text, default_name = str(path), path.read_text(), path.stem
     try:
@@ -121,6 +124,19 @@ def parse_layer(item, index: int, origin: str) -> Layer:
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}: {err}") from None
     return Layer(name, count, conv)
+
+
+def layer_record(name: str, p: ConvParams, count: int) -> dict:
+    """A layer (its conv at batch 1) in the file format."""
+    return {"name": name, "c_in": p.c_in, "h": p.h, "w": p.w, "c_out": p.c_out, "kernel": [p.kh, p.kw],
+            "stride": list(p.stride), "padding": list(p.padding), "dilation": list(p.dilation), "groups": p.groups,
+            "transposed": p.transposed, "output_padding": list(p.output_padding), "count": count}
+
+
+def suite_text(head: dict, layers: list[dict]) -> str:
+    """A suite's JSON text: the head's keys, then one line per layer, so diffs stay readable."""
+    text = "{\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items())
+    return text + ',\n  "layers": [\n' + ",\n".join("    " + json.dumps(layer) for layer in layers) + "\n  ]\n}\n"
 
 
 def _int(value, key: str, where: str) -> int:

@@ -1,0 +1,184 @@
+"""`calibrated`'s online refinement: a conv outside the calibration's measured shapes (calibration.coverage) has
+its top candidates timed once on the adapter in use, stored in the autotune file and reused; off by switch,
+never for a profile other than the adapter in use."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import convroute
+from convroute import cache
+from convroute.calibration import profile as calib
+from convroute.calibration.coverage import Coverage
+from convroute.calibration.grid import conv, full_grid
+from convroute.device.gpu import get_gpu
+from convroute.device.profile import DeviceProfile
+from convroute.kernels import ALGORITHMS
+from convroute.params import make_params
+from convroute.router import autotune as autotune_mod
+from convroute.router import refine as refine_mod
+from convroute.router import route_params
+from test_policies import NVIDIA, fresh_memory  # noqa: F401 (its autouse fixture: each test a new process)
+
+DILATED = make_params((1, 8, 12, 12), (8, 8, 3, 3), padding=4, dilation=4)
+INSIDE = make_params((1, 16, 10, 10), (16, 16, 3, 3), padding=1)
+
+
+@pytest.fixture(scope="module")
+def gpu():
+    return get_gpu()
+
+
+def undilated_shapes():
+    """Plain 3x3 and 1x1 shapes around DILATED's and INSIDE's sizes, none dilated."""
+    return [conv(c, c2, s, k) for c in (8, 16, 32) for c2 in (8, 16, 32) for s in (6, 10, 20) for k in (1, 3)]
+
+
+def direct_predicted_fastest(p):
+    macs = p.flops / 2
+    return {"direct": 1e-9 * macs + 0.01, "im2col": 4e-9 * macs + 0.04, "implicit_gemm": 3e-9 * macs + 0.03,
+            "pointwise": 2e-9 * macs + 0.02, "winograd2": 5e-9 * macs + 0.05, "winograd4": 6e-9 * macs + 0.06}
+
+
+def save_fake_calibration(profile: DeviceProfile, shapes=None) -> calib.Calibration:
+    samples = []
+    for p in shapes or undilated_shapes():
+        times = {n: t for n, t in direct_predicted_fastest(p).items()
+                 if n in ALGORITHMS and ALGORITHMS[n].unsupported(p) is None}
+        samples.append(calib.Sample(p, times, {}))
+    cal = calib.Calibration(profile.key, calib.device_record(profile), "fake", "test", samples)
+    assert calib.save_calibration(cal) is not None
+    return cal
+
+
+@pytest.fixture
+def tune_calls(monkeypatch):
+    calls = []
+    real = refine_mod.tune
+    monkeypatch.setattr(refine_mod, "tune", lambda g, p, *a, **k: calls.append((p, a[0])) or real(g, p, *a, **k))
+    return calls
+
+
+def test_coverage_names_what_no_measured_shape_has():
+    grid = Coverage(full_grid())
+    aspp = make_params((1, 2048, 32, 32), (256, 2048, 3, 3), padding=24, dilation=24)
+    verdict = grid.verdict(aspp)
+    assert not verdict.covered and "dilation 24" in verdict.why() and "2048 input channels" in verdict.why()
+    asymmetric = make_params((1, 64, 20, 20), (64, 64, 1, 7), padding=(0, 3))
+    assert "kernel 1x7" in grid.verdict(asymmetric).why()
+    assert grid.verdict(make_params((1, 64, 20, 20), (64, 64, 3, 3), padding=1)).covered
+    assert Coverage([]).verdict(aspp).covered is False
+
+
+def test_dilated_conv_is_measured_once_stored_and_reused(gpu, tune_calls):
+    save_fake_calibration(gpu.profile)
+    first = route_params(DILATED, gpu.profile, "calibrated")
+    assert len(tune_calls) == 1 and tune_calls[0][1] == ["direct", "implicit_gemm", "im2col"][:len(tune_calls[0][1])]
+    assert first.reason.startswith("calibrated: outside the calibrated range (dilation 4")
+    assert ": measured " in first.reason and "measured now" in first.reason and "predicted" in first.reason
+    entry = autotune_mod.AutotuneCache(gpu.profile.key).get(DILATED)
+    assert entry is not None and first.algorithm == entry["algorithm"] == min(entry["times_ms"],
+                                                                              key=entry["times_ms"].get)
+    again = route_params(DILATED, gpu.profile, "calibrated")
+    autotune_mod.AutotuneCache._memory.clear()  # a new process (or machine sharing the cache dir) reads the file
+    cache.forget()
+    later = route_params(DILATED, gpu.profile, "calibrated")
+    assert len(tune_calls) == 1 and "measured before" in again.reason and "measured before" in later.reason
+    assert again.algorithm == later.algorithm == first.algorithm
+
+
+def test_convs_inside_the_calibration_are_predicted(gpu, tune_calls):
+    save_fake_calibration(gpu.profile)
+    d = route_params(INSIDE, gpu.profile, "calibrated")
+    assert tune_calls == [] and d.reason.startswith("calibrated: direct predicted") and "outside" not in d.reason
+
+
+def test_refinement_switches_off(gpu, tune_calls, monkeypatch):
+    save_fake_calibration(gpu.profile)
+    d = route_params(DILATED, gpu.profile, "calibrated", refine=False)
+    assert d.algorithm == "direct" and "outside the calibrated range (dilation 4" in d.reason
+    assert d.reason.endswith("not measured: refinement is off")
+    monkeypatch.setenv("CONVROUTE_REFINE", "0")
+    assert route_params(DILATED, gpu.profile, "calibrated").reason == d.reason
+    assert tune_calls == [] and autotune_mod.AutotuneCache(gpu.profile.key).get(DILATED) is None
+    monkeypatch.setenv("CONVROUTE_REFINE", "maybe")
+    with pytest.raises(ValueError, match="CONVROUTE_REFINE"):
+        route_params(DILATED, gpu.profile, "calibrated")
+
+
+def test_another_devices_profile_stays_a_prediction(gpu, tune_calls):
+    save_fake_calibration(NVIDIA)
+    d = route_params(DILATED, NVIDIA, "calibrated")
+    assert tune_calls == [] and d.algorithm == "direct"
+    assert "not measured: Test GPU 9000 is not the adapter in use" in d.reason
+
+
+def test_wrong_candidate_is_never_picked(gpu, monkeypatch):
+    from test_measure import OffByBias
+
+    monkeypatch.setitem(ALGORITHMS, "offbias", OffByBias)
+    shapes = undilated_shapes()
+    samples = [calib.Sample(p, {"offbias": 0.001} | {n: t for n, t in direct_predicted_fastest(p).items()
+                                                      if n in ALGORITHMS and ALGORITHMS[n].unsupported(p) is None}, {})
+               for p in shapes]
+    cal = calib.Calibration(gpu.profile.key, calib.device_record(gpu.profile), "fake", "test", samples)
+    calib.save_calibration(cal)
+    d = route_params(DILATED, gpu.profile, "calibrated")
+    assert d.algorithm != "offbias" and "offbias gave a wrong result" in d.reason and "measured now" in d.reason
+
+
+def test_threads_routing_one_conv_measure_it_once(gpu, tune_calls):
+    save_fake_calibration(gpu.profile)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(route_params(DILATED, gpu.profile, "calibrated")))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(tune_calls) == 1 and len({d.algorithm for d in results}) == 1 and len(results) == 3
+
+
+def test_compile_measures_while_compiling_not_while_running(gpu, tune_calls):
+    import torch
+    from torch import nn
+
+    save_fake_calibration(gpu.profile)
+    model = nn.Sequential(nn.Conv2d(8, 8, 3, padding=4, dilation=4), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, padding=1)).eval()
+    x = torch.randn(1, 8, 12, 12)
+    program = convroute.compile(model, (x,), policy="calibrated")
+    assert len(tune_calls) == 1 and tune_calls[0][0].dilation == (4, 4)
+    reasons = [row["reason"] for row in program.convs()]
+    assert any(r.startswith("calibrated: outside the calibrated range (dilation 4") for r in reasons)
+    out = program(x)
+    assert len(tune_calls) == 1
+    with torch.no_grad():
+        ref = model.double()(x.double()).numpy()
+    assert np.abs(np.asarray(out) - ref).max() / np.abs(ref).max() < 1e-4
+
+
+def test_close_calls_are_measured_when_the_model_is_unsure(gpu, tune_calls):
+    """A conv inside the calibration whose two best predictions lie within the model's leave-one-out error is
+    measured too (only the close candidates); without that error on file it stays a prediction."""
+    def near_tie(p):
+        return direct_predicted_fastest(p) | {"im2col": direct_predicted_fastest(p)["direct"] * 1.1}
+
+    cal = save_fake_calibration(gpu.profile)
+    for p_sample in cal.samples:
+        p_sample.times_ms = {n: t for n, t in near_tie(p_sample.params).items() if n in p_sample.times_ms}
+    calib.save_calibration(cal)
+    cache.forget()
+    assert tune_calls == [] and "close call" not in route_params(INSIDE, gpu.profile, "calibrated").reason
+    cal.model_check = {"mean_regret": 0.15}
+    calib.save_calibration(cal)
+    cache.forget()
+    d = route_params(INSIDE, gpu.profile, "calibrated")
+    assert d.reason.startswith("calibrated: a close call (predicted within 45%") and ": measured " in d.reason
+    assert len(tune_calls) == 1 and set(tune_calls[0][1]) == {"direct", "im2col"}
+    assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.45)
+    cal.model_check = {"mean_regret": 5.0}
+    assert cal.close_call == calib.CLOSE_CALL_MAX
