@@ -140,6 +140,7 @@ def test_zoo_json_has_every_field_per_model(small_zoo):
         assert row["error"] is None and row["source"] == ("timm" if "timm" in name else "torchvision")
         assert row["input_shape"] == [1, 3, 32, 32] and row["compile_s"] > 0 and row["first_call_s"] > 0
         assert row["wall_s"] > row["compile_s"] + row["first_call_s"]
+        assert 0 < row["torch_fp32_error"] < 1e-5  # against float64
         assert row["rel_error"] < 1e-4 and row["gpu_ops"] == sum(row["gpu_ops_by_op"].values()) > 0
         assert row["cpu_ops"] == {}
         ours, peer = row["engines"]["convroute"], row["engines"]["torch-cpu"]
@@ -187,8 +188,9 @@ def test_runs_0_compiles_and_checks_only(capsys):
     assert main(["zoo", "squeezenet1_1", "--size", "32", "--runs", "0", "--no-progress"]) == 0
     text = capsys.readouterr().out
     (line,) = [line for line in text.splitlines() if line.startswith("squeezenet1_1")]
-    compile_s, rel_error, gpu_ops, cpu_ops = line.split()[2:]
+    compile_s, rel_error, torch_error, gpu_ops, cpu_ops = line.split()[2:]
     assert float(compile_s) > 0 and float(rel_error) < 1e-4 and int(gpu_ops) > 0 and cpu_ops == "0"
+    assert 0 < float(torch_error) < 1e-5
     assert "nothing timed" in text and "geometric mean" not in text and "p50" not in text
 
 

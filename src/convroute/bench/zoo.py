@@ -1,12 +1,15 @@
 """`convroute zoo`: a list of models (torchvision names and timm:NAME), each built with random weights,
-compiled, checked against torch's float32 CPU output and timed beside peer engines in interleaved rounds in
-this process (bench.compare_model, as `run --compare`). Per model: compile seconds, relative error, GPU ops,
+compiled, checked against the model in float64 on the CPU (torch float32's own error beside, as a yardstick of
+the model's conditioning) and timed beside peer engines in interleaved rounds in this process
+(bench.compare_model, as `run --compare`; every engine's error against float64). Per model: compile seconds,
+relative error, GPU ops,
 CPU ops by name, convroute's median / p10 / p90 and its GPU pass alone, each peer's median; a summary sorted by
 convroute / the first peer, with the geometric mean per peer. A model that fails anywhere is a row with its
 error, and the zoo goes on."""
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import time
@@ -46,7 +49,8 @@ class ZooRow:
     cpu_ops: dict[str, int] = field(default_factory=dict)  # op -> count of CPU steps
     dispatches: int = 0
     wall_s: float | None = None  # the whole row: build, reference, compile, timing
-    rel_error: float | None = None  # ||y - ref|| / ||ref|| against torch float32 on the CPU
+    rel_error: float | None = None  # ||y - ref|| / ||ref|| against the model in float64 on the CPU
+    torch_error: float | None = None  # torch float32's own error against float64: how well-conditioned the model is
     comparison: ModelComparison | None = None
     error: str | None = None  # why the model did not compile or run: "stage: Type: message"
     loaded: dict | None = None  # the row's JSON, when read back from a file (report_from_json)
@@ -70,7 +74,7 @@ class ZooRow:
                 "first_call_s": self.first_call_s, "gpu_ops": self.gpu_ops,
                 "gpu_ops_by_op": self.gpu_ops_by_op, "cpu_ops": self.cpu_ops, "dispatches": self.dispatches,
                 "wall_s": self.wall_s, "error": self.error,
-                "rel_error": self.rel_error} | timed
+                "rel_error": self.rel_error, "torch_fp32_error": self.torch_error} | timed
 
 
 @dataclass
@@ -124,7 +128,8 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
         x = torch.randn(*row.input_shape)
         stage = "torch"
         with torch.no_grad():
-            reference = model(x)
+            reference = float64_output(model, x)
+            row.torch_error = output_error(model(x), reference)
         stage = "compile"
         start = time.perf_counter()
         program = frontend.compile(model, (x,), policy=policy, dtype=dtype)
@@ -149,6 +154,11 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
     finally:
         row.wall_s = time.perf_counter() - start_row
     return row
+
+
+def float64_output(model, x):
+    """The model's output in float64 on the CPU (a copy of the model; the model itself stays float32)."""
+    return copy.deepcopy(model).double()(x.double())
 
 
 def run_zoo(names: list[str], *, sizes: dict[str, int], batch: int, policy: str | None, dtype: str,
@@ -196,7 +206,8 @@ def _row_from_json(row: dict, data: dict) -> ZooRow:
     return ZooRow(row["model"], tuple(row["input_shape"]), compile_s=row["compile_s"],
                   first_call_s=row.get("first_call_s"), gpu_ops=row["gpu_ops"], gpu_ops_by_op=row["gpu_ops_by_op"],
                   cpu_ops=row["cpu_ops"], dispatches=row["dispatches"], wall_s=row.get("wall_s"),
-                  rel_error=row["rel_error"], comparison=comparison, error=row["error"], loaded=row)
+                  rel_error=row["rel_error"], torch_error=row.get("torch_fp32_error"), comparison=comparison,
+                  error=row["error"], loaded=row)
 
 
 def _ms(value: float | None) -> str:
@@ -205,21 +216,23 @@ def _ms(value: float | None) -> str:
 
 def models_table(report: ZooReport) -> str:
     """Per model, in the order run: compile, error, ops, convroute's latency and GPU pass."""
-    head = ["model", "px", "compile s", "rel. err", "GPU ops", "CPU ops", "p50 ms", "p10 ms", "p90 ms", "GPU pass"]
+    head = ["model", "px", "compile s", "rel. err", "torch err", "GPU ops", "CPU ops", "p50 ms", "p10 ms", "p90 ms",
+            "GPU pass"]
     tolerance = TOLERANCES[report.dtype]
     rows = []
     for r in report.rows:
         ours = r.ours
         lat = ours.latency if ours else None
         error = "-" if r.rel_error is None else f"{r.rel_error:.1e}" + ("!" if r.rel_error > tolerance else "")
+        torch_error = "-" if r.torch_error is None else f"{r.torch_error:.1e}"
         compile_s = "-" if r.compile_s is None else f"{r.compile_s:.1f}"
         gpu_ops = str(r.gpu_ops) if r.compile_s is not None else "-"
         cpu_ops = str(sum(r.cpu_ops.values())) if r.compile_s is not None else "-"
-        rows.append([r.name, str(r.input_shape[-1]), compile_s, error, gpu_ops, cpu_ops,
+        rows.append([r.name, str(r.input_shape[-1]), compile_s, error, torch_error, gpu_ops, cpu_ops,
                      _ms(lat and lat.median_ms), _ms(lat and lat.p10_ms), _ms(lat and lat.p90_ms),
                      _ms(ours.gpu_pass.median_ms if ours and ours.gpu_pass else None)])
     if not report.runs:  # nothing timed: no latency columns
-        head, rows = head[:6], [row[:6] for row in rows]
+        head, rows = head[:7], [row[:7] for row in rows]
     lines = [format_table(head, rows)]
     with_cpu = [r for r in report.rows if r.cpu_ops]
     if with_cpu:
@@ -230,7 +243,8 @@ def models_table(report: ZooReport) -> str:
     for r in report.rows:
         if r.error:
             lines.append(f"FAILED {r.name}: {r.error}")
-    lines.append(f"rel. err: ||y - ref|| / ||ref|| against torch float32 on the CPU (! over {tolerance:g})"
+    lines.append(f"rel. err: ||y - ref|| / ||ref|| against the model in float64 on the CPU (! over {tolerance:g}); "
+                 "torch err: torch float32's own (random weights can make a model ill-conditioned)"
                  + ("; p50/p10/p90: one call host to host;" if report.runs else ""))
     if report.runs:
         lines.append("GPU pass: median of the GPU dispatches alone (timestamps; - without them)")
