@@ -2,10 +2,9 @@
 installed; default: the default zoo, `--list` prints it) is built with random weights, compiled, checked
 against the model in float64 on the CPU (torch float32's own error beside) and timed beside the peer engines of
 `--compare` in interleaved rounds (as `run --compare`). Prints a table per model (compile seconds, relative
-error, GPU and CPU ops, convroute's
-median / p10 / p90 and its GPU pass alone), the CPU ops by name, and a summary sorted by convroute / the first
-peer with the geometric mean per peer. A model that fails is a row with its error. `--json` is rewritten
-after every model."""
+error, GPU and CPU ops, convroute's median / p10 / p90 and its GPU pass alone), the CPU ops by name, and a
+summary sorted by convroute / the first peer with the geometric mean per peer. A model that fails is a row with
+its error. `--json` is rewritten after every model."""
 
 from __future__ import annotations
 
