@@ -30,6 +30,7 @@ COMMANDS = {  # name: what it does, in one line (the module is convroute.cli.<na
     "selftest": "fuzz every algorithm against float64 on this device; routing avoids what was wrong",
     "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++",
     "heldout": "write held-out layers: convs of networks outside the suites and the grid, to score routing on",
+    "zoo": "many CNNs (torchvision, timm:NAME) against peers: error, GPU and CPU ops, latency; table, plot",
 }
 
 

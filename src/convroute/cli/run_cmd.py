@@ -55,11 +55,8 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    peers = engine_names(args.compare)
-    unknown = [name for name in peers if name not in MODEL_ENGINES]
-    if unknown:
-        print(f"error: --compare {', '.join(unknown)}: unknown engine (known: {', '.join(MODEL_ENGINES)}, all)",
-              file=sys.stderr)
+    peers = known_engine_names(args.compare)
+    if peers is None:
         return 2
     runs = args.runs if args.runs is not None else COMPARE_RUNS if peers else RUNS
     if args.batch < 1 or args.size < 1 or runs < 1:
@@ -148,6 +145,17 @@ def run(args) -> int:
         print()
         program.profile(x, runs=runs)
     return 0 if ok else 1
+
+
+def known_engine_names(text: str) -> list[str] | None:
+    """engine_names, or None after an error line on stderr naming the unknown ones."""
+    peers = engine_names(text)
+    unknown = [name for name in peers if name not in MODEL_ENGINES]
+    if unknown:
+        print(f"error: --compare {', '.join(unknown)}: unknown engine (known: {', '.join(MODEL_ENGINES)}, all)",
+              file=sys.stderr)
+        return None
+    return peers
 
 
 def named_outputs(ours, ref) -> list[tuple[str, object, object]]:

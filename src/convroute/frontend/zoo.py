@@ -134,3 +134,81 @@ def randomize_batch_norms(model, seed: int) -> None:
                 if m.affine:
                     m.weight.copy_(torch.rand(c, generator=g) + 0.5)
                     m.bias.copy_(torch.rand(c, generator=g) - 0.5)
+
+
+# -- `convroute zoo`'s default zoo: torchvision's smallest of each CNN family, and timm families (small configs)
+TIMM = "timm:"
+TIMM_FAMILIES = {
+    "cspnet": "cspdarknet53",
+    "tresnet": "tresnet_m",
+    "resnest": "resnest14d",
+    "ecaresnet": "ecaresnet26t",
+    "resnet (timm)": "resnet50d",
+    "dla": "dla34",
+    "repvgg": "repvgg_a2",
+    "inception_v4": "inception_v4",
+    "hrnet": "hrnet_w18_small",
+    "regnet (timm)": "regnety_016",
+    "res2net": "res2net50_14w_8s",
+    "efficientnet (timm)": "efficientnet_b0",
+    "mobilenetv3": "mobilenetv3_large_100",
+    "mobilenetv4": "mobilenetv4_conv_small",
+    "rexnet": "rexnet_100",
+    "mixnet": "mixnet_s",
+    "lcnet": "lcnet_050",
+    "xception": "xception41",
+    "convnext (timm)": "convnext_atto",
+    "ghostnet": "ghostnet_100",
+}
+TORCHVISION_ZOO = {family: variants[0] for family, variants in FAMILIES.items()}
+DEFAULT_ZOO = {**TORCHVISION_ZOO, **{family: TIMM + name for family, name in TIMM_FAMILIES.items()}}
+
+
+class UnknownModel(ValueError):
+    """A zoo name that neither torchvision nor timm knows (or timm: without timm installed)."""
+
+
+def is_timm(name: str) -> bool:
+    return name.startswith(TIMM)
+
+
+def import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise UnknownModel("timm: models need timm, which is not installed: pip install timm") from None
+    return timm
+
+
+def check_name(name: str) -> None:
+    """Raise UnknownModel unless `name` is a torchvision classification model or timm:NAME of a timm model."""
+    if is_timm(name):
+        timm = import_timm()
+        if not timm.is_model(name[len(TIMM):]):
+            raise UnknownModel(f"unknown timm model {name[len(TIMM):]!r} (timm {timm.__version__}; "
+                               "timm.list_models() lists them)")
+        return
+    import torchvision
+
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise UnknownModel(f"unknown model {name!r}: not a torchvision classification model; timm models are "
+                           f"named timm:NAME")
+
+
+def default_size(name: str) -> int:
+    """A model's input side: timm's default configuration for timm:NAME, else full_size (224, inception 299)."""
+    if is_timm(name):
+        return import_timm().models.get_pretrained_cfg(name[len(TIMM):]).input_size[-1]
+    return full_size(name)
+
+
+def build_any(name: str, seed: int = 1) -> torch.nn.Module:
+    """`build` for torchvision names, timm:NAME through timm.create_model; random weights, no downloads, random
+    batch-norm statistics, eval mode."""
+    if not is_timm(name):
+        return build(name, seed)
+    timm = import_timm()
+    torch.manual_seed(seed)
+    model = timm.create_model(name[len(TIMM):], pretrained=False).eval()
+    randomize_batch_norms(model, seed)
+    return model

@@ -108,3 +108,48 @@ def _save(fig, path: str) -> None:
 
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_zoo(report, path: str) -> None:
+    """bench.zoo.ZooReport: convroute / each peer per model (horizontal bars, log scale, 1 marked), models in the
+    summary's order, the geometric mean per peer in the legend; the legend beside the axes, values inside them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = report.ranked()
+    peers = report.peers
+    fig, ax = plt.subplots(figsize=(9.0, 1.6 + 0.28 * len(rows) * max(1, len(peers))))
+    height = 0.8 / max(len(peers), 1)
+    y = np.arange(len(rows))
+    values = []
+    for j, peer in enumerate(peers):
+        ratios = np.array([np.nan if r.ratio(peer) is None else r.ratio(peer) for r in rows])
+        mean, count = report.geomean(peer)
+        label = f"/ {peer}" + (f" (geometric mean {mean:.2f} over {count})" if mean else "")
+        offset = (j - (len(peers) - 1) / 2) * height
+        ax.barh(y + offset, ratios, height, label=label)
+        for i, v in enumerate(ratios):
+            if np.isfinite(v):
+                ax.text(v, i + offset, f" {v:.2f}", va="center", fontsize=6)
+        values += [v for v in ratios if np.isfinite(v)]
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if values:
+        ax.set_xlim(min(min(values), 1.0) / 1.3, max(max(values), 1.0) * 1.6)  # room for the values' labels
+    ax.set_yticks(y, [r.name + (" (CPU ops)" if r.cpu_ops else "") + (" FAILED" if r.error else "") for r in rows],
+                  fontsize=7)
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
+    ax.set_xlabel("convroute median / peer median (below 1: convroute faster)")
+    device = report.device.get("name", "?")
+    ax.set_title(f"convroute zoo: {len(rows)} models, batch {report.batch}, {report.dtype}, policy {report.policy}"
+                 f"\n{device[:60]}", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside, not over, the bars
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
