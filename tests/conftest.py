@@ -78,3 +78,19 @@ def assert_matches(out, ref, what: str = "", tol: float = TOLERANCE) -> None:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: the test opens the real device (others may forbid GPU access)")
+
+
+# The longest tests on lavapipe, started first so that with pytest-xdist (`-n 2`) no worker is left running one of
+# them alone at the end.
+LONGEST_FIRST = ("tests/test_fuzz.py::test_fuzz[float16]", "tests/test_fuzz.py::test_fuzz[float32]",
+                 "tests/test_gemm_cpu.py::test_both_styles_match_torch",
+                 "tests/test_frontend_fp16.py::test_torchvision_model_in_float16[mobilenet_v2")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {prefix: i for i, prefix in enumerate(LONGEST_FIRST)}
+
+    def order(item):
+        return next((rank[prefix] for prefix in LONGEST_FIRST if item.nodeid.startswith(prefix)), len(rank))
+
+    items.sort(key=order)  # stable: the rest keep their order

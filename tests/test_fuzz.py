@@ -88,6 +88,7 @@ def test_fuzz(dtype, monkeypatch, capsys):
     monkeypatch.setattr(autotune_mod, "SETTINGS", QUICK_TUNING)
     monkeypatch.setattr(refine_mod, "SETTINGS", QUICK_TUNING)  # calibrated times convs outside its calibration
     tally, start = Tally(), time.perf_counter()
+    print(f"fuzz {dtype}: replay with CONVROUTE_FUZZ_SEED={SEED}")  # captured: in the report of a failure (xdist too)
     with capsys.disabled():
         print(f"\nfuzz {dtype}: {PER_DTYPE} cases on {gpu.profile.name}, seed {SEED} "
               f"(replay: CONVROUTE_FUZZ_SEED={SEED})")
