@@ -150,3 +150,41 @@ def test_misaligned_slices_keep_their_copies(monkeypatch):
     assert 108 not in {offset for _, offset in program.plan.within.values()}
     assert program.plan.within  # the first branch, at offset 0
     assert any(s.node.op == "cat" and 0 < len(s.dispatches) < 3 for s in program.plan.gpu_steps)
+
+
+class MixedBatchNorm(Mixed):
+    """MixNet's block: the mixed conv's concat, then batch norm and an activation (`first_act`: the first part's
+    conv has an activation of its own, so nothing may fold)."""
+
+    def __init__(self, first_act=False):
+        super().__init__()
+        self.bn, self.first_act = nn.BatchNorm2d(sum(self.parts)), first_act
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-1, 1)
+            self.bn.running_var.uniform_(0.5, 2)
+            self.bn.weight.uniform_(0.5, 1.5)
+            self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x):
+        pieces = [conv(p) for conv, p in zip(self.convs, torch.split(x, self.parts, 1), strict=True)]
+        if self.first_act:
+            pieces[0] = F.relu(pieces[0])
+        return self.head(F.silu(self.bn(torch.cat(pieces, 1))))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("first_act", [False, True])
+def test_batch_norm_after_concat_folds_into_the_convs(batch, first_act, dtype, monkeypatch):
+    torch.manual_seed(0)
+    model = MixedBatchNorm(first_act).eval()
+    x = torch.randn(batch, channels(model), 8, 8)
+    ref = reference(model, x)
+    counts = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CONVROUTE_CONCAT_BN", flag)
+        out, counts[flag], program = run(model, x, dtype, True, monkeypatch)
+        assert rel_error(out, ref) < TOLERANCES[dtype]
+        ops = program.summary().gpu_ops
+        assert ("batch_norm_eval" in ops) == (flag == "0" or first_act), ops
+    assert counts["0"] - counts["1"] == (0 if first_act else 1)

@@ -15,6 +15,7 @@ import torch
 
 from convroute.device.gpu import BufferView, Dispatch
 from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
+from convroute.frontend.fuse import fold_batch_norm_through_concat
 from convroute.frontend.graph import Graph, Node, Ref, iter_refs
 from convroute.frontend.lower import (
     GPU_DTYPES,
@@ -119,6 +120,7 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
                concat_slabs: bool | None = None, slice_views: bool | None = None) -> Plan:
     """`concat_slabs` (default $CONVROUTE_CONCAT_SLABS, on), `slice_views` (default $CONVROUTE_SLICE_VIEWS, on):
     producers write into their slice of a concat, and dense slices are read in place (frontend/views.py).
+    $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into the convs (frontend/fuse.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
@@ -126,6 +128,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    if env_flag("CONVROUTE_CONCAT_BN", True):
+        fold_batch_norm_through_concat(graph)
     if fuse_depthwise:
         fuse_depthwise_pointwise(graph, lambda dw, conv: fuses_depthwise(ctx, dw, conv))
     if fuse_residual:
