@@ -4,7 +4,7 @@
   one contiguous slab per input. An input that a GPU kernel computes and the concat alone reads is written
   straight into its slab, and the concat copies only the other inputs (none: the concat is free).
 - Slice views: a slice / select / narrow whose result is dense from an offset (a channel split at batch 1) is
-  read in place instead of copied.
+  read in place instead of copied (lower.is_alias shares the whole buffer only when no element is left out).
 
 A view's byte offset must be a multiple of the device's min-storage-buffer-offset-alignment and its size of 4
 bytes (a binding's rules); the host (CPU steps, uploads, outputs) never touches a view, as it reads and
@@ -70,8 +70,8 @@ def _slice_views(ctx: Context, steps: list, aliases: list, within: dict, host: s
         src, out = ctx.metas.get(node.args[0].name), node.meta
         if not isinstance(src, torch.Tensor) or not isinstance(out, torch.Tensor) or src.dtype != out.dtype:
             continue
-        _, offset, dense = view_layout(ctx, node)
-        if dense and offset and _fits(ctx, offset, out.numel(), align):
+        _, offset, dense = view_layout(ctx, node)  # offset 0 with fewer elements: lower.is_alias takes only all
+        if dense and _fits(ctx, offset, out.numel(), align):
             within[node.name] = (node.args[0].name, offset * ctx.precision.itemsize)
             node.notes.append("read in place (a view at an offset)")
             steps.remove(step)
