@@ -79,3 +79,34 @@ def test_pooled_value_with_another_reader_is_not_fused(monkeypatch):
     out, summary, _ = run(model, x, "float32", True, monkeypatch)
     assert rel_error(out, reference(model, x)) < TOLERANCES["float32"]
     assert "squeeze_excite" not in summary.gpu_ops
+
+
+class ChannelAttention(nn.Module):
+    """timm's EcaModule between two convs: mean, conv1d over the channels, sigmoid, expand, mul."""
+
+    def __init__(self, c=100, k=5, dilation=1, bias=False):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, 8, 1)
+        self.conv = nn.Conv1d(1, 1, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=bias)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        return self.head(x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1).expand_as(x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("batch,size,k,dilation,bias", [(1, 8, 5, 1, False), (2, 20, 3, 2, True)])
+def test_channel_attention_in_two_dispatches(batch, size, k, dilation, bias, dtype, monkeypatch):
+    torch.manual_seed(0)
+    model = ChannelAttention(k=k, dilation=dilation, bias=bias).eval()
+    x = torch.randn(batch, 3, size, size)
+    ref = reference(model, x)
+    fused, summary, program = run(model, x, dtype, True, monkeypatch)
+    assert rel_error(fused, ref) < TOLERANCES[dtype]
+    assert summary.gpu_ops.get("channel_attention") == 1 and not summary.cpu_ops, (summary.gpu_ops, summary.cpu_ops)
+    step = next(s for s in program.plan.gpu_steps if s.node.op == "channel_attention")
+    assert len(step.dispatches) == 1
+    plain, plain_summary, _ = run(model, x, dtype, False, monkeypatch)
+    assert rel_error(plain, ref) < TOLERANCES[dtype]
+    assert "channel_attention" not in plain_summary.gpu_ops

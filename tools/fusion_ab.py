@@ -1,7 +1,8 @@
 """Each planning-time fusion on and off, timed in one process, interleaved: the GPU pass (Program.gpu_pass_times)
 and the whole call (host tensor in, host tensor out), median of the rounds, plus dispatches and rel. error.
 
-usage: python tools/fusion_ab.py [--size PX] [--rounds R] [--runs N] [--dtype float32|float16] MODEL ...
+usage: python tools/fusion_ab.py [--size PX] [--rounds R] [--runs N] [--dtype float32|float16] [--variants V,..]
+                                MODEL ...
   MODEL: a torchvision name (mobilenet_v2, googlenet, densenet121) or timm:NAME (timm:mixnet_s,
   timm:ghostnet_100, timm:efficientnet_b0, timm:mobilenetv3_large_100). Writes $OUT/fusion_ab.json when $OUT is
   set. Switches: CONVROUTE_CONCAT_SLABS, CONVROUTE_SLICE_VIEWS, CONVROUTE_CONCAT_BN, CONVROUTE_SQUEEZE_EXCITE;
@@ -51,14 +52,16 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--dtype", default="float32")
+    ap.add_argument("--variants", default="", help="comma-separated subset of: " + ", ".join(variants()))
     args = ap.parse_args()
+    chosen = {v: env for v, env in variants().items() if not args.variants or v in args.variants.split(",")}
     rows = []
     for name in args.models:
         model = make(name)
         x = torch.randn(1, 3, args.size, args.size)
         with torch.no_grad():
             ref = model(x)
-        programs = {v: compiled(model, x, env, args.dtype) for v, env in variants().items()}
+        programs = {v: compiled(model, x, env, args.dtype) for v, env in chosen.items()}
         calls = {v: [] for v in programs}
         passes = {v: [] for v in programs}
         for _ in range(args.rounds):

@@ -1,6 +1,6 @@
 """Graph passes that take dispatches away at planning time (build_plan runs them before the residual and
-depthwise fusions): a batch norm after a channel concat of convs folded into those convs, and a
-squeeze-excitation block in two dispatches."""
+depthwise fusions): a batch norm after a channel concat of convs folded into those convs, and
+squeeze-excitation and ECA blocks in two dispatches."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from convroute.frontend.export import is_const
 from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval
 from convroute.frontend.lower import Context, GpuOp, out_meta
 from convroute.kernels.common import Epilogue
-from convroute.kernels.squeeze_excite import SqueezeExcite
+from convroute.kernels.squeeze_excite import EfficientChannelAttention, SqueezeExcite
 
 SE_ACTS = {"none": lambda v: v, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu,
            "sigmoid": torch.sigmoid}  # the Epilogue kinds squeeze_excite's torch form knows, with "clamp"
@@ -152,14 +152,16 @@ def _se_chain(g: Graph, producers: dict, users: dict, outputs: set, x: Ref, gate
     return pool, conv1, conv2
 
 
-def _global_mean(pool: Node) -> bool:
+def _global_mean(pool: Node, keepdim: bool = True) -> bool:
+    """A mean over H and W of a 4-D value (keeping them as 1x1, or, unless `keepdim`, dropping them too)."""
     meta = pool.meta
-    if not isinstance(meta, torch.Tensor) or meta.ndim != 4 or tuple(meta.shape[2:]) != (1, 1):
+    if not isinstance(meta, torch.Tensor) or meta.ndim not in (2, 4) or (meta.ndim == 2 and keepdim) \
+            or tuple(meta.shape[2:]) not in ((1, 1), ()):
         return False
     if pool.op == "mean.dim":
-        return {d % 4 for d in pool.args[1]} == {2, 3} and pool.arg(2, "keepdim", False) \
+        return {d % 4 for d in pool.args[1]} == {2, 3} and pool.arg(2, "keepdim", False) == (meta.ndim == 4) \
             and pool.kwargs.get("dtype") is None
-    return pool.op in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d")
+    return pool.op in ("adaptive_avg_pool2d", "_adaptive_avg_pool2d") and meta.ndim == 4
 
 
 def lower_squeeze_excite(ctx: Context, node: Node) -> GpuOp:
@@ -170,4 +172,77 @@ def lower_squeeze_excite(ctx: Context, node: Node) -> GpuOp:
     kernel = SqueezeExcite(ctx.gpu, tuple(meta.shape), weight1, None if bias1 is None else bias1.numpy(), act1,
                            weight2, None if bias2 is None else bias2.numpy(), act2, act, ctx.precision)
     flops = 2 * meta.shape[0] * weight1.size * 2 + out.numel()
+    return GpuOp(node, [x.name, pooled.name], lambda ins, y: kernel.bind(ins[0], ins[1], y), flops)
+
+
+RESHAPES = ("view", "reshape", "_unsafe_view", "unsqueeze", "squeeze.dim", "expand")
+
+
+def channel_attention(x, pooled, taps, bias, padding: int, dilation: int, act2: Epilogue, act: Epilogue):
+    """torch's form of a fused ECA block: act(x * act2(conv1d over the channels of pooled))."""
+    n, c = x.shape[:2]
+    gate = F.conv1d(pooled.reshape(n, 1, c), taps, bias, padding=padding, dilation=dilation)
+    return _apply(act, x * _apply(act2, gate).reshape(n, c, 1, 1))
+
+
+def fuse_channel_attention(g: Graph) -> None:
+    """mean over H, W p of x -> reshape to [N, 1, C] -> conv1d (one in, one out channel, + act2) -> reshape /
+    expand to x's shape -> x * gate  ==>  the pool, then one channel_attention node in the mul's place (timm's
+    EcaModule). Every value between the pool and the mul must be read once; x may have other readers."""
+    producers = {n.name: n for n in g.nodes}
+    users = g.users()
+    outputs = g.output_names()
+
+    def once(node):
+        return node is not None and len(users.get(node.name, [])) == 1 and node.name not in outputs
+
+    def through_reshapes(ref, passed):
+        node = producers.get(ref.name) if isinstance(ref, Ref) else None
+        while once(node) and node.op in RESHAPES and isinstance(node.args[0], Ref):
+            passed.append(node.name)
+            node = producers.get(node.args[0].name)
+        return node
+    fused: dict[str, Node] = {}
+    gone: set[str] = set()
+    for mul in g.nodes:
+        if mul.op != "mul.Tensor" or len(mul.args) != 2 or not all(isinstance(a, Ref) for a in mul.args) \
+                or not _known(mul.act) or not isinstance(mul.meta, torch.Tensor) or mul.meta.ndim != 4:
+            continue
+        for x, gate in (mul.args, mul.args[::-1]):
+            passed: list[str] = []
+            conv = through_reshapes(gate, passed)
+            if not once(conv) or conv.op != "convolution" or not _eca_conv(g, conv, mul.meta.shape):
+                continue
+            pool = through_reshapes(conv.args[0], passed)
+            if not once(pool) or pool.args[0] != x or not _global_mean(pool, keepdim=False) \
+                    or g_meta(g, x, producers) != mul.meta.shape:
+                continue
+            args = (x, Ref(pool.name), conv.args[1], conv.args[2], conv.args[4][0], conv.args[5][0],
+                    conv.act or Epilogue(), mul.act or Epilogue())
+            fused[mul.name] = Node(mul.name, channel_attention, args, module=mul.module, meta=mul.meta,
+                                   notes=[f"channel attention ({conv.module or conv.name}, the gate) in one "
+                                          f"dispatch after the pool"])
+            gone |= {conv.name, *passed}
+            break
+    g.nodes = [fused.get(n.name, n) for n in g.nodes if n.name not in gone]
+
+
+def _eca_conv(g: Graph, conv: Node, shape) -> bool:
+    """A conv1d over a [N, 1, C] value with one in and one out channel, keeping the C positions."""
+    if conv.residual is not None or conv.args[6] or conv.args[8] != 1 or not is_const(g, conv.args[1:3]) \
+            or not _known(conv.act) or list(conv.args[3]) != [1]:
+        return False
+    weight = g.constants[conv.args[1].name]
+    meta = conv.meta
+    return weight.ndim == 3 and tuple(weight.shape[:2]) == (1, 1) and isinstance(meta, torch.Tensor) \
+        and tuple(meta.shape) == (shape[0], 1, shape[1])
+
+
+def lower_channel_attention(ctx: Context, node: Node) -> GpuOp:
+    x, pooled, taps, bias, padding, dilation, act2, act = node.args
+    meta, out = ctx.tensor(x), out_meta(node)
+    w, b = ctx.const(taps, "weight"), ctx.const(bias, "bias")
+    kernel = EfficientChannelAttention(ctx.gpu, tuple(meta.shape), w.numpy(), 0.0 if b is None else float(b[0]),
+                                       padding, dilation, act2, act, ctx.precision)
+    flops = 2 * meta.shape[0] * meta.shape[1] * w.numel() + out.numel()
     return GpuOp(node, [x.name, pooled.name], lambda ins, y: kernel.bind(ins[0], ins[1], y), flops)

@@ -16,8 +16,11 @@ import torch
 from convroute.device.gpu import BufferView, Dispatch
 from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
 from convroute.frontend.fuse import (
+    channel_attention,
     fold_batch_norm_through_concat,
+    fuse_channel_attention,
     fuse_squeeze_excite,
+    lower_channel_attention,
     lower_squeeze_excite,
     squeeze_excite,
 )
@@ -126,7 +129,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     """`concat_slabs` (default $CONVROUTE_CONCAT_SLABS, on), `slice_views` (default $CONVROUTE_SLICE_VIEWS, on):
     producers write into their slice of a concat, and dense slices are read in place (frontend/views.py).
     $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into the convs;
-    $CONVROUTE_SQUEEZE_EXCITE (on): a squeeze-excitation block runs as its pool and one dispatch (frontend/fuse.py).
+    $CONVROUTE_SQUEEZE_EXCITE (on): a squeeze-excitation or ECA block runs as its pool and one dispatch
+    (frontend/fuse.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
@@ -138,6 +142,7 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
         fold_batch_norm_through_concat(graph)
     if env_flag("CONVROUTE_SQUEEZE_EXCITE", True):
         fuse_squeeze_excite(graph)
+        fuse_channel_attention(graph)
     if fuse_depthwise:
         fuse_depthwise_pointwise(graph, lambda dw, conv: fuses_depthwise(ctx, dw, conv))
     if fuse_residual:
@@ -229,8 +234,9 @@ def _place(ctx: Context, node: Node, gpu_made: set):
     """"alias" (shares its input's buffer), a GpuOp, or the reason it runs on the CPU."""
     if is_alias(ctx, node) and node.args[0].name in gpu_made:
         return "alias"
+    own = {squeeze_excite: lower_squeeze_excite, channel_attention: lower_channel_attention}.get(node.target, lower)
     try:
-        return lower_squeeze_excite(ctx, node) if node.target is squeeze_excite else lower(ctx, node)
+        return own(ctx, node)
     except (Unsupported, ValueError) as exc:
         return str(exc) or type(exc).__name__
 

@@ -1,5 +1,6 @@
 """A squeeze-excitation block's second dispatch: from the pooled means p [N, C] (the first dispatch, kernels/pool.py),
-gate = act2(W2 act1(W1 p + b1) + b2) and y = act(x * gate) over x [N, C, H*W], in one dispatch.
+gate = act2(W2 act1(W1 p + b1) + b2) and y = act(x * gate) over x [N, C, H*W], in one dispatch. ECA's block
+(`EfficientChannelAttention`) is the same with gate = act2(conv1d over the channels of p + b).
 
 One workgroup per (block of CB channels, image): it computes the whole hidden vector (Cr = W1's rows; every
 workgroup of an image repeats this small matvec, threads splitting the C terms and summing in workgroup
@@ -112,6 +113,65 @@ fn main({ENTRY_ARGS}) {{
     }}
     workgroupBarrier();
   }}
+  let base = (img * C + c0) * HW;
+  let count = min(CB, C - c0) * HW;
+  for (var e = t; e < count; e += WG) {{ y[base + e] = ST(act(f32(x[base + e]) * gate[e / HW])); }}
+}}
+"""
+
+
+class EfficientChannelAttention:
+    """ECA's gate and scale: gate_c = act2(b + sum_k w[k] p[c + k * dilation - padding]) (zero outside the
+    channels), y = act(x * gate), one workgroup per (block of CB channels, image)."""
+
+    def __init__(self, gpu: Gpu, shape: tuple, taps: np.ndarray, bias: float, padding: int, dilation: int,
+                 act2: Epilogue, act: Epilogue | None = None, precision: Precision = FP32):
+        n, c, hw = shape[0], shape[1], int(np.prod(shape[2:]))
+        self.gpu, self.n = gpu, n
+        self.cb = max(1, min(c, ceil_div(ELEMENTS_PER_GROUP, hw)))
+        self.blocks = ceil_div(c, self.cb)
+        if max(self.blocks, n) > gpu.profile.max_workgroups_per_dim:
+            raise ValueError(f"channel-attention grid {self.blocks} x {n} exceeds the device's dispatch grid")
+        if 4 * self.cb > gpu.profile.max_workgroup_storage:
+            raise ValueError(f"channel attention needs {4 * self.cb} bytes of workgroup memory")
+        wg = min(WG, gpu.profile.max_invocations)
+        self.taps = gpu.upload(np.append(taps.reshape(-1), np.float32(bias)), "channel-attention taps and bias")
+        self.source = eca_shader(c, hw, self.cb, wg, taps.size, padding, dilation, act2, act or Epilogue(),
+                                 precision)
+        gpu.pipeline(self.source)
+
+    def bind(self, x, pooled, y) -> list[Dispatch]:
+        pipe = self.gpu.pipeline(self.source)
+        group = self.gpu.bind(pipe, [x, pooled, self.taps, y])
+        return [Dispatch(pipe, group, (self.blocks, self.n, 1))]
+
+
+def eca_shader(c: int, hw: int, cb: int, wg: int, k: int, padding: int, dilation: int, act2: Epilogue,
+               act: Epilogue, precision: Precision) -> str:
+    return precision.wgsl() + f"""
+const C: u32 = {c}u;
+const HW: u32 = {hw}u;
+const CB: u32 = {cb}u;
+const WG: u32 = {wg}u;
+const K: u32 = {k}u;
+{storage("x", "pooled", "taps:f32", "y!", first=0)}
+var<workgroup> gate: array<f32, {cb}>;
+{act2.wgsl("act2")}
+{act.wgsl("act")}
+@compute @workgroup_size({wg})
+fn main({ENTRY_ARGS}) {{
+  let t = lid_x;
+  let img = wid.y;
+  let c0 = wid.x * CB;
+  for (var i = t; i < CB; i += WG) {{
+    var g = taps[K];
+    for (var k = 0u; k < K; k++) {{
+      let src = i32(c0 + i) + i32(k * {dilation}u) - {padding};
+      if (src >= 0 && src < i32(C)) {{ g += taps[k] * f32(pooled[img * C + u32(src)]); }}
+    }}
+    gate[i] = act2(g);
+  }}
+  workgroupBarrier();
   let base = (img * C + c0) * HW;
   let count = min(CB, C - c0) * HW;
   for (var e = t; e < count; e += WG) {{ y[base + e] = ST(act(f32(x[base + e]) * gate[e / HW])); }}
