@@ -1,8 +1,8 @@
-"""Squeeze-excitation blocks in two dispatches (frontend/fuse.py, kernels/squeeze_excite.py): the global pool,
-then one kernel for both 1x1 convs, their activations, the gate and the scale. Matches the float64 torch
-reference in fp32 and fp16 (buffers NaN-poisoned before each run, conftest) with fewer dispatches than with
-CONVROUTE_SQUEEZE_EXCITE=0, over channel blocks that do and do not divide the channels, batch 1 and 2; a block
-whose pooled value or gate has another reader stays as it was."""
+"""Squeeze-excitation and ECA blocks in two dispatches (frontend/fuse.py, kernels/squeeze_excite.py): the global
+pool, then one kernel for the convs (two 1x1, or a conv1d over the channels), their activations, the gate and the
+scale. Matches the float64 torch reference in fp32 and fp16 (buffers NaN-poisoned before each run, conftest), with
+fewer dispatches than with CONVROUTE_SQUEEZE_EXCITE=0 (ECA: CONVROUTE_CHANNEL_ATTENTION=0), over channel blocks
+that do and do not divide the channels, batch 1 and 2; a block whose pooled value has another reader stays."""
 
 from __future__ import annotations
 
@@ -48,8 +48,8 @@ class SqueezeExcite(nn.Module):
         return y + pooled.mean() if self.leak else y
 
 
-def run(model, x, dtype, on: bool, monkeypatch):
-    monkeypatch.setenv("CONVROUTE_SQUEEZE_EXCITE", "1" if on else "0")
+def run(model, x, dtype, on: bool, monkeypatch, switch="CONVROUTE_SQUEEZE_EXCITE"):
+    monkeypatch.setenv(switch, "1" if on else "0")
     program = convroute.compile(model, (x,), dtype=dtype)
     return program(x), program.summary(), program
 
@@ -102,11 +102,11 @@ def test_channel_attention_in_two_dispatches(batch, size, k, dilation, bias, dty
     model = ChannelAttention(k=k, dilation=dilation, bias=bias).eval()
     x = torch.randn(batch, 3, size, size)
     ref = reference(model, x)
-    fused, summary, program = run(model, x, dtype, True, monkeypatch)
+    fused, summary, program = run(model, x, dtype, True, monkeypatch, "CONVROUTE_CHANNEL_ATTENTION")
     assert rel_error(fused, ref) < TOLERANCES[dtype]
     assert summary.gpu_ops.get("channel_attention") == 1 and not summary.cpu_ops, (summary.gpu_ops, summary.cpu_ops)
     step = next(s for s in program.plan.gpu_steps if s.node.op == "channel_attention")
     assert len(step.dispatches) == 1
-    plain, plain_summary, _ = run(model, x, dtype, False, monkeypatch)
+    plain, plain_summary, _ = run(model, x, dtype, False, monkeypatch, "CONVROUTE_CHANNEL_ATTENTION")
     assert rel_error(plain, ref) < TOLERANCES[dtype]
     assert "channel_attention" not in plain_summary.gpu_ops

@@ -5,7 +5,8 @@ usage: python tools/fusion_ab.py [--size PX] [--rounds R] [--runs N] [--dtype fl
                                 MODEL ...
   MODEL: a torchvision name (mobilenet_v2, googlenet, densenet121) or timm:NAME (timm:mixnet_s,
   timm:ghostnet_100, timm:efficientnet_b0, timm:mobilenetv3_large_100). Writes $OUT/fusion_ab.json when $OUT is
-  set. Switches: CONVROUTE_CONCAT_SLABS, CONVROUTE_SLICE_VIEWS, CONVROUTE_CONCAT_BN, CONVROUTE_SQUEEZE_EXCITE;
+  set. Switches: CONVROUTE_CONCAT_SLABS, CONVROUTE_SLICE_VIEWS, CONVROUTE_CONCAT_BN, CONVROUTE_SQUEEZE_EXCITE,
+  CONVROUTE_CHANNEL_ATTENTION;
   "all-off" turns every one off, each other variant turns one off (so each row is that fusion's worth).
 """
 
@@ -21,7 +22,8 @@ import torch
 
 import convroute
 
-SWITCHES = ("CONVROUTE_CONCAT_SLABS", "CONVROUTE_SLICE_VIEWS", "CONVROUTE_CONCAT_BN", "CONVROUTE_SQUEEZE_EXCITE")
+SWITCHES = ("CONVROUTE_CONCAT_SLABS", "CONVROUTE_SLICE_VIEWS", "CONVROUTE_CONCAT_BN", "CONVROUTE_SQUEEZE_EXCITE",
+            "CONVROUTE_CHANNEL_ATTENTION")
 
 
 def make(name: str):

@@ -129,8 +129,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     """`concat_slabs` (default $CONVROUTE_CONCAT_SLABS, on), `slice_views` (default $CONVROUTE_SLICE_VIEWS, on):
     producers write into their slice of a concat, and dense slices are read in place (frontend/views.py).
     $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into the convs;
-    $CONVROUTE_SQUEEZE_EXCITE (on): a squeeze-excitation or ECA block runs as its pool and one dispatch
-    (frontend/fuse.py).
+    $CONVROUTE_SQUEEZE_EXCITE (off: mixed on lavapipe, unmeasured on GPUs) and $CONVROUTE_CHANNEL_ATTENTION (on): a
+    squeeze-excitation or an ECA block runs as its pool and one dispatch (frontend/fuse.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
@@ -140,8 +140,9 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
-    if env_flag("CONVROUTE_SQUEEZE_EXCITE", True):
+    if env_flag("CONVROUTE_SQUEEZE_EXCITE", False):
         fuse_squeeze_excite(graph)
+    if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)
     if fuse_depthwise:
         fuse_depthwise_pointwise(graph, lambda dw, conv: fuses_depthwise(ctx, dw, conv))

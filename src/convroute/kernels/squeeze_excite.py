@@ -5,7 +5,9 @@ gate = act2(W2 act1(W1 p + b1) + b2) and y = act(x * gate) over x [N, C, H*W], i
 One workgroup per (block of CB channels, image): it computes the whole hidden vector (Cr = W1's rows; every
 workgroup of an image repeats this small matvec, threads splitting the C terms and summing in workgroup
 memory), then its CB gates, then scales its CB planes. CB is chosen so that each workgroup scales a few thousand
-elements, which keeps the repeated matvec small beside it. Sizes are baked into the source (no parameter block).
+elements, and on CPU adapters at least C * Cr of them, which keeps the repeated matvec no larger than the
+scaling there (lavapipe ran a 480-channel block 5x slower with 15 workgroups than with 2: its matvecs are slow;
+a GPU runs the repeats side by side). Sizes are baked into the source (no parameter block).
 Weights stay f32; x and y are stored as ST (float32 or float16) and all arithmetic is f32.
 """
 
@@ -36,7 +38,9 @@ class SqueezeExcite:
         if w1.reshape(cr, -1).shape[1] != c or w2.reshape(c, -1).shape[1] != cr:
             raise ValueError(f"squeeze-excite weights {w1.shape}, {w2.shape} do not fit {c} channels")
         self.gpu, self.n = gpu, n
-        self.cb = max(1, min(c, ceil_div(ELEMENTS_PER_GROUP, hw)))
+        # each workgroup repeats the C x Cr matvec: on CPU adapters (few threads) at least as many elements to scale
+        repeat = ceil_div(c * cr, hw) if gpu.profile.family == "cpu" else 1
+        self.cb = max(1, min(c, max(ceil_div(ELEMENTS_PER_GROUP, hw), repeat)))
         self.blocks = ceil_div(c, self.cb)
         if max(self.blocks, n) > gpu.profile.max_workgroups_per_dim:
             raise ValueError(f"squeeze-excite grid {self.blocks} x {n} exceeds the device's dispatch grid")
