@@ -80,37 +80,85 @@ def _slice_views(ctx: Context, steps: list, aliases: list, within: dict, host: s
 
 def _concat_slabs(ctx: Context, graph: Graph, steps: list, aliases: list, root: dict, within: dict, host: set,
                   align: int) -> None:
+    """Inputs with other readers go into a concat too (DenseNet's features, each read by every later concat, all
+    in the last one's buffer, the earlier concats then ranges of it) unless that leaves some kernel reading and
+    writing one buffer; then only inputs the concat alone reads."""
+    for shared in (True, False):
+        views, placed, notes = _propose(ctx, graph, steps, root, within, host, align, shared)
+        if _conflict_free(steps, root, {**within, **views}, placed):
+            break
+    else:
+        return
+    within.update(views)
+    for step in [s for s in steps if s.node.name in placed]:
+        if placed[step.node.name] is None:
+            steps.remove(step)
+            aliases.append(step.node)
+        else:
+            step.op = replace(step.op, bind=_skipping(step.op, placed[step.node.name]))
+    for node, note in notes:
+        node.notes.append(note)
+
+
+def _propose(ctx: Context, graph: Graph, steps: list, root: dict, within: dict, host: set, align: int,
+             shared: bool):
+    """(new views, concat -> the inputs it no longer copies or None when it copies nothing, notes). Concats from
+    the last: an outer concat takes its inputs first, so an inner one (or one over a range of its inputs) sits
+    inside it."""
     users = graph.users()
-    made = {s.node.name: s for s in steps if s.where == "gpu"}
-    free: set[str] = set()  # concats whose every input is in place
-    for step in [s for s in steps if s.where == "gpu" and s.node.op == "cat"]:
+    made = {s.node.name for s in steps if s.where == "gpu"}
+    views, placed, notes = {}, {}, []
+    itemsize = ctx.precision.itemsize
+    for step in reversed([s for s in steps if s.where == "gpu" and s.node.op == "cat"]):
         node = step.node
         tensors, out = node.args[0], node.meta
         dim = node.arg(1, "dim", 0) % out.ndim
-        if math.prod(out.shape[:dim]) != 1:
+        names = [t.name for t in tensors if isinstance(t, Ref)]
+        if math.prod(out.shape[:dim]) != 1 or len(names) != len(tensors):
             continue
         inner = math.prod(out.shape[dim + 1:])
-        names = [t.name for t in tensors if isinstance(t, Ref)]
-        placed, start = set(), 0
-        for t in tensors:
-            size = ctx.metas[t.name].shape[dim]
-            if names.count(t.name) == 1 and (t.name in made or t.name in free) and root.get(t.name, t.name) == t.name \
-                    and t.name not in within and t.name not in host and [u.name for u in users.get(t.name, [])] == \
-                    [node.name] and _fits(ctx, start * inner, size * inner, align):
-                within[t.name] = (node.name, start * inner * ctx.precision.itemsize)
-                if t.name in made:
-                    made[t.name].node.notes.append(f"written into its slice of {node.name}")
-                placed.add(t.name)
+        every = {**within, **views}
+        if node.name not in every and node.name not in host and all(n in every for n in names):
+            spots = [locate(n, root, every) for n in names]
+            ends = [off + itemsize * ctx.metas[n].numel() for n, (_, off) in zip(names, spots, strict=True)]
+            if len({home for home, _ in spots}) == 1 \
+                    and all(a == b[1] for a, b in zip(ends[:-1], spots[1:], strict=True)):
+                views[node.name] = spots[0]
+                placed[node.name] = None
+                notes.append((node, f"a range of {spots[0][0]}: no copy"))
+                continue
+        mine, start = set(), 0
+        for name in names:
+            size = ctx.metas[name].shape[dim]
+            alone = [u.name for u in users.get(name, [])] == [node.name]
+            if names.count(name) == 1 and name in made and root.get(name, name) == name and name not in every \
+                    and name not in host and (shared or alone) and _fits(ctx, start * inner, size * inner, align):
+                views[name] = (node.name, start * inner * itemsize)
+                notes.append((graph_node(steps, name), f"written into its slice of {node.name}"))
+                mine.add(name)
             start += size
-        if not placed:
+        if mine == set(names):
+            placed[node.name] = None
+            notes.append((node, "every input written in place: no copy"))
+        elif mine:
+            placed[node.name] = mine
+    return views, placed, notes
+
+
+def graph_node(steps: list, name: str):
+    return next(s.node for s in steps if s.node.name == name)
+
+
+def _conflict_free(steps: list, root: dict, within: dict, placed: dict) -> bool:
+    """No kernel would read a buffer it writes (WebGPU forbids a buffer bound read-only and writable at once)."""
+    for step in steps:
+        if step.where != "gpu" or placed.get(step.node.name, ()) is None:
             continue
-        if placed == set(names):
-            free.add(node.name)
-            node.notes.append("every input written in place: no copy")
-            steps.remove(step)
-            aliases.append(node)
-        else:
-            step.op = replace(step.op, bind=_skipping(step.op, placed))
+        ins = [n for n in step.op.inputs if n not in placed.get(step.node.name, ())]
+        home = locate(step.node.name, root, within)[0]
+        if any(locate(n, root, within)[0] == home for n in ins):
+            return False
+    return True
 
 
 def _skipping(op, placed: set):
