@@ -86,8 +86,11 @@ def main():
             gpu = f"{row['gpu_pass_ms']:.3f}" if row["gpu_pass_ms"] is not None else "-"
             print(f"{name:28s} {v:24s} dispatches {row['dispatches']:4d}  call {row['call_ms']:.3f} ms  "
                   f"GPU pass {gpu} ms  rel.err {row['rel_error']:.1e}", flush=True)
-    device = next(iter(programs.values())).gpu.profile.name
-    print(f"device: {device}, {args.dtype}, batch 1, {args.size} px, {args.rounds} rounds x {args.runs} runs")
+    gpu = next(iter(programs.values())).gpu
+    device = gpu.profile.name
+    align = gpu.device.limits["min-storage-buffer-offset-alignment"]
+    print(f"device: {device}, {args.dtype}, batch 1, {args.size} px, {args.rounds} rounds x {args.runs} runs; "
+          f"views need offsets in multiples of {align} bytes")
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "fusion_ab.json"), "w") as f:
             json.dump(dict(device=device, args=vars(args), rows=rows), f, indent=1)
