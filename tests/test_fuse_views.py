@@ -111,6 +111,20 @@ class Dense(nn.Module):
         return torch.cat(features, 1)
 
 
+class DenseThenGhost(nn.Module):
+    """A dense block, then a GhostNet-like concat whose second half is computed from its first: the ghost concat
+    keeps one copy while the dense block's concats still share one buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense, self.ghost = Dense(), ReadsItsNeighbour()
+        self.ghost.a = nn.Conv2d(40, 8, 1)
+        self.a = self.dense.a
+
+    def forward(self, x):
+        return self.ghost(self.dense(x))
+
+
 class AlongHeight(nn.Module):
     def __init__(self):
         super().__init__()
@@ -143,7 +157,8 @@ def channels(model) -> int:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("make,saved", [(Inception, 3), (Mixed, 6), (Nested, 6), (Dense, 1 + 2 + 3 + 4 + 5)])
+@pytest.mark.parametrize("make,saved", [(Inception, 3), (Mixed, 6), (Nested, 6), (Dense, 1 + 2 + 3 + 4 + 5),
+                                        (DenseThenGhost, 15 + 1)])
 def test_views_match_torch_with_fewer_dispatches(make, saved, dtype, monkeypatch):
     torch.manual_seed(0)
     model = make().eval()

@@ -81,14 +81,18 @@ def _slice_views(ctx: Context, steps: list, aliases: list, within: dict, host: s
 def _concat_slabs(ctx: Context, graph: Graph, steps: list, aliases: list, root: dict, within: dict, host: set,
                   align: int) -> None:
     """Inputs with other readers go into a concat too (DenseNet's features, each read by every later concat, all
-    in the last one's buffer, the earlier concats then ranges of it) unless that leaves some kernel reading and
-    writing one buffer; then only inputs the concat alone reads."""
-    for shared in (True, False):
-        views, placed, notes = _propose(ctx, graph, steps, root, within, host, align, shared)
-        if _conflict_free(steps, root, {**within, **views}, placed):
+    in the last one's buffer, the earlier concats then ranges of it), except in the buffers where that would have
+    some kernel read and write one buffer (GhostNet's cheap conv reading the primary conv's half): there, only
+    inputs the concat alone reads."""
+    strict: set[str] = set()  # homes whose concats take only inputs they alone read
+    while True:
+        views, placed, notes = _propose(ctx, graph, steps, root, within, host, align, strict)
+        clashes = _clashes(steps, root, {**within, **views}, placed)
+        if not clashes:
             break
-    else:
-        return
+        if clashes <= strict:
+            return
+        strict |= clashes
     within.update(views)
     for step in [s for s in steps if s.node.name in placed]:
         if placed[step.node.name] is None:
@@ -101,7 +105,7 @@ def _concat_slabs(ctx: Context, graph: Graph, steps: list, aliases: list, root: 
 
 
 def _propose(ctx: Context, graph: Graph, steps: list, root: dict, within: dict, host: set, align: int,
-             shared: bool):
+             strict: set):
     """(new views, concat -> the inputs it no longer copies or None when it copies nothing, notes). Concats from
     the last: an outer concat takes its inputs first, so an inner one (or one over a range of its inputs) sits
     inside it."""
@@ -128,6 +132,7 @@ def _propose(ctx: Context, graph: Graph, steps: list, root: dict, within: dict, 
                 notes.append((node, f"a range of {spots[0][0]}: no copy"))
                 continue
         mine, start = set(), 0
+        shared = locate(node.name, root, every)[0] not in strict
         for name in names:
             size = ctx.metas[name].shape[dim]
             alone = [u.name for u in users.get(name, [])] == [node.name]
@@ -149,16 +154,18 @@ def graph_node(steps: list, name: str):
     return next(s.node for s in steps if s.node.name == name)
 
 
-def _conflict_free(steps: list, root: dict, within: dict, placed: dict) -> bool:
-    """No kernel would read a buffer it writes (WebGPU forbids a buffer bound read-only and writable at once)."""
+def _clashes(steps: list, root: dict, within: dict, placed: dict) -> set[str]:
+    """The buffers (by owning value) some kernel would read and write at once: WebGPU forbids a buffer bound
+    read-only and writable in one dispatch."""
+    found = set()
     for step in steps:
         if step.where != "gpu" or placed.get(step.node.name, ()) is None:
             continue
         ins = [n for n in step.op.inputs if n not in placed.get(step.node.name, ())]
         home = locate(step.node.name, root, within)[0]
         if any(locate(n, root, within)[0] == home for n in ins):
-            return False
-    return True
+            found.add(home)
+    return found
 
 
 def _skipping(op, placed: set):
