@@ -61,6 +61,16 @@ class Dispatch:
     zeroes: object = None  # the buffer this dispatch only zeroes, for a later one to add into (flat.zeros)
 
 
+@dataclass(frozen=True)
+class BufferView:
+    """`size` bytes of `buffer` from byte `offset` (a multiple of the device's min-storage-buffer-offset-alignment),
+    bound in place of a whole buffer: a value planned inside another value's buffer (frontend/views.py)."""
+
+    buffer: object
+    offset: int
+    size: int
+
+
 class Gpu:
     """A wgpu device with the limits convroute needs, a pipeline cache and small helpers.
 
@@ -130,6 +140,7 @@ class Gpu:
     def bind(self, pipeline, buffers: list) -> object:
         """A bind group of `buffers` (storage buffers, or texture views) at bindings 0, 1, ..."""
         entries = [{"binding": i, "resource": b if isinstance(b, wgpu.GPUTextureView) else
+                    {"buffer": b.buffer, "offset": b.offset, "size": b.size} if isinstance(b, BufferView) else
                     {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(buffers)]
         sizes = ", ".join(str(getattr(b, "size", "texture")) for b in buffers)
         with self.checked(f"binding {len(buffers)} resources ({sizes} bytes)"):

@@ -13,8 +13,17 @@ from functools import cached_property
 
 import torch
 
-from convroute.device.gpu import Dispatch
+from convroute.device.gpu import BufferView, Dispatch
 from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
+from convroute.frontend.fuse import (
+    channel_attention,
+    fold_batch_norm_through_concat,
+    fuse_channel_attention,
+    fuse_squeeze_excite,
+    lower_channel_attention,
+    lower_squeeze_excite,
+    squeeze_excite,
+)
 from convroute.frontend.graph import Graph, Node, Ref, iter_refs
 from convroute.frontend.lower import (
     GPU_DTYPES,
@@ -26,7 +35,9 @@ from convroute.frontend.lower import (
     lower,
     takes_residual,
 )
+from convroute.frontend.views import locate, plan_views
 from convroute.kernels.elementwise import Unary
+from convroute.settings import env_flag
 
 NEVER = float("inf")
 
@@ -74,9 +85,15 @@ class Plan:
     input_staging: dict[str, object] = field(default_factory=dict)  # input -> its float32 upload buffer
     # input -> the first segment's copy (MAP_WRITE upload buffer, input buffer, bytes), None for an empty input
     upload_buffers: dict[str, tuple | None] = field(default_factory=dict)
+    within: dict[str, tuple[str, int]] = field(default_factory=dict)  # value -> (value holding it, byte offset)
+    itemsize: int = 4  # bytes per stored element
 
     def buffer(self, name: str):
-        return self.buffers[self.root.get(name, name)]
+        """The value's GPU buffer, or a BufferView of the part of another value's buffer it lives in."""
+        home, offset = locate(name, self.root, self.within)
+        if home == self.root.get(name, name):
+            return self.buffers[home]
+        return BufferView(self.buffers[home], offset, self.itemsize * self.metas[name].numel())
 
     @cached_property
     def fused_read(self) -> tuple | None:
@@ -87,7 +104,7 @@ class Plan:
             return None
         name = refs[0].name
         root = self.root.get(name, name)
-        if not any(s.node.name == root for s in self.segments[-1].steps):
+        if not any(locate(s.node.name, self.root, self.within)[0] == root for s in self.segments[-1].steps):
             return None  # computed elsewhere (an input, a constant, a CPU step, an earlier segment)
         return name, self.metas[name]
 
@@ -107,14 +124,26 @@ class Plan:
         return all(t.ndim >= 1 and t.shape[0] == batch for t in tensors)
 
 
-def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_depthwise: bool = False) -> Plan:
-    """`fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
+def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_depthwise: bool = False,
+               concat_slabs: bool | None = None, slice_views: bool | None = None) -> Plan:
+    """`concat_slabs` (default $CONVROUTE_CONCAT_SLABS, on), `slice_views` (default $CONVROUTE_SLICE_VIEWS, on):
+    producers write into their slice of a concat, and dense slices are read in place (frontend/views.py).
+    $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into the convs;
+    $CONVROUTE_SQUEEZE_EXCITE (off: mixed on lavapipe, unmeasured on GPUs) and $CONVROUTE_CHANNEL_ATTENTION (on): a
+    squeeze-excitation or an ECA block runs as its pool and one dispatch (frontend/fuse.py).
+    `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
     conv runs inside it where lower.fuses_depthwise says so (export.fuse_depthwise_pointwise)."""
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    if env_flag("CONVROUTE_CONCAT_BN", True):
+        fold_batch_norm_through_concat(graph)
+    if env_flag("CONVROUTE_SQUEEZE_EXCITE", False):
+        fuse_squeeze_excite(graph)
+    if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
+        fuse_channel_attention(graph)
     if fuse_depthwise:
         fuse_depthwise_pointwise(graph, lambda dw, conv: fuses_depthwise(ctx, dw, conv))
     if fuse_residual:
@@ -152,9 +181,13 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
             if step.node.name in on_gpu:
                 step.uploads = [step.node.name]
     input_uploads = [n for n in graph.inputs if n in on_gpu]
+    within = plan_views(ctx, graph, steps, root, aliases,
+                        concat=env_flag("CONVROUTE_CONCAT_SLABS", True) if concat_slabs is None else concat_slabs,
+                        slices=env_flag("CONVROUTE_SLICE_VIEWS", True) if slice_views is None else slice_views)
 
-    buffers, allocated = _allocate(ctx, graph, steps, root, metas, input_uploads)
-    plan = Plan(graph, metas, steps, [], aliases, root, buffers, allocated, input_uploads)
+    buffers, allocated = _allocate(ctx, graph, steps, root, within, metas, input_uploads)
+    plan = Plan(graph, metas, steps, [], aliases, root, buffers, allocated, input_uploads, within=within,
+                itemsize=ctx.precision.itemsize)
     current: list[Step] = []
     for step in steps:
         if step.where == "gpu":
@@ -202,8 +235,9 @@ def _place(ctx: Context, node: Node, gpu_made: set):
     """"alias" (shares its input's buffer), a GpuOp, or the reason it runs on the CPU."""
     if is_alias(ctx, node) and node.args[0].name in gpu_made:
         return "alias"
+    own = {squeeze_excite: lower_squeeze_excite, channel_attention: lower_channel_attention}.get(node.target, lower)
     try:
-        return lower(ctx, node)
+        return own(ctx, node)
     except (Unsupported, ValueError) as exc:
         return str(exc) or type(exc).__name__
 
@@ -216,15 +250,17 @@ def _on_gpu(meta) -> bool:
     return isinstance(meta, torch.Tensor) and meta.dtype in GPU_DTYPES
 
 
-def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, metas: dict, input_uploads: list):
-    """Linear scan over the steps: a buffer is freed after its value's last reader and reused (best fit)."""
+def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, within: dict, metas: dict,
+              input_uploads: list):
+    """Linear scan over the steps: a buffer is freed after its value's last reader and reused (best fit). A
+    buffer holding other values (views.py) lives from the first of them written to the last one read."""
     def r(name):
-        return root.get(name, name)
+        return locate(name, root, within)[0]
     birth: dict[str, int] = {r(n): -1 for n in input_uploads}
     death: dict[str, float] = {}
     for i, step in enumerate(steps):
         if step.where == "gpu":
-            birth[step.node.name] = i
+            birth.setdefault(r(step.node.name), i)
             for name in step.op.inputs:
                 death[r(name)] = max(death.get(r(name), -1), i)
         else:

@@ -33,5 +33,6 @@ class Concat:
         gpu.pipeline(self.source)
 
     def bind(self, xs: list, y) -> list[Dispatch]:
+        """One copy per input; None for an input already in its slice of `y` (its producer wrote it there)."""
         return [launch(self.gpu, self.source, PARAMS, values, [x, y])
-                for x, values in zip(xs, self.parts, strict=True) if values["total"]]
+                for x, values in zip(xs, self.parts, strict=True) if values["total"] and x is not None]

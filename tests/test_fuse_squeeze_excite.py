@@ -1,0 +1,112 @@
+"""Squeeze-excitation and ECA blocks in two dispatches (frontend/fuse.py, kernels/squeeze_excite.py): the global
+pool, then one kernel for the convs (two 1x1, or a conv1d over the channels), their activations, the gate and the
+scale. Matches the float64 torch reference in fp32 and fp16 (buffers NaN-poisoned before each run, conftest), with
+fewer dispatches than with CONVROUTE_SQUEEZE_EXCITE=0 (ECA: CONVROUTE_CHANNEL_ATTENTION=0), over channel blocks
+that do and do not divide the channels, batch 1 and 2; a block whose pooled value has another reader stays."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import convroute  # noqa: E402
+import convroute.frontend  # noqa: E402, F401 (before the GPU opens: see convroute.frontend)
+from convroute.kernels import direct_cpu  # noqa: E402
+from test_frontend import reference, rel_error  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+TOLERANCES = {"float32": 1e-4, "float16": 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def small_direct_tile(monkeypatch):
+    monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
+
+
+class SqueezeExcite(nn.Module):
+    """timm's form (mean, conv, act, conv, sigmoid, mul) or torchvision's (adaptive pool, relu, hardsigmoid),
+    between two convs; `leak`: the pooled means are also added to the output (another reader)."""
+
+    def __init__(self, c=100, reduced=12, style="timm", leak=False):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, 8, 1)
+        self.reduce, self.expand = nn.Conv2d(c, reduced, 1), nn.Conv2d(reduced, c, 1)
+        self.style, self.leak = style, leak
+
+    def forward(self, x):
+        x = self.stem(x)
+        if self.style == "timm":
+            pooled = x.mean((2, 3), keepdim=True)
+            gate = torch.sigmoid(self.expand(F.silu(self.reduce(pooled))))
+        else:
+            pooled = F.adaptive_avg_pool2d(x, 1)
+            gate = F.hardsigmoid(self.expand(F.relu(self.reduce(pooled))))
+        y = self.head(F.relu(x * gate))
+        return y + pooled.mean() if self.leak else y
+
+
+def run(model, x, dtype, on: bool, monkeypatch, switch="CONVROUTE_SQUEEZE_EXCITE"):
+    monkeypatch.setenv(switch, "1" if on else "0")
+    program = convroute.compile(model, (x,), dtype=dtype)
+    return program(x), program.summary(), program
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("style,batch,size", [("timm", 1, 8), ("timm", 2, 20), ("torchvision", 1, 20),
+                                              ("torchvision", 2, 3)])
+def test_squeeze_excite_in_two_dispatches(style, batch, size, dtype, monkeypatch):
+    torch.manual_seed(0)
+    model = SqueezeExcite(style=style).eval()
+    x = torch.randn(batch, 3, size, size)
+    ref = reference(model, x)
+    fused, summary, program = run(model, x, dtype, True, monkeypatch)
+    plain, plain_summary, _ = run(model, x, dtype, False, monkeypatch)
+    assert rel_error(fused, ref) < TOLERANCES[dtype]
+    assert rel_error(plain, ref) < TOLERANCES[dtype]
+    assert summary.gpu_ops.get("squeeze_excite") == 1 and not summary.cpu_ops, summary.gpu_ops
+    se = next(s for s in program.plan.gpu_steps if s.node.op == "squeeze_excite")
+    assert len(se.dispatches) == 1
+    assert plain_summary.dispatches - summary.dispatches >= 2
+
+
+def test_pooled_value_with_another_reader_is_not_fused(monkeypatch):
+    torch.manual_seed(0)
+    model = SqueezeExcite(leak=True).eval()
+    x = torch.randn(1, 3, 8, 8)
+    out, summary, _ = run(model, x, "float32", True, monkeypatch)
+    assert rel_error(out, reference(model, x)) < TOLERANCES["float32"]
+    assert "squeeze_excite" not in summary.gpu_ops
+
+
+class ChannelAttention(nn.Module):
+    """timm's EcaModule between two convs: mean, conv1d over the channels, sigmoid, expand, mul."""
+
+    def __init__(self, c=100, k=5, dilation=1, bias=False):
+        super().__init__()
+        self.stem, self.head = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, 8, 1)
+        self.conv = nn.Conv1d(1, 1, k, padding=dilation * (k - 1) // 2, dilation=dilation, bias=bias)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.conv(x.mean((2, 3)).view(x.shape[0], 1, -1))
+        return self.head(x * torch.sigmoid(y).view(x.shape[0], -1, 1, 1).expand_as(x))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("batch,size,k,dilation,bias", [(1, 8, 5, 1, False), (2, 20, 3, 2, True)])
+def test_channel_attention_in_two_dispatches(batch, size, k, dilation, bias, dtype, monkeypatch):
+    torch.manual_seed(0)
+    model = ChannelAttention(k=k, dilation=dilation, bias=bias).eval()
+    x = torch.randn(batch, 3, size, size)
+    ref = reference(model, x)
+    fused, summary, program = run(model, x, dtype, True, monkeypatch, "CONVROUTE_CHANNEL_ATTENTION")
+    assert rel_error(fused, ref) < TOLERANCES[dtype]
+    assert summary.gpu_ops.get("channel_attention") == 1 and not summary.cpu_ops, (summary.gpu_ops, summary.cpu_ops)
+    step = next(s for s in program.plan.gpu_steps if s.node.op == "channel_attention")
+    assert len(step.dispatches) == 1
+    plain, plain_summary, _ = run(model, x, dtype, False, monkeypatch, "CONVROUTE_CHANNEL_ATTENTION")
+    assert rel_error(plain, ref) < TOLERANCES[dtype]
+    assert "channel_attention" not in plain_summary.gpu_ops
