@@ -30,7 +30,6 @@ precision (accumulate="float16" runs with f32 sums here).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +38,7 @@ from convroute.kernels import direct_cpu
 from convroute.kernels.base import CPU_LOOP_LIMIT, ConvKernel
 from convroute.kernels.common import ceil_div, constants, split_index, storage, storage_frame, sum_splits
 from convroute.kernels.flat import flat_shader, launch
+from convroute.settings import env_flag
 
 PARAMS = ["n", "c_in", "h", "w", "c_out", "ho", "wo", "cin_g", "cout_g", "groups", "bpg", "cin_pad", "tiles_m",
           "tiles_r", "tiles_c", "splits", "chunks", "total"]
@@ -82,7 +82,7 @@ BUSY = 3  # launches want this many times the device's busy workgroup count
 FILL = 0.5  # time ~ 1 / (share of a busy device filled) ** FILL
 SPLIT = 64  # cost of one partial sum written and read back, in FMAs
 LOAD = 4  # cost of one staged value past an undilated block's patch, in FMAs of each output channel (a guess)
-SPARSE = os.environ.get("CONVROUTE_DIRECT_PHASES", "1") != "0"  # dilated blocks stage only what their taps read
+SPARSE = env_flag("CONVROUTE_DIRECT_PHASES", True)  # dilated blocks stage only what their taps read
 PHASED = (True, True)  # whether a block's rows, columns may be phases apart (else contiguous, on the taps' lattice)
 
 
