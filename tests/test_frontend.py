@@ -16,6 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from convroute.frontend import ExportError  # noqa: E402 (before torchvision, which loads triton: see frontend)
+from convroute.frontend.program import CpuStepsWarning  # noqa: E402
 
 torchvision = pytest.importorskip("torchvision")
 import torch.nn as nn  # noqa: E402
@@ -173,8 +174,10 @@ class WithUnsupportedOps(nn.Module):
 def test_unsupported_ops_run_on_the_cpu_and_the_summary_says_so():
     model = WithUnsupportedOps().eval()
     x = torch.randn(2, 3, 10, 12)
-    program = convroute.compile(model, (x,))
-    out, idx = program(x)
+    with pytest.warns(CpuStepsWarning, match=r"ops on the CPU through torch \(.*cumsum.*\)") as caught:
+        program = convroute.compile(model, (x,))
+        out, idx = program(x)
+    assert len(caught) == 1  # once per plan, not per call
     ref, ref_idx = reference(model, x)
     assert rel_error(out, ref) < TOLERANCE
     assert torch.equal(idx, ref_idx) and idx.dtype == torch.int64

@@ -12,6 +12,7 @@ import statistics
 import sys
 import threading
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -64,6 +65,18 @@ def env_fuse_residual() -> bool:
 
 def env_fuse_depthwise() -> bool:
     return env_flag("CONVROUTE_FUSE_DEPTHWISE", False)
+
+
+class CpuStepsWarning(UserWarning):
+    """Some of a compiled model's ops run on the CPU through torch (`Program.summary()` says which and why)."""
+
+
+def warn_cpu_steps(plan: Plan) -> None:
+    ops = Counter(step.node.op for step in plan.steps if step.where == "cpu")
+    if ops:
+        listed = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in ops.most_common())
+        warnings.warn(f"convroute runs {sum(ops.values())} ops on the CPU through torch ({listed}); "
+                      f"program.summary() says why", CpuStepsWarning, stacklevel=4)
 
 
 class Program:
@@ -119,6 +132,7 @@ class Program:
                 self._plans[key] = build_plan(graph, dict(gpu=self.gpu, profile=self.device_profile,
                                                           policy=self.policy, precision=self.precision),
                                               self.fuse_residual, self.fuse_depthwise)
+                warn_cpu_steps(self._plans[key])
             except ValueTooLarge as exc:
                 self._plans[key] = self._batch_chunk(inputs, exc)
         found = self._plans[key]
