@@ -17,6 +17,8 @@ COMMANDS = {
     "bench": "time every algorithm on a network's conv layers and score each policy against the fastest",
     "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++, score it on suites",
     "run": "run a whole torchvision model on the GPU and on torch: error, routing table, latency of both",
+    "export-web": "write a model as a browser bundle: plan, WGSL, weights, convroute.js and a demo page",
+    "bench-web": "run a bundle's bench page in headless Chromium: convroute against ONNX Runtime Web",
 }
 
 

@@ -14,11 +14,11 @@ from convroute.frontend.export import export_model
 from convroute.frontend.graph import Ref
 from convroute.frontend.lower import Context, Unsupported, conv_params, lower_conv
 from convroute.frontend.plan import Plan, Segment, build_plan
+from convroute.frontend.web.trace import TraceGpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import F16_FEATURE, Precision
 from convroute.router import Decision, route_params
 from convroute.router.exclusions import applicable, blocked_algorithms
-from convroute.web.trace import TraceGpu
 
 EXPORT_POLICIES = ("seed", "etvk", "calibrated", "derived")  # autotune measures on a device: the page does that
 DEFAULT_CANDIDATES = 3

@@ -15,8 +15,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from convroute.web.plan import BrowserPlan
-from convroute.web.trace import TracedBuffer
+from convroute.frontend.web.plan import BrowserPlan
+from convroute.frontend.web.trace import TracedBuffer
 
 SCHEMA = "convroute.web.plan"
 VERSION = 1
@@ -65,7 +65,7 @@ def write_bundle(plans: list[BrowserPlan], out, model_name: str, example_shape, 
 
 
 def asset(name: str) -> bytes:
-    return resources.files("convroute.web").joinpath("assets", name).read_bytes()
+    return resources.files("convroute.frontend.web").joinpath("assets", name).read_bytes()
 
 
 def plan_document(bp: BrowserPlan, shaders: ShaderFiles) -> tuple[dict, bytes]:

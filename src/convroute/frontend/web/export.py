@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from convroute.web.bundle import write_bundle
-from convroute.web.plan import DEFAULT_CANDIDATES, plan_for_browser
+from convroute.frontend.web.bundle import write_bundle
+from convroute.frontend.web.plan import DEFAULT_CANDIDATES, plan_for_browser
 
 DTYPES = {"auto": ("float32", "float16"), "float32": ("float32",), "float16": ("float16",)}
 
