@@ -265,6 +265,17 @@ export class Model {
     return this.routes();
   }
 
+  /** Time each candidate of the routed conv `layer` again (median of `rounds` interleaved rounds), without
+   *  changing the choice: {algorithm: ms}. */
+  async timeLayer(layer, {rounds = 5} = {}) {
+    const s = this.steps.find((t) => t.name === layer && t.candidates);
+    if (!s) throw new Error(`convroute: no routed conv named ${layer}`);
+    const names = Object.keys(s.candidates), samples = Object.fromEntries(names.map((n) => [n, []]));
+    for (const n of names) await this._time(s.candidates[n], 1);
+    for (let r = 0; r < rounds; r++) for (const n of names) samples[n].push(await this._time(s.candidates[n], 1));
+    return Object.fromEntries(names.map((n) => [n, median(samples[n])]));
+  }
+
   /** Each routed conv: the candidates with their measured ms (when measured) and the choice; the dtype. */
   routes() {
     const layers = [];
@@ -303,7 +314,7 @@ export class Model {
       await this.run(x);
       totals.push(performance.now() - t0);
     }
-    return {steps, runMs: median(totals), gpuPassMs: median(await Promise.all([0].map(() => this._time(this._all(), 1)))),
+    return {steps, runMs: median(totals), gpuPassMs: await this._time(this._all(), 1),
             timing: this.timestamps ? "gpu timestamps" : "wall clock"};
   }
 
