@@ -102,10 +102,33 @@ def test_measured_routing_picks_the_fastest_candidate(site):
     assert max(spread) > 1.5, f"the candidates run alike ({spread}): the check would not tell a wrong choice"
 
 
+def test_demo_page_classifies_and_caches_its_routes(site):
+    """index.html runs the bundle, shows the routing table; a second visit reads the routes from IndexedDB."""
+    root, page, _ = site
+    torch.manual_seed(8)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 8 * 8, 10)).eval()
+    export_web(model, (torch.randn(1, 3, 8, 8),), root / "demo", exclude=EXCLUDE, dtype="float32")
+    base = page.url.rsplit("/", 1)[0]
+    sources = []
+    for _ in range(2):
+        demo = page.context.new_page()
+        demo.goto(f"{base}/demo/index.html?budget=3000")
+        demo.wait_for_function("() => window.convrouteResult || window.convrouteError", timeout=120_000)
+        assert demo.evaluate("() => window.convrouteError || null") is None
+        result = demo.evaluate("() => window.convrouteResult")
+        assert len(result["top"]) == 5 and demo.locator("#routes tr").count() == 2
+        sources.append(result["routes"]["layers"][0]["source"])
+        demo.close()
+    assert sources == ["measured", "cached"]
+
+
 def test_float16_where_the_adapter_has_shader_f16(site):
     root, page, info = site
-    model = zoo.build("resnet18")
-    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    torch.manual_seed(6)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(16, 8, 1), torch.nn.AdaptiveAvgPool2d(1)).eval()
+    x = torch.randn(1, 3, 16, 16)
     got = run_in_page(site, "auto_dtype", model, x, {"route": "default"}, candidates=1, dtype="auto")
     want = model(x).detach()
     err = max_relative_error(torch.tensor(got["y"]).reshape(want.shape), want)

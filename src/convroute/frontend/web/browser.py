@@ -83,7 +83,7 @@ def chromium():
 
 def open_page(browser, url: str, timeout_s: float = 300):
     """A new page at `url` (its console errors are kept in page.errors)."""
-    page = browser.new_page()
+    page = browser.new_context().new_page()  # its context may open more pages sharing its storage
     page.set_default_timeout(timeout_s * 1000)
     page.errors = []
     page.on("console", lambda msg: msg.type == "error" and page.errors.append(msg.text))
