@@ -12,6 +12,7 @@ from convroute.frontend import compile as compile_program
 from convroute.frontend import zoo
 from convroute.frontend.web import NotForBrowser, export_web
 from convroute.frontend.web.browser import BLANK, BrowserMissing, adapter_info, chromium, open_page, serve
+from convroute.frontend.web.compare import ort_dist, write_compare
 from convroute.measure.reference import max_relative_error
 
 EXCLUDE = ("direct",)
@@ -168,3 +169,27 @@ def test_program_exports_itself(tmp_path):
     manifest = program.export_web(tmp_path, candidates=1)
     assert manifest["input_shape"] == [1, 3, 8, 8] and list(manifest["plans"]) == ["float32"]
     assert manifest["plans"]["float32"]["weight_bytes"] >= 4 * (4 * 3 * 9 + 4)
+
+
+def test_bench_page_against_onnx_runtime_web(site):
+    """bench.html runs both engines on one input: their outputs agree and each has its percentiles."""
+    pytest.importorskip("onnx", reason="torch.onnx.export needs the onnx package")
+    try:
+        ort_dist()
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    root, page, _ = site
+    torch.manual_seed(9)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    export_web(model, (x,), root / "cmp", exclude=EXCLUDE, dtype="float32", candidates=1)
+    write_compare(model, x, root / "cmp")
+    bench = page.context.new_page()
+    bench.goto(page.url.rsplit("/", 1)[0] + "/cmp/bench.html?rounds=3&cache=0")
+    bench.wait_for_function("() => window.benchResult || window.benchError", timeout=180_000)
+    assert bench.evaluate("() => window.benchError || null") is None
+    result = bench.evaluate("() => window.benchResult")
+    assert [r["engine"] for r in result["rows"]] == ["convroute", "onnxruntime-web"]
+    assert all(r["p10"] <= r["median"] <= r["p90"] for r in result["rows"]) and result["ratio"] > 0
+    assert result["relDiff"] < 1e-4

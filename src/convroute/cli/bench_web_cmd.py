@@ -29,11 +29,15 @@ def bench(directory, rounds: int = 20, budget_ms: int = 8000, timeout_s: float =
     try:
         with serve(directory) as url, chromium() as browser:
             page = open_page(browser, f"{url}bench.html?rounds={rounds}&budget={budget_ms}&cache=0", timeout_s)
-            start = time.time()
+            start, said = time.time(), ""
             while time.time() - start < timeout_s:
                 found = page.evaluate("() => window.benchResult || (window.benchError && {error: window.benchError})")
                 if found:
                     break
+                status = page.locator("#status").text_content()
+                if status != said:
+                    print(f"[{time.time() - start:6.0f} s] {status}", file=sys.stderr, flush=True)
+                    said = status
                 time.sleep(2)
             else:
                 print(f"error: the bench page gave no result in {timeout_s:.0f} s", file=sys.stderr)
