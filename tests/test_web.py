@@ -90,7 +90,7 @@ def test_measured_routing_picks_the_fastest_candidate(site):
       const C = (await import('./' + bundle + '/convroute.js')).default;
       const m = await C.load(bundle + '/manifest.json', {route: 'default', cache: false});
       const out = {};
-      for (const n of names) out[n] = await m.timeLayer(n, {rounds: 7});
+      for (const n of names) out[n] = await m.timeLayer(n, {rounds: 9});
       return out;
     }""", ["routed", [layer["layer"] for layer in layers]])
     spread = []
@@ -98,9 +98,9 @@ def test_measured_routing_picks_the_fastest_candidate(site):
         times, retimed = layer["timesMs"], again[layer["layer"]]
         assert set(times) == set(layer["candidates"]) and len(times) >= 2, layer
         assert layer["chosen"] == min(times, key=times.get)
-        assert retimed[layer["chosen"]] <= 1.5 * min(retimed.values()), (layer, retimed)
+        assert retimed[layer["chosen"]] <= 2 * min(retimed.values()), (layer, retimed)  # 2x: a loaded CI box
         spread.append(max(retimed.values()) / min(retimed.values()))
-    assert max(spread) > 1.5, f"the candidates run alike ({spread}): the check would not tell a wrong choice"
+    assert max(spread) > 3, f"the candidates run alike ({spread}): the check would not tell a wrong choice"
 
 
 def test_demo_page_classifies_and_caches_its_routes(site):
