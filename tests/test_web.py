@@ -193,3 +193,15 @@ def test_bench_page_against_onnx_runtime_web(site):
     assert [r["engine"] for r in result["rows"]] == ["convroute", "onnxruntime-web"]
     assert all(r["p10"] <= r["median"] <= r["p90"] for r in result["rows"]) and result["ratio"] > 0
     assert result["relDiff"] < 1e-4
+
+
+def test_cli_export_web(tmp_path, capsys):
+    from convroute.cli.main import main
+
+    out = tmp_path / "bundle"
+    assert main(["export-web", "--model", "resnet18", "--size", "32", "--dtype", "float16", "--candidates", "1",
+                 "--exclude", "direct", "--out", str(out)]) == 0
+    assert "float16: plan-float16.json" in capsys.readouterr().out
+    assert {"manifest.json", "plan-float16.json", "weights-float16.bin", "convroute.js", "index.html"} <= {
+        f.name for f in out.iterdir()}
+    assert main(["bench-web", str(out)]) == 2 and "bench.html is missing" in capsys.readouterr().err
