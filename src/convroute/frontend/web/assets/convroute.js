@@ -256,6 +256,7 @@ export class Model {
       for (let round = 0; round < maxRounds; round++) {
         for (const n of names) samples[n].push(await this._time(s.candidates[n], reps[n]));
         if (round + 1 >= minRounds && performance.now() - layerStart > share) break;
+        if (performance.now() - start > budgetMs) break;  // the budget bounds every layer's rounds too
       }
       this.measured[i] = Object.fromEntries(names.map((n) => [n, median(samples[n])]));
       this.choice[i] = names.reduce((a, b) => (this.measured[i][b] < this.measured[i][a] ? b : a));
