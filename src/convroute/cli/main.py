@@ -31,6 +31,8 @@ COMMANDS = {  # name: what it does, in one line (the module is convroute.cli.<na
     "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++",
     "heldout": "write held-out layers: convs of networks outside the suites and the grid, to score routing on",
     "zoo": "many CNNs (torchvision, timm:NAME) against peers: error, GPU and CPU ops, latency; table, plot",
+    "export-web": "write a model as a browser bundle: plan, WGSL, weights, convroute.js and a demo page",
+    "bench-web": "run a bundle's bench page in headless Chromium: convroute against ONNX Runtime Web",
 }
 
 

@@ -27,6 +27,7 @@ from convroute.frontend.fallback import download, host_array, run_on_cpu, upload
 from convroute.frontend.graph import Ref
 from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
+from convroute.frontend.web.export import export_program
 from convroute.kernels.common import Precision
 from convroute.measure.timing import TimingSettings, time_candidates
 from convroute.report.table import format_table
@@ -230,6 +231,11 @@ class Program:
             plan.upload_buffers[name] = None if source is None else (source, target, source.size)
         copy = plan.upload_buffers[name]
         return None if copy is None else copy[0]
+
+    def export_web(self, out, **options) -> dict:
+        """Write this program as a browser bundle to the directory `out` (frontend.web.export_web's options:
+        dtype, policy, family, candidates, exclude, name); the manifest's dict."""
+        return export_program(self, out, **options)
 
     # -- reports -------------------------------------------------------------------------------
     def summary(self) -> Summary:

@@ -198,3 +198,43 @@ def to_cpp(rule: Rule) -> str:
         fitted_on=fitted_on(rule), families=", ".join(f"k{f.capitalize()}" for f in CPP_FAMILIES),
         algorithms=", ".join(CPP_ALGORITHMS.values()), im2col="\n".join(im2col), can_run="\n".join(can_run),
         min_cout=IM2COL_MIN_COUT, chooser="\n".join(chooser))
+
+
+JS_FEATURES = {
+    "groups": "p.groups", "dilation": "Math.max(...p.dilation)", "kernel_area": "p.kh * p.kw", "c_in": "p.c_in",
+    "c_out": "p.c_out", "out_pixels": "p.ho * p.wo",
+    "gather": "p.n * p.ho * p.wo * Math.floor(p.c_in / p.groups) * p.kh * p.kw",
+}
+
+
+def js_test(node: Node) -> str:
+    if node.feature == "family":
+        return f'if (family === "{node.threshold}") {{'
+    return f"if ({node.feature} >= {node.threshold}) {{"
+
+
+def js_locals(nodes: list[Node], indent: str) -> list[str]:
+    return [f"{indent}const {name} = {JS_FEATURES[name]};" for name in used_features(*nodes)]
+
+
+def to_javascript(rule: Rule) -> str:
+    """An ES module with `derivedPreference(p, family)` and `shouldUseConv2dIm2col(p, family)`, the Python's
+    twins; p: {n, c_in, c_out, ho, wo, kh, kw, groups, dilation: [h, w], transposed} (ConvParams' names)."""
+    lines = [f"// {fitted_on(rule)}", "",
+             "// Algorithms to try in order: the first that can run p and is not excluded on the device.",
+             "export function derivedPreference(p, family) {",
+             '  if (p.transposed) return ["transposed"];']
+    lines += js_locals([rule.chooser], "  ")
+    lines += tree_lines(rule.chooser, "  ", lambda leaf: f"return {json_list(leaf)};", js_test, cpp=True)
+    lines += ["}", "", "// im2col or direct for a sliding-window conv, below ET-VK's guards.",
+              "export function shouldUseConv2dIm2col(p, family) {",
+              "  if (p.transposed || p.groups !== 1 || p.dilation[0] !== 1 || p.dilation[1] !== 1 || "
+              "p.kh * p.kw === 1) return false;"]
+    lines += js_locals([rule.im2col], "  ")
+    lines += tree_lines(rule.im2col, "  ", lambda leaf: f"return {str(leaf == 'im2col').lower()};", js_test,
+                        cpp=True)
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def json_list(leaf: str) -> str:
+    return "[" + ", ".join(f'"{n}"' for n in leaf.split(",")) + "]"

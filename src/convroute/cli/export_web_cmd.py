@@ -1,0 +1,72 @@
+"""`convroute export-web --model resnet18 --size 64 --out DIR`: a torchvision architecture (random weights,
+nothing downloaded) as a browser bundle: plan, WGSL, weights, convroute.js and a demo page (index.html; serve
+DIR over http and open it in a WebGPU browser). By default each conv carries the policy's route and the next
+candidates, which the page times on its own device and picks from; `--candidates 1` (or an explicit
+`--policy ... --device FAMILY` with --candidates 1) exports one fixed route. `--compare ort` also writes the
+model as ONNX and a bench page running convroute and ONNX Runtime Web side by side; `--run` runs that page
+headless (convroute bench-web)."""
+
+from __future__ import annotations
+
+import sys
+
+from convroute.cli.common import EXTRAS, check_extras
+
+PLAN_POLICIES = ("seed", "etvk", "calibrated", "derived")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--model", default="resnet18", help="torchvision classification model name")
+    parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16"),
+                        help="plans in the bundle: auto = float32 and float16 (the page runs float16 where the "
+                             "adapter has shader-f16), or only the one named")
+    parser.add_argument("--policy", default="seed", choices=PLAN_POLICIES,
+                        help="the route the export starts from (default seed)")
+    parser.add_argument("--device", default="unknown", metavar="FAMILY",
+                        help="GPU family the export routes and tiles for (default unknown: a generic GPU)")
+    parser.add_argument("--candidates", default="3",
+                        help="algorithms per conv the page times (default 3; 1 = the policy's route, fixed; all)")
+    parser.add_argument("--exclude", default="", metavar="ALGOS",
+                        help="comma-separated algorithms to leave out (e.g. direct: its kernels stall "
+                             "SwiftShader's compiler)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the random weights (default 1)")
+    parser.add_argument("--compare", default="", choices=("", "ort"),
+                        help="ort: also write the model as ONNX and a bench page against ONNX Runtime Web")
+    parser.add_argument("--run", action="store_true", help="with --compare: run the bench page headless")
+    parser.add_argument("--out", required=True, help="directory to write")
+
+
+def run(args) -> int:
+    if not check_extras({"torch": EXTRAS["torch"]}, "convroute export-web"):
+        return 2
+    candidates = args.candidates if args.candidates == "all" else int(args.candidates)
+    import torch
+
+    from convroute.frontend import zoo
+    from convroute.frontend.web import NotForBrowser, export_web
+
+    model = zoo.build(args.model, args.seed)
+    x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
+    exclude = tuple(filter(None, args.exclude.split(",")))
+    try:
+        manifest = export_web(model, (x,), args.out, dtype=args.dtype, policy=args.policy, family=args.device,
+                              candidates=candidates, exclude=exclude, name=args.model)
+    except NotForBrowser as err:
+        print(f"error: {args.model}: {err}", file=sys.stderr)
+        return 2
+    for dtype, entry in manifest["plans"].items():
+        print(f"{dtype}: {entry['plan']}, {entry['weight_bytes'] / 2**20:.1f} MiB of weights, "
+              f"{entry['routed']} convs routed in the page")
+    if args.compare:
+        from convroute.frontend.web.compare import write_compare
+
+        write_compare(model, x, args.out)
+        print(f"bench page: {args.out}/bench.html (ONNX Runtime Web vendored)")
+        if args.run:
+            from convroute.cli.bench_web_cmd import bench
+
+            return bench(args.out)
+    print(f"wrote {args.out}: serve it (python -m http.server -d {args.out}) and open index.html in a WebGPU "
+          f"browser")
+    return 0

@@ -1,0 +1,167 @@
+"""Planning a model for the browser: the front end's plan built on a TraceGpu for a generic browser profile
+(WebGPU's guaranteed limits; shader-f16 only for float16 plans; no float atomics, subgroups or texture paths),
+plus, for each routed conv, the dispatches of its other candidate algorithms bound to the same buffers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from convroute.calibration.profile import calibration_for
+from convroute.device.profile import DeviceProfile
+from convroute.frontend.export import export_model
+from convroute.frontend.graph import Ref
+from convroute.frontend.lower import Context, Unsupported, conv_params, lower_conv
+from convroute.frontend.plan import Plan, Segment, build_plan
+from convroute.frontend.web.trace import TraceGpu
+from convroute.kernels import ALGORITHMS
+from convroute.kernels.common import F16_FEATURE, Precision
+from convroute.router import Decision, route_params
+from convroute.router.exclusions import applicable, blocked_algorithms
+
+EXPORT_POLICIES = ("seed", "etvk", "calibrated", "derived")  # autotune measures on a device: the page does that
+DEFAULT_CANDIDATES = 3
+
+
+class NotForBrowser(ValueError):
+    """The model cannot run as a browser plan (CPU steps, several inputs or outputs); one line says why."""
+
+
+def browser_profile(family: str, dtype: str) -> DeviceProfile:
+    """A browser's WebGPU device as the export assumes it: WebGPU's default limits, `shader-f16` for float16
+    plans and nothing else optional. The family decides routing and tiling; "cpu" would pick texture paths
+    (read-only storage textures), which browser plans leave out."""
+    if family == "cpu":
+        raise NotForBrowser("--device cpu plans texture paths, which browser plans leave out; pick a GPU family")
+    base = DeviceProfile.for_family(family)
+    features = frozenset({F16_FEATURE}) if dtype == "float16" else frozenset()
+    return replace(base, name=f"browser ({family} routing)", backend="WebGPU", features=features)
+
+
+@dataclass
+class RoutedConv:
+    chosen: str
+    reason: str
+    candidates: dict = field(default_factory=dict)  # algorithm -> its dispatches (the chosen one's included)
+
+
+@dataclass
+class BrowserPlan:
+    plan: Plan
+    gpu: TraceGpu
+    dtype: str
+    policy: str
+    family: str
+    input_name: str
+    output_name: str
+    casts: list  # dispatches casting the float32 input to f16 (float16 plans)
+    routed: dict  # conv node name -> RoutedConv (convs with more than one candidate)
+
+
+def plan_for_browser(model, example_inputs, *, dtype="float32", policy="seed", family="unknown",
+                     candidates: int | str = DEFAULT_CANDIDATES, exclude=()) -> BrowserPlan:
+    """`candidates`: how many algorithms each conv carries for the page to time (1 = the policy's fixed
+    route), or "all" (every applicable one). `exclude`: algorithms neither routed to nor carried (direct's
+    workgroup kernels stall SwiftShader's shader compiler for minutes)."""
+    unknown = [n for n in exclude if n not in ALGORITHMS]
+    if unknown:
+        raise ValueError(f"unknown algorithm(s) {', '.join(unknown)}; known: {', '.join(ALGORITHMS)}")
+    if policy not in EXPORT_POLICIES:
+        raise ValueError(f"policy {policy!r} cannot be exported; use one of {', '.join(EXPORT_POLICIES)} "
+                         f"(the page itself measures: that is autotune in the browser)")
+    precision = Precision.parse(dtype)
+    profile = browser_profile(family, precision.dtype)
+    gpu = TraceGpu(profile)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    graph = export_model(model, inputs)
+    constants = dict(graph.constants)  # build_plan keeps only what CPU steps read
+    ctx_args = dict(gpu=gpu, profile=profile, policy=policy, precision=precision)
+    if exclude:
+        ctx_args["decisions"] = _routes_avoiding(graph, ctx_args, set(exclude))
+    plan = build_plan(graph, ctx_args, fuse_residual=True, fuse_depthwise=False)
+    input_name, output_name = _single_io(plan)
+    first = next(s for s in plan.segments if isinstance(s, Segment))
+    casts = first.dispatches[:len(first.dispatches) - sum(len(s.dispatches) for s in first.steps)]
+    ctx = Context(constants=constants, metas=plan.metas, **{**ctx_args, "decisions": {}})
+    routed = {}
+    for step in plan.gpu_steps:
+        if step.node.op == "convolution" and step.op.params is not None and step.node.depthwise is None:
+            conv = _candidates(ctx, plan, step, candidates, set(exclude))
+            if len(conv.candidates) > 1:
+                routed[step.node.name] = conv
+    return BrowserPlan(plan, gpu, precision.dtype, policy, family, input_name, output_name, casts, routed)
+
+
+def _single_io(plan: Plan) -> tuple[str, str]:
+    cpu = plan.cpu_steps
+    if cpu:
+        ops = ", ".join(sorted({s.node.op for s in cpu}))
+        raise NotForBrowser(f"the model has {len(cpu)} step(s) on the CPU ({ops}); a browser plan runs on the "
+                            f"GPU only")
+    refs = [o for o in plan.graph.outputs if isinstance(o, Ref)]
+    if len(plan.graph.inputs) != 1 or len(refs) != 1 or len(plan.graph.outputs) != 1:
+        raise NotForBrowser(f"a browser plan takes one input tensor and returns one tensor; this model takes "
+                            f"{len(plan.graph.inputs)} and returns {len(plan.graph.outputs)} value(s)")
+    if plan.graph.inputs[0] not in plan.input_uploads or refs[0].name in plan.graph.constants:
+        raise NotForBrowser("the model's output does not depend on its input on the GPU")
+    meta = plan.metas[plan.graph.inputs[0]]
+    if meta.dtype != torch.float32:
+        raise NotForBrowser(f"a browser plan takes a float32 input, this model's is {meta.dtype}")
+    return plan.graph.inputs[0], refs[0].name
+
+
+def _routes_avoiding(graph, ctx_args: dict, exclude: set) -> dict:
+    """Each conv's routing decision, moved off the excluded algorithms to the first other applicable one."""
+    metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
+    metas.update((n.name, n.meta) for n in graph.nodes)
+    ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    decisions = {}
+    for node in graph.nodes:
+        if node.op != "convolution":
+            continue
+        try:
+            p = conv_params(ctx, node)
+        except (Unsupported, ValueError):
+            continue  # planning says why it cannot run
+        d = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
+        if d.algorithm in exclude:
+            blocked = blocked_algorithms(p, ctx.profile, ctx.precision.dtype)
+            other = next((n for n in applicable(p) if n not in exclude and n not in blocked), None)
+            if other is None:
+                raise NotForBrowser(f"conv {node.module or node.name} ({p.describe()}) has no algorithm left "
+                                    f"after excluding {', '.join(sorted(exclude))}")
+            d = replace(d, algorithm=other, reason=f"{d.reason}; {d.algorithm} excluded from the export -> {other}")
+        decisions[node.name] = d
+    return decisions
+
+
+def candidate_names(p, profile: DeviceProfile, dtype: str, chosen: str, residual: bool,
+                    count: int | str, exclude=frozenset()) -> list[str]:
+    """The chosen algorithm first, then the others that can run p (and add its residual), ranked by the
+    target's calibration where it has one, else in the router's fallback order; `count` of them, or all."""
+    blocked = blocked_algorithms(p, profile, dtype)
+    allowed = [n for n in applicable(p) if n not in blocked and n != chosen and n not in exclude
+               and (not residual or ALGORITHMS[n].fuses_residual)]
+    calibration = calibration_for(profile, dtype)
+    if calibration is not None:
+        predicted = {n: calibration.model.predict_ms(p, n) for n in allowed}
+        allowed.sort(key=lambda n: float("inf") if predicted[n] is None else predicted[n])
+    names = [chosen] + allowed
+    return names if count == "all" else names[:max(1, int(count))]
+
+
+def _candidates(ctx: Context, plan: Plan, step, count, exclude: set) -> RoutedConv:
+    node, decision = step.node, step.op.decision
+    conv = RoutedConv(decision.algorithm, decision.reason, {decision.algorithm: step.dispatches})
+    names = candidate_names(step.op.params, ctx.profile, ctx.precision.dtype, decision.algorithm,
+                            node.residual is not None, count, exclude)
+    for name in names[1:]:
+        ctx.decisions[node.name] = Decision(name, "a candidate the page times", decision.policy,
+                                            decision.device, decision.dtype)
+        try:
+            op = lower_conv(ctx, node)
+            conv.candidates[name] = op.bind([plan.buffer(n) for n in op.inputs], plan.buffer(node.name))
+        except (Unsupported, ValueError):
+            continue  # the kernel cannot size this shape on a browser device
+    return conv
