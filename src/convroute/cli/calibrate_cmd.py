@@ -14,6 +14,7 @@ from convroute.calibration.run import SETTINGS, run_calibration
 from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
 from convroute.kernels.common import DTYPES
+from convroute.report.table import fit_text
 
 SELFTEST_SHARE = 0.15  # of --budget kept for the self-test when the grid would use it all
 QUICK_BUDGET = 110.0  # --quick's default --budget (NOTES: how long it takes on lavapipe)
@@ -89,10 +90,10 @@ def run(args) -> int:
         example = next(s for s in cal.samples if name in s.failed)
         print(f"{name} could not run {count} shape(s), e.g. {example.params.describe()}: {example.failed[name]}")
     loo = cal.model_check = loo_report(cal.samples, cal.excluded, cal.profile, cal.dtype)
-    print(f"model check, leave-one-out over {loo['shapes']} shapes with a choice: picks the fastest on "
-          f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, total time "
-          f"{100 * loo['total_regret']:.1f}% over the fastest; worst {100 * loo['worst_regret']:.0f}% "
-          f"({loo['worst_ms'][0]:.3g} vs {loo['worst_ms'][1]:.3g} ms on {loo['worst_shape']})")
+    print(fit_text(f"model check, leave-one-out over {loo['shapes']} shapes with a choice: picks the fastest on "
+                   f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, total time "
+                   f"{100 * loo['total_regret']:.1f}% over the fastest; worst {100 * loo['worst_regret']:.0f}% "
+                   f"({loo['worst_ms'][0]:.3g} vs {loo['worst_ms'][1]:.3g} ms on {loo['worst_shape']})"))
     if not args.dry_run:
         path = save_calibration(cal)
         if path is None:
