@@ -26,6 +26,13 @@ F16_HEADERS = tuple(Precision.parse("float16", sums).wgsl() for sums in ("float1
 ACTIVATIONS = (None, "relu", "relu6", ("clamp", -0.5, 0.75), "hardswish", "silu", "sigmoid")
 
 
+@pytest.fixture
+def small_direct_tile(monkeypatch):
+    """CPU adapters' direct kernel on its smallest register tile: small test shapes still get several tiles."""
+    from convroute.kernels import direct_cpu
+    monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path_factory):
     """Tests see no routing overrides from the caller's environment, and no calibration/autotune files or

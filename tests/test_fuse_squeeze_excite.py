@@ -14,16 +14,11 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 import convroute.frontend  # noqa: E402, F401 (before the GPU opens: see convroute.frontend)
-from convroute.kernels import direct_cpu  # noqa: E402
+from convroute.measure.reference import TOLERANCES  # noqa: E402
 from test_frontend import reference, rel_error  # noqa: E402
 
-pytestmark = pytest.mark.gpu
-TOLERANCES = {"float32": 1e-4, "float16": 1e-2}
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("small_direct_tile")]
 
-
-@pytest.fixture(autouse=True)
-def small_direct_tile(monkeypatch):
-    monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
 
 
 class SqueezeExcite(nn.Module):

@@ -28,6 +28,8 @@ def plan_views(ctx: Context, graph: Graph, steps: list, root: dict, aliases: lis
     """value -> (the value whose buffer holds it, byte offset in that buffer). Steps that become free move
     from `steps` to `aliases`; a concat with some inputs in place keeps a step copying the rest."""
     within: dict[str, tuple[str, int]] = {}
+    if not (concat or slices):
+        return within
     align = int(ctx.gpu.device.limits["min-storage-buffer-offset-alignment"])
     host = _host_touched(graph, steps, root)
     if slices:

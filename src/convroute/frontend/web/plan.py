@@ -79,7 +79,8 @@ def plan_for_browser(model, example_inputs, *, dtype="float32", policy="seed", f
     ctx_args = dict(gpu=gpu, profile=profile, policy=policy, precision=precision)
     if exclude:
         ctx_args["decisions"] = _routes_avoiding(graph, ctx_args, set(exclude))
-    plan = build_plan(graph, ctx_args, fuse_residual=True, fuse_depthwise=False)
+    # no values inside other values' buffers: the bundle binds whole buffers (views would need offsets in it)
+    plan = build_plan(graph, ctx_args, fuse_residual=True, fuse_depthwise=False, concat_slabs=False, slice_views=False)
     input_name, output_name = _single_io(plan)
     first = next(s for s in plan.segments if isinstance(s, Segment))
     casts = first.dispatches[:len(first.dispatches) - sum(len(s.dispatches) for s in first.steps)]
