@@ -159,7 +159,7 @@ def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
     woken = []
 
     def counting_token():
-        woken.append(threading.get_ident())
+        woken.append(threading.current_thread())  # the object: idents are reused
         return shipped()
 
     monkeypatch.setattr(poller, "get_token", counting_token)
@@ -173,7 +173,7 @@ def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
 
         def reader(t: int):
             if t % 2:
-                spinners.add(threading.get_ident())
+                spinners.add(threading.current_thread())
                 for _ in range(40):
                     assert np.array_equal(gpu.read(buffers[t], (256,)), data[t])
             else:
