@@ -263,11 +263,13 @@ def test_cli(tmp_path, capsys, monkeypatch):
             {"name": x.name, "count": x.count, "params": params_to_dict(x.params), "times_ms": x.times_ms}
             for x in s.layers]} for s in suites]}))
     out_rule, out_cpp, out_py = tmp_path / "rule.json", tmp_path / "rule.cpp", tmp_path / "rule.py"
+    out_js = tmp_path / "rule.js"
     assert main(["derive-rule", "--calibration", *cal_files, "--bench", str(bench), "--out", str(out_rule),
-                 "--cpp", str(out_cpp), "--python", str(out_py)]) == 0
+                 "--cpp", str(out_cpp), "--python", str(out_py), "--js", str(out_js)]) == 0
     printed = capsys.readouterr().out
     assert "policy total / oracle total per suite" in printed and "resnet18" in printed and "mobilenet_v2" in printed
     assert "should_use_conv2d_im2col" in out_cpp.read_text() and "def derived_preference" in out_py.read_text()
+    assert "derivedPreference" in out_js.read_text()
     monkeypatch.setenv(RULE_ENV, str(out_rule))
     p = make_params((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
     assert route_params(p, DeviceProfile.for_family("mali"), "derived").reason.startswith("derived rule: ")

@@ -1,6 +1,7 @@
 """`convroute derive-rule`: fit a small readable routing rule (decision trees of depth <= 3) on calibration
-grids, print it as Python and as C++ in ET-VK's style, save it for the `derived` policy, and score seed, etvk,
-the derived rules and calibrated on measured suites (never on the shapes it was fitted on)."""
+grids, print it as Python, as C++ in ET-VK's style and as JavaScript (for browser bundles), save it for the
+`derived` policy, and score seed, etvk, the derived rules and calibrated on measured suites (never on the shapes
+it was fitted on)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from convroute.router.regret import (
     read_bench,
     score_suite,
 )
-from convroute.router.rule_text import to_cpp, to_python
+from convroute.router.rule_text import to_cpp, to_javascript, to_python
 
 
 def add_arguments(parser) -> None:
@@ -49,6 +50,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-save", action="store_true", help="print and score the rule, save nothing")
     parser.add_argument("--python", metavar="OUT.py", help="write the Python rule here instead of printing it")
     parser.add_argument("--cpp", metavar="OUT.cpp", help="write the C++ rule here instead of printing it")
+    parser.add_argument("--js", metavar="OUT.js", help="write the JavaScript rule here instead of printing it")
     parser.add_argument("--depth", type=int, default=3, choices=(1, 2, 3), help="tree depth (default 3)")
     parser.add_argument("--min-leaf", type=int, default=3, help="fewest calibration shapes per leaf (default 3)")
     parser.add_argument("--min-gain", type=float, default=0.002,
@@ -120,6 +122,7 @@ def run(args) -> int:
                        "on the calibration grids (in-sample)"))
     emit(to_python(rule), args.python, "Python")
     emit(to_cpp(rule), args.cpp, "C++")
+    emit(to_javascript(rule), args.js, "JavaScript")
     if not args.no_save:
         path = Path(args.out) if args.out else rule_path()
         if not write_json(path, rule.to_json()):

@@ -28,7 +28,7 @@ COMMANDS = {  # name: what it does, in one line (the module is convroute.cli.<na
     "bench": "time every algorithm on a network's conv layers and score each routing policy",
     "suite": "route, run and check every conv layer of a network, with times",
     "selftest": "fuzz every algorithm against float64 on this device; routing avoids what was wrong",
-    "derive-rule": "fit a small routing rule on calibrations; print it as Python and C++",
+    "derive-rule": "fit a small routing rule on calibrations; print it as Python, C++ and JavaScript",
     "heldout": "write held-out layers: convs of networks outside the suites and the grid, to score routing on",
     "zoo": "many CNNs (torchvision, timm:NAME) against peers: error, GPU and CPU ops, latency; table, plot",
     "export-web": "write a model as a browser bundle: plan, WGSL, weights, convroute.js and a demo page",
