@@ -61,6 +61,13 @@ class SqueezeExcite:
         return [Dispatch(pipe, group, (self.blocks, self.n, 1))]
 
 
+# Both kernels end alike: every invocation scales its share of the block's channels by their gates.
+SCALE_BY_GATE = """  let base = (img * C + c0) * HW;
+  let count = min(CB, C - c0) * HW;
+  for (var e = t; e < count; e += WG) { y[base + e] = ST(act(f32(x[base + e]) * gate[e / HW])); }
+"""
+
+
 def shader(c: int, cr: int, hw: int, cb: int, wg: int, act1: Epilogue, act2: Epilogue, act: Epilogue,
            precision: Precision) -> str:
     hj = pow2_at_most(cr, wg)  # hidden units per round; wg / hj threads split each one's C terms
@@ -117,10 +124,7 @@ fn main({ENTRY_ARGS}) {{
     }}
     workgroupBarrier();
   }}
-  let base = (img * C + c0) * HW;
-  let count = min(CB, C - c0) * HW;
-  for (var e = t; e < count; e += WG) {{ y[base + e] = ST(act(f32(x[base + e]) * gate[e / HW])); }}
-}}
+{SCALE_BY_GATE}}}
 """
 
 
@@ -176,8 +180,5 @@ fn main({ENTRY_ARGS}) {{
     gate[i] = act2(g);
   }}
   workgroupBarrier();
-  let base = (img * C + c0) * HW;
-  let count = min(CB, C - c0) * HW;
-  for (var e = t; e < count; e += WG) {{ y[base + e] = ST(act(f32(x[base + e]) * gate[e / HW])); }}
-}}
+{SCALE_BY_GATE}}}
 """

@@ -56,8 +56,7 @@ def measure_top(p: ConvParams, device: DeviceProfile, ranked: list[str], allowed
 
 
 def _winner(entry: dict, allowed: list[str]) -> str | None:
-    times = {n: t for n, t in entry["times_ms"].items() if n in allowed}
-    return min(times, key=times.get) if times else None
+    return next(iter(allowed_times(entry, allowed)), None)
 
 
 def allowed_times(entry: dict, allowed: list[str]) -> dict[str, float]:
