@@ -44,8 +44,9 @@ def run_in_page(site, name, model, x, options=None, **export):
     return page.evaluate(RUN, [name, x.numpy().ravel().tolist(), {"cache": False, **(options or {})}])
 
 
-def check_against_torch(site, name, model, x, tolerance=1e-4, **export):
-    got = run_in_page(site, name, model, x, {"route": "default"}, candidates=1, dtype="float32", **export)
+def check_against_torch(site, name, model, x, tolerance=1e-4, family="auto", **export):
+    got = run_in_page(site, name, model, x, {"route": "default", "family": family}, candidates=1, dtype="float32",
+                      **export)
     want = model(x).detach()
     err = max_relative_error(torch.tensor(got["y"]).reshape(want.shape), want)
     assert err < tolerance, f"{name}: relative error {err:.2e}"
@@ -53,12 +54,18 @@ def check_against_torch(site, name, model, x, tolerance=1e-4, **export):
     return got
 
 
+@pytest.mark.parametrize("family", ["auto", "unknown"])
 @pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
-def test_zoo_model_matches_torch(site, name):
+def test_zoo_model_matches_torch(site, name, family):
+    """Both plans of the default bundle: the one the page picks for its adapter (on a software adapter such as
+    SwiftShader, the "cpu" plan) and the generic GPU plan."""
     model = zoo.build(name)
     x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-    got = check_against_torch(site, name, model, x)
+    got = check_against_torch(site, f"{name}-{family}", model, x, family=family)
     assert all(layer["chosen"] != "direct" for layer in got["routes"]["layers"])
+    software = "swiftshader" in json.dumps(site[2]).lower()
+    want = "cpu" if family == "auto" and software else "unknown"
+    assert got["routes"]["family"] == want, got["routes"]["familyReason"]
 
 
 def test_transposed_convs_match_torch(site):
@@ -74,21 +81,23 @@ def test_transposed_convs_match_torch(site):
 
 def test_measured_routing_picks_the_fastest_candidate(site):
     """The page times every candidate of each conv and keeps the fastest; timed again afterwards (each
-    candidate alone, fresh rounds), the kept one is still within noise of the fastest, on every conv."""
+    candidate alone, fresh rounds), the kept one is still within noise of the fastest, on every conv. The GPU
+    plan, whose candidates differ most on SwiftShader (its workgroup kernels wait on barriers there)."""
     torch.manual_seed(5)
     model = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.Conv2d(16, 32, 1)).eval()
     x = torch.randn(1, 8, 16, 16)
     root, page, _ = site
-    got = run_in_page(site, "routed", model, x, {"budgetMs": 20000}, candidates="all", dtype="float32")
+    got = run_in_page(site, "routed", model, x, {"budgetMs": 20000, "family": "unknown"}, candidates="all",
+                      dtype="float32", weights_budget=None)
     want = model(x).detach()
     assert max_relative_error(torch.tensor(got["y"]).reshape(want.shape), want) < 1e-4
     layers = got["routes"]["layers"]
     assert len(layers) == 3 and all(layer["source"] == "measured" for layer in layers)
     again = page.evaluate("""async ([bundle, names]) => {
       const C = (await import('./' + bundle + '/convroute.js')).default;
-      const m = await C.load(bundle + '/manifest.json', {route: 'default', cache: false});
+      const m = await C.load(bundle + '/manifest.json', {route: 'default', cache: false, family: 'unknown'});
       const out = {};
       for (const n of names) out[n] = await m.timeLayer(n, {rounds: 9});
       return out;
@@ -151,15 +160,33 @@ def test_cpu_steps_are_refused(tmp_path):
         export_web(Sorts(), (torch.randn(1, 3, 8, 8),), tmp_path, dtype="float32")
 
 
-def test_fixed_route_bundle_of_resnet18_float16_is_small(tmp_path):
+def test_bundle_of_resnet18_float16_is_small(tmp_path):
+    """The default export (candidates included) stays within 1.1x the weights plus 200 KB: candidates whose
+    weights need a layout of their own are carried only within the weights budget."""
     model = zoo.build("resnet18")
-    manifest = export_web(model, (torch.randn(1, 3, 32, 32),), tmp_path, dtype="float16", candidates=1)
+    x = torch.randn(1, 3, 32, 32)
+    manifest = export_web(model, (x,), tmp_path / "default", dtype="float16")
     weights = 2 * sum(p.numel() for p in model.parameters())
-    total = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    total = sum(f.stat().st_size for f in (tmp_path / "default").rglob("*") if f.is_file())
     assert total <= 1.1 * weights + 200_000, (total, weights)
-    plan = json.loads((tmp_path / "plan-float16.json").read_text())
-    assert plan["features"] == ["shader-f16"] and manifest["plans"]["float16"]["routed"] == 0
-    assert not any("atomic" in f.read_text() for f in (tmp_path / "shaders").iterdir())
+    assert list(manifest["plans"]) == ["float16"] and manifest["plans"]["float16"]["routed"] == 20
+    plan = json.loads((tmp_path / "default" / "plan-float16.json").read_text())
+    assert plan["features"] == ["shader-f16"]
+    assert not any("atomic" in f.read_text() for f in (tmp_path / "default" / "shaders").iterdir())
+    unbounded = export_web(model, (x,), tmp_path / "unbounded", dtype="float16", weights_budget=None)
+    assert unbounded["plans"]["float16"]["weight_bytes"] > 1.5 * manifest["plans"]["float16"]["weight_bytes"]
+
+
+def test_software_adapter_plan_has_no_barriers_textures_or_wide_gathers(tmp_path):
+    """The "cpu" plan: register tiles on buffers (a barrier is a coroutine switch on SwiftShader and textures
+    load slower than buffers there), and implicit GEMM tiles gathering 4 columns (SwiftShader's compiler
+    takes over 100 s on 16 and its GPU process dies)."""
+    export_web(zoo.build("resnet18"), (torch.randn(1, 3, 32, 32),), tmp_path, dtype="float32", family="cpu",
+               candidates="all", weights_budget=None)
+    sources = [f.read_text() for f in (tmp_path / "shaders").iterdir()]
+    assert not any("workgroupBarrier" in s or "texture" in s for s in sources)
+    gathers = [s for s in sources if "fn gather(" in s]
+    assert gathers and all("pix0_3" in s and "pix1_0" not in s for s in gathers)
 
 
 def test_program_exports_itself(tmp_path):
@@ -167,7 +194,7 @@ def test_program_exports_itself(tmp_path):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
     program = compile_program(model, torch.randn(1, 3, 8, 8))
     manifest = program.export_web(tmp_path, candidates=1)
-    assert manifest["input_shape"] == [1, 3, 8, 8] and list(manifest["plans"]) == ["float32"]
+    assert manifest["input_shape"] == [1, 3, 8, 8] and list(manifest["plans"]) == ["float32", "cpu-float32"]
     assert manifest["plans"]["float32"]["weight_bytes"] >= 4 * (4 * 3 * 9 + 4)
 
 

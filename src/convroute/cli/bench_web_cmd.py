@@ -48,8 +48,9 @@ def bench(directory, rounds: int = 20, budget_ms: int = 8000, timeout_s: float =
     if "error" in found:
         print(f"error: the bench page failed: {found['error']}", file=sys.stderr)
         return 1
-    print(f"{found['model']} {'x'.join(map(str, found['inputShape']))}, convroute {found['dtype']}, "
-          f"{found['rounds']} interleaved rounds, adapter {found['routes']['adapter']}")
+    routes = found["routes"]
+    print(f"{found['model']} {'x'.join(map(str, found['inputShape']))}, convroute {found['dtype']} {routes['family']} "
+          f"plan ({routes['familyReason']}), {found['rounds']} interleaved rounds, adapter {routes['adapter']}")
     print(f"{'engine':<18}{'median ms':>11}{'p10':>10}{'p90':>10}")
     for row in found["rows"]:
         print(f"{row['engine']:<18}{row['median']:>11.2f}{row['p10']:>10.2f}{row['p90']:>10.2f}")

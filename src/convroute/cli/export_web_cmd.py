@@ -1,7 +1,8 @@
 """`convroute export-web --model resnet18 --size 64 --out DIR`: a torchvision architecture (random weights,
 nothing downloaded) as a browser bundle: plan, WGSL, weights, convroute.js and a demo page (index.html; serve
-DIR over http and open it in a WebGPU browser). By default each conv carries the policy's route and the next
-candidates, which the page times on its own device and picks from; `--candidates 1` (or an explicit
+DIR over http and open it in a WebGPU browser). By default the bundle holds a plan for a generic GPU and one
+for software adapters (SwiftShader: register tiles, no barriers), and each conv carries the policy's route and
+the next candidates, which the page times on its own device and picks from; `--candidates 1` (or an explicit
 `--policy ... --device FAMILY` with --candidates 1) exports one fixed route. `--compare ort` also writes the
 model as ONNX and a bench page running convroute and ONNX Runtime Web side by side; `--run` runs that page
 headless (convroute bench-web)."""
@@ -23,13 +24,17 @@ def add_arguments(parser) -> None:
                              "adapter has shader-f16), or only the one named")
     parser.add_argument("--policy", default="seed", choices=PLAN_POLICIES,
                         help="the route the export starts from (default seed)")
-    parser.add_argument("--device", default="unknown", metavar="FAMILY",
-                        help="GPU family the export routes and tiles for (default unknown: a generic GPU)")
+    parser.add_argument("--device", default="unknown,cpu", metavar="FAMILIES",
+                        help="comma-separated families to plan for, each its own plan; the page runs the one for its "
+                             "adapter (default unknown,cpu: a generic GPU, and software adapters such as SwiftShader)")
     parser.add_argument("--candidates", default="3",
                         help="algorithms per conv the page times (default 3; 1 = the policy's route, fixed; all)")
     parser.add_argument("--exclude", default="", metavar="ALGOS",
-                        help="comma-separated algorithms to leave out (e.g. direct: its kernels stall "
-                             "SwiftShader's compiler)")
+                        help="comma-separated algorithms to leave out (e.g. direct, whose workgroup kernels stall "
+                             "SwiftShader's compiler if a GPU plan is forced to run there)")
+    parser.add_argument("--weights-budget", default="1.05",
+                        help="carry a candidate whose weights need their own layout only while a plan's weights stay "
+                             "within this multiple of its fixed route's (default 1.05; none: no bound)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random weights (default 1)")
     parser.add_argument("--compare", default="", choices=("", "ort"),
                         help="ort: also write the model as ONNX and a bench page against ONNX Runtime Web")
@@ -50,14 +55,15 @@ def run(args) -> int:
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
     exclude = tuple(filter(None, args.exclude.split(",")))
     try:
+        budget = None if args.weights_budget == "none" else float(args.weights_budget)
         manifest = export_web(model, (x,), args.out, dtype=args.dtype, policy=args.policy, family=args.device,
-                              candidates=candidates, exclude=exclude, name=args.model)
-    except NotForBrowser as err:
+                              candidates=candidates, exclude=exclude, weights_budget=budget, name=args.model)
+    except (NotForBrowser, ValueError) as err:
         print(f"error: {args.model}: {err}", file=sys.stderr)
         return 2
-    for dtype, entry in manifest["plans"].items():
-        print(f"{dtype}: {entry['plan']}, {entry['weight_bytes'] / 2**20:.1f} MiB of weights, "
-              f"{entry['routed']} convs routed in the page")
+    for key, entry in manifest["plans"].items():
+        print(f"{key}: {entry['plan']} ({entry['family']}, {entry['dtype']}), {entry['weight_bytes'] / 2**20:.1f} MiB "
+              f"of weights, {entry['routed']} convs routed in the page")
     if args.compare:
         from convroute.frontend.web.compare import write_compare
 

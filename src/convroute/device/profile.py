@@ -50,6 +50,10 @@ class DeviceProfile:
     adapter_type: str = ""
     limits: dict = field(default_factory=lambda: dict(DEFAULT_LIMITS))
     features: frozenset = frozenset()
+    storage_textures: bool = True  # CPU-style kernels may read weights and inputs as storage textures
+    # columns a register tile gathers from the NCHW input per K step (implicit GEMM): Chromium's SwiftShader
+    # compiles 4 in 0.1 s, 8 in 7.5 s, and 16 in over 100 s, when its GPU process is killed
+    max_gathered_columns: int = 16
 
     @classmethod
     def for_family(cls, family: str) -> DeviceProfile:
@@ -155,6 +159,13 @@ class DeviceProfile:
                 raise ValueError(f"CONVROUTE_GEMM_STYLE={override!r}; use one of {', '.join(GEMM_STYLES)}")
             return override
         return "registers" if self.family == "cpu" else "workgroup"
+
+    @property
+    def texture_paths(self) -> bool:
+        """Whether the register-tile kernels read textures where they fit (lavapipe: a texel load costs a tenth of
+        a buffer load) rather than the storage buffers. Browser plans bind buffers only, and on Chromium's
+        SwiftShader a buffer load is the faster one anyway."""
+        return self.gemm_style == "registers" and self.storage_textures
 
     @property
     def key(self) -> str:

@@ -67,7 +67,7 @@ class Depthwise(FlatConv):
     def prepare(self, weight, bias):
         self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK))
         self.tex = None
-        if self.gpu.profile.gemm_style == "registers" and depthwise_cpu.layout(self.p, 1) is not None:
+        if self.gpu.profile.texture_paths and depthwise_cpu.layout(self.p, 1) is not None:
             fmt = direct_cpu.FORMATS[self.dtype]
             w_tex = self.gpu.texture_of(depthwise_cpu.weight_texels(weight).astype(self.precision.numpy), fmt,
                                         "depthwise weight texels")

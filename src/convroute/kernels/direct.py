@@ -387,7 +387,8 @@ class Direct(ConvKernel):
             self.tile = direct_cpu.choose_tile(p)
             self._textures: dict[int, tuple | None] = {}
             self._weight_texture = None
-            self.special = direct_cpu.specialised(p) and direct_cpu.texture_layout(p, self.tile, p.n) is not None
+            self.special = (self.gpu.profile.texture_paths and direct_cpu.specialised(p)
+                            and direct_cpu.texture_layout(p, self.tile, p.n) is not None)
             if self.special:
                 self.source = direct_cpu.generate(p, self.tile, self.header, direct_cpu.FORMATS[self.dtype], self.act,
                                                   self.residual)

@@ -169,7 +169,7 @@ class ColumnTextures:
     @staticmethod
     def wanted(kernel) -> bool:
         p = kernel.p
-        return kernel.gpu.profile.gemm_style == "registers" and gemm_tex.fits(p.c_out, p.c_in * p.kh * p.kw, 1)
+        return kernel.gpu.profile.texture_paths and gemm_tex.fits(p.c_out, p.c_in * p.kh * p.kw, 1)
 
     def fits(self, n: int) -> bool:
         p = self.kernel.p

@@ -1,6 +1,7 @@
-"""Writing browser plans to a directory: `manifest.json` (schema SCHEMA, version VERSION), one plan per dtype
-(`plan-<dtype>.json` and its weights `weights-<dtype>.bin`), the WGSL sources (`shaders/<n>.wgsl`, shared by
-the plans), and the page assets (`convroute.js`, `index.html`).
+"""Writing browser plans to a directory: `manifest.json` (schema SCHEMA, version VERSION), one plan per
+family and dtype (`plan-<key>.json` and its weights `weights-<key>.bin`; the key is the dtype for the first
+family's plans, `<family>-<dtype>` for the others'; each manifest entry names its family and dtype), the WGSL
+sources (`shaders/<n>.wgsl`, shared by the plans), and the page assets (`convroute.js`, `index.html`).
 
 A plan lists its buffers (size, role: input, output, activation, weight, uniform, scratch; weights as a byte
 range of the weights file, uniform blocks inline as u32 words), its pipelines (a shader file and override
@@ -19,7 +20,7 @@ from convroute.frontend.web.plan import BrowserPlan
 from convroute.frontend.web.trace import TracedBuffer
 
 SCHEMA = "convroute.web.plan"
-VERSION = 1
+VERSION = 2
 ASSETS = ("convroute.js", "index.html")
 
 
@@ -47,15 +48,16 @@ def write_bundle(plans: list[BrowserPlan], out, model_name: str, example_shape, 
     entries = {}
     for bp in plans:
         doc, weights = plan_document(bp, shaders)
-        weights_name = f"weights-{bp.dtype}.bin"
+        key = bp.dtype if bp.family == plans[0].family else f"{bp.family}-{bp.dtype}"
+        weights_name = f"weights-{key}.bin"
         (out / weights_name).write_bytes(weights)
         doc["weights"] = weights_name
         text = json.dumps(doc, separators=(",", ":"))
-        plan_name = f"plan-{bp.dtype}.json"
+        plan_name = f"plan-{key}.json"
         (out / plan_name).write_text(text)
         digest = hashlib.sha256(text.encode() + weights).hexdigest()[:16]
-        entries[bp.dtype] = dict(plan=plan_name, hash=digest, weight_bytes=len(weights),
-                                 routed=len(bp.routed), policy=bp.policy, family=bp.family)
+        entries[key] = dict(plan=plan_name, hash=digest, dtype=bp.dtype, family=bp.family,
+                            weight_bytes=len(weights), routed=len(bp.routed), policy=bp.policy)
     manifest = dict(schema=SCHEMA, version=VERSION, model=model_name, input_shape=list(example_shape),
                     output_shape=list(output_shape), plans=entries)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))

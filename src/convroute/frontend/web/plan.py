@@ -1,5 +1,5 @@
 """Planning a model for the browser: the front end's plan built on a TraceGpu for a generic browser profile
-(WebGPU's guaranteed limits; shader-f16 only for float16 plans; no float atomics, subgroups or texture paths),
+(WebGPU's guaranteed limits; shader-f16 only for float16 plans; no float atomics, subgroups or textures),
 plus, for each routed conv, the dispatches of its other candidate algorithms bound to the same buffers."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from convroute.router.exclusions import applicable, blocked_algorithms
 
 EXPORT_POLICIES = ("seed", "etvk", "calibrated", "derived")  # autotune measures on a device: the page does that
 DEFAULT_CANDIDATES = 3
+DEFAULT_WEIGHTS_BUDGET = 1.05  # a plan's weight bytes, candidates included, over its fixed route's
 
 
 class NotForBrowser(ValueError):
@@ -30,13 +31,13 @@ class NotForBrowser(ValueError):
 
 def browser_profile(family: str, dtype: str) -> DeviceProfile:
     """A browser's WebGPU device as the export assumes it: WebGPU's default limits, `shader-f16` for float16
-    plans and nothing else optional. The family decides routing and tiling; "cpu" would pick texture paths
-    (read-only storage textures), which browser plans leave out."""
-    if family == "cpu":
-        raise NotForBrowser("--device cpu plans texture paths, which browser plans leave out; pick a GPU family")
+    plans and nothing else optional. The family decides routing and tiling; "cpu" (a software adapter such as
+    Chromium's SwiftShader) gets the register-tile kernels on buffers: no workgroup memory, no barriers, no
+    textures."""
     base = DeviceProfile.for_family(family)
     features = frozenset({F16_FEATURE}) if dtype == "float16" else frozenset()
-    return replace(base, name=f"browser ({family} routing)", backend="WebGPU", features=features)
+    return replace(base, name=f"browser ({family} routing)", backend="WebGPU", features=features,
+                   storage_textures=False, max_gathered_columns=4)
 
 
 @dataclass
@@ -60,10 +61,15 @@ class BrowserPlan:
 
 
 def plan_for_browser(model, example_inputs, *, dtype="float32", policy="seed", family="unknown",
-                     candidates: int | str = DEFAULT_CANDIDATES, exclude=()) -> BrowserPlan:
+                     candidates: int | str = DEFAULT_CANDIDATES, exclude=(),
+                     weights_budget: float | None = DEFAULT_WEIGHTS_BUDGET) -> BrowserPlan:
     """`candidates`: how many algorithms each conv carries for the page to time (1 = the policy's fixed
     route), or "all" (every applicable one). `exclude`: algorithms neither routed to nor carried (direct's
-    workgroup kernels stall SwiftShader's shader compiler for minutes)."""
+    workgroup kernels stall SwiftShader's shader compiler for minutes). `weights_budget`: a candidate whose
+    weights are packed in a layout of their own is carried only while the plan's weight bytes stay within
+    this multiple of the fixed route's (None: no bound); candidates sharing a packed layout cost nothing."""
+    if weights_budget is not None and weights_budget < 1:
+        raise ValueError(f"weights_budget is a multiple of the fixed route's weights (>= 1), got {weights_budget}")
     unknown = [n for n in exclude if n not in ALGORITHMS]
     if unknown:
         raise ValueError(f"unknown algorithm(s) {', '.join(unknown)}; known: {', '.join(ALGORITHMS)}")
@@ -86,9 +92,10 @@ def plan_for_browser(model, example_inputs, *, dtype="float32", policy="seed", f
     casts = first.dispatches[:len(first.dispatches) - sum(len(s.dispatches) for s in first.steps)]
     ctx = Context(constants=constants, metas=plan.metas, **{**ctx_args, "decisions": {}})
     routed = {}
+    blobs = WeightBlobs(plan.gpu_steps, weights_budget)
     for step in plan.gpu_steps:
         if step.node.op == "convolution" and step.op.params is not None and step.node.depthwise is None:
-            conv = _candidates(ctx, plan, step, candidates, set(exclude))
+            conv = _candidates(ctx, plan, step, candidates, set(exclude), blobs)
             if len(conv.candidates) > 1:
                 routed[step.node.name] = conv
     return BrowserPlan(plan, gpu, precision.dtype, policy, family, input_name, output_name, casts, routed)
@@ -152,7 +159,32 @@ def candidate_names(p, profile: DeviceProfile, dtype: str, chosen: str, residual
     return names if count == "all" else names[:max(1, int(count))]
 
 
-def _candidates(ctx: Context, plan: Plan, step, count, exclude: set) -> RoutedConv:
+class WeightBlobs:
+    """The weight bytes a plan stores (identical blobs once) and the bound a candidate's new ones must fit."""
+
+    def __init__(self, steps, budget: float | None):
+        self.seen: set[bytes] = set()
+        self.total = 0
+        for step in steps:
+            self.add(step.dispatches)
+        self.limit = None if budget is None else budget * self.total
+
+    @staticmethod
+    def _blobs(dispatches) -> list[bytes]:
+        return [b.data for d in dispatches for b in d.bind_group.buffers if b.kind != "uniform" and b.data]
+
+    def new_bytes(self, dispatches) -> int:
+        return sum(len(blob) for blob in {blob for blob in self._blobs(dispatches) if blob not in self.seen})
+
+    def fits(self, dispatches) -> bool:
+        return self.limit is None or self.total + self.new_bytes(dispatches) <= self.limit
+
+    def add(self, dispatches) -> None:
+        self.total += self.new_bytes(dispatches)
+        self.seen.update(self._blobs(dispatches))
+
+
+def _candidates(ctx: Context, plan: Plan, step, count, exclude: set, blobs: WeightBlobs) -> RoutedConv:
     node, decision = step.node, step.op.decision
     conv = RoutedConv(decision.algorithm, decision.reason, {decision.algorithm: step.dispatches})
     names = candidate_names(step.op.params, ctx.profile, ctx.precision.dtype, decision.algorithm,
@@ -162,7 +194,10 @@ def _candidates(ctx: Context, plan: Plan, step, count, exclude: set) -> RoutedCo
                                             decision.device, decision.dtype)
         try:
             op = lower_conv(ctx, node)
-            conv.candidates[name] = op.bind([plan.buffer(n) for n in op.inputs], plan.buffer(node.name))
+            dispatches = op.bind([plan.buffer(n) for n in op.inputs], plan.buffer(node.name))
         except (Unsupported, ValueError):
             continue  # the kernel cannot size this shape on a browser device
+        if blobs.fits(dispatches):
+            blobs.add(dispatches)
+            conv.candidates[name] = dispatches
     return conv

@@ -5,11 +5,14 @@
 //   m.routes();                     // per conv: candidates, measured ms, choice; the dtype and why
 //   await m.profile();              // per step ms, and the whole run
 // Options of load: device (a GPUDevice; else one is requested), dtype ("auto", "float32", "float16"),
-// route ("measure", "default", or {layer: algorithm}), budgetMs (time for measuring, default 4000),
-// cache (false: no IndexedDB), onProgress(text).
+// family ("auto": the "cpu" plan on a software adapter, else the plan for the GPU's vendor, else the first;
+// or a family the bundle has), route ("measure", "default", or {layer: algorithm}), budgetMs (time for
+// measuring, default 4000), cache (false: no IndexedDB), onProgress(text).
 
 const SCHEMA = "convroute.web.plan";
-const VERSION = 1;
+const VERSION = 2;
+const VENDOR_FAMILIES = {arm: "mali", qualcomm: "adreno", nvidia: "nvidia", amd: "amd", intel: "intel",
+                         apple: "apple", "img-tec": "powervr"};
 const STORAGE = () => GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
 
 async function fetchOk(url) {
@@ -28,6 +31,29 @@ function halfToFloat(h) {
 function median(xs) {
   const s = [...xs].sort((a, b) => a - b), n = s.length;
   return n ? (n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2) : NaN;
+}
+
+// Software adapters (Chromium's SwiftShader, Mesa's llvmpipe / lavapipe) run the "cpu" plans: register tiles
+// on buffers, no workgroup memory or barriers (a barrier there switches coroutines).
+export function isSoftwareAdapter(info) {
+  if (!info) return false;
+  if (info.isFallbackAdapter) return true;
+  return /swiftshader|llvmpipe|lavapipe|software/i.test([info.vendor, info.architecture, info.device,
+                                                         info.description].join(" "));
+}
+
+// The family whose plans the page runs: [family, why].
+function pickFamily(families, info, wanted) {
+  if (wanted !== "auto") {
+    if (!families.includes(wanted)) throw new Error(`convroute: the bundle has no ${wanted} plan (it has ${families})`);
+    return [wanted, "asked for"];
+  }
+  if (isSoftwareAdapter(info) && families.includes("cpu"))
+    return ["cpu", `a software adapter (${info.architecture || info.description || info.vendor})`];
+  const vendorFamily = info && VENDOR_FAMILIES[String(info.vendor).toLowerCase()];
+  if (vendorFamily && families.includes(vendorFamily)) return [vendorFamily, `the adapter's vendor is ${info.vendor}`];
+  const gpu = families.find((f) => f !== "cpu");
+  return gpu ? [gpu, "the bundle's GPU plan"] : [families[0], "the bundle's only family"];
 }
 
 function adapterKey(info) {
@@ -99,14 +125,16 @@ function neededLimits(plans, adapter) {
   return limits;
 }
 
-async function openDevice(plans) {
+async function openAdapter() {
   if (!navigator.gpu) throw new Error("convroute: this browser has no WebGPU (navigator.gpu is missing)");
   const adapter = await navigator.gpu.requestAdapter({powerPreference: "high-performance"});
   if (!adapter) throw new Error("convroute: no WebGPU adapter");
+  return adapter;
+}
+
+async function openDevice(adapter, plan) {
   const features = ["shader-f16", "timestamp-query"].filter((f) => adapter.features.has(f));
-  const device = await adapter.requestDevice({requiredFeatures: features,
-                                              requiredLimits: neededLimits(plans, adapter)});
-  return {device, info: adapter.info};
+  return adapter.requestDevice({requiredFeatures: features, requiredLimits: neededLimits([plan], adapter)});
 }
 
 // ---- the model -----------------------------------------------------------------------------------
@@ -295,7 +323,7 @@ export class Model {
               vendor: this.adapterInfo.vendor, architecture: this.adapterInfo.architecture,
               device: this.adapterInfo.device, description: this.adapterInfo.description},
             timing: this.timestamps ? "gpu timestamps" : "wall clock", hash: this.hash,
-            policy: this.plan.policy, family: this.plan.family, layers};
+            policy: this.plan.policy, family: this.plan.family, familyReason: this.familyReason, layers};
   }
 
   /** Per step ms (each step alone, median of `runs`) and the whole run's median wall ms (upload, submit,
@@ -335,29 +363,32 @@ export const Convroute = {
       throw new Error(`convroute: ${manifestUrl} is ${manifest.schema} v${manifest.version}; this convroute.js reads ${SCHEMA} v${VERSION}`);
     const base = new URL(".", manifestUrl);
     const entries = manifest.plans;
-    const plansDocs = {};
-    for (const [d, e] of Object.entries(entries)) plansDocs[d] = (await fetchOk(new URL(e.plan, base))).json();
-    const docs = Object.fromEntries(await Promise.all(Object.entries(plansDocs).map(async ([d, p]) => [d, await p])));
-    let device = given, info = null;
-    if (!device) ({device, info} = await openDevice(Object.values(docs)));
-    else info = device.adapterInfo || null;
-    const f16 = device.features.has("shader-f16");
+    const adapter = given ? null : await openAdapter();
+    const info = given ? given.adapterInfo || null : adapter.info;
+    const families = [...new Set(Object.values(entries).map((e) => e.family))];
+    const [family, familyReason] = pickFamily(families, info, options.family || "auto");
+    const ofFamily = Object.fromEntries(Object.entries(entries).filter(([, e]) => e.family === family)
+                                        .map(([key, e]) => [e.dtype, key]));
+    const f16 = given ? given.features.has("shader-f16") : adapter.features.has("shader-f16");
     let chosen, reason;
     if (dtype === "auto") {
-      if (f16 && docs.float16) [chosen, reason] = ["float16", "the adapter has shader-f16"];
-      else if (docs.float32) [chosen, reason] = ["float32", f16 ? "the bundle has no float16 plan" : "the adapter has no shader-f16"];
+      if (f16 && ofFamily.float16) [chosen, reason] = ["float16", "the adapter has shader-f16"];
+      else if (ofFamily.float32) [chosen, reason] = ["float32", f16 ? "the bundle has no float16 plan" : "the adapter has no shader-f16"];
       else throw new Error("convroute: the bundle has only a float16 plan and the adapter has no shader-f16");
     } else {
-      if (!docs[dtype]) throw new Error(`convroute: the bundle has no ${dtype} plan (it has ${Object.keys(docs)})`);
+      if (!ofFamily[dtype]) throw new Error(`convroute: the bundle has no ${family} ${dtype} plan (it has ${Object.keys(entries)})`);
       if (dtype === "float16" && !f16) throw new Error("convroute: float16 needs the adapter feature shader-f16");
       [chosen, reason] = [dtype, "asked for"];
     }
-    const plan = docs[chosen];
+    const key = ofFamily[chosen];
+    const plan = await (await fetchOk(new URL(entries[key].plan, base))).json();
+    const device = given || await openDevice(adapter, plan);
     const files = [...new Set(plan.pipelines.map((p) => p.shader))];
     const [weights, ...codes] = await Promise.all([
       fetchOk(new URL(plan.weights, base)).then((r) => r.arrayBuffer()),
       ...files.map((f) => fetchOk(new URL(f, base)).then((r) => r.text()))]);
-    const model = new Model(device, info, manifest, plan, base, entries[chosen].hash, reason);
+    const model = new Model(device, info, manifest, plan, base, entries[key].hash, reason);
+    model.familyReason = familyReason;
     model.weights = weights;
     await model._build(Object.fromEntries(files.map((f, i) => [f, codes[i]])));
     model.weights = null;
@@ -365,13 +396,13 @@ export const Convroute = {
       model.steps.forEach((s, i) => { if (s.candidates && route[s.name]) model.choice[i] = route[s.name]; });
       model.routeSource = "given";
     } else if (route === "measure" && model.steps.some((s) => s.candidates)) {
-      const key = `${adapterKey(info)}|${model.hash}`;
-      const cached = cache ? await cacheGet(key) : undefined;
+      const cacheKey = `${adapterKey(info)}|${model.hash}`;
+      const cached = cache ? await cacheGet(cacheKey) : undefined;
       if (cached) {
         model.choice = cached.choice; model.measured = cached.measured; model.routeSource = "cached";
       } else {
         await model.measure({budgetMs, onProgress});
-        if (cache) await cachePut(key, {choice: model.choice, measured: model.measured});
+        if (cache) await cachePut(cacheKey, {choice: model.choice, measured: model.measured});
       }
     }
     return model;
