@@ -39,6 +39,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compare", default="", choices=("", "ort"),
                         help="ort: also write the model as ONNX and a bench page against ONNX Runtime Web")
     parser.add_argument("--run", action="store_true", help="with --compare: run the bench page headless")
+    parser.add_argument("--open", action="store_true",
+                        help="then serve the bundle on 127.0.0.1 and open its demo page in your browser")
     parser.add_argument("--out", required=True, help="directory to write")
 
 
@@ -73,6 +75,11 @@ def run(args) -> int:
             from convroute.cli.bench_web_cmd import bench
 
             return bench(args.out)
+    if args.open:
+        from convroute.frontend.web.browser import open_demo
+
+        open_demo(args.out)
+        return 0
     print(f"wrote {args.out}: serve it (python -m http.server -d {args.out}) and open index.html in a WebGPU "
-          f"browser")
+          f"browser, or export with --open")
     return 0

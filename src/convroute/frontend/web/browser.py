@@ -8,6 +8,7 @@ import functools
 import os
 import shutil
 import threading
+import webbrowser
 from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -59,6 +60,25 @@ def serve(directory):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def open_demo(directory, opener=None, wait=None) -> str:
+    """Serve `directory` on 127.0.0.1 and open its index.html in the user's browser (`opener`, default
+    webbrowser.open; a headless box has none, so the URL is printed too); serve until `wait()` returns, by
+    default until Ctrl-C. The demo's URL."""
+    with serve(directory) as url:
+        demo = url + "index.html"
+        print(f"serving {directory} at {url}: open {demo} in a WebGPU browser (Ctrl-C stops)", flush=True)
+        (opener or webbrowser.open)(demo)
+        try:
+            (wait or _forever)()
+        except KeyboardInterrupt:
+            pass
+    return demo
+
+
+def _forever():
+    threading.Event().wait()
 
 
 @contextmanager
