@@ -1,15 +1,13 @@
 """Browser bundles replayed natively (frontend/web/replay.py) on this machine's adapter: the float16 plan, which
 no browser here can run (SwiftShader has no shader-f16), and the software adapters' plan, against torch."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
 from convroute.device.gpu import get_gpu
 from convroute.frontend.web import export_web
-from convroute.frontend.web.replay import replay
+from convroute.frontend.web.replay import candidate_routes, replay
 from convroute.measure.reference import max_relative_error
 
 
@@ -42,11 +40,9 @@ def test_every_candidate_of_each_plan_matches_torch(bundle, plan, tolerance):
     out, manifest, x, want = bundle
     if plan == "float16" and "shader-f16" not in get_gpu().device.features:
         pytest.skip("this adapter has no shader-f16")
-    doc = json.loads((out / manifest["plans"][plan]["plan"]).read_text())
-    routed = {s["name"]: list(s["candidates"]) for s in doc["steps"] if "candidates" in s}
-    assert routed and max(len(c) for c in routed.values()) >= 3
-    for k in range(max(len(c) for c in routed.values())):
-        route = {name: names[min(k, len(names) - 1)] for name, names in routed.items()}
+    routes = candidate_routes(out, plan)
+    assert len(routes) >= 3
+    for route in routes:
         got = replay(out, x.numpy(), plan=plan, route=route)
         assert max_relative_error(torch.from_numpy(got), want) < tolerance, route
 

@@ -8,7 +8,6 @@ usage: python tools/replay_bundles.py [--models resnet18,mobilenet_v2] [--size 2
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from convroute.device.gpu import get_gpu
 from convroute.frontend import zoo
 from convroute.frontend.web import export_web
-from convroute.frontend.web.replay import replay
+from convroute.frontend.web.replay import candidate_routes, plan_document, replay
 from convroute.measure.reference import max_relative_error
 
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
@@ -31,13 +30,11 @@ def check(name: str, size: int, out: Path) -> tuple[int, int]:
     features = set(get_gpu().device.features)
     runs = wrong = 0
     for key, entry in manifest["plans"].items():
-        doc = json.loads((out / name / entry["plan"]).read_text())
-        if not set(doc["features"]) <= features:
-            print(f"{name} {key}: skipped (needs {doc['features']})")
+        needs = plan_document(out / name, key)["features"]
+        if not set(needs) <= features:
+            print(f"{name} {key}: skipped (needs {needs})")
             continue
-        routed = {s["name"]: list(s["candidates"]) for s in doc["steps"] if "candidates" in s}
-        for k in range(max((len(c) for c in routed.values()), default=1)):
-            route = {layer: names[min(k, len(names) - 1)] for layer, names in routed.items()}
+        for k, route in enumerate(candidate_routes(out / name, key)):
             err = max_relative_error(torch.from_numpy(replay(out / name, x.numpy(), plan=key, route=route)), want)
             bad = not err < TOLERANCE[entry["dtype"]]
             runs, wrong = runs + 1, wrong + bad

@@ -51,7 +51,7 @@ def run(args) -> int:
     import torch
 
     from convroute.frontend import zoo
-    from convroute.frontend.web import NotForBrowser, export_web
+    from convroute.frontend.web import export_web
 
     model = zoo.build(args.model, args.seed)
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
@@ -60,7 +60,7 @@ def run(args) -> int:
         budget = None if args.weights_budget == "none" else float(args.weights_budget)
         manifest = export_web(model, (x,), args.out, dtype=args.dtype, policy=args.policy, family=args.device,
                               candidates=candidates, exclude=exclude, weights_budget=budget, name=args.model)
-    except (NotForBrowser, ValueError) as err:
+    except ValueError as err:  # NotForBrowser among them
         print(f"error: {args.model}: {err}", file=sys.stderr)
         return 2
     for key, entry in manifest["plans"].items():

@@ -56,10 +56,10 @@ class CpuTile:
 TILES = (CpuTile(16, 16), CpuTile(16, 8), CpuTile(16, 4), CpuTile(8, 4))
 
 
-def choose_tile(m: int, cols: int, batches: int, max_tn: int = 16) -> CpuTile:
-    """The largest tile (at most `max_tn` columns) that does not waste most of itself on padding and leaves
-    >= 64 invocations."""
-    for tile in (t for t in TILES if t.tn <= max_tn):
+def choose_tile(m: int, cols: int, batches: int, max_tn: int | None = None) -> CpuTile:
+    """The largest tile (at most `max_tn` columns, when given) that does not waste most of itself on padding and
+    leaves >= 64 invocations."""
+    for tile in (t for t in TILES if max_tn is None or t.tn <= max_tn):
         waste = (ceil_div(cols, tile.tn) * tile.tn - cols) / cols
         if waste <= 0.25 and batches * ceil_div(m, tile.tm) * ceil_div(cols, tile.tn) >= 64:
             return tile
@@ -203,7 +203,7 @@ class RegisterGemm:
                  tile: CpuTile | None = None, bsrc=VecColumns, conv: dict | None = None, residual=None) -> Dispatch:
         """Out[b][:, :cols] for b < batches, B of batch b at vec4 b * b_stride, rows cs4 vec4s apart."""
         res = residual_buffers("a register-tile GEMM", self.residual, residual)
-        max_tn = self.gpu.profile.max_gathered_columns if bsrc is Windows else 16
+        max_tn = self.gpu.profile.max_gathered_columns if bsrc is Windows else None
         tile = tile or choose_tile(self.m, cols, batches, max_tn)
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n

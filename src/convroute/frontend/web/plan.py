@@ -165,23 +165,22 @@ class WeightBlobs:
     def __init__(self, steps, budget: float | None):
         self.seen: set[bytes] = set()
         self.total = 0
+        self.limit = None
         for step in steps:
-            self.add(step.dispatches)
+            self.admit(step.dispatches)
         self.limit = None if budget is None else budget * self.total
 
-    @staticmethod
-    def _blobs(dispatches) -> list[bytes]:
-        return [b.data for d in dispatches for b in d.bind_group.buffers if b.kind != "uniform" and b.data]
-
-    def new_bytes(self, dispatches) -> int:
-        return sum(len(blob) for blob in {blob for blob in self._blobs(dispatches) if blob not in self.seen})
-
-    def fits(self, dispatches) -> bool:
-        return self.limit is None or self.total + self.new_bytes(dispatches) <= self.limit
-
-    def add(self, dispatches) -> None:
-        self.total += self.new_bytes(dispatches)
-        self.seen.update(self._blobs(dispatches))
+    def admit(self, dispatches) -> bool:
+        """Store the weight blobs of `dispatches` the plan does not hold yet, if they fit the bound; whether
+        they did."""
+        new = {b.data for d in dispatches for b in d.bind_group.buffers
+               if b.kind != "uniform" and b.data and b.data not in self.seen}
+        size = sum(map(len, new))
+        if self.limit is not None and self.total + size > self.limit:
+            return False
+        self.total += size
+        self.seen |= new
+        return True
 
 
 def _candidates(ctx: Context, plan: Plan, step, count, exclude: set, blobs: WeightBlobs) -> RoutedConv:
@@ -197,7 +196,6 @@ def _candidates(ctx: Context, plan: Plan, step, count, exclude: set, blobs: Weig
             dispatches = op.bind([plan.buffer(n) for n in op.inputs], plan.buffer(node.name))
         except (Unsupported, ValueError):
             continue  # the kernel cannot size this shape on a browser device
-        if blobs.fits(dispatches):
-            blobs.add(dispatches)
+        if blobs.admit(dispatches):
             conv.candidates[name] = dispatches
     return conv

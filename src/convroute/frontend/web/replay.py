@@ -18,12 +18,7 @@ def replay(directory, x: np.ndarray, *, plan: str = "float32", route: dict | Non
     """The output of the bundle's plan `plan` (a key of its manifest's plans) on input `x` (float32, the plan's
     input shape), as float32. `route`: {conv layer: algorithm} for routed convs (else each one's default)."""
     directory = Path(directory)
-    manifest = json.loads((directory / "manifest.json").read_text())
-    if (manifest.get("schema"), manifest.get("version")) != (SCHEMA, VERSION):
-        raise ValueError(f"{directory} is not a {SCHEMA} v{VERSION} bundle")
-    if plan not in manifest["plans"]:
-        raise ValueError(f"{directory} has no plan {plan!r} (it has {', '.join(manifest['plans'])})")
-    doc = json.loads((directory / manifest["plans"][plan]["plan"]).read_text())
+    doc = plan_document(directory, plan)
     gpu = gpu or get_gpu()
     missing = set(doc["features"]) - set(gpu.device.features)
     if missing:
@@ -42,6 +37,25 @@ def replay(directory, x: np.ndarray, *, plan: str = "float32", route: dict | Non
     dtype = np.float16 if out["dtype"] == "float16" else np.float32
     y = gpu.run_and_read(dispatches, buffers[out["buffer"]], tuple(out["shape"]), dtype)
     return y.astype(np.float32)
+
+
+def plan_document(directory, plan: str) -> dict:
+    """The JSON document of the bundle's plan `plan` (a key of its manifest's plans)."""
+    directory = Path(directory)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    if (manifest.get("schema"), manifest.get("version")) != (SCHEMA, VERSION):
+        raise ValueError(f"{directory} is not a {SCHEMA} v{VERSION} bundle")
+    if plan not in manifest["plans"]:
+        raise ValueError(f"{directory} has no plan {plan!r} (it has {', '.join(manifest['plans'])})")
+    return json.loads((directory / manifest["plans"][plan]["plan"]).read_text())
+
+
+def candidate_routes(directory, plan: str) -> list[dict]:
+    """Routes ({conv layer: algorithm}) that between them run every candidate of every routed conv of the plan:
+    route k takes each conv's k-th candidate, or its last where it has fewer. One route for an unrouted plan."""
+    routed = {s["name"]: list(s["candidates"]) for s in plan_document(directory, plan)["steps"] if "candidates" in s}
+    most = max((len(names) for names in routed.values()), default=1)
+    return [{layer: names[min(k, len(names) - 1)] for layer, names in routed.items()} for k in range(most)]
 
 
 def _buffers(gpu: Gpu, doc: dict, weights: bytes) -> list:

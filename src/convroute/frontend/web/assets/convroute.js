@@ -102,14 +102,12 @@ export async function clearRouteCache() {
 }
 
 // ---- the device --------------------------------------------------------------------------------
-function neededLimits(plans, adapter) {
+function neededLimits(plan, adapter) {
   let binding = 0, bindings = 0;
-  for (const plan of plans) {
-    for (const b of plan.buffers) binding = Math.max(binding, b.size);
-    for (const s of plan.steps) {
-      const lists = s.candidates ? Object.values(s.candidates) : [s.dispatches];
-      for (const ds of lists) for (const d of ds) bindings = Math.max(bindings, d[1].length);
-    }
+  for (const b of plan.buffers) binding = Math.max(binding, b.size);
+  for (const s of plan.steps) {
+    const lists = s.candidates ? Object.values(s.candidates) : [s.dispatches];
+    for (const ds of lists) for (const d of ds) bindings = Math.max(bindings, d[1].length);
   }
   const want = {maxStorageBufferBindingSize: binding, maxBufferSize: binding,
                 maxStorageBuffersPerShaderStage: bindings};
@@ -134,7 +132,7 @@ async function openAdapter() {
 
 async function openDevice(adapter, plan) {
   const features = ["shader-f16", "timestamp-query"].filter((f) => adapter.features.has(f));
-  return adapter.requestDevice({requiredFeatures: features, requiredLimits: neededLimits([plan], adapter)});
+  return adapter.requestDevice({requiredFeatures: features, requiredLimits: neededLimits(plan, adapter)});
 }
 
 // ---- the model -----------------------------------------------------------------------------------
