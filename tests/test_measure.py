@@ -372,6 +372,7 @@ def test_model_learns_a_crossover():
     assert model.predict_ms(big, "unknown") is None
     loo = loo_report(samples)
     assert loo["shapes"] == len(samples) and loo["total_regret"] < 0.05
+    assert 0 < loo["median_error"] < 0.2  # a smooth law: the model predicts it closely, never exactly
 
 
 def launch_rule(p):

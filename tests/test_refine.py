@@ -182,3 +182,23 @@ def test_close_calls_are_measured_when_the_model_is_unsure(gpu, tune_calls):
     assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.45)
     cal.model_check = {"mean_regret": 5.0}
     assert cal.close_call == calib.CLOSE_CALL_MAX
+
+
+def test_close_calls_follow_the_median_prediction_error_when_calibrate_kept_it(gpu, tune_calls):
+    """Predictions 10 % apart, each 5 % off at the median, may swap (1.05 ** 2 > 1.1): a close call, measured,
+    though the leave-one-out mean regret (1 %) alone would trust the prediction."""
+    cal = save_fake_calibration(gpu.profile)
+    for p_sample in cal.samples:
+        fast = direct_predicted_fastest(p_sample.params)
+        p_sample.times_ms = {n: t for n, t in (fast | {"im2col": fast["direct"] * 1.1}).items()
+                             if n in p_sample.times_ms}
+    cal.model_check = {"mean_regret": 0.01}
+    calib.save_calibration(cal)
+    cache.forget()
+    assert "close call" not in route_params(INSIDE, gpu.profile, "calibrated").reason and tune_calls == []
+    cal.model_check = {"mean_regret": 0.01, "median_error": 0.05}
+    calib.save_calibration(cal)
+    cache.forget()
+    d = route_params(INSIDE, gpu.profile, "calibrated")
+    assert d.reason.startswith("calibrated: a close call (predicted within 10%") and ": measured " in d.reason
+    assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.1025)

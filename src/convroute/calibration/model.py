@@ -264,8 +264,9 @@ def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceP
                dtype: str = "float32") -> dict:
     """Leave-one-out over the grid: for each shape with 2+ measured algorithms, fit without it, choose, and
     compare with the measured fastest. Returns accuracy, mean regret, the worst case (regret, chosen and best
-    ms, shape) and the time-weighted regret (the share of total grid time lost to wrong choices)."""
-    hits, regrets, chosen_total, best_total = 0, [], 0.0, 0.0
+    ms, shape), the time-weighted regret (the share of total grid time lost to wrong choices) and the median
+    error of a prediction (|log(predicted / measured)| over every algorithm of every shape, as a ratio minus 1)."""
+    hits, regrets, chosen_total, best_total, log_errors = 0, [], 0.0, 0.0, []
     worst = (0.0, 0.0, 0.0, "")
     precision = Precision.parse(dtype)
     rows = training_rows(samples, excluded, profile, precision)
@@ -277,6 +278,7 @@ def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceP
         predicted = {n: t for n in times if (t := model.predict_ms(sample.params, n)) is not None}
         if not predicted:
             continue
+        log_errors += [abs(np.log(t / times[n])) for n, t in predicted.items()]
         choice = min(predicted, key=predicted.get)
         best = min(times.values())
         hits += times[choice] == best
@@ -288,4 +290,5 @@ def loo_report(samples, excluded: dict[str, str] | None = None, profile: DeviceP
     n = len(regrets)
     return {"shapes": n, "accuracy": hits / n if n else 1.0, "mean_regret": float(np.mean(regrets)) if n else 0.0,
             "worst_regret": worst[0], "worst_ms": worst[1:3], "worst_shape": worst[3],
-            "total_regret": chosen_total / best_total - 1 if best_total else 0.0}
+            "total_regret": chosen_total / best_total - 1 if best_total else 0.0,
+            "median_error": float(np.expm1(np.median(log_errors))) if log_errors else 0.0}

@@ -23,7 +23,7 @@ from convroute.params import ConvParams, params_from_dict, params_to_dict
 
 FORMAT, VERSION = "convroute-calibration", 1
 CLOSE_CALL_MAX = 2.0
-CLOSE_CALL_REGRETS = 3.0  # chosen on lavapipe quick calibrations: 2 left mobilenet_v2 at 1.10x the oracle, 3 at 1.06x
+CLOSE_CALL_REGRETS = 3.0  # older files (no median error): chosen on lavapipe quick calibrations
 
 
 @dataclass
@@ -60,9 +60,12 @@ class Calibration:
 
     @property
     def close_call(self) -> float:
-        """Predicted times closer than this ratio are a close call, within the model's typical error: 1 plus
-        CLOSE_CALL_REGRETS times the leave-one-out mean regret calibrate found (at most CLOSE_CALL_MAX); 1 (none)
-        without it."""
+        """Predicted times closer than this ratio are a close call: two predictions, each off by the model's
+        median leave-one-out error in opposite directions, would swap (at most CLOSE_CALL_MAX). Files from before
+        calibrate kept that error: 1 plus CLOSE_CALL_REGRETS times the mean regret; 1 (none) without either."""
+        error = self.model_check.get("median_error")
+        if isinstance(error, int | float) and error > 0:
+            return min(CLOSE_CALL_MAX, (1.0 + float(error)) ** 2)
         regret = self.model_check.get("mean_regret")
         if not isinstance(regret, int | float) or not regret > 0:
             return 1.0

@@ -92,7 +92,9 @@ def run(args) -> int:
     loo = cal.model_check = loo_report(cal.samples, cal.excluded, cal.profile, cal.dtype)
     print(fit_text(f"model check, leave-one-out over {loo['shapes']} shapes with a choice: picks the fastest on "
                    f"{100 * loo['accuracy']:.0f}%, mean regret {100 * loo['mean_regret']:.1f}%, total time "
-                   f"{100 * loo['total_regret']:.1f}% over the fastest; worst {100 * loo['worst_regret']:.0f}% "
+                   f"{100 * loo['total_regret']:.1f}% over the fastest; median prediction error "
+                   f"{100 * loo['median_error']:.1f}% (close calls within {100 * (cal.close_call - 1):.0f}% are "
+                   f"measured while compiling); worst {100 * loo['worst_regret']:.0f}% "
                    f"({loo['worst_ms'][0]:.3g} vs {loo['worst_ms'][1]:.3g} ms on {loo['worst_shape']})"))
     if not args.dry_run:
         path = save_calibration(cal)
