@@ -183,6 +183,16 @@ def test_torch_cpu_peer_in_both_precisions(tiny):
         peers.model_engine("tflite", model, x, "fp32", "k")
 
 
+def test_convroute_in_the_other_dtype_is_timed_in_the_same_rounds(tiny):
+    model, x, ref, program = tiny
+    c = cm.compare_model(program, model, x, ["convroute-float16", "convroute-float32"], name="tiny", key="k",
+                         rounds=2, reference=ref)
+    fp16 = c.engines["convroute-float16"]
+    assert fp16.latency.runs == 2 and fp16.precision == "fp16" and 1e-6 < fp16.error < 1e-2
+    assert "float16" in fp16.detail and c.ratios()["convroute-float16"] > 0
+    assert c.engines["convroute-float32"].reason == "it is the compared program itself (float32)"
+
+
 def test_cli_compare_json_and_unavailable_engines(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ncnn", None)  # as where the [peers] extra is not installed
     out = tmp_path / "out.json"

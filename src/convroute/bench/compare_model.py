@@ -5,7 +5,10 @@ output download, wall clock. In each round an engine runs twice and the second c
 first call after another engine pays for the GPU's switch between the engines' contexts (CUDA and Vulkan on
 one H100: 0.15-0.28 ms for either engine, NOTES session 7), a cost that a model served by one engine never
 sees. Those first calls are reported too ("after switch"). Reported per engine: median, p10 and p90, the
-relative error of its output against torch's float32 CPU output, and convroute's median / the engine's."""
+relative error of its output against torch's float32 CPU output, and convroute's median / the engine's.
+
+Besides the peers, convroute itself in the other dtype ("convroute-float16" beside a float32 program, say: same
+model, policy and input) is an engine of the comparison, so that fp16 and fp32 are timed in the same rounds."""
 
 from __future__ import annotations
 
@@ -17,11 +20,12 @@ import numpy as np
 
 from convroute.calibration.profile import device_record
 from convroute.measure.reference import norm_relative_error
-from convroute.peers import Unavailable, model_engine, peer_settings, short_precision
+from convroute.peers import ModelEngine, Unavailable, model_engine, peer_settings, short_precision
 from convroute.report.latency import Latency
 from convroute.report.table import format_table
 
 OURS = "convroute"
+VARIANTS = {f"{OURS}-{dtype}": dtype for dtype in ("float16", "float32")}  # convroute in another dtype, as an engine
 WARMUP_ROUNDS, WARMUP_S = 3, 0.5
 GPU_PASS_RUNS = 20
 COVERS = ("one call from a host input to a host output (input upload, forward, output download), wall clock; "
@@ -130,7 +134,8 @@ def compare_model(program, model, x, peers: list[str], *, name: str, key: str, r
         built = []
         for peer in peers:
             try:
-                engine = model_engine(peer, model, x, precision, key)
+                engine = (Variant(program, model, x, VARIANTS[peer]) if peer in VARIANTS
+                          else model_engine(peer, model, x, precision, key))
             except Unavailable as err:
                 engines[peer] = EngineRun(peer, "", precision, reason=str(err))
                 continue
@@ -160,6 +165,24 @@ def compare_model(program, model, x, peers: list[str], *, name: str, key: str, r
                 engine.close()
     comparison.engines = engines
     return comparison
+
+
+class Variant(ModelEngine):
+    """The compared program's model compiled again in another dtype, with the same policy."""
+
+    def __init__(self, program, model, x, dtype: str):
+        if dtype == program.dtype:
+            raise Unavailable(f"it is the compared program itself ({dtype})")
+        from convroute import frontend  # the front end imports nothing of bench: no cycle, loaded when needed
+
+        self.name, self.precision = f"{OURS}-{dtype}", short_precision(dtype)
+        self.program = frontend.compile(model, (x,), policy=program.policy, dtype=dtype)
+        profile = self.program.gpu.profile
+        self.detail = f"convroute {program.policy} policy, {dtype} on {profile.name} ({profile.backend})"
+        self.once = lambda: self.program(x)
+
+    def close(self) -> None:
+        self.program = None
 
 
 def output_error(out, reference) -> float:

@@ -31,7 +31,8 @@ from convroute.report.table import fit_text, format_table
 from convroute.router import default_policy
 
 SHORT = {"torch-cuda-graph": "graph", "torch-cuda": "cuda", "torch-cpu": "torch", "ncnn-vk32": "vk32",
-         "ncnn-vk16": "vk16", "ncnn-cpu": "ncnn-cpu"}  # peers' names in column heads
+         "ncnn-vk16": "vk16", "ncnn-cpu": "ncnn-cpu",
+         "convroute-float16": "fp16", "convroute-float32": "fp32"}  # peers' names in column heads
 
 
 def short(peer: str) -> str:

@@ -4,7 +4,8 @@ routing table and the latency of both. `--dtype float16` stores every GPU value 
 the same float32 torch run with the fp16 tolerance (relative error <= 1e-2).
 
 `--compare ENGINES` times peer engines (convroute.peers: ncnn-vk32, ncnn-vk16, ncnn-cpu, torch-cpu, torch-cuda,
-torch-cuda-graph; in the storage dtype, ncnn-vk32/vk16 in theirs) beside convroute, in interleaved rounds
+torch-cuda-graph; in the storage dtype, ncnn-vk32/vk16 in theirs; convroute-float16 / -float32, convroute in that
+dtype) beside convroute, in interleaved rounds
 (bench.compare_model: each engine timed on its second call in a row, so that no engine pays for the GPU's
 switch from another engine's context), and reports median, p10 and p90 per engine and convroute / each;
 `--json` writes it.
@@ -50,7 +51,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--profile", action="store_true", help="also time each node on the GPU")
     parser.add_argument("--compare", default="", metavar="ENGINES",
                         help=f"comma-separated peer engines to time beside convroute, or 'all': "
-                             f"{', '.join(MODEL_ENGINES)} (ncnn needs the [peers] extra)")
+                             f"{', '.join(MODEL_ENGINES)} (ncnn needs the [peers] extra); convroute-float16 or "
+                             f"convroute-float32: convroute itself in that dtype")
     parser.add_argument("--json", metavar="OUT.json", help="write the latencies and ratios as JSON")
 
 
@@ -66,9 +68,9 @@ def run(args) -> int:
         return 2
     groups: dict[str, list[str]] = {}  # one line per set of missing packages; the peers are listed unavailable
     for name in peers:
-        groups.setdefault(repr(NEEDS[name]), []).append(name)
+        groups.setdefault(repr(NEEDS.get(name, {})), []).append(name)
     for names in groups.values():
-        check_extras(NEEDS[names[0]], f"--compare {', '.join(names)}", required=False)
+        check_extras(NEEDS.get(names[0], {}), f"--compare {', '.join(names)}", required=False)
     import torch
 
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
@@ -150,9 +152,12 @@ def run(args) -> int:
 def known_engine_names(text: str) -> list[str] | None:
     """engine_names, or None after an error line on stderr naming the unknown ones."""
     peers = engine_names(text)
-    unknown = [name for name in peers if name not in MODEL_ENGINES]
+    from convroute.bench.compare_model import VARIANTS
+
+    unknown = [name for name in peers if name not in MODEL_ENGINES and name not in VARIANTS]
     if unknown:
-        print(f"error: --compare {', '.join(unknown)}: unknown engine (known: {', '.join(MODEL_ENGINES)}, all)",
+        known = ", ".join([*MODEL_ENGINES, *VARIANTS])
+        print(f"error: --compare {', '.join(unknown)}: unknown engine (known: {known}, all)",
               file=sys.stderr)
         return None
     return peers

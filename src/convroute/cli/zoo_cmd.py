@@ -32,7 +32,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default="float32", choices=list(TOLERANCES),
                         help="how values are stored on the GPU (default float32)")
     parser.add_argument("--compare", default="torch-cpu", metavar="ENGINES",
-                        help=f"comma-separated peer engines, or 'all': {', '.join(MODEL_ENGINES)} (default torch-cpu)")
+                        help=f"comma-separated peer engines, or 'all': {', '.join(MODEL_ENGINES)}; "
+                             "convroute-float16 or convroute-float32: convroute itself in that dtype "
+                             "(default torch-cpu)")
     parser.add_argument("--runs", type=int, default=RUNS,
                         help=f"timed rounds per model (default {RUNS}; 0: compile and check only, no peers)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights and input (default 0)")
@@ -63,7 +65,7 @@ def run(args) -> int:
     if args.plot and not check_extras({"report": ("matplotlib",)}, "--plot"):
         return 2
     for name in peers:
-        check_extras(NEEDS[name], f"--compare {name}", required=False)
+        check_extras(NEEDS.get(name, {}), f"--compare {name}", required=False)
     from convroute.router import POLICIES
 
     if args.policy is not None and args.policy not in POLICIES:
