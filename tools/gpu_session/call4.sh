@@ -11,7 +11,7 @@ timeout 85 python3 -m convroute.cli.main bench --suite all --policy seed,etvk,ca
   | tail -40 > "$OUT/suites.txt"
 for i in 1 2 3 4 5; do
   timeout 20 python3 -m convroute.cli.main run --model mobilenet_v2 --policy calibrated --compare torch-cuda-graph \
-    --runs 30 2>&1 | tail -6
+    --runs 30 2>&1 | grep -E "^(convroute |torch-cuda-graph |check)"
 done > "$OUT/mnv2.txt"
 timeout 45 python3 -m convroute.cli.main zoo resnet18 mobilenet_v2 --dtype float16 --policy calibrated \
   --compare torch-cuda-graph,convroute-float32 --runs 20 --no-progress 2>&1 | tail -16 > "$OUT/zoo_fp16.txt"
