@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU session, short call (about 6.5 min) after call 2's calibration (carry .gpucache): issue 24's held-out and
+# GPU session, short call (about 7 min) after call 2's calibration (carry .gpucache): issue 24's held-out and
 # suite figures, issue 26's mobilenet_v2 in five fresh processes and fp16 vs fp32 on two zoo models.
 #   source .gl/prelude.sh && bash tools/gpu_session/call4.sh      (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
@@ -15,4 +15,6 @@ for i in 1 2 3 4 5; do
 done > "$OUT/mnv2.txt"
 timeout 45 python3 -m convroute.cli.main zoo resnet18 mobilenet_v2 --dtype float16 --policy calibrated \
   --compare torch-cuda-graph,convroute-float32 --runs 20 --no-progress 2>&1 | tail -16 > "$OUT/zoo_fp16.txt"
-tail -4 "$OUT/heldout.txt"; cat "$OUT/suites.txt" "$OUT/mnv2.txt" "$OUT/zoo_fp16.txt"
+CONVROUTE_DILATED_FUZZ=100 timeout 50 python3 -m pytest -q -p no:cacheprovider tests/test_direct_dilated.py 2>&1 \
+  | tail -4 > "$OUT/fuzz_dilated.txt"
+tail -4 "$OUT/heldout.txt"; cat "$OUT/suites.txt" "$OUT/mnv2.txt" "$OUT/zoo_fp16.txt" "$OUT/fuzz_dilated.txt"
