@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU session, call 2 (about 8 min): issue 24's figures, the suites under calibrated at the end. `convroute calibrate` (grid, coverage pool, held-out
+# GPU session, call 2 (about 8 min): issue 24's figures. `convroute calibrate` (grid, coverage pool, held-out
 # score) into .gpucache, kept on the warm machine for call 3; then tools/heldout_h200.py (held-out totals, worst
 # layers, the dilated table, deeplabv3 / fcn at 512 px: calibrated vs autotune vs the CUDA graph).
 set -o pipefail
