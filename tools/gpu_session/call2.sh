@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session, call 2 (about 8 min): issue 24's figures. `convroute calibrate` (grid, coverage pool, held-out
 # score) into .gpucache, kept on the warm machine for call 3; then tools/heldout_h200.py (held-out totals, worst
-# layers, the dilated table, deeplabv3 / fcn at 512 px: calibrated vs autotune vs the CUDA graph).
+# layers, the dilated table, deeplabv3 / fcn at 512 px: calibrated vs autotune vs the CUDA graph), then the suites (calibrated <= 1.05).
 set -o pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export CONVROUTE_CACHE_DIR=$PWD/.gpucache; mkdir -p "$CONVROUTE_CACHE_DIR"
