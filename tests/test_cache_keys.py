@@ -59,6 +59,19 @@ def test_the_build_stamp_names_convroute_the_kernels_and_wgpu():
     assert json.loads(calib.profile_path(PROFILE).read_text())["build"] == stamp
 
 
+def test_a_source_tree_run_stamps_the_version_an_install_would(monkeypatch):
+    """Run from src/ without being installed (as on a device machine, PYTHONPATH=src), convroute reads its version
+    from pyproject.toml, so its files and an installed copy's of the same kernels are one build."""
+    installed = cache._version("convroute")
+
+    def not_installed(package):
+        raise cache.metadata.PackageNotFoundError(package)
+
+    monkeypatch.setattr(cache.metadata, "version", not_installed)
+    assert cache._version("convroute") == cache.source_tree_version() == installed != "unknown"
+    assert cache._version("wgpu") == "unknown"
+
+
 def test_shader_checks_make_another_build(monkeypatch):
     import wgpu
 

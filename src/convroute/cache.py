@@ -17,6 +17,7 @@ import json
 import os
 import re
 import tempfile
+import tomllib
 import warnings
 from collections.abc import Callable
 from importlib import metadata
@@ -79,6 +80,16 @@ def _version(package: str) -> str:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
+        return source_tree_version() if package == "convroute" else "unknown"
+
+
+def source_tree_version() -> str:
+    """convroute's version from the pyproject.toml beside src/ when it runs from a source tree without being
+    installed (PYTHONPATH=src), so that such a run and an installed copy of the same code share measurement files."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        return str(tomllib.loads(pyproject.read_text())["project"]["version"])
+    except (OSError, KeyError, tomllib.TOMLDecodeError):
         return "unknown"
 
 
