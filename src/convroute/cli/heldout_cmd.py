@@ -28,16 +28,18 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if not check_extras({"torch": EXTRAS["torch"]}, "convroute heldout"):
         return 2
-    if not installed("timm"):
-        print("error: convroute heldout needs timm for its timm networks: pip install timm", file=sys.stderr)
-        return 2
-    from convroute.bench.heldout import PRESETS, generate
+    from convroute.bench.heldout import PRESETS, TIMM, generate
 
     networks = tuple(n.strip() for n in args.networks.split(",") if n.strip()) or None
     unknown = sorted(set(networks or ()) - set(PRESETS[args.preset].networks))
     if unknown:
         print(f"error: --networks {', '.join(unknown)}: not in preset {args.preset} "
               f"({', '.join(PRESETS[args.preset].networks)})", file=sys.stderr)
+        return 2
+    timm_networks = sorted(set(networks or PRESETS[args.preset].networks) & set(TIMM))
+    if timm_networks and not installed("timm"):
+        print(f"error: convroute heldout needs timm for {', '.join(timm_networks)}: pip install timm "
+              f"(or pick torchvision networks with --networks)", file=sys.stderr)
         return 2
     generated = generate(args.preset, networks, progress=lambda line: print(line, file=sys.stderr))
     print(f"{generated.layers} layers of {generated.networks} networks; {generated.capped} distinct convs left out "
