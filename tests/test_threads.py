@@ -149,10 +149,24 @@ def run_in_threads(body, count: int, what: str) -> None:
     assert not failures, failures
 
 
-def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
-    """GPUs' read-backs spin on the device themselves with wgpu-py's poll thread left asleep (QuietPoller): many
-    threads reading at once, and others waiting through wgpu-py's own promises (queue.read_buffer, which
-    needs the poll thread), all finish with the right bytes. Forced on whatever adapter runs the tests."""
+def force_spinning(monkeypatch, gpu, maps: str) -> None:
+    """Read-backs that spin on the device, as on GPUs, whatever adapter runs the tests: through the C API
+    (device/mapping.py, the default on wgpu-native) or through wgpu-py's promises (Dawn's way)."""
+    monkeypatch.setattr(gpu, "_spins", True)
+    if maps == "wgpu-py":
+        monkeypatch.setattr(gpu, "_maps", None)
+        monkeypatch.setattr(gpu, "_quiet", QuietPoller.install(gpu.device))
+    else:
+        if gpu._maps is None:
+            pytest.skip("no C API maps with this WebGPU implementation")
+        monkeypatch.setattr(gpu._maps, "spin", True)
+
+
+@pytest.mark.parametrize("maps", ["C API", "wgpu-py"])
+def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch, maps):
+    """GPUs' read-backs spin on the device themselves with wgpu-py's poll thread left asleep: many threads
+    reading at once, and others waiting through wgpu-py's own promises (queue.read_buffer, which needs the poll
+    thread), all finish with the right bytes."""
     gpu = get_gpu()
     poller = gpu.device._poller
     shipped = poller.get_token
@@ -163,9 +177,7 @@ def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
         return shipped()
 
     monkeypatch.setattr(poller, "get_token", counting_token)
-    quiet = QuietPoller.install(gpu.device)
-    monkeypatch.setattr(gpu, "_quiet", quiet)
-    monkeypatch.setattr(gpu, "_spins", True)
+    force_spinning(monkeypatch, gpu, maps)  # after counting_token: QuietPoller hands out the counted tokens
     try:
         data = [np.arange(256, dtype=np.float32) + 1000 * t for t in range(8)]
         buffers = [gpu.upload(d, "test data") for d in data]
@@ -186,13 +198,13 @@ def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch):
         poller.get_token = shipped
 
 
-def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch):
+@pytest.mark.parametrize("maps", ["C API", "wgpu-py"])
+def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch, maps):
     """On GPUs a program asks for its upload buffer's next map right after each submit (Gpu.premap); two
     programs called from two threads, each with fresh inputs, match torch every time. Forced on whatever
     adapter runs the tests."""
     gpu = get_gpu()
-    monkeypatch.setattr(gpu, "_quiet", QuietPoller.install(gpu.device))
-    monkeypatch.setattr(gpu, "_spins", True)
+    force_spinning(monkeypatch, gpu, maps)
     models = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(),
               nn.Sequential(nn.Conv2d(3, 6, 1), nn.Sigmoid()).eval()]
     programs = [convroute.compile(m, torch.randn(2, 3, 12, 10)) for m in models]
@@ -209,4 +221,4 @@ def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch):
     run_in_threads(caller, 2, "a call")
     for program in programs:
         (source, _, _), = program.plan.upload_buffers.values()
-        assert source in gpu._premaps  # the next call's map is already asked for
+        assert source in (gpu._premaps if maps == "wgpu-py" else gpu._maps._pending)  # the next map is asked for

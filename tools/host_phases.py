@@ -12,7 +12,8 @@ after a warm-up; the rest of the call is "Python and the rest" (Program.__call__
 - encode ahead: the next call's command buffer (upload copies, one compute pass of every dispatch, the
   read-back copy), made after the submit while the GPU runs: "record" is the pass's set_pipeline /
   set_bind_group / dispatch loop, "finish" the rest (wgpu's encoder.finish and the copies);
-- read-back: map_read (waits for the GPU's remainder, then maps) and the copy out of the mapping.
+- read-back: the map (waits for the GPU's remainder) and the copy out of the mapping; "map waits" sums the
+  read-back's wait and write_staged's (for the map asked for ahead), both counted in their phases already.
 The GPU pass alone (timestamps) is printed beside when the adapter has them. Per dispatch: the encoding
 divided by the dispatch count. With "profile": a second run of the calls under cProfile, its Python time
 (waits and C calls apart) summed by package, with Python calls per call.
@@ -36,6 +37,7 @@ import torch
 import convroute.frontend as frontend  # before torchvision and timm (see frontend/__init__)
 import convroute.frontend.program as program_module
 from convroute.device import gpu as gpu_module
+from convroute.device import mapping
 from convroute.frontend import zoo
 from convroute.report.table import format_table
 
@@ -47,9 +49,9 @@ PHASES = {  # label: (owner, attribute)
     "encode ahead": (gpu_module.Recording, "_encode"),
     "  of which record": (gpu_module.Gpu, "encode"),
     "read-back": (gpu_module.Gpu, "read_staging"),
-    "  of which map_read (wait)": (gpu_module.Gpu, "map_read"),
+    "  map waits (inside the two above)": (mapping.Maps, "_wait"),
 }
-NESTED = {"  of which record", "  of which map_read (wait)"}
+NESTED = {"  of which record", "  map waits (inside the two above)"}
 
 
 def timed_phases(stack: ExitStack, spent: dict[str, float]) -> None:

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# GPU session, call 3 (about 10 min): issue 26's zoo against PyTorch's CUDA graph with call 2's calibration
-# (tools/zoo_h200.py writes $OUT/zoo.json and zoo.png), then the suites under every policy (issue 24: <= 1.05).
+# GPU session, call 3 (about 9 min), after call 2's calibration (warm machine, or carry .gpucache): issue 26's
+# default zoo against PyTorch's CUDA graph (tools/zoo_h200.py: $OUT/zoo.json, zoo.png), then mobilenet_v2 in five
+# fresh processes (<= 1.0x the graph in 5 of 5).
+#   source .gl/prelude.sh && bash tools/gpu_session/call3.sh      (carry .gl .whl [.gpucache]; results under $OUT)
 set -o pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export CONVROUTE_CACHE_DIR=$PWD/.gpucache
+git log --oneline -1 > "$OUT/head.txt"
+ls "$CONVROUTE_CACHE_DIR" > "$OUT/cache_files.txt" 2>&1
 timeout 420 python3 tools/zoo_h200.py --no-calibrate --budget 400 2>&1 | tail -70 | tee "$OUT/zoo.txt"
-timeout 150 python3 -m convroute.cli.main bench --suite all --policy seed,etvk,calibrated --budget 0.03 --wide 2>&1 \
-  | tail -40 | tee "$OUT/suites.txt"
+for i in 1 2 3 4 5; do
+  timeout 20 python3 -m convroute.cli.main run --model mobilenet_v2 --policy calibrated --compare torch-cuda-graph \
+    --runs 30 2>&1 | grep -E "^(convroute |torch-cuda-graph |check|GPU pass)"
+done | tee "$OUT/mnv2.txt"

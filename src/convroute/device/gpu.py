@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from convroute.device import mapping
 from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
 from convroute.device.profile import DeviceProfile
 from convroute.device.webgpu import IMPLEMENTATION, shader_module, wgpu
@@ -95,7 +96,9 @@ class Gpu:
         self._pipelines: dict[tuple, object] = {}
         self._staging: dict[int, list] = {}  # nbytes -> free MAP_READ buffers
         self._spins = self.profile.family != "cpu" and hasattr(self.device, "_poll")  # see map_read
-        self._quiet = QuietPoller.install(self.device) if self._spins else None
+        # the per-call maps through the C API where it can (mapping.py), else through wgpu-py (Dawn)
+        self._maps = mapping.Maps(self.device, spin=self._spins) if mapping.available() else None
+        self._quiet = QuietPoller.install(self.device) if self._spins and self._maps is None else None
         self._premaps = weakref.WeakKeyDictionary()  # upload buffer -> its pending WRITE map (premap)
 
     # -- errors ----------------------------------------------------------------------------------
@@ -259,6 +262,8 @@ class Gpu:
     def read_staging(self, staging, nbytes: int, dtype, count: int, shape) -> np.ndarray:
         """Map `staging` once the work that fills it is done, copy out `count` `dtype` elements, unmap."""
         with self.checked(f"reading back {nbytes} bytes"):
+            if self._maps:
+                return self._maps.read(staging, nbytes, dtype, count, shape)
             self.map_read(staging, nbytes)
             try:
                 return np.frombuffer(staging.read_mapped(0, nbytes, copy=False), dtype, count).reshape(shape).copy()
@@ -275,6 +280,8 @@ class Gpu:
         on the H100 that cost a whole model ~0.12 ms a call and made most of its latency bursts (NOTES)."""
         data = padded_bytes(np.ascontiguousarray(array, dtype=dtype))
         with self.checked(f"writing {data.nbytes} bytes through a {staging.size}-byte upload buffer"):
+            if self._maps:
+                return self._maps.write(staging, data)
             with self._lock:
                 promise = self._premaps.pop(staging, None)
             if promise is None:
@@ -289,8 +296,11 @@ class Gpu:
     def premap(self, staging) -> None:
         """On GPUs, ask now for the upload buffer's next WRITE map, right after submitting the work that
         copies from it: the map resolves during that work's read-back polls, so the next write_staged finds
-        it mapped instead of waiting a round trip."""
-        if self._spins and hasattr(staging, "_map_state"):
+        it mapped instead of waiting a round trip (on every adapter with mapping.py's maps)."""
+        if self._maps:
+            with self.checked("mapping an upload buffer ahead"):
+                self._maps.request(staging, "WRITE", staging.size)
+        elif self._spins and hasattr(staging, "_map_state"):
             quiet = self._quiet.spinning() if self._quiet else nullcontext()
             with self.checked("mapping an upload buffer ahead"), quiet:
                 promise = staging.map_async("WRITE", 0, staging.size)
@@ -298,7 +308,8 @@ class Gpu:
                 self._premaps[staging] = promise
 
     def map_read(self, staging, nbytes: int) -> None:
-        """Map `staging` for reading once the submitted work that fills it is done.
+        """Map `staging` for reading once the submitted work that fills it is done, through wgpu-py (where
+        mapping.py's C API maps are not available: Dawn).
 
         wgpu-py's map_sync submits an empty command buffer first (a workaround for reads mapped before their
         copy was submitted; ours always is) and waits for its polling thread. On GPUs the calling thread
@@ -380,8 +391,9 @@ def _record_raw(cpass, dispatches: list[Dispatch]) -> None:
 
 
 class QuietPoller:
-    """wgpu-py wakes its poll thread for every map_async, and that thread then blocks in wgpuDevicePoll until
-    the map is done, beside the thread that spins on it (Gpu.map_read). Installed as the device poller's
+    """For wgpu-py's maps (Dawn; mapping.py's maps never wake the poll thread). wgpu-py wakes its poll thread
+    for every map_async, and that thread then blocks in wgpuDevicePoll until the map is done, beside the
+    thread that spins on it (Gpu.map_read). Installed as the device poller's
     get_token, this hands a thread inside `spinning()` a token that wakes nothing; other threads get the real
     one. On the H100 whole models ran 3-5 % faster at the median with it (NOTES, session 9 call 4)."""
 

@@ -1,0 +1,87 @@
+"""The per-call buffer maps through wgpu-native's C API (device/mapping.py): read-backs and uploads right, on
+blocking and spinning waits, under many threads, and failures as Python exceptions."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from convroute.device import mapping
+from convroute.device.errors import GpuError
+from convroute.device.gpu import get_gpu
+
+pytestmark = pytest.mark.skipif(not mapping.available(), reason="C API maps need wgpu-native")
+
+
+@pytest.fixture
+def gpu():
+    found = get_gpu()
+    assert found._maps is not None  # wgpu-native's Gpu maps through mapping.Maps
+    return found
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_uploads_and_read_backs_round_trip(gpu, monkeypatch, spin):
+    """An upload buffer written (mapped ahead or not), copied on the GPU into a storage buffer, read back."""
+    monkeypatch.setattr(gpu._maps, "spin", spin)
+    rng = np.random.default_rng(7)
+    target = gpu.empty(4 * 1000, "target")
+    source = gpu.upload_buffer(4 * 1000)
+    for ahead in (False, True, True, False):
+        data = rng.standard_normal(1000).astype(np.float32)
+        gpu.fill(target, np.nan)
+        gpu.write_staged(source, data)
+        encoder = gpu.device.create_command_encoder()
+        encoder.copy_buffer_to_buffer(source, 0, target, 0, 4 * 1000)
+        gpu.submit(encoder.finish(), "a copy")
+        if ahead:
+            gpu.premap(source)
+            assert source in gpu._maps._pending
+        assert np.array_equal(gpu.read(target, (10, 100)), data.reshape(10, 100))
+
+
+def test_odd_float16_counts_come_back_whole(gpu):
+    data = np.arange(7, dtype=np.float16)
+    assert np.array_equal(gpu.read(gpu.upload(data, "odd f16", np.float16), (7,), np.float16), data)
+
+
+def test_a_failed_map_is_a_gpu_error(gpu):
+    """A map the device refuses (a storage buffer has no MAP_READ usage) raises, naming the read-back."""
+    storage = gpu.empty(64, "not mappable")
+    with pytest.raises(GpuError, match="reading back 64 bytes.*could not map"):
+        gpu.read_staging(storage, 64, np.float32, 16, (16,))
+    assert gpu.lost is None
+    assert np.array_equal(gpu.read(gpu.upload(np.ones(4, np.float32)), (4,)), np.ones(4, np.float32))
+
+
+def test_a_second_map_in_flight_is_refused(gpu):
+    source = gpu.upload_buffer(16)
+    gpu._maps.request(source, "WRITE", 16)
+    with pytest.raises(RuntimeError, match="already in flight"):
+        gpu._maps.request(source, "WRITE", 16)
+    gpu._maps.write(source, np.zeros(4, np.float32))  # the one in flight resolves, and the buffer is usable
+    gpu.write_staged(source, np.ones(4, np.float32))
+
+
+@pytest.mark.parametrize("spin", [False, True])
+def test_many_threads_map_at_once(gpu, monkeypatch, spin):
+    monkeypatch.setattr(gpu._maps, "spin", spin)
+    data = [np.arange(512, dtype=np.float32) * (t + 1) for t in range(8)]
+    buffers = [gpu.upload(d, "thread data") for d in data]
+    failures = []
+
+    def reader(t: int):
+        try:
+            for _ in range(30):
+                assert np.array_equal(gpu.read(buffers[t], (512,)), data[t])
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            failures.append(exc)
+
+    threads = [threading.Thread(target=reader, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=120)
+    assert not any(th.is_alive() for th in threads) and not failures, failures
