@@ -192,9 +192,9 @@ def test_calibrate_ends_with_the_heldout_score(tmp_path, capsys):
     path.write_text('{"name": "tiny", "layers": [{"name": "netA/d", "c_in": 8, "h": 7, "w": 7, "c_out": 8, '
                     '"kernel": 3, "dilation": 3, "padding": 3}, {"name": "netB/p", "c_in": 8, "h": 7, "w": 7, '
                     '"c_out": 12, "kernel": 1}]}')
-    args = ["calibrate", "--quick", "--selftest-cases", "0", "--dry-run", "--no-progress"]
+    args = ["calibrate", "--grid", "tiny", "--selftest-cases", "0", "--dry-run", "--no-progress"]
     assert main(args) == 0
-    assert "held-out layers" not in capsys.readouterr().out  # --quick: none unless asked
+    assert "held-out layers" not in capsys.readouterr().out  # grids but the full one (--quick too): none unless asked
     assert main(args + ["--heldout", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "held-out layers (tiny: 2 networks outside the grid and the suites): 2 of 2 layers measured" in printed
