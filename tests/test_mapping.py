@@ -85,3 +85,21 @@ def test_many_threads_map_at_once(gpu, monkeypatch, spin):
     for th in threads:
         th.join(timeout=120)
     assert not any(th.is_alive() for th in threads) and not failures, failures
+
+
+def test_a_recording_refuses_to_copy_from_an_upload_buffer_still_mapped(gpu):
+    """wgpu-native aborts the process on a submit that uses a mapped buffer: a program's recording, run again
+    without its input written first (its upload buffer is mapped ahead after each call), raises instead."""
+    import torch
+
+    import convroute
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 6, 6)
+    program = convroute.compile(model, (x,))
+    program(x)
+    recording = program.plan.segments[0].recording
+    with pytest.raises(RuntimeError, match="still mapped"):
+        recording.run()
+    with torch.no_grad():
+        assert torch.allclose(program(x), model(x), rtol=1e-4, atol=1e-5)  # and the program goes on

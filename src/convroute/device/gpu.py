@@ -307,6 +307,10 @@ class Gpu:
             with self._lock:
                 self._premaps[staging] = promise
 
+    def map_in_flight(self, buffer) -> bool:
+        """Is a map of `buffer` asked for ahead (premap) and not yet consumed by write_staged?"""
+        return buffer in (self._maps._pending if self._maps else self._premaps)
+
     def map_read(self, staging, nbytes: int) -> None:
         """Map `staging` for reading once the submitted work that fills it is done, through wgpu-py (where
         mapping.py's C API maps are not available: Dawn).
@@ -502,6 +506,9 @@ class Recording:
         if self.read and staging is None:
             staging = gpu.take_staging(self.read[-1])
         command, self._ready = self._ready or self._encode(staging), None
+        for source, _, _ in self.writes:  # wgpu-native aborts the process on a submit that uses a mapped buffer
+            if gpu.map_in_flight(source):
+                raise RuntimeError("an upload buffer is still mapped: write_staged it before running its recording")
         gpu.submit(command, f"{len(self.dispatches)} dispatches" + (" and a read-back" if self.read else ""))
         for source, _, _ in self.writes:
             gpu.premap(source)
