@@ -46,7 +46,9 @@ def available() -> bool:
 class Maps:
     """Maps of one device's buffers: `request` (asynchronous), then `read` or `write` (wait, copy, unmap).
 
-    A buffer has at most one map in flight; different buffers may be mapped by different threads at once."""
+    A buffer has at most one map in flight; different buffers may be mapped by different threads at once. A map
+    left in flight by an interrupted wait (Ctrl-C lands in the wait, where a call spends its time) is settled by
+    the buffer's next request: waited for and undone, so the program goes on."""
 
     def __init__(self, device, spin: bool):
         self.device_handle, self.spin = device._internal, spin
@@ -61,8 +63,10 @@ class Maps:
         info.callback = _on_mapped
         info.userdata1 = _ffi.cast("void *", number)
         with self._lock:
-            if buffer in self._pending:
-                raise RuntimeError("a map of this buffer is already in flight")
+            abandoned = buffer in self._pending
+        if abandoned:
+            self._settle(buffer)
+        with self._lock:
             self._pending[buffer] = number
         _lib.wgpuBufferMapAsync(buffer._internal, MODES[mode], 0, nbytes, info[0])
 
@@ -95,6 +99,18 @@ class Maps:
             _lib.wgpuBufferUnmap(buffer._internal)
 
     def _wait(self, buffer) -> None:
+        """Until `buffer`'s map in flight resolves; raises if it failed."""
+        status, message = self._resolve(buffer)
+        if status != _lib.WGPUMapAsyncStatus_Success:
+            raise RuntimeError(f"could not map a {buffer.size}-byte buffer (status {status}: {message})")
+
+    def _settle(self, buffer) -> None:
+        """Wait for an abandoned map of `buffer` and undo it."""
+        status, _ = self._resolve(buffer)
+        if status == _lib.WGPUMapAsyncStatus_Success:
+            _lib.wgpuBufferUnmap(buffer._internal)
+
+    def _resolve(self, buffer) -> tuple[int, str]:
         with self._lock:
             number = self._pending[buffer]
         poll, handle, block = _lib.wgpuDevicePoll, self.device_handle, not self.spin
@@ -109,6 +125,4 @@ class Maps:
                 raise RuntimeError(f"a buffer map did not resolve within {WAIT_LIMIT_S:.0f} s")
         with self._lock:
             del self._pending[buffer]
-        status, message = _RESULTS.pop(number)
-        if status != _lib.WGPUMapAsyncStatus_Success:
-            raise RuntimeError(f"could not map a {buffer.size}-byte buffer (status {status}: {message})")
+        return _RESULTS.pop(number)
