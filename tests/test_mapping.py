@@ -119,3 +119,22 @@ def test_a_recording_refuses_to_copy_from_an_upload_buffer_still_mapped(gpu):
         recording.run()
     with torch.no_grad():
         assert torch.allclose(program(x), model(x), rtol=1e-4, atol=1e-5)  # and the program goes on
+
+
+def test_a_program_goes_on_after_its_read_back_wait_was_interrupted(gpu):
+    """Ctrl-C in a call's read-back wait leaves the read-back buffer's map in flight, and the next call's command
+    buffer (encoded ahead) copies into that buffer: the next call settles the map first (else wgpu-native would
+    abort the process at the submit) and returns the right result."""
+    import torch
+
+    import convroute
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    x = torch.randn(1, 3, 6, 6)
+    program = convroute.compile(model, (x,))
+    program(x)
+    recording = program.plan.segments[0].recording
+    gpu._maps.request(recording._staging, "READ", recording.read[-1])  # the wait that would follow: interrupted
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.allclose(program(x), model(x), rtol=1e-4, atol=1e-5)

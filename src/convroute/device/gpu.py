@@ -311,6 +311,12 @@ class Gpu:
         """Is a map of `buffer` asked for ahead (premap) and not yet consumed by write_staged?"""
         return buffer in (self._maps._pending if self._maps else self._premaps)
 
+    def settle_map(self, buffer) -> None:
+        """Wait for a map of `buffer` left in flight and undo it (mapping.py's maps; wgpu-py's cannot)."""
+        if self._maps:
+            with self.checked("settling an interrupted map"):
+                self._maps.settle(buffer)
+
     def map_read(self, staging, nbytes: int) -> None:
         """Map `staging` for reading once the submitted work that fills it is done, through wgpu-py (where
         mapping.py's C API maps are not available: Dawn).
@@ -506,9 +512,12 @@ class Recording:
         if self.read and staging is None:
             staging = gpu.take_staging(self.read[-1])
         command, self._ready = self._ready or self._encode(staging), None
-        for source, _, _ in self.writes:  # wgpu-native aborts the process on a submit that uses a mapped buffer
+        # wgpu-native aborts the process on a submit that uses a buffer with a map in flight
+        for source, _, _ in self.writes:
             if gpu.map_in_flight(source):
                 raise RuntimeError("an upload buffer is still mapped: write_staged it before running its recording")
+        if staging is not None and gpu.map_in_flight(staging):  # a read-back's wait was interrupted (Ctrl-C)
+            gpu.settle_map(staging)
         gpu.submit(command, f"{len(self.dispatches)} dispatches" + (" and a read-back" if self.read else ""))
         for source, _, _ in self.writes:
             gpu.premap(source)

@@ -65,7 +65,7 @@ class Maps:
         with self._lock:
             abandoned = buffer in self._pending
         if abandoned:
-            self._settle(buffer)
+            self.settle(buffer)
         with self._lock:
             self._pending[buffer] = number
         _lib.wgpuBufferMapAsync(buffer._internal, MODES[mode], 0, nbytes, info[0])
@@ -104,7 +104,7 @@ class Maps:
         if status != _lib.WGPUMapAsyncStatus_Success:
             raise RuntimeError(f"could not map a {buffer.size}-byte buffer (status {status}: {message})")
 
-    def _settle(self, buffer) -> None:
+    def settle(self, buffer) -> None:
         """Wait for an abandoned map of `buffer` and undo it."""
         status, _ = self._resolve(buffer)
         if status == _lib.WGPUMapAsyncStatus_Success:
