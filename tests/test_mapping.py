@@ -121,20 +121,27 @@ def test_a_recording_refuses_to_copy_from_an_upload_buffer_still_mapped(gpu):
         assert torch.allclose(program(x), model(x), rtol=1e-4, atol=1e-5)  # and the program goes on
 
 
-def test_a_program_goes_on_after_its_read_back_wait_was_interrupted(gpu):
+@pytest.mark.parametrize("maps", ["C API", "wgpu-py"])
+def test_a_program_goes_on_after_its_read_back_wait_was_interrupted(gpu, monkeypatch, maps):
     """Ctrl-C in a call's read-back wait leaves the read-back buffer's map in flight, and the next call's command
     buffer (encoded ahead) copies into that buffer: the next call settles the map first (else wgpu-native would
-    abort the process at the submit) and returns the right result."""
+    abort the process at the submit) and returns the right result. Both map paths (wgpu-py's: Dawn's)."""
     import torch
 
     import convroute
 
+    if maps == "wgpu-py":
+        monkeypatch.setattr(gpu, "_maps", None)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
     x = torch.randn(1, 3, 6, 6)
     program = convroute.compile(model, (x,))
     program(x)
     recording = program.plan.segments[0].recording
-    gpu._maps.request(recording._staging, "READ", recording.read[-1])  # the wait that would follow: interrupted
+    staging, nbytes = recording._staging, recording.read[-1]
+    if maps == "wgpu-py":  # what Gpu._map does before its wait, which is interrupted
+        gpu._premaps[staging] = staging.map_async("READ_NOSYNC", 0, nbytes)
+    else:
+        gpu._maps.request(staging, "READ", nbytes)
     x = torch.randn(1, 3, 6, 6)
     with torch.no_grad():
         assert torch.allclose(program(x), model(x), rtol=1e-4, atol=1e-5)

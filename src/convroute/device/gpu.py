@@ -99,7 +99,7 @@ class Gpu:
         # the per-call maps through the C API where it can (mapping.py), else through wgpu-py (Dawn)
         self._maps = mapping.Maps(self.device, spin=self._spins) if mapping.available() else None
         self._quiet = QuietPoller.install(self.device) if self._spins and self._maps is None else None
-        self._premaps = weakref.WeakKeyDictionary()  # upload buffer -> its pending WRITE map (premap)
+        self._premaps = weakref.WeakKeyDictionary()  # buffer -> its wgpu-py map in flight (premap, or a wait)
 
     # -- errors ----------------------------------------------------------------------------------
     def checked(self, op: str) -> Checked:
@@ -312,10 +312,20 @@ class Gpu:
         return buffer in (self._maps._pending if self._maps else self._premaps)
 
     def settle_map(self, buffer) -> None:
-        """Wait for a map of `buffer` left in flight and undo it (mapping.py's maps; wgpu-py's cannot)."""
-        if self._maps:
-            with self.checked("settling an interrupted map"):
+        """Wait for a map of `buffer` left in flight (an interrupted wait) and undo it."""
+        with self.checked("settling an interrupted map"):
+            if self._maps:
                 self._maps.settle(buffer)
+                return
+            with self._lock:
+                promise = self._premaps.pop(buffer, None)
+            if promise is None:
+                return
+            try:
+                self._wait_map(promise)
+            except WGPU_ERRORS:
+                return  # the map failed: nothing to undo
+            buffer.unmap()
 
     def map_read(self, staging, nbytes: int) -> None:
         """Map `staging` for reading once the submitted work that fills it is done, through wgpu-py (where
@@ -335,7 +345,11 @@ class Gpu:
         quiet = self._quiet
         with quiet.spinning() if quiet else nullcontext():
             promise = buffer.map_async(mode, 0, nbytes)
+        with self._lock:
+            self._premaps[buffer] = promise  # until waited for: settle_map finds it after an interrupted wait
         self._wait_map(promise)
+        with self._lock:
+            self._premaps.pop(buffer, None)
 
     def _wait_map(self, promise) -> None:
         quiet = self._quiet
