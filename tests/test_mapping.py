@@ -38,7 +38,7 @@ def test_uploads_and_read_backs_round_trip(gpu, monkeypatch, spin):
         gpu.submit(encoder.finish(), "a copy")
         if ahead:
             gpu.premap(source)
-            assert source in gpu._maps._pending
+            assert gpu.map_in_flight(source)
         assert np.array_equal(gpu.read(target, (10, 100)), data.reshape(10, 100))
 
 

@@ -20,7 +20,6 @@ import time
 import torch
 
 import convroute.frontend as frontend  # before torchvision and timm (see frontend/__init__)
-from convroute.device import mapping
 from convroute.device.gpu import QuietPoller
 from convroute.frontend import zoo
 from convroute.report.latency import Latency
@@ -34,17 +33,16 @@ def variants(gpu):
         raise SystemExit("this WebGPU implementation has no C API maps: nothing to compare")
     wgpu_py_quiet = quiet or (QuietPoller.install(gpu.device) if gpu._spins else None)
 
+    def settle_all(buffers):  # the other way's maps asked for ahead: done and undone before switching
+        for buffer in list(buffers):
+            gpu.settle_map(buffer)
+
     def c_api():
-        for buffer, promise in list(gpu._premaps.items()):  # wgpu-py's maps asked for ahead: done, unmapped
-            gpu._wait_map(promise)
-            buffer.unmap()
-        gpu._premaps.clear()
+        settle_all(gpu._premaps)
         gpu._maps, gpu._quiet = maps, quiet
 
     def wgpu_py():
-        for buffer in list(maps._pending):  # the C API's maps asked for ahead: done, unmapped
-            maps._wait(buffer)
-            mapping._lib.wgpuBufferUnmap(buffer._internal)
+        settle_all(maps._pending)
         gpu._maps, gpu._quiet = None, wgpu_py_quiet
 
     return {"C API maps": c_api, "wgpu-py maps": wgpu_py}

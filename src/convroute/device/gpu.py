@@ -308,8 +308,12 @@ class Gpu:
                 self._premaps[staging] = promise
 
     def map_in_flight(self, buffer) -> bool:
-        """Is a map of `buffer` asked for ahead (premap) and not yet consumed by write_staged?"""
-        return buffer in (self._maps._pending if self._maps else self._premaps)
+        """Has `buffer` a map in flight: asked for ahead (premap) and not yet consumed by write_staged, or left by
+        an interrupted wait?"""
+        if self._maps:
+            return self._maps.in_flight(buffer)
+        with self._lock:
+            return buffer in self._premaps
 
     def settle_map(self, buffer) -> None:
         """Wait for a map of `buffer` left in flight (an interrupted wait) and undo it."""

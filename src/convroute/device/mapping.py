@@ -3,9 +3,9 @@
 wgpu-py's `map_async` makes a cffi callback, a promise with its threading events and a poll-thread token per map,
 and wraps every C call in an error-capturing proxy: a 1-conv model's whole call took 322 us that way and 200 us
 this way on lavapipe (NOTES, session 16), where a whole MobileNetV2 call on the H200 is ~0.6 ms. Here one
-process-wide callback stores each map's status under a request
-number, and the caller polls the device itself: spinning on GPUs (wakes at once), blocking on CPU adapters (a
-spinning thread would take a core from lavapipe's rasterizer). Only `Gpu` maps its read-back and upload
+process-wide callback stores each map's status under a request number, and the caller polls the device itself:
+spinning on GPUs (wakes at once), blocking on CPU adapters (a spinning thread would take a core from lavapipe's
+rasterizer). Only `Gpu` maps its read-back and upload
 buffers, and only through this module when it is available (wgpu-native; Dawn keeps wgpu-py's maps).
 """
 
@@ -56,6 +56,10 @@ class Maps:
         self._pending = weakref.WeakKeyDictionary()  # buffer -> request number of its map in flight
         self._lock = threading.Lock()
 
+    def in_flight(self, buffer) -> bool:
+        with self._lock:
+            return buffer in self._pending
+
     def request(self, buffer, mode: str, nbytes: int) -> None:
         """Ask for `buffer`'s first `nbytes` to be mapped once the submitted work using it is done."""
         number = next(_NUMBERS)
@@ -63,9 +67,7 @@ class Maps:
         info.mode = _lib.WGPUCallbackMode_AllowProcessEvents
         info.callback = _on_mapped
         info.userdata1 = _ffi.cast("void *", number)
-        with self._lock:
-            abandoned = buffer in self._pending
-        if abandoned:
+        if self.in_flight(buffer):  # abandoned
             self.settle(buffer)
         with self._lock:
             self._pending[buffer] = number
@@ -86,9 +88,7 @@ class Maps:
     def write(self, buffer, data: np.ndarray) -> None:
         """Copy `data` (contiguous bytes) to the start of `buffer`: waits for its map in flight (`request`ed
         ahead), or maps it now, then unmaps."""
-        with self._lock:
-            ahead = buffer in self._pending
-        if not ahead:
+        if not self.in_flight(buffer):
             self.request(buffer, "WRITE", buffer.size)
         self._wait(buffer)
         try:
