@@ -1,17 +1,21 @@
 """GemmLinear and Gemv: linear layers on GPUs (the tiled GEMM; a workgroup per 4 features for <= 4 rows);
-lavapipe keeps the streaming kernel but runs these too."""
+RegisterLinear: CPU adapters' register tiles for >= 4 rows (run on every device here, its style forced);
+lavapipe keeps the streaming kernel for fewer rows but runs these too."""
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
 
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
+from convroute.kernels import gemm_cpu
+from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.kernels.common import F16_FEATURE, Precision
-from convroute.kernels.linear import GEMV_ROWS, GemmLinear, Gemv
+from convroute.kernels.linear import GEMV_ROWS, REGISTER_ROWS, GemmLinear, Gemv, RegisterLinear
 
 
 def reference(x, w, b, act):
@@ -82,3 +86,107 @@ def test_gemv_is_for_gpus_and_few_rows():
     assert not Gemv.fits(gpu, (1000, 1280), GEMV_ROWS + 1)
     with pytest.raises(ValueError, match="rows"):
         Gemv(gpu, np.ones((8, 8), np.float32), None).bind(None, None, GEMV_ROWS + 1)
+
+
+def use_registers(monkeypatch):
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "registers"))
+
+
+@pytest.mark.parametrize("out_features, in_features, rows, act, dtype, tile", [
+    (384, 96, 256, None, "float32", None),  # a ConvNeXt MLP at 64 px
+    (96, 384, 64, "gelu", "float32", None),
+    (10, 37, 5, "relu", "float32", None),  # features and rows not multiples of 4, K odd
+    (1000, 1280, 4, None, "float32", None),
+    (130, 513, 33, "gelu", "float32", gemm_cpu.CpuTile(16, 16)),  # partial tiles in both directions
+    (130, 513, 33, "relu", "float32", gemm_cpu.CpuTile(16, 8)),
+    (130, 513, 33, None, "float32", gemm_cpu.CpuTile(16, 4)),
+    (130, 513, 33, "gelu", "float32", gemm_cpu.CpuTile(8, 4)),
+    (384, 96, 50, "gelu", "float16", None),
+    (7, 1280, 9, None, "float16", gemm_cpu.CpuTile(16, 16)),
+])
+def test_register_linear_matches_float64(monkeypatch, out_features, in_features, rows, act, dtype, tile):
+    use_registers(monkeypatch)
+    gpu = get_gpu()
+    precision = Precision(dtype)
+    if dtype == "float16" and F16_FEATURE not in gpu.profile.features:
+        pytest.skip("no shader-f16 on this adapter")
+    rng = np.random.default_rng(out_features * rows + in_features)
+    w = rng.standard_normal((out_features, in_features)).astype(np.float32)
+    b = rng.standard_normal(out_features).astype(np.float32)
+    x = rng.standard_normal((rows, in_features)).astype(np.float32)
+    layer = RegisterLinear(gpu, w, b, act, precision)
+    y_buf = gpu.empty(precision.itemsize * rows * out_features + 4)
+    gpu.fill(y_buf, np.nan, precision.numpy)
+    x_buf = gpu.upload(x, "x", precision.numpy)
+    dispatches = (layer.bind(x_buf, y_buf, rows) if tile is None else
+                  [layer.gemm.dispatch(y_buf, x_buf, 1, rows, 0, 0, tile, gemm_cpu.Rows, transposed=True)])
+    flat = gpu.run_and_read(dispatches, y_buf, (rows * out_features + 1,), precision.numpy)
+    assert np.isnan(flat[-1]), "wrote past the output"
+    y = flat[:-1].reshape(rows, out_features).astype(np.float64)
+    ref = reference(x.astype(precision.numpy), w.astype(precision.numpy), b, act)
+    error = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    assert error < (1e-5 if dtype == "float32" else 1e-2)
+
+
+LINEAR_FUZZ = int(os.environ.get("CONVROUTE_LINEAR_FUZZ", "6"))
+
+
+def test_register_linear_random_shapes(monkeypatch):
+    """CONVROUTE_LINEAR_FUZZ random register-tile linears (6 by default; CONVROUTE_LINEAR_FUZZ_SEED replays):
+    shape, tile, activation and dtype drawn, against float64; a failure names the case."""
+    use_registers(monkeypatch)
+    gpu = get_gpu()
+    dtypes = ["float32"] + (["float16"] if F16_FEATURE in gpu.profile.features else [])
+    seed = int(os.environ.get("CONVROUTE_LINEAR_FUZZ_SEED", "17"))
+    rng = np.random.default_rng(seed)
+    wrong = []
+    for case in range(LINEAR_FUZZ):
+        o, k, rows = (int(rng.integers(1, 600)), int(rng.integers(1, 1500)), int(rng.integers(REGISTER_ROWS, 300)))
+        tile = gemm_cpu.TILES[int(rng.integers(len(gemm_cpu.TILES)))]
+        act, dtype = [None, "relu", "gelu"][int(rng.integers(3))], dtypes[int(rng.integers(len(dtypes)))]
+        precision = Precision(dtype)
+        w, b, x = (rng.standard_normal(shape).astype(np.float32) for shape in ((o, k), (o,), (rows, k)))
+        layer = RegisterLinear(gpu, w, b, act, precision)
+        y_buf = gpu.empty(precision.itemsize * rows * o + 4)
+        gpu.fill(y_buf, np.nan, precision.numpy)
+        flat = gpu.run_and_read([layer.gemm.dispatch(y_buf, gpu.upload(x, "x", precision.numpy), 1, rows, 0, 0, tile,
+                                                     gemm_cpu.Rows, transposed=True)],
+                                y_buf, (rows * o + 1,), precision.numpy).astype(np.float64)
+        ref = reference(x.astype(precision.numpy), w.astype(precision.numpy), b, act)
+        error = np.linalg.norm(flat[:-1].reshape(rows, o) - ref) / np.linalg.norm(ref)
+        if not error < (1e-5 if dtype == "float32" else 1e-2) or not np.isnan(flat[-1]):
+            wrong.append(f"case {case}: {rows} x {k} -> {o}, tile {tile}, {act}, {dtype}: rel. error {error:.2e}")
+    print(f"register linear fuzz: {LINEAR_FUZZ} cases (seed {seed}), {len(wrong)} wrong")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_register_linear_is_for_cpu_adapters_and_enough_rows(monkeypatch):
+    gpu = get_gpu()
+    cpu = gpu.profile.gemm_style == "registers"
+    assert RegisterLinear.fits(gpu, (384, 96), REGISTER_ROWS) == cpu
+    use_registers(monkeypatch)
+    assert RegisterLinear.fits(gpu, (384, 96), REGISTER_ROWS)
+    assert not RegisterLinear.fits(gpu, (384, 96), REGISTER_ROWS - 1)  # the streaming kernel is faster there
+    assert not RegisterLinear.fits(gpu, (8, CPU_LOOP_LIMIT + 1), 64)  # lavapipe would stop its K loop early
+    assert not RegisterLinear.fits(gpu, (4096, 25088 * 16), 64)  # past one binding: Linear splits it
+
+
+def test_a_token_mlp_compiles_to_register_tiles_on_cpu_adapters(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import convroute.frontend as frontend
+    from convroute.frontend import lower
+
+    use_registers(monkeypatch)
+    made = []
+    monkeypatch.setattr(lower, "RegisterLinear", type("Spy", (RegisterLinear,), {
+        "__init__": lambda self, *a, **k: (made.append(a[1].shape), RegisterLinear.__init__(self, *a, **k))[1]}))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(96, 384), torch.nn.GELU(), torch.nn.Linear(384, 96),
+                                torch.nn.Flatten(), torch.nn.Linear(50 * 96, 10)).eval()
+    x = torch.randn(1, 50, 96)
+    program = frontend.compile(model, x, policy="seed")
+    with torch.no_grad():
+        ref = model.double()(x.double())
+    got = program(x).double()
+    assert torch.linalg.norm(got - ref) / torch.linalg.norm(ref) < 1e-5
+    assert made == [(384, 96), (96, 384)]  # the 1-row classifier keeps the streaming kernel

@@ -9,8 +9,9 @@ vec4 loads feed tm * tn FMAs, and that ratio sets the speed (16x16 runs ~3x fast
 
 RegisterGemm: Out[b] = A[b] x B[b] + bias[b] for b < batches in one launch, A either one matrix per batch
 (Winograd's transform positions) or one shared by all (a 1x1 conv over the images of a batch). B is an array of
-vec4 columns bound at binding 4, batch b's row k at b * b_stride + k * cs4; Out is [batches, M, cols], raw f32 sums
-or (with an activation) the conv output in the storage type, which for a 1x1 conv is NCHW. No split-K: a CPU runs
+vec4 columns bound at binding 4, batch b's row k at b * b_stride + k * cs4 (or gathered: a conv's windows, a
+linear layer's rows); Out is [batches, M, cols] (or its transpose: a linear layer's [rows, features]), raw f32
+sums or (with an activation) the output in the storage type, which for a 1x1 conv is NCHW. No split-K: a CPU runs
 only as many workgroups at once as it has cores, and every launch here has plenty.
 """
 
@@ -89,6 +90,22 @@ class VecColumns:
         return f"ld4(b[bc{c} + k * p.cs4])"
 
 
+class Rows(VecColumns):
+    """The B operand as the rows of a row-major [cols, K] matrix (a linear layer's input, B = X^T): column j's
+    row k is x[b * p.b_stride + j * p.k + k], four rows gathered per vec4 (VecColumns' K loop)."""
+
+    decl = "@group(0) @binding(4) var<storage, read> x: array<ST>;"
+
+    @staticmethod
+    def setup(c: int, cg: int) -> str:  # columns past cols are never stored: clamp their loads into the matrix
+        return "\n".join(f"  let xr{c}_{q} = batch * p.b_stride"
+                         f" + min((tni * {cg}u + {c}u) * 4u + {q}u, p.cols - 1u) * p.k;" for q in range(4))
+
+    @staticmethod
+    def load(c: int) -> str:
+        return "vec4<f32>(" + ", ".join(f"f32(x[xr{c}_{q} + k])" for q in range(4)) + ")"
+
+
 class Windows:
     """The B operand of a conv as a GEMM, gathered from the NCHW input (implicit GEMM): row k = (input channel,
     kernel row, kernel column), column j output pixel j of image `batch` (zero in the padding). The conv's shape
@@ -136,9 +153,11 @@ fn gather(i: u32, ok: bool) -> f32 { return select(0.0, f32(x[select(0u, i, ok)]
                     ph=p.padding[0], pw=p.padding[1], dh=p.dilation[0], dw=p.dilation[1])
 
 
-def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns, residual: bool = False) -> str:
+def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=VecColumns, residual: bool = False,
+             transposed: bool = False) -> str:
     """The WGSL; with `act` (the WGSL of `fn act`) the output is act(sum + bias) stored as ST, else f32 sums;
-    with `residual` (and `act`) act(sum + bias + res) where `res` (binding 5) is laid out as the output."""
+    with `residual` (and `act`) act(sum + bias + res) where `res` (binding 5) is laid out as the output;
+    `transposed`: Out[b] stored as [cols, M] (a linear layer's [rows, features]) instead of [M, cols]."""
     rg, cg = tile.tm // 4, tile.tn // 4
     buffers = storage("wa:ST4", "bias:f32", "y!:" + ("ST" if act else "f32"))
     if residual:
@@ -163,13 +182,13 @@ def generate(tile: CpuTile, precision: Precision = FP32, act: str = "", bsrc=Vec
     emit("  let obase = batch * p.m;")
     emit("  let bias0 = batch * p.bias_stride;")
     value = "ST(act(v))" if act else "v"
-    index = "(obase + m) * p.cols + j"
+    index = "(batch * p.cols + j) * p.m + m" if transposed else "(obase + m) * p.cols + j"
+    at = f"let ro = {index}; " if residual else ""
     if residual:
         index, value = "ro", "ST(act(v + f32(res[ro])))"
     for j in range(tile.tn):
         emit(f"  {{ let j = tni * {tile.tn}u + {j}u; if (j < p.cols) {{")
         for r in range(rg):
-            at = "let ro = (obase + m) * p.cols + j; " if residual else ""
             emit(f"    for (var e = 0u; e < 4u; e++) {{ let m = m0 + {4 * r}u + e; if (m < p.m) {{ "
                  f"let v = s{j}_{r}[e] + bias[bias0 + m]; {at}y[{index}] = {value}; }} }}")
         emit("  } }")
@@ -200,10 +219,12 @@ class RegisterGemm:
         self.b_buf = gpu.upload(bias.reshape(count, self.m), "bias")
 
     def dispatch(self, out, b_buf, batches: int, cols: int, cs4: int, b_stride: int,
-                 tile: CpuTile | None = None, bsrc=VecColumns, conv: dict | None = None, residual=None) -> Dispatch:
-        """Out[b][:, :cols] for b < batches, B of batch b at vec4 b * b_stride, rows cs4 vec4s apart."""
+                 tile: CpuTile | None = None, bsrc=VecColumns, conv: dict | None = None, residual=None,
+                 transposed: bool = False) -> Dispatch:
+        """Out[b][:, :cols] for b < batches (with `transposed`, Out[b]^T), B of batch b at b * b_stride (vec4s
+        for VecColumns, rows cs4 vec4s apart; elements for Rows)."""
         res = residual_buffers("a register-tile GEMM", self.residual, residual)
-        max_tn = self.gpu.profile.max_gathered_columns if bsrc is Windows else None
+        max_tn = self.gpu.profile.max_gathered_columns if bsrc in (Windows, Rows) else None
         tile = tile or choose_tile(self.m, cols, batches, max_tn)
         tiles_m, tiles_n = ceil_div(self.m, tile.tm), ceil_div(cols, tile.tn)
         total = batches * tiles_m * tiles_n
@@ -211,7 +232,7 @@ class RegisterGemm:
                       total=total, a_stride=self.a_stride, b_stride=b_stride, bias_stride=self.bias_stride)
         values |= conv or dict.fromkeys(PARAMS[11:], 0)
         u = storage_params(self.gpu, PARAMS, values, "GEMM parameters")
-        return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc, self.residual),
+        return self.gpu.dispatch(generate(tile, self.precision, self.act, bsrc, self.residual, transposed),
                                  [u, self.w_buf, self.b_buf, out, b_buf, *res], total, WG)
 
 

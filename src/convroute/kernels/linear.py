@@ -1,6 +1,8 @@
 """`linear`: y[m, :] = act(x[m, :] @ W^T + b) for x [M, K] and W [O, K] (also addmm / mm with a
-constant matrix). Three kernels: `Linear`, where each invocation computes R rows (R = min(M, 4), unrolled) x
-4 output features (CPU adapters; weights past one binding); `GemmLinear`, the tiled GEMM (GPUs, many rows);
+constant matrix). Four kernels: `Linear`, where each invocation computes R rows (R = min(M, 4), unrolled) x
+4 output features (CPU adapters' few rows; weights past one binding); `RegisterLinear`, the register-tile GEMM
+of CPU adapters (>= 4 rows: ConvNeXt's token MLPs ran 2-4x faster than on `Linear` on lavapipe);
+`GemmLinear`, the tiled GEMM (GPUs, many rows);
 `Gemv` (GPUs, at most 4 rows: a classifier at batch 1), a workgroup per 4 output features whose invocations
 split K (four loads in flight each: one at a time left the H100 waiting on memory) and add their sums in
 workgroup memory, so one dispatch does what the GEMM needs a K split and a reduce dispatch for.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels import gemm
+from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.common import FP32, Precision, ceil_div, pack, storage, uniform_block
 from convroute.kernels.elementwise import act_source
 from convroute.kernels.flat import flat_shader, launch
@@ -166,6 +168,32 @@ class GemmLinear:
         return self.gemm.dispatches(y, [x], m, 0, 1, {})
 
 
+class RegisterLinear:
+    """Linear as gemm_cpu's register tiles: Out[O, rows] = W[O, K] x X^T with B gathered from the rows of x
+    (gemm_cpu.Rows) and stored transposed, so y is [rows, O] as written. For CPU adapters and >= REGISTER_ROWS
+    rows (fewer leave most of a tile's columns idle: `Linear` is faster there)."""
+
+    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, precision: Precision = FP32):
+        weight = np.asarray(weight, np.float32)
+        self.o, self.k = weight.shape
+        bias = None if bias is None else np.asarray(bias, np.float32).reshape(1, self.o)
+        self.gemm = gemm_cpu.RegisterGemm(gpu, weight[None], bias, precision, act_source(act))
+
+    @staticmethod
+    def fits(gpu: Gpu, weight_shape, rows: int, precision: Precision = FP32) -> bool:
+        o, k = weight_shape
+        padded = k * ceil_div(o, 16) * 16 * precision.itemsize  # RegisterGemm pads features to its tallest tile
+        return rows >= REGISTER_ROWS and gemm_cpu.wanted(gpu, k) and padded <= gpu.profile.max_binding_bytes
+
+    @property
+    def flops_per_row(self) -> int:
+        return 2 * self.k * self.o
+
+    def bind(self, x, y, m: int) -> list[Dispatch]:
+        return [self.gemm.dispatch(y, x, 1, m, 0, 0, bsrc=gemm_cpu.Rows, transposed=True)]
+
+
+REGISTER_ROWS = 4
 GEMV_ROWS = 4  # Gemv's most rows (one workgroup computes all rows of its 4 features)
 GEMV_WG = 256
 GEMV_PARAMS = ["m", "k", "o", "ob"]
