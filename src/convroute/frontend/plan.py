@@ -14,6 +14,7 @@ from functools import cached_property
 import torch
 
 from convroute.device.gpu import BufferView, Dispatch
+from convroute.frontend.channels_last import channel_norm, lower_channel_norm, sink_permutes
 from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
 from convroute.frontend.fuse import (
     channel_attention,
@@ -128,13 +129,17 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
                concat_slabs: bool | None = None, slice_views: bool | None = None) -> Plan:
     """`concat_slabs` (default $CONVROUTE_CONCAT_SLABS, on), `slice_views` (default $CONVROUTE_SLICE_VIEWS, on):
     producers write into their slice of a concat, and dense slices are read in place (frontend/views.py).
-    $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into the convs;
+    $CONVROUTE_CHANNELS_LAST (on): permute -> per-pixel ops -> permute back runs on NCHW without the permutes
+    (frontend/channels_last.py); $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes
+    into the convs;
     $CONVROUTE_SQUEEZE_EXCITE (off: mixed on lavapipe, unmeasured on GPUs) and $CONVROUTE_CHANNEL_ATTENTION (on): a
     squeeze-excitation or an ECA block runs as its pool and one dispatch (frontend/fuse.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
     conv runs inside it where lower.fuses_depthwise says so (export.fuse_depthwise_pointwise)."""
+    if env_flag("CONVROUTE_CHANNELS_LAST", True):  # first: it changes values' shapes
+        sink_permutes(graph)
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
@@ -235,7 +240,8 @@ def _place(ctx: Context, node: Node, gpu_made: set):
     """"alias" (shares its input's buffer), a GpuOp, or the reason it runs on the CPU."""
     if is_alias(ctx, node) and node.args[0].name in gpu_made:
         return "alias"
-    own = {squeeze_excite: lower_squeeze_excite, channel_attention: lower_channel_attention}.get(node.target, lower)
+    own = {squeeze_excite: lower_squeeze_excite, channel_attention: lower_channel_attention,
+           channel_norm: lower_channel_norm}.get(node.target, lower)
     try:
         return own(ctx, node)
     except (Unsupported, ValueError) as exc:
