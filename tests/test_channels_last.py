@@ -5,6 +5,8 @@ conftest); islands whose values have other readers, or that hold an op that mixe
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -40,9 +42,14 @@ def needs_f16(dtype):
 ])
 def test_channel_norm_matches_float64(shape, lanes, act, dtype):
     needs_f16(dtype)
-    gpu = get_gpu()
+    error, tail = run_channel_norm(get_gpu(), shape, lanes, act, dtype, np.random.default_rng(sum(shape) + lanes))
+    assert np.isnan(tail), "wrote past the output"
+    assert error < TOLERANCES[dtype] / 10
+
+
+def run_channel_norm(gpu, shape, lanes, act, dtype, rng):
+    """(relative error against float64, the element after the output: NaN unless written past)."""
     precision = Precision(dtype)
-    rng = np.random.default_rng(sum(shape) + lanes)
     x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
     w, b = rng.standard_normal(shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
     kernel = ChannelNorm(gpu, shape, w, b, 1e-6, act, precision, lanes=lanes)
@@ -51,12 +58,33 @@ def test_channel_norm_matches_float64(shape, lanes, act, dtype):
     gpu.fill(y_buf, np.nan, precision.numpy)
     flat = gpu.run_and_read(kernel.bind(gpu.upload(x, "x", precision.numpy), y_buf), y_buf, (count + 1,),
                             precision.numpy).astype(np.float64)
-    assert np.isnan(flat[-1]), "wrote past the output"
     xs = torch.from_numpy(x.astype(precision.numpy).astype(np.float64))
     ref = F.layer_norm(xs.permute(0, 2, 3, 1), (shape[1],), torch.from_numpy(w).double(),
                        torch.from_numpy(b).double(), 1e-6).permute(0, 3, 1, 2)
     ref = {"gelu": F.gelu, "relu": F.relu}.get(act, lambda v: v)(ref)
-    assert rel_error(torch.from_numpy(flat[:-1].reshape(shape)), ref) < TOLERANCES[dtype] / 10
+    return rel_error(torch.from_numpy(flat[:-1].reshape(shape)), ref), flat[-1]
+
+
+CHANNEL_NORM_FUZZ = int(os.environ.get("CONVROUTE_CHANNEL_NORM_FUZZ", "6"))
+
+
+def test_channel_norm_random_shapes():
+    """CONVROUTE_CHANNEL_NORM_FUZZ random channel norms (6 by default; CONVROUTE_CHANNEL_NORM_FUZZ_SEED replays):
+    shape, lanes, activation and dtype drawn, against float64; a failure names the case."""
+    gpu = get_gpu()
+    dtypes = ["float32"] + (["float16"] if F16_FEATURE in gpu.profile.features else [])
+    seed = int(os.environ.get("CONVROUTE_CHANNEL_NORM_FUZZ_SEED", "23"))
+    rng = np.random.default_rng(seed)
+    wrong = []
+    for case in range(CHANNEL_NORM_FUZZ):
+        shape = (int(rng.integers(1, 4)), int(rng.integers(1, 800)), int(rng.integers(1, 40)), int(rng.integers(1, 40)))
+        lanes = [None, 1, 2, 4, 8, 16, 32, 64][int(rng.integers(8))]
+        act, dtype = [None, "relu", "gelu"][int(rng.integers(3))], dtypes[int(rng.integers(len(dtypes)))]
+        error, tail = run_channel_norm(gpu, shape, lanes, act, dtype, rng)
+        if not error < TOLERANCES[dtype] / 10 or not np.isnan(tail):
+            wrong.append(f"case {case}: {shape}, lanes {lanes}, {act}, {dtype}: rel. error {error:.2e}")
+    print(f"channel norm fuzz: {CHANNEL_NORM_FUZZ} cases (seed {seed}), {len(wrong)} wrong")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_lanes_follow_the_device():
