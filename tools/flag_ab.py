@@ -1,0 +1,87 @@
+"""A planning switch on and off (an environment flag build_plan reads, e.g. CONVROUTE_CHANNELS_LAST), in
+interleaved rounds in one process: each model compiled once with the flag at 1 and once at 0, both checked
+against torch float64, then called in turn (the order alternating per round).
+
+usage: python tools/flag_ab.py FLAG [MODEL ...] [--size N] [--policy P] [--rounds R] [--dtype D]
+       (torchvision names or timm:NAME; default convnext_tiny timm:convnext_atto at 224 px, seed, 100 rounds)
+
+Prints per model the dispatch counts, the relative errors, median (p10-p90) whole-call ms of each and the ratio
+of medians (on / off), and the GPU pass alone of each where the adapter has timestamps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+import convroute.frontend as frontend  # before torchvision and timm (see frontend/__init__)
+from convroute.frontend import zoo
+from convroute.report.latency import Latency
+from convroute.report.table import format_table
+
+
+def compiled(flag: str, name: str, x, policy: str, dtype: str) -> dict:
+    """"on" / "off" -> the model compiled with `flag` at 1 / 0."""
+    model = zoo.build_any(name, 0)
+    programs = {}
+    before = os.environ.get(flag)
+    for state, value in (("on", "1"), ("off", "0")):
+        os.environ[flag] = value
+        programs[state] = frontend.compile(model, (x,), policy=policy, dtype=dtype)
+    if before is None:
+        del os.environ[flag]
+    else:
+        os.environ[flag] = before
+    return programs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("flag")
+    parser.add_argument("models", nargs="*", default=["convnext_tiny", "timm:convnext_atto"])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--policy", default="seed")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.models:
+        zoo.check_name(name)
+        x = torch.randn(1, 3, args.size, args.size)
+        programs = compiled(args.flag, name, x, args.policy, args.dtype)
+        reference = zoo.build_any(name, 0).double()
+        with torch.no_grad():
+            expected = reference(x.double())
+        errors = {s: zoo.rel_error(p(x), expected) for s, p in programs.items()}
+        samples: dict[str, list[float]] = {s: [] for s in programs}
+        for i in range(args.rounds):
+            for state in sorted(programs, reverse=bool(i % 2)):
+                start = time.perf_counter()
+                programs[state](x)
+                samples[state].append(time.perf_counter() - start)
+        stats = {s: Latency.of(t) for s, t in samples.items()}
+        passes = {s: _gpu_pass(p, x) for s, p in programs.items()}
+        rows.append([name] + [f"{programs[s].summary().dispatches} / {errors[s]:.1e} / {stats[s].median_ms:.3f} "
+                              f"({stats[s].p10_ms:.3f}-{stats[s].p90_ms:.3f}){passes[s]}" for s in ("on", "off")]
+                    + [f"{stats['on'].median_ms / stats['off'].median_ms:.3f}"])
+        print(f"{name} done", file=sys.stderr, flush=True)
+    print(f"{args.flag}; {programs['on'].gpu.profile.name}, {args.size} px, "
+          f"policy {args.policy}, {args.dtype}, {args.rounds} interleaved rounds; dispatches / rel. error / whole "
+          f"call ms median (p10-p90) [GPU pass ms]")
+    print(format_table(["model", "on", "off", "on / off"], rows))
+    return 0
+
+
+def _gpu_pass(program, x) -> str:
+    """The GPU pass alone after a call with `x` (median ms), or "" without timestamps."""
+    program(x)
+    seconds = program.gpu_pass_times()
+    return f" [{1e3 * sorted(seconds)[len(seconds) // 2]:.3f}]" if seconds else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
