@@ -17,6 +17,7 @@ import sys
 import time
 
 import torch
+from maps_ab import add_model_arguments  # tools/ is the script's directory
 
 import convroute.frontend as frontend  # before torchvision and timm (see frontend/__init__)
 from convroute.frontend import zoo
@@ -42,11 +43,7 @@ def compiled(flag: str, name: str, x, policy: str, dtype: str) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("flag")
-    parser.add_argument("models", nargs="*", default=["convnext_tiny", "timm:convnext_atto"])
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--policy", default="seed")
-    parser.add_argument("--rounds", type=int, default=100)
-    parser.add_argument("--dtype", default="float32")
+    add_model_arguments(parser, ["convnext_tiny", "timm:convnext_atto"], rounds=100)
     args = parser.parse_args(argv)
     rows = []
     for name in args.models:

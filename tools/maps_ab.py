@@ -48,14 +48,19 @@ def variants(gpu):
     return {"C API maps": c_api, "wgpu-py maps": wgpu_py}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("models", nargs="*", default=["mobilenet_v2", "resnet18"])
+def add_model_arguments(parser: argparse.ArgumentParser, models: list[str], rounds: int) -> None:
+    """The arguments of an A/B over models (also tools/flag_ab.py's)."""
+    parser.add_argument("models", nargs="*", default=models)
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--policy", default="seed")
-    parser.add_argument("--rounds", type=int, default=150)
-    parser.add_argument("--calls", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--dtype", default="float32")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_arguments(parser, ["mobilenet_v2", "resnet18"], rounds=150)
+    parser.add_argument("--calls", type=int, default=3)
     args = parser.parse_args(argv)
     rows = []
     for name in args.models:
