@@ -169,6 +169,12 @@ def test_saved_zoos_print_again_and_join(small_zoo, tmp_path, capsys):
     assert main(["zoo", "--from-json", str(json_path), str(tmp_path / "other.json"), "--json", str(joined)]) == 1
     merged = json.loads(joined.read_text())
     assert merged["models"] == data["models"] + data["models"][:1] and merged["peers"] == ["torch-cpu", "ncnn-vk32"]
+    rerun = dict(data, models=[dict(data["models"][0], model="alexnet")])  # alexnet, failed above, run again
+    (tmp_path / "rerun.json").write_text(json.dumps(rerun))
+    capsys.readouterr()
+    assert main(["zoo", "--from-json", str(json_path), str(tmp_path / "rerun.json"), "--json", str(joined)]) == 0
+    rows = [row["model"] for row in json.loads(joined.read_text())["models"]]
+    assert rows == MODELS and "FAILED" not in capsys.readouterr().out  # in the failure's place
     assert main(["zoo", "--from-json", str(tmp_path / "missing.json")]) == 2
 
 

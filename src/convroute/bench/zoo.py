@@ -183,12 +183,18 @@ def run_zoo(names: list[str], *, sizes: dict[str, int], batch: int, policy: str 
 
 def report_from_json(files: list[dict]) -> ZooReport:
     """A ZooReport back from `ZooReport.to_json` output; several files join their models in order (settings and
-    device from the first; peers in order of appearance)."""
+    device from the first; peers in order of appearance). A model's failure gives way to a later file's run of
+    it (the inceptions fail at 64 px: run again at 96 and joined, they take their failures' places)."""
     first = files[0]
     peers = list(dict.fromkeys(peer for data in files for peer in data["peers"]))
     report = ZooReport(peers, first["policy"], first["dtype"], first["batch"], first["runs"], first["device"])
     for data in files:
-        report.rows += [_row_from_json(row, data) for row in data["models"]]
+        for row in (_row_from_json(row, data) for row in data["models"]):
+            failed = next((i for i, old in enumerate(report.rows) if old.name == row.name and old.error), None)
+            if failed is not None and not row.error:
+                report.rows[failed] = row
+            else:
+                report.rows.append(row)
     return report
 
 
