@@ -158,7 +158,7 @@ class GemmLinear:
         o, k = weight_shape
         padded = ceil_div(k, gemm.K_ALIGN) * gemm.K_ALIGN * ceil_div(o, gemm.M_ALIGN) * gemm.M_ALIGN
         padded *= precision.itemsize
-        return gpu.profile.family != "cpu" and padded <= gpu.profile.max_binding_bytes
+        return gpu.profile.gemm_style == "workgroup" and padded <= gpu.profile.max_binding_bytes
 
     @property
     def flops_per_row(self) -> int:
