@@ -63,7 +63,7 @@ def sink_permutes(g: Graph) -> None:
 
 def _permute(node: Node, dims: list[int]) -> bool:
     return node.op == "permute" and list(node.args[1]) == dims and isinstance(node.meta, torch.Tensor) \
-        and isinstance(node.args[0], Ref)
+        and isinstance(node.args[0], Ref) and node.act is None and node.residual is None
 
 
 def _per_pixel(g: Graph, node: Node) -> bool:

@@ -65,9 +65,9 @@ fn main({entry}) {{
 
 
 def lanes_for(gpu: Gpu, pixels: int, channels: int) -> int:
-    """Lanes per pixel: 1 on CPU adapters; on GPUs doubled (to at most WG, each lane keeping >= 8 channels)
-    while the launch has fewer workgroups than keep the device busy."""
-    if gpu.profile.family == "cpu":
+    """Lanes per pixel: 1 where barriers are dear (the register GEMM style: CPU adapters); on GPUs doubled (to at
+    most WG, each lane keeping >= 8 channels) while the launch has fewer workgroups than keep the device busy."""
+    if gpu.profile.gemm_style == "registers":
         return 1
     lanes = 1
     while lanes < WG and channels >= 16 * lanes and ceil_div(pixels * lanes, WG) < gpu.profile.busy_workgroups:
