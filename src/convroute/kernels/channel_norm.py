@@ -18,6 +18,7 @@ from convroute.kernels.base import storage_params
 from convroute.kernels.common import ENTRY_ARGS, FP32, Precision, ceil_div, storage, uniform_block
 from convroute.kernels.elementwise import act_source
 from convroute.kernels.flat import f32_bits
+from convroute.kernels.norm import upload_affine
 
 WG = 64
 PARAMS = ["pixels", "hw", "c", "eps"]
@@ -97,9 +98,7 @@ class ChannelNorm:
         self.lanes = lanes_for(gpu, self.pixels, c) if lanes is None else lanes
         self.source = generate(self.lanes, act, precision)
         self.values = dict(pixels=self.pixels, hw=h * w, c=c, eps=f32_bits(eps))
-        self.weight = gpu.upload(np.ones(c, np.float32) if weight is None else np.asarray(weight).reshape(c),
-                                 "norm weight")
-        self.bias = gpu.upload(np.zeros(c, np.float32) if bias is None else np.asarray(bias).reshape(c), "norm bias")
+        self.weight, self.bias = upload_affine(gpu, weight, bias, c)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:

@@ -57,6 +57,12 @@ class CpuTile:
 TILES = (CpuTile(16, 16), CpuTile(16, 8), CpuTile(16, 4), CpuTile(8, 4))
 
 
+def padded_rows(m: int) -> int:
+    """Rows of A as RegisterGemm packs them: a whole number of the tallest tile."""
+    tallest = max(t.tm for t in TILES)
+    return ceil_div(m, tallest) * tallest
+
+
 def choose_tile(m: int, cols: int, batches: int, max_tn: int | None = None) -> CpuTile:
     """The largest tile (at most `max_tn` columns, when given) that does not waste most of itself on padding and
     leaves >= 64 invocations."""
@@ -208,7 +214,7 @@ class RegisterGemm:
             raise ValueError("a residual needs the finished output (act), not raw sums")
         self.gpu, self.precision, self.act, self.residual = gpu, precision, act, residual
         count, self.m, self.k = weights.shape
-        m_pad = ceil_div(self.m, max(t.tm for t in TILES)) * max(t.tm for t in TILES)
+        m_pad = padded_rows(self.m)
         a = np.zeros((count, self.k, m_pad), np.float32)
         a[:, :, :self.m] = np.transpose(weights, (0, 2, 1))  # K-major: one vec4 holds 4 rows at one k
         self.m4 = m_pad // 4

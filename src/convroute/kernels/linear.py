@@ -182,7 +182,7 @@ class RegisterLinear:
     @staticmethod
     def fits(gpu: Gpu, weight_shape, rows: int, precision: Precision = FP32) -> bool:
         o, k = weight_shape
-        padded = k * ceil_div(o, 16) * 16 * precision.itemsize  # RegisterGemm pads features to its tallest tile
+        padded = k * gemm_cpu.padded_rows(o) * precision.itemsize
         return rows >= REGISTER_ROWS and gemm_cpu.wanted(gpu, k) and padded <= gpu.profile.max_binding_bytes
 
     @property

@@ -59,6 +59,13 @@ fn main({entry}) {{
 """
 
 
+def upload_affine(gpu: Gpu, weight: np.ndarray | None, bias: np.ndarray | None, length: int) -> tuple:
+    """A norm's `length` scales and shifts as float32 buffers (1 and 0 when None)."""
+    w = np.ones(length, np.float32) if weight is None else np.asarray(weight, np.float32).reshape(length)
+    b = np.zeros(length, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(length)
+    return gpu.upload(w, "norm weight"), gpu.upload(b, "norm bias")
+
+
 class LayerNorm:
     """y = act(layer_norm(x) * weight + bias) over rows of `width` elements (weight 1 / bias 0 when None)."""
 
@@ -72,10 +79,7 @@ class LayerNorm:
         groups, plane = channels or (1, 1)
         length = groups * width // plane  # affine values
         self.values = dict(rows=rows, width=width, eps=f32_bits(eps), arows=groups, adiv=plane)
-        w = np.ones(length, np.float32) if weight is None else np.asarray(weight, np.float32).reshape(length)
-        b = np.zeros(length, np.float32) if bias is None else np.asarray(bias, np.float32).reshape(length)
-        self.weight = gpu.upload(w, "norm weight")
-        self.bias = gpu.upload(b, "norm bias")
+        self.weight, self.bias = upload_affine(gpu, weight, bias, length)
         index = "j" if channels is None else "((row % P.arows) * P.width + j) / P.adiv"
         self.source = precision.wgsl() + SHADER.format(
             wg=WG, uniforms=uniform_block(PARAMS), buffers=storage("x", "weight:f32", "bias:f32", "y!"),
