@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 
 import convroute.api  # noqa: E402
 from convroute.kernels import ALGORITHMS  # noqa: E402
-from convroute.kernels.common import Precision  # noqa: E402
+from convroute.kernels.common import F16_FEATURE, Precision  # noqa: E402
 from convroute.measure.reference import norm_relative_error as rel_error  # noqa: E402
 from convroute.measure.reference import torch_reference  # noqa: E402
 from convroute.measure.workload import random_inputs  # noqa: E402, F401 (the tests draw their inputs with it)
@@ -101,3 +101,36 @@ def pytest_collection_modifyitems(config, items):
         return next((rank[prefix] for prefix in LONGEST_FIRST if item.nodeid.startswith(prefix)), len(rank))
 
     items.sort(key=order)  # stable: the rest keep their order
+
+
+def run_guarded(gpu, dispatches_into, count: int, precision: Precision) -> tuple[np.ndarray, float]:
+    """Run the dispatches `dispatches_into(y)` builds into a NaN-poisoned output of `count` elements plus one
+    guard element: (the output as float64, the guard, NaN unless a kernel wrote past the output)."""
+    y = gpu.empty(precision.itemsize * (count + 1) + 4)
+    gpu.fill(y, np.nan, precision.numpy)
+    flat = gpu.run_and_read(dispatches_into(y), y, (count + 1,), precision.numpy).astype(np.float64)
+    return flat[:-1], float(flat[-1])
+
+
+class RandomCases:
+    """An env-scaled random test: $NAME cases (`default` when unset), drawn from $NAME_SEED (`seed` when unset)
+    over the dtypes the adapter has; `check` collects the wrong ones, `finish` prints the counts and fails on any."""
+
+    def __init__(self, gpu, name: str, what: str, seed: int, default: int = 6):
+        self.name, self.what = name, what
+        self.count = int(os.environ.get(name, str(default)))
+        self.seed = int(os.environ.get(f"{name}_SEED", str(seed)))
+        self.rng = np.random.default_rng(self.seed)
+        self.dtypes = ["float32"] + (["float16"] if F16_FEATURE in gpu.profile.features else [])
+        self.wrong: list[str] = []
+
+    def dtype(self) -> str:
+        return self.dtypes[int(self.rng.integers(len(self.dtypes)))]
+
+    def check(self, ok: bool, case: str) -> None:
+        if not ok:
+            self.wrong.append(case)
+
+    def finish(self) -> None:
+        print(f"{self.what}: {self.count} cases (seed {self.seed}), {len(self.wrong)} wrong")
+        assert not self.wrong, "\n".join(self.wrong)

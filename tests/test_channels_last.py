@@ -5,8 +5,6 @@ conftest); islands whose values have other readers, or that hold an op that mixe
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 
@@ -16,6 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 import convroute.frontend  # noqa: E402, F401 (before the GPU opens: see convroute.frontend)
+from conftest import RandomCases, run_guarded  # noqa: E402
 from convroute.device.gpu import get_gpu  # noqa: E402
 from convroute.frontend import channels_last  # noqa: E402
 from convroute.kernels.channel_norm import WG, ChannelNorm, lanes_for  # noqa: E402
@@ -42,49 +41,40 @@ def needs_f16(dtype):
 ])
 def test_channel_norm_matches_float64(shape, lanes, act, dtype):
     needs_f16(dtype)
-    error, tail = run_channel_norm(get_gpu(), shape, lanes, act, dtype, np.random.default_rng(sum(shape) + lanes))
-    assert np.isnan(tail), "wrote past the output"
+    error, guard = run_channel_norm(get_gpu(), shape, lanes, act, dtype, np.random.default_rng(sum(shape) + lanes))
+    assert np.isnan(guard), "wrote past the output"
     assert error < TOLERANCES[dtype] / 10
 
 
 def run_channel_norm(gpu, shape, lanes, act, dtype, rng):
-    """(relative error against float64, the element after the output: NaN unless written past)."""
+    """(relative error against float64, the guard element after the output: NaN unless written past)."""
     precision = Precision(dtype)
     x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
     w, b = rng.standard_normal(shape[1]).astype(np.float32), rng.standard_normal(shape[1]).astype(np.float32)
     kernel = ChannelNorm(gpu, shape, w, b, 1e-6, act, precision, lanes=lanes)
-    count = int(np.prod(shape))
-    y_buf = gpu.empty(precision.itemsize * count + 4)
-    gpu.fill(y_buf, np.nan, precision.numpy)
-    flat = gpu.run_and_read(kernel.bind(gpu.upload(x, "x", precision.numpy), y_buf), y_buf, (count + 1,),
-                            precision.numpy).astype(np.float64)
+    x_buf = gpu.upload(x, "x", precision.numpy)
+    flat, guard = run_guarded(gpu, lambda y: kernel.bind(x_buf, y), int(np.prod(shape)), precision)
     xs = torch.from_numpy(x.astype(precision.numpy).astype(np.float64))
     ref = F.layer_norm(xs.permute(0, 2, 3, 1), (shape[1],), torch.from_numpy(w).double(),
                        torch.from_numpy(b).double(), 1e-6).permute(0, 3, 1, 2)
     ref = {"gelu": F.gelu, "relu": F.relu}.get(act, lambda v: v)(ref)
-    return rel_error(torch.from_numpy(flat[:-1].reshape(shape)), ref), flat[-1]
-
-
-CHANNEL_NORM_FUZZ = int(os.environ.get("CONVROUTE_CHANNEL_NORM_FUZZ", "6"))
+    return rel_error(torch.from_numpy(flat.reshape(shape)), ref), guard
 
 
 def test_channel_norm_random_shapes():
     """CONVROUTE_CHANNEL_NORM_FUZZ random channel norms (6 by default; CONVROUTE_CHANNEL_NORM_FUZZ_SEED replays):
     shape, lanes, activation and dtype drawn, against float64; a failure names the case."""
     gpu = get_gpu()
-    dtypes = ["float32"] + (["float16"] if F16_FEATURE in gpu.profile.features else [])
-    seed = int(os.environ.get("CONVROUTE_CHANNEL_NORM_FUZZ_SEED", "23"))
-    rng = np.random.default_rng(seed)
-    wrong = []
-    for case in range(CHANNEL_NORM_FUZZ):
+    cases = RandomCases(gpu, "CONVROUTE_CHANNEL_NORM_FUZZ", "channel norm fuzz", seed=23)
+    rng = cases.rng
+    for case in range(cases.count):
         shape = (int(rng.integers(1, 4)), int(rng.integers(1, 800)), int(rng.integers(1, 40)), int(rng.integers(1, 40)))
         lanes = [None, 1, 2, 4, 8, 16, 32, 64][int(rng.integers(8))]
-        act, dtype = [None, "relu", "gelu"][int(rng.integers(3))], dtypes[int(rng.integers(len(dtypes)))]
-        error, tail = run_channel_norm(gpu, shape, lanes, act, dtype, rng)
-        if not error < TOLERANCES[dtype] / 10 or not np.isnan(tail):
-            wrong.append(f"case {case}: {shape}, lanes {lanes}, {act}, {dtype}: rel. error {error:.2e}")
-    print(f"channel norm fuzz: {CHANNEL_NORM_FUZZ} cases (seed {seed}), {len(wrong)} wrong")
-    assert not wrong, "\n".join(wrong)
+        act, dtype = [None, "relu", "gelu"][int(rng.integers(3))], cases.dtype()
+        error, guard = run_channel_norm(gpu, shape, lanes, act, dtype, rng)
+        cases.check(error < TOLERANCES[dtype] / 10 and np.isnan(guard),
+                    f"case {case}: {shape}, lanes {lanes}, {act}, {dtype}: rel. error {error:.2e}")
+    cases.finish()
 
 
 def test_lanes_follow_the_device():

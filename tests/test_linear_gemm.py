@@ -5,11 +5,11 @@ lavapipe keeps the streaming kernel for fewer rows but runs these too."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 
+from conftest import RandomCases, run_guarded
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import gemm_cpu
@@ -107,28 +107,29 @@ def use_registers(monkeypatch):
 def test_register_linear_matches_float64(monkeypatch, out_features, in_features, rows, act, dtype, tile):
     use_registers(monkeypatch)
     gpu = get_gpu()
-    precision = Precision(dtype)
     if dtype == "float16" and F16_FEATURE not in gpu.profile.features:
         pytest.skip("no shader-f16 on this adapter")
     rng = np.random.default_rng(out_features * rows + in_features)
-    w = rng.standard_normal((out_features, in_features)).astype(np.float32)
-    b = rng.standard_normal(out_features).astype(np.float32)
-    x = rng.standard_normal((rows, in_features)).astype(np.float32)
-    layer = RegisterLinear(gpu, w, b, act, precision)
-    y_buf = gpu.empty(precision.itemsize * rows * out_features + 4)
-    gpu.fill(y_buf, np.nan, precision.numpy)
-    x_buf = gpu.upload(x, "x", precision.numpy)
-    dispatches = (layer.bind(x_buf, y_buf, rows) if tile is None else
-                  [layer.gemm.dispatch(y_buf, x_buf, 1, rows, 0, 0, tile, gemm_cpu.Rows, transposed=True)])
-    flat = gpu.run_and_read(dispatches, y_buf, (rows * out_features + 1,), precision.numpy)
-    assert np.isnan(flat[-1]), "wrote past the output"
-    y = flat[:-1].reshape(rows, out_features).astype(np.float64)
-    ref = reference(x.astype(precision.numpy), w.astype(precision.numpy), b, act)
-    error = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    error, guard = run_register_linear(gpu, out_features, in_features, rows, act, dtype, tile, rng)
+    assert np.isnan(guard), "wrote past the output"
     assert error < (1e-5 if dtype == "float32" else 1e-2)
 
 
-LINEAR_FUZZ = int(os.environ.get("CONVROUTE_LINEAR_FUZZ", "6"))
+def run_register_linear(gpu, o: int, k: int, rows: int, act, dtype: str, tile, rng) -> tuple[float, float]:
+    """RegisterLinear on random weights and rows (`tile` None: the one it chooses): (relative error against
+    float64, the guard element after the output)."""
+    precision = Precision(dtype)
+    w, b, x = (rng.standard_normal(shape).astype(np.float32) for shape in ((o, k), (o,), (rows, k)))
+    layer = RegisterLinear(gpu, w, b, act, precision)
+    x_buf = gpu.upload(x, "x", precision.numpy)
+
+    def dispatches(y):
+        if tile is None:
+            return layer.bind(x_buf, y, rows)
+        return [layer.gemm.dispatch(y, x_buf, 1, rows, 0, 0, tile, gemm_cpu.Rows, transposed=True)]
+    flat, guard = run_guarded(gpu, dispatches, rows * o, precision)
+    ref = reference(x.astype(precision.numpy), w.astype(precision.numpy), b, act)
+    return float(np.linalg.norm(flat.reshape(rows, o) - ref) / np.linalg.norm(ref)), guard
 
 
 def test_register_linear_random_shapes(monkeypatch):
@@ -136,28 +137,16 @@ def test_register_linear_random_shapes(monkeypatch):
     shape, tile, activation and dtype drawn, against float64; a failure names the case."""
     use_registers(monkeypatch)
     gpu = get_gpu()
-    dtypes = ["float32"] + (["float16"] if F16_FEATURE in gpu.profile.features else [])
-    seed = int(os.environ.get("CONVROUTE_LINEAR_FUZZ_SEED", "17"))
-    rng = np.random.default_rng(seed)
-    wrong = []
-    for case in range(LINEAR_FUZZ):
+    cases = RandomCases(gpu, "CONVROUTE_LINEAR_FUZZ", "register linear fuzz", seed=17)
+    rng = cases.rng
+    for case in range(cases.count):
         o, k, rows = (int(rng.integers(1, 600)), int(rng.integers(1, 1500)), int(rng.integers(REGISTER_ROWS, 300)))
         tile = gemm_cpu.TILES[int(rng.integers(len(gemm_cpu.TILES)))]
-        act, dtype = [None, "relu", "gelu"][int(rng.integers(3))], dtypes[int(rng.integers(len(dtypes)))]
-        precision = Precision(dtype)
-        w, b, x = (rng.standard_normal(shape).astype(np.float32) for shape in ((o, k), (o,), (rows, k)))
-        layer = RegisterLinear(gpu, w, b, act, precision)
-        y_buf = gpu.empty(precision.itemsize * rows * o + 4)
-        gpu.fill(y_buf, np.nan, precision.numpy)
-        flat = gpu.run_and_read([layer.gemm.dispatch(y_buf, gpu.upload(x, "x", precision.numpy), 1, rows, 0, 0, tile,
-                                                     gemm_cpu.Rows, transposed=True)],
-                                y_buf, (rows * o + 1,), precision.numpy).astype(np.float64)
-        ref = reference(x.astype(precision.numpy), w.astype(precision.numpy), b, act)
-        error = np.linalg.norm(flat[:-1].reshape(rows, o) - ref) / np.linalg.norm(ref)
-        if not error < (1e-5 if dtype == "float32" else 1e-2) or not np.isnan(flat[-1]):
-            wrong.append(f"case {case}: {rows} x {k} -> {o}, tile {tile}, {act}, {dtype}: rel. error {error:.2e}")
-    print(f"register linear fuzz: {LINEAR_FUZZ} cases (seed {seed}), {len(wrong)} wrong")
-    assert not wrong, "\n".join(wrong)
+        act, dtype = [None, "relu", "gelu"][int(rng.integers(3))], cases.dtype()
+        error, guard = run_register_linear(gpu, o, k, rows, act, dtype, tile, rng)
+        cases.check(error < (1e-5 if dtype == "float32" else 1e-2) and np.isnan(guard),
+                    f"case {case}: {rows} x {k} -> {o}, tile {tile}, {act}, {dtype}: rel. error {error:.2e}")
+    cases.finish()
 
 
 def test_register_linear_is_for_cpu_adapters_and_enough_rows(monkeypatch):
