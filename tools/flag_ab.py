@@ -12,9 +12,11 @@ of medians (on / off), and the GPU pass alone of each where the adapter has time
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import time
+from unittest import mock
 
 import torch
 from maps_ab import add_model_arguments  # tools/ is the script's directory
@@ -25,18 +27,12 @@ from convroute.report.latency import Latency
 from convroute.report.table import format_table
 
 
-def compiled(flag: str, name: str, x, policy: str, dtype: str) -> dict:
-    """"on" / "off" -> the model compiled with `flag` at 1 / 0."""
-    model = zoo.build_any(name, 0)
+def compiled(flag: str, model, x, policy: str, dtype: str) -> dict:
+    """"on" / "off" -> `model` compiled with `flag` at 1 / 0."""
     programs = {}
-    before = os.environ.get(flag)
     for state, value in (("on", "1"), ("off", "0")):
-        os.environ[flag] = value
-        programs[state] = frontend.compile(model, (x,), policy=policy, dtype=dtype)
-    if before is None:
-        del os.environ[flag]
-    else:
-        os.environ[flag] = before
+        with mock.patch.dict(os.environ, {flag: value}):
+            programs[state] = frontend.compile(model, (x,), policy=policy, dtype=dtype)
     return programs
 
 
@@ -49,10 +45,10 @@ def main(argv=None) -> int:
     for name in args.models:
         zoo.check_name(name)
         x = torch.randn(1, 3, args.size, args.size)
-        programs = compiled(args.flag, name, x, args.policy, args.dtype)
-        reference = zoo.build_any(name, 0).double()
+        model = zoo.build_any(name, 0)
+        programs = compiled(args.flag, model, x, args.policy, args.dtype)
         with torch.no_grad():
-            expected = reference(x.double())
+            expected = copy.deepcopy(model).double()(x.double())
         errors = {s: zoo.rel_error(p(x), expected) for s, p in programs.items()}
         samples: dict[str, list[float]] = {s: [] for s in programs}
         for i in range(args.rounds):
