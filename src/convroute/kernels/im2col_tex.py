@@ -2,9 +2,10 @@
 
 B's row k = (input channel, kernel row, kernel column) holds texels of 4 output pixels, each image's pixels
 padded to whole texels (pp4 per image), images back to back; rows from K to the padded K are zeros. A gather
-writes it (textureStore) each run, one workgroup per row (its channel and taps worked out once), its
-invocations on every WG-th texel, a texel's first pixel by one division, the next three by stepping along
-the output row. Two gathers:
+writes it (textureStore) each run, an invocation per row (its channel and taps worked out once) walking its
+texels, a texel's first pixel by one division, the next three by stepping along the output row. (A workgroup
+per row left most lanes idle where rows are a few texels, late in a network, and paid lavapipe's cost per
+workgroup 8 times over, as direct_cpu's repack pass did.) Two gathers:
 - from the storage buffer, a load per value (pointwise: each input value is read once anyway);
 - from a texture of the zero-padded input that direct_cpu's repack pass writes first (one storage load per
   input value, no bounds checks after it; im2col, which reads each input value KH * KW times). At stride 1
@@ -54,7 +55,7 @@ def frame(header: str, fmt: str, source: str) -> str:
     """The gather up to the texel loop's body: row r's taps, texel t's image b and first pixel (oh, ow)."""
     buffers = source + f"\n@group(0) @binding(2) var col: texture_storage_2d_array<{fmt}, write>;"
     return storage_frame(header, PARAMS, buffers, "", WG) + f"""
-  let r = wid.x + wid.y * nwg.x;
+  let r = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
   if (r >= p.k_pad) {{ return; }}
   let row = r & {MASK};
   let layer = r >> {ROW_BITS}u;
@@ -64,7 +65,7 @@ def frame(header: str, fmt: str, source: str) -> str:
   let c = select(0u, r / (p.kw * p.kh), live);
   let dh = kh * p.dh;
   let dw = kw * p.dw;
-  for (var t = lid_x; t < p.texels; t += {WG}u) {{
+  for (var t = 0u; t < p.texels; t++) {{
     let b = t / p.pp4;
     let pix = (t - b * p.pp4) * 4u;
     let oh = pix / p.wo;
@@ -114,20 +115,20 @@ def texture_gather(header: str, fmt: str) -> str:
 
 
 def aligned_gather(header: str, fmt: str, kw: int, dw: int) -> str:
-    """Stride 1, output rows of whole texels: a workgroup per (input channel, kernel row) writes the KW rows
+    """Stride 1, output rows of whole texels: an invocation per (input channel, kernel row) writes the KW rows
     of its kernel columns; a texel's four pixels are 4 neighbouring padded columns from a texel boundary, so
     its KW texels are fixed components of the (3 + (KW - 1) * dw) / 4 + 1 input texels loaded once."""
     loads = (3 + (kw - 1) * dw) // 4 + 1
     buffers = (read_texture(1, "xt", fmt) + "\n"
                f"@group(0) @binding(2) var col: texture_storage_2d_array<{fmt}, write>;")
     out = [storage_frame(header, PARAMS, buffers, "", WG) + f"""
-  let g = wid.x + wid.y * nwg.x;
+  let g = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;
   let r0 = g * {kw}u;
   if (r0 >= p.k_pad) {{ return; }}
   let live = r0 < p.k;
   let c = select(0u, g / p.kh, live);
   let dh = (g % p.kh) * p.dh;
-  for (var t = lid_x; t < p.texels; t += {WG}u) {{
+  for (var t = 0u; t < p.texels; t++) {{
     let b = t / p.pp4;
     let pix = (t - b * p.pp4) * 4u;
     let oh = pix / p.wo;
@@ -200,5 +201,5 @@ class ColumnTextures:
             dispatches.append(direct_cpu.repack_dispatch(kernel, self.repack, x, xt, layout))
         groups = ceil_div(self.gemm.k_pad, self.rows_per_group)
         dispatches.append(gpu.dispatch(self.gather, [kernel.param_buffer(PARAMS, values), xt or x, col],
-                                       groups * WG, WG))
+                                       groups, WG))
         return dispatches + [self.gemm.dispatch(y, col, n, pixels, pp4, residual)]
