@@ -1,4 +1,5 @@
-"""Squeeze-excitation and ECA blocks in two dispatches (frontend/fuse.py, kernels/squeeze_excite.py): the global
+"""Squeeze-excitation and ECA blocks in two dispatches (frontend/fuse.py, kernels/squeeze_excite.py; three for
+squeeze-excitation on CPU adapters, and both of its kernel forms tested directly on any adapter): the global
 pool, then one kernel for the convs (two 1x1, or a conv1d over the channels), their activations, the gate and the
 scale. Matches the float64 torch reference in fp32 and fp16 (buffers NaN-poisoned before each run, conftest), with
 fewer dispatches than with CONVROUTE_SQUEEZE_EXCITE=0 (ECA: CONVROUTE_CHANNEL_ATTENTION=0), over channel blocks
@@ -6,6 +7,7 @@ that do and do not divide the channels, batch 1 and 2; a block whose pooled valu
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -14,6 +16,10 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 import convroute.frontend  # noqa: E402, F401 (before the GPU opens: see convroute.frontend)
+from conftest import run_guarded  # noqa: E402
+from convroute.device.gpu import get_gpu  # noqa: E402
+from convroute.kernels.common import F16_FEATURE, Epilogue, Precision  # noqa: E402
+from convroute.kernels.squeeze_excite import make_squeeze_excite  # noqa: E402
 from convroute.measure.reference import TOLERANCES  # noqa: E402
 from test_frontend import reference, rel_error  # noqa: E402
 
@@ -63,7 +69,7 @@ def test_squeeze_excite_in_two_dispatches(style, batch, size, dtype, monkeypatch
     assert rel_error(plain, ref) < TOLERANCES[dtype]
     assert summary.gpu_ops.get("squeeze_excite") == 1 and not summary.cpu_ops, summary.gpu_ops
     se = next(s for s in program.plan.gpu_steps if s.node.op == "squeeze_excite")
-    assert len(se.dispatches) == 1
+    assert len(se.dispatches) == (2 if program.gpu.profile.family == "cpu" else 1)
     assert plain_summary.dispatches - summary.dispatches >= 2
 
 
@@ -105,3 +111,40 @@ def test_channel_attention_in_two_dispatches(batch, size, k, dilation, bias, dty
     plain, plain_summary, _ = run(model, x, dtype, False, monkeypatch, "CONVROUTE_CHANNEL_ATTENTION")
     assert rel_error(plain, ref) < TOLERANCES[dtype]
     assert "channel_attention" not in plain_summary.gpu_ops
+
+
+@pytest.mark.parametrize("two_pass", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("n,c,cr,hw,acts", [
+    (1, 100, 12, 64, ("silu", "sigmoid", "none")),  # C a multiple of 4: the hidden pass loads four means at once
+    (2, 30, 7, 81, ("relu", "hardsigmoid", "relu")),  # C not, Cr not a multiple of 4, two strips a plane
+    (2, 20, 5, 225, ("relu", "sigmoid", "none")),  # four strips a plane
+    (1, 1152, 48, 4, ("silu", "sigmoid", "none")),  # EfficientNet's last blocks at 64 px
+])
+def test_both_squeeze_excite_kernels(two_pass, dtype, n, c, cr, hw, acts):
+    """Each form of the fused kernel (kernels/squeeze_excite.py) on any adapter, against float64, output
+    NaN-poisoned with a guard element: y = act(x * act2(W2 act1(W1 p + b1) + b2))."""
+    gpu = get_gpu()
+    if dtype == "float16" and F16_FEATURE not in gpu.profile.features:
+        pytest.skip("no shader-f16")
+    precision = Precision.parse(dtype, None)
+    rng = np.random.default_rng(c + hw)
+    x = rng.standard_normal((n, c, hw)).astype(precision.numpy)
+    pooled = x.astype(np.float64).mean(axis=2)
+    w1, b1 = rng.standard_normal((cr, c, 1, 1)) / np.sqrt(c), rng.standard_normal(cr)
+    w2, b2 = rng.standard_normal((c, cr, 1, 1)) / np.sqrt(cr), rng.standard_normal(c)
+    act1, act2, act = (Epilogue(kind) for kind in acts)
+    hidden = act1.reference(pooled @ w1.reshape(cr, c).T + b1)
+    gate = act2.reference(hidden @ w2.reshape(c, cr).T + b2)
+    ref = act.reference(x.astype(np.float64) * gate[:, :, None])
+    kernel = make_squeeze_excite(gpu, (n, c, hw), w1.astype(np.float32), b1.astype(np.float32), act1,
+                                 w2.astype(np.float32), b2.astype(np.float32), act2, act, precision, two_pass)
+    x_buf = gpu.upload(x, "x", precision.numpy)
+    p_buf = gpu.upload(pooled.astype(precision.numpy), "pooled", precision.numpy)
+    dispatches = []
+    out, guard = run_guarded(gpu, lambda y: dispatches.extend(kernel.bind(x_buf, p_buf, y)) or dispatches, ref.size,
+                             precision)
+    assert len(dispatches) == 1 + two_pass
+    assert np.isnan(guard), "the kernel wrote past its output"
+    error = np.linalg.norm(out - ref.reshape(-1)) / np.linalg.norm(ref)
+    assert error < TOLERANCES[dtype], error

@@ -11,7 +11,7 @@ from convroute.frontend.export import is_const
 from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval
 from convroute.frontend.lower import Context, GpuOp, out_meta
 from convroute.kernels.common import Epilogue
-from convroute.kernels.squeeze_excite import EfficientChannelAttention, SqueezeExcite
+from convroute.kernels.squeeze_excite import EfficientChannelAttention, make_squeeze_excite
 
 SE_ACTS = {"none": lambda v: v, "relu": F.relu, "relu6": F.relu6, "hardswish": F.hardswish, "silu": F.silu,
            "sigmoid": torch.sigmoid}  # the Epilogue kinds squeeze_excite's torch form knows, with "clamp"
@@ -169,7 +169,7 @@ def lower_squeeze_excite(ctx: Context, node: Node) -> GpuOp:
     meta, out = ctx.tensor(x), out_meta(node)
     weight1, weight2 = ctx.const(w1, "weight").numpy(), ctx.const(w2, "weight").numpy()
     bias1, bias2 = ctx.const(b1, "bias"), ctx.const(b2, "bias")
-    kernel = SqueezeExcite(ctx.gpu, tuple(meta.shape), weight1, None if bias1 is None else bias1.numpy(), act1,
+    kernel = make_squeeze_excite(ctx.gpu, tuple(meta.shape), weight1, None if bias1 is None else bias1.numpy(), act1,
                            weight2, None if bias2 is None else bias2.numpy(), act2, act, ctx.precision)
     flops = 2 * meta.shape[0] * weight1.size * 2 + out.numel()
     return GpuOp(node, [x.name, pooled.name], lambda ins, y: kernel.bind(ins[0], ins[1], y), flops)

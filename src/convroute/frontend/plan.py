@@ -132,8 +132,9 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     $CONVROUTE_CHANNELS_LAST (on): permute -> per-pixel ops -> permute back runs on NCHW without the permutes
     (frontend/channels_last.py); $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes
     into the convs;
-    $CONVROUTE_SQUEEZE_EXCITE (off: mixed on lavapipe, unmeasured on GPUs) and $CONVROUTE_CHANNEL_ATTENTION (on): a
-    squeeze-excitation or an ECA block runs as its pool and one dispatch (frontend/fuse.py).
+    $CONVROUTE_SQUEEZE_EXCITE (on for CPU adapters, where it runs as the pool and two dispatches; off on GPUs
+    until measured there) and $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as
+    its pool and one dispatch (frontend/fuse.py, kernels/squeeze_excite.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
@@ -145,7 +146,7 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
-    if env_flag("CONVROUTE_SQUEEZE_EXCITE", False):
+    if env_flag("CONVROUTE_SQUEEZE_EXCITE", ctx.gpu.profile.family == "cpu"):
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)

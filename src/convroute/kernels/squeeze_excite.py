@@ -5,10 +5,14 @@ gate = act2(W2 act1(W1 p + b1) + b2) and y = act(x * gate) over x [N, C, H*W], i
 One workgroup per (block of CB channels, image): it computes the whole hidden vector (Cr = W1's rows; every
 workgroup of an image repeats this small matvec, threads splitting the C terms and summing in workgroup
 memory), then its CB gates, then scales its CB planes. CB is chosen so that each workgroup scales a few thousand
-elements, and on CPU adapters at least C * Cr of them, which keeps the repeated matvec no larger than the
-scaling there (lavapipe ran a 480-channel block 5x slower with 15 workgroups than with 2: its matvecs are slow;
-a GPU runs the repeats side by side). Sizes are baked into the source (no parameter block).
+elements (a GPU runs the repeated matvecs side by side). Sizes are baked into the source (no parameter block).
 Weights stay f32; x and y are stored as ST (float32 or float16) and all arithmetic is f32.
+
+CPU adapters run `TwoPassSqueezeExcite` instead (`make_squeeze_excite` picks): the hidden vector once per image
+into a scratch buffer, then an invocation per (image, channel, strip of its plane) that computes its gate and
+scales its strip; weights in fours (vec4 loads: lavapipe's storage loads are slow). No workgroup memory, no
+barriers: the one-dispatch kernel ran a block at 2x2 as one workgroup on one of lavapipe's threads (2.9 ms for
+960 channels).
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FP32, Epilogue, Precision, ceil_div, storage
+from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Epilogue, Precision, ceil_div, storage
 
 WG = 256
 ELEMENTS_PER_GROUP = 4096  # scale work a workgroup takes on, at least
+CPU_WG = 8  # one llvmpipe SIMD vector
+CPU_STRIP = 64  # elements of a plane that one invocation of the two-pass form scales, at least
 
 
 def pow2_at_most(n: int, cap: int) -> int:
@@ -29,18 +35,30 @@ def pow2_at_most(n: int, cap: int) -> int:
     return p
 
 
+def make_squeeze_excite(gpu: Gpu, shape: tuple, w1: np.ndarray, b1: np.ndarray | None, act1: Epilogue,
+                        w2: np.ndarray, b2: np.ndarray | None, act2: Epilogue, act: Epilogue | None = None,
+                        precision: Precision = FP32, two_pass: bool | None = None):
+    """The block's kernel: `TwoPassSqueezeExcite` on CPU adapters (or where `two_pass`), else `SqueezeExcite`."""
+    cls = TwoPassSqueezeExcite if (gpu.profile.family == "cpu" if two_pass is None else two_pass) else SqueezeExcite
+    return cls(gpu, shape, w1, b1, act1, w2, b2, act2, act, precision)
+
+
+def check_weights(c: int, w1: np.ndarray, w2: np.ndarray) -> int:
+    """Cr, after checking that W1 [Cr, C] and W2 [C, Cr] fit C channels."""
+    cr = w1.shape[0]
+    if w1.reshape(cr, -1).shape[1] != c or w2.reshape(c, -1).shape[1] != cr:
+        raise ValueError(f"squeeze-excite weights {w1.shape}, {w2.shape} do not fit {c} channels")
+    return cr
+
+
 class SqueezeExcite:
     def __init__(self, gpu: Gpu, shape: tuple, w1: np.ndarray, b1: np.ndarray | None, act1: Epilogue,
                  w2: np.ndarray, b2: np.ndarray | None, act2: Epilogue, act: Epilogue | None = None,
                  precision: Precision = FP32):
         n, c, hw = shape[0], shape[1], int(np.prod(shape[2:]))
-        cr = w1.shape[0]
-        if w1.reshape(cr, -1).shape[1] != c or w2.reshape(c, -1).shape[1] != cr:
-            raise ValueError(f"squeeze-excite weights {w1.shape}, {w2.shape} do not fit {c} channels")
+        cr = check_weights(c, w1, w2)
         self.gpu, self.n = gpu, n
-        # each workgroup repeats the C x Cr matvec: on CPU adapters (few threads) at least as many elements to scale
-        repeat = ceil_div(c * cr, hw) if gpu.profile.family == "cpu" else 1
-        self.cb = max(1, min(c, max(ceil_div(ELEMENTS_PER_GROUP, hw), repeat)))
+        self.cb = max(1, min(c, ceil_div(ELEMENTS_PER_GROUP, hw)))
         self.blocks = ceil_div(c, self.cb)
         if max(self.blocks, n) > gpu.profile.max_workgroups_per_dim:
             raise ValueError(f"squeeze-excite grid {self.blocks} x {n} exceeds the device's dispatch grid")
@@ -125,6 +143,101 @@ fn main({ENTRY_ARGS}) {{
     workgroupBarrier();
   }}
 {SCALE_BY_GATE}}}
+"""
+
+
+class TwoPassSqueezeExcite:
+    """The block in two dispatches without workgroup memory (see the module's text): hidden[img] = act1(W1 p +
+    b1) with an invocation per four hidden units, then an invocation per (image, channel, strip)."""
+
+    def __init__(self, gpu: Gpu, shape: tuple, w1: np.ndarray, b1: np.ndarray | None, act1: Epilogue,
+                 w2: np.ndarray, b2: np.ndarray | None, act2: Epilogue, act: Epilogue | None = None,
+                 precision: Precision = FP32):
+        n, c, hw = shape[0], shape[1], int(np.prod(shape[2:]))
+        cr = check_weights(c, w1, w2)
+        cr4 = ceil_div(cr, 4)
+        w1t = np.zeros((c, 4 * cr4), np.float32)  # [C, Cr] in fours; the padded units meet zeros in W2
+        w1t[:, :cr] = w1.reshape(cr, c).T
+        w2p = np.zeros((c, 4 * cr4), np.float32)
+        w2p[:, :cr] = w2.reshape(c, cr)
+        b1p = np.zeros(4 * cr4, np.float32)
+        if b1 is not None:
+            b1p[:cr] = b1.reshape(cr)
+        self.gpu, self.shape = gpu, (n, c, cr4)
+        self.w1t, self.b1 = gpu.upload(w1t, "squeeze-excite W1^T"), gpu.upload(b1p, "squeeze-excite b1")
+        self.w2 = gpu.upload(w2p, "squeeze-excite W2")
+        self.b2 = gpu.upload(np.zeros(c, np.float32) if b2 is None else b2.reshape(c), "squeeze-excite b2")
+        self.hidden = gpu.empty(16 * n * cr4, "squeeze-excite hidden vector")
+        self.strips = ceil_div(hw, min(hw, max(4 * cr4, CPU_STRIP)))  # the gate's Cr terms at most double the work
+        self.sources = (hidden_shader(n, c, cr4, act1, precision),
+                        gate_shader(n, c, cr4, hw, self.strips, act2, act or Epilogue(), precision))
+        for source in self.sources:
+            gpu.pipeline(source)
+
+    def bind(self, x, pooled, y) -> list[Dispatch]:
+        n, c, cr4 = self.shape
+        hidden, gate = self.sources
+        return [self.gpu.dispatch(hidden, [pooled, self.w1t, self.b1, self.hidden], n * cr4, CPU_WG),
+                self.gpu.dispatch(gate, [x, self.hidden, self.w2, self.b2, y], n * c * self.strips, CPU_WG)]
+
+
+def hidden_shader(n: int, c: int, cr4: int, act1: Epilogue, precision: Precision) -> str:
+    """hidden[img, 4j..4j+3] = act1(b1 + sum_k pooled[img, k] W1^T[k, 4j..4j+3]), an invocation per (img, j);
+    four pooled means a load where C is a multiple of 4."""
+    if c % 4:
+        pooled, loop = "pooled", "  for (var k = 0u; k < C; k++) { h += f32(pooled[img * C + k]) * w1t[k * CR4 + j]; }"
+    else:
+        pooled, loop = "pooled:vec4<ST>", """  for (var k = 0u; k < C; k += 4u) {
+    let p = vec4<f32>(pooled[(img * C + k) / 4u]);
+    let w = k * CR4 + j;
+    h += p.x * w1t[w] + p.y * w1t[w + CR4] + p.z * w1t[w + 2u * CR4] + p.w * w1t[w + 3u * CR4];
+  }"""
+    return precision.wgsl() + f"""
+const C: u32 = {c}u;
+const CR4: u32 = {cr4}u;
+const WG: u32 = {CPU_WG}u;
+{storage(pooled, "w1t:vec4<f32>", "b1:vec4<f32>", "hidden!:vec4<f32>", first=0)}
+{act1.wgsl("act1")}
+@compute @workgroup_size({CPU_WG})
+fn main({ENTRY_ARGS}) {{
+  let t = {FLAT_INDEX};
+  if (t >= {n * cr4}u) {{ return; }}
+  let img = t / CR4;
+  let j = t % CR4;
+  var h = b1[j];
+{loop}
+  hidden[t] = vec4<f32>(act1(h.x), act1(h.y), act1(h.z), act1(h.w));
+}}
+"""
+
+
+def gate_shader(n: int, c: int, cr4: int, hw: int, strips: int, act2: Epilogue, act: Epilogue,
+                precision: Precision) -> str:
+    """An invocation per (image, channel, strip): the channel's gate, then act(x * gate) over every
+    `strips`-th element of the plane from the strip's index (neighbouring invocations, neighbouring elements)."""
+    return precision.wgsl() + f"""
+const C: u32 = {c}u;
+const CR4: u32 = {cr4}u;
+const HW: u32 = {hw}u;
+const STRIPS: u32 = {strips}u;
+const WG: u32 = {CPU_WG}u;
+{storage("x", "hidden:vec4<f32>", "w2:vec4<f32>", "b2:f32", "y!", first=0)}
+{act2.wgsl("act2")}
+{act.wgsl("act")}
+@compute @workgroup_size({CPU_WG})
+fn main({ENTRY_ARGS}) {{
+  let t = {FLAT_INDEX};
+  if (t >= {n * c * strips}u) {{ return; }}
+  let strip = t % STRIPS;
+  let plane = t / STRIPS;
+  let ch = plane % C;
+  let img = plane / C;
+  var g = b2[ch];
+  for (var k = 0u; k < CR4; k++) {{ g += dot(hidden[img * CR4 + k], w2[ch * CR4 + k]); }}
+  g = act2(g);
+  let base = plane * HW;
+  for (var e = strip; e < HW; e += STRIPS) {{ y[base + e] = ST(act(f32(x[base + e]) * g)); }}
+}}
 """
 
 
