@@ -20,7 +20,16 @@ from __future__ import annotations
 import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
-from convroute.kernels.common import ENTRY_ARGS, FLAT_INDEX, FP32, Epilogue, Precision, ceil_div, storage
+from convroute.kernels.common import (
+    ENTRY_ARGS,
+    FLAT_INDEX,
+    FP32,
+    Epilogue,
+    Precision,
+    ceil_div,
+    constants,
+    storage,
+)
 
 WG = 256
 ELEMENTS_PER_GROUP = 4096  # scale work a workgroup takes on, at least
@@ -90,16 +99,8 @@ def shader(c: int, cr: int, hw: int, cb: int, wg: int, act1: Epilogue, act2: Epi
            precision: Precision) -> str:
     hj = pow2_at_most(cr, wg)  # hidden units per round; wg / hj threads split each one's C terms
     gj = pow2_at_most(cb, wg)  # gates per round; wg / gj threads split each one's Cr terms
-    return precision.wgsl() + f"""
-const C: u32 = {c}u;
-const CR: u32 = {cr}u;
-const HW: u32 = {hw}u;
-const CB: u32 = {cb}u;
-const WG: u32 = {wg}u;
-const HJ: u32 = {hj}u;
-const HS: u32 = {wg // hj}u;
-const GJ: u32 = {gj}u;
-const GS: u32 = {wg // gj}u;
+    sizes = constants(dict(C=c, CR=cr, HW=hw, CB=cb, WG=wg, HJ=hj, HS=wg // hj, GJ=gj, GS=wg // gj))
+    return precision.wgsl() + sizes + f"""
 {storage("x", "pooled", "w1t:f32", "b1:f32", "w2:f32", "b2:f32", "y!", first=0)}
 var<workgroup> part: array<f32, {wg}>;
 var<workgroup> hidden: array<f32, {cr}>;
@@ -192,10 +193,7 @@ def hidden_shader(n: int, c: int, cr4: int, act1: Epilogue, precision: Precision
     let w = k * CR4 + j;
     h += p.x * w1t[w] + p.y * w1t[w + CR4] + p.z * w1t[w + 2u * CR4] + p.w * w1t[w + 3u * CR4];
   }"""
-    return precision.wgsl() + f"""
-const C: u32 = {c}u;
-const CR4: u32 = {cr4}u;
-const WG: u32 = {CPU_WG}u;
+    return precision.wgsl() + constants(dict(C=c, CR4=cr4, WG=CPU_WG)) + f"""
 {storage(pooled, "w1t:vec4<f32>", "b1:vec4<f32>", "hidden!:vec4<f32>", first=0)}
 {act1.wgsl("act1")}
 @compute @workgroup_size({CPU_WG})
@@ -215,12 +213,7 @@ def gate_shader(n: int, c: int, cr4: int, hw: int, strips: int, act2: Epilogue, 
                 precision: Precision) -> str:
     """An invocation per (image, channel, strip): the channel's gate, then act(x * gate) over every
     `strips`-th element of the plane from the strip's index (neighbouring invocations, neighbouring elements)."""
-    return precision.wgsl() + f"""
-const C: u32 = {c}u;
-const CR4: u32 = {cr4}u;
-const HW: u32 = {hw}u;
-const STRIPS: u32 = {strips}u;
-const WG: u32 = {CPU_WG}u;
+    return precision.wgsl() + constants(dict(C=c, CR4=cr4, HW=hw, STRIPS=strips, WG=CPU_WG)) + f"""
 {storage("x", "hidden:vec4<f32>", "w2:vec4<f32>", "b2:f32", "y!", first=0)}
 {act2.wgsl("act2")}
 {act.wgsl("act")}
@@ -269,12 +262,7 @@ class EfficientChannelAttention:
 
 def eca_shader(c: int, hw: int, cb: int, wg: int, k: int, padding: int, dilation: int, act2: Epilogue,
                act: Epilogue, precision: Precision) -> str:
-    return precision.wgsl() + f"""
-const C: u32 = {c}u;
-const HW: u32 = {hw}u;
-const CB: u32 = {cb}u;
-const WG: u32 = {wg}u;
-const K: u32 = {k}u;
+    return precision.wgsl() + constants(dict(C=c, HW=hw, CB=cb, WG=wg, K=k)) + f"""
 {storage("x", "pooled", "taps:f32", "y!", first=0)}
 var<workgroup> gate: array<f32, {cb}>;
 {act2.wgsl("act2")}
