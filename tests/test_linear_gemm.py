@@ -1,6 +1,7 @@
 """GemmLinear and Gemv: linear layers on GPUs (the tiled GEMM; a workgroup per 4 features for <= 4 rows);
 RegisterLinear: CPU adapters' register tiles for >= 4 rows (run on every device here, its style forced);
-lavapipe keeps the streaming kernel for fewer rows but runs these too."""
+TexLinear: CPU adapters' fewer rows, the weight in a texture (run on every device here); lavapipe runs the
+GPU kernels too."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from convroute.device.profile import DeviceProfile
 from convroute.kernels import gemm_cpu
 from convroute.kernels.base import CPU_LOOP_LIMIT
 from convroute.kernels.common import F16_FEATURE, Precision
-from convroute.kernels.linear import GEMV_ROWS, REGISTER_ROWS, GemmLinear, Gemv, RegisterLinear
+from convroute.kernels.direct_cpu import TEX_DIM
+from convroute.kernels.linear import GEMV_ROWS, REGISTER_ROWS, GemmLinear, Gemv, RegisterLinear, TexLinear
 
 
 def reference(x, w, b, act):
@@ -160,6 +162,59 @@ def test_register_linear_is_for_cpu_adapters_and_enough_rows(monkeypatch):
     assert not RegisterLinear.fits(gpu, (4096, 25088 * 16), 64)  # past one binding: Linear splits it
 
 
+@pytest.mark.parametrize("out_features, in_features, rows, act, dtype", [
+    (1000, 1280, 1, None, "float32"),  # a classifier
+    (10, 7, 2, "relu", "float32"),  # K below one unrolled step: the tail loop alone
+    (1001, 1003, 3, "gelu", "float32"),  # features and K not multiples of 4
+    (130, 2 * TEX_DIM + 9, 1, None, "float32"),  # three K segments, the last one short
+    (1000, 2048, 2, "relu", "float16"),
+])
+def test_tex_linear_matches_float64(out_features, in_features, rows, act, dtype):
+    gpu = get_gpu()
+    if dtype == "float16" and F16_FEATURE not in gpu.profile.features:
+        pytest.skip("no shader-f16 on this adapter")
+    rng = np.random.default_rng(out_features * rows + in_features)
+    error, guard = run_tex_linear(gpu, out_features, in_features, rows, act, dtype, rng)
+    assert np.isnan(guard), "wrote past the output"
+    assert error < (1e-5 if dtype == "float32" else 1e-2)
+
+
+def run_tex_linear(gpu, o: int, k: int, rows: int, act, dtype: str, rng) -> tuple[float, float]:
+    """TexLinear on random weights and rows, NaNs past x: (relative error against float64, the guard element)."""
+    precision = Precision(dtype)
+    w, b, x = (rng.standard_normal(shape).astype(np.float32) for shape in ((o, k), (o,), (rows, k)))
+    layer = TexLinear(gpu, w, b, act, precision)
+    x_buf = gpu.upload(np.append(x, np.full(8, np.nan, np.float32)), "x and NaNs past it", precision.numpy)
+    flat, guard = run_guarded(gpu, lambda y: layer.bind(x_buf, y, rows), rows * o, precision)
+    ref = reference(x.astype(precision.numpy), w.astype(precision.numpy), b, act)
+    return float(np.linalg.norm(flat.reshape(rows, o) - ref) / np.linalg.norm(ref)), guard
+
+
+def test_tex_linear_random_shapes():
+    """CONVROUTE_LINEAR_FUZZ random texture linears (6 by default; CONVROUTE_LINEAR_FUZZ_SEED replays), K past
+    one texture row among them, against float64; a failure names the case."""
+    gpu = get_gpu()
+    cases = RandomCases(gpu, "CONVROUTE_LINEAR_FUZZ", "texture linear fuzz", seed=23)
+    rng = cases.rng
+    for case in range(cases.count):
+        o, rows = int(rng.integers(1, 600)), int(rng.integers(1, REGISTER_ROWS))
+        k = int(rng.integers(1, 3 * TEX_DIM if rng.random() < 0.2 else 1500))
+        act, dtype = [None, "relu", "gelu"][int(rng.integers(3))], cases.dtype()
+        error, guard = run_tex_linear(gpu, o, k, rows, act, dtype, rng)
+        cases.check(error < (1e-5 if dtype == "float32" else 1e-2) and np.isnan(guard),
+                    f"case {case}: {rows} x {k} -> {o}, {act}, {dtype}: rel. error {error:.2e}")
+    cases.finish()
+
+
+def test_tex_linear_is_for_cpu_adapters_and_few_rows():
+    gpu = get_gpu()
+    assert TexLinear.fits(gpu, (1000, 1280), 1) == gpu.profile.texture_paths
+    assert not TexLinear.fits(gpu, (1000, 1280), REGISTER_ROWS)  # RegisterLinear's
+    assert not TexLinear.fits(gpu, (8, 4 * CPU_LOOP_LIMIT), 1)  # lavapipe would stop its K loop early
+    with pytest.raises(ValueError, match="rows"):
+        TexLinear(gpu, np.ones((8, 8), np.float32), None).bind(None, None, REGISTER_ROWS)
+
+
 def test_a_token_mlp_compiles_to_register_tiles_on_cpu_adapters(monkeypatch):
     torch = pytest.importorskip("torch")
     import convroute.frontend as frontend
@@ -169,6 +224,9 @@ def test_a_token_mlp_compiles_to_register_tiles_on_cpu_adapters(monkeypatch):
     made = []
     monkeypatch.setattr(lower, "RegisterLinear", type("Spy", (RegisterLinear,), {
         "__init__": lambda self, *a, **k: (made.append(a[1].shape), RegisterLinear.__init__(self, *a, **k))[1]}))
+    textured = []
+    monkeypatch.setattr(lower, "TexLinear", type("Spy", (TexLinear,), {
+        "__init__": lambda self, *a, **k: (textured.append(a[1].shape), TexLinear.__init__(self, *a, **k))[1]}))
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(96, 384), torch.nn.GELU(), torch.nn.Linear(384, 96),
                                 torch.nn.Flatten(), torch.nn.Linear(50 * 96, 10)).eval()
@@ -178,4 +236,5 @@ def test_a_token_mlp_compiles_to_register_tiles_on_cpu_adapters(monkeypatch):
         ref = model.double()(x.double())
     got = program(x).double()
     assert torch.linalg.norm(got - ref) / torch.linalg.norm(ref) < 1e-5
-    assert made == [(384, 96), (96, 384)]  # the 1-row classifier keeps the streaming kernel
+    assert made == [(384, 96), (96, 384)]  # not the 1-row classifier: TexLinear where textures are the CPU path
+    assert textured == ([(10, 50 * 96)] if program.gpu.profile.texture_paths else [])

@@ -37,7 +37,7 @@ from convroute.kernels.elementwise import (
 )
 from convroute.kernels.gather import Gather
 from convroute.kernels.layout import StridedCopy
-from convroute.kernels.linear import GemmLinear, Gemv, Linear, RegisterLinear
+from convroute.kernels.linear import GemmLinear, Gemv, Linear, RegisterLinear, TexLinear
 from convroute.kernels.norm import GroupNorm, LayerNorm
 from convroute.kernels.pool import Pool2d
 from convroute.kernels.reduce import Reduce, Softmax
@@ -319,7 +319,8 @@ def lower_linear(ctx: Context, node: Node) -> GpuOp:
     shape = tuple(weight.shape)
     kind = Gemv if Gemv.fits(ctx.gpu, shape, rows, ctx.precision) else \
         GemmLinear if GemmLinear.fits(ctx.gpu, shape, ctx.precision) else \
-        RegisterLinear if RegisterLinear.fits(ctx.gpu, shape, rows, ctx.precision) else Linear
+        RegisterLinear if RegisterLinear.fits(ctx.gpu, shape, rows, ctx.precision) else \
+        TexLinear if TexLinear.fits(ctx.gpu, shape, rows) else Linear
     kernel = kind(ctx.gpu, weight.numpy(), None if bias is None else bias.reshape(-1).numpy(), node.act,
                   precision=ctx.precision)
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y, rows), rows * kernel.flops_per_row)

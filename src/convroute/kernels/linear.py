@@ -23,9 +23,21 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels import gemm, gemm_cpu
-from convroute.kernels.common import FP32, Precision, ceil_div, pack, storage, uniform_block
+from convroute.kernels.base import CPU_LOOP_LIMIT
+from convroute.kernels.common import (
+    ENTRY_ARGS,
+    FLAT_INDEX,
+    FP32,
+    Precision,
+    ceil_div,
+    constants,
+    pack,
+    storage,
+    uniform_block,
+)
+from convroute.kernels.direct_cpu import FORMATS, ROW_BITS, TEX_DIM, TEX_LAYERS, TextureLayout, read_texture
 from convroute.kernels.elementwise import act_source
-from convroute.kernels.flat import flat_shader, launch
+from convroute.kernels.flat import WG, flat_shader, launch
 
 K_SLICE = 16384
 PARAMS = ["m", "k", "o", "ob", "ob0", "k0", "kn", "first", "last", "total"]
@@ -191,6 +203,97 @@ class RegisterLinear:
 
     def bind(self, x, y, m: int) -> list[Dispatch]:
         return [self.gemm.dispatch(y, x, 1, m, 0, 0, bsrc=gemm_cpu.Rows, transposed=True)]
+
+
+TEX_UNROLL = 4  # texels per step of TexLinear's K loop
+
+
+class TexLinear:
+    """Linear for fewer than REGISTER_ROWS rows on CPU adapters: the weight in a texture, an invocation per 4
+    output features streaming their texture row of each K segment, every row of x unrolled. lavapipe reads texels at
+    about twice the rate of storage vec4s (4096 x 4096: 15.4 vs 6.8 GB/s; NOTES session 18). Flat texture row
+    jb * S + s holds output block jb's texels k of segment s (S segments of KS <= TEX_DIM texels, the last one
+    short where S * KS > K). Sizes are WGSL constants (no parameter block)."""
+
+    def __init__(self, gpu: Gpu, weight: np.ndarray, bias: np.ndarray | None, act=None, precision: Precision = FP32):
+        self.gpu, self.act, self.precision = gpu, act, precision
+        packed, b = pack_fours(weight, bias)  # [OB, K, 4]
+        self.blocks, self.k = packed.shape[:2]
+        self.o = np.asarray(weight).shape[0]
+        self.segments, self.ks = tex_segments(self.k)
+        padded = np.zeros((self.blocks, self.segments * self.ks, 4), np.float32)
+        padded[:, :self.k] = packed
+        rows = padded.reshape(self.blocks * self.segments, self.ks, 4)
+        height, layers = TextureLayout.shape(len(rows))
+        texels = np.zeros((layers * height, self.ks, 4), precision.numpy)
+        texels[:len(rows)] = rows
+        self.weight = gpu.texture_of(texels.reshape(layers, height, self.ks, 4), FORMATS[precision.dtype],
+                                     "linear weight texels")
+        self.bias = gpu.upload(b, "linear bias")
+
+    @staticmethod
+    def fits(gpu: Gpu, weight_shape, rows: int) -> bool:
+        o, k = weight_shape
+        segments, ks = tex_segments(k)
+        loops = segments * (ks // TEX_UNROLL + TEX_UNROLL)
+        return (gpu.profile.texture_paths and rows < REGISTER_ROWS and loops < CPU_LOOP_LIMIT
+                and TextureLayout.shape(ceil_div(o, 4) * segments)[1] <= TEX_LAYERS)
+
+    @property
+    def flops_per_row(self) -> int:
+        return 2 * self.k * self.o
+
+    def source(self, rows: int) -> str:
+        step = "\n".join(f"      let w{u} = textureLoad(wt, vec2<u32>(q + {u}u, tr), tl);" for u in range(TEX_UNROLL))
+        step += "\n" + "\n".join(f"      acc[{r}] += " + " + ".join(f"w{u} * f32(x[x{r} + k + {u}u])"
+                                                              for u in range(TEX_UNROLL)) + ";" for r in range(rows))
+        tail = "\n".join(f"      acc[{r}] += w * f32(x[x{r} + k]);" for r in range(rows))
+        offsets = "\n".join(f"  let x{r} = {r * self.k}u;" for r in range(rows))
+        sizes = constants(dict(K=self.k, KS=self.ks, S=self.segments, OB=self.blocks, O=self.o, WG=WG))
+        return self.precision.wgsl() + sizes + act_source(self.act) + f"""
+{read_texture(0, "wt", FORMATS[self.precision.dtype])}
+{storage("x", "bias:vec4<f32>", "y!")}
+@compute @workgroup_size({WG})
+fn main({ENTRY_ARGS}) {{
+  let t = {FLAT_INDEX};
+  if (t >= OB) {{ return; }}
+  let jb = t;
+{offsets}
+  var acc: array<vec4<f32>, {rows}>;
+  for (var r = 0u; r < {rows}u; r++) {{ acc[r] = bias[jb]; }}
+  for (var s = 0u; s < S; s++) {{
+    let row = jb * S + s;
+    let tr = row & {TEX_DIM - 1}u;
+    let tl = row >> {ROW_BITS}u;
+    let k0 = s * KS;
+    let kn = min(KS, K - k0);
+    var q = 0u;
+    for (; q + {TEX_UNROLL}u <= kn; q += {TEX_UNROLL}u) {{
+      let k = k0 + q;
+{step}
+    }}
+    for (; q < kn; q++) {{
+      let k = k0 + q;
+      let w = textureLoad(wt, vec2<u32>(q, tr), tl);
+{tail}
+    }}
+  }}
+  for (var r = 0u; r < {rows}u; r++) {{
+    for (var i = 0u; i < 4u; i++) {{ if (jb * 4u + i < O) {{ y[r * O + jb * 4u + i] = ST(act(acc[r][i])); }} }}
+  }}
+}}
+"""
+
+    def bind(self, x, y, m: int) -> list[Dispatch]:
+        if not 1 <= m < REGISTER_ROWS:
+            raise ValueError(f"TexLinear takes 1 to {REGISTER_ROWS - 1} rows, got {m}")
+        return [self.gpu.dispatch(self.source(m), [self.weight, x, self.bias, y], self.blocks, WG)]
+
+
+def tex_segments(k: int) -> tuple[int, int]:
+    """(S, KS): K split into S texture rows of KS texels each, KS a multiple of TEX_UNROLL within TEX_DIM."""
+    segments = ceil_div(k, TEX_DIM - TEX_UNROLL)
+    return segments, ceil_div(ceil_div(k, segments), TEX_UNROLL) * TEX_UNROLL
 
 
 REGISTER_ROWS = 4
