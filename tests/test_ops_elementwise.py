@@ -1,7 +1,8 @@
 """Issue 26's activations and elementwise math against torch: the activation table's float64 references, each
 parametrised activation fused into a conv's epilogue on every conv path that stores through it (GEMM, direct,
 depthwise, Winograd), standalone activations, and broadcasting math up to rank 6 (pow, maximum/minimum, where
-with a constant or a comparison condition, clamp with tensor bounds, unary math) in float32 and float16.
+with a constant or a comparison condition, clamp with tensor bounds, unary math) in float32 and float16, and a
+standalone batch norm's kernel in both of its forms.
 Outputs are poisoned with NaN before each run (conftest); inputs are fresh random draws."""
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
-from conftest import assert_matches, rel_error  # noqa: E402
-from convroute.kernels.common import ACTIVATIONS, F16_FEATURE, SELU, Epilogue  # noqa: E402
+from conftest import assert_matches, rel_error, run_guarded  # noqa: E402
+from convroute.device.gpu import get_gpu  # noqa: E402
+from convroute.kernels.common import ACTIVATIONS, F16_FEATURE, SELU, Epilogue, Precision  # noqa: E402
+from convroute.kernels.elementwise import ChannelAffine  # noqa: E402
 from convroute.measure.reference import TOLERANCES  # noqa: E402
 
 # (as Conv2d / Epilogue take it, torch's function): every row of the table, parameters off their defaults
@@ -215,3 +218,26 @@ def test_decomposed_graphs_keep_the_activations_whole():
     assert ops == ["elu", "celu", "add.Tensor", "selu", "add.Tensor", "mish", "add.Tensor", "softplus", "add.Tensor",
                    "log_sigmoid", "add.Tensor", "gelu", "add.Tensor", "leaky_relu", "add.Tensor", "relu6",
                    "add.Tensor", "cumsum"], ops
+
+
+@pytest.mark.parametrize("per_plane", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("shape", [(1, 256, 16, 16), (2, 3, 5, 7), (1, 1024, 2, 2), (2, 8, 40, 40), (1, 6, 9)])
+def test_channel_affine_both_forms(shape, dtype, per_plane):
+    """A batch norm with nothing to fold into (kernels.elementwise.ChannelAffine), both forms on any adapter:
+    per element (GPUs) and per (plane, strip) (CPU adapters; vec4 loads where planes are whole vec4s, several
+    strips where planes are long), against float64, the output poisoned with a guard element."""
+    gpu = get_gpu()
+    if dtype == "float16" and F16_FEATURE not in gpu.profile.features:
+        pytest.skip("no shader-f16")
+    precision = Precision(dtype)
+    rng = np.random.default_rng(sum(shape))
+    x = rng.standard_normal(shape).astype(precision.numpy)
+    scale, shift = rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    ref = Epilogue("silu").reference(x.astype(np.float64) * scale.reshape(1, -1, *[1] * (len(shape) - 2))
+                                     + shift.reshape(1, -1, *[1] * (len(shape) - 2)))
+    kernel = ChannelAffine(gpu, shape, scale, shift, "silu", precision, per_plane)
+    x_buf = gpu.upload(x, "x", precision.numpy)
+    out, guard = run_guarded(gpu, lambda y: kernel.bind(x_buf, y), ref.size, precision)
+    assert np.isnan(guard), "wrote past the output"
+    assert rel_error(out, ref.reshape(-1)) < TOLERANCES[dtype]
