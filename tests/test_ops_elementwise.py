@@ -17,6 +17,7 @@ import torch.nn.functional as F  # noqa: E402
 import convroute  # noqa: E402
 from conftest import assert_matches, rel_error, run_guarded  # noqa: E402
 from convroute.device.gpu import get_gpu  # noqa: E402
+from convroute.kernels import elementwise  # noqa: E402
 from convroute.kernels.common import ACTIVATIONS, F16_FEATURE, SELU, Epilogue, Precision  # noqa: E402
 from convroute.kernels.elementwise import ChannelAffine  # noqa: E402
 from convroute.measure.reference import TOLERANCES  # noqa: E402
@@ -180,7 +181,10 @@ class Math(nn.Module):
 
 
 @pytest.mark.gpu
-def test_broadcasting_math_up_to_rank_6(dtype):
+@pytest.mark.parametrize("cpu_form", [True, False])
+def test_broadcasting_math_up_to_rank_6(dtype, cpu_form, monkeypatch):
+    """Both forms of the broadcasting kernel on any adapter: per element (GPUs), per (row, strip) (CPU adapters)."""
+    monkeypatch.setattr(elementwise, "cpu_form", lambda gpu: cpu_form)
     torch.manual_seed(2)
     program, s = check_model(Math().eval(), (torch.randn(2, 4, 3, 5), torch.randn(4, 1, 5)), dtype)
     assert {"pow.Tensor_Scalar", "pow.Scalar", "pow.Tensor_Tensor", "maximum", "minimum", "where.self",

@@ -136,6 +136,11 @@ class Elementwise:
                            **{f"s{j}_{k}": c[k] for j, c in enumerate(cols) for k in range(rank)},
                            **{n: f32_bits(v) for n, v in scalars.items()})
         same = all(tuple(s) == out_shape for s in shapes)
+        self.rows = None
+        if not same and cpu_form(gpu):
+            self.rows, self.source = row_strips(dims, cols, expr, scalars, act, precision)
+            gpu.pipeline(self.source)
+            return
         lines = [f"  let {n} = bitcast<f32>(P.{n});" for n in scalars]
         if not same:
             lines.append(split_index("t", [(f"i{k}", f"P.d{k}") for k in reversed(range(1, rank))], "i0"))
@@ -151,7 +156,44 @@ class Elementwise:
         """Operand buffers in order, then y."""
         if len(buffers) != self.count + 1:
             raise ValueError(f"elementwise op takes {self.count} operand buffers and y, got {len(buffers)}")
+        if self.rows is not None:
+            return [self.gpu.dispatch(self.source, list(buffers), self.rows, CPU_WG)]
         return [launch(self.gpu, self.source, self.params, self.values, list(buffers))]
+
+
+def cpu_form(gpu: Gpu) -> bool:
+    """Whether elementwise kernels take their CPU adapters' form: an invocation per row (or plane) and strip,
+    the index math once per invocation, not per element (llvmpipe divides lane by lane; NOTES session 18)."""
+    return gpu.profile.family == "cpu"
+
+
+def row_strips(dims: list[int], cols: list[list[int]], expr: str, scalars: dict, act,
+               precision: Precision) -> tuple[int, str]:
+    """Elementwise's CPU form over the collapsed `dims` (operand j's strides `cols[j]`): (invocations, WGSL),
+    an invocation per (row of the innermost dim, strip), its operands' row offsets worked out once."""
+    *outer, inner = dims
+    strips = ceil_div(inner, min(inner, CPU_STRIP))
+    lines = [f"  let {n} = bitcast<f32>({f32_bits(v)}u);" for n, v in scalars.items()]
+    lines += [f"  let strip = t % {strips}u;", f"  let o = t / {strips}u;"]
+    if outer:
+        lines.append(split_index("o", [(f"i{k}", f"{outer[k]}u") for k in reversed(range(1, len(outer)))], "i0"))
+    for j, c in enumerate(cols):
+        lines.append(f"  let b{j} = " + " + ".join([f"i{k} * {c[k]}u" for k in range(len(outer))] or ["0u"]) + ";")
+    loads = "\n".join(f"    let u{j} = f32(x{j}[b{j} + e * {c[-1]}u]);" for j, c in enumerate(cols))
+    rows = math.prod(outer)
+    return rows * strips, precision.wgsl() + constants(dict(WG=CPU_WG)) + MATH_HELPERS + act_source(act) + f"""
+{storage(*(f"x{j}" for j in range(len(cols))), "y!", first=0)}
+@compute @workgroup_size({CPU_WG})
+fn main({ENTRY_ARGS}) {{
+  let t = {FLAT_INDEX};
+  if (t >= {rows * strips}u) {{ return; }}
+{chr(10).join(lines)}
+  for (var e = strip; e < {inner}u; e += {strips}u) {{
+{loads}
+    y[o * {inner}u + e] = ST(act({expr}));
+  }}
+}}
+"""
 
 
 class Binary(Elementwise):
@@ -183,7 +225,7 @@ class ChannelAffine:
         self.values = dict(total=math.prod(shape), c=c, hw=hw)
         self.scale = gpu.upload(np.asarray(scale, np.float32).reshape(c), "batch norm scale")
         self.shift = gpu.upload(np.asarray(shift, np.float32).reshape(c), "batch norm shift")
-        if gpu.profile.family == "cpu" if per_plane is None else per_plane:
+        if cpu_form(gpu) if per_plane is None else per_plane:
             self.planes = math.prod(shape[:2])
             self.threads, self.source = plane_strips(self.planes, c, hw, act, precision)
         else:
