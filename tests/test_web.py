@@ -66,6 +66,35 @@ def test_zoo_model_matches_torch(site, name):
     assert got["routes"]["family"] == ("cpu" if software else "unknown"), got["routes"]["familyReason"]
 
 
+class CpuForms(torch.nn.Module):
+    """The ops whose kernels take another form on CPU adapters (session 18): a standalone batch norm, a
+    squeeze-excitation block, a broadcasting multiply, a max pool, a one-row linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.reduce, self.expand = torch.nn.Conv2d(16, 4, 1), torch.nn.Conv2d(4, 16, 1)
+        self.scale = torch.nn.Parameter(torch.rand(16, 1, 1) + 0.5)
+        self.fc = torch.nn.Linear(16 * 8 * 8, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv(self.bn(x)))
+        x = x * torch.sigmoid(self.expand(torch.relu(self.reduce(x.mean((2, 3), keepdim=True)))))
+        x = torch.nn.functional.max_pool2d(x * self.scale, 3, 2, 1)
+        return self.fc(x.flatten(1))
+
+
+def test_cpu_forms_match_torch(site):
+    """The same WGSL on the page's adapter as on lavapipe: on SwiftShader, the "cpu" plan's forms of those ops."""
+    torch.manual_seed(5)
+    model = CpuForms().eval()
+    with torch.no_grad():
+        zoo.randomize_batch_norms(model, 5)
+    got = check_against_torch(site, "cpu_forms", model, torch.randn(1, 3, 16, 16))
+    assert got["routes"]["dtype"] == "float32"
+
+
 def test_transposed_convs_match_torch(site):
     torch.manual_seed(4)
     model = torch.nn.Sequential(
