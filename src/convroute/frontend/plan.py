@@ -37,7 +37,7 @@ from convroute.frontend.lower import (
     takes_residual,
 )
 from convroute.frontend.views import locate, plan_views
-from convroute.kernels.elementwise import Unary
+from convroute.kernels.elementwise import Unary, cpu_form
 from convroute.settings import env_flag
 
 NEVER = float("inf")
@@ -146,7 +146,7 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
-    if env_flag("CONVROUTE_SQUEEZE_EXCITE", ctx.gpu.profile.family == "cpu"):
+    if env_flag("CONVROUTE_SQUEEZE_EXCITE", cpu_form(ctx.gpu)):
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)

@@ -163,8 +163,9 @@ class Elementwise:
 
 
 def cpu_form(gpu: Gpu) -> bool:
-    """Whether elementwise kernels take their CPU adapters' form: an invocation per row (or plane) and strip,
-    the index math once per invocation, not per element (llvmpipe divides lane by lane; NOTES session 18)."""
+    """Whether kernels take their CPU adapters' form (here: an invocation per row or plane and strip, the index
+    math once per invocation, not per element, as llvmpipe divides lane by lane; squeeze_excite's two passes;
+    NOTES session 18)."""
     return gpu.profile.family == "cpu"
 
 

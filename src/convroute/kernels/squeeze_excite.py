@@ -30,6 +30,7 @@ from convroute.kernels.common import (
     constants,
     storage,
 )
+from convroute.kernels.elementwise import cpu_form
 
 WG = 256
 ELEMENTS_PER_GROUP = 4096  # scale work a workgroup takes on, at least
@@ -48,7 +49,7 @@ def make_squeeze_excite(gpu: Gpu, shape: tuple, w1: np.ndarray, b1: np.ndarray |
                         w2: np.ndarray, b2: np.ndarray | None, act2: Epilogue, act: Epilogue | None = None,
                         precision: Precision = FP32, two_pass: bool | None = None):
     """The block's kernel: `TwoPassSqueezeExcite` on CPU adapters (or where `two_pass`), else `SqueezeExcite`."""
-    cls = TwoPassSqueezeExcite if (gpu.profile.family == "cpu" if two_pass is None else two_pass) else SqueezeExcite
+    cls = TwoPassSqueezeExcite if (cpu_form(gpu) if two_pass is None else two_pass) else SqueezeExcite
     return cls(gpu, shape, w1, b1, act1, w2, b2, act2, act, precision)
 
 
