@@ -193,6 +193,20 @@ def test_convroute_in_the_other_dtype_is_timed_in_the_same_rounds(tiny):
     assert c.engines["convroute-float32"].reason == "it is the compared program itself (float32)"
 
 
+def test_convroute_under_another_policy_is_timed_in_the_same_rounds(tiny, monkeypatch):
+    model, x, ref, program = tiny  # compiled under the default policy, seed
+    compiled = []
+    real = frontend.compile
+    monkeypatch.setattr(frontend, "compile", lambda *a, **k: (compiled.append(k), real(*a, **k))[1])
+    c = cm.compare_model(program, model, x, ["convroute-etvk", "convroute-seed", "convroute-float16"], name="tiny",
+                         key="k", rounds=2, reference=ref)
+    etvk = c.engines["convroute-etvk"]
+    assert etvk.latency.runs == 2 and etvk.precision == "fp32" and etvk.error < 1e-5
+    assert etvk.detail.startswith("convroute etvk policy, float32") and c.ratios()["convroute-etvk"] > 0
+    assert c.engines["convroute-seed"].reason == "it is the compared program itself (seed)"
+    assert compiled == [dict(dtype="float32", policy="etvk"), dict(dtype="float16", policy="seed")]
+
+
 def test_cli_compare_json_and_unavailable_engines(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ncnn", None)  # as where the [peers] extra is not installed
     out = tmp_path / "out.json"

@@ -8,7 +8,8 @@ sees. Those first calls are reported too ("after switch"). Reported per engine: 
 relative error of its output against torch's float32 CPU output, and convroute's median / the engine's.
 
 Besides the peers, convroute itself in the other dtype ("convroute-float16" beside a float32 program, say: same
-model, policy and input) is an engine of the comparison, so that fp16 and fp32 are timed in the same rounds."""
+model, policy and input) or under another policy ("convroute-seed" beside a calibrated program: same dtype) is
+an engine of the comparison, so that fp16 and fp32, or two policies, are timed in the same rounds."""
 
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ from convroute.measure.reference import norm_relative_error
 from convroute.peers import ModelEngine, Unavailable, model_engine, peer_settings, short_precision
 from convroute.report.latency import Latency
 from convroute.report.table import format_table
+from convroute.router import POLICIES
 
 OURS = "convroute"
-VARIANTS = {f"{OURS}-{dtype}": dtype for dtype in ("float16", "float32")}  # convroute in another dtype, as an engine
+# convroute in another dtype or under another policy, as an engine: name -> the compile() setting it changes
+VARIANTS = ({f"{OURS}-{dtype}": ("dtype", dtype) for dtype in ("float16", "float32")}
+            | {f"{OURS}-{policy}": ("policy", policy) for policy in POLICIES})
 WARMUP_ROUNDS, WARMUP_S = 3, 0.5
 GPU_PASS_RUNS = 20
 COVERS = ("one call from a host input to a host output (input upload, forward, output download), wall clock; "
@@ -168,17 +172,22 @@ def compare_model(program, model, x, peers: list[str], *, name: str, key: str, r
 
 
 class Variant(ModelEngine):
-    """The compared program's model compiled again in another dtype, with the same policy."""
+    """The compared program's model compiled again with one setting changed: `change` is ("dtype", value) or
+    ("policy", value); the other setting stays the program's."""
 
-    def __init__(self, program, model, x, dtype: str):
-        if dtype == program.dtype:
-            raise Unavailable(f"it is the compared program itself ({dtype})")
+    def __init__(self, program, model, x, change: tuple[str, str]):
+        settings = {"dtype": program.dtype, "policy": program.policy}
+        key, value = change
+        if settings[key] == value:
+            raise Unavailable(f"it is the compared program itself ({value})")
         from convroute import frontend  # the front end imports nothing of bench: no cycle, loaded when needed
 
-        self.name, self.precision = f"{OURS}-{dtype}", short_precision(dtype)
-        self.program = frontend.compile(model, (x,), policy=program.policy, dtype=dtype)
+        settings[key] = value
+        self.name, self.precision = f"{OURS}-{value}", short_precision(settings["dtype"])
+        self.program = frontend.compile(model, (x,), **settings)
         profile = self.program.gpu.profile
-        self.detail = f"convroute {program.policy} policy, {dtype} on {profile.name} ({profile.backend})"
+        self.detail = (f"convroute {settings['policy']} policy, {settings['dtype']} on {profile.name} "
+                       f"({profile.backend})")
         self.once = lambda: self.program(x)
 
     def close(self) -> None:

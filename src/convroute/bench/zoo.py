@@ -28,11 +28,12 @@ from convroute.measure.reference import TOLERANCES
 from convroute.report.latency import Latency
 from convroute.report.progress import progress_bar
 from convroute.report.table import fit_text, format_table
-from convroute.router import default_policy
+from convroute.router import POLICIES, default_policy
 
 SHORT = {"torch-cuda-graph": "graph", "torch-cuda": "cuda", "torch-cpu": "torch", "ncnn-vk32": "vk32",
          "ncnn-vk16": "vk16", "ncnn-cpu": "ncnn-cpu",
-         "convroute-float16": "fp16", "convroute-float32": "fp32"}  # peers' names in column heads
+         "convroute-float16": "fp16", "convroute-float32": "fp32"} | {f"convroute-{p}": p for p in POLICIES}
+# (peers' names in column heads)
 
 
 def short(peer: str) -> str:

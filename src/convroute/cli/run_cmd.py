@@ -5,10 +5,10 @@ the same float32 torch run with the fp16 tolerance (relative error <= 1e-2).
 
 `--compare ENGINES` times peer engines (convroute.peers: ncnn-vk32, ncnn-vk16, ncnn-cpu, torch-cpu, torch-cuda,
 torch-cuda-graph; in the storage dtype, ncnn-vk32/vk16 in theirs; convroute-float16 / -float32, convroute in that
-dtype) beside convroute, in interleaved rounds
-(bench.compare_model: each engine timed on its second call in a row, so that no engine pays for the GPU's
-switch from another engine's context), and reports median, p10 and p90 per engine and convroute / each;
-`--json` writes it.
+dtype; convroute-seed / -etvk / -calibrated / -autotune / -derived, convroute under that policy) beside
+convroute, in interleaved rounds (bench.compare_model: each engine timed on its second call in a row, so that
+no engine pays for the GPU's switch from another engine's context), and reports median, p10 and p90 per engine
+and convroute / each; `--json` writes it.
 Without --compare convroute and torch on the CPU (float32) are timed the same way.
 
 Batch norms get random running statistics and affine parameters (seeded), as a trained network's have:
@@ -26,6 +26,7 @@ from convroute.cli.common import EXTRAS, check_extras
 from convroute.measure.reference import TOLERANCES  # the project's bounds: 1e-4 float32, 1e-2 float16
 from convroute.peers import MODEL_ENGINES, NEEDS
 from convroute.report.table import fit_text
+from convroute.router import POLICIES
 
 RUNS, COMPARE_RUNS = 3, 20
 
@@ -52,7 +53,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--compare", default="", metavar="ENGINES",
                         help=f"comma-separated peer engines to time beside convroute, or 'all': "
                              f"{', '.join(MODEL_ENGINES)} (ncnn needs the [peers] extra); convroute-float16 or "
-                             f"convroute-float32: convroute itself in that dtype")
+                             f"convroute-float32: convroute itself in that dtype; convroute-POLICY (POLICY one "
+                             f"of {', '.join(POLICIES)}): convroute itself under that policy")
     parser.add_argument("--json", metavar="OUT.json", help="write the latencies and ratios as JSON")
 
 
@@ -76,8 +78,6 @@ def run(args) -> int:
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
     from convroute.bench.compare_model import compare_model, comparison_text
     from convroute.frontend.zoo import build
-    from convroute.router import POLICIES
-
     if args.policy not in POLICIES:
         print(f"error: unknown policy {args.policy!r}; known: {', '.join(POLICIES)}", file=sys.stderr)
         return 2

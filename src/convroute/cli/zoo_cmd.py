@@ -16,6 +16,7 @@ from convroute.cli.common import EXTRAS, check_extras, installed
 from convroute.cli.run_cmd import known_engine_names
 from convroute.measure.reference import TOLERANCES
 from convroute.peers import MODEL_ENGINES, NEEDS
+from convroute.router import POLICIES
 
 RUNS = 20
 
@@ -33,7 +34,8 @@ def add_arguments(parser) -> None:
                         help="how values are stored on the GPU (default float32)")
     parser.add_argument("--compare", default="torch-cpu", metavar="ENGINES",
                         help=f"comma-separated peer engines, or 'all': {', '.join(MODEL_ENGINES)}; "
-                             "convroute-float16 or convroute-float32: convroute itself in that dtype "
+                             "convroute-float16 or convroute-float32: convroute itself in that dtype; "
+                             f"convroute-POLICY ({', '.join(POLICIES)}): convroute itself under that policy "
                              "(default torch-cpu)")
     parser.add_argument("--runs", type=int, default=RUNS,
                         help=f"timed rounds per model (default {RUNS}; 0: compile and check only, no peers)")
@@ -66,8 +68,6 @@ def run(args) -> int:
         return 2
     for name in peers:
         check_extras(NEEDS.get(name, {}), f"--compare {name}", required=False)
-    from convroute.router import POLICIES
-
     if args.policy is not None and args.policy not in POLICIES:
         print(f"error: unknown policy {args.policy!r}; known: {', '.join(POLICIES)}", file=sys.stderr)
         return 2
