@@ -221,12 +221,10 @@ class TexLinear:
         self.blocks, self.k = packed.shape[:2]
         self.o = np.asarray(weight).shape[0]
         self.segments, self.ks = tex_segments(self.k)
-        padded = np.zeros((self.blocks, self.segments * self.ks, 4), np.float32)
-        padded[:, :self.k] = packed
-        rows = padded.reshape(self.blocks * self.segments, self.ks, 4)
-        height, layers = TextureLayout.shape(len(rows))
+        rows = self.blocks * self.segments
+        height, layers = TextureLayout.shape(rows)
         texels = np.zeros((layers * height, self.ks, 4), precision.numpy)
-        texels[:len(rows)] = rows
+        texels[:rows].reshape(self.blocks, self.segments * self.ks, 4)[:, :self.k] = packed
         self.weight = gpu.texture_of(texels.reshape(layers, height, self.ks, 4), FORMATS[precision.dtype],
                                      "linear weight texels")
         self.bias = gpu.upload(b, "linear bias")
