@@ -15,6 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 import convroute  # noqa: E402
 from convroute.device.gpu import get_gpu  # noqa: E402
 from convroute.frontend import CompileError, lower  # noqa: E402
+from convroute.kernels import layout  # noqa: E402
 from convroute.kernels.layout import StridedCopy  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -27,8 +28,11 @@ def run_copy(x: np.ndarray, kernel: StridedCopy, out_shape) -> np.ndarray:
     return gpu.run_and_read(kernel.bind(gpu.upload(x.reshape(-1)), y), y, tuple(out_shape))
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_strided_copy_matches_numpy_views(seed):
+@pytest.mark.parametrize("cpu_form", [True, False])
+@pytest.mark.parametrize("seed", range(8))
+def test_strided_copy_matches_numpy_views(seed, cpu_form, monkeypatch):
+    """Both forms on any adapter: per element (GPUs), per (row, strip) (CPU adapters, without padding)."""
+    monkeypatch.setattr(layout, "cpu_form", lambda gpu: cpu_form)
     rng = np.random.default_rng(seed)
     rank = 1 + seed % 6
     shape = tuple(int(s) for s in rng.integers(1, 5, rank))

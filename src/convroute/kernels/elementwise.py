@@ -170,9 +170,11 @@ def cpu_form(gpu: Gpu) -> bool:
 
 
 def row_strips(dims: list[int], cols: list[list[int]], expr: str, scalars: dict, act,
-               precision: Precision) -> tuple[int, str]:
-    """Elementwise's CPU form over the collapsed `dims` (operand j's strides `cols[j]`): (invocations, WGSL),
-    an invocation per (row of the innermost dim, strip), its operands' row offsets worked out once."""
+               precision: Precision, offsets: list[int] | None = None) -> tuple[int, str]:
+    """Elementwise's CPU form over the collapsed `dims` (operand j's strides `cols[j]`, its first element at
+    `offsets[j]`, 0 by default): (invocations, WGSL), an invocation per (row of the innermost dim, strip), its
+    operands' row offsets worked out once. layout.StridedCopy's too (expr "u0")."""
+    offsets = offsets or [0] * len(cols)
     *outer, inner = dims
     strips = ceil_div(inner, min(inner, CPU_STRIP))
     lines = [f"  let {n} = bitcast<f32>({f32_bits(v)}u);" for n, v in scalars.items()]
@@ -180,7 +182,8 @@ def row_strips(dims: list[int], cols: list[list[int]], expr: str, scalars: dict,
     if outer:
         lines.append(split_index("o", [(f"i{k}", f"{outer[k]}u") for k in reversed(range(1, len(outer)))], "i0"))
     for j, c in enumerate(cols):
-        lines.append(f"  let b{j} = " + " + ".join([f"i{k} * {c[k]}u" for k in range(len(outer))] or ["0u"]) + ";")
+        lines.append(f"  let b{j} = " + " + ".join([f"{offsets[j]}u"] + [f"i{k} * {c[k]}u" for k in range(len(outer))])
+                     + ";")
     loads = "\n".join(f"    let u{j} = f32(x{j}[b{j} + e * {c[-1]}u]);" for j, c in enumerate(cols))
     rows = math.prod(outer)
     return rows * strips, precision.wgsl() + constants(dict(WG=CPU_WG)) + MATH_HELPERS + act_source(act) + f"""

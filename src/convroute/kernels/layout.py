@@ -5,7 +5,8 @@ out[i] = x[offset + sum_k idx_k * stride_k], where idx is i's row-major index in
 to 6, left-padded with size-1 dims). Strides may be 0 (expand). With padding, dim k reads source index
 idx_k - lo_k, and an output element whose source index falls outside [0, extent_k) gets the fill value;
 the wrap-around of u32 subtraction makes one comparison check both ends. All index arithmetic is u32 (no
-signed remainders; every view of a dense tensor has non-negative strides and offset).
+signed remainders; every view of a dense tensor has non-negative strides and offset). CPU adapters copy
+without padding as elementwise's rows and strips do (`elementwise.row_strips`: no division per element).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 
 from convroute.device.gpu import Dispatch, Gpu
 from convroute.kernels.common import FP32, Precision, storage
+from convroute.kernels.elementwise import CPU_WG, collapse, cpu_form, row_strips
 from convroute.kernels.flat import f32_bits, flat_shader, launch
 
 MAX_RANK = 6
@@ -67,10 +69,17 @@ class StridedCopy:
                            **dict(zip([f"st{k}" for k in range(MAX_RANK)], _left_pad(strides, 0), strict=True)),
                            **dict(zip([f"lo{k}" for k in range(MAX_RANK)], _left_pad(los, 0), strict=True)),
                            **dict(zip([f"n{k}" for k in range(MAX_RANK)], _left_pad(extents, 1), strict=True)))
-        self.source = flat_shader(PARAMS, storage("x", "y!"), _body(padded), precision=precision)
+        self.rows = None
+        if cpu_form(gpu) and not padded and total:
+            dims, cols = collapse(out_shape, [list(strides)])
+            self.rows, self.source = row_strips(dims, cols, "u0", {}, None, precision, [offset])
+        else:
+            self.source = flat_shader(PARAMS, storage("x", "y!"), _body(padded), precision=precision)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
         if not self.values["total"]:
             return []
+        if self.rows is not None:
+            return [self.gpu.dispatch(self.source, [x, y], self.rows, CPU_WG)]
         return [launch(self.gpu, self.source, PARAMS, self.values, [x, y])]
