@@ -12,7 +12,7 @@ export CONVROUTE_CACHE_DIR=$PWD/.gpucache
 { git log --oneline -1
   timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_direct.py tests/test_gemm_cpu.py \
     tests/test_depthwise_cpu.py tests/test_fuse_squeeze_excite.py tests/test_ops_elementwise.py tests/test_pool.py \
-    2>&1 | tail -3
+    tests/test_frontend_layout.py 2>&1 | tail -3
   CONVROUTE_LINEAR_FUZZ=300 timeout 90 python3 -m pytest -q -s -p no:cacheprovider tests/test_linear_gemm.py 2>&1 \
     | grep -E "fuzz|passed|failed|wrong"
   CONVROUTE_FUZZ=200 timeout 150 python3 -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py 2>&1 \
