@@ -137,9 +137,9 @@ class Elementwise:
                            **{f"s{j}_{k}": c[k] for j, c in enumerate(cols) for k in range(rank)},
                            **{n: f32_bits(v) for n, v in scalars.items()})
         same = all(tuple(s) == out_shape for s in shapes)
-        self.rows = None
+        self.cpu_invocations = None  # set for the CPU adapters' form
         if not same and cpu_form(gpu):
-            self.rows, self.source = row_strips(dims, cols, expr, scalars, act, precision)
+            self.cpu_invocations, self.source = row_strips(dims, cols, expr, scalars, act, precision)
             gpu.pipeline(self.source)
             return
         lines = [f"  let {n} = bitcast<f32>(P.{n});" for n in scalars]
@@ -157,8 +157,8 @@ class Elementwise:
         """Operand buffers in order, then y."""
         if len(buffers) != self.count + 1:
             raise ValueError(f"elementwise op takes {self.count} operand buffers and y, got {len(buffers)}")
-        if self.rows is not None:
-            return [self.gpu.dispatch(self.source, list(buffers), self.rows, CPU_WG)]
+        if self.cpu_invocations is not None:
+            return [self.gpu.dispatch(self.source, list(buffers), self.cpu_invocations, CPU_WG)]
         return [launch(self.gpu, self.source, self.params, self.values, list(buffers))]
 
 
@@ -230,19 +230,18 @@ class ChannelAffine:
         self.values = dict(total=math.prod(shape), c=c, hw=hw)
         self.scale = gpu.upload(np.asarray(scale, np.float32).reshape(c), "batch norm scale")
         self.shift = gpu.upload(np.asarray(shift, np.float32).reshape(c), "batch norm shift")
+        self.cpu_invocations = None  # set for the CPU adapters' form
         if cpu_form(gpu) if per_plane is None else per_plane:
-            self.planes = math.prod(shape[:2])
-            self.threads, self.source = plane_strips(self.planes, c, hw, act, precision)
+            self.cpu_invocations, self.source = plane_strips(math.prod(shape[:2]), c, hw, act, precision)
         else:
-            self.planes = None
             body = "  let c = (t / P.hw) % P.c;\n  y[t] = ST(act(f32(x[t]) * scale[c] + shift[c]));"
             self.source = flat_shader(self.PARAMS, storage("x", "scale:f32", "shift:f32", "y!"), body,
                                       act_source(act), precision)
         gpu.pipeline(self.source)
 
     def bind(self, x, y) -> list[Dispatch]:
-        if self.planes is not None:
-            return [self.gpu.dispatch(self.source, [x, self.scale, self.shift, y], self.threads, CPU_WG)]
+        if self.cpu_invocations is not None:
+            return [self.gpu.dispatch(self.source, [x, self.scale, self.shift, y], self.cpu_invocations, CPU_WG)]
         return [launch(self.gpu, self.source, self.PARAMS, self.values, [x, self.scale, self.shift, y])]
 
 

@@ -69,10 +69,10 @@ class StridedCopy:
                            **dict(zip([f"st{k}" for k in range(MAX_RANK)], _left_pad(strides, 0), strict=True)),
                            **dict(zip([f"lo{k}" for k in range(MAX_RANK)], _left_pad(los, 0), strict=True)),
                            **dict(zip([f"n{k}" for k in range(MAX_RANK)], _left_pad(extents, 1), strict=True)))
-        self.rows = None
+        self.cpu_invocations = None  # set for the CPU adapters' form
         if cpu_form(gpu) and not padded and total:
             dims, cols = collapse(out_shape, [list(strides)])
-            self.rows, self.source = row_strips(dims, cols, "u0", {}, None, precision, [offset])
+            self.cpu_invocations, self.source = row_strips(dims, cols, "u0", {}, None, precision, [offset])
         else:
             self.source = flat_shader(PARAMS, storage("x", "y!"), _body(padded), precision=precision)
         gpu.pipeline(self.source)
@@ -80,6 +80,6 @@ class StridedCopy:
     def bind(self, x, y) -> list[Dispatch]:
         if not self.values["total"]:
             return []
-        if self.rows is not None:
-            return [self.gpu.dispatch(self.source, [x, y], self.rows, CPU_WG)]
+        if self.cpu_invocations is not None:
+            return [self.gpu.dispatch(self.source, [x, y], self.cpu_invocations, CPU_WG)]
         return [launch(self.gpu, self.source, PARAMS, self.values, [x, y])]

@@ -30,12 +30,10 @@ from convroute.kernels.common import (
     constants,
     storage,
 )
-from convroute.kernels.elementwise import cpu_form
+from convroute.kernels.elementwise import CPU_STRIP, CPU_WG, cpu_form
 
 WG = 256
 ELEMENTS_PER_GROUP = 4096  # scale work a workgroup takes on, at least
-CPU_WG = 8  # one llvmpipe SIMD vector
-CPU_STRIP = 64  # elements of a plane that one invocation of the two-pass form scales, at least
 
 
 def pow2_at_most(n: int, cap: int) -> int:
