@@ -56,6 +56,8 @@ def save_fake_calibration(profile: DeviceProfile, shapes=None) -> calib.Calibrat
 
 @pytest.fixture
 def tune_calls(monkeypatch):
+    """The timings refinement runs; a measured winner is never re-timed (CONFIRM 0: see the confirm tests)."""
+    monkeypatch.setattr(refine_mod, "CONFIRM", 0.0)
     calls = []
     real = refine_mod.tune
     monkeypatch.setattr(refine_mod, "tune", lambda g, p, *a, **k: calls.append((p, a[0])) or real(g, p, *a, **k))
@@ -202,3 +204,36 @@ def test_close_calls_follow_the_median_prediction_error_when_calibrate_kept_it(g
     d = route_params(INSIDE, gpu.profile, "calibrated")
     assert d.reason.startswith("calibrated: a close call (predicted within 10%") and ": measured " in d.reason
     assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.1025)
+
+
+def contradicting_tune(calls: list, rounds: list[dict[str, float]]):
+    """A stand-in for measured.tune that returns `rounds` in turn (times in ms), recording its candidates."""
+    def fake(gpu, p, candidates, *args):
+        times = {n: t for n, t in rounds[len(calls)].items() if n in candidates}
+        calls.append(list(candidates))
+        return {"algorithm": min(times, key=times.get), "times_ms": times, "wrong": {}, "cannot": {},
+                "method": "fake", "when": "now"}
+    return fake
+
+
+@pytest.mark.parametrize("second, expected", [({"direct": 0.20, "im2col": 0.30}, "direct"),
+                                              ({"direct": 0.24, "im2col": 0.20}, "im2col")])
+def test_a_narrow_upset_of_the_prediction_is_timed_again(gpu, monkeypatch, second, expected):
+    """direct predicted best, measured 15 % behind im2col once: both are timed again and their two medians
+    averaged, so one noisy timing cannot overturn the prediction for good, while a repeated one does."""
+    save_fake_calibration(gpu.profile)
+    calls = []
+    monkeypatch.setattr(refine_mod, "tune", contradicting_tune(calls, [{"direct": 0.239, "im2col": 0.208,
+                                                                         "implicit_gemm": 0.5}, second]))
+    d = route_params(DILATED, gpu.profile, "calibrated")
+    assert calls[1] == ["direct", "im2col"] and len(calls) == 2 and d.algorithm == expected
+    entry = autotune_mod.AutotuneCache(gpu.profile.key).get(DILATED)
+    assert entry["times_ms"]["direct"] == pytest.approx((0.239 + second["direct"]) / 2)
+    assert entry["confirmed"] == ["direct", "im2col"] and entry["algorithm"] == expected
+
+
+def test_a_clear_upset_of_the_prediction_is_not_timed_again(gpu, monkeypatch):
+    save_fake_calibration(gpu.profile)
+    calls = []
+    monkeypatch.setattr(refine_mod, "tune", contradicting_tune(calls, [{"direct": 0.5, "im2col": 0.208}]))
+    assert route_params(DILATED, gpu.profile, "calibrated").algorithm == "im2col" and len(calls) == 1
