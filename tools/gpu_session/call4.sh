@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# GPU session, call 4 (about 9 min), after call 2's float32 calibration (warm machine, or carry .gpucache):
+# GPU session, call 4 (about 9 min), after call 6's float32 calibration (carry .gpucache: warm machines drop it):
 # issue 26's "fp16 never slower than fp32". tools/zoo_h200.py calibrates float16 (a third of its budget), then
 # runs the default zoo in float16 with convroute in float32 and the CUDA graph timed in the same rounds (the /fp32
 # column: <= 1.0 on every model).
-#   source .gl/prelude.sh && bash tools/gpu_session/call4.sh      (carry .gl .whl [.gpucache]; results under $OUT)
+#   source .gl/prelude.sh && bash tools/gpu_session/call4.sh      (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"
 export CONVROUTE_CACHE_DIR=$PWD/.gpucache
