@@ -3,7 +3,8 @@
 # seed, etvk and calibrated (issue 24's last item: calibrated <= 1.05 on every suite), mobilenet_v2 under
 # calibrated and seed node by node (tools/policy_nodes.py: session 19 saw calibrated 1.06-1.08x slower than seed
 # on the H100 with 32 of 35 1x1 convs sent to implicit_gemm), mobilenet_v2 in five fresh processes against the
-# CUDA graph and seed, then the C API maps' and threads' tests and session 17's kernels' fuzz if time is left.
+# CUDA graph and seed, squeezenet1_1's host phases (1.96x the graph in session 19, host-bound), then the C API
+# maps' and threads' tests and session 17's kernels' fuzz if time is left.
 # Everything ends up in $OUT/call6.tgz with the calibration (.gpucache): warm machines do NOT keep .gpucache
 # between calls (session 19), so `tar xzf call6.tgz .gpucache` here and carry .gpucache in calls 7 and 4.
 #   source .gl/prelude.sh && bash tools/gpu_session/call6.sh      (carry .gl .whl; results under $OUT)
@@ -26,6 +27,8 @@ for i in 1 2 3 4 5; do
     --compare torch-cuda-graph,convroute-seed --runs 30 2>&1 | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
 done > "$R/mnv2.txt"
 cat "$R/mnv2.txt"
+timeout 40 python3 tools/host_phases.py squeezenet1_1 224 seed 300 > "$R/host_phases.txt" 2>&1
+head -14 "$R/host_phases.txt"
 { timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_mapping.py tests/test_threads.py 2>&1 | tail -3
   CONVROUTE_CHANNEL_NORM_FUZZ=300 timeout 60 python3 -m pytest -q -s -p no:cacheprovider tests/test_channels_last.py \
     2>&1 | grep -E "fuzz|passed|failed|wrong"; } > "$R/tests.txt"
