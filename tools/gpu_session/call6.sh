@@ -9,9 +9,9 @@
 # between calls (session 19), so `tar xzf call6.tgz .gpucache` here and carry .gpucache in calls 7 and 4.
 #   source .gl/prelude.sh && bash tools/gpu_session/call6.sh      (carry .gl .whl; results under $OUT)
 set -o pipefail
-OUT=${OUT:-gpu_out}; R=$OUT/call6; mkdir -p "$R"
+OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call6; mkdir -p "$OUT" "$R"  # only the archive goes to $OUT (8 files at most come back)
 export CONVROUTE_CACHE_DIR=$PWD/.gpucache; mkdir -p "$CONVROUTE_CACHE_DIR"
-pack() { tar czf "$OUT/call6.tgz" "$R" .gpucache; }
+pack() { tar czf "$OUT/call6.tgz" -C "${R%/*}" call6 -C "$PWD" .gpucache; }
 trap pack EXIT
 git log --oneline -1 > "$R/head.txt"
 timeout 260 python3 -m convroute.cli.main calibrate --selftest-cases 0 --budget 230 --no-progress --wide \
