@@ -23,6 +23,7 @@ from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
+from convroute.measure import timing as timing_mod
 from convroute.kernels.direct import Direct
 from convroute.measure.reference import TOLERANCES, norm_relative_error, reference_conv
 from convroute.measure.timing import TimingSettings
@@ -91,7 +92,8 @@ def test_timing_gives_positive_medians_within_the_repeat_bounds(gpu, method):
     assert 3 <= len(timing.samples_ms) <= 5
     assert timing.median_ms > 0 and all(t > 0 for t in timing.samples_ms)
     expected = "gpu timestamps" if method == "auto" and "timestamp-query" in gpu.device.features else "wall clock"
-    assert timing.method == expected
+    assert timing.method.startswith(expected)
+    assert timing.method.endswith("second of two in a row") == (gpu.profile.family == "cpu")
 
 
 def test_candidates_are_timed_interleaved_and_clear_losers_pruned(gpu):
@@ -110,6 +112,33 @@ def test_candidates_are_timed_interleaved_and_clear_losers_pruned(gpu):
         assert "pruned" not in cheap["slow"].method and len(cheap["slow"].samples_ms) >= 3
     finally:
         work.release()
+
+
+@pytest.mark.parametrize("runs_each", [2, 1])
+def test_cpu_adapters_time_each_candidate_as_the_second_of_two_runs_in_a_row(gpu, monkeypatch, runs_each):
+    """On CPU adapters a kernel right after a different one runs up to 1.5x slower: each round runs a candidate
+    twice in a row and keeps the second run's time; GPUs time one run per candidate and round."""
+    monkeypatch.setattr(timing_mod, "runs_per_sample", lambda g: runs_each)
+    seen = []
+
+    def fake_pass_times(g, passes, per_submit=1):
+        seen.append((len(passes), per_submit))
+        return [float(i + 1) for i in range(len(passes))]  # pass i took i + 1 ms
+
+    monkeypatch.setattr(timing_mod, "pass_times", fake_pass_times)
+    monkeypatch.setattr(timing_mod, "timing_method", lambda g, s: "timestamp")
+    runs = {"a": [["run a"]], "b": [["run b"]]}
+    monkeypatch.setattr(timing_mod, "submit_and_wait", lambda g, run: None)
+    timings = timing_mod.time_candidates(gpu, runs, replace(FAST, repeats=3, min_repeats=3))
+    assert seen == [(2 * 3 * runs_each, 2 * runs_each)]
+    stride = 2 * runs_each  # a round: each candidate runs_each times, a then b
+    assert timings["a"].samples_ms == tuple(float(r * stride + runs_each) for r in range(3))
+    assert timings["b"].samples_ms == tuple(float(r * stride + 2 * runs_each) for r in range(3))
+    assert timings["a"].method.endswith("second of two in a row") == (runs_each == 2)
+
+
+def test_only_cpu_adapters_run_each_candidate_twice(gpu):
+    assert timing_mod.runs_per_sample(gpu) == (2 if gpu.profile.family == "cpu" else 1)
 
 
 class Slow(Direct):

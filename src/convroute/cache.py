@@ -27,6 +27,7 @@ from typing import TypeVar
 from convroute.settings import WEBGPU_IMPLEMENTATIONS, process_webgpu_implementation, shader_checks
 
 KERNELS_DIR = Path(__file__).resolve().parent / "kernels"
+TIMER_FILE = Path(__file__).resolve().parent / "measure" / "timing.py"
 
 
 class CacheWarning(UserWarning):
@@ -69,10 +70,12 @@ def device_file(kind: str, device_key: str, dtype: str = "float32") -> Path:
 @functools.cache
 def kernel_hash() -> str:
     """12 hex digits of sha256 over the source of every module under convroute/kernels (WGSL templates and
-    the code that generates and launches them), in path order."""
+    the code that generates and launches them), in path order, then of the timer (measure/timing.py: how a
+    time is taken is part of what a stored time means)."""
     digest = hashlib.sha256()
     for path in sorted(KERNELS_DIR.rglob("*.py")):
         digest.update(path.relative_to(KERNELS_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(TIMER_FILE.read_bytes())
     return digest.hexdigest()[:12]
 
 

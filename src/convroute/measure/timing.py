@@ -90,27 +90,40 @@ def time_candidates(gpu: Gpu, candidates: dict[str, list[list[Dispatch]]],
         pruned = {n: Timing(t * 1e3, (t * 1e3,), "wall clock, warm-up only (pruned: clearly slower)")
                   for n, t in estimate.items() if t > max(settings.prune * fastest, floor)}
         names = [n for n in names if n not in pruned]
+    runs_each = runs_per_sample(gpu)
     left = max(settings.budget_s * len(names) - (time.perf_counter() - start), 0.0)
-    round_s = sum(estimate[n] for n in names)
+    round_s = runs_each * sum(estimate[n] for n in names)
     rounds = int(min(settings.repeats, max(settings.min_repeats, left // max(round_s, 1e-6))))
-    schedule = [(name, candidates[name][r % len(candidates[name])]) for r in range(rounds) for name in names]
+    schedule = [(name, candidates[name][r % len(candidates[name])]) for r in range(rounds) for name in names
+                for _ in range(runs_each)]
     samples, method = None, "gpu timestamps"
     if timing_method(gpu, settings) == "timestamp":
-        times = pass_times(gpu, [run for _, run in schedule], per_submit=len(names))
+        times = pass_times(gpu, [run for _, run in schedule], per_submit=len(names) * runs_each)
         if min(times, default=0.0) > 0:
             samples = {}
-            for (name, _), t in zip(schedule, times, strict=True):
+            for (name, _), t in list(zip(schedule, times, strict=True))[runs_each - 1::runs_each]:
                 samples.setdefault(name, []).append(t)
     if samples is None:
-        samples, method = _wall_clock(gpu, schedule), "wall clock"
+        samples, method = _wall_clock(gpu, schedule, runs_each), "wall clock"
+    if runs_each > 1:
+        method += ", each run the second of two in a row"
     timed = {name: Timing(float(np.median(samples[name])), tuple(samples[name]), method) for name in names}
     return {name: timed.get(name) or pruned[name] for name in candidates}
 
 
-def _wall_clock(gpu: Gpu, schedule: list) -> dict[str, list[float]]:
+def runs_per_sample(gpu: Gpu) -> int:
+    """Runs of a candidate in a row per timed sample, the last one timed. 2 on CPU adapters: there a kernel right
+    after a different one runs up to 1.5x slower (`direct` most), which misranked candidates against their times
+    in a model, where a conv mostly follows another conv; the second of two in a row tracks both a chain of the
+    same conv and the in-model winner (NOTES, session 19). 1 on GPUs."""
+    return 2 if gpu.profile.family == "cpu" else 1
+
+
+def _wall_clock(gpu: Gpu, schedule: list, runs_each: int = 1) -> dict[str, list[float]]:
     samples: dict[str, list[float]] = {}
-    for name, run in schedule:
+    for i, (name, run) in enumerate(schedule):
         t0 = time.perf_counter()
         submit_and_wait(gpu, run)
-        samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+        if i % runs_each == runs_each - 1:
+            samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
     return samples
