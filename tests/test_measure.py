@@ -23,8 +23,8 @@ from convroute.calibration.run import run_calibration
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import DeviceProfile
 from convroute.kernels import ALGORITHMS
-from convroute.measure import timing as timing_mod
 from convroute.kernels.direct import Direct
+from convroute.measure import timing as timing_mod
 from convroute.measure.reference import TOLERANCES, norm_relative_error, reference_conv
 from convroute.measure.timing import TimingSettings
 from convroute.measure.workload import Workload
