@@ -50,13 +50,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             expected = copy.deepcopy(model).double()(x.double())
         errors = {s: zoo.rel_error(p(x), expected) for s, p in programs.items()}
-        samples: dict[str, list[float]] = {s: [] for s in programs}
-        for i in range(args.rounds):
-            for state in sorted(programs, reverse=bool(i % 2)):
-                start = time.perf_counter()
-                programs[state](x)
-                samples[state].append(time.perf_counter() - start)
-        stats = {s: Latency.of(t) for s, t in samples.items()}
+        stats = alternating(programs, x, args.rounds)
         passes = {s: _gpu_pass(p, x) for s, p in programs.items()}
         rows.append([name] + [f"{programs[s].summary().dispatches} / {errors[s]:.1e} / {stats[s].median_ms:.3f} "
                               f"({stats[s].p10_ms:.3f}-{stats[s].p90_ms:.3f}){passes[s]}" for s in ("on", "off")]
@@ -69,11 +63,27 @@ def main(argv=None) -> int:
     return 0
 
 
-def _gpu_pass(program, x) -> str:
-    """The GPU pass alone after a call with `x` (median ms), or "" without timestamps."""
+def alternating(programs: dict, x, rounds: int) -> dict[str, Latency]:
+    """Each program called with `x` once per round, the order reversed every other round; whole-call latency."""
+    samples: dict[str, list[float]] = {name: [] for name in programs}
+    for i in range(rounds):
+        for name in sorted(programs, reverse=bool(i % 2)):
+            start = time.perf_counter()
+            programs[name](x)
+            samples[name].append(time.perf_counter() - start)
+    return {name: Latency.of(t) for name, t in samples.items()}
+
+
+def gpu_pass_ms(program, x) -> float | None:
+    """The GPU pass alone after a call with `x` (median ms), or None without timestamps."""
     program(x)
     seconds = program.gpu_pass_times()
-    return f" [{1e3 * sorted(seconds)[len(seconds) // 2]:.3f}]" if seconds else ""
+    return 1e3 * sorted(seconds)[len(seconds) // 2] if seconds else None
+
+
+def _gpu_pass(program, x) -> str:
+    ms = gpu_pass_ms(program, x)
+    return "" if ms is None else f" [{ms:.3f}]"
 
 
 if __name__ == "__main__":

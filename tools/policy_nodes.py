@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import torch
+from flag_ab import alternating, gpu_pass_ms  # tools/ is the script's directory
 
 import convroute.frontend as frontend  # before torchvision and timm (see frontend/__init__)
 from convroute.frontend import zoo
 from convroute.measure.timing import TimingSettings, time_candidates
-from convroute.report.latency import Latency
 from convroute.report.table import format_table
 
 
@@ -64,17 +63,11 @@ def main(argv=None) -> int:
         print(format_table(["node", first, second, f"{first} ms", f"{second} ms", "ratio"], rows))
         summed = [sum(times[(p, n)] for n, _, _ in nodes) for p in (first, second)]
         print(f"sum over those nodes: {first} {summed[0]:.3f} ms, {second} {summed[1]:.3f} ms")
-        samples: dict[str, list[float]] = {p: [] for p in programs}
-        for i in range(args.rounds):
-            for p in sorted(programs, reverse=bool(i % 2)):
-                start = time.perf_counter()
-                programs[p](x)
-                samples[p].append(time.perf_counter() - start)
+        stats = alternating(programs, x, args.rounds)
         for p, program in programs.items():
-            stats = Latency.of(samples[p])
-            passes = program.gpu_pass_times() or []
-            gpu = f", GPU pass {1e3 * sorted(passes)[len(passes) // 2]:.3f} ms" if passes else ""
-            print(f"{p}: whole call {stats.median_ms:.3f} ms (p10 {stats.p10_ms:.3f}, p90 {stats.p90_ms:.3f}), "
+            gpu_ms, call = gpu_pass_ms(program, x), stats[p]
+            gpu = "" if gpu_ms is None else f", GPU pass {gpu_ms:.3f} ms"
+            print(f"{p}: whole call {call.median_ms:.3f} ms (p10 {call.p10_ms:.3f}, p90 {call.p90_ms:.3f}), "
                   f"{program.summary().dispatches} dispatches{gpu}")
     return 0
 
