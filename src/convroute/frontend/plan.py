@@ -36,6 +36,7 @@ from convroute.frontend.lower import (
     lower,
     takes_residual,
 )
+from convroute.frontend.siblings import merge_sibling_convs
 from convroute.frontend.views import locate, plan_views
 from convroute.kernels.elementwise import Unary, cpu_form
 from convroute.settings import env_flag
@@ -146,6 +147,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
+    if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph):
+        metas.update((n.name, n.meta) for n in graph.nodes)
     if env_flag("CONVROUTE_SQUEEZE_EXCITE", cpu_form(ctx.gpu)):
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):

@@ -1,0 +1,205 @@
+"""Sibling convs that a channel concat joins, run as one conv (a graph pass build_plan runs): fewer dispatches
+where a model is bound by them rather than by arithmetic.
+
+Two shapes of siblings:
+- convs of one input (SqueezeNet's fire expand: a 1x1 and a 3x3 of the same tensor): one conv whose kernel is
+  the largest, the smaller kernels zero-padded into it;
+- grouped or depthwise convs of consecutive channel slices of one tensor (MixNet's mixed kernels): one grouped
+  conv over the slices' whole range, every group keeping its own (zero-padded) kernel.
+
+Merged only where every conv's result goes to the concat alone, with constant weights, the same stride,
+dilation and activation, no residual of its own, and where the padded kernels cost at most MAX_GROWTH times
+the convs' own multiply-adds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from convroute.frontend.export import is_const
+from convroute.frontend.graph import Graph, Node, Ref, aten
+
+MAX_GROWTH = 2.5  # merged multiply-adds over the siblings' own
+
+
+@dataclass
+class Sibling:
+    conv: Node
+    weight: torch.Tensor
+    source: str  # the tensor it reads, through a channel slice when `piece` is set
+    piece: Node | None = None  # the channel slice (step 1, read by this conv alone) it reads
+    begin: int = 0  # the slice's channels in `source`
+    end: int = 0
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return tuple(self.weight.shape[2:])
+
+    def key(self) -> tuple:
+        """What every conv of a merged run must share."""
+        c = self.conv
+        return (_pair(c.arg(3, "stride", 1)), _pair(c.arg(5, "dilation", 1)), c.act, self.source,
+                self.piece is not None)
+
+
+def merge_sibling_convs(g: Graph) -> int:
+    """Merge every run of two or more mergeable convs among a channel concat's inputs; returns how many merged
+    convs were made."""
+    producers = {n.name: n for n in g.nodes}
+    users = g.users()
+    outputs = g.output_names()
+    made = 0
+    for cat in list(g.nodes):
+        if cat.op != "cat" or not isinstance(cat.meta, torch.Tensor) or cat.meta.ndim != 4 \
+                or cat.arg(1, "dim", 0) % 4 != 1:
+            continue
+        parts = list(cat.args[0])
+        siblings = [_sibling(g, producers.get(r.name) if isinstance(r, Ref) else None, producers, users, outputs)
+                    for r in parts]
+        merged_parts, i = [], 0
+        while i < len(parts):
+            run = _run_from(siblings, i)
+            merged = _merge(g, run, producers) if len(run) > 1 and _growth(run) <= MAX_GROWTH else None
+            if merged is None:
+                merged_parts.append(parts[i])
+                i += 1
+                continue
+            merged_parts.append(Ref(merged.name))
+            producers[merged.name] = merged
+            made += 1
+            i += len(run)
+        if len(merged_parts) == len(parts):
+            continue
+        if len(merged_parts) == 1:
+            g.replace_uses(cat.name, merged_parts[0])
+            g.nodes = [n for n in g.nodes if n is not cat]
+        else:
+            cat.args = (merged_parts, *cat.args[1:])
+    return made
+
+
+def _sibling(g: Graph, node: Node | None, producers: dict, users: dict, outputs: set) -> Sibling | None:
+    """The conv as a merge candidate: a conv whose result only the concat reads, with constant weights."""
+    if node is None or node.op != "convolution" or node.residual is not None or node.depthwise is not None \
+            or node.arg(6, "transposed", False) or not is_const(g, node.args[1:3]) or node.name in outputs \
+            or len(users.get(node.name, [])) != 1 or not isinstance(node.args[0], Ref):
+        return None
+    weight = g.constants[node.args[1].name]
+    piece = producers.get(node.args[0].name)
+    if piece is not None and piece.target is aten.slice.Tensor and isinstance(piece.args[0], Ref) \
+            and len(users.get(piece.name, [])) == 1 and piece.name not in outputs \
+            and isinstance(piece.meta, torch.Tensor) and piece.meta.ndim == 4 \
+            and piece.arg(1, "dim", 0) % 4 == 1 and piece.arg(4, "step", 1) == 1:
+        begin = piece.arg(2, "start", 0) or 0
+        return Sibling(node, weight, piece.args[0].name, piece, begin, begin + piece.meta.shape[1])
+    if _groups(node) != 1:
+        return None
+    return Sibling(node, weight, node.args[0].name)
+
+
+def _run_from(siblings: list[Sibling | None], i: int) -> list[Sibling]:
+    """The longest run of consecutive siblings from i that one conv can replace."""
+    first = siblings[i]
+    if first is None:
+        return []
+    run = [first]
+    for s in siblings[i + 1:]:
+        if s is None or s.key() != first.key():
+            break
+        if first.piece is not None and (s.begin != run[-1].end or _per_group(s) != _per_group(first)):
+            break
+        run.append(s)
+    return run
+
+
+def _per_group(s: Sibling) -> tuple[int, int]:
+    """(input, output) channels per group."""
+    return s.weight.shape[1], s.weight.shape[0] // _groups(s.conv)
+
+
+def _window(run: list[Sibling]):
+    """(padding, kernel size, per-conv tap offsets) of the merged conv, per axis, or None: every conv's taps
+    must land on its own input positions (offset = (merged padding - its padding) / dilation)."""
+    dilation = _pair(run[0].conv.arg(5, "dilation", 1))
+    pads = [_pair(s.conv.arg(4, "padding", 0)) for s in run]
+    padding = tuple(max(p[a] for p in pads) for a in range(2))
+    gaps = [tuple(padding[a] - p[a] for a in range(2)) for p in pads]
+    if any(gap[a] % dilation[a] for gap in gaps for a in range(2)):
+        return None
+    offsets = [tuple(gap[a] // dilation[a] for a in range(2)) for gap in gaps]
+    size = tuple(max(o[a] + s.kernel[a] for o, s in zip(offsets, run, strict=True)) for a in range(2))
+    return padding, size, offsets
+
+
+def _growth(run: list[Sibling]) -> float:
+    window = _window(run)
+    if window is None:
+        return float("inf")
+    area = window[1][0] * window[1][1]
+    own = sum(s.weight.shape[0] * s.kernel[0] * s.kernel[1] for s in run)
+    return sum(s.weight.shape[0] * area for s in run) / own
+
+
+def _merge(g: Graph, run: list[Sibling], producers: dict) -> Node | None:
+    """The one conv replacing `run`, placed in the graph (with the channel slice it reads, if one is needed),
+    or None where the merged window would change the output size."""
+    window = _window(run)
+    if window is None:
+        return None
+    padding, size, offsets = window
+    first = run[0].conv
+    stride, dilation = _pair(first.arg(3, "stride", 1)), _pair(first.arg(5, "dilation", 1))
+    sliced = run[0].piece is not None
+    source_meta = producers[run[0].source].meta if run[0].source in producers \
+        else g.input_meta[g.inputs.index(run[0].source)]
+    out_h, out_w = first.meta.shape[2:]
+    if _out(source_meta.shape[2], padding[0], size[0], stride[0], dilation[0]) != out_h \
+            or _out(source_meta.shape[3], padding[1], size[1], stride[1], dilation[1]) != out_w:
+        return None
+    name = f"{first.name}_siblings"
+    new_nodes, source = [], Ref(run[0].source)
+    if sliced and (run[0].begin, run[-1].end) != (0, source_meta.shape[1]):
+        meta = source_meta.new_empty((source_meta.shape[0], run[-1].end - run[0].begin, *source_meta.shape[2:]))
+        piece = Node(f"{name}_input", aten.slice.Tensor, (source, 1, run[0].begin, run[-1].end),
+                     module=run[0].piece.module, meta=meta)
+        new_nodes.append(piece)
+        source = Ref(piece.name)
+    weights, biases = [], []
+    for s, (oh, ow) in zip(run, offsets, strict=True):
+        padded = s.weight.new_zeros((*s.weight.shape[:2], *size))
+        padded[:, :, oh:oh + s.kernel[0], ow:ow + s.kernel[1]] = s.weight
+        weights.append(padded)
+        bias = s.conv.arg(2, "bias")
+        biases.append(s.weight.new_zeros(s.weight.shape[0]) if bias is None else g.constants[bias.name])
+    g.constants[f"{name}_weight"] = torch.cat(weights)
+    g.constants[f"{name}_bias"] = torch.cat(biases)
+    groups = sum(_groups(s.conv) for s in run) if sliced else 1
+    meta = first.meta.new_empty((first.meta.shape[0], sum(s.weight.shape[0] for s in run), out_h, out_w))
+    merged = Node(name, aten.convolution.default,
+                  (source, Ref(f"{name}_weight"), Ref(f"{name}_bias"), list(stride), list(padding),
+                   list(dilation), False, [0, 0], groups),
+                  act=first.act, module=first.module, meta=meta,
+                  notes=[f"{len(run)} sibling convs joined by a concat run as one: "
+                         + ", ".join(s.conv.module or s.conv.name for s in run)])
+    new_nodes.append(merged)
+    gone = {s.conv.name for s in run} | {s.piece.name for s in run if s.piece is not None}
+    at = next(i for i, n in enumerate(g.nodes) if n.name in gone)
+    at -= sum(1 for n in g.nodes[:at] if n.name in gone)
+    kept = [n for n in g.nodes if n.name not in gone]
+    g.nodes = kept[:at] + new_nodes + kept[at:]
+    return merged
+
+
+def _out(size: int, padding: int, kernel: int, stride: int, dilation: int) -> int:
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _pair(value) -> tuple[int, int]:
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    return value[0], value[-1]
+
+
+def _groups(conv: Node) -> int:
+    return conv.arg(8, "groups", 1)
