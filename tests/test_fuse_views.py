@@ -2,7 +2,8 @@
 channel concat, and channel slices read in place. Each small model matches the float64 torch reference in fp32
 and fp16 with both switches on and off, with buffers poisoned with NaN before each run (conftest), and takes
 fewer dispatches with them on where they apply; where they would be wrong (batch > 1, a producer read twice, a
-concat along H, offsets off the device's binding alignment, outputs) nothing changes."""
+concat along H, offsets off the device's binding alignment, outputs) nothing changes. Sibling convs stay apart
+here (CONVROUTE_MERGE_SIBLINGS=0): merged, the mixed convs would leave no concat to plan (tests/test_siblings.py)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from test_frontend import reference, rel_error  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("small_direct_tile")]
 
+
+@pytest.fixture(autouse=True)
+def siblings_apart(monkeypatch):
+    monkeypatch.setenv("CONVROUTE_MERGE_SIBLINGS", "0")
 
 
 class Inception(nn.Module):
