@@ -237,3 +237,19 @@ def test_a_clear_upset_of_the_prediction_is_not_timed_again(gpu, monkeypatch):
     calls = []
     monkeypatch.setattr(refine_mod, "tune", contradicting_tune(calls, [{"direct": 0.5, "im2col": 0.208}]))
     assert route_params(DILATED, gpu.profile, "calibrated").algorithm == "im2col" and len(calls) == 1
+
+
+@pytest.mark.parametrize("tie, direct_ms, expected", [("1", 0.21, "direct"), ("0", 0.21, "im2col"),
+                                                      ("1", 0.25, "im2col")])
+def test_seed_tie_keeps_seeds_pick_within_its_margin(gpu, monkeypatch, tie, direct_ms, expected):
+    """With CONVROUTE_SEED_TIE on, a measured winner less than SEED_TIE ahead of seed's pick (direct, for a
+    dilated conv) does not move the conv off it; off, or beyond the margin, the measured fastest wins."""
+    save_fake_calibration(gpu.profile)
+    monkeypatch.setattr(refine_mod, "CONFIRM", 0.0)
+    monkeypatch.setenv("CONVROUTE_SEED_TIE", tie)
+    assert route_params(DILATED, gpu.profile, "seed").algorithm == "direct"
+    monkeypatch.setattr(refine_mod, "tune", contradicting_tune([], [{"direct": direct_ms, "im2col": 0.20,
+                                                                     "implicit_gemm": 0.5}]))
+    d = route_params(DILATED, gpu.profile, "calibrated")
+    assert d.algorithm == expected
+    assert ("kept seed's direct, measured within 10% of im2col" in d.reason) == (expected == "direct"), d.reason

@@ -24,6 +24,9 @@ from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.measured import wrong_note
 from convroute.router.refine import allowed_times, cannot_measure, env_refine, measure_top
 from convroute.router.seed import seed_route
+from convroute.settings import env_flag
+
+SEED_TIE = 1.1  # with $CONVROUTE_SEED_TIE on: seed's pick kept when measured within this of the fastest
 
 
 def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
@@ -79,8 +82,9 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
         if times:
             wrong = f", {wrong_note(entry)}" if entry.get("wrong") else ""
             measured = ", ".join(f"{n} {ms(t)}" for n, t in times.items())
-            return next(iter(times)), (f"{label}: {why}: measured {measured}{wrong} ({origin}, {entry['method']}, "
-                                       f"{entry['when']}; {prediction}){notes_text}")
+            choice, kept = tie_to_seed(p, device, blocked, times)
+            return choice, (f"{label}: {why}: measured {measured}{wrong} ({origin}, {entry['method']}, "
+                            f"{entry['when']}; {prediction}){kept}{notes_text}")
         why_not = f"no candidate measured correctly ({wrong_note(entry) or 'none could run'})"
     return ranked[0], f"{label}: {prediction}{notes_text}; {why}, not measured: {why_not}"
 
@@ -100,6 +104,19 @@ def doubt_about(calibration, p: ConvParams, predicted: dict[str, float],
         return None
     return (f"a close call (predicted within {100 * (calibration.close_call - 1):.0f}%, the model's typical error "
             f"here)"), close
+
+
+def tie_to_seed(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
+                times: dict[str, float]) -> tuple[str, str]:
+    """(algorithm, note): the measured fastest, or seed's pick where $CONVROUTE_SEED_TIE is on and seed's pick
+    measured within SEED_TIE of it (a margin that small, measured on the conv alone, need not hold inside a
+    model)."""
+    fastest = next(iter(times))
+    seed = avoid_blocked(p, *seed_route(p, device), blocked)[0]
+    if seed == fastest or seed not in times or times[seed] > times[fastest] * SEED_TIE \
+            or not env_flag("CONVROUTE_SEED_TIE", False):
+        return fastest, ""
+    return seed, f"; kept seed's {seed}, measured within {100 * (SEED_TIE - 1):.0f}% of {fastest}"
 
 
 def seed_fallback(p: ConvParams, device: DeviceProfile, blocked: dict[str, str], why: str) -> tuple[str, str]:
