@@ -4,7 +4,7 @@
 # merge's tests and its on/off (CONVROUTE_MERGE_SIBLINGS), calibrated with CONVROUTE_SEED_TIE on/off, mobilenet_v2
 # under calibrated and seed node by node (tools/policy_nodes.py), squeezenet1_1's host phases, mobilenet_v2 in
 # fresh processes against the CUDA graph and seed, then the C API maps' and threads' tests. Every step is cut to
-# what is left of 570 s, so the archive always comes back.
+# what is left of $LIMIT seconds (default 570), so the archive always comes back.
 # Everything ends up in $OUT/call6.tgz with the calibration (.gpucache): warm machines do NOT keep .gpucache
 # between calls (session 19), so `tar xzf call6.tgz .gpucache` here and carry .gpucache in later calls.
 #   source .gl/prelude.sh && bash tools/gpu_session/call6.sh      (carry .gl .whl; results under $OUT)
@@ -13,7 +13,8 @@ OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call6; mkdir -p "$OUT" "$R"  # only the a
 export CONVROUTE_CACHE_DIR=$PWD/.gpucache; mkdir -p "$CONVROUTE_CACHE_DIR"
 pack() { tar czf "$OUT/call6.tgz" -C "${R%/*}" call6 -C "$PWD" .gpucache; }
 trap pack EXIT
-cap() { local left=$((570 - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }  # step timeout
+LIMIT=${LIMIT:-570}
+cap() { local left=$((LIMIT - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }  # step timeout
 git log --oneline -1 > "$R/head.txt"
 timeout "$(cap 260)" python3 -m convroute.cli.main calibrate --selftest-cases 0 --budget 230 --no-progress --wide \
   > "$R/calibrate.txt" 2>&1
