@@ -16,7 +16,7 @@ trap pack EXIT
 LIMIT=${LIMIT:-570}
 cap() { local left=$((LIMIT - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }  # step timeout
 git log --oneline -1 > "$R/head.txt"
-timeout "$(cap 260)" python3 -m convroute.cli.main calibrate --selftest-cases 0 --budget 230 --no-progress --wide \
+timeout "$(cap 260)" python3 -m convroute.cli.main calibrate --selftest-cases 0 --budget "${CAL_BUDGET:-230}" --no-progress --wide \
   > "$R/calibrate.txt" 2>&1
 pack
 timeout "$(cap 100)" python3 -m convroute.cli.main bench --suite all --policy seed,etvk,calibrated --budget 0.03 \
