@@ -124,3 +124,21 @@ class Leaky(Fire):
 def test_conv_with_another_reader_stays(monkeypatch):
     torch.manual_seed(0)
     check(Leaky(), torch.randn(1, 3, 8, 8), 0, monkeypatch)
+
+
+class FromTheEnd(nn.Module):
+    """Depthwise convs of x[:, :8] and x[:, -8:]: a slice counted from the end is left alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 1)
+        self.a, self.b = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 5, padding=2, groups=8)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return torch.cat([self.a(x[:, :8]), self.b(x[:, -8:])], 1)
+
+
+def test_slices_counted_from_the_end_stay(monkeypatch):
+    torch.manual_seed(0)
+    check(FromTheEnd(), torch.randn(1, 3, 6, 6), 0, monkeypatch)

@@ -93,7 +93,9 @@ def _sibling(g: Graph, node: Node | None, producers: dict, users: dict, outputs:
             and isinstance(piece.meta, torch.Tensor) and piece.meta.ndim == 4 \
             and piece.arg(1, "dim", 0) % 4 == 1 and piece.arg(4, "step", 1) == 1:
         begin = piece.arg(2, "start", 0) or 0
-        return Sibling(node, weight, piece.args[0].name, piece, begin, begin + piece.meta.shape[1])
+        if begin >= 0:  # a slice counted from the end (x[:, -8:]) is left alone
+            return Sibling(node, weight, piece.args[0].name, piece, begin, begin + piece.meta.shape[1])
+        return None
     if _groups(node) != 1:
         return None
     return Sibling(node, weight, node.args[0].name)
