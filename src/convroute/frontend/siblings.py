@@ -20,6 +20,7 @@ import torch
 
 from convroute.frontend.export import is_const
 from convroute.frontend.graph import Graph, Node, Ref, aten
+from convroute.params import make_params
 
 MAX_GROWTH = 2.5  # merged multiply-adds over the siblings' own
 
@@ -61,7 +62,8 @@ def merge_sibling_convs(g: Graph) -> int:
         merged_parts, i = [], 0
         while i < len(parts):
             run = _run_from(siblings, i)
-            merged = _merge(g, run, producers) if len(run) > 1 and _growth(run) <= MAX_GROWTH else None
+            window = _window(run) if len(run) > 1 else None
+            merged = _merge(g, run, window, producers) if window and _growth(run, window) <= MAX_GROWTH else None
             if merged is None:
                 merged_parts.append(parts[i])
                 i += 1
@@ -135,35 +137,32 @@ def _window(run: list[Sibling]):
     return padding, size, offsets
 
 
-def _growth(run: list[Sibling]) -> float:
-    window = _window(run)
-    if window is None:
-        return float("inf")
+def _growth(run: list[Sibling], window) -> float:
     area = window[1][0] * window[1][1]
     own = sum(s.weight.shape[0] * s.kernel[0] * s.kernel[1] for s in run)
     return sum(s.weight.shape[0] * area for s in run) / own
 
 
-def _merge(g: Graph, run: list[Sibling], producers: dict) -> Node | None:
-    """The one conv replacing `run`, placed in the graph (with the channel slice it reads, if one is needed),
-    or None where the merged window would change the output size."""
-    window = _window(run)
-    if window is None:
-        return None
+def _merge(g: Graph, run: list[Sibling], window, producers: dict) -> Node | None:
+    """The one conv replacing `run` with `window` (_window's), placed in the graph (with the channel slice it
+    reads, if one is needed), or None where the merged window would change the output size."""
     padding, size, offsets = window
     first = run[0].conv
     stride, dilation = _pair(first.arg(3, "stride", 1)), _pair(first.arg(5, "dilation", 1))
     sliced = run[0].piece is not None
     source_meta = producers[run[0].source].meta if run[0].source in producers \
         else g.input_meta[g.inputs.index(run[0].source)]
-    out_h, out_w = first.meta.shape[2:]
-    if _out(source_meta.shape[2], padding[0], size[0], stride[0], dilation[0]) != out_h \
-            or _out(source_meta.shape[3], padding[1], size[1], stride[1], dilation[1]) != out_w:
+    groups = sum(_groups(s.conv) for s in run) if sliced else 1
+    channels = run[-1].end - run[0].begin if sliced else source_meta.shape[1]
+    merged_params = make_params((source_meta.shape[0], channels, *source_meta.shape[2:]),
+                                (sum(s.weight.shape[0] for s in run), run[0].weight.shape[1], *size),
+                                stride, padding, dilation, groups)
+    if merged_params.output_shape[2:] != tuple(first.meta.shape[2:]):
         return None
     name = f"{first.name}_siblings"
     new_nodes, source = [], Ref(run[0].source)
     if sliced and (run[0].begin, run[-1].end) != (0, source_meta.shape[1]):
-        meta = source_meta.new_empty((source_meta.shape[0], run[-1].end - run[0].begin, *source_meta.shape[2:]))
+        meta = source_meta.new_empty((source_meta.shape[0], channels, *source_meta.shape[2:]))
         piece = Node(f"{name}_input", aten.slice.Tensor, (source, 1, run[0].begin, run[-1].end),
                      module=run[0].piece.module, meta=meta)
         new_nodes.append(piece)
@@ -177,8 +176,7 @@ def _merge(g: Graph, run: list[Sibling], producers: dict) -> Node | None:
         biases.append(s.weight.new_zeros(s.weight.shape[0]) if bias is None else g.constants[bias.name])
     g.constants[f"{name}_weight"] = torch.cat(weights)
     g.constants[f"{name}_bias"] = torch.cat(biases)
-    groups = sum(_groups(s.conv) for s in run) if sliced else 1
-    meta = first.meta.new_empty((first.meta.shape[0], sum(s.weight.shape[0] for s in run), out_h, out_w))
+    meta = first.meta.new_empty(merged_params.output_shape)
     merged = Node(name, aten.convolution.default,
                   (source, Ref(f"{name}_weight"), Ref(f"{name}_bias"), list(stride), list(padding),
                    list(dilation), False, [0, 0], groups),
@@ -188,14 +186,8 @@ def _merge(g: Graph, run: list[Sibling], producers: dict) -> Node | None:
     new_nodes.append(merged)
     gone = {s.conv.name for s in run} | {s.piece.name for s in run if s.piece is not None}
     at = next(i for i, n in enumerate(g.nodes) if n.name in gone)
-    at -= sum(1 for n in g.nodes[:at] if n.name in gone)
-    kept = [n for n in g.nodes if n.name not in gone]
-    g.nodes = kept[:at] + new_nodes + kept[at:]
+    g.nodes = g.nodes[:at] + new_nodes + [n for n in g.nodes[at:] if n.name not in gone]
     return merged
-
-
-def _out(size: int, padding: int, kernel: int, stride: int, dilation: int) -> int:
-    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
 
 
 def _pair(value) -> tuple[int, int]:

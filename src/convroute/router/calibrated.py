@@ -112,9 +112,10 @@ def tie_to_seed(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
     measured within SEED_TIE of it (a margin that small, measured on the conv alone, need not hold inside a
     model)."""
     fastest = next(iter(times))
+    if not env_flag("CONVROUTE_SEED_TIE", False):
+        return fastest, ""
     seed = avoid_blocked(p, *seed_route(p, device), blocked)[0]
-    if seed == fastest or seed not in times or times[seed] > times[fastest] * SEED_TIE \
-            or not env_flag("CONVROUTE_SEED_TIE", False):
+    if seed == fastest or seed not in times or times[seed] > times[fastest] * SEED_TIE:
         return fastest, ""
     return seed, f"; kept seed's {seed}, measured within {100 * (SEED_TIE - 1):.0f}% of {fastest}"
 
