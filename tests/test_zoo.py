@@ -140,7 +140,7 @@ def test_zoo_json_has_every_field_per_model(small_zoo):
         assert row["error"] is None and row["source"] == ("timm" if "timm" in name else "torchvision")
         assert row["input_shape"] == [1, 3, 32, 32] and row["compile_s"] > 0 and row["first_call_s"] > 0
         assert row["wall_s"] > row["compile_s"] + row["first_call_s"]
-        assert 0 < row["torch_fp32_error"] < 1e-5  # against float64
+        assert 0 < row["torch_error"] < 1e-5  # against float64
         assert row["rel_error"] < 1e-4 and row["gpu_ops"] == sum(row["gpu_ops_by_op"].values()) > 0
         assert row["cpu_ops"] == {}
         ours, peer = row["engines"]["convroute"], row["engines"]["torch-cpu"]
@@ -216,3 +216,14 @@ def test_each_models_program_is_freed_before_the_next(monkeypatch):
     bench_zoo.run_zoo(["squeezenet1_1"], sizes={"squeezenet1_1": 32}, batch=1, policy=None, dtype="float32",
                       peers=[], runs=0, progress=False, on_row=lambda r: alive.append(programs[-1]() is not None))
     assert alive == [False]
+
+
+def test_float16_zoo_reports_torchs_own_float16_error(capsys):
+    """The torch err column is torch's own error in the zoo's dtype, so a float16 error over the tolerance can be
+    told apart from a model that float16 itself cannot hold."""
+    assert main(["zoo", "squeezenet1_1", "--size", "32", "--runs", "0", "--dtype", "float16", "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    (line,) = [line for line in text.splitlines() if line.startswith("squeezenet1_1")]
+    rel_error, torch_error = line.split()[3:5]
+    assert 1e-5 < float(torch_error) < 1e-2 and float(rel_error.rstrip("!")) < 1e-2  # float16, not float32's ~1e-7
+    assert "torch's own in float16" in text

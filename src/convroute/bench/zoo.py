@@ -52,7 +52,7 @@ class ZooRow:
     dispatches: int = 0
     wall_s: float | None = None  # the whole row: build, reference, compile, timing
     rel_error: float | None = None  # ||y - ref|| / ||ref|| against the model in float64 on the CPU
-    torch_error: float | None = None  # torch float32's own error against float64: how well-conditioned the model is
+    torch_error: float | None = None  # torch's own error in the zoo's dtype against float64: the model's conditioning
     comparison: ModelComparison | None = None
     error: str | None = None  # why the model did not compile or run: "stage: Type: message"
     loaded: dict | None = None  # the row's JSON, when read back from a file (report_from_json)
@@ -76,7 +76,7 @@ class ZooRow:
                 "first_call_s": self.first_call_s, "gpu_ops": self.gpu_ops,
                 "gpu_ops_by_op": self.gpu_ops_by_op, "cpu_ops": self.cpu_ops, "dispatches": self.dispatches,
                 "wall_s": self.wall_s, "error": self.error,
-                "rel_error": self.rel_error, "torch_fp32_error": self.torch_error} | timed
+                "rel_error": self.rel_error, "torch_error": self.torch_error} | timed
 
 
 @dataclass
@@ -131,7 +131,7 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
         stage = "torch"
         with torch.no_grad():
             reference = float64_output(model, x)
-            row.torch_error = output_error(model(x), reference)
+            row.torch_error = torch_own_error(model, x, dtype, reference)
         stage = "compile"
         start = time.perf_counter()
         program = frontend.compile(model, (x,), policy=policy, dtype=dtype)
@@ -156,6 +156,20 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
     finally:
         row.wall_s = time.perf_counter() - start_row
     return row
+
+
+def torch_own_error(model, x, dtype: str, reference) -> float | None:
+    """torch's own error against float64 in `dtype` (float16: a half copy of the model, on CUDA where there is
+    one, else on the CPU): how far that dtype alone takes this model's output. None where torch cannot run
+    the model in that dtype."""
+    if dtype == "float32":
+        return output_error(model(x), reference)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        half = copy.deepcopy(model).to(device).half()
+        return output_error(half(x.to(device).half()), reference)
+    except (RuntimeError, NotImplementedError):  # e.g. an op without a half kernel on this device
+        return None
 
 
 def float64_output(model, x):
@@ -214,7 +228,8 @@ def _row_from_json(row: dict, data: dict) -> ZooRow:
     return ZooRow(row["model"], tuple(row["input_shape"]), compile_s=row["compile_s"],
                   first_call_s=row.get("first_call_s"), gpu_ops=row["gpu_ops"], gpu_ops_by_op=row["gpu_ops_by_op"],
                   cpu_ops=row["cpu_ops"], dispatches=row["dispatches"], wall_s=row.get("wall_s"),
-                  rel_error=row["rel_error"], torch_error=row.get("torch_fp32_error"), comparison=comparison,
+                  rel_error=row["rel_error"], torch_error=row.get("torch_error", row.get("torch_fp32_error")),
+                  comparison=comparison,
                   error=row["error"], loaded=row)
 
 
@@ -252,7 +267,7 @@ def models_table(report: ZooReport) -> str:
         if r.error:
             lines.append(f"FAILED {r.name}: {r.error}")
     lines.append(f"rel. err: ||y - ref|| / ||ref|| against the model in float64 on the CPU (! over {tolerance:g}); "
-                 "torch err: torch float32's own (random weights can make a model ill-conditioned)"
+                 f"torch err: torch's own in {report.dtype} (random weights can make a model ill-conditioned)"
                  + ("; p50/p10/p90: one call host to host;" if report.runs else ""))
     if report.runs:
         lines.append("GPU pass: median of the GPU dispatches alone (timestamps; - without them)")

@@ -14,7 +14,7 @@ from convroute.bench.compare_layers import (
     ratio_table,
     run_compare,
 )
-from convroute.bench.suite import DEFAULT_POLICIES, SETTINGS, run_bench, summary, table
+from convroute.bench.suite import CONFIRM_ABOVE, CONFIRM_ROUNDS, DEFAULT_POLICIES, SETTINGS, run_bench, summary, table
 from convroute.bench.suites import HELDOUT, SUITES, load_suite
 from convroute.cli.common import check_extras
 from convroute.device.gpu import get_gpu
@@ -48,6 +48,9 @@ def add_arguments(parser) -> None:
                              "sums, routed with the float16 calibration; --compare then runs torch in fp16 and "
                              "reports convroute / ncnn-vk16); float16 needs the adapter's shader-f16")
     parser.add_argument("--no-check", action="store_true", help="skip checking results against the host reference")
+    parser.add_argument("--no-confirm", action="store_true",
+                        help=f"report one measurement per layer (default: a layer where a policy's pick measured over "
+                             f"{CONFIRM_ABOVE}x the fastest is measured {CONFIRM_ROUNDS} more times, medians kept)")
     parser.add_argument("--compare", default="", metavar="NAMES",
                         help=f"also time other engines ({','.join(LAYER_ENGINES)}) where available, all with one "
                              "chained method (see --chain; --budget per engine and layer), beside convroute's routed "
@@ -94,7 +97,7 @@ def run(args) -> int:
             print(f"== {suite.name} ==")
         try:
             report = run_bench(get_gpu(), suite, args.batch, policies, settings=settings, check=not args.no_check,
-                               progress=not args.no_progress, dtype=args.dtype)
+                               progress=not args.no_progress, dtype=args.dtype, confirm=not args.no_confirm)
         except ValueError as err:  # e.g. float16 on an adapter without shader-f16
             print(f"error: {err}", file=sys.stderr)
             return 2
