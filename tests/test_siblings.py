@@ -1,8 +1,9 @@
-"""Sibling convs joined by a channel concat run as one conv (frontend/siblings.py): convs of one input (a fire
-module's 1x1 and 3x3, dilated kernels of two sizes) and depthwise or grouped convs of consecutive channel slices
-(MixNet's mixed kernels). Each model matches the float64 torch reference with the pass on and off
-(CONVROUTE_MERGE_SIBLINGS; buffers NaN-poisoned before each run, conftest), with fewer dispatches when merged;
-convs that cannot merge (unequal groups, another reader, a kernel far larger than the rest) stay as they were."""
+"""Sibling convs joined by a channel concat run as one conv (frontend/siblings.py): convs of one input (two
+3x3s; a fire module's 1x1 and 3x3 and dilated kernels of two sizes where the dense growth limit allows) and
+depthwise or grouped convs of consecutive channel slices (MixNet's mixed kernels). Each model matches the float64
+torch reference with the pass on and off (CONVROUTE_MERGE_SIBLINGS; buffers NaN-poisoned before each run,
+conftest), with fewer dispatches when merged; convs that cannot merge (a dense 1x1 beside a 3x3 by default,
+unequal groups, another reader, a kernel far larger than the rest) stay as they were."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 import convroute.frontend  # noqa: E402, F401 (before the GPU opens: see convroute.frontend)
+from convroute.frontend import siblings  # noqa: E402
 from convroute.measure.reference import TOLERANCES  # noqa: E402
 from test_frontend import reference, rel_error  # noqa: E402
 
@@ -77,15 +79,30 @@ def check(model, x, merges: int, monkeypatch, dtype="float32"):
         assert summary.dispatches == plain_summary.dispatches
 
 
+SAME_KERNEL = ((3, 1, 1), (3, 1, 1))
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("batch,size", [(1, 9), (2, 16)])
-def test_fire_expand_convs_merge(batch, size, dtype, monkeypatch):
+def test_same_input_convs_of_one_kernel_size_merge(batch, size, dtype, monkeypatch):
     torch.manual_seed(0)
-    check(Fire(bias=(True, False)), torch.randn(batch, 3, size, size), 1, monkeypatch, dtype)
+    check(Fire(SAME_KERNEL, (12, 5), bias=(True, False)), torch.randn(batch, 3, size, size), 1, monkeypatch, dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_fire_expand_1x1_and_3x3_merge_only_where_dense_growth_is_allowed(dtype, monkeypatch):
+    """Zero taps in a dense conv cost arithmetic: by default the fire expand stays two convs; the merge itself
+    (the 1x1's taps at the 3x3's centre) is right where the limit allows it."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9)
+    check(Fire(bias=(True, False)), x, 0, monkeypatch, dtype)
+    monkeypatch.setattr(siblings, "MAX_DENSE_GROWTH", siblings.MAX_GROWTH)
+    check(Fire(bias=(True, False)), x, 1, monkeypatch, dtype)
 
 
 def test_dilated_kernels_of_two_sizes_merge(monkeypatch):
     torch.manual_seed(0)
+    monkeypatch.setattr(siblings, "MAX_DENSE_GROWTH", siblings.MAX_GROWTH)
     model = Fire(kernels=((3, 2, 2), (5, 4, 2), (1, 0, 2)), widths=(5, 7, 4), stride=(2, 2, 2), bias=(1, 1, 1))
     check(model, torch.randn(1, 3, 13, 11), 1, monkeypatch)
 
@@ -108,6 +125,7 @@ def test_grouped_convs_of_unequal_groups_stay(monkeypatch):
 
 def test_kernel_far_larger_than_the_rest_stays(monkeypatch):
     torch.manual_seed(0)
+    monkeypatch.setattr(siblings, "MAX_DENSE_GROWTH", siblings.MAX_GROWTH)
     model = Fire(kernels=((1, 0, 1), (7, 3, 1)), widths=(32, 2))  # padded to 7x7 the 1x1s would do 49x the work
     check(model, torch.randn(1, 3, 8, 8), 0, monkeypatch)
 
@@ -123,7 +141,7 @@ class Leaky(Fire):
 
 def test_conv_with_another_reader_stays(monkeypatch):
     torch.manual_seed(0)
-    check(Leaky(), torch.randn(1, 3, 8, 8), 0, monkeypatch)
+    check(Leaky(SAME_KERNEL), torch.randn(1, 3, 8, 8), 0, monkeypatch)
 
 
 class FromTheEnd(nn.Module):

@@ -2,14 +2,15 @@
 where a model is bound by them rather than by arithmetic.
 
 Two shapes of siblings:
-- convs of one input (SqueezeNet's fire expand: a 1x1 and a 3x3 of the same tensor): one conv whose kernel is
-  the largest, the smaller kernels zero-padded into it;
+- convs of one input (e.g. two 3x3s of the same tensor): one conv whose kernel is the largest, the smaller
+  kernels zero-padded into it;
 - grouped or depthwise convs of consecutive channel slices of one tensor (MixNet's mixed kernels): one grouped
   conv over the slices' whole range, every group keeping its own (zero-padded) kernel.
 
 Merged only where every conv's result goes to the concat alone, with constant weights, the same stride,
 dilation and activation, no residual of its own, and where the padded kernels cost at most MAX_GROWTH times
-the convs' own multiply-adds.
+the convs' own multiply-adds (grouped and depthwise runs, bound by memory and dispatches) or MAX_DENSE_GROWTH
+times (convs of one input, groups 1, bound by arithmetic).
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from convroute.frontend.graph import Graph, Node, Ref, aten
 from convroute.params import make_params
 
 MAX_GROWTH = 2.5  # merged multiply-adds over the siblings' own
+# Dense convs pay for every zero tap: on the H100 SqueezeNet's fire expand (1x1 + 3x3 -> one 3x3, 1.8x the
+# multiply-adds) made the GPU pass 0.311 vs 0.275 ms for 6 fewer dispatches (NOTES, session 21).
+MAX_DENSE_GROWTH = 1.0
 
 
 @dataclass
@@ -63,7 +67,8 @@ def merge_sibling_convs(g: Graph) -> int:
         while i < len(parts):
             run = _run_from(siblings, i)
             window = _window(run) if len(run) > 1 else None
-            merged = _merge(g, run, window, producers) if window and _growth(run, window) <= MAX_GROWTH else None
+            limit = MAX_GROWTH if run and run[0].piece is not None else MAX_DENSE_GROWTH
+            merged = _merge(g, run, window, producers) if window and _growth(run, window) <= limit else None
             if merged is None:
                 merged_parts.append(parts[i])
                 i += 1
