@@ -15,7 +15,7 @@ from conftest import ACTIVATIONS, assert_matches, random_inputs, reference, rel_
 from convroute import conv2d
 from convroute.device.gpu import get_gpu
 from convroute.device.profile import GEMM_STYLES, DeviceProfile
-from convroute.kernels import ALGORITHMS, gemm_cpu
+from convroute.kernels import ALGORITHMS, gemm_cpu, winograd
 from convroute.kernels.common import F16_FEATURE, Epilogue
 from convroute.kernels.winograd import Winograd2, Winograd4, toom_cook
 from convroute.params import make_params
@@ -265,3 +265,23 @@ def test_f16_winograd4_sums_in_f32_and_stays_within_fp16_tolerance(monkeypatch, 
         assert kernel.gemm.precision.accumulate == sums, variant.name
     out = conv2d(x, w, None, 1, (2, 1), algorithm="winograd4", dtype="float16")
     assert_matches(out.astype(np.float32), reference(p, x, w), "winograd4 float16", 1e-2)
+
+
+@pytest.mark.parametrize("style", GEMM_STYLES)
+def test_f16_winograd2_holds_inputs_near_the_f16_limit_without_the_fallback(monkeypatch, style):
+    """F(2x2)'s V (up to 4x the inputs) is stored times 1/4: inputs up to 3e4 (timm resnet50d's deepest convs in
+    the zoo) stay on the fast path. The fallback is made to write NaN here, so a tile sent to it shows."""
+    if F16_FEATURE not in get_gpu().profile.features:
+        pytest.skip(f"the adapter lacks {F16_FEATURE}")
+    use_style(monkeypatch, style)
+    monkeypatch.setattr(winograd, "OUTPUT_HELPERS", winograd.OUTPUT_HELPERS.replace(
+        "var s = bias[o];", "return bitcast<f32>(0x7fc00000u);\n  var s = bias[o];"))
+    p = make_params((1, 16, 7, 7), (8, 16, 3, 3), 1, 1)
+    rng = np.random.default_rng(28)
+    x = (3e4 * rng.uniform(0.5, 1, p.input_shape) * rng.choice([-1, 1], p.input_shape)).astype(np.float16)
+    w = (rng.standard_normal(p.weight_shape) / 12 / 3e4 * 1e3).astype(np.float32)
+    ref = reference(p, x.astype(np.float32), w)
+    assert np.isfinite(ref).all() and np.abs(ref).max() < 6e4
+    out = conv2d(x, w, padding=1, algorithm="winograd2", dtype="float16")
+    assert not np.isnan(out).any(), "tiles took the non-finite fallback"
+    assert_matches(out.astype(np.float32), ref, "winograd2 float16 near the f16 limit", 1e-2)

@@ -18,7 +18,11 @@ B and A entries are dyadic (exact in fp32) and the relative error stays near 2e-
 (0, +-1, +-2 gives about 3e-6). V and Mx are sized per bind; when they would exceed one binding the tiles go
 in chunks. With dtype float16, x, y, U, V and the fallback's weights are f16 and the transforms compute in
 f32; Mx stays f32 (the output transform's cancellations need it), and F(4x4)'s GEMM sums in f32 as well.
-A V that overflows f16 is Inf, so its tiles take the direct fallback.
+A V that overflows f16 is Inf, so its tiles take the direct fallback. F(2x2)'s V is stored in f16 times 1/4
+(`v_scale`; its B^T rows each add two inputs, so |V| <= 4 max|x|) and the output transform multiplies by 4:
+exact in binary, so V cannot overflow for finite f16 inputs (timm resnet50d's 512x7x7 convs, inputs up to 2.7e4,
+sent every tile to the fallback without it: NOTES, session 21). F(4x4)'s V would need 1/64 (row sums up to 7),
+which pushes inputs below 4e-3 into f16's subnormals: it keeps the fallback.
 """
 
 from __future__ import annotations
@@ -145,6 +149,7 @@ class Winograd(ConvKernel):
     in f32 even with f16 sums asked for (`f32_sums`)."""
 
     f32_sums = False
+    v_scale = 1.0  # V is stored times this in f16 (a power of two), the outputs are divided by it
 
     m = 0
     points: tuple = ()
@@ -201,7 +206,7 @@ class Winograd(ConvKernel):
         lines.append("  let out = ch * P.cs + tl;")
         for i in range(a):
             for j in range(a):
-                lines.append(f"  v[{i * a + j}u * C_IN * P.cs + out] = ST(v{i}_{j});")
+                lines.append(f"  v[{i * a + j}u * C_IN * P.cs + out] = ST(v{i}_{j}{self._times(self._v_scale)});")
         return "\n".join(lines)
 
     def output_body(self, at: np.ndarray) -> str:
@@ -222,13 +227,22 @@ class Winograd(ConvKernel):
         lines.append("  }")
         lines += transform_2d(at, [[f"m{i}_{j}" for j in range(a)] for i in range(a)], "y")
         lines.append("  let b = bias[ch];")
+        unscale = self._times(1 / self._v_scale)
         for i in range(m):
             for j in range(m):
                 guard = f"row0 + {i}u < HO && col0 + {j}u < WO"
                 index = f"out + {i}u * WO + {j}u"
-                value = f"y{i}_{j} + b" + (f" + f32(res[{index}])" if self.residual else "")
+                value = f"y{i}_{j}{unscale} + b" + (f" + f32(res[{index}])" if self.residual else "")
                 lines.append(f"  if ({guard}) {{ y[{index}] = ST(act({value})); }}")
         return "\n".join(lines)
+
+    @property
+    def _v_scale(self) -> float:
+        return self.v_scale if self.precision.dtype == "float16" else 1.0
+
+    @staticmethod
+    def _times(factor: float) -> str:
+        return "" if factor == 1.0 else f" * {factor!r}"
 
     def chunk_tiles(self, total: int) -> int:
         """Tiles per chunk: the most (whole GEMM column tiles where possible) whose V and Mx fit one binding."""
@@ -270,6 +284,7 @@ class Winograd2(Winograd):
     name = "winograd2"
     m = 2
     points = (0.0, 1.0, -1.0)
+    v_scale = 0.25
 
 
 class Winograd4(Winograd):
