@@ -198,6 +198,20 @@ def test_spinning_reads_leave_the_poll_thread_asleep(monkeypatch, maps):
         poller.get_token = shipped
 
 
+def call_in_two_threads(models, programs, calls: int) -> None:
+    """programs[i] called `calls` times from thread i with fresh inputs, each result checked against torch."""
+    def caller(i: int):
+        for _ in range(calls):
+            x = torch.randn(2, 3, 12, 10)
+            with torch.no_grad():
+                ref = copy.deepcopy(models[i]).double()(x.double())
+            out = programs[i](x)
+            err = float((out.double() - ref).abs().max() / ref.abs().max())
+            assert err < 1e-4, f"program {i}: relative error {err:.2g}"
+
+    run_in_threads(caller, len(programs), "a call")
+
+
 @pytest.mark.parametrize("maps", ["C API", "wgpu-py"])
 def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch, maps):
     """On GPUs a program asks for its upload buffer's next map right after each submit (Gpu.premap); two
@@ -208,17 +222,7 @@ def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch, maps):
     models = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(),
               nn.Sequential(nn.Conv2d(3, 6, 1), nn.Sigmoid()).eval()]
     programs = [convroute.compile(m, torch.randn(2, 3, 12, 10)) for m in models]
-
-    def caller(i: int):
-        for _ in range(10):
-            x = torch.randn(2, 3, 12, 10)
-            with torch.no_grad():
-                ref = copy.deepcopy(models[i]).double()(x.double())
-            out = programs[i](x)
-            err = float((out.double() - ref).abs().max() / ref.abs().max())
-            assert err < 1e-4, f"program {i}: relative error {err:.2g}"
-
-    run_in_threads(caller, 2, "a call")
+    call_in_two_threads(models, programs, 10)
     for program in programs:
         (source, _, _), = program.plan.upload_buffers.values()
         assert program.gpu.map_in_flight(source)  # the next call's map is already asked for
@@ -243,17 +247,7 @@ def test_encoding_on_the_encoding_thread_gives_every_call_its_own_result(monkeyp
     def spy(self, work):
         return encode(self, lambda: (threads_seen.add(threading.current_thread().name), work())[1])
     monkeypatch.setattr(type(gpu), "encode_later", spy)
-
-    def caller(i: int):
-        for _ in range(15):
-            x = torch.randn(2, 3, 12, 10)
-            with torch.no_grad():
-                ref = copy.deepcopy(models[i]).double()(x.double())
-            out = programs[i](x)
-            err = float((out.double() - ref).abs().max() / ref.abs().max())
-            assert err < 1e-4, f"program {i}: relative error {err:.2g}"
-
-    run_in_threads(caller, 2, "a call")
+    call_in_two_threads(models, programs, 15)
     assert threads_seen and all(name.startswith("convroute-encode") for name in threads_seen)
     (segment,) = [s for s in programs[0].plan.segments if getattr(s, "recording", None) is not None]
     assert segment.recording.encode_thread
