@@ -12,7 +12,8 @@ trap pack EXIT
 git log --oneline -1 > "$R/head.txt"
 CONVROUTE_WINOGRAD_F16_SCALE=1 CONVROUTE_FUZZ=200 timeout 200 python3 -m pytest -q -p no:cacheprovider \
   tests/test_fuzz.py -k "test_fuzz and float" -s 2>&1 | grep -E "cases|wrong|passed|failed" | tail -6 | tee "$R/fuzz.txt"
-timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_winograd.py 2>&1 | tail -2 | tee "$R/tests.txt"
+CONVROUTE_WINOGRAD_F16_SCALE=1 timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_winograd.py tests/test_fp16.py 2>&1 \
+  | tail -2 | tee "$R/tests.txt"
 timeout 90 python3 tools/flag_ab.py CONVROUTE_WINOGRAD_F16_SCALE timm:resnet50d --dtype float16 --policy calibrated \
   --rounds 40 > "$R/scale_ab.txt" 2>&1
 tail -3 "$R/scale_ab.txt"
