@@ -474,3 +474,37 @@ def test_run_command_prints_error_routing_table_and_latency(capsys):
     assert "relative error" in out and ": OK" in out and "max abs error" in out
     assert "layer4.1.conv2" in out and "im2col" in out and "convroute on the GPU" in out and "torch on the CPU" in out
     assert main(["run", "--model", "no_such_net"]) == 2
+
+
+class Chain(nn.Module):
+    """Three convs of equal-size values: the input's buffer is free after the first conv reads it."""
+
+    def __init__(self):
+        super().__init__()
+        self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in range(3))
+
+    def forward(self, x):
+        for conv in self.convs:
+            x = torch.tanh(conv(x))
+        return x
+
+
+@pytest.mark.parametrize("rerun", ["gpu_pass_times", "profile"])
+def test_the_plan_runs_again_on_its_own_over_the_real_input(rerun, capsys):
+    """gpu_pass_times and profile run the plan's dispatches without a call: the input's buffer is kept (never
+    reused for a later value), and profile runs the nodes in plan order, so the output buffer still holds the
+    call's result afterwards (re-run over another value's data it would not)."""
+    torch.manual_seed(3)
+    model = Chain().eval()
+    x = torch.randn(1, 8, 10, 10)
+    program = convroute.compile(model, (x,))
+    y = program(x).numpy()
+    out = program.plan.graph.outputs[0].name
+    if rerun == "gpu_pass_times":
+        if program.gpu_pass_times(2) is None:
+            pytest.skip("no timestamp queries on this adapter")
+    else:
+        program.profile(x, runs=2)
+        assert "in plan order" in capsys.readouterr().out
+    again = program.gpu.read(program.plan.buffer(out), y.shape)
+    np.testing.assert_allclose(again, y, rtol=1e-6, atol=1e-6)

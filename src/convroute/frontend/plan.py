@@ -281,6 +281,8 @@ def _allocate(ctx: Context, graph: Graph, steps: list[Step], root: dict, within:
     for ref in iter_refs(graph.outputs):
         if r(ref.name) in birth:
             death[r(ref.name)] = NEVER
+    for name in input_uploads:  # kept: the plan's dispatches can be run again on their own (gpu_pass_times, profile)
+        death[r(name)] = NEVER
     by_birth: dict[int, list[str]] = {}
     for name, i in birth.items():
         by_birth.setdefault(i, []).append(name)

@@ -29,7 +29,8 @@ from convroute.frontend.lower import cpu_flops
 from convroute.frontend.plan import Plan, Segment, ValueTooLarge, build_plan
 from convroute.frontend.web.export import export_program
 from convroute.kernels.common import Precision
-from convroute.measure.timing import TimingSettings, time_candidates
+from convroute.measure.passes import pass_times
+from convroute.measure.timing import TimingSettings, time_candidates, timing_method
 from convroute.report.table import format_table
 from convroute.router import POLICIES, default_policy
 from convroute.settings import env_flag
@@ -320,10 +321,24 @@ class Program:
             return None
         return [ms / 1e3 for ms in timing.samples_ms]
 
+    def _in_order_times(self, plan: Plan, timed: list, runs: int) -> list[list[float]] | None:
+        """Per timed node, `runs` GPU ms with every node run in plan order (None: no timestamps, CPU steps
+        between, or timestamps that read nonsense)."""
+        if plan.cpu_steps or timing_method(self.gpu, TimingSettings()) != "timestamp":
+            return None
+        passes = [s.dispatches for s in timed]
+        rounds = [pass_times(self.gpu, passes, per_submit=len(passes)) for _ in range(runs + 1)][1:]  # 1 warm-up
+        if min(min(r) for r in rounds) <= 0:
+            return None
+        return [list(samples) for samples in zip(*rounds, strict=True)]
+
     def profile(self, *inputs, runs: int = 3, file=None) -> list[dict]:
-        """Time each GPU node alone, in its own compute pass (measure.timing's timer: GPU timestamps scaled by
-        the device's timestamp period when the adapter has them, else submit and wait), and each CPU step;
-        print a table and return its rows (ms: median of `runs`). Random inputs when none given."""
+        """Time each GPU node alone, in its own compute pass, and each CPU step; print a table and return its
+        rows (ms: median of `runs`). Random inputs when none given. With GPU timestamps and no CPU steps the
+        nodes run in plan order in one submission, so each reads the values its producers just wrote (buffers
+        are reused once a value is dead: a node run after the whole model would read another value's data,
+        and data decides some kernels' time, e.g. Winograd's non-finite fallback); otherwise each node is timed
+        by measure.timing's timer over the values the last call left."""
         inputs = _as_inputs(inputs) if inputs else [
             torch.randn(self.plan.metas[n].shape, dtype=self.plan.metas[n].dtype) for n in self.plan.graph.inputs]
         plan = self._plan_for(inputs)
@@ -333,12 +348,17 @@ class Program:
             self._run(plan, inputs, on_cpu=lambda step, dt: times[step.node.name].append(1e3 * dt))
         timed = [s for s in plan.gpu_steps if s.dispatches]
         how = "no GPU nodes"
-        if timed:
+        in_order = self._in_order_times(plan, timed, runs) if timed else None
+        if in_order:
+            for s, samples in zip(timed, in_order, strict=True):
+                times[s.node.name] = samples
+            how = "gpu timestamps, one compute pass per node, in plan order"
+        elif timed:
             settings = TimingSettings(warmup=1, repeats=runs, min_repeats=runs, budget_s=0.0)
             results = time_candidates(self.gpu, {s.node.name: [s.dispatches] for s in timed}, settings)
             for name, result in results.items():
                 times[name] = list(result.samples_ms)
-            how = f"{next(iter(results.values())).method}, one compute pass per node"
+            how = f"{next(iter(results.values())).method}, one compute pass per node, each after the whole model"
         totals = []
         for _ in range(runs):
             start = time.perf_counter()
