@@ -212,3 +212,27 @@ def test_cli_regenerates_a_network_of_the_shipped_file(tmp_path, capsys):
     assert load_suite(str(out)).layers == tuple(shipped) and len(shipped) == 4
     assert main(["heldout", "--preset", "heldout_small", "--networks", "ssd300_vgg16"]) == 2
     assert "not in preset heldout_small" in capsys.readouterr().err
+
+
+def test_score_heldout_measures_a_far_pick_again(tmp_path, monkeypatch):
+    """calibrate's held-out score confirms, as the bench does: a layer whose seed pick (direct: C_out < 128 on
+    NVIDIA) measured 3x the fastest once and level twice more is scored by the medians."""
+    from types import SimpleNamespace
+
+    from convroute.bench import heldout_score
+    from convroute.bench import suite as bench_suite
+
+    rounds = iter([3.0, 1.0, 1.0])
+
+    def measure(gpu, result, settings, check, precision=None):
+        result.times_ms.update({n: 1.0 for n in ("im2col", "implicit_gemm")} | {"direct": next(rounds)})
+    monkeypatch.setattr(heldout_score, "measure_layer", measure)
+    monkeypatch.setattr(bench_suite, "measure_layer", measure)
+    path = tmp_path / "one.json"
+    path.write_text('{"name": "one", "layers": [{"name": "net/conv", "c_in": 64, "h": 28, "w": 28, "c_out": 64,'
+                    ' "kernel": 3, "stride": 2, "padding": 1}]}')
+    score = score_heldout(SimpleNamespace(profile=NVIDIA), fake_calibration(NVIDIA, tiny_grid()), str(path), 60,
+                          progress=False)
+    assert score.confirmed == 1 and score.layers[0].times_ms["direct"] == 1.0
+    assert score.scores["vs_oracle"]["seed"] == pytest.approx(1.0)
+    assert "measured 2 more times" in heldout_text(score)

@@ -5,6 +5,8 @@ calibrated's worst layer.
 Layers are measured as `convroute bench` measures them (every applicable algorithm checked against the
 reference, then timed), a network's dilated convs first and the networks in turn, until the time budget is
 spent; what is left is reported as skipped. A layer that is one of the calibration's own shapes is left out.
+As in the bench, a layer where a policy's pick measured far off the fastest is measured again and reported by
+medians (bench.suite.confirm_far_picks), while the budget lasts.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 
-from convroute.bench.suite import SETTINGS, LayerResult, measure_layer
+from convroute.bench.suite import CONFIRM_ROUNDS, SETTINGS, LayerResult, confirm_far_picks, measure_layer
 from convroute.bench.suites import Layer, load_suite
 from convroute.calibration.profile import Calibration, device_record
 from convroute.kernels.common import Precision
@@ -53,6 +55,7 @@ class HeldoutScore:
     skipped: list[str] = field(default_factory=list)  # not measured: the budget ran out
     in_grid: list[str] = field(default_factory=list)  # left out: a shape of the calibration itself
     failed: list[str] = field(default_factory=list)  # no algorithm ran correctly
+    confirmed: int = 0  # convs measured again: a policy's pick was far off the fastest
 
 
 def score_heldout(gpu, cal: Calibration, name_or_path: str, budget_s: float, progress: bool = True) -> HeldoutScore:
@@ -69,13 +72,19 @@ def score_heldout(gpu, cal: Calibration, name_or_path: str, budget_s: float, pro
             out.skipped.append(layer.name)
             continue
         if layer.conv not in measured:
-            result = LayerResult(layer.name, layer.count, layer.conv)
+            measured[layer.conv] = result = LayerResult(layer.name, layer.count, layer.conv)
             measure_layer(gpu, result, HELDOUT_SETTINGS, True, precision)
-            measured[layer.conv] = result.times_ms
-        if not measured[layer.conv]:
+        if not measured[layer.conv].times_ms:
             out.failed.append(layer.name)
             continue
-        out.layers.append(BenchLayer(layer.name, layer.count, layer.conv, measured[layer.conv]))
+        out.layers.append(BenchLayer(layer.name, layer.count, layer.conv, measured[layer.conv].times_ms))
+    if time.perf_counter() - start < budget_s:
+        results = [r for r in measured.values() if r.times_ms]
+        for result in results:
+            result.choices = choices(BenchLayer(result.name, 1, result.params, result.times_ms), gpu.profile, None,
+                                     cal)
+        out.confirmed = confirm_far_picks(gpu, results, HELDOUT_SETTINGS, True, precision, progress)
+        out.layers = [replace(x, times_ms=measured[x.params].times_ms) for x in out.layers]
     out.seconds = time.perf_counter() - start
     if out.layers:
         out.layers.sort(key=lambda x: [y.name for y in suite.layers].index(x.name))
@@ -106,6 +115,9 @@ def heldout_text(h: HeldoutScore) -> str:
         lines.append(f"worst layer under calibrated: {ratio:.2f}x, {name[-80:]}")
         lines.append(f"  {shape_text(layer.params)}: {picked} {layer.times_ms[picked]:.3g} ms, fastest {best} "
                      f"{layer.times_ms[best]:.3g} ms")
+    if h.confirmed:
+        lines.append(f"{h.confirmed} layer(s) where a policy's pick measured far off the fastest were measured "
+                     f"{CONFIRM_ROUNDS} more times (medians)")
     return "\n".join(lines + skipped_lines(h))
 
 
