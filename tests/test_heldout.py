@@ -236,3 +236,21 @@ def test_score_heldout_measures_a_far_pick_again(tmp_path, monkeypatch):
     assert score.confirmed == 1 and score.layers[0].times_ms["direct"] == 1.0
     assert score.scores["vs_oracle"]["seed"] == pytest.approx(1.0)
     assert "measured 2 more times" in heldout_text(score)
+
+
+def test_scores_route_calibrated_as_compiling_does_with_the_measured_times():
+    """Outside the calibrated range compiling times the top candidates; the scores (calibrate's held-out table,
+    derive-rule's) take the fastest of those from the measured times instead of the prediction alone."""
+    from convroute.router.calibrated import calibrated_route, refined_route
+    from convroute.router.regret import choices
+
+    cal = fake_calibration(NVIDIA, tiny_grid())
+    far = make_params((1, 512, 40, 40), (512, 512, 3, 3), 1, 24, 24)  # nothing like the tiny grid
+    predicted = calibrated_route(far, NVIDIA, {}, "float32", cal, refine=False)[0]
+    times = {n: 1.0 for n in ALGORITHMS if ALGORITHMS[n].unsupported(far) is None} | {predicted: 9.0}
+    refined = refined_route(far, NVIDIA, {}, cal, times)
+    assert refined != predicted and times[refined] == 1.0
+    assert choices(BenchLayer("net/far", 1, far, times), NVIDIA, None, cal)["calibrated"] == refined
+    inside = tiny_grid()[0]
+    assert refined_route(inside, NVIDIA, {}, cal, {}) == calibrated_route(inside, NVIDIA, {}, "float32", cal,
+                                                                          refine=False)[0]

@@ -22,7 +22,7 @@ from convroute.kernels.common import Precision
 from convroute.params import ConvParams
 from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.measured import wrong_note
-from convroute.router.refine import allowed_times, cannot_measure, env_refine, measure_top
+from convroute.router.refine import TOP, allowed_times, cannot_measure, env_refine, measure_top
 from convroute.router.seed import seed_route
 from convroute.settings import env_flag
 
@@ -87,6 +87,21 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
                             f"{entry['when']}; {prediction}){kept}{notes_text}")
         why_not = f"no candidate measured correctly ({wrong_note(entry) or 'none could run'})"
     return ranked[0], f"{label}: {prediction}{notes_text}; {why}, not measured: {why_not}"
+
+
+def refined_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, str], calibration,
+                  times_ms: dict[str, float]) -> str:
+    """calibrated's pick for `p` where its algorithms' times are already known (`times_ms`, a bench's or the
+    held-out score's): the prediction, or, where compiling would measure (outside the calibrated range, a close
+    call), the fastest of the candidates it would time, as measured in `times_ms`."""
+    allowed = [n for n in applicable(p) if n not in blocked]
+    predicted = {n: t for n in allowed if (t := calibration.model.predict_ms(p, n)) is not None}
+    ranked = sorted(predicted, key=predicted.get)
+    doubt = doubt_about(calibration, p, predicted, ranked) if len(allowed) > 1 else None
+    timed = [n for n in doubt[1][:TOP] if n in times_ms] if doubt else []
+    if not timed:
+        return calibrated_route(p, device, blocked, calibration.dtype, calibration, refine=False)[0]
+    return tie_to_seed(p, device, blocked, {n: times_ms[n] for n in sorted(timed, key=times_ms.get)})[0]
 
 
 def doubt_about(calibration, p: ConvParams, predicted: dict[str, float],

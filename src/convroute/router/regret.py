@@ -13,7 +13,7 @@ from pathlib import Path
 
 from convroute.calibration.profile import Calibration, load_calibration
 from convroute.params import ConvParams, params_from_dict
-from convroute.router.calibrated import calibrated_route
+from convroute.router.calibrated import refined_route
 from convroute.router.derive import profile_from_record, shape_key
 from convroute.router.etvk import etvk_route
 from convroute.router.exclusions import applicable, avoid_blocked
@@ -69,6 +69,8 @@ def check_held_out(suite: BenchSuite, fitted: set[str]) -> None:
 
 
 def choices(layer: BenchLayer, profile, rule: Rule | None, calibration: Calibration | None) -> dict[str, str]:
+    """Each policy's pick for a measured layer; calibrated's as compiling routes it, with the layer's measured
+    times standing in for what refinement would time (calibrated.refined_route)."""
     p = layer.params
     blocked = {n: "not measured on this device" for n in applicable(p) if n not in layer.times_ms}
     out = {"seed": avoid_blocked(p, *seed_route(p, profile), blocked)[0],
@@ -78,7 +80,7 @@ def choices(layer: BenchLayer, profile, rule: Rule | None, calibration: Calibrat
         out["derived"] = rule.route(p, profile, blocked)[0]
     if calibration is not None:
         excluded = blocked | {n: why for n, why in calibration.excluded.items() if n in applicable(p)}
-        out["calibrated"] = calibrated_route(p, profile, excluded, calibration.dtype, calibration)[0]
+        out["calibrated"] = refined_route(p, profile, excluded, calibration, layer.times_ms)
     return out
 
 
