@@ -1,25 +1,38 @@
 #!/usr/bin/env bash
-# GPU session 22, call 11 (<= ~5 min; after call6.sh): CONVROUTE_ENCODE_THREAD (off until measured): its on/off
-# A/B on the host-bound models, lcnet_050's host phases with it on and off, and mobilenet_v2 in five fresh
-# processes against the CUDA graph with it on (issue 26: <= 1.0x in 5 of 5). Turn it on by default only if the
-# A/B gains and the tests hold.
-#   source .gl/prelude.sh && bash tools/gpu_session/call11.sh   (carry .gl .whl .gpucache)
+# GPU session, call 11 (<= $LIMIT s, default 480; after call10.sh, carry .gpucache): issue 26's per-process items
+# with the switches as call 10 left them (pass CONVROUTE_WINOGRAD_F16_SCALE / CONVROUTE_ENCODE_THREAD in front to
+# try them before they are defaults):
+# - an fp16 zoo of ten models against convroute-float32 and the fp16 CUDA graph (fp16 never slower than fp32);
+# - mobilenet_v2 in ten fresh processes against the CUDA graph, the encoding thread on and off in turn
+#   (<= 1.0x in 5 of 5);
+# - lcnet_050's host phases with the encoding thread on and off.
+#   source .gl/prelude.sh && bash tools/gpu_session/call11.sh   (carry .gl .whl .gpucache; results under $OUT)
+set -o pipefail
 OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call11; mkdir -p "$OUT" "$R"
 export CONVROUTE_CACHE_DIR=$PWD/.gpucache
 pack() { tar czf "$OUT/call11.tgz" -C "${R%/*}" call11; }
 trap pack EXIT
-git log --oneline -1 > "$R/head.txt"
-timeout 40 python3 -m pytest -q -p no:cacheprovider tests/test_threads.py 2>&1 | tail -2 | tee "$R/tests.txt"
-timeout 120 python3 tools/flag_ab.py CONVROUTE_ENCODE_THREAD timm:lcnet_050 squeezenet1_1 mobilenet_v2 \
-  --policy calibrated --rounds 60 > "$R/encode_ab.txt" 2>&1
-tail -5 "$R/encode_ab.txt"
+LIMIT=${LIMIT:-480}
+cap() { local left=$((LIMIT - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }
+{ git log --oneline -1; env | grep ^CONVROUTE_; ls "$CONVROUTE_CACHE_DIR"; } > "$R/head.txt"
+timeout "$(cap 190)" python3 -m convroute.cli.main zoo timm:resnet50d resnet18 resnet50 mobilenet_v2 timm:lcnet_050 \
+  timm:mixnet_s squeezenet1_1 timm:efficientnet_b0 timm:ghostnet_100 convnext_tiny --dtype float16 \
+  --policy calibrated --compare convroute-float32,torch-cuda-graph --runs 20 --no-progress \
+  --json "$R/zoo_fp16.json" > "$R/zoo_fp16.txt" 2>&1
+tail -16 "$R/zoo_fp16.txt"
+pack
+for i in 1 2 3 4 5; do
+  for flag in 1 0; do
+    echo "CONVROUTE_ENCODE_THREAD=$flag"
+    CONVROUTE_ENCODE_THREAD=$flag timeout "$(cap 25)" python3 -m convroute.cli.main run --model mobilenet_v2 \
+      --policy calibrated --compare torch-cuda-graph,convroute-seed --runs 30 2>&1 \
+      | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
+  done
+done > "$R/mnv2.txt"
+cat "$R/mnv2.txt"
+pack
 for flag in 1 0; do
-  CONVROUTE_ENCODE_THREAD=$flag timeout 35 python3 tools/host_phases.py timm:lcnet_050 224 calibrated 300 \
+  CONVROUTE_ENCODE_THREAD=$flag timeout "$(cap 35)" python3 tools/host_phases.py timm:lcnet_050 224 calibrated 300 \
     > "$R/host_phases_$flag.txt" 2>&1
   head -14 "$R/host_phases_$flag.txt"
 done
-for i in 1 2 3 4 5; do
-  CONVROUTE_ENCODE_THREAD=1 timeout 25 python3 -m convroute.cli.main run --model mobilenet_v2 --policy calibrated \
-    --compare torch-cuda-graph,convroute-seed --runs 30 2>&1 | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
-done > "$R/mnv2.txt"
-cat "$R/mnv2.txt"
