@@ -122,6 +122,36 @@ def test_batch_norm_folding_and_activation_fusion(monkeypatch):
     assert "bn+relu" in text and "bn+hardswish" in text and "depthwise" in text and "pointwise" in text
 
 
+class TwoBatchNorms(nn.Module):
+    """timm's RepGhost module: x1 = bn1(conv(x)) is read by a depthwise conv and by a second batch norm, so only
+    bn1 may fold into the conv (folding bn2 too would scale what the depthwise conv reads); then a chain
+    conv -> bn3 -> bn4 with bn3 read by bn4 alone, where both fold."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn1, self.bn2 = nn.Conv2d(4, 6, 1, bias=False), nn.BatchNorm2d(6), nn.BatchNorm2d(6)
+        self.cheap, self.bn_cheap = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False), nn.BatchNorm2d(6)
+        self.tail, self.bn3, self.bn4 = nn.Conv2d(6, 5, 3), nn.BatchNorm2d(5), nn.BatchNorm2d(5)
+
+    def forward(self, x):
+        x1 = self.bn1(self.conv(x))
+        x2 = self.bn_cheap(self.cheap(x1)) + self.bn2(x1)
+        return self.bn4(self.bn3(self.tail(F.relu(x2))))
+
+
+def test_a_batch_norm_folds_only_into_a_conv_it_alone_reads():
+    model = TwoBatchNorms().eval()
+    with torch.no_grad():
+        randomize_batch_norms(model)
+    x = torch.randn(1, 4, 8, 8)
+    program = convroute.compile(model, (x,))
+    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    folded = {r["name"]: r["fused"] for r in program.convs()}
+    assert folded["conv"] == ["batch norm bn1 folded"], folded
+    assert folded["tail"] == ["batch norm bn3 folded", "batch norm bn4 folded"], folded
+    assert program.summary().gpu_ops["batch_norm_eval"] == 1  # bn2, standalone
+
+
 class EncoderDecoder(nn.Module):
     """Transposed, grouped and dilated convs; batch norm folded into a transposed conv and one left standalone."""
 

@@ -229,6 +229,34 @@ class MixedBatchNorm(Mixed):
         return self.head(F.silu(self.bn(torch.cat(pieces, 1))))
 
 
+class TwoBatchNormsAfterConcat(MixedBatchNorm):
+    """The concat's batch norm is read by a second batch norm and by a conv: the first folds into the mixed convs,
+    the second may not (it would scale what the conv reads too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bn2 = nn.BatchNorm2d(sum(self.parts))
+        with torch.no_grad():
+            self.bn2.running_mean.uniform_(-1, 1)
+            self.bn2.running_var.uniform_(0.5, 2)
+        self.other = nn.Conv2d(sum(self.parts), sum(self.parts), 1)
+
+    def forward(self, x):
+        pieces = [conv(p) for conv, p in zip(self.convs, torch.split(x, self.parts, 1), strict=True)]
+        b = self.bn(torch.cat(pieces, 1))
+        return self.head(self.bn2(b) + self.other(b))
+
+
+def test_a_second_batch_norm_after_a_concat_stays_apart_when_the_first_has_other_readers(monkeypatch):
+    torch.manual_seed(0)
+    model = TwoBatchNormsAfterConcat().eval()
+    x = torch.randn(1, channels(model), 8, 8)
+    monkeypatch.setenv("CONVROUTE_CONCAT_BN", "1")
+    out, _, program = run(model, x, "float32", True, monkeypatch)
+    assert rel_error(out, reference(model, x)) < TOLERANCES["float32"]
+    assert program.summary().gpu_ops["batch_norm_eval"] == 1, program.summary().gpu_ops
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("first_act", [False, True])

@@ -270,6 +270,7 @@ def fold_batch_norms(g: Graph) -> None:
         _set_weights(g, conv, w.to(dtype), (b * scale + shift).to(dtype))
         conv.notes.append(f"batch norm {bn.module or bn.name} folded")
         g.replace_uses(bn.name, Ref(conv.name))
+        users[conv.name] = users.pop(bn.name, [])  # a second batch norm reading the first may fold only if alone
         drop.add(bn.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
 

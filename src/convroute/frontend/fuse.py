@@ -46,6 +46,7 @@ def fold_batch_norm_through_concat(g: Graph) -> None:
             start += width
         cat.meta = bn.meta
         g.replace_uses(bn.name, Ref(cat.name))
+        users[cat.name] = users.pop(bn.name, [])  # a second batch norm reading the first may fold only if alone
         drop.add(bn.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
 
