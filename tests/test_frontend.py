@@ -57,6 +57,15 @@ def randomize_batch_norms(model) -> None:
     zoo.randomize_batch_norms(model, seed=1)
 
 
+def checked_program(model, x):
+    """`model` (batch norms given real statistics) compiled and checked once against float64."""
+    with torch.no_grad():
+        randomize_batch_norms(model)
+    program = convroute.compile(model, (x,))
+    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    return program
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_torchvision_model_matches_torch_with_every_conv_on_the_gpu(name):
     size = MODELS[name]
@@ -99,12 +108,7 @@ class FusionNet(nn.Module):
 
 def test_batch_norm_folding_and_activation_fusion(monkeypatch):
     monkeypatch.setenv("CONVROUTE_SQUEEZE_EXCITE", "0")  # keep se1 and se2 as convs (on CPU adapters it is on)
-    model = FusionNet().eval()
-    with torch.no_grad():
-        randomize_batch_norms(model)
-    x = torch.randn(2, 3, 9, 11)
-    program = convroute.compile(model, (x,))
-    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    program = checked_program(FusionNet().eval(), torch.randn(2, 3, 9, 11))
     s = program.summary()
     # no batch norm and no activation is left as its own node: each went into a conv, the add or a linear
     assert s.gpu_ops == {"convolution": 5, "mean.dim": 1, "mul.Tensor": 1, "add.Tensor": 1,
@@ -140,12 +144,7 @@ class TwoBatchNorms(nn.Module):
 
 
 def test_a_batch_norm_folds_only_into_a_conv_it_alone_reads():
-    model = TwoBatchNorms().eval()
-    with torch.no_grad():
-        randomize_batch_norms(model)
-    x = torch.randn(1, 4, 8, 8)
-    program = convroute.compile(model, (x,))
-    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    program = checked_program(TwoBatchNorms().eval(), torch.randn(1, 4, 8, 8))
     folded = {r["name"]: r["fused"] for r in program.convs()}
     assert folded["conv"] == ["batch norm bn1 folded"], folded
     assert folded["tail"] == ["batch norm bn3 folded", "batch norm bn4 folded"], folded
@@ -172,12 +171,7 @@ class EncoderDecoder(nn.Module):
 
 
 def test_transposed_grouped_dilated_and_standalone_batch_norm():
-    model = EncoderDecoder().eval()
-    with torch.no_grad():
-        randomize_batch_norms(model)
-    x = torch.randn(2, 3, 10, 14)
-    program = convroute.compile(model, (x,))
-    assert rel_error(program(x), reference(model, x)) < TOLERANCE
+    program = checked_program(EncoderDecoder().eval(), torch.randn(2, 3, 10, 14))
     s = program.summary()
     assert not s.cpu_ops, s
     assert s.gpu_ops["convolution"] == 4 and s.gpu_ops["batch_norm_eval"] == 1, s.gpu_ops
