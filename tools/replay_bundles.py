@@ -2,7 +2,7 @@
 with every applicable candidate, then every plan of the bundle run with each candidate index against torch.
 For the GPU session: browser plans have run only in Chromium's SwiftShader and on lavapipe.
 
-usage: python tools/replay_bundles.py [--models resnet18,mobilenet_v2] [--size 224] [--out DIR]
+usage: python tools/replay_bundles.py [--models resnet18,mobilenet_v2,timm:NAME] [--size 224] [--out DIR]
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
 
 
 def check(name: str, size: int, out: Path) -> tuple[int, int]:
-    model = zoo.build(name)
+    model = zoo.build_any(name)
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
     want = model(x).detach()
     manifest = export_web(model, (x,), out / name, candidates="all", weights_budget=None)

@@ -38,6 +38,7 @@ from convroute.frontend.lower import (
 )
 from convroute.frontend.siblings import merge_sibling_convs
 from convroute.frontend.views import locate, plan_views
+from convroute.frontend.wide_convs import split_wide_convs
 from convroute.kernels.elementwise import Unary, cpu_form
 from convroute.settings import env_flag
 
@@ -153,6 +154,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)
+    if split_wide_convs(graph, ctx.gpu.profile.max_binding_bytes, ctx.precision.itemsize):  # after the merges
+        metas.update((n.name, n.meta) for n in graph.nodes)
     if fuse_depthwise:
         fuse_depthwise_pointwise(graph, lambda dw, conv: fuses_depthwise(ctx, dw, conv))
     if fuse_residual:

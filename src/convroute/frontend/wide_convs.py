@@ -1,0 +1,83 @@
+"""Convs whose weights pass the device's largest storage binding run as convs over chunks of their output
+channels, joined by a channel concat (a graph pass build_plan runs): split, not sent to the CPU. timm's VGG head
+(a 7x7 conv 512 -> 4096: 411 MB of fp32 weights) meets lavapipe's and a browser's 128 MiB binding.
+
+A conv is split where its packed weights could pass the binding, into the fewest equal chunks whose packed
+weights cannot: packed is at most PACKED times the raw weights (K and C_out padded to tiles), or WINOGRAD times
+for a 3x3 stride-1 conv that Winograd may take (F(4x4, 3x3) keeps a 6x6 transform of each 3x3 kernel). Only
+plain convs (groups 1, not transposed, constant weights); the concat is free where its slabs can be views
+(frontend/views.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from convroute.frontend.export import is_const
+from convroute.frontend.graph import Graph, Node, Ref, aten
+from convroute.params import pair
+
+PACKED = 1.25
+WINOGRAD = 4.0
+CHANNEL_STEP = 8  # chunk widths are multiples of this (vector stores, view offsets)
+
+
+def split_wide_convs(g: Graph, max_binding_bytes: int, itemsize: int) -> int:
+    """Split every conv whose weights do not leave room in one binding; returns how many were split."""
+    split = 0
+    nodes = []
+    for node in g.nodes:
+        width = _chunk_width(g, node, max_binding_bytes, itemsize)
+        if width is None:
+            nodes.append(node)
+            continue
+        nodes += _chunks(g, node, width)
+        split += 1
+    g.nodes = nodes
+    return split
+
+
+def _chunk_width(g: Graph, node: Node, max_binding_bytes: int, itemsize: int) -> int | None:
+    """Output channels per chunk, or None where the conv stays whole."""
+    if node.op != "convolution" or node.arg(6, "transposed", False) or node.arg(8, "groups", 1) != 1 \
+            or node.residual is not None or node.depthwise is not None or not is_const(g, node.args[1:3]) \
+            or not isinstance(node.meta, torch.Tensor):
+        return None
+    weight = g.constants[node.args[1].name]
+    winograd = tuple(weight.shape[2:]) == (3, 3) and pair(node.arg(3, "stride", 1), "stride") == (1, 1) \
+        and pair(node.arg(5, "dilation", 1), "dilation") == (1, 1)
+    per_channel = weight[0].numel() * itemsize * (WINOGRAD if winograd else PACKED)
+    if per_channel * weight.shape[0] <= max_binding_bytes:
+        return None
+    fits = int(max_binding_bytes // per_channel) // CHANNEL_STEP * CHANNEL_STEP
+    if fits < CHANNEL_STEP:
+        return None  # one channel's weights alone are too large: the lowering says so
+    c_out = weight.shape[0]
+    chunks = math.ceil(c_out / fits)
+    return math.ceil(c_out / chunks / CHANNEL_STEP) * CHANNEL_STEP
+
+
+def _chunks(g: Graph, conv: Node, width: int) -> list[Node]:
+    """The chunk convs and, under the conv's own name, the concat of their results."""
+    weight = g.constants[conv.args[1].name]
+    bias = g.constants[conv.args[2].name] if isinstance(conv.args[2], Ref) else None
+    c_out = weight.shape[0]
+    parts = []
+    for begin in range(0, c_out, width):
+        end = min(begin + width, c_out)
+        name = f"{conv.name}_out{begin}"
+        g.constants[f"{name}_weight"] = weight[begin:end].contiguous()
+        b = None
+        if bias is not None:
+            g.constants[f"{name}_bias"] = bias[begin:end].contiguous()
+            b = Ref(f"{name}_bias")
+        meta = torch.empty((conv.meta.shape[0], end - begin, *conv.meta.shape[2:]), dtype=conv.meta.dtype,
+                           device="meta")
+        parts.append(Node(name, conv.target, (conv.args[0], Ref(f"{name}_weight"), b, *conv.args[3:]),
+                          dict(conv.kwargs), conv.act, [*conv.notes, f"output channels {begin}-{end - 1} of "
+                          f"{c_out}: the weights pass one storage binding"], conv.module, meta))
+    cat = Node(conv.name, aten.cat.default, ([Ref(p.name) for p in parts], 1), module=conv.module, meta=conv.meta,
+               notes=[f"joins the {len(parts)} output-channel chunks of conv {conv.module or conv.name}"])
+    return [*parts, cat]
