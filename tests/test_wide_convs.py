@@ -4,6 +4,8 @@ small convs stand in for timm VGG's 411 MB head."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -12,7 +14,8 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 from convroute.device.gpu import get_gpu  # noqa: E402
-from convroute.frontend import wide_convs  # noqa: E402
+from convroute.frontend import lower, wide_convs  # noqa: E402
+from convroute.frontend.graph import Graph, Node, Ref, aten  # noqa: E402
 from convroute.measure.reference import TOLERANCES  # noqa: E402
 from test_frontend import randomize_batch_norms, reference, rel_error  # noqa: E402
 
@@ -22,18 +25,20 @@ BINDING = "max-storage-buffer-binding-size"
 
 
 class WideHead(nn.Module):
-    """A small stem, then two wide convs: a 5x5 stride-2 head with a folded batch norm and a 3x3 stride-1 conv
-    (Winograd's weights are 4x the raw ones, so it splits sooner)."""
+    """A stem, then two wide convs of its output: a 5x5 stride-2 head with a folded batch norm (64 x 25 x 4 =
+    6400 bytes of fp32 weights a channel, 8000 packed: 300 channels pass a 2 MB binding) and a 3x3 stride-1
+    conv (2304 bytes a channel: 512 channels fit, unless Winograd's 4x takes them)."""
 
     def __init__(self):
         super().__init__()
-        self.stem = nn.Conv2d(3, 16, 3, padding=1)
-        self.head, self.bn = nn.Conv2d(16, 200, 5, stride=2, bias=False), nn.BatchNorm2d(200)
-        self.mix = nn.Conv2d(200, 24, 3, padding=1)
+        self.stem = nn.Conv2d(3, 64, 3, padding=1)
+        self.head, self.bn = nn.Conv2d(64, 300, 5, stride=2, bias=False), nn.BatchNorm2d(300)
+        self.mix = nn.Conv2d(64, 512, 3, padding=1)
 
     def forward(self, x):
-        y = F.relu(self.bn(self.head(F.relu(self.stem(x)))))
-        return self.mix(y) + 1.0
+        s = F.relu(self.stem(x))
+        y = F.relu(self.bn(self.head(s)))
+        return torch.cat([y.mean((2, 3)), self.mix(s).mean((2, 3))], 1)
 
 
 def compiled(dtype: str, batch: int, limit: int | None, monkeypatch):
@@ -48,40 +53,64 @@ def compiled(dtype: str, batch: int, limit: int | None, monkeypatch):
     return program, rel_error(program(x), reference(model, x))
 
 
+def winograd_for_mix(monkeypatch):
+    """Route `mix` (and its chunks) to winograd4, whatever the policy says."""
+    route = lower.route_conv
+
+    def routed(ctx, node, p):
+        decision = route(ctx, node, p)
+        return dataclasses.replace(decision, algorithm="winograd4") if (p.kh, p.kw, p.c_in) == (3, 3, 64) else decision
+    monkeypatch.setattr(lower, "route_conv", routed)
+
+
+def chunked(program) -> list[str]:
+    return [r["name"] for r in program.convs() if any("the weights pass one storage binding" in n for n in r["fused"])]
+
+
+def joins(program) -> list:
+    nodes = [step.node for step in program.plan.steps] + list(program.plan.aliases)
+    return [n for n in nodes if n.op == "cat" and any("output-channel chunks" in note for note in n.notes)]
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_convs_past_one_binding_run_as_output_chunks(dtype, batch, monkeypatch):
+@pytest.mark.parametrize("winograd", [False, True])
+def test_convs_past_one_binding_run_as_output_chunks(dtype, batch, winograd, monkeypatch):
+    """At a 2 MB binding (fp32; 1 MB for fp16): head in 2 chunks (152 + 148 channels); mix whole, unless routed
+    to Winograd (9216 bytes a channel: 3 chunks, 176 + 176 + 160)."""
+    if winograd:
+        winograd_for_mix(monkeypatch)
     itemsize = 2 if dtype == "float16" else 4
-    # head: 200 x 16 x 5 x 5 weights, 1.25x packed: 2000 bytes a channel in fp32 -> 2 chunks (104 + 96);
-    # mix: 24 x 200 x 3 x 3, 4x packed: 28800 bytes a channel -> 3 chunks of 8
-    limit = 240_000 * itemsize // 4
-    program, error = compiled(dtype, batch, limit, monkeypatch)
+    program, error = compiled(dtype, batch, 2_000_000 * itemsize // 4, monkeypatch)
     assert error < TOLERANCES[dtype]
     s = program.summary()
     assert not s.cpu_ops, s
-    rows = program.convs()
-    head = [r for r in rows if any("the weights pass one storage binding" in n for n in r["fused"])]
-    assert len(head) == 2 + 3, [r["name"] for r in rows]
-    assert s.gpu_ops["convolution"] == 1 + 2 + 3
-    joins = [step for step in program.plan.steps if step.node.op == "cat"] + \
-        [node for node in program.plan.aliases if node.op == "cat"]
-    assert len(joins) == 2
+    split = 2 + (3 if winograd else 0)
+    assert len(chunked(program)) == split, chunked(program)
+    assert s.gpu_ops["convolution"] == 1 + split + (0 if winograd else 1)
+    assert len(joins(program)) == (2 if winograd else 1)
 
 
 def test_convs_that_fit_stay_whole(monkeypatch):
     program, error = compiled("float32", 1, None, monkeypatch)
     assert error < TOLERANCES["float32"]
     assert program.summary().gpu_ops["convolution"] == 3
-    assert not any(step.node.op == "cat" for step in program.plan.steps)
+    assert not chunked(program) and not joins(program)
 
 
 def test_chunk_widths():
     """The fewest equal chunks, multiples of CHANNEL_STEP, each within the binding."""
-    from convroute.frontend.graph import Graph, Node, Ref, aten
     weight = torch.zeros(4096, 512, 7, 7)
     conv = Node("fc1", aten.convolution.default, (Ref("x"), Ref("w"), None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1),
                 meta=torch.empty(1, 4096, 1, 1, device="meta"))
     g = Graph(["x"], {"w": weight}, [conv], [Ref("fc1")])
-    assert wide_convs._chunk_width(g, conv, 128 << 20, 4) == 1024  # 411 MB in 4 chunks of 103 (129 packed) MB
-    assert wide_convs._chunk_width(g, conv, 1 << 31, 4) is None
-    assert wide_convs._chunk_width(g, conv, 128 << 20, 2) == 2048  # float16
+
+    def width(binding, itemsize, winograd=False):
+        return wide_convs._chunk_width(g, conv, binding, itemsize, lambda node: winograd)
+    assert width(128 << 20, 4) == 1024  # 411 MB in 4 chunks of 103 (129 packed) MB
+    assert width(1 << 31, 4) is None
+    assert width(128 << 20, 2) == 2048  # float16
+    g.constants["w"] = torch.zeros(1024, 1024, 3, 3)  # 37.7 MB: whole at 128 MiB unless routed to Winograd (151 MB)
+    conv.args = (Ref("x"), Ref("w"), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
+    assert width(128 << 20, 4) is None
+    assert width(128 << 20, 4, winograd=True) == 512

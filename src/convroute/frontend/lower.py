@@ -159,6 +159,13 @@ def fuses_depthwise(ctx: Context, dw: Node, conv: Node) -> bool:
         and route_conv(ctx, conv, pc).algorithm in FUSED_POINTWISE
 
 
+def routed_to_winograd(ctx: Context, node: Node) -> bool:
+    try:
+        return route_conv(ctx, node, conv_params(ctx, node)).algorithm.startswith("winograd")
+    except (Unsupported, ValueError):
+        return False
+
+
 def takes_residual(ctx: Context, node: Node) -> bool:
     """Whether the conv `node` would run with an algorithm whose store can add a residual (export's
     fuse_residual_adds asks before fusing)."""

@@ -34,6 +34,7 @@ from convroute.frontend.lower import (
     fuses_depthwise,
     is_alias,
     lower,
+    routed_to_winograd,
     takes_residual,
 )
 from convroute.frontend.siblings import merge_sibling_convs
@@ -154,7 +155,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)
-    if split_wide_convs(graph, ctx.gpu.profile.max_binding_bytes, ctx.precision.itemsize):  # after the merges
+    if split_wide_convs(graph, ctx.gpu.profile.max_binding_bytes, ctx.precision.itemsize,  # after the merges
+                        lambda conv: routed_to_winograd(ctx, conv)):
         metas.update((n.name, n.meta) for n in graph.nodes)
     if fuse_depthwise:
         fuse_depthwise_pointwise(graph, lambda dw, conv: fuses_depthwise(ctx, dw, conv))

@@ -2,16 +2,19 @@
 channels, joined by a channel concat (a graph pass build_plan runs): split, not sent to the CPU. timm's VGG head
 (a 7x7 conv 512 -> 4096: 411 MB of fp32 weights) meets lavapipe's and a browser's 128 MiB binding.
 
-A conv is split where its packed weights could pass the binding, into the fewest equal chunks whose packed
-weights cannot: packed is at most PACKED times the raw weights (K and C_out padded to tiles), or WINOGRAD times
-for a 3x3 stride-1 conv that Winograd may take (F(4x4, 3x3) keeps a 6x6 transform of each 3x3 kernel). Only
-plain convs (groups 1, not transposed, constant weights); the concat is free where its slabs can be views
-(frontend/views.py).
+Packed weights are at most PACKED times the raw ones (K and C_out padded to tiles), or WINOGRAD times where
+Winograd takes the conv (F(4x4, 3x3) keeps a 6x6 transform of each 3x3 kernel). A conv is split where its
+routed algorithm's packed weights would pass the binding, into the fewest equal chunks that fit whatever
+algorithm each chunk is routed to (a 3x3 stride-1 conv counts WINOGRAD). A conv that fits stays whole: on
+lavapipe, splitting wide_resnet50_2's 1024-channel 3x3 convs in two (against Winograd's factor, while they
+route to im2col) made the model 1.15x slower. Only plain convs (groups 1, not transposed, constant weights);
+the concat is free where its slabs can be views (frontend/views.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
@@ -24,12 +27,13 @@ WINOGRAD = 4.0
 CHANNEL_STEP = 8  # chunk widths are multiples of this (vector stores, view offsets)
 
 
-def split_wide_convs(g: Graph, max_binding_bytes: int, itemsize: int) -> int:
-    """Split every conv whose weights do not leave room in one binding; returns how many were split."""
+def split_wide_convs(g: Graph, max_binding_bytes: int, itemsize: int, winograd: Callable[[Node], bool]) -> int:
+    """Split every conv whose packed weights would pass one binding (`winograd(conv)`: whether it is routed to
+    a Winograd algorithm); returns how many were split."""
     split = 0
     nodes = []
     for node in g.nodes:
-        width = _chunk_width(g, node, max_binding_bytes, itemsize)
+        width = _chunk_width(g, node, max_binding_bytes, itemsize, winograd)
         if width is None:
             nodes.append(node)
             continue
@@ -39,17 +43,22 @@ def split_wide_convs(g: Graph, max_binding_bytes: int, itemsize: int) -> int:
     return split
 
 
-def _chunk_width(g: Graph, node: Node, max_binding_bytes: int, itemsize: int) -> int | None:
+def _chunk_width(g: Graph, node: Node, max_binding_bytes: int, itemsize: int,
+                 winograd: Callable[[Node], bool]) -> int | None:
     """Output channels per chunk, or None where the conv stays whole."""
     if node.op != "convolution" or node.arg(6, "transposed", False) or node.arg(8, "groups", 1) != 1 \
             or node.residual is not None or node.depthwise is not None or not is_const(g, node.args[1:3]) \
             or not isinstance(node.meta, torch.Tensor):
         return None
     weight = g.constants[node.args[1].name]
-    winograd = tuple(weight.shape[2:]) == (3, 3) and pair(node.arg(3, "stride", 1), "stride") == (1, 1) \
+    raw = weight[0].numel() * itemsize  # a channel's
+    winograd_shaped = tuple(weight.shape[2:]) == (3, 3) and pair(node.arg(3, "stride", 1), "stride") == (1, 1) \
         and pair(node.arg(5, "dilation", 1), "dilation") == (1, 1)
-    per_channel = weight[0].numel() * itemsize * (WINOGRAD if winograd else PACKED)
-    if per_channel * weight.shape[0] <= max_binding_bytes:
+    if raw * PACKED * weight.shape[0] > max_binding_bytes:
+        per_channel = raw * (WINOGRAD if winograd_shaped else PACKED)
+    elif winograd_shaped and raw * WINOGRAD * weight.shape[0] > max_binding_bytes and winograd(node):
+        per_channel = raw * WINOGRAD
+    else:
         return None
     fits = int(max_binding_bytes // per_channel) // CHANNEL_STEP * CHANNEL_STEP
     if fits < CHANNEL_STEP:
