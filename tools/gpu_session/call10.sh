@@ -6,6 +6,8 @@
 #   fp16 tests with it on, its on/off A/B on timm resnet50d in float16. Turn it on by default only with 0 wrong.
 # - CONVROUTE_ENCODE_THREAD (the next command buffer encoded on a thread): its tests and its on/off A/B on the
 #   host-bound models. Turn it on only if the A/B gains and the tests hold.
+# - CONVROUTE_BMM (bmm on the GPU; on for CPU adapters only): its fuzz (100 random shapes per dtype) and the wide
+#   convs' tests. With 0 wrong, make bmm the default on GPUs too.
 # Every step is cut to what is left of $LIMIT, so the archive (with .gpucache) always comes back:
 # `tar xzf call10.tgz .gpucache` here at once and carry .gpucache in later calls (warm machines do not keep it).
 #   source .gl/prelude.sh && bash tools/gpu_session/call10.sh   (carry .gl .whl; results under $OUT)
@@ -26,6 +28,8 @@ CONVROUTE_WINOGRAD_F16_SCALE=1 CONVROUTE_FUZZ=200 timeout "$(cap 120)" python3 -
 CONVROUTE_WINOGRAD_F16_SCALE=1 timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_winograd.py \
   tests/test_fp16.py 2>&1 | tail -2 | tee "$R/tests.txt"
 timeout "$(cap 30)" python3 -m pytest -q -p no:cacheprovider tests/test_threads.py 2>&1 | tail -2 | tee -a "$R/tests.txt"
+CONVROUTE_BMM=1 CONVROUTE_BMM_FUZZ=100 timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_bmm.py \
+  tests/test_wide_convs.py -s 2>&1 | grep -E "cases|passed|failed" | tail -4 | tee -a "$R/tests.txt"
 pack
 timeout "$(cap 60)" python3 tools/flag_ab.py CONVROUTE_WINOGRAD_F16_SCALE timm:resnet50d --dtype float16 \
   --policy calibrated --rounds 40 > "$R/scale_ab.txt" 2>&1

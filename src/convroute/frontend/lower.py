@@ -22,6 +22,7 @@ from convroute.device.profile import DeviceProfile
 from convroute.frontend.export import ACTIVATION_OPS, activation_of
 from convroute.frontend.graph import Node, Ref, iter_refs, map_refs
 from convroute.kernels import ALGORITHMS
+from convroute.kernels.bmm import BatchedMatmul
 from convroute.kernels.common import FP32, Epilogue, Precision
 from convroute.kernels.concat import Concat
 from convroute.kernels.depthwise_pointwise import NAME as DEPTHWISE_POINTWISE
@@ -34,6 +35,7 @@ from convroute.kernels.elementwise import (
     ChannelAffine,
     Elementwise,
     Unary,
+    cpu_form,
 )
 from convroute.kernels.gather import Gather
 from convroute.kernels.layout import StridedCopy
@@ -44,6 +46,7 @@ from convroute.kernels.reduce import Reduce, Softmax
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
+from convroute.settings import env_flag
 
 GPU_DTYPES = (torch.float32, torch.float16)  # tensors that live on the GPU (stored in the program's precision)
 ALIASES = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "squeeze", "squeeze.dim", "squeeze.dims",
@@ -231,16 +234,7 @@ def lower_binary(ctx: Context, node: Node) -> GpuOp:
         raise Unsupported("div with a rounding mode")
     alpha = node.kwargs.get("alpha", 1)
     out = out_meta(node)
-    operands, inputs, shapes = [], [], []
-    for a in node.args[:2]:
-        if ctx.is_dynamic(a):
-            shapes.append(tuple(ctx.tensor(a).shape))
-            operands.append(len(inputs))
-            inputs.append(a.name)
-        else:
-            value = ctx.const(a, "operand") if isinstance(a, Ref) else torch.tensor(float(a))
-            shapes.append(tuple(value.shape))
-            operands.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand", ctx.precision.numpy))
+    operands, inputs, shapes = _operands(ctx, node.args[:2])
     try:
         kernel = Binary(ctx.gpu, op, shapes[0], shapes[1], tuple(out.shape), node.act, float(alpha), ctx.precision)
     except ValueError as exc:
@@ -250,6 +244,41 @@ def lower_binary(ctx: Context, node: Node) -> GpuOp:
         a, b = (ins[o] if isinstance(o, int) else o for o in operands)
         return kernel.bind(a, b, y)
     return GpuOp(node, inputs, bind, out.numel())
+
+
+def _operands(ctx: Context, args) -> tuple[list, list[str], list[tuple]]:
+    """(per argument: its index among the node's inputs, or the uploaded buffer of a constant or a number;
+    the inputs' names; the arguments' shapes)."""
+    operands, inputs, shapes = [], [], []
+    for a in args:
+        if ctx.is_dynamic(a):
+            shapes.append(tuple(ctx.tensor(a).shape))
+            operands.append(len(inputs))
+            inputs.append(a.name)
+        else:
+            value = ctx.const(a, "operand") if isinstance(a, Ref) else torch.tensor(float(a))
+            shapes.append(tuple(value.shape))
+            operands.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand", ctx.precision.numpy))
+    return operands, inputs, shapes
+
+
+def lower_bmm(ctx: Context, node: Node) -> GpuOp:
+    """bmm(a, c), either operand computed at run time (kernels/bmm). On GPUs only with CONVROUTE_BMM=1 until
+    the GPU fuzz has run the kernel (CPU adapters, where it was checked, default to it)."""
+    if not env_flag("CONVROUTE_BMM", cpu_form(ctx.gpu)):
+        raise Unsupported("its kernel has not passed the fuzz on a GPU yet (CONVROUTE_BMM=1 runs it on the GPU)")
+    out_meta(node)
+    operands, inputs, shapes = _operands(ctx, node.args[:2])
+    (batch, m, k), (_, _, n) = shapes
+    try:
+        kernel = BatchedMatmul(ctx.gpu, batch, m, k, n, ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+
+    def bind(ins, y):
+        a, c = (ins[o] if isinstance(o, int) else o for o in operands)
+        return kernel.bind(a, c, y)
+    return GpuOp(node, inputs, bind, kernel.flops)
 
 
 def lower_batch_norm(ctx: Context, node: Node) -> GpuOp:
@@ -657,6 +686,7 @@ LOWERINGS = {
     "batch_norm_eval": lower_batch_norm,
     **{name: lower_pool for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")},
     **{name: lower_linear for name in ("linear", "addmm", "mm")},
+    "bmm": lower_bmm,
     "cat": lower_cat,
     "constant_pad_nd": lower_layout,
     "layer_norm": lower_layer_norm,

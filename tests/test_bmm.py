@@ -1,0 +1,106 @@
+"""torch.bmm on the GPU (kernels/bmm.py through frontend/lower.lower_bmm): random shapes against torch in float64
+with poisoned outputs, a hybrid model's attention, a constant operand, and the switch that keeps GPUs off it
+until the GPU fuzz has run. CONVROUTE_BMM_FUZZ=N: random shapes per dtype (default 6); CONVROUTE_BMM=1 runs
+them on a GPU."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.nn as nn  # noqa: E402
+
+import convroute  # noqa: E402
+from convroute.frontend import lower  # noqa: E402
+from convroute.measure.reference import TOLERANCES  # noqa: E402
+from test_frontend import reference, rel_error  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+CASES = int(os.environ.get("CONVROUTE_BMM_FUZZ", "6"))
+SEED = int(os.environ.get("CONVROUTE_FUZZ_SEED") or random.SystemRandom().randrange(1 << 31))
+EDGES = [(1, 1, 1, 1), (2, 5, 3, 7), (3, 4, 64, 4), (1, 49, 16, 49), (8, 16, 196, 17)]
+
+
+class Bmm(nn.Module):
+    def forward(self, a, c):
+        return torch.bmm(a * 1.5, c)
+
+
+class Attention(nn.Module):
+    """An attention block as hybrid CNNs write it: q, k, v from a 1x1 conv, matmuls over the heads."""
+
+    def __init__(self, channels=16, heads=2):
+        super().__init__()
+        self.heads, self.qkv = heads, nn.Conv2d(channels, 3 * channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(b * self.heads, 3, c // self.heads, h * w).unbind(1)
+        attn = torch.softmax(q.transpose(1, 2) @ k * (c // self.heads) ** -0.5, dim=-1)
+        return (v @ attn.transpose(1, 2)).reshape(b, c, h, w) + x
+
+
+class ConstantOperand(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(3, 6, 5))
+
+    def forward(self, x):
+        return torch.bmm(x, self.table)
+
+
+def shapes() -> list[tuple[int, int, int, int]]:
+    rng = random.Random(SEED)
+    return EDGES + [tuple(rng.randint(1, top) for top in (6, 70, 90, 70)) for _ in range(CASES)]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_bmm_matches_torch(dtype, monkeypatch):
+    monkeypatch.setenv("CONVROUTE_BMM", "1")
+    print(f"bmm {dtype}: replay with CONVROUTE_FUZZ_SEED={SEED}")
+    wrong = []
+    for batch, m, k, n in shapes():
+        a, c = torch.randn(batch, m, k), torch.randn(batch, k, n)
+        program = convroute.compile(Bmm(), (a, c), dtype=dtype)
+        assert not program.summary().cpu_ops
+        error = rel_error(program(a, c), reference(Bmm(), a, c))
+        if not error < TOLERANCES[dtype]:
+            wrong.append(((batch, m, k, n), error))
+    print(f"bmm {dtype}: {len(shapes())} cases, {len(wrong)} wrong")
+    assert not wrong, wrong
+
+
+def test_attention_runs_on_the_gpu(monkeypatch):
+    monkeypatch.setenv("CONVROUTE_BMM", "1")
+    torch.manual_seed(0)
+    model, x = Attention().eval(), torch.randn(2, 16, 5, 6)
+    program = convroute.compile(model, (x,))
+    assert not program.summary().cpu_ops
+    assert program.summary().gpu_ops["bmm"] == 2
+    assert rel_error(program(x), reference(model, x)) < TOLERANCES["float32"]
+
+
+def test_a_constant_operand(monkeypatch):
+    monkeypatch.setenv("CONVROUTE_BMM", "1")
+    torch.manual_seed(0)
+    model, x = ConstantOperand().eval(), torch.randn(3, 4, 6)
+    program = convroute.compile(model, (x,))
+    assert not program.summary().cpu_ops
+    assert rel_error(program(x), reference(model, x)) < TOLERANCES["float32"]
+
+
+def test_gpus_keep_bmm_on_the_cpu_until_it_is_switched_on(monkeypatch):
+    monkeypatch.setattr(lower, "cpu_form", lambda gpu: False)  # as on a GPU
+    monkeypatch.delenv("CONVROUTE_BMM", raising=False)
+    a, c = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
+    with pytest.warns(UserWarning, match="CPU"):
+        program = convroute.compile(Bmm(), (a, c))
+    [(_, op, why)] = program.summary().cpu_ops
+    assert op == "bmm" and "CONVROUTE_BMM=1" in why
+    assert rel_error(program(a, c), reference(Bmm(), a, c)) < TOLERANCES["float32"]
+    monkeypatch.setenv("CONVROUTE_BMM", "1")
+    assert not convroute.compile(Bmm(), (a, c)).summary().cpu_ops
