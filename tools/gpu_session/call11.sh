@@ -5,6 +5,7 @@
 # - an fp16 zoo of ten models against convroute-float32 and the fp16 CUDA graph (fp16 never slower than fp32);
 # - mobilenet_v2 in ten fresh processes against the CUDA graph, the encoding thread on and off in turn
 #   (<= 1.0x in 5 of 5);
+# - bmm on the GPU against torch's on the CPU in two attention hybrids (CONVROUTE_BMM on / off);
 # - lcnet_050's host phases with the encoding thread on and off.
 #   source .gl/prelude.sh && bash tools/gpu_session/call11.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
@@ -31,6 +32,9 @@ for i in 1 2 3 4 5; do
 done > "$R/mnv2.txt"
 cat "$R/mnv2.txt"
 pack
+timeout "$(cap 60)" python3 tools/flag_ab.py CONVROUTE_BMM timm:efficientvit_b0 timm:edgenext_xx_small \
+  --policy calibrated --rounds 30 > "$R/bmm_ab.txt" 2>&1
+tail -4 "$R/bmm_ab.txt"
 for flag in 1 0; do
   CONVROUTE_ENCODE_THREAD=$flag timeout "$(cap 35)" python3 tools/host_phases.py timm:lcnet_050 224 calibrated 300 \
     > "$R/host_phases_$flag.txt" 2>&1
