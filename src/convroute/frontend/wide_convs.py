@@ -7,7 +7,7 @@ Winograd takes the conv (F(4x4, 3x3) keeps a 6x6 transform of each 3x3 kernel). 
 routed algorithm's packed weights would pass the binding, into the fewest equal chunks that fit whatever
 algorithm each chunk is routed to (a 3x3 stride-1 conv counts WINOGRAD). A conv that fits stays whole: on
 lavapipe, splitting wide_resnet50_2's 1024-channel 3x3 convs in two (against Winograd's factor, while they
-route to im2col) made the model 1.15x slower. Only plain convs (groups 1, not transposed, constant weights);
+route to im2col) made the model 1.15x slower. Convs of groups 1 with constant weights, transposed ones too;
 the concat is free where its slabs can be views (frontend/views.py).
 """
 
@@ -46,24 +46,24 @@ def split_wide_convs(g: Graph, max_binding_bytes: int, itemsize: int, winograd: 
 def _chunk_width(g: Graph, node: Node, max_binding_bytes: int, itemsize: int,
                  winograd: Callable[[Node], bool]) -> int | None:
     """Output channels per chunk, or None where the conv stays whole."""
-    if node.op != "convolution" or node.arg(6, "transposed", False) or node.arg(8, "groups", 1) != 1 \
-            or node.residual is not None or node.depthwise is not None or not is_const(g, node.args[1:3]) \
-            or not isinstance(node.meta, torch.Tensor):
+    if node.op != "convolution" or node.arg(8, "groups", 1) != 1 or node.residual is not None \
+            or node.depthwise is not None or not is_const(g, node.args[1:3]) or not isinstance(node.meta, torch.Tensor):
         return None
     weight = g.constants[node.args[1].name]
-    raw = weight[0].numel() * itemsize  # a channel's
-    winograd_shaped = tuple(weight.shape[2:]) == (3, 3) and pair(node.arg(3, "stride", 1), "stride") == (1, 1) \
+    c_out = weight.shape[_out_axis(node)]
+    raw = weight.numel() // c_out * itemsize  # a channel's
+    winograd_shaped = tuple(weight.shape[2:]) == (3, 3) and not _out_axis(node) \
+        and pair(node.arg(3, "stride", 1), "stride") == (1, 1) \
         and pair(node.arg(5, "dilation", 1), "dilation") == (1, 1)
-    if raw * PACKED * weight.shape[0] > max_binding_bytes:
+    if raw * PACKED * c_out > max_binding_bytes:
         per_channel = raw * (WINOGRAD if winograd_shaped else PACKED)
-    elif winograd_shaped and raw * WINOGRAD * weight.shape[0] > max_binding_bytes and winograd(node):
+    elif winograd_shaped and raw * WINOGRAD * c_out > max_binding_bytes and winograd(node):
         per_channel = raw * WINOGRAD
     else:
         return None
     fits = int(max_binding_bytes // per_channel) // CHANNEL_STEP * CHANNEL_STEP
     if fits < CHANNEL_STEP:
         return None  # one channel's weights alone are too large: the lowering says so
-    c_out = weight.shape[0]
     chunks = math.ceil(c_out / fits)
     return math.ceil(c_out / chunks / CHANNEL_STEP) * CHANNEL_STEP
 
@@ -72,12 +72,13 @@ def _chunks(g: Graph, conv: Node, width: int) -> list[Node]:
     """The chunk convs and, under the conv's own name, the concat of their results."""
     weight = g.constants[conv.args[1].name]
     bias = g.constants[conv.args[2].name] if isinstance(conv.args[2], Ref) else None
-    c_out = weight.shape[0]
+    axis = _out_axis(conv)
+    c_out = weight.shape[axis]
     parts = []
     for begin in range(0, c_out, width):
         end = min(begin + width, c_out)
         name = f"{conv.name}_out{begin}"
-        g.constants[f"{name}_weight"] = weight[begin:end].contiguous()
+        g.constants[f"{name}_weight"] = weight.narrow(axis, begin, end - begin).contiguous()
         b = None
         if bias is not None:
             g.constants[f"{name}_bias"] = bias[begin:end].contiguous()
@@ -90,3 +91,8 @@ def _chunks(g: Graph, conv: Node, width: int) -> list[Node]:
     cat = Node(conv.name, aten.cat.default, ([Ref(p.name) for p in parts], 1), module=conv.module, meta=conv.meta,
                notes=[f"joins the {len(parts)} output-channel chunks of conv {conv.module or conv.name}"])
     return [*parts, cat]
+
+
+def _out_axis(conv: Node) -> int:
+    """The weight's output-channel axis: 0, or 1 for a transposed conv ([C_in, C_out, kh, kw] at groups 1)."""
+    return 1 if conv.arg(6, "transposed", False) else 0
