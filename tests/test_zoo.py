@@ -4,6 +4,7 @@ failing row. No timed assertions."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -19,6 +20,7 @@ pytest.importorskip("torchvision")
 pytest.importorskip("timm")
 from convroute.bench import zoo as bench_zoo  # noqa: E402
 from convroute.bench.compare_model import OURS, EngineRun, ModelComparison  # noqa: E402
+from convroute.cli import zoo_cmd  # noqa: E402
 from convroute.cli.main import main  # noqa: E402
 from convroute.frontend import zoo  # noqa: E402
 from convroute.report.latency import Latency  # noqa: E402
@@ -117,6 +119,24 @@ def test_summary_ranks_by_the_first_peer_worst_first_with_geometric_means():
     data = report.to_json()
     assert data["geomean"]["a"] == {"ratio": pytest.approx(math.sqrt(0.5)), "models": 2, "ratio_without_cpu_ops": 0.25,
                                     "models_without_cpu_ops": 1}
+
+
+def test_an_error_torch_itself_makes_is_the_models_conditioning_not_wrong():
+    """Over the tolerance: '!' (wrong, exit code 1) unless within CONDITIONING x torch's own error ('?')."""
+    def row(rel, own):
+        return bench_zoo.ZooRow("m", (1, 3, 8, 8), compile_s=0.1, rel_error=rel, torch_error=own)
+    tol = 1e-4
+    assert row(5e-5, 1e-7).error_mark(tol) == ""
+    assert row(4.8e-3, 1.4e-3).error_mark(tol) == "?"  # timm fbnetv3_b at 224 px with random weights
+    assert row(0.18, 3e-7).error_mark(tol) == "!"  # repghostnet_050's batch-norm folding bug (session 22)
+    assert row(2e-3, None).error_mark(tol) == "!"
+    report = bench_zoo.ZooReport([], "seed", "float32", 0, 1)
+    report.rows = [row(4.8e-3, 1.4e-3)]
+    assert "4.8e-03?" in bench_zoo.models_table(report)
+    args = argparse.Namespace(json=None, plot=None)
+    assert zoo_cmd.show(report, args) == 0
+    report.rows.append(row(0.18, 3e-7))
+    assert zoo_cmd.show(report, args) == 1
 
 
 def test_zoo_prints_both_tables_within_120_columns(small_zoo):

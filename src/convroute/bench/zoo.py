@@ -30,6 +30,7 @@ from convroute.report.progress import progress_bar
 from convroute.report.table import fit_text, format_table
 from convroute.router import POLICIES, default_policy
 
+CONDITIONING = 10  # an error over the tolerance but within this many times torch's own is the model's conditioning
 SHORT = {"torch-cuda-graph": "graph", "torch-cuda": "cuda", "torch-cpu": "torch", "ncnn-vk32": "vk32",
          "ncnn-vk16": "vk16", "ncnn-cpu": "ncnn-cpu",
          "convroute-float16": "fp16", "convroute-float32": "fp32"} | {f"convroute-{p}": p for p in POLICIES}
@@ -62,6 +63,14 @@ class ZooRow:
         """convroute's EngineRun, when it was timed."""
         engine = self.comparison.engines.get(OURS) if self.comparison else None
         return engine if engine and engine.latency else None
+
+    def error_mark(self, tolerance: float) -> str:
+        """'' within the tolerance; '?' over it but within CONDITIONING times torch's own error in this dtype (the
+        model amplifies rounding, e.g. random weights: not convroute's doing); '!' over both: wrong."""
+        if self.rel_error is None or self.rel_error <= tolerance:
+            return ""
+        conditioned = self.torch_error is not None and self.rel_error <= CONDITIONING * self.torch_error
+        return "?" if conditioned else "!"
 
     def ratio(self, peer: str) -> float | None:
         return self.comparison.ratios().get(peer) if self.comparison and not self.error else None
@@ -246,7 +255,7 @@ def models_table(report: ZooReport) -> str:
     for r in report.rows:
         ours = r.ours
         lat = ours.latency if ours else None
-        error = "-" if r.rel_error is None else f"{r.rel_error:.1e}" + ("!" if r.rel_error > tolerance else "")
+        error = "-" if r.rel_error is None else f"{r.rel_error:.1e}" + r.error_mark(tolerance)
         torch_error = "-" if r.torch_error is None else f"{r.torch_error:.1e}"
         compile_s = "-" if r.compile_s is None else f"{r.compile_s:.1f}"
         gpu_ops = str(r.gpu_ops) if r.compile_s is not None else "-"
@@ -266,8 +275,9 @@ def models_table(report: ZooReport) -> str:
     for r in report.rows:
         if r.error:
             lines.append(f"FAILED {r.name}: {r.error}")
-    lines.append(f"rel. err: ||y - ref|| / ||ref|| against the model in float64 on the CPU (! over {tolerance:g}); "
-                 f"torch err: torch's own in {report.dtype} (random weights can make a model ill-conditioned)"
+    lines.append(f"rel. err: ||y - ref|| / ||ref|| against the model in float64 on the CPU (! over {tolerance:g}; "
+                 f"? over it but within {CONDITIONING}x torch err, the model's conditioning); torch err: torch's own "
+                 f"in {report.dtype} (random weights can make a model ill-conditioned)"
                  + ("; p50/p10/p90: one call host to host;" if report.runs else ""))
     if report.runs:
         lines.append("GPU pass: median of the GPU dispatches alone (timestamps; - without them)")
