@@ -121,6 +121,8 @@ def conv_params(ctx: Context, node: Node) -> ConvParams:
     weight = ctx.const(w, "weight")
     if weight.ndim == 3 and xm.ndim == 3:
         return conv1d_params(xm, weight, stride, padding, dilation, transposed, output_padding, groups)
+    if weight.ndim == 5 and xm.ndim == 5:
+        return conv3d_params(xm, weight, stride, padding, dilation, transposed, groups)
     if weight.ndim != 4 or xm.ndim != 4:
         raise Unsupported(f"only 1-D and 2-D convolutions over NCL / NCHW inputs run on the GPU "
                           f"(input {tuple(xm.shape)})")
@@ -136,6 +138,22 @@ def conv1d_params(xm, weight, stride, padding, dilation, transposed, output_padd
     return make_params((*xm.shape[:2], 1, xm.shape[2]), (*weight.shape[:2], 1, weight.shape[2]), row(stride, 1),
                        row(padding, 0), row(dilation, 1), groups, transposed=transposed,
                        output_padding=row(output_padding, 0))
+
+
+def conv3d_params(xm, weight, stride, padding, dilation, transposed, groups) -> ConvParams:
+    """A conv3d over (N, C, D, H, W) whose kernel is 1 along W (stride 1 there and along H, no padding along W;
+    timm's LambdaNet: (r, r, 1)) is the 2-D conv over (N, C, D, H * W) with its taps along H * W dilated by W:
+    input (h, w) sits at h * W + w, a tap j rows of H away at (h + j) * W + w, and padding H by p zeros is
+    padding H * W by p * W (an index leaves [0, H * W) exactly when h + j leaves [0, H)). Same memory, no copy."""
+    width = xm.shape[4]
+    if transposed or weight.shape[4] != 1 or list(stride)[1:] != [1, 1] or list(padding)[2] != 0 \
+            or list(dilation)[2] != 1:
+        raise Unsupported("a 3-D convolution runs on the GPU only with a kernel of 1 along its last axis (stride 1 "
+                          "along the last two, no padding along the last); this one has kernel "
+                          f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)}")
+    return make_params((*xm.shape[:3], xm.shape[3] * width), tuple(weight.shape[:4]), [list(stride)[0], 1],
+                       [list(padding)[0], list(padding)[1] * width], [list(dilation)[0], list(dilation)[1] * width],
+                       groups)
 
 
 def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
@@ -181,7 +199,7 @@ def takes_residual(ctx: Context, node: Node) -> bool:
 def lower_conv(ctx: Context, node: Node) -> GpuOp:
     p = conv_params(ctx, node)
     weight, bias = ctx.const(node.args[1], "weight"), ctx.const(node.args[2], "bias")
-    weight = weight.reshape(p.weight_shape)  # a conv1d's kernel as a 1-row 2-D kernel
+    weight = weight.reshape(p.weight_shape)  # a conv1d's kernel as a 1-row 2-D kernel, a (kd, kh, 1) one as 2-D
     decision = route_conv(ctx, node, p)
     inputs = [node.args[0].name]
     if node.residual is not None:
