@@ -29,7 +29,7 @@ CONVROUTE_WINOGRAD_F16_SCALE=1 timeout "$(cap 60)" python3 -m pytest -q -p no:ca
   tests/test_fp16.py 2>&1 | tail -2 | tee "$R/tests.txt"
 timeout "$(cap 30)" python3 -m pytest -q -p no:cacheprovider tests/test_threads.py 2>&1 | tail -2 | tee -a "$R/tests.txt"
 CONVROUTE_BMM=1 CONVROUTE_BMM_FUZZ=100 timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_bmm.py \
-  tests/test_wide_convs.py -s 2>&1 | grep -E "cases|passed|failed" | tail -4 | tee -a "$R/tests.txt"
+  tests/test_wide_convs.py tests/test_conv3d.py -s 2>&1 | grep -E "cases|passed|failed" | tail -4 | tee -a "$R/tests.txt"
 pack
 timeout "$(cap 60)" python3 tools/flag_ab.py CONVROUTE_WINOGRAD_F16_SCALE timm:resnet50d --dtype float16 \
   --policy calibrated --rounds 40 > "$R/scale_ab.txt" 2>&1
