@@ -274,7 +274,7 @@ def _operands(ctx: Context, args) -> tuple[list, list[str], list[tuple]]:
             operands.append(len(inputs))
             inputs.append(a.name)
         else:
-            value = ctx.const(a, "operand") if isinstance(a, Ref) else torch.tensor(float(a))
+            value = _const_operand(ctx, a)
             shapes.append(tuple(value.shape))
             operands.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand", ctx.precision.numpy))
     return operands, inputs, shapes
@@ -482,16 +482,7 @@ def _elementwise(ctx: Context, node: Node, expr: str, operands, scalars: dict | 
     """`expr` over u0, u1, ... = `operands` (run-time tensors, constant tensors or numbers) broadcast to the
     node's result, with the node's fused activation."""
     out = out_meta(node)
-    sources, inputs, shapes = [], [], []
-    for a in operands:
-        if ctx.is_dynamic(a):
-            shapes.append(tuple(ctx.tensor(a).shape))
-            sources.append(len(inputs))
-            inputs.append(a.name)
-        else:
-            value = _const_operand(ctx, a)
-            shapes.append(tuple(value.shape))
-            sources.append(ctx.gpu.upload(value.numpy().reshape(-1), "constant operand", ctx.precision.numpy))
+    sources, inputs, shapes = _operands(ctx, operands)
     try:
         kernel = Elementwise(ctx.gpu, expr, shapes, tuple(out.shape), node.act, ctx.precision, scalars)
     except ValueError as exc:
