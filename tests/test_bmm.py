@@ -12,6 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 from convroute.frontend import lower  # noqa: E402
@@ -42,6 +43,22 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b * self.heads, 3, c // self.heads, h * w).unbind(1)
         attn = torch.softmax(q.transpose(1, 2) @ k * (c // self.heads) ** -0.5, dim=-1)
         return (v @ attn.transpose(1, 2)).reshape(b, c, h, w) + x
+
+
+class ScaledDotProduct(nn.Module):
+    """F.scaled_dot_product_attention, whose export guards rows of all -inf scores (a fully masked query gives 0):
+    `mask` (constant) masks every key of query 0."""
+
+    def __init__(self, masked: bool):
+        super().__init__()
+        self.qkv = nn.Conv2d(8, 24, 1)
+        mask = torch.ones(20, 20, dtype=torch.bool)
+        mask[0] = False
+        self.register_buffer("mask", mask if masked else None)
+
+    def forward(self, x):
+        q, k, v = self.qkv(x).flatten(2).transpose(1, 2).reshape(1, 20, 3, 2, 4).permute(2, 0, 3, 1, 4)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask).transpose(1, 2).reshape(1, 20, 8)
 
 
 class ConstantOperand(nn.Module):
@@ -82,6 +99,19 @@ def test_attention_runs_on_the_gpu(monkeypatch):
     assert not program.summary().cpu_ops
     assert program.summary().gpu_ops["bmm"] == 2
     assert rel_error(program(x), reference(model, x)) < TOLERANCES["float32"]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_scaled_dot_product_attention_runs_on_the_gpu(masked, monkeypatch):
+    monkeypatch.setenv("CONVROUTE_BMM", "1")
+    torch.manual_seed(0)
+    model, x = ScaledDotProduct(masked).eval(), torch.randn(1, 8, 4, 5)
+    program = convroute.compile(model, (x,))
+    assert not program.summary().cpu_ops, program.summary()
+    out, want = program(x), reference(model, x)
+    assert rel_error(out, want) < TOLERANCES["float32"]
+    if masked:
+        assert torch.all(want[0, 0] == 0) and torch.all(out[0, 0] == 0)  # the fully masked query
 
 
 def test_a_constant_operand(monkeypatch):

@@ -97,6 +97,7 @@ def simplify(g: Graph) -> None:
     split_into_slices(g)
     drop_identities(g)
     fold_batch_norms(g)
+    guard_rows_by_their_max(g)
     fuse_comparisons(g)
     fuse_activations(g)
     drop_dead(g)
@@ -305,6 +306,52 @@ def where_compare(op: str, lhs, rhs, a, b):
     """torch.where(lhs OP rhs, a, b): a `where` whose condition is a comparison, as one node (the GPU computes
     the comparison inline: it stores no bool tensors)."""
     return torch.where(getattr(torch, op)(lhs, rhs), a, b)
+
+
+def guard_rows_by_their_max(g: Graph) -> None:
+    """scaled_dot_product_attention's export guards rows of scores s that are all -inf (fully masked):
+    where(not(any(not(s == -inf), d, keepdim)), full_like(softmax(s, d), 0), softmax(s, d)). Its booleans would
+    run on the CPU; the same test as a row max: where_compare("eq", amax(s, d, keepdim), -inf, 0, softmax(s, d))
+    (a row is all -inf exactly when its max is), all of it float work on the GPU. The unused nodes go (drop_dead)."""
+    producers = {n.name: n for n in g.nodes}
+
+    def made_by(arg, op):
+        node = producers.get(arg.name) if isinstance(arg, Ref) else None
+        return node if node is not None and node.op == op else None
+    nodes = []
+    for where in g.nodes:
+        found = _masked_row_guard(where, made_by) if where.op == "where.self" and len(where.args) == 3 else None
+        if found is not None:
+            dim, softmax = found
+            shape = list(softmax.meta.shape)
+            shape[dim % len(shape)] = 1
+            rowmax = Node(f"{where.name}_rowmax", aten.amax.default, (softmax.args[0], [dim], True),
+                          module=where.module, meta=torch.empty(shape, dtype=softmax.meta.dtype, device="meta"))
+            nodes.append(rowmax)
+            where.target, where.args = where_compare, ("eq", Ref(rowmax.name), float("-inf"), 0.0, Ref(softmax.name))
+            where.notes.append("softmax's all -inf row guard as a row max")
+        nodes.append(where)
+    g.nodes = nodes
+
+
+def _masked_row_guard(where: Node, made_by):
+    """(dim, the softmax node) when `where` is that guard, else None."""
+    cond, fill, softmax = where.args
+    softmax = made_by(softmax, "_softmax")
+    full = made_by(fill, "full_like")
+    outer = made_by(cond, "logical_not")
+    any_dim = made_by(outer.args[0], "any.dim") if outer else None
+    inner = made_by(any_dim.args[0], "logical_not") if any_dim else None
+    eq = made_by(inner.args[0], "eq.Scalar") if inner else None
+    if None in (softmax, full, eq) or full.args[0] != Ref(softmax.name) or full.args[1] != 0 \
+            or eq.args[0] != softmax.args[0] or eq.args[1] != float("-inf") \
+            or not (len(any_dim.args) > 2 and any_dim.args[2]) or not isinstance(softmax.meta, torch.Tensor):
+        return None
+    ndim = softmax.meta.ndim
+    dim = any_dim.args[1]
+    if dim % ndim != softmax.args[1] % ndim:
+        return None
+    return dim, softmax
 
 
 def fuse_comparisons(g: Graph) -> None:
