@@ -151,6 +151,25 @@ def test_a_batch_norm_folds_only_into_a_conv_it_alone_reads():
     assert program.summary().gpu_ops["batch_norm_eval"] == 1  # bn2, standalone
 
 
+class ClassToken(nn.Module):
+    """ViT's stem: patches from a conv, a learned class token (a constant after export) concatenated in front."""
+
+    def __init__(self):
+        super().__init__()
+        self.patches, self.cls = nn.Conv2d(3, 8, 4, stride=4), nn.Parameter(torch.randn(1, 1, 8))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x):
+        tokens = self.patches(x).flatten(2).transpose(1, 2)
+        return self.head(torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], dim=1))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_a_concat_with_a_constant_input_runs_on_the_gpu(batch):
+    program = checked_program(ClassToken().eval(), torch.randn(batch, 3, 16, 12))
+    assert not program.summary().cpu_ops, program.summary()
+
+
 class EncoderDecoder(nn.Module):
     """Transposed, grouped and dilated convs; batch norm folded into a transposed conv and one left standalone."""
 

@@ -381,11 +381,15 @@ def lower_linear(ctx: Context, node: Node) -> GpuOp:
 
 
 def lower_cat(ctx: Context, node: Node) -> GpuOp:
+    """A concat of run-time tensors and constants (ViT's class token), the constants uploaded once."""
     tensors, dim = node.args[0], node.arg(1, "dim", 0)
-    shapes = [tuple(ctx.tensor(t).shape) for t in tensors]
+    operands, inputs, shapes = _operands(ctx, tensors)
     out = out_meta(node)
     kernel = Concat(ctx.gpu, shapes, dim, ctx.precision)
-    return GpuOp(node, [t.name for t in tensors], lambda ins, y: kernel.bind(ins, y), out.numel())
+
+    def bind(ins, y):
+        return kernel.bind([ins[o] if isinstance(o, int) else o for o in operands], y)
+    return GpuOp(node, inputs, bind, out.numel())
 
 
 def lower_upsample(ctx: Context, node: Node) -> GpuOp:

@@ -119,9 +119,9 @@ def _propose(ctx: Context, graph: Graph, steps: list, root: dict, within: dict, 
         node = step.node
         tensors, out = node.args[0], node.meta
         dim = node.arg(1, "dim", 0) % out.ndim
-        names = [t.name for t in tensors if isinstance(t, Ref)]
+        names = [t.name for t in tensors if isinstance(t, Ref) and t.name not in graph.constants]
         if math.prod(out.shape[:dim]) != 1 or len(names) != len(tensors):
-            continue
+            continue  # constants (uploaded by the concat's own op) stay where they are
         inner = math.prod(out.shape[dim + 1:])
         every = {**within, **views}
         if node.name not in every and node.name not in host and all(n in every for n in names):
