@@ -104,7 +104,8 @@ def plan_for_browser(model, example_inputs, *, dtype="float32", policy="seed", f
 def _single_io(plan: Plan) -> tuple[str, str]:
     cpu = plan.cpu_steps
     if cpu:
-        ops = ", ".join(sorted({s.node.op for s in cpu}))
+        why = {s.node.op: s.reason for s in cpu}
+        ops = "; ".join(f"{op}: {reason}" for op, reason in sorted(why.items()))
         raise NotForBrowser(f"the model has {len(cpu)} step(s) on the CPU ({ops}); a browser plan runs on the "
                             f"GPU only")
     refs = [o for o in plan.graph.outputs if isinstance(o, Ref)]
