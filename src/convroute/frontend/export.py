@@ -326,7 +326,7 @@ def guard_rows_by_their_max(g: Graph) -> None:
             shape = list(softmax.meta.shape)
             shape[dim % len(shape)] = 1
             rowmax = Node(f"{where.name}_rowmax", aten.amax.default, (softmax.args[0], [dim], True),
-                          module=where.module, meta=torch.empty(shape, dtype=softmax.meta.dtype, device="meta"))
+                          module=where.module, meta=softmax.meta.new_empty(shape))
             nodes.append(rowmax)
             where.target, where.args = where_compare, ("eq", Ref(rowmax.name), float("-inf"), 0.0, Ref(softmax.name))
             where.notes.append("softmax's all -inf row guard as a row max")

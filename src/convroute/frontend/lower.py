@@ -146,14 +146,13 @@ def conv3d_params(xm, weight, stride, padding, dilation, transposed, groups) -> 
     input (h, w) sits at h * W + w, a tap j rows of H away at (h + j) * W + w, and padding H by p zeros is
     padding H * W by p * W (an index leaves [0, H * W) exactly when h + j leaves [0, H)). Same memory, no copy."""
     width = xm.shape[4]
-    if transposed or weight.shape[4] != 1 or list(stride)[1:] != [1, 1] or list(padding)[2] != 0 \
-            or list(dilation)[2] != 1:
+    stride, padding, dilation = list(stride), list(padding), list(dilation)
+    if transposed or weight.shape[4] != 1 or stride[1:] != [1, 1] or padding[2] != 0 or dilation[2] != 1:
         raise Unsupported("a 3-D convolution runs on the GPU only with a kernel of 1 along its last axis (stride 1 "
                           "along the last two, no padding along the last); this one has kernel "
                           f"{tuple(weight.shape[2:])}, stride {tuple(stride)}, padding {tuple(padding)}")
-    return make_params((*xm.shape[:3], xm.shape[3] * width), tuple(weight.shape[:4]), [list(stride)[0], 1],
-                       [list(padding)[0], list(padding)[1] * width], [list(dilation)[0], list(dilation)[1] * width],
-                       groups)
+    return make_params((*xm.shape[:3], xm.shape[3] * width), tuple(weight.shape[:4]), [stride[0], 1],
+                       [padding[0], padding[1] * width], [dilation[0], dilation[1] * width], groups)
 
 
 def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
@@ -180,20 +179,24 @@ def fuses_depthwise(ctx: Context, dw: Node, conv: Node) -> bool:
         and route_conv(ctx, conv, pc).algorithm in FUSED_POINTWISE
 
 
-def routed_to_winograd(ctx: Context, node: Node) -> bool:
+def _routed(ctx: Context, node: Node) -> str | None:
+    """The algorithm the conv `node` is routed to, None where it cannot run on the GPU (graph passes ask)."""
     try:
-        return route_conv(ctx, node, conv_params(ctx, node)).algorithm.startswith("winograd")
+        return route_conv(ctx, node, conv_params(ctx, node)).algorithm
     except (Unsupported, ValueError):
-        return False
+        return None
+
+
+def routed_to_winograd(ctx: Context, node: Node) -> bool:
+    algorithm = _routed(ctx, node)
+    return algorithm is not None and algorithm.startswith("winograd")
 
 
 def takes_residual(ctx: Context, node: Node) -> bool:
     """Whether the conv `node` would run with an algorithm whose store can add a residual (export's
     fuse_residual_adds asks before fusing)."""
-    try:
-        return ALGORITHMS[route_conv(ctx, node, conv_params(ctx, node)).algorithm].fuses_residual
-    except (Unsupported, ValueError):
-        return False
+    algorithm = _routed(ctx, node)
+    return algorithm is not None and ALGORITHMS[algorithm].fuses_residual
 
 
 def lower_conv(ctx: Context, node: Node) -> GpuOp:
@@ -259,8 +262,7 @@ def lower_binary(ctx: Context, node: Node) -> GpuOp:
         raise Unsupported(str(exc)) from None
 
     def bind(ins, y):
-        a, b = (ins[o] if isinstance(o, int) else o for o in operands)
-        return kernel.bind(a, b, y)
+        return kernel.bind(*_buffers(operands, ins), y)
     return GpuOp(node, inputs, bind, out.numel())
 
 
@@ -280,6 +282,11 @@ def _operands(ctx: Context, args) -> tuple[list, list[str], list[tuple]]:
     return operands, inputs, shapes
 
 
+def _buffers(operands: list, ins: list) -> list:
+    """_operands' entries as the buffers to bind: the node's input buffers `ins` by index, uploads as they are."""
+    return [ins[o] if isinstance(o, int) else o for o in operands]
+
+
 def lower_bmm(ctx: Context, node: Node) -> GpuOp:
     """bmm(a, c), either operand computed at run time (kernels/bmm). On GPUs only with CONVROUTE_BMM=1 until
     the GPU fuzz has run the kernel (CPU adapters, where it was checked, default to it)."""
@@ -294,8 +301,7 @@ def lower_bmm(ctx: Context, node: Node) -> GpuOp:
         raise Unsupported(str(exc)) from None
 
     def bind(ins, y):
-        a, c = (ins[o] if isinstance(o, int) else o for o in operands)
-        return kernel.bind(a, c, y)
+        return kernel.bind(*_buffers(operands, ins), y)
     return GpuOp(node, inputs, bind, kernel.flops)
 
 
@@ -388,7 +394,7 @@ def lower_cat(ctx: Context, node: Node) -> GpuOp:
     kernel = Concat(ctx.gpu, shapes, dim, ctx.precision)
 
     def bind(ins, y):
-        return kernel.bind([ins[o] if isinstance(o, int) else o for o in operands], y)
+        return kernel.bind(_buffers(operands, ins), y)
     return GpuOp(node, inputs, bind, out.numel())
 
 
@@ -493,7 +499,7 @@ def _elementwise(ctx: Context, node: Node, expr: str, operands, scalars: dict | 
         raise Unsupported(str(exc)) from None
 
     def bind(ins, y):
-        return kernel.bind(*(ins[s] if isinstance(s, int) else s for s in sources), y)
+        return kernel.bind(*_buffers(sources, ins), y)
     return GpuOp(node, inputs, bind, out.numel())
 
 

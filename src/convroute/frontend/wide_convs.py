@@ -83,8 +83,7 @@ def _chunks(g: Graph, conv: Node, width: int) -> list[Node]:
         if bias is not None:
             g.constants[f"{name}_bias"] = bias[begin:end].contiguous()
             b = Ref(f"{name}_bias")
-        meta = torch.empty((conv.meta.shape[0], end - begin, *conv.meta.shape[2:]), dtype=conv.meta.dtype,
-                           device="meta")
+        meta = conv.meta.new_empty((conv.meta.shape[0], end - begin, *conv.meta.shape[2:]))
         parts.append(Node(name, conv.target, (conv.args[0], Ref(f"{name}_weight"), b, *conv.args[3:]),
                           dict(conv.kwargs), conv.act, [*conv.notes, f"output channels {begin}-{end - 1} of "
                           f"{c_out}: the weights pass one storage binding"], conv.module, meta))

@@ -23,8 +23,8 @@ def shader(precision: Precision) -> str:
     out = [storage_frame(precision.wgsl(), PARAMS, storage("a", "c", "y!"), "", WG),
            f"  let t = (wid.x + wid.y * nwg.x) * {WG}u + lid_x;",
            "  if (t >= p.total) { return; }",
-           "  let col0 = (t % p.tn) * 4u;",
-           "  let row0 = ((t / p.tn) % p.tm) * 4u;",
+           f"  let col0 = (t % p.tn) * {BLOCK}u;",
+           f"  let row0 = ((t / p.tn) % p.tm) * {BLOCK}u;",
            "  let batch = t / (p.tn * p.tm);",
            "  let abase = batch * p.m * p.k;",
            "  let cbase = batch * p.k * p.n;"]
