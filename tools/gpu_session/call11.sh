@@ -14,7 +14,7 @@ export CONVROUTE_CACHE_DIR=$PWD/.gpucache
 pack() { tar czf "$OUT/call11.tgz" -C "${R%/*}" call11; }
 trap pack EXIT
 LIMIT=${LIMIT:-480}
-cap() { local left=$((LIMIT - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }
+source "$(dirname "$0")/limits.sh"
 { git log --oneline -1; env | grep ^CONVROUTE_; ls "$CONVROUTE_CACHE_DIR"; } > "$R/head.txt"
 timeout "$(cap 130)" python3 -m convroute.cli.main zoo timm:resnet50d resnet18 mobilenet_v2 timm:lcnet_050 \
   squeezenet1_1 convnext_tiny --dtype float16 \

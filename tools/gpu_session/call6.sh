@@ -14,7 +14,7 @@ export CONVROUTE_CACHE_DIR=$PWD/.gpucache; mkdir -p "$CONVROUTE_CACHE_DIR"
 pack() { tar czf "$OUT/call6.tgz" -C "${R%/*}" call6 -C "$PWD" .gpucache; }
 trap pack EXIT
 LIMIT=${LIMIT:-570}
-cap() { local left=$((LIMIT - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }  # step timeout
+source "$(dirname "$0")/limits.sh"
 git log --oneline -1 > "$R/head.txt"
 timeout "$(cap 260)" python3 -m convroute.cli.main calibrate --selftest-cases 0 --budget "${CAL_BUDGET:-230}" --no-progress --wide \
   > "$R/calibrate.txt" 2>&1

@@ -8,7 +8,7 @@ set -o pipefail
 OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call8; mkdir -p "$OUT" "$R"; LIMIT=${LIMIT:-420}
 export CONVROUTE_CACHE_DIR=$PWD/.gpucache
 trap 'tar czf "$OUT/call8.tgz" -C "${R%/*}" call8' EXIT
-cap() { local left=$((LIMIT - SECONDS)); echo $(( left < $1 ? (left > 5 ? left : 5) : $1 )); }
+source "$(dirname "$0")/limits.sh"
 { git log --oneline -1; ls "$CONVROUTE_CACHE_DIR"; } > "$R/head.txt"
 timeout "$(cap 300)" python3 -m convroute.cli.main zoo resnet18 mobilenet_v2 resnet50 squeezenet1_1 efficientnet_b0 \
   convnext_tiny timm:mixnet_s timm:lcnet_050 timm:resnet50d timm:ghostnet_100 --policy calibrated \
