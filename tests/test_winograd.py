@@ -270,13 +270,14 @@ def test_f16_winograd4_sums_in_f32_and_stays_within_fp16_tolerance(monkeypatch, 
 @pytest.mark.parametrize("scaled", [True, False])
 @pytest.mark.parametrize("style", GEMM_STYLES)
 def test_f16_winograd2_holds_inputs_near_the_f16_limit_without_the_fallback(monkeypatch, style, scaled):
-    """With CONVROUTE_WINOGRAD_F16_SCALE on, F(2x2)'s V (up to 4x the inputs) is stored times 1/4: inputs up to 3e4
-    (timm resnet50d's deepest convs in the zoo) stay on the fast path; off, their tiles take the fallback (still
-    right). The fallback is made to write NaN here, so a tile sent to it shows."""
+    """F(2x2)'s f16 V (up to 4x the inputs) is stored times 1/4: inputs up to 3e4 (timm resnet50d's deepest convs
+    in the zoo) stay on the fast path; unscaled, their tiles take the fallback (still right). The fallback is made
+    to write NaN here, so a tile sent to it shows."""
     if F16_FEATURE not in get_gpu().profile.features:
         pytest.skip(f"the adapter lacks {F16_FEATURE}")
     use_style(monkeypatch, style)
-    monkeypatch.setenv("CONVROUTE_WINOGRAD_F16_SCALE", "1" if scaled else "0")
+    if not scaled:
+        monkeypatch.setattr(winograd.Winograd2, "v_scale", 1.0)
     monkeypatch.setattr(winograd, "OUTPUT_HELPERS", winograd.OUTPUT_HELPERS.replace(
         "var s = bias[o];", "return bitcast<f32>(0x7fc00000u);\n  var s = bias[o];"))
     p = make_params((1, 16, 7, 7), (8, 16, 3, 3), 1, 1)

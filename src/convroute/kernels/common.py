@@ -143,6 +143,11 @@ class Epilogue:
     def values(self) -> tuple[float, ...]:
         return (self.lo, self.hi) if self.kind == "clamp" else self.args
 
+    @property
+    def jumps(self) -> tuple[float, ...]:
+        """The inputs where the activation is discontinuous: softplus turns linear past threshold / beta."""
+        return (self.args[1] / self.args[0],) if self.kind == "softplus" else ()
+
     def wgsl(self, name: str = "act") -> str:
         """`fn act(v: f32) -> f32` (or another `name`); a NaN passes through as in PyTorch (see keep_nan)."""
         row = TABLE[self.kind]

@@ -21,9 +21,8 @@ f32; Mx stays f32 (the output transform's cancellations need it), and F(4x4)'s G
 A V that overflows f16 is Inf, so its tiles take the direct fallback. F(2x2)'s V is stored in f16 times 1/4
 (`v_scale`; its B^T rows each add two inputs, so |V| <= 4 max|x|) and the output transform multiplies by 4:
 exact in binary, so V cannot overflow for finite f16 inputs (timm resnet50d's 512x7x7 convs, inputs up to 2.7e4,
-sent every tile to the fallback without it: NOTES, session 21); on with CONVROUTE_WINOGRAD_F16_SCALE=1 until the
-GPU fuzz has run it. F(4x4)'s V would need 1/64 (row sums up to 7), which pushes inputs below 4e-3 into f16's
-subnormals: it keeps the fallback.
+sent every tile to the fallback without it: NOTES, session 21). F(4x4)'s V would need 1/64 (row sums up to 7),
+which pushes inputs below 4e-3 into f16's subnormals: it keeps the fallback.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from convroute.kernels import gemm, gemm_cpu
 from convroute.kernels.base import ConvKernel
 from convroute.kernels.common import Precision, ceil_div, constants, storage
 from convroute.kernels.flat import flat_shader, launch
-from convroute.settings import env_flag
 
 BYTES_CAP = 256 << 20  # V and Mx each stay below this even where bindings are larger
 TRANSFORM_PARAMS = ["t0", "cols", "cs", "total", "splits"]
@@ -240,8 +238,7 @@ class Winograd(ConvKernel):
 
     @property
     def _v_scale(self) -> float:
-        scaled = self.precision.dtype == "float16" and env_flag("CONVROUTE_WINOGRAD_F16_SCALE", False)
-        return self.v_scale if scaled else 1.0
+        return self.v_scale if self.precision.dtype == "float16" else 1.0
 
     @staticmethod
     def _times(factor: float) -> str:
