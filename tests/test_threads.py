@@ -226,28 +226,3 @@ def test_upload_buffers_mapped_ahead_see_every_fresh_input(monkeypatch, maps):
     for program in programs:
         (source, _, _), = program.plan.upload_buffers.values()
         assert program.gpu.map_in_flight(source)  # the next call's map is already asked for
-
-
-@pytest.mark.parametrize("maps", ["C API", "wgpu-py"])
-def test_encoding_on_the_encoding_thread_gives_every_call_its_own_result(monkeypatch, maps):
-    """CONVROUTE_ENCODE_THREAD (read at compile): each program's next command buffer is encoded on the device's
-    encoding thread while the caller waits for the read-back. Two programs called from two threads, fresh inputs
-    every call, spinning read-backs forced: every result matches torch, and the encoding did run on that thread."""
-    gpu = get_gpu()
-    force_spinning(monkeypatch, gpu, maps)
-    monkeypatch.setenv("CONVROUTE_ENCODE_THREAD", "1")
-    models = [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval(),
-              nn.Sequential(nn.Conv2d(3, 6, 1), nn.Sigmoid(), nn.Conv2d(6, 6, 3, padding=1, groups=6)).eval()]
-    programs = [convroute.compile(m, torch.randn(2, 3, 12, 10)) for m in models]
-    monkeypatch.delenv("CONVROUTE_ENCODE_THREAD")
-    assert all(p.encode_thread for p in programs)
-    threads_seen = set()
-    encode = type(gpu).encode_later
-
-    def spy(self, work):
-        return encode(self, lambda: (threads_seen.add(threading.current_thread().name), work())[1])
-    monkeypatch.setattr(type(gpu), "encode_later", spy)
-    call_in_two_threads(models, programs, 15)
-    assert threads_seen and all(name.startswith("convroute-encode") for name in threads_seen)
-    (segment,) = [s for s in programs[0].plan.segments if getattr(s, "recording", None) is not None]
-    assert segment.recording.encode_thread

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -101,7 +100,6 @@ class Gpu:
         self._maps = mapping.Maps(self.device, spin=self._spins) if mapping.available() else None
         self._quiet = QuietPoller.install(self.device) if self._spins and self._maps is None else None
         self._premaps = weakref.WeakKeyDictionary()  # buffer -> its wgpu-py map in flight (premap, or a wait)
-        self._encoder_thread = None  # made on first use by a Recording with encode_thread
 
     # -- errors ----------------------------------------------------------------------------------
     def checked(self, op: str) -> Checked:
@@ -122,13 +120,6 @@ class Gpu:
             return False
         except WGPU_ERRORS as err:
             return is_loss(str(err))
-
-    def encode_later(self, encode):
-        """Run `encode()` on this device's one encoding thread; returns its Future."""
-        with self._lock:
-            if self._encoder_thread is None:
-                self._encoder_thread = ThreadPoolExecutor(1, thread_name_prefix="convroute-encode")
-            return self._encoder_thread.submit(encode)
 
     # -- pipelines -----------------------------------------------------------------------------
     def pipeline(self, source: str, constants: dict | None = None):
@@ -496,16 +487,13 @@ class Recording:
     WebGPU command buffers are single-use, and encoding costs the host ~7 us per dispatch. With `ahead`,
     the command buffer for the next run is encoded right after this run's submit, while the GPU works, so
     repeated calls (a compiled model) do not wait for the host to encode; such a recording keeps its own
-    staging buffer, others take one from the device's pool per run. `read`: (buffer, shape, dtype). With
-    `encode_thread` that encoding runs on the device's encoding thread while this one waits for the read-back
-    (wgpu-native's calls release the GIL): for models whose GPU pass is shorter than their encoding.
+    staging buffer, others take one from the device's pool per run. `read`: (buffer, shape, dtype).
     One recording is run by one thread at a time (its owner serializes calls); different recordings of
     one Gpu may run concurrently.
     """
 
-    def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True, writes=(),
-                 encode_thread: bool = False):
-        self.gpu, self.dispatches, self.ahead, self.encode_thread = gpu, dispatches, ahead, ahead and encode_thread
+    def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True, writes=()):
+        self.gpu, self.dispatches, self.ahead = gpu, dispatches, ahead
         self.writes = tuple(writes)
         self.read = None
         self._staging = None
@@ -541,8 +529,7 @@ class Recording:
         staging = self._staging
         if self.read and staging is None:
             staging = gpu.take_staging(self.read[-1])
-        ready, self._ready = self._ready, None
-        command = ready.result() if isinstance(ready, Future) else ready or self._encode(staging)
+        command, self._ready = self._ready or self._encode(staging), None
         # wgpu-native aborts the process on a submit that uses a buffer with a map in flight
         for source, _, _ in self.writes:
             if gpu.map_in_flight(source):
@@ -552,9 +539,7 @@ class Recording:
         gpu.submit(command, f"{len(self.dispatches)} dispatches" + (" and a read-back" if self.read else ""))
         for source, _, _ in self.writes:
             gpu.premap(source)
-        if self.encode_thread:
-            self._ready = gpu.encode_later(lambda: self._encode(staging))
-        elif self.ahead:
+        if self.ahead:
             self._ready = self._encode(staging)
         if not self.read:
             return None

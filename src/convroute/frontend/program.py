@@ -94,7 +94,6 @@ class Program:
         self.model, self.policy = model, policy
         self.fuse_residual = env_fuse_residual() if fuse_residual is None else fuse_residual
         self.fuse_depthwise = env_fuse_depthwise() if fuse_depthwise is None else fuse_depthwise
-        self.encode_thread = env_flag("CONVROUTE_ENCODE_THREAD", False)  # see Recording; read here, as the plan
         self.gpu = get_gpu()
         self.precision.require(self.gpu.profile)
         self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
@@ -215,7 +214,7 @@ class Program:
         writes = tuple(writes)
         if seg.recording is None or (seg.recording.read is None) != (read is None) or seg.recording.writes != writes:
             seg.recording = Recording(self.gpu, seg.dispatches, read and (*read, self.precision.numpy),
-                                      writes=writes, encode_thread=self.encode_thread)
+                                      writes=writes)
         return seg.recording
 
     def _upload_target(self, plan: Plan, name: str):
