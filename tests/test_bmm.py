@@ -1,7 +1,6 @@
 """torch.bmm on the GPU (kernels/bmm.py through frontend/lower.lower_bmm): random shapes against torch in float64
-with poisoned outputs, a hybrid model's attention, a constant operand, and the switch that keeps GPUs off it
-until the GPU fuzz has run. CONVROUTE_BMM_FUZZ=N: random shapes per dtype (default 6); CONVROUTE_BMM=1 runs
-them on a GPU."""
+with poisoned outputs, a hybrid model's attention and a constant operand. CONVROUTE_BMM_FUZZ=N: random shapes
+per dtype (default 6)."""
 
 from __future__ import annotations
 
@@ -15,7 +14,6 @@ import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
-from convroute.frontend import lower  # noqa: E402
 from convroute.measure.reference import TOLERANCES  # noqa: E402
 from test_frontend import reference, rel_error  # noqa: E402
 
@@ -77,7 +75,6 @@ def shapes() -> list[tuple[int, int, int, int]]:
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_bmm_matches_torch(dtype, monkeypatch):
-    monkeypatch.setenv("CONVROUTE_BMM", "1")
     print(f"bmm {dtype}: replay with CONVROUTE_FUZZ_SEED={SEED}")
     wrong = []
     for batch, m, k, n in shapes():
@@ -92,7 +89,6 @@ def test_bmm_matches_torch(dtype, monkeypatch):
 
 
 def test_attention_runs_on_the_gpu(monkeypatch):
-    monkeypatch.setenv("CONVROUTE_BMM", "1")
     torch.manual_seed(0)
     model, x = Attention().eval(), torch.randn(2, 16, 5, 6)
     program = convroute.compile(model, (x,))
@@ -103,7 +99,6 @@ def test_attention_runs_on_the_gpu(monkeypatch):
 
 @pytest.mark.parametrize("masked", [False, True])
 def test_scaled_dot_product_attention_runs_on_the_gpu(masked, monkeypatch):
-    monkeypatch.setenv("CONVROUTE_BMM", "1")
     torch.manual_seed(0)
     model, x = ScaledDotProduct(masked).eval(), torch.randn(1, 8, 4, 5)
     program = convroute.compile(model, (x,))
@@ -115,22 +110,8 @@ def test_scaled_dot_product_attention_runs_on_the_gpu(masked, monkeypatch):
 
 
 def test_a_constant_operand(monkeypatch):
-    monkeypatch.setenv("CONVROUTE_BMM", "1")
     torch.manual_seed(0)
     model, x = ConstantOperand().eval(), torch.randn(3, 4, 6)
     program = convroute.compile(model, (x,))
     assert not program.summary().cpu_ops
     assert rel_error(program(x), reference(model, x)) < TOLERANCES["float32"]
-
-
-def test_gpus_keep_bmm_on_the_cpu_until_it_is_switched_on(monkeypatch):
-    monkeypatch.setattr(lower, "cpu_form", lambda gpu: False)  # as on a GPU
-    monkeypatch.delenv("CONVROUTE_BMM", raising=False)
-    a, c = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
-    with pytest.warns(UserWarning, match="CPU"):
-        program = convroute.compile(Bmm(), (a, c))
-    [(_, op, why)] = program.summary().cpu_ops
-    assert op == "bmm" and "CONVROUTE_BMM=1" in why
-    assert rel_error(program(a, c), reference(Bmm(), a, c)) < TOLERANCES["float32"]
-    monkeypatch.setenv("CONVROUTE_BMM", "1")
-    assert not convroute.compile(Bmm(), (a, c)).summary().cpu_ops

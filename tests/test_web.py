@@ -96,9 +96,8 @@ def test_cpu_forms_match_torch(site):
 
 
 def test_attention_matches_torch(site, monkeypatch):
-    """bmm's shader under Tint and SwiftShader (CONVROUTE_BMM=1: the bundle's GPU plans carry it too)."""
+    """bmm's shader under Tint and SwiftShader (the bundle's GPU plans carry it too)."""
     from test_bmm import Attention
-    monkeypatch.setenv("CONVROUTE_BMM", "1")
     torch.manual_seed(6)
     check_against_torch(site, "attention", Attention().eval(), torch.randn(1, 16, 5, 6))
 

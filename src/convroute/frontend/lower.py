@@ -35,7 +35,6 @@ from convroute.kernels.elementwise import (
     ChannelAffine,
     Elementwise,
     Unary,
-    cpu_form,
 )
 from convroute.kernels.gather import Gather
 from convroute.kernels.layout import StridedCopy
@@ -46,7 +45,6 @@ from convroute.kernels.reduce import Reduce, Softmax
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
-from convroute.settings import env_flag
 
 GPU_DTYPES = (torch.float32, torch.float16)  # tensors that live on the GPU (stored in the program's precision)
 ALIASES = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "squeeze", "squeeze.dim", "squeeze.dims",
@@ -288,10 +286,7 @@ def _buffers(operands: list, ins: list) -> list:
 
 
 def lower_bmm(ctx: Context, node: Node) -> GpuOp:
-    """bmm(a, c), either operand computed at run time (kernels/bmm). On GPUs only with CONVROUTE_BMM=1 until
-    the GPU fuzz has run the kernel (CPU adapters, where it was checked, default to it)."""
-    if not env_flag("CONVROUTE_BMM", cpu_form(ctx.gpu)):
-        raise Unsupported("its kernel has not passed the fuzz on a GPU yet (CONVROUTE_BMM=1 runs it on the GPU)")
+    """bmm(a, c), either operand computed at run time (kernels/bmm)."""
     out_meta(node)
     operands, inputs, shapes = _operands(ctx, node.args[:2])
     (batch, m, k), (_, _, n) = shapes
