@@ -1,12 +1,9 @@
 #!/usr/bin/env bash
 # GPU session, call 11 (<= $LIMIT s, default 480; after call10.sh, carry .gpucache): issue 26's per-process items
-# with the switches as call 10 left them (pass CONVROUTE_WINOGRAD_F16_SCALE / CONVROUTE_ENCODE_THREAD in front to
-# try them before they are defaults):
+# (session 23 made the switches call 10 tried defaults or dropped them):
 # - an fp16 zoo of six models against convroute-float32 and the fp16 CUDA graph (fp16 never slower than fp32);
-# - mobilenet_v2 in ten fresh processes against the CUDA graph, the encoding thread on and off in turn
-#   (<= 1.0x in 5 of 5);
-# - bmm on the GPU against torch's on the CPU in two attention hybrids (CONVROUTE_BMM on / off);
-# - lcnet_050's host phases with the encoding thread on and off.
+# - mobilenet_v2 in five fresh processes against the CUDA graph (<= 1.0x in 5 of 5);
+# - lcnet_050's host phases.
 #   source .gl/prelude.sh && bash tools/gpu_session/call11.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
 OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call11; mkdir -p "$OUT" "$R"
@@ -23,20 +20,10 @@ timeout "$(cap 130)" python3 -m convroute.cli.main zoo timm:resnet50d resnet18 m
 tail -16 "$R/zoo_fp16.txt"
 pack
 for i in 1 2 3 4 5; do
-  for flag in 1 0; do
-    echo "CONVROUTE_ENCODE_THREAD=$flag"
-    CONVROUTE_ENCODE_THREAD=$flag timeout "$(cap 25)" python3 -m convroute.cli.main run --model mobilenet_v2 \
-      --policy calibrated --compare torch-cuda-graph,convroute-seed --runs 30 2>&1 \
-      | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
-  done
+  timeout "$(cap 25)" python3 -m convroute.cli.main run --model mobilenet_v2 --policy calibrated \
+    --compare torch-cuda-graph,convroute-seed --runs 30 2>&1 | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
 done > "$R/mnv2.txt"
 cat "$R/mnv2.txt"
 pack
-timeout "$(cap 60)" python3 tools/flag_ab.py CONVROUTE_BMM timm:efficientvit_b0 timm:edgenext_xx_small \
-  --policy calibrated --rounds 30 > "$R/bmm_ab.txt" 2>&1
-tail -4 "$R/bmm_ab.txt"
-for flag in 1 0; do
-  CONVROUTE_ENCODE_THREAD=$flag timeout "$(cap 35)" python3 tools/host_phases.py timm:lcnet_050 224 calibrated 300 \
-    > "$R/host_phases_$flag.txt" 2>&1
-  head -14 "$R/host_phases_$flag.txt"
-done
+timeout "$(cap 35)" python3 tools/host_phases.py timm:lcnet_050 224 calibrated 300 > "$R/host_phases.txt" 2>&1
+head -14 "$R/host_phases.txt"
