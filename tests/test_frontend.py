@@ -517,6 +517,31 @@ def test_run_command_prints_error_routing_table_and_latency(capsys):
     assert "relative error" in out and ": OK" in out and "max abs error" in out
     assert "layer4.1.conv2" in out and "im2col" in out and "convroute on the GPU" in out and "torch on the CPU" in out
     assert main(["run", "--model", "no_such_net"]) == 2
+    assert "not a torchvision classification or segmentation model" in capsys.readouterr().err
+
+
+def test_run_and_export_web_take_timm_models(capsys, tmp_path):
+    """A user's timm model by the zoo's name (timm:NAME) in `run` and `export-web`; an unknown one is a clear error."""
+    pytest.importorskip("timm")
+    from convroute.cli.main import main
+
+    assert main(["run", "--model", "timm:lcnet_050", "--size", "32", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "timm:lcnet_050: timm architecture" in out and ": OK" in out and "conv_dw" in out
+    assert main(["export-web", "--model", "timm:no_such_net", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown timm model 'no_such_net'" in capsys.readouterr().err
+    assert main(["export-web", "--model", "no_such_net", "--out", str(tmp_path / "y")]) == 2
+    assert "not a torchvision classification model" in capsys.readouterr().err
+
+
+def test_export_web_without_onnxruntime_web_says_how_to_get_it(capsys, tmp_path, monkeypatch):
+    from convroute.cli.main import main
+
+    monkeypatch.setenv("CONVROUTE_ORT_WEB", str(tmp_path / "empty"))
+    args = ["export-web", "--model", "squeezenet1_1", "--size", "32", "--compare", "ort", "--out", str(tmp_path / "b")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--compare ort: onnxruntime-web not found" in err and "npm install onnxruntime-web" in err
 
 
 class Chain(nn.Module):

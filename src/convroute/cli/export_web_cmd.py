@@ -1,11 +1,11 @@
-"""`convroute export-web --model resnet18 --size 64 --out DIR`: a torchvision architecture (random weights,
-nothing downloaded) as a browser bundle: plan, WGSL, weights, convroute.js and a demo page (index.html; serve
-DIR over http and open it in a WebGPU browser). By default the bundle holds a plan for a generic GPU and one
-for software adapters (SwiftShader: register tiles, no barriers), and each conv carries the policy's route and
-the next candidates, which the page times on its own device and picks from; `--candidates 1` (or an explicit
-`--policy ... --device FAMILY` with --candidates 1) exports one fixed route. `--compare ort` also writes the
-model as ONNX and a bench page running convroute and ONNX Runtime Web side by side; `--run` runs that page
-headless (convroute bench-web)."""
+"""`convroute export-web --model resnet18 --size 64 --out DIR`: a torchvision or timm (timm:NAME) architecture (random
+weights, nothing downloaded) as a browser bundle: plan, WGSL, weights, convroute.js and a demo page (index.html;
+serve DIR over http and open it in a WebGPU browser). By default the bundle holds a plan for a generic GPU and one
+for software adapters (SwiftShader: register tiles, no barriers), and each conv carries the policy's route and the
+next candidates, which the page times on its own device and picks from; `--candidates 1` (or an explicit `--policy
+... --device FAMILY` with --candidates 1) exports one fixed route. `--compare ort` also writes the model as ONNX and
+a bench page running convroute and ONNX Runtime Web side by side; `--run` runs that page headless (convroute
+bench-web)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ PLAN_POLICIES = ("seed", "etvk", "calibrated", "derived")
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--model", default="resnet18", help="torchvision classification model name")
+    parser.add_argument("--model", default="resnet18",
+                        help="torchvision classification model name, or timm:NAME with timm installed")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16"),
                         help="plans in the bundle: auto = float32 and float16 (the page runs float16 where the "
@@ -53,7 +54,12 @@ def run(args) -> int:
     from convroute.frontend import zoo
     from convroute.frontend.web import export_web
 
-    model = zoo.build(args.model, args.seed)
+    try:
+        zoo.check_name(args.model)
+    except zoo.UnknownModel as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    model = zoo.build_any(args.model, args.seed)
     x = torch.randn(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(args.seed))
     exclude = tuple(filter(None, args.exclude.split(",")))
     try:
@@ -69,7 +75,11 @@ def run(args) -> int:
     if args.compare:
         from convroute.frontend.web.compare import write_compare
 
-        write_compare(model, x, args.out)
+        try:
+            write_compare(model, x, args.out)
+        except FileNotFoundError as err:  # onnxruntime-web not installed
+            print(f"error: --compare ort: {err}", file=sys.stderr)
+            return 2
         print(f"bench page: {args.out}/bench.html (ONNX Runtime Web vendored)")
         if args.run:
             from convroute.cli.bench_web_cmd import bench

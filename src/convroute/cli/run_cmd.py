@@ -1,5 +1,5 @@
-"""`convroute run --model resnet18`: build a torchvision architecture with random weights (nothing is
-downloaded), run it on the GPU through convroute and on torch (CPU, float32), and print the error, the
+"""`convroute run --model resnet18` (or timm:NAME): build a torchvision or timm architecture with random weights
+(nothing is downloaded), run it on the GPU through convroute and on torch (CPU, float32), and print the error, the
 routing table and the latency of both. `--dtype float16` stores every GPU value as f16 and checks against
 the same float32 torch run with the fp16 tolerance (relative error <= 1e-2).
 
@@ -34,7 +34,7 @@ RUNS, COMPARE_RUNS = 3, 20
 def add_arguments(parser) -> None:
     parser.add_argument("--model", default="resnet18", help="torchvision classification or segmentation model name "
                         "(resnet18, resnet50, mobilenet_v2, vgg11, ..., fcn_resnet50, deeplabv3_resnet50, "
-                        "lraspp_mobilenet_v3_large, ...)")
+                        "lraspp_mobilenet_v3_large, ...), or timm:NAME with timm installed (timm:resnet50d)")
     parser.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
     parser.add_argument("--size", type=int, default=224, help="input height and width (default 224)")
     parser.add_argument("--policy", default="seed", help="routing policy (default seed)")
@@ -77,23 +77,21 @@ def run(args) -> int:
 
     import convroute.frontend as frontend  # before torchvision, which loads triton (see frontend)
     from convroute.bench.compare_model import compare_model, comparison_text
-    from convroute.frontend.zoo import build
+    from convroute.frontend.zoo import UnknownModel, build_any, check_name, is_timm
     if args.policy not in POLICIES:
         print(f"error: unknown policy {args.policy!r}; known: {', '.join(POLICIES)}", file=sys.stderr)
         return 2
-    import torchvision  # after convroute.frontend
-
-    known = torchvision.models.list_models(module=torchvision.models)
-    segmentation = torchvision.models.list_models(module=torchvision.models.segmentation)
-    if args.model not in known + segmentation:
-        print(f"error: unknown model {args.model!r}; torchvision classification models: {', '.join(known)}; "
-              f"segmentation models: {', '.join(segmentation)}", file=sys.stderr)
+    try:
+        check_name(args.model, segmentation=True)
+    except UnknownModel as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
 
-    model = build(args.model, args.seed)
+    model = build_any(args.model, args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size)
     shape = "x".join(map(str, x.shape))
-    print(f"{args.model}: torchvision architecture, random weights and batch-norm statistics, eval mode")
+    print(f"{args.model}: {'timm' if is_timm(args.model) else 'torchvision'} architecture, random weights and "
+          "batch-norm statistics, eval mode")
     print(f"input {shape}, policy {args.policy}, dtype {args.dtype}"
           + (f", sums in {args.accumulate}" if args.accumulate else ""))
     start = time.perf_counter()

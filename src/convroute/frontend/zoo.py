@@ -180,8 +180,9 @@ def import_timm():
     return timm
 
 
-def check_name(name: str) -> None:
-    """Raise UnknownModel unless `name` is a torchvision classification model or timm:NAME of a timm model."""
+def check_name(name: str, segmentation: bool = False) -> None:
+    """Raise UnknownModel unless `name` is a torchvision classification model (or, with `segmentation`, one of
+    torchvision's segmentation models) or timm:NAME of a timm model."""
     if is_timm(name):
         timm = import_timm()
         if not timm.is_model(name[len(TIMM):]):
@@ -190,9 +191,13 @@ def check_name(name: str) -> None:
         return
     import torchvision
 
-    if name not in torchvision.models.list_models(module=torchvision.models):
-        raise UnknownModel(f"unknown model {name!r}: not a torchvision classification model; timm models are "
-                           f"named timm:NAME")
+    known = torchvision.models.list_models(module=torchvision.models)
+    if segmentation:
+        known += torchvision.models.list_models(module=torchvision.models.segmentation)
+    if name not in known:
+        kinds = "classification or segmentation model" if segmentation else "classification model"
+        raise UnknownModel(f"unknown model {name!r}: not a torchvision {kinds} (torchvision.models.list_models() "
+                           f"lists them); timm models are named timm:NAME")
 
 
 def default_size(name: str) -> int:
