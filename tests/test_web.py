@@ -102,6 +102,25 @@ def test_attention_matches_torch(site, monkeypatch):
     check_against_torch(site, "attention", Attention().eval(), torch.randn(1, 16, 5, 6))
 
 
+class OneSidedClamps(torch.nn.Module):
+    """clamp(min=...) with no upper bound, in a conv's epilogue and on its own (EdgeNeXt's norm): the open bound's
+    WGSL literal must be one Tint takes (3.4028235e38 is not: it rounds past the largest f32)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x).clamp(min=0.05)
+        return y * (y.sum(1, keepdim=True).clamp(min=1e-3) ** -0.5)
+
+
+@pytest.mark.parametrize("family", ["unknown", "cpu"])
+def test_open_clamp_bounds_compile_under_tint(site, family):
+    torch.manual_seed(7)
+    check_against_torch(site, f"open_clamp_{family}", OneSidedClamps().eval(), torch.randn(1, 3, 6, 7), family=family)
+
+
 def test_transposed_convs_match_torch(site):
     torch.manual_seed(4)
     model = torch.nn.Sequential(

@@ -175,9 +175,13 @@ def keep_nan(body: str, name: str = "act") -> str:
             f"fn {name}(v: f32) -> f32 {{ return select({name}_number(v), v, {NAN_BITS}); }}\n")
 
 
+F32_MAX = "3.4028234663852886e38"  # the largest f32 exactly: Tint (browsers) refuses 3.4028235e38 as too large
+
+
 def _f32(x: float) -> str:
-    if math.isinf(x):
-        return "3.4028235e38" if x > 0 else "-3.4028235e38"
+    """A WGSL f32 literal of `x`; an infinite or out-of-range bound becomes the largest finite f32."""
+    if abs(x) > float(F32_MAX):
+        return F32_MAX if x > 0 else "-" + F32_MAX
     return f"{float(x)!r}"
 
 
