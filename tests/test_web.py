@@ -213,6 +213,17 @@ def test_cpu_steps_are_refused(tmp_path):
         export_web(Sorts(), (torch.randn(1, 3, 8, 8),), tmp_path, dtype="float32")
 
 
+def test_excluded_algorithms_stay_out_of_convs_the_graph_passes_made(tmp_path):
+    """Grouped convs a concat joins merge into one conv (frontend/siblings) after the export had routed the
+    graph's own convs off `exclude`: timm mixnet_s's bundle carried direct for its merged convs, and SwiftShader
+    dropped the WebGPU instance compiling it. Now the merged conv (16 channels, 4 groups) is refused by name."""
+    from test_siblings import Mixed
+    torch.manual_seed(0)
+    model = Mixed((8, 8), (3, 3), groups_per_chunk=2).eval()
+    with pytest.raises(NotForBrowser, match=r"no algorithm is left for it after excluding direct .*groups=4"):
+        export_web(model, (torch.randn(1, 3, 7, 7),), tmp_path, dtype="float32", exclude=("direct",))
+
+
 def test_bundle_of_resnet18_float16_is_small(tmp_path):
     """The default export (candidates included) stays within 1.1x the weights plus 200 KB: candidates whose
     weights need a layout of their own are carried only within the weights budget."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from convroute.kernels.reduce import Reduce, Softmax
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
+from convroute.router.exclusions import applicable, blocked_algorithms
 
 GPU_DTYPES = (torch.float32, torch.float16)  # tensors that live on the GPU (stored in the program's precision)
 ALIASES = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "squeeze", "squeeze.dim", "squeeze.dims",
@@ -77,6 +78,7 @@ class Context:
     metas: dict  # value name -> meta tensor
     precision: Precision = FP32  # how GPU values are stored
     decisions: dict = field(default_factory=dict)  # conv node name -> its routing Decision (routed once)
+    avoid: frozenset = frozenset()  # algorithms no conv is routed to (a browser export's `exclude`)
 
     def is_dynamic(self, arg) -> bool:
         return isinstance(arg, Ref) and arg.name not in self.constants
@@ -154,8 +156,18 @@ def conv3d_params(xm, weight, stride, padding, dilation, transposed, groups) -> 
 
 
 def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
+    """The conv's routing decision (made once per node, also for convs the graph passes made), moved off the
+    algorithms in ctx.avoid to the first other applicable one; Unsupported when none is left."""
     if node.name not in ctx.decisions:
-        ctx.decisions[node.name] = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
+        d = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
+        if d.algorithm in ctx.avoid:
+            blocked = blocked_algorithms(p, ctx.profile, ctx.precision.dtype)
+            other = next((n for n in applicable(p) if n not in ctx.avoid and n not in blocked), None)
+            if other is None:
+                raise Unsupported(f"no algorithm is left for it after excluding {', '.join(sorted(ctx.avoid))} "
+                                  f"({p.describe()})")
+            d = replace(d, algorithm=other, reason=f"{d.reason}; {d.algorithm} excluded -> {other}")
+        ctx.decisions[node.name] = d
     return ctx.decisions[node.name]
 
 
@@ -173,8 +185,7 @@ def fuses_depthwise(ctx: Context, dw: Node, conv: Node) -> bool:
         pd, pc = conv_params(ctx, dw), conv_params(ctx, conv)  # Unsupported where a weight is not a constant
     except (Unsupported, ValueError):
         return False
-    return unfusable(pd, pc) is None and route_conv(ctx, dw, pd).algorithm == "depthwise" \
-        and route_conv(ctx, conv, pc).algorithm in FUSED_POINTWISE
+    return unfusable(pd, pc) is None and _routed(ctx, dw) == "depthwise" and _routed(ctx, conv) in FUSED_POINTWISE
 
 
 def _routed(ctx: Context, node: Node) -> str | None:

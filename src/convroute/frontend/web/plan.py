@@ -12,12 +12,12 @@ from convroute.calibration.profile import calibration_for
 from convroute.device.profile import DeviceProfile
 from convroute.frontend.export import export_model
 from convroute.frontend.graph import Ref
-from convroute.frontend.lower import Context, Unsupported, conv_params, lower_conv
+from convroute.frontend.lower import Context, Unsupported, lower_conv
 from convroute.frontend.plan import Plan, Segment, build_plan
 from convroute.frontend.web.trace import TraceGpu
 from convroute.kernels import ALGORITHMS
 from convroute.kernels.common import F16_FEATURE, Precision
-from convroute.router import Decision, route_params
+from convroute.router import Decision
 from convroute.router.exclusions import applicable, blocked_algorithms
 
 EXPORT_POLICIES = ("seed", "etvk", "calibrated", "derived")  # autotune measures on a device: the page does that
@@ -84,7 +84,7 @@ def plan_for_browser(model, example_inputs, *, dtype="float32", policy="seed", f
     constants = dict(graph.constants)  # build_plan keeps only what CPU steps read
     ctx_args = dict(gpu=gpu, profile=profile, policy=policy, precision=precision)
     if exclude:
-        ctx_args["decisions"] = _routes_avoiding(graph, ctx_args, set(exclude))
+        ctx_args["avoid"] = frozenset(exclude)
     # no values inside other values' buffers: the bundle binds whole buffers (views would need offsets in it)
     plan = build_plan(graph, ctx_args, fuse_residual=True, fuse_depthwise=False, concat_slabs=False, slice_views=False)
     input_name, output_name = _single_io(plan)
@@ -118,31 +118,6 @@ def _single_io(plan: Plan) -> tuple[str, str]:
     if meta.dtype != torch.float32:
         raise NotForBrowser(f"a browser plan takes a float32 input, this model's is {meta.dtype}")
     return plan.graph.inputs[0], refs[0].name
-
-
-def _routes_avoiding(graph, ctx_args: dict, exclude: set) -> dict:
-    """Each conv's routing decision, moved off the excluded algorithms to the first other applicable one."""
-    metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
-    metas.update((n.name, n.meta) for n in graph.nodes)
-    ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
-    decisions = {}
-    for node in graph.nodes:
-        if node.op != "convolution":
-            continue
-        try:
-            p = conv_params(ctx, node)
-        except (Unsupported, ValueError):
-            continue  # planning says why it cannot run
-        d = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
-        if d.algorithm in exclude:
-            blocked = blocked_algorithms(p, ctx.profile, ctx.precision.dtype)
-            other = next((n for n in applicable(p) if n not in exclude and n not in blocked), None)
-            if other is None:
-                raise NotForBrowser(f"conv {node.module or node.name} ({p.describe()}) has no algorithm left "
-                                    f"after excluding {', '.join(sorted(exclude))}")
-            d = replace(d, algorithm=other, reason=f"{d.reason}; {d.algorithm} excluded from the export -> {other}")
-        decisions[node.name] = d
-    return decisions
 
 
 def candidate_names(p, profile: DeviceProfile, dtype: str, chosen: str, residual: bool,
