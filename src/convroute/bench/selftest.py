@@ -38,7 +38,7 @@ KERNELS = (1, 1, 2, 3, 3, 3, 4, 5, 6, 7)  # per axis; 1 and 3 most often, as in 
 STRIDES = (1, 1, 1, 2, 2, 3)
 DILATIONS = (1, 1, 1, 1, 2, 3)
 CHANNELS = (1, 2, 3, 4, 5, 7, 8, 9, 12, 16)
-CLAMPS = ((-0.5, 0.75), (0.0, 0.25), (-1.0, -0.125))
+CLAMPS = ((-0.5, 0.75), (0.0, 0.25), (-1.0, -0.125), (0.125, math.inf))  # clamp(min=...): an open bound
 ACTIVATIONS = (None, "relu", "relu6", "clamp", "hardswish", "silu", "sigmoid", "hardsigmoid", "tanh", "gelu",
                "gelu_tanh", "leaky_relu", "elu", "softplus", "mish", "logsigmoid")
 # parameters drawn for the activations that take them (elu's third: selu's alpha and scale)
