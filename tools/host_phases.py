@@ -1,7 +1,8 @@
 """Where a compiled model's call spends its host time, phase by phase (issue 26 item 3).
 
-usage: python tools/host_phases.py MODEL [SIZE] [POLICY] [CALLS] [profile]   (torchvision name or timm:NAME;
-       default 224, seed, 200 calls; with $OUT set, the text goes to $OUT/host_phases_<model>.txt too)
+usage: python tools/host_phases.py MODEL [SIZE] [POLICY] [CALLS] [profile] [float16]   (torchvision name or
+       timm:NAME; default 224, seed, 200 calls, float32; with $OUT set, the text goes to
+       $OUT/host_phases_<model>.txt too)
 
 Each phase is timed by wrapping the function that does it (perf_counter around the call), over CALLS calls
 after a warm-up; the rest of the call is "Python and the rest" (Program.__call__/_run, the output tensor):
@@ -103,7 +104,7 @@ def main() -> int:
     zoo.check_name(name)
     model = zoo.build_any(name, 0)
     x = torch.randn(1, 3, size, size)
-    program = frontend.compile(model, (x,), policy=policy)
+    program = frontend.compile(model, (x,), policy=policy, dtype="float16" if "float16" in sys.argv[5:] else "float32")
     summary = program.summary()
     for _ in range(20):
         program(x)
@@ -126,8 +127,9 @@ def main() -> int:
     rows.append(["whole call (mean)", f"{total:.4f}", "100%"])
     dispatches = summary.dispatches
     text = "\n".join([
-        f"{name} at {size} px, policy {policy}, {dispatches} dispatches in {summary.submits} submit(s), "
-        f"{len(summary.cpu_ops)} CPU ops, on {program.gpu.profile.name}; {calls} calls; GPU pass alone {gpu_pass}",
+        f"{name} at {size} px, policy {policy}, {program.dtype}, {dispatches} dispatches in {summary.submits} "
+        f"submit(s), {len(summary.cpu_ops)} CPU ops, on {program.gpu.profile.name}; {calls} calls; "
+        f"GPU pass alone {gpu_pass}",
         format_table(["phase (ms per call, mean)", "ms", "share"], rows),
         f"encoding per dispatch: {1e3 * per_call['encode ahead'] / max(dispatches, 1):.2f} us "
         f"(record {1e3 * per_call['  of which record'] / max(dispatches, 1):.2f} us)",
