@@ -11,17 +11,11 @@ import torch
 from convroute.frontend import compile as compile_program
 from convroute.frontend import zoo
 from convroute.frontend.web import NotForBrowser, export_web
-from convroute.frontend.web.browser import BLANK, BrowserMissing, adapter_info, chromium, open_page, serve
+from convroute.frontend.web.browser import BLANK, BrowserMissing, adapter_info, chromium, open_page, run_bundle, serve
 from convroute.frontend.web.compare import ort_dist, write_compare
 from convroute.measure.reference import max_relative_error
 
 EXCLUDE = ("direct",)
-RUN = """async ([bundle, x, options]) => {
-  const C = (await import('./' + bundle + '/convroute.js')).default;
-  const m = await C.load(bundle + '/manifest.json', options);
-  const y = await m.run(new Float32Array(x));
-  return {y: Array.from(y), routes: m.routes()};
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def site(tmp_path_factory):
 def run_in_page(site, name, model, x, options=None, **export):
     root, page, _ = site
     export_web(model, (x,), root / name, exclude=EXCLUDE, name=name, **export)
-    return page.evaluate(RUN, [name, x.numpy().ravel().tolist(), {"cache": False, **(options or {})}])
+    return run_bundle(page, name, x.numpy(), options)
 
 
 def check_against_torch(site, name, model, x, tolerance=1e-4, family="auto", **export):

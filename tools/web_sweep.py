@@ -22,14 +22,8 @@ import torch
 import convroute.frontend  # noqa: F401  (before torchvision and timm, see frontend/__init__)
 from convroute.frontend import zoo
 from convroute.frontend.web import export_web
-from convroute.frontend.web.browser import BLANK, adapter_info, chromium, open_page, serve
+from convroute.frontend.web.browser import BLANK, adapter_info, chromium, open_page, run_bundle, serve
 from convroute.measure.reference import max_relative_error
-
-RUN = """async ([bundle, x, options]) => {
-  const C = (await import('./' + bundle + '/convroute.js')).default;
-  const m = await C.load(bundle + '/manifest.json', options);
-  return Array.from(await m.run(new Float32Array(x)));
-}"""
 
 
 def main(argv=None) -> int:
@@ -62,8 +56,7 @@ def main(argv=None) -> int:
                 try:
                     export_web(model, (x,), root / bundle, dtype="float32", family=family, candidates=1,
                                exclude=exclude, name=bundle)
-                    options = {"cache": False, "route": "default", "family": family}
-                    got = page.evaluate(RUN, [bundle, x.numpy().ravel().tolist(), options])
+                    got = run_bundle(page, bundle, x.numpy(), {"route": "default", "family": family})["y"]
                     error = max_relative_error(torch.tensor(got).reshape(want.shape), want)
                     what = f"rel. error {error:.2e}"
                     failed += not error < zoo.TOLERANCE

@@ -45,7 +45,7 @@ from convroute.kernels.reduce import Reduce, Softmax
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
-from convroute.router.exclusions import applicable, blocked_algorithms
+from convroute.router.exclusions import avoid_blocked, blocked_algorithms
 
 GPU_DTYPES = (torch.float32, torch.float16)  # tensors that live on the GPU (stored in the program's precision)
 ALIASES = ("view", "reshape", "_unsafe_view", "flatten.using_ints", "squeeze", "squeeze.dim", "squeeze.dims",
@@ -162,11 +162,13 @@ def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
         d = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
         if d.algorithm in ctx.avoid:
             blocked = blocked_algorithms(p, ctx.profile, ctx.precision.dtype)
-            other = next((n for n in applicable(p) if n not in ctx.avoid and n not in blocked), None)
-            if other is None:
+            blocked |= dict.fromkeys(ctx.avoid, "left out by the export")
+            try:
+                algorithm, reason = avoid_blocked(p, d.algorithm, d.reason, blocked)
+            except RuntimeError:
                 raise Unsupported(f"no algorithm is left for it after excluding {', '.join(sorted(ctx.avoid))} "
-                                  f"({p.describe()})")
-            d = replace(d, algorithm=other, reason=f"{d.reason}; {d.algorithm} excluded -> {other}")
+                                  f"({p.describe()})") from None
+            d = replace(d, algorithm=algorithm, reason=reason)
         ctx.decisions[node.name] = d
     return ctx.decisions[node.name]
 

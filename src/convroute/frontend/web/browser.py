@@ -13,6 +13,8 @@ from contextlib import contextmanager
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
+
 FLAGS = ("--enable-unsafe-webgpu", "--enable-features=Vulkan", "--no-sandbox", "--headless=new",
          "--disable-dawn-features=timestamp_quantization")
 
@@ -121,3 +123,15 @@ def adapter_info(page) -> dict | None:
       return {vendor: a.info.vendor, architecture: a.info.architecture, device: a.info.device,
               description: a.info.description, features: [...a.features]};
     }""")
+
+
+def run_bundle(page, bundle: str, x, options: dict | None = None) -> dict:
+    """Load the bundle directory `bundle` (under the served root) in `page` with convroute.js's load `options`
+    (the cache off unless given) and run it on `x` (a float32 array or tensor): {"y": the output as a flat list,
+    "routes": m.routes()}."""
+    return page.evaluate("""async ([bundle, x, options]) => {
+      const C = (await import('./' + bundle + '/convroute.js')).default;
+      const m = await C.load(bundle + '/manifest.json', options);
+      const y = await m.run(new Float32Array(x));
+      return {y: Array.from(y), routes: m.routes()};
+    }""", [bundle, np.asarray(x, np.float32).ravel().tolist(), {"cache": False, **(options or {})}])
