@@ -2,10 +2,11 @@
 channels, joined by a channel concat (a graph pass build_plan runs): split, not sent to the CPU. timm's VGG head
 (a 7x7 conv 512 -> 4096: 411 MB of fp32 weights) meets lavapipe's and a browser's 128 MiB binding.
 
-Packed weights are at most PACKED times the raw ones (K and C_out padded to tiles), or WINOGRAD times where
-Winograd takes the conv (F(4x4, 3x3) keeps a 6x6 transform of each 3x3 kernel). A conv is split where its
-routed algorithm's packed weights would pass the binding, into the fewest equal chunks that fit whatever
-algorithm each chunk is routed to (a 3x3 stride-1 conv counts WINOGRAD). A conv that fits stays whole: on
+Packed weights are the GPU GEMMs' matrices (`packed_bytes`: K and C_out padded to whole tiles, C_out to
+gemm.M_ALIGN = 128 channels), WINOGRAD_POSITIONS of them where Winograd takes the conv (F(4x4, 3x3) keeps a
+6x6 transform of each 3x3 kernel). A conv is split where its routed algorithm's packed weights would pass the
+binding, into the fewest equal chunks that fit whatever algorithm each chunk is routed to (a 3x3 stride-1 conv
+counts as Winograd). A conv that fits stays whole: on
 lavapipe, splitting wide_resnet50_2's 1024-channel 3x3 convs in two (against Winograd's factor, while they
 route to im2col) made the model 1.15x slower. Convs of groups 1 with constant weights, transposed ones too;
 the concat is free where its slabs can be views (frontend/views.py).
@@ -20,11 +21,19 @@ import torch
 
 from convroute.frontend.export import is_const
 from convroute.frontend.graph import Graph, Node, Ref, aten
+from convroute.kernels import gemm
+from convroute.kernels.common import ceil_div
 from convroute.params import pair
 
-PACKED = 1.25
-WINOGRAD = 4.0
+WINOGRAD_POSITIONS = 36
 CHANNEL_STEP = 8  # chunk widths are multiples of this (vector stores, view offsets)
+
+
+def packed_bytes(k: int, c_out: int, itemsize: int, winograd: bool = False) -> int:
+    """Bytes of a GEMM's packed weights for C_out channels of K = C_in x kh x kw inputs each (gemm.pack_weights'
+    padding; CPU adapters' register tiles pad less); Winograd packs a C_out x C_in matrix per position."""
+    positions, k = (WINOGRAD_POSITIONS, k // 9) if winograd else (1, k)
+    return positions * gemm.padded_k(k) * ceil_div(c_out, gemm.M_ALIGN) * gemm.M_ALIGN * itemsize
 
 
 def split_wide_convs(g: Graph, max_binding_bytes: int, itemsize: int, winograd: Callable[[Node], bool]) -> int:
@@ -51,17 +60,22 @@ def _chunk_width(g: Graph, node: Node, max_binding_bytes: int, itemsize: int,
         return None
     weight = g.constants[node.args[1].name]
     c_out = weight.shape[_out_axis(node)]
-    raw = weight.numel() // c_out * itemsize  # a channel's
+    k = weight.numel() // c_out
     winograd_shaped = tuple(weight.shape[2:]) == (3, 3) and not _out_axis(node) \
         and pair(node.arg(3, "stride", 1), "stride") == (1, 1) \
         and pair(node.arg(5, "dilation", 1), "dilation") == (1, 1)
-    if raw * PACKED * c_out > max_binding_bytes:
-        per_channel = raw * (WINOGRAD if winograd_shaped else PACKED)
-    elif winograd_shaped and raw * WINOGRAD * c_out > max_binding_bytes and winograd(node):
-        per_channel = raw * WINOGRAD
+    if packed_bytes(k, c_out, itemsize) > max_binding_bytes:
+        as_winograd = winograd_shaped
+    elif winograd_shaped and packed_bytes(k, c_out, itemsize, True) > max_binding_bytes and winograd(node):
+        as_winograd = True
     else:
         return None
-    fits = int(max_binding_bytes // per_channel) // CHANNEL_STEP * CHANNEL_STEP
+    blocks = max_binding_bytes // packed_bytes(k, gemm.M_ALIGN, itemsize, as_winograd)
+    if blocks:
+        fits = blocks * gemm.M_ALIGN
+    else:  # narrower than one padded block: only CPU adapters' register tiles can take such chunks
+        per_channel = k * itemsize * (WINOGRAD_POSITIONS / 9 if as_winograd else 1)
+        fits = int(max_binding_bytes // per_channel) // CHANNEL_STEP * CHANNEL_STEP
     if fits < CHANNEL_STEP:
         return None  # one channel's weights alone are too large: the lowering says so
     chunks = math.ceil(c_out / fits)
