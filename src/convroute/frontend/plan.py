@@ -15,6 +15,7 @@ import torch
 
 from convroute.device.gpu import BufferView, Dispatch
 from convroute.frontend.channels_last import channel_norm, lower_channel_norm, sink_permutes
+from convroute.frontend.concat_view import concat_view, fuse_concat_views, lower_concat_view
 from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
 from convroute.frontend.fuse import (
     channel_attention,
@@ -137,7 +138,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     into the convs;
     $CONVROUTE_SQUEEZE_EXCITE (on for CPU adapters, where it runs as the pool and two dispatches; off on GPUs
     until measured there) and $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as
-    its pool and one dispatch (frontend/fuse.py, kernels/squeeze_excite.py).
+    its pool and one dispatch (frontend/fuse.py, kernels/squeeze_excite.py); $CONVROUTE_CONCAT_VIEW (on): a
+    concat read only through reshapes and a permute runs as one dispatch (frontend/concat_view.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
@@ -155,6 +157,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)
+    if env_flag("CONVROUTE_CONCAT_VIEW", True):
+        fuse_concat_views(graph)
     if split_wide_convs(graph, ctx.gpu.profile.max_binding_bytes, ctx.precision.itemsize,  # after the merges
                         lambda conv: routed_to_winograd(ctx, conv)):
         metas.update((n.name, n.meta) for n in graph.nodes)
@@ -250,7 +254,7 @@ def _place(ctx: Context, node: Node, gpu_made: set):
     if is_alias(ctx, node) and node.args[0].name in gpu_made:
         return "alias"
     own = {squeeze_excite: lower_squeeze_excite, channel_attention: lower_channel_attention,
-           channel_norm: lower_channel_norm}.get(node.target, lower)
+           channel_norm: lower_channel_norm, concat_view: lower_concat_view}.get(node.target, lower)
     try:
         return own(ctx, node)
     except (Unsupported, ValueError) as exc:
