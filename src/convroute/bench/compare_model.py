@@ -1,6 +1,6 @@
 """`convroute run --compare`: a whole model timed by convroute and by peer engines (convroute.peers), in one
-process, in interleaved rounds (A A B B C C A A ...) after a common warm-up, so that clock and load drift hit
-every engine alike. Each time is one call from a host input to a host output: input upload, forward and
+process, in interleaved rounds (A A B B C C, then B B C C A A, ...) after a common warm-up, so that clock and
+load drift hit every engine alike. Each time is one call from a host input to a host output: input upload, forward and
 output download, wall clock. In each round an engine runs twice and the second call is the timed one: the
 first call after another engine pays for the GPU's switch between the engines' contexts (CUDA and Vulkan on
 one H100: 0.15-0.28 ms for either engine, NOTES session 7), a cost that a model served by one engine never
@@ -102,7 +102,9 @@ class Rounds:
 def interleaved(runners: dict[str, Callable[[], object]], rounds: int, *, warmup_rounds: int = WARMUP_ROUNDS,
                 warmup_s: float = WARMUP_S, clock=time.perf_counter) -> Rounds:
     """Warm-up rounds (every runner once, in order) until there were at least `warmup_rounds` and `warmup_s`
-    seconds, then `rounds` rounds in the same order in which each runner runs twice in a row."""
+    seconds, then `rounds` rounds in which each runner runs twice in a row. With three or more runners the order
+    rotates by one each round, so that each follows every other equally often: in a fixed order one engine alone
+    would come right after torch's CUDA graph, whose switch back to Vulkan may reach its timed call too."""
     if rounds < 1:
         raise ValueError(f"rounds must be >= 1, got {rounds}")
     start, done = clock(), 0
@@ -111,8 +113,10 @@ def interleaved(runners: dict[str, Callable[[], object]], rounds: int, *, warmup
             run()
         done += 1
     result = Rounds({name: [] for name in runners}, {name: [] for name in runners})
-    for _ in range(rounds):
-        for name, run in runners.items():
+    order = list(runners.items())
+    for r in range(rounds):
+        shift = r % len(order) if len(order) >= 3 else 0
+        for name, run in order[shift:] + order[:shift]:
             for times in (result.after_switch[name], result.settled[name]):
                 t0 = clock()
                 run()
