@@ -117,3 +117,30 @@ def test_chunk_widths():
     conv.args = (Ref("x"), Ref("w"), None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
     assert width(128 << 20, 4) is None
     assert width(128 << 20, 4, winograd=True) == 512
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_every_chunk_fits_the_gpu_packing(seed):
+    """Whatever the conv, each chunk's weights as the GPU GEMMs pack them (C_out padded to 128, Winograd's 36
+    matrices of C_out x C_in) fit the binding where a 128-channel block does: the fixed factors before let a
+    176-channel Winograd chunk pad to 256 and pass it on the H100 (session 24), which lavapipe's packing hid."""
+    rng = torch.Generator().manual_seed(seed)
+    for _ in range(50):
+        c_out, c_in = (int(v) for v in torch.randint(8, 1200, (2,), generator=rng))
+        kernel = int(torch.randint(0, 3, (1,), generator=rng)) * 2 + 1
+        itemsize = 2 if int(torch.randint(0, 2, (1,), generator=rng)) else 4
+        binding = int(torch.randint(1 << 18, 1 << 24, (1,), generator=rng))
+        conv = Node("c", aten.convolution.default, (Ref("x"), Ref("w"), None, [1, 1], [kernel // 2] * 2, [1, 1],
+                                                    False, [0, 0], 1),
+                    meta=torch.empty(1, c_out, 8, 8, device="meta"))
+        g = Graph(["x"], {"w": torch.empty(c_out, c_in, kernel, kernel, device="meta")}, [conv], [Ref("c")])
+        for winograd in (False, True):
+            width = wide_convs._chunk_width(g, conv, binding, itemsize, lambda node, w=winograd: w)
+            as_winograd = kernel == 3 and (winograd or width is not None)
+            k = c_in * kernel * kernel
+            if width is None:
+                assert wide_convs.packed_bytes(k, c_out, itemsize) <= binding or \
+                    wide_convs.packed_bytes(k, 128, itemsize, as_winograd) > binding
+                continue
+            if wide_convs.packed_bytes(k, 128, itemsize, as_winograd) <= binding:
+                assert wide_convs.packed_bytes(k, width, itemsize, as_winograd) <= binding, (c_out, c_in, kernel)
