@@ -58,3 +58,22 @@ def test_texture_kernel_in_float16(monkeypatch):
     assert out.dtype == np.float16
     err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
     assert err <= 1e-2, f"depthwise fp16 textures: relative error {err:.3g}"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_buffer_kernel_with_the_shape_baked_in(monkeypatch, layer, dtype):
+    """CONVROUTE_DEPTHWISE_CONSTANTS (on trial, session 24): GPUs' buffer kernel with the layer's shape written
+    into the WGSL as literals (loops unroll, divisions fold) matches float64 like the kernel reading P."""
+    if dtype == "float16" and F16_FEATURE not in get_gpu().profile.features:
+        pytest.skip(f"the adapter lacks {F16_FEATURE}")
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "workgroup"))
+    monkeypatch.setenv("CONVROUTE_DEPTHWISE_CONSTANTS", "1")
+    p = LAYERS[layer]
+    x, w, b = random_inputs(p, np.random.default_rng(53))
+    kernel = ALGORITHMS["depthwise"](get_gpu(), p, w, b, Epilogue(), dtype=dtype)
+    assert kernel.tex is None and "P.kw" not in kernel.source and f"kw < {p.kw}u" in kernel.source
+    out = run(p, x, w, b, "hardswish", dtype=dtype)
+    ref = reference(p, x, w, b, "hardswish")
+    err = np.linalg.norm(out.astype(np.float64) - ref) / np.linalg.norm(ref)
+    assert err < (1e-2 if dtype == "float16" else 1e-5), f"depthwise constants on {layer}: relative error {err:.3g}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from convroute.kernels import depthwise_cpu, direct_cpu
 from convroute.kernels.common import ceil_div
 from convroute.kernels.sliding_window import FlatConv
+from convroute.settings import env_flag
 
 BODY = """
   let owb = t % P.owb;
@@ -65,7 +66,11 @@ class Depthwise(FlatConv):
         return p.kh * p.kw
 
     def prepare(self, weight, bias):
-        self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK))
+        baked = None
+        if env_flag("CONVROUTE_DEPTHWISE_CONSTANTS", False):  # on trial: the layer's shape as literals
+            baked = {k: v for k, v in self.shape_values(mult=self.p.c_out // self.p.c_in,
+                                                        owb=ceil_div(self.p.wo, 4)).items() if k in self.PARAMS}
+        self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK), baked)
         self.tex = None
         if self.gpu.profile.texture_paths and depthwise_cpu.layout(self.p, 1) is not None:
             fmt = direct_cpu.FORMATS[self.dtype]

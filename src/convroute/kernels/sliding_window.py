@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from convroute.device.gpu import Dispatch
@@ -15,11 +17,16 @@ class FlatConv(ConvKernel):
     PARAMS: list[str] = []  # the shader's parameter block, named as shape_values names them; ends with "total"
     BUFFERS = storage("x", "wt", "bias:f32", "y!")
 
-    def compile(self, weights: np.ndarray, bias: np.ndarray, body: str, blocks: tuple[str, str]) -> None:
+    def compile(self, weights: np.ndarray, bias: np.ndarray, body: str, blocks: tuple[str, str],
+                baked: dict | None = None) -> None:
         """Upload the packed weights and bias; compile `body`, a template of {sum}, {open_block} and
-        {close_block} (Precision.block_sums with `blocks`) run for each t < P.total."""
+        {close_block} (Precision.block_sums with `blocks`) run for each t < P.total. `baked`: parameters
+        written into the shader as literals instead of read from P (loops over them unroll, divisions by them
+        fold; one pipeline per layer shape)."""
         self.w_buf = self.upload(weights, "packed weights")
         self.b_buf = self.gpu.upload(bias, "bias")
+        if baked:
+            body = re.sub(r"\bP\.(\w+)\b", lambda m: f"{int(baked[m[1]])}u" if m[1] in baked else m[0], body)
         self.source = flat_shader(self.PARAMS, self.BUFFERS, body.format(**self.precision.block_sums(*blocks)),
                                   self.epilogue.wgsl(), self.precision)
         self.gpu.pipeline(self.source)
