@@ -96,6 +96,30 @@ def test_a_model_that_fails_to_compile_is_a_row_with_its_error_under_a_progress_
     assert row.to_json()["error"] == row.error and row.to_json()["rel_error"] is None
 
 
+def test_a_model_whose_output_is_all_zeros_is_a_row_with_its_error_not_a_pass(monkeypatch):
+    """A check against an all-zero reference cannot fail: the row says so instead of an error of 0."""
+    def zero_head(name, seed):
+        head = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(5))
+        head(torch.zeros(1, 3, 32, 32))
+        torch.nn.init.zeros_(head[2].weight)
+        torch.nn.init.zeros_(head[2].bias)
+        return head.eval()
+
+    monkeypatch.setattr(bench_zoo.zoo, "build_any", zero_head)
+    report = bench_zoo.run_zoo(["squeezenet1_1"], sizes={"squeezenet1_1": 32}, batch=1, policy=None,
+                               dtype="float32", peers=[], runs=0)
+    (row,) = report.rows
+    assert row.error.startswith("torch: ValueError: the model's float64 output is all zeros"), row.error
+    assert row.rel_error is None
+
+
+def test_timm_weights_left_at_zero_are_drawn_at_random():
+    timm = pytest.importorskip("timm")
+    model = zoo.build_any("timm:resmlp_12_224", 0)
+    assert all(p.any() for p in model.parameters() if p.ndim >= 2)
+    assert not timm.create_model("resmlp_12_224", pretrained=False).head.weight.any()  # timm's own init
+
+
 def fake_row(name: str, ours_ms: float, peer_ms: dict[str, float], cpu_ops=None) -> bench_zoo.ZooRow:
     comparison = ModelComparison(name, (1, 3, 8, 8), "float32", {"name": "fake"}, 1)
     for engine, ms in {OURS: ours_ms, **peer_ms}.items():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 import convroute.frontend as frontend  # before torchvision and timm, which load triton (see frontend)
-from convroute.bench.compare_model import OURS, EngineRun, ModelComparison, compare_model, output_error
+from convroute.bench.compare_model import OURS, EngineRun, ModelComparison, compare_model, flat, output_error
 from convroute.calibration.profile import device_record
 from convroute.device.gpu import get_gpu
 from convroute.frontend import zoo
@@ -140,6 +140,9 @@ def zoo_row(name: str, size: int, *, batch: int, policy: str | None, dtype: str,
         stage = "torch"
         with torch.no_grad():
             reference = float64_output(model, x)
+            if not flat(reference).any():
+                raise ValueError("the model's float64 output is all zeros for this input (weights left at zero?): "
+                                 "a check against it would say nothing")
             row.torch_error = torch_own_error(model, x, dtype, reference)
         stage = "compile"
         start = time.perf_counter()

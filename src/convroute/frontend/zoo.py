@@ -123,6 +123,18 @@ def check(program, model, x: torch.Tensor, name: str) -> Check:
     return row
 
 
+def randomize_zero_weights(model, seed: int) -> None:
+    """Weights of two or more dims that start all zero (timm's zero-initialized heads: resmlp, gmlp, hiera) drawn
+    as torch's default Linear init would: else the model's output is all zeros and a check against torch says
+    nothing."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.ndim >= 2 and param.is_floating_point() and not param.any():
+                bound = (param[0].numel()) ** -0.5
+                param.copy_((torch.rand(param.shape, generator=g) * 2 - 1) * bound)
+
+
 def randomize_batch_norms(model, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -208,12 +220,13 @@ def default_size(name: str) -> int:
 
 
 def build_any(name: str, seed: int = 1) -> torch.nn.Module:
-    """`build` for torchvision names, timm:NAME through timm.create_model; random weights, no downloads, random
-    batch-norm statistics, eval mode."""
+    """`build` for torchvision names, timm:NAME through timm.create_model; random weights (none left all zero), no
+    downloads, random batch-norm statistics, eval mode."""
     if not is_timm(name):
         return build(name, seed)
     timm = import_timm()
     torch.manual_seed(seed)
     model = timm.create_model(name[len(TIMM):], pretrained=False).eval()
     randomize_batch_norms(model, seed)
+    randomize_zero_weights(model, seed)
     return model
