@@ -115,6 +115,30 @@ def test_open_clamp_bounds_compile_under_tint(site, family):
     check_against_torch(site, f"open_clamp_{family}", OneSidedClamps().eval(), torch.randn(1, 3, 6, 7), family=family)
 
 
+class ShuffleFold(torch.nn.Module):
+    """Session 24's two new kernels: a channel shuffle (concat view) and torch's fold (scatter-add)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.branch = torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        a, b = self.conv(x).chunk(2, dim=1)
+        y = torch.cat([a, torch.relu(self.branch(b))], 1)
+        y = y.view(1, 2, 4, 8, 8).transpose(1, 2).contiguous().view(1, 8, 8, 8)
+        cols = torch.nn.functional.unfold(y, 3, padding=1, stride=2)
+        return torch.nn.functional.fold(cols, 8, 3, padding=1, stride=2)
+
+
+@pytest.mark.parametrize("family", ["unknown", "cpu"])
+def test_concat_views_and_scatters_match_torch(site, family):
+    torch.manual_seed(8)
+    got = check_against_torch(site, f"shuffle_fold_{family}", ShuffleFold().eval(), torch.randn(1, 3, 8, 8),
+                              family=family)
+    assert got["routes"]["family"] == family
+
+
 def test_transposed_convs_match_torch(site):
     torch.manual_seed(4)
     model = torch.nn.Sequential(

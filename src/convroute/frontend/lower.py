@@ -36,7 +36,7 @@ from convroute.kernels.elementwise import (
     Elementwise,
     Unary,
 )
-from convroute.kernels.gather import Gather
+from convroute.kernels.gather import Gather, ScatterAdd
 from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Gemv, Linear, RegisterLinear, TexLinear
 from convroute.kernels.norm import GroupNorm, LayerNorm
@@ -691,6 +691,42 @@ def lower_gather(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), out.numel())
 
 
+def lower_index_put(ctx: Context, node: Node) -> GpuOp:
+    """out = base with values put (accumulate: added) at indices known at compile time (torch's fold, a
+    scatter-add by constant indices): one ScatterAdd gather. The pairs (destination, value element) come from
+    running the indexing on an arange of base's elements; base is a constant (zeros: none) or a GPU value."""
+    base, indices, values = node.args[:3]
+    accumulate = bool(node.arg(3, "accumulate", False))
+    if any(ctx.is_dynamic(r) for r in iter_refs(indices)):
+        raise Unsupported("its indices are computed at run time")
+    vmeta, out = ctx.tensor(values, "values"), out_meta(node)
+    positions = torch.arange(out.numel()).reshape(out.shape)
+    with torch.no_grad():
+        dest = torch.ops.aten.index.Tensor(positions, map_refs(list(indices), lambda r: ctx.constants[r.name]))
+        try:
+            src = torch.arange(vmeta.numel()).reshape(vmeta.shape).expand(dest.shape)
+        except RuntimeError:
+            raise Unsupported(f"its values {tuple(vmeta.shape)} do not broadcast to {tuple(dest.shape)}") from None
+    dest, src = dest.reshape(-1), src.reshape(-1)
+    if not accumulate and torch.unique(dest).numel() != dest.numel():
+        raise Unsupported("it writes an element twice without accumulate (which value lands is undefined)")
+    order = torch.argsort(dest, stable=True)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(dest, minlength=out.numel()).cumsum(0)])
+    inputs = [values.name]
+    if ctx.is_dynamic(base):
+        ctx.tensor(base, "base")
+        inputs.append(base.name)
+        stored = "bound"
+    else:
+        constant = ctx.const(base, "base")
+        stored = constant.numpy().reshape(-1) if constant.any() else None
+    try:
+        kernel = ScatterAdd(ctx.gpu, offsets.numpy(), src[order].numpy(), not accumulate, stored, ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, inputs, lambda ins, y: kernel.bind(ins[0], y, *ins[1:]), dest.numel())
+
+
 def _pixel_shuffle(ctx: Context, node: Node, meta, out) -> GpuOp:
     """pixel_shuffle / pixel_unshuffle by r: a permuted 6-D view of x (batch dims merged) copied densely, which is
     the result's layout: one strided copy, no table."""
@@ -724,6 +760,7 @@ LOWERINGS = {
     **{name: lower_softmax for name in ("_softmax", "_log_softmax", "softmax.int", "log_softmax.int")},
     **{name: lower_group_norm for name in ("group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")},
     **{name: lower_gather for name in GATHERS},
+    **{name: lower_index_put for name in ("index_put", "_unsafe_index_put")},
     "adaptive_max_pool2d_values": lower_adaptive_max_pool,
 }
 LOWERINGS.update(ELEMENTWISE_LOWERINGS)
