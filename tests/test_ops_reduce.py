@@ -4,6 +4,8 @@ poisoned (NaN) before the kernels write it and nothing on the CPU fallback."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -60,6 +62,24 @@ def test_reductions_over_any_dims(dtype, monkeypatch):
     # 300 elements along dim 3: a workgroup per output on either adapter kind; the rest one invocation each
     s = check(Reductions(), torch.randn(2, 5, 7, 300), dtype, monkeypatch)
     assert {"sum.dim_IntList", "mean.dim", "amax", "amin", "max_values", "min_values", "sum", "mean"} <= set(s.gpu_ops)
+
+
+class Variances(nn.Module):
+    """torch's var and std (var.correction after export) with corrections 0, 1 and 2, over any dims; EvoNorm's
+    grouped variance (regnetz_*_evos) on a 5-D view. A mean added to the data shows the two passes keep it out."""
+
+    def forward(self, x):
+        x = x + 3.0
+        g = x.reshape(x.shape[0], 2, -1, *x.shape[2:])
+        return (x.var((2, 3), keepdim=True, unbiased=False), x.var(1), x.std((0, 2)), torch.var(x, 3, correction=2),
+                g.var((2, 3, 4), unbiased=False, keepdim=True), x.std(), torch.std(x, (1, 3), correction=0))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_variance_and_standard_deviation_over_any_dims(dtype, monkeypatch):
+    torch.manual_seed(2)
+    s = check(Variances(), torch.randn(2, 6, 7, 300), dtype, monkeypatch)
+    assert "var.correction" in s.gpu_ops, sorted(s.gpu_ops)  # std exports as var.correction and sqrt
 
 
 class Softmaxes(nn.Module):
@@ -228,11 +248,11 @@ def test_timm_models_run_their_reductions_and_gathers_on_the_gpu(name, ops):
 @pytest.mark.parametrize("style", ["workgroup", "registers"])
 @pytest.mark.parametrize("seed", range(4))
 def test_row_kernels_on_random_shapes_and_dims(monkeypatch, style, seed):
-    """Reduce and Softmax straight on random tensors of rank 1-6 and random dims (merged kept / reduced groups),
-    in either adapter style (a workgroup per row from 17 elements on GPUs, from 257 on CPU adapters)."""
+    """Reduce, Softmax and Variance straight on random tensors of rank 1-6 and random dims (merged kept / reduced
+    groups), in either adapter style (a workgroup per row from 17 elements on GPUs, from 257 on CPU adapters)."""
     import numpy as np
 
-    from convroute.kernels.reduce import Reduce, Softmax
+    from convroute.kernels.reduce import Reduce, Softmax, Variance
     monkeypatch.setenv("CONVROUTE_GEMM_STYLE", style)
     gpu = get_gpu()
     rng = np.random.default_rng(seed)
@@ -241,8 +261,13 @@ def test_row_kernels_on_random_shapes_and_dims(monkeypatch, style, seed):
     shape = shape[:-1] + (int(rng.choice([3, 40, 300])),)
     x = rng.standard_normal(shape).astype(np.float32)
     dims = sorted({int(d) for d in rng.integers(0, rank, 1 + rank // 2)})
-    for kind in ("sum", "mean", "amax", "amin", "softmax", "log_softmax"):
-        if kind.endswith("softmax"):
+    for kind in ("sum", "mean", "amax", "amin", "softmax", "log_softmax", "var"):
+        if kind == "var":
+            if math.prod(shape[d] for d in set(dims)) < 2:
+                continue
+            kernel = Variance(gpu, shape, dims, 1.0)
+            want = torch.var(torch.from_numpy(x).double(), dims, correction=1).numpy()
+        elif kind.endswith("softmax"):
             kernel = Softmax(gpu, kind, shape, dims[-1])
             want = getattr(torch, kind)(torch.from_numpy(x).double(), dims[-1]).numpy()
         else:

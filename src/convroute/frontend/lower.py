@@ -41,7 +41,7 @@ from convroute.kernels.layout import StridedCopy
 from convroute.kernels.linear import GemmLinear, Gemv, Linear, RegisterLinear, TexLinear
 from convroute.kernels.norm import GroupNorm, LayerNorm
 from convroute.kernels.pool import Pool2d
-from convroute.kernels.reduce import Reduce, Softmax
+from convroute.kernels.reduce import Reduce, Softmax, Variance
 from convroute.kernels.resize import Upsample2d
 from convroute.params import ConvParams, make_params
 from convroute.router import Decision, route_params
@@ -601,6 +601,24 @@ def lower_reduce(ctx: Context, node: Node) -> GpuOp:
     return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), meta.numel())
 
 
+def lower_variance(ctx: Context, node: Node) -> GpuOp:
+    """var / std over any dims (correction, or var.dim's unbiased flag): one row kernel of two passes."""
+    x = node.args[0]
+    meta = ctx.tensor(x)
+    out_meta(node)
+    if node.op.endswith(".dim"):  # (x, dim, unbiased, keepdim)
+        correction = 1.0 if node.arg(2, "unbiased", True) else 0.0
+    else:
+        correction = node.kwargs.get("correction")
+        correction = 1.0 if correction is None else float(correction)
+    try:
+        kernel = Variance(ctx.gpu, tuple(meta.shape), _reduced_dims(node, meta.ndim), correction,
+                          node.op.startswith("std"), ctx.precision)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    return GpuOp(node, [x.name], lambda ins, y: kernel.bind(ins[0], y), 3 * meta.numel())
+
+
 def lower_softmax(ctx: Context, node: Node) -> GpuOp:
     """softmax / log_softmax along one dim (_softmax's half_to_float and softmax.int's dtype must not cast)."""
     x = node.args[0]
@@ -758,6 +776,7 @@ LOWERINGS = {
     **{name: lower_reduce for name in ("sum.dim_IntList", "sum", "mean.dim", "mean", "amax", "amin", "max_values",
                                        "min_values")},
     **{name: lower_softmax for name in ("_softmax", "_log_softmax", "softmax.int", "log_softmax.int")},
+    **{f"{kind}.{overload}": lower_variance for kind in ("var", "std") for overload in ("correction", "dim")},
     **{name: lower_group_norm for name in ("group_norm", "group_norm_values", "instance_norm", "batch_stats_norm")},
     **{name: lower_gather for name in GATHERS},
     **{name: lower_index_put for name in ("index_put", "_unsafe_index_put")},

@@ -185,3 +185,28 @@ class Softmax(_Rows):
   }}"""
         super().__init__(gpu, shape, [dim], lambda coop: _shader(precision, coop, _all("max_nan", coop)
                                                                  + _all("add", coop), body), precision)
+
+
+class Variance(_Rows):
+    """y = the variance of x over `dims` with `correction` taken from the count (torch's var), or with `root` its
+    square root (torch's std): two passes over each row, the mean and then the squared deviations from it (no
+    cancellation as in E[x^2] - E[x]^2)."""
+
+    def __init__(self, gpu: Gpu, shape, dims, correction: float = 1.0, root: bool = False,
+                 precision: Precision = FP32):
+        count = math.prod(shape[d % len(shape)] for d in dims) if shape else 1
+        if count - correction <= 0:
+            raise ValueError(f"a variance over {count} elements with correction {correction} divides by "
+                             f"{count - correction}")
+        value = f"q / (f32(P.count) - {float(correction)!r})"
+        body = f"""  var s = 0.0;
+  for (var r = lane; live && r < P.count; r += LANES) {{ s = s + f32(x[base + reduced(r)]); }}
+  let m = all_add(s, lane) / f32(P.count);
+  var q = 0.0;
+  for (var r = lane; live && r < P.count; r += LANES) {{
+    let d = f32(x[base + reduced(r)]) - m;
+    q = q + d * d;
+  }}
+  q = all_add(q, lane);
+  if (live && lane == 0u) {{ y[o] = ST({f"sqrt({value})" if root else value}); }}"""
+        super().__init__(gpu, shape, dims, lambda coop: _shader(precision, coop, _all("add", coop), body), precision)
