@@ -116,7 +116,7 @@ def test_open_clamp_bounds_compile_under_tint(site, family):
 
 
 class ShuffleFold(torch.nn.Module):
-    """Session 24's two new kernels: a channel shuffle (concat view) and torch's fold (scatter-add)."""
+    """Session 24's new kernels: a channel shuffle (concat view), torch's fold (scatter-add), a variance."""
 
     def __init__(self):
         super().__init__()
@@ -128,7 +128,7 @@ class ShuffleFold(torch.nn.Module):
         y = torch.cat([a, torch.relu(self.branch(b))], 1)
         y = y.view(1, 2, 4, 8, 8).transpose(1, 2).contiguous().view(1, 8, 8, 8)
         cols = torch.nn.functional.unfold(y, 3, padding=1, stride=2)
-        return torch.nn.functional.fold(cols, 8, 3, padding=1, stride=2)
+        return torch.nn.functional.fold(cols, 8, 3, padding=1, stride=2) + y.var((2, 3), keepdim=True)
 
 
 @pytest.mark.parametrize("family", ["unknown", "cpu"])
