@@ -234,12 +234,20 @@ def test_cpu_steps_are_refused(tmp_path):
 def test_excluded_algorithms_stay_out_of_convs_the_graph_passes_made(tmp_path):
     """Grouped convs a concat joins merge into one conv (frontend/siblings) after the export had routed the
     graph's own convs off `exclude`: timm mixnet_s's bundle carried direct for its merged convs, and SwiftShader
-    dropped the WebGPU instance compiling it. Now the merged conv (16 channels, 4 groups) is refused by name."""
+    dropped the WebGPU instance compiling it. A grouped conv of the model's own is refused by name; convs that
+    run alone stay apart rather than merge into a grouped conv no algorithm would take (res2net's splits)."""
     from test_siblings import Mixed
     torch.manual_seed(0)
-    model = Mixed((8, 8), (3, 3), groups_per_chunk=2).eval()
-    with pytest.raises(NotForBrowser, match=r"no algorithm is left for it after excluding direct .*groups=4"):
-        export_web(model, (torch.randn(1, 3, 7, 7),), tmp_path, dtype="float32", exclude=("direct",))
+    x = torch.randn(1, 3, 7, 7)
+    with pytest.raises(NotForBrowser, match=r"no algorithm is left for it after excluding direct .*groups=2"):
+        export_web(Mixed((8, 8), (3, 3), groups_per_chunk=2).eval(), (x,), tmp_path / "grouped", dtype="float32",
+                   exclude=("direct",))
+    manifest = export_web(Mixed((8, 8), (3, 5), groups_per_chunk=1).eval(), (x,), tmp_path / "dense",
+                          dtype="float32", exclude=("direct",))
+    plan = json.loads((tmp_path / "dense" / manifest["plans"]["float32"]["plan"]).read_text())
+    convs = [step for step in plan["steps"] if step["op"] == "convolution"]
+    assert [step["name"] for step in convs] == ["stem", "convs.0", "convs.1"], [step["name"] for step in convs]
+    assert all("direct" not in json.dumps(step) for step in convs)
 
 
 def test_bundle_of_resnet18_float16_is_small(tmp_path):

@@ -159,18 +159,34 @@ def route_conv(ctx: Context, node: Node, p: ConvParams) -> Decision:
     """The conv's routing decision (made once per node, also for convs the graph passes made), moved off the
     algorithms in ctx.avoid to the first other applicable one; Unsupported when none is left."""
     if node.name not in ctx.decisions:
-        d = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
-        if d.algorithm in ctx.avoid:
-            blocked = blocked_algorithms(p, ctx.profile, ctx.precision.dtype)
-            blocked |= dict.fromkeys(ctx.avoid, "left out by the export")
-            try:
-                algorithm, reason = avoid_blocked(p, d.algorithm, d.reason, blocked)
-            except RuntimeError:
-                raise Unsupported(f"no algorithm is left for it after excluding {', '.join(sorted(ctx.avoid))} "
-                                  f"({p.describe()})") from None
-            d = replace(d, algorithm=algorithm, reason=reason)
-        ctx.decisions[node.name] = d
+        ctx.decisions[node.name] = _decide(ctx, p)
     return ctx.decisions[node.name]
+
+
+def routable(ctx: Context, p: ConvParams) -> bool:
+    """Whether a conv of `p` has an algorithm left after ctx.avoid (graph passes ask before making one; with
+    nothing avoided, direct takes any conv)."""
+    if not ctx.avoid:
+        return True
+    try:
+        _decide(ctx, p)
+    except Unsupported:
+        return False
+    return True
+
+
+def _decide(ctx: Context, p: ConvParams) -> Decision:
+    d = route_params(p, ctx.profile, ctx.policy, dtype=ctx.precision.dtype)
+    if d.algorithm in ctx.avoid:
+        blocked = blocked_algorithms(p, ctx.profile, ctx.precision.dtype)
+        blocked |= dict.fromkeys(ctx.avoid, "left out by the export")
+        try:
+            algorithm, reason = avoid_blocked(p, d.algorithm, d.reason, blocked)
+        except RuntimeError:
+            raise Unsupported(f"no algorithm is left for it after excluding {', '.join(sorted(ctx.avoid))} "
+                              f"({p.describe()})") from None
+        d = replace(d, algorithm=algorithm, reason=reason)
+    return d
 
 
 FUSED_POINTWISE = ("pointwise", "implicit_gemm", "im2col")  # 1x1 paths that read their input as a GEMM's B

@@ -35,6 +35,7 @@ from convroute.frontend.lower import (
     fuses_depthwise,
     is_alias,
     lower,
+    routable,
     routed_to_winograd,
     takes_residual,
 )
@@ -151,7 +152,7 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
-    if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph):
+    if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph, lambda p: routable(ctx, p)):
         metas.update((n.name, n.meta) for n in graph.nodes)
     if env_flag("CONVROUTE_SQUEEZE_EXCITE", cpu_form(ctx.gpu)):
         fuse_squeeze_excite(graph)

@@ -15,13 +15,14 @@ times (convs of one input, groups 1, bound by arithmetic).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from convroute.frontend.export import is_const
 from convroute.frontend.graph import Graph, Node, Ref, aten
-from convroute.params import make_params
+from convroute.params import ConvParams, make_params
 
 MAX_GROWTH = 2.5  # merged multiply-adds over the siblings' own
 # Dense convs pay for every zero tap: on the H100 SqueezeNet's fire expand (1x1 + 3x3 -> one 3x3, 1.8x the
@@ -49,9 +50,10 @@ class Sibling:
                 self.piece is not None)
 
 
-def merge_sibling_convs(g: Graph) -> int:
+def merge_sibling_convs(g: Graph, routable: Callable[[ConvParams], bool] | None = None) -> int:
     """Merge every run of two or more mergeable convs among a channel concat's inputs; returns how many merged
-    convs were made."""
+    convs were made. `routable`: whether a merged conv would have an algorithm (a browser export that leaves
+    direct out has none for grouped convs, so their siblings stay apart)."""
     producers = {n.name: n for n in g.nodes}
     users = g.users()
     outputs = g.output_names()
@@ -68,7 +70,8 @@ def merge_sibling_convs(g: Graph) -> int:
             run = _run_from(siblings, i)
             window = _window(run) if len(run) > 1 else None
             limit = MAX_GROWTH if run and run[0].piece is not None else MAX_DENSE_GROWTH
-            merged = _merge(g, run, window, producers) if window and _growth(run, window) <= limit else None
+            merged = _merge(g, run, window, producers, routable) if window and _growth(run, window) <= limit \
+                else None
             if merged is None:
                 merged_parts.append(parts[i])
                 i += 1
@@ -148,9 +151,10 @@ def _growth(run: list[Sibling], window) -> float:
     return sum(s.weight.shape[0] * area for s in run) / own
 
 
-def _merge(g: Graph, run: list[Sibling], window, producers: dict) -> Node | None:
+def _merge(g: Graph, run: list[Sibling], window, producers: dict, routable) -> Node | None:
     """The one conv replacing `run` with `window` (_window's), placed in the graph (with the channel slice it
-    reads, if one is needed), or None where the merged window would change the output size."""
+    reads, if one is needed), or None where the merged window would change the output size or `routable` says
+    no algorithm would take it."""
     padding, size, offsets = window
     first = run[0].conv
     stride, dilation = _pair(first.arg(3, "stride", 1)), _pair(first.arg(5, "dilation", 1))
@@ -162,7 +166,8 @@ def _merge(g: Graph, run: list[Sibling], window, producers: dict) -> Node | None
     merged_params = make_params((source_meta.shape[0], channels, *source_meta.shape[2:]),
                                 (sum(s.weight.shape[0] for s in run), run[0].weight.shape[1], *size),
                                 stride, padding, dilation, groups)
-    if merged_params.output_shape[2:] != tuple(first.meta.shape[2:]):
+    if merged_params.output_shape[2:] != tuple(first.meta.shape[2:]) \
+            or (routable is not None and not routable(merged_params)):
         return None
     name = f"{first.name}_siblings"
     new_nodes, source = [], Ref(run[0].source)
