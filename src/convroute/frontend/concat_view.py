@@ -39,7 +39,8 @@ def fuse_concat_views(g: Graph) -> int:
             source = producers.get(source.args[0].name)
         xs = source.args[0] if once(source) and source.op == "cat" else None
         if not passed or xs is None or not 1 <= len(xs) <= MAX_VIEW_INPUTS \
-                or not all(isinstance(x, Ref) and x.name not in g.constants for x in xs):
+                or not all(isinstance(x, Ref) and x.name not in g.constants for x in xs) \
+                or not isinstance(producers[passed[0]].meta, torch.Tensor):
             continue
         shape = list(producers[passed[0]].meta.shape)
         rank = len(shape)
