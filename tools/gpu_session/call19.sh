@@ -12,7 +12,9 @@ pack() { tar czf "$OUT/call19.tgz" -C "${R%/*}" call19 -C "$PWD" .gpucache; }
 trap pack EXIT
 LIMIT=${LIMIT:-570}
 source "$(dirname "$0")/limits.sh"
-{ nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"; } > "$R/head.txt"
+# the device copy's .git is stale (call 15-18 logged 99d9a51): the kernel hash names the code instead
+{ nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"
+  python3 -c "from convroute import cache; print('kernels', cache.kernel_hash())"; } > "$R/head.txt"
 for dtype in float32 float16; do
   timeout "$(cap 130)" python3 -m convroute.cli.main calibrate --dtype $dtype --selftest-cases 0 --budget 100 \
     --no-progress > "$R/calibrate_$dtype.txt" 2>&1
