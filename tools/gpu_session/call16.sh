@@ -4,13 +4,7 @@
 # and with none), then issue 26's default zoo at full size, calibrated, against PyTorch's CUDA graph.
 #   source .gl/prelude.sh && bash tools/gpu_session/call16.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
-OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call16; mkdir -p "$OUT" "$R"
-export CONVROUTE_CACHE_DIR=$PWD/.gpucache
-pack() { tar czf "$OUT/call16.tgz" -C "${R%/*}" call16; }
-trap pack EXIT
-LIMIT=${LIMIT:-580}
-source "$(dirname "$0")/limits.sh"
-{ git log --oneline -1; ls "$CONVROUTE_CACHE_DIR"; } > "$R/head.txt"
+NAME=call16; LIMIT=${LIMIT:-580}; source "$(dirname "$0")/session.sh"
 timeout "$(cap 40)" python3 -m pytest -q -p no:cacheprovider tests/test_wide_convs.py -rf --tb=short \
   > "$R/wide_calibrated.txt" 2>&1
 CONVROUTE_CACHE_DIR=$R/empty timeout "$(cap 40)" python3 -m pytest -q -p no:cacheprovider tests/test_wide_convs.py \

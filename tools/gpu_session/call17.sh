@@ -5,13 +5,7 @@
 # the CUDA graph, and the zoo's slowest models against the graph.
 #   source .gl/prelude.sh && bash tools/gpu_session/call17.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
-OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call17; mkdir -p "$OUT" "$R"
-export CONVROUTE_CACHE_DIR=$PWD/.gpucache
-pack() { tar czf "$OUT/call17.tgz" -C "${R%/*}" call17; }
-trap pack EXIT
-LIMIT=${LIMIT:-560}
-source "$(dirname "$0")/limits.sh"
-{ git log --oneline -1; nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"; } > "$R/head.txt"
+NAME=call17; LIMIT=${LIMIT:-560}; source "$(dirname "$0")/session.sh"
 timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_wide_convs.py tests/test_concat_view.py \
   -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8

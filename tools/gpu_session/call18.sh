@@ -4,13 +4,8 @@
 # tools/zoo_h200.py with what is left; its JSON is rewritten after every model, so a cut run still reports.
 #   source .gl/prelude.sh && bash tools/gpu_session/call18.sh   (carry .gl .whl; results under $OUT)
 set -o pipefail
-OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call18; mkdir -p "$OUT" "$R"
-export CONVROUTE_CACHE_DIR=$R/cache
-pack() { tar czf "$OUT/call18.tgz" -C "${R%/*}" call18; }
-trap pack EXIT
-LIMIT=${LIMIT:-430}
-source "$(dirname "$0")/limits.sh"
-{ git log --oneline -1; nvidia-smi --query-gpu=name --format=csv,noheader; } > "$R/head.txt"
+export CONVROUTE_CACHE_DIR=${TMPDIR:-/tmp}/call18/cache  # a calibration of its own
+NAME=call18; LIMIT=${LIMIT:-430}; source "$(dirname "$0")/session.sh"
 timeout "$(cap 80)" python3 -m convroute.cli.main calibrate --selftest-cases 0 --budget 55 --no-progress \
   > "$R/calibrate.txt" 2>&1
 head -4 "$R/calibrate.txt"

@@ -6,15 +6,7 @@
 # dtype_nodes.py's interleaved per-node times on the two models. `tar xzf call19.tgz .gpucache` here after.
 #   source .gl/prelude.sh && bash tools/gpu_session/call19.sh   (carry .gl .whl; results under $OUT)
 set -o pipefail
-OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call19; mkdir -p "$OUT" "$R"
-export CONVROUTE_CACHE_DIR=$PWD/.gpucache; mkdir -p "$CONVROUTE_CACHE_DIR"
-pack() { tar czf "$OUT/call19.tgz" -C "${R%/*}" call19 -C "$PWD" .gpucache; }
-trap pack EXIT
-LIMIT=${LIMIT:-570}
-source "$(dirname "$0")/limits.sh"
-# the device copy's .git is stale (call 15-18 logged 99d9a51): the kernel hash names the code instead
-{ nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"
-  python3 -c "from convroute import cache; print('kernels', cache.kernel_hash())"; } > "$R/head.txt"
+NAME=call19; LIMIT=${LIMIT:-570}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 for dtype in float32 float16; do
   timeout "$(cap 130)" python3 -m convroute.cli.main calibrate --dtype $dtype --selftest-cases 0 --budget 100 \
     --no-progress > "$R/calibrate_$dtype.txt" 2>&1

@@ -6,15 +6,7 @@
 # GPU count decides), then whole models on / off in both dtypes, depthwise-heavy ones.
 #   source .gl/prelude.sh && bash tools/gpu_session/call20.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
-OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/call20; mkdir -p "$OUT" "$R"
-export CONVROUTE_CACHE_DIR=$PWD/.gpucache
-pack() { tar czf "$OUT/call20.tgz" -C "${R%/*}" call20; }
-trap pack EXIT
-LIMIT=${LIMIT:-370}
-source "$(dirname "$0")/limits.sh"
-# the device copy's .git is stale (call 15-18 logged 99d9a51): the kernel hash names the code instead
-{ nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"
-  python3 -c "from convroute import cache; print('kernels', cache.kernel_hash())"; } > "$R/head.txt"
+NAME=call20; LIMIT=${LIMIT:-370}; source "$(dirname "$0")/session.sh"
 timeout "$(cap 50)" python3 -m pytest -q -p no:cacheprovider tests/test_scatter.py tests/test_ops_reduce.py \
   tests/test_concat_view.py -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8
