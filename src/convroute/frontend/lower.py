@@ -728,7 +728,8 @@ def lower_gather(ctx: Context, node: Node) -> GpuOp:
 def lower_index_put(ctx: Context, node: Node) -> GpuOp:
     """out = base with values put (accumulate: added) at indices known at compile time (torch's fold, a
     scatter-add by constant indices): one ScatterAdd gather. The pairs (destination, value element) come from
-    running the indexing on an arange of base's elements; base is a constant (zeros: none) or a GPU value."""
+    running the indexing on an arange of base's elements; base is a GPU value or a constant (uploaded as
+    elementwise operands are; zeros: none)."""
     base, indices, values = node.args[:3]
     accumulate = bool(node.arg(3, "accumulate", False))
     if any(ctx.is_dynamic(r) for r in iter_refs(indices)):
@@ -746,19 +747,14 @@ def lower_index_put(ctx: Context, node: Node) -> GpuOp:
         raise Unsupported("it writes an element twice without accumulate (which value lands is undefined)")
     order = torch.argsort(dest, stable=True)
     offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.bincount(dest, minlength=out.numel()).cumsum(0)])
-    inputs = [values.name]
-    if ctx.is_dynamic(base):
-        ctx.tensor(base, "base")
-        inputs.append(base.name)
-        stored = "bound"
-    else:
-        constant = ctx.const(base, "base")
-        stored = constant.numpy().reshape(-1) if constant.any() else None
+    args = [values, base] if ctx.is_dynamic(base) or ctx.const(base, "base").any() else [values]  # zeros: none
     try:
-        kernel = ScatterAdd(ctx.gpu, offsets.numpy(), src[order].numpy(), not accumulate, stored, ctx.precision)
+        kernel = ScatterAdd(ctx.gpu, offsets.numpy(), src[order].numpy(), not accumulate, len(args) == 2,
+                            ctx.precision)
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
-    return GpuOp(node, inputs, lambda ins, y: kernel.bind(ins[0], y, *ins[1:]), dest.numel())
+    operands, inputs, _ = _operands(ctx, args)
+    return GpuOp(node, inputs, lambda ins, y: kernel.bind(_buffers(operands, ins), y), dest.numel())
 
 
 def _pixel_shuffle(ctx: Context, node: Node, meta, out) -> GpuOp:

@@ -6,10 +6,10 @@ Packed weights are the GPU GEMMs' matrices (`packed_bytes`: K and C_out padded t
 gemm.M_ALIGN = 128 channels), WINOGRAD_POSITIONS of them where Winograd takes the conv (F(4x4, 3x3) keeps a
 6x6 transform of each 3x3 kernel). A conv is split where its routed algorithm's packed weights would pass the
 binding, into the fewest equal chunks that fit whatever algorithm each chunk is routed to (a 3x3 stride-1 conv
-counts as Winograd). A conv that fits stays whole: on
-lavapipe, splitting wide_resnet50_2's 1024-channel 3x3 convs in two (against Winograd's factor, while they
-route to im2col) made the model 1.15x slower. Convs of groups 1 with constant weights, transposed ones too;
-the concat is free where its slabs can be views (frontend/views.py).
+counts as Winograd). A conv that fits stays whole: on lavapipe, splitting wide_resnet50_2's 1024-channel 3x3
+convs in two (against Winograd's factor, while they route to im2col) made the model 1.15x slower. Convs of
+groups 1 with constant weights, transposed ones too; the concat is free where its slabs can be views
+(frontend/views.py).
 """
 
 from __future__ import annotations

@@ -65,11 +65,14 @@ class Depthwise(FlatConv):
     def loop_trips(cls, p):
         return p.kh * p.kw
 
+    def grid_values(self) -> dict:
+        """The buffer kernel's values beside the layer's shape: the channel multiplier, blocks of 4 outputs a row."""
+        return dict(mult=self.p.c_out // self.p.c_in, owb=ceil_div(self.p.wo, 4))
+
     def prepare(self, weight, bias):
         baked = None
         if env_flag("CONVROUTE_DEPTHWISE_CONSTANTS", False):  # on trial: the layer's shape as literals
-            baked = {k: v for k, v in self.shape_values(mult=self.p.c_out // self.p.c_in,
-                                                        owb=ceil_div(self.p.wo, 4)).items() if k in self.PARAMS}
+            baked = {k: v for k, v in self.shape_values(**self.grid_values()).items() if k in self.PARAMS}
         self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK), baked)
         self.tex = None
         if self.gpu.profile.texture_paths and depthwise_cpu.layout(self.p, 1) is not None:
@@ -87,8 +90,8 @@ class Depthwise(FlatConv):
         layout = depthwise_cpu.layout(p, n) if self.tex else None
         if layout:
             return self.bind_textures(x, y, n, layout)
-        owb = ceil_div(p.wo, 4)
-        return self.launch(x, y, mult=p.c_out // p.c_in, owb=owb, total=n * p.c_out * p.ho * owb)
+        grid = self.grid_values()
+        return self.launch(x, y, **grid, total=n * p.c_out * p.ho * grid["owb"])
 
     def bind_textures(self, x, y, n, layout):
         p = self.p

@@ -94,11 +94,11 @@ class ScatterAdd:
     """y = base with y[d] += v[s] for every (d, s) pair known at compile time (index_put with accumulate: torch's
     fold), or y[d] = v[s] where each d is written at most once (`replace`). As a gather: `offsets` (u32, y's
     size + 1) delimits each output element's run in `sources` (flat indices into v, in the pairs' order), so
-    every output sums its own run in a fixed order (no atomics). `base`: None (zeros), "bound" (a run-time
-    tensor given to `bind`), or a constant array uploaded here."""
+    every output sums its own run in a fixed order (no atomics). `has_base`: `bind` gets the base after v;
+    without it the base is zeros."""
 
     def __init__(self, gpu: Gpu, offsets: np.ndarray, sources: np.ndarray, replace: bool = False,
-                 base: np.ndarray | str | None = None, precision: Precision = FP32):
+                 has_base: bool = False, precision: Precision = FP32):
         total = int(offsets.size) - 1
         if int(offsets[-1]) >= NONE or total >= NONE:
             raise ValueError(f"a scatter of {int(offsets[-1])} elements into {total} exceeds u32 indexing")
@@ -106,18 +106,17 @@ class ScatterAdd:
         self.offsets = gpu.upload(offsets.astype(np.uint32), "scatter offsets", np.uint32)
         self.sources = gpu.upload(sources.astype(np.uint32) if sources.size else np.zeros(1, np.uint32),
                                   "scatter sources", np.uint32)
-        self.base = gpu.upload(base, "scatter base", precision.numpy) if isinstance(base, np.ndarray) else None
-        start = "0.0" if base is None else "f32(base[t])"
+        start = "f32(base[t])" if has_base else "0.0"
         step = "acc = f32(v[sources[k]]);" if replace else "acc += f32(v[sources[k]]);"
         body = (f"  var acc = {start};\n  for (var k = offsets[t]; k < offsets[t + 1u]; k++) {{ {step} }}\n"
                 "  y[t] = ST(acc);")
-        buffers = (["base"] if base is not None else []) + ["v", "offsets:u32", "sources:u32", "y!"]
+        buffers = ["v", *(["base"] if has_base else []), "offsets:u32", "sources:u32", "y!"]
         self.source = flat_shader(["total"], storage(*buffers), body, precision=precision)
         gpu.pipeline(self.source)
 
-    def bind(self, v, y, base=None) -> list[Dispatch]:
+    def bind(self, inputs: list, y) -> list[Dispatch]:
+        """`inputs`: [v] or, with has_base, [v, base]."""
         if not self.total:
             return []
-        first = [self.base] if self.base is not None else [base] if base is not None else []
         return [launch(self.gpu, self.source, ["total"], {"total": self.total},
-                       [*first, v, self.offsets, self.sources, y])]
+                       [*inputs, self.offsets, self.sources, y])]

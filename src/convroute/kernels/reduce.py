@@ -194,10 +194,6 @@ class Variance(_Rows):
 
     def __init__(self, gpu: Gpu, shape, dims, correction: float = 1.0, root: bool = False,
                  precision: Precision = FP32):
-        count = math.prod(shape[d % len(shape)] for d in dims) if shape else 1
-        if count - correction <= 0:
-            raise ValueError(f"a variance over {count} elements with correction {correction} divides by "
-                             f"{count - correction}")
         value = f"q / (f32(P.count) - {float(correction)!r})"
         body = f"""  var s = 0.0;
   for (var r = lane; live && r < P.count; r += LANES) {{ s = s + f32(x[base + reduced(r)]); }}
@@ -210,3 +206,7 @@ class Variance(_Rows):
   q = all_add(q, lane);
   if (live && lane == 0u) {{ y[o] = ST({f"sqrt({value})" if root else value}); }}"""
         super().__init__(gpu, shape, dims, lambda coop: _shader(precision, coop, _all("add", coop), body), precision)
+        count = self.values["count"]
+        if count - correction <= 0:
+            raise ValueError(f"a variance over {count} elements with correction {correction} divides by "
+                             f"{count - correction}")
