@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from convroute.frontend.graph import Graph, Node, Ref
+from convroute.frontend.graph import Graph, Node, Ref, read_once, through
 from convroute.frontend.lower import Context, GpuOp, Unsupported, out_meta
 from convroute.kernels.concat import MAX_VIEW_INPUTS, ConcatView
 
@@ -23,20 +23,14 @@ def fuse_concat_views(g: Graph) -> int:
     """cat(xs) -> reshapes -> transpose / permute  ==>  one concat_view node in the permute's place, where the
     concat and each reshape are read once and none is a model output; returns how many."""
     producers = {n.name: n for n in g.nodes}
-    users = g.users()
-    outputs = g.output_names()
-
-    def once(node):
-        return node is not None and len(users.get(node.name, [])) == 1 and node.name not in outputs
+    once = read_once(g)
     fused: dict[str, Node] = {}
     gone: set[str] = set()
     for node in g.nodes:
         if node.op not in PERMUTES or not isinstance(node.args[0], Ref) or not isinstance(node.meta, torch.Tensor):
             continue
-        passed, source = [], producers.get(node.args[0].name)
-        while once(source) and source.op in RESHAPES and isinstance(source.args[0], Ref):
-            passed.append(source.name)
-            source = producers.get(source.args[0].name)
+        passed: list[str] = []
+        source = through(node.args[0], RESHAPES, producers, once, passed)
         xs = source.args[0] if once(source) and source.op == "cat" else None
         if not passed or xs is None or not 1 <= len(xs) <= MAX_VIEW_INPUTS \
                 or not all(isinstance(x, Ref) and x.name not in g.constants for x in xs) \

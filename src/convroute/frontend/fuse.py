@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from convroute.frontend.export import is_const
-from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, read_once, through
 from convroute.frontend.lower import Context, GpuOp, out_meta
 from convroute.kernels.common import Epilogue
 from convroute.kernels.squeeze_excite import EfficientChannelAttention, make_squeeze_excite
@@ -99,8 +99,7 @@ def fuse_squeeze_excite(g: Graph) -> None:
     are read once each (x may have other readers), the convs are plain 1x1 convs with constant weights and every
     activation is one squeeze_excite knows."""
     producers = {n.name: n for n in g.nodes}
-    users = g.users()
-    outputs = g.output_names()
+    once = read_once(g)
     fused: dict[str, Node] = {}
     gone: set[str] = set()
     for mul in g.nodes:
@@ -108,7 +107,7 @@ def fuse_squeeze_excite(g: Graph) -> None:
                 or not _known(mul.act):
             continue
         for x, gate in (mul.args, mul.args[::-1]):
-            chain = _se_chain(g, producers, users, outputs, x, gate)
+            chain = _se_chain(g, producers, once, x, gate)
             if chain is None or not isinstance(mul.meta, torch.Tensor) or mul.meta.shape != g_meta(g, x, producers):
                 continue
             pool, conv1, conv2 = chain
@@ -135,10 +134,8 @@ def _known(act) -> bool:
     return act is None or (isinstance(act, Epilogue) and (act.kind in SE_ACTS or act.kind == "clamp"))
 
 
-def _se_chain(g: Graph, producers: dict, users: dict, outputs: set, x: Ref, gate: Ref):
+def _se_chain(g: Graph, producers: dict, once, x: Ref, gate: Ref):
     """(pool, conv1, conv2) when `gate` is conv2(conv1(pool(x))) as fuse_squeeze_excite needs, else None."""
-    def once(node):
-        return node is not None and len(users.get(node.name, [])) == 1 and node.name not in outputs
     conv2 = producers.get(gate.name)
     conv1 = producers.get(conv2.args[0].name) if once(conv2) and conv2.op == "convolution" else None
     pool = producers.get(conv1.args[0].name) if once(conv1) and conv1.op == "convolution" else None
@@ -191,18 +188,7 @@ def fuse_channel_attention(g: Graph) -> None:
     expand to x's shape -> x * gate  ==>  the pool, then one channel_attention node in the mul's place (timm's
     EcaModule). Every value between the pool and the mul must be read once; x may have other readers."""
     producers = {n.name: n for n in g.nodes}
-    users = g.users()
-    outputs = g.output_names()
-
-    def once(node):
-        return node is not None and len(users.get(node.name, [])) == 1 and node.name not in outputs
-
-    def through_reshapes(ref, passed):
-        node = producers.get(ref.name) if isinstance(ref, Ref) else None
-        while once(node) and node.op in RESHAPES and isinstance(node.args[0], Ref):
-            passed.append(node.name)
-            node = producers.get(node.args[0].name)
-        return node
+    once = read_once(g)
     fused: dict[str, Node] = {}
     gone: set[str] = set()
     for mul in g.nodes:
@@ -211,10 +197,10 @@ def fuse_channel_attention(g: Graph) -> None:
             continue
         for x, gate in (mul.args, mul.args[::-1]):
             passed: list[str] = []
-            conv = through_reshapes(gate, passed)
+            conv = through(gate, RESHAPES, producers, once, passed)
             if not once(conv) or conv.op != "convolution" or not _eca_conv(g, conv, mul.meta.shape):
                 continue
-            pool = through_reshapes(conv.args[0], passed)
+            pool = through(conv.args[0], RESHAPES, producers, once, passed)
             if not once(pool) or pool.args[0] != x or not _global_mean(pool, keepdim=False) \
                     or g_meta(g, x, producers) != mul.meta.shape:
                 continue

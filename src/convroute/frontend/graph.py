@@ -8,6 +8,7 @@ conv a `residual` value added before that activation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -83,6 +84,23 @@ class Graph:
             node.kwargs = map_refs(node.kwargs, swap)
             node.residual = map_refs(node.residual, swap)
         self.outputs = map_refs(self.outputs, swap)
+
+
+def read_once(g: Graph) -> Callable[[Node | None], bool]:
+    """A test for graph passes: the node exists, one node reads its result and it is no model output (readers as
+    `g` has them now, before the pass changes it)."""
+    users, outputs = g.users(), g.output_names()
+    return lambda node: node is not None and len(users.get(node.name, [])) == 1 and node.name not in outputs
+
+
+def through(ref, ops: tuple, producers: dict, once: Callable[[Node | None], bool], passed: list) -> Node | None:
+    """The node making `ref` (a Ref, else None), looked for past a chain of `ops` nodes that `once` accepts; their
+    names are appended to `passed`."""
+    node = producers.get(ref.name) if isinstance(ref, Ref) else None
+    while once(node) and node.op in ops and isinstance(node.args[0], Ref):
+        passed.append(node.name)
+        node = producers.get(node.args[0].name)
+    return node
 
 
 def op_name(target) -> str:
