@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU session, call 22 (after call21.sh, <= $LIMIT s, default 585; carry .gl .whl .gpucache): issue 26's fp16
 # item with both dtypes calibrated (the fp16 zoo of six against convroute-float32 and the fp16 graph, engines'
-# order rotating per round), the differential fuzz, then the trial switch CONVROUTE_DEPTHWISE_CONSTANTS: its fuzz
-# and whole models on / off in both dtypes, and dtype_nodes.py's per-node times on mobilenet_v2.
+# order rotating per round), the host-side input cast on / off (CONVROUTE_HOST_INPUT_CAST), the differential
+# fuzz, then the trial switch CONVROUTE_DEPTHWISE_CONSTANTS: its fuzz and whole models on / off in both dtypes,
+# and dtype_nodes.py's per-node times on mobilenet_v2 if time is left.
 #   source .gl/prelude.sh && bash tools/gpu_session/call22.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
 NAME=call22; LIMIT=${LIMIT:-585}; source "$(dirname "$0")/session.sh"
@@ -12,6 +13,10 @@ timeout "$(cap 150)" python3 -m convroute.cli.main zoo timm:resnet50d resnet18 m
   --runs 30 --no-progress --json "$R/zoo_fp16.json" > "$R/zoo_fp16.txt" 2>&1
 tail -14 "$R/zoo_fp16.txt"
 pack
+timeout "$(cap 90)" python3 tools/flag_ab.py CONVROUTE_HOST_INPUT_CAST timm:lcnet_050 mobilenet_v2 squeezenet1_1 \
+  resnet18 --policy calibrated --rounds 40 --dtype float16 > "$R/ab_host_cast.txt" 2>&1
+tail -7 "$R/ab_host_cast.txt"
+pack
 CONVROUTE_FUZZ=150 timeout "$(cap 75)" python3 -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
   -k "test_fuzz and float" -s > "$R/fuzz.txt" 2>&1
 grep -E "cases|WRONG|passed|failed" "$R/fuzz.txt" | tail -6
@@ -20,7 +25,7 @@ CONVROUTE_DEPTHWISE_CONSTANTS=1 CONVROUTE_FUZZ=150 timeout "$(cap 75)" python3 -
 grep -E "cases|WRONG|passed|failed" "$R/fuzz_baked.txt" | tail -6
 pack
 for dtype in float32 float16; do
-  timeout "$(cap 90)" python3 tools/flag_ab.py CONVROUTE_DEPTHWISE_CONSTANTS mobilenet_v2 timm:lcnet_050 \
+  timeout "$(cap 80)" python3 tools/flag_ab.py CONVROUTE_DEPTHWISE_CONSTANTS mobilenet_v2 timm:lcnet_050 \
     efficientnet_b0 timm:mobilenetv3_large_100 --policy calibrated --rounds 30 --dtype $dtype \
     > "$R/ab_$dtype.txt" 2>&1
   tail -7 "$R/ab_$dtype.txt"

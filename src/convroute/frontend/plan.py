@@ -236,8 +236,10 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
 def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
     """With f16 storage, a float32 input is uploaded as it is into a float32 buffer of its own and cast to
     f16 by the first dispatch of the first GPU segment: no conversion on the host in the timed path. An input
-    whose float32 copy would pass one binding is converted on the host instead."""
-    if ctx.precision.dtype != "float16":
+    whose float32 copy would pass one binding is converted on the host instead, and so is every input with
+    CONVROUTE_HOST_INPUT_CAST on (on trial: torch's cast takes 5-70 us for a 3x224x224 image, against one
+    more dispatch to encode and twice the bytes to upload)."""
+    if ctx.precision.dtype != "float16" or env_flag("CONVROUTE_HOST_INPUT_CAST", False):
         return []
     casts = []
     for name in plan.input_uploads:
