@@ -8,7 +8,7 @@ textures instead where they fit (depthwise_cpu).
 from __future__ import annotations
 
 from convroute.kernels import depthwise_cpu, direct_cpu
-from convroute.kernels.common import ceil_div
+from convroute.kernels.common import Precision, ceil_div
 from convroute.kernels.sliding_window import FlatConv
 from convroute.settings import env_flag
 
@@ -73,7 +73,10 @@ class Depthwise(FlatConv):
         baked = None
         if env_flag("CONVROUTE_DEPTHWISE_CONSTANTS", False):  # on trial: the layer's shape as literals
             baked = {k: v for k, v in self.shape_values(**self.grid_values()).items() if k in self.PARAMS}
-        self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK), baked)
+        sums = None
+        if env_flag("CONVROUTE_DEPTHWISE_F32_SUMS", False):  # on trial: f16 depthwise ran 15-25 % slower
+            sums = Precision(self.precision.dtype, "float32")
+        self.compile(weight, bias, BODY, (OPEN_BLOCK, CLOSE_BLOCK), baked, sums)
         self.tex = None
         if self.gpu.profile.texture_paths and depthwise_cpu.layout(self.p, 1) is not None:
             fmt = direct_cpu.FORMATS[self.dtype]

@@ -9,7 +9,7 @@ import numpy as np
 
 from convroute.device.gpu import Dispatch
 from convroute.kernels.base import ConvKernel
-from convroute.kernels.common import storage
+from convroute.kernels.common import Precision, storage
 from convroute.kernels.flat import flat_shader, launch
 
 
@@ -18,17 +18,19 @@ class FlatConv(ConvKernel):
     BUFFERS = storage("x", "wt", "bias:f32", "y!")
 
     def compile(self, weights: np.ndarray, bias: np.ndarray, body: str, blocks: tuple[str, str],
-                baked: dict | None = None) -> None:
+                baked: dict | None = None, sums: Precision | None = None) -> None:
         """Upload the packed weights and bias; compile `body`, a template of {sum}, {open_block} and
         {close_block} (Precision.block_sums with `blocks`) run for each t < P.total. `baked`: parameters
         written into the shader as literals instead of read from P (loops over them unroll, divisions by them
-        fold; one pipeline per layer shape)."""
+        fold; one pipeline per layer shape). `sums`: the shader's precision when it differs from the kernel's
+        (the same storage type, other sums)."""
+        sums = sums or self.precision
         self.w_buf = self.upload(weights, "packed weights")
         self.b_buf = self.gpu.upload(bias, "bias")
         if baked:
             body = re.sub(r"\bP\.(\w+)\b", lambda m: f"{int(baked[m[1]])}u" if m[1] in baked else m[0], body)
-        self.source = flat_shader(self.PARAMS, self.BUFFERS, body.format(**self.precision.block_sums(*blocks)),
-                                  self.epilogue.wgsl(), self.precision)
+        self.source = flat_shader(self.PARAMS, self.BUFFERS, body.format(**sums.block_sums(*blocks)),
+                                  self.epilogue.wgsl(), sums)
         self.gpu.pipeline(self.source)
 
     def launch(self, x, y, **values) -> list[Dispatch]:
