@@ -120,6 +120,8 @@ def test_channel_attention_in_two_dispatches(batch, size, k, dilation, bias, dty
     (2, 30, 7, 81, ("relu", "hardsigmoid", "relu")),  # C not, Cr not a multiple of 4, two strips a plane
     (2, 20, 5, 225, ("relu", "sigmoid", "none")),  # four strips a plane
     (1, 1152, 48, 4, ("silu", "sigmoid", "none")),  # EfficientNet's last blocks at 64 px
+    (1, 960, 240, 49, ("relu", "hardsigmoid", "none")),  # MobileNetV3-Large's widest: the hidden units in rounds
+    (2, 8, 1, 9, ("relu", "sigmoid", "none")),  # one hidden unit (three padded ones)
 ])
 def test_both_squeeze_excite_kernels(two_pass, dtype, n, c, cr, hw, acts):
     """Each form of the fused kernel (kernels/squeeze_excite.py) on any adapter, against float64, output

@@ -3,7 +3,7 @@
 # item with both dtypes calibrated (the fp16 zoo of six against convroute-float32 and the fp16 graph, engines'
 # order rotating per round), the host-side input cast on / off (CONVROUTE_HOST_INPUT_CAST), the differential
 # fuzz, then the two depthwise trial switches (CONVROUTE_DEPTHWISE_F32_SUMS, CONVROUTE_DEPTHWISE_CONSTANTS): the
-# fuzz with both on, whole fp16 models with each on / off, and dtype_nodes.py per node if time is left.
+# fuzz with both on, whole fp16 models with each on / off. call24.sh follows where device time is left.
 #   source .gl/prelude.sh && bash tools/gpu_session/call22.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
 NAME=call22; LIMIT=${LIMIT:-585}; source "$(dirname "$0")/session.sh"
@@ -31,5 +31,3 @@ for flag in CONVROUTE_DEPTHWISE_F32_SUMS CONVROUTE_DEPTHWISE_CONSTANTS; do
   tail -7 "$R/ab_${flag#CONVROUTE_}.txt"
   pack
 done
-timeout "$(cap 70)" python3 tools/gpu_session/dtype_nodes.py mobilenet_v2 224 3 > "$R/nodes_mobilenet_v2.txt" 2>&1
-head -16 "$R/nodes_mobilenet_v2.txt"

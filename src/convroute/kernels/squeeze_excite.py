@@ -4,7 +4,7 @@ gate = act2(W2 act1(W1 p + b1) + b2) and y = act(x * gate) over x [N, C, H*W], i
 
 One workgroup per (block of CB channels, image): it computes the whole hidden vector (Cr = W1's rows; every
 workgroup of an image repeats this small matvec, threads splitting the C terms and summing in workgroup
-memory), then its CB gates, then scales its CB planes. CB is chosen so that each workgroup scales a few thousand
+memory, each load four hidden units' weights), then its CB gates, then scales its CB planes. CB is chosen so that each workgroup scales a few thousand
 elements (a GPU runs the repeated matvecs side by side). Sizes are baked into the source (no parameter block).
 Weights stay f32; x and y are stored as ST (float32 or float16) and all arithmetic is f32.
 
@@ -59,6 +59,20 @@ def check_weights(c: int, w1: np.ndarray, w2: np.ndarray) -> int:
     return cr
 
 
+def weights_in_fours(c: int, cr: int, w1: np.ndarray, b1: np.ndarray | None, w2: np.ndarray) -> tuple:
+    """(Cr4, W1^T [C, 4 Cr4], b1 [4 Cr4], W2 [C, 4 Cr4]): the hidden units padded to a multiple of four for vec4
+    loads; a padded unit's act1(0) meets zeros in W2."""
+    cr4 = ceil_div(cr, 4)
+    w1t = np.zeros((c, 4 * cr4), np.float32)
+    w1t[:, :cr] = w1.reshape(cr, c).T
+    w2p = np.zeros((c, 4 * cr4), np.float32)
+    w2p[:, :cr] = w2.reshape(c, cr)
+    b1p = np.zeros(4 * cr4, np.float32)
+    if b1 is not None:
+        b1p[:cr] = b1.reshape(cr)
+    return cr4, w1t, b1p, w2p
+
+
 class SqueezeExcite:
     def __init__(self, gpu: Gpu, shape: tuple, w1: np.ndarray, b1: np.ndarray | None, act1: Epilogue,
                  w2: np.ndarray, b2: np.ndarray | None, act2: Epilogue, act: Epilogue | None = None,
@@ -71,14 +85,14 @@ class SqueezeExcite:
         if max(self.blocks, n) > gpu.profile.max_workgroups_per_dim:
             raise ValueError(f"squeeze-excite grid {self.blocks} x {n} exceeds the device's dispatch grid")
         wg = min(WG, gpu.profile.max_invocations)
-        shared = 4 * (wg + cr + self.cb)
+        cr4, w1t, b1p, w2p = weights_in_fours(c, cr, w1, b1, w2)
+        shared = 16 * (wg + cr4) + 4 * self.cb
         if shared > gpu.profile.max_workgroup_storage:
             raise ValueError(f"squeeze-excite needs {shared} bytes of workgroup memory")
-        self.w1t = gpu.upload(np.ascontiguousarray(w1.reshape(cr, c).T), "squeeze-excite W1^T")  # [C, Cr]
-        self.b1 = gpu.upload(np.zeros(cr, np.float32) if b1 is None else b1.reshape(cr), "squeeze-excite b1")
-        self.w2 = gpu.upload(w2.reshape(c, cr), "squeeze-excite W2")  # [C, Cr]
+        self.w1t, self.b1 = gpu.upload(w1t, "squeeze-excite W1^T"), gpu.upload(b1p, "squeeze-excite b1")
+        self.w2 = gpu.upload(w2p, "squeeze-excite W2")
         self.b2 = gpu.upload(np.zeros(c, np.float32) if b2 is None else b2.reshape(c), "squeeze-excite b2")
-        self.source = shader(c, cr, hw, self.cb, wg, act1, act2, act or Epilogue(), precision)
+        self.source = shader(c, cr4, hw, self.cb, wg, act1, act2, act or Epilogue(), precision)
         gpu.pipeline(self.source)
 
     def bind(self, x, pooled, y) -> list[Dispatch]:
@@ -94,15 +108,17 @@ SCALE_BY_GATE = """  let base = (img * C + c0) * HW;
 """
 
 
-def shader(c: int, cr: int, hw: int, cb: int, wg: int, act1: Epilogue, act2: Epilogue, act: Epilogue,
+def shader(c: int, cr4: int, hw: int, cb: int, wg: int, act1: Epilogue, act2: Epilogue, act: Epilogue,
            precision: Precision) -> str:
-    hj = pow2_at_most(cr, wg)  # hidden units per round; wg / hj threads split each one's C terms
-    gj = pow2_at_most(cb, wg)  # gates per round; wg / gj threads split each one's Cr terms
-    sizes = constants(dict(C=c, CR=cr, HW=hw, CB=cb, WG=wg, HJ=hj, HS=wg // hj, GJ=gj, GS=wg // gj))
+    """Both matrix-vector products four hidden units a load (vec4): a thread of the hidden one sums every HS-th
+    channel's terms for its four units, one of the gates every GS-th group of four terms for its channel."""
+    hj = pow2_at_most(cr4, wg)  # groups of four hidden units per round; wg / hj threads split each one's C terms
+    gj = pow2_at_most(cb, wg)  # gates per round; wg / gj threads split each one's Cr4 groups of terms
+    sizes = constants(dict(C=c, CR4=cr4, HW=hw, CB=cb, WG=wg, HJ=hj, HS=wg // hj, GJ=gj, GS=wg // gj))
     return precision.wgsl() + sizes + f"""
-{storage("x", "pooled", "w1t:f32", "b1:f32", "w2:f32", "b2:f32", "y!", first=0)}
-var<workgroup> part: array<f32, {wg}>;
-var<workgroup> hidden: array<f32, {cr}>;
+{storage("x", "pooled", "w1t:vec4<f32>", "b1:vec4<f32>", "w2:vec4<f32>", "b2:f32", "y!", first=0)}
+var<workgroup> part: array<vec4<f32>, {wg}>;
+var<workgroup> hidden: array<vec4<f32>, {cr4}>;
 var<workgroup> gate: array<f32, {cb}>;
 {act1.wgsl("act1")}
 {act2.wgsl("act2")}
@@ -112,32 +128,32 @@ fn main({ENTRY_ARGS}) {{
   let t = lid_x;
   let img = wid.y;
   let c0 = wid.x * CB;
-  for (var j0 = 0u; j0 < CR; j0 += HJ) {{
+  for (var j0 = 0u; j0 < CR4; j0 += HJ) {{
     let j = j0 + t % HJ;
-    var acc = 0.0;
-    if (j < CR) {{
-      for (var k = t / HJ; k < C; k += HS) {{ acc += f32(pooled[img * C + k]) * w1t[k * CR + j]; }}
+    var acc = vec4<f32>(0.0);
+    if (j < CR4) {{
+      for (var k = t / HJ; k < C; k += HS) {{ acc += f32(pooled[img * C + k]) * w1t[k * CR4 + j]; }}
     }}
     part[t] = acc;
     workgroupBarrier();
-    if (t < HJ && j < CR) {{
+    if (t < HJ && j < CR4) {{
       var h = b1[j];
       for (var s = 0u; s < HS; s++) {{ h += part[s * HJ + t]; }}
-      hidden[j] = act1(h);
+      hidden[j] = vec4<f32>(act1(h.x), act1(h.y), act1(h.z), act1(h.w));
     }}
     workgroupBarrier();
   }}
   for (var i0 = 0u; i0 < CB; i0 += GJ) {{
     let i = i0 + t % GJ;
-    var acc = 0.0;
+    var acc = vec4<f32>(0.0);
     if (i < CB && c0 + i < C) {{
-      for (var k = t / GJ; k < CR; k += GS) {{ acc += hidden[k] * w2[(c0 + i) * CR + k]; }}
+      for (var k = t / GJ; k < CR4; k += GS) {{ acc += hidden[k] * w2[(c0 + i) * CR4 + k]; }}
     }}
     part[t] = acc;
     workgroupBarrier();
     if (t < GJ && i < CB && c0 + i < C) {{
       var g = b2[c0 + i];
-      for (var s = 0u; s < GS; s++) {{ g += part[s * GJ + t]; }}
+      for (var s = 0u; s < GS; s++) {{ let v = part[s * GJ + t]; g += v.x + v.y + v.z + v.w; }}
       gate[i] = act2(g);
     }}
     workgroupBarrier();
@@ -154,15 +170,7 @@ class TwoPassSqueezeExcite:
                  w2: np.ndarray, b2: np.ndarray | None, act2: Epilogue, act: Epilogue | None = None,
                  precision: Precision = FP32):
         n, c, hw = shape[0], shape[1], int(np.prod(shape[2:]))
-        cr = check_weights(c, w1, w2)
-        cr4 = ceil_div(cr, 4)
-        w1t = np.zeros((c, 4 * cr4), np.float32)  # [C, Cr] in fours; the padded units meet zeros in W2
-        w1t[:, :cr] = w1.reshape(cr, c).T
-        w2p = np.zeros((c, 4 * cr4), np.float32)
-        w2p[:, :cr] = w2.reshape(c, cr)
-        b1p = np.zeros(4 * cr4, np.float32)
-        if b1 is not None:
-            b1p[:cr] = b1.reshape(cr)
+        cr4, w1t, b1p, w2p = weights_in_fours(c, check_weights(c, w1, w2), w1, b1, w2)
         self.gpu, self.shape = gpu, (n, c, cr4)
         self.w1t, self.b1 = gpu.upload(w1t, "squeeze-excite W1^T"), gpu.upload(b1p, "squeeze-excite b1")
         self.w2 = gpu.upload(w2p, "squeeze-excite W2")
