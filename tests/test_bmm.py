@@ -115,3 +115,25 @@ def test_a_constant_operand(monkeypatch):
     program = convroute.compile(model, (x,))
     assert not program.summary().cpu_ops
     assert rel_error(program(x), reference(model, x)) < TOLERANCES["float32"]
+
+
+class Mm(nn.Module):
+    """torch.mm of two run-time matrices (timm csatv2's attention), and of one against a constant."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(n, 3))
+
+    def forward(self, a, c):
+        return torch.mm(torch.mm(a, c * 0.5), self.table)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 3, 7), (49, 16, 49), (64, 130, 33)])
+def test_mm_of_run_time_matrices(dtype, m, k, n, monkeypatch):
+    torch.manual_seed(m + k + n)
+    model, a, c = Mm(n).eval(), torch.randn(m, k), torch.randn(k, n)
+    program = convroute.compile(model, (a, c), dtype=dtype)
+    summary = program.summary()
+    assert not summary.cpu_ops and summary.gpu_ops.get("mm") == 2, summary
+    assert rel_error(program(a, c), reference(model, a, c)) < TOLERANCES[dtype]

@@ -314,11 +314,18 @@ def _buffers(operands: list, ins: list) -> list:
     return [ins[o] if isinstance(o, int) else o for o in operands]
 
 
+def lower_mm(ctx: Context, node: Node) -> GpuOp:
+    """mm(a, b): a linear layer when b is a constant (W^T), else a bmm of one (either operand at run time)."""
+    if not ctx.is_dynamic(node.args[1]):
+        return lower_linear(ctx, node)
+    return lower_bmm(ctx, node)
+
+
 def lower_bmm(ctx: Context, node: Node) -> GpuOp:
-    """bmm(a, c), either operand computed at run time (kernels/bmm)."""
+    """bmm(a, c) and mm(a, c) (a batch of one), either operand computed at run time (kernels/bmm)."""
     out_meta(node)
     operands, inputs, shapes = _operands(ctx, node.args[:2])
-    (batch, m, k), (_, _, n) = shapes
+    (batch, m, k), (_, _, n) = [(1, *shape) if node.op == "mm" else shape for shape in shapes]
     try:
         kernel = BatchedMatmul(ctx.gpu, batch, m, k, n, ctx.precision)
     except ValueError as exc:
@@ -778,7 +785,8 @@ LOWERINGS = {
     **{f"{op}.{kind}": lower_binary for op in ("add", "sub", "mul", "div") for kind in ("Tensor", "Scalar")},
     "batch_norm_eval": lower_batch_norm,
     **{name: lower_pool for name in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d")},
-    **{name: lower_linear for name in ("linear", "addmm", "mm")},
+    **{name: lower_linear for name in ("linear", "addmm")},
+    "mm": lower_mm,
     "bmm": lower_bmm,
     "cat": lower_cat,
     "constant_pad_nd": lower_layout,

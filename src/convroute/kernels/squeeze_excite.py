@@ -3,10 +3,10 @@ gate = act2(W2 act1(W1 p + b1) + b2) and y = act(x * gate) over x [N, C, H*W], i
 (`EfficientChannelAttention`) is the same with gate = act2(conv1d over the channels of p + b).
 
 One workgroup per (block of CB channels, image): it computes the whole hidden vector (Cr = W1's rows; every
-workgroup of an image repeats this small matvec, threads splitting the C terms and summing in workgroup
-memory, each load four hidden units' weights), then its CB gates, then scales its CB planes. CB is chosen so that each workgroup scales a few thousand
-elements (a GPU runs the repeated matvecs side by side). Sizes are baked into the source (no parameter block).
-Weights stay f32; x and y are stored as ST (float32 or float16) and all arithmetic is f32.
+workgroup of an image repeats this small matvec, threads splitting the C terms and summing in workgroup memory, each
+load four hidden units' weights), then its CB gates, then scales its CB planes. CB is chosen so that each workgroup
+scales a few thousand elements (a GPU runs the repeated matvecs side by side). Sizes are baked into the source (no
+parameter block). Weights stay f32; x and y are stored as ST (float32 or float16) and all arithmetic is f32.
 
 CPU adapters run `TwoPassSqueezeExcite` instead (`make_squeeze_excite` picks): the hidden vector once per image
 into a scratch buffer, then an invocation per (image, channel, strip of its plane) that computes its gate and
