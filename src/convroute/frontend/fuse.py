@@ -1,6 +1,6 @@
 """Graph passes that take dispatches away at planning time (build_plan runs them before the residual and
-depthwise fusions): a batch norm after a channel concat of convs folded into those convs, and
-squeeze-excitation and ECA blocks in two dispatches."""
+depthwise fusions): a layer scale folded into the conv before it, a batch norm after a channel concat of convs
+folded into those convs, and squeeze-excitation and ECA blocks in two dispatches."""
 
 from __future__ import annotations
 
@@ -51,6 +51,55 @@ def fold_batch_norm_through_concat(g: Graph) -> None:
     g.nodes = [n for n in g.nodes if n.name not in drop]
 
 
+def fold_layer_scales(g: Graph) -> None:
+    """conv -> mul by a constant with one value per output channel (or one number), or div by one  ==>  the conv
+    with its weights and bias scaled (ConvNeXt's layer scale), so that the residual add after it can go into the
+    conv's store. Only for a conv _plain_conv allows; the mul's own fused activation moves to the conv."""
+    producers = {n.name: n for n in g.nodes}
+    users = g.users()
+    outputs = g.output_names()
+    drop = set()
+    for node in g.nodes:
+        if node.op not in ("mul.Tensor", "div.Tensor") or node.residual is not None or len(node.args) != 2:
+            continue
+        for conv_arg, scale_arg in ((0, 1), (1, 0)) if node.op == "mul.Tensor" else ((0, 1),):
+            conv = producers.get(node.args[conv_arg].name) if isinstance(node.args[conv_arg], Ref) else None
+            if not _plain_conv(g, conv, users, outputs) or not _same_meta(conv.meta, node.meta):
+                continue
+            scale = _per_channel(g, node.args[scale_arg], conv.meta)
+            if scale is None:
+                continue
+            _scale_conv(g, conv, 1.0 / scale if node.op == "div.Tensor" else scale, torch.zeros_like(scale))
+            conv.act = node.act
+            conv.notes.append(f"layer scale {node.module or node.name} folded")
+            g.replace_uses(node.name, Ref(conv.name))
+            users[conv.name] = users.pop(node.name, [])
+            drop.add(node.name)
+            break
+    g.nodes = [n for n in g.nodes if n.name not in drop]
+
+
+def _same_meta(a, b) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype
+
+
+def _per_channel(g: Graph, value, meta: torch.Tensor):
+    """`value` (a number, or a constant broadcasting along the channels of `meta` [N, C, ...] only) as C float64
+    values, else None."""
+    channels = meta.shape[1] if meta.ndim >= 2 else 0
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((channels,), float(value), dtype=torch.float64)
+    if not isinstance(value, Ref) or value.name not in g.constants:
+        return None
+    t = g.constants[value.name]
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point() or t.ndim > meta.ndim:
+        return None
+    shape = (1,) * (meta.ndim - t.ndim) + tuple(t.shape)
+    if any(d != 1 for k, d in enumerate(shape) if k != 1) or shape[1] not in (1, channels):
+        return None
+    return t.double().reshape(-1).expand(channels).clone()
+
+
 def _plain_conv(g: Graph, conv: Node | None, users: dict, outputs: set) -> bool:
     return conv is not None and conv.op == "convolution" and conv.act is None and conv.residual is None \
         and conv.depthwise is None and not conv.args[6] and is_const(g, conv.args[1:3]) \
@@ -73,7 +122,7 @@ def _scale_conv(g: Graph, conv: Node, scale, shift) -> None:
     w = g.constants[conv.args[1].name]
     b = conv.arg(2, "bias")
     bias = torch.zeros(w.shape[0], dtype=torch.float64) if b is None else g.constants[b.name].double()
-    g.constants[f"{conv.name}_cat_weight"] = (w.double() * scale.reshape(-1, 1, 1, 1)).to(w.dtype)
+    g.constants[f"{conv.name}_cat_weight"] = (w.double() * scale.reshape(-1, *(1,) * (w.ndim - 1))).to(w.dtype)
     g.constants[f"{conv.name}_cat_bias"] = (bias * scale + shift).to(w.dtype)
     args = list(conv.args)
     args[1], args[2] = Ref(f"{conv.name}_cat_weight"), Ref(f"{conv.name}_cat_bias")

@@ -20,6 +20,7 @@ from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_ad
 from convroute.frontend.fuse import (
     channel_attention,
     fold_batch_norm_through_concat,
+    fold_layer_scales,
     fuse_channel_attention,
     fuse_squeeze_excite,
     lower_channel_attention,
@@ -135,8 +136,9 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     """`concat_slabs` (default $CONVROUTE_CONCAT_SLABS, on), `slice_views` (default $CONVROUTE_SLICE_VIEWS, on):
     producers write into their slice of a concat, and dense slices are read in place (frontend/views.py).
     $CONVROUTE_CHANNELS_LAST (on): permute -> per-pixel ops -> permute back runs on NCHW without the permutes
-    (frontend/channels_last.py); $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes
-    into the convs;
+    (frontend/channels_last.py); $CONVROUTE_LAYER_SCALE (on): a mul by a per-channel constant after a conv goes
+    into the conv's weights; $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into
+    the convs;
     $CONVROUTE_SQUEEZE_EXCITE (on for CPU adapters, where it runs as the pool and two dispatches; off on GPUs
     until measured there) and $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as
     its pool and one dispatch (frontend/fuse.py, kernels/squeeze_excite.py); $CONVROUTE_CONCAT_VIEW (on): a
@@ -150,6 +152,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    if env_flag("CONVROUTE_LAYER_SCALE", True):
+        fold_layer_scales(graph)
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
     if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph, lambda p: routable(ctx, p)):
