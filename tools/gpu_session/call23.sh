@@ -7,8 +7,9 @@
 set -o pipefail
 NAME=call23; LIMIT=${LIMIT:-585}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 cat "$R/head.txt"
-timeout "$(cap 45)" python3 -m pytest -q -p no:cacheprovider tests/test_scatter.py tests/test_ops_reduce.py \
-  tests/test_concat_view.py -rf --tb=short > "$R/tests.txt" 2>&1
+timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_scatter.py tests/test_ops_reduce.py \
+  tests/test_concat_view.py tests/test_fuse_squeeze_excite.py tests/test_layer_scale.py tests/test_bmm.py \
+  -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8
 for dtype in float32 float16; do
   timeout "$(cap 70)" python3 -m convroute.cli.main calibrate --dtype $dtype --selftest-cases 0 --budget 45 \
