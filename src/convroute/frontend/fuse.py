@@ -67,7 +67,7 @@ def fold_layer_scales(g: Graph) -> None:
             if not _plain_conv(g, conv, users, outputs) or not _same_meta(conv.meta, node.meta):
                 continue
             scale = _per_channel(g, node.args[scale_arg], conv.meta)
-            if scale is None:
+            if scale is None or node.op == "div.Tensor" and bool((scale == 0).any()):  # x / 0 stays torch's
                 continue
             _scale_conv(g, conv, 1.0 / scale if node.op == "div.Tensor" else scale, torch.zeros_like(scale))
             conv.act = node.act
