@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# GPU session, call 21 (first of a session, <= $LIMIT s, default 585): issue 26's done-when figures on the card
-# the issue names, when an H200 is lent. Sessions 24-25's new kernels and passes on the GPU (scatter-add,
-# variance, concat view, squeeze-excitation's vec4 form, layer scale, mm), an fp32 calibration into .gpucache, the default zoo against the CUDA graph (tools/zoo_h200.py), then
-# mobilenet_v2 in five fresh processes, and last an fp16 calibration for call22.sh. `tar xzf call21.tgz
-# .gpucache` here after.
+# GPU session, call 21 (first of a session, <= $LIMIT s, default 585): issue 26's done-when figures on the card the
+# issue names (an H100's where none is lent). Sessions 24-25's new kernels and passes on the GPU (scatter-add,
+# variance, concat view, squeeze-excitation's vec4 form, layer scale, mm), an fp32 calibration into .gpucache, the
+# default zoo against the CUDA graph (tools/zoo_h200.py), then mobilenet_v2 in five fresh processes, and last an fp16
+# calibration for call22.sh. `tar xzf call21.tgz .gpucache` here after.
 #   source .gl/prelude.sh && bash tools/gpu_session/call21.sh   (carry .gl .whl; results under $OUT)
 set -o pipefail
 NAME=call21; LIMIT=${LIMIT:-585}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU session, call 24 (after call22.sh or call23.sh, <= $LIMIT s, default 380; carry .gl .whl .gpucache):
+# GPU session, call 24 (after call22.sh, <= $LIMIT s, default 380; carry .gl .whl .gpucache):
 # session 25's squeeze-excitation kernel (its two products four hidden units a load; session 19 found the fused
 # block mixed on the H100, 1.309x on timm mobilenetv3_large_100's 960 -> 240 squeezes) tested and A/B'd on the GPU,
 # then CONVROUTE_DEPTHWISE_CONSTANTS in fp32 on the zoo's GPU-bound depthwise models (convnext_tiny, xception41:

@@ -268,7 +268,7 @@ def fold_batch_norms(g: Graph) -> None:
         else:
             w = w * scale.reshape(-1, *(1,) * (w.ndim - 1))  # 2-D or 1-D (conv1d) kernels
         dtype = g.constants[conv.args[1].name].dtype  # a half model keeps half weights (for CPU steps)
-        _set_weights(g, conv, w.to(dtype), (b * scale + shift).to(dtype))
+        set_weights(g, conv, w.to(dtype), (b * scale + shift).to(dtype))
         conv.notes.append(f"batch norm {bn.module or bn.name} folded")
         g.replace_uses(bn.name, Ref(conv.name))
         users[conv.name] = users.pop(bn.name, [])  # a second batch norm reading the first may fold only if alone
@@ -493,10 +493,11 @@ def _absorb_hardsigmoid(g: Graph, src: Node) -> None:
     b = _const_or_none(g, src.args[2])
     c_out = w.shape[0] if src.op == "linear" or not src.args[6] else w.shape[1] * src.args[8]
     b = torch.zeros(c_out, dtype=torch.float64) if b is None else b.double()
-    _set_weights(g, src, (w / 6).to(dtype), (b / 6 + 0.5).to(dtype))
+    set_weights(g, src, (w / 6).to(dtype), (b / 6 + 0.5).to(dtype))
 
 
-def _set_weights(g: Graph, node: Node, weight, bias) -> None:
+def set_weights(g: Graph, node: Node, weight, bias) -> None:
+    """`node` (a conv or linear) reading new constants `weight` and `bias` (folds of scales into it)."""
     g.constants[f"{node.name}_weight"] = weight
     g.constants[f"{node.name}_bias"] = bias
     args = list(node.args) + [None] * (3 - len(node.args))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from convroute.frontend.export import is_const
+from convroute.frontend.export import is_const, set_weights
 from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, read_once, through
 from convroute.frontend.lower import Context, GpuOp, out_meta
 from convroute.kernels.common import Epilogue
@@ -122,11 +122,8 @@ def _scale_conv(g: Graph, conv: Node, scale, shift) -> None:
     w = g.constants[conv.args[1].name]
     b = conv.arg(2, "bias")
     bias = torch.zeros(w.shape[0], dtype=torch.float64) if b is None else g.constants[b.name].double()
-    g.constants[f"{conv.name}_cat_weight"] = (w.double() * scale.reshape(-1, *(1,) * (w.ndim - 1))).to(w.dtype)
-    g.constants[f"{conv.name}_cat_bias"] = (bias * scale + shift).to(w.dtype)
-    args = list(conv.args)
-    args[1], args[2] = Ref(f"{conv.name}_cat_weight"), Ref(f"{conv.name}_cat_bias")
-    conv.args = tuple(args)
+    set_weights(g, conv, (w.double() * scale.reshape(-1, *(1,) * (w.ndim - 1))).to(w.dtype),
+                (bias * scale + shift).to(w.dtype))
 
 
 def squeeze_excite(x, pooled, w1, b1, w2, b2, act1: Epilogue, act2: Epilogue, act: Epilogue):
