@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session, call 21 (first of a session, <= $LIMIT s, default 585): issue 26's done-when figures on the card the
 # issue names (an H100's where none is lent). Sessions 24-25's new kernels and passes on the GPU (scatter-add,
-# variance, concat view, squeeze-excitation's vec4 form, layer scale, mm), an fp32 calibration into .gpucache, the
+# variance, concat view, squeeze-excitation's vec4 form, layer scale, mm; session 26's reduction chains), an fp32 calibration into .gpucache, the
 # default zoo against the CUDA graph (tools/zoo_h200.py), then mobilenet_v2 in five fresh processes, and last an fp16
 # calibration for call22.sh. `tar xzf call21.tgz .gpucache` here after.
 #   source .gl/prelude.sh && bash tools/gpu_session/call21.sh   (carry .gl .whl; results under $OUT)
@@ -10,6 +10,7 @@ NAME=call21; LIMIT=${LIMIT:-585}; PACK_CACHE=1; source "$(dirname "$0")/session.
 cat "$R/head.txt"
 timeout "$(cap 70)" python3 -m pytest -q -p no:cacheprovider tests/test_scatter.py tests/test_ops_reduce.py \
   tests/test_concat_view.py tests/test_fuse_squeeze_excite.py tests/test_layer_scale.py tests/test_bmm.py \
+  tests/test_fuse_reductions.py \
   -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8
 timeout "$(cap 110)" python3 -m convroute.cli.main calibrate --selftest-cases 0 --budget 80 --no-progress \

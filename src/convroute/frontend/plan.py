@@ -40,6 +40,7 @@ from convroute.frontend.lower import (
     routed_to_winograd,
     takes_residual,
 )
+from convroute.frontend.reductions import fuse_reductions, lower_weighted_sum, weighted_sum
 from convroute.frontend.siblings import merge_sibling_convs
 from convroute.frontend.views import locate, plan_views
 from convroute.frontend.wide_convs import split_wide_convs
@@ -142,7 +143,9 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     $CONVROUTE_SQUEEZE_EXCITE (on for CPU adapters, where it runs as the pool and two dispatches; off on GPUs
     until measured there) and $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as
     its pool and one dispatch (frontend/fuse.py, kernels/squeeze_excite.py); $CONVROUTE_CONCAT_VIEW (on): a
-    concat read only through reshapes and a permute runs as one dispatch (frontend/concat_view.py).
+    concat read only through reshapes and a permute runs as one dispatch (frontend/concat_view.py);
+    $CONVROUTE_FUSE_REDUCTIONS (on for CPU adapters; off on GPUs until measured there): a sum or mean of a product,
+    or of another sum or mean, runs as one row kernel (frontend/reductions.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
@@ -162,6 +165,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)
+    if env_flag("CONVROUTE_FUSE_REDUCTIONS", cpu_form(ctx.gpu)):
+        fuse_reductions(graph)
     if env_flag("CONVROUTE_CONCAT_VIEW", True):
         fuse_concat_views(graph)
     if split_wide_convs(graph, ctx.gpu.profile.max_binding_bytes, ctx.precision.itemsize,  # after the merges
@@ -261,7 +266,8 @@ def _place(ctx: Context, node: Node, gpu_made: set):
     if is_alias(ctx, node) and node.args[0].name in gpu_made:
         return "alias"
     own = {squeeze_excite: lower_squeeze_excite, channel_attention: lower_channel_attention,
-           channel_norm: lower_channel_norm, concat_view: lower_concat_view}.get(node.target, lower)
+           channel_norm: lower_channel_norm, concat_view: lower_concat_view,
+           weighted_sum: lower_weighted_sum}.get(node.target, lower)
     try:
         return own(ctx, node)
     except (Unsupported, ValueError) as exc:

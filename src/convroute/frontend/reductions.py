@@ -1,0 +1,114 @@
+"""Chains ending in a sum or a mean, as one row kernel: the sum of a product (split attention's paths weighted
+by their softmax, then summed: timm's ResNeSt and selective-kernel blocks) and the sum or mean of a sum or mean
+(ResNeSt's sum over its paths, then the mean over H and W)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from convroute.frontend.graph import Graph, Node, Ref, read_once
+from convroute.frontend.lower import Context, GpuOp, Unsupported, _buffers, _operands, _reduced_dims, out_meta
+from convroute.kernels.reduce import Reduce, WeightedSum, broadcast_strides, dense_strides, row_problem
+
+SUMS = {"sum.dim_IntList": 1.0, "sum": 1.0, "mean.dim": None, "mean": None}  # None: divide by the count
+
+
+def weighted_sum(a, b, dims, scale: float, shape):
+    """torch's form of a fused chain (for CPU steps and shapes): scale * the sum over `dims` of a (times b when b
+    is not None, broadcasting), as `shape`."""
+    return ((a if b is None else a * b).sum(dim=list(dims)) * scale).reshape(shape)
+
+
+def fuse_reductions(g: Graph) -> None:
+    """sum / mean over dims of (a * b)  ==>  one weighted_sum node; sum / mean of a sum / mean (or of such a
+    node)  ==>  one weighted_sum over both reductions' dims. Only where every value inside the chain is read
+    once, nothing in it casts or carries a fused activation, and the row kernel takes the merged shape."""
+    producers = {n.name: n for n in g.nodes}
+    once = read_once(g)
+    forms: dict[str, tuple] = {}  # node name -> (a, b, shape of a * b, dims, scale): the node as a weighted sum
+    fused: dict[str, Node] = {}
+    gone: set[str] = set()
+    for node in g.nodes:
+        own = _reduction(node, producers, g)
+        if own is None:
+            continue
+        x, shape, dims, scale = own
+        forms[node.name] = (x, None, shape, dims, scale)
+        inner = producers.get(x.name)
+        if not once(inner):
+            continue
+        if inner.name in forms:
+            a, b, inner_shape, inner_dims, inner_scale = forms[inner.name]
+            kept = list(range(len(inner_shape))) if inner.meta.ndim == len(inner_shape) else \
+                [i for i in range(len(inner_shape)) if i not in inner_dims]
+            form = (a, b, inner_shape, sorted(set(inner_dims) | {kept[d] for d in dims}), inner_scale * scale)
+        elif _plain_product(inner, shape):
+            form = (inner.args[0], inner.args[1], shape, dims, scale)
+        else:
+            continue
+        if _row_problem(form, node.meta.dtype, producers, g) is not None:
+            continue
+        forms[node.name] = form
+        a, b, _, form_dims, form_scale = form
+        fused[node.name] = Node(node.name, weighted_sum, (a, b, tuple(form_dims), form_scale,
+                                                          tuple(node.meta.shape)),
+                                module=node.module, meta=node.meta,
+                                notes=[*fused.pop(inner.name, inner).notes, f"{inner.op} {inner.name} fused in"])
+        gone.add(inner.name)
+    g.nodes = [fused.get(n.name, n) for n in g.nodes if n.name not in gone]
+
+
+def _reduction(node: Node, producers: dict, g: Graph):
+    """(x, x's shape, dims, scale) for a sum or mean node without a cast, an activation or a residual; else None."""
+    if node.op not in SUMS or node.act is not None or node.residual is not None or node.kwargs.get("dtype") \
+            or not isinstance(node.args[0], Ref) or not isinstance(node.meta, torch.Tensor):
+        return None
+    x = node.args[0]
+    meta = producers[x.name].meta if x.name in producers else _input_meta(g, x)
+    if not isinstance(meta, torch.Tensor) or meta.dtype != node.meta.dtype or not meta.is_floating_point():
+        return None
+    shape = tuple(meta.shape)
+    dims = _reduced_dims(node, len(shape))
+    count = math.prod(shape[d] for d in dims)
+    if count == 0:
+        return None
+    return x, shape, dims, SUMS[node.op] or 1.0 / count
+
+
+def _plain_product(node: Node, shape) -> bool:
+    return node.op == "mul.Tensor" and node.act is None and node.residual is None and len(node.args) == 2 \
+        and all(isinstance(a, Ref) for a in node.args) and tuple(node.meta.shape) == shape
+
+
+def _input_meta(g: Graph, ref: Ref):
+    return g.input_meta[g.inputs.index(ref.name)] if ref.name in g.inputs else g.constants.get(ref.name)
+
+
+def _row_problem(form, dtype, producers: dict, g: Graph) -> str | None:
+    """Why the row kernel cannot take the chain `form` (of a result of `dtype`), or None."""
+    a, b, shape, dims, _ = form
+    strides = []
+    for operand in (a, b) if b is not None else (a,):
+        meta = producers[operand.name].meta if operand.name in producers else _input_meta(g, operand)
+        if not isinstance(meta, torch.Tensor) or meta.dtype != dtype:
+            return f"{operand.name} is not a {dtype} tensor"
+        strides.append(broadcast_strides(meta.shape, shape) if b is not None else dense_strides(shape))
+    return row_problem(shape, dims, strides)
+
+
+def lower_weighted_sum(ctx: Context, node: Node) -> GpuOp:
+    a, b, dims, scale, _ = node.args
+    out_meta(node)
+    operands, inputs, shapes = _operands(ctx, (a,) if b is None else (a, b))
+    try:
+        if b is None:
+            kernel = Reduce(ctx.gpu, "sum", shapes[0], dims, ctx.precision, scale)
+        else:
+            kernel = WeightedSum(ctx.gpu, shapes[0], shapes[1], torch.broadcast_shapes(*shapes), dims,
+                                 ctx.precision, scale)
+    except ValueError as exc:
+        raise Unsupported(str(exc)) from None
+    work = math.prod(torch.broadcast_shapes(*shapes)) * len(shapes)
+    return GpuOp(node, inputs, lambda ins, y: kernel.bind(*_buffers(operands, ins), y), work)
