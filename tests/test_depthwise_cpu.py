@@ -81,14 +81,17 @@ def test_buffer_kernel_with_the_shape_baked_in(monkeypatch, layer, dtype):
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_buffer_kernel_with_f32_sums(monkeypatch, layer):
-    """CONVROUTE_DEPTHWISE_F32_SUMS (on trial, session 25): the f16 buffer kernel summing in f32 (no f16 block
-    sums) matches float64 at least as closely as fp16 storage allows."""
+    """CONVROUTE_DEPTHWISE_F32_SUMS (on by default since session 26): the f16 buffer kernel summing in f32 (no f16
+    block sums) matches float64 at least as closely as fp16 storage allows; switched off, it sums in f16 blocks."""
     if F16_FEATURE not in get_gpu().profile.features:
         pytest.skip(f"the adapter lacks {F16_FEATURE}")
     monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "workgroup"))
-    monkeypatch.setenv("CONVROUTE_DEPTHWISE_F32_SUMS", "1")
     p = LAYERS[layer]
     x, w, b = random_inputs(p, np.random.default_rng(54))
+    monkeypatch.setenv("CONVROUTE_DEPTHWISE_F32_SUMS", "0")
+    kernel = ALGORITHMS["depthwise"](get_gpu(), p, w, b, Epilogue(), dtype="float16")
+    assert "alias AT = f16;" in kernel.source and "part" in kernel.source
+    monkeypatch.delenv("CONVROUTE_DEPTHWISE_F32_SUMS")
     kernel = ALGORITHMS["depthwise"](get_gpu(), p, w, b, Epilogue(), dtype="float16")
     assert "alias AT = f32;" in kernel.source and "part" not in kernel.source
     out = run(p, x, w, b, "hardswish", dtype="float16")

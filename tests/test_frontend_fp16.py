@@ -21,7 +21,6 @@ import torch.nn.functional as F  # noqa: E402
 
 import convroute  # noqa: E402
 from convroute.device.gpu import get_gpu  # noqa: E402
-from convroute.frontend.plan import Segment  # noqa: E402
 from convroute.kernels.common import Precision  # noqa: E402
 from test_frontend import (  # noqa: E402
     EncoderDecoder,
@@ -120,27 +119,6 @@ def test_float32_inputs_are_cast_on_the_gpu(monkeypatch):
     assert set(plan.segments[0].recording.writes) == {(ups[n][0], staging[n], ups[n][0].size) for n in staging}
     half = convroute.compile(model.half(), (x.half(),), dtype="float16")  # f16 inputs need no cast
     assert not half.plan.input_staging and half(x.half()).dtype == torch.float16
-
-
-def test_host_input_cast_uploads_float16(monkeypatch):
-    """CONVROUTE_HOST_INPUT_CAST on: the float32 input is converted on the host and uploaded as float16 straight
-    into the input's own buffer; no cast dispatch."""
-    monkeypatch.setenv("CONVROUTE_HOST_INPUT_CAST", "1")
-    model = FusionNet().eval()
-    x = torch.randn(2, 3, 9, 11)
-    program = convroute.compile(model, (x,), dtype="float16")
-    monkeypatch.delenv("CONVROUTE_HOST_INPUT_CAST")
-    cast = convroute.compile(model, (x,), dtype="float16")
-    written = []
-    real = program.gpu.write_staged
-    monkeypatch.setattr(program.gpu, "write_staged", lambda buf, a, dtype=np.float32: (
-        written.append((a.dtype, np.dtype(dtype))), real(buf, a, dtype))[1])
-    check(program, model, x)
-    plan = program.plan
-    assert not plan.input_staging and written == [(np.dtype(np.float16),) * 2] * len(plan.input_uploads)
-    recorded = [sum(len(seg.dispatches) for seg in p.plan.segments if isinstance(seg, Segment))
-                for p in (program, cast)]
-    assert recorded[0] == recorded[1] - len(plan.input_uploads)
 
 
 def test_routing_is_for_float16_even_when_routed_for_another_device():

@@ -44,7 +44,7 @@ from convroute.frontend.reductions import fuse_reductions, lower_weighted_sum, w
 from convroute.frontend.siblings import merge_sibling_convs
 from convroute.frontend.views import locate, plan_views
 from convroute.frontend.wide_convs import split_wide_convs
-from convroute.kernels.elementwise import Unary, cpu_form
+from convroute.kernels.elementwise import Unary
 from convroute.settings import env_flag
 
 NEVER = float("inf")
@@ -140,12 +140,11 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     (frontend/channels_last.py); $CONVROUTE_LAYER_SCALE (on): a mul by a per-channel constant after a conv goes
     into the conv's weights; $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into
     the convs;
-    $CONVROUTE_SQUEEZE_EXCITE (on for CPU adapters, where it runs as the pool and two dispatches; off on GPUs
-    until measured there) and $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as
-    its pool and one dispatch (frontend/fuse.py, kernels/squeeze_excite.py); $CONVROUTE_CONCAT_VIEW (on): a
-    concat read only through reshapes and a permute runs as one dispatch (frontend/concat_view.py);
-    $CONVROUTE_FUSE_REDUCTIONS (on for CPU adapters; off on GPUs until measured there): a sum or mean of a product,
-    or of another sum or mean, runs as one row kernel (frontend/reductions.py).
+    $CONVROUTE_SQUEEZE_EXCITE (on; CPU adapters run it as the pool and two dispatches) and
+    $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as its pool and one dispatch
+    (frontend/fuse.py, kernels/squeeze_excite.py); $CONVROUTE_CONCAT_VIEW (on): a concat read only through
+    reshapes and a permute runs as one dispatch (frontend/concat_view.py); $CONVROUTE_FUSE_REDUCTIONS (on): a sum
+    or mean of a product, or of another sum or mean, runs as one row kernel (frontend/reductions.py).
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
@@ -161,11 +160,11 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
         fold_batch_norm_through_concat(graph)
     if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph, lambda p: routable(ctx, p)):
         metas.update((n.name, n.meta) for n in graph.nodes)
-    if env_flag("CONVROUTE_SQUEEZE_EXCITE", cpu_form(ctx.gpu)):
+    if env_flag("CONVROUTE_SQUEEZE_EXCITE", True):
         fuse_squeeze_excite(graph)
     if env_flag("CONVROUTE_CHANNEL_ATTENTION", True):
         fuse_channel_attention(graph)
-    if env_flag("CONVROUTE_FUSE_REDUCTIONS", cpu_form(ctx.gpu)):
+    if env_flag("CONVROUTE_FUSE_REDUCTIONS", True):
         fuse_reductions(graph)
     if env_flag("CONVROUTE_CONCAT_VIEW", True):
         fuse_concat_views(graph)
@@ -244,11 +243,10 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
 
 def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
     """With f16 storage, a float32 input is uploaded as it is into a float32 buffer of its own and cast to
-    f16 by the first dispatch of the first GPU segment: no conversion on the host in the timed path. An input
-    whose float32 copy would pass one binding is converted on the host instead, and so is every input with
-    CONVROUTE_HOST_INPUT_CAST on (on trial: torch's cast takes 5-70 us for a 3x224x224 image, against one
-    more dispatch to encode and twice the bytes to upload)."""
-    if ctx.precision.dtype != "float16" or env_flag("CONVROUTE_HOST_INPUT_CAST", False):
+    f16 by the first dispatch of the first GPU segment: no conversion on the host in the timed path (the H100's
+    host, session 26: a host cast and an f16 upload instead ran 0.994-1.013x). An input whose float32 copy
+    would pass one binding is converted on the host instead."""
+    if ctx.precision.dtype != "float16":
         return []
     casts = []
     for name in plan.input_uploads:
