@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# GPU session, call 25 (after call21.sh and call22.sh, <= $LIMIT s, default 440; carry .gl .whl .gpucache with
-# both dtypes' calibrations): issue 26's fp16 item over the whole default zoo, not only call22's six: every model in
+# GPU session, call 25 (after call26.sh and call27.sh, <= $LIMIT s, default 440; carry .gl .whl .gpucache with
+# both dtypes' calibrations): issue 26's fp16 item over the whole default zoo, not only call26's six: every model in
 # fp16 against convroute in fp32 in the same rounds (tools/zoo_h200.py, a process per part; the JSON is rewritten
 # after each model, so a cut run still reports).
 #   source .gl/prelude.sh && bash tools/gpu_session/call25.sh   (carry .gl .whl .gpucache; results under $OUT)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# GPU session, call 26 (one call of a short budget, <= $LIMIT s, default 580): issue 26's one open done-when item
-# first. The changed kernels' tests (sessions 24-26) and the conv fuzz, an fp32 and an fp16 calibration (60 s
-# budgets), the fp16 zoo of six against convroute in fp32 and the CUDA graph (rotating order), then the
-# CONVROUTE_HOST_INPUT_CAST A/B in fp16. call21.sh's zoo and mobilenet_v2 figures, and call24.sh, come after.
+# GPU session, call 26 (the first of a session, <= $LIMIT s, default 580): issue 26's one open done-when item
+# first. The changed kernels' tests and the conv fuzz, an fp32 and an fp16 calibration (60 s budgets), the fp16
+# zoo of six against convroute in fp32 and the CUDA graph (rotating order), then per node in three dtype variants
+# on timm lcnet_050 (session 26: its fp16 calibration sent 5x5 depthwise convs to direct, 18 % slower a node).
+# Then `tar xzf call26.tgz .gpucache` here and call27.sh at once.
 #   source .gl/prelude.sh && bash tools/gpu_session/call26.sh   (carry .gl .whl; results under $OUT)
 set -o pipefail
 NAME=call26; LIMIT=${LIMIT:-580}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 cat "$R/head.txt"
-timeout "$(cap 45)" python3 -m pytest -q -p no:cacheprovider tests/test_scatter.py tests/test_ops_reduce.py \
+timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_scatter.py tests/test_ops_reduce.py \
   tests/test_fuse_squeeze_excite.py tests/test_layer_scale.py tests/test_bmm.py tests/test_fuse_reductions.py \
   -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8
@@ -26,6 +27,5 @@ timeout "$(cap 150)" python3 -m convroute.cli.main zoo timm:resnet50d resnet18 m
   --runs 30 --no-progress --json "$R/zoo_fp16.json" > "$R/zoo_fp16.txt" 2>&1
 tail -14 "$R/zoo_fp16.txt"
 pack
-timeout "$(cap 85)" python3 tools/flag_ab.py CONVROUTE_HOST_INPUT_CAST timm:lcnet_050 mobilenet_v2 squeezenet1_1 \
-  resnet18 --policy calibrated --rounds 40 --dtype float16 > "$R/ab_host_cast.txt" 2>&1
-tail -7 "$R/ab_host_cast.txt"
+timeout "$(cap 60)" python3 tools/gpu_session/dtype_nodes.py timm:lcnet_050 224 3 > "$R/nodes_lcnet_050.txt" 2>&1
+head -20 "$R/nodes_lcnet_050.txt"

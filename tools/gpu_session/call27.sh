@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU session, call 27 (right after call26.sh on the same machine, <= $LIMIT s, default 540; carry .gl .whl
 # .gpucache): the default zoo against the CUDA graph (tools/zoo_h200.py) and mobilenet_v2 in five processes on
-# call26's fp32 calibration, then the reduction-chain and squeeze-excitation A/Bs (both off on GPUs until these).
+# call26's fp32 calibration, then the layer-scale fold on / off and depthwise constants in fp32 (on trial) on the
+# zoo's GPU-bound depthwise models. Session 26 ran its first part on an H100; the issue names the H200.
 #   source .gl/prelude.sh && bash tools/gpu_session/call27.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
 NAME=call27; LIMIT=${LIMIT:-540}; source "$(dirname "$0")/session.sh"
@@ -16,11 +17,10 @@ for i in 1 2 3 4 5; do
 done > "$R/mnv2.txt"
 cat "$R/mnv2.txt"
 pack
-timeout "$(cap 50)" python3 tools/flag_ab.py CONVROUTE_FUSE_REDUCTIONS timm:resnest14d timm:skresnet18 \
-  --policy calibrated --rounds 30 > "$R/ab_fuse_reductions.txt" 2>&1
-tail -5 "$R/ab_fuse_reductions.txt"
+timeout "$(cap 60)" python3 tools/flag_ab.py CONVROUTE_LAYER_SCALE convnext_tiny timm:convnext_atto \
+  --policy calibrated --rounds 30 > "$R/ab_layer_scale.txt" 2>&1
+tail -5 "$R/ab_layer_scale.txt"
 pack
-timeout "$(cap 130)" python3 tools/flag_ab.py CONVROUTE_SQUEEZE_EXCITE efficientnet_b0 mobilenet_v3_small \
-  regnet_y_400mf timm:efficientnet_b0 timm:mobilenetv3_large_100 --policy calibrated --rounds 30 \
-  > "$R/ab_squeeze_excite.txt" 2>&1
-tail -9 "$R/ab_squeeze_excite.txt"
+timeout "$(cap 90)" python3 tools/flag_ab.py CONVROUTE_DEPTHWISE_CONSTANTS convnext_tiny timm:xception41 \
+  mobilenet_v2 --policy calibrated --rounds 20 > "$R/ab_DEPTHWISE_CONSTANTS_fp32.txt" 2>&1
+tail -6 "$R/ab_DEPTHWISE_CONSTANTS_fp32.txt"

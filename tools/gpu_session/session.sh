@@ -1,5 +1,5 @@
 # Sourced by a GPU session script (calls 16 on) after it sets NAME (callN) and LIMIT's default:
-#   NAME=call21; LIMIT=${LIMIT:-585}; source "$(dirname "$0")/session.sh"
+#   NAME=call26; LIMIT=${LIMIT:-580}; source "$(dirname "$0")/session.sh"
 # It sets OUT (only the archive $OUT/$NAME.tgz goes there) and R (the call's results), CONVROUTE_CACHE_DIR (default
 # .gpucache), `pack` (the archive, also run on exit; PACK_CACHE=1 adds .gpucache to it) and `cap` (limits.sh),
 # and writes $R/head.txt: the card, the cache's files and the kernel hash (the device copy's .git is stale, so
