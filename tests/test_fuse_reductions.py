@@ -46,7 +46,8 @@ class SplitAttention(nn.Module):
 
 class Chains(nn.Module):
     """Chains that fuse: sums of sums (keepdim or not), a mean of a mean, a sum of a product with a constant, a
-    mean of a sum of squares, a full mean of a sum."""
+    mean of a sum of squares, a full mean of a sum, and chains of three whose middle keeps its dim (the last then
+    reduces a dim past it, or the kept size-1 dim itself)."""
 
     def __init__(self):
         super().__init__()
@@ -54,7 +55,8 @@ class Chains(nn.Module):
 
     def forward(self, x):
         return (x.sum(1).sum(2), x.sum(1, keepdim=True).mean((2, 3)), x.mean(3).mean(0),
-                (x * self.scale).sum((0, 2)), (x * x).sum(1).mean(2, keepdim=True), x.sum(3).mean())
+                (x * self.scale).sum((0, 2)), (x * x).sum(1).mean(2, keepdim=True), x.sum(3).mean(),
+                x.sum(1).mean(1, keepdim=True).sum(2), x.sum(1).mean(1, keepdim=True).sum(1))
 
 
 class Apart(nn.Module):
@@ -84,8 +86,8 @@ def test_chains_of_sums_and_products_fuse(dtype, monkeypatch):
     monkeypatch.setenv("CONVROUTE_FUSE_REDUCTIONS", "1")
     torch.manual_seed(1)
     s = check(Chains(), torch.randn(3, 5, 6, 7), dtype, monkeypatch, gpu_ops={"weighted_sum"})
-    assert s.gpu_ops == {"weighted_sum": 6}, s.gpu_ops
-    assert len(s.fused) == 7, s.fused  # the squares: the mul and the sum into the mean
+    assert s.gpu_ops == {"weighted_sum": 8}, s.gpu_ops
+    assert len(s.fused) == 11, s.fused  # the squares and the chains of three: two fusions each
 
 
 def test_chains_that_must_stay_apart_stay(monkeypatch):

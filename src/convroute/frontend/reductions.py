@@ -27,7 +27,8 @@ def fuse_reductions(g: Graph) -> None:
     once, nothing in it casts or carries a fused activation, and the row kernel takes the merged shape."""
     producers = {n.name: n for n in g.nodes}
     once = read_once(g)
-    forms: dict[str, tuple] = {}  # node name -> (a, b, shape of a * b, dims, scale): the node as a weighted sum
+    # node name -> (a, b, shape of a * b, dims, scale, where each dim of the node's result sits in that shape)
+    forms: dict[str, tuple] = {}
     fused: dict[str, Node] = {}
     gone: set[str] = set()
     for node in g.nodes:
@@ -35,29 +36,35 @@ def fuse_reductions(g: Graph) -> None:
         if own is None:
             continue
         x, shape, dims, scale = own
-        forms[node.name] = (x, None, shape, dims, scale)
+        keepdim = node.meta.ndim == len(shape)
+        forms[node.name] = (x, None, shape, dims, scale, _result_dims(list(range(len(shape))), dims, keepdim))
         inner = producers.get(x.name)
         if not once(inner):
             continue
         if inner.name in forms:
-            a, b, inner_shape, inner_dims, inner_scale = forms[inner.name]
-            kept = list(range(len(inner_shape))) if inner.meta.ndim == len(inner_shape) else \
-                [i for i in range(len(inner_shape)) if i not in inner_dims]
-            form = (a, b, inner_shape, sorted(set(inner_dims) | {kept[d] for d in dims}), inner_scale * scale)
+            a, b, inner_shape, inner_dims, inner_scale, inner_result = forms[inner.name]
+            form = (a, b, inner_shape, sorted(set(inner_dims) | {inner_result[d] for d in dims}),
+                    inner_scale * scale, _result_dims(inner_result, dims, keepdim))
         elif _plain_product(inner, shape):
-            form = (inner.args[0], inner.args[1], shape, dims, scale)
+            form = (inner.args[0], inner.args[1], shape, dims, scale, forms[node.name][5])
         else:
             continue
         if _row_problem(form, node.meta.dtype, producers, g) is not None:
             continue
         forms[node.name] = form
-        a, b, _, form_dims, form_scale = form
+        a, b, _, form_dims, form_scale, _ = form
         fused[node.name] = Node(node.name, weighted_sum, (a, b, tuple(form_dims), form_scale,
                                                           tuple(node.meta.shape)),
                                 module=node.module, meta=node.meta,
                                 notes=[*fused.pop(inner.name, inner).notes, f"{inner.op} {inner.name} fused in"])
         gone.add(inner.name)
     g.nodes = [fused.get(n.name, n) for n in g.nodes if n.name not in gone]
+
+
+def _result_dims(source: list[int], dims, keepdim: bool) -> list[int]:
+    """Where each dim of a reduction's result sits in the chain's shape: `source` says it for the reduction's input,
+    and the reduced `dims` stay (as size 1) only with keepdim."""
+    return list(source) if keepdim else [s for i, s in enumerate(source) if i not in dims]
 
 
 def _reduction(node: Node, producers: dict, g: Graph):
@@ -88,7 +95,7 @@ def _input_meta(g: Graph, ref: Ref):
 
 def _row_problem(form, dtype, producers: dict, g: Graph) -> str | None:
     """Why the row kernel cannot take the chain `form` (of a result of `dtype`), or None."""
-    a, b, shape, dims, _ = form
+    a, b, shape, dims = form[:4]
     strides = []
     for operand in (a, b) if b is not None else (a,):
         meta = producers[operand.name].meta if operand.name in producers else _input_meta(g, operand)
