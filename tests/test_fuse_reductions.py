@@ -125,7 +125,7 @@ def test_rows_merge_only_where_every_operand_allows():
     kept, reduced = rows_of(shape, dims, [dense, b])
     assert kept == [(1, (0, 0)), (2, (60, 0)), (20, (1, 0))]  # 4 x 5 merge for both; 2 stays apart (b: 0 vs 0*4)
     assert reduced == [(1, (0, 0)), (1, (0, 0)), (3, (20, 1))]
-    assert rows_of(shape, [1, 2]) == ([(1, 0), (2, 60), (5, 1)], [(1, 0), (1, 0), (12, 5)])
+    assert rows_of(shape, [1, 2]) == ([(1, (0,)), (2, (60,)), (5, (1,))], [(1, (0,)), (1, (0,)), (12, (5,))])
     assert row_problem((2,) * 7, [0]) is not None
     assert "does not broadcast" in str(pytest.raises(ValueError, broadcast_strides, (4,), (3,)).value)
 

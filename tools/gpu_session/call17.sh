@@ -16,10 +16,7 @@ timeout "$(cap 110)" python3 tools/flag_ab.py CONVROUTE_FUSE_DEPTHWISE shufflene
   mobilenet_v2 mnasnet0_5 --policy calibrated --rounds 60 > "$R/ab_fuse_depthwise.txt" 2>&1
 tail -12 "$R/ab_fuse_depthwise.txt"
 pack
-for i in 1 2 3 4 5; do
-  timeout "$(cap 25)" python3 -m convroute.cli.main run --model mobilenet_v2 --policy calibrated \
-    --compare torch-cuda-graph --runs 30 2>&1 | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
-done > "$R/mnv2.txt"
+five_processes mobilenet_v2 > "$R/mnv2.txt"
 cat "$R/mnv2.txt"
 pack
 timeout "$(cap 150)" python3 -m convroute.cli.main zoo shufflenet_v2_x0_5 squeezenet1_1 timm:lcnet_050 \

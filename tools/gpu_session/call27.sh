@@ -11,10 +11,7 @@ OUT=$R timeout "$(cap 230)" python3 tools/zoo_h200.py --no-calibrate --compare t
   > "$R/zoo.txt" 2>&1
 tail -48 "$R/zoo.txt"
 pack
-for i in 1 2 3 4 5; do
-  timeout "$(cap 25)" python3 -m convroute.cli.main run --model mobilenet_v2 --policy calibrated \
-    --compare torch-cuda-graph --runs 30 2>&1 | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
-done > "$R/mnv2.txt"
+five_processes mobilenet_v2 > "$R/mnv2.txt"
 cat "$R/mnv2.txt"
 pack
 timeout "$(cap 60)" python3 tools/flag_ab.py CONVROUTE_LAYER_SCALE convnext_tiny timm:convnext_atto \

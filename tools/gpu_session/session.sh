@@ -1,13 +1,20 @@
 # Sourced by a GPU session script (calls 16 on) after it sets NAME (callN) and LIMIT's default:
 #   NAME=call26; LIMIT=${LIMIT:-580}; source "$(dirname "$0")/session.sh"
 # It sets OUT (only the archive $OUT/$NAME.tgz goes there) and R (the call's results), CONVROUTE_CACHE_DIR (default
-# .gpucache), `pack` (the archive, also run on exit; PACK_CACHE=1 adds .gpucache to it) and `cap` (limits.sh),
-# and writes $R/head.txt: the card, the cache's files and the kernel hash (the device copy's .git is stale, so
-# `git log` there names an old commit).
+# .gpucache), `pack` (the archive, also run on exit; PACK_CACHE=1 adds .gpucache to it), `cap` (limits.sh) and
+# `five_processes MODEL` (the model against the CUDA graph in five fresh processes, calibrated), and writes
+# $R/head.txt: the card, the cache's files and the kernel hash (the device copy's .git is stale, so `git log` there
+# names an old commit).
 OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/$NAME; mkdir -p "$OUT" "$R"
 export CONVROUTE_CACHE_DIR=${CONVROUTE_CACHE_DIR:-$PWD/.gpucache}; mkdir -p "$CONVROUTE_CACHE_DIR"
 pack() { tar czf "$OUT/$NAME.tgz" -C "${R%/*}" "$NAME" ${PACK_CACHE:+-C "$PWD" .gpucache}; }
 trap pack EXIT
+five_processes() {
+  for i in 1 2 3 4 5; do
+    timeout "$(cap 25)" python3 -m convroute.cli.main run --model "$1" --policy calibrated \
+      --compare torch-cuda-graph --runs 30 2>&1 | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
+  done
+}
 source "$(dirname "${BASH_SOURCE[0]}")/limits.sh"
 { nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"
   python3 -c "from convroute import cache; print('kernels', cache.kernel_hash())"; } > "$R/head.txt" 2>&1

@@ -73,7 +73,7 @@ def _reduction(node: Node, producers: dict, g: Graph):
             or not isinstance(node.args[0], Ref) or not isinstance(node.meta, torch.Tensor):
         return None
     x = node.args[0]
-    meta = producers[x.name].meta if x.name in producers else _input_meta(g, x)
+    meta = _meta(x, producers, g)
     if not isinstance(meta, torch.Tensor) or meta.dtype != node.meta.dtype or not meta.is_floating_point():
         return None
     shape = tuple(meta.shape)
@@ -89,7 +89,10 @@ def _plain_product(node: Node, shape) -> bool:
         and all(isinstance(a, Ref) for a in node.args) and tuple(node.meta.shape) == shape
 
 
-def _input_meta(g: Graph, ref: Ref):
+def _meta(ref: Ref, producers: dict, g: Graph):
+    """The value's meta tensor: a node's result's, an input's, or the constant itself."""
+    if ref.name in producers:
+        return producers[ref.name].meta
     return g.input_meta[g.inputs.index(ref.name)] if ref.name in g.inputs else g.constants.get(ref.name)
 
 
@@ -98,7 +101,7 @@ def _row_problem(form, dtype, producers: dict, g: Graph) -> str | None:
     a, b, shape, dims = form[:4]
     strides = []
     for operand in (a, b) if b is not None else (a,):
-        meta = producers[operand.name].meta if operand.name in producers else _input_meta(g, operand)
+        meta = _meta(operand, producers, g)
         if not isinstance(meta, torch.Tensor) or meta.dtype != dtype:
             return f"{operand.name} is not a {dtype} tensor"
         strides.append(broadcast_strides(meta.shape, shape) if b is not None else dense_strides(shape))
@@ -109,13 +112,13 @@ def lower_weighted_sum(ctx: Context, node: Node) -> GpuOp:
     a, b, dims, scale, _ = node.args
     out_meta(node)
     operands, inputs, shapes = _operands(ctx, (a,) if b is None else (a, b))
+    shape = torch.broadcast_shapes(*shapes)
     try:
         if b is None:
-            kernel = Reduce(ctx.gpu, "sum", shapes[0], dims, ctx.precision, scale)
+            kernel = Reduce(ctx.gpu, "sum", shape, dims, ctx.precision, scale)
         else:
-            kernel = WeightedSum(ctx.gpu, shapes[0], shapes[1], torch.broadcast_shapes(*shapes), dims,
-                                 ctx.precision, scale)
+            kernel = WeightedSum(ctx.gpu, shapes[0], shapes[1], shape, dims, ctx.precision, scale)
     except ValueError as exc:
         raise Unsupported(str(exc)) from None
-    work = math.prod(torch.broadcast_shapes(*shapes)) * len(shapes)
+    work = math.prod(shape) * len(shapes)
     return GpuOp(node, inputs, lambda ins, y: kernel.bind(*_buffers(operands, ins), y), work)

@@ -119,10 +119,10 @@ def dense_strides(shape) -> tuple:
 
 
 def rows_of(shape, dims, strides=None) -> tuple[list, list]:
-    """(kept, reduced): the (size, stride) pairs of `shape`'s kept and reduced `dims`, neighbours of one kind
-    merged and size-1 dims dropped, each padded to GROUPS pairs with (1, 0) in front. `strides`: one stride
-    tuple per operand read in this index space (default: one dense tensor); the pairs are then (size,
-    (stride per operand)), and neighbours merge only where every operand's strides allow it."""
+    """(kept, reduced): the (size, (stride per operand)) pairs of `shape`'s kept and reduced `dims`, neighbours of
+    one kind merged and size-1 dims dropped, each padded to GROUPS pairs with (1, zeros) in front. `strides`: one
+    stride tuple per operand read in this index space (default: one dense tensor); neighbours merge only where
+    every operand's strides allow it."""
     dims = {d % len(shape) for d in dims} if shape else set()
     operands = [dense_strides(shape)] if strides is None else [tuple(s) for s in strides]
     groups = {True: [], False: []}
@@ -143,8 +143,7 @@ def rows_of(shape, dims, strides=None) -> tuple[list, list]:
         if len(pairs) > GROUPS:
             raise ValueError(f"reducing dims {sorted(dims)} of a {tuple(shape)} tensor needs more than {GROUPS} "
                              f"{'reduced' if kind else 'kept'} dim groups")
-        pairs = [(1, (0,) * len(operands))] * (GROUPS - len(pairs)) + pairs
-        groups[kind] = pairs if strides is not None else [(size, st[0]) for size, st in pairs]
+        groups[kind] = [(1, (0,) * len(operands))] * (GROUPS - len(pairs)) + pairs
     return groups[False], groups[True]
 
 
@@ -156,7 +155,7 @@ def row_problem(shape, dims, strides=None) -> str | None:
     if math.prod(shape) >= 2**32:
         return f"a {tuple(shape)} tensor exceeds u32 indexing"
     try:
-        _, reduced = rows_of(shape, dims, strides or [dense_strides(shape)])
+        _, reduced = rows_of(shape, dims, strides)
     except ValueError as exc:
         return str(exc)
     count = math.prod(s for s, _ in reduced)
@@ -174,7 +173,7 @@ class _Rows:
         problem = row_problem(shape, dims, strides)
         if problem:
             raise ValueError(problem)
-        kept, reduced = rows_of(shape, dims, strides or [dense_strides(shape)])
+        kept, reduced = rows_of(shape, dims, strides)
         self.gpu = gpu
         self.total, count = math.prod(s for s, _ in kept), math.prod(s for s, _ in reduced)
         self.coop = count > (COOP_WINDOW_GPU if gpu.profile.gemm_style == "workgroup" else COOP_WINDOW)
