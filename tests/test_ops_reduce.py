@@ -219,8 +219,9 @@ def test_adaptive_max_pool_after_decomposition(monkeypatch):
     check(Decomposed(), torch.randn(1, 4, 9, 11), "float32", monkeypatch, {"max_pool2d", "adaptive_max_pool2d_values"})
 
 
-# op names that must run on the GPU: resnest's split attention, tresnet's anti-aliasing reflect pad
-TIMM_MODELS = [("resnest14d", {"softmax.int"}), ("tresnet_m", {"pad"})]
+# op names that must run on the GPU: resnest's split attention (its softmax within the weighted sum), tresnet's
+# anti-aliasing reflect pad
+TIMM_MODELS = [("resnest14d", {"weighted_sum"}), ("tresnet_m", {"pad"})]
 
 
 def compile_timm(name: str):
@@ -238,8 +239,8 @@ def compile_timm(name: str):
 
 @pytest.mark.parametrize("name, ops", TIMM_MODELS)
 def test_timm_models_run_their_reductions_and_gathers_on_the_gpu(name, ops):
-    """resnest's split attention (softmax over the radix, sum of the splits) and tresnet's anti-aliasing (a reflect
-    pad) on the GPU, 64 px."""
+    """resnest's split attention (softmax over the radix, the splits weighted by it and summed) and tresnet's
+    anti-aliasing (a reflect pad) on the GPU, 64 px."""
     s = compile_timm(name)
     assert ops <= set(s.gpu_ops), sorted(s.gpu_ops)
     assert not s.cpu_ops, f"ops on the CPU fallback:\n{s}"

@@ -219,18 +219,40 @@ class Reduce(_Rows):
 class WeightedSum(_Rows):
     """y = scale * the sum over `dims` of a * b, a and b broadcasting to `shape` (a's and b's shapes right-aligned
     as in torch): a squeeze-excitation-style product and its reduction in one pass (split attention's weighted
-    sum over its paths)."""
+    sum over its paths). `softmax_b`: b's row holds logits, weighted by their softmax along the one reduced dim
+    (split attention's softmax over its paths in the same pass)."""
 
-    def __init__(self, gpu: Gpu, a_shape, b_shape, shape, dims, precision: Precision = FP32, scale: float = 1.0):
+    def __init__(self, gpu: Gpu, a_shape, b_shape, shape, dims, precision: Precision = FP32, scale: float = 1.0,
+                 softmax_b: bool = False):
         strides = [broadcast_strides(a_shape, shape), broadcast_strides(b_shape, shape)]
-        body = f"""  var a = 0.0;
-  for (var r = lane; live && r < P.count; r += LANES) {{
+        if softmax_b and len(set(dims)) != 1:
+            raise ValueError(f"a softmax-weighted sum reduces one dim, not {sorted(dims)}")
+        body = _SOFTMAX_WEIGHTED_BODY if softmax_b else _WEIGHTED_BODY
+        body = body.replace("SCALE", _literal(scale))
+        helpers = ("max_nan", "add") if softmax_b else ("add",)
+        super().__init__(gpu, shape, dims, lambda coop: _shader(precision, coop, "".join(
+            _all(h, coop) for h in helpers), body, True), precision, strides)
+
+
+_WEIGHTED_BODY = """  var a = 0.0;
+  for (var r = lane; live && r < P.count; r += LANES) {
     a = a + f32(x[base + reduced(r)]) * f32(b[base_b + reduced_b(r)]);
-  }}
+  }
   a = all_add(a, lane);
-  if (live && lane == 0u) {{ y[o] = ST(a * {_literal(scale)}); }}"""
-        super().__init__(gpu, shape, dims, lambda coop: _shader(precision, coop, _all("add", coop), body, True),
-                         precision, strides)
+  if (live && lane == 0u) { y[o] = ST(a * SCALE); }"""
+_SOFTMAX_WEIGHTED_BODY = """  var m = neg_inf();
+  for (var r = lane; live && r < P.count; r += LANES) { m = max_nan(m, f32(b[base_b + reduced_b(r)])); }
+  m = all_max_nan(m, lane);
+  var s = 0.0;
+  var a = 0.0;
+  for (var r = lane; live && r < P.count; r += LANES) {
+    let e = exp(f32(b[base_b + reduced_b(r)]) - m);
+    s = s + e;
+    a = a + f32(x[base + reduced(r)]) * e;
+  }
+  s = all_add(s, lane);
+  a = all_add(a, lane);
+  if (live && lane == 0u) { y[o] = ST(a / s * SCALE); }"""
 
 
 def broadcast_strides(shape, to) -> tuple:
