@@ -8,9 +8,8 @@
 set -o pipefail
 NAME=call26; LIMIT=${LIMIT:-580}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 cat "$R/head.txt"
-timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_scatter.py tests/test_ops_reduce.py \
-  tests/test_fuse_squeeze_excite.py tests/test_layer_scale.py tests/test_bmm.py tests/test_fuse_reductions.py \
-  -rf --tb=short > "$R/tests.txt" 2>&1
+timeout "$(cap 60)" python3 -m pytest -q -p no:cacheprovider tests/test_fuse_reductions.py tests/test_ops_reduce.py \
+  tests/test_fuse_squeeze_excite.py -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8
 CONVROUTE_FUZZ=150 timeout "$(cap 70)" python3 -m pytest -q -p no:cacheprovider tests/test_fuzz.py \
   -k "test_fuzz and float" -s > "$R/fuzz.txt" 2>&1
