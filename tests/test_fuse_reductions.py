@@ -61,14 +61,16 @@ class Chains(nn.Module):
 
 class SoftmaxApart(nn.Module):
     """Softmax-weighted sums whose softmax must stay a node of its own: along another dim than the sum's, read
-    twice, and a mean taken over the fused sum (which reduces the softmax's dim only)."""
+    twice (by two nodes, or as both operands of the product), and a mean taken over the fused sum (which reduces
+    the softmax's dim only)."""
 
     def forward(self, x):
         w = x[..., :1] * 4
         elsewhere = (x * F.softmax(w, dim=2)).sum(1)
         twice = F.softmax(w, dim=1)
         fused_then_mean = (x * F.softmax(w, dim=1)).sum(1).mean(1)
-        return elsewhere, (x * twice).sum(1) + twice.sum(1), fused_then_mean
+        squared = F.softmax(x, dim=1)
+        return elsewhere, (x * twice).sum(1) + twice.sum(1), fused_then_mean, (squared * squared).sum(1)
 
 
 class Apart(nn.Module):
@@ -115,7 +117,7 @@ def test_softmax_stays_apart_where_it_must(monkeypatch):
     torch.manual_seed(4)
     s = check(SoftmaxApart(), torch.randn(2, 3, 5, 4), "float32", monkeypatch)
     softmaxes = sum(n for op, n in s.gpu_ops.items() if "softmax" in op)
-    assert softmaxes == 2 and s.gpu_ops.get("weighted_sum") == 3, s.gpu_ops
+    assert softmaxes == 3 and s.gpu_ops.get("weighted_sum") == 4, s.gpu_ops
 
 
 def test_timm_split_attention_models_fuse(monkeypatch):
