@@ -1,8 +1,9 @@
-"""Squeeze-excitation blocks alone, in their one-dispatch form (`SqueezeExcite`) and their two-pass form
-(`TwoPassSqueezeExcite`), on the blocks of real models: each model compiled (seed routing), its fused SE nodes'
-shapes and weights taken as the plan builds them, both forms timed by GPU timestamps in interleaved rounds over random
-inputs. Prints per block C, Cr, H*W, C*Cr and the median (p10-p90) of each form and their ratio, to find the
-block size past which the one-dispatch form (every workgroup redoes the W1 matvec) loses.
+"""Squeeze-excitation blocks alone, in their one-dispatch form (`SqueezeExcite`; also with 4x the scale work a
+workgroup, so that fewer workgroups repeat the W1 matvec) and their two-pass form (`TwoPassSqueezeExcite`), on
+the blocks of real models: each model compiled (seed routing), its SE blocks' shapes and weights taken as the
+plan builds them, the forms timed by GPU timestamps in interleaved rounds over random inputs. Prints per block C,
+Cr, H*W, C*Cr, the workgroups of each one-dispatch form, the median (p10-p90) of each form and the one-dispatch
+forms' ratios to the two-pass one: where does the one-dispatch form start to lose, and does a coarser grid help?
 
 usage: python tools/squeeze_excite_bench.py [MODEL ...] [--size N] [--rounds R] [--dtype D]
        (default: the five SE models of session 26's A/B at 224 px, 30 rounds)
@@ -20,7 +21,12 @@ import convroute.frontend as frontend  # before torchvision and timm (see fronte
 from convroute.device.gpu import get_gpu
 from convroute.frontend import fuse, zoo
 from convroute.kernels.common import DTYPES, Precision
-from convroute.kernels.squeeze_excite import SqueezeExcite, TwoPassSqueezeExcite, make_squeeze_excite
+from convroute.kernels.squeeze_excite import (
+    ELEMENTS_PER_GROUP,
+    SqueezeExcite,
+    TwoPassSqueezeExcite,
+    make_squeeze_excite,
+)
 from convroute.measure.clocks import raise_clocks
 from convroute.measure.passes import pass_times
 from convroute.report.table import format_table
@@ -62,8 +68,10 @@ def main(argv=None) -> int:
             if (shape, cr) in seen:
                 continue
             seen.add((shape, cr))
-            forms = {cls.__name__: cls(gpu, shape, w1, b1, act1, w2, b2, act2, act, precision)
-                     for cls in (SqueezeExcite, TwoPassSqueezeExcite)}
+            forms = {"one": SqueezeExcite(gpu, shape, w1, b1, act1, w2, b2, act2, act, precision),
+                     "one, 4x": SqueezeExcite(gpu, shape, w1, b1, act1, w2, b2, act2, act, precision,
+                                              4 * ELEMENTS_PER_GROUP),
+                     "two": TwoPassSqueezeExcite(gpu, shape, w1, b1, act1, w2, b2, act2, act, precision)}
             rng = np.random.default_rng(0)
             x = gpu.upload(rng.standard_normal(int(np.prod(shape))).astype(precision.numpy))
             pooled = gpu.upload(rng.standard_normal(shape[0] * c).astype(precision.numpy))
@@ -72,17 +80,18 @@ def main(argv=None) -> int:
             times: dict[str, list[float]] = {label: [] for label in passes}
             for r in range(args.rounds):
                 raise_clocks(gpu)
-                order = list(passes) if r % 2 == 0 else list(passes)[::-1]
+                order = list(passes)[r % 3:] + list(passes)[:r % 3]
                 for label in order:
                     times[label].append(float(np.median(pass_times(gpu, [passes[label]] * REPS))))
-            one, two = (np.array(times[k]) for k in ("SqueezeExcite", "TwoPassSqueezeExcite"))
             spread = [f"{np.median(t) * 1e3:.1f} ({np.percentile(t, 10) * 1e3:.1f}-{np.percentile(t, 90) * 1e3:.1f})"
-                      for t in (one, two)]
-            rows.append([name, c, cr, hw, c * cr, forms["SqueezeExcite"].blocks, *spread,
-                         f"{np.median(one) / np.median(two):.3f}"])
+                      for t in times.values()]
+            two = np.median(times["two"])
+            rows.append([name, c, cr, hw, c * cr, forms["one"].blocks, forms["one, 4x"].blocks, *spread,
+                         f"{np.median(times['one']) / two:.3f}", f"{np.median(times['one, 4x']) / two:.3f}"])
             print(*rows[-1], sep="  ", flush=True)
     rows.sort(key=lambda row: row[4])
-    head = ["model", "C", "Cr", "HW", "C*Cr", "groups", "one dispatch us", "two passes us", "one / two"]
+    head = ["model", "C", "Cr", "HW", "C*Cr", "groups", "4x groups", "one dispatch us", "one, 4x elements us",
+            "two passes us", "one / two", "one 4x / two"]
     print(format_table(head, rows))
     return 0
 

@@ -76,11 +76,11 @@ def weights_in_fours(c: int, cr: int, w1: np.ndarray, b1: np.ndarray | None, w2:
 class SqueezeExcite:
     def __init__(self, gpu: Gpu, shape: tuple, w1: np.ndarray, b1: np.ndarray | None, act1: Epilogue,
                  w2: np.ndarray, b2: np.ndarray | None, act2: Epilogue, act: Epilogue | None = None,
-                 precision: Precision = FP32):
+                 precision: Precision = FP32, elements_per_group: int = ELEMENTS_PER_GROUP):
         n, c, hw = shape[0], shape[1], int(np.prod(shape[2:]))
         cr = check_weights(c, w1, w2)
         self.gpu, self.n = gpu, n
-        self.cb = max(1, min(c, ceil_div(ELEMENTS_PER_GROUP, hw)))
+        self.cb = max(1, min(c, ceil_div(elements_per_group, hw)))
         self.blocks = ceil_div(c, self.cb)
         if max(self.blocks, n) > gpu.profile.max_workgroups_per_dim:
             raise ValueError(f"squeeze-excite grid {self.blocks} x {n} exceeds the device's dispatch grid")
