@@ -120,6 +120,24 @@ def test_softmax_stays_apart_where_it_must(monkeypatch):
     assert softmaxes == 3 and s.gpu_ops.get("weighted_sum") == 4, s.gpu_ops
 
 
+class SoftmaxPastRankSix(nn.Module):
+    """A softmax-weighted sum of rank 7, past the row kernels: it must stay a product, a softmax and a sum."""
+
+    def forward(self, x):
+        x = x.reshape(2, 3, 1, 2, 1, 5, 2)
+        return (x * F.softmax(x * 3, dim=1)).sum(1)
+
+
+def test_a_softmax_weighted_sum_past_the_row_kernels_stays_apart(monkeypatch):
+    monkeypatch.setenv("CONVROUTE_FUSE_REDUCTIONS", "1")
+    torch.manual_seed(5)
+    program = convroute.compile(SoftmaxPastRankSix().eval(), (torch.randn(2, 3, 4, 5),))
+    x = torch.randn(2, 3, 4, 5)
+    want = SoftmaxPastRankSix()(x.double())
+    assert ((program(x).double() - want).abs().max() / want.abs().max()).item() < 1e-5
+    assert "weighted_sum" not in program.summary().gpu_ops
+
+
 def test_timm_split_attention_models_fuse(monkeypatch):
     """timm's ResNeSt and selective-kernel nets at 48 px: each split-attention block loses three dispatches (the
     product, the sum over H and W, the softmax), and the result still matches torch."""

@@ -47,7 +47,7 @@ def fuse_reductions(g: Graph) -> None:
         inner = producers.get(x.name)
         if not once(inner):
             continue
-        notes = [f"{inner.op} {inner.name} fused in"]
+        notes, taken_too = [f"{inner.op} {inner.name} fused in"], []
         if inner.name in forms:
             a, b, inner_shape, inner_dims, inner_scale, inner_result, softmax = forms[inner.name]
             if softmax is not None:
@@ -58,9 +58,8 @@ def fuse_reductions(g: Graph) -> None:
             form = (inner.args[0], inner.args[1], shape, dims, scale, forms[node.name][5], None)
             taken = _softmax_weights(form, producers, once, g)
             if taken is not None:
-                form, passed = taken
-                notes.append(f"softmax {passed[-1]} fused in")
-                gone.update(passed)
+                form, taken_too = taken
+                notes.append(f"softmax {taken_too[-1]} fused in")
         else:
             continue
         if _row_problem(form, node.meta.dtype, producers, g) is not None:
@@ -71,7 +70,7 @@ def fuse_reductions(g: Graph) -> None:
                                                           tuple(node.meta.shape), softmax),
                                 module=node.module, meta=node.meta,
                                 notes=[*fused.pop(inner.name, inner).notes, *notes])
-        gone.add(inner.name)
+        gone.update([inner.name, *taken_too])
     g.nodes = [fused.get(n.name, n) for n in g.nodes if n.name not in gone]
 
 
