@@ -139,6 +139,7 @@ def test_summary_ranks_by_the_first_peer_worst_first_with_geometric_means():
     lines = text.splitlines()
     assert lines[2].startswith("slow*") and lines[3].startswith("fast") and lines[4].startswith("broken")
     assert "geometric mean (2/2)" in text and "geometric mean, no CPU ops (1/1)" in text
+    assert "slower than a on 1 of 2 models: slow 2.00" in text and "slower than b on 1 of 2 models: slow 2.00" in text
     assert "leaky_relu x3" in bench_zoo.models_table(report)
     data = report.to_json()
     assert data["geomean"]["a"] == {"ratio": pytest.approx(math.sqrt(0.5)), "models": 2, "ratio_without_cpu_ops": 0.25,

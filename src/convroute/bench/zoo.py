@@ -288,7 +288,9 @@ def models_table(report: ZooReport) -> str:
 
 
 def summary_table(report: ZooReport) -> str:
-    """Models by convroute / the first peer (worst first), each peer's median and ratio, geometric means."""
+    """Models by convroute / the first peer (worst first), each peer's median and ratio, geometric means, and per
+    peer the models where convroute is the slower one (against convroute-float32 in an fp16 zoo: where fp16 does
+    not pay)."""
     head = ["model", "ms", "GPU pass"]
     for peer in report.peers:
         head += [f"{short(peer)} ms", f"/{short(peer)}"]
@@ -312,6 +314,11 @@ def summary_table(report: ZooReport) -> str:
             row += ["", "-" if value is None else f"{value:.2f}"]
         rows.append(row)
     lines = [format_table(head, rows)]
+    for peer in report.peers:
+        ratios = {r.name: r.ratio(peer) for r in report.ranked() if r.ratio(peer) is not None}
+        slower = [f"{name} {ratio:.2f}" for name, ratio in ratios.items() if ratio > 1.0]
+        lines.append(f"slower than {short(peer)} on {len(slower)} of {len(ratios)} models"
+                     + (f": {', '.join(slower)}" if slower else ""))
     for peer in report.peers:
         engine = next((r.comparison.engines[peer] for r in report.rows
                        if r.comparison and peer in r.comparison.engines), None)
