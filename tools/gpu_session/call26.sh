@@ -12,11 +12,7 @@ cat "$R/head.txt"
 timeout "$(cap 45)" python3 -m pytest -q -p no:cacheprovider tests/test_fuse_reductions.py tests/test_ops_reduce.py \
   tests/test_fuse_squeeze_excite.py -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8
-for dtype in float32 float16; do
-  timeout "$(cap 85)" python3 -m convroute.cli.main calibrate --dtype $dtype --selftest-cases 0 --budget 60 \
-    --no-progress > "$R/calibrate_$dtype.txt" 2>&1
-  head -3 "$R/calibrate_$dtype.txt"
-done
+calibrations 60 85
 pack
 timeout "$(cap 130)" python3 -m convroute.cli.main zoo timm:resnet50d resnet18 mobilenet_v2 timm:lcnet_050 \
   squeezenet1_1 convnext_tiny --dtype float16 --policy calibrated --compare convroute-float32 \

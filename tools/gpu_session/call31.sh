@@ -9,11 +9,7 @@ cat "$R/head.txt"
 timeout "$(cap 40)" python3 -m pytest -q -p no:cacheprovider tests/test_fuse_reductions.py tests/test_ops_reduce.py \
   -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -8
-for dtype in float32 float16; do
-  timeout "$(cap 60)" python3 -m convroute.cli.main calibrate --dtype $dtype --selftest-cases 0 --budget 40 \
-    --no-progress > "$R/calibrate_$dtype.txt" 2>&1
-  head -3 "$R/calibrate_$dtype.txt"
-done
+calibrations 40 60
 pack
 timeout "$(cap 90)" python3 -m convroute.cli.main zoo timm:lcnet_050 squeezenet1_1 mobilenet_v2 --dtype float16 \
   --policy calibrated --compare convroute-float32 --runs 30 --no-progress --json "$R/zoo_fp16.json" \

@@ -2,7 +2,8 @@
 #   NAME=call26; LIMIT=${LIMIT:-580}; source "$(dirname "$0")/session.sh"
 # It sets OUT (only the archive $OUT/$NAME.tgz goes there) and R (the call's results), CONVROUTE_CACHE_DIR (default
 # .gpucache), `pack` (the archive, also run on exit; PACK_CACHE=1 adds .gpucache to it), `cap` (limits.sh) and
-# `five_processes MODEL` (the model against the CUDA graph in five fresh processes, calibrated), and writes
+# `five_processes MODEL` (the model against the CUDA graph in five fresh processes, calibrated), `calibrations
+# BUDGET CAP` (an fp32 and an fp16 calibration into the cache, BUDGET s each, each step capped at CAP s), and writes
 # $R/head.txt: the card, the cache's files and the kernel hash (the device copy's .git is stale, so `git log` there
 # names an old commit).
 OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/$NAME; mkdir -p "$OUT" "$R"
@@ -13,6 +14,13 @@ five_processes() {
   for i in 1 2 3 4 5; do
     timeout "$(cap 25)" python3 -m convroute.cli.main run --model "$1" --policy calibrated \
       --compare torch-cuda-graph --runs 30 2>&1 | grep -E "^(convroute|torch-cuda-graph |GPU pass)"
+  done
+}
+calibrations() {
+  for dtype in float32 float16; do
+    timeout "$(cap "$2")" python3 -m convroute.cli.main calibrate --dtype $dtype --selftest-cases 0 \
+      --budget "$1" --no-progress > "$R/calibrate_$dtype.txt" 2>&1
+    head -3 "$R/calibrate_$dtype.txt"
   done
 }
 source "$(dirname "${BASH_SOURCE[0]}")/limits.sh"
