@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from convroute.frontend.graph import Graph, Node, Ref, read_once, through
+from convroute.frontend.graph import PLAIN_RESHAPES, Graph, Node, Ref, read_once, through
 from convroute.frontend.lower import Context, GpuOp, Unsupported, out_meta
 from convroute.kernels.concat import MAX_VIEW_INPUTS, ConcatView
 
-RESHAPES = ("view", "reshape", "_unsafe_view")
 PERMUTES = ("transpose.int", "permute")
 
 
@@ -30,7 +29,7 @@ def fuse_concat_views(g: Graph) -> int:
         if node.op not in PERMUTES or not isinstance(node.args[0], Ref) or not isinstance(node.meta, torch.Tensor):
             continue
         passed: list[str] = []
-        source = through(node.args[0], RESHAPES, producers, once, passed)
+        source = through(node.args[0], PLAIN_RESHAPES, producers, once, passed)
         xs = source.args[0] if once(source) and source.op == "cat" else None
         if not passed or xs is None or not 1 <= len(xs) <= MAX_VIEW_INPUTS \
                 or not all(isinstance(x, Ref) and x.name not in g.constants for x in xs) \

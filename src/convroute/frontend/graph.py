@@ -93,6 +93,9 @@ def read_once(g: Graph) -> Callable[[Node | None], bool]:
     return lambda node: node is not None and len(users.get(node.name, [])) == 1 and node.name not in outputs
 
 
+PLAIN_RESHAPES = ("view", "reshape", "_unsafe_view")  # same elements, same order: only the shape changes
+
+
 def through(ref, ops: tuple, producers: dict, once: Callable[[Node | None], bool], passed: list) -> Node | None:
     """The node making `ref` (a Ref, else None), looked for past a chain of `ops` nodes that `once` accepts; their
     names are appended to `passed`."""

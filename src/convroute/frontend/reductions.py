@@ -9,12 +9,11 @@ import math
 
 import torch
 
-from convroute.frontend.graph import Graph, Node, Ref, read_once, through
+from convroute.frontend.graph import PLAIN_RESHAPES, Graph, Node, Ref, read_once, through
 from convroute.frontend.lower import Context, GpuOp, Unsupported, _buffers, _operands, _reduced_dims, out_meta
 from convroute.kernels.reduce import Reduce, WeightedSum, broadcast_strides, dense_strides, row_problem
 
 SUMS = {"sum.dim_IntList": 1.0, "sum": 1.0, "mean.dim": None, "mean": None}  # None: divide by the count
-RESHAPES = ("view", "reshape", "_unsafe_view")
 
 
 def weighted_sum(a, b, dims, scale: float, shape, softmax=None):
@@ -107,7 +106,7 @@ def _softmax_weights(form, producers: dict, once, g: Graph) -> tuple | None:
         return None
     for x, w in ((a, b), (b, a)):
         passed: list[str] = []
-        source = through(w, RESHAPES, producers, once, passed)
+        source = through(w, PLAIN_RESHAPES, producers, once, passed)
         if not once(source) or source.op not in ("softmax.int", "_softmax") or source.act is not None \
                 or source.residual is not None or source.kwargs.get("dtype") is not None \
                 or not isinstance(source.args[0], Ref):
