@@ -50,6 +50,9 @@ class Conv2d:
     of this dtype. float16 needs the adapter feature shader-f16. `accumulate`: the type of the running
     sums, by default the storage type (float16 sums are added to f32 totals per block of products);
     "float32" with dtype="float16" keeps f32 sums (more accurate, slower on the H100 at batch 1).
+    `input_dtype="float32"` with dtype="float16": the input goes to the GPU as float32 and the kernel reads it
+    (no conversion on the host) where the algorithm can (ConvKernel.reads_float32_input: direct, im2col,
+    implicit_gemm, winograd) and the whole input fits one storage binding; otherwise it is converted on upload.
 
     Thread-safe: calls from many threads give each its own result; calls on one layer take turns on the GPU
     (they share its prepacked weights and I/O buffers). GPU failures raise convroute.device.errors.GpuError
@@ -61,8 +64,9 @@ class Conv2d:
 
     def __init__(self, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
                  output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
-                 force_direct=None, input_shape=None, gpu: Gpu | None = None, dtype="float32", accumulate=None):
-        self.precision = Precision.parse(dtype, accumulate)
+                 force_direct=None, input_shape=None, gpu: Gpu | None = None, dtype="float32", accumulate=None,
+                 input_dtype=None):
+        self.precision = Precision.parse(dtype, accumulate, input_dtype)
         self.dtype = self.precision.dtype
         self.weight = as_array(weight, "weight")
         if self.weight.ndim != 4:
@@ -83,18 +87,25 @@ class Conv2d:
         self._lock = threading.Lock()  # one call at a time uses the caches and the I/O buffers below
         self._reset()
         if input_shape is not None:
-            self._kernel_for(make_params(input_shape, self.weight.shape, **self.conv_args))
+            p = make_params(input_shape, self.weight.shape, **self.conv_args)
+            self._kernel_for(p, self._float32_input(p))
+
+    def _float32_input(self, p: ConvParams) -> bool:
+        """Whether this layer's input of `p`'s shape goes to the GPU as float32 (input_dtype="float32", where it
+        fits one binding), for kernels that read it so."""
+        self.gpu = self.gpu or get_gpu()
+        return bool(self.precision.input) and 4 * p.n * p.c_in * p.h * p.w <= self.gpu.profile.max_binding_bytes
 
     def _reset(self) -> None:
         """Forget everything prepared on the device (after it was lost)."""
         if not self._gpu_given:
             self.gpu = None
         self._decisions: dict[tuple, Decision] = {}  # (n, h, w) -> decision
-        self._kernels: dict[tuple, object] = {}  # (algorithm, h, w) -> prepared kernel (any batch)
-        self._io: dict[tuple, tuple] = {}  # (algorithm, n, h, w) -> input, output, bound dispatches
+        self._kernels: dict[tuple, object] = {}  # (algorithm, h, w, reads float32) -> prepared kernel (any batch)
+        self._io: dict[tuple, tuple] = {}  # (algorithm, n, h, w, reads float32) -> input, output, dispatches
         self._band: Conv2d | None = None
 
-    def _kernel_for(self, p: ConvParams):
+    def _kernel_for(self, p: ConvParams, float32_input: bool):
         gpu = self.gpu = self.gpu or get_gpu()
         decision = self._decisions.get((p.n, p.h, p.w))
         if decision is None:
@@ -107,10 +118,12 @@ class Conv2d:
                 decision = Decision(self.algorithm, "forced by the caller", "forced", gpu.profile.family,
                                     self.precision.dtype)
             self._decisions[(p.n, p.h, p.w)] = decision
-        key = (decision.algorithm, p.h, p.w)  # kernels take the batch at bind time: one prepack serves all
+        reads_float32 = float32_input and ALGORITHMS[decision.algorithm].reads_float32_input
+        key = (decision.algorithm, p.h, p.w, reads_float32)  # kernels take the batch at bind time: one prepack
         if key not in self._kernels:
             self._kernels[key] = ALGORITHMS[decision.algorithm](gpu, p, self.weight, self.bias, self.epilogue,
-                                                                self.precision.dtype, self.precision.accumulate)
+                                                                self.precision.dtype, self.precision.accumulate,
+                                                                input_dtype="float32" if reads_float32 else None)
         self.decision = decision
         return self._kernels[key]
 
@@ -135,14 +148,15 @@ class Conv2d:
         self.gpu = self.gpu or get_gpu()
         if not p.transposed and image_bytes(p, self.precision.itemsize) > self.gpu.profile.max_binding_bytes:
             return self._in_bands(x, p)
-        kernel = self._kernel_for(p)
+        kernel = self._kernel_for(p, self._float32_input(p))
         gpu, dtype = self.gpu, self.precision.numpy
+        x_dtype = np.float32 if kernel.precision.input else dtype
         out = np.empty(p.output_shape, dtype)
         chunk = batch_chunk(p, gpu.profile.max_binding_bytes, self.precision.itemsize)
         for n0 in range(0, p.n, chunk):
             n = min(chunk, p.n - n0)
             x_buf, y_buf, dispatches = self._buffers(kernel, p.with_batch(n), self.decision.algorithm)
-            gpu.write(x_buf, x[n0:n0 + n], dtype)
+            gpu.write(x_buf, x[n0:n0 + n], x_dtype)
             if POISON:
                 gpu.fill(y_buf, np.nan, dtype)
             out[n0:n0 + n] = gpu.run_and_read(dispatches, y_buf, (n,) + p.output_shape[1:], dtype)
@@ -156,7 +170,8 @@ class Conv2d:
             args = dict(self.conv_args, padding=(0, p.padding[1]))
             self._band = Conv2d(self.weight, self.bias, **args, activation=self.epilogue, algorithm=self.algorithm,
                                 policy=self.policy, device=self.device, force_direct=self.force_direct,
-                                dtype=self.precision.dtype, accumulate=self.precision.accumulate, gpu=self.gpu)
+                                dtype=self.precision.dtype, accumulate=self.precision.accumulate, gpu=self.gpu,
+                                input_dtype=self.precision.input or None)
         (sh, _), (ph, _), (dh, _) = p.stride, p.padding, p.dilation
         out = np.empty(p.output_shape, self.precision.numpy)
         for r0 in range(0, p.ho, rows):
@@ -169,10 +184,11 @@ class Conv2d:
         return out
 
     def _buffers(self, kernel, p: ConvParams, algorithm: str):
-        key = (algorithm, p.n, p.h, p.w)
+        key = (algorithm, p.n, p.h, p.w, bool(kernel.precision.input))
         if key not in self._io:
             size = self.precision.itemsize
-            x_buf = self.gpu.empty(size * int(np.prod(p.input_shape)), "input")
+            x_size = 4 if kernel.precision.input else size
+            x_buf = self.gpu.empty(x_size * int(np.prod(p.input_shape)), "input")
             y_buf = self.gpu.empty(size * int(np.prod(p.output_shape)), "output")
             self._io[key] = (x_buf, y_buf, kernel.bind(x_buf, y_buf, p.n))
         return self._io[key]
@@ -183,10 +199,11 @@ POISON = env_flag("CONVROUTE_POISON", False)
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, transposed=False,
            output_padding=0, activation=None, algorithm="auto", policy=None, device=None,
-           force_direct=None, dtype="float32", accumulate=None) -> np.ndarray:
+           force_direct=None, dtype="float32", accumulate=None, input_dtype=None) -> np.ndarray:
     """One conv2d (or conv_transpose2d with transposed=True) on the GPU; returns NCHW numpy of `dtype`:
-    float32 by default, float16 for dtype="float16" (see Conv2d for dtype, accumulate, threads and GPU errors)."""
-    precision = Precision.parse(dtype, accumulate)
+    float32 by default, float16 for dtype="float16" (see Conv2d for dtype, accumulate, input_dtype, threads and
+    GPU errors)."""
+    precision = Precision.parse(dtype, accumulate, input_dtype)
     x = as_array(input, "input")
     w = as_array(weight, "weight")
     make_params(x.shape, w.shape, stride, padding, dilation, groups, transposed=transposed,
@@ -194,5 +211,5 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
     layer = Conv2d(w, bias, stride, padding, dilation, groups, transposed=transposed,
                    output_padding=output_padding, activation=activation, algorithm=algorithm, policy=policy,
                    device=device, force_direct=force_direct, dtype=precision.dtype,
-                   accumulate=precision.accumulate)
+                   accumulate=precision.accumulate, input_dtype=precision.input or None)
     return layer(x)

@@ -57,13 +57,17 @@ class Case:
     activation: str | tuple | None = None  # as Conv2d takes it: None, a name or ("clamp", lo, hi)
     dtype: str = "float32"
     seed: int = 0
+    input_dtype: str | None = None  # "float32" in a float16 case: kernels that can read the float32 input
 
     def inputs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Seeded x, weight (scaled by 1/sqrt(fan-in)) and bias, float32; in a float16 case x and weight are
-        rounded to float16 values first, so the check measures the kernel, not the upload's rounding."""
+        rounded to float16 values first, so the check measures the kernel, not the upload's rounding (x stays
+        as drawn where the kernel reads it as float32)."""
         x, w, b = random_inputs(self.params, np.random.default_rng(self.seed), self.bias)
         if self.dtype == "float16":
-            x, w = x.astype(np.float16).astype(np.float32), w.astype(np.float16).astype(np.float32)
+            w = w.astype(np.float16).astype(np.float32)
+            if self.input_dtype != "float32":
+                x = x.astype(np.float16).astype(np.float32)
         return x, w, b
 
     def args(self) -> str:
@@ -75,6 +79,8 @@ class Case:
             words += ["--transposed", f"--output-padding {csv(p.output_padding)}"]
         words += ["--bias" if self.bias else "--no-bias", f"--activation {activation_text(self.activation)}",
                   f"--dtype {self.dtype}", f"--seed {self.seed}"]
+        if self.input_dtype:
+            words.append(f"--input-dtype {self.input_dtype}")
         return " ".join(words)
 
     def repro(self, algorithm: str | None = None, policy: str | None = None) -> str:
@@ -155,7 +161,8 @@ def draw_case(pick: Pick, dtypes: Sequence[str] = ("float32",)) -> Case:
         activation = ("clamp", *pick(CLAMPS))
     elif activation in ACTIVATION_PARAMETERS:
         activation = (activation, *pick(ACTIVATION_PARAMETERS[activation]))
-    return Case(params, pick((True, False)), activation, pick(tuple(dtypes)), pick(range(1 << 30)))
+    bias, dtype, seed = pick((True, False)), pick(tuple(dtypes)), pick(range(1 << 30))
+    return Case(params, bias, activation, dtype, seed, pick((None, "float32")) if dtype == "float16" else None)
 
 
 def random_picker(rng: random.Random) -> Pick:
@@ -300,7 +307,7 @@ def _run(case: Case, gpu: Gpu, x, w, b, ref, algorithm: str, policy: str | None)
     p = case.params
     layer = api.Conv2d(w, b, p.stride, p.padding, p.dilation, p.groups, transposed=p.transposed,
                    output_padding=p.output_padding, activation=case.activation, algorithm=algorithm, policy=policy,
-                   gpu=gpu, dtype=case.dtype)
+                   gpu=gpu, dtype=case.dtype, input_dtype=case.input_dtype)
     poison, api.POISON = api.POISON, True  # outputs start as NaN: an element no kernel writes cannot pass
     try:
         y = layer(x)

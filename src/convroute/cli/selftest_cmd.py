@@ -52,6 +52,9 @@ def add_arguments(parser) -> None:
                      help=f"comma-separated algorithms to force (default: every applicable one unless --policy); "
                           f"known: {', '.join(ALGORITHMS)}")
     one.add_argument("--policy", default=None, choices=POLICIES, help="also run the case routed by this policy")
+    one.add_argument("--input-dtype", default=None, choices=["float32"],
+                     help="with --dtype float16: the input goes to the GPU as float32 and the algorithms that can "
+                          "read it so do (Conv2d's input_dtype)")
 
 
 def run(args) -> int:
@@ -121,7 +124,8 @@ def run_one(args, gpu) -> int:
             raise ValueError("one case needs both --input and --weight")
         p = make_params(args.input, args.weight, args.stride, args.padding, args.dilation, args.groups,
                         transposed=args.transposed, output_padding=args.output_padding)
-        case = Case(p, args.bias, parse_activation(args.activation), args.dtype or "float32", args.seed)
+        case = Case(p, args.bias, parse_activation(args.activation), args.dtype or "float32", args.seed,
+                    args.input_dtype)
         algorithms = None if args.algorithm is None and args.policy is None else \
             [n.strip() for n in (args.algorithm or "").split(",") if n.strip()]
         for name in algorithms or []:
@@ -131,7 +135,8 @@ def run_one(args, gpu) -> int:
     except (TypeError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{p.describe()} bias={case.bias} activation={args.activation} {case.dtype} seed {case.seed} "
+    read = f" (input read as {case.input_dtype})" if case.input_dtype else ""
+    print(f"{p.describe()} bias={case.bias} activation={args.activation} {case.dtype}{read} seed {case.seed} "
           f"on {gpu.profile.name}")
     rows = [[o.algorithm or "?", o.policy or "forced", f"{o.error:.2e}", "WRONG" if o.wrong else "ok",
              o.failure[:80]] for o in outcomes]

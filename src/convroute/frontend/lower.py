@@ -67,6 +67,7 @@ class GpuOp:
     params: ConvParams | None = None
     decision: Decision | None = None
     inner: ConvParams | None = None  # the depthwise conv a depthwise+pointwise op computes first
+    float32_input: str | None = None  # its first input, bound as that input's float32 upload (plan.input_staging)
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Context:
     precision: Precision = FP32  # how GPU values are stored
     decisions: dict = field(default_factory=dict)  # conv node name -> its routing Decision (routed once)
     avoid: frozenset = frozenset()  # algorithms no conv is routed to (a browser export's `exclude`)
+    float32_inputs: frozenset = frozenset()  # f16 programs' inputs uploaded as float32 (plan.input_staging)
 
     def is_dynamic(self, arg) -> bool:
         return isinstance(arg, Ref) and arg.name not in self.constants
@@ -238,16 +240,20 @@ def lower_conv(ctx: Context, node: Node) -> GpuOp:
         inputs.append(node.residual.name)
     bias = None if bias is None else bias.numpy()
     inner = None
+    reads_float32 = (node.depthwise is None and inputs[0] in ctx.float32_inputs
+                     and ALGORITHMS[decision.algorithm].reads_float32_input)
     if node.depthwise is not None:
         kernel, decision, inner = _depthwise_pointwise(ctx, node, p, weight.numpy(), bias, decision)
     else:
         kernel = ALGORITHMS[decision.algorithm](ctx.gpu, p, weight.numpy(), bias, node.act or Epilogue(),
                                                 dtype=ctx.precision.dtype, accumulate=ctx.precision.accumulate,
-                                                residual=node.residual is not None)
+                                                residual=node.residual is not None,
+                                                input_dtype="float32" if reads_float32 else None)
 
     def bind(ins, out):
         return kernel.bind(ins[0], out, p.n, *ins[1:])
-    return GpuOp(node, inputs, bind, p.flops + (inner.flops if inner else 0), p, decision, inner=inner)
+    return GpuOp(node, inputs, bind, p.flops + (inner.flops if inner else 0), p, decision, inner=inner,
+                 float32_input=inputs[0] if reads_float32 else None)
 
 
 def _depthwise_pointwise(ctx: Context, node: Node, p: ConvParams, weight, bias, decision: Decision):

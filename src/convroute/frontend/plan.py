@@ -154,6 +154,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    if env_flag("CONVROUTE_FLOAT32_INPUT", True):
+        ctx.float32_inputs = frozenset(_float32_uploads(ctx, graph))
     if env_flag("CONVROUTE_LAYER_SCALE", True):
         fold_layer_scales(graph)
     if env_flag("CONVROUTE_CONCAT_BN", True):
@@ -215,10 +217,13 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     buffers, allocated = _allocate(ctx, graph, steps, root, within, metas, input_uploads)
     plan = Plan(graph, metas, steps, [], aliases, root, buffers, allocated, input_uploads, within=within,
                 itemsize=ctx.precision.itemsize)
+    _input_staging(ctx, plan)
     current: list[Step] = []
     for step in steps:
         if step.where == "gpu":
             ins = [plan.buffer(name) for name in step.op.inputs]
+            if step.op.float32_input is not None:
+                ins[0] = plan.input_staging[step.op.float32_input]
             try:
                 step.dispatches = step.op.bind(ins, plan.buffer(step.node.name))
             except Exception as exc:
@@ -241,22 +246,40 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     return plan
 
 
-def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
-    """With f16 storage, a float32 input is uploaded as it is into a float32 buffer of its own and cast to
-    f16 by the first dispatch of the first GPU segment: no conversion on the host in the timed path (the H100's
-    host, session 26: a host cast and an f16 upload instead ran 0.994-1.013x). An input whose float32 copy
-    would pass one binding is converted on the host instead."""
+def _float32_uploads(ctx: Context, graph: Graph) -> list[str]:
+    """With f16 storage, the float32 inputs uploaded as they are into a float32 buffer of their own: no
+    conversion on the host in the timed path (the H100's host, session 26: a host cast and an f16 upload
+    instead ran 0.994-1.013x). Convs whose algorithm can (ConvKernel.reads_float32_input) read that buffer
+    themselves; any other reader gets the f16 copy a cast dispatch makes (_input_casts). An input whose float32
+    copy would pass one binding is converted on the host instead."""
     if ctx.precision.dtype != "float16":
         return []
-    casts = []
+    return [name for name, meta in zip(graph.inputs, graph.input_meta, strict=True)
+            if isinstance(meta, torch.Tensor) and meta.dtype == torch.float32
+            and 4 * meta.numel() <= ctx.profile.max_binding_bytes]
+
+
+def _input_staging(ctx: Context, plan: Plan) -> None:
+    uploads = set(_float32_uploads(ctx, plan.graph))
     for name in plan.input_uploads:
-        meta = plan.metas[name]
-        count = meta.numel()
-        if meta.dtype != torch.float32 or 4 * count > ctx.profile.max_binding_bytes:
-            continue
-        staging = plan.input_staging[name] = ctx.gpu.empty(4 * count, f"float32 input {name!r}")
-        casts += Unary(ctx.gpu, None, count, ctx.precision, x_type="f32").bind(staging, plan.buffer(name))
+        if name in uploads:
+            plan.input_staging[name] = ctx.gpu.empty(4 * plan.metas[name].numel(), f"float32 input {name!r}")
+
+
+def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
+    """The dispatches casting float32 uploads to their f16 buffers, for the inputs something reads in f16."""
+    casts = []
+    for name, staging in plan.input_staging.items():
+        read_f16 = any(s.where == "gpu" and _reads_f16(s.op, name) for s in plan.steps)
+        if read_f16 or any(plan.root.get(alias.name) == name for alias in plan.aliases):
+            count = plan.metas[name].numel()
+            casts += Unary(ctx.gpu, None, count, ctx.precision, x_type="f32").bind(staging, plan.buffer(name))
     return casts
+
+
+def _reads_f16(op: GpuOp, name: str) -> bool:
+    """Whether `op` binds the value `name`'s f16 buffer (not only its float32 upload)."""
+    return name in (op.inputs[1:] if op.float32_input == name else op.inputs)
 
 
 def _place(ctx: Context, node: Node, gpu_made: set):

@@ -6,7 +6,9 @@ of the input/output buffers and the prepacked weights ("float32", or "float16" o
 `accumulate` the type of the running sums (by default the storage type; "float16" only with dtype "float16").
 With `residual=True` (algorithms whose `fuses_residual` is set) the store adds a tensor of the output's shape
 before the activation, y = act(conv + bias + residual), read from a buffer passed to `bind(..., residual=)`;
-without it the WGSL is what it would be otherwise.
+without it the WGSL is what it would be otherwise. `input_dtype="float32"` with dtype "float16" (algorithms whose
+`reads_float32_input` is set): `x` is a float32 buffer, read and rounded to f16 on load, so a program's float32
+input needs no cast dispatch before its first conv.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ class ConvKernel:
     runs_transposed = False  # conv_transpose2d only, else conv2d only
     dense = ""  # why groups must be 1, for algorithms that need it ("is one dense GEMM")
     fuses_residual = False  # the store can add a residual tensor (see the module's text)
+    reads_float32_input = False  # takes input_dtype="float32" in a float16 kernel (see the module's text)
 
     @classmethod
     def unsupported(cls, p: ConvParams) -> str | None:
@@ -50,11 +53,14 @@ class ConvKernel:
         return None
 
     def __init__(self, gpu: Gpu, p: ConvParams, weight: np.ndarray, bias: np.ndarray | None,
-                 epilogue: Epilogue, dtype="float32", accumulate=None, residual: bool = False):
+                 epilogue: Epilogue, dtype="float32", accumulate=None, residual: bool = False, input_dtype=None):
         why = self.unsupported(p)
         if why:
             raise ValueError(f"algorithm {self.name!r} cannot run {p.describe()}: {why}")
-        self.precision = Precision.parse(dtype, accumulate)
+        self.precision = Precision.parse(dtype, accumulate, input_dtype)
+        if self.precision.input and not self.reads_float32_input:
+            raise ValueError(f"algorithm {self.name!r} cannot read a float32 input in a {self.precision.dtype} "
+                             f"kernel (input_dtype={input_dtype!r}); cast the input first")
         why = self.unsupported_precision(self.precision)
         if why:
             raise ValueError(f"algorithm {self.name!r} cannot run dtype={self.precision.dtype!r} "

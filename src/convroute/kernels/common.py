@@ -192,13 +192,14 @@ def uniform_block(names: list[str]) -> str:
 
 
 def storage(*buffers: str, first: int = 1) -> str:
-    """WGSL declarations from binding `first`: 'x' reads array<ST>, 'y!' is written, 'scale:f32' reads
-    array<f32>, 'wt:vec4<ST>' reads array<vec4<ST>> (the element type after the colon, ST when none)."""
+    """WGSL declarations from binding `first`: 'y!' is written, 'scale:f32' reads array<f32>, 'wt:vec4<ST>'
+    reads array<vec4<ST>> (the element type after the colon; ST when none, except a bare 'x': array<XT>, the
+    input's element type, Precision.input)."""
     lines = []
     for i, spec in enumerate(buffers, start=first):
         name, _, elem = spec.partition(":")
         access = "read_write" if name.endswith("!") else "read"
-        elem = elem or "ST"
+        elem = elem or ("XT" if name == "x" else "ST")
         lines.append(f"@group(0) @binding({i}) var<storage, {access}> {name.rstrip('!')}: array<{elem}>;")
     return "\n".join(lines)
 
@@ -295,20 +296,29 @@ class Precision:
 
     Kernels convert ST to f32 (or AT) on load and back on store; bias, split-K partial sums, Winograd
     products and the epilogue stay f32. float16 needs the adapter's shader-f16 feature.
+    `input` "float32" with dtype "float16": the kernel's input `x` is a float32 buffer (`XT` in the WGSL, f32;
+    otherwise ST): a program's float32 input read as uploaded, without a cast dispatch (ConvKernel's
+    `input_dtype`).
     """
 
     dtype: str = "float32"
     accumulate: str = "float32"
+    input: str = ""  # "float32": x holds f32 in a float16 kernel; "": x holds the storage type
 
     @classmethod
-    def parse(cls, dtype="float32", accumulate=None) -> Precision:
+    def parse(cls, dtype="float32", accumulate=None, input=None) -> Precision:
         """`accumulate` None: the storage type's own (f16 sums for float16: at batch 1 f16 storage with f32
-        sums ran 2-11 % slower than fp32 on the H100's GEMM paths, f16 sums 3-16 % faster, NOTES session 7)."""
+        sums ran 2-11 % slower than fp32 on the H100's GEMM paths, f16 sums 3-16 % faster, NOTES session 7).
+        `input` None: the storage type."""
         dtype = "float32" if dtype is None else dtype_name(dtype, "dtype")
         accumulate = dtype if accumulate is None else dtype_name(accumulate, "accumulate")
         if accumulate == "float16" and dtype != "float16":
             raise ValueError(f"accumulate='float16' needs dtype='float16' (got dtype={dtype!r})")
-        return cls(dtype, accumulate)
+        input = dtype if input is None else dtype_name(input, "input dtype")
+        if input not in (dtype, "float32"):
+            raise ValueError(f"an input of dtype {input!r} needs dtype={input!r} (got dtype={dtype!r}); only a "
+                             f"float32 input may feed a float16 kernel")
+        return cls(dtype, accumulate, "" if input == dtype else input)
 
     @property
     def numpy(self) -> type:
@@ -319,11 +329,13 @@ class Precision:
         return 2 if self.dtype == "float16" else 4
 
     def wgsl(self) -> str:
-        """The header every shader of a kernel starts with: `enable f16;` when needed and the two aliases."""
+        """The header every shader of a kernel starts with: `enable f16;` when needed and the type aliases."""
         st = "f16" if self.dtype == "float16" else "f32"
         at = "f16" if self.accumulate == "float16" else "f32"
         enable = "enable f16;\n" if "f16" in (st, at) else ""
-        return f"{enable}alias ST = {st};\nalias AT = {at};\n" + (VEC4_F16 if st == "f16" else VEC4_F32)
+        xt = "f32" if self.input == "float32" else "ST"
+        return (f"{enable}alias ST = {st};\nalias AT = {at};\nalias XT = {xt};\n"
+                + (VEC4_F16 if st == "f16" else VEC4_F32))
 
     def block_sums(self, open_block: str, close_block: str) -> dict:
         """Template values for a kernel whose f32 totals are `acc`: with f16 sums the inner loop adds to

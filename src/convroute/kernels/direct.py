@@ -370,6 +370,7 @@ def pack_weights(weight: np.ndarray, groups: int, blocks_per_group: int, cin_pad
 class Direct(ConvKernel):
     name = "direct"
     fuses_residual = True
+    reads_float32_input = True
 
     @classmethod
     def loop_trips(cls, p):

@@ -119,7 +119,7 @@ class Windows:
     lavapipe); nested loops over channel, kernel row and column count k up, so no division by a runtime value
     runs per K step. On llvmpipe a gathered component costs what a component of a vec4 load does."""
 
-    decl = """@group(0) @binding(4) var<storage, read> x: array<ST>;
+    decl = """@group(0) @binding(4) var<storage, read> x: array<XT>;
 fn gather(i: u32, ok: bool) -> f32 { return select(0.0, f32(x[select(0u, i, ok)]), ok); }"""
     head = """  let hi = i32(p.h);
   let wi = i32(p.w);

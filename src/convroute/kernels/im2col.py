@@ -63,6 +63,7 @@ def column_chunk(profile, precision: Precision, k_pad: int, total: int, p=None) 
 class Im2col(ConvKernel):
     name = "im2col"
     fuses_residual = True
+    reads_float32_input = True
     dense = "builds one dense column matrix"
 
     def prepare(self, weight, bias):

@@ -54,6 +54,7 @@ B_LOAD = "load_b(k)"
 class ImplicitGemm(ConvKernel):
     name = "implicit_gemm"
     fuses_residual = True
+    reads_float32_input = True
     dense = "is one dense GEMM"
 
     def prepare(self, weight, bias):

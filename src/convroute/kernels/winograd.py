@@ -156,6 +156,7 @@ class Winograd(ConvKernel):
 
     dense = "is one dense GEMM per transform position"
     fuses_residual = True
+    reads_float32_input = True
 
     @classmethod
     def unsupported_shape(cls, p):
