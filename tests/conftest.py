@@ -21,8 +21,10 @@ from convroute.params import ConvParams  # noqa: E402
 convroute.api.POISON = True  # outputs start as NaN, so an element no kernel writes fails the check
 
 TOLERANCE = 1e-4
-# The header every fp16 kernel's shaders start with: f16 storage, f16 sums or f32 ones (winograd4's GEMM).
-F16_HEADERS = tuple(Precision.parse("float16", sums).wgsl() for sums in ("float16", "float32"))
+# The header every fp16 kernel's shaders start with: f16 storage, f16 sums or f32 ones (winograd4's GEMM), an
+# f16 or a float32 input.
+F16_HEADERS = tuple(Precision.parse("float16", sums, x).wgsl() for sums in ("float16", "float32")
+                    for x in (None, "float32"))
 ACTIVATIONS = (None, "relu", "relu6", ("clamp", -0.5, 0.75), "hardswish", "silu", "sigmoid")
 
 

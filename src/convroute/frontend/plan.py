@@ -133,7 +133,8 @@ class Plan:
 
 
 def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_depthwise: bool = False,
-               concat_slabs: bool | None = None, slice_views: bool | None = None) -> Plan:
+               concat_slabs: bool | None = None, slice_views: bool | None = None,
+               float32_input: bool | None = None) -> Plan:
     """`concat_slabs` (default $CONVROUTE_CONCAT_SLABS, on), `slice_views` (default $CONVROUTE_SLICE_VIEWS, on):
     producers write into their slice of a concat, and dense slices are read in place (frontend/views.py).
     $CONVROUTE_CHANNELS_LAST (on): permute -> per-pixel ops -> permute back runs on NCHW without the permutes
@@ -148,13 +149,15 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     `fuse_residual`: residual adds go into the producing conv's store where its routed algorithm can add
     them (export.fuse_residual_adds); the residual is one more input of the conv's GpuOp, so it stays live,
     and in a buffer of its own, until the conv has run. `fuse_depthwise`: a depthwise conv read only by a 1x1
-    conv runs inside it where lower.fuses_depthwise says so (export.fuse_depthwise_pointwise)."""
+    conv runs inside it where lower.fuses_depthwise says so (export.fuse_depthwise_pointwise). `float32_input`
+    (default $CONVROUTE_FLOAT32_INPUT, on): in f16 programs, convs that can read a float32 input read the input's
+    float32 upload (_float32_uploads)."""
     if env_flag("CONVROUTE_CHANNELS_LAST", True):  # first: it changes values' shapes
         sink_permutes(graph)
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
-    if env_flag("CONVROUTE_FLOAT32_INPUT", True):
+    if env_flag("CONVROUTE_FLOAT32_INPUT", True) if float32_input is None else float32_input:
         ctx.float32_inputs = frozenset(_float32_uploads(ctx, graph))
     if env_flag("CONVROUTE_LAYER_SCALE", True):
         fold_layer_scales(graph)
@@ -267,19 +270,17 @@ def _input_staging(ctx: Context, plan: Plan) -> None:
 
 
 def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
-    """The dispatches casting float32 uploads to their f16 buffers, for the inputs something reads in f16."""
+    """The dispatches casting float32 uploads to their f16 buffers, for the inputs whose f16 buffer something
+    reads: a GPU op other than through `float32_input`, a CPU step or an output (aliases and views included)."""
+    read = [n for s in plan.gpu_steps for n in s.op.inputs[s.op.float32_input is not None:]]
+    read += [n for s in plan.cpu_steps for n in s.downloads] + [r.name for r in iter_refs(plan.graph.outputs)]
+    homes = {locate(n, plan.root, plan.within)[0] for n in read}
     casts = []
     for name, staging in plan.input_staging.items():
-        read_f16 = any(s.where == "gpu" and _reads_f16(s.op, name) for s in plan.steps)
-        if read_f16 or any(plan.root.get(alias.name) == name for alias in plan.aliases):
+        if locate(name, plan.root, plan.within)[0] in homes:
             count = plan.metas[name].numel()
             casts += Unary(ctx.gpu, None, count, ctx.precision, x_type="f32").bind(staging, plan.buffer(name))
     return casts
-
-
-def _reads_f16(op: GpuOp, name: str) -> bool:
-    """Whether `op` binds the value `name`'s f16 buffer (not only its float32 upload)."""
-    return name in (op.inputs[1:] if op.float32_input == name else op.inputs)
 
 
 def _place(ctx: Context, node: Node, gpu_made: set):

@@ -86,7 +86,9 @@ def plan_for_browser(model, example_inputs, *, dtype="float32", policy="seed", f
     if exclude:
         ctx_args["avoid"] = frozenset(exclude)
     # no values inside other values' buffers: the bundle binds whole buffers (views would need offsets in it)
-    plan = build_plan(graph, ctx_args, fuse_residual=True, fuse_depthwise=False, concat_slabs=False, slice_views=False)
+    # candidates bind the planned buffers; an f16 candidate of the first conv would read an uncast input
+    plan = build_plan(graph, ctx_args, fuse_residual=True, fuse_depthwise=False, concat_slabs=False, slice_views=False,
+                      float32_input=False)
     input_name, output_name = _single_io(plan)
     first = next(s for s in plan.segments if isinstance(s, Segment))
     casts = first.dispatches[:len(first.dispatches) - sum(len(s.dispatches) for s in first.steps)]
