@@ -209,6 +209,23 @@ def test_misaligned_slices_keep_their_copies(monkeypatch):
     assert any(s.node.op == "cat" and 0 < len(s.dispatches) < 3 for s in program.plan.gpu_steps)
 
 
+def test_odd_length_float16_views_are_bound_a_word_long(monkeypatch):
+    """In f16, the first split and the first concat slab of 3 channels of 5x5 (75 elements, 150 bytes, at offset 0)
+    are read and written in place, bound as 152 bytes: no kernel touches the two past the end (poisoned buffers
+    and the reference would show it)."""
+    torch.manual_seed(0)
+    model = Mixed(parts=(3, 5, 8)).eval()
+    x = torch.randn(1, 16, 5, 5)
+    fused, _, program = run(model, x, "float16", True, monkeypatch)
+    assert rel_error(fused, reference(model, x)) < TOLERANCES["float16"]
+    plan = program.plan
+    odd = [name for name in plan.within if plan.metas[name].numel() % 2]
+    ops = {n.name: n.op for n in plan.graph.nodes}
+    assert sorted(ops[name] for name in odd) == ["convolution", "slice.Tensor"], [(n, ops[n]) for n in odd]
+    assert all(plan.buffer(name).size == 2 * plan.metas[name].numel() + 2 for name in odd)
+    assert_no_kernel_reads_what_it_writes(plan)
+
+
 class MixedBatchNorm(Mixed):
     """MixNet's block: the mixed conv's concat, then batch norm and an activation (`first_act`: the first part's
     conv has an activation of its own, so nothing may fold)."""

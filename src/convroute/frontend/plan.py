@@ -13,7 +13,7 @@ from functools import cached_property
 
 import torch
 
-from convroute.device.gpu import BufferView, Dispatch
+from convroute.device.gpu import BufferView, Dispatch, word_align
 from convroute.frontend.channels_last import channel_norm, lower_channel_norm, sink_permutes
 from convroute.frontend.concat_view import concat_view, fuse_concat_views, lower_concat_view
 from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
@@ -101,7 +101,7 @@ class Plan:
         home, offset = locate(name, self.root, self.within)
         if home == self.root.get(name, name):
             return self.buffers[home]
-        return BufferView(self.buffers[home], offset, self.itemsize * self.metas[name].numel())
+        return BufferView(self.buffers[home], offset, word_align(self.itemsize * self.metas[name].numel()))
 
     @cached_property
     def fused_read(self) -> tuple | None:

@@ -6,8 +6,10 @@
 - Slice views: a slice / select / narrow whose result is dense from an offset (a channel split at batch 1) is
   read in place instead of copied (lower.is_alias shares the whole buffer only when no element is left out).
 
-A view's byte offset must be a multiple of the device's min-storage-buffer-offset-alignment and its size of 4
-bytes (a binding's rules); the host (CPU steps, uploads, outputs) never touches a view, as it reads and
+A view's byte offset must be a multiple of the device's min-storage-buffer-offset-alignment (a binding's rule);
+an f16 view of an odd length is bound a word long (Plan.buffer), the last two bytes its home's, which no kernel
+of the view touches (they index by shape, and the home's other values are never written while it is read:
+_clashes); the host (CPU steps, uploads, outputs) never touches a view, as it reads and
 writes whole buffers. A kernel never reads and writes one buffer in one dispatch: a concat's slab inputs have
 no other reader, and a buffer is never given to a value while a value in it is still read.
 """
@@ -60,8 +62,7 @@ def _host_touched(graph: Graph, steps: list, root: dict) -> set[str]:
 
 
 def _fits(ctx: Context, offset_elems: int, count: int, align: int) -> bool:
-    itemsize = ctx.precision.itemsize
-    return count > 0 and (offset_elems * itemsize) % align == 0 and (count * itemsize) % 4 == 0
+    return count > 0 and (offset_elems * ctx.precision.itemsize) % align == 0
 
 
 def _slice_views(ctx: Context, steps: list, aliases: list, within: dict, host: set, align: int) -> None:
