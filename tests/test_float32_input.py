@@ -12,7 +12,7 @@ import pytest
 from conftest import random_inputs, reference
 from convroute import Conv2d, conv2d
 from convroute.device.gpu import get_gpu
-from convroute.kernels import ALGORITHMS
+from convroute.kernels import ALGORITHMS, im2col_tex
 from convroute.kernels.common import F16_FEATURE, Epilogue, Precision
 from convroute.measure.reference import max_relative_error
 from convroute.params import make_params
@@ -24,16 +24,22 @@ TOL16 = 1e-2
 READERS = [name for name, cls in ALGORITHMS.items() if cls.reads_float32_input]
 STEM = make_params((2, 3, 19, 17), (8, 3, 3, 3), 2, 1)  # a stem: 3 channels, stride 2
 UNIT = make_params((1, 5, 11, 13), (8, 5, 3, 3), 1, 1)  # winograd's shape too
+QUADS = make_params((2, 3, 8, 6), (8, 3, 1, 1))  # a 1x1 at stride 1 over planes of whole quads: vec4 loads
+STRIDED_1X1 = make_params((1, 3, 9, 7), (8, 3, 1, 1), 2)  # RepVGG's stem branch: scalar loads
 
 
 def test_the_readers_are_the_ones_whose_kernels_convert_every_input_load():
-    assert set(READERS) == {"direct", "im2col", "implicit_gemm", "winograd2", "winograd4"}
+    assert set(READERS) == {"direct", "im2col", "implicit_gemm", "winograd2", "winograd4", "pointwise"}
 
 
-@pytest.mark.parametrize("style", ["workgroup", "registers"])
-@pytest.mark.parametrize("p", [STEM, UNIT], ids=["stem", "unit"])
+@pytest.mark.parametrize("style", ["workgroup", "registers", "registers without textures"])
+@pytest.mark.parametrize("p", [STEM, UNIT, QUADS, STRIDED_1X1], ids=["stem", "unit", "quads", "strided 1x1"])
 def test_each_reader_matches_torch_on_a_float32_input(monkeypatch, style, p):
-    monkeypatch.setenv("CONVROUTE_GEMM_STYLE", style)
+    """CPU adapters' GEMMs read textures where they fit; without them they read the input's buffer (for a 1x1
+    at stride 1, as quads: gemm_cpu.InputColumns)."""
+    monkeypatch.setenv("CONVROUTE_GEMM_STYLE", style.split()[0])
+    if style.endswith("textures"):
+        monkeypatch.setattr(im2col_tex.ColumnTextures, "wanted", staticmethod(lambda kernel: False))
     x, w, b = random_inputs(p, np.random.default_rng(7))
     x *= 3.0  # values f16 rounds visibly
     ref = reference(p, x, w, b, "silu")
@@ -62,9 +68,9 @@ def test_bad_input_dtypes_are_refused_by_name():
     assert Precision.parse("float16", None, "float16") == Precision.parse("float16")
     assert "alias XT = f32;" in Precision.parse("float16", None, "float32").wgsl()
     assert "alias XT = ST;" in Precision.parse("float16").wgsl()
-    p = make_params((1, 8, 6, 6), (8, 8, 1, 1))
-    with pytest.raises(ValueError, match="'pointwise' cannot read a float32 input"):
-        ALGORITHMS["pointwise"](get_gpu(), p, np.ones(p.weight_shape, np.float32), None, Epilogue(),
+    p = make_params((1, 8, 6, 6), (8, 1, 3, 3), groups=8)
+    with pytest.raises(ValueError, match="'depthwise' cannot read a float32 input"):
+        ALGORITHMS["depthwise"](get_gpu(), p, np.ones(p.weight_shape, np.float32), None, Epilogue(),
                                 dtype="float16", input_dtype="float32")
 
 

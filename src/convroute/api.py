@@ -51,8 +51,8 @@ class Conv2d:
     sums, by default the storage type (float16 sums are added to f32 totals per block of products);
     "float32" with dtype="float16" keeps f32 sums (more accurate, slower on the H100 at batch 1).
     `input_dtype="float32"` with dtype="float16": the input goes to the GPU as float32 and the kernel reads it
-    (no conversion on the host) where the algorithm can (ConvKernel.reads_float32_input: direct, im2col,
-    implicit_gemm, winograd) and the whole input fits one storage binding; otherwise it is converted on upload.
+    (no conversion on the host) where the algorithm can (ConvKernel.reads_float32_input: all but depthwise and
+    transposed) and the whole input fits one storage binding; otherwise it is converted on upload.
 
     Thread-safe: calls from many threads give each its own result; calls on one layer take turns on the GPU
     (they share its prepacked weights and I/O buffers). GPU failures raise convroute.device.errors.GpuError

@@ -288,6 +288,13 @@ VEC4_F16 = """alias ST4 = vec2<u32>;
 fn ld4(w: ST4) -> vec4<f32> { return vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y)); }
 fn st4(v: vec4<f32>) -> vec4<ST> { return vec4<ST>(v); }
 """
+# Four input elements (`XT4`, read through xld4): stored quads, or vec4<f32> where the input is float32.
+X4_STORED = """alias XT4 = ST4;
+fn xld4(w: XT4) -> vec4<f32> { return ld4(w); }
+"""
+X4_F32 = """alias XT4 = vec4<f32>;
+fn xld4(w: XT4) -> vec4<f32> { return w; }
+"""
 
 
 @dataclass(frozen=True)
@@ -335,7 +342,7 @@ class Precision:
         enable = "enable f16;\n" if "f16" in (st, at) else ""
         xt = "f32" if self.input == "float32" else "ST"
         return (f"{enable}alias ST = {st};\nalias AT = {at};\nalias XT = {xt};\n"
-                + (VEC4_F16 if st == "f16" else VEC4_F32))
+                + (VEC4_F16 if st == "f16" else VEC4_F32) + (X4_F32 if xt == "f32" else X4_STORED))
 
     def block_sums(self, open_block: str, close_block: str) -> dict:
         """Template values for a kernel whose f32 totals are `acc`: with f16 sums the inner loop adds to

@@ -96,6 +96,16 @@ class VecColumns:
         return f"ld4(b[bc{c} + k * p.cs4])"
 
 
+class InputColumns(VecColumns):
+    """VecColumns over a conv's input itself (a 1x1 conv's at stride 1): quads of the input's type (XT4)."""
+
+    decl = "@group(0) @binding(4) var<storage, read> b: array<XT4>;"
+
+    @staticmethod
+    def load(c: int) -> str:
+        return f"xld4(b[bc{c} + k * p.cs4])"
+
+
 class Rows(VecColumns):
     """The B operand as the rows of a row-major [cols, K] matrix (a linear layer's input, B = X^T): column j's
     row k is x[b * p.b_stride + j * p.k + k], four rows gathered per vec4 (VecColumns' K loop)."""

@@ -14,7 +14,7 @@ from convroute.kernels.base import ConvKernel
 PARAMS = ["c_in", "h", "w", "wo", "sh", "sw", "ph", "pw", "hw"]
 
 SCALAR_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<ST>;
+@group(0) @binding(4) var<storage, read> x: array<XT>;
 fn load_x(off: u32, ok: bool, k: u32) -> AT {
   if (ok && k < P.k) { return AT(x[off + k * P.hw]); }
   return AT(0.0);
@@ -36,9 +36,9 @@ SCALAR_LOAD = ("vec4<AT>(load_x(boff[0], bok[0], k), load_x(boff[1], bok[1], k),
                "load_x(boff[3], bok[3], k))")
 
 VEC4_DECL = """
-@group(0) @binding(4) var<storage, read> x: array<ST4>;
+@group(0) @binding(4) var<storage, read> x: array<XT4>;
 fn load_x(off: u32, ok: bool, k: u32) -> vec4<AT> {
-  if (ok && k < P.k) { return vec4<AT>(ld4(x[off + k * (P.hw / 4u)])); }
+  if (ok && k < P.k) { return vec4<AT>(xld4(x[off + k * (P.hw / 4u)])); }
   return vec4<AT>(0.0);
 }
 """
@@ -52,6 +52,7 @@ VEC4_LOAD = "load_x(boff, bok, k)"
 class Pointwise(ConvKernel):
     name = "pointwise"
     fuses_residual = True
+    reads_float32_input = True
     dense = "is one dense GEMM"
 
     @classmethod
@@ -61,7 +62,7 @@ class Pointwise(ConvKernel):
     def prepare(self, weight, bias):
         p = self.p
         self.vec4 = p.stride == (1, 1) and p.padding == (0, 0) and p.h * p.w % 4 == 0
-        self.bsrc = gemm_cpu.VecColumns if self.vec4 else gemm_cpu.Windows  # CPU adapters: gemm_cpu register tiles
+        self.bsrc = gemm_cpu.InputColumns if self.vec4 else gemm_cpu.Windows  # CPU adapters: gemm_cpu register tiles
         trips = p.c_in if self.vec4 else gemm_cpu.Windows.trips(p.c_in, 1, 1)
         self.cpu = gemm_cpu.for_conv(self, weight, bias, trips)
         if self.cpu:  # reading textures where they fit (im2col_tex), else the buffers
