@@ -272,7 +272,7 @@ def _input_staging(ctx: Context, plan: Plan) -> None:
 def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
     """The dispatches casting float32 uploads to their f16 buffers, for the inputs whose f16 buffer something
     reads: a GPU op other than through `float32_input`, a CPU step or an output (aliases and views included)."""
-    read = [n for s in plan.gpu_steps for n in s.op.inputs[s.op.float32_input is not None:]]
+    read = [n for s in plan.gpu_steps for n in (s.op.inputs[1:] if s.op.float32_input else s.op.inputs)]
     read += [n for s in plan.cpu_steps for n in s.downloads] + [r.name for r in iter_refs(plan.graph.outputs)]
     homes = {locate(n, plan.root, plan.within)[0] for n in read}
     casts = []
