@@ -25,4 +25,6 @@ calibrations() {
 }
 source "$(dirname "${BASH_SOURCE[0]}")/limits.sh"
 { nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"
-  python3 -c "from convroute import cache; print('kernels', cache.kernel_hash())"; } > "$R/head.txt" 2>&1
+  python3 -c "from convroute import cache; print('kernels', cache.kernel_hash())"
+  python3 -c "from convroute.device.gpu import get_gpu; l = get_gpu().device.limits
+print('storage offset alignment', l['min-storage-buffer-offset-alignment'])"; } > "$R/head.txt" 2>&1
