@@ -192,6 +192,11 @@ def test_convroute_in_the_other_dtype_is_timed_in_the_same_rounds(tiny):
     assert fp16.latency.runs == 2 and fp16.precision == "fp16" and 1e-6 < fp16.error < 1e-2
     assert "float16" in fp16.detail and c.ratios()["convroute-float16"] > 0
     assert c.engines["convroute-float32"].reason == "it is the compared program itself (float32)"
+    # each program's dispatches (the f16 one's input cast included, where it has one) and GPU pass, side by side
+    ours = c.engines["convroute"]
+    assert ours.dispatches == program.plan_dispatches() > 0 and fp16.dispatches >= ours.dispatches - 1
+    assert (ours.gpu_pass is None) == (fp16.gpu_pass is None)
+    assert c.to_json()["engines"]["convroute-float16"]["dispatches"] == fp16.dispatches
 
 
 def test_convroute_under_another_policy_is_timed_in_the_same_rounds(tiny, monkeypatch):

@@ -46,12 +46,14 @@ class EngineRun:
     error: float | None = None  # relative to torch's float32 CPU output
     reason: str | None = None  # why the engine did not run
     gpu_pass: Latency | None = None  # convroute only: its GPU segments' time alone (timestamps), when known
+    dispatches: int | None = None  # convroute only: the dispatches of one call, input casts included
 
     def to_json(self) -> dict:
         switch = self.after_switch.median_ms if self.after_switch else None
         gpu_pass = self.gpu_pass.to_json() if self.gpu_pass else None
         return self.latency.to_json() | {"detail": self.detail, "precision": self.precision, "error": self.error,
-                                         "after_switch_median_ms": switch, "gpu_pass": gpu_pass}
+                                         "after_switch_median_ms": switch, "gpu_pass": gpu_pass,
+                                         "dispatches": self.dispatches}
 
 
 @dataclass
@@ -166,8 +168,11 @@ def compare_model(program, model, x, peers: list[str], *, name: str, key: str, r
             for engine_name, times in timed.settled.items():
                 engines[engine_name].latency = Latency.of(times)
                 engines[engine_name].after_switch = Latency.of(timed.after_switch[engine_name])
-            passes = program.gpu_pass_times(GPU_PASS_RUNS)
-            ours.gpu_pass = Latency.of(passes) if passes else None
+            for engine_name, compiled in [(OURS, program)] + [(e.name, e.program) for e in built
+                                                              if isinstance(e, Variant) and e.name in runners]:
+                passes = compiled.gpu_pass_times(GPU_PASS_RUNS)  # a variant's too: fp16 against fp32 per pass
+                engines[engine_name].gpu_pass = Latency.of(passes) if passes else None
+                engines[engine_name].dispatches = compiled.plan_dispatches()
         finally:
             for engine in built:
                 engine.close()

@@ -304,6 +304,10 @@ class Program:
         print(text, file=file or sys.stdout)
         return text
 
+    def plan_dispatches(self) -> int:
+        """Dispatches one call of the last-run plan submits, input casts included (summary() counts the ops')."""
+        return sum(len(seg.dispatches) for seg in self.plan.segments if isinstance(seg, Segment))
+
     def gpu_pass_times(self, runs: int = 20) -> list[float] | None:
         """Seconds the GPU spends on the last-run plan's GPU dispatches, all in one compute pass, `runs` times
         (measure.timing's timer, GPU timestamps) over the values the last call left; None without timestamps. A
