@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -94,7 +95,7 @@ class Conv2d:
         """Whether this layer's input of `p`'s shape goes to the GPU as float32 (input_dtype="float32", where it
         fits one binding), for kernels that read it so."""
         self.gpu = self.gpu or get_gpu()
-        return bool(self.precision.input) and 4 * p.n * p.c_in * p.h * p.w <= self.gpu.profile.max_binding_bytes
+        return bool(self.precision.input) and 4 * math.prod(p.input_shape) <= self.gpu.profile.max_binding_bytes
 
     def _reset(self) -> None:
         """Forget everything prepared on the device (after it was lost)."""

@@ -157,8 +157,9 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     metas = dict(zip(graph.inputs, graph.input_meta, strict=True))
     metas.update((n.name, n.meta) for n in graph.nodes)
     ctx = Context(constants=graph.constants, metas=metas, **ctx_args)
+    float32_uploads = _float32_uploads(ctx, graph)
     if env_flag("CONVROUTE_FLOAT32_INPUT", True) if float32_input is None else float32_input:
-        ctx.float32_inputs = frozenset(_float32_uploads(ctx, graph))
+        ctx.float32_inputs = float32_uploads
     if env_flag("CONVROUTE_LAYER_SCALE", True):
         fold_layer_scales(graph)
     if env_flag("CONVROUTE_CONCAT_BN", True):
@@ -220,7 +221,9 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     buffers, allocated = _allocate(ctx, graph, steps, root, within, metas, input_uploads)
     plan = Plan(graph, metas, steps, [], aliases, root, buffers, allocated, input_uploads, within=within,
                 itemsize=ctx.precision.itemsize)
-    _input_staging(ctx, plan)
+    for name in plan.input_uploads:
+        if name in float32_uploads:
+            plan.input_staging[name] = ctx.gpu.empty(4 * metas[name].numel(), f"float32 input {name!r}")
     current: list[Step] = []
     for step in steps:
         if step.where == "gpu":
@@ -249,24 +252,17 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     return plan
 
 
-def _float32_uploads(ctx: Context, graph: Graph) -> list[str]:
+def _float32_uploads(ctx: Context, graph: Graph) -> frozenset[str]:
     """With f16 storage, the float32 inputs uploaded as they are into a float32 buffer of their own: no
     conversion on the host in the timed path (the H100's host, session 26: a host cast and an f16 upload
     instead ran 0.994-1.013x). Convs whose algorithm can (ConvKernel.reads_float32_input) read that buffer
     themselves; any other reader gets the f16 copy a cast dispatch makes (_input_casts). An input whose float32
     copy would pass one binding is converted on the host instead."""
     if ctx.precision.dtype != "float16":
-        return []
-    return [name for name, meta in zip(graph.inputs, graph.input_meta, strict=True)
-            if isinstance(meta, torch.Tensor) and meta.dtype == torch.float32
-            and 4 * meta.numel() <= ctx.profile.max_binding_bytes]
-
-
-def _input_staging(ctx: Context, plan: Plan) -> None:
-    uploads = set(_float32_uploads(ctx, plan.graph))
-    for name in plan.input_uploads:
-        if name in uploads:
-            plan.input_staging[name] = ctx.gpu.empty(4 * plan.metas[name].numel(), f"float32 input {name!r}")
+        return frozenset()
+    return frozenset(name for name, meta in zip(graph.inputs, graph.input_meta, strict=True)
+                     if isinstance(meta, torch.Tensor) and meta.dtype == torch.float32
+                     and 4 * meta.numel() <= ctx.profile.max_binding_bytes)
 
 
 def _input_casts(ctx: Context, plan: Plan) -> list[Dispatch]:
