@@ -206,14 +206,43 @@ def test_close_calls_follow_the_median_prediction_error_when_calibrate_kept_it(g
     assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.1025)
 
 
-def contradicting_tune(calls: list, rounds: list[dict[str, float]]):
-    """A stand-in for measured.tune that returns `rounds` in turn (times in ms), recording its candidates."""
+def contradicting_tune(calls: list, rounds: list[dict[str, float]], dispatches: dict[str, int] | None = None):
+    """A stand-in for measured.tune that returns `rounds` in turn (times in ms), recording its candidates; each
+    candidate records one dispatch unless `dispatches` says otherwise."""
     def fake(gpu, p, candidates, *args):
         times = {n: t for n, t in rounds[len(calls)].items() if n in candidates}
         calls.append(list(candidates))
         return {"algorithm": min(times, key=times.get), "times_ms": times, "wrong": {}, "cannot": {},
-                "method": "fake", "when": "now"}
+                "dispatches": {n: (dispatches or {}).get(n, 1) for n in times}, "method": "fake", "when": "now"}
     return fake
+
+
+@pytest.mark.parametrize("direct_ms, expected", [(0.0113, "im2col"), (0.004, "direct")])
+def test_each_measured_dispatch_is_charged_its_host_encoding(gpu, monkeypatch, direct_ms, expected):
+    """A two-dispatch direct measured alone 7 % ahead of a one-dispatch im2col loses to it (a model's call pays
+    the extra dispatch's encoding, DISPATCH_MS); far enough ahead it wins. The entry keeps the raw fastest."""
+    save_fake_calibration(gpu.profile)
+    monkeypatch.setattr(refine_mod, "CONFIRM", 0.0)
+    calls = []
+    monkeypatch.setattr(refine_mod, "tune", contradicting_tune(
+        calls, [{"direct": direct_ms, "im2col": 0.0121, "implicit_gemm": 0.5}], {"direct": 2}))
+    d = route_params(DILATED, gpu.profile, "calibrated")
+    assert d.algorithm == expected and f"direct {direct_ms:.3g} ms in 2 dispatches" in d.reason, d.reason
+    assert "each dispatch charged 0.007 ms of host encoding" in d.reason
+    assert autotune_mod.AutotuneCache(gpu.profile.key).get(DILATED)["dispatches"]["direct"] == 2
+    assert route_params(DILATED, gpu.profile, "calibrated").algorithm == expected and len(calls) == 1
+
+
+def test_entries_without_dispatch_counts_are_measured_again(gpu, monkeypatch):
+    save_fake_calibration(gpu.profile)
+    monkeypatch.setattr(refine_mod, "CONFIRM", 0.0)
+    old = {"algorithm": "im2col", "times_ms": {"direct": 0.3, "im2col": 0.2, "implicit_gemm": 0.5}, "wrong": {},
+           "cannot": {}, "method": "old", "when": "then"}
+    autotune_mod.AutotuneCache(gpu.profile.key).put(DILATED, old)
+    calls = []
+    monkeypatch.setattr(refine_mod, "tune", contradicting_tune(calls, [{"direct": 0.1, "im2col": 0.2,
+                                                                         "implicit_gemm": 0.5}]))
+    assert route_params(DILATED, gpu.profile, "calibrated").algorithm == "direct" and len(calls) == 1
 
 
 @pytest.mark.parametrize("second, expected", [({"direct": 0.20, "im2col": 0.30}, "direct"),

@@ -127,6 +127,22 @@ def fake_row(name: str, ours_ms: float, peer_ms: dict[str, float], cpu_ops=None)
     return bench_zoo.ZooRow(name, (1, 3, 8, 8), compile_s=0.1, cpu_ops=cpu_ops or {}, comparison=comparison)
 
 
+def test_slower_models_beyond_the_rounds_spread_are_told_from_ties():
+    def row(name, ours, peer):
+        comparison = ModelComparison(name, (1, 3, 8, 8), "float32", {"name": "fake"}, 5)
+        for engine, (p10, median, p90) in {OURS: ours, "a": peer}.items():
+            comparison.engines[engine] = EngineRun(engine, "", "fp32", latency=Latency(median, p10, p90, 5), error=0.0)
+        return bench_zoo.ZooRow(name, (1, 3, 8, 8), compile_s=0.1, comparison=comparison)
+
+    report = bench_zoo.ZooReport(["a"], "seed", "float32", 1, 5)
+    report.rows = [row("tie", (1.0, 1.05, 1.1), (0.98, 1.0, 1.02)), row("slow", (1.45, 1.5, 1.6), (0.98, 1.0, 1.02)),
+                   row("fast", (0.5, 0.6, 0.7), (0.98, 1.0, 1.02))]
+    assert [r.beyond_spread("a") for r in report.rows] == [False, True, False]
+    text = bench_zoo.summary_table(report)
+    assert "slower than a on 2 of 3 models: slow 1.50, tie 1.05" in text
+    assert "beyond the rounds' spread (convroute's p10 over a's p90) on 1: slow" in text
+
+
 def test_summary_ranks_by_the_first_peer_worst_first_with_geometric_means():
     report = bench_zoo.ZooReport(["a", "b"], "seed", "float32", 1, 1)
     report.rows = [fake_row("fast", 1.0, {"a": 4.0, "b": 1.0}), fake_row("slow", 2.0, {"a": 1.0, "b": 1.0},

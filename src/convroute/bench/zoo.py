@@ -75,6 +75,11 @@ class ZooRow:
     def ratio(self, peer: str) -> float | None:
         return self.comparison.ratios().get(peer) if self.comparison and not self.error else None
 
+    def beyond_spread(self, peer: str) -> bool:
+        """convroute's p10 over the peer's p90: slower beyond the rounds' spread, not a tie within it."""
+        ours, theirs = self.ours, self.comparison.engines.get(peer) if self.comparison else None
+        return bool(ours and theirs and theirs.latency and ours.latency.p10_ms > theirs.latency.p90_ms)
+
     def to_json(self) -> dict:
         if self.loaded is not None:
             return self.loaded
@@ -317,8 +322,13 @@ def summary_table(report: ZooReport) -> str:
     for peer in report.peers:
         ratios = {r.name: r.ratio(peer) for r in report.ranked() if r.ratio(peer) is not None}
         slower = [f"{name} {ratio:.2f}" for name, ratio in ratios.items() if ratio > 1.0]
+        clearly = [r.name for r in report.ranked() if r.ratio(peer) is not None and r.ratio(peer) > 1.0
+                   and r.beyond_spread(peer)]
         lines.append(f"slower than {short(peer)} on {len(slower)} of {len(ratios)} models"
                      + (f": {', '.join(slower)}" if slower else ""))
+        if slower:
+            lines.append(f"  beyond the rounds' spread (convroute's p10 over {short(peer)}'s p90) on {len(clearly)}"
+                         + (f": {', '.join(clearly)}" if clearly else ""))
     for peer in report.peers:
         engine = next((r.comparison.engines[peer] for r in report.rows
                        if r.comparison and peer in r.comparison.engines), None)

@@ -51,8 +51,8 @@ def min_size(name: str) -> int:
 
 
 def build(name: str, seed: int = 1) -> torch.nn.Module:
-    """The torchvision model in eval mode, random weights (no weights downloaded) and random batch-norm
-    statistics (identity BNs would hide folding errors)."""
+    """The torchvision model in eval mode, random weights (no weights downloaded) and batch-norm statistics
+    settled on random images (settle_batch_norms; identity BNs would hide folding errors)."""
     import torchvision
 
     torch.manual_seed(seed)
@@ -60,7 +60,7 @@ def build(name: str, seed: int = 1) -> torch.nn.Module:
     if name in torchvision.models.list_models(module=torchvision.models.segmentation):
         kwargs["weights_backbone"] = None
     model = torchvision.models.get_model(name, **kwargs).eval()
-    randomize_batch_norms(model, seed)
+    settle_batch_norms(model, seed, full_size(name))
     return model
 
 
@@ -148,6 +148,37 @@ def randomize_batch_norms(model, seed: int) -> None:
                     m.bias.copy_(torch.rand(c, generator=g) - 0.5)
 
 
+def settle_batch_norms(model, seed: int, size: int) -> None:
+    """randomize_batch_norms, then each batch norm's running statistics taken from what reaches it in one eval
+    forward pass over two random images of side `size`, in order: its per-channel mean, and its layer's mean
+    variance times U(0.5, 1.5) per channel. As in a trained network every batch norm's output then has a scale
+    near 1, so float16 holds the activations: with random statistics alone cspdarknet53, repvgg_a2, res2net50
+    and inception_v3 reached 1e5-1e14 (float16's largest is 65504) and MobileNets' activations faded to their
+    biases. A layer's variance, not each channel's: a channel the ReLUs left near constant is not blown up by
+    1/sqrt(eps). Statistics taken at a smaller size than the model runs at do not transfer (inception_v3's
+    3x3 maps at 75 px)."""
+    randomize_batch_norms(model, seed)
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.running_var is not None]
+    if not norms:
+        return
+    g = torch.Generator().manual_seed(seed)
+
+    def settle(norm, args):
+        x = args[0].double()
+        dims = [0, *range(2, x.ndim)]
+        norm.running_mean.copy_(x.mean(dims))
+        norm.running_var.copy_(x.var(dims).mean() * (torch.rand(norm.num_features, generator=g) + 0.5))
+
+    hooks = [norm.register_forward_pre_hook(settle) for norm in norms]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.randn(2, 3, size, size, generator=g))
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 # -- `convroute zoo`'s default zoo: torchvision's smallest of each CNN family, and timm families (small configs)
 TIMM = "timm:"
 TIMM_FAMILIES = {
@@ -221,12 +252,12 @@ def default_size(name: str) -> int:
 
 def build_any(name: str, seed: int = 1) -> torch.nn.Module:
     """`build` for torchvision names, timm:NAME through timm.create_model; random weights (none left all zero), no
-    downloads, random batch-norm statistics, eval mode."""
+    downloads, batch-norm statistics settled on random images at its default size, eval mode."""
     if not is_timm(name):
         return build(name, seed)
     timm = import_timm()
     torch.manual_seed(seed)
     model = timm.create_model(name[len(TIMM):], pretrained=False).eval()
-    randomize_batch_norms(model, seed)
     randomize_zero_weights(model, seed)
+    settle_batch_norms(model, seed, default_size(name))
     return model

@@ -7,7 +7,7 @@ of the input/output buffers and the prepacked weights ("float32", or "float16" o
 With `residual=True` (algorithms whose `fuses_residual` is set) the store adds a tensor of the output's shape
 before the activation, y = act(conv + bias + residual), read from a buffer passed to `bind(..., residual=)`;
 without it the WGSL is what it would be otherwise. `input_dtype="float32"` with dtype "float16" (algorithms whose
-`reads_float32_input` is set): `x` is a float32 buffer, converted where the kernel loads it, so a program's float32
+`reads_float32_input` is set): `x` is a float32 buffer, read and rounded to f16 on load, so a program's float32
 input needs no cast dispatch before its first conv.
 """
 

@@ -76,6 +76,10 @@ class Workload:
         return {n: Timing(t.median_ms * self.scale, tuple(v * self.scale for v in t.samples_ms), t.method + note)
                 for n, t in timings.items()}
 
+    def dispatches(self, kernel: ConvKernel) -> int:
+        """How many dispatches one call of the kernel records (each costs the host its encoding in a model)."""
+        return len(kernel.bind(self.x_bufs[0], self.y_bufs[0], self.p.n))
+
     def reference(self) -> np.ndarray:
         if self._reference is None:
             self._reference = reference_conv(self.p, self.x_first, self.weight, self.bias)

@@ -22,7 +22,7 @@ from convroute.kernels.common import Precision
 from convroute.params import ConvParams
 from convroute.router.exclusions import applicable, avoid_blocked
 from convroute.router.measured import wrong_note
-from convroute.router.refine import TOP, allowed_times, cannot_measure, env_refine, measure_top
+from convroute.router.refine import DISPATCH_MS, TOP, cannot_measure, charged_times, env_refine, measure_top
 from convroute.router.seed import seed_route
 from convroute.settings import env_flag
 
@@ -78,10 +78,14 @@ def calibrated_route(p: ConvParams, device: DeviceProfile, blocked: dict[str, st
     why_not = "refinement is off" if not refine else cannot_measure(device, Precision.parse(dtype))
     if why_not is None:
         entry, origin = measure_top(p, device, candidates, allowed, Precision.parse(dtype))
-        times = allowed_times(entry, allowed)
+        times = charged_times(entry, allowed)
         if times:
             wrong = f", {wrong_note(entry)}" if entry.get("wrong") else ""
-            measured = ", ".join(f"{n} {ms(t)}" for n, t in times.items())
+            counts = entry.get("dispatches", {})
+            measured = ", ".join(f"{n} {ms(t)}" + (f" in {counts[n]} dispatches" if counts.get(n, 1) > 1 else "")
+                                 for n, t in times.items())
+            if any(count > 1 for count in counts.values()):
+                measured += f" (each dispatch charged {ms(DISPATCH_MS)} of host encoding)"
             choice, kept = tie_to_seed(p, device, blocked, times)
             return choice, (f"{label}: {why}: measured {measured}{wrong} ({origin}, {entry['method']}, "
                             f"{entry['when']}; {prediction}){kept}{notes_text}")

@@ -40,13 +40,14 @@ def tune(gpu, p: ConvParams, candidates: list[str], precision: Precision = FP32,
             else:
                 wrong[name] = error
         timings = work.time_all(kernels, settings) if kernels else {}
+        dispatches = {name: work.dispatches(kernel) for name, kernel in kernels.items()}
     finally:
         work.release()
     times = {n: t.median_ms for n, t in timings.items()}
     method = min((t.method for t in timings.values()), key=len, default="")
     best = min(times, key=times.get) if times else None
-    return {"algorithm": best, "times_ms": times, "wrong": wrong, "cannot": cannot, "method": method,
-            "when": datetime.now(UTC).isoformat(timespec="seconds")}
+    return {"algorithm": best, "times_ms": times, "dispatches": dispatches, "wrong": wrong, "cannot": cannot,
+            "method": method, "when": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def wrong_note(entry: dict) -> str:
