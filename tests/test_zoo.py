@@ -138,6 +138,7 @@ def test_slower_models_beyond_the_rounds_spread_are_told_from_ties():
     report.rows = [row("tie", (1.0, 1.05, 1.1), (0.98, 1.0, 1.02)), row("slow", (1.45, 1.5, 1.6), (0.98, 1.0, 1.02)),
                    row("fast", (0.5, 0.6, 0.7), (0.98, 1.0, 1.02))]
     assert [r.beyond_spread("a") for r in report.rows] == [False, True, False]
+    assert report.rows[1].ratio_spread("a") == (pytest.approx(1.45 / 1.02), pytest.approx(1.6 / 0.98))
     text = bench_zoo.summary_table(report)
     assert "slower than a on 2 of 3 models: slow 1.50, tie 1.05" in text
     assert "beyond the rounds' spread (convroute's p10 over a's p90) on 1: slow" in text

@@ -75,10 +75,18 @@ class ZooRow:
     def ratio(self, peer: str) -> float | None:
         return self.comparison.ratios().get(peer) if self.comparison and not self.error else None
 
+    def ratio_spread(self, peer: str) -> tuple[float, float] | None:
+        """(convroute's p10 / the peer's p90, convroute's p90 / the peer's p10): how far the ratio can move within
+        the rounds' spread; None when either was not timed."""
+        ours, theirs = self.ours, self.comparison.engines.get(peer) if self.comparison else None
+        if self.error or not (ours and theirs and theirs.latency):
+            return None
+        return ours.latency.p10_ms / theirs.latency.p90_ms, ours.latency.p90_ms / theirs.latency.p10_ms
+
     def beyond_spread(self, peer: str) -> bool:
         """convroute's p10 over the peer's p90: slower beyond the rounds' spread, not a tie within it."""
-        ours, theirs = self.ours, self.comparison.engines.get(peer) if self.comparison else None
-        return bool(ours and theirs and theirs.latency and ours.latency.p10_ms > theirs.latency.p90_ms)
+        spread = self.ratio_spread(peer)
+        return spread is not None and spread[0] > 1.0
 
     def to_json(self) -> dict:
         if self.loaded is not None:

@@ -111,8 +111,9 @@ def _save(fig, path: str) -> None:
 
 
 def plot_zoo(report, path: str) -> None:
-    """bench.zoo.ZooReport: convroute / each peer per model (horizontal bars, log scale, 1 marked), models in the
-    summary's order, the geometric mean per peer in the legend; the legend beside the axes, values inside them."""
+    """bench.zoo.ZooReport: convroute / each peer per model (horizontal bars, log scale, 1 marked; whiskers from
+    convroute's p10 / the peer's p90 to its p90 / the peer's p10), models in the summary's order, the geometric
+    mean per peer in the legend; the legend beside the axes, values inside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,9 +132,12 @@ def plot_zoo(report, path: str) -> None:
         label = f"/ {peer}" + (f" (geometric mean {mean:.2f} over {count})" if mean else "")
         offset = (j - (len(peers) - 1) / 2) * height
         ax.barh(y + offset, ratios, height, label=label)
+        spreads = [r.ratio_spread(peer) for r in rows]
+        ends = _spread_whiskers(ax, spreads, ratios, y + offset)
         for i, v in enumerate(ratios):
             if np.isfinite(v):
-                ax.text(v, i + offset, f" {v:.2f}", va="center", fontsize=6)
+                ax.text(ends[i], i + offset, f" {v:.2f}", va="center", fontsize=6)
+        values += [e for e in ends if np.isfinite(e)] + [spread[0] for spread in spreads if spread is not None]
         values += [v for v in ratios if np.isfinite(v)]
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
@@ -145,7 +149,7 @@ def plot_zoo(report, path: str) -> None:
     ax.set_yticks(y, [r.name + (" (CPU ops)" if r.cpu_ops else "") + (" FAILED" if r.error else "") for r in rows],
                   fontsize=7)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
-    ax.set_xlabel("convroute median / peer median (below 1: convroute faster)")
+    ax.set_xlabel("convroute median / peer median (below 1: convroute faster); whiskers: the rounds' p10-p90 spread")
     device = report.device.get("name", "?")
     ax.set_title(f"convroute zoo: {len(rows)} models, batch {report.batch}, {report.dtype}, policy {report.policy}"
                  f"\n{device[:60]}", fontsize=9)
@@ -153,3 +157,14 @@ def plot_zoo(report, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _spread_whiskers(ax, spreads: list, ratios, y) -> list[float]:
+    """Whiskers over the bars where a (low, high) spread is known; each bar's right end (whisker or bar)."""
+    shown = [i for i, spread in enumerate(spreads) if spread is not None and np.isfinite(ratios[i])]
+    if shown:
+        low = [ratios[i] - spreads[i][0] for i in shown]
+        high = [spreads[i][1] - ratios[i] for i in shown]
+        ax.errorbar(ratios[shown], y[shown], xerr=[low, high], fmt="none", ecolor="black", elinewidth=0.6,
+                    capsize=1.5)
+    return [max(ratios[i], spreads[i][1]) if i in shown else ratios[i] for i in range(len(ratios))]
