@@ -11,9 +11,9 @@ no engine pays for the GPU's switch from another engine's context), and reports 
 and convroute / each; `--json` writes it.
 Without --compare convroute and torch on the CPU (float32) are timed the same way.
 
-Batch norms get random running statistics and affine parameters (seeded), as a trained network's have:
-with torch's initial identity batch norms the MobileNets' activations shrink to ~1e-9, below float16's
-range, and no fp16 engine could match them."""
+Batch norms get random affine parameters and running statistics settled on random images (seeded,
+zoo.settle_batch_norms), so that activations keep a trained network's scale: torch's initial identity batch
+norms shrink the MobileNets' activations to ~1e-9 and random statistics blow others past float16's range."""
 
 from __future__ import annotations
 
@@ -90,8 +90,8 @@ def run(args) -> int:
     model = build_any(args.model, args.seed)
     x = torch.randn(args.batch, 3, args.size, args.size)
     shape = "x".join(map(str, x.shape))
-    print(f"{args.model}: {'timm' if is_timm(args.model) else 'torchvision'} architecture, random weights and "
-          "batch-norm statistics, eval mode")
+    print(f"{args.model}: {'timm' if is_timm(args.model) else 'torchvision'} architecture, random weights, "
+          "batch-norm statistics settled on random images, eval mode")
     print(f"input {shape}, policy {args.policy}, dtype {args.dtype}"
           + (f", sums in {args.accumulate}" if args.accumulate else ""))
     start = time.perf_counter()
