@@ -206,6 +206,28 @@ def test_close_calls_follow_the_median_prediction_error_when_calibrate_kept_it(g
     assert calib.load_calibration(gpu.profile).close_call == pytest.approx(1.1025)
 
 
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_host_close_calls_measure_candidates_a_few_dispatches_apart(gpu, tune_calls, monkeypatch, flag):
+    """im2col predicted 30 % behind direct (far past the model's 2 % error) but only ~3 us, less than two
+    dispatches' host encoding: with CONVROUTE_HOST_CLOSE_CALLS on it is a close call, measured (and charged per
+    dispatch); off, the prediction stands."""
+    monkeypatch.setenv("CONVROUTE_HOST_CLOSE_CALLS", flag)
+    cal = save_fake_calibration(gpu.profile)
+    for p_sample in cal.samples:
+        fast = direct_predicted_fastest(p_sample.params)
+        p_sample.times_ms = {n: t for n, t in (fast | {"im2col": fast["direct"] * 1.3}).items()
+                             if n in p_sample.times_ms}
+    cal.model_check = {"mean_regret": 0.01, "median_error": 0.01}
+    calib.save_calibration(cal)
+    cache.forget()
+    d = route_params(INSIDE, gpu.profile, "calibrated")
+    if flag == "0":
+        assert tune_calls == [] and "close call" not in d.reason
+    else:
+        assert d.reason.startswith("calibrated: a close call (predicted within 2% + 0.014 ms"), d.reason
+        assert len(tune_calls) == 1 and set(tune_calls[0][1]) == {"direct", "im2col"}
+
+
 def contradicting_tune(calls: list, rounds: list[dict[str, float]], dispatches: dict[str, int] | None = None):
     """A stand-in for measured.tune that returns `rounds` in turn (times in ms), recording its candidates; each
     candidate records one dispatch unless `dispatches` says otherwise."""

@@ -118,11 +118,20 @@ def doubt_about(calibration, p: ConvParams, predicted: dict[str, float],
     verdict = calibration.coverage.verdict(p)
     if not verdict.covered:
         return f"outside the calibrated range ({verdict.why()})", ranked
-    close = [n for n in ranked if predicted[n] < predicted[ranked[0]] * calibration.close_call]
+    margin = host_margin()
+    close = [n for n in ranked if predicted[n] < predicted[ranked[0]] * calibration.close_call + margin]
     if len(close) < 2:
         return None
-    return (f"a close call (predicted within {100 * (calibration.close_call - 1):.0f}%, the model's typical error "
-            f"here)"), close
+    within = f"{100 * (calibration.close_call - 1):.0f}%" + (f" + {ms(margin)}" if margin else "")
+    return f"a close call (predicted within {within}, the model's typical error here)", close
+
+
+def host_margin() -> float:
+    """With $CONVROUTE_HOST_CLOSE_CALLS on (off: on trial), candidates predicted within two dispatches' host
+    encoding (2 x DISPATCH_MS) of the best are a close call too, so they are measured and each one's dispatches
+    charged (refine.charged_times): a small conv's split GEMM or im2col predicted a few us ahead of a
+    one-dispatch candidate is then not taken on its GPU time alone."""
+    return 2 * DISPATCH_MS if env_flag("CONVROUTE_HOST_CLOSE_CALLS", False) else 0.0
 
 
 def tie_to_seed(p: ConvParams, device: DeviceProfile, blocked: dict[str, str],
