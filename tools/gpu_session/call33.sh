@@ -8,12 +8,7 @@
 set -o pipefail
 NAME=call33; LIMIT=${LIMIT:-560}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 cat "$R/head.txt"
-python3 -c "
-from convroute.calibration.profile import calibration_for
-from convroute.device.gpu import get_gpu
-p = get_gpu().profile
-raise SystemExit(0 if all(calibration_for(p, d) for d in ('float32', 'float16')) else 1)" 2>/dev/null \
-  && echo "calibrations on file" || calibrations 50 75
+calibrate_unless_on_file 50 75
 LOSERS="shufflenet_v2_x0_5 timm:convnext_atto timm:lcnet_050 timm:mobilenetv4_conv_small mobilenet_v3_small mnasnet0_5"
 timeout "$(cap 120)" python3 tools/gpu_session/dtype_plans.py $LOSERS > "$R/dtype_plans.txt" 2>&1
 grep -v Warning "$R/dtype_plans.txt" | grep -v "warnings.warn\|return cls" | tail -60

@@ -8,12 +8,7 @@
 set -o pipefail
 NAME=call34; LIMIT=${LIMIT:-580}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 cat "$R/head.txt"
-python3 -c "
-from convroute.calibration.profile import calibration_for
-from convroute.device.gpu import get_gpu
-p = get_gpu().profile
-raise SystemExit(0 if all(calibration_for(p, d) for d in ('float32', 'float16')) else 1)" 2>/dev/null \
-  && echo "calibrations on file" || calibrations 50 75
+calibrate_unless_on_file 50 75
 timeout "$(cap 40)" python3 -m pytest -q -p no:cacheprovider tests/test_refine.py -rf --tb=short > "$R/tests.txt" 2>&1
 grep -E "^(FAILED|E )|passed|failed" "$R/tests.txt" | tail -4
 MODELS="timm:lcnet_050 alexnet squeezenet1_1 shufflenet_v2_x0_5 mnasnet0_5 timm:mobilenetv4_conv_small mobilenet_v2

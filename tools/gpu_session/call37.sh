@@ -8,12 +8,7 @@
 set -o pipefail
 NAME=call37; LIMIT=${LIMIT:-300}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 cat "$R/head.txt"
-python3 -c "
-from convroute.calibration.profile import calibration_for
-from convroute.device.gpu import get_gpu
-p = get_gpu().profile
-raise SystemExit(0 if all(calibration_for(p, d) for d in ('float32', 'float16')) else 1)" 2>/dev/null \
-  && echo "calibrations on file" || calibrations 50 75
+calibrate_unless_on_file 50 75
 MODELS="squeezenet1_1 mobilenet_v3_small timm:lcnet_050 shufflenet_v2_x0_5 mobilenet_v2 timm:convnext_atto"
 for dtype in float32 float16; do
   timeout "$(cap 130)" python3 tools/flag_ab.py CONVROUTE_HOST_CLOSE_CALLS $MODELS --policy calibrated \
