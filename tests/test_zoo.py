@@ -58,6 +58,32 @@ def test_list_names_at_least_30_models_of_every_torchvision_family_and_15_timm_f
         assert name in text
 
 
+def test_settled_batch_norms_keep_activations_within_float16():
+    """Convs that each scale their input up 10x, between batch norms: random statistics pass the growth on (past
+    float16's 65504 after eight), statistics settled on random images normalise it away."""
+    import torch
+
+    def net():
+        torch.manual_seed(0)
+        layers = [torch.nn.Conv2d(3, 16, 3, padding=1)]
+        for _ in range(8):
+            conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+            with torch.no_grad():
+                conv.weight.mul_(10)
+            layers += [conv, torch.nn.BatchNorm2d(16), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers).eval()
+
+    x = torch.randn(1, 3, 32, 32)
+    randomized, settled = net(), net()
+    zoo.randomize_batch_norms(randomized, 1)
+    zoo.settle_batch_norms(settled, 1, 32)
+    with torch.no_grad():
+        assert randomized(x).abs().max() > 65504 and settled(x).abs().max() < 100
+    norm = settled[2]
+    assert norm.running_mean.abs().max() > 0.1 and norm.running_var.std() > 0  # not identity statistics
+    assert not settled.training and norm._forward_pre_hooks == {}
+
+
 def test_default_sizes_follow_timm_and_torchvision():
     assert zoo.default_size("resnet18") == 224
     assert zoo.default_size("inception_v3") == 299
