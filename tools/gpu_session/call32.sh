@@ -18,13 +18,4 @@ CONVROUTE_FUZZ=100 timeout "$(cap 45)" python3 -m pytest -q -p no:cacheprovider 
   -k "test_fuzz and float" -s > "$R/fuzz.txt" 2>&1
 grep -E "cases|WRONG|passed|failed" "$R/fuzz.txt" | tail -6
 pack
-# README's H100 zoo, fastest call first
-MODELS="timm:lcnet_050 alexnet squeezenet1_1 shufflenet_v2_x0_5 mnasnet0_5 timm:mobilenetv4_conv_small mobilenet_v2
-  resnet18 mobilenet_v3_small timm:convnext_atto timm:mobilenetv3_large_100 vgg11 timm:dla34 googlenet timm:resnest14d
-  timm:ecaresnet26t timm:ghostnet_100 regnet_x_400mf timm:resnet50d efficientnet_b0 timm:efficientnet_b0
-  timm:rexnet_100 resnext50_32x4d timm:mixnet_s timm:repvgg_a2 timm:hrnet_w18_small regnet_y_400mf
-  timm:cspdarknet53 wide_resnet50_2 convnext_tiny inception_v3 timm:tresnet_m densenet121 timm:res2net50_14w_8s
-  timm:regnety_016 efficientnet_v2_s timm:xception41 timm:inception_v4"
-timeout "$(( LIMIT - SECONDS - 10 ))" python3 -m convroute.cli.main zoo $MODELS --dtype float16 --policy calibrated \
-  --compare convroute-float32 --runs 20 --no-progress --json "$R/zoo_fp16.json" > "$R/zoo_fp16.txt" 2>&1
-tail -50 "$R/zoo_fp16.txt"
+fp16_zoo

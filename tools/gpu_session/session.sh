@@ -3,7 +3,8 @@
 # It sets OUT (only the archive $OUT/$NAME.tgz goes there) and R (the call's results), CONVROUTE_CACHE_DIR (default
 # .gpucache), `pack` (the archive, also run on exit; PACK_CACHE=1 adds .gpucache to it), `cap` (limits.sh) and
 # `five_processes MODEL` (the model against the CUDA graph in five fresh processes, calibrated), `calibrations
-# BUDGET CAP` (an fp32 and an fp16 calibration into the cache, BUDGET s each, each step capped at CAP s), and writes
+# BUDGET CAP` (an fp32 and an fp16 calibration into the cache, BUDGET s each, each step capped at CAP s),
+# `calibrate_unless_on_file BUDGET CAP`, `fp16_zoo` (the default zoo in fp16 against convroute fp32), and writes
 # $R/head.txt: the card, the cache's files and the kernel hash (the device copy's .git is stale, so `git log` there
 # names an old commit).
 OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/$NAME; mkdir -p "$OUT" "$R"
@@ -30,6 +31,18 @@ from convroute.device.gpu import get_gpu
 p = get_gpu().profile
 raise SystemExit(0 if all(calibration_for(p, d) for d in ('float32', 'float16')) else 1)" 2>/dev/null \
     && echo "calibrations on file" || calibrations "$1" "$2"
+}
+fp16_zoo() {  # the default zoo in fp16 against convroute fp32, README's H100 order (fastest call first), to the limit
+  local models="timm:lcnet_050 alexnet squeezenet1_1 shufflenet_v2_x0_5 mnasnet0_5 timm:mobilenetv4_conv_small
+    mobilenet_v2 resnet18 mobilenet_v3_small timm:convnext_atto timm:mobilenetv3_large_100 vgg11 timm:dla34 googlenet
+    timm:resnest14d timm:ecaresnet26t timm:ghostnet_100 regnet_x_400mf timm:resnet50d efficientnet_b0
+    timm:efficientnet_b0 timm:rexnet_100 resnext50_32x4d timm:mixnet_s timm:repvgg_a2 timm:hrnet_w18_small
+    regnet_y_400mf timm:cspdarknet53 wide_resnet50_2 convnext_tiny inception_v3 timm:tresnet_m densenet121
+    timm:res2net50_14w_8s timm:regnety_016 efficientnet_v2_s timm:xception41 timm:inception_v4"
+  timeout "$(( LIMIT - SECONDS - 10 ))" python3 -m convroute.cli.main zoo $models --dtype float16 \
+    --policy calibrated --compare convroute-float32 --runs 20 --no-progress --json "$R/zoo_fp16.json" \
+    > "$R/zoo_fp16.txt" 2>&1
+  grep -v "Warning\|warnings.warn\|return cls" "$R/zoo_fp16.txt" | tail -52
 }
 source "$(dirname "${BASH_SOURCE[0]}")/limits.sh"
 { nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"

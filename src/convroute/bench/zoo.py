@@ -330,8 +330,7 @@ def summary_table(report: ZooReport) -> str:
     for peer in report.peers:
         ratios = {r.name: r.ratio(peer) for r in report.ranked() if r.ratio(peer) is not None}
         slower = [f"{name} {ratio:.2f}" for name, ratio in ratios.items() if ratio > 1.0]
-        clearly = [r.name for r in report.ranked() if r.ratio(peer) is not None and r.ratio(peer) > 1.0
-                   and r.beyond_spread(peer)]
+        clearly = [r.name for r in report.ranked() if r.beyond_spread(peer)]  # p10 over p90: slower too
         lines.append(f"slower than {short(peer)} on {len(slower)} of {len(ratios)} models"
                      + (f": {', '.join(slower)}" if slower else ""))
         if slower:

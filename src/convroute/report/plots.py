@@ -138,7 +138,6 @@ def plot_zoo(report, path: str) -> None:
             if np.isfinite(v):
                 ax.text(ends[i], i + offset, f" {v:.2f}", va="center", fontsize=6)
         values += [e for e in ends if np.isfinite(e)] + [spread[0] for spread in spreads if spread is not None]
-        values += [v for v in ratios if np.isfinite(v)]
     ax.axvline(1.0, color="black", linewidth=0.8)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
