@@ -27,11 +27,17 @@ from convroute.report.latency import Latency
 from convroute.report.table import format_table
 
 
-def compiled(flag: str, model, x, policy: str, dtype: str) -> dict:
-    """"on" / "off" -> `model` compiled with `flag` at 1 / 0."""
+def flag_arms(flag: str) -> dict:
+    """"on" / "off" -> a context that sets `flag` to 1 / 0 while a model compiles."""
+    return {state: (lambda value=value: mock.patch.dict(os.environ, {flag: value}))
+            for state, value in (("on", "1"), ("off", "0"))}
+
+
+def compiled(arms: dict, model, x, policy: str, dtype: str) -> dict:
+    """Arm name -> `model` compiled inside that arm's context, in the arms' order."""
     programs = {}
-    for state, value in (("on", "1"), ("off", "0")):
-        with mock.patch.dict(os.environ, {flag: value}):
+    for state in arms:
+        with arms[state]():
             programs[state] = frontend.compile(model, (x,), policy=policy, dtype=dtype)
     return programs
 
@@ -41,25 +47,32 @@ def main(argv=None) -> int:
     parser.add_argument("flag")
     add_model_arguments(parser, ["convnext_tiny", "timm:convnext_atto"], rounds=100)
     args = parser.parse_args(argv)
+    return compare(args.flag, flag_arms(args.flag), args)
+
+
+def compare(title: str, arms: dict, args) -> int:
+    """Each of args.models compiled in every arm (name -> context factory; the first is the baseline of the
+    ratios), checked against torch float64 and called in interleaved rounds; prints the table."""
+    first, *others = arms
     rows = []
     for name in args.models:
         zoo.check_name(name)
         x = torch.randn(1, 3, args.size, args.size)
         model = zoo.build_any(name, 0)
-        programs = compiled(args.flag, model, x, args.policy, args.dtype)
+        programs = compiled(arms, model, x, args.policy, args.dtype)
         with torch.no_grad():
             expected = copy.deepcopy(model).double()(x.double())
         errors = {s: zoo.rel_error(p(x), expected) for s, p in programs.items()}
         stats = alternating(programs, x, args.rounds)
         passes = {s: _gpu_pass(p, x) for s, p in programs.items()}
         rows.append([name] + [f"{programs[s].summary().dispatches} / {errors[s]:.1e} / {stats[s].median_ms:.3f} "
-                              f"({stats[s].p10_ms:.3f}-{stats[s].p90_ms:.3f}){passes[s]}" for s in ("on", "off")]
-                    + [f"{stats['on'].median_ms / stats['off'].median_ms:.3f}"])
+                              f"({stats[s].p10_ms:.3f}-{stats[s].p90_ms:.3f}){passes[s]}" for s in arms]
+                    + [f"{stats[first].median_ms / stats[s].median_ms:.3f}" for s in others])
         print(f"{name} done", file=sys.stderr, flush=True)
-    print(f"{args.flag}; {programs['on'].gpu.profile.name}, {args.size} px, "
+    print(f"{title}; {programs[first].gpu.profile.name}, {args.size} px, "
           f"policy {args.policy}, {args.dtype}, {args.rounds} interleaved rounds; dispatches / rel. error / whole "
           f"call ms median (p10-p90) [GPU pass ms]")
-    print(format_table(["model", "on", "off", "on / off"], rows))
+    print(format_table(["model", *arms, *(f"{first} / {s}" for s in others)], rows))
     return 0
 
 
