@@ -5,8 +5,9 @@ does not see; this measures whether host-bound models gain from going without.
 
 Arms, each the whole model compiled once (routing unchanged: only the launches of GEMMs that would split):
   splits  as shipped (gemm.launch_plan);
-  sliced  each split GEMM as one launch of 32x32 tiles whose workgroups hold the most K slices that fit the
-          device (gemm_tiles: the slices' sums meet in workgroup memory);
+  sliced  each split GEMM as one launch of 32x32 tiles whose workgroups hold K slices of at least
+          gemm.SLICE_STEPS K steps each, as many as fit the device (gemm_tiles: the slices' sums meet in
+          workgroup memory);
   whole   each split GEMM as one launch of its tile over all of K.
 
 usage: python tools/split_ab.py [MODEL ...] [--size N] [--policy P] [--rounds R] [--dtype D]
@@ -27,8 +28,6 @@ from maps_ab import add_model_arguments
 from convroute.kernels import gemm
 from convroute.kernels.gemm_tiles import SIZED
 
-MOST_SLICES = 16
-
 
 def one_launch(sliced: bool):
     """Gemm.plan without K splits: sliced, or the planned tile over all of K."""
@@ -40,7 +39,7 @@ def one_launch(sliced: bool):
             return tile, 1
         small = SIZED["small"]
         ktiles = self.k_pad // small.bk
-        for ks in range(min(ktiles, MOST_SLICES), 1, -1) if sliced else ():
+        for ks in range(gemm.ceil_div(ktiles, gemm.SLICE_STEPS), 1, -1) if sliced else ():
             candidate = small.sliced(ks)
             if candidate.unfit(self.gpu.profile, self.precision) is None:
                 return candidate, 1
