@@ -76,7 +76,8 @@ def test_k_slices_add_up(monkeypatch, c_in, side, tile, ks, splits, dtype):
 
 def test_small_split_products_become_k_slices():
     """gemm.slice_plan on an H100-sized workgroup (48 KiB, 1024 invocations): 32x32 tiles with K slices of at
-    most SLICE_STEPS K steps for split products under SLICE_MACS; the split plan where they do not fit."""
+    least SLICE_STEPS K steps for split products under SLICE_MACS, as many as fit; the split plan where not even
+    two fit (an 8 KiB workgroup)."""
     h100 = DeviceProfile("nvidia", "H100-like", limits={"max-compute-workgroup-storage-size": 49152,
                                                         "max-compute-invocations-per-workgroup": 1024,
                                                         "max-compute-workgroup-size-x": 1024})
@@ -87,9 +88,14 @@ def test_small_split_products_become_k_slices():
     assert gemm.slice_plan(middle, 2, 960, 49, 160, h100) == (small.sliced(5), 1)  # the tile becomes 32x32
     assert gemm.slice_plan(small, 1, 24, 3136, 96, h100) == (small, 1)  # not split: unchanged
     assert gemm.slice_plan(middle, 4, 128, 3136, 256, h100) == (middle, 4)  # 103 M multiply-adds: stays split
-    assert gemm.slice_plan(small, 8, 64, 196, 256, h100) == (small, 8)  # 8 slices of f32 tiles need 60 KiB
+    assert gemm.slice_plan(small, 8, 64, 196, 256, h100) == (small.sliced(6), 1)  # 8 f32 slices need 60 KiB, 6 need 44
     assert gemm.slice_plan(small, 8, 64, 196, 256, h100, f16_sums) == (small.sliced(8), 1)  # f16 tiles: 44 KiB
-    assert small.sliced(8).unfit(h100) and not small.sliced(8).unfit(h100, f16_sums)
+    assert small.sliced(8).unfit(h100) and not small.sliced(6).unfit(h100) and not small.sliced(8).unfit(h100, f16_sums)
+    tiny = DeviceProfile("nvidia", "8 KiB", limits={"max-compute-workgroup-storage-size": 8192,
+                                                    "max-compute-invocations-per-workgroup": 1024,
+                                                    "max-compute-workgroup-size-x": 1024})
+    assert small.sliced(2).unfit(tiny)
+    assert gemm.slice_plan(small, 8, 64, 196, 256, tiny) == (small, 8)
 
 
 @pytest.mark.parametrize("tile", [Tile(32, 32, 32, 4, 4), Tile(64, 32, 32, 4, 4)], ids=str)
