@@ -148,9 +148,9 @@ def slice_plan(tile: Tile, splits: int, m: int, cols: int, k_pad: int, profile,
     fit the device's workgroup limits: no partial sums in memory, no second dispatch. Measured on the H100
     (NOTES, session 10) over the suites' split GEMM layers, slices won where K is shallow (2-4 steps a slice)
     and lost on large products, where fewer workgroups do the work. Where the slices for 4 steps did not fit
-    (deep K), the plan stayed split until session 30: slicing those too took 11-24 dispatches off
-    host-bound models with the GPU pass within -21 % to +3 % in fp32 and +1 % to +10 % in fp16 (NOTES), less
-    than the second dispatch's host encoding (router.refine.DISPATCH_MS) on every model measured."""
+    (deep K), the plan stayed split until session 30: slicing those too took 1-24 dispatches off six of seven
+    host-bound models, the GPU pass moving -21 % to +3 % in fp32 and +1 % to +10 % in fp16 (NOTES), each loss
+    less than the removed dispatches' host encoding (router.refine.DISPATCH_MS)."""
     if splits == 1 or m * k_pad * cols >= SLICE_MACS:
         return tile, splits
     small = SIZED["small"]
