@@ -35,6 +35,14 @@ def small_direct_tile(monkeypatch):
     monkeypatch.setattr(direct_cpu, "TILES", (direct_cpu.RegisterTile(4, 4),))
 
 
+@pytest.fixture
+def k_splits(monkeypatch):
+    """GEMM launches keep the K splits their tile rule gives (gemm.slice_plan left out): tests of the split path,
+    which GPUs still take past SLICE_MACS or where two K slices do not fit a workgroup."""
+    from convroute.kernels import gemm
+    monkeypatch.setattr(gemm, "slice_plan", lambda tile, splits, *args, **kwargs: (tile, splits))
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path_factory):
     """Tests see no routing overrides from the caller's environment, and no calibration/autotune files or

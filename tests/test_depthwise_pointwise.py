@@ -63,7 +63,7 @@ def test_pair_matches_torch(case):
         assert norm_relative_error(out, ref) <= 1e-2
 
 
-def test_pair_with_k_split_adds_residual_in_reduce(monkeypatch):
+def test_pair_with_k_split_adds_residual_in_reduce(monkeypatch, k_splits):
     monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "workgroup"))
     out, ref, dispatches = run_pair("split-residual", busy=256, monkeypatch=monkeypatch)
     assert len(dispatches) == 2, "K (the depthwise channels) was not split"

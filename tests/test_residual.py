@@ -104,7 +104,7 @@ def test_residual_store_matches_torch(monkeypatch, case, dtype):
 
 
 @pytest.mark.parametrize("case, dtype", cases(SPLIT_K))
-def test_residual_after_split_k(monkeypatch, case, dtype):
+def test_residual_after_split_k(monkeypatch, k_splits, case, dtype):
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
     use_style(monkeypatch, "workgroup")
     name, p, activation, _ = SPLIT_K[case]

@@ -59,7 +59,7 @@ def test_binds_share_scratch_and_grow_it(monkeypatch, name):
 
 
 @pytest.mark.parametrize("name", ALGOS)
-def test_binds_recorded_back_to_back(name):
+def test_binds_recorded_back_to_back(name, k_splits):
     """Three binds of one kernel in one submission, the second reusing the first's scratch, the third
     growing it: each output matches the reference."""
     kernel, x, w, b = prepared(name)

@@ -117,7 +117,7 @@ def test_every_algorithm_runs_on_a_folded_grid(monkeypatch, algorithm):
     ("pointwise", dict(input_shape=(2, 300, 5, 3), weight_shape=(70, 300, 1, 1))),
     ("implicit_gemm", dict(input_shape=(2, 40, 6, 5), weight_shape=(20, 40, 3, 2), stride=(2, 1), padding=1)),
 ])
-def test_split_k_matches_torch(monkeypatch, algorithm, case):
+def test_split_k_matches_torch(monkeypatch, k_splits, algorithm, case):
     """Asking for more workgroups than the small tile gives splits K; partial sums are reduced exactly once."""
     monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
     monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "workgroup"))  # CPUs never split K
@@ -128,6 +128,24 @@ def test_split_k_matches_torch(monkeypatch, algorithm, case):
     assert_matches(out, reference(p, x, w, b, "relu6"), f"{algorithm} with split K")
     tile, splits = gemm.choose_tile(p.c_out, p.n * p.ho * p.wo, -(-p.c_in * p.kh * p.kw // 16) * 16, 64)
     assert splits > 1, (tile, splits)
+
+
+@pytest.mark.parametrize("algorithm, case", [
+    ("pointwise", dict(input_shape=(2, 300, 5, 3), weight_shape=(70, 300, 1, 1))),
+    ("implicit_gemm", dict(input_shape=(1, 96, 7, 7), weight_shape=(40, 96, 3, 3), padding=1)),
+])
+def test_small_split_products_run_as_one_launch_of_k_slices(monkeypatch, algorithm, case):
+    """The same products on a GPU's plan (gemm.slice_plan): one launch whose workgroups sum K slices, exact."""
+    monkeypatch.setattr(DeviceProfile, "busy_workgroups", property(lambda self: 64))
+    monkeypatch.setattr(DeviceProfile, "gemm_style", property(lambda self: "workgroup"))
+    p = make_params(**case)
+    x, w, b = random_inputs(p, np.random.default_rng(16))
+    kernel = ALGORITHMS[algorithm](get_gpu(), p, w, b, Epilogue.parse("relu6"))
+    tile, splits = kernel.gemm.plan(p.n * p.ho * p.wo)
+    assert splits == 1 and tile.ks > 1, (tile, splits)
+    out, dispatches = run_kernel(ALGORITHMS[algorithm], p, x, w, b, "relu6")
+    assert len(dispatches) == 1
+    assert_matches(out, reference(p, x, w, b, "relu6"), f"{algorithm} with K slices")
 
 
 @pytest.mark.parametrize("case", [
