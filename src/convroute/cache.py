@@ -11,6 +11,7 @@ memoises what a file parses to on its mtime and size, so routing reads each file
 
 from __future__ import annotations
 
+import ast
 import functools
 import hashlib
 import json
@@ -69,14 +70,40 @@ def device_file(kind: str, device_key: str, dtype: str = "float32") -> Path:
 
 @functools.cache
 def kernel_hash() -> str:
-    """12 hex digits of sha256 over the source of every module under convroute/kernels (WGSL templates and
+    """12 hex digits of sha256 over the code of every module under convroute/kernels (WGSL templates and
     the code that generates and launches them), in path order, then of the timer (measure/timing.py: how a
-    time is taken is part of what a stored time means)."""
+    time is taken is part of what a stored time means). Code without docstrings, comments and blank lines
+    (`code_text`): editing what explains a kernel leaves its measurements valid."""
     digest = hashlib.sha256()
     for path in sorted(KERNELS_DIR.rglob("*.py")):
-        digest.update(path.relative_to(KERNELS_DIR).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    digest.update(TIMER_FILE.read_bytes())
+        digest.update(path.relative_to(KERNELS_DIR).as_posix().encode() + b"\0" + code_text(path) + b"\0")
+    digest.update(code_text(TIMER_FILE))
     return digest.hexdigest()[:12]
+
+
+def code_text(path: Path) -> bytes:
+    """A module's lines without its docstrings (lines holding nothing else), comments and trailing blanks. A
+    '#' starts a comment on a line that no string literal touches; a line with a string keeps all it holds, so
+    a '#' inside a string (a WGSL template) stays code."""
+    source = path.read_bytes()
+    lines = source.decode().splitlines()
+    dropped, strings = set(), set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.JoinedStr) or (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+            strings.update(range(node.lineno - 1, node.end_lineno))
+        body = getattr(node, "body", None)
+        if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) or not body:
+            continue
+        first = body[0]
+        if not (isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)):
+            continue
+        before = lines[first.lineno - 1].encode()[:first.col_offset]  # ast's offsets count UTF-8 bytes
+        after = lines[first.end_lineno - 1].encode()[first.end_col_offset:]
+        if not before.strip() and not after.strip():
+            dropped.update(range(first.lineno - 1, first.end_lineno))
+    kept = (line if i in strings else line.split("#", 1)[0] for i, line in enumerate(lines) if i not in dropped)
+    return "\n".join(line.rstrip() for line in kept if line.strip()).encode()
 
 
 def _version(package: str) -> str:

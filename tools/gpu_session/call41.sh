@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU session, call 41 (<= $LIMIT s, default 260; carry .gl .whl .gpucache): calibrates fp32 and fp16 when the cache
-# has none for this kernel hash (session 30's last docstring edit in gemm.py moved it to fa4a11d323f2), then
+# has none for this kernel hash (fd807d1e1882; .gpucache holds call 39's, restamped: see NOTES), then
 # implicit_gemm's B gather unrolled against the loop (tools/gather_ab.py) on fp16 losers with 3x3 implicit_gemm
 # convs, fp16 then fp32.
 #   source .gl/prelude.sh && bash tools/gpu_session/call41.sh   (carry .gl .whl .gpucache; results under $OUT)
