@@ -269,6 +269,7 @@ def test_a_second_batch_norm_after_a_concat_stays_apart_when_the_first_has_other
     model = TwoBatchNormsAfterConcat().eval()
     x = torch.randn(1, channels(model), 8, 8)
     monkeypatch.setenv("CONVROUTE_CONCAT_BN", "1")
+    monkeypatch.setenv("CONVROUTE_SUMMED_CONVS", "0")  # else bn2 + other(b) is one conv (test_summed_convs)
     out, _, program = run(model, x, "float32", True, monkeypatch)
     assert rel_error(out, reference(model, x)) < TOLERANCES["float32"]
     assert program.summary().gpu_ops["batch_norm_eval"] == 1, program.summary().gpu_ops

@@ -34,9 +34,9 @@ def fold_batch_norm_through_concat(g: Graph) -> None:
                 or cat.arg(1, "dim", 0) % 4 != 1 or not is_const(g, bn.args[1:5]):
             continue
         convs = [producers.get(t.name) if isinstance(t, Ref) else None for t in cat.args[0]]
-        if not all(_plain_conv(g, c, users, outputs) for c in convs) or len({c.name for c in convs}) != len(convs):
+        if not all(plain_conv(g, c, users, outputs) for c in convs) or len({c.name for c in convs}) != len(convs):
             continue
-        scale, shift = _affine(g, bn)
+        scale, shift = batch_norm_affine(g, bn)
         start = 0
         for conv in convs:
             width = conv.meta.shape[1]
@@ -54,7 +54,7 @@ def fold_batch_norm_through_concat(g: Graph) -> None:
 def fold_layer_scales(g: Graph) -> None:
     """conv -> mul by a constant with one value per output channel (or one number), or div by one  ==>  the conv
     with its weights and bias scaled (ConvNeXt's layer scale), so that the residual add after it can go into the
-    conv's store. Only for a conv _plain_conv allows; the mul's own fused activation moves to the conv."""
+    conv's store. Only for a conv plain_conv allows; the mul's own fused activation moves to the conv."""
     producers = {n.name: n for n in g.nodes}
     users = g.users()
     outputs = g.output_names()
@@ -64,7 +64,7 @@ def fold_layer_scales(g: Graph) -> None:
             continue
         for conv_arg, scale_arg in ((0, 1), (1, 0)) if node.op == "mul.Tensor" else ((0, 1),):
             conv = producers.get(node.args[conv_arg].name) if isinstance(node.args[conv_arg], Ref) else None
-            if not _plain_conv(g, conv, users, outputs) or not _same_meta(conv.meta, node.meta):
+            if not plain_conv(g, conv, users, outputs) or not _same_meta(conv.meta, node.meta):
                 continue
             scale = _per_channel(g, node.args[scale_arg], conv.meta)
             if scale is None or node.op == "div.Tensor" and bool((scale == 0).any()):  # x / 0 stays torch's
@@ -100,13 +100,15 @@ def _per_channel(g: Graph, value, meta: torch.Tensor):
     return t.double().reshape(-1).expand(channels).clone()
 
 
-def _plain_conv(g: Graph, conv: Node | None, users: dict, outputs: set) -> bool:
+def plain_conv(g: Graph, conv: Node | None, users: dict, outputs: set) -> bool:
+    """A conv that a pass may rewrite freely: not transposed, constant weights, no activation, residual or fused
+    depthwise of its own, one reader and no model output."""
     return conv is not None and conv.op == "convolution" and conv.act is None and conv.residual is None \
         and conv.depthwise is None and not conv.args[6] and is_const(g, conv.args[1:3]) \
         and len(users.get(conv.name, [])) == 1 and conv.name not in outputs
 
 
-def _affine(g: Graph, bn: Node):
+def batch_norm_affine(g: Graph, bn: Node):
     """The batch norm as y = x * scale + shift per channel, in float64."""
     _x, weight, bias, mean, var, _momentum, eps = bn.args
     scale = 1.0 / torch.sqrt(g.constants[var.name].double() + eps)

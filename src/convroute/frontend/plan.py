@@ -42,6 +42,7 @@ from convroute.frontend.lower import (
 )
 from convroute.frontend.reductions import fuse_reductions, lower_weighted_sum, weighted_sum
 from convroute.frontend.siblings import merge_sibling_convs
+from convroute.frontend.summed_convs import merge_summed_convs
 from convroute.frontend.views import locate, plan_views
 from convroute.frontend.wide_convs import split_wide_convs
 from convroute.kernels.elementwise import Unary
@@ -140,7 +141,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     $CONVROUTE_CHANNELS_LAST (on): permute -> per-pixel ops -> permute back runs on NCHW without the permutes
     (frontend/channels_last.py); $CONVROUTE_LAYER_SCALE (on): a mul by a per-channel constant after a conv goes
     into the conv's weights; $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into
-    the convs;
+    the convs; $CONVROUTE_SUMMED_CONVS (on): convs of one input whose results are added (and an identity batch
+    norm added with them: RepVGG, MobileOne) run as one conv (frontend/summed_convs.py);
     $CONVROUTE_SQUEEZE_EXCITE (on; CPU adapters run it as the pool and two dispatches) and
     $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as its pool and one dispatch
     (frontend/fuse.py, kernels/squeeze_excite.py); $CONVROUTE_CONCAT_VIEW (on): a concat read only through
@@ -165,6 +167,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
     if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph, lambda p: routable(ctx, p)):
+        metas.update((n.name, n.meta) for n in graph.nodes)
+    if env_flag("CONVROUTE_SUMMED_CONVS", True) and merge_summed_convs(graph, lambda p: routable(ctx, p)):
         metas.update((n.name, n.meta) for n in graph.nodes)
     if env_flag("CONVROUTE_SQUEEZE_EXCITE", True):
         fuse_squeeze_excite(graph)

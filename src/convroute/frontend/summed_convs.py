@@ -1,0 +1,132 @@
+"""Convs of one input whose results are added, run as one conv (a graph pass build_plan runs): the training form
+of RepVGG's and MobileOne's blocks (a kxk conv + a 1x1 conv + an identity batch norm, summed, then an
+activation) becomes the one kxk conv those papers re-parameterise it into by hand for deployment. The smaller
+kernels add into the taps of the larger one they line up with, an identity batch norm into the centre tap of
+each channel's own input: no multiply-adds are added (unlike concat siblings, siblings.py), and the sum's
+adds, batch norm and second conv go.
+
+Merged pairwise, in graph order, so a sum of three terms merges its inner add first: an add (alpha 1, no fused
+residual) of two terms read by it alone, each a conv (not transposed, constant weights, no activation, residual or
+fused depthwise; both with the same groups, stride and dilation where their kernels are wider than 1) or an eval
+batch norm with constant statistics (stride 1 then), every term reading the same value, with the add's shape.
+The add's activation goes to the merged conv.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from convroute.frontend.export import is_const, set_weights
+from convroute.frontend.fuse import batch_norm_affine, plain_conv
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, read_once
+from convroute.params import ConvParams, make_params
+
+
+def merge_summed_convs(g: Graph, routable: Callable[[ConvParams], bool] | None = None) -> int:
+    """Merge every add of two mergeable terms (see the module); returns how many adds went. `routable`: whether
+    the merged conv would have an algorithm (siblings.merge_sibling_convs's)."""
+    made = 0
+    for add in list(g.nodes):
+        if add.op != "add.Tensor" or len(add.args) != 2 or add.kwargs.get("alpha", 1) != 1 \
+                or add.residual is not None or not all(isinstance(a, Ref) for a in add.args):
+            continue
+        producers = {n.name: n for n in g.nodes}
+        users, outputs, once = g.users(), g.output_names(), read_once(g)
+        terms = [producers.get(a.name) for a in add.args]
+        if any(not once(t) or not _same_shape(t.meta, add.meta) for t in terms) or terms[0] is terms[1]:
+            continue
+        convs = [t for t in terms if plain_conv(g, t, users, outputs)]
+        norms = [t for t in terms if _identity_norm(g, t)]
+        if not convs or len(convs) + len(norms) != 2 or len({t.args[0] for t in terms}) != 1:
+            continue
+        merged = _merge(g, convs, norms, add, routable)
+        if merged is None:
+            continue
+        gone = {t.name for t in terms} | {add.name}
+        at = next(i for i, n in enumerate(g.nodes) if n.name in gone)
+        g.nodes = g.nodes[:at] + [merged] + [n for n in g.nodes[at:] if n.name not in gone]
+        g.replace_uses(add.name, Ref(merged.name))
+        made += 1
+    return made
+
+
+def _same_shape(a, b) -> bool:
+    return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.ndim == 4
+
+
+def _identity_norm(g: Graph, node: Node) -> bool:
+    return node.target is batch_norm_eval and node.act is None and isinstance(node.args[0], Ref) \
+        and is_const(g, node.args[1:5])
+
+
+def _merge(g: Graph, convs: list[Node], norms: list[Node], add: Node, routable) -> Node | None:
+    """The first conv rewritten as the sum of the two terms, or None where they do not line up (strides,
+    dilations, groups, taps) or the merged conv would have no algorithm."""
+    first = convs[0]
+    groups = {_arg(c, 8, "groups", 1) for c in convs}
+    strides = {_pair(_arg(c, 3, "stride", 1)) for c in convs}
+    wide = [c for c in convs if tuple(g.constants[c.args[1].name].shape[2:]) != (1, 1)]
+    dilations = {_pair(_arg(c, 5, "dilation", 1)) for c in wide}
+    if len(groups) != 1 or len(strides) != 1 or len(dilations) > 1 or (norms and strides != {(1, 1)}):
+        return None
+    dilation = dilations.pop() if dilations else (1, 1)
+    group = groups.pop()
+    terms = [(g.constants[c.args[1].name].double(), _pair(_arg(c, 4, "padding", 0)), _bias(g, c)) for c in convs]
+    terms += [_as_conv(g, n, group) for n in norms]
+    padding = tuple(max(t[1][a] for t in terms) for a in range(2))
+    gaps = [tuple(padding[a] - t[1][a] for a in range(2)) for t in terms]
+    if any(gap[a] % dilation[a] for gap in gaps for a in range(2)):
+        return None
+    offsets = [tuple(gap[a] // dilation[a] for a in range(2)) for gap in gaps]
+    size = tuple(max(o[a] + t[0].shape[2 + a] for o, t in zip(offsets, terms, strict=True)) for a in range(2))
+    weight = terms[0][0].new_zeros((*terms[0][0].shape[:2], *size))
+    for (w, _, _), (oh, ow) in zip(terms, offsets, strict=True):
+        weight[:, :, oh:oh + w.shape[2], ow:ow + w.shape[3]] += w
+    stride = strides.pop()
+    params = make_params(tuple(_meta_of(g, first.args[0].name).shape), tuple(weight.shape), stride, padding,
+                         dilation, group)
+    if params.output_shape != tuple(add.meta.shape) or (routable is not None and not routable(params)):
+        return None
+    dtype = g.constants[first.args[1].name].dtype
+    set_weights(g, first, weight.to(dtype), sum(t[2] for t in terms).to(dtype))
+    first.args = (first.args[0], first.args[1], first.args[2], list(stride), list(padding), list(dilation), False,
+                  [0, 0], group)
+    first.kwargs, first.act, first.meta = {}, add.act, add.meta
+    first.notes += [f"summed with {t.module or t.name} ({t.op}) into one conv" for t in (*convs[1:], *norms)]
+    first.notes += add.notes
+    return first
+
+
+def _as_conv(g: Graph, norm: Node, groups: int):
+    """An identity batch norm as a 1x1 conv's (weight, padding, bias) with `groups`: each channel's scale on its
+    own input channel."""
+    scale, shift = batch_norm_affine(g, norm)
+    channels = scale.numel()
+    per_group = channels // groups
+    weight = torch.zeros((channels, per_group, 1, 1), dtype=torch.float64)
+    weight[torch.arange(channels), torch.arange(channels) % per_group, 0, 0] = scale
+    return weight, (0, 0), shift
+
+
+def _bias(g: Graph, conv: Node) -> torch.Tensor:
+    b = conv.arg(2, "bias")
+    channels = g.constants[conv.args[1].name].shape[0]
+    return torch.zeros(channels, dtype=torch.float64) if b is None else g.constants[b.name].double()
+
+
+def _meta_of(g: Graph, name: str):
+    if name in g.inputs:
+        return g.input_meta[g.inputs.index(name)]
+    return next(n.meta for n in g.nodes if n.name == name)
+
+
+def _arg(node: Node, index: int, name: str, default):
+    value = node.arg(index, name, default)
+    return default if value is None else value
+
+
+def _pair(value) -> tuple[int, int]:
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    return value[0], value[-1]
