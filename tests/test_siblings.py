@@ -57,19 +57,21 @@ class Mixed(nn.Module):
         return F.silu(self.bn(torch.cat([conv(p) for conv, p in zip(self.convs, parts, strict=True)], 1)))
 
 
-def compiled(model, x, on: bool, monkeypatch, dtype="float32"):
-    monkeypatch.setenv("CONVROUTE_MERGE_SIBLINGS", "1" if on else "0")
+def compiled(flag: str, note: str, model, x, on: bool, monkeypatch, dtype="float32"):
+    monkeypatch.setenv(flag, "1" if on else "0")
     program = convroute.compile(model, (x,), dtype=dtype)
-    merged = [n for s in program.plan.gpu_steps for n in s.node.notes if "sibling convs" in n]
-    return program(x), program.summary(), merged
+    merged = [n for s in program.plan.gpu_steps for n in s.node.notes if note in n]
+    return program(x), program.summary(), merged, [s.node.op for s in program.plan.gpu_steps]
 
 
-def check(model, x, merges: int, monkeypatch, dtype="float32"):
+def check_pass(flag: str, note: str, model, x, merges: int, monkeypatch, dtype="float32") -> list[str]:
+    """A merging graph pass on (`flag` 1) and off: both match torch, on has `merges` notes containing `note` and
+    fewer dispatches (the same where `merges` is 0), no CPU ops; the GPU steps' ops with it on."""
     torch.manual_seed(1)
     model = model.eval()
     ref = reference(model, x)
-    out, summary, merged = compiled(model, x, True, monkeypatch, dtype)
-    plain, plain_summary, none = compiled(model, x, False, monkeypatch, dtype)
+    out, summary, merged, ops = compiled(flag, note, model, x, True, monkeypatch, dtype)
+    plain, plain_summary, none, _ = compiled(flag, note, model, x, False, monkeypatch, dtype)
     assert rel_error(out, ref) < TOLERANCES[dtype] and rel_error(plain, ref) < TOLERANCES[dtype]
     assert not none and len(merged) == merges, merged
     assert not summary.cpu_ops
@@ -77,6 +79,11 @@ def check(model, x, merges: int, monkeypatch, dtype="float32"):
         assert summary.dispatches < plain_summary.dispatches
     else:
         assert summary.dispatches == plain_summary.dispatches
+    return ops
+
+
+def check(model, x, merges: int, monkeypatch, dtype="float32"):
+    check_pass("CONVROUTE_MERGE_SIBLINGS", "sibling convs", model, x, merges, monkeypatch, dtype)
 
 
 SAME_KERNEL = ((3, 1, 1), (3, 1, 1))

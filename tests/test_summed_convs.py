@@ -12,10 +12,8 @@ torch = pytest.importorskip("torch")
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import convroute  # noqa: E402
 import convroute.frontend  # noqa: E402, F401 (before the GPU opens: see convroute.frontend)
-from convroute.measure.reference import TOLERANCES  # noqa: E402
-from test_frontend import reference, rel_error  # noqa: E402
+from test_siblings import check_pass  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("small_direct_tile")]
 
@@ -52,28 +50,9 @@ class RepBlock(nn.Module):
         return F.relu(out)
 
 
-def compiled(model, x, on: bool, monkeypatch, dtype="float32"):
-    monkeypatch.setenv("CONVROUTE_SUMMED_CONVS", "1" if on else "0")
-    program = convroute.compile(model, (x,), dtype=dtype)
-    merged = [n for s in program.plan.gpu_steps for n in s.node.notes if "into one conv" in n]
-    ops = [s.node.op for s in program.plan.gpu_steps]
-    return program(x), program.summary(), merged, ops
-
-
-def check(model, x, merges: int, monkeypatch, dtype="float32"):
+def check(model, x, merges: int, monkeypatch, dtype="float32") -> list[str]:
     """`merges`: terms summed into another conv (a block of k terms has k - 1)."""
-    model = model.eval()
-    ref = reference(model, x)
-    out, summary, merged, ops = compiled(model, x, True, monkeypatch, dtype)
-    plain, plain_summary, none, _ = compiled(model, x, False, monkeypatch, dtype)
-    assert rel_error(out, ref) < TOLERANCES[dtype] and rel_error(plain, ref) < TOLERANCES[dtype]
-    assert not none and len(merged) == merges, merged
-    assert not summary.cpu_ops
-    if merges:
-        assert summary.dispatches < plain_summary.dispatches
-    else:
-        assert summary.dispatches == plain_summary.dispatches
-    return ops
+    return check_pass("CONVROUTE_SUMMED_CONVS", "into one conv", model, x, merges, monkeypatch, dtype)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
