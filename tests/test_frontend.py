@@ -152,6 +152,23 @@ def test_a_batch_norm_folds_only_into_a_conv_it_alone_reads(monkeypatch):
     assert program.summary().gpu_ops["batch_norm_eval"] == 1  # bn2, standalone
 
 
+class NeutralArithmetic(nn.Module):
+    """x * 1, x / 1, x - 0 and 0 + x with plain numbers: each is x, no dispatch; y * y stays."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = 0 + (self.conv(x) * 1) / 1 - 0
+        return y * y
+
+
+def test_neutral_arithmetic_is_dropped_at_export():
+    program = checked_program(NeutralArithmetic().eval(), torch.randn(1, 3, 6, 7))
+    assert [s.node.op for s in program.plan.gpu_steps] == ["convolution", "mul.Tensor"]
+
+
 class ClassToken(nn.Module):
     """ViT's stem: patches from a conv, a learned class token (a constant after export) concatenated in front."""
 

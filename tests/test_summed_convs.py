@@ -87,6 +87,50 @@ def test_strided_convs_merge_without_an_identity(monkeypatch):
     check(block, torch.randn(1, 3, 11, 10), 1, monkeypatch)
 
 
+class MobileOneSum(RepBlock):
+    """MobileOne's sum starts from a literal 0 (`scale_out = 0` without a 1x1 branch): the neutral add goes at
+    export, and the branches then merge."""
+
+    def forward(self, x):
+        x = self.stem(x)
+        out = 0 + self.identity(x)
+        for branch in self.branches:
+            out = out + branch(x)
+        return F.relu(out)
+
+
+def test_a_sum_started_from_zero_merges(monkeypatch):
+    torch.manual_seed(0)
+    block = MobileOneSum(kernels=((3, 1, 1), (3, 1, 1)), groups=8)
+    assert check(block, torch.randn(1, 3, 9, 8), 2, monkeypatch) == ["convolution", "convolution"]
+
+
+class RepMixer(nn.Module):
+    """FastViT's token mixer: x + scale * (mixer(x) - norm(x)), mixer a depthwise conv + batch norm, then a
+    depthwise conv: the difference, the layer scale and the input itself all go into one depthwise conv."""
+
+    def __init__(self, channels=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 1)
+        self.mixer = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                                   settled(nn.BatchNorm2d(channels)))
+        self.norm = settled(nn.BatchNorm2d(channels))
+        self.scale = nn.Parameter(torch.rand(channels, 1, 1) + 0.5)
+        self.tail = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.scale * (self.mixer(x) - self.norm(x))
+        return self.tail(x)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_repmixer_difference_scale_and_input_become_one_conv(dtype, monkeypatch):
+    torch.manual_seed(0)
+    ops = check(RepMixer(), torch.randn(1, 3, 10, 9), 2, monkeypatch, dtype)
+    assert ops == ["convolution"] * 3, ops
+
+
 class Shortcut(nn.Module):
     """ResNet's add: a conv of the block's output plus a conv of its input: two inputs, nothing to merge."""
 

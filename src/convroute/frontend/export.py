@@ -227,14 +227,32 @@ def split_into_slices(g: Graph) -> None:
 
 
 def drop_identities(g: Graph) -> None:
+    """Copies, inert dropouts and neutral arithmetic (_neutral) become the value they read."""
+    metas = dict(zip(g.inputs, g.input_meta, strict=True))
     kept = []
     for node in g.nodes:
         inert_dropout = node.op == "dropout" and not (node.args[2] if len(node.args) > 2 else False)
-        if node.op in IDENTITY or inert_dropout:
+        if node.op in IDENTITY or inert_dropout or _neutral(node, metas):
             g.replace_uses(node.name, node.args[0])
         else:
             kept.append(node)
+            metas[node.name] = node.meta
     g.nodes = kept
+
+
+NEUTRAL = {"add.Tensor": 0, "sub.Tensor": 0, "mul.Tensor": 1, "div.Tensor": 1}
+
+
+def _neutral(node: Node, metas: dict) -> bool:
+    """x + 0, x - 0, x * 1 or x / 1 with a plain number, of x's own shape and dtype: x itself (MobileOne's blocks
+    start their sum from `0 + branch`, which would cost a dispatch and keep the branches from merging)."""
+    value = NEUTRAL.get(node.op)
+    if value is None or len(node.args) != 2 or node.kwargs.get("alpha", 1) != 1 or not isinstance(node.args[0], Ref):
+        return False
+    other, x = node.args[1], metas.get(node.args[0].name)
+    return not isinstance(other, bool) and isinstance(other, (int, float)) and other == value \
+        and isinstance(x, torch.Tensor) and isinstance(node.meta, torch.Tensor) \
+        and x.shape == node.meta.shape and x.dtype == node.meta.dtype
 
 
 def fold_batch_norms(g: Graph) -> None:

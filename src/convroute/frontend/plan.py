@@ -169,6 +169,9 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph, lambda p: routable(ctx, p)):
         metas.update((n.name, n.meta) for n in graph.nodes)
     if env_flag("CONVROUTE_SUMMED_CONVS", True) and merge_summed_convs(graph, lambda p: routable(ctx, p)):
+        if env_flag("CONVROUTE_LAYER_SCALE", True):  # FastViT's RepMixer: x + scale * (conv(x) - norm(x))
+            fold_layer_scales(graph)  # the scale goes into the merged conv ...
+            merge_summed_convs(graph, lambda p: routable(ctx, p))  # ... which x then joins
         metas.update((n.name, n.meta) for n in graph.nodes)
     if env_flag("CONVROUTE_SQUEEZE_EXCITE", True):
         fuse_squeeze_excite(graph)

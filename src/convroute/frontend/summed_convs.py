@@ -5,11 +5,12 @@ kernels add into the taps of the larger one they line up with, an identity batch
 each channel's own input: no multiply-adds are added (unlike concat siblings, siblings.py), and the sum's
 adds, batch norm and second conv go.
 
-Merged pairwise, in graph order, so a sum of three terms merges its inner add first: an add (alpha 1, no fused
-residual) of two terms read by it alone, each a conv (not transposed, constant weights, no activation, residual or
-fused depthwise; both with the same groups, stride and dilation where their kernels are wider than 1) or an eval
-batch norm with constant statistics (stride 1 then), every term reading the same value, with the add's shape.
-The add's activation goes to the merged conv.
+Merged pairwise, in graph order, so a sum of three terms merges its inner add first: an add or a sub (alpha 1,
+no fused residual; FastViT's RepMixer subtracts a batch norm from a depthwise conv) of two terms read by it
+alone, each a conv (not transposed, constant weights, no activation, residual or fused depthwise; both with the
+same groups, stride and dilation where their kernels are wider than 1), an eval batch norm with constant
+statistics, or the value the other term reads itself (x + conv(x)); stride 1 with either of the last two; every
+term reading the same value, with the add's shape. The add's activation goes to the merged conv.
 """
 
 from __future__ import annotations
@@ -23,28 +24,37 @@ from convroute.frontend.fuse import batch_norm_affine, plain_conv
 from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, read_once
 from convroute.params import ConvParams, make_params
 
+SIGNS = {"add.Tensor": 1.0, "sub.Tensor": -1.0}  # the second term's sign
+
 
 def merge_summed_convs(g: Graph, routable: Callable[[ConvParams], bool] | None = None) -> int:
     """Merge every add of two mergeable terms (see the module); returns how many adds went. `routable`: whether
     the merged conv would have an algorithm (siblings.merge_sibling_convs's)."""
     made = 0
     for add in list(g.nodes):
-        if add.op != "add.Tensor" or len(add.args) != 2 or add.kwargs.get("alpha", 1) != 1 \
+        if add.op not in SIGNS or len(add.args) != 2 or add.kwargs.get("alpha", 1) != 1 \
                 or add.residual is not None or not all(isinstance(a, Ref) for a in add.args):
             continue
         producers = {n.name: n for n in g.nodes}
         users, outputs, once = g.users(), g.output_names(), read_once(g)
         terms = [producers.get(a.name) for a in add.args]
-        if any(not once(t) or not _same_shape(t.meta, add.meta) for t in terms) or terms[0] is terms[1]:
+        for i in (0, 1):  # x + conv(x): x itself is a term, an identity kernel
+            conv = terms[1 - i]
+            if isinstance(conv, Node) and conv.op == "convolution" and conv.args[0] == add.args[i]:
+                terms[i] = add.args[i]
+        nodes = [t for t in terms if isinstance(t, Node)]
+        shapes = [t.meta if isinstance(t, Node) else _meta_of(g, t.name) for t in terms]
+        if any(not _same_shape(m, add.meta) for m in shapes) or not all(once(t) for t in nodes) \
+                or terms[0] is terms[1]:
             continue
-        convs = [t for t in terms if plain_conv(g, t, users, outputs)]
-        norms = [t for t in terms if _identity_norm(g, t)]
-        if not convs or len(convs) + len(norms) != 2 or len({t.args[0] for t in terms}) != 1:
+        convs = [t for t in nodes if plain_conv(g, t, users, outputs)]
+        norms = [t for t in nodes if _identity_norm(g, t)]
+        if not convs or len(convs) + len(norms) != len(nodes) or len({_input(t) for t in terms}) != 1:
             continue
-        merged = _merge(g, convs, norms, add, routable)
+        merged = _merge(g, terms, convs, add, routable)
         if merged is None:
             continue
-        gone = {t.name for t in terms} | {add.name}
+        gone = {t.name for t in nodes} | {add.name}
         at = next(i for i, n in enumerate(g.nodes) if n.name in gone)
         g.nodes = g.nodes[:at] + [merged] + [n for n in g.nodes[at:] if n.name not in gone]
         g.replace_uses(add.name, Ref(merged.name))
@@ -56,25 +66,32 @@ def _same_shape(a, b) -> bool:
     return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape and a.ndim == 4
 
 
+def _input(term: Node | Ref) -> Ref:
+    return term if isinstance(term, Ref) else term.args[0]
+
+
 def _identity_norm(g: Graph, node: Node) -> bool:
     return node.target is batch_norm_eval and node.act is None and isinstance(node.args[0], Ref) \
         and is_const(g, node.args[1:5])
 
 
-def _merge(g: Graph, convs: list[Node], norms: list[Node], add: Node, routable) -> Node | None:
-    """The first conv rewritten as the sum of the two terms, or None where they do not line up (strides,
-    dilations, groups, taps) or the merged conv would have no algorithm."""
+def _merge(g: Graph, pair: list[Node], convs: list[Node], add: Node, routable) -> Node | None:
+    """The first conv rewritten as the sum (or difference) of the two terms, or None where they do not line up
+    (strides, dilations, groups, taps) or the merged conv would have no algorithm."""
     first = convs[0]
+    diagonals = [t for t in pair if t not in convs]  # identity batch norms, and the input itself
     groups = {_arg(c, 8, "groups", 1) for c in convs}
     strides = {_pair(_arg(c, 3, "stride", 1)) for c in convs}
     wide = [c for c in convs if tuple(g.constants[c.args[1].name].shape[2:]) != (1, 1)]
     dilations = {_pair(_arg(c, 5, "dilation", 1)) for c in wide}
-    if len(groups) != 1 or len(strides) != 1 or len(dilations) > 1 or (norms and strides != {(1, 1)}):
+    if len(groups) != 1 or len(strides) != 1 or len(dilations) > 1 or (diagonals and strides != {(1, 1)}):
         return None
     dilation = dilations.pop() if dilations else (1, 1)
     group = groups.pop()
-    terms = [(g.constants[c.args[1].name].double(), _pair(_arg(c, 4, "padding", 0)), _bias(g, c)) for c in convs]
-    terms += [_as_conv(g, n, group) for n in norms]
+    terms = [_as_conv(g, t, group) if t in diagonals else
+             (g.constants[t.args[1].name].double(), _pair(_arg(t, 4, "padding", 0)), _bias(g, t)) for t in pair]
+    sign = SIGNS[add.op]
+    terms[1] = (sign * terms[1][0], terms[1][1], sign * terms[1][2])
     padding = tuple(max(t[1][a] for t in terms) for a in range(2))
     gaps = [tuple(padding[a] - t[1][a] for a in range(2)) for t in terms]
     if any(gap[a] % dilation[a] for gap in gaps for a in range(2)):
@@ -94,16 +111,25 @@ def _merge(g: Graph, convs: list[Node], norms: list[Node], add: Node, routable) 
     first.args = (first.args[0], first.args[1], first.args[2], list(stride), list(padding), list(dilation), False,
                   [0, 0], group)
     first.kwargs, first.act, first.meta = {}, add.act, add.meta
-    first.notes += [f"summed with {t.module or t.name} ({t.op}) into one conv" for t in (*convs[1:], *norms)]
+    verb = "summed with" if sign > 0 else "less"
+    first.notes += [f"{verb} {_described(t)} into one conv" for t in pair if t is not first]
     first.notes += add.notes
     return first
 
 
-def _as_conv(g: Graph, norm: Node, groups: int):
-    """An identity batch norm as a 1x1 conv's (weight, padding, bias) with `groups`: each channel's scale on its
-    own input channel."""
-    scale, shift = batch_norm_affine(g, norm)
-    channels = scale.numel()
+def _described(term: Node | Ref) -> str:
+    return f"its input {term.name}" if isinstance(term, Ref) else f"{term.module or term.name} ({term.op})"
+
+
+def _as_conv(g: Graph, term: Node | Ref, groups: int):
+    """An identity batch norm, or the input itself, as a 1x1 conv's (weight, padding, bias) with `groups`: each
+    channel's scale on its own input channel."""
+    if isinstance(term, Ref):
+        channels = _meta_of(g, term.name).shape[1]
+        scale, shift = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
+    else:
+        scale, shift = batch_norm_affine(g, term)
+        channels = scale.numel()
     per_group = channels // groups
     weight = torch.zeros((channels, per_group, 1, 1), dtype=torch.float64)
     weight[torch.arange(channels), torch.arange(channels) % per_group, 0, 0] = scale
