@@ -19,6 +19,13 @@ import convroute.frontend  # noqa: E402, F401 (before the GPU opens: see convrou
 from convroute.kernels import ALGORITHMS, direct_cpu  # noqa: E402
 from test_frontend import randomize_batch_norms, reference, rel_error  # noqa: E402
 
+
+@pytest.fixture(autouse=True)
+def residuals_not_summed(monkeypatch):
+    """conv(y) + y is also a summed conv (frontend/summed_convs.py, tests/test_summed_convs.py): here the
+    residual store is under test."""
+    monkeypatch.setenv("CONVROUTE_SUMMED_CONVS", "0")
+
 pytestmark = pytest.mark.gpu
 TOLERANCE = 1e-4
 TOL16 = 1e-2

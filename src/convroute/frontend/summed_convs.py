@@ -42,6 +42,8 @@ def merge_summed_convs(g: Graph, routable: Callable[[ConvParams], bool] | None =
             conv = terms[1 - i]
             if isinstance(conv, Node) and conv.op == "convolution" and conv.args[0] == add.args[i]:
                 terms[i] = add.args[i]
+        if None in terms:  # a term that is a graph input or a constant, and no conv reads it
+            continue
         nodes = [t for t in terms if isinstance(t, Node)]
         shapes = [t.meta if isinstance(t, Node) else _meta_of(g, t.name) for t in terms]
         if any(not _same_shape(m, add.meta) for m in shapes) or not all(once(t) for t in nodes) \
