@@ -77,7 +77,7 @@ def _identity_norm(g: Graph, node: Node) -> bool:
         and is_const(g, node.args[1:5])
 
 
-def _merge(g: Graph, pair: list[Node], convs: list[Node], add: Node, routable) -> Node | None:
+def _merge(g: Graph, pair: list[Node | Ref], convs: list[Node], add: Node, routable) -> Node | None:
     """The first conv rewritten as the sum (or difference) of the two terms, or None where they do not line up
     (strides, dilations, groups, taps) or the merged conv would have no algorithm."""
     first = convs[0]
