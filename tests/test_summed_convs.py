@@ -131,6 +131,31 @@ def test_repmixer_difference_scale_and_input_become_one_conv(dtype, monkeypatch)
     assert ops == ["convolution"] * 3, ops
 
 
+class RepViTMixer(nn.Module):
+    """RepViT's token mixer: norm(conv(x) + conv1(x) + x) of depthwise convs, then a conv -> relu -> batch norm
+    whose norm may not fold (the relu sits between)."""
+
+    def __init__(self, channels=8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels, 1)
+        self.conv = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
+                                  settled(nn.BatchNorm2d(channels)))
+        self.conv1 = nn.Conv2d(channels, channels, 1, groups=channels)
+        self.norm = settled(nn.BatchNorm2d(channels))
+        self.tail, self.tail_norm = nn.Conv2d(channels, 4, 1), settled(nn.BatchNorm2d(4))
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.norm(self.conv(x) + self.conv1(x) + x)
+        return self.tail_norm(F.relu(self.tail(x)))
+
+
+def test_a_batch_norm_after_the_sum_folds_into_the_merged_conv(monkeypatch):
+    torch.manual_seed(0)
+    ops = check(RepViTMixer(), torch.randn(1, 3, 9, 10), 2, monkeypatch)
+    assert ops == ["convolution", "convolution", "convolution", "batch_norm_eval"], ops
+
+
 class Shortcut(nn.Module):
     """ResNet's add: a conv of the block's output plus a conv of its input: two inputs, nothing to merge."""
 

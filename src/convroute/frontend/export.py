@@ -256,7 +256,9 @@ def _neutral(node: Node, metas: dict) -> bool:
 
 
 def fold_batch_norms(g: Graph) -> None:
-    """conv -> eval batch norm  ==>  conv with scaled weight and shifted bias (computed in float64)."""
+    """conv -> eval batch norm [-> its fused activation]  ==>  conv with scaled weight and shifted bias (computed
+    in float64), taking the batch norm's activation; only for a conv with no activation, residual or fused
+    depthwise of its own (export runs it before fusing any; build_plan again after merging summed convs)."""
     producers = {n.name: n for n in g.nodes}
     users = g.users()
     drop = set()
@@ -266,7 +268,8 @@ def fold_batch_norms(g: Graph) -> None:
         x, weight, bias, mean, var, _momentum, eps = bn.args
         conv = producers.get(x.name) if isinstance(x, Ref) else None
         if conv is None or conv.op != "convolution" or not _single_use(g, users, conv) or \
-                not is_const(g, (conv.args[1:3], bn.args[1:5])):
+                not is_const(g, (conv.args[1:3], bn.args[1:5])) or conv.act is not None \
+                or conv.residual is not None or conv.depthwise is not None:
             continue
         w = g.constants[conv.args[1].name].double()
         b = _const_or_none(g, conv.args[2])
@@ -287,7 +290,8 @@ def fold_batch_norms(g: Graph) -> None:
             w = w * scale.reshape(-1, *(1,) * (w.ndim - 1))  # 2-D or 1-D (conv1d) kernels
         dtype = g.constants[conv.args[1].name].dtype  # a half model keeps half weights (for CPU steps)
         set_weights(g, conv, w.to(dtype), (b * scale + shift).to(dtype))
-        conv.notes.append(f"batch norm {bn.module or bn.name} folded")
+        conv.act = bn.act
+        conv.notes += [f"batch norm {bn.module or bn.name} folded", *bn.notes]
         g.replace_uses(bn.name, Ref(conv.name))
         users[conv.name] = users.pop(bn.name, [])  # a second batch norm reading the first may fold only if alone
         drop.add(bn.name)

@@ -16,7 +16,7 @@ import torch
 from convroute.device.gpu import BufferView, Dispatch, word_align
 from convroute.frontend.channels_last import channel_norm, lower_channel_norm, sink_permutes
 from convroute.frontend.concat_view import concat_view, fuse_concat_views, lower_concat_view
-from convroute.frontend.export import fuse_depthwise_pointwise, fuse_residual_adds, node_error
+from convroute.frontend.export import fold_batch_norms, fuse_depthwise_pointwise, fuse_residual_adds, node_error
 from convroute.frontend.fuse import (
     channel_attention,
     fold_batch_norm_through_concat,
@@ -169,9 +169,10 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph, lambda p: routable(ctx, p)):
         metas.update((n.name, n.meta) for n in graph.nodes)
     if env_flag("CONVROUTE_SUMMED_CONVS", True) and merge_summed_convs(graph, lambda p: routable(ctx, p)):
+        fold_batch_norms(graph)  # RepViT: norm(conv(x) + conv1(x) + x), the norm after the merged conv
         if env_flag("CONVROUTE_LAYER_SCALE", True):  # FastViT's RepMixer: x + scale * (conv(x) - norm(x))
             fold_layer_scales(graph)  # the scale goes into the merged conv ...
-            merge_summed_convs(graph, lambda p: routable(ctx, p))  # ... which x then joins
+        merge_summed_convs(graph, lambda p: routable(ctx, p))  # ... which x then joins
         metas.update((n.name, n.meta) for n in graph.nodes)
     if env_flag("CONVROUTE_SQUEEZE_EXCITE", True):
         fuse_squeeze_excite(graph)
