@@ -19,6 +19,7 @@ from convroute.frontend.concat_view import concat_view, fuse_concat_views, lower
 from convroute.frontend.export import fold_batch_norms, fuse_depthwise_pointwise, fuse_residual_adds, node_error
 from convroute.frontend.fuse import (
     channel_attention,
+    fold_affine_pairs,
     fold_batch_norm_through_concat,
     fold_layer_scales,
     fuse_channel_attention,
@@ -143,6 +144,7 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
     into the conv's weights; $CONVROUTE_CONCAT_BN (on): a batch norm after a channel concat of convs goes into
     the convs; $CONVROUTE_SUMMED_CONVS (on): convs of one input whose results are added (and an identity batch
     norm added with them: RepVGG, MobileOne) run as one conv (frontend/summed_convs.py);
+    $CONVROUTE_AFFINE_PAIRS (on): x * s + t with per-channel constants runs as one batch norm (fuse.py);
     $CONVROUTE_SQUEEZE_EXCITE (on; CPU adapters run it as the pool and two dispatches) and
     $CONVROUTE_CHANNEL_ATTENTION (on): a squeeze-excitation or an ECA block runs as its pool and one dispatch
     (frontend/fuse.py, kernels/squeeze_excite.py); $CONVROUTE_CONCAT_VIEW (on): a concat read only through
@@ -164,6 +166,8 @@ def build_plan(graph: Graph, ctx_args: dict, fuse_residual: bool = True, fuse_de
         ctx.float32_inputs = float32_uploads
     if env_flag("CONVROUTE_LAYER_SCALE", True):
         fold_layer_scales(graph)
+    if env_flag("CONVROUTE_AFFINE_PAIRS", True):  # after the layer scales: a scale a conv can take goes there
+        fold_affine_pairs(graph)
     if env_flag("CONVROUTE_CONCAT_BN", True):
         fold_batch_norm_through_concat(graph)
     if env_flag("CONVROUTE_MERGE_SIBLINGS", True) and merge_sibling_convs(graph, lambda p: routable(ctx, p)):
