@@ -5,9 +5,9 @@ does not see; this measures whether host-bound models gain from going without.
 
 Arms, each the whole model compiled once (routing unchanged: only the launches of GEMMs that would split):
   splits  as shipped (gemm.launch_plan);
-  sliced  each split GEMM as one launch of 32x32 tiles whose workgroups hold K slices of at least
-          gemm.SLICE_STEPS K steps each, as many as fit the device (gemm_tiles: the slices' sums meet in
-          workgroup memory);
+  sliced  each split GEMM as gemm.slice_plan would take it without its SLICE_MACS bound: one launch of 32x32
+          tiles whose workgroups hold K slices of at least gemm.SLICE_STEPS K steps each, as many as fit the
+          device (gemm_tiles: the slices' sums meet in workgroup memory); split still where none fit;
   whole   each split GEMM as one launch of its tile over all of K.
 
 usage: python tools/split_ab.py [MODEL ...] [--size N] [--policy P] [--rounds R] [--dtype D]
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from unittest import mock
 
@@ -26,24 +27,19 @@ from flag_ab import compare  # tools/ is the script's directory
 from maps_ab import add_model_arguments
 
 from convroute.kernels import gemm
-from convroute.kernels.gemm_tiles import SIZED
 
 
 def one_launch(sliced: bool):
-    """Gemm.plan without K splits: sliced, or the planned tile over all of K."""
+    """Gemm.plan without K splits: sliced (slice_plan for products of any size), or the planned tile over all
+    of K."""
     planned = gemm.Gemm.plan
 
     def plan(self, cols: int):
         tile, splits = planned(self, cols)
-        if splits == 1:
+        if splits == 1 or not sliced:
             return tile, 1
-        small = SIZED["small"]
-        ktiles = self.k_pad // small.bk
-        for ks in range(gemm.ceil_div(ktiles, gemm.SLICE_STEPS), 1, -1) if sliced else ():
-            candidate = small.sliced(ks)
-            if candidate.unfit(self.gpu.profile, self.precision) is None:
-                return candidate, 1
-        return tile, 1
+        with mock.patch.object(gemm, "SLICE_MACS", math.inf):
+            return gemm.slice_plan(tile, splits, self.m, cols, self.k_pad, self.gpu.profile, self.precision)
 
     return lambda: mock.patch.object(gemm.Gemm, "plan", plan)
 

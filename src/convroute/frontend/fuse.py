@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from convroute.frontend.export import is_const, set_weights
-from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, read_once, through
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, read_once, through, value_meta
 from convroute.frontend.lower import Context, GpuOp, out_meta
 from convroute.kernels.common import Epilogue
 from convroute.kernels.squeeze_excite import EfficientChannelAttention, make_squeeze_excite
@@ -86,7 +86,7 @@ def fold_affine_pairs(g: Graph) -> int:
     fused activation moves to the norm. Returns how many pairs went."""
     producers = {n.name: n for n in g.nodes}
     once = read_once(g)
-    made = 0
+    drop = set()
     for add in g.nodes:
         if add.op not in ("add.Tensor", "sub.Tensor") or add.residual is not None or len(add.args) != 2 \
                 or add.kwargs.get("alpha", 1) != 1:
@@ -111,21 +111,19 @@ def fold_affine_pairs(g: Graph) -> int:
             add.args = (x, *(Ref(f"{name}_{part}") for part in ("weight", "bias", "mean", "var")), 0.0, 0.0)
             add.kwargs = {}
             add.notes.append(f"{mul.op} {mul.module or mul.name} and {add.op} as one affine (batch norm)")
-            g.nodes = [n for n in g.nodes if n is not mul]
-            made += 1
+            drop.add(mul.name)
             break
-    return made
+    g.nodes = [n for n in g.nodes if n.name not in drop]
+    return len(drop)
 
 
 def _scaled(g: Graph, mul: Node, producers: dict):
     """(x, its per-channel scale) of `mul` (x * s, s * x or x / s with s per channel and x of the result's shape),
     else None."""
-    metas = dict(zip(g.inputs, g.input_meta, strict=True))
     for x_arg, s_arg in ((0, 1), (1, 0)) if mul.op == "mul.Tensor" else ((0, 1),):
         x = mul.args[x_arg]
-        made = producers[x.name].meta if isinstance(x, Ref) and x.name in producers else \
-            metas.get(x.name) if isinstance(x, Ref) else None
-        scale = _per_channel(g, mul.args[s_arg], mul.meta) if _same_meta(made, mul.meta) else None
+        x_meta = value_meta(g, x.name, producers) if isinstance(x, Ref) and x.name not in g.constants else None
+        scale = _per_channel(g, mul.args[s_arg], mul.meta) if _same_meta(x_meta, mul.meta) else None
         if scale is None:
             continue
         if mul.op == "div.Tensor":

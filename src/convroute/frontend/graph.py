@@ -96,6 +96,19 @@ def read_once(g: Graph) -> Callable[[Node | None], bool]:
 PLAIN_RESHAPES = ("view", "reshape", "_unsafe_view")  # same elements, same order: only the shape changes
 
 
+def value_meta(g: Graph, name: str, producers: dict[str, Node]):
+    """A value's meta: its node's result's, an input's, or the constant itself (None for an unknown name)."""
+    if name in producers:
+        return producers[name].meta
+    return g.input_meta[g.inputs.index(name)] if name in g.inputs else g.constants.get(name)
+
+
+def conv_pair(value) -> tuple[int, int]:
+    """A conv argument (stride, padding, dilation) given as one number or a list, as (height, width)."""
+    value = list(value) if isinstance(value, (list, tuple)) else [value]
+    return value[0], value[-1]
+
+
 def through(ref, ops: tuple, producers: dict, once: Callable[[Node | None], bool], passed: list) -> Node | None:
     """The node making `ref` (a Ref, else None), looked for past a chain of `ops` nodes that `once` accepts; their
     names are appended to `passed`."""

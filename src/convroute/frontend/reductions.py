@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from convroute.frontend.graph import PLAIN_RESHAPES, Graph, Node, Ref, read_once, through
+from convroute.frontend.graph import PLAIN_RESHAPES, Graph, Node, Ref, read_once, through, value_meta
 from convroute.frontend.lower import Context, GpuOp, Unsupported, _buffers, _operands, _reduced_dims, out_meta
 from convroute.kernels.reduce import Reduce, WeightedSum, broadcast_strides, dense_strides, row_problem
 
@@ -85,7 +85,7 @@ def _reduction(node: Node, producers: dict, g: Graph):
             or not isinstance(node.args[0], Ref) or not isinstance(node.meta, torch.Tensor):
         return None
     x = node.args[0]
-    meta = _meta(x, producers, g)
+    meta = value_meta(g, x.name, producers)
     if not isinstance(meta, torch.Tensor) or meta.dtype != node.meta.dtype or not meta.is_floating_point():
         return None
     shape = tuple(meta.shape)
@@ -111,7 +111,7 @@ def _softmax_weights(form, producers: dict, once, g: Graph) -> tuple | None:
                 or source.residual is not None or source.kwargs.get("dtype") is not None \
                 or not isinstance(source.args[0], Ref):
             continue
-        logits, weights = _meta(source.args[0], producers, g), _meta(w, producers, g)
+        logits, weights = value_meta(g, source.args[0].name, producers), value_meta(g, w.name, producers)
         if not isinstance(logits, torch.Tensor) or logits.dtype != source.meta.dtype:
             continue  # half_to_float
         dim = int(source.args[1]) % logits.ndim
@@ -128,19 +128,12 @@ def _plain_product(node: Node, shape) -> bool:
         and all(isinstance(a, Ref) for a in node.args) and tuple(node.meta.shape) == shape
 
 
-def _meta(ref: Ref, producers: dict, g: Graph):
-    """The value's meta tensor: a node's result's, an input's, or the constant itself."""
-    if ref.name in producers:
-        return producers[ref.name].meta
-    return g.input_meta[g.inputs.index(ref.name)] if ref.name in g.inputs else g.constants.get(ref.name)
-
-
 def _row_problem(form, dtype, producers: dict, g: Graph) -> str | None:
     """Why the row kernel cannot take the chain `form` (of a result of `dtype`), or None."""
     a, b, shape, dims, softmax = *form[:4], form[6]
     strides = []
     for operand in (a, b) if b is not None else (a,):
-        meta = _meta(operand, producers, g)
+        meta = value_meta(g, operand.name, producers)
         if not isinstance(meta, torch.Tensor) or meta.dtype != dtype:
             return f"{operand.name} is not a {dtype} tensor"
         meta_shape = softmax[1] if softmax is not None and operand is b else meta.shape

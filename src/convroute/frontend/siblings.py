@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from convroute.frontend.export import is_const
-from convroute.frontend.graph import Graph, Node, Ref, aten
+from convroute.frontend.graph import Graph, Node, Ref, aten, conv_pair, value_meta
 from convroute.params import ConvParams, make_params
 
 MAX_GROWTH = 2.5  # merged multiply-adds over the siblings' own
@@ -46,7 +46,7 @@ class Sibling:
     def key(self) -> tuple:
         """What every conv of a merged run must share."""
         c = self.conv
-        return (_pair(c.arg(3, "stride", 1)), _pair(c.arg(5, "dilation", 1)), c.act, self.source,
+        return (conv_pair(c.arg(3, "stride", 1)), conv_pair(c.arg(5, "dilation", 1)), c.act, self.source,
                 self.piece is not None)
 
 
@@ -134,8 +134,8 @@ def _per_group(s: Sibling) -> tuple[int, int]:
 def _window(run: list[Sibling]):
     """(padding, kernel size, per-conv tap offsets) of the merged conv, per axis, or None: every conv's taps
     must land on its own input positions (offset = (merged padding - its padding) / dilation)."""
-    dilation = _pair(run[0].conv.arg(5, "dilation", 1))
-    pads = [_pair(s.conv.arg(4, "padding", 0)) for s in run]
+    dilation = conv_pair(run[0].conv.arg(5, "dilation", 1))
+    pads = [conv_pair(s.conv.arg(4, "padding", 0)) for s in run]
     padding = tuple(max(p[a] for p in pads) for a in range(2))
     gaps = [tuple(padding[a] - p[a] for a in range(2)) for p in pads]
     if any(gap[a] % dilation[a] for gap in gaps for a in range(2)):
@@ -157,10 +157,9 @@ def _merge(g: Graph, run: list[Sibling], window, producers: dict, routable) -> N
     no algorithm would take it."""
     padding, size, offsets = window
     first = run[0].conv
-    stride, dilation = _pair(first.arg(3, "stride", 1)), _pair(first.arg(5, "dilation", 1))
+    stride, dilation = conv_pair(first.arg(3, "stride", 1)), conv_pair(first.arg(5, "dilation", 1))
     sliced = run[0].piece is not None
-    source_meta = producers[run[0].source].meta if run[0].source in producers \
-        else g.input_meta[g.inputs.index(run[0].source)]
+    source_meta = value_meta(g, run[0].source, producers)
     groups = sum(_groups(s.conv) for s in run) if sliced else 1
     channels = run[-1].end - run[0].begin if sliced else source_meta.shape[1]
     merged_params = make_params((source_meta.shape[0], channels, *source_meta.shape[2:]),
@@ -198,11 +197,6 @@ def _merge(g: Graph, run: list[Sibling], window, producers: dict, routable) -> N
     at = next(i for i, n in enumerate(g.nodes) if n.name in gone)
     g.nodes = g.nodes[:at] + new_nodes + [n for n in g.nodes[at:] if n.name not in gone]
     return merged
-
-
-def _pair(value) -> tuple[int, int]:
-    value = list(value) if isinstance(value, (list, tuple)) else [value]
-    return value[0], value[-1]
 
 
 def _groups(conv: Node) -> int:

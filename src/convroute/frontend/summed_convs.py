@@ -21,7 +21,7 @@ import torch
 
 from convroute.frontend.export import is_const, set_weights
 from convroute.frontend.fuse import batch_norm_affine, plain_conv
-from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, read_once
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, conv_pair, read_once, value_meta
 from convroute.params import ConvParams, make_params
 
 SIGNS = {"add.Tensor": 1.0, "sub.Tensor": -1.0}  # the second term's sign
@@ -30,13 +30,14 @@ SIGNS = {"add.Tensor": 1.0, "sub.Tensor": -1.0}  # the second term's sign
 def merge_summed_convs(g: Graph, routable: Callable[[ConvParams], bool] | None = None) -> int:
     """Merge every add of two mergeable terms (see the module); returns how many adds went. `routable`: whether
     the merged conv would have an algorithm (siblings.merge_sibling_convs's)."""
-    made = 0
+    made, producers = 0, None
     for add in list(g.nodes):
         if add.op not in SIGNS or len(add.args) != 2 or add.kwargs.get("alpha", 1) != 1 \
                 or add.residual is not None or not all(isinstance(a, Ref) for a in add.args):
             continue
-        producers = {n.name: n for n in g.nodes}
-        users, outputs, once = g.users(), g.output_names(), read_once(g)
+        if producers is None:  # the graph's maps, made again after each merge
+            producers = {n.name: n for n in g.nodes}
+            users, outputs, once = g.users(), g.output_names(), read_once(g)
         terms = [producers.get(a.name) for a in add.args]
         for i in (0, 1):  # x + conv(x): x itself is a term, an identity kernel
             conv = terms[1 - i]
@@ -45,7 +46,7 @@ def merge_summed_convs(g: Graph, routable: Callable[[ConvParams], bool] | None =
         if None in terms:  # a term that is a graph input or a constant, and no conv reads it
             continue
         nodes = [t for t in terms if isinstance(t, Node)]
-        shapes = [t.meta if isinstance(t, Node) else _meta_of(g, t.name) for t in terms]
+        shapes = [t.meta if isinstance(t, Node) else value_meta(g, t.name, producers) for t in terms]
         if any(not _same_shape(m, add.meta) for m in shapes) or not all(once(t) for t in nodes) \
                 or terms[0] is terms[1]:
             continue
@@ -53,14 +54,14 @@ def merge_summed_convs(g: Graph, routable: Callable[[ConvParams], bool] | None =
         norms = [t for t in nodes if _identity_norm(g, t)]
         if not convs or len(convs) + len(norms) != len(nodes) or len({_input(t) for t in terms}) != 1:
             continue
-        merged = _merge(g, terms, convs, add, routable)
+        merged = _merge(g, terms, convs, add, producers, routable)
         if merged is None:
             continue
         gone = {t.name for t in nodes} | {add.name}
         at = next(i for i, n in enumerate(g.nodes) if n.name in gone)
         g.nodes = g.nodes[:at] + [merged] + [n for n in g.nodes[at:] if n.name not in gone]
         g.replace_uses(add.name, Ref(merged.name))
-        made += 1
+        made, producers = made + 1, None
     return made
 
 
@@ -77,21 +78,22 @@ def _identity_norm(g: Graph, node: Node) -> bool:
         and is_const(g, node.args[1:5])
 
 
-def _merge(g: Graph, pair: list[Node | Ref], convs: list[Node], add: Node, routable) -> Node | None:
+def _merge(g: Graph, pair: list[Node | Ref], convs: list[Node], add: Node, producers: dict,
+           routable) -> Node | None:
     """The first conv rewritten as the sum (or difference) of the two terms, or None where they do not line up
     (strides, dilations, groups, taps) or the merged conv would have no algorithm."""
     first = convs[0]
     diagonals = [t for t in pair if t not in convs]  # identity batch norms, and the input itself
     groups = {_arg(c, 8, "groups", 1) for c in convs}
-    strides = {_pair(_arg(c, 3, "stride", 1)) for c in convs}
+    strides = {conv_pair(_arg(c, 3, "stride", 1)) for c in convs}
     wide = [c for c in convs if tuple(g.constants[c.args[1].name].shape[2:]) != (1, 1)]
-    dilations = {_pair(_arg(c, 5, "dilation", 1)) for c in wide}
+    dilations = {conv_pair(_arg(c, 5, "dilation", 1)) for c in wide}
     if len(groups) != 1 or len(strides) != 1 or len(dilations) > 1 or (diagonals and strides != {(1, 1)}):
         return None
     dilation = dilations.pop() if dilations else (1, 1)
     group = groups.pop()
-    terms = [_as_conv(g, t, group) if t in diagonals else
-             (g.constants[t.args[1].name].double(), _pair(_arg(t, 4, "padding", 0)), _bias(g, t)) for t in pair]
+    terms = [_as_conv(g, t, group, producers) if t in diagonals else
+             (g.constants[t.args[1].name].double(), conv_pair(_arg(t, 4, "padding", 0)), _bias(g, t)) for t in pair]
     sign = SIGNS[add.op]
     terms[1] = (sign * terms[1][0], terms[1][1], sign * terms[1][2])
     padding = tuple(max(t[1][a] for t in terms) for a in range(2))
@@ -104,8 +106,8 @@ def _merge(g: Graph, pair: list[Node | Ref], convs: list[Node], add: Node, routa
     for (w, _, _), (oh, ow) in zip(terms, offsets, strict=True):
         weight[:, :, oh:oh + w.shape[2], ow:ow + w.shape[3]] += w
     stride = strides.pop()
-    params = make_params(tuple(_meta_of(g, first.args[0].name).shape), tuple(weight.shape), stride, padding,
-                         dilation, group)
+    x_shape = tuple(value_meta(g, first.args[0].name, producers).shape)
+    params = make_params(x_shape, tuple(weight.shape), stride, padding, dilation, group)
     if params.output_shape != tuple(add.meta.shape) or (routable is not None and not routable(params)):
         return None
     dtype = g.constants[first.args[1].name].dtype
@@ -123,11 +125,11 @@ def _described(term: Node | Ref) -> str:
     return f"its input {term.name}" if isinstance(term, Ref) else f"{term.module or term.name} ({term.op})"
 
 
-def _as_conv(g: Graph, term: Node | Ref, groups: int):
+def _as_conv(g: Graph, term: Node | Ref, groups: int, producers: dict):
     """An identity batch norm, or the input itself, as a 1x1 conv's (weight, padding, bias) with `groups`: each
     channel's scale on its own input channel."""
     if isinstance(term, Ref):
-        channels = _meta_of(g, term.name).shape[1]
+        channels = value_meta(g, term.name, producers).shape[1]
         scale, shift = torch.ones(channels, dtype=torch.float64), torch.zeros(channels, dtype=torch.float64)
     else:
         scale, shift = batch_norm_affine(g, term)
@@ -144,17 +146,8 @@ def _bias(g: Graph, conv: Node) -> torch.Tensor:
     return torch.zeros(channels, dtype=torch.float64) if b is None else g.constants[b.name].double()
 
 
-def _meta_of(g: Graph, name: str):
-    if name in g.inputs:
-        return g.input_meta[g.inputs.index(name)]
-    return next(n.meta for n in g.nodes if n.name == name)
-
-
 def _arg(node: Node, index: int, name: str, default):
     value = node.arg(index, name, default)
     return default if value is None else value
 
 
-def _pair(value) -> tuple[int, int]:
-    value = list(value) if isinstance(value, (list, tuple)) else [value]
-    return value[0], value[-1]
