@@ -63,24 +63,28 @@ def compare(title: str, arms: dict, args) -> int:
         with torch.no_grad():
             expected = copy.deepcopy(model).double()(x.double())
         errors = {s: zoo.rel_error(p(x), expected) for s, p in programs.items()}
-        stats = alternating(programs, x, args.rounds)
+        stats = alternating(programs, x, args.rounds, args.in_a_row)
         passes = {s: _gpu_pass(p, x) for s, p in programs.items()}
         rows.append([name] + [f"{programs[s].summary().dispatches} / {errors[s]:.1e} / {stats[s].median_ms:.3f} "
                               f"({stats[s].p10_ms:.3f}-{stats[s].p90_ms:.3f}){passes[s]}" for s in arms]
                     + [f"{stats[first].median_ms / stats[s].median_ms:.3f}" for s in others])
         print(f"{name} done", file=sys.stderr, flush=True)
     print(f"{title}; {programs[first].gpu.profile.name}, {args.size} px, "
-          f"policy {args.policy}, {args.dtype}, {args.rounds} interleaved rounds; dispatches / rel. error / whole "
+          f"policy {args.policy}, {args.dtype}, {args.rounds} interleaved rounds of {args.in_a_row} call(s) an arm, "
+          f"the last timed; dispatches / rel. error / whole "
           f"call ms median (p10-p90) [GPU pass ms]")
     print(format_table(["model", *arms, *(f"{first} / {s}" for s in others)], rows))
     return 0
 
 
-def alternating(programs: dict, x, rounds: int) -> dict[str, Latency]:
-    """Each program called with `x` once per round, the order reversed every other round; whole-call latency."""
+def alternating(programs: dict, x, rounds: int, in_a_row: int = 1) -> dict[str, Latency]:
+    """Each program called with `x` `in_a_row` times per round, the order reversed every other round; the whole-call
+    latency of each program's last call of a round."""
     samples: dict[str, list[float]] = {name: [] for name in programs}
     for i in range(rounds):
         for name in sorted(programs, reverse=bool(i % 2)):
+            for _ in range(in_a_row - 1):
+                programs[name](x)
             start = time.perf_counter()
             programs[name](x)
             samples[name].append(time.perf_counter() - start)
