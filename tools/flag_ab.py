@@ -1,6 +1,7 @@
 """A planning switch on and off (an environment flag build_plan reads, e.g. CONVROUTE_CHANNELS_LAST), in
 interleaved rounds in one process: each model compiled once with the flag at 1 and once at 0, both checked
-against torch float64, then called in turn (the order alternating per round).
+against torch float64, then called in interleaved rounds after a warm-up (run --compare's: each arm twice in a
+row a round, the second call timed).
 
 usage: python tools/flag_ab.py FLAG [MODEL ...] [--size N] [--policy P] [--rounds R] [--dtype D]
        (torchvision names or timm:NAME; default convnext_tiny timm:convnext_atto at 224 px, seed, 100 rounds)
@@ -15,13 +16,13 @@ import argparse
 import copy
 import os
 import sys
-import time
 from unittest import mock
 
 import torch
 from maps_ab import add_model_arguments  # tools/ is the script's directory
 
 import convroute.frontend as frontend  # before torchvision and timm (see frontend/__init__)
+from convroute.bench.compare_model import interleaved
 from convroute.frontend import zoo
 from convroute.report.latency import Latency
 from convroute.report.table import format_table
@@ -63,32 +64,25 @@ def compare(title: str, arms: dict, args) -> int:
         with torch.no_grad():
             expected = copy.deepcopy(model).double()(x.double())
         errors = {s: zoo.rel_error(p(x), expected) for s, p in programs.items()}
-        stats = alternating(programs, x, args.rounds, args.in_a_row)
+        stats = alternating(programs, x, args.rounds)
         passes = {s: _gpu_pass(p, x) for s, p in programs.items()}
         rows.append([name] + [f"{programs[s].summary().dispatches} / {errors[s]:.1e} / {stats[s].median_ms:.3f} "
                               f"({stats[s].p10_ms:.3f}-{stats[s].p90_ms:.3f}){passes[s]}" for s in arms]
                     + [f"{stats[first].median_ms / stats[s].median_ms:.3f}" for s in others])
         print(f"{name} done", file=sys.stderr, flush=True)
     print(f"{title}; {programs[first].gpu.profile.name}, {args.size} px, "
-          f"policy {args.policy}, {args.dtype}, {args.rounds} interleaved rounds of {args.in_a_row} call(s) an arm, "
-          f"the last timed; dispatches / rel. error / whole "
-          f"call ms median (p10-p90) [GPU pass ms]")
+          f"policy {args.policy}, {args.dtype}, {args.rounds} interleaved rounds after a warm-up; dispatches / rel. "
+          f"error / whole call ms median (p10-p90) [GPU pass ms]")
     print(format_table(["model", *arms, *(f"{first} / {s}" for s in others)], rows))
     return 0
 
 
-def alternating(programs: dict, x, rounds: int, in_a_row: int = 1) -> dict[str, Latency]:
-    """Each program called with `x` `in_a_row` times per round, the order reversed every other round; the whole-call
-    latency of each program's last call of a round."""
-    samples: dict[str, list[float]] = {name: [] for name in programs}
-    for i in range(rounds):
-        for name in sorted(programs, reverse=bool(i % 2)):
-            for _ in range(in_a_row - 1):
-                programs[name](x)
-            start = time.perf_counter()
-            programs[name](x)
-            samples[name].append(time.perf_counter() - start)
-    return {name: Latency.of(t) for name, t in samples.items()}
+def alternating(programs: dict, x, rounds: int) -> dict[str, Latency]:
+    """Whole-call latency of each program called with `x` in `compare_model.interleaved`'s rounds: a warm-up
+    that raises the GPU's clocks first (a cold H100 ran these calls 3-5x slow: NOTES, session 31), then each
+    program twice in a row a round, the second call timed."""
+    rounds_ = interleaved({name: (lambda p=program: p(x)) for name, program in programs.items()}, rounds)
+    return {name: Latency.of(t) for name, t in rounds_.settled.items()}
 
 
 def gpu_pass_ms(program, x) -> float | None:

@@ -55,8 +55,6 @@ def add_model_arguments(parser: argparse.ArgumentParser, models: list[str], roun
     parser.add_argument("--policy", default="seed")
     parser.add_argument("--rounds", type=int, default=rounds)
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--in-a-row", type=int, default=1, metavar="N",
-                        help="each arm called N times a round, the last call timed (2: the steady state, as zoo)")
 
 
 def main(argv=None) -> int:

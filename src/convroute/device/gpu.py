@@ -12,7 +12,6 @@ import numpy as np
 
 from convroute.device import mapping
 from convroute.device.errors import AFTER_LOSS, WGPU_ERRORS, DeviceLost, GpuError, is_loss, translate
-from convroute.device.finisher import FINISHER, Finishing
 from convroute.device.profile import DeviceProfile
 from convroute.device.webgpu import IMPLEMENTATION, shader_module, wgpu
 from convroute.device.webgpu import RAW as _RAW
@@ -489,15 +488,12 @@ class Recording:
     the command buffer for the next run is encoded right after this run's submit, while the GPU works, so
     repeated calls (a compiled model) do not wait for the host to encode; such a recording keeps its own
     staging buffer, others take one from the device's pool per run. `read`: (buffer, shape, dtype).
-    With `aside` too, that encoding's `finish` runs on the finisher thread (finisher.py).
     One recording is run by one thread at a time (its owner serializes calls); different recordings of
     one Gpu may run concurrently.
     """
 
-    def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True, writes=(),
-                 aside: bool = False):
+    def __init__(self, gpu: Gpu, dispatches: list[Dispatch], read=None, ahead: bool = True, writes=()):
         self.gpu, self.dispatches, self.ahead = gpu, dispatches, ahead
-        self.aside = ahead and aside
         self.writes = tuple(writes)
         self.read = None
         self._staging = None
@@ -511,8 +507,7 @@ class Recording:
                 self._staging = gpu.take_staging(nbytes)
         self._ready = None
 
-    def _record(self, staging):
-        """The encoder of one run, all but its finish."""
+    def _encode(self, staging):
         gpu = self.gpu
         encoder = None
         if self.writes:
@@ -526,22 +521,7 @@ class Recording:
             if self.read:
                 buffer, *_, nbytes = self.read
                 encoder.copy_buffer_to_buffer(buffer, 0, staging, 0, nbytes)
-            return encoder
-
-    def _finishing(self) -> Checked:
-        return self.gpu.checked(f"finishing {len(self.dispatches)} dispatches" + (" and a read-back" if self.read
-                                                                                   else ""))
-
-    def _encode(self, staging):
-        encoder = self._record(staging)
-        with self._finishing():
             return encoder.finish()
-
-    def _encode_ahead(self, staging):
-        """The next run's command buffer, or its Finishing when the finish runs aside."""
-        if self.aside:
-            return FINISHER.finish(self._record(staging), self._finishing())
-        return self._encode(staging)
 
     def run(self) -> np.ndarray | None:
         """Submit once; the read-back array when the recording has one."""
@@ -549,10 +529,7 @@ class Recording:
         staging = self._staging
         if self.read and staging is None:
             staging = gpu.take_staging(self.read[-1])
-        ready, self._ready = self._ready, None
-        if isinstance(ready, Finishing):
-            ready = ready.command()
-        command = ready or self._encode(staging)
+        command, self._ready = self._ready or self._encode(staging), None
         # wgpu-native aborts the process on a submit that uses a buffer with a map in flight
         for source, _, _ in self.writes:
             if gpu.map_in_flight(source):
@@ -563,7 +540,7 @@ class Recording:
         for source, _, _ in self.writes:
             gpu.premap(source)
         if self.ahead:
-            self._ready = self._encode_ahead(staging)
+            self._ready = self._encode(staging)
         if not self.read:
             return None
         _, shape, dtype, count, nbytes = self.read

@@ -69,10 +69,6 @@ def env_fuse_depthwise() -> bool:
     return env_flag("CONVROUTE_FUSE_DEPTHWISE", False)
 
 
-def env_finish_aside() -> bool:
-    return env_flag("CONVROUTE_FINISH_ASIDE", False)
-
-
 class CpuStepsWarning(UserWarning):
     """Some of a compiled model's ops run on the CPU through torch (`Program.summary()` says which and why)."""
 
@@ -98,7 +94,6 @@ class Program:
         self.model, self.policy = model, policy
         self.fuse_residual = env_fuse_residual() if fuse_residual is None else fuse_residual
         self.fuse_depthwise = env_fuse_depthwise() if fuse_depthwise is None else fuse_depthwise
-        self.finish_aside = env_finish_aside()  # each call's next command buffer finished on another thread
         self.gpu = get_gpu()
         self.precision.require(self.gpu.profile)
         self.device_profile = self.gpu.profile if device is None else resolve_profile(device)
@@ -219,7 +214,7 @@ class Program:
         writes = tuple(writes)
         if seg.recording is None or (seg.recording.read is None) != (read is None) or seg.recording.writes != writes:
             seg.recording = Recording(self.gpu, seg.dispatches, read and (*read, self.precision.numpy),
-                                      writes=writes, aside=self.finish_aside)
+                                      writes=writes)
         return seg.recording
 
     def _upload_target(self, plan: Plan, name: str):
