@@ -19,6 +19,7 @@ each timed call this prints, median (p10-p90) in ms:
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import statistics
 import sys
 import time
@@ -98,13 +99,18 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--peer", default="torch-cuda-graph")
+    parser.add_argument("--hang-s", type=float, default=0.0,
+                        help="dump every thread's stack and exit if still running after this many seconds")
     args = parser.parse_args(argv)
+    if args.hang_s:
+        faulthandler.dump_traceback_later(args.hang_s, exit=True)
     if not 1 <= args.rounds <= SLOTS // 4:
         parser.error(f"--rounds must be 1 to {SLOTS // 4}")
     zoo.check_name(args.model)
     model = zoo.build_any(args.model, 0)
     x = torch.randn(1, 3, args.size, args.size)
     program = frontend.compile(model, (x,), policy=args.policy, dtype=args.dtype)
+    print(f"compiled {args.model}", file=sys.stderr, flush=True)
     gpu = program.gpu
     if "timestamp-query" not in gpu.device.features:
         print("this adapter has no timestamps", file=sys.stderr)
@@ -123,12 +129,14 @@ def main(argv=None) -> int:
         if args.peer != "none":
             peer = model_engine(args.peer, model, x, short_precision(program.dtype), f"{args.model}-{args.size}")
             runners[args.peer] = peer.once
+            print(f"peer {args.peer} ready", file=sys.stderr, flush=True)
         patches = timeline.patches()
         for patch in patches:
             patch.start()
         try:
             program(x)  # the next call's command buffer is now encoded with timestamps
             rounds = interleaved(runners, args.rounds)
+            print("rounds done", file=sys.stderr, flush=True)
         finally:
             for patch in reversed(patches):
                 patch.stop()
