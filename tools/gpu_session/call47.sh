@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU session, call 47 (<= $LIMIT s, default 150; carry .gl .whl .gpucache): tools/call_timeline.py on two models whose
 # fp16 trailed fp32 beyond the spread (session 30), fp32 and fp16: is the loss in the pass or outside it?
-#   source .gl/prelude.sh && bash tools/gpu_session/call46.sh   (carry .gl .whl .gpucache; results under $OUT)
+#   source .gl/prelude.sh && bash tools/gpu_session/call47.sh   (carry .gl .whl .gpucache; results under $OUT)
 set -o pipefail
 NAME=call47; LIMIT=${LIMIT:-150}; PACK_CACHE=1; source "$(dirname "$0")/session.sh"
 cat "$R/head.txt"
