@@ -23,6 +23,13 @@ from maps_ab import add_model_arguments
 from convroute.kernels import implicit_gemm
 from convroute.kernels.common import storage
 
+LOAD_B_TAP = """fn load_b(k: u32) -> vec4<AT> {
+  if (k >= KK) { return vec4<AT>(0.0); }
+  let tap = k % KHW;
+  let dh = i32((tap / KW) * DH);
+  let dw = i32((tap % KW) * DW);
+  let chan = (k / KHW) * u32(H * W);
+"""  # the opening of load_b: tap k's offsets
 UNROLLED = implicit_gemm.WINDOWS_DECL + """fn gather_b(q: u32, chan: u32, dh: i32, dw: i32) -> AT {
   let ih = b_ih[q] + dh;
   let iw = b_iw[q] + dw;
@@ -30,14 +37,8 @@ UNROLLED = implicit_gemm.WINDOWS_DECL + """fn gather_b(q: u32, chan: u32, dh: i3
   let index = select(0u, b_img[q] + chan + u32(ih * W + iw), inside);
   return select(AT(0.0), AT(x[index]), inside);
 }
-fn load_b(k: u32) -> vec4<AT> {
-  if (k >= KK) { return vec4<AT>(0.0); }
-  let tap = k % KHW;
-  let dh = i32((tap / KW) * DH);
-  let dw = i32((tap % KW) * DW);
-  let chan = (k / KHW) * u32(H * W);
-  return vec4<AT>(gather_b(0u, chan, dh, dw), gather_b(1u, chan, dh, dw), gather_b(2u, chan, dh, dw),
-                  gather_b(3u, chan, dh, dw));
+""" + LOAD_B_TAP + """  return vec4<AT>(gather_b(0u, chan, dh, dw), gather_b(1u, chan, dh, dw),
+                  gather_b(2u, chan, dh, dw), gather_b(3u, chan, dh, dw));
 }
 """
 
@@ -52,13 +53,7 @@ PACKED = implicit_gemm.WINDOWS_DECL + """var<private> b_run: bool;
 fn x_half(i: u32) -> AT {
   return AT(unpack2x16float(x[i >> 1u])[i & 1u]);
 }
-fn load_b(k: u32) -> vec4<AT> {
-  if (k >= KK) { return vec4<AT>(0.0); }
-  let tap = k % KHW;
-  let dh = i32((tap / KW) * DH);
-  let dw = i32((tap % KW) * DW);
-  let chan = (k / KHW) * u32(H * W);
-  let ih0 = b_ih[0] + dh;
+""" + LOAD_B_TAP + """  let ih0 = b_ih[0] + dh;
   let iw0 = b_iw[0] + dw;
   if (b_run && ih0 >= 0 && ih0 < H && iw0 >= 0 && iw0 + 3 < W) {
     let a = b_img[0] + chan + u32(ih0 * W + iw0);
