@@ -109,6 +109,19 @@ def conv_pair(value) -> tuple[int, int]:
     return value[0], value[-1]
 
 
+def tap_window(pads: list, kernels: list, dilation: tuple[int, int]):
+    """(padding, kernel size, per-kernel tap offsets) of one conv holding kernels of these `pads` and sizes, per
+    axis, or None: each kernel's taps must land on its own input positions (offset = (merged padding - its
+    padding) / dilation). Shared by the concat siblings and the summed convs."""
+    padding = tuple(max(p[a] for p in pads) for a in range(2))
+    gaps = [tuple(padding[a] - p[a] for a in range(2)) for p in pads]
+    if any(gap[a] % dilation[a] for gap in gaps for a in range(2)):
+        return None
+    offsets = [tuple(gap[a] // dilation[a] for a in range(2)) for gap in gaps]
+    size = tuple(max(o[a] + k[a] for o, k in zip(offsets, kernels, strict=True)) for a in range(2))
+    return padding, size, offsets
+
+
 def through(ref, ops: tuple, producers: dict, once: Callable[[Node | None], bool], passed: list) -> Node | None:
     """The node making `ref` (a Ref, else None), looked for past a chain of `ops` nodes that `once` accepts; their
     names are appended to `passed`."""

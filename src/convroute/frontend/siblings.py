@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from convroute.frontend.export import is_const
-from convroute.frontend.graph import Graph, Node, Ref, aten, conv_pair, value_meta
+from convroute.frontend.graph import Graph, Node, Ref, aten, conv_pair, tap_window, value_meta
 from convroute.params import ConvParams, make_params
 
 MAX_GROWTH = 2.5  # merged multiply-adds over the siblings' own
@@ -132,17 +132,9 @@ def _per_group(s: Sibling) -> tuple[int, int]:
 
 
 def _window(run: list[Sibling]):
-    """(padding, kernel size, per-conv tap offsets) of the merged conv, per axis, or None: every conv's taps
-    must land on its own input positions (offset = (merged padding - its padding) / dilation)."""
+    """(padding, kernel size, per-conv tap offsets) of the merged conv, or None (graph.tap_window)."""
     dilation = conv_pair(run[0].conv.arg(5, "dilation", 1))
-    pads = [conv_pair(s.conv.arg(4, "padding", 0)) for s in run]
-    padding = tuple(max(p[a] for p in pads) for a in range(2))
-    gaps = [tuple(padding[a] - p[a] for a in range(2)) for p in pads]
-    if any(gap[a] % dilation[a] for gap in gaps for a in range(2)):
-        return None
-    offsets = [tuple(gap[a] // dilation[a] for a in range(2)) for gap in gaps]
-    size = tuple(max(o[a] + s.kernel[a] for o, s in zip(offsets, run, strict=True)) for a in range(2))
-    return padding, size, offsets
+    return tap_window([conv_pair(s.conv.arg(4, "padding", 0)) for s in run], [s.kernel for s in run], dilation)
 
 
 def _growth(run: list[Sibling], window) -> float:

@@ -21,7 +21,7 @@ import torch
 
 from convroute.frontend.export import is_const, set_weights
 from convroute.frontend.fuse import batch_norm_affine, plain_conv
-from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, conv_pair, read_once, value_meta
+from convroute.frontend.graph import Graph, Node, Ref, batch_norm_eval, conv_pair, read_once, tap_window, value_meta
 from convroute.params import ConvParams, make_params
 
 SIGNS = {"add.Tensor": 1.0, "sub.Tensor": -1.0}  # the second term's sign
@@ -96,12 +96,10 @@ def _merge(g: Graph, pair: list[Node | Ref], convs: list[Node], add: Node, produ
              (g.constants[t.args[1].name].double(), conv_pair(_arg(t, 4, "padding", 0)), _bias(g, t)) for t in pair]
     sign = SIGNS[add.op]
     terms[1] = (sign * terms[1][0], terms[1][1], sign * terms[1][2])
-    padding = tuple(max(t[1][a] for t in terms) for a in range(2))
-    gaps = [tuple(padding[a] - t[1][a] for a in range(2)) for t in terms]
-    if any(gap[a] % dilation[a] for gap in gaps for a in range(2)):
+    window = tap_window([t[1] for t in terms], [tuple(t[0].shape[2:]) for t in terms], dilation)
+    if window is None:
         return None
-    offsets = [tuple(gap[a] // dilation[a] for a in range(2)) for gap in gaps]
-    size = tuple(max(o[a] + t[0].shape[2 + a] for o, t in zip(offsets, terms, strict=True)) for a in range(2))
+    padding, size, offsets = window
     weight = terms[0][0].new_zeros((*terms[0][0].shape[:2], *size))
     for (w, _, _), (oh, ow) in zip(terms, offsets, strict=True):
         weight[:, :, oh:oh + w.shape[2], ow:ow + w.shape[3]] += w
