@@ -62,20 +62,17 @@ def fold_layer_scales(g: Graph) -> None:
     for node in g.nodes:
         if node.op not in ("mul.Tensor", "div.Tensor") or node.residual is not None or len(node.args) != 2:
             continue
-        for conv_arg, scale_arg in ((0, 1), (1, 0)) if node.op == "mul.Tensor" else ((0, 1),):
-            conv = producers.get(node.args[conv_arg].name) if isinstance(node.args[conv_arg], Ref) else None
-            if not plain_conv(g, conv, users, outputs) or not _same_meta(conv.meta, node.meta):
-                continue
-            scale = _per_channel(g, node.args[scale_arg], conv.meta)
-            if scale is None or node.op == "div.Tensor" and bool((scale == 0).any()):  # x / 0 stays torch's
-                continue
-            _scale_conv(g, conv, 1.0 / scale if node.op == "div.Tensor" else scale, torch.zeros_like(scale))
-            conv.act = node.act
-            conv.notes.append(f"layer scale {node.module or node.name} folded")
-            g.replace_uses(node.name, Ref(conv.name))
-            users[conv.name] = users.pop(node.name, [])
-            drop.add(node.name)
-            break
+        found = _scaled(g, node, producers)
+        conv = producers.get(found[0].name) if found is not None else None
+        if not plain_conv(g, conv, users, outputs):
+            continue
+        scale = found[1]
+        _scale_conv(g, conv, scale, torch.zeros_like(scale))
+        conv.act = node.act
+        conv.notes.append(f"layer scale {node.module or node.name} folded")
+        g.replace_uses(node.name, Ref(conv.name))
+        users[conv.name] = users.pop(node.name, [])
+        drop.add(node.name)
     g.nodes = [n for n in g.nodes if n.name not in drop]
 
 
