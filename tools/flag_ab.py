@@ -35,11 +35,13 @@ def flag_arms(flag: str) -> dict:
 
 
 def compiled(arms: dict, model, x, policy: str, dtype: str) -> dict:
-    """Arm name -> `model` compiled inside that arm's context, in the arms' order."""
+    """Arm name -> `model` compiled inside that arm's context, in the arms' order. An arm is a context factory,
+    or (factory, dtype) for an arm of its own dtype."""
     programs = {}
-    for state in arms:
-        with arms[state]():
-            programs[state] = frontend.compile(model, (x,), policy=policy, dtype=dtype)
+    for state, arm in arms.items():
+        factory, arm_dtype = arm if isinstance(arm, tuple) else (arm, dtype)
+        with factory():
+            programs[state] = frontend.compile(model, (x,), policy=policy, dtype=arm_dtype)
     return programs
 
 
@@ -52,8 +54,8 @@ def main(argv=None) -> int:
 
 
 def compare(title: str, arms: dict, args) -> int:
-    """Each of args.models compiled in every arm (name -> context factory; the first is the baseline of the
-    ratios), checked against torch float64 and called in interleaved rounds; prints the table."""
+    """Each of args.models compiled in every arm (name -> context factory or (factory, dtype); the first is the
+    baseline of the ratios), checked against torch float64 and called in interleaved rounds; prints the table."""
     first, *others = arms
     rows = []
     for name in args.models:
