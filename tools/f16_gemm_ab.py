@@ -25,6 +25,7 @@ from maps_ab import add_model_arguments
 
 from convroute.kernels import gemm, gemm_tiles
 
+
 def a_f16(source: str) -> str:
     if "alias ST = f16;" not in source or "alias AT = f16;" not in source:
         return source

@@ -4,7 +4,8 @@ table: dispatches, errors, whole call and GPU pass per arm). On the H100 (sessio
 implicit_gemm convs of squeezenet1_1 ran 0.0184 ms against fp32's 0.0162; a vector written through a variable
 index is what once moved NVIDIA's accumulators to local memory (gemm_tiles.store_quads), and f16 vectors are
 packed two to a register. The variants are patched in at compile time (the kernel hash does not move): "unrolled"
-(lost on the H100 in session 31: 1-10 % GPU pass) and "packed f16" (f16 inputs read two to a u32 word, PACKED).
+(lost on the H100 in session 31: 1-10 % GPU pass) and "packed f16" (f16 inputs read two to a u32 word, PACKED; lost in
+session 32: 7-10 % GPU pass in fp16).
 
 usage: python tools/gather_ab.py [MODEL ...] [--size N] [--policy P] [--rounds R] [--dtype D]
        (default squeezenet1_1 at 224 px, seed, 100 rounds; on lavapipe set CONVROUTE_GEMM_STYLE=workgroup)
