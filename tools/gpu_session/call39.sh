@@ -15,6 +15,4 @@ grep -E "cases|WRONG|passed|failed" "$R/fuzz.txt" | tail -6
 five_processes mobilenet_v2 > "$R/mnv2.txt"
 cat "$R/mnv2.txt"
 pack
-OUT=$R timeout "$(( LIMIT - SECONDS - 10 ))" python3 tools/zoo_h200.py --no-calibrate --compare torch-cuda-graph \
-  --budget "$(( LIMIT - SECONDS - 20 ))" > "$R/zoo.txt" 2>&1
-grep -v "Warning\|warnings.warn\|return cls" "$R/zoo.txt" | tail -48
+graph_zoo

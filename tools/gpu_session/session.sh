@@ -4,7 +4,8 @@
 # .gpucache), `pack` (the archive, also run on exit; PACK_CACHE=1 adds .gpucache to it), `cap` (limits.sh) and
 # `five_processes MODEL` (the model against the CUDA graph in five fresh processes, calibrated), `calibrations
 # BUDGET CAP` (an fp32 and an fp16 calibration into the cache, BUDGET s each, each step capped at CAP s),
-# `calibrate_unless_on_file BUDGET CAP`, `fp16_zoo` (the default zoo in fp16 against convroute fp32), and writes
+# `calibrate_unless_on_file BUDGET CAP`, `fp16_zoo` (the default zoo in fp16 against convroute fp32), `graph_zoo`
+# (the default zoo against the CUDA graph, tools/zoo_h200.py, with what is left of $LIMIT), and writes
 # $R/head.txt: the card, the cache's files and the kernel hash (the device copy's .git is stale, so `git log` there
 # names an old commit).
 OUT=${OUT:-gpu_out}; R=${TMPDIR:-/tmp}/$NAME; mkdir -p "$OUT" "$R"
@@ -43,6 +44,11 @@ fp16_zoo() {  # the default zoo in fp16 against convroute fp32, README's H100 or
     --policy calibrated --compare convroute-float32 --runs 20 --no-progress --json "$R/zoo_fp16.json" \
     > "$R/zoo_fp16.txt" 2>&1
   grep -v "Warning\|warnings.warn\|return cls" "$R/zoo_fp16.txt" | tail -52
+}
+graph_zoo() {  # the default zoo against the CUDA graph with what is left of $LIMIT (fastest part first), calibrated
+  OUT=$R timeout "$(( LIMIT - SECONDS - 10 ))" python3 tools/zoo_h200.py --no-calibrate --compare torch-cuda-graph \
+    --budget "$(( LIMIT - SECONDS - 20 ))" > "$R/zoo.txt" 2>&1
+  grep -v "Warning\|warnings.warn\|return cls" "$R/zoo.txt" | tail -48
 }
 source "$(dirname "${BASH_SOURCE[0]}")/limits.sh"
 { nvidia-smi --query-gpu=name --format=csv,noheader; ls "$CONVROUTE_CACHE_DIR"
